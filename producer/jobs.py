@@ -1,0 +1,151 @@
+"""Turning a validated submit request into a job, its items and its task messages."""
+from __future__ import annotations
+
+import itertools
+import math
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from producer.schemas import SubmitRequest
+from sdq import contract, defaults, fleet
+from sdq.config import Settings
+from sdq.exceptions import InvalidInput
+from sdq.models import check_model
+
+DEFAULTS: dict[str, Any] = {
+    "steps": 20, "guidance_scale": 7.5, "width": 512, "height": 512, "scheduler": "pndm",
+    "strength": 0.8, "noise_level": 20,
+}
+"""Parameter defaults applied at submit (recorded in the job, so results are reproducible)."""
+
+ITEM_PARAM_KEYS = ("steps", "guidance_scale", "width", "height", "scheduler", "strength", "noise_level")
+UPSCALE_DEFAULT_SIDE = 128
+"""Default input side for `upscale` when no size is given (output is 4x)."""
+
+
+@dataclass
+class Plan:
+    """A job ready to record and enqueue."""
+
+    job: dict[str, Any]
+    items: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _item_params(base: dict[str, Any], override: Any | None) -> dict[str, Any]:
+    params = {k: base[k] for k in ITEM_PARAM_KEYS}
+    if override is not None:
+        params.update({k: getattr(override, k) for k in ITEM_PARAM_KEYS if getattr(override, k) is not None})
+    return params
+
+
+def _check_limits(pipeline: str, params: dict[str, Any], where: str, settings: Settings) -> None:
+    w, h = contract.output_size(pipeline, params["width"], params["height"])
+    if w * h > settings.max_pixels:
+        raise InvalidInput(f"{where}width", f"{w}x{h} output ({w * h} pixels) exceeds this server's limit of "
+                           f"{settings.max_pixels} pixels per image", code="too_large")
+
+
+def plan_job(req: SubmitRequest, settings: Settings, owner: str) -> Plan:
+    """Validate `req` against the server's limits and expand it into items (nothing written)."""
+    # 1. Model and job-wide parameters.
+    check_model(req.model, req.pipeline, settings.models)
+    given = req.params.model_dump(exclude_none=True)
+    base = {**DEFAULTS, **given}
+    if req.pipeline == "upscale":
+        base.update({side: UPSCALE_DEFAULT_SIDE for side in ("width", "height") if side not in given})
+    seed = req.params.seed if req.params.seed is not None else secrets.randbelow(2**31)
+    n_per = req.params.images_per_prompt
+    watermark = settings.watermark_default if req.params.watermark is None else req.params.watermark
+
+    # 2. Items: prompts or explicit items, times images_per_prompt.
+    sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items]
+    total = len(sources) * n_per
+    if total > settings.max_items:
+        raise InvalidInput("prompts" if req.prompts else "items",
+                           f"{total} items exceed this server's limit of {settings.max_items} per job",
+                           code="too_many_items")
+    items: list[dict[str, Any]] = []
+    for src, (prompt, it) in enumerate(sources):
+        where = f"items[{src}]." if it is not None else "params."
+        params = _item_params(base, it)
+        _check_limits(req.pipeline, params, where, settings)
+        init_image = it.init_image if it is not None else None
+        init_image = init_image or given.get("init_image")
+        if req.pipeline in contract.PIPELINES_NEEDING_IMAGE and not init_image:
+            raise InvalidInput(f"{where}init_image", f"pipeline {req.pipeline!r} needs an init_image",
+                               code="missing_init_image")
+        negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
+        for k in range(n_per):
+            index = len(items)
+            item_seed = (it.seed + k) if it is not None and it.seed is not None else seed + index
+            items.append({
+                "index": index, "prompt": prompt, "negative_prompt": negative, "seed": item_seed % (2**32),
+                "init_image": init_image, "params": params, "state": "queued",
+                "steps": params["steps"], "key": None,
+            })
+
+    # 3. The job record.
+    job_params = {k: v for k, v in base.items() if k not in ("seed",)}
+    job_params["seed"] = seed
+    job_params["watermark"] = watermark
+    job = {
+        "id": uuid.uuid4().hex, "owner": owner, "state": "queued", "created_at": time.time(),
+        "model": req.model, "pipeline": req.pipeline, "params": job_params,
+        "requires": req.requires.model_dump(), "priority": req.priority, "n_items": len(items),
+        "seed": seed, "webhook_url": req.webhook_url,
+    }
+    return Plan(job, items)
+
+
+def _chunk_size(n_items: int, n_workers: int) -> int:
+    return max(1, min(defaults.CHUNK_MAX, math.ceil(n_items / (defaults.CHUNK_PER_WORKER * max(1, n_workers)))))
+
+
+def _chunks(items: list[dict[str, Any]], size: int):
+    """Consecutive items sharing parameters, at most `size` per chunk."""
+    for _, group in itertools.groupby(items, key=lambda it: sorted(it["params"].items())):
+        group = list(group)
+        for start in range(0, len(group), size):
+            yield group[start:start + size]
+
+
+def route(plan: Plan, workers: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Split items into task chunks and pick each chunk's queue; records warnings on `plan`."""
+    req = plan.job["requires"]
+    model, pipeline = plan.job["model"], plan.job["pipeline"]
+    routed = []
+    for chunk in _chunks(plan.items, _chunk_size(len(plan.items), len(workers))):
+        w, h = contract.output_size(pipeline, chunk[0]["params"]["width"], chunk[0]["params"]["height"])
+        queue = contract.queue_for(req["device"], req.get("dtype"), w * h)
+        routed.append((queue, chunk))
+    for queue in sorted({q for q, _ in routed}):
+        able = fleet.serving(workers, queue, model)
+        if req.get("min_memory_gb"):
+            able = [wk for wk in able if (wk.get("memory_total_gb") or 0) >= req["min_memory_gb"]]
+        if not able:
+            plan.warnings.append(
+                f"no live worker can serve {queue} (device={req['device']}, dtype={req.get('dtype') or 'any'}, "
+                f"model={model}) right now; the items wait until a capable worker joins")
+    return routed
+
+
+def enqueue(celery: Celery, plan: Plan, routed: list[tuple[str, list[dict[str, Any]]]]) -> None:
+    """Publish one task message per chunk over one broker connection."""
+    job = plan.job
+    priority = contract.celery_priority(job["priority"])
+    with celery.producer_or_acquire() as producer:
+        for queue, chunk in routed:
+            message = {
+                "job": job["id"], "model": job["model"], "pipeline": job["pipeline"],
+                "params": chunk[0]["params"], "watermark": job["params"].get("watermark", False),
+                "items": [{k: it[k] for k in ("index", "prompt", "negative_prompt", "seed", "init_image")}
+                          for it in chunk],
+            }
+            celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": message}, queue=queue,
+                             priority=priority, producer=producer)

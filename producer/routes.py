@@ -1,0 +1,116 @@
+"""HTTP routes: parse, call the job layer, return JSON. No business logic here."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from producer import jobs as joblib
+from producer.schemas import parse_submit
+from producer.status import job_view
+from sdq import fleet
+from sdq.exceptions import InvalidInput, NotFound
+
+bp = Blueprint("api", __name__)
+
+
+def _ext(name: str):
+    return current_app.extensions[name]
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name, default)
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidInput(name, f"{name} must be an integer, got {raw!r}", status=400) from None
+    if not lo <= value <= hi:
+        raise InvalidInput(name, f"{name} must be between {lo} and {hi}, got {value}", status=400)
+    return value
+
+
+@bp.before_request
+def authenticate() -> Response | None:
+    """With SDQ_API_TOKENS set, require a bearer token; remember its owner."""
+    tokens = current_app.config["SDQ"].api_tokens
+    g.owner = ""
+    if not tokens or request.endpoint == "api.healthz":
+        return None
+    header = request.headers.get("Authorization", "")
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    if token not in tokens:
+        return jsonify({"error": {"code": "unauthorized", "message": "missing or unknown bearer token",
+                                  "field": "Authorization"}}), 401
+    g.owner = tokens[token]
+    return None
+
+
+def _own_job(job_id: str) -> dict:
+    job = _ext("sdq_jobs").get(job_id) if job_id.isalnum() and len(job_id) <= 64 else None
+    if job is None or job.get("owner", "") != g.owner:
+        raise NotFound(f"no job {job_id!r}")
+    return job
+
+
+@bp.get("/healthz")
+def healthz():
+    """Liveness: the process answers and reaches Redis."""
+    _ext("sdq_redis").ping()
+    return jsonify({"ok": True})
+
+
+@bp.post("/v1/jobs")
+def submit():
+    """Validate, record and enqueue a job; 202 with its id."""
+    body = request.get_json(silent=True)
+    if body is None:
+        raise InvalidInput("body", "the request body must be JSON (Content-Type: application/json)",
+                           code="invalid_json", status=400)
+    req = parse_submit(body)
+    settings = current_app.config["SDQ"]
+    plan = joblib.plan_job(req, settings, g.owner)
+    routed = joblib.route(plan, fleet.live_workers(_ext("sdq_redis")))
+    plan.job["warnings"] = plan.warnings
+    store = _ext("sdq_jobs")
+    store.create(plan.job, plan.items)
+    try:
+        joblib.enqueue(_ext("celery"), plan, routed)
+    except Exception:
+        store.delete(plan.job["id"], g.owner)
+        raise
+    job_id = plan.job["id"]
+    return jsonify({
+        "id": job_id, "state": "queued", "items": len(plan.items), "seed": plan.job["seed"],
+        "warnings": plan.warnings,
+        "links": {"self": f"/v1/jobs/{job_id}", "events": f"/v1/jobs/{job_id}/events"},
+    }), 202
+
+
+@bp.get("/v1/jobs")
+def list_jobs():
+    """The caller's jobs, newest first."""
+    offset, limit = _int_arg("offset", 0, 0, 10**9), _int_arg("limit", 20, 1, 100)
+    store = _ext("sdq_jobs")
+    ids, total = store.list_jobs(g.owner, offset, limit)
+    docs = [job_view(j, store, _ext("sdq_store"), with_items=False) for j in map(store.get, ids) if j]
+    return jsonify({"jobs": docs, "total": total, "offset": offset, "limit": limit})
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str):
+    """Job status with one page of items."""
+    job = _own_job(job_id)
+    offset, limit = _int_arg("offset", 0, 0, 10**9), _int_arg("limit", 100, 0, 100)
+    return jsonify(job_view(job, _ext("sdq_jobs"), _ext("sdq_store"), offset, limit))
+
+
+@bp.delete("/v1/jobs/<job_id>")
+def cancel_job(job_id: str):
+    """Cancel: queued items never run, running ones stop at their next step."""
+    _own_job(job_id)
+    state = _ext("sdq_jobs").cancel(job_id)
+    return jsonify({"id": job_id, "state": state}), 202
+
+
+@bp.get("/v1/workers")
+def workers():
+    """Live workers and their capability records."""
+    return jsonify({"workers": fleet.live_workers(_ext("sdq_redis"))})

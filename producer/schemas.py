@@ -1,0 +1,165 @@
+"""Request schemas of the HTTP API (pydantic), with limits and messages that name the value."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sdq import contract, defaults
+from sdq.exceptions import InvalidInput
+
+SEED_MAX = 2**32 - 1
+PROMPT_MAX_CHARS = 4000
+
+
+def _check_side(name: str, value: int | None) -> int | None:
+    if value is None:
+        return value
+    if value % 8:
+        raise ValueError(f"{name} must be a multiple of 8, got {value}")
+    if not 8 <= value <= defaults.MAX_SIDE:
+        raise ValueError(f"{name} must be between 8 and {defaults.MAX_SIDE}, got {value}")
+    return value
+
+
+def _check_scheduler(value: str | None) -> str | None:
+    if value is not None and value not in contract.SCHEDULERS:
+        raise ValueError(f"unknown scheduler {value!r}; known: {', '.join(contract.SCHEDULERS)}")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class Overrides(_Strict):
+    """Parameters that a job sets for all items and an item may override."""
+
+    steps: int | None = Field(None, ge=1, le=defaults.MAX_STEPS)
+    guidance_scale: float | None = Field(None, ge=0, le=50)
+    width: int | None = None
+    height: int | None = None
+    scheduler: str | None = None
+    strength: float | None = Field(None, ge=0, le=1)
+    noise_level: int | None = Field(None, ge=0, le=1000)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _side(cls, v: int | None, info) -> int | None:
+        return _check_side(info.field_name, v)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _sched(cls, v: str | None) -> str | None:
+        return _check_scheduler(v)
+
+
+class Params(Overrides):
+    """Job-wide generation parameters."""
+
+    negative_prompt: str = Field("", max_length=PROMPT_MAX_CHARS)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    images_per_prompt: int = Field(1, ge=1, le=64)
+    init_image: str | None = None
+    watermark: bool | None = None
+    grid: bool = False
+
+
+class ItemIn(Overrides):
+    """One entry of `items`."""
+
+    prompt: str = Field(..., min_length=1, max_length=PROMPT_MAX_CHARS)
+    negative_prompt: str | None = Field(None, max_length=PROMPT_MAX_CHARS)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    init_image: str | None = None
+
+
+class Requires(_Strict):
+    """What kind of worker an item needs."""
+
+    device: str = "any"
+    dtype: str | None = None
+    min_memory_gb: float | None = Field(None, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in contract.DEVICES:
+            raise ValueError(f"device must be one of {', '.join(contract.DEVICES)}, got {v!r}")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str | None) -> str | None:
+        if v is not None and v not in contract.DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(contract.DTYPES)}, got {v!r}")
+        return v
+
+
+class SubmitRequest(_Strict):
+    """Body of POST /v1/jobs."""
+
+    prompts: list[str] | None = None
+    items: list[ItemIn] | None = None
+    model: str = "builtin:tiny-sd"
+    pipeline: str = "txt2img"
+    params: Params = Field(default_factory=Params)
+    requires: Requires = Field(default_factory=Requires)
+    priority: int = Field(5, ge=0, le=9)
+    webhook_url: str | None = None
+    sweep: dict[str, list[Any]] | None = None
+
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline(cls, v: str) -> str:
+        if v not in contract.PIPELINES:
+            raise ValueError(f"unknown pipeline {v!r}; known: {', '.join(contract.PIPELINES)}")
+        return v
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        for i, p in enumerate(v):
+            if not p.strip():
+                raise ValueError(f"prompt {i} is empty")
+            if len(p) > PROMPT_MAX_CHARS:
+                raise ValueError(f"prompt {i} is longer than {PROMPT_MAX_CHARS} characters")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SubmitRequest":
+        if self.prompts is not None and self.items is not None:
+            raise InvalidInput("prompts", "give either prompts or items, not both")
+        if not self.prompts and not self.items:
+            field = "items" if self.items is not None else "prompts"
+            raise InvalidInput(field, f"{field} must be a non-empty list")
+        return self
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def parse_submit(body: Any) -> SubmitRequest:
+    """Validate a submit body; raise InvalidInput naming the first bad field and its value."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body", f"the body must be a JSON object, got {type(body).__name__}",
+                           code="invalid_body", status=400)
+    try:
+        return SubmitRequest.model_validate(body)
+    except InvalidInput:
+        raise
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = _loc(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field {field!r}"
+        elif "got" not in msg and err["type"] != "missing":
+            msg = f"{msg} (got {err.get('input')!r})"
+        raise InvalidInput(field, f"{field}: {msg}") from None

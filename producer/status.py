@@ -1,0 +1,47 @@
+"""The job status document of GET /v1/jobs/{id} (constant time in the job's size)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sdq.jobstore import JobStore
+from storage import ResultStore
+
+ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "state", "worker", "device", "dtype",
+               "key", "url", "duration_s", "error", "params", "init_image", "attempts")
+PUBLIC_JOB_FIELDS = ("id", "state", "created_at", "started_at", "finished_at", "model", "pipeline",
+                     "params", "requires", "priority", "n_items", "warnings")
+
+
+def item_view(item: dict[str, Any], store: ResultStore) -> dict[str, Any]:
+    """An item as the API shows it, with a presigned URL once it succeeded."""
+    out = {k: item.get(k) for k in ITEM_FIELDS}
+    out["url"] = store.url(item["key"]) if item.get("state") == "succeeded" and item.get("key") else None
+    return out
+
+
+def job_view(job: dict[str, Any], jobs: JobStore, store: ResultStore, offset: int = 0,
+             limit: int = 100, with_items: bool = True) -> dict[str, Any]:
+    """The status document: counters, progress, ETA and one page of items."""
+    out = {k: job.get(k) for k in PUBLIC_JOB_FIELDS}
+    out["counts"] = job["counts"]
+    total, done = job.get("steps_total", 0), job.get("steps_done", 0)
+    out["progress"] = round(min(1.0, done / total), 4) if total else 1.0
+    out["eta_seconds"] = _eta(job, total, done)
+    out["queue_position"] = None
+    out["manifest"] = store.url(job["manifest_key"]) if job.get("manifest_key") else None
+    if with_items:
+        items = jobs.items(job["id"], offset, limit, job.get("n_items", 0))
+        out["items"] = [item_view(it, store) for it in items]
+        out["offset"], out["limit"] = offset, limit
+    return out
+
+
+def _eta(job: dict[str, Any], total: int, done: int) -> float | None:
+    if job.get("finished_at"):
+        return 0.0
+    started = job.get("started_at")
+    if not started or done <= 0:
+        return None
+    rate = done / max(1e-6, time.time() - started)
+    return round((total - done) / rate, 1)

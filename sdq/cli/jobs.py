@@ -1,0 +1,178 @@
+"""Client commands: submit, status, wait, download, cancel, workers, models."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from sdq import contract
+from sdq.client import Client
+from sdq.gallery import write_gallery
+from sdq.prompts import parse_prompts
+
+PARAM_FLAGS = {"steps": "steps", "width": "width", "height": "height", "seed": "seed", "n": "images_per_prompt",
+               "negative_prompt": "negative_prompt", "guidance": "guidance_scale", "scheduler": "scheduler",
+               "strength": "strength"}
+
+
+def build_body(args, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The submit body from parsed prompt items and CLI flags."""
+    params = {key: getattr(args, flag) for flag, key in PARAM_FLAGS.items() if getattr(args, flag, None) is not None}
+    body: dict[str, Any] = {"model": args.model, "pipeline": args.pipeline, "params": params,
+                            "priority": args.priority}
+    if all(set(it) == {"prompt"} for it in items):
+        body["prompts"] = [it["prompt"] for it in items]
+    else:
+        body["items"] = items
+    if args.device:
+        body["requires"] = {"device": args.device}
+    return body
+
+
+def cmd_submit(args, client: Client) -> int:
+    """Submit a prompt file; optionally wait and download."""
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    items = parse_prompts(text, args.file)
+    body = build_body(args, items)
+    if args.init_image:
+        path = Path(args.init_image)
+        body["params"]["init_image"] = client.upload(path.read_bytes(), path.name)["key"]
+    resp = client.submit(body)
+    if args.json and not args.wait:
+        print(json.dumps(resp))
+        return 0
+    print(f"job {resp['id']}: {resp['items']} items queued (seed {resp['seed']})", file=sys.stderr)
+    for warning in resp.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    if not args.json:
+        print(resp["id"])
+    if not args.wait:
+        return 0
+    doc = wait_job(client, resp["id"], quiet=args.json)
+    if args.out:
+        download(client, resp["id"], Path(args.out) / resp["id"], quiet=args.json)
+    if args.json:
+        print(json.dumps(doc))
+    return 0 if doc["state"] == "succeeded" else 1
+
+
+def wait_job(client: Client, job_id: str, quiet: bool = False, poll: float = 0.5) -> dict[str, Any]:
+    """Poll until the job ends, showing a progress bar (steps, items, ETA); returns the final status."""
+    from tqdm import tqdm
+
+    bar = None if quiet else tqdm(total=1000, unit="‰", file=sys.stderr, dynamic_ncols=True,
+                                  bar_format="{desc} |{bar}| {percentage:3.0f}%{postfix}")
+    try:
+        while True:
+            doc = client.job(job_id, 0, 0)
+            if bar is not None:
+                c = doc["counts"]
+                bar.set_description_str(f"{job_id[:8]} {doc['state']}")
+                eta = doc.get("eta_seconds")
+                bar.set_postfix_str(f"{c['succeeded']}/{doc['n_items']} done, {c['running']} running, "
+                                    f"{c['failed']} failed" + (f", eta {eta:.0f}s" if eta else ""))
+                bar.n = int(doc["progress"] * 1000)
+                bar.refresh()
+            if doc["state"] in contract.TERMINAL_STATES:
+                break
+            time.sleep(poll)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not quiet:
+        c = doc["counts"]
+        print(f"job {job_id} {doc['state']}: {c['succeeded']} succeeded, {c['failed']} failed, "
+              f"{c['cancelled']} cancelled", file=sys.stderr)
+    return doc
+
+
+def _fetch(url: str, path: Path, size: int | None) -> bool:
+    if size and path.exists() and path.stat().st_size == size:
+        return False
+    resp = requests.get(url, timeout=60)
+    resp.raise_for_status()
+    tmp = path.with_suffix(".part")
+    tmp.write_bytes(resp.content)
+    tmp.replace(path)
+    return True
+
+
+def download(client: Client, job_id: str, out: Path, quiet: bool = False) -> Path:
+    """Fetch every succeeded image (parallel; complete files are skipped) and write index.html."""
+    doc, items = client.all_items(job_id)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [it for it in items if it["state"] == "succeeded" and it.get("url")]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        fetched = sum(pool.map(lambda it: _fetch(it["url"], out / f"{it['index']:05d}.png", it.get("bytes")), todo))
+    (out / "job.json").write_text(json.dumps({**doc, "items": items}, indent=1), encoding="utf-8")
+    gallery = write_gallery(out, doc, items)
+    if not quiet:
+        print(f"{len(todo)} images in {out} ({fetched} downloaded); gallery: {gallery}", file=sys.stderr)
+    return out
+
+
+def cmd_status(args, client: Client) -> int:
+    """Print a job's status."""
+    doc = client.job(args.job, args.offset, args.limit)
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    c = doc["counts"]
+    print(f"job {doc['id']}  {doc['state']}  {doc['progress'] * 100:.0f}%  model {doc['model']}  "
+          f"pipeline {doc['pipeline']}")
+    print("  " + "  ".join(f"{k} {v}" for k, v in c.items()) + (f"  eta {doc['eta_seconds']}s" if doc.get("eta_seconds") else ""))
+    for it in doc["items"]:
+        print(f"  {it['index']:5d} {it['state']:9s} seed {it['seed']:<10} {it.get('worker') or '-':16s} "
+              f"{(it.get('prompt') or '')[:60]}" + (f"  error: {it['error']}" if it.get("error") else ""))
+    return 0
+
+
+def cmd_wait(args, client: Client) -> int:
+    """Wait for a job to end."""
+    doc = wait_job(client, args.job, quiet=args.json)
+    if args.json:
+        print(json.dumps(doc))
+    return 0 if doc["state"] == "succeeded" else 1
+
+
+def cmd_download(args, client: Client) -> int:
+    """Download a job's images."""
+    download(client, args.job, Path(args.dir))
+    return 0
+
+
+def cmd_cancel(args, client: Client) -> int:
+    """Cancel a job."""
+    resp = client.cancel(args.job)
+    print(json.dumps(resp) if args.json else f"job {resp['id']}: {resp['state']}")
+    return 0
+
+
+def cmd_retry(args, client: Client) -> int:
+    """Re-queue a job's failed and cancelled items."""
+    resp = client.retry(args.job)
+    print(json.dumps(resp) if args.json else f"job {resp['id']}: {resp.get('requeued', 0)} items re-queued")
+    return 0
+
+
+def cmd_workers(args, client: Client) -> int:
+    """Show the fleet."""
+    workers = client.workers()
+    if args.json:
+        print(json.dumps(workers))
+        return 0
+    cols = ("name", "host", "device", "dtype", "device_name", "memory_free_gb", "max_pixels", "max_batch",
+            "items_done", "loaded_models")
+    rows = [[str(w.get(c) if not isinstance(w.get(c), list) else ",".join(w[c])) for c in cols] for w in workers]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    if not rows:
+        print("(no live workers)")
+    return 0

@@ -1,0 +1,150 @@
+"""`sdq` entry point: argument parsing and dispatch."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from sdq import defaults
+from sdq.exceptions import SdqError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdq", description="Distributed Stable Diffusion job queue.")
+    p.add_argument("--server", default=os.environ.get("SDQ_SERVER", defaults.SERVER),
+                   help="producer URL (SDQ_SERVER)")
+    p.add_argument("--token", default=os.environ.get("SDQ_TOKEN"), help="API token (SDQ_TOKEN)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run redis, a local S3 endpoint, the producer and CPU workers")
+    up.add_argument("--workers", type=int, default=1)
+    up.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--workdir", default=None)
+
+    demo = sub.add_parser("demo", help="start a private stack, run the example prompts, write results/")
+    demo.add_argument("--prompts", default="examples/prompts.txt")
+    demo.add_argument("--out", default="results")
+    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--size", type=int, default=256)
+    demo.add_argument("--steps", type=int, default=20)
+
+    prod = sub.add_parser("producer", help="serve the HTTP API")
+    prod.add_argument("--host", default="127.0.0.1")
+    prod.add_argument("--port", type=int, default=8000)
+    prod.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+
+    w = sub.add_parser("worker", help="run a worker bound to one device")
+    w.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    w.add_argument("--dtype", default="auto", help="auto, fp16, bf16 or fp32")
+    w.add_argument("--force-dtype", action="store_true", help="allow fp16 on a CPU")
+    w.add_argument("--models", default=None, help="comma-separated models this worker may load")
+    w.add_argument("--preload", default=None, help="comma-separated models to load at start")
+    w.add_argument("--max-pixels", type=int, default=None, help="largest width*height per image")
+    w.add_argument("--max-batch", type=int, default=None, help="most images per pipeline call")
+    w.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    w.add_argument("--name", default=None, help="worker name (Celery node NAME@host)")
+    w.add_argument("--low-memory", action="store_true", help="VAE slicing/tiling and CPU offload (CUDA)")
+    w.add_argument("--loglevel", default="INFO")
+
+    s = sub.add_parser("submit", help="submit a prompt file (.txt, .json, .jsonl, .csv; - for stdin)")
+    s.add_argument("file")
+    s.add_argument("--model", default="builtin:tiny-sd")
+    s.add_argument("--pipeline", default="txt2img")
+    s.add_argument("--steps", type=int)
+    s.add_argument("--width", type=int)
+    s.add_argument("--height", type=int)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--n", type=int, help="images per prompt")
+    s.add_argument("--negative-prompt", dest="negative_prompt")
+    s.add_argument("--guidance", type=float)
+    s.add_argument("--scheduler")
+    s.add_argument("--init-image", dest="init_image")
+    s.add_argument("--strength", type=float)
+    s.add_argument("--priority", type=int, default=5)
+    s.add_argument("--device", default=None, help="require gpu, cpu or any")
+    s.add_argument("--wait", action="store_true")
+    s.add_argument("--out", default=None, help="with --wait: download results to OUT/<job>/")
+    s.add_argument("--json", action="store_true")
+
+    for name, helptext in (("status", "show a job"), ("wait", "wait for a job to end"),
+                           ("cancel", "cancel a job"), ("retry", "re-queue failed/cancelled items")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("job")
+        c.add_argument("--json", action="store_true")
+        if name == "status":
+            c.add_argument("--offset", type=int, default=0)
+            c.add_argument("--limit", type=int, default=20)
+    d = sub.add_parser("download", help="download a job's images and write index.html")
+    d.add_argument("job")
+    d.add_argument("dir")
+    wk = sub.add_parser("workers", help="show live workers")
+    wk.add_argument("--json", action="store_true")
+    m = sub.add_parser("models", help="list the models workers may load")
+    m.add_argument("--json", action="store_true")
+    return p
+
+
+def cmd_models(args) -> int:
+    """List allowed models and, for local ones, their folder."""
+    from sdq.config import Settings
+    from sdq.models import BUILTIN_MODELS, allowed_models, model_kind
+
+    settings = Settings.from_env()
+    rows = []
+    for model in allowed_models(settings.models):
+        kind = model_kind(model)
+        row = {"id": model, "kind": kind}
+        if kind == "builtin":
+            name = model.removeprefix("builtin:")
+            from sdq.models import builtin_path
+
+            path = builtin_path(settings.models_dir, name)
+            row.update(path=str(path), present=(path / "model_index.json").exists(),
+                       pipelines=list(BUILTIN_MODELS[model]))
+        elif kind in ("folder", "file"):
+            row.update(path=os.path.abspath(os.path.expanduser(model)), present=os.path.exists(os.path.expanduser(model)))
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['id']:40s} {r['kind']:8s} {r.get('path', '')}" + ("" if r.get("present", True) else "  (made on first use)"))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    """Run a worker."""
+    from sdq.config import Settings
+    from workers.main import WorkerOptions, run_worker
+
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    opts = WorkerOptions(device=args.device, dtype=args.dtype, models=split(args.models), max_pixels=args.max_pixels,
+                         max_batch=args.max_batch, threads=args.threads, name=args.name, low_memory=args.low_memory,
+                         force_dtype=args.force_dtype, preload=split(args.preload), loglevel=args.loglevel)
+    return run_worker(Settings.from_env(), opts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `sdq` command line."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from sdq.cli import jobs, stack
+    from sdq.client import Client
+
+    local = {"up": stack.cmd_up, "demo": stack.cmd_demo, "producer": stack.cmd_producer,
+             "worker": cmd_worker, "models": cmd_models}
+    remote = {"submit": jobs.cmd_submit, "status": jobs.cmd_status, "wait": jobs.cmd_wait,
+              "download": jobs.cmd_download, "cancel": jobs.cmd_cancel, "retry": jobs.cmd_retry,
+              "workers": jobs.cmd_workers}
+    try:
+        if args.command in local:
+            return local[args.command](args)
+        return remote[args.command](args, Client(args.server, args.token))
+    except (SdqError, ValueError, OSError) as exc:
+        print(f"sdq {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

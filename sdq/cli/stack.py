@@ -1,0 +1,115 @@
+"""`sdq up`, `sdq demo` and `sdq producer`: running the local stack."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sdq import services
+from sdq.client import Client
+from sdq.services import Stack, free_port, port_free
+
+
+def _port(preferred: int) -> int:
+    return preferred if port_free(preferred) else free_port()
+
+
+def start_stack(workdir: Path, workers: int, threads: int | None, producer_port: int = 8000,
+                redis_port: int = 6379, s3_port: int = 9000, quiet: bool = True) -> Stack:
+    """Start redis-server, a moto S3 endpoint, the producer and `workers` CPU workers."""
+    stack = Stack(workdir, quiet=quiet)
+    try:
+        if os.environ.get("SDQ_REDIS_URL"):
+            stack.env["SDQ_REDIS_URL"] = os.environ["SDQ_REDIS_URL"]
+        else:
+            stack.redis(_port(redis_port))
+        if os.environ.get("SDQ_S3_ENDPOINT_URL"):
+            stack.env["SDQ_S3_ENDPOINT_URL"] = os.environ["SDQ_S3_ENDPOINT_URL"]
+        else:
+            stack.s3(_port(s3_port))
+        stack.producer(_port(producer_port))
+        for i in range(workers):
+            extra = ["--threads", str(threads)] if threads else []
+            stack.worker(f"cpu{i + 1}", "--device", "cpu", "--preload", "builtin:tiny-sd", *extra)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def default_threads(workers: int) -> int:
+    """Torch threads per CPU worker: the cores shared out evenly."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def cmd_up(args) -> int:
+    """Run the local stack in the foreground until Ctrl-C."""
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sdq-up-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    n = args.workers
+    stack = start_stack(workdir, n, args.threads or default_threads(n), args.port, quiet=False)
+    print(f"sdq is up: server {stack.env['SDQ_SERVER']}  redis {stack.env['SDQ_REDIS_URL']}  "
+          f"S3 {stack.env['SDQ_S3_ENDPOINT_URL']}  workers {n}  (logs and data in {workdir})", file=sys.stderr)
+    print(f"try: SDQ_SERVER={stack.env['SDQ_SERVER']} sdq submit examples/prompts.txt --wait --out results",
+          file=sys.stderr)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while all(s.proc.poll() is None for s in stack.services):
+            time.sleep(0.5)
+        print("a service exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr)
+        return 0
+    finally:
+        stack.stop()
+
+
+def cmd_demo(args) -> int:
+    """Start a private stack, submit the example prompts, wait, download to results/, stop."""
+    from sdq.cli.jobs import download, wait_job
+    from sdq.prompts import parse_prompts
+
+    prompts = Path(args.prompts)
+    workdir = Path(tempfile.mkdtemp(prefix="sdq-demo-"))
+    print(f"starting a local stack (redis-server, S3 endpoint, producer, {args.workers} CPU workers)...",
+          file=sys.stderr)
+    stack = start_stack(workdir, args.workers, default_threads(args.workers), free_port(), free_port(), free_port())
+    try:
+        client = Client(stack.env["SDQ_SERVER"])
+        items = parse_prompts(prompts.read_text(encoding="utf-8"), str(prompts))
+        body = {"prompts": [it["prompt"] for it in items], "model": "builtin:tiny-sd",
+                "params": {"width": args.size, "height": args.size, "steps": args.steps, "seed": 42,
+                           "negative_prompt": "blurry, low quality"}}
+        resp = client.submit(body)
+        print(f"job {resp['id']}: {resp['items']} prompts from {prompts}", file=sys.stderr)
+        doc = wait_job(client, resp["id"])
+        out = download(client, resp["id"], Path(args.out) / resp["id"])
+        print(f"open {out / 'index.html'}", file=sys.stderr)
+        return 0 if doc["state"] == "succeeded" else 1
+    finally:
+        stack.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def cmd_producer(args) -> int:
+    """Serve the producer: gunicorn (threads, for event streams) where installed, else Flask's server."""
+    try:
+        import gunicorn  # noqa: F401
+    except ImportError:
+        from producer import create_app
+
+        create_app().run(host=args.host, port=args.port, threaded=True)
+        return 0
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}", "--workers", str(args.workers),
+            "--worker-class", "gthread", "--threads", "16", "--timeout", "0", "--graceful-timeout", "5",
+            "--access-logfile", "-", "producer:create_app()"]
+    os.execv(sys.executable, argv)
+    return 0
+
+
+__all__ = ["cmd_up", "cmd_demo", "cmd_producer", "services"]

@@ -1,0 +1,102 @@
+"""The contract producer and workers share: states, task names, pipelines and queue routing.
+
+Torch-free: the producer imports it without any ML library installed.
+
+Routing design (see README "Routing"): a queue name is
+``sdq.<device>.<dtype>.<pixel class>``, e.g. ``sdq.cpu.any.p512``.
+
+- ``device`` is what an item requires: ``any``, ``gpu`` or ``cpu``;
+- ``dtype`` is the required dtype, or ``any``;
+- the pixel class is the smallest class in `PIXEL_CLASSES` that holds width*height.
+
+A worker consumes every queue it can serve: device in {any, its kind}, dtype in {any, its dtype}
+and every pixel class up to its ``--max-pixels``. The producer sends an item to the one queue
+named by its requirements, so any worker listening there can make it.
+"""
+from __future__ import annotations
+
+TASK_GENERATE = "sdq.generate"
+"""Celery task: generate one chunk of items of one job."""
+
+TASK_WEBHOOK = "sdq.webhook"
+"""Celery task: deliver a job's webhook."""
+
+CONTROL_QUEUE = "sdq.control"
+"""Queue every worker consumes for housekeeping tasks (webhooks)."""
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+ITEM_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+PIPELINES = ("txt2img", "img2img", "upscale", "depth2img")
+"""Pipelines the API knows."""
+
+PIPELINES_NEEDING_IMAGE = ("img2img", "upscale", "depth2img")
+
+SCHEDULERS = ("pndm", "plms", "ddim", "euler", "euler_a", "dpmpp_2m", "lms", "ddpm", "heun", "unipc")
+"""Scheduler names accepted in `params.scheduler` (the worker maps each to a diffusers class)."""
+
+DEVICES = ("any", "gpu", "cpu")
+DTYPES = ("fp16", "bf16", "fp32")
+
+PIXEL_CLASSES: tuple[tuple[str, int], ...] = (
+    ("p256", 256 * 256),
+    ("p512", 512 * 512),
+    ("p768", 768 * 768),
+    ("p1024", 1024 * 1024),
+    ("p2048", 2048 * 2048),
+    ("p4096", 4096 * 4096),
+)
+"""Pixel classes: (name, most pixels per image)."""
+
+
+def pixel_class(pixels: int) -> str:
+    """Name of the smallest pixel class holding `pixels` pixels."""
+    for name, limit in PIXEL_CLASSES:
+        if pixels <= limit:
+            return name
+    raise ValueError(f"{pixels} pixels exceed the largest pixel class ({PIXEL_CLASSES[-1][1]})")
+
+
+def queue_for(device: str, dtype: str | None, pixels: int) -> str:
+    """The queue an item with these requirements is sent to."""
+    return f"sdq.{device}.{dtype or 'any'}.{pixel_class(pixels)}"
+
+
+def worker_kind(device: str) -> str:
+    """`cpu` for a CPU device, `gpu` for cuda/cuda:N/mps."""
+    return "cpu" if device == "cpu" else "gpu"
+
+
+def queues_for_worker(device: str, dtype: str, max_pixels: int) -> list[str]:
+    """Every queue a worker with this device, dtype and pixel limit can serve, largest first."""
+    names = [name for name, limit in PIXEL_CLASSES if limit <= max_pixels] or [PIXEL_CLASSES[0][0]]
+    queues = [
+        f"sdq.{dev}.{dt}.{px}"
+        for px in reversed(names)
+        for dev in (worker_kind(device), "any")
+        for dt in (dtype, "any")
+    ]
+    return queues
+
+
+def celery_priority(priority: int) -> int:
+    """API priority (9 most urgent) to Redis transport priority (0 most urgent)."""
+    return 9 - max(0, min(9, int(priority)))
+
+
+def output_size(pipeline: str, width: int, height: int) -> tuple[int, int]:
+    """Size of the image a pipeline makes from `width` x `height` (input size for upscale)."""
+    if pipeline == "upscale":
+        return width * 4, height * 4
+    return width, height
+
+
+def result_key(job_id: str, index: int) -> str:
+    """S3 key of an item's PNG (SPEC §7)."""
+    return f"jobs/{job_id}/{index:05d}.png"
+
+
+def manifest_key(job_id: str) -> str:
+    """S3 key of a job's manifest."""
+    return f"jobs/{job_id}/manifest.json"

@@ -1,0 +1,53 @@
+"""Named defaults. Environment variables are read only in `sdq.config`."""
+from __future__ import annotations
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+"""Broker and job-state Redis."""
+
+S3_BUCKET = "sdq"
+"""Bucket that receives results and uploads."""
+
+SERVER = "http://127.0.0.1:8000"
+"""Where clients find the producer."""
+
+MAX_ITEMS = 10_000
+"""Hard limit on items in one job (`SDQ_MAX_ITEMS`)."""
+
+MAX_PIXELS = 1024 * 1024
+"""Producer's hard limit on width*height of one image (`SDQ_MAX_PIXELS`)."""
+
+MAX_SIDE = 2048
+"""Largest width or height accepted at submit."""
+
+MAX_STEPS = 150
+"""Largest number of denoising steps accepted at submit."""
+
+URL_TTL = 3600
+"""Lifetime of presigned GET URLs, seconds (`SDQ_URL_TTL`)."""
+
+VISIBILITY_TIMEOUT = 6 * 3600
+"""Redis broker visibility timeout: longer than any chunk of items may take."""
+
+HEARTBEAT_INTERVAL = 10.0
+"""Seconds between a worker's capability refreshes."""
+
+HEARTBEAT_TTL = 30
+"""Seconds a capability record lives without a refresh: a dead worker is gone within this."""
+
+CHUNK_MAX = 32
+"""Most items in one task message."""
+
+CHUNK_PER_WORKER = 16
+"""Aim for at least this many chunks per live worker, so the tail stays short."""
+
+PROGRESS_INTERVAL = 0.25
+"""Seconds between step-progress writes (and cancel checks) of a running item."""
+
+UPLOAD_THREADS = 4
+"""Background PNG encode + upload threads per worker."""
+
+MODEL_CACHE_SIZE = 2
+"""Pipelines a worker keeps loaded at once."""
+
+JOB_TTL = 30 * 24 * 3600
+"""Seconds job records live in Redis after creation."""

@@ -1,0 +1,41 @@
+"""All sdq errors derive from SdqError."""
+from __future__ import annotations
+
+
+class SdqError(Exception):
+    """Base class of every sdq error."""
+
+
+class ConfigError(SdqError):
+    """A setting is missing or wrong; the message says how to fix it."""
+
+
+class InvalidInput(SdqError):
+    """Caller input that fails validation; carries the offending field."""
+
+    def __init__(self, field: str, message: str, code: str = "invalid", status: int = 422) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.code = code
+        self.status = status
+
+    def to_json(self) -> dict:
+        """The API error body."""
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+class NotFound(SdqError):
+    """A job, item or object that does not exist (or belongs to someone else)."""
+
+
+class ModelError(SdqError):
+    """A model cannot be resolved or loaded."""
+
+
+class CapabilityError(SdqError):
+    """A worker was asked for a device/dtype combination it cannot run."""
+
+
+class Cancelled(SdqError):
+    """Raised inside a pipeline call when its job was cancelled."""

@@ -1,0 +1,48 @@
+"""The fleet: workers' capability records in Redis, refreshed by heartbeat.
+
+``sdq:worker:<name>`` holds a worker's record as JSON and expires `HEARTBEAT_TTL` seconds
+after its last refresh, so a dead worker leaves the fleet on its own; ``sdq:workers`` is the
+set of names ever seen (pruned on read).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from sdq import defaults
+
+FLEET_KEY = "sdq:workers"
+
+
+def publish(client: redis.Redis, record: dict[str, Any], ttl: int = defaults.HEARTBEAT_TTL) -> None:
+    """Write (or refresh) a worker's capability record."""
+    pipe = client.pipeline(transaction=False)
+    pipe.set(f"sdq:worker:{record['name']}", json.dumps(record), ex=ttl)
+    pipe.sadd(FLEET_KEY, record["name"])
+    pipe.execute()
+
+
+def remove(client: redis.Redis, name: str) -> None:
+    """Take a worker out of the fleet at once (clean shutdown)."""
+    client.delete(f"sdq:worker:{name}")
+    client.srem(FLEET_KEY, name)
+
+
+def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
+    """Capability records of live workers, sorted by name."""
+    names = sorted(n.decode() if isinstance(n, bytes) else n for n in client.smembers(FLEET_KEY))
+    if not names:
+        return []
+    records = client.mget([f"sdq:worker:{n}" for n in names])
+    dead = [n for n, r in zip(names, records) if r is None]
+    if dead:
+        client.srem(FLEET_KEY, *dead)
+    return [json.loads(r) for r in records if r is not None]
+
+
+def serving(workers: list[dict[str, Any]], queue: str, model: str) -> list[dict[str, Any]]:
+    """Live workers that consume `queue` and may load `model`."""
+    return [w for w in workers if queue in w.get("queues", ())
+            and (not w.get("models") or model in w["models"])]

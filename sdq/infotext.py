@@ -1,0 +1,77 @@
+"""A1111 "infotext": the `parameters` PNG text chunk that records how an image was made.
+
+Format (read by AUTOMATIC1111, ComfyUI importers and most image browsers)::
+
+    <prompt>
+    Negative prompt: <negative prompt>
+    Steps: 20, Sampler: PNDM, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: builtin:tiny-sd, ...
+"""
+from __future__ import annotations
+
+import json
+import re
+
+SAMPLER_NAMES = {
+    "pndm": "PNDM", "plms": "PLMS", "ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a",
+    "dpmpp_2m": "DPM++ 2M", "lms": "LMS", "ddpm": "DDPM", "heun": "Heun", "unipc": "UniPC",
+}
+"""Our scheduler names to the sampler names A1111 writes."""
+
+SCHEDULER_OF_SAMPLER = {v: k for k, v in SAMPLER_NAMES.items()}
+
+_FIELD = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    return json.dumps(text) if any(c in text for c in ',:"\n') else text
+
+
+def format_infotext(prompt: str, negative_prompt: str, fields: dict[str, object]) -> str:
+    """Infotext for one image; `fields` keeps its order, None values are left out."""
+    lines = [prompt.replace("\n", " ")]
+    if negative_prompt:
+        lines.append("Negative prompt: " + negative_prompt.replace("\n", " "))
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields.items() if v is not None and v != ""))
+    return "\n".join(lines)
+
+
+def parse_infotext(text: str) -> dict[str, object]:
+    """Parse infotext into `{"prompt", "negative_prompt", <field>: <string value>...}`."""
+    lines = text.strip("\n").split("\n")
+    params_line = lines[-1] if len(lines) > 1 or _FIELD.match(lines[-1] or "") else ""
+    body = lines[:-1] if params_line else lines
+    prompt, negative, in_negative = [], [], False
+    for line in body:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    out: dict[str, object] = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
+    for key, value in _FIELD.findall(params_line):
+        value = value.strip()
+        if value.startswith('"'):
+            value = json.loads(value)
+        out[key.strip()] = value
+    return out
+
+
+def params_from_infotext(info: dict[str, object]) -> dict[str, object]:
+    """Turn parsed infotext back into submit parameters (the inverse of the worker's fields)."""
+    params: dict[str, object] = {}
+    if "Steps" in info:
+        params["steps"] = int(info["Steps"])
+    if "CFG scale" in info:
+        params["guidance_scale"] = float(info["CFG scale"])
+    if "Seed" in info:
+        params["seed"] = int(info["Seed"])
+    if "Size" in info:
+        w, _, h = str(info["Size"]).partition("x")
+        params["width"], params["height"] = int(w), int(h)
+    if info.get("Sampler") in SCHEDULER_OF_SAMPLER:
+        params["scheduler"] = SCHEDULER_OF_SAMPLER[str(info["Sampler"])]
+    if "Denoising strength" in info:
+        params["strength"] = float(info["Denoising strength"])
+    if "Noise level" in info:
+        params["noise_level"] = int(info["Noise level"])
+    return params

@@ -1,0 +1,82 @@
+"""Results in an S3-compatible bucket: path-style, retried uploads, presigned GET URLs."""
+from __future__ import annotations
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+UPLOAD_ATTEMPTS = 5
+"""Total attempts per S3 call (botocore's standard retry mode backs off between them)."""
+
+
+def _client(endpoint_url: str | None, region: str):
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        retries={"mode": "standard", "total_max_attempts": UPLOAD_ATTEMPTS},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        max_pool_connections=16,
+    )
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+
+
+class ResultStore:
+    """One bucket of results. Keys are made by the server (`sdq.contract`), never from user text."""
+
+    def __init__(self, bucket: str, endpoint_url: str | None = None,
+                 public_endpoint_url: str | None = None, region: str = "us-east-1",
+                 url_ttl: int = 3600) -> None:
+        self.bucket = bucket
+        self.url_ttl = url_ttl
+        self.client = _client(endpoint_url, region)
+        public = public_endpoint_url or endpoint_url
+        self.signer = self.client if public == endpoint_url else _client(public, region)
+
+    @classmethod
+    def from_settings(cls, settings) -> "ResultStore":
+        """Build from `sdq.config.Settings`."""
+        return cls(settings.s3_bucket, settings.s3_endpoint_url, settings.s3_public_endpoint_url,
+                   settings.s3_region, settings.url_ttl)
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            try:
+                self.client.create_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+            metadata: dict[str, str] | None = None) -> None:
+        """Write `data` at `key` (overwrites, so a re-run item never duplicates results)."""
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
+                               Metadata=metadata or {})
+
+    def get(self, key: str) -> bytes:
+        """Read the object at `key`."""
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def size(self, key: str) -> int | None:
+        """Size of the object at `key`, or None when absent."""
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def keys(self, prefix: str) -> list[str]:
+        """All keys under `prefix`, sorted."""
+        out: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            out.extend(obj["Key"] for obj in page.get("Contents", []))
+        return sorted(out)
+
+    def url(self, key: str) -> str:
+        """A presigned GET URL for `key`, signed for the public endpoint."""
+        return self.signer.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_ttl)

@@ -1,0 +1,96 @@
+"""The worker's capability record and the heartbeat that keeps it (and its held message) fresh."""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+
+from sdq import __version__, defaults, fleet
+from sdq.models import BUILTIN_MODELS, allowed_models
+from workers.device import Device
+
+log = logging.getLogger(__name__)
+
+
+class Capability:
+    """What this worker can do, as published in the fleet (SPEC §5)."""
+
+    def __init__(self, name: str, device: Device, models: list[str], max_pixels: int, max_batch: int,
+                 queues: list[str], threads: int | None, runner=None) -> None:
+        self.name, self.device = name, device
+        self.models, self.max_pixels, self.max_batch = models, max_pixels, max_batch
+        self.queues, self.threads = queues, threads
+        self.runner = runner
+        self.host = socket.gethostname()
+        self.started_at = time.time()
+
+    def pipelines(self) -> list[str]:
+        """Pipelines some allowed model of this worker can run."""
+        out: list[str] = []
+        for model in self.models:
+            for p in BUILTIN_MODELS.get(model, ("txt2img", "img2img", "upscale", "depth2img")):
+                if p not in out:
+                    out.append(p)
+        return out
+
+    def record(self) -> dict[str, Any]:
+        """The capability record, measured now."""
+        total, free = self.device.memory_gb()
+        runner = self.runner
+        return {
+            "name": self.name, "host": self.host, "device": self.device.device, "kind": self.device.kind,
+            "device_name": self.device.name, "dtype": self.device.dtype,
+            "memory_total_gb": total, "memory_free_gb": free, "pipelines": self.pipelines(),
+            "models": self.models, "loaded_models": runner.cache.loaded() if runner else [],
+            "max_pixels": self.max_pixels, "max_batch": self.max_batch, "queues": self.queues,
+            "threads": self.threads, "items_done": runner.items_done if runner else 0,
+            "current_item": runner.current if runner else None,
+            "started_at": self.started_at, "last_seen": time.time(), "version": __version__,
+        }
+
+
+def worker_models(requested: list[str] | None, allowlist: tuple[str, ...]) -> list[str]:
+    """Models this worker may load: `--models` (each must be allowed) or everything allowed."""
+    allowed = allowed_models(allowlist)
+    if not requested:
+        return allowed
+    unknown = [m for m in requested if m not in allowed]
+    if unknown:
+        from sdq.exceptions import CapabilityError
+
+        raise CapabilityError(f"--models names {', '.join(unknown)}, which SDQ_MODELS does not allow; "
+                              f"allowed: {', '.join(allowed)}")
+    return requested
+
+
+class Heartbeat(threading.Thread):
+    """Publishes the capability record every `interval` seconds until stopped."""
+
+    def __init__(self, client: redis.Redis, capability: Capability,
+                 interval: float = defaults.HEARTBEAT_INTERVAL) -> None:
+        super().__init__(name="sdq-heartbeat", daemon=True)
+        self.client, self.capability, self.interval = client, capability, interval
+        self.stopped = threading.Event()
+
+    def beat(self) -> None:
+        """Publish once."""
+        fleet.publish(self.client, self.capability.record())
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - a Redis hiccup must not kill the heartbeat
+                log.exception("heartbeat failed")
+
+    def stop(self) -> None:
+        """Stop beating and leave the fleet."""
+        self.stopped.set()
+        try:
+            fleet.remove(self.client, self.capability.name)
+        except redis.RedisError:
+            pass

@@ -1,0 +1,72 @@
+"""Device and dtype selection: what this worker process runs on."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sdq.exceptions import CapabilityError
+
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Device:
+    """The device a worker is bound to and the dtype it computes in."""
+
+    device: str
+    dtype: str
+    name: str
+
+    @property
+    def kind(self) -> str:
+        """`cpu` or `gpu`."""
+        return "cpu" if self.device == "cpu" else "gpu"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The torch dtype."""
+        return TORCH_DTYPES[self.dtype]
+
+    def memory_gb(self) -> tuple[float | None, float | None]:
+        """(total, free) memory of the device in GiB."""
+        if self.device.startswith("cuda"):
+            free, total = torch.cuda.mem_get_info(torch.device(self.device))
+            return round(total / 2**30, 2), round(free / 2**30, 2)
+        import psutil
+
+        vm = psutil.virtual_memory()
+        return round(vm.total / 2**30, 2), round(vm.available / 2**30, 2)
+
+
+def select_device(device: str = "auto", dtype: str = "auto", force: bool = False) -> Device:
+    """Resolve `--device`/`--dtype`; refuse combinations that cannot run well."""
+    # 1. Device.
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise CapabilityError(f"--device {device}: no CUDA device is visible to torch "
+                                  f"(torch {torch.__version__}); install a CUDA build of torch or use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise CapabilityError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+        device = f"cuda:{index}"
+        name = torch.cuda.get_device_name(index)
+    elif device == "cpu":
+        import platform
+
+        name = platform.processor() or platform.machine() or "cpu"
+    else:
+        raise CapabilityError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    # 2. Dtype.
+    if dtype == "auto":
+        dtype = "fp32" if device == "cpu" else "fp16"
+    if dtype not in TORCH_DTYPES:
+        raise CapabilityError(f"--dtype {dtype!r}: expected auto, fp16, bf16 or fp32")
+    if device == "cpu" and dtype == "fp16" and not force:
+        raise CapabilityError("--dtype fp16 on --device cpu: half precision is a GPU format and is slow or "
+                              "fails on CPUs; use --dtype fp32 (or bf16), or pass --force-dtype")
+    if dtype == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise CapabilityError(f"--dtype bf16: {name} does not support bfloat16; use --dtype fp16")
+    return Device(device=device, dtype=dtype, name=name)

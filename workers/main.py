@@ -1,0 +1,96 @@
+"""`sdq worker`: one process bound to one device, consuming the queues it can serve."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import redis
+
+from sdq import contract, defaults
+from sdq.config import Settings
+from sdq.jobstore import JobStore
+from sdq.lifecycle import finalize_job
+from sdq.queue import make_celery
+from storage import ResultStore
+
+log = logging.getLogger("sdq.worker")
+
+
+@dataclass
+class WorkerOptions:
+    """Command-line options of `sdq worker`."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    models: list[str] | None = None
+    max_pixels: int | None = None
+    max_batch: int | None = None
+    threads: int | None = None
+    name: str | None = None
+    low_memory: bool = False
+    force_dtype: bool = False
+    preload: list[str] | None = None
+    loglevel: str = "INFO"
+
+
+def default_max_batch(kind: str) -> int:
+    """Micro-batch size when not given: 4 on a GPU; 1 on a CPU, where batching gains nothing."""
+    return 4 if kind == "gpu" else 1
+
+
+def run_worker(settings: Settings, opts: WorkerOptions) -> int:
+    """Start the worker and block until it is stopped."""
+    # 1. Device first: refuse a bad device/dtype before anything is loaded.
+    from workers.capability import Capability, Heartbeat, worker_models
+    from workers.device import select_device
+
+    device = select_device(opts.device, opts.dtype, force=opts.force_dtype)
+    import torch
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    models = worker_models(opts.models, settings.models)
+    max_pixels = opts.max_pixels or settings.max_pixels
+    max_batch = opts.max_batch or default_max_batch(device.kind)
+    name = opts.name or f"{device.kind}-{socket.gethostname()}-{os.getpid()}"
+    queues = contract.queues_for_worker(device.device, device.dtype, max_pixels) + [contract.CONTROL_QUEUE]
+
+    # 2. Services and the warm pipeline cache.
+    from workers.pipelines import PipelineCache
+    from workers.runner import Runner
+    from workers.tasks import register
+    from workers.uploader import Uploader
+    from workers.webhook import deliver_webhook
+
+    client = redis.Redis.from_url(settings.redis_url)
+    jobs = JobStore(client)
+    store = ResultStore.from_settings(settings)
+    store.ensure_bucket()
+    celery = make_celery(settings.redis_url)
+    uploader = Uploader(store, jobs, lambda job_id: finalize_job(jobs, store, job_id, celery),
+                        threads=defaults.UPLOAD_THREADS)
+    cache = PipelineCache(settings.models_dir, device, defaults.MODEL_CACHE_SIZE,
+                          allow_ckpt=settings.allow_ckpt, low_memory=opts.low_memory)
+    runner = Runner(name, device, cache, jobs, store, uploader, max_batch)
+    for model in opts.preload or []:
+        cache.get(model, "txt2img")
+    register(celery, runner, on_webhook=lambda task, job_id: deliver_webhook(task, jobs, settings, job_id))
+
+    # 3. Join the fleet, then consume.
+    capability = Capability(name, device, models, max_pixels, max_batch, queues, opts.threads, runner)
+    heartbeat = Heartbeat(client, capability)
+    heartbeat.beat()
+    heartbeat.start()
+    log.info("worker %s on %s (%s, %s) consuming %s", name, device.device, device.name, device.dtype, queues)
+    try:
+        celery.worker_main([
+            "worker", "--pool=solo", "--concurrency=1", f"--hostname={name}@%h",
+            f"--queues={','.join(queues)}", f"--loglevel={opts.loglevel}", "--without-gossip",
+            "--without-mingle", "--without-heartbeat",
+        ])
+    finally:
+        heartbeat.stop()
+        uploader.shutdown()
+    return 0
