@@ -8,7 +8,7 @@ from sdq.jobstore import JobStore
 from storage import ResultStore
 
 ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "state", "worker", "device", "dtype",
-               "key", "url", "duration_s", "error", "params", "init_image", "attempts")
+               "key", "url", "bytes", "duration_s", "error", "params", "init_image", "attempts")
 PUBLIC_JOB_FIELDS = ("id", "state", "created_at", "started_at", "finished_at", "model", "pipeline",
                      "params", "requires", "priority", "n_items", "warnings")
 

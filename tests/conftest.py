@@ -1,0 +1,113 @@
+"""Session fixtures that start real services: redis-server, moto's S3 server, the producer, workers."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from sdq import contract
+from sdq.client import Client
+from sdq.services import LOCAL_AWS, Stack, free_port
+from storage import ResultStore
+
+TEST_BUCKET = "sdq-test"
+FAST = {"width": 64, "height": 64, "steps": 4}
+"""Small, fast generation parameters for tests."""
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sdq")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_env(workdir) -> Iterator[None]:
+    """Isolate the model cache and point every child process at the test bucket."""
+    models = Path(os.environ.get("SDQ_TEST_MODELS_DIR") or workdir / "models")
+    old = dict(os.environ)
+    os.environ.update(LOCAL_AWS, SDQ_MODELS_DIR=str(models), SDQ_S3_BUCKET=TEST_BUCKET, HF_HUB_OFFLINE="1",
+                      TOKENIZERS_PARALLELISM="false")
+    for var in ("SDQ_REDIS_URL", "SDQ_S3_ENDPOINT_URL", "SDQ_SERVER", "SDQ_API_TOKENS", "SDQ_MODELS"):
+        os.environ.pop(var, None)
+    yield
+    os.environ.clear()
+    os.environ.update(old)
+
+
+@pytest.fixture(scope="session")
+def models_dir(test_env) -> Path:
+    """The session's model cache with the built-in tiny models generated once."""
+    from workers.builtin import BUILDERS, ensure_builtin
+
+    path = Path(os.environ["SDQ_MODELS_DIR"])
+    for name in BUILDERS:
+        ensure_builtin(path, name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def s3_url(workdir, test_env) -> Iterator[str]:
+    """moto's standalone S3 server on a free loopback port."""
+    stack = Stack(workdir / "s3")
+    (workdir / "s3").mkdir(exist_ok=True)
+    url = stack.s3(free_port())
+    yield url
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def store(s3_url) -> ResultStore:
+    """The results bucket, as a client sees it."""
+    s = ResultStore(TEST_BUCKET, s3_url)
+    s.ensure_bucket()
+    return s
+
+
+StackFactory = Callable[..., Stack]
+
+
+@pytest.fixture(scope="session")
+def stack_factory(workdir, s3_url, models_dir, store) -> Iterator[StackFactory]:
+    """Start a private redis-server + producer (sharing the S3 server); workers are added by tests."""
+    stacks: list[Stack] = []
+
+    def make(name: str, env: dict[str, str] | None = None) -> Stack:
+        d = workdir / name
+        d.mkdir(exist_ok=True)
+        st = Stack(d, env={"SDQ_S3_ENDPOINT_URL": s3_url, **(env or {})})
+        stacks.append(st)
+        st.redis(free_port())
+        st.producer(free_port())
+        return st
+
+    yield make
+    for st in stacks:
+        st.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_factory) -> Stack:
+    """The shared stack: redis, producer and one warm CPU worker (1 torch thread)."""
+    st = stack_factory("main")
+    st.worker("w-main", "--device", "cpu", "--threads", "1", "--preload", "builtin:tiny-sd")
+    return st
+
+
+@pytest.fixture(scope="session")
+def client(stack) -> Client:
+    return Client(stack.env["SDQ_SERVER"])
+
+
+def wait_job(client: Client, job_id: str, timeout: float = 180.0,
+             states: tuple[str, ...] = contract.TERMINAL_STATES) -> dict:
+    """Poll a job until it reaches one of `states`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = client.job(job_id)
+        if doc["state"] in states:
+            return doc
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} still {doc['state']} after {timeout}s: {doc['counts']}")
