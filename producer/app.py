@@ -29,9 +29,10 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     store = ResultStore.from_settings(settings)
     app.extensions["sdq_store"] = store
 
-    from producer.routes import bp
+    from producer import meta, routes
 
-    app.register_blueprint(bp)
+    app.register_blueprint(routes.bp)
+    app.register_blueprint(meta.bp)
     _register_errors(app)
     return app
 

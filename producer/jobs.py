@@ -136,10 +136,10 @@ def route(plan: Plan, workers: list[dict[str, Any]]) -> list[tuple[str, list[dic
 
 
 def enqueue(celery: Celery, plan: Plan, routed: list[tuple[str, list[dict[str, Any]]]]) -> None:
-    """Publish one task message per chunk over one broker connection."""
+    """Publish one task message per chunk, pipelined over one broker connection (kombu batch)."""
     job = plan.job
     priority = contract.celery_priority(job["priority"])
-    with celery.producer_or_acquire() as producer:
+    with celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
         for queue, chunk in routed:
             message = {
                 "job": job["id"], "model": job["model"], "pipeline": job["pipeline"],

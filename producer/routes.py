@@ -27,12 +27,16 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
-@bp.before_request
+PUBLIC_ENDPOINTS = ("api.healthz", "meta.index", "static")
+"""Endpoints that need no token: liveness and the (data-free) web page."""
+
+
+@bp.before_app_request
 def authenticate() -> Response | None:
     """With SDQ_API_TOKENS set, require a bearer token; remember its owner."""
     tokens = current_app.config["SDQ"].api_tokens
     g.owner = ""
-    if not tokens or request.endpoint == "api.healthz":
+    if not tokens or request.endpoint in PUBLIC_ENDPOINTS:
         return None
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
