@@ -7,15 +7,19 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from celery import Celery
 
 from producer.schemas import SubmitRequest
+from producer.sweep import PARAM_KEYS as SWEEP_PARAM_KEYS, check_sweep, combinations
 from sdq import contract, defaults, fleet
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
+from sdq.grid import GRID_MAX_ITEMS
 from sdq.models import check_model
+from sdq.webhooks import check_webhook_url
+from workers.watermark import MIN_PIXELS as WATERMARK_MIN_PIXELS
 
 DEFAULTS: dict[str, Any] = {
     "steps": 20, "guidance_scale": 7.5, "width": 512, "height": 512, "scheduler": "pndm",
@@ -44,6 +48,11 @@ def _item_params(base: dict[str, Any], override: Any | None) -> dict[str, Any]:
     return params
 
 
+def _pixels(pipeline: str, params: dict[str, Any]) -> int:
+    w, h = contract.output_size(pipeline, params["width"], params["height"])
+    return w * h
+
+
 def _check_limits(pipeline: str, params: dict[str, Any], where: str, settings: Settings) -> None:
     w, h = contract.output_size(pipeline, params["width"], params["height"])
     if w * h > settings.max_pixels:
@@ -51,10 +60,25 @@ def _check_limits(pipeline: str, params: dict[str, Any], where: str, settings: S
                            f"{settings.max_pixels} pixels per image", code="too_large")
 
 
-def plan_job(req: SubmitRequest, settings: Settings, owner: str) -> Plan:
-    """Validate `req` against the server's limits and expand it into items (nothing written)."""
+def _init_image_size(params: dict[str, Any], record: dict[str, Any] | None, explicit: set[str]) -> dict[str, Any]:
+    """Image pipelines work at the init image's size unless width/height are given: the worker resizes
+    the image to width x height (rounded down to a multiple of 8); upscale makes 4x that."""
+    if record is None:
+        return params
+    size = {"width": record["width"], "height": record["height"]}
+    return {**params, **{k: max(8, v // 8 * 8) for k, v in size.items() if k not in explicit}}
+
+
+def plan_job(req: SubmitRequest, settings: Settings, owner: str,
+             uploads: Callable[[str, str], dict[str, Any]] | None = None) -> Plan:
+    """Validate `req` against the server's limits and expand it into items (nothing written).
+    `uploads(key, field)` returns an init image's upload record or raises InvalidInput naming `field`."""
     # 1. Model and job-wide parameters.
     check_model(req.model, req.pipeline, settings.models)
+    if req.webhook_url:
+        check_webhook_url(req.webhook_url, settings.webhook_allow_private)
+    sweep = check_sweep(req.sweep)
+    combos = combinations(sweep)
     given = req.params.model_dump(exclude_none=True)
     base = {**DEFAULTS, **given}
     if req.pipeline == "upscale":
@@ -63,32 +87,60 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str) -> Plan:
     n_per = req.params.images_per_prompt
     watermark = settings.watermark_default if req.params.watermark is None else req.params.watermark
 
-    # 2. Items: prompts or explicit items, times images_per_prompt.
+    # 2. Items: prompts or explicit items, times sweep combinations, times images_per_prompt.
     sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items]
-    total = len(sources) * n_per
+    total = len(sources) * len(combos) * n_per
     if total > settings.max_items:
-        raise InvalidInput("prompts" if req.prompts else "items",
+        raise InvalidInput("sweep" if sweep else "prompts" if req.prompts else "items",
                            f"{total} items exceed this server's limit of {settings.max_items} per job",
+                           code="too_many_items")
+    if req.params.grid and total > GRID_MAX_ITEMS:
+        raise InvalidInput("params.grid", f"a grid holds at most {GRID_MAX_ITEMS} images; this job has {total}",
                            code="too_many_items")
     items: list[dict[str, Any]] = []
     for src, (prompt, it) in enumerate(sources):
         where = f"items[{src}]." if it is not None else "params."
         params = _item_params(base, it)
-        _check_limits(req.pipeline, params, where, settings)
         init_image = it.init_image if it is not None else None
+        image_field = f"{where}init_image" if init_image else "params.init_image"
         init_image = init_image or given.get("init_image")
         if req.pipeline in contract.PIPELINES_NEEDING_IMAGE and not init_image:
             raise InvalidInput(f"{where}init_image", f"pipeline {req.pipeline!r} needs an init_image",
                                code="missing_init_image")
+        if init_image and req.pipeline not in contract.PIPELINES_NEEDING_IMAGE:
+            raise InvalidInput(image_field, f"pipeline {req.pipeline!r} takes no init_image (img2img, upscale "
+                               f"and depth2img do)", code="unexpected_init_image")
+        if init_image and uploads is not None:
+            explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
+            params = _init_image_size(params, uploads(init_image, image_field), explicit)
+        _check_limits(req.pipeline, params, where, settings)
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
-        for k in range(n_per):
-            index = len(items)
-            item_seed = (it.seed + k) if it is not None and it.seed is not None else seed + index
-            items.append({
-                "index": index, "prompt": prompt, "negative_prompt": negative, "seed": item_seed % (2**32),
-                "init_image": init_image, "params": params, "state": "queued",
-                "steps": params["steps"], "key": None,
-            })
+        for combo in combos:
+            # A sweep overrides job and item values; its cells of one prompt share a seed.
+            cell = {**params, **{k: v for k, v in combo.items() if k in SWEEP_PARAM_KEYS}}
+            if combo:
+                _check_limits(req.pipeline, cell, "sweep.", settings)
+            for k in range(n_per):
+                index = len(items)
+                if "seed" in combo:
+                    item_seed = combo["seed"] + k
+                elif it is not None and it.seed is not None:
+                    item_seed = it.seed + k
+                else:
+                    item_seed = seed + (src * n_per + k if combo else index)
+                items.append({
+                    "index": index, "prompt": prompt, "negative_prompt": combo.get("negative_prompt", negative),
+                    "seed": item_seed % (2**32), "init_image": init_image, "params": cell, "state": "queued",
+                    "steps": cell["steps"], "key": None, **({"sweep": combo} if combo else {}),
+                })
+
+    if req.params.watermark:
+        small = [it for it in items if _pixels(req.pipeline, it["params"]) < WATERMARK_MIN_PIXELS]
+        if small:
+            w, h = contract.output_size(req.pipeline, small[0]["params"]["width"], small[0]["params"]["height"])
+            raise InvalidInput("params.watermark", f"the invisible watermark needs images of at least "
+                               f"{WATERMARK_MIN_PIXELS} pixels (256x256); item {small[0]['index']} is {w}x{h}",
+                               code="too_small")
 
     # 3. The job record.
     job_params = {k: v for k, v in base.items() if k not in ("seed",)}
@@ -98,7 +150,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str) -> Plan:
         "id": uuid.uuid4().hex, "owner": owner, "state": "queued", "created_at": time.time(),
         "model": req.model, "pipeline": req.pipeline, "params": job_params,
         "requires": req.requires.model_dump(), "priority": req.priority, "n_items": len(items),
-        "seed": seed, "webhook_url": req.webhook_url,
+        "seed": seed, "webhook_url": req.webhook_url, "sweep": sweep or None,
     }
     return Plan(job, items)
 
@@ -149,3 +201,12 @@ def enqueue(celery: Celery, plan: Plan, routed: list[tuple[str, list[dict[str, A
             }
             celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": message}, queue=queue,
                              priority=priority, producer=producer)
+
+
+def requeue(jobs, celery: Celery, job_id: str, workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Retry: re-queue the job's failed and cancelled items (same seeds) and publish them again."""
+    items = jobs.retry(job_id) or []
+    if items:
+        plan = Plan(jobs.get(job_id), sorted(items, key=lambda it: it["index"]))
+        enqueue(celery, plan, route(plan, workers))
+    return items

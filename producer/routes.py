@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from producer import events
 from producer import jobs as joblib
+from producer import uploads as uploadlib
+from producer.formats import body_from_prompt_file, is_prompt_file
 from producer.schemas import parse_submit
 from producer.status import job_view
 from sdq import fleet
+from sdq.lifecycle import finalize_job
 from sdq.exceptions import InvalidInput, NotFound
 
 bp = Blueprint("api", __name__)
@@ -63,14 +67,18 @@ def healthz():
 
 @bp.post("/v1/jobs")
 def submit():
-    """Validate, record and enqueue a job; 202 with its id."""
-    body = request.get_json(silent=True)
+    """Validate, record and enqueue a job; 202 with its id. JSON, or a prompt file (producer.formats)."""
+    if is_prompt_file(request.mimetype):
+        body = body_from_prompt_file(request.get_data(as_text=True), request.mimetype, request.args.to_dict())
+    else:
+        body = request.get_json(silent=True)
     if body is None:
-        raise InvalidInput("body", "the request body must be JSON (Content-Type: application/json)",
-                           code="invalid_json", status=400)
+        raise InvalidInput("body", "the request body must be JSON (Content-Type: application/json) or a prompt "
+                           "file (text/plain, text/csv, application/x-ndjson)", code="invalid_json", status=400)
     req = parse_submit(body)
     settings = current_app.config["SDQ"]
-    plan = joblib.plan_job(req, settings, g.owner)
+    plan = joblib.plan_job(req, settings, g.owner, uploads=lambda key, field: uploadlib.lookup(
+        _ext("sdq_redis"), key, g.owner, field))
     routed = joblib.route(plan, fleet.live_workers(_ext("sdq_redis")))
     plan.job["warnings"] = plan.warnings
     store = _ext("sdq_jobs")
@@ -110,8 +118,36 @@ def get_job(job_id: str):
 def cancel_job(job_id: str):
     """Cancel: queued items never run, running ones stop at their next step."""
     _own_job(job_id)
-    state = _ext("sdq_jobs").cancel(job_id)
+    state, ended = _ext("sdq_jobs").cancel(job_id)
+    if ended:  # no item was running: this call ended the job, so it writes the manifest
+        finalize_job(_ext("sdq_jobs"), _ext("sdq_store"), job_id, _ext("celery"))
     return jsonify({"id": job_id, "state": state}), 202
+
+
+@bp.post("/v1/jobs/<job_id>/retry")
+def retry_job(job_id: str):
+    """Re-queue the job's failed and cancelled items with their seeds."""
+    _own_job(job_id)
+    requeued = joblib.requeue(_ext("sdq_jobs"), _ext("celery"), job_id, fleet.live_workers(_ext("sdq_redis")))
+    job = _ext("sdq_jobs").get(job_id)
+    return jsonify({"id": job_id, "state": job["state"], "requeued": len(requeued),
+                    "items": [it["index"] for it in requeued[:1000]]}), 202
+
+
+@bp.get("/v1/jobs/<job_id>/events")
+def job_events(job_id: str):
+    """Server-Sent Events of one job (see producer.events)."""
+    _own_job(job_id)
+    frames = events.stream(_ext("sdq_redis"), _ext("sdq_jobs"), _ext("sdq_store"), job_id)
+    return Response(frames, mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@bp.post("/v1/uploads")
+def upload():
+    """Store an init image (PNG/JPEG/WebP; multipart `file` or raw body); 201 with {key, width, height}."""
+    data = uploadlib.read_body(request)
+    return jsonify(uploadlib.save_upload(_ext("sdq_store"), _ext("sdq_redis"), data, g.owner)), 201
 
 
 @bp.get("/v1/workers")

@@ -41,7 +41,7 @@ class Overrides(_Strict):
     height: int | None = None
     scheduler: str | None = None
     strength: float | None = Field(None, ge=0, le=1)
-    noise_level: int | None = Field(None, ge=0, le=1000)
+    noise_level: int | None = Field(None, ge=0, le=350)  # the x4 upscaler's max_noise_level
 
     @field_validator("width", "height")
     @classmethod

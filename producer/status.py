@@ -8,9 +8,10 @@ from sdq.jobstore import JobStore
 from storage import ResultStore
 
 ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "state", "worker", "device", "dtype",
-               "key", "url", "bytes", "duration_s", "error", "params", "init_image", "attempts")
+               "key", "url", "bytes", "duration_s", "error", "params", "init_image", "attempts",
+               "oom_retries", "low_memory", "started_at", "finished_at", "sweep", "batch")
 PUBLIC_JOB_FIELDS = ("id", "state", "created_at", "started_at", "finished_at", "model", "pipeline",
-                     "params", "requires", "priority", "n_items", "warnings")
+                     "params", "requires", "priority", "n_items", "warnings", "sweep")
 
 
 def item_view(item: dict[str, Any], store: ResultStore) -> dict[str, Any]:
@@ -27,9 +28,11 @@ def job_view(job: dict[str, Any], jobs: JobStore, store: ResultStore, offset: in
     out["counts"] = job["counts"]
     total, done = job.get("steps_total", 0), job.get("steps_done", 0)
     out["progress"] = round(min(1.0, done / total), 4) if total else 1.0
+    out["steps"] = {"done": done, "total": total}
     out["eta_seconds"] = _eta(job, total, done)
-    out["queue_position"] = None
+    out["queue_position"] = jobs.queue_position(job)
     out["manifest"] = store.url(job["manifest_key"]) if job.get("manifest_key") else None
+    out["grid"] = store.url(job["grid_key"]) if job.get("grid_key") else None
     if with_items:
         items = jobs.items(job["id"], offset, limit, job.get("n_items", 0))
         out["items"] = [item_view(it, store) for it in items]
@@ -38,6 +41,7 @@ def job_view(job: dict[str, Any], jobs: JobStore, store: ResultStore, offset: in
 
 
 def _eta(job: dict[str, Any], total: int, done: int) -> float | None:
+    """Seconds left at the job's measured rate (steps done since it started); None before any step."""
     if job.get("finished_at"):
         return 0.0
     started = job.get("started_at")

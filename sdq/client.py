@@ -1,7 +1,8 @@
 """A small HTTP client of the producer API, used by the CLI."""
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Iterator
 
 import requests
 
@@ -58,6 +59,33 @@ class Client:
         while len(items) < doc["n_items"]:
             items += self.job(job_id, len(items), 100)["items"]
         return doc, items
+
+    def jobs(self, offset: int = 0, limit: int = 20) -> dict[str, Any]:
+        """GET /v1/jobs: the caller's jobs, newest first."""
+        return self._call("GET", "/v1/jobs", params={"offset": offset, "limit": limit})
+
+    def events(self, job_id: str, read_timeout: float = 60.0) -> Iterator[tuple[str, dict[str, Any]]]:
+        """GET /v1/jobs/{id}/events: (event name, data) pairs until the server ends the stream."""
+        try:
+            resp = self.session.get(f"{self.server}/v1/jobs/{job_id}/events", stream=True,
+                                    timeout=(self.timeout, read_timeout))
+        except requests.ConnectionError as exc:
+            raise SdqError(f"cannot reach the sdq server at {self.server} ({exc.__class__.__name__})") from None
+        with resp:
+            if resp.status_code >= 400:
+                raise ApiError(resp.status_code, resp.json())
+            event, data = "message", []
+            for line in resp.iter_lines(chunk_size=None, decode_unicode=True):
+                if line:
+                    field, _, value = line.partition(":")
+                    if field == "event":
+                        event = value.strip()
+                    elif field == "data":
+                        data.append(value.removeprefix(" "))
+                    continue
+                if data:  # a blank line ends a frame; comments and retry-only frames carry no data
+                    yield event, json.loads("\n".join(data))
+                event, data = "message", []
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """DELETE /v1/jobs/{id}."""

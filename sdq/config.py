@@ -40,6 +40,7 @@ class Settings:
     models_dir: Path = field(default_factory=default_models_dir)
     max_items: int = defaults.MAX_ITEMS
     max_pixels: int = defaults.MAX_PIXELS
+    visibility_timeout: int = defaults.VISIBILITY_TIMEOUT
     url_ttl: int = defaults.URL_TTL
     webhook_allow_private: bool = False
     webhook_secret: str = ""
@@ -65,6 +66,7 @@ class Settings:
             models_dir=Path(env["SDQ_MODELS_DIR"]) if env.get("SDQ_MODELS_DIR") else default_models_dir(),
             max_items=_int(env, "SDQ_MAX_ITEMS", defaults.MAX_ITEMS),
             max_pixels=_int(env, "SDQ_MAX_PIXELS", defaults.MAX_PIXELS),
+            visibility_timeout=_int(env, "SDQ_VISIBILITY_TIMEOUT", defaults.VISIBILITY_TIMEOUT),
             url_ttl=_int(env, "SDQ_URL_TTL", defaults.URL_TTL),
             webhook_allow_private=env.get("SDQ_WEBHOOK_ALLOW_PRIVATE", "") in ("1", "true", "yes"),
             webhook_secret=env.get("SDQ_WEBHOOK_SECRET", ""),

@@ -25,8 +25,13 @@ MAX_STEPS = 150
 URL_TTL = 3600
 """Lifetime of presigned GET URLs, seconds (`SDQ_URL_TTL`)."""
 
-VISIBILITY_TIMEOUT = 6 * 3600
-"""Redis broker visibility timeout: longer than any chunk of items may take."""
+VISIBILITY_TIMEOUT = 45
+"""Redis broker visibility timeout, seconds (`SDQ_VISIBILITY_TIMEOUT`). Short on purpose: a live
+worker's heartbeat keeps the messages it holds fresh (see `workers.leases`), so only a dead
+worker's messages outlive it and go back to the queue."""
+
+LEASE_MIN_REFRESHES = 4
+"""A held message's lease is refreshed at least this often per visibility timeout."""
 
 HEARTBEAT_INTERVAL = 10.0
 """Seconds between a worker's capability refreshes."""

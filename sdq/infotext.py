@@ -57,7 +57,9 @@ def parse_infotext(text: str) -> dict[str, object]:
 
 
 def params_from_infotext(info: dict[str, object]) -> dict[str, object]:
-    """Turn parsed infotext back into submit parameters (the inverse of the worker's fields)."""
+    """Turn parsed infotext back into submit `params` (the inverse of the worker's fields): size
+    (the input size for upscale), steps, guidance, scheduler, seed, strength, noise level, negative
+    prompt, init image and watermark."""
     params: dict[str, object] = {}
     if "Steps" in info:
         params["steps"] = int(info["Steps"])
@@ -65,8 +67,9 @@ def params_from_infotext(info: dict[str, object]) -> dict[str, object]:
         params["guidance_scale"] = float(info["CFG scale"])
     if "Seed" in info:
         params["seed"] = int(info["Seed"])
-    if "Size" in info:
-        w, _, h = str(info["Size"]).partition("x")
+    size = info.get("Input size") or info.get("Size")
+    if size:
+        w, _, h = str(size).partition("x")
         params["width"], params["height"] = int(w), int(h)
     if info.get("Sampler") in SCHEDULER_OF_SAMPLER:
         params["scheduler"] = SCHEDULER_OF_SAMPLER[str(info["Sampler"])]
@@ -74,4 +77,19 @@ def params_from_infotext(info: dict[str, object]) -> dict[str, object]:
         params["strength"] = float(info["Denoising strength"])
     if "Noise level" in info:
         params["noise_level"] = int(info["Noise level"])
+    if info.get("negative_prompt"):
+        params["negative_prompt"] = str(info["negative_prompt"])
+    if info.get("Init image"):
+        params["init_image"] = str(info["Init image"])
+    params["watermark"] = bool(info.get("Watermark"))
     return params
+
+
+def submit_body_from_infotext(info: dict[str, object]) -> dict[str, object]:
+    """A complete submit body that makes the image described by parsed infotext again."""
+    body: dict[str, object] = {"prompts": [str(info.get("prompt", ""))], "params": params_from_infotext(info)}
+    if info.get("Model"):
+        body["model"] = str(info["Model"])
+    if info.get("Pipeline"):
+        body["pipeline"] = str(info["Pipeline"])
+    return body

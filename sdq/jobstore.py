@@ -6,6 +6,7 @@ Keys (all expire `JOB_TTL` after creation):
   ``c:<state>`` per item state, ``steps_done``/``steps_total`` for progress;
 - ``sdq:job:<id>:items`` hash: item index -> item JSON;
 - ``sdq:jobs:<owner>`` sorted set of job ids by creation time;
+- ``sdq:active`` sorted set of unfinished job ids by creation time (for queue positions);
 - ``sdq:events:<id>`` pub/sub channel of job events (see `EVENTS`).
 
 Every state change of an item goes through one Lua script, so counters always agree with the
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
@@ -43,6 +44,8 @@ local function maybe_finish(job, job_id, now)
   elseif tonumber(redis.call('HGET', job, 'c:failed') or '0') > 0 then final = 'failed'
   elseif tonumber(redis.call('HGET', job, 'c:cancelled') or '0') > 0 then final = 'cancelled' end
   redis.call('HSET', job, 'state', final, 'finished_at', now)
+  -- sdq runs on one Redis (not Cluster): the active-jobs index is addressed by name.
+  redis.call('ZREM', 'sdq:active', job_id)
   emit(job_id, 'job.finished', {id = job_id, state = final,
     counts = {succeeded = tonumber(redis.call('HGET', job, 'c:succeeded') or '0'),
               failed = tonumber(redis.call('HGET', job, 'c:failed') or '0'),
@@ -81,7 +84,8 @@ if #out > 0 and redis.call('HGET', job, 'state') == 'queued' then
   redis.call('HSET', job, 'state', 'running')
   if not redis.call('HGET', job, 'started_at') then redis.call('HSET', job, 'started_at', now) end
 end
-if cancel then maybe_finish(job, job_id, now) end
+-- a trailing -1 says this call ended the (cancelled) job, so the caller finalizes it
+if cancel and maybe_finish(job, job_id, now) == 1 then table.insert(out, -1) end
 return out
 """
 
@@ -106,12 +110,12 @@ emit(job_id, 'item.finished', {index = it.index, state = state, key = it.key, se
 return maybe_finish(job, job_id, now)
 """
 
-# KEYS: job, items. ARGV: job_id, now
+# KEYS: job, items. ARGV: job_id, now. Returns {state, 1 if this call finished the job}.
 _CANCEL = _LUA_COMMON + """
 local job, items, job_id, now = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local state = redis.call('HGET', job, 'state')
 if not state then return nil end
-if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return state end
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return {state, 0} end
 redis.call('HSET', job, 'cancel', '1')
 local all = redis.call('HGETALL', items)
 for i = 1, #all, 2 do
@@ -124,13 +128,13 @@ for i = 1, #all, 2 do
     emit(job_id, 'item.finished', {index = it.index, state = 'cancelled'})
   end
 end
-maybe_finish(job, job_id, now)
-return redis.call('HGET', job, 'state')
+local finished = maybe_finish(job, job_id, now)
+return {redis.call('HGET', job, 'state'), finished}
 """
 
 # KEYS: job, items. ARGV: job_id. Returns the re-queued items as JSON.
 _RETRY = _LUA_COMMON + """
-local job, items = KEYS[1], KEYS[2]
+local job, items, job_id = KEYS[1], KEYS[2], ARGV[1]
 if redis.call('EXISTS', job) == 0 then return nil end
 local out = {}
 local all = redis.call('HGETALL', items)
@@ -149,9 +153,16 @@ if #out > 0 then
   redis.call('HDEL', job, 'cancel', 'finished_at')
   local running = tonumber(redis.call('HGET', job, 'c:running') or '0')
   redis.call('HSET', job, 'state', running > 0 and 'running' or 'queued')
+  redis.call('ZADD', 'sdq:active', redis.call('HGET', job, 'created_at'), job_id)
 end
 return out
 """
+
+ACTIVE_KEY = "sdq:active"
+"""Sorted set of unfinished job ids by creation time."""
+
+QUEUE_SCAN_MAX = 1000
+"""Most unfinished jobs looked at when estimating a queue position."""
 
 _JSON_FIELDS = ("params", "requires", "warnings", "sweep")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "busy_s")
@@ -196,6 +207,7 @@ class JobStore:
             chunk = items[start:start + 2000]
             pipe.hset(_items_key(job_id), mapping={str(it["index"]): json.dumps(it) for it in chunk})
         pipe.zadd(f"sdq:jobs:{job.get('owner', '')}", {job_id: job["created_at"]})
+        pipe.zadd(ACTIVE_KEY, {job_id: job["created_at"]})
         pipe.expire(_job_key(job_id), defaults.JOB_TTL)
         pipe.expire(_items_key(job_id), defaults.JOB_TTL)
         pipe.execute()
@@ -204,6 +216,7 @@ class JobStore:
         """Remove a job entirely (used when enqueueing fails, so nothing is half-submitted)."""
         self.r.delete(_job_key(job_id), _items_key(job_id))
         self.r.zrem(f"sdq:jobs:{owner}", job_id)
+        self.r.zrem(ACTIVE_KEY, job_id)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job record with counters, or None."""
@@ -242,10 +255,48 @@ class JobStore:
         ids = self.r.zrevrange(key, offset, offset + limit - 1)
         return [i.decode() if isinstance(i, bytes) else i for i in ids], int(self.r.zcard(key))
 
-    def cancel(self, job_id: str) -> str | None:
-        """Cancel a job: queued items become cancelled, running ones see the flag. New state."""
-        state = self._cancel(keys=[_job_key(job_id), _items_key(job_id)], args=[job_id, time.time()])
-        return state.decode() if isinstance(state, bytes) else state
+    def cancel(self, job_id: str) -> tuple[str | None, bool]:
+        """Cancel a job: queued items become cancelled, running ones see the flag.
+
+        Returns the new state and whether this call ended the job (then the caller finalizes it).
+        """
+        out = self._cancel(keys=[_job_key(job_id), _items_key(job_id)], args=[job_id, time.time()])
+        if not out:
+            return None, False
+        state = out[0].decode() if isinstance(out[0], bytes) else out[0]
+        return state, int(out[1]) == 1
+
+    def queue_position(self, job: dict[str, Any]) -> int | None:
+        """Estimated items queued ahead of the job's first queued item (None: nothing queued).
+
+        Counts the queued items of unfinished jobs that compete for the same workers (same
+        `requires.device`, or `any` on either side) and are served first: a higher priority, or
+        the same priority and created earlier. Looks at most `QUEUE_SCAN_MAX` jobs; independent
+        of the number of items.
+        """
+        if not job["counts"].get("queued"):
+            return None
+        ids = [i.decode() if isinstance(i, bytes) else i for i in self.r.zrange(ACTIVE_KEY, 0, QUEUE_SCAN_MAX - 1)]
+        pipe = self.r.pipeline(transaction=False)
+        for other in ids:
+            pipe.hmget(_job_key(other), "priority", "created_at", "c:queued", "requires")
+        device = (job.get("requires") or {}).get("device", "any")
+        mine = (int(job.get("priority", 5)), float(job["created_at"]))
+        ahead, gone = 0, []
+        for other, (prio, created, queued, requires) in zip(ids, pipe.execute()):
+            if other == job["id"]:
+                continue
+            if prio is None:
+                gone.append(other)
+                continue
+            dev = json.loads(requires).get("device", "any") if requires else "any"
+            if dev != device and "any" not in (dev, device):
+                continue
+            if (-int(prio), float(created)) < (-mine[0], mine[1]):
+                ahead += int(queued or 0)
+        if gone:
+            self.r.zrem(ACTIVE_KEY, *gone)
+        return ahead
 
     def retry(self, job_id: str) -> list[dict[str, Any]] | None:
         """Re-queue failed and cancelled items; returns them (None if no such job)."""
@@ -253,11 +304,19 @@ class JobStore:
         return None if out is None else [json.loads(raw) for raw in out]
 
     # -- worker side ---------------------------------------------------------------------
-    def start_items(self, job_id: str, indices: list[int], worker: str, device: str, dtype: str) -> list[int]:
-        """Mark items running on `worker`; returns those to run (skips done or cancelled ones)."""
-        out = self._start(keys=[_job_key(job_id), _items_key(job_id)],
-                          args=[job_id, worker, device, dtype, time.time(), *indices])
-        return [int(i) for i in out]
+    def start_items(self, job_id: str, indices: list[int], worker: str, device: str, dtype: str,
+                    on_job_finished: Callable[[str], None] | None = None) -> list[int]:
+        """Mark items running on `worker`; returns those to run (skips done or cancelled ones).
+
+        If the job was cancelled and this call cancelled its last items, `on_job_finished(job_id)`
+        is called (manifest, webhook)."""
+        out = [int(i) for i in self._start(keys=[_job_key(job_id), _items_key(job_id)],
+                                           args=[job_id, worker, device, dtype, time.time(), *indices])]
+        if out and out[-1] == -1:
+            out.pop()
+            if on_job_finished is not None:
+                on_job_finished(job_id)
+        return out
 
     def finish_item(self, job_id: str, index: int, state: str, fields: dict[str, Any],
                     steps_reported: int = 0) -> bool:

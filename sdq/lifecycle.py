@@ -1,8 +1,10 @@
-"""What happens when a job ends: its manifest is written and its webhook is sent."""
+"""What happens when a job ends: its grid and manifest are written and its webhook is sent."""
 from __future__ import annotations
 
+import io
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sdq import contract
@@ -10,23 +12,51 @@ from sdq.jobstore import JobStore
 
 log = logging.getLogger(__name__)
 
-MANIFEST_ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "init_image", "params", "state",
+MANIFEST_ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "init_image", "params", "sweep", "state",
                         "worker", "device", "dtype", "duration_s", "key", "error", "attempts")
 
 
 def manifest(job: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
     """The manifest document: everything needed to reproduce every image of the job."""
     head = {k: job.get(k) for k in ("id", "state", "created_at", "started_at", "finished_at", "model",
-                                    "pipeline", "params", "requires", "priority", "seed", "counts")}
+                                    "pipeline", "params", "sweep", "requires", "priority", "seed", "counts",
+                                    "grid_key")}
     return {"job": head, "items": [{k: it.get(k) for k in MANIFEST_ITEM_FIELDS} for it in items]}
 
 
+def write_grid(store, job: dict[str, Any], items: list[dict[str, Any]]) -> str:
+    """Compose the job's labeled contact sheet from its stored PNGs; returns its key."""
+    from PIL import Image
+
+    from sdq.grid import grid_key, make_grid
+
+    done = [it for it in items if it.get("state") == "succeeded" and it.get("key")]
+
+    def load(it: dict[str, Any]):
+        return it["index"], Image.open(io.BytesIO(store.get(it["key"]))).convert("RGB")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        images = dict(pool.map(load, done))
+    buf = io.BytesIO()
+    make_grid(job, items, images).save(buf, format="PNG")
+    key = grid_key(job["id"])
+    store.put(key, buf.getvalue(), content_type="image/png")
+    return key
+
+
 def finalize_job(jobs: JobStore, store, job_id: str, celery=None) -> None:
-    """Write `jobs/<id>/manifest.json` and queue the webhook, once the job has ended."""
+    """Write the grid (when asked) and `jobs/<id>/manifest.json`, and queue the webhook, once the job ended."""
     job = jobs.get(job_id)
     if job is None or job.get("state") not in contract.TERMINAL_STATES:
         return
-    doc = manifest(job, jobs.all_items(job_id))
+    items = jobs.all_items(job_id)
+    if (job.get("params") or {}).get("grid"):
+        try:
+            job["grid_key"] = write_grid(store, job, items)
+            jobs.set_field(job_id, grid_key=job["grid_key"])
+        except Exception:  # noqa: BLE001 - a broken grid must not lose the manifest or webhook
+            log.exception("grid of job %s failed", job_id)
+    doc = manifest(job, items)
     key = contract.manifest_key(job_id)
     store.put(key, json.dumps(doc, indent=1).encode(), content_type="application/json")
     jobs.set_field(job_id, manifest_key=key)

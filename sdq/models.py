@@ -12,6 +12,8 @@ from sdq.exceptions import InvalidInput
 
 BUILTIN_MODELS: dict[str, tuple[str, ...]] = {
     "builtin:tiny-sd": ("txt2img", "img2img"),
+    "builtin:tiny-upscaler": ("upscale",),
+    "builtin:tiny-depth": ("depth2img",),
 }
 """Built-in model id -> pipelines it serves."""
 

@@ -6,8 +6,19 @@ from celery import Celery
 from sdq import defaults
 
 
-def celery_config(redis_url: str) -> dict:
-    """Celery settings for a Redis broker carrying long, expensive tasks."""
+UNACKED_INDEX_KEY = "unacked_index"
+"""kombu's sorted set of delivered, unacknowledged messages (delivery tag -> delivery time)."""
+
+
+def celery_config(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_TIMEOUT) -> dict:
+    """Celery settings for a Redis broker carrying long, expensive tasks.
+
+    Delivered messages wait in kombu's `UNACKED_INDEX_KEY` scored by delivery time; every
+    consuming worker periodically puts back in their queues those older than
+    `visibility_timeout`. Live workers keep the scores of the messages they hold fresh (see
+    `workers.leases`), so only a dead worker's messages are restored.
+    """
+    sweep = max(1, min(10, visibility_timeout // defaults.LEASE_MIN_REFRESHES))
     return dict(
         broker_url=redis_url,
         task_ignore_result=True,
@@ -19,7 +30,11 @@ def celery_config(redis_url: str) -> dict:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         broker_transport_options={
-            "visibility_timeout": defaults.VISIBILITY_TIMEOUT,
+            "visibility_timeout": visibility_timeout,
+            "unacked_index_key": UNACKED_INDEX_KEY,
+            "unacked_restore_interval": sweep,  # seconds between restore sweeps of an idle worker
+            "unacked_restore_throttle": 1,  # scan on every sweep (kombu's default scans every 10th)
+            "unacked_mutex_expire": max(10, min(60, visibility_timeout)),  # a dead sweeper's lock
             "queue_order_strategy": "priority",
             "priority_steps": list(range(10)),
         },
@@ -30,8 +45,8 @@ def celery_config(redis_url: str) -> dict:
     )
 
 
-def make_celery(redis_url: str) -> Celery:
+def make_celery(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_TIMEOUT) -> Celery:
     """A Celery app configured for sdq on `redis_url` (no tasks registered)."""
     app = Celery("sdq", set_as_current=False)
-    app.conf.update(celery_config(redis_url))
+    app.conf.update(celery_config(redis_url, visibility_timeout))
     return app

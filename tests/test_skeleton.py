@@ -138,8 +138,9 @@ def test_bad_input_is_a_4xx_naming_the_field_and_enqueues_nothing(stack, body, f
 
 
 def test_body_that_is_not_json(stack):
+    # text/plain, text/csv and x-ndjson are prompt files (tests/test_formats.py); a form is not.
     resp = requests.post(stack.env["SDQ_SERVER"] + "/v1/jobs", data="prompts=hello",
-                         headers={"Content-Type": "text/plain"}, timeout=10)
+                         headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=10)
     assert resp.status_code == 400
     assert resp.json()["error"]["field"] == "body"
 

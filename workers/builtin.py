@@ -111,7 +111,71 @@ def build_tiny_sd(path: Path) -> None:
     pipe.save_pretrained(path, safe_serialization=True)
 
 
-BUILDERS: dict[str, Callable[[Path], None]] = {"tiny-sd": build_tiny_sd}
+UPSCALER_LOW_RES_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear",
+)
+"""The x4 upscaler's noise schedule for the low-resolution image (as in the real model)."""
+
+
+def _text_parts():
+    tokenizer = tiny_tokenizer()
+    vocab = tokenizer.get_vocab()
+    encoder = tiny_text_encoder(len(vocab), vocab["<|startoftext|>"], vocab["<|endoftext|>"])
+    return tokenizer, encoder
+
+
+def build_tiny_upscaler(path: Path) -> None:
+    """Write `builtin:tiny-upscaler`, a StableDiffusionUpscalePipeline, to `path`.
+
+    Shaped like the x4 upscaler: the UNet sees 4 latent + 3 low-resolution image channels (7) and
+    the noise level as a class label; the VAE has 3 blocks, so its decoder upsamples 4x and the
+    output is 4x the input image.
+    """
+    from diffusers import DDPMScheduler, PNDMScheduler, StableDiffusionUpscalePipeline
+
+    tokenizer, encoder = _text_parts()
+    vae = tiny_vae(blocks=3)
+    vae.register_to_config(scaling_factor=0.08333)
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=tiny_unet(in_channels=7, num_class_embeds=1000),
+        low_res_scheduler=DDPMScheduler(**UPSCALER_LOW_RES_SCHEDULER), scheduler=PNDMScheduler(**SD_SCHEDULER),
+        max_noise_level=350,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+
+
+def tiny_depth_estimator():
+    """A 4-layer ViT DPT depth estimator (hidden size 32) and its image processor (32x32 input)."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessorPil
+
+    torch.manual_seed(4)
+    config = DPTConfig(
+        image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_size=37, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 16, 32, 32],
+        fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5], is_hybrid=False,
+    )
+    # The PIL processor, pinned: the default class changes with whether torchvision is installed.
+    processor = DPTImageProcessorPil(size={"height": 32, "width": 32}, keep_aspect_ratio=False)
+    return DPTForDepthEstimation(config).eval(), processor
+
+
+def build_tiny_depth(path: Path) -> None:
+    """Write `builtin:tiny-depth`, a StableDiffusionDepth2ImgPipeline, to `path` (UNet: 4 latent
+    channels + 1 depth channel)."""
+    from diffusers import PNDMScheduler, StableDiffusionDepth2ImgPipeline
+
+    tokenizer, encoder = _text_parts()
+    estimator, processor = tiny_depth_estimator()
+    pipe = StableDiffusionDepth2ImgPipeline(
+        vae=tiny_vae(), text_encoder=encoder, tokenizer=tokenizer, unet=tiny_unet(in_channels=5),
+        scheduler=PNDMScheduler(**SD_SCHEDULER), depth_estimator=estimator, feature_extractor=processor,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "tiny-sd": build_tiny_sd, "tiny-upscaler": build_tiny_upscaler, "tiny-depth": build_tiny_depth,
+}
 """Built-in model name (after `builtin:`) to its generator."""
 
 

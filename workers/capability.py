@@ -68,17 +68,23 @@ def worker_models(requested: list[str] | None, allowlist: tuple[str, ...]) -> li
 
 
 class Heartbeat(threading.Thread):
-    """Publishes the capability record every `interval` seconds until stopped."""
+    """Every `interval` seconds until stopped: publish the capability record, refresh the leases
+    on the broker messages this worker holds (`workers.leases`)."""
 
     def __init__(self, client: redis.Redis, capability: Capability,
-                 interval: float = defaults.HEARTBEAT_INTERVAL) -> None:
+                 interval: float = defaults.HEARTBEAT_INTERVAL, leases=None) -> None:
         super().__init__(name="sdq-heartbeat", daemon=True)
         self.client, self.capability, self.interval = client, capability, interval
+        self.leases = leases
         self.stopped = threading.Event()
 
     def beat(self) -> None:
-        """Publish once."""
-        fleet.publish(self.client, self.capability.record())
+        """Publish once, then refresh the held messages."""
+        try:
+            fleet.publish(self.client, self.capability.record())
+        finally:
+            if self.leases is not None:
+                self.leases.refresh()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):

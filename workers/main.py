@@ -32,6 +32,7 @@ class WorkerOptions:
     low_memory: bool = False
     force_dtype: bool = False
     preload: list[str] | None = None
+    debug_oom_pixels: int | None = None
     loglevel: str = "INFO"
 
 
@@ -45,6 +46,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     # 1. Device first: refuse a bad device/dtype before anything is loaded.
     from workers.capability import Capability, Heartbeat, worker_models
     from workers.device import select_device
+    from workers.leases import Leases
 
     device = select_device(opts.device, opts.dtype, force=opts.force_dtype)
     import torch
@@ -68,19 +70,23 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     jobs = JobStore(client)
     store = ResultStore.from_settings(settings)
     store.ensure_bucket()
-    celery = make_celery(settings.redis_url)
+    celery = make_celery(settings.redis_url, settings.visibility_timeout)
     uploader = Uploader(store, jobs, lambda job_id: finalize_job(jobs, store, job_id, celery),
                         threads=defaults.UPLOAD_THREADS)
     cache = PipelineCache(settings.models_dir, device, defaults.MODEL_CACHE_SIZE,
                           allow_ckpt=settings.allow_ckpt, low_memory=opts.low_memory)
     runner = Runner(name, device, cache, jobs, store, uploader, max_batch)
+    runner.debug_oom_pixels = opts.debug_oom_pixels
     for model in opts.preload or []:
         cache.get(model, "txt2img")
     register(celery, runner, on_webhook=lambda task, job_id: deliver_webhook(task, jobs, settings, job_id))
 
     # 3. Join the fleet, then consume.
     capability = Capability(name, device, models, max_pixels, max_batch, queues, opts.threads, runner)
-    heartbeat = Heartbeat(client, capability)
+    leases = Leases(client)
+    leases.connect()
+    interval = min(defaults.HEARTBEAT_INTERVAL, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
+    heartbeat = Heartbeat(client, capability, interval, leases)
     heartbeat.beat()
     heartbeat.start()
     log.info("worker %s on %s (%s, %s) consuming %s", name, device.device, device.name, device.dtype, queues)

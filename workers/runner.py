@@ -9,12 +9,13 @@ from typing import Any
 
 from PIL import Image
 
-from sdq import __version__, defaults
+from sdq import __version__, contract, defaults
 from sdq.exceptions import ModelError
 from sdq.infotext import SAMPLER_NAMES, format_infotext
 from sdq.jobstore import JobStore
 from workers.device import Device
-from workers.pipelines import PipelineCache, loop_steps, run
+from workers.pipelines import OUT_OF_MEMORY, PipelineCache, loop_steps, run
+from workers import watermark
 from workers.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -43,16 +44,18 @@ class StepProgress:
 
 
 def infotext_for(chunk: dict[str, Any], item: dict[str, Any], size: tuple[int, int], device: Device,
-                 worker: str) -> str:
+                 worker: str, watermarked: bool = False) -> str:
     """The A1111 infotext of one result: every parameter needed to make it again."""
     p, task = chunk["params"], chunk["pipeline"]
+    image_size = f"{p['width']}x{p['height']}" if task == "upscale" else None
     fields: dict[str, object] = {
         "Steps": p["steps"], "Sampler": SAMPLER_NAMES.get(p["scheduler"], p["scheduler"]),
         "CFG scale": p["guidance_scale"], "Seed": item["seed"], "Size": f"{size[0]}x{size[1]}",
         "Model": chunk["model"], "Pipeline": task,
         "Denoising strength": p["strength"] if task in ("img2img", "depth2img") else None,
         "Noise level": p["noise_level"] if task == "upscale" else None,
-        "Init image": item.get("init_image"),
+        "Init image": item.get("init_image"), "Input size": image_size,
+        "Watermark": watermark.LABEL if watermarked else None,
         "Device": device.device, "Dtype": device.dtype, "Worker": worker, "Job": chunk["job"],
         "Version": f"sdq {__version__}",
     }
@@ -69,13 +72,15 @@ class Runner:
         self.max_batch = max(1, max_batch)
         self.items_done = 0
         self.current: dict[str, Any] | None = None
+        self.debug_oom_pixels: int | None = None  # testing aid, see `_check_debug_budget`
 
     def run_chunk(self, chunk: dict[str, Any]) -> None:
         """Make every still-wanted item of `chunk`; returns once all are uploaded."""
         job_id, task = chunk["job"], chunk["pipeline"]
         by_index = {it["index"]: it for it in chunk["items"]}
         # 1. Claim the items (skips ones already done, cancelled or gone).
-        todo = self.jobs.start_items(job_id, list(by_index), self.name, self.device.device, self.device.dtype)
+        todo = self.jobs.start_items(job_id, list(by_index), self.name, self.device.device, self.device.dtype,
+                                     on_job_finished=self.uploader.on_job_finished)
         if not todo:
             return
         self.current = {"job": job_id, "items": todo}
@@ -108,14 +113,28 @@ class Runner:
         indices = [it["index"] for it in batch]
         progress = StepProgress(self.jobs, job_id, indices, params["steps"], loop_steps(task, params))
         t0 = time.perf_counter()
+        oom: dict[str, Any] = {"low_memory": True} if loaded.low_memory else {}
         try:
             images = self._init_images(batch) if task != "txt2img" else None
-            out = run(pipe, loaded, task, params, [it["prompt"] for it in batch],
-                      [it.get("negative_prompt") or "" for it in batch], [it["seed"] for it in batch],
-                      images, progress)
+            try:
+                out = self._generate(pipe, loaded, task, params, batch, images, progress)
+            except OUT_OF_MEMORY as exc:
+                if loaded.low_memory:
+                    raise
+                # Out of memory: once more, in low-memory mode, on this worker (the same progress
+                # object, so the restarted step count replaces the first attempt's).
+                log.warning("job %s items %s: out of memory (%s); retrying in low-memory mode", job_id, indices, exc)
+                oom = {"oom_retries": 1, "low_memory": True, "oom_error": f"{type(exc).__name__}: {exc}"}
+                self.cache.enable_low_memory(pipe, loaded)
+                out = self._generate(pipe, loaded, task, params, batch, images, progress)
         except Exception as exc:  # noqa: BLE001 - a failed item never takes the worker down
             log.exception("job %s items %s failed", job_id, indices)
-            self._fail(job_id, indices, f"{type(exc).__name__}: {exc}", progress.reported)
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, OUT_OF_MEMORY):
+                error = (f"out of memory on worker {self.name} ({self.device.device}, {self.device.dtype}) "
+                         f"in low-memory mode: {error}; retry the job to run it again (any capable worker "
+                         f"may take it)")
+            self._fail(job_id, indices, error, progress.reported, oom)
             return []
         gen_s = time.perf_counter() - t0
         if progress.cancelled:
@@ -127,18 +146,42 @@ class Runner:
                 "worker": self.name, "device": self.device.device, "dtype": self.device.dtype,
                 "duration_s": round((gen_s + load_s) / len(batch), 4),
                 "timings": {"load": round(load_s, 4), "generate": round(gen_s / len(batch), 4)},
+                "batch": len(batch),
+                **oom,
             }
-            info = infotext_for(chunk, item, image.size, self.device, self.name)
-            futures.append(self.uploader.submit(job_id, item["index"], image, info, fields, progress.reported))
+            marked = bool(chunk.get("watermark")) and watermark.can_mark(image)
+            info = infotext_for(chunk, item, image.size, self.device, self.name, marked)
+            futures.append(self.uploader.submit(job_id, item["index"], image, info, {**fields, "watermark": marked},
+                                                progress.reported, watermark.embed if marked else None))
             self.items_done += 1
         return futures
+
+    def _generate(self, pipe, loaded, task: str, params: dict[str, Any], batch: list[dict[str, Any]],
+                  images: list[Any] | None, progress: StepProgress) -> list[Any]:
+        """One pipeline call for `batch` (after the debug memory budget check, if one is set)."""
+        if self.debug_oom_pixels:
+            self._check_debug_budget(task, params, len(batch), loaded.low_memory)
+        return run(pipe, loaded, task, params, [it["prompt"] for it in batch],
+                   [it.get("negative_prompt") or "" for it in batch], [it["seed"] for it in batch],
+                   images, progress)
+
+    def _check_debug_budget(self, task: str, params: dict[str, Any], n: int, low_memory: bool) -> None:
+        """`sdq worker --debug-oom-pixels N` (testing aid): behave like a device whose memory holds
+        N output pixels per call, or 4N in low-memory mode, by raising a real MemoryError."""
+        w, h = contract.output_size(task, params["width"], params["height"])
+        budget = self.debug_oom_pixels * (4 if low_memory else 1)
+        if w * h * n > budget:
+            raise MemoryError(f"debug memory budget: {n}x{w}x{h} = {w * h * n} pixels exceed {budget} "
+                              f"(--debug-oom-pixels {self.debug_oom_pixels}"
+                              f"{', x4 in low-memory mode' if low_memory else ''})")
 
     def _init_images(self, batch: list[dict[str, Any]]) -> list[Any]:
         return [Image.open(io.BytesIO(self.store.get(it["init_image"]))).convert("RGB") for it in batch]
 
-    def _fail(self, job_id: str, indices: list[int], error: str, steps_reported: int = 0) -> None:
+    def _fail(self, job_id: str, indices: list[int], error: str, steps_reported: int = 0,
+              extra: dict[str, Any] | None = None) -> None:
         for index in indices:
-            if self.jobs.finish_item(job_id, index, "failed", {"error": error}, steps_reported):
+            if self.jobs.finish_item(job_id, index, "failed", {**(extra or {}), "error": error}, steps_reported):
                 self.uploader.on_job_finished(job_id)
 
     def _cancel(self, job_id: str, indices: list[int], steps_reported: int = 0) -> None:

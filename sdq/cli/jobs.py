@@ -31,6 +31,15 @@ def build_body(args, items: list[dict[str, Any]]) -> dict[str, Any]:
         body["items"] = items
     if args.device:
         body["requires"] = {"device": args.device}
+    if getattr(args, "grid", False):
+        params["grid"] = True
+    if getattr(args, "sweep", None):
+        try:
+            body["sweep"] = json.loads(args.sweep)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--sweep must be a JSON object, e.g. '{{\"guidance_scale\": [5, 9]}}' ({exc.msg})") from None
+    if getattr(args, "webhook_url", None):
+        body["webhook_url"] = args.webhook_url
     return body
 
 
@@ -55,7 +64,7 @@ def cmd_submit(args, client: Client) -> int:
         return 0
     doc = wait_job(client, resp["id"], quiet=args.json)
     if args.out:
-        download(client, resp["id"], Path(args.out) / resp["id"], quiet=args.json)
+        download(client, resp["id"], Path(args.out) / resp["id"], quiet=args.json, grid=getattr(args, "grid", False))
     if args.json:
         print(json.dumps(doc))
     return 0 if doc["state"] == "succeeded" else 1
@@ -74,8 +83,11 @@ def wait_job(client: Client, job_id: str, quiet: bool = False, poll: float = 0.5
                 c = doc["counts"]
                 bar.set_description_str(f"{job_id[:8]} {doc['state']}")
                 eta = doc.get("eta_seconds")
-                bar.set_postfix_str(f"{c['succeeded']}/{doc['n_items']} done, {c['running']} running, "
-                                    f"{c['failed']} failed" + (f", eta {eta:.0f}s" if eta else ""))
+                steps = doc.get("steps") or {}
+                queued = f", {doc['queue_position']} ahead" if doc.get("queue_position") else ""
+                bar.set_postfix_str(f"items {c['succeeded']}/{doc['n_items']} done, {c['running']} running, "
+                                    f"{c['failed']} failed, steps {steps.get('done', 0)}/{steps.get('total', 0)}"
+                                    + (f", eta {eta:.0f}s" if eta else "") + queued)
                 bar.n = int(doc["progress"] * 1000)
                 bar.refresh()
             if doc["state"] in contract.TERMINAL_STATES:
@@ -85,10 +97,42 @@ def wait_job(client: Client, job_id: str, quiet: bool = False, poll: float = 0.5
         if bar is not None:
             bar.close()
     if not quiet:
-        c = doc["counts"]
-        print(f"job {job_id} {doc['state']}: {c['succeeded']} succeeded, {c['failed']} failed, "
-              f"{c['cancelled']} cancelled", file=sys.stderr)
+        print(summary_table(client, doc), file=sys.stderr)
     return doc
+
+
+SUMMARY_ITEMS_MAX = 2000
+"""Jobs up to this size get a per-worker breakdown in the summary (it pages through all items)."""
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    fmt = lambda r: "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return [fmt(header), *(fmt(r) for r in rows)]
+
+
+def summary_table(client: Client, doc: dict[str, Any]) -> str:
+    """The end-of-job summary: items per state, wall time and rate, then items per worker and failures."""
+    c = doc["counts"]
+    wall = (doc.get("finished_at") or time.time()) - (doc.get("started_at") or doc["created_at"])
+    lines = [f"job {doc['id']}  {doc['state']}  {doc['n_items']} items in {wall:.1f}s"
+             + (f" ({c['succeeded'] / wall:.2f} images/s)" if wall > 0 and c["succeeded"] else "")]
+    lines += _table(["STATE", "ITEMS"], [[k, str(v)] for k, v in c.items()])
+    if doc["n_items"] <= SUMMARY_ITEMS_MAX:
+        _, items = client.all_items(doc["id"])
+        per: dict[str, list[float]] = {}
+        for it in items:
+            if it["state"] == "succeeded":
+                per.setdefault(it.get("worker") or "-", []).append(it.get("duration_s") or 0.0)
+        if per:
+            lines.append("")
+            lines += _table(["WORKER", "ITEMS", "MEAN S/ITEM"],
+                            [[w, str(len(d)), f"{sum(d) / len(d):.3f}"] for w, d in sorted(per.items())])
+        failed = [it for it in items if it["state"] == "failed"]
+        if failed:
+            lines.append("")
+            lines += _table(["FAILED", "ERROR"], [[str(it["index"]), str(it.get("error"))[:100]] for it in failed[:20]])
+    return "\n".join(lines)
 
 
 def _fetch(url: str, path: Path, size: int | None) -> bool:
@@ -102,18 +146,38 @@ def _fetch(url: str, path: Path, size: int | None) -> bool:
     return True
 
 
-def download(client: Client, job_id: str, out: Path, quiet: bool = False) -> Path:
-    """Fetch every succeeded image (parallel; complete files are skipped) and write index.html."""
+def download(client: Client, job_id: str, out: Path, quiet: bool = False, grid: bool = False) -> Path:
+    """Fetch every succeeded image (parallel; complete files are skipped) and write index.html.
+
+    Resumable: an image already present with the stored size is not fetched again, and a file is
+    renamed into place only once complete. With `grid`, also writes `grid.png` (sdq.grid).
+    """
     doc, items = client.all_items(job_id)
     out.mkdir(parents=True, exist_ok=True)
     todo = [it for it in items if it["state"] == "succeeded" and it.get("url")]
     with ThreadPoolExecutor(max_workers=8) as pool:
         fetched = sum(pool.map(lambda it: _fetch(it["url"], out / f"{it['index']:05d}.png", it.get("bytes")), todo))
     (out / "job.json").write_text(json.dumps({**doc, "items": items}, indent=1), encoding="utf-8")
+    if doc.get("manifest"):
+        _fetch(doc["manifest"], out / "manifest.json", None)
+    if grid:
+        _write_grid(out, doc, items)
     gallery = write_gallery(out, doc, items)
     if not quiet:
         print(f"{len(todo)} images in {out} ({fetched} downloaded); gallery: {gallery}", file=sys.stderr)
     return out
+
+
+def _write_grid(out: Path, doc: dict[str, Any], items: list[dict[str, Any]]) -> Path:
+    from PIL import Image
+
+    from sdq.grid import make_grid
+
+    images = {it["index"]: Image.open(out / f"{it['index']:05d}.png").convert("RGB")
+              for it in items if (out / f"{it['index']:05d}.png").exists()}
+    path = out / "grid.png"
+    make_grid(doc, items, images).save(path)
+    return path
 
 
 def cmd_status(args, client: Client) -> int:
@@ -125,7 +189,8 @@ def cmd_status(args, client: Client) -> int:
     c = doc["counts"]
     print(f"job {doc['id']}  {doc['state']}  {doc['progress'] * 100:.0f}%  model {doc['model']}  "
           f"pipeline {doc['pipeline']}")
-    print("  " + "  ".join(f"{k} {v}" for k, v in c.items()) + (f"  eta {doc['eta_seconds']}s" if doc.get("eta_seconds") else ""))
+    print("  " + "  ".join(f"{k} {v}" for k, v in c.items()) + (f"  eta {doc['eta_seconds']}s" if doc.get("eta_seconds") else "")
+          + (f"  queue position {doc['queue_position']}" if doc.get("queue_position") is not None else ""))
     for it in doc["items"]:
         print(f"  {it['index']:5d} {it['state']:9s} seed {it['seed']:<10} {it.get('worker') or '-':16s} "
               f"{(it.get('prompt') or '')[:60]}" + (f"  error: {it['error']}" if it.get("error") else ""))
@@ -142,7 +207,7 @@ def cmd_wait(args, client: Client) -> int:
 
 def cmd_download(args, client: Client) -> int:
     """Download a job's images."""
-    download(client, args.job, Path(args.dir))
+    download(client, args.job, Path(args.dir), grid=getattr(args, "grid", False))
     return 0
 
 

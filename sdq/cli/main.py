@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     w.add_argument("--name", default=None, help="worker name (Celery node NAME@host)")
     w.add_argument("--low-memory", action="store_true", help="VAE slicing/tiling and CPU offload (CUDA)")
+    w.add_argument("--debug-oom-pixels", type=int, default=None,
+                   help="testing aid: raise MemoryError when a call's pixels*batch exceed N (4N in low-memory mode)")
     w.add_argument("--loglevel", default="INFO")
 
     s = sub.add_parser("submit", help="submit a prompt file (.txt, .json, .jsonl, .csv; - for stdin)")
@@ -65,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--strength", type=float)
     s.add_argument("--priority", type=int, default=5)
     s.add_argument("--device", default=None, help="require gpu, cpu or any")
+    s.add_argument("--sweep", default=None, help='JSON object of values to sweep, e.g. \'{"guidance_scale": [5, 9]}\'')
+    s.add_argument("--grid", action="store_true", help="write a labeled contact sheet (jobs/<id>/grid.png)")
+    s.add_argument("--webhook-url", dest="webhook_url", default=None, help="POSTed the job summary when it ends")
     s.add_argument("--wait", action="store_true")
     s.add_argument("--out", default=None, help="with --wait: download results to OUT/<job>/")
     s.add_argument("--json", action="store_true")
@@ -80,11 +85,43 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("download", help="download a job's images and write index.html")
     d.add_argument("job")
     d.add_argument("dir")
+    d.add_argument("--grid", action="store_true", help="also write DIR/grid.png, a labeled contact sheet")
     wk = sub.add_parser("workers", help="show live workers")
     wk.add_argument("--json", action="store_true")
     m = sub.add_parser("models", help="list the models workers may load")
     m.add_argument("--json", action="store_true")
+    ins = sub.add_parser("inspect", help="print a result PNG's parameters and whether it is watermarked")
+    ins.add_argument("file")
+    ins.add_argument("--json", action="store_true")
     return p
+
+
+def cmd_inspect(args) -> int:
+    """Print the infotext of an image and whether it carries the sdq invisible watermark."""
+    from PIL import Image
+
+    from sdq.infotext import parse_infotext, submit_body_from_infotext
+
+    with Image.open(args.file) as img:
+        img.load()
+        text = img.info.get("parameters")
+        try:
+            from workers.watermark import detect
+
+            marked, why = detect(img), None
+        except RuntimeError as exc:  # the library is not installed here
+            marked, why = None, str(exc)
+    if marked is None and why is None:
+        why = "image smaller than 256x256: too small to carry the watermark"
+    if args.json:
+        info = parse_infotext(text) if text else None
+        print(json.dumps({"file": args.file, "parameters": text, "parsed": info, "watermark": marked,
+                          "watermark_note": why, "resubmit": submit_body_from_infotext(info) if info else None}))
+        return 0
+    print(text if text else f"{args.file}: no `parameters` text chunk (not made by sdq or A1111?)")
+    print(f"Watermark: {'present' if marked else 'absent' if marked is False else 'unknown'}"
+          + (f" ({why})" if why else ""))
+    return 0
 
 
 def cmd_models(args) -> int:
@@ -123,7 +160,8 @@ def cmd_worker(args) -> int:
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
     opts = WorkerOptions(device=args.device, dtype=args.dtype, models=split(args.models), max_pixels=args.max_pixels,
                          max_batch=args.max_batch, threads=args.threads, name=args.name, low_memory=args.low_memory,
-                         force_dtype=args.force_dtype, preload=split(args.preload), loglevel=args.loglevel)
+                         force_dtype=args.force_dtype, preload=split(args.preload), loglevel=args.loglevel,
+                         debug_oom_pixels=args.debug_oom_pixels)
     return run_worker(Settings.from_env(), opts)
 
 
@@ -135,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from sdq.client import Client
 
     local = {"up": stack.cmd_up, "demo": stack.cmd_demo, "producer": stack.cmd_producer,
-             "worker": cmd_worker, "models": cmd_models}
+             "worker": cmd_worker, "models": cmd_models, "inspect": cmd_inspect}
     remote = {"submit": jobs.cmd_submit, "status": jobs.cmd_status, "wait": jobs.cmd_wait,
               "download": jobs.cmd_download, "cancel": jobs.cmd_cancel, "retry": jobs.cmd_retry,
               "workers": jobs.cmd_workers}

@@ -1,0 +1,167 @@
+"""1. Queue overhead against the bare limit, in two regimes (long and short items).
+
+The queue: producer + two `sdq worker --threads 1` processes (models preloaded, warmed up) make
+N images of one job; wall time runs from just before the POST to the job's `finished_at` (every
+image is in the bucket by then). The bare limit: the same N generations (same prompts, seeds,
+size, steps) in two plain warm diffusers processes with one torch thread each, no queue.
+
+Per-item overhead is broken down from the item records workers write (`started_at`, `finished_at`,
+`timings` {load, generate, encode, upload}), Redis' own command statistics over the run (status
+updates, server side) and a client-side timing of the worker's status calls on a scratch job.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from bench.bare import BarePool
+from bench.common import Bench, bench_stack, command_delta, dist, main_for, redis_command_stats, target
+from sdq import defaults
+
+WORKERS = 2
+THREADS = 1
+
+REGIMES = {
+    "long": {"n": 48, "params": {"width": 256, "height": 256, "steps": 20}, "repeats": 1},
+    "short": {"n": 240, "params": {"width": 64, "height": 64, "steps": 4}, "repeats": 3},
+}
+QUICK = {
+    "long": {"n": 8, "params": {"width": 128, "height": 128, "steps": 10}, "repeats": 1},
+    "short": {"n": 60, "params": {"width": 64, "height": 64, "steps": 4}, "repeats": 1},
+}
+SEED = 1000
+
+
+def _ms(x: float) -> float:
+    return round(x * 1000, 2)
+
+
+def breakdown(run: dict[str, Any], bare_generate: list[float]) -> dict[str, Any]:
+    """Where the queue's time per item goes, from the item records of one queue run."""
+    items, n = run["items"], len(run["items"])
+    t = {k: [it.get("timings", {}).get(k, 0.0) for it in items] for k in ("load", "generate", "encode", "upload")}
+    started = [it["started_at"] for it in items]
+    # Per worker: time from its first claim to its last stored image, less its model time.
+    by_worker: dict[str, list[dict]] = defaultdict(list)
+    for it in items:
+        by_worker[it["worker"]].append(it)
+    off_model = 0.0
+    for its in by_worker.values():
+        span = max(i["finished_at"] for i in its) - min(i["started_at"] for i in its)
+        off_model += span - sum(i["timings"].get("load", 0) + i["timings"].get("generate", 0) for i in its)
+    chunks = len({(it["worker"], it["started_at"]) for it in items})
+    bare_gen = statistics.fmean(bare_generate)
+    return {
+        "enqueue_ms_total": _ms(run["submit_s"]),
+        "enqueue_ms_per_item": _ms(run["submit_s"] / n),
+        "wait_first_claim_ms": _ms(min(started) - run["t0"]),
+        "wait_ms": dist([s - run["t0"] for s in started], 1000),
+        "load_ms_mean": _ms(statistics.fmean(t["load"])),
+        "generate_ms_mean": _ms(statistics.fmean(t["generate"])),
+        "generate_ms_bare_mean": _ms(bare_gen),
+        "generate_excess_ms": _ms(statistics.fmean(t["generate"]) - bare_gen),
+        "encode_ms_mean": _ms(statistics.fmean(t["encode"])),
+        "upload_ms_mean": _ms(statistics.fmean(t["upload"])),
+        "worker_off_model_ms_per_item": _ms(off_model / n),
+        "chunks": chunks,
+        "items_per_worker": {w: len(its) for w, its in sorted(by_worker.items())},
+        "batch_sizes": sorted({it.get("batch", 1) for it in items}),
+    }
+
+
+def status_call_cost(bench: Bench, n: int = 240, chunk: int = 8) -> dict[str, float]:
+    """Client-side round trip of the worker's status calls (claim a chunk, progress, finish an item)
+    on a scratch job in the same Redis, in ms."""
+    jobs = bench.jobs
+    job_id = "bench" + uuid.uuid4().hex[:12]
+    items = [{"index": i, "prompt": "x", "seed": i, "params": {}, "state": "queued", "steps": 4, "key": None}
+             for i in range(n)]
+    jobs.create({"id": job_id, "owner": "bench", "state": "queued", "created_at": time.time(), "n_items": n,
+                 "priority": 5, "requires": {"device": "any"}}, items)
+    try:
+        claim, progress, finish = [], [], []
+        for start in range(0, n, chunk):
+            t = time.perf_counter()
+            jobs.start_items(job_id, list(range(start, min(n, start + chunk))), "bench", "cpu", "fp32")
+            claim.append(time.perf_counter() - t)
+        for i in range(n):
+            t = time.perf_counter()
+            jobs.add_progress(job_id, [i], 1, 1, 4)
+            progress.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            jobs.finish_item(job_id, i, "succeeded", {"worker": "bench", "key": f"jobs/{job_id}/{i:05d}.png",
+                                                      "timings": {"generate": 0.1}}, 1)
+            finish.append(time.perf_counter() - t)
+        return {"claim_chunk_ms_p50": round(statistics.median(claim) * 1000, 3), "chunk": chunk,
+                "progress_ms_p50": round(statistics.median(progress) * 1000, 3),
+                "finish_ms_p50": round(statistics.median(finish) * 1000, 3)}
+    finally:
+        bench.r.delete(f"sdq:job:{job_id}", f"sdq:job:{job_id}:items", "sdq:jobs:bench")
+        bench.r.zrem("sdq:active", job_id)
+
+
+def run_regime(bench: Bench, pool: BarePool, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Bare and queue runs of one regime, alternated `repeats` times."""
+    params = {**cfg["params"], "seed": SEED}
+    n = cfg["n"]
+    bench.warm_up(params)
+    runs = []
+    for _ in range(cfg["repeats"]):
+        bare = pool.run(n, params, SEED)
+        before = redis_command_stats(bench.r)
+        queue = bench.run_job(n, params)
+        redis_cmds = command_delta(before, redis_command_stats(bench.r), n)
+        runs.append({"bare_wall_s": round(bare["wall_s"], 3), "queue_wall_s": round(queue["wall_s"], 3),
+                     "ratio": round(queue["wall_s"] / bare["wall_s"], 4),
+                     "overhead_ms_per_item": _ms((queue["wall_s"] - bare["wall_s"]) * WORKERS / n),
+                     "breakdown": breakdown(queue, bare["generate_s"]), "redis_per_item": redis_cmds,
+                     "bare_device": bare["device"]})
+    best = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]  # the median run
+    return {"n": n, "params": cfg["params"], "workers": WORKERS, "threads": THREADS,
+            "ratio": best["ratio"], "ratios": [r["ratio"] for r in runs],
+            "images_per_s_queue": round(n / best["queue_wall_s"], 2),
+            "images_per_s_bare": round(n / best["bare_wall_s"], 2), "median_run": best, "runs": runs}
+
+
+def run(opts) -> dict[str, Any]:
+    """Both regimes on one stack."""
+    regimes = QUICK if opts.quick else REGIMES
+    with bench_stack("overhead", opts) as bench:
+        bench.add_workers([f"w{i + 1}" for i in range(WORKERS)], "--threads", str(THREADS))
+        workers = bench.worker_records()
+        out: dict[str, Any] = {"workers": workers, "regimes": {}}
+        with BarePool(WORKERS, THREADS, bench.device, bench.models_dir) as pool:
+            for name, cfg in regimes.items():
+                out["regimes"][name] = run_regime(bench, pool, cfg)
+        out["status_calls"] = status_call_cost(bench)
+    out["progress_interval_s"] = defaults.PROGRESS_INTERVAL
+    out["targets"] = [target("short-item wall ratio (queue / bare)", out["regimes"]["short"]["ratio"], 1.15,
+                             aim=1.10),
+                      target("long-item wall ratio (queue / bare)", out["regimes"]["long"]["ratio"], 1.05)]
+    out["table"] = table(out)
+    return out
+
+
+def table(out: dict[str, Any]) -> list[list[Any]]:
+    """Rows for RESULTS.md."""
+    rows = [["regime", "items", "bare s", "queue s", "ratio", "overhead ms/item", "enqueue ms/item",
+             "first claim ms", "load ms", "generate ms (bare)", "encode ms*", "upload ms*", "status scripts, Redis us/item",
+             "worker off-model ms/item"]]
+    for name, reg in out["regimes"].items():
+        run, b = reg["median_run"], reg["median_run"]["breakdown"]
+        p = reg["params"]
+        status_us = sum(v["server_us_per_item"] for k, v in run["redis_per_item"].items() if k in ("evalsha", "eval"))
+        rows.append([f"{name}: {p['width']}x{p['height']}, {p['steps']} steps", reg["n"], run["bare_wall_s"],
+                     run["queue_wall_s"], f"{reg['ratio']:.3f} ({', '.join(f'{r:.3f}' for r in reg['ratios'])})",
+                     run["overhead_ms_per_item"], b["enqueue_ms_per_item"], b["wait_first_claim_ms"],
+                     b["load_ms_mean"], f"{b['generate_ms_mean']} ({b['generate_ms_bare_mean']})",
+                     b["encode_ms_mean"], b["upload_ms_mean"], round(status_us, 1),
+                     b["worker_off_model_ms_per_item"]])
+    return rows
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_for("overhead", run, __doc__.splitlines()[0]))

@@ -1,0 +1,86 @@
+"""`GET /v1/jobs/{id}/events`: a job's events as Server-Sent Events.
+
+The stream subscribes to the job's Redis channel *before* it reads the job, so nothing published in
+between is lost; then it sends
+
+1. ``job.state`` — the current status document (without items), so a late client starts in sync;
+2. ``item.started`` / ``item.progress`` / ``item.finished`` (with a presigned ``url`` once the image
+   is stored) as they happen (events published between subscribe and snapshot may repeat what the
+   snapshot already shows);
+3. ``job.finished`` — then the stream ends (at once, when the job had already ended).
+
+A comment line (``: keep-alive``) goes out every `KEEPALIVE_S` seconds so proxies keep the
+connection open. Each stream holds one producer thread (gunicorn gthread) and one Redis connection.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterator
+
+import redis
+
+from producer.status import job_view
+from sdq import contract
+from sdq.jobstore import JobStore, events_channel
+
+KEEPALIVE_S = 15.0
+"""Seconds between keep-alive comments on an idle stream."""
+
+POLL_S = 1.0
+"""Longest wait for one Redis message; also how often a quiet stream re-checks the job."""
+
+
+def sse(event: str, data: Any) -> str:
+    """One SSE frame."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _finished(job: dict[str, Any]) -> dict[str, Any]:
+    return {"id": job["id"], "state": job["state"],
+            "counts": {k: job["counts"][k] for k in ("succeeded", "failed", "cancelled")}}
+
+
+def stream(client: redis.Redis, jobs: JobStore, store, job_id: str,
+           keepalive: float = KEEPALIVE_S) -> Iterator[str]:
+    """The SSE frames of one job until it finishes (see the module docstring)."""
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(events_channel(job_id))
+    try:
+        # 1. Snapshot, read after subscribing.
+        job = jobs.get(job_id)
+        if job is None:
+            return
+        yield "retry: 2000\n\n"
+        yield sse("job.state", job_view(job, jobs, store, with_items=False))
+        if job["state"] in contract.TERMINAL_STATES:
+            yield sse("job.finished", _finished(job))
+            return
+        # 2. Live events until job.finished.
+        last_sent = last_check = time.monotonic()
+        while True:
+            msg = pubsub.get_message(timeout=POLL_S)
+            now = time.monotonic()
+            if msg is None or msg.get("type") != "message":
+                if now - last_sent >= keepalive:
+                    last_sent = now
+                    yield ": keep-alive\n\n"
+                if now - last_check >= keepalive:  # the job expired or was removed
+                    last_check = now
+                    current = jobs.get(job_id)
+                    if current is None:
+                        return
+                    if current["state"] in contract.TERMINAL_STATES:
+                        yield sse("job.finished", _finished(current))
+                        return
+                continue
+            event = json.loads(msg["data"])
+            name, data = event.get("event"), event.get("data") or {}
+            if name == "item.finished" and data.get("state") == "succeeded" and data.get("key"):
+                data["url"] = store.url(data["key"])
+            last_sent = now
+            yield sse(name, data)
+            if name == "job.finished":
+                return
+    finally:
+        pubsub.close()

@@ -1,0 +1,123 @@
+"""Labeled contact sheets ("grids") of a job's images, like the X/Y plots of the SD web UIs.
+
+Layout: items are in submit order (prompt, then sweep combination with the last sweep key varying
+fastest, then sample), so they fill the grid row by row.
+
+- columns: the values of the **last** sweep key (times `images_per_prompt` samples); without a
+  sweep, the samples of one prompt;
+- rows: each prompt combined with the values of the other sweep keys.
+
+The sheet is ``LABEL_W + cols * cell_w`` wide and ``LABEL_H + rows * cell_h`` high, where the cell
+is the largest image; row labels sit in a left column, column labels in a top band.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+LABEL_W = 160
+"""Width of the row-label column, pixels."""
+
+LABEL_H = 32
+"""Height of the column-label band, pixels."""
+
+GRID_MAX_ITEMS = 1024
+"""Most items a job may have when it asks for a grid (`params.grid`)."""
+
+BACKGROUND = (255, 255, 255)
+MISSING = (200, 200, 200)
+
+
+def grid_key(job_id: str) -> str:
+    """S3 key of a job's contact sheet."""
+    return f"jobs/{job_id}/grid.png"
+
+
+def layout(job: dict[str, Any], n_items: int) -> tuple[int, int]:
+    """(rows, columns) of the grid of a job with `n_items` items."""
+    sweep = job.get("sweep") or {}
+    per = int((job.get("params") or {}).get("images_per_prompt") or 1)
+    cols = per * (len(list(sweep.values())[-1]) if sweep else 1)
+    cols = max(1, min(cols, n_items))
+    return math.ceil(n_items / cols), cols
+
+
+def grid_size(rows: int, cols: int, cell: tuple[int, int]) -> tuple[int, int]:
+    """Pixel size of a sheet of `rows` x `cols` cells of size `cell`."""
+    return LABEL_W + cols * cell[0], LABEL_H + rows * cell[1]
+
+
+def _fmt(key: str, value: Any) -> str:
+    return f"{key}={value}"
+
+
+def column_label(job: dict[str, Any], item: dict[str, Any]) -> str:
+    """Label of the column an item starts: the last sweep value and/or the sample number."""
+    sweep = job.get("sweep") or {}
+    per = int((job.get("params") or {}).get("images_per_prompt") or 1)
+    parts = []
+    if sweep:
+        last = list(sweep)[-1]
+        parts.append(_fmt(last, (item.get("sweep") or {}).get(last)))
+    if per > 1:
+        parts.append(f"#{item['index'] % per + 1}")
+    return " ".join(parts)
+
+
+def row_label(job: dict[str, Any], item: dict[str, Any]) -> str:
+    """Label of the row an item starts: its prompt and the other sweep values."""
+    keys = list(job.get("sweep") or {})[:-1]
+    values = item.get("sweep") or {}
+    return "\n".join([item.get("prompt") or "", *(_fmt(k, values.get(k)) for k in keys)])
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int, max_lines: int) -> list[str]:
+    lines: list[str] = []
+    for para in text.split("\n"):
+        line = ""
+        for word in para.split(" "):
+            candidate = f"{line} {word}".strip()
+            if draw.textlength(candidate, font=font) <= width or not line:
+                line = candidate
+            else:
+                lines.append(line)
+                line = word
+        lines.append(line)
+    lines = lines[:max_lines]
+    for i, line in enumerate(lines):  # cut single words that are still too long
+        while line and draw.textlength(line, font=font) > width:
+            line = line[:-1]
+        lines[i] = line
+    return lines
+
+
+def make_grid(job: dict[str, Any], items: list[dict[str, Any]], images: dict[int, Image.Image]) -> Image.Image:
+    """The labeled sheet of `items` (index order); `images` maps item index to its image."""
+    items = sorted(items, key=lambda it: it["index"])
+    rows, cols = layout(job, len(items))
+    sizes = [im.size for im in images.values()] or [(64, 64)]
+    cell = (max(w for w, _ in sizes), max(h for _, h in sizes))
+    sheet = Image.new("RGB", grid_size(rows, cols, cell), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    line_h = 12
+    for pos, item in enumerate(items):
+        r, c = divmod(pos, cols)
+        x, y = LABEL_W + c * cell[0], LABEL_H + r * cell[1]
+        image = images.get(item["index"])
+        if image is not None:
+            sheet.paste(image.convert("RGB"), (x, y))
+        else:
+            draw.rectangle([x, y, x + cell[0] - 1, y + cell[1] - 1], fill=MISSING)
+            draw.text((x + 2, y + 2), str(item.get("state") or "missing"), fill=(120, 0, 0), font=font)
+        if r == 0:
+            lines = _wrap(draw, column_label(job, item), font, cell[0] - 4, LABEL_H // line_h)
+            for i, line in enumerate(lines):
+                draw.text((x + 2, 2 + i * line_h), line, fill=(0, 0, 0), font=font)
+        if c == 0:
+            lines = _wrap(draw, row_label(job, item), font, LABEL_W - 6, max(1, cell[1] // line_h))
+            for i, line in enumerate(lines):
+                draw.text((3, y + 2 + i * line_h), line, fill=(0, 0, 0), font=font)
+    return sheet

@@ -1,0 +1,77 @@
+"""Leases on the broker messages a worker holds: how a dead worker's items return to the queue.
+
+kombu's Redis transport emulates acknowledgements. A delivered message stays in the hash
+``unacked`` and its delivery tag in the sorted set ``unacked_index`` (`sdq.queue.UNACKED_INDEX_KEY`),
+scored by delivery time; every idle consuming worker sweeps that set every few seconds and puts
+back in its queue any message scored older than the visibility timeout (kombu's
+``QoS.restore_visible``). sdq keeps that timeout short (`sdq.defaults.VISIBILITY_TIMEOUT`) and has
+each live worker re-score the messages it holds from its heartbeat thread. A message held by a
+live worker is therefore never restored, however long its chunk runs, while a dead worker's
+message is restored one timeout after its last refresh.
+
+Only ``ZADD XX`` is used: a tag that was acknowledged (or already restored) is never re-added.
+Scores are wall-clock seconds, as kombu writes them, so hosts need synchronised clocks (NTP).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+from celery import signals
+
+from sdq.queue import UNACKED_INDEX_KEY
+
+log = logging.getLogger(__name__)
+
+
+class Leases:
+    """Delivery tags of the messages this process holds, and their refresh."""
+
+    def __init__(self, client: redis.Redis, key: str = UNACKED_INDEX_KEY) -> None:
+        self.client, self.key = client, key
+        self._held: dict[str, str] = {}  # delivery tag -> task id
+        self._lock = threading.Lock()
+
+    def connect(self) -> None:
+        """Follow Celery's signals: a task message received is held until its task has run."""
+        signals.task_received.connect(self._on_received, weak=False)
+        signals.task_postrun.connect(self._on_done, weak=False)
+        signals.task_revoked.connect(self._on_revoked, weak=False)
+
+    def _on_received(self, sender=None, request=None, **_) -> None:
+        tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+        if tag:
+            with self._lock:
+                self._held[str(tag)] = request.id
+
+    def _on_done(self, sender=None, task_id: str | None = None, **_) -> None:
+        with self._lock:
+            for tag in [t for t, tid in self._held.items() if tid == task_id]:
+                del self._held[tag]
+
+    def _on_revoked(self, sender=None, request=None, **_) -> None:
+        self._on_done(task_id=getattr(request, "id", None))
+
+    def held(self) -> list[str]:
+        """Delivery tags held now."""
+        with self._lock:
+            return list(self._held)
+
+    def refresh(self) -> int:
+        """Re-score every held message that is still unacknowledged; returns how many."""
+        tags = self.held()
+        if not tags:
+            return 0
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        for tag in tags:
+            pipe.zadd(self.key, {tag: now}, xx=True, ch=True)
+        changed = pipe.execute()
+        gone = [tag for tag, n in zip(tags, changed) if not n]
+        if gone:  # acknowledged or restored meanwhile: no longer ours
+            with self._lock:
+                for tag in gone:
+                    self._held.pop(tag, None)
+        return len(tags) - len(gone)
