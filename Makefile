@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench up clean redis-server
+.PHONY: install demo test test-fast bench up clean system-deps
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,13 +15,20 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PIP) install --quiet -e '.[producer,worker,local,dev]'
 	touch $(STAMP)
 
-install: $(STAMP) redis-server
+install: $(STAMP) system-deps
 
-# redis-server from the system's packages when it is missing (needs root or sudo on Debian/Ubuntu).
-redis-server:
-	@command -v redis-server >/dev/null || { \
+# System packages from apt-get when missing (needs root or sudo on Debian/Ubuntu): redis-server for
+# the local stack and tests; libGL/glib for opencv, which the invisible watermark uses.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	ldconfig -p | grep -q 'libGL.so.1 ' || missing="$$missing libgl1"; \
+	ldconfig -p | grep -q 'libglib-2.0.so.0 ' || missing="$$missing libglib2.0-0"; \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	  echo "installing$$missing with apt-get"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 demo: install
 	$(VENV)/bin/sdq demo

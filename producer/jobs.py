@@ -19,7 +19,6 @@ from sdq.exceptions import InvalidInput
 from sdq.grid import GRID_MAX_ITEMS
 from sdq.models import check_model
 from sdq.webhooks import check_webhook_url
-from workers.watermark import MIN_PIXELS as WATERMARK_MIN_PIXELS
 
 DEFAULTS: dict[str, Any] = {
     "steps": 20, "guidance_scale": 7.5, "width": 512, "height": 512, "scheduler": "pndm",
@@ -135,11 +134,11 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
                 })
 
     if req.params.watermark:
-        small = [it for it in items if _pixels(req.pipeline, it["params"]) < WATERMARK_MIN_PIXELS]
+        small = [it for it in items if _pixels(req.pipeline, it["params"]) < contract.WATERMARK_MIN_PIXELS]
         if small:
             w, h = contract.output_size(req.pipeline, small[0]["params"]["width"], small[0]["params"]["height"])
             raise InvalidInput("params.watermark", f"the invisible watermark needs images of at least "
-                               f"{WATERMARK_MIN_PIXELS} pixels (256x256); item {small[0]['index']} is {w}x{h}",
+                               f"{contract.WATERMARK_MIN_PIXELS} pixels (256x256); item {small[0]['index']} is {w}x{h}",
                                code="too_small")
 
     # 3. The job record.
@@ -155,8 +154,12 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     return Plan(job, items)
 
 
-def _chunk_size(n_items: int, n_workers: int) -> int:
-    return max(1, min(defaults.CHUNK_MAX, math.ceil(n_items / (defaults.CHUNK_PER_WORKER * max(1, n_workers)))))
+def _chunk_size(n_items: int, workers: list[dict[str, Any]]) -> int:
+    """Items per task message: enough messages for every live worker to get `CHUNK_PER_WORKER`,
+    rounded up to a whole number of the largest micro-batch in the fleet."""
+    size = math.ceil(n_items / (defaults.CHUNK_PER_WORKER * max(1, len(workers))))
+    batch = max([int(w.get("max_batch") or 1) for w in workers] or [1])
+    return max(1, min(defaults.CHUNK_MAX, math.ceil(size / batch) * batch))
 
 
 def _chunks(items: list[dict[str, Any]], size: int):
@@ -172,7 +175,7 @@ def route(plan: Plan, workers: list[dict[str, Any]]) -> list[tuple[str, list[dic
     req = plan.job["requires"]
     model, pipeline = plan.job["model"], plan.job["pipeline"]
     routed = []
-    for chunk in _chunks(plan.items, _chunk_size(len(plan.items), len(workers))):
+    for chunk in _chunks(plan.items, _chunk_size(len(plan.items), workers)):
         w, h = contract.output_size(pipeline, chunk[0]["params"]["width"], chunk[0]["params"]["height"])
         queue = contract.queue_for(req["device"], req.get("dtype"), w * h)
         routed.append((queue, chunk))

@@ -50,6 +50,10 @@ PIXEL_CLASSES: tuple[tuple[str, int], ...] = (
 """Pixel classes: (name, most pixels per image)."""
 
 
+WATERMARK_MIN_PIXELS = 256 * 256
+"""Smallest image (width * height) the invisible watermark can mark or read."""
+
+
 def pixel_class(pixels: int) -> str:
     """Name of the smallest pixel class holding `pixels` pixels."""
     for name, limit in PIXEL_CLASSES:

@@ -1,9 +1,14 @@
 """Results in an S3-compatible bucket: path-style, retried uploads, presigned GET URLs."""
 from __future__ import annotations
 
+import time
+
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
+URL_CACHE_SIZE = 100_000
+"""Presigned URLs kept per process before the cache is dropped and refilled."""
 
 UPLOAD_ATTEMPTS = 5
 """Total attempts per S3 call (botocore's standard retry mode backs off between them)."""
@@ -32,6 +37,7 @@ class ResultStore:
         self.client = _client(endpoint_url, region)
         public = public_endpoint_url or endpoint_url
         self.signer = self.client if public == endpoint_url else _client(public, region)
+        self._urls: dict[str, tuple[float, str]] = {}
 
     @classmethod
     def from_settings(cls, settings) -> "ResultStore":
@@ -52,9 +58,18 @@ class ResultStore:
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream",
             metadata: dict[str, str] | None = None) -> None:
-        """Write `data` at `key` (overwrites, so a re-run item never duplicates results)."""
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
-                               Metadata=metadata or {})
+        """Write `data` at `key` (overwrites, so a re-run item never duplicates results).
+
+        Creates the bucket on first use when it does not exist yet.
+        """
+        args = dict(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {})
+        try:
+            self.client.put_object(**args)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                raise
+            self.ensure_bucket()
+            self.client.put_object(**args)
 
     def get(self, key: str) -> bytes:
         """Read the object at `key`."""
@@ -77,6 +92,18 @@ class ResultStore:
         return sorted(out)
 
     def url(self, key: str) -> str:
-        """A presigned GET URL for `key`, signed for the public endpoint."""
-        return self.signer.generate_presigned_url(
+        """A presigned GET URL for `key`, signed for the public endpoint.
+
+        Signing costs ~0.5 ms, so URLs are cached and re-signed once half their lifetime has
+        passed: a URL handed out is always valid for at least `url_ttl / 2` seconds.
+        """
+        now = time.monotonic()
+        hit = self._urls.get(key)
+        if hit is not None and now - hit[0] < self.url_ttl / 2:
+            return hit[1]
+        url = self.signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_ttl)
+        if len(self._urls) >= URL_CACHE_SIZE:
+            self._urls.clear()
+        self._urls[key] = (now, url)
+        return url

@@ -60,7 +60,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     queues = contract.queues_for_worker(device.device, device.dtype, max_pixels) + [contract.CONTROL_QUEUE]
 
     # 2. Services and the warm pipeline cache.
-    from workers.pipelines import PipelineCache
+    from workers.pipelines import PipelineCache, warm_imports
     from workers.runner import Runner
     from workers.tasks import register
     from workers.uploader import Uploader
@@ -77,8 +77,9 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
                           allow_ckpt=settings.allow_ckpt, low_memory=opts.low_memory)
     runner = Runner(name, device, cache, jobs, store, uploader, max_batch)
     runner.debug_oom_pixels = opts.debug_oom_pixels
+    warm_imports()
     for model in opts.preload or []:
-        cache.get(model, "txt2img")
+        cache.load(model)
     register(celery, runner, on_webhook=lambda task, job_id: deliver_webhook(task, jobs, settings, job_id))
 
     # 3. Join the fleet, then consume.

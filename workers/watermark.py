@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from sdq.contract import WATERMARK_MIN_PIXELS
+
 PAYLOAD = b"sdq1"
 """The bytes embedded in every watermarked image."""
 
 METHOD = "dwtDct"
 """invisible-watermark's embedding method."""
 
-MIN_PIXELS = 256 * 256
+MIN_PIXELS = WATERMARK_MIN_PIXELS
 """Smallest image (width * height) the library can mark or read."""
 
 LABEL = f"invisible-watermark {METHOD} {PAYLOAD.decode()}"
