@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -266,6 +267,55 @@ def command_delta(before: dict, after: dict, per: int) -> dict[str, dict[str, fl
         if calls:
             out[cmd] = {"calls_per_item": round(calls / per, 2), "server_us_per_item": round(usec / per, 1)}
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["server_us_per_item"]))
+
+
+# -- CPU accounting --------------------------------------------------------------------------
+
+ROLES = {"workers": "sdq.cli worker", "producer": "sdq.cli producer", "s3": "moto.server",
+         "redis": "redis-server", "bare": "bench.bare"}
+"""Role of a process of the benchmark, by a piece of its command line."""
+
+
+def cpu_snapshot() -> dict[str, Any]:
+    """CPU seconds used so far by each role among this process' descendants, and the machine's
+    /proc/stat counters (for the share of time the hypervisor stole)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, str, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            procs[int(entry)] = (int(fields[1]), cmd, (int(fields[11]) + int(fields[12])) / tick)
+    mine, grew = {os.getpid()}, True
+    while grew:
+        grew = False
+        for pid, (ppid, _, _) in procs.items():
+            if ppid in mine and pid not in mine:
+                mine.add(pid)
+                grew = True
+    roles: dict[str, float] = defaultdict(float)
+    for pid in mine - {os.getpid()}:
+        _, cmd, cpu = procs[pid]
+        role = next((r for r, needle in ROLES.items() if needle in cmd), None)
+        if role:
+            roles[role] += cpu
+    stat: list[int] = []
+    with contextlib.suppress(OSError, ValueError):
+        stat = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return {"roles": dict(roles), "stat": stat}
+
+
+def cpu_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """CPU seconds per role between two snapshots, and the stolen share of the machine's time."""
+    roles = {r: round(after["roles"].get(r, 0.0) - before["roles"].get(r, 0.0), 2)
+             for r in after["roles"] if after["roles"].get(r, 0.0) - before["roles"].get(r, 0.0) > 0}
+    out: dict[str, Any] = {"cpu_s": roles}
+    if len(before["stat"]) > 7 and len(after["stat"]) > 7:
+        d = [a - b for a, b in zip(after["stat"], before["stat"])]
+        out["steal"] = round(d[7] / max(1, sum(d[:8])), 4)
+    return out
 
 
 # -- machine -----------------------------------------------------------------------------------

@@ -18,14 +18,15 @@ from collections import defaultdict
 from typing import Any
 
 from bench.bare import BarePool
-from bench.common import Bench, bench_stack, command_delta, dist, main_for, redis_command_stats, target
+from bench.common import (Bench, bench_stack, command_delta, cpu_delta, cpu_snapshot, dist, main_for,
+                          redis_command_stats, target)
 from sdq import defaults
 
 WORKERS = 2
 THREADS = 1
 
 REGIMES = {
-    "long": {"n": 48, "params": {"width": 256, "height": 256, "steps": 20}, "repeats": 1},
+    "long": {"n": 48, "params": {"width": 256, "height": 256, "steps": 20}, "repeats": 3},
     "short": {"n": 240, "params": {"width": 64, "height": 64, "steps": 4}, "repeats": 3},
 }
 QUICK = {
@@ -104,20 +105,28 @@ def status_call_cost(bench: Bench, n: int = 240, chunk: int = 8) -> dict[str, fl
 
 
 def run_regime(bench: Bench, pool: BarePool, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Bare and queue runs of one regime, alternated `repeats` times."""
+    """Bare and queue runs of one regime, `repeats` pairs, each pair in the opposite order of the
+    one before (so a slow drift of the shared machine does not always favour the same side)."""
     params = {**cfg["params"], "seed": SEED}
     n = cfg["n"]
     bench.warm_up(params)
     runs = []
-    for _ in range(cfg["repeats"]):
-        bare = pool.run(n, params, SEED)
-        before = redis_command_stats(bench.r)
-        queue = bench.run_job(n, params)
-        redis_cmds = command_delta(before, redis_command_stats(bench.r), n)
-        runs.append({"bare_wall_s": round(bare["wall_s"], 3), "queue_wall_s": round(queue["wall_s"], 3),
+    for repeat in range(cfg["repeats"]):
+        sides: dict[str, Any] = {}
+        for side in (("bare", "queue") if repeat % 2 == 0 else ("queue", "bare")):
+            cpu0, cmds0 = cpu_snapshot(), redis_command_stats(bench.r)
+            result = pool.run(n, params, SEED) if side == "bare" else bench.run_job(n, params)
+            sides[side] = {"result": result, **cpu_delta(cpu0, cpu_snapshot())}
+            if side == "queue":
+                sides[side]["redis"] = command_delta(cmds0, redis_command_stats(bench.r), n)
+        bare, queue = sides["bare"]["result"], sides["queue"]["result"]
+        runs.append({"order": "bare first" if repeat % 2 == 0 else "queue first",
+                     "bare_wall_s": round(bare["wall_s"], 3), "queue_wall_s": round(queue["wall_s"], 3),
                      "ratio": round(queue["wall_s"] / bare["wall_s"], 4),
                      "overhead_ms_per_item": _ms((queue["wall_s"] - bare["wall_s"]) * WORKERS / n),
-                     "breakdown": breakdown(queue, bare["generate_s"]), "redis_per_item": redis_cmds,
+                     "breakdown": breakdown(queue, bare["generate_s"]), "redis_per_item": sides["queue"]["redis"],
+                     "cpu_s": {"bare": sides["bare"]["cpu_s"], "queue": sides["queue"]["cpu_s"]},
+                     "steal": {"bare": sides["bare"].get("steal"), "queue": sides["queue"].get("steal")},
                      "bare_device": bare["device"]})
     best = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]  # the median run
     return {"n": n, "params": cfg["params"], "workers": WORKERS, "threads": THREADS,
@@ -142,7 +151,21 @@ def run(opts) -> dict[str, Any]:
                              aim=1.10),
                       target("long-item wall ratio (queue / bare)", out["regimes"]["long"]["ratio"], 1.05)]
     out["table"] = table(out)
+    out["findings"] = [cpu_finding(name, reg) for name, reg in out["regimes"].items()]
     return out
+
+
+def cpu_finding(name: str, reg: dict[str, Any]) -> str:
+    """Where the CPU went in the median run of a regime: workers vs bare processes, the services, steal."""
+    run, n = reg["median_run"], reg["n"]
+    q, b = run["cpu_s"]["queue"], run["cpu_s"]["bare"]
+    services = ", ".join(f"{role} {_ms(q.get(role, 0.0) / n)}" for role in ("s3", "redis", "producer"))
+    steal = run["steal"]
+    stolen = (f"; CPU stolen by the hypervisor: {steal['bare']:.1%} of the bare run, {steal['queue']:.1%} of the "
+              f"queue run" if steal["bare"] is not None and steal["queue"] is not None else "")
+    return (f"{name} (median run, {run['order']}): CPU per item, workers {_ms(q.get('workers', 0.0) / n)} ms vs "
+            f"bare processes {_ms(b.get('bare', 0.0) / n)} ms; services besides the workers (ms/item): "
+            f"{services} — all on the same {WORKERS} cores as the workers{stolen}")
 
 
 def table(out: dict[str, Any]) -> list[list[Any]]:

@@ -86,8 +86,11 @@ def run(opts) -> dict[str, Any]:
             d = case[f"limit={limit}"]
             out["table"].append([label, limit, d["p50"], d["p90"], d["p99"], d["max"]])
     worst = max(case[f"limit={limit}"]["p99"] for case in (queued, done) for limit in (0, PAGE))
-    out["findings"] = [f"one presigned URL (`ResultStore.url`, botocore) costs {presign['p50']} ms p50 in-process, "
-                       f"so a page of {PAGE} stored items spends ~{presign['p50'] * PAGE:.0f} ms presigning"]
+    out["findings"] = [f"one presigned URL (`ResultStore.url`, botocore) costs {presign['p50']} ms p50 in-process: "
+                       f"~{presign['p50'] * PAGE:.0f} ms for a page of {PAGE} stored items when first asked for; "
+                       f"each producer process then serves the URLs from its cache for half their lifetime",
+                       "responses are encoded by orjson and Redis replies parsed by hiredis (both C); without them "
+                       "the first page costs about 3 ms more in-process"]
     out["targets"] = [target(f"p99 GET /v1/jobs/{{id}}, {items}-item job, worst case, ms", worst, 20)]
     return out
 

@@ -7,6 +7,7 @@ import redis
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from producer.jsonprovider import FastJSONProvider
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput, NotFound
 from sdq.jobstore import JobStore
@@ -17,8 +18,9 @@ from storage import ResultStore
 def create_app(test_config: dict[str, Any] | None = None, settings: Settings | None = None) -> Flask:
     """Build the producer app; settings come from the environment unless given."""
     app = Flask(__name__)
+    app.json = FastJSONProvider(app)
     settings = settings or Settings.from_env()
-    app.config.update(SDQ=settings, JSON_SORT_KEYS=False, MAX_CONTENT_LENGTH=64 * 1024 * 1024)
+    app.config.update(SDQ=settings, MAX_CONTENT_LENGTH=64 * 1024 * 1024)
     if test_config:
         app.config.update(test_config)
 

@@ -198,6 +198,7 @@ def enqueue(celery: Celery, plan: Plan, routed: list[tuple[str, list[dict[str, A
         for queue, chunk in routed:
             message = {
                 "job": job["id"], "model": job["model"], "pipeline": job["pipeline"],
+                "queue": queue, "priority": priority,  # for a worker that hands the chunk on (out of memory)
                 "params": chunk[0]["params"], "watermark": job["params"].get("watermark", False),
                 "items": [{k: it[k] for k in ("index", "prompt", "negative_prompt", "seed", "init_image")}
                           for it in chunk],

@@ -56,3 +56,8 @@ MODEL_CACHE_SIZE = 2
 
 JOB_TTL = 30 * 24 * 3600
 """Seconds job records live in Redis after creation."""
+
+OOM_HAND_OFFS = 2
+"""Most workers an item is handed to after running out of memory in low-memory mode (then it fails)."""
+HAND_OFF_PAUSE = 0.5
+"""Seconds a worker waits before publishing again a handed-off chunk that came back to it."""

@@ -22,6 +22,11 @@ import redis
 
 from sdq import defaults
 
+try:  # a C decoder where installed (the producer extra has it): item pages decode ~3x faster
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - the standard library is enough, only slower
+    _loads = json.loads
+
 EVENTS = ("item.started", "item.progress", "item.finished", "job.finished")
 
 _LUA_COMMON = """
@@ -158,6 +163,32 @@ end
 return out
 """
 
+# KEYS: job, items. ARGV: job_id, worker, error, steps_reported, index...
+# Out of memory even in low-memory mode: the worker's running items go back to `queued` for
+# another worker, remembering who could not make them. Returns the indices handed back.
+_HAND_OFF = _LUA_COMMON + """
+local job, items, job_id = KEYS[1], KEYS[2], ARGV[1]
+if redis.call('HGET', job, 'cancel') == '1' then return {} end
+local out, back = {}, tonumber(ARGV[4])
+for i = 5, #ARGV do
+  local raw = redis.call('HGET', items, ARGV[i])
+  if raw then
+    local it = cjson.decode(raw)
+    if it.state == 'running' and it.worker == ARGV[2] then
+      bump(job, 'running', 'queued')
+      if back > 0 then redis.call('HINCRBY', job, 'steps_done', -back) end  -- never "-0": HINCRBY refuses it
+      local seen = it.oom_workers
+      if type(seen) ~= 'table' then seen = {} end
+      table.insert(seen, ARGV[2])
+      it.oom_workers = seen; it.oom_error = ARGV[3]; it.state = 'queued'
+      redis.call('HSET', items, ARGV[i], cjson.encode(it))
+      table.insert(out, it.index)
+    end
+  end
+end
+return out
+"""
+
 ACTIVE_KEY = "sdq:active"
 """Sorted set of unfinished job ids by creation time."""
 
@@ -191,6 +222,7 @@ class JobStore:
         self._finish = client.register_script(_FINISH)
         self._cancel = client.register_script(_CANCEL)
         self._retry = client.register_script(_RETRY)
+        self._hand_off = client.register_script(_HAND_OFF)
 
     # -- producer side -------------------------------------------------------------------
     def create(self, job: dict[str, Any], items: list[dict[str, Any]]) -> None:
@@ -242,7 +274,7 @@ class JobStore:
         indices = [str(i) for i in range(offset, min(offset + limit, n_items))]
         if not indices:
             return []
-        return [json.loads(raw) for raw in self.r.hmget(_items_key(job_id), indices) if raw]
+        return [_loads(raw) for raw in self.r.hmget(_items_key(job_id), indices) if raw]
 
     def all_items(self, job_id: str) -> list[dict[str, Any]]:
         """Every item of a job in index order (for manifests)."""
@@ -324,6 +356,12 @@ class JobStore:
         done = self._finish(keys=[_job_key(job_id), _items_key(job_id)],
                             args=[job_id, index, state, time.time(), json.dumps(fields), steps_reported])
         return done == 1
+
+    def hand_off(self, job_id: str, indices: list[int], worker: str, error: str, steps_reported: int = 0) -> list[int]:
+        """Put `worker`'s running items back in `queued` after it ran out of memory (not if the job
+        was cancelled); returns the indices handed back, each now naming `worker` in `oom_workers`."""
+        return [int(i) for i in self._hand_off(keys=[_job_key(job_id), _items_key(job_id)],
+                                               args=[job_id, worker, error, steps_reported, *indices])]
 
     def add_progress(self, job_id: str, indices: list[int], steps: int, step: int, total: int) -> bool:
         """Count `steps` more steps for each item, announce `item.progress`; True if cancelled."""

@@ -156,7 +156,9 @@ VT = 8
 """Visibility timeout of the lease stack (seconds), well below the long item's run time."""
 
 LONG = {"width": 512, "height": 512, "steps": 50}
-"""An item that takes ~15 s or more on one CPU thread."""
+"""An item that takes ~7 s or more on one CPU thread."""
+LONGER = {**LONG, "steps": 150}
+"""An item that takes ~20 s or more on one CPU thread: well past the visibility timeout."""
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +172,7 @@ def lease_stack(stack_factory):
 def test_a_live_worker_keeps_an_item_longer_than_the_visibility_timeout(lease_stack):
     st, _ = lease_stack
     client = Client(st.env["SDQ_SERVER"])
-    resp = client.submit({"prompts": ["slow"], "params": {**LONG, "seed": 1}})
+    resp = client.submit({"prompts": ["slow"], "params": {**LONGER, "seed": 1}})
     doc = wait_job(client, resp["id"], timeout=300)
     item = doc["items"][0]
     assert doc["state"] == "succeeded", doc
@@ -229,5 +231,47 @@ def test_out_of_memory_retries_in_low_memory_mode(stack_factory, store):
     item = doc["items"][0]
     assert (doc["state"], item["state"], item["low_memory"]) == ("failed", "failed", True), item
     assert "out of memory on worker tight" in item["error"] and "low-memory mode" in item["error"], item
+    assert "no other live worker can take it" in item["error"], item
     assert "tight" in fleet_names(client)  # the worker lives on
+
+
+def test_out_of_memory_in_low_memory_mode_hands_the_item_to_another_worker(stack_factory, store):
+    """A worker whose device cannot make an image even in low-memory mode gives the item back to
+    the queue; a worker with room makes it, and the item names the worker that could not."""
+    st = stack_factory("handoff")
+    # 'tight' holds 64x64 per call (128x128 in low-memory mode): a 512x512 image never fits it
+    start_workers(st, ("tight", *WARM, "--debug-oom-pixels", "4096"), ("roomy", *WARM))
+    client = Client(st.env["SDQ_SERVER"])
+    # four one-item messages, so the idle 'tight' takes at least one of them
+    job = client.submit({"prompts": [f"big {i}" for i in range(4)], "params": {"width": 512, "height": 512,
+                                                                              "steps": 1}})
+    doc = wait_job(client, job["id"], timeout=300)
+    assert doc["state"] == "succeeded", doc
+    for item in doc["items"]:
+        check_made_by(store, item, "roomy")
+        assert item["oom_workers"] in (None, ["tight"]), item
+    handed = [it for it in doc["items"] if it["oom_workers"]]
+    assert handed, "tight took none of the four items: the hand-off was not exercised"
+    assert all(it["attempts"] == 2 for it in handed), handed
+    assert doc["steps"] == {"done": 4, "total": 4}, doc["steps"]
     st.stop()
+
+
+# -- warm models -----------------------------------------------------------------------------------
+
+def test_items_go_to_the_idle_worker_that_holds_the_model(stack_factory):
+    """'warm' has the model loaded, 'cold' has none: while 'warm' is free, 'cold' leaves it the
+    work instead of loading the model (without affinity 'cold' takes about half, so six jobs in a
+    row all on 'warm' by chance is a 1-in-64 event)."""
+    st = stack_factory("affinity")
+    start_workers(st, ("warm", *WARM), ("cold", "--device", "cpu", "--threads", "1"))
+    client = Client(st.env["SDQ_SERVER"])
+    makers = []
+    for i in range(6):
+        doc = wait_job(client, client.submit({"prompts": [f"affinity {i}"],
+                                              "params": {"width": 64, "height": 64, "steps": 1}})["id"])
+        assert doc["state"] == "succeeded", doc
+        makers.append(doc["items"][0]["worker"])
+    assert makers == ["warm"] * 6, makers
+    cold = next(w for w in client.workers() if w["name"] == "cold")
+    assert cold["loaded_models"] == [], cold

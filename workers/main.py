@@ -7,8 +7,9 @@ import socket
 from dataclasses import dataclass
 
 import redis
+from celery.signals import worker_ready
 
-from sdq import contract, defaults
+from sdq import contract, defaults, fleet
 from sdq.config import Settings
 from sdq.jobstore import JobStore
 from sdq.lifecycle import finalize_job
@@ -77,6 +78,9 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
                           allow_ckpt=settings.allow_ckpt, low_memory=opts.low_memory)
     runner = Runner(name, device, cache, jobs, store, uploader, max_batch)
     runner.debug_oom_pixels = opts.debug_oom_pixels
+    runner.models = models
+    runner.publish = lambda chunk: celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": chunk},
+                                                    queue=chunk["queue"], priority=chunk.get("priority"))
     warm_imports()
     for model in opts.preload or []:
         cache.load(model)
@@ -88,8 +92,14 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     leases.connect()
     interval = min(defaults.HEARTBEAT_INTERVAL, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
     heartbeat = Heartbeat(client, capability, interval, leases)
-    heartbeat.beat()
-    heartbeat.start()
+    runner.announce = lambda: fleet.publish(client, capability.record())
+
+    def join_fleet(**_: object) -> None:
+        """Publish the record once Celery consumes: a worker in the fleet is one that takes work."""
+        heartbeat.beat()
+        heartbeat.start()
+
+    worker_ready.connect(join_fleet, weak=False)
     log.info("worker %s on %s (%s, %s) consuming %s", name, device.device, device.name, device.dtype, queues)
     try:
         celery.worker_main([

@@ -5,11 +5,11 @@ import io
 import logging
 import time
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Callable
 
 from PIL import Image
 
-from sdq import __version__, contract, defaults
+from sdq import __version__, contract, defaults, fleet
 from sdq.exceptions import ModelError
 from sdq.infotext import SAMPLER_NAMES, format_infotext
 from sdq.jobstore import JobStore
@@ -73,11 +73,24 @@ class Runner:
         self.items_done = 0
         self.current: dict[str, Any] | None = None
         self.debug_oom_pixels: int | None = None  # testing aid, see `_check_debug_budget`
+        self.publish: Callable[[dict[str, Any]], None] | None = None  # sends a chunk message (hand-off)
+        self.announce: Callable[[], None] | None = None  # publishes the capability record (idle again)
+        self.models: list[str] = []  # the models this worker may load (`--models`); empty: any allowed
 
     def run_chunk(self, chunk: dict[str, Any]) -> None:
         """Make every still-wanted item of `chunk`; returns once all are uploaded."""
         job_id, task = chunk["job"], chunk["pipeline"]
         by_index = {it["index"]: it for it in chunk["items"]}
+        # 0. A model outside this worker's --models, or items it already ran out of memory on: pass on.
+        if self.models and chunk["model"] not in self.models:
+            self._pass_on_model(chunk)
+            return
+        if any(self.name in (it.get("oom_workers") or ()) for it in chunk["items"]):
+            self._pass_on(chunk)
+            return
+        # 0b. A model this worker does not hold, while an idle worker holds it warm: leave it to that one.
+        if self._defer_to_warm_worker(chunk):
+            return
         # 1. Claim the items (skips ones already done, cancelled or gone).
         todo = self.jobs.start_items(job_id, list(by_index), self.name, self.device.device, self.device.dtype,
                                      on_job_finished=self.uploader.on_job_finished)
@@ -107,6 +120,16 @@ class Runner:
             for fut in futures:
                 fut.result()
             self.current = None
+            self._announce()
+
+    def _announce(self) -> None:
+        """Tell the fleet at once that this worker is free (and which models it holds), so warm-model
+        affinity does not wait for the next heartbeat."""
+        if self.announce is not None:
+            try:
+                self.announce()
+            except Exception:  # noqa: BLE001 - the heartbeat publishes it again anyway
+                log.warning("could not publish the capability record", exc_info=True)
 
     def _run_batch(self, chunk, pipe, loaded, batch: list[dict[str, Any]], load_s: float) -> list[Future]:
         job_id, task, params = chunk["job"], chunk["pipeline"], chunk["params"]
@@ -132,8 +155,10 @@ class Runner:
             error = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, OUT_OF_MEMORY):
                 error = (f"out of memory on worker {self.name} ({self.device.device}, {self.device.dtype}) "
-                         f"in low-memory mode: {error}; retry the job to run it again (any capable worker "
-                         f"may take it)")
+                         f"in low-memory mode: {error}")
+                if self._hand_off(chunk, batch, error, progress.reported):
+                    return []
+                error += "; no other live worker can take it: retry the job when one has joined"
             self._fail(job_id, indices, error, progress.reported, oom)
             return []
         gen_s = time.perf_counter() - t0
@@ -155,6 +180,73 @@ class Runner:
                                                 progress.reported, watermark.embed if marked else None))
             self.items_done += 1
         return futures
+
+    def _others(self, chunk: dict[str, Any], avoid: set[str]) -> list[dict[str, Any]]:
+        """Live workers, other than `avoid`, that serve the chunk's queue and model."""
+        return [w for w in fleet.serving(fleet.live_workers(self.jobs.r), chunk.get("queue", ""), chunk["model"])
+                if w.get("name") not in avoid]
+
+    def _defer_to_warm_worker(self, chunk: dict[str, Any]) -> bool:
+        """Warm-model affinity: when this worker would have to load the chunk's model while another
+        live worker serving the same queue holds it loaded and was idle at its last heartbeat,
+        publish the chunk again (once per chunk) for that worker, which is already waiting on the
+        queue, and return True."""
+        model = chunk["model"]
+        if chunk.get("deferred") or self.publish is None or "queue" not in chunk or model in self.cache.loaded():
+            return False
+        warm = [w for w in self._others(chunk, {self.name})
+                if model in (w.get("loaded_models") or ()) and not w.get("current_item")]
+        if not warm:
+            return False
+        log.info("job %s: model %s is warm on idle worker(s) %s; leaving the chunk to them",
+                 chunk["job"], model, ", ".join(w["name"] for w in warm))
+        self.publish({**chunk, "deferred": True})
+        return True
+
+    def _hand_off(self, chunk: dict[str, Any], batch: list[dict[str, Any]], error: str, reported: int) -> bool:
+        """Out of memory even in low-memory mode: give the batch back to the queue for another
+        worker (at most `OOM_HAND_OFFS` times per item). False when no other worker can take it."""
+        seen = {w for it in batch for w in it.get("oom_workers") or ()} | {self.name}
+        if (self.publish is None or "queue" not in chunk or len(seen) > defaults.OOM_HAND_OFFS
+                or not self._others(chunk, seen)):
+            return False
+        indices = self.jobs.hand_off(chunk["job"], [it["index"] for it in batch], self.name, error, reported)
+        if indices:
+            items = [{**it, "oom_workers": [*(it.get("oom_workers") or ()), self.name], "oom_error": error}
+                     for it in batch if it["index"] in indices]
+            self.publish({**chunk, "items": items})
+            log.warning("job %s items %s: out of memory in low-memory mode; handed to another worker",
+                        chunk["job"], indices)
+        return True
+
+    def _republish(self, chunk: dict[str, Any]) -> bool:
+        """Publish the chunk to its queue again, after a pause (so workers that cannot take it do not
+        bounce it at full speed); False when this message cannot be republished."""
+        if self.publish is None or "queue" not in chunk:
+            return False
+        time.sleep(defaults.HAND_OFF_PAUSE)
+        self.publish(chunk)
+        return True
+
+    def _pass_on_model(self, chunk: dict[str, Any]) -> None:
+        """A model this worker may not load (`--models`): back to the queue, where it waits for a
+        worker that may (the producer warned at submit if none was live)."""
+        log.debug("job %s: model %s is not in this worker's --models; passing the chunk on",
+                  chunk["job"], chunk["model"])
+        if not self._republish(chunk):
+            self._fail(chunk["job"], [it["index"] for it in chunk["items"]],
+                       f"worker {self.name} may not load model {chunk['model']} (--models)")
+
+    def _pass_on(self, chunk: dict[str, Any]) -> None:
+        """A chunk this worker ran out of memory on came back to it: publish it again for the others,
+        or fail it if none is left."""
+        avoid = {w for it in chunk["items"] for w in it.get("oom_workers") or ()}
+        if self._others(chunk, avoid) and self._republish(chunk):
+            return
+        error = next((it.get("oom_error") for it in chunk["items"] if it.get("oom_error")), None) or "out of memory"
+        self._fail(chunk["job"], [it["index"] for it in chunk["items"]],
+                   f"{error}; no other live worker can take it (tried {', '.join(sorted(avoid))}): retry the "
+                   f"job when one has joined")
 
     def _generate(self, pipe, loaded, task: str, params: dict[str, Any], batch: list[dict[str, Any]],
                   images: list[Any] | None, progress: StepProgress) -> list[Any]:
