@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench up clean system-deps
+.PHONY: install demo test test-fast bench up clean system-deps test-deps
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,14 @@ demo: install
 up: install
 	$(VENV)/bin/sdq up
 
-test: install
+# The tests also validate docker-compose.yml with Debian's docker-compose (no Docker engine needed).
+test-deps:
+	@command -v docker-compose >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing docker-compose with apt-get (to validate docker-compose.yml)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose >/dev/null; }
+
+test: install test-deps
 	$(PY) -m pytest
 
 test-fast: install

@@ -50,8 +50,8 @@ def run(opts) -> dict[str, Any]:
     if max(used) < 4 or len(used) > 1:
         out["findings"].append(
             f"at --max-batch 4 the worker ran batches of {used}: a micro-batch never spans two task messages, "
-            f"and the producer's chunk size (ceil(items / (CHUNK_PER_WORKER x live workers))) is not a "
-            f"multiple of the workers' max batch")
+            f"and a job's last chunk holds whatever is left when the item count is not a multiple of the "
+            f"workers' max batch")
     return out
 
 

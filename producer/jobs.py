@@ -154,20 +154,31 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     return Plan(job, items)
 
 
-def _chunk_size(n_items: int, workers: list[dict[str, Any]]) -> int:
-    """Items per task message: enough messages for every live worker to get `CHUNK_PER_WORKER`,
-    rounded up to a whole number of the largest micro-batch in the fleet."""
-    size = math.ceil(n_items / (defaults.CHUNK_PER_WORKER * max(1, len(workers))))
+def chunk_sizes(n_items: int, workers: int, batch: int = 1) -> list[int]:
+    """Sizes of the task messages for `n_items` items that share all parameters: guided
+    self-scheduling. Each chunk takes 1/`CHUNK_SPLIT` of a worker's fair share of the items still
+    left (at most `CHUNK_MAX`), in whole micro-batches of `batch`. Workers take chunks in order, so
+    the first are large (few messages, full batches) and the last are one micro-batch each: when
+    the job runs out, no worker is left alone with a big chunk while the others idle."""
+    sizes: list[int] = []
+    left = n_items
+    while left > 0:
+        share = math.ceil(left / (defaults.CHUNK_SPLIT * max(1, workers)))
+        size = min(defaults.CHUNK_MAX, max(batch, math.ceil(share / batch) * batch), left)
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
+def _chunks(items: list[dict[str, Any]], workers: list[dict[str, Any]]):
+    """Consecutive items sharing parameters, cut into chunks of `chunk_sizes`."""
     batch = max([int(w.get("max_batch") or 1) for w in workers] or [1])
-    return max(1, min(defaults.CHUNK_MAX, math.ceil(size / batch) * batch))
-
-
-def _chunks(items: list[dict[str, Any]], size: int):
-    """Consecutive items sharing parameters, at most `size` per chunk."""
     for _, group in itertools.groupby(items, key=lambda it: sorted(it["params"].items())):
         group = list(group)
-        for start in range(0, len(group), size):
+        start = 0
+        for size in chunk_sizes(len(group), len(workers), batch):
             yield group[start:start + size]
+            start += size
 
 
 def route(plan: Plan, workers: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -175,7 +186,7 @@ def route(plan: Plan, workers: list[dict[str, Any]]) -> list[tuple[str, list[dic
     req = plan.job["requires"]
     model, pipeline = plan.job["model"], plan.job["pipeline"]
     routed = []
-    for chunk in _chunks(plan.items, _chunk_size(len(plan.items), workers)):
+    for chunk in _chunks(plan.items, workers):
         w, h = contract.output_size(pipeline, chunk[0]["params"]["width"], chunk[0]["params"]["height"])
         queue = contract.queue_for(req["device"], req.get("dtype"), w * h)
         routed.append((queue, chunk))

@@ -42,8 +42,9 @@ HEARTBEAT_TTL = 30
 CHUNK_MAX = 32
 """Most items in one task message."""
 
-CHUNK_PER_WORKER = 16
-"""Aim for at least this many chunks per live worker, so the tail stays short."""
+CHUNK_SPLIT = 4
+"""A task message holds 1/CHUNK_SPLIT of a live worker's fair share of the items still left
+(guided self-scheduling: large chunks first, one micro-batch each at the end)."""
 
 PROGRESS_INTERVAL = 0.25
 """Seconds between step-progress writes (and cancel checks) of a running item."""
