@@ -43,11 +43,17 @@ class BarePool:
             child.stdin.write(json.dumps(msg) + "\n")
             child.stdin.flush()
 
-    def run(self, n: int, params: dict[str, Any], seed: int) -> dict[str, Any]:
-        """Make `n` images split evenly over the processes; wall time and per-image generate times."""
-        self._send_all({"warm": params, "seed": seed, "n": n})
+    def warm(self, params: dict[str, Any], seed: int) -> None:
+        """Have every process make one untimed image with `params` (first-call costs)."""
+        self._send_all({"warm": params, "seed": seed, "n": 1})
         for child in self.children:
             self._read(child)
+
+    def run(self, n: int, params: dict[str, Any], seed: int, warm: bool = True) -> dict[str, Any]:
+        """Make `n` images split evenly over the processes (after a warm-up image each, unless
+        `warm` is False); wall time and per-image generate times."""
+        if warm:
+            self.warm(params, seed)
         shares = [list(range(i, n, self.procs)) for i in range(self.procs)]
         t0 = time.time()
         for child, share in zip(self.children, shares):
