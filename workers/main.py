@@ -97,7 +97,8 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     def join_fleet(**_: object) -> None:
         """Publish the record once Celery consumes: a worker in the fleet is one that takes work."""
         heartbeat.beat()
-        heartbeat.start()
+        if not heartbeat.is_alive():  # the signal comes again after a broker reconnect
+            heartbeat.start()
 
     worker_ready.connect(join_fleet, weak=False)
     log.info("worker %s on %s (%s, %s) consuming %s", name, device.device, device.name, device.dtype, queues)
