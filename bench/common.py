@@ -174,7 +174,7 @@ class Bench:
 
 @contextlib.contextmanager
 def bench_stack(name: str, opts: argparse.Namespace, producer_workers: int = 2) -> Iterator[Bench]:
-    """Start redis-server, moto S3 and the producer on free loopback ports; stop them all at the end."""
+    """Start redis-server, a local S3 endpoint (SeaweedFS) and the producer on free loopback ports; stop them all at the end."""
     models_dir = Path(opts.models_dir) if opts.models_dir else default_models_dir()
     models_dir.mkdir(parents=True, exist_ok=True)
     clean_environment(models_dir)
@@ -185,6 +185,7 @@ def bench_stack(name: str, opts: argparse.Namespace, producer_workers: int = 2) 
     try:
         stack.redis(free_port())
         s3_url = stack.s3(free_port())
+        os.environ.update({k: v for k, v in stack.env.items() if k.startswith("AWS_")})
         # The bucket, as an operator provides it (workers also create it; a job cancelled before any
         # worker ran would otherwise find no bucket for its manifest).
         from storage import ResultStore

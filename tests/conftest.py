@@ -1,4 +1,4 @@
-"""Session fixtures that start real services: redis-server, moto's S3 server, the producer, workers."""
+"""Session fixtures that start real services: redis-server, SeaweedFS (S3), the producer, workers."""
 from __future__ import annotations
 
 import os
@@ -50,10 +50,11 @@ def models_dir(test_env) -> Path:
 
 @pytest.fixture(scope="session")
 def s3_url(workdir, test_env) -> Iterator[str]:
-    """moto's standalone S3 server on a free loopback port."""
+    """A real S3 endpoint on a free loopback port: SeaweedFS (moto where no `weed` wheel exists)."""
     stack = Stack(workdir / "s3")
     (workdir / "s3").mkdir(exist_ok=True)
     url = stack.s3(free_port())
+    os.environ.update({k: v for k, v in stack.env.items() if k.startswith("AWS_")})
     yield url
     stack.stop()
 

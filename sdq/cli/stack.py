@@ -20,7 +20,7 @@ def _port(preferred: int) -> int:
 
 def start_stack(workdir: Path, workers: int, threads: int | None, producer_port: int = 8000,
                 redis_port: int = 6379, s3_port: int = 9000, quiet: bool = True) -> Stack:
-    """Start redis-server, a moto S3 endpoint, the producer and `workers` CPU workers."""
+    """Start redis-server, a local S3 endpoint (SeaweedFS), the producer and `workers` CPU workers."""
     stack = Stack(workdir, quiet=quiet)
     try:
         if os.environ.get("SDQ_REDIS_URL"):
@@ -53,7 +53,8 @@ def cmd_up(args) -> int:
     n = args.workers
     stack = start_stack(workdir, n, args.threads or default_threads(n), args.port, quiet=False)
     print(f"sdq is up: server {stack.env['SDQ_SERVER']}  redis {stack.env['SDQ_REDIS_URL']}  "
-          f"S3 {stack.env['SDQ_S3_ENDPOINT_URL']}  workers {n}  (logs and data in {workdir})", file=sys.stderr)
+          f"S3 {stack.env['SDQ_S3_ENDPOINT_URL']}  workers {n}  (logs and data in {workdir}; S3 credentials in "
+          f"{workdir / 's3-credentials.json'})", file=sys.stderr)
     print(f"try: SDQ_SERVER={stack.env['SDQ_SERVER']} sdq submit examples/prompts.txt --wait --out results",
           file=sys.stderr)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
