@@ -40,7 +40,7 @@ def celery_config(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_
         },
         task_default_queue="sdq.control",
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        worker_send_task_events=True,  # Flower (and `celery events`) see the tasks
         task_send_sent_event=False,
     )
 

@@ -106,7 +106,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
         celery.worker_main([
             "worker", "--pool=solo", "--concurrency=1", f"--hostname={name}@%h",
             f"--queues={','.join(queues)}", f"--loglevel={opts.loglevel}", "--without-gossip",
-            "--without-mingle", "--without-heartbeat",
+            "--without-mingle",
         ])
     finally:
         heartbeat.stop()
