@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from producer.jsonprovider import FastJSONProvider
 from sdq.config import Settings
+from sdq.redisconn import connect
 from sdq.exceptions import InvalidInput, NotFound
 from sdq.jobstore import JobStore
 from sdq.queue import make_celery
@@ -24,7 +25,7 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     if test_config:
         app.config.update(test_config)
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     app.extensions["sdq_redis"] = client
     app.extensions["sdq_jobs"] = JobStore(client)
     app.extensions["celery"] = make_celery(settings.redis_url)

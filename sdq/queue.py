@@ -4,6 +4,7 @@ from __future__ import annotations
 from celery import Celery
 
 from sdq import defaults
+from sdq.redisconn import broker
 
 
 UNACKED_INDEX_KEY = "unacked_index"
@@ -18,9 +19,10 @@ def celery_config(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_
     `visibility_timeout`. Live workers keep the scores of the messages they hold fresh (see
     `workers.leases`), so only a dead worker's messages are restored.
     """
+    broker_url, sentinel = broker(redis_url)
     sweep = max(1, min(10, visibility_timeout // defaults.LEASE_MIN_REFRESHES))
     return dict(
-        broker_url=redis_url,
+        broker_url=broker_url,
         task_ignore_result=True,
         result_backend=None,
         task_acks_late=True,
@@ -37,6 +39,7 @@ def celery_config(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_
             "unacked_mutex_expire": max(10, min(60, visibility_timeout)),  # a dead sweeper's lock
             "queue_order_strategy": "priority",
             "priority_steps": list(range(10)),
+            **sentinel,
         },
         task_default_queue="sdq.control",
         worker_hijack_root_logger=False,

@@ -193,9 +193,9 @@ class Stack:
         """Start `sdq worker --name NAME ARGS...`; by default wait until it joined the fleet."""
         svc = self._spawn(f"worker-{name}", [sys.executable, "-m", "sdq.cli", "worker", "--name", name, *args])
         if wait:
-            import redis
+            from sdq.redisconn import connect
 
-            client = redis.Redis.from_url(self.env["SDQ_REDIS_URL"])
+            client = connect(self.env["SDQ_REDIS_URL"])
             wait_for(lambda: client.exists(f"sdq:worker:{name}"), f"worker {name}", 120, svc.proc)
         return svc
 

@@ -6,11 +6,11 @@ import os
 import socket
 from dataclasses import dataclass
 
-import redis
 from celery.signals import worker_ready
 
 from sdq import contract, defaults, fleet
 from sdq.config import Settings
+from sdq.redisconn import connect
 from sdq.jobstore import JobStore
 from sdq.lifecycle import finalize_job
 from sdq.queue import make_celery
@@ -67,7 +67,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     from workers.uploader import Uploader
     from workers.webhook import deliver_webhook
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     jobs = JobStore(client)
     store = ResultStore.from_settings(settings)
     store.ensure_bucket()
