@@ -19,6 +19,9 @@ BUILTIN_MODELS: dict[str, tuple[str, ...]] = {
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
+STORE_PREFIX = "store:"
+"""Prefix of models pushed to the bucket (`sdq models push PATH --as NAME` -> `store:NAME`)."""
+
 BUILTIN_FORMAT = "1"
 """Version of the built-in generators; a new one makes a new cache folder."""
 
@@ -34,9 +37,12 @@ def allowed_models(allowlist: tuple[str, ...]) -> list[str]:
 
 
 def model_kind(model_id: str) -> str:
-    """`builtin`, `file` (single checkpoint), `folder` (local diffusers folder) or `hub`."""
+    """`builtin`, `store` (pushed to the bucket), `file` (single checkpoint), `folder` (local diffusers
+    folder) or `hub`."""
     if model_id.startswith("builtin:"):
         return "builtin"
+    if model_id.startswith(STORE_PREFIX):
+        return "store"
     if model_id.lower().endswith(SINGLE_FILE_SUFFIXES):
         return "file"
     if os.path.isabs(model_id) or model_id.startswith(("./", "../", "~")) or Path(model_id).is_dir():

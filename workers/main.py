@@ -75,7 +75,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     uploader = Uploader(store, jobs, lambda job_id: finalize_job(jobs, store, job_id, celery),
                         threads=defaults.UPLOAD_THREADS)
     cache = PipelineCache(settings.models_dir, device, defaults.MODEL_CACHE_SIZE,
-                          allow_ckpt=settings.allow_ckpt, low_memory=opts.low_memory)
+                          allow_ckpt=settings.allow_ckpt, low_memory=opts.low_memory, store=store)
     runner = Runner(name, device, cache, jobs, store, uploader, max_batch)
     runner.debug_oom_pixels = opts.debug_oom_pixels
     runner.models = models

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 from sdq.exceptions import ModelError
-from sdq.models import model_kind
+from sdq.models import STORE_PREFIX, model_kind
 from workers import builtin
 from workers.device import Device
 
@@ -76,8 +76,9 @@ class PipelineCache:
     """Keeps up to `size` models loaded on one device; loads each once, reuses it."""
 
     def __init__(self, models_dir: Path, device: Device, size: int = 2, allow_ckpt: bool = False,
-                 low_memory: bool = False) -> None:
+                 low_memory: bool = False, store=None) -> None:
         self.models_dir = Path(models_dir)
+        self.store = store  # the bucket `store:NAME` models are pulled from
         self.device = device
         self.size = size
         self.allow_ckpt = allow_ckpt
@@ -131,6 +132,8 @@ class PipelineCache:
             if kind == "builtin":
                 path = builtin.ensure_builtin(self.models_dir, model_id.removeprefix(builtin.BUILTIN_PREFIX))
                 pipe = diffusers.DiffusionPipeline.from_pretrained(path, dtype=dtype)
+            elif kind == "store":
+                pipe = self._load_from_store(model_id.removeprefix(STORE_PREFIX), dtype)
             elif kind == "folder":
                 pipe = diffusers.DiffusionPipeline.from_pretrained(Path(model_id).expanduser(), dtype=dtype)
             elif kind == "file":
@@ -159,6 +162,19 @@ class PipelineCache:
                                  f"set, so it cannot be downloaded ({type(exc).__name__}: {exc})") from exc
         log.info("model %s is not cached in %s: downloading it from the hub", repo_id, cache)
         return diffusers.DiffusionPipeline.from_pretrained(repo_id, dtype=dtype, cache_dir=cache)
+
+    def _load_from_store(self, name: str, dtype: torch.dtype):
+        """A model pushed to the bucket: pulled into the local cache once (verified), then loaded."""
+        import diffusers
+
+        from storage.models import pull
+
+        if self.store is None:
+            raise ModelError(f"store:{name}: this worker has no bucket to pull models from")
+        path = pull(self.store, name, self.models_dir)
+        if path.is_file():
+            return self._load_single_file(str(path), dtype)
+        return diffusers.DiffusionPipeline.from_pretrained(path, dtype=dtype)
 
     def _load_single_file(self, path: str, dtype: torch.dtype):
         """A single checkpoint in the original (LDM) layout, with its architecture from a local config

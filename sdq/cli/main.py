@@ -88,8 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--grid", action="store_true", help="also write DIR/grid.png, a labeled contact sheet")
     wk = sub.add_parser("workers", help="show live workers")
     wk.add_argument("--json", action="store_true")
-    m = sub.add_parser("models", help="list the models workers may load")
+    m = sub.add_parser("models", help="list the models workers may load; `models push` puts one in the bucket")
     m.add_argument("--json", action="store_true")
+    msub = m.add_subparsers(dest="models_command")
+    push = msub.add_parser("push", help="upload a diffusers folder or checkpoint file to the bucket as store:NAME")
+    push.add_argument("path")
+    push.add_argument("--as", dest="name", required=True, help="the model's name (then allow store:NAME)")
     ins = sub.add_parser("inspect", help="print a result PNG's parameters and whether it is watermarked")
     ins.add_argument("file")
     ins.add_argument("--json", action="store_true")
@@ -124,11 +128,30 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_models_push(args) -> int:
+    """Upload a model to the bucket (`models/NAME/`) so workers without internet can load it."""
+    from pathlib import Path
+
+    from sdq.config import Settings
+    from storage import ResultStore
+    from storage.models import push
+
+    store = ResultStore.from_settings(Settings.from_env())
+    store.ensure_bucket()
+    manifest = push(store, Path(args.path), args.name)
+    size = sum(f["size"] for f in manifest["files"])
+    print(f"pushed {len(manifest['files'])} files ({size} bytes) as store:{args.name}; allow it with "
+          f"SDQ_MODELS=store:{args.name}", file=sys.stderr)
+    return 0
+
+
 def cmd_models(args) -> int:
     """List allowed models and, for local ones, their folder."""
     from sdq.config import Settings
     from sdq.models import BUILTIN_MODELS, allowed_models, model_kind
 
+    if args.models_command == "push":
+        return cmd_models_push(args)
     settings = Settings.from_env()
     rows = []
     for model in allowed_models(settings.models):
