@@ -19,7 +19,7 @@ BUILTIN_MODELS: dict[str, tuple[str, ...]] = {
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
-BUILTIN_FORMAT = "1"
+BUILTIN_FORMAT = "2"
 """Version of the built-in generators; a new one makes a new cache folder."""
 
 

@@ -169,6 +169,10 @@ def build_tiny_upscaler(path: Path) -> None:
     pipe.save_pretrained(path, safe_serialization=True)
 
 
+DEPTH_INIT_RANGE = 0.2
+"""Weight init std of the tiny DPT: its depth output is then O(100) (at 0.02 it is ~1e-9, at 0.3 ~1e5)."""
+
+
 def tiny_depth_estimator():
     """A 4-layer ViT DPT depth estimator (hidden size 32) and its image processor (32x32 input)."""
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessorPil
@@ -178,6 +182,10 @@ def tiny_depth_estimator():
         image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
         intermediate_size=37, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 16, 32, 32],
         fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5], is_hybrid=False,
+        # Wide enough weights that the depth comes out in the hundreds, as a real DPT's does: with the
+        # default 0.02 the tiny model's depth is ~1e-9, which underflows to a flat map (and NaN after
+        # diffusers' min-max normalisation) in fp16.
+        initializer_range=DEPTH_INIT_RANGE,
     )
     # The PIL processor, pinned: the default class changes with whether torchvision is installed.
     processor = DPTImageProcessorPil(size={"height": 32, "width": 32}, keep_aspect_ratio=False)
