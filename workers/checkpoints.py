@@ -2,10 +2,13 @@
 the installed transformers no longer has."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +60,43 @@ def replacement_class(library: str, class_name: str) -> str | None:
     return None
 
 
-def renamed_components(folder: Path) -> dict[str, Any]:
-    """Components of the folder whose `model_index.json` names a removed transformers class, loaded
-    with the class that replaced it, as `from_pretrained` keyword arguments."""
+def with_current_classes(folder: Path, scratch: Path) -> Path:
+    """`folder` itself, or, when its `model_index.json` names transformers classes that no longer
+    exist (`DPTFeatureExtractor`...), a view of it under `scratch` whose index names their current
+    replacements and whose other entries link to the original files (the folder is not changed)."""
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    out: dict[str, Any] = {}
+    renamed = {}
     for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or len(spec) != 2 or None in spec:
-            continue
-        new = replacement_class(*spec)
-        if new is not None:
-            import transformers
+        if not name.startswith("_") and isinstance(spec, list) and len(spec) == 2 and None not in spec:
+            new = replacement_class(*spec)
+            if new is not None:
+                renamed[name] = [spec[0], new]
+    if not renamed:
+        return folder
+    patched = {**index, **renamed}
+    digest = hashlib.sha256(f"{folder.resolve()}\n{json.dumps(patched, sort_keys=True)}".encode()).hexdigest()[:16]
+    view = scratch / f"{folder.name}-{digest}"
+    if not (view / "model_index.json").is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{view.name}-", dir=_mkdir(scratch)))
+        for entry in folder.iterdir():
+            if entry.name != "model_index.json":
+                (tmp / entry.name).symlink_to(entry.resolve())
+        (tmp / "model_index.json").write_text(json.dumps(patched, indent=2), encoding="utf-8")
+        try:
+            os.rename(tmp, view)
+        except OSError:  # another process made the same view
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("%s: %s renamed in transformers %s; loading through %s", folder,
+             ", ".join(f"{index[k][1]} -> {v[1]}" for k, v in renamed.items()), _transformers_version(), view)
+    return view
 
-            log.info("%s: component %s names %s, which transformers %s no longer has; loading it as %s",
-                     folder, name, spec[1], transformers.__version__, new)
-            out[name] = getattr(transformers, new).from_pretrained(folder / name)
-    return out
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__

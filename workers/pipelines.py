@@ -106,6 +106,13 @@ class Loaded:
         return list({id(p): p for p in (self.base, *self.tasks.values()) if p is not None}.values())
 
 
+def _remove_hooks(pipes: list[Any]) -> None:
+    """Remove accelerate's offload hooks (a hooked module references itself through its wrapped
+    `forward`) from every module of `pipes`."""
+    for pipe in pipes:
+        pipe.remove_all_hooks()
+
+
 def free_memory(device: Device) -> None:
     """Collect garbage (offload hooks and tracebacks form reference cycles), then give the CUDA
     caching allocator's free blocks back, so the next allocation finds them."""
@@ -155,12 +162,11 @@ class PipelineCache:
             entry = self._models.pop(model_id, None)
             if entry is None:
                 return
-            for pipe in entry.pipelines():
-                pipe.remove_all_hooks()
+            _remove_hooks(entry.pipelines())
             entry.tasks.clear()
             entry.schedulers.clear()
             entry.base = entry.offloaded = None
-            del entry
+            del entry  # the last reference: only cycles are left, and the collection below breaks them
             free_memory(self.device)
             log.info("evicted model %s", model_id)
 
@@ -235,8 +241,8 @@ class PipelineCache:
         if not (folder / "model_index.json").is_file():
             raise ModelError(f"{folder}: not a diffusers model folder (no model_index.json)")
         variant = checkpoints.choose_variant(folder, half=dtype != torch.float32)
-        return diffusers.DiffusionPipeline.from_pretrained(folder, dtype=dtype, variant=variant,
-                                                           **checkpoints.renamed_components(folder))
+        folder = checkpoints.with_current_classes(folder, self.models_dir / "views")
+        return diffusers.DiffusionPipeline.from_pretrained(folder, dtype=dtype, variant=variant)
 
     def _hub_folder(self, repo_id: str) -> Path:
         """A Hugging Face repo id: its snapshot folder, from the local cache when it is there (no
