@@ -182,6 +182,22 @@ def test_a_failed_load_raises_and_leaves_nothing_behind(models_dir, tmp_path):
     assert len(make(cache, "builtin:tiny-sd", "txt2img", [1]).images) == 1
 
 
+def test_out_of_memory_while_loading_evicts_the_other_models_and_loads_again(models_dir):
+    cache = PipelineCache(models_dir, FP32, 2)
+    cache.load("builtin:tiny-sd")
+    place, seen = cache._place, []
+
+    def tight(entry):  # a device with room for one model: the first placement beside tiny-sd fails
+        seen.append(cache.loaded())
+        if len(seen) == 1:
+            raise MemoryError("simulated: no room for a second model")
+        place(entry)
+
+    cache._place = tight
+    cache.get("builtin:tiny-depth", "depth2img")
+    assert seen == [["builtin:tiny-sd"], []] and cache.loaded() == ["builtin:tiny-depth"]
+
+
 # -- item 7: the safety checker -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

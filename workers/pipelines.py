@@ -151,7 +151,7 @@ class PipelineCache:
             # The least recently used models go first, so that at the peak only `size` are resident.
             while len(self._models) >= self.size:
                 self.evict(next(iter(self._models)))
-            entry = self._models[model_id] = self._load(model_id)
+            entry = self._models[model_id] = self._load_with_room(model_id)
         self._models.move_to_end(model_id)
         return entry
 
@@ -192,6 +192,23 @@ class PipelineCache:
         """Most images one call of `task` may make (None: the whole micro-batch). The x4 upscaler's
         VAE decodes in fp32 at 4x the size: one image per call unless the operator allows more."""
         return self.upscale_batch if task == "upscale" else None
+
+    def _load_with_room(self, model_id: str) -> Loaded:
+        """Load a model; out of memory while other models are loaded: evict them all, try once more.
+        Raises ModelError (the runner fails the items with it) when it still does not fit."""
+        try:
+            return self._load(model_id)
+        except OutOfMemory as exc:
+            error = str(exc)
+        if not self._models:
+            raise ModelError(error)
+        log.warning("%s; evicting %s and loading it again", error, list(self._models))
+        self.evict_others(model_id)
+        try:
+            return self._load(model_id)
+        except OutOfMemory as exc:
+            error = str(exc)
+        raise ModelError(f"{error} (with no other model loaded)")
 
     def _load(self, model_id: str) -> Loaded:
         """Load and place a model; any failure raises ModelError (or OutOfMemory) with nothing left
