@@ -12,6 +12,8 @@ from sdq.infotext import parse_infotext
 from tests.conftest import wait_job
 from tests.test_pipelines import MODELS, direct, pixels, result, sketch, upload
 
+pytestmark = pytest.mark.slow  # real workers: each test takes 20-60 s on 2 busy cores
+
 FP16_MAX_DIFF = 4
 """Largest per-pixel difference (of 255) between a forced-fp16 CPU worker's image and plain
 diffusers in fp32 (measured on the built-in models: 1-2; another seed differs by ~40 on average)."""
