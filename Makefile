@@ -3,16 +3,18 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-TORCH_VERSION ?= 2.13.0
+CONSTRAINTS := constraints.txt
+TORCH_VERSION ?= $(shell sed -n 's/^torch==//p' $(CONSTRAINTS))
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-fast bench up clean system-deps test-deps
 
-$(STAMP): setup.cfg pyproject.toml
+# Every install is constrained to the tested versions (constraints.txt, shared with the Docker images).
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==$(TORCH_VERSION)
-	$(PIP) install --quiet -e '.[producer,worker,local,dev]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) torch==$(TORCH_VERSION)
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[producer,worker,local,dev]'
 	touch $(STAMP)
 
 install: $(STAMP) system-deps
@@ -49,8 +51,9 @@ test: install test-deps
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 
+# `make bench BENCH_ARGS="--device cuda"` on a GPU host (see bench/README.md).
 bench: install
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -101,11 +101,11 @@ def _child(spec: dict[str, Any]) -> None:
     pipe.set_progress_bar_config(disable=True)
     print(json.dumps({"device": f"{device.device} ({device.name}, {device.dtype})"}), flush=True)
 
-    def make(p: dict[str, Any], prompt: str, seed: int) -> None:
+    def make(p: dict[str, Any], texts: list[str], seeds: list[int]) -> None:
         with torch.inference_mode():
-            pipe(prompt=[prompt], negative_prompt=[""], num_inference_steps=p["steps"],
+            pipe(prompt=texts, negative_prompt=[""] * len(texts), num_inference_steps=p["steps"],
                  guidance_scale=p.get("guidance_scale", 7.5), height=p["height"], width=p["width"],
-                 generator=[torch.Generator(device="cpu").manual_seed(seed)])
+                 generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds])
         if device.device.startswith("cuda"):
             torch.cuda.synchronize()
 
@@ -114,14 +114,18 @@ def _child(spec: dict[str, Any]) -> None:
         msg = json.loads(line)
         texts = prompts(msg["n"])
         if "warm" in msg:
-            make(msg["warm"], "warm-up", msg["seed"])
+            batch = int(msg["warm"].get("batch", 1))
+            make(msg["warm"], ["warm-up"] * batch, [msg["seed"] + i for i in range(batch)])
             print(json.dumps({"ok": True}), flush=True)
             continue
-        times = []
-        for index in msg["indices"]:
+        # `batch` images per call (default 1), as a worker's `--max-batch`; the time of a call is
+        # shared by its images.
+        times, indices, batch = [], msg["indices"], int(msg["run"].get("batch", 1))
+        for start in range(0, len(indices), batch):
+            group = indices[start:start + batch]
             t = time.perf_counter()
-            make(msg["run"], texts[index], msg["seed"] + index)
-            times.append(time.perf_counter() - t)
+            make(msg["run"], [texts[i] for i in group], [msg["seed"] + i for i in group])
+            times += [(time.perf_counter() - t) / len(group)] * len(group)
         print(json.dumps({"generate_s": times, "t_end": time.time()}), flush=True)
 
 

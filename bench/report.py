@@ -13,9 +13,12 @@ TITLES = {
     "batching": "5. Micro-batching",
     "coldstart": "6. Warm vs cold",
     "events": "7. Event fan-out (SSE)",
+    "gpu": "8. One worker vs plain diffusers on the same device",
 }
 
 NOTES = {
+    "gpu": ("One `sdq worker --max-batch B` against one plain warm diffusers process making the same images "
+            "in calls of B, same device and dtype (`python -m bench.run --device cuda` on a GPU host)."),
     "overhead": ("Wall time from just before the POST to the job's `finished_at` (every PNG in the bucket), "
                  "against the same generations in 2 plain warm diffusers processes x 1 torch thread. "
                  "Ratio: the median of the repeats (all in brackets). *encode/upload run on the worker's "

@@ -16,7 +16,7 @@ from pathlib import Path
 from bench import report
 from bench.common import clean_environment, default_models_dir, ensure_models, machine, parser
 
-ORDER = ("overhead", "submit", "status", "scaleout", "batching", "coldstart", "events")
+ORDER = ("overhead", "submit", "status", "scaleout", "batching", "coldstart", "events", "gpu")
 """Benchmarks, in the order they run (the module `bench.<name>` has `run(opts) -> dict`)."""
 
 HERE = Path(__file__).resolve().parent
@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None,
                    help="directory for results.json and RESULTS.md (default: bench/, or bench/.quick/ with --quick)")
     opts = p.parse_args(argv)
-    names = [n.strip() for n in opts.only.split(",")] if opts.only else list(ORDER)
+    # `gpu` (one worker against plain diffusers on the same device) is for GPU hosts: by default it
+    # runs only with a --device other than cpu.
+    names = ([n.strip() for n in opts.only.split(",")] if opts.only
+             else [n for n in ORDER if n != "gpu" or opts.device != "cpu"])
     unknown = sorted(set(names) - set(ORDER))
     if unknown:
         p.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")

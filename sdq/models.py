@@ -22,7 +22,7 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 STORE_PREFIX = "store:"
 """Prefix of models pushed to the bucket (`sdq models push PATH --as NAME` -> `store:NAME`)."""
 
-BUILTIN_FORMAT = "1"
+BUILTIN_FORMAT = "2"
 """Version of the built-in generators; a new one makes a new cache folder."""
 
 

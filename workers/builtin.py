@@ -96,17 +96,42 @@ def tiny_unet(in_channels: int = 4, **extra):
     ).eval()
 
 
-def build_tiny_sd(path: Path) -> None:
-    """Write `builtin:tiny-sd`, a StableDiffusionPipeline, to `path`."""
+def tiny_safety_checker(threshold: float):
+    """A real `StableDiffusionSafetyChecker` (tiny CLIP vision tower, hidden size 32) and its CLIP
+    image processor, with every concept threshold set to `threshold`. A concept's score is its
+    cosine similarity (-1..1) minus the threshold, so -2 flags every image and 2 none: a stand-in
+    whose verdict a test knows in advance (the real checker's concept embeddings are not public)."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessorPil
+
+    torch.manual_seed(5)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=32,
+    )
+    checker = StableDiffusionSafetyChecker(config).eval()
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return checker, processor
+
+
+def build_tiny_sd(path: Path, safety_threshold: float | None = None) -> None:
+    """Write `builtin:tiny-sd`, a StableDiffusionPipeline, to `path`; with `safety_threshold`, the
+    same model with a safety checker (see `tiny_safety_checker`), as SD 1.x repositories ship one."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     tokenizer = tiny_tokenizer()
     vocab = tokenizer.get_vocab()
+    checker, processor = tiny_safety_checker(safety_threshold) if safety_threshold is not None else (None, None)
     pipe = StableDiffusionPipeline(
         vae=tiny_vae(), unet=tiny_unet(), tokenizer=tokenizer,
         text_encoder=tiny_text_encoder(len(vocab), vocab["<|startoftext|>"], vocab["<|endoftext|>"]),
-        scheduler=PNDMScheduler(**SD_SCHEDULER), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
+        scheduler=PNDMScheduler(**SD_SCHEDULER), safety_checker=checker, feature_extractor=processor,
+        requires_safety_checker=checker is not None,
     )
     pipe.save_pretrained(path, safe_serialization=True)
 
@@ -144,6 +169,10 @@ def build_tiny_upscaler(path: Path) -> None:
     pipe.save_pretrained(path, safe_serialization=True)
 
 
+DEPTH_INIT_RANGE = 0.2
+"""Weight init std of the tiny DPT: its depth output is then O(100) (at 0.02 it is ~1e-9, at 0.3 ~1e5)."""
+
+
 def tiny_depth_estimator():
     """A 4-layer ViT DPT depth estimator (hidden size 32) and its image processor (32x32 input)."""
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessorPil
@@ -153,6 +182,10 @@ def tiny_depth_estimator():
         image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
         intermediate_size=37, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 16, 32, 32],
         fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5], is_hybrid=False,
+        # Wide enough weights that the depth comes out in the hundreds, as a real DPT's does: with the
+        # default 0.02 the tiny model's depth is ~1e-9, which underflows to a flat map (and NaN after
+        # diffusers' min-max normalisation) in fp16.
+        initializer_range=DEPTH_INIT_RANGE,
     )
     # The PIL processor, pinned: the default class changes with whether torchvision is installed.
     processor = DPTImageProcessorPil(size={"height": 32, "width": 32}, keep_aspect_ratio=False)

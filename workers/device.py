@@ -9,6 +9,14 @@ from sdq.exceptions import CapabilityError
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
+BF16_MIN_CAPABILITY = (8, 0)
+"""CUDA compute capability with native bfloat16 (Ampere); older GPUs (T4, V100) only emulate it, slowly."""
+
+
+def bf16_native(capability: tuple[int, int]) -> bool:
+    """True when a GPU of this compute capability computes bfloat16 natively."""
+    return tuple(capability) >= BF16_MIN_CAPABILITY
+
 
 @dataclass(frozen=True)
 class Device:
@@ -52,6 +60,9 @@ def select_device(device: str = "auto", dtype: str = "auto", force: bool = False
         if index >= torch.cuda.device_count():
             raise CapabilityError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
         device = f"cuda:{index}"
+        # Bind the process to its device: without this, code that uses "the current device"
+        # (allocator, streams, `is_bf16_supported`, offload hooks) works on GPU 0.
+        torch.cuda.set_device(index)
         name = torch.cuda.get_device_name(index)
     elif device == "cpu":
         import platform
@@ -67,6 +78,10 @@ def select_device(device: str = "auto", dtype: str = "auto", force: bool = False
     if device == "cpu" and dtype == "fp16" and not force:
         raise CapabilityError("--dtype fp16 on --device cpu: half precision is a GPU format and is slow or "
                               "fails on CPUs; use --dtype fp32 (or bf16), or pass --force-dtype")
-    if dtype == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
-        raise CapabilityError(f"--dtype bf16: {name} does not support bfloat16; use --dtype fp16")
+    if dtype == "bf16" and device.startswith("cuda"):
+        capability = torch.cuda.get_device_capability(device)
+        if not bf16_native(capability):
+            raise CapabilityError(f"--dtype bf16: {name} ({device}, compute capability "
+                                  f"{capability[0]}.{capability[1]}) has no native bfloat16 (needs "
+                                  f"{BF16_MIN_CAPABILITY[0]}.{BF16_MIN_CAPABILITY[1]} or newer); use --dtype fp16")
     return Device(device=device, dtype=dtype, name=name)

@@ -34,6 +34,9 @@ class WorkerOptions:
     force_dtype: bool = False
     preload: list[str] | None = None
     debug_oom_pixels: int | None = None
+    debug_fatal_after: int | None = None
+    safety_checker: bool = True
+    upscale_batch: int | None = None
     loglevel: str = "INFO"
 
 
@@ -75,9 +78,12 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     uploader = Uploader(store, jobs, lambda job_id: finalize_job(jobs, store, job_id, celery),
                         threads=defaults.UPLOAD_THREADS)
     cache = PipelineCache(settings.models_dir, device, defaults.MODEL_CACHE_SIZE,
-                          allow_ckpt=settings.allow_ckpt, low_memory=opts.low_memory, store=store)
+                          allow_ckpt=settings.allow_ckpt, low_memory=opts.low_memory,
+                          safety_checker=opts.safety_checker,
+                          upscale_batch=opts.upscale_batch or defaults.UPSCALE_MAX_BATCH, store=store)
     runner = Runner(name, device, cache, jobs, store, uploader, max_batch)
     runner.debug_oom_pixels = opts.debug_oom_pixels
+    runner.debug_fatal_after = opts.debug_fatal_after
     runner.models = models
     runner.publish = lambda chunk: celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": chunk},
                                                     queue=chunk["queue"], priority=chunk.get("priority"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import threading
 from collections import OrderedDict
@@ -11,15 +12,43 @@ from typing import Any, Callable
 
 import torch
 
+from sdq import defaults
 from sdq.exceptions import ModelError
 from sdq.models import STORE_PREFIX, model_kind
-from workers import builtin
+from workers import builtin, checkpoints
 from workers.device import Device
 
 log = logging.getLogger(__name__)
 
 OUT_OF_MEMORY: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, MemoryError)
 """Errors that mean "the device ran out of memory" (CUDA allocator, or host RAM on a CPU)."""
+
+STICKY_DEVICE_ERRORS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS_",
+                        "CUDNN_STATUS_", "unspecified launch failure")
+"""Words of CUDA errors after which the process's CUDA context is unusable: every later call fails."""
+
+
+class OutOfMemory(MemoryError):
+    """Out of device memory even after every fallback; `fields` says what was tried."""
+
+    def __init__(self, message: str, fields: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields or {}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """The device (or host) ran out of memory: worth a retry with less memory."""
+    return isinstance(exc, OUT_OF_MEMORY) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def is_fatal_device_error(exc: BaseException) -> bool:
+    """A sticky device error (illegal address, device-side assert...): the CUDA context is broken, so
+    the process must exit and be restarted; out-of-memory errors are not sticky."""
+    if is_out_of_memory(exc):
+        return False
+    return isinstance(exc, torch.AcceleratorError) or (
+        isinstance(exc, RuntimeError) and any(word in str(exc) for word in STICKY_DEVICE_ERRORS))
+
 
 SCHEDULERS = {
     "pndm": "PNDMScheduler", "plms": "PNDMScheduler", "ddim": "DDIMScheduler",
@@ -62,7 +91,8 @@ class Loaded:
     scheduler_config: dict[str, Any]
     tasks: dict[str, Any] = field(default_factory=dict)
     schedulers: dict[str, Any] = field(default_factory=dict)
-    low_memory: bool = False  # switched on for good after an out-of-memory error (shared modules)
+    low_memory: bool = False  # on for good once it was what made a call fit (its modules are shared)
+    offloaded: Any = None  # the pipeline whose model-offload hooks the shared modules carry (CUDA)
 
     def scheduler(self, name: str):
         """A fresh scheduler for one call: a deep copy of a template built once per name
@@ -71,20 +101,42 @@ class Loaded:
             self.schedulers[name] = make_scheduler(name, self.scheduler_config)
         return copy.deepcopy(self.schedulers[name])
 
+    def pipelines(self) -> list[Any]:
+        """The base and every derived pipeline, each once."""
+        return list({id(p): p for p in (self.base, *self.tasks.values()) if p is not None}.values())
+
+
+def _remove_hooks(pipes: list[Any]) -> None:
+    """Remove accelerate's offload hooks (a hooked module references itself through its wrapped
+    `forward`) from every module of `pipes`."""
+    for pipe in pipes:
+        pipe.remove_all_hooks()
+
+
+def free_memory(device: Device) -> None:
+    """Collect garbage (offload hooks and tracebacks form reference cycles), then give the CUDA
+    caching allocator's free blocks back, so the next allocation finds them."""
+    gc.collect()
+    if device.kind == "gpu":
+        torch.cuda.empty_cache()
+
 
 class PipelineCache:
     """Keeps up to `size` models loaded on one device; loads each once, reuses it."""
 
     def __init__(self, models_dir: Path, device: Device, size: int = 2, allow_ckpt: bool = False,
-                 low_memory: bool = False, store=None) -> None:
+                 low_memory: bool = False, safety_checker: bool = True,
+                 upscale_batch: int = defaults.UPSCALE_MAX_BATCH, store=None) -> None:
         self.models_dir = Path(models_dir)
         self.store = store  # the bucket `store:NAME` models are pulled from
         self.device = device
-        self.size = size
+        self.size = max(1, size)
         self.allow_ckpt = allow_ckpt
         self.low_memory = low_memory
+        self.safety_checker = safety_checker
+        self.upscale_batch = max(1, upscale_batch)
         self._models: OrderedDict[str, Loaded] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         if low_memory and device.kind == "cpu":
             log.info("--low-memory has no effect on a CPU (it switches on VAE slicing/tiling and model CPU "
                      "offload, which only save GPU memory): running normally")
@@ -92,18 +144,38 @@ class PipelineCache:
     def load(self, model_id: str) -> Loaded:
         """Load `model_id` now (for `--preload`), whatever pipelines it serves."""
         with self._lock:
-            entry = self._models.get(model_id)
-            if entry is None:
-                entry = self._models[model_id] = self._load(model_id)
-                self._evict()
-            return entry
+            return self._entry(model_id)
 
-    def _evict(self) -> None:
-        while len(self._models) > self.size:
-            old_id, _ = self._models.popitem(last=False)
-            log.info("evicted model %s", old_id)
-            if self.device.kind == "gpu":
-                torch.cuda.empty_cache()
+    def _entry(self, model_id: str) -> Loaded:
+        entry = self._models.get(model_id)
+        if entry is None:
+            # The least recently used models go first, so that at the peak only `size` are resident.
+            while len(self._models) >= self.size:
+                self.evict(next(iter(self._models)))
+            entry = self._models[model_id] = self._load_with_room(model_id)
+        self._models.move_to_end(model_id)
+        return entry
+
+    def evict(self, model_id: str) -> None:
+        """Drop a model and free its memory: remove its offload hooks (reference cycles), drop every
+        reference the cache holds, collect, then empty the CUDA cache."""
+        with self._lock:
+            entry = self._models.pop(model_id, None)
+            if entry is None:
+                return
+            _remove_hooks(entry.pipelines())
+            entry.tasks.clear()
+            entry.schedulers.clear()
+            entry.base = entry.offloaded = None
+            del entry  # the last reference: only cycles are left, and the collection below breaks them
+            free_memory(self.device)
+            log.info("evicted model %s", model_id)
+
+    def evict_others(self, model_id: str) -> None:
+        """Evict every model but `model_id` (low-memory mode: the device is needed for this one)."""
+        with self._lock:
+            for other in [m for m in self._models if m != model_id]:
+                self.evict(other)
 
     def loaded(self) -> list[str]:
         """Model ids in memory now, most recently used last."""
@@ -112,69 +184,117 @@ class PipelineCache:
     def get(self, model_id: str, task: str) -> tuple[Any, Loaded]:
         """The pipeline for (`model_id`, `task`), loading the model on first use."""
         with self._lock:
-            entry = self._models.get(model_id)
-            if entry is None:
-                entry = self._load(model_id)
-                self._models[model_id] = entry
-                self._evict()
-            self._models.move_to_end(model_id)
+            entry = self._entry(model_id)
             if task not in entry.tasks:
                 entry.tasks[task] = self._derive(entry, task)
             return entry.tasks[task], entry
 
+    def images_per_call(self, task: str) -> int | None:
+        """Most images one call of `task` may make (None: the whole micro-batch). The x4 upscaler's
+        VAE decodes in fp32 at 4x the size: one image per call unless the operator allows more."""
+        return self.upscale_batch if task == "upscale" else None
+
+    def _load_with_room(self, model_id: str) -> Loaded:
+        """Load a model; out of memory while other models are loaded: evict them all, try once more.
+        Raises ModelError (the runner fails the items with it) when it still does not fit."""
+        try:
+            return self._load(model_id)
+        except OutOfMemory as exc:
+            error = str(exc)
+        if not self._models:
+            raise ModelError(error)
+        log.warning("%s; evicting %s and loading it again", error, list(self._models))
+        self.evict_others(model_id)
+        try:
+            return self._load(model_id)
+        except OutOfMemory as exc:
+            error = str(exc)
+        raise ModelError(f"{error} (with no other model loaded)")
+
     def _load(self, model_id: str) -> Loaded:
+        """Load and place a model; any failure raises ModelError (or OutOfMemory) with nothing left
+        behind: the half-built pipeline is dropped and its memory freed before the error leaves."""
+        log.info("loading model %s (%s) on %s/%s", model_id, model_kind(model_id), self.device.device,
+                 self.device.dtype)
+        try:
+            pipe = self._open(model_id)
+            pipe.set_progress_bar_config(disable=True)
+            if not self.safety_checker and getattr(pipe, "safety_checker", None) is not None:
+                pipe.safety_checker = None  # the operator turned it off (--no-safety-checker)
+            entry = Loaded(model_id, pipe, dict(pipe.scheduler.config))
+            self._place(entry)
+            return entry
+        except ModelError as exc:
+            error: Exception = ModelError(str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever a broken checkpoint raises
+            error = (OutOfMemory(f"out of memory loading model {model_id!r}: {type(exc).__name__}: {exc}")
+                     if is_out_of_memory(exc) else
+                     ModelError(f"cannot load model {model_id!r}: {type(exc).__name__}: {exc}"))
+            log.warning("loading model %s failed", model_id, exc_info=True)
+        pipe = entry = None  # noqa: F841 - the half-built pipeline goes before the error is raised
+        free_memory(self.device)
+        raise error
+
+    def _open(self, model_id: str):
         import diffusers
 
-        kind = model_kind(model_id)
-        dtype = self.device.torch_dtype
-        log.info("loading model %s (%s) on %s/%s", model_id, kind, self.device.device, self.device.dtype)
-        try:
-            if kind == "builtin":
+        kind, dtype = model_kind(model_id), self.device.torch_dtype
+        if kind == "builtin":
+            try:
                 path = builtin.ensure_builtin(self.models_dir, model_id.removeprefix(builtin.BUILTIN_PREFIX))
-                pipe = diffusers.DiffusionPipeline.from_pretrained(path, dtype=dtype)
-            elif kind == "store":
-                pipe = self._load_from_store(model_id.removeprefix(STORE_PREFIX), dtype)
-            elif kind == "folder":
-                pipe = diffusers.DiffusionPipeline.from_pretrained(Path(model_id).expanduser(), dtype=dtype)
-            elif kind == "file":
-                pipe = self._load_single_file(model_id, dtype)
-            else:
-                pipe = self._load_hub(model_id, dtype)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelError(f"cannot load model {model_id!r}: {exc}") from exc
-        pipe.set_progress_bar_config(disable=True)
-        self._place(pipe)
-        return Loaded(model_id, pipe, dict(pipe.scheduler.config))
+            except KeyError:
+                raise ModelError(f"unknown built-in model {model_id!r}") from None
+            return self._from_folder(path, dtype)
+        if kind == "store":
+            return self._load_from_store(model_id.removeprefix(STORE_PREFIX), dtype)
+        if kind == "folder":
+            return self._from_folder(Path(model_id).expanduser(), dtype)
+        if kind == "file":
+            return self._load_single_file(model_id, dtype)
+        return self._from_folder(self._hub_folder(model_id), dtype)
 
-    def _load_hub(self, repo_id: str, dtype: torch.dtype):
-        """A Hugging Face repo id: from the local cache when it is there (no network), else from the
-        hub unless HF_HUB_OFFLINE is set."""
+    def _from_folder(self, folder: Path, dtype: torch.dtype):
+        """A diffusers folder: the fp16 weight variant when it helps, and components whose class
+        transformers renamed loaded with the new class."""
+        import diffusers
+
+        if not (folder / "model_index.json").is_file():
+            raise ModelError(f"{folder}: not a diffusers model folder (no model_index.json)")
+        variant = checkpoints.choose_variant(folder, half=dtype != torch.float32)
+        folder = checkpoints.with_current_classes(folder, self.models_dir / "views")
+        return diffusers.DiffusionPipeline.from_pretrained(folder, dtype=dtype, variant=variant)
+
+    def _hub_folder(self, repo_id: str) -> Path:
+        """A Hugging Face repo id: its snapshot folder, from the local cache when it is there (no
+        network), else downloaded unless HF_HUB_OFFLINE is set. The fp16 weights where the repo has
+        them and the worker computes in half precision, else the full weights."""
         import diffusers
         from huggingface_hub import constants
 
         cache = str(self.models_dir / "hub")
-        try:
-            return diffusers.DiffusionPipeline.from_pretrained(repo_id, dtype=dtype, cache_dir=cache,
-                                                               local_files_only=True)
-        except (OSError, ValueError) as exc:
-            if constants.HF_HUB_OFFLINE:
-                raise ModelError(f"model {repo_id!r} is not in the local cache {cache} and HF_HUB_OFFLINE is "
-                                 f"set, so it cannot be downloaded ({type(exc).__name__}: {exc})") from exc
-        log.info("model %s is not cached in %s: downloading it from the hub", repo_id, cache)
-        return diffusers.DiffusionPipeline.from_pretrained(repo_id, dtype=dtype, cache_dir=cache)
+        variants = [checkpoints.FP16_VARIANT, None] if self.device.torch_dtype != torch.float32 else [None]
+        for local_only in (True, False):
+            if not local_only:
+                if constants.HF_HUB_OFFLINE:
+                    raise ModelError(f"model {repo_id!r} is not in the local cache {cache} and HF_HUB_OFFLINE is "
+                                     f"set, so it cannot be downloaded")
+                log.info("model %s is not cached in %s: downloading it from the hub", repo_id, cache)
+            for variant in variants:
+                try:
+                    return Path(diffusers.DiffusionPipeline.download(
+                        repo_id, cache_dir=cache, local_files_only=local_only, variant=variant))
+                except (OSError, ValueError) as exc:  # not cached, or no such variant
+                    log.debug("%s (variant %s, local only %s): %s", repo_id, variant, local_only, exc)
+        raise ModelError(f"model {repo_id!r} could not be found in {cache} or on the hub")
 
     def _load_from_store(self, name: str, dtype: torch.dtype):
         """A model pushed to the bucket: pulled into the local cache once (verified), then loaded."""
-        import diffusers
-
         from storage.models import pull
 
         if self.store is None:
             raise ModelError(f"store:{name}: this worker has no bucket to pull models from")
         path = pull(self.store, name, self.models_dir)
-        if path.is_file():
-            return self._load_single_file(str(path), dtype)
-        return diffusers.DiffusionPipeline.from_pretrained(path, dtype=dtype)
+        return self._load_single_file(str(path), dtype) if path.is_file() else self._from_folder(path, dtype)
 
     def _load_single_file(self, path: str, dtype: torch.dtype):
         """A single checkpoint in the original (LDM) layout, with its architecture from a local config
@@ -197,39 +317,61 @@ class PipelineCache:
         cls = getattr(diffusers, _pipeline_class_name(config))
         return cls.from_single_file(str(file), config=str(config), dtype=dtype, local_files_only=True)
 
-    def _place(self, pipe) -> None:
+    def _place(self, entry: Loaded) -> None:
         if self.low_memory and self.device.kind == "gpu":
-            pipe.vae.enable_slicing()
-            pipe.vae.enable_tiling()
-            pipe.enable_model_cpu_offload(device=self.device.device)
+            entry.low_memory = True
+            self.apply_low_memory(entry.base, entry)
         else:
-            pipe.to(self.device.device)
+            entry.base.to(self.device.device)
 
-    def enable_low_memory(self, pipe, entry: Loaded) -> None:
-        """Switch `pipe` (and the model `entry` whose modules it shares) to low-memory mode for
-        good, the out-of-memory fallback: VAE slicing and tiling, attention slicing and, on CUDA,
-        model CPU offload. Slower, but a smaller peak."""
-        entry.low_memory = True
+    def apply_low_memory(self, pipe, entry: Loaded) -> None:
+        """Low-memory mode for the pipeline about to run: VAE slicing and tiling (shared VAE) and, on
+        CUDA, model CPU offload with hooks on the modules `pipe` shares with the model's other
+        pipelines (moved to `pipe` when another one carried them). Attention slicing is not used:
+        it replaces fused SDPA attention with a full attention matrix and raises the peak."""
         pipe.vae.enable_slicing()
         pipe.vae.enable_tiling()
-        pipe.enable_attention_slicing()
-        if self.device.kind == "gpu":  # not exercised by the tests: no GPU on the test machine
-            torch.cuda.empty_cache()
+        if self.device.kind == "gpu" and entry.offloaded is not pipe:  # not run on a GPU yet (none here)
+            if entry.offloaded is not None:
+                entry.offloaded.remove_all_hooks()
             pipe.enable_model_cpu_offload(device=self.device.device)
+            entry.offloaded = pipe
+
+    def enter_low_memory(self, pipe, entry: Loaded) -> None:
+        """The out-of-memory fallback for a model: evict every other cached model, then low-memory mode."""
+        log.warning("model %s: entering low-memory mode (evicting %s)", entry.model_id,
+                    [m for m in self._models if m != entry.model_id] or "no other model")
+        self.evict_others(entry.model_id)
+        entry.low_memory = True
+        self.apply_low_memory(pipe, entry)
+        free_memory(self.device)
+
+    def leave_low_memory(self, pipe, entry: Loaded) -> None:
+        """Back to normal mode (low-memory mode did not make the call fit, so it only costs speed)."""
+        log.warning("model %s: leaving low-memory mode (it did not help)", entry.model_id)
+        entry.low_memory = False
+        pipe.vae.disable_slicing()
+        pipe.vae.disable_tiling()
+        if entry.offloaded is not None:
+            entry.offloaded.remove_all_hooks()
+            entry.offloaded = None
+            entry.base.to(self.device.device)
+        free_memory(self.device)
 
     def _derive(self, entry: Loaded, task: str):
+        """The task's pipeline over the base's modules, in the worker's dtype (`from_pipe` without a
+        dtype casts the shared modules to fp32 in place)."""
         import diffusers
 
         cls = getattr(diffusers, TASK_CLASSES[task])
         if isinstance(entry.base, cls):
             return entry.base
         try:
-            pipe = cls.from_pipe(entry.base)
+            pipe = cls.from_pipe(entry.base, dtype=self.device.torch_dtype)
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"model {entry.model_id!r} cannot run pipeline {task!r}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
         return pipe
-
 
 def single_file_config(file: Path) -> Path | None:
     """The local diffusers config folder of a single checkpoint file: a folder beside it named like
@@ -244,76 +386,3 @@ def _pipeline_class_name(config: Path) -> str:
 
     name = json.loads((config / "model_index.json").read_text(encoding="utf-8")).get("_class_name", "")
     return name if name in TASK_CLASSES.values() else "StableDiffusionPipeline"
-
-
-StepCallback = Callable[[Any, int, Any, dict], dict]
-
-
-class _Interrupted(Exception):
-    """Raised from a step callback once the job is cancelled: stops any pipeline at once."""
-
-
-def _step_hooks(pipe, task: str, callback: StepCallback | None) -> dict[str, Any]:
-    """Pipeline kwargs that call `callback` after each step and stop the loop on cancel.
-
-    The upscale pipeline only has the legacy `callback(step, t, latents)` hook, and depth2img does
-    not check `pipe._interrupt`; so a cancel raises `_Interrupted` out of the loop for all of them.
-    """
-    if callback is None:
-        return {}
-    pipe._interrupt = False
-
-    def on_step_end(p, i: int, t, kwargs: dict) -> dict:
-        out = callback(p, i, t, kwargs)
-        if getattr(p, "_interrupt", False):
-            raise _Interrupted
-        return out
-
-    if task == "upscale":
-        return {"callback": lambda i, t, latents: on_step_end(pipe, i, t, {}), "callback_steps": 1}
-    return {"callback_on_step_end": on_step_end}
-
-
-def _fit(images: list[Any], width: int, height: int) -> list[Any]:
-    """Init images resized to `width` x `height` (the job's size) where they differ."""
-    from PIL import Image
-
-    return [im if im.size == (width, height) else im.resize((width, height), Image.Resampling.LANCZOS)
-            for im in images]
-
-
-def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[str],
-        negative_prompts: list[str], seeds: list[int], images: list[Any] | None,
-        callback: StepCallback | None) -> list[Any]:
-    """One pipeline call for a batch; one seeded CPU generator per image. Returns PIL images, or
-    an empty list when the job was cancelled mid-call (`callback` set `pipe._interrupt`).
-
-    Image pipelines get their init images resized to `width` x `height` first; upscale makes 4x that.
-    """
-    pipe.scheduler = loaded.scheduler(params["scheduler"])
-    kwargs: dict[str, Any] = dict(
-        prompt=prompts, negative_prompt=negative_prompts, num_inference_steps=params["steps"],
-        guidance_scale=params["guidance_scale"],
-        generator=[torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds],
-        **_step_hooks(pipe, task, callback),
-    )
-    if task == "txt2img":
-        kwargs.update(height=params["height"], width=params["width"])
-    else:
-        kwargs["image"] = _fit(images or [], params["width"], params["height"])
-        if task == "upscale":
-            kwargs["noise_level"] = params["noise_level"]
-        else:
-            kwargs["strength"] = params["strength"]
-    try:
-        with torch.inference_mode():
-            return pipe(**kwargs).images
-    except _Interrupted:
-        return []
-
-
-def loop_steps(task: str, params: dict[str, Any]) -> int:
-    """How many denoising steps the pipeline will actually run."""
-    if task in ("img2img", "depth2img"):
-        return max(1, int(params["steps"] * params["strength"]))
-    return params["steps"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
 from concurrent.futures import Future
 from typing import Any, Callable
@@ -14,8 +15,9 @@ from sdq.exceptions import ModelError
 from sdq.infotext import SAMPLER_NAMES, format_infotext
 from sdq.jobstore import JobStore
 from workers.device import Device
-from workers.pipelines import OUT_OF_MEMORY, PipelineCache, loop_steps, run
-from workers import watermark
+from workers.generation import Generated, generate, loop_steps
+from workers.pipelines import OUT_OF_MEMORY, OutOfMemory, PipelineCache, is_fatal_device_error
+from workers import simulate, watermark
 from workers.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,10 @@ class StepProgress:
 
 
 def infotext_for(chunk: dict[str, Any], item: dict[str, Any], size: tuple[int, int], device: Device,
-                 worker: str, watermarked: bool = False) -> str:
-    """The A1111 infotext of one result: every parameter needed to make it again."""
+                 worker: str, watermarked: bool = False, dtype: str | None = None,
+                 nsfw: bool | None = None) -> str:
+    """The A1111 infotext of one result: every parameter needed to make it again, the dtype the UNet
+    ran in (`dtype`, read from the pipeline) and the safety checker's verdict (None: no checker ran)."""
     p, task = chunk["params"], chunk["pipeline"]
     image_size = f"{p['width']}x{p['height']}" if task == "upscale" else None
     fields: dict[str, object] = {
@@ -56,7 +60,8 @@ def infotext_for(chunk: dict[str, Any], item: dict[str, Any], size: tuple[int, i
         "Noise level": p["noise_level"] if task == "upscale" else None,
         "Init image": item.get("init_image"), "Input size": image_size,
         "Watermark": watermark.LABEL if watermarked else None,
-        "Device": device.device, "Dtype": device.dtype, "Worker": worker, "Job": chunk["job"],
+        "Safety checker": None if nsfw is None else ("flagged" if nsfw else "passed"),
+        "Device": device.device, "Dtype": dtype or device.dtype, "Worker": worker, "Job": chunk["job"],
         "Version": f"sdq {__version__}",
     }
     return format_infotext(item["prompt"], item.get("negative_prompt") or "", fields)
@@ -73,6 +78,9 @@ class Runner:
         self.items_done = 0
         self.current: dict[str, Any] | None = None
         self.debug_oom_pixels: int | None = None  # testing aid, see `_check_debug_budget`
+        self.debug_fatal_after: int | None = None  # testing aid: a sticky device error after N calls
+        self._debug_memory: simulate.SimulatedMemory | None = None
+        self._debug_fatal: simulate.SimulatedFatalError | None = None
         self.publish: Callable[[dict[str, Any]], None] | None = None  # sends a chunk message (hand-off)
         self.announce: Callable[[], None] | None = None  # publishes the capability record (idle again)
         self.models: list[str] = []  # the models this worker may load (`--models`); empty: any allowed
@@ -136,26 +144,20 @@ class Runner:
         indices = [it["index"] for it in batch]
         progress = StepProgress(self.jobs, job_id, indices, params["steps"], loop_steps(task, params))
         t0 = time.perf_counter()
-        oom: dict[str, Any] = {"low_memory": True} if loaded.low_memory else {}
         try:
             images = self._init_images(batch) if task != "txt2img" else None
-            try:
-                out = self._generate(pipe, loaded, task, params, batch, images, progress)
-            except OUT_OF_MEMORY as exc:
-                if loaded.low_memory:
-                    raise
-                # Out of memory: once more, in low-memory mode, on this worker (the same progress
-                # object, so the restarted step count replaces the first attempt's).
-                log.warning("job %s items %s: out of memory (%s); retrying in low-memory mode", job_id, indices, exc)
-                oom = {"oom_retries": 1, "low_memory": True, "oom_error": f"{type(exc).__name__}: {exc}"}
-                self.cache.enable_low_memory(pipe, loaded)
-                out = self._generate(pipe, loaded, task, params, batch, images, progress)
-        except Exception as exc:  # noqa: BLE001 - a failed item never takes the worker down
+            made = self._generate(pipe, loaded, task, params, batch, images, progress)
+        except Exception as exc:  # noqa: BLE001 - a failed item never takes the worker down...
             log.exception("job %s items %s failed", job_id, indices)
             error = f"{type(exc).__name__}: {exc}"
+            if is_fatal_device_error(exc):  # ...but a broken device does: fail the batch, exit, be restarted
+                self._fail(job_id, indices, f"device error on worker {self.name} ({self.device.device}): "
+                                            f"{error}; the worker exits to be restarted", progress.reported)
+                self._exit_on_fatal_device_error(error)
+            oom = exc.fields if isinstance(exc, OutOfMemory) else {}
             if isinstance(exc, OUT_OF_MEMORY):
                 error = (f"out of memory on worker {self.name} ({self.device.device}, {self.device.dtype}) "
-                         f"in low-memory mode: {error}")
+                         f"{'in low-memory mode' if oom.get('low_memory') else 'with one image per call'}: {error}")
                 if self._hand_off(chunk, batch, error, progress.reported):
                     return []
                 error += "; no other live worker can take it: retry the job when one has joined"
@@ -166,16 +168,16 @@ class Runner:
             self._cancel(job_id, indices, progress.reported)
             return []
         futures = []
-        for item, image in zip(batch, out):
+        for item, image, nsfw in zip(batch, made.images, made.nsfw):
             fields = {
-                "worker": self.name, "device": self.device.device, "dtype": self.device.dtype,
+                "worker": self.name, "device": self.device.device, "dtype": made.dtype,
                 "duration_s": round((gen_s + load_s) / len(batch), 4),
                 "timings": {"load": round(load_s, 4), "generate": round(gen_s / len(batch), 4)},
-                "batch": len(batch),
-                **oom,
+                "batch": made.per_call, "nsfw": nsfw,
+                **made.oom_fields(),
             }
             marked = bool(chunk.get("watermark")) and watermark.can_mark(image)
-            info = infotext_for(chunk, item, image.size, self.device, self.name, marked)
+            info = infotext_for(chunk, item, image.size, self.device, self.name, marked, made.dtype, nsfw)
             futures.append(self.uploader.submit(job_id, item["index"], image, info, {**fields, "watermark": marked},
                                                 progress.reported, watermark.embed if marked else None))
             self.items_done += 1
@@ -249,23 +251,42 @@ class Runner:
                    f"job when one has joined")
 
     def _generate(self, pipe, loaded, task: str, params: dict[str, Any], batch: list[dict[str, Any]],
-                  images: list[Any] | None, progress: StepProgress) -> list[Any]:
-        """One pipeline call for `batch` (after the debug memory budget check, if one is set)."""
-        if self.debug_oom_pixels:
-            self._check_debug_budget(task, params, len(batch), loaded.low_memory)
-        return run(pipe, loaded, task, params, [it["prompt"] for it in batch],
-                   [it.get("negative_prompt") or "" for it in batch], [it["seed"] for it in batch],
-                   images, progress)
+                  images: list[Any] | None, progress: StepProgress) -> Generated:
+        """Make `batch` with the out-of-memory fallbacks (and the testing aids' checks, if set)."""
+        check = None
+        if self.debug_oom_pixels or self.debug_fatal_after is not None:
+            def check(n: int, low_memory: bool) -> None:
+                self._check_debug_budget(task, params, n, low_memory)
+        return generate(self.cache, pipe, loaded, task, params, [it["prompt"] for it in batch],
+                        [it.get("negative_prompt") or "" for it in batch], [it["seed"] for it in batch],
+                        images, progress, check)
 
     def _check_debug_budget(self, task: str, params: dict[str, Any], n: int, low_memory: bool) -> None:
-        """`sdq worker --debug-oom-pixels N` (testing aid): behave like a device whose memory holds
-        N output pixels per call, or 4N in low-memory mode, by raising a real MemoryError."""
-        w, h = contract.output_size(task, params["width"], params["height"])
-        budget = self.debug_oom_pixels * (4 if low_memory else 1)
-        if w * h * n > budget:
-            raise MemoryError(f"debug memory budget: {n}x{w}x{h} = {w * h * n} pixels exceed {budget} "
-                              f"(--debug-oom-pixels {self.debug_oom_pixels}"
-                              f"{', x4 in low-memory mode' if low_memory else ''})")
+        """Testing aids, before each pipeline call: `sdq worker --debug-oom-pixels N` behaves like a
+        device whose memory holds N output pixels per call (4N in low-memory mode) and whose failed
+        calls keep their memory while anything references them (`simulate.SimulatedMemory`);
+        `--debug-fatal-after N` like a device that breaks for good after N calls."""
+        if self.debug_fatal_after is not None:
+            if self._debug_fatal is None:
+                self._debug_fatal = simulate.SimulatedFatalError(self.debug_fatal_after)
+            self._debug_fatal.call()
+        if self.debug_oom_pixels:
+            if self._debug_memory is None or self._debug_memory.pixels != self.debug_oom_pixels:
+                self._debug_memory = simulate.SimulatedMemory(self.debug_oom_pixels)
+            w, h = contract.output_size(task, params["width"], params["height"])
+            self._debug_memory.call(n, w, h, low_memory)
+
+    def _exit_on_fatal_device_error(self, error: str) -> None:
+        """After a sticky device error every later call fails too: finish the uploads already made,
+        then exit non-zero so the supervisor starts a fresh process (the chunk's message is not
+        acknowledged, so its items that did not run go back to the queue)."""
+        log.critical("worker %s: sticky device error (%s); exiting with status %d to be restarted",
+                     self.name, error, defaults.FATAL_EXIT_CODE)
+        try:
+            self.uploader.shutdown()
+        finally:
+            logging.shutdown()
+            os._exit(defaults.FATAL_EXIT_CODE)
 
     def _init_images(self, batch: list[dict[str, Any]]) -> list[Any]:
         return [Image.open(io.BytesIO(self.store.get(it["init_image"]))).convert("RGB") for it in batch]

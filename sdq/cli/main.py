@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--low-memory", action="store_true", help="VAE slicing/tiling and CPU offload (CUDA)")
     w.add_argument("--debug-oom-pixels", type=int, default=None,
                    help="testing aid: raise MemoryError when a call's pixels*batch exceed N (4N in low-memory mode)")
+    w.add_argument("--debug-fatal-after", type=int, default=None,
+                   help="testing aid: raise a sticky CUDA-like device error after N pipeline calls")
+    w.add_argument("--no-safety-checker", dest="safety_checker", action="store_false",
+                   help="drop the safety checker a model ships (its verdict is otherwise recorded per item)")
+    w.add_argument("--upscale-batch", type=int, default=None,
+                   help="most images per x4-upscaler call (default 1: its VAE decodes in fp32 at 4x the size)")
     w.add_argument("--loglevel", default="INFO")
 
     s = sub.add_parser("submit", help="submit a prompt file (.txt, .json, .jsonl, .csv; - for stdin)")
@@ -184,7 +190,8 @@ def cmd_worker(args) -> int:
     opts = WorkerOptions(device=args.device, dtype=args.dtype, models=split(args.models), max_pixels=args.max_pixels,
                          max_batch=args.max_batch, threads=args.threads, name=args.name, low_memory=args.low_memory,
                          force_dtype=args.force_dtype, preload=split(args.preload), loglevel=args.loglevel,
-                         debug_oom_pixels=args.debug_oom_pixels)
+                         debug_oom_pixels=args.debug_oom_pixels, debug_fatal_after=args.debug_fatal_after,
+                         safety_checker=args.safety_checker, upscale_batch=args.upscale_batch)
     return run_worker(Settings.from_env(), opts)
 
 

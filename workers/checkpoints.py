@@ -1,0 +1,102 @@
+"""Diffusers model folders as published: which weight variant to load, and components whose class
+the installed transformers no longer has."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FP16_VARIANT = "fp16"
+"""The weight variant name published checkpoints use for half-precision files."""
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+"""Weight file suffixes of diffusers and transformers components."""
+
+RENAMED_CLASSES = {"FeatureExtractor": "ImageProcessor"}
+"""Suffix renames of transformers classes that older `model_index.json` files still name
+(`DPTFeatureExtractor` -> `DPTImageProcessor`, `CLIPFeatureExtractor` -> `CLIPImageProcessor`)."""
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return [p for p in folder.glob("*/*") if p.name.endswith(WEIGHT_SUFFIXES)]
+
+
+def has_variant(folder: Path, variant: str = FP16_VARIANT) -> bool:
+    """True when some component of the diffusers folder has `variant` weights (`*.fp16.safetensors`)."""
+    return any(f".{variant}." in p.name for p in _weight_files(folder))
+
+
+def has_full_weights(folder: Path, variant: str = FP16_VARIANT) -> bool:
+    """True when some component of the folder has weights that are not the `variant` files."""
+    return any(f".{variant}." not in p.name for p in _weight_files(folder))
+
+
+def choose_variant(folder: Path, half: bool) -> str | None:
+    """`fp16` when the folder has fp16 weights and the worker computes in half precision (half the
+    reading and no conversion), or when those are the only weights; else None (the full weights)."""
+    if not has_variant(folder):
+        return None
+    return FP16_VARIANT if half or not has_full_weights(folder) else None
+
+
+def replacement_class(library: str, class_name: str) -> str | None:
+    """The current class for a component class the installed library no longer exports, or None
+    when the class exists (or has no known replacement)."""
+    if library != "transformers":
+        return None
+    import transformers
+
+    if hasattr(transformers, class_name):
+        return None
+    for old, new in RENAMED_CLASSES.items():
+        if class_name.endswith(old) and hasattr(transformers, class_name[: -len(old)] + new):
+            return class_name[: -len(old)] + new
+    return None
+
+
+def with_current_classes(folder: Path, scratch: Path) -> Path:
+    """`folder` itself, or, when its `model_index.json` names transformers classes that no longer
+    exist (`DPTFeatureExtractor`...), a view of it under `scratch` whose index names their current
+    replacements and whose other entries link to the original files (the folder is not changed)."""
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    renamed = {}
+    for name, spec in index.items():
+        if not name.startswith("_") and isinstance(spec, list) and len(spec) == 2 and None not in spec:
+            new = replacement_class(*spec)
+            if new is not None:
+                renamed[name] = [spec[0], new]
+    if not renamed:
+        return folder
+    patched = {**index, **renamed}
+    digest = hashlib.sha256(f"{folder.resolve()}\n{json.dumps(patched, sort_keys=True)}".encode()).hexdigest()[:16]
+    view = scratch / f"{folder.name}-{digest}"
+    if not (view / "model_index.json").is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{view.name}-", dir=_mkdir(scratch)))
+        for entry in folder.iterdir():
+            if entry.name != "model_index.json":
+                (tmp / entry.name).symlink_to(entry.resolve())
+        (tmp / "model_index.json").write_text(json.dumps(patched, indent=2), encoding="utf-8")
+        try:
+            os.rename(tmp, view)
+        except OSError:  # another process made the same view
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("%s: %s renamed in transformers %s; loading through %s", folder,
+             ", ".join(f"{index[k][1]} -> {v[1]}" for k, v in renamed.items()), _transformers_version(), view)
+    return view
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
