@@ -1,17 +1,21 @@
 """HTTP routes: parse, call the job layer, return JSON. No business logic here."""
 from __future__ import annotations
 
+import hmac
+
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from producer import events
+from producer import bodies, events, tenants
 from producer import jobs as joblib
 from producer import uploads as uploadlib
+from producer.errors import error_response
 from producer.formats import body_from_prompt_file, is_prompt_file
 from producer.schemas import parse_submit
 from producer.status import job_view
 from sdq import fleet
 from sdq.lifecycle import finalize_job
 from sdq.exceptions import InvalidInput, NotFound
+from sdq.webhooks import tenant_secret
 
 bp = Blueprint("api", __name__)
 
@@ -35,19 +39,32 @@ PUBLIC_ENDPOINTS = ("api.healthz", "meta.index", "static")
 """Endpoints that need no token: liveness and the (data-free) web page."""
 
 
+def _owner_of(tokens: dict[str, str], presented: str) -> str | None:
+    """The owner of `presented`, comparing with every known token in constant time."""
+    given, owner = presented.encode("utf-8", "surrogatepass"), None
+    for token, who in tokens.items():
+        if hmac.compare_digest(token.encode(), given):
+            owner = who
+    return owner
+
+
 @bp.before_app_request
 def authenticate() -> Response | None:
-    """With SDQ_API_TOKENS set, require a bearer token; remember its owner."""
+    """Bound the body by endpoint; with SDQ_API_TOKENS set, require a bearer token and remember its owner."""
+    request.max_content_length = limit = bodies.body_limit(request)
+    if (request.content_length or 0) > limit:
+        raise InvalidInput("body", f"a body of {request.content_length} bytes exceeds this endpoint's limit of "
+                           f"{limit} bytes", code="too_large", status=413)
     tokens = current_app.config["SDQ"].api_tokens
     g.owner = ""
     if not tokens or request.endpoint in PUBLIC_ENDPOINTS:
         return None
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    if token not in tokens:
-        return jsonify({"error": {"code": "unauthorized", "message": "missing or unknown bearer token",
-                                  "field": "Authorization"}}), 401
-    g.owner = tokens[token]
+    owner = _owner_of(tokens, token) if token else None
+    if owner is None:
+        return error_response(401, "unauthorized", "missing or unknown bearer token", "Authorization")
+    g.owner = owner
     return None
 
 
@@ -60,7 +77,7 @@ def _own_job(job_id: str) -> dict:
 
 @bp.get("/healthz")
 def healthz():
-    """Liveness: the process answers and reaches Redis."""
+    """Liveness: the process answers and reaches Redis (a 503 without the address when it does not)."""
     _ext("sdq_redis").ping()
     return jsonify({"ok": True})
 
@@ -68,17 +85,15 @@ def healthz():
 @bp.post("/v1/jobs")
 def submit():
     """Validate, record and enqueue a job; 202 with its id. JSON, or a prompt file (producer.formats)."""
-    if is_prompt_file(request.mimetype):
-        body = body_from_prompt_file(request.get_data(as_text=True), request.mimetype, request.args.to_dict())
-    else:
-        body = request.get_json(silent=True)
-    if body is None:
-        raise InvalidInput("body", "the request body must be JSON (Content-Type: application/json) or a prompt "
-                           "file (text/plain, text/csv, application/x-ndjson)", code="invalid_json", status=400)
-    req = parse_submit(body)
     settings = current_app.config["SDQ"]
+    body = bodies.read_submit(request, settings.max_items)
+    if is_prompt_file(request.mimetype):
+        body = body_from_prompt_file(body, request.mimetype, request.args.to_dict())
+    bodies.check_strings(body)
+    req = parse_submit(body)
     plan = joblib.plan_job(req, settings, g.owner, uploads=lambda key, field: uploadlib.lookup(
         _ext("sdq_redis"), key, g.owner, field))
+    tenants.check_queue_room(_ext("sdq_jobs"), g.owner, len(plan.items), settings.max_queued_items)
     routed = joblib.route(plan, fleet.live_workers(_ext("sdq_redis")))
     plan.job["warnings"] = plan.warnings
     store = _ext("sdq_jobs")
@@ -102,7 +117,8 @@ def list_jobs():
     offset, limit = _int_arg("offset", 0, 0, 10**9), _int_arg("limit", 20, 1, 100)
     store = _ext("sdq_jobs")
     ids, total = store.list_jobs(g.owner, offset, limit)
-    docs = [job_view(j, store, _ext("sdq_store"), with_items=False) for j in map(store.get, ids) if j]
+    docs = [job_view(j, store, _ext("sdq_store"), with_items=False, with_position=False)
+            for j in map(store.get, ids) if j]
     return jsonify({"jobs": docs, "total": total, "offset": offset, "limit": limit})
 
 
@@ -138,7 +154,8 @@ def retry_job(job_id: str):
 def job_events(job_id: str):
     """Server-Sent Events of one job (see producer.events)."""
     _own_job(job_id)
-    frames = events.stream(_ext("sdq_redis"), _ext("sdq_jobs"), _ext("sdq_store"), job_id)
+    frames = events.stream(_ext("sdq_redis"), _ext("sdq_jobs"), _ext("sdq_store"), job_id,
+                           max_seconds=current_app.config["SDQ"].stream_max_seconds)
     return Response(frames, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -150,7 +167,28 @@ def upload():
     return jsonify(uploadlib.save_upload(_ext("sdq_store"), _ext("sdq_redis"), data, g.owner)), 201
 
 
+@bp.get("/v1/uploads/<name>")
+def upload_info(name: str):
+    """An upload's record {key, width, height}; 404 unless the caller uploaded it."""
+    key = f"{uploadlib.UPLOAD_PREFIX}{name}"
+    try:
+        record = uploadlib.lookup(_ext("sdq_redis"), key, g.owner, "key")
+    except InvalidInput:
+        raise NotFound(f"no upload {key!r}") from None
+    return jsonify({k: record[k] for k in ("key", "width", "height")})
+
+
 @bp.get("/v1/workers")
 def workers():
-    """Live workers and their capability records."""
-    return jsonify({"workers": fleet.live_workers(_ext("sdq_redis"))})
+    """Live workers and their capability records (another tenant's current job is not named)."""
+    records = fleet.live_workers(_ext("sdq_redis"))
+    return jsonify({"workers": tenants.redact_workers(records, _ext("sdq_jobs"), g.owner)})
+
+
+@bp.get("/v1/webhook-secret")
+def webhook_secret():
+    """The caller's own webhook signing secret (derived from SDQ_WEBHOOK_SECRET and the tenant)."""
+    master = current_app.config["SDQ"].webhook_secret
+    if not master:
+        raise NotFound("webhook signing is not configured on this server (SDQ_WEBHOOK_SECRET is unset)")
+    return jsonify({"secret": tenant_secret(master, g.owner), "algorithm": "hmac-sha256"})
