@@ -25,7 +25,8 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     if test_config:
         app.config.update(test_config)
 
-    client = redis.Redis.from_url(settings.redis_url)
+    # each open event stream holds one connection (pub/sub) for as long as it lives
+    client = redis.Redis.from_url(settings.redis_url, max_connections=defaults.PRODUCER_CONNECTIONS + 100)
     app.extensions["sdq_redis"] = client
     app.extensions["sdq_jobs"] = JobStore(client)
     app.extensions["celery"] = make_celery(settings.redis_url)

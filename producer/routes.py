@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+import itertools
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
@@ -156,7 +157,8 @@ def job_events(job_id: str):
     _own_job(job_id)
     frames = events.stream(_ext("sdq_redis"), _ext("sdq_jobs"), _ext("sdq_store"), job_id,
                            max_seconds=current_app.config["SDQ"].stream_max_seconds)
-    return Response(frames, mimetype="text/event-stream",
+    first = next(frames, "")  # subscribe and snapshot here, so a Redis error is still a JSON 503
+    return Response(itertools.chain([first], frames), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 

@@ -96,6 +96,14 @@ def cmd_demo(args) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _no_control_socket() -> list[str]:
+    """gunicorn's flag that turns off its control socket (one fixed path per user, shared by every
+    producer on the machine) where this gunicorn has one."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return ["--no-control-socket"] if any("--no-control-socket" in s.cli for s in KNOWN_SETTINGS if s.cli) else []
+
+
 def cmd_producer(args) -> int:
     """Serve the producer: gunicorn with gevent workers where installed, else Flask's threaded server.
 
@@ -116,7 +124,7 @@ def cmd_producer(args) -> int:
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}", "--workers", str(args.workers),
             "--worker-class", "gevent", "--worker-connections", str(defaults.PRODUCER_CONNECTIONS),
             "--timeout", "0", "--graceful-timeout", "5",
-            "--access-logfile", "-", "producer:create_app()"]
+            "--access-logfile", "-", *_no_control_socket(), "producer:create_app()"]
     os.execv(sys.executable, argv)
     return 0
 
