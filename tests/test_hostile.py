@@ -243,3 +243,31 @@ def test_bad_query_arguments_name_the_argument(api):
 def test_unknown_job_ids_are_404_json(api):
     for job_id in ("nope", "a" * 1000, "%00", "..%2F..%2Fetc"):
         refused(requests.get(f"{api}/v1/jobs/{job_id}", timeout=10), 404)
+
+
+# -- 10. grid size -----------------------------------------------------------------------------------
+
+def test_grid_of_1024_large_images_fits_the_pixel_cap():
+    """1,024 cells of 1024x1024 would be a 1.1-gigapixel sheet; cells shrink to fit GRID_MAX_PIXELS."""
+    from sdq import defaults
+    from sdq.grid import cell_for, grid_size, layout
+
+    job = {"pipeline": "txt2img", "params": {"images_per_prompt": 32}}
+    items = [{"index": i, "params": {"width": 1024, "height": 1024}} for i in range(1024)]
+    cell = cell_for(job, items)
+    rows, cols = layout(job, len(items))
+    width, height = grid_size(rows, cols, cell)
+    assert width * height <= defaults.GRID_MAX_PIXELS and min(cell) >= defaults.GRID_MIN_CELL
+
+
+def test_grid_sheet_is_built_within_its_pixel_cap():
+    from PIL import Image
+
+    from sdq.grid import make_grid
+
+    image = Image.new("RGB", (512, 512), (10, 200, 30))
+    job = {"params": {"images_per_prompt": 16}, "sweep": None}
+    items = [{"index": i, "prompt": f"p{i // 16}", "state": "succeeded"} for i in range(256)]
+    sheet = make_grid(job, items, {i: image for i in range(256)}, max_pixels=4_000_000)
+    assert sheet.width * sheet.height <= 4_000_000
+    assert sheet.getpixel((sheet.width - 5, sheet.height - 5)) == (10, 200, 30)  # the last cell holds its image
