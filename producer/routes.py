@@ -52,7 +52,11 @@ def _owner_of(tokens: dict[str, str], presented: str) -> str | None:
 @bp.before_app_request
 def authenticate() -> Response | None:
     """Bound the body by endpoint; with SDQ_API_TOKENS set, require a bearer token and remember its owner."""
-    request.max_content_length = limit = bodies.body_limit(request)
+    limit = bodies.body_limit(request)
+    try:
+        request.max_content_length = limit  # Flask >= 3.1: also bounds a body sent without Content-Length
+    except AttributeError:  # Flask 3.0: the app-wide MAX_CONTENT_LENGTH applies
+        pass
     if (request.content_length or 0) > limit:
         raise InvalidInput("body", f"a body of {request.content_length} bytes exceeds this endpoint's limit of "
                            f"{limit} bytes", code="too_large", status=413)
