@@ -1,7 +1,6 @@
 """HTTP routes: parse, call the job layer, return JSON. No business logic here."""
 from __future__ import annotations
 
-import hmac
 import itertools
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -40,15 +39,6 @@ PUBLIC_ENDPOINTS = ("api.healthz", "meta.index", "static")
 """Endpoints that need no token: liveness and the (data-free) web page."""
 
 
-def _owner_of(tokens: dict[str, str], presented: str) -> str | None:
-    """The owner of `presented`, comparing with every known token in constant time."""
-    given, owner = presented.encode("utf-8", "surrogatepass"), None
-    for token, who in tokens.items():
-        if hmac.compare_digest(token.encode(), given):
-            owner = who
-    return owner
-
-
 @bp.before_app_request
 def authenticate() -> Response | None:
     """Bound the body by endpoint; with SDQ_API_TOKENS set, require a bearer token and remember its owner."""
@@ -66,7 +56,7 @@ def authenticate() -> Response | None:
         return None
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    owner = _owner_of(tokens, token) if token else None
+    owner = tenants.owner_of(tokens, token) if token else None
     if owner is None:
         return error_response(401, "unauthorized", "missing or unknown bearer token", "Authorization")
     g.owner = owner

@@ -1,6 +1,7 @@
 """What one tenant (the owner of a token) may see of, and take from, a shared producer."""
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from sdq import defaults
@@ -8,8 +9,19 @@ from sdq.exceptions import TooManyRequests
 from sdq.jobstore import JobStore
 
 
+def owner_of(tokens: dict[str, str], presented: str) -> str | None:
+    """The owner of the `presented` token: compared with every known token in constant time (no early exit)."""
+    given, owner = presented.encode("utf-8", "surrogatepass"), None
+    for token, who in tokens.items():
+        if hmac.compare_digest(token.encode(), given):
+            owner = who
+    return owner
+
+
 def check_queue_room(jobs: JobStore, owner: str, new_items: int, limit: int) -> None:
-    """Refuse (429 with Retry-After) a submit that would put more than `limit` of `owner`'s items in the queue."""
+    """Refuse (429 with Retry-After) a submit that would put more than `limit` of `owner`'s items in the queue.
+
+    A soft cap: two submits racing may both pass, overshooting by at most one job."""
     queued = jobs.queued_items_of(owner)
     if queued + new_items > limit:
         raise TooManyRequests("items", f"{new_items} more items would give you {queued + new_items} queued; the limit "
