@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask
 
+from producer import errors
 from producer.jsonprovider import FastJSONProvider
+from sdq import defaults
 from sdq.config import Settings
 from sdq.redisconn import connect
-from sdq.exceptions import InvalidInput, NotFound
 from sdq.jobstore import JobStore
 from sdq.queue import make_celery
 from storage import ResultStore
@@ -21,11 +20,13 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     app = Flask(__name__)
     app.json = FastJSONProvider(app)
     settings = settings or Settings.from_env()
-    app.config.update(SDQ=settings, MAX_CONTENT_LENGTH=64 * 1024 * 1024)
+    app.config.update(SDQ=settings, MAX_CONTENT_LENGTH=max(defaults.MAX_JSON_BODY_BYTES, defaults.MAX_PROMPT_FILE_BYTES,
+                                                        defaults.MAX_UPLOAD_BODY_BYTES))
     if test_config:
         app.config.update(test_config)
 
-    client = connect(settings.redis_url)
+    # each open event stream holds one connection (pub/sub) for as long as it lives
+    client = connect(settings.redis_url, max_connections=defaults.PRODUCER_CONNECTIONS + 100)
     app.extensions["sdq_redis"] = client
     app.extensions["sdq_jobs"] = JobStore(client)
     app.extensions["celery"] = make_celery(settings.redis_url)
@@ -36,28 +37,5 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
 
     app.register_blueprint(routes.bp)
     app.register_blueprint(meta.bp)
-    _register_errors(app)
+    errors.register(app)
     return app
-
-
-def _error(status: int, code: str, message: str, field: str | None = None):
-    return jsonify({"error": {"code": code, "message": message, "field": field}}), status
-
-
-def _register_errors(app: Flask) -> None:
-    @app.errorhandler(InvalidInput)
-    def invalid(exc: InvalidInput):
-        return jsonify(exc.to_json()), exc.status
-
-    @app.errorhandler(NotFound)
-    def not_found(exc: NotFound):
-        return _error(404, "not_found", str(exc))
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        return _error(exc.code or 500, code, exc.description or exc.name)
-
-    @app.errorhandler(redis.ConnectionError)
-    def redis_down(exc: Exception):
-        return _error(503, "unavailable", f"job store unavailable: {exc}")

@@ -10,7 +10,10 @@ between is lost; then it sends
 3. ``job.finished`` — then the stream ends (at once, when the job had already ended).
 
 A comment line (``: keep-alive``) goes out every `KEEPALIVE_S` seconds so proxies keep the
-connection open. Each stream holds one producer thread (gunicorn gthread) and one Redis connection.
+connection open. A stream lives at most `max_seconds` (SDQ_STREAM_MAX_SECONDS): then it ends with a
+``stream.timeout`` event and the client reconnects after the ``retry:`` hint sent first, getting a
+fresh snapshot. The producer serves requests on gevent greenlets (see `sdq producer`), so an open
+stream costs one greenlet and one Redis connection, not a thread.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Any, Iterator
 import redis
 
 from producer.status import job_view
-from sdq import contract
+from sdq import contract, defaults
 from sdq.jobstore import JobStore, events_channel
 
 KEEPALIVE_S = 15.0
@@ -41,9 +44,9 @@ def _finished(job: dict[str, Any]) -> dict[str, Any]:
             "counts": {k: job["counts"][k] for k in ("succeeded", "failed", "cancelled")}}
 
 
-def stream(client: redis.Redis, jobs: JobStore, store, job_id: str,
-           keepalive: float = KEEPALIVE_S) -> Iterator[str]:
-    """The SSE frames of one job until it finishes (see the module docstring)."""
+def stream(client: redis.Redis, jobs: JobStore, store, job_id: str, keepalive: float = KEEPALIVE_S,
+           max_seconds: float = defaults.STREAM_MAX_SECONDS) -> Iterator[str]:
+    """The SSE frames of one job until it finishes or `max_seconds` pass (see the module docstring)."""
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(events_channel(job_id))
     try:
@@ -51,16 +54,19 @@ def stream(client: redis.Redis, jobs: JobStore, store, job_id: str,
         job = jobs.get(job_id)
         if job is None:
             return
-        yield "retry: 2000\n\n"
+        yield f"retry: {defaults.STREAM_RETRY_MS}\n\n"
         yield sse("job.state", job_view(job, jobs, store, with_items=False))
         if job["state"] in contract.TERMINAL_STATES:
             yield sse("job.finished", _finished(job))
             return
         # 2. Live events until job.finished.
-        last_sent = last_check = time.monotonic()
+        last_sent = last_check = opened = time.monotonic()
         while True:
             msg = pubsub.get_message(timeout=POLL_S)
             now = time.monotonic()
+            if now - opened >= max_seconds:
+                yield sse("stream.timeout", {"id": job_id, "reconnect_ms": defaults.STREAM_RETRY_MS})
+                return
             if msg is None or msg.get("type") != "message":
                 if now - last_sent >= keepalive:
                     last_sent = now

@@ -12,11 +12,11 @@ from typing import Any, Callable
 from celery import Celery
 
 from producer.schemas import SubmitRequest
-from producer.sweep import PARAM_KEYS as SWEEP_PARAM_KEYS, check_sweep, combinations
+from producer.sweep import PARAM_KEYS as SWEEP_PARAM_KEYS, check_sweep, combinations, count as sweep_count
 from sdq import contract, defaults, fleet
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
-from sdq.grid import GRID_MAX_ITEMS
+from sdq.grid import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
 from sdq.webhooks import check_webhook_url
 
@@ -77,7 +77,6 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     if req.webhook_url:
         check_webhook_url(req.webhook_url, settings.webhook_allow_private)
     sweep = check_sweep(req.sweep)
-    combos = combinations(sweep)
     given = req.params.model_dump(exclude_none=True)
     base = {**DEFAULTS, **given}
     if req.pipeline == "upscale":
@@ -88,7 +87,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
 
     # 2. Items: prompts or explicit items, times sweep combinations, times images_per_prompt.
     sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items]
-    total = len(sources) * len(combos) * n_per
+    total = len(sources) * sweep_count(sweep) * n_per  # counted before anything is expanded
     if total > settings.max_items:
         raise InvalidInput("sweep" if sweep else "prompts" if req.prompts else "items",
                            f"{total} items exceed this server's limit of {settings.max_items} per job",
@@ -96,6 +95,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     if req.params.grid and total > GRID_MAX_ITEMS:
         raise InvalidInput("params.grid", f"a grid holds at most {GRID_MAX_ITEMS} images; this job has {total}",
                            code="too_many_items")
+    combos = combinations(sweep)
     items: list[dict[str, Any]] = []
     for src, (prompt, it) in enumerate(sources):
         where = f"items[{src}]." if it is not None else "params."
@@ -140,6 +140,14 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
             raise InvalidInput("params.watermark", f"the invisible watermark needs images of at least "
                                f"{contract.WATERMARK_MIN_PIXELS} pixels (256x256); item {small[0]['index']} is {w}x{h}",
                                code="too_small")
+
+    if req.params.grid:
+        sizes = [contract.output_size(req.pipeline, it["params"]["width"], it["params"]["height"]) for it in items]
+        try:
+            check_fits({"sweep": sweep, "params": {"images_per_prompt": n_per}}, len(items),
+                       (max(w for w, _ in sizes), max(h for _, h in sizes)))
+        except ValueError as exc:
+            raise InvalidInput("params.grid", str(exc), code="too_large") from None
 
     # 3. The job record.
     job_params = {k: v for k, v in base.items() if k not in ("seed",)}

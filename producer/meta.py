@@ -84,6 +84,8 @@ def openapi():
             job + "/events": {"get": _op("Server-Sent Events of a job", params=("id",))},
             job + "/retry": {"post": _op("Re-queue failed and cancelled items", params=("id",))},
             "/v1/uploads": {"post": _op("Upload an init image (PNG/JPEG/WebP)")},
+            "/v1/uploads/{id}": {"get": _op("An upload's record (the caller's own only)", params=("id",))},
+            "/v1/webhook-secret": {"get": _op("The caller's webhook signing secret")},
             "/v1/workers": {"get": _op("Live workers and their capability records")},
             "/healthz": {"get": _op("Liveness")},
             "/metrics": {"get": _op("Prometheus metrics")},

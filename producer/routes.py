@@ -1,17 +1,21 @@
 """HTTP routes: parse, call the job layer, return JSON. No business logic here."""
 from __future__ import annotations
 
+import itertools
+
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from producer import events
+from producer import bodies, events, tenants
 from producer import jobs as joblib
 from producer import uploads as uploadlib
+from producer.errors import error_response
 from producer.formats import body_from_prompt_file, is_prompt_file
 from producer.schemas import parse_submit
 from producer.status import job_view
 from sdq import fleet
 from sdq.lifecycle import finalize_job
 from sdq.exceptions import InvalidInput, NotFound
+from sdq.webhooks import tenant_secret
 
 bp = Blueprint("api", __name__)
 
@@ -37,17 +41,25 @@ PUBLIC_ENDPOINTS = ("api.healthz", "meta.index", "static")
 
 @bp.before_app_request
 def authenticate() -> Response | None:
-    """With SDQ_API_TOKENS set, require a bearer token; remember its owner."""
+    """Bound the body by endpoint; with SDQ_API_TOKENS set, require a bearer token and remember its owner."""
+    limit = bodies.body_limit(request)
+    try:
+        request.max_content_length = limit  # Flask >= 3.1: also bounds a body sent without Content-Length
+    except AttributeError:  # Flask 3.0: the app-wide MAX_CONTENT_LENGTH applies
+        pass
+    if (request.content_length or 0) > limit:
+        raise InvalidInput("body", f"a body of {request.content_length} bytes exceeds this endpoint's limit of "
+                           f"{limit} bytes", code="too_large", status=413)
     tokens = current_app.config["SDQ"].api_tokens
     g.owner = ""
     if not tokens or request.endpoint in PUBLIC_ENDPOINTS:
         return None
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    if token not in tokens:
-        return jsonify({"error": {"code": "unauthorized", "message": "missing or unknown bearer token",
-                                  "field": "Authorization"}}), 401
-    g.owner = tokens[token]
+    owner = tenants.owner_of(tokens, token) if token else None
+    if owner is None:
+        return error_response(401, "unauthorized", "missing or unknown bearer token", "Authorization")
+    g.owner = owner
     return None
 
 
@@ -60,7 +72,7 @@ def _own_job(job_id: str) -> dict:
 
 @bp.get("/healthz")
 def healthz():
-    """Liveness: the process answers and reaches Redis."""
+    """Liveness: the process answers and reaches Redis (a 503 without the address when it does not)."""
     _ext("sdq_redis").ping()
     return jsonify({"ok": True})
 
@@ -68,17 +80,15 @@ def healthz():
 @bp.post("/v1/jobs")
 def submit():
     """Validate, record and enqueue a job; 202 with its id. JSON, or a prompt file (producer.formats)."""
-    if is_prompt_file(request.mimetype):
-        body = body_from_prompt_file(request.get_data(as_text=True), request.mimetype, request.args.to_dict())
-    else:
-        body = request.get_json(silent=True)
-    if body is None:
-        raise InvalidInput("body", "the request body must be JSON (Content-Type: application/json) or a prompt "
-                           "file (text/plain, text/csv, application/x-ndjson)", code="invalid_json", status=400)
-    req = parse_submit(body)
     settings = current_app.config["SDQ"]
+    body = bodies.read_submit(request, settings.max_items)
+    if is_prompt_file(request.mimetype):
+        body = body_from_prompt_file(body, request.mimetype, request.args.to_dict())
+    bodies.check_strings(body)
+    req = parse_submit(body)
     plan = joblib.plan_job(req, settings, g.owner, uploads=lambda key, field: uploadlib.lookup(
         _ext("sdq_redis"), key, g.owner, field))
+    tenants.check_queue_room(_ext("sdq_jobs"), g.owner, len(plan.items), settings.max_queued_items)
     routed = joblib.route(plan, fleet.live_workers(_ext("sdq_redis")))
     plan.job["warnings"] = plan.warnings
     store = _ext("sdq_jobs")
@@ -102,7 +112,8 @@ def list_jobs():
     offset, limit = _int_arg("offset", 0, 0, 10**9), _int_arg("limit", 20, 1, 100)
     store = _ext("sdq_jobs")
     ids, total = store.list_jobs(g.owner, offset, limit)
-    docs = [job_view(j, store, _ext("sdq_store"), with_items=False) for j in map(store.get, ids) if j]
+    docs = [job_view(j, store, _ext("sdq_store"), with_items=False, with_position=False)
+            for j in map(store.get, ids) if j]
     return jsonify({"jobs": docs, "total": total, "offset": offset, "limit": limit})
 
 
@@ -138,8 +149,10 @@ def retry_job(job_id: str):
 def job_events(job_id: str):
     """Server-Sent Events of one job (see producer.events)."""
     _own_job(job_id)
-    frames = events.stream(_ext("sdq_redis"), _ext("sdq_jobs"), _ext("sdq_store"), job_id)
-    return Response(frames, mimetype="text/event-stream",
+    frames = events.stream(_ext("sdq_redis"), _ext("sdq_jobs"), _ext("sdq_store"), job_id,
+                           max_seconds=current_app.config["SDQ"].stream_max_seconds)
+    first = next(frames, "")  # subscribe and snapshot here, so a Redis error is still a JSON 503
+    return Response(itertools.chain([first], frames), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -150,7 +163,28 @@ def upload():
     return jsonify(uploadlib.save_upload(_ext("sdq_store"), _ext("sdq_redis"), data, g.owner)), 201
 
 
+@bp.get("/v1/uploads/<name>")
+def upload_info(name: str):
+    """An upload's record {key, width, height}; 404 unless the caller uploaded it."""
+    key = f"{uploadlib.UPLOAD_PREFIX}{name}"
+    try:
+        record = uploadlib.lookup(_ext("sdq_redis"), key, g.owner, "key")
+    except InvalidInput:
+        raise NotFound(f"no upload {key!r}") from None
+    return jsonify({k: record[k] for k in ("key", "width", "height")})
+
+
 @bp.get("/v1/workers")
 def workers():
-    """Live workers and their capability records."""
-    return jsonify({"workers": fleet.live_workers(_ext("sdq_redis"))})
+    """Live workers and their capability records (another tenant's current job is not named)."""
+    records = fleet.live_workers(_ext("sdq_redis"))
+    return jsonify({"workers": tenants.redact_workers(records, _ext("sdq_jobs"), g.owner)})
+
+
+@bp.get("/v1/webhook-secret")
+def webhook_secret():
+    """The caller's own webhook signing secret (derived from SDQ_WEBHOOK_SECRET and the tenant)."""
+    master = current_app.config["SDQ"].webhook_secret
+    if not master:
+        raise NotFound("webhook signing is not configured on this server (SDQ_WEBHOOK_SECRET is unset)")
+    return jsonify({"secret": tenant_secret(master, g.owner), "algorithm": "hmac-sha256"})

@@ -1,7 +1,7 @@
 """Request schemas of the HTTP API (pydantic), with limits and messages that name the value."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -10,6 +10,14 @@ from sdq.exceptions import InvalidInput
 
 SEED_MAX = 2**32 - 1
 PROMPT_MAX_CHARS = 4000
+MODEL_MAX_CHARS = 1000
+"""Longest model id (repo id, path or built-in name)."""
+URL_MAX_CHARS = 2000
+"""Longest webhook URL."""
+KEY_MAX_CHARS = 200
+"""Longest upload key (`init_image`)."""
+SWEEP_MAX_VALUES = 64
+"""Most values for one sweep key."""
 
 
 def _check_side(name: str, value: int | None) -> int | None:
@@ -60,7 +68,7 @@ class Params(Overrides):
     negative_prompt: str = Field("", max_length=PROMPT_MAX_CHARS)
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     images_per_prompt: int = Field(1, ge=1, le=64)
-    init_image: str | None = None
+    init_image: str | None = Field(None, max_length=KEY_MAX_CHARS)
     watermark: bool | None = None
     grid: bool = False
 
@@ -71,14 +79,14 @@ class ItemIn(Overrides):
     prompt: str = Field(..., min_length=1, max_length=PROMPT_MAX_CHARS)
     negative_prompt: str | None = Field(None, max_length=PROMPT_MAX_CHARS)
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
-    init_image: str | None = None
+    init_image: str | None = Field(None, max_length=KEY_MAX_CHARS)
 
 
 class Requires(_Strict):
     """What kind of worker an item needs."""
 
-    device: str = "any"
-    dtype: str | None = None
+    device: str = Field("any", max_length=32)
+    dtype: str | None = Field(None, max_length=32)
     min_memory_gb: float | None = Field(None, ge=0)
 
     @field_validator("device")
@@ -99,15 +107,15 @@ class Requires(_Strict):
 class SubmitRequest(_Strict):
     """Body of POST /v1/jobs."""
 
-    prompts: list[str] | None = None
-    items: list[ItemIn] | None = None
-    model: str = "builtin:tiny-sd"
+    prompts: list[str] | None = Field(None, max_length=defaults.MAX_LIST_LENGTH)
+    items: list[ItemIn] | None = Field(None, max_length=defaults.MAX_LIST_LENGTH)
+    model: str = Field("builtin:tiny-sd", min_length=1, max_length=MODEL_MAX_CHARS)
     pipeline: str = "txt2img"
     params: Params = Field(default_factory=Params)
     requires: Requires = Field(default_factory=Requires)
     priority: int = Field(5, ge=0, le=9)
-    webhook_url: str | None = None
-    sweep: dict[str, list[Any]] | None = None
+    webhook_url: str | None = Field(None, max_length=URL_MAX_CHARS)
+    sweep: dict[str, Annotated[list[Any], Field(max_length=SWEEP_MAX_VALUES)]] | None = Field(None, max_length=16)
 
     @field_validator("pipeline")
     @classmethod

@@ -23,15 +23,18 @@ def item_view(item: dict[str, Any], store: ResultStore) -> dict[str, Any]:
 
 
 def job_view(job: dict[str, Any], jobs: JobStore, store: ResultStore, offset: int = 0,
-             limit: int = 100, with_items: bool = True) -> dict[str, Any]:
-    """The status document: counters, progress, ETA and one page of items."""
+             limit: int = 100, with_items: bool = True, with_position: bool = True) -> dict[str, Any]:
+    """The status document: counters, progress, ETA and one page of items.
+
+    The queue position scans the unfinished jobs, so listings leave it out (`with_position=False`)."""
     out = {k: job.get(k) for k in PUBLIC_JOB_FIELDS}
     out["counts"] = job["counts"]
     total, done = job.get("steps_total", 0), job.get("steps_done", 0)
     out["progress"] = round(min(1.0, done / total), 4) if total else 1.0
     out["steps"] = {"done": done, "total": total}
     out["eta_seconds"] = _eta(job, total, done)
-    out["queue_position"] = jobs.queue_position(job)
+    if with_position:
+        out["queue_position"] = jobs.queue_position(job)
     out["manifest"] = store.url(job["manifest_key"]) if job.get("manifest_key") else None
     out["grid"] = store.url(job["grid_key"]) if job.get("grid_key") else None
     if with_items:

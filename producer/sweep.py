@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from typing import Any
 
 from pydantic import ValidationError
 
-from producer.schemas import PROMPT_MAX_CHARS, SEED_MAX, Overrides
+from producer.schemas import PROMPT_MAX_CHARS, SEED_MAX, SWEEP_MAX_VALUES, Overrides
 from sdq.exceptions import InvalidInput
 
 PARAM_KEYS = ("steps", "guidance_scale", "width", "height", "scheduler", "strength", "noise_level")
 SWEEP_KEYS = (*PARAM_KEYS, "seed", "negative_prompt")
 """Keys a sweep may vary."""
-
-SWEEP_MAX_VALUES = 64
-"""Most values for one sweep key."""
 
 
 def _check_value(key: str, value: Any) -> Any:
@@ -61,6 +59,11 @@ def check_sweep(sweep: dict[str, list[Any]] | None) -> dict[str, list[Any]]:
             raise InvalidInput(field, f"{field} lists a value twice: {values!r}")
         out[key] = checked
     return out
+
+
+def count(sweep: dict[str, list[Any]]) -> int:
+    """How many combinations `sweep` has (1 without a sweep), computed without expanding them."""
+    return math.prod(len(values) for values in sweep.values())
 
 
 def combinations(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,58 @@ def _int(env: dict, name: str, default: int) -> int:
         from sdq.exceptions import ConfigError
 
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
+
+
+OWNER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+"""What a tenant (owner) name may look like."""
+
+TOKEN_PATTERN = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,512}")
+"""What an API token may look like: 1 to 512 printable ASCII characters, no spaces or commas."""
+
+
+def parse_tokens(text: str, source: str) -> dict[str, str]:
+    """`owner:token` entries (comma- or newline-separated, `#` comments) into {token: owner}.
+
+    Raises ConfigError naming the entry for an empty or malformed owner or token, or a token listed twice."""
+    from sdq.exceptions import ConfigError
+
+    tokens: dict[str, str] = {}
+    lines = (line.split("#", 1)[0] if source.endswith("_FILE") else line for line in text.splitlines())
+    for n, entry in enumerate(e.strip() for line in lines for e in line.split(",")):
+        if not entry:
+            continue
+        owner, sep, token = entry.partition(":")
+        shown = f"{owner}:{token[:2]}..." if sep else f"{entry[:4]}..."
+        if not sep or not OWNER_PATTERN.fullmatch(owner):
+            raise ConfigError(f"{source}: entry {n + 1} ({shown!r}) must be 'owner:token' with an owner of letters, "
+                              "digits, '_', '.', '@' or '-'")
+        if not TOKEN_PATTERN.fullmatch(token):
+            raise ConfigError(f"{source}: the token of {owner!r} (entry {n + 1}) must be 1 to 512 printable "
+                              "characters without spaces or commas")
+        if token in tokens:
+            raise ConfigError(f"{source}: the token of {owner!r} (entry {n + 1}) is also {tokens[token]!r}'s")
+        tokens[token] = owner
+    return tokens
+
+
+def _tokens(env: dict) -> dict[str, str]:
+    """Tokens from SDQ_API_TOKENS and the file named by SDQ_API_TOKENS_FILE (both may be used)."""
+    from sdq.exceptions import ConfigError
+
+    tokens = parse_tokens(env.get("SDQ_API_TOKENS", ""), "SDQ_API_TOKENS")
+    path = env.get("SDQ_API_TOKENS_FILE")
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"SDQ_API_TOKENS_FILE={path!r} cannot be read: {exc}") from None
+        for token, owner in parse_tokens(text, "SDQ_API_TOKENS_FILE").items():
+            if tokens.setdefault(token, owner) != owner:
+                raise ConfigError(f"SDQ_API_TOKENS_FILE: the token of {owner!r} is also {tokens[token]!r}'s")
+        if not tokens:
+            raise ConfigError(f"SDQ_API_TOKENS_FILE={path!r} lists no token; remove the setting or add "
+                              "'owner:token' lines")
+    return tokens
 
 
 def default_models_dir() -> Path:
@@ -39,6 +92,8 @@ class Settings:
     models: tuple[str, ...] = ()
     models_dir: Path = field(default_factory=default_models_dir)
     max_items: int = defaults.MAX_ITEMS
+    max_queued_items: int = defaults.MAX_QUEUED_ITEMS_PER_TENANT
+    stream_max_seconds: int = defaults.STREAM_MAX_SECONDS
     max_pixels: int = defaults.MAX_PIXELS
     visibility_timeout: int = defaults.VISIBILITY_TIMEOUT
     url_ttl: int = defaults.URL_TTL
@@ -51,10 +106,7 @@ class Settings:
     def from_env(cls, env: dict | None = None, **overrides) -> "Settings":
         """Build settings from `env` (default os.environ); keyword overrides win."""
         env = dict(os.environ if env is None else env)
-        tokens: dict[str, str] = {}
-        for entry in filter(None, (t.strip() for t in env.get("SDQ_API_TOKENS", "").split(","))):
-            owner, _, token = entry.rpartition(":")
-            tokens[token] = owner or token[:8]
+        tokens = _tokens(env)
         values = dict(
             redis_url=env.get("SDQ_REDIS_URL") or defaults.REDIS_URL,
             s3_endpoint_url=env.get("SDQ_S3_ENDPOINT_URL") or None,
@@ -65,6 +117,8 @@ class Settings:
             models=tuple(m.strip() for m in env.get("SDQ_MODELS", "").split(",") if m.strip()),
             models_dir=Path(env["SDQ_MODELS_DIR"]) if env.get("SDQ_MODELS_DIR") else default_models_dir(),
             max_items=_int(env, "SDQ_MAX_ITEMS", defaults.MAX_ITEMS),
+            max_queued_items=_int(env, "SDQ_MAX_QUEUED_ITEMS", defaults.MAX_QUEUED_ITEMS_PER_TENANT),
+            stream_max_seconds=_int(env, "SDQ_STREAM_MAX_SECONDS", defaults.STREAM_MAX_SECONDS),
             max_pixels=_int(env, "SDQ_MAX_PIXELS", defaults.MAX_PIXELS),
             visibility_timeout=_int(env, "SDQ_VISIBILITY_TIMEOUT", defaults.VISIBILITY_TIMEOUT),
             url_ttl=_int(env, "SDQ_URL_TTL", defaults.URL_TTL),

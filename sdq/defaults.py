@@ -68,3 +68,54 @@ UPSCALE_MAX_BATCH = 1
 
 FATAL_EXIT_CODE = 3
 """Exit status of a worker whose device hit a sticky error (a broken CUDA context): restart it."""
+# -- hostile input and tenants (see docs/SECURITY.md) ----------------------------------------
+MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
+"""Largest JSON request body (POST /v1/jobs), bytes."""
+
+MAX_PROMPT_FILE_BYTES = 16 * 1024 * 1024
+"""Largest prompt-file request body (text/plain, text/csv, JSONL), bytes."""
+
+MAX_UPLOAD_BODY_BYTES = 16 * 1024 * 1024 + 64 * 1024
+"""Largest POST /v1/uploads body (the image plus multipart framing), bytes."""
+
+MAX_OTHER_BODY_BYTES = 64 * 1024
+"""Largest body of any request that takes none (GET, DELETE, retry), bytes."""
+
+MAX_JSON_DEPTH = 16
+"""Deepest nesting of arrays/objects in a JSON body (the submit schema needs 4)."""
+
+JSON_VALUES_PER_ITEM = 16
+"""JSON values a body may hold per allowed item (`SDQ_MAX_ITEMS`), checked before parsing."""
+
+JSON_VALUES_BASE = 4096
+"""JSON values every body may hold on top of the per-item budget (params, sweep, requires)."""
+
+MAX_LIST_LENGTH = 100_000
+"""Longest `prompts` or `items` list the schema accepts (the item cap usually refuses sooner)."""
+
+PROMPT_FILE_LINES_PER_ITEM = 4
+"""Lines (blank and comment lines included) a prompt file may have per allowed item."""
+
+MAX_QUEUED_ITEMS_PER_TENANT = 100_000
+"""Most items one tenant may have queued at once (`SDQ_MAX_QUEUED_ITEMS`); beyond it submit answers 429."""
+
+QUEUE_FULL_RETRY_AFTER = 30
+"""`Retry-After` seconds sent with a 429 for a full tenant queue."""
+
+UNAVAILABLE_RETRY_AFTER = 5
+"""`Retry-After` seconds sent with a 503 (Redis, broker or S3 unreachable)."""
+
+STREAM_MAX_SECONDS = 600
+"""Longest life of one event stream (`SDQ_STREAM_MAX_SECONDS`); the client reconnects after it."""
+
+STREAM_RETRY_MS = 2000
+"""The `retry:` hint (milliseconds) sent at the start of every event stream."""
+
+PRODUCER_CONNECTIONS = 2000
+"""Concurrent connections per producer process (gevent greenlets; streams included)."""
+
+GRID_MAX_PIXELS = 64 * 1024 * 1024
+"""Largest contact sheet (width x height); cells are scaled down to fit."""
+
+GRID_MIN_CELL = 32
+"""Smallest cell side of a contact sheet; a grid that would need less is refused at submit."""

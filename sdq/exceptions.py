@@ -39,3 +39,20 @@ class CapabilityError(SdqError):
 
 class Cancelled(SdqError):
     """Raised inside a pipeline call when its job was cancelled."""
+
+
+class Unavailable(SdqError):
+    """A service the request needs (Redis, the broker, S3) cannot be reached; the caller may retry."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManyRequests(SdqError):
+    """A per-tenant limit is reached for now (e.g. queued items); the caller may retry later."""
+
+    def __init__(self, field: str, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.field = field
+        self.retry_after = retry_after

@@ -8,7 +8,9 @@ fastest, then sample), so they fill the grid row by row.
 - rows: each prompt combined with the values of the other sweep keys.
 
 The sheet is ``LABEL_W + cols * cell_w`` wide and ``LABEL_H + rows * cell_h`` high, where the cell
-is the largest image; row labels sit in a left column, column labels in a top band.
+is the largest image, scaled down (aspect kept) so the sheet stays within `GRID_MAX_PIXELS`; row
+labels sit in a left column, column labels in a top band. A grid whose cells would have to shrink
+below `GRID_MIN_CELL` pixels is refused at submit (`check_fits`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import math
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
+
+from sdq import defaults
 
 LABEL_W = 160
 """Width of the row-label column, pixels."""
@@ -47,6 +51,39 @@ def layout(job: dict[str, Any], n_items: int) -> tuple[int, int]:
 def grid_size(rows: int, cols: int, cell: tuple[int, int]) -> tuple[int, int]:
     """Pixel size of a sheet of `rows` x `cols` cells of size `cell`."""
     return LABEL_W + cols * cell[0], LABEL_H + rows * cell[1]
+
+
+def fit_cell(rows: int, cols: int, cell: tuple[int, int],
+             max_pixels: int = defaults.GRID_MAX_PIXELS) -> tuple[int, int]:
+    """The cell size, scaled down (aspect kept) so a sheet of `rows` x `cols` cells fits `max_pixels`."""
+    w, h = cell
+    if math.prod(grid_size(rows, cols, cell)) <= max_pixels:
+        return cell
+    # (LABEL_W + cols*w*s) * (LABEL_H + rows*h*s) <= max_pixels, solved for the scale s
+    a, b, c = rows * cols * w * h, LABEL_W * rows * h + LABEL_H * cols * w, LABEL_W * LABEL_H - max_pixels
+    scale = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a) if c < 0 else 0.0
+    return int(w * scale), int(h * scale)
+
+
+def cell_for(job: dict[str, Any], items: list[dict[str, Any]],
+             max_pixels: int = defaults.GRID_MAX_PIXELS) -> tuple[int, int]:
+    """The cell size of a job's sheet from its items' output sizes, so images can be shrunk as they load."""
+    from sdq.contract import output_size
+
+    sizes = [output_size(job.get("pipeline", "txt2img"), int(it["params"]["width"]), int(it["params"]["height"]))
+             for it in items if it.get("params")] or [(64, 64)]
+    rows, cols = layout(job, len(items))
+    return fit_cell(rows, cols, (max(w for w, _ in sizes), max(h for _, h in sizes)), max_pixels)
+
+
+def check_fits(job: dict[str, Any], n_items: int, cell: tuple[int, int],
+               max_pixels: int = defaults.GRID_MAX_PIXELS) -> None:
+    """Raise ValueError when the grid of `n_items` cells of `cell` would need cells under `GRID_MIN_CELL`."""
+    rows, cols = layout(job, n_items)
+    w, h = fit_cell(rows, cols, cell, max_pixels)
+    if min(w, h) < min(defaults.GRID_MIN_CELL, *cell):
+        raise ValueError(f"a grid of {rows}x{cols} images of {cell[0]}x{cell[1]} cannot fit {max_pixels} pixels "
+                         f"with cells of at least {defaults.GRID_MIN_CELL} pixels (they would be {w}x{h})")
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -93,12 +130,14 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int, max_lines: int
     return lines
 
 
-def make_grid(job: dict[str, Any], items: list[dict[str, Any]], images: dict[int, Image.Image]) -> Image.Image:
-    """The labeled sheet of `items` (index order); `images` maps item index to its image."""
+def make_grid(job: dict[str, Any], items: list[dict[str, Any]], images: dict[int, Image.Image],
+              max_pixels: int = defaults.GRID_MAX_PIXELS) -> Image.Image:
+    """The labeled sheet of `items` (index order), at most `max_pixels`; `images` maps item index to its image."""
     items = sorted(items, key=lambda it: it["index"])
     rows, cols = layout(job, len(items))
     sizes = [im.size for im in images.values()] or [(64, 64)]
-    cell = (max(w for w, _ in sizes), max(h for _, h in sizes))
+    full = (max(w for w, _ in sizes), max(h for _, h in sizes))
+    cell = fit_cell(rows, cols, full, max_pixels)
     sheet = Image.new("RGB", grid_size(rows, cols, cell), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
@@ -108,6 +147,9 @@ def make_grid(job: dict[str, Any], items: list[dict[str, Any]], images: dict[int
         x, y = LABEL_W + c * cell[0], LABEL_H + r * cell[1]
         image = images.get(item["index"])
         if image is not None:
+            if cell != full:  # scaled down to fit the sheet's pixel cap
+                image = image.resize((max(1, image.width * cell[0] // full[0]),
+                                      max(1, image.height * cell[1] // full[1])))
             sheet.paste(image.convert("RGB"), (x, y))
         else:
             draw.rectangle([x, y, x + cell[0] - 1, y + cell[1] - 1], fill=MISSING)

@@ -381,3 +381,17 @@ class JobStore:
         """Set plain job fields (e.g. manifest key)."""
         self.r.hset(_job_key(job_id), mapping={k: json.dumps(v) if k in _JSON_FIELDS else v
                                                for k, v in fields.items()})
+
+    # -- read-only views for the producer ------------------------------------------------------
+    def queued_items_of(self, owner: str) -> int:
+        """Items of `owner` still queued, over the first `QUEUE_SCAN_MAX` unfinished jobs (one pipeline)."""
+        ids = self.r.zrange(ACTIVE_KEY, 0, QUEUE_SCAN_MAX - 1)
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(_job_key(job_id.decode() if isinstance(job_id, bytes) else job_id), "owner", "c:queued")
+        total = 0
+        for who, queued in pipe.execute() if ids else []:
+            who = who.decode() if isinstance(who, bytes) else (who or "")
+            if who == owner:
+                total += int(float(queued or 0))
+        return total

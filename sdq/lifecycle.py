@@ -28,12 +28,15 @@ def write_grid(store, job: dict[str, Any], items: list[dict[str, Any]]) -> str:
     """Compose the job's labeled contact sheet from its stored PNGs; returns its key."""
     from PIL import Image
 
-    from sdq.grid import grid_key, make_grid
+    from sdq.grid import cell_for, grid_key, make_grid
 
     done = [it for it in items if it.get("state") == "succeeded" and it.get("key")]
+    cell = cell_for(job, items)  # images shrink as they load, so the sheet's cap bounds memory too
 
     def load(it: dict[str, Any]):
-        return it["index"], Image.open(io.BytesIO(store.get(it["key"]))).convert("RGB")
+        image = Image.open(io.BytesIO(store.get(it["key"]))).convert("RGB")
+        image.thumbnail(cell)
+        return it["index"], image
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         images = dict(pool.map(load, done))

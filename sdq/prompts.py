@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from typing import Any
 
 ITEM_FIELDS = {"prompt": str, "negative_prompt": str, "seed": int, "init_image": str, "steps": int,
@@ -29,15 +30,38 @@ def _item(obj: Any, where: str) -> dict[str, Any]:
             continue
         try:
             out[key] = ITEM_FIELDS[key](value)
-        except (TypeError, ValueError):
+            if isinstance(out[key], float) and not math.isfinite(out[key]):
+                raise ValueError(value)
+        except (TypeError, ValueError, OverflowError):
             raise PromptFileError(f"{where}: {key}={value!r} is not a valid {ITEM_FIELDS[key].__name__}") from None
     if not str(out.get("prompt", "")).strip():
         raise PromptFileError(f"{where}: missing prompt")
     return out
 
 
+def _loads(text: str) -> Any:
+    """JSON with numbers that fit a float (1e400 and NaN are errors, not infinities)."""
+    def finite(raw: str) -> float:
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError(f"number {raw[:40]} is out of range")
+        return value
+
+    try:
+        return json.loads(text, parse_float=finite, parse_constant=lambda c: finite(c))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def parse_prompts(text: str, name: str = "-") -> list[dict[str, Any]]:
     """Items from a prompt file; the format follows the extension, else the content."""
+    try:
+        return _parse(text, name)
+    except csv.Error as exc:
+        raise PromptFileError(f"{name}: not a readable CSV file ({exc})") from None
+
+
+def _parse(text: str, name: str) -> list[dict[str, Any]]:
     lower = name.lower()
     stripped = text.lstrip()
     if lower.endswith(".csv"):
@@ -50,15 +74,16 @@ def parse_prompts(text: str, name: str = "-") -> list[dict[str, Any]]:
         for i, line in enumerate(text.splitlines()):
             if line.strip():
                 try:
-                    items.append(_item(json.loads(line), f"{name}:{i + 1}"))
-                except json.JSONDecodeError as exc:
-                    raise PromptFileError(f"{name}:{i + 1}: not JSON ({exc.msg})") from None
+                    obj = _loads(line)
+                except ValueError as exc:
+                    raise PromptFileError(f"{name}:{i + 1}: not JSON ({getattr(exc, 'msg', exc)})") from None
+                items.append(_item(obj, f"{name}:{i + 1}"))
         return items
     if lower.endswith(".json") or stripped.startswith("["):
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PromptFileError(f"{name}: not JSON ({exc.msg} at line {exc.lineno})") from None
+            data = _loads(text)
+        except ValueError as exc:
+            raise PromptFileError(f"{name}: not JSON ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(data, list):
             raise PromptFileError(f"{name}: a JSON prompt file must be a list")
         return [_item(obj, f"{name}[{i}]") for i, obj in enumerate(data)]

@@ -3,8 +3,11 @@
 The body is ``{"event": "job.finished", "job": {...summary...}}``; headers carry the HMAC signature
 described in `sdq.webhooks`. Connection errors, 5xx, 408 and 429 answers are retried with
 exponential backoff (1, 2, 4, ... s, at most 5 min, `max_retries` attempts); other 4xx answers are
-final. The target is checked again before every attempt, so a host that resolves to a private
-address after submit is still refused.
+final. Before every attempt the host is resolved once and checked, and the request connects to
+that checked address (Host header and TLS server name stay the URL's host), so a name that
+re-resolves to a private address between check and connect (DNS rebinding) reaches nothing. A
+host that does not resolve is retried like a connection error. Log lines name the job, never the
+URL (URLs often carry secrets).
 """
 from __future__ import annotations
 
@@ -12,12 +15,13 @@ import json
 import logging
 import time
 
-import requests
+import urllib3
 
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.jobstore import JobStore
-from sdq.webhooks import EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, check_webhook_url, sign
+from sdq.webhooks import (EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Target, UnresolvedHost,
+                          resolve_target, sign, tenant_secret)
 
 log = logging.getLogger(__name__)
 
@@ -33,32 +37,57 @@ def payload(job: dict) -> bytes:
     return json.dumps({"event": "job.finished", "job": {k: job.get(k) for k in SUMMARY_FIELDS}}).encode()
 
 
+def post_pinned(target: Target, body: bytes, headers: dict[str, str], timeout: float = 10.0) -> int:
+    """POST `body` to the checked address of `target`; returns the HTTP status (no redirects followed)."""
+    host_header = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
+    if target.scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(target.ip, target.port, server_hostname=target.host,
+                                           assert_hostname=target.host, cert_reqs="CERT_REQUIRED", retries=False)
+    else:
+        pool = urllib3.HTTPConnectionPool(target.ip, target.port, retries=False)
+    try:
+        resp = pool.urlopen("POST", target.path, body=body, headers={**headers, "Host": host_header},
+                            redirect=False, timeout=urllib3.Timeout(total=timeout), preload_content=True)
+        return resp.status
+    finally:
+        pool.close()
+
+
+def _backoff(task) -> int:
+    return min(300, 2 ** task.request.retries)
+
+
 def deliver_webhook(task, jobs: JobStore, settings: Settings, job_id: str) -> None:
     """POST the job summary to its webhook_url; retry with exponential backoff on failure."""
     job = jobs.get(job_id)
     if job is None or not job.get("webhook_url"):
         return
-    url = job["webhook_url"]
+    attempt = task.request.retries + 1
+    # 1. Resolve once and check; the connection goes to this address.
     try:
-        check_webhook_url(url, settings.webhook_allow_private)
+        target = resolve_target(job["webhook_url"], settings.webhook_allow_private)
     except InvalidInput as exc:
-        log.warning("webhook for job %s not sent: %s", job_id, exc)
+        log.warning("webhook for job %s not sent: target refused (%s)", job_id, exc.code)
         return
+    except UnresolvedHost as exc:
+        log.warning("webhook for job %s: host does not resolve (attempt %d)", job_id, attempt)
+        raise task.retry(exc=exc, countdown=_backoff(task))
+    # 2. Sign with the job owner's own secret.
     body = payload(job)
     ts = str(int(time.time()))
     headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: ts, EVENT_HEADER: "job.finished"}
     if settings.webhook_secret:
-        headers[SIGNATURE_HEADER] = sign(settings.webhook_secret, ts, body)
-    attempt = task.request.retries + 1
+        headers[SIGNATURE_HEADER] = sign(tenant_secret(settings.webhook_secret, job.get("owner", "")), ts, body)
+    # 3. Deliver; retry connection errors, 5xx, 408 and 429.
     try:
-        resp = requests.post(url, data=body, headers=headers, timeout=10, allow_redirects=False)
-    except requests.RequestException as exc:
-        log.warning("webhook for job %s failed (attempt %d): %s", job_id, attempt, exc)
-        raise task.retry(exc=exc, countdown=min(300, 2 ** task.request.retries))
-    if resp.status_code >= 500 or resp.status_code in RETRY_STATUSES:
-        log.warning("webhook for job %s answered %d (attempt %d)", job_id, resp.status_code, attempt)
-        raise task.retry(exc=RuntimeError(f"HTTP {resp.status_code}"), countdown=min(300, 2 ** task.request.retries))
-    if resp.status_code >= 400:
-        log.warning("webhook for job %s refused with %d; not retried", job_id, resp.status_code)
+        status = post_pinned(target, body, headers)
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        log.warning("webhook for job %s failed (attempt %d): %s", job_id, attempt, type(exc).__name__)
+        raise task.retry(exc=RuntimeError(type(exc).__name__), countdown=_backoff(task))
+    if status >= 500 or status in RETRY_STATUSES:
+        log.warning("webhook for job %s answered %d (attempt %d)", job_id, status, attempt)
+        raise task.retry(exc=RuntimeError(f"HTTP {status}"), countdown=_backoff(task))
+    if status >= 400:
+        log.warning("webhook for job %s refused with %d; not retried", job_id, status)
         return
     jobs.set_field(job_id, webhook_delivered_at=time.time())

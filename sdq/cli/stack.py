@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sdq import services
+from sdq import defaults, services
 from sdq.client import Client
 from sdq.services import Stack, free_port, port_free
 
@@ -97,9 +97,25 @@ def cmd_demo(args) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _no_control_socket() -> list[str]:
+    """gunicorn's flag that turns off its control socket (one fixed path per user, shared by every
+    producer on the machine) where this gunicorn has one."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return ["--no-control-socket"] if any("--no-control-socket" in s.cli for s in KNOWN_SETTINGS if s.cli) else []
+
+
 def cmd_producer(args) -> int:
-    """Serve the producer: gunicorn (threads, for event streams) where installed, else Flask's server."""
+    """Serve the producer: gunicorn with gevent workers where installed, else Flask's threaded server.
+
+    gevent serves each request, event streams included, on a greenlet: hundreds of open streams
+    cost no thread each, and /healthz keeps answering. Settings are checked first, so a malformed
+    SDQ_API_TOKENS stops the command with its message instead of a gunicorn boot loop."""
+    from sdq.config import Settings
+
+    Settings.from_env()
     try:
+        import gevent  # noqa: F401
         import gunicorn  # noqa: F401
     except ImportError:
         from producer import create_app
@@ -107,8 +123,9 @@ def cmd_producer(args) -> int:
         create_app().run(host=args.host, port=args.port, threaded=True)
         return 0
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}", "--workers", str(args.workers),
-            "--worker-class", "gthread", "--threads", "16", "--timeout", "0", "--graceful-timeout", "5",
-            "--access-logfile", "-", "producer:create_app()"]
+            "--worker-class", "gevent", "--worker-connections", str(defaults.PRODUCER_CONNECTIONS),
+            "--timeout", "0", "--graceful-timeout", "5",
+            "--access-logfile", "-", *_no_control_socket(), "producer:create_app()"]
     os.execv(sys.executable, argv)
     return 0
 

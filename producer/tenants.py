@@ -1,0 +1,42 @@
+"""What one tenant (the owner of a token) may see of, and take from, a shared producer."""
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from sdq import defaults
+from sdq.exceptions import TooManyRequests
+from sdq.jobstore import JobStore
+
+
+def owner_of(tokens: dict[str, str], presented: str) -> str | None:
+    """The owner of the `presented` token: compared with every known token in constant time (no early exit)."""
+    given, owner = presented.encode("utf-8", "surrogatepass"), None
+    for token, who in tokens.items():
+        if hmac.compare_digest(token.encode(), given):
+            owner = who
+    return owner
+
+
+def check_queue_room(jobs: JobStore, owner: str, new_items: int, limit: int) -> None:
+    """Refuse (429 with Retry-After) a submit that would put more than `limit` of `owner`'s items in the queue.
+
+    A soft cap: two submits racing may both pass, overshooting by at most one job."""
+    queued = jobs.queued_items_of(owner)
+    if queued + new_items > limit:
+        raise TooManyRequests("items", f"{new_items} more items would give you {queued + new_items} queued; the limit "
+                              f"per tenant is {limit}; retry when some have run",
+                              defaults.QUEUE_FULL_RETRY_AFTER)
+
+
+def redact_workers(records: list[dict[str, Any]], jobs: JobStore, owner: str) -> list[dict[str, Any]]:
+    """Worker records with `current_item` shown only to the owner of the job being made."""
+    out = []
+    for record in records:
+        current = record.get("current_item")
+        if isinstance(current, dict) and current.get("job"):
+            job = jobs.get(str(current["job"]))
+            if job is None or job.get("owner", "") != owner:
+                record = {**record, "current_item": {"busy": True}}
+        out.append(record)
+    return out
