@@ -39,3 +39,8 @@ class CapabilityError(SdqError):
 
 class Cancelled(SdqError):
     """Raised inside a pipeline call when its job was cancelled."""
+
+
+class WorkLost(SdqError):
+    """A chunk's run stopped on an infrastructure error (Redis, S3, device): its items were given
+    back and its message must be delivered again, not acknowledged."""
