@@ -97,3 +97,7 @@ REDIS_HEALTH_CHECK = 15
 
 PASS_ON_DELAY = 2
 """Seconds (a Celery countdown) before a chunk this worker may not run is offered again."""
+
+LOST_MEMORY = 60.0
+"""Seconds a worker leaves to the other live workers a chunk it just gave back after an
+infrastructure error (a broken device fails again)."""

@@ -306,6 +306,32 @@ if redis.call('SCARD', set) == 0 then redis.call('SREM', 'sdq:running-workers', 
 return out
 """
 
+# KEYS: job, items. ARGV: job_id, worker, steps, step, total, index...
+# Progress of a run: counted only for items still running on `worker` (a run that was superseded
+# after a hang counts nothing). Returns 1 if the job was cancelled.
+_PROGRESS = """
+local job, items, job_id, worker, steps = KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local counted = 0
+for i = 6, #ARGV do
+  local raw = redis.call('HGET', items, ARGV[i])
+  if raw then
+    local it = cjson.decode(raw)
+    if it.state == 'running' and it.worker == worker then
+      if steps ~= 0 then redis.call('HINCRBY', job .. ':prog', ARGV[i], steps) end
+      counted = counted + steps
+      redis.call('PUBLISH', 'sdq:events:' .. job_id, cjson.encode({event = 'item.progress',
+        data = {index = it.index, step = tonumber(ARGV[4]), steps = tonumber(ARGV[5])}}))
+    end
+  end
+end
+if counted ~= 0 then
+  redis.call('HINCRBY', job, 'steps_done', counted)
+  redis.call('EXPIRE', job .. ':prog', redis.call('TTL', job))
+end
+if redis.call('HGET', job, 'cancel') == '1' then return 1 end
+return 0
+"""
+
 ACTIVE_KEY = "sdq:active"
 """Sorted set of unfinished job ids by creation time."""
 
@@ -357,6 +383,7 @@ class JobStore:
         self._hand_off = client.register_script(_HAND_OFF)
         self._release = client.register_script(_RELEASE)
         self._reap = client.register_script(_REAP)
+        self._progress = client.register_script(_PROGRESS)
 
     # -- producer side -------------------------------------------------------------------
     def create(self, job: dict[str, Any], items: list[dict[str, Any]]) -> None:
@@ -579,9 +606,14 @@ class JobStore:
         """True once per job end: whoever gets it queues the webhook."""
         return bool(self.r.hsetnx(_job_key(job_id), "webhook_queued", 1))
 
-    def add_progress(self, job_id: str, indices: list[int], steps: int, step: int, total: int) -> bool:
-        """Count `steps` more steps for each item, announce `item.progress`; True if cancelled.
-        Each item's count is kept too, so a lost run's partial progress is taken back."""
+    def add_progress(self, job_id: str, indices: list[int], steps: int, step: int, total: int,
+                     worker: str | None = None) -> bool:
+        """Count `steps` more steps for each item still running on `worker`, announce
+        `item.progress`; True if the job was cancelled. Each item's count is kept too, so a lost
+        run's partial progress is taken back. (Without `worker`: counted for any running item.)"""
+        if worker:
+            return int(self._progress(keys=[_job_key(job_id), _items_key(job_id)],
+                                      args=[job_id, worker, steps, step, total, *indices])) == 1
         pipe = self.r.pipeline(transaction=False)
         if steps:
             pipe.hincrby(_job_key(job_id), "steps_done", steps * len(indices))

@@ -62,10 +62,11 @@ def test_redelivered_item_does_not_count_its_lost_progress_twice(jobs):
     """Defect 9: steps_done stays exact (never above steps_total) after a lost run is redelivered."""
     job_id = make_job(jobs, n=1, steps=10)
     assert jobs.start_items(job_id, [(0, 0)], "w-dead", "cpu", "fp32") == [0]
-    jobs.add_progress(job_id, [0], 7, 7, 10)  # the first run got 7 steps in, then its worker died
+    jobs.add_progress(job_id, [0], 7, 7, 10, "w-dead")  # the first run got 7 steps in, then was lost
     assert jobs.start_items(job_id, [(0, 0)], "w-next", "cpu", "fp32") == [0]  # redelivered
     assert jobs.get(job_id)["steps_done"] == 0
-    jobs.add_progress(job_id, [0], 4, 4, 10)
+    jobs.add_progress(job_id, [0], 2, 9, 10, "w-dead")  # the lost run was only hung: it counts nothing now
+    jobs.add_progress(job_id, [0], 4, 4, 10, "w-next")
     assert jobs.finish_item(job_id, 0, "succeeded", {"key": "k"})
     job = jobs.get(job_id)
     assert (job["steps_done"], job["steps_total"], job["state"]) == (10, 10, "succeeded")

@@ -38,8 +38,8 @@ class StepProgress:
     """`callback_on_step_end` hook: throttled progress writes and the cooperative cancel check."""
 
     def __init__(self, jobs: JobStore, job_id: str, indices: list[int], item_steps: int, loop: int,
-                 leases: Leases | None = None, faults: Faults | None = None) -> None:
-        self.jobs, self.job_id, self.indices = jobs, job_id, indices
+                 leases: Leases | None = None, faults: Faults | None = None, worker: str | None = None) -> None:
+        self.jobs, self.job_id, self.indices, self.worker = jobs, job_id, indices, worker
         self.item_steps, self.loop = item_steps, loop
         self.leases, self.faults = leases, faults
         self.reported = 0
@@ -54,7 +54,8 @@ class StepProgress:
             self._last = now
             done = min(self.item_steps, round((i + 1) * self.item_steps / self.loop))
             try:
-                if self.jobs.add_progress(self.job_id, self.indices, done - self.reported, i + 1, self.loop):
+                if self.jobs.add_progress(self.job_id, self.indices, done - self.reported, i + 1, self.loop,
+                                          self.worker):
                     self.cancelled = True
                     pipe._interrupt = True
                 self.reported = done
@@ -103,6 +104,7 @@ class Runner:
         self.max_attempts = max_attempts
         self.debug_oom_pixels = debug_oom_pixels  # testing aid, see `_check_debug_budget`
         self.activity = activity  # current chunk and items made, published in the fleet
+        self.lost: dict[tuple[str, tuple[int, ...]], float] = {}  # chunks this worker gave back, when
 
     def run_chunk(self, chunk: dict[str, Any]) -> None:
         """Make every still-wanted item of `chunk`; returns once all are stored. Raises `WorkLost`
@@ -115,6 +117,9 @@ class Runner:
             self._refuse(chunk, reason)
             return
         if self.router.defer_to_warm(chunk, self.cache.loaded()):
+            return
+        if self._lost_here(chunk) and self.router.others(chunk, {self.name}):
+            self.router.pass_on(chunk, "it failed on this worker a moment ago; another worker may take it")
             return
         # 1. Claim the items of this attempt (skips ones done, cancelled or superseded).
         wanted = [(it["index"], int(it.get("gen") or 0)) for it in chunk["items"]]
@@ -134,6 +139,7 @@ class Runner:
             self.faults.hit("ack")
         except Exception as exc:
             self._give_back(job_id, todo, futures, exc)
+            self._remember_lost(chunk)
             raise WorkLost(f"job {job_id} items {todo}: {type(exc).__name__}: {exc}") from exc
         finally:
             self.activity.current = None
@@ -161,6 +167,20 @@ class Runner:
             self.faults.hit("batch", [it["prompt"] for it in batch])
             futures += self._run_batch(chunk, pipe, loaded, batch, load_s)
             load_s = 0.0
+
+    def _chunk_id(self, chunk: dict[str, Any]) -> tuple[str, tuple[int, ...]]:
+        return chunk["job"], tuple(it["index"] for it in chunk["items"])
+
+    def _remember_lost(self, chunk: dict[str, Any]) -> None:
+        """Remember a chunk given back after an infrastructure error here (a broken device or
+        driver fails again): when it comes back soon, another live worker gets the first chance."""
+        if len(self.lost) > 1000:
+            self.lost.clear()
+        self.lost[self._chunk_id(chunk)] = time.monotonic()
+
+    def _lost_here(self, chunk: dict[str, Any]) -> bool:
+        at = self.lost.get(self._chunk_id(chunk))
+        return at is not None and time.monotonic() - at < defaults.LOST_MEMORY
 
     def _give_back(self, job_id: str, todo: list[int], futures: list[Future], exc: Exception) -> None:
         """After an infrastructure error: let started uploads end, then put the items still running
@@ -202,7 +222,7 @@ class Runner:
         job_id, task, params = chunk["job"], chunk["pipeline"], chunk["params"]
         indices = [it["index"] for it in batch]
         progress = StepProgress(self.jobs, job_id, indices, params["steps"], loop_steps(task, params),
-                                self.leases, self.faults)
+                                self.leases, self.faults, self.name)
         t0 = time.perf_counter()
         oom: dict[str, Any] = {"low_memory": True} if loaded.low_memory else {}
         try:
