@@ -98,6 +98,6 @@ REDIS_HEALTH_CHECK = 15
 PASS_ON_DELAY = 2
 """Seconds (a Celery countdown) before a chunk this worker may not run is offered again."""
 
-LOST_MEMORY = 60.0
-"""Seconds a worker leaves to the other live workers a chunk it just gave back after an
-infrastructure error (a broken device fails again)."""
+LOST_PASS_ONS = 3
+"""Times a worker passes on (to the other live workers) a chunk it gave back after an
+infrastructure error, before running it again itself."""

@@ -167,7 +167,7 @@ def test_a_poison_item_fails_after_bounded_attempts_and_the_rest_completes(fleet
     req = {"model": "builtin:tiny-sd", "params": {"width": 64, "height": 64, "steps": 4, "seed": 3},
            "items": [{"prompt": "fine 0"}, {"prompt": "poison", "steps": 3}, {"prompt": "fine 2"}]}
     job_id = fclient.submit(req)["id"]
-    doc = wait_job(fclient, job_id, 120)
+    doc = wait_job(fclient, job_id, 240)
     assert doc["state"] == "failed", doc
     fine0, poison, fine2 = doc["items"]
     assert fine0["state"] == fine2["state"] == "succeeded"

@@ -104,7 +104,7 @@ class Runner:
         self.max_attempts = max_attempts
         self.debug_oom_pixels = debug_oom_pixels  # testing aid, see `_check_debug_budget`
         self.activity = activity  # current chunk and items made, published in the fleet
-        self.lost: dict[tuple[str, tuple[int, ...]], float] = {}  # chunks this worker gave back, when
+        self.lost: dict[tuple[str, tuple[int, ...]], int] = {}  # chunks given back here -> pass-ons left
 
     def run_chunk(self, chunk: dict[str, Any]) -> None:
         """Make every still-wanted item of `chunk`; returns once all are stored. Raises `WorkLost`
@@ -173,14 +173,19 @@ class Runner:
 
     def _remember_lost(self, chunk: dict[str, Any]) -> None:
         """Remember a chunk given back after an infrastructure error here (a broken device or
-        driver fails again): when it comes back soon, another live worker gets the first chance."""
+        driver fails again): when it comes back, another live worker gets the first chances."""
         if len(self.lost) > 1000:
             self.lost.clear()
-        self.lost[self._chunk_id(chunk)] = time.monotonic()
+        self.lost[self._chunk_id(chunk)] = defaults.LOST_PASS_ONS
 
     def _lost_here(self, chunk: dict[str, Any]) -> bool:
-        at = self.lost.get(self._chunk_id(chunk))
-        return at is not None and time.monotonic() - at < defaults.LOST_MEMORY
+        """True (using up one of its pass-ons) for a chunk this worker gave back; after the last
+        pass-on it runs the chunk again itself, so every worker failing it still ends it."""
+        key = self._chunk_id(chunk)
+        left = self.lost.pop(key, 0)
+        if left > 1:
+            self.lost[key] = left - 1
+        return left > 0
 
     def _give_back(self, job_id: str, todo: list[int], futures: list[Future], exc: Exception) -> None:
         """After an infrastructure error: let started uploads end, then put the items still running
