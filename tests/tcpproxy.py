@@ -33,6 +33,10 @@ class TcpProxy:
     def down(self) -> None:
         """Close the listening socket and every open connection."""
         if self._listener is not None:
+            try:  # wakes the thread blocked in accept(); close() alone would leave it accepting
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:
