@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 import redis
 from celery.signals import worker_ready
 
-from sdq import contract, defaults, fleet
+from sdq import contract, defaults
 from sdq.config import Settings
 from sdq.jobstore import JobStore
 from sdq.exceptions import ConfigError
