@@ -18,6 +18,7 @@ from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.grid import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
+from sdq.queue import chunk_message
 from sdq.webhooks import check_webhook_url
 
 DEFAULTS: dict[str, Any] = {
@@ -211,23 +212,16 @@ def route(plan: Plan, workers: list[dict[str, Any]]) -> list[tuple[str, list[dic
 
 def enqueue(celery: Celery, plan: Plan, routed: list[tuple[str, list[dict[str, Any]]]]) -> None:
     """Publish one task message per chunk, pipelined over one broker connection (kombu batch)."""
-    job = plan.job
-    priority = contract.celery_priority(job["priority"])
     with celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
         for queue, chunk in routed:
-            message = {
-                "job": job["id"], "model": job["model"], "pipeline": job["pipeline"],
-                "queue": queue, "priority": priority,  # for a worker that hands the chunk on (out of memory)
-                "params": chunk[0]["params"], "watermark": job["params"].get("watermark", False),
-                "items": [{k: it[k] for k in ("index", "prompt", "negative_prompt", "seed", "init_image")}
-                          for it in chunk],
-            }
+            message = chunk_message(plan.job, queue, chunk)
             celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": message}, queue=queue,
-                             priority=priority, producer=producer)
+                             priority=message["priority"], producer=producer)
 
 
 def requeue(jobs, celery: Celery, job_id: str, workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Retry: re-queue the job's failed and cancelled items (same seeds) and publish them again."""
+    """Retry: re-queue the job's failed and cancelled items (same seeds) as new attempts and publish
+    them again (messages of the earlier attempts are dropped when delivered)."""
     items = jobs.retry(job_id) or []
     if items:
         plan = Plan(jobs.get(job_id), sorted(items, key=lambda it: it["index"]))

@@ -13,7 +13,7 @@ from producer.formats import body_from_prompt_file, is_prompt_file
 from producer.schemas import parse_submit
 from producer.status import job_view
 from sdq import fleet
-from sdq.lifecycle import finalize_job
+from sdq.lifecycle import request_finalize
 from sdq.exceptions import InvalidInput, NotFound
 from sdq.webhooks import tenant_secret
 
@@ -130,8 +130,8 @@ def cancel_job(job_id: str):
     """Cancel: queued items never run, running ones stop at their next step."""
     _own_job(job_id)
     state, ended = _ext("sdq_jobs").cancel(job_id)
-    if ended:  # no item was running: this call ended the job, so it writes the manifest
-        finalize_job(_ext("sdq_jobs"), _ext("sdq_store"), job_id, _ext("celery"))
+    if ended:  # no item was running: this call ended the job; a worker finalises it (never here)
+        request_finalize(_ext("celery"), job_id)
     return jsonify({"id": job_id, "state": state}), 202
 
 

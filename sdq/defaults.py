@@ -119,3 +119,41 @@ GRID_MAX_PIXELS = 64 * 1024 * 1024
 
 GRID_MIN_CELL = 32
 """Smallest cell side of a contact sheet; a grid that would need less is refused at submit."""
+# -- reliability (issue 11) ------------------------------------------------------------------
+MAX_ATTEMPTS = 3
+"""Runs an item gets (worker lost, infrastructure error) before it is failed with its last error
+(`SDQ_MAX_ATTEMPTS`); a retry of the job starts counting again."""
+
+REAPER_INTERVAL = 15.0
+"""Seconds between reaper sweeps (`SDQ_REAPER_INTERVAL`): items `running` on a worker that left the
+fleet go back to the queue. With `HEARTBEAT_TTL` a dead worker's items are queued again within
+HEARTBEAT_TTL + REAPER_INTERVAL (45 s)."""
+
+FINALIZE_RESEND = 60.0
+"""Seconds after which a job still waiting for finalisation gets its finalize task sent again
+(`SDQ_FINALIZE_RESEND`)."""
+
+STALL_TIMEOUT = 600.0
+"""Seconds a busy worker may go without progress (a denoising step, a model loaded, an upload
+attempt) before it stops renewing its message's lease, so the chunk goes to another worker
+(`SDQ_STALL_TIMEOUT`)."""
+
+S3_BACKOFF_CAP = 15.0
+"""Longest pause, seconds, between sdq's own attempts at an S3 call during an outage
+(`SDQ_S3_BACKOFF_CAP`)."""
+
+S3_OUTAGE_LIMIT = 600.0
+"""Seconds sdq keeps retrying one S3 call before giving up (`SDQ_S3_OUTAGE_LIMIT`)."""
+
+REDIS_SOCKET_TIMEOUT = 30.0
+"""Seconds a worker waits on one Redis reply before treating the connection as broken."""
+
+REDIS_HEALTH_CHECK = 15
+"""Seconds of idleness after which a Redis connection is checked with PING before use."""
+
+PASS_ON_DELAY = 2
+"""Seconds (a Celery countdown) before a chunk this worker may not run is offered again."""
+
+LOST_PASS_ONS = 3
+"""Times a worker passes on (to the other live workers) a chunk it gave back after an
+infrastructure error, before running it again itself."""

@@ -56,3 +56,6 @@ class TooManyRequests(SdqError):
         super().__init__(message)
         self.field = field
         self.retry_after = retry_after
+class WorkLost(SdqError):
+    """A chunk's run stopped on an infrastructure error (Redis, S3, device): its items were given
+    back and its message must be delivered again, not acknowledged."""

@@ -7,7 +7,13 @@ Keys (all expire `JOB_TTL` after creation):
 - ``sdq:job:<id>:items`` hash: item index -> item JSON;
 - ``sdq:jobs:<owner>`` sorted set of job ids by creation time;
 - ``sdq:active`` sorted set of unfinished job ids by creation time (for queue positions);
+- ``sdq:job:<id>:prog`` hash: item index -> steps counted by its current run;
+- ``sdq:running:<worker>`` / ``sdq:running-workers``: which worker runs which items (the reaper);
+- ``sdq:finalize`` sorted set of ended jobs not yet finalised;
 - ``sdq:events:<id>`` pub/sub channel of job events (see `EVENTS`).
+
+Each item carries ``gen``, the identity of its current attempt: a task message names the ``gen``
+it was published for, and is ignored once the item was re-queued under a newer one.
 
 Every state change of an item goes through one Lua script, so counters always agree with the
 items, a duplicate delivery never counts twice, and the job finishes exactly once.
@@ -37,6 +43,20 @@ end
 local function emit(job_id, event, data)
   redis.call('PUBLISH', 'sdq:events:' .. job_id, cjson.encode({event = event, data = data}))
 end
+-- the item no longer runs on its worker: out of that worker's running index
+local function unrun(job_id, it)
+  if it.worker then redis.call('SREM', 'sdq:running:' .. it.worker, job_id .. ':' .. it.index) end
+end
+-- steps counted for the item's current run (`add_progress`), forgotten: a run that ends or is
+-- lost never leaves its partial progress behind, so redelivery cannot over-count
+local function take_progress(job, index)
+  local p = tonumber(redis.call('HGET', job .. ':prog', index) or '0')
+  if p ~= 0 then redis.call('HDEL', job .. ':prog', index) end
+  return p
+end
+local function add_steps(job, n)
+  if n ~= 0 then redis.call('HINCRBY', job, 'steps_done', n) end  -- never "-0": HINCRBY refuses it
+end
 local function maybe_finish(job, job_id, now)
   local q = tonumber(redis.call('HGET', job, 'c:queued') or '0')
   local r = tonumber(redis.call('HGET', job, 'c:running') or '0')
@@ -49,39 +69,66 @@ local function maybe_finish(job, job_id, now)
   elseif tonumber(redis.call('HGET', job, 'c:failed') or '0') > 0 then final = 'failed'
   elseif tonumber(redis.call('HGET', job, 'c:cancelled') or '0') > 0 then final = 'cancelled' end
   redis.call('HSET', job, 'state', final, 'finished_at', now)
-  -- sdq runs on one Redis (not Cluster): the active-jobs index is addressed by name.
+  -- sdq runs on one Redis (not Cluster): the shared indexes are addressed by name.
   redis.call('ZREM', 'sdq:active', job_id)
+  -- recorded "to finalise" in the same step: a finalize task writes manifest/grid/webhook and
+  -- removes it; a sweeper sends the task again for any job left here (`sdq.lifecycle`)
+  redis.call('ZADD', 'sdq:finalize', now, job_id)
   emit(job_id, 'job.finished', {id = job_id, state = final,
     counts = {succeeded = tonumber(redis.call('HGET', job, 'c:succeeded') or '0'),
               failed = tonumber(redis.call('HGET', job, 'c:failed') or '0'),
               cancelled = tonumber(redis.call('HGET', job, 'c:cancelled') or '0')}})
   return 1
 end
+-- an unfinished item ends in `state` (cancelled/failed) without running again
+local function settle(job, items, job_id, it, state, now, error)
+  unrun(job_id, it)
+  bump(job, it.state, state)
+  add_steps(job, it.steps - take_progress(job, it.index))
+  it.state = state; it.finished_at = tonumber(now)
+  if error then it.error = error end
+  redis.call('HSET', items, tostring(it.index), cjson.encode(it))
+  emit(job_id, 'item.finished', {index = it.index, state = state, error = error})
+end
 """
 
-# KEYS: job, items. ARGV: job_id, worker, device, dtype, now, index...
+# KEYS: job, items. ARGV: job_id, worker, device, dtype, now, max_attempts, then (index, gen) pairs.
+# Starts the items whose attempt identity (`gen`) matches the message's: a message left over from
+# an earlier attempt (re-queued by retry, hand-off or the reaper) starts nothing. A `running` item
+# is a redelivery after its worker was lost. An item already tried `max_attempts` times is failed
+# with its last error instead (poison item). Returns the indices to run, then -1 if the job ended.
 _START = _LUA_COMMON + """
 local job, items, job_id, now = KEYS[1], KEYS[2], ARGV[1], ARGV[5]
 if redis.call('EXISTS', job) == 0 then return {} end
 local cancel = redis.call('HGET', job, 'cancel') == '1'
-local out = {}
-for i = 6, #ARGV do
+local max_attempts = tonumber(ARGV[6])
+local out, settled = {}, false
+for i = 7, #ARGV, 2 do
   local raw = redis.call('HGET', items, ARGV[i])
   if raw then
     local it = cjson.decode(raw)
-    if it.state == 'queued' or it.state == 'running' then
+    if (it.state == 'queued' or it.state == 'running') and (tonumber(it.gen) or 0) == tonumber(ARGV[i + 1]) then
+      if it.state == 'running' then
+        unrun(job_id, it)
+        add_steps(job, -take_progress(job, it.index))
+        it.last_error = it.last_error or ('worker ' .. tostring(it.worker) .. ' stopped while running it')
+      end
       if cancel then
-        bump(job, it.state, 'cancelled')
-        redis.call('HINCRBY', job, 'steps_done', it.steps)
-        it.state = 'cancelled'
+        settle(job, items, job_id, it, 'cancelled', now, nil); settled = true
+      elseif (tonumber(it.tries) or 0) >= max_attempts then
+        settle(job, items, job_id, it, 'failed', now, 'gave up after ' .. (tonumber(it.tries) or 0) ..
+          ' attempts; last: ' .. tostring(it.last_error)); settled = true
       else
         if it.state == 'queued' then bump(job, 'queued', 'running') end
         it.state = 'running'; it.worker = ARGV[2]; it.device = ARGV[3]; it.dtype = ARGV[4]
-        it.started_at = tonumber(now); it.attempts = (it.attempts or 0) + 1
+        it.started_at = tonumber(now); it.attempts = (tonumber(it.attempts) or 0) + 1
+        it.tries = (tonumber(it.tries) or 0) + 1  -- runs since submit or the last retry (poison limit)
+        redis.call('SADD', 'sdq:running:' .. ARGV[2], job_id .. ':' .. it.index)
+        redis.call('SADD', 'sdq:running-workers', ARGV[2])
+        redis.call('HSET', items, ARGV[i], cjson.encode(it))
         table.insert(out, it.index)
         emit(job_id, 'item.started', {index = it.index, worker = ARGV[2]})
       end
-      redis.call('HSET', items, ARGV[i], cjson.encode(it))
     end
   end
 end
@@ -89,12 +136,11 @@ if #out > 0 and redis.call('HGET', job, 'state') == 'queued' then
   redis.call('HSET', job, 'state', 'running')
   if not redis.call('HGET', job, 'started_at') then redis.call('HSET', job, 'started_at', now) end
 end
--- a trailing -1 says this call ended the (cancelled) job, so the caller finalizes it
-if cancel and maybe_finish(job, job_id, now) == 1 then table.insert(out, -1) end
+if settled and maybe_finish(job, job_id, now) == 1 then table.insert(out, -1) end
 return out
 """
 
-# KEYS: job, items. ARGV: job_id, index, state, now, fields_json, steps_reported
+# KEYS: job, items. ARGV: job_id, index, state, now, fields_json
 _FINISH = _LUA_COMMON + """
 local job, items, job_id, now = KEYS[1], KEYS[2], ARGV[1], ARGV[4]
 local raw = redis.call('HGET', items, ARGV[2])
@@ -102,11 +148,12 @@ if not raw then return -1 end
 local it = cjson.decode(raw)
 if it.state ~= 'queued' and it.state ~= 'running' then return -1 end
 local state = ARGV[3]
+unrun(job_id, it)
 bump(job, it.state, state)
 for k, v in pairs(cjson.decode(ARGV[5])) do it[k] = v end
 it.state = state; it.finished_at = tonumber(now)
 redis.call('HSET', items, ARGV[2], cjson.encode(it))
-redis.call('HINCRBY', job, 'steps_done', math.max(0, it.steps - tonumber(ARGV[6])))
+add_steps(job, it.steps - take_progress(job, it.index))
 if state == 'succeeded' and it.duration_s then
   redis.call('HINCRBYFLOAT', job, 'busy_s', it.duration_s)
 end
@@ -115,82 +162,187 @@ emit(job_id, 'item.finished', {index = it.index, state = state, key = it.key, se
 return maybe_finish(job, job_id, now)
 """
 
-# KEYS: job, items. ARGV: job_id, now. Returns {state, 1 if this call finished the job}.
-_CANCEL = _LUA_COMMON + """
-local job, items, job_id, now = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
-local state = redis.call('HGET', job, 'state')
+# KEYS: job. ARGV: none. Sets the cancel flag; returns the state, or nil for no such job.
+_CANCEL_BEGIN = """
+local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return nil end
-if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return {state, 0} end
-redis.call('HSET', job, 'cancel', '1')
-local all = redis.call('HGETALL', items)
-for i = 1, #all, 2 do
-  local it = cjson.decode(all[i + 1])
-  if it.state == 'queued' then
-    bump(job, 'queued', 'cancelled')
-    redis.call('HINCRBY', job, 'steps_done', it.steps)
-    it.state = 'cancelled'; it.finished_at = tonumber(now)
-    redis.call('HSET', items, all[i], cjson.encode(it))
-    emit(job_id, 'item.finished', {index = it.index, state = 'cancelled'})
-  end
+if state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
 end
-local finished = maybe_finish(job, job_id, now)
-return {redis.call('HGET', job, 'state'), finished}
+return state
 """
 
-# KEYS: job, items. ARGV: job_id. Returns the re-queued items as JSON.
-_RETRY = _LUA_COMMON + """
-local job, items, job_id = KEYS[1], KEYS[2], ARGV[1]
-if redis.call('EXISTS', job) == 0 then return nil end
-local out = {}
-local all = redis.call('HGETALL', items)
-for i = 1, #all, 2 do
-  local it = cjson.decode(all[i + 1])
-  if it.state == 'failed' or it.state == 'cancelled' then
-    bump(job, it.state, 'queued')
-    redis.call('HINCRBY', job, 'steps_done', -it.steps)
-    it.state = 'queued'; it.error = cjson.null; it.finished_at = cjson.null
-    local enc = cjson.encode(it)
-    redis.call('HSET', items, all[i], enc)
-    table.insert(out, enc)
-  end
-end
-if #out > 0 then
-  redis.call('HDEL', job, 'cancel', 'finished_at')
-  local running = tonumber(redis.call('HGET', job, 'c:running') or '0')
-  redis.call('HSET', job, 'state', running > 0 and 'running' or 'queued')
-  redis.call('ZADD', 'sdq:active', redis.call('HGET', job, 'created_at'), job_id)
-end
-return out
-"""
-
-# KEYS: job, items. ARGV: job_id, worker, error, steps_reported, index...
-# Out of memory even in low-memory mode: the worker's running items go back to `queued` for
-# another worker, remembering who could not make them. Returns the indices handed back.
-_HAND_OFF = _LUA_COMMON + """
-local job, items, job_id = KEYS[1], KEYS[2], ARGV[1]
-if redis.call('HGET', job, 'cancel') == '1' then return {} end
-local out, back = {}, tonumber(ARGV[4])
-for i = 5, #ARGV do
+# KEYS: job, items. ARGV: job_id, now, index... One bounded slice of a cancel: its queued items
+# become cancelled. Returns 1 if this call ended the job.
+_CANCEL_SLICE = _LUA_COMMON + """
+local job, items, job_id, now = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+if redis.call('HGET', job, 'cancel') ~= '1' then return 0 end
+for i = 3, #ARGV do
   local raw = redis.call('HGET', items, ARGV[i])
   if raw then
     local it = cjson.decode(raw)
-    if it.state == 'running' and it.worker == ARGV[2] then
-      bump(job, 'running', 'queued')
-      if back > 0 then redis.call('HINCRBY', job, 'steps_done', -back) end  -- never "-0": HINCRBY refuses it
-      local seen = it.oom_workers
-      if type(seen) ~= 'table' then seen = {} end
-      table.insert(seen, ARGV[2])
-      it.oom_workers = seen; it.oom_error = ARGV[3]; it.state = 'queued'
-      redis.call('HSET', items, ARGV[i], cjson.encode(it))
-      table.insert(out, it.index)
+    if it.state == 'queued' then settle(job, items, job_id, it, 'cancelled', now, nil) end
+  end
+end
+return maybe_finish(job, job_id, now)
+"""
+
+# KEYS: job, items. ARGV: job_id, index... One bounded slice of a retry: failed and cancelled items
+# go back to `queued` as a new attempt (`gen` + 1, the poison limit's `tries` counted afresh;
+# `attempts` keeps counting every run). Returns them as JSON.
+_RETRY_SLICE = _LUA_COMMON + """
+local job, items, job_id = KEYS[1], KEYS[2], ARGV[1]
+if redis.call('EXISTS', job) == 0 then return nil end
+local out = {}
+for i = 2, #ARGV do
+  local raw = redis.call('HGET', items, ARGV[i])
+  if raw then
+    local it = cjson.decode(raw)
+    if it.state == 'failed' or it.state == 'cancelled' then
+      bump(job, it.state, 'queued')
+      add_steps(job, -it.steps)
+      it.state = 'queued'; it.error = cjson.null; it.finished_at = cjson.null; it.last_error = cjson.null
+      it.gen = (tonumber(it.gen) or 0) + 1; it.tries = 0
+      local enc = cjson.encode(it)
+      redis.call('HSET', items, ARGV[i], enc)
+      table.insert(out, enc)
     end
   end
 end
 return out
 """
 
+# KEYS: job. ARGV: job_id. After a retry re-queued items: the job is open again.
+_REOPEN = """
+local job, job_id = KEYS[1], ARGV[1]
+redis.call('HDEL', job, 'cancel', 'finished_at', 'webhook_queued')
+local running = tonumber(redis.call('HGET', job, 'c:running') or '0')
+redis.call('HSET', job, 'state', running > 0 and 'running' or 'queued')
+redis.call('ZADD', 'sdq:active', redis.call('HGET', job, 'created_at'), job_id)
+redis.call('ZREM', 'sdq:finalize', job_id)
+return 1
+"""
+
+# KEYS: job, items. ARGV: job_id, worker, error, index...
+# Out of memory even in low-memory mode: the worker's running items go back to `queued` as a new
+# attempt for another worker, remembering who could not make them. Returns (index, gen) pairs.
+_HAND_OFF = _LUA_COMMON + """
+local job, items, job_id = KEYS[1], KEYS[2], ARGV[1]
+if redis.call('HGET', job, 'cancel') == '1' then return {} end
+local out = {}
+for i = 4, #ARGV do
+  local raw = redis.call('HGET', items, ARGV[i])
+  if raw then
+    local it = cjson.decode(raw)
+    if it.state == 'running' and it.worker == ARGV[2] then
+      unrun(job_id, it)
+      bump(job, 'running', 'queued')
+      add_steps(job, -take_progress(job, it.index))
+      local seen = it.oom_workers
+      if type(seen) ~= 'table' then seen = {} end
+      table.insert(seen, ARGV[2])
+      it.oom_workers = seen; it.oom_error = ARGV[3]; it.state = 'queued'
+      it.gen = (tonumber(it.gen) or 0) + 1
+      redis.call('HSET', items, ARGV[i], cjson.encode(it))
+      table.insert(out, it.index); table.insert(out, it.gen)
+    end
+  end
+end
+return out
+"""
+
+# KEYS: job, items. ARGV: job_id, worker, error, now, index...
+# An infrastructure error stopped the worker's run of these items: back to `queued` (same attempt
+# identity: the same message is delivered again) with the error kept for the poison limit.
+_RELEASE = _LUA_COMMON + """
+local job, items, job_id = KEYS[1], KEYS[2], ARGV[1]
+local n = 0
+for i = 5, #ARGV do
+  local raw = redis.call('HGET', items, ARGV[i])
+  if raw then
+    local it = cjson.decode(raw)
+    if it.state == 'running' and it.worker == ARGV[2] then
+      unrun(job_id, it)
+      bump(job, 'running', 'queued')
+      add_steps(job, -take_progress(job, it.index))
+      it.state = 'queued'; it.last_error = ARGV[3]
+      redis.call('HSET', items, ARGV[i], cjson.encode(it))
+      n = n + 1
+    end
+  end
+end
+return n
+"""
+
+# ARGV: worker, now, limit. The reaper: up to `limit` items still `running` on a worker that left
+# the fleet go back to `queued` as a new attempt (or `cancelled` if their job was cancelled).
+# Returns {job_id, index, ...} of the re-queued items, to publish again.
+_REAP = _LUA_COMMON + """
+local worker, now = ARGV[1], ARGV[2]
+local set = 'sdq:running:' .. worker
+local out = {}
+for _, member in ipairs(redis.call('SPOP', set, tonumber(ARGV[3]))) do
+  local job_id, index = string.match(member, '^(.*):(%d+)$')
+  local job, items = 'sdq:job:' .. job_id, 'sdq:job:' .. job_id .. ':items'
+  local raw = redis.call('HGET', items, index)
+  if raw then
+    local it = cjson.decode(raw)
+    if it.state == 'running' and it.worker == worker then
+      if redis.call('HGET', job, 'cancel') == '1' then
+        settle(job, items, job_id, it, 'cancelled', now, nil)
+        maybe_finish(job, job_id, now)
+      else
+        bump(job, 'running', 'queued')
+        add_steps(job, -take_progress(job, it.index))
+        it.state = 'queued'; it.gen = (tonumber(it.gen) or 0) + 1
+        it.last_error = 'worker ' .. worker .. ' left the fleet while running it'
+        redis.call('HSET', items, index, cjson.encode(it))
+        table.insert(out, job_id); table.insert(out, it.index)
+      end
+    end
+  end
+end
+if redis.call('SCARD', set) == 0 then redis.call('SREM', 'sdq:running-workers', worker) end
+return out
+"""
+
+# KEYS: job, items. ARGV: job_id, worker, steps, step, total, index...
+# Progress of a run: counted only for items still running on `worker` (a run that was superseded
+# after a hang counts nothing). Returns 1 if the job was cancelled.
+_PROGRESS = """
+local job, items, job_id, worker, steps = KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local counted = 0
+for i = 6, #ARGV do
+  local raw = redis.call('HGET', items, ARGV[i])
+  if raw then
+    local it = cjson.decode(raw)
+    if it.state == 'running' and it.worker == worker then
+      if steps ~= 0 then redis.call('HINCRBY', job .. ':prog', ARGV[i], steps) end
+      counted = counted + steps
+      redis.call('PUBLISH', 'sdq:events:' .. job_id, cjson.encode({event = 'item.progress',
+        data = {index = it.index, step = tonumber(ARGV[4]), steps = tonumber(ARGV[5])}}))
+    end
+  end
+end
+if counted ~= 0 then
+  redis.call('HINCRBY', job, 'steps_done', counted)
+  redis.call('EXPIRE', job .. ':prog', redis.call('TTL', job))
+end
+if redis.call('HGET', job, 'cancel') == '1' then return 1 end
+return 0
+"""
+
 ACTIVE_KEY = "sdq:active"
 """Sorted set of unfinished job ids by creation time."""
+
+FINALIZE_KEY = "sdq:finalize"
+"""Sorted set of ended jobs whose manifest/grid/webhook are not done yet, by time recorded."""
+
+RUNNING_WORKERS_KEY = "sdq:running-workers"
+"""Set of workers with items `running`; ``sdq:running:<worker>`` holds each one's ``job:index``."""
+
+SLICE = 500
+"""Items one cancel or retry script touches at most (the broker's Redis is never blocked long)."""
 
 QUEUE_SCAN_MAX = 1000
 """Most unfinished jobs looked at when estimating a queue position."""
@@ -208,6 +360,10 @@ def _items_key(job_id: str) -> str:
     return f"sdq:job:{job_id}:items"
 
 
+def _progress_key(job_id: str) -> str:
+    return f"sdq:job:{job_id}:prog"
+
+
 def events_channel(job_id: str) -> str:
     """Pub/sub channel of a job's events."""
     return f"sdq:events:{job_id}"
@@ -220,9 +376,14 @@ class JobStore:
         self.r = client
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
-        self._cancel = client.register_script(_CANCEL)
-        self._retry = client.register_script(_RETRY)
+        self._cancel_begin = client.register_script(_CANCEL_BEGIN)
+        self._cancel_slice = client.register_script(_CANCEL_SLICE)
+        self._retry_slice = client.register_script(_RETRY_SLICE)
+        self._reopen = client.register_script(_REOPEN)
         self._hand_off = client.register_script(_HAND_OFF)
+        self._release = client.register_script(_RELEASE)
+        self._reap = client.register_script(_REAP)
+        self._progress = client.register_script(_PROGRESS)
 
     # -- producer side -------------------------------------------------------------------
     def create(self, job: dict[str, Any], items: list[dict[str, Any]]) -> None:
@@ -246,7 +407,7 @@ class JobStore:
 
     def delete(self, job_id: str, owner: str = "") -> None:
         """Remove a job entirely (used when enqueueing fails, so nothing is half-submitted)."""
-        self.r.delete(_job_key(job_id), _items_key(job_id))
+        self.r.delete(_job_key(job_id), _items_key(job_id), _progress_key(job_id))
         self.r.zrem(f"sdq:jobs:{owner}", job_id)
         self.r.zrem(ACTIVE_KEY, job_id)
 
@@ -290,13 +451,33 @@ class JobStore:
     def cancel(self, job_id: str) -> tuple[str | None, bool]:
         """Cancel a job: queued items become cancelled, running ones see the flag.
 
-        Returns the new state and whether this call ended the job (then the caller finalizes it).
+        Works in slices of `SLICE` items, one short script each, so a big job never blocks the
+        Redis that is also the broker. Returns the new state and whether this call ended the job
+        (it is then recorded "to finalise", see `sdq.lifecycle`).
         """
-        out = self._cancel(keys=[_job_key(job_id), _items_key(job_id)], args=[job_id, time.time()])
-        if not out:
+        state = self._cancel_begin(keys=[_job_key(job_id)])
+        if state is None:
             return None, False
-        state = out[0].decode() if isinstance(out[0], bytes) else out[0]
-        return state, int(out[1]) == 1
+        state = state.decode() if isinstance(state, bytes) else state
+        if state in ("succeeded", "failed", "cancelled"):
+            return state, False
+        ended = self.cancel_items(job_id, range(self._n_items(job_id)))
+        return self._state(job_id), ended
+
+    def cancel_items(self, job_id: str, indices) -> bool:
+        """Cancel these queued items of a job whose cancel flag is set; True if that ended the job."""
+        indices, ended = list(indices), False
+        for start in range(0, len(indices), SLICE):
+            ended |= self._cancel_slice(keys=[_job_key(job_id), _items_key(job_id)],
+                                        args=[job_id, time.time(), *indices[start:start + SLICE]]) == 1
+        return ended
+
+    def _n_items(self, job_id: str) -> int:
+        return int(self.r.hget(_job_key(job_id), "n_items") or 0)
+
+    def _state(self, job_id: str) -> str | None:
+        raw = self.r.hget(_job_key(job_id), "state")
+        return raw.decode() if isinstance(raw, bytes) else raw
 
     def queue_position(self, job: dict[str, Any]) -> int | None:
         """Estimated items queued ahead of the job's first queued item (None: nothing queued).
@@ -331,19 +512,35 @@ class JobStore:
         return ahead
 
     def retry(self, job_id: str) -> list[dict[str, Any]] | None:
-        """Re-queue failed and cancelled items; returns them (None if no such job)."""
-        out = self._retry(keys=[_job_key(job_id), _items_key(job_id)], args=[job_id])
-        return None if out is None else [json.loads(raw) for raw in out]
+        """Re-queue failed and cancelled items as new attempts, in slices of `SLICE` items; returns
+        them (None if no such job). Messages of their earlier attempts are dropped when delivered."""
+        n = self._n_items(job_id)
+        if not n and not self.r.exists(_job_key(job_id)):
+            return None
+        out: list[dict[str, Any]] = []
+        for start in range(0, n, SLICE):
+            raw = self._retry_slice(keys=[_job_key(job_id), _items_key(job_id)],
+                                    args=[job_id, *range(start, min(n, start + SLICE))])
+            out += [json.loads(r) for r in raw or ()]
+        if out:
+            self._reopen(keys=[_job_key(job_id)], args=[job_id])
+        return out
 
     # -- worker side ---------------------------------------------------------------------
-    def start_items(self, job_id: str, indices: list[int], worker: str, device: str, dtype: str,
-                    on_job_finished: Callable[[str], None] | None = None) -> list[int]:
-        """Mark items running on `worker`; returns those to run (skips done or cancelled ones).
+    def start_items(self, job_id: str, items: list[tuple[int, int] | int], worker: str, device: str, dtype: str,
+                    on_job_finished: Callable[[str], None] | None = None,
+                    max_attempts: int = defaults.MAX_ATTEMPTS) -> list[int]:
+        """Mark items running on `worker`; returns those to run. `items` are (index, gen) pairs from
+        the message (a bare index means attempt 0): done, cancelled or superseded (stale `gen`)
+        items are skipped, and an item
+        tried `max_attempts` times already is failed with its last error.
 
-        If the job was cancelled and this call cancelled its last items, `on_job_finished(job_id)`
-        is called (manifest, webhook)."""
+        If this call ended the job (cancelled or failed its last items), `on_job_finished(job_id)`
+        is called (finalisation)."""
+        pairs = [(it, 0) if isinstance(it, int) else it for it in items]
+        args = [a for index, gen in pairs for a in (index, gen)]
         out = [int(i) for i in self._start(keys=[_job_key(job_id), _items_key(job_id)],
-                                           args=[job_id, worker, device, dtype, time.time(), *indices])]
+                                           args=[job_id, worker, device, dtype, time.time(), max_attempts, *args])]
         if out and out[-1] == -1:
             out.pop()
             if on_job_finished is not None:
@@ -352,26 +549,87 @@ class JobStore:
 
     def finish_item(self, job_id: str, index: int, state: str, fields: dict[str, Any],
                     steps_reported: int = 0) -> bool:
-        """Record an item's outcome; True when this finished the whole job."""
+        """Record an item's outcome; True when this finished the whole job. (`steps_reported` is
+        ignored: the steps this run counted are kept per item, see `add_progress`.)"""
         done = self._finish(keys=[_job_key(job_id), _items_key(job_id)],
-                            args=[job_id, index, state, time.time(), json.dumps(fields), steps_reported])
+                            args=[job_id, index, state, time.time(), json.dumps(fields)])
         return done == 1
 
-    def hand_off(self, job_id: str, indices: list[int], worker: str, error: str, steps_reported: int = 0) -> list[int]:
-        """Put `worker`'s running items back in `queued` after it ran out of memory (not if the job
-        was cancelled); returns the indices handed back, each now naming `worker` in `oom_workers`."""
-        return [int(i) for i in self._hand_off(keys=[_job_key(job_id), _items_key(job_id)],
-                                               args=[job_id, worker, error, steps_reported, *indices])]
+    def hand_off(self, job_id: str, indices: list[int], worker: str, error: str,
+                 steps_reported: int = 0) -> list[tuple[int, int]]:
+        """Put `worker`'s running items back in `queued` as new attempts after it ran out of memory
+        (not if the job was cancelled); returns the (index, gen) pairs handed back, each now naming
+        `worker` in `oom_workers`."""
+        out = [int(x) for x in self._hand_off(keys=[_job_key(job_id), _items_key(job_id)],
+                                              args=[job_id, worker, error, *indices])]
+        return list(zip(out[::2], out[1::2]))
 
-    def add_progress(self, job_id: str, indices: list[int], steps: int, step: int, total: int) -> bool:
-        """Count `steps` more steps for each item, announce `item.progress`; True if cancelled."""
+    def release(self, job_id: str, indices: list[int], worker: str, error: str) -> int:
+        """Give `worker`'s running items back (`queued`, same attempt) after an infrastructure
+        error, keeping `error` as their last one; returns how many."""
+        return int(self._release(keys=[_job_key(job_id), _items_key(job_id)],
+                                 args=[job_id, worker, error, time.time(), *indices]))
+
+    def running_workers(self) -> list[str]:
+        """Workers that have (or had, until they died) items `running`."""
+        return sorted(n.decode() if isinstance(n, bytes) else n for n in self.r.smembers(RUNNING_WORKERS_KEY))
+
+    def reap(self, worker: str, limit: int = 500) -> list[tuple[str, int]]:
+        """Put back up to `limit` items still `running` on `worker`, which left the fleet; returns
+        the (job id, index) pairs re-queued as new attempts (the caller publishes them)."""
+        out = self._reap(args=[worker, time.time(), limit])
+        out = [x.decode() if isinstance(x, bytes) else x for x in out]
+        return [(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
+
+    def item_records(self, job_id: str, indices: list[int]) -> list[dict[str, Any]]:
+        """The records of these items (missing ones skipped)."""
+        if not indices:
+            return []
+        return [_loads(raw) for raw in self.r.hmget(_items_key(job_id), [str(i) for i in indices]) if raw]
+
+    # -- finalisation ----------------------------------------------------------------------
+    def finalize_due(self, older_than: float) -> list[str]:
+        """Jobs recorded "to finalise" more than `older_than` seconds ago (re-stamped now, so each
+        is returned once per period)."""
+        now = time.time()
+        ids = [i.decode() if isinstance(i, bytes) else i
+               for i in self.r.zrangebyscore(FINALIZE_KEY, "-inf", now - older_than, start=0, num=100)]
+        if ids:
+            self.r.zadd(FINALIZE_KEY, {i: now for i in ids}, xx=True)
+        return ids
+
+    def finalized(self, job_id: str) -> None:
+        """The job's finalisation is done."""
+        self.r.zrem(FINALIZE_KEY, job_id)
+
+    def claim_webhook(self, job_id: str) -> bool:
+        """True once per job end: whoever gets it queues the webhook."""
+        return bool(self.r.hsetnx(_job_key(job_id), "webhook_queued", 1))
+
+    def add_progress(self, job_id: str, indices: list[int], steps: int, step: int, total: int,
+                     worker: str | None = None) -> bool:
+        """Count `steps` more steps for each item still running on `worker`, announce
+        `item.progress`; True if the job was cancelled. Each item's count is kept too, so a lost
+        run's partial progress is taken back. (Without `worker`: counted for any running item.)"""
+        if worker:
+            return int(self._progress(keys=[_job_key(job_id), _items_key(job_id)],
+                                      args=[job_id, worker, steps, step, total, *indices])) == 1
         pipe = self.r.pipeline(transaction=False)
-        pipe.hincrby(_job_key(job_id), "steps_done", steps * len(indices))
+        if steps:
+            pipe.hincrby(_job_key(job_id), "steps_done", steps * len(indices))
+            for index in indices:
+                pipe.hincrby(_progress_key(job_id), str(index), steps)
+            pipe.expire(_progress_key(job_id), defaults.JOB_TTL)
         for index in indices:
             pipe.publish(events_channel(job_id), json.dumps(
                 {"event": "item.progress", "data": {"index": index, "step": step, "steps": total}}))
         pipe.hget(_job_key(job_id), "cancel")
         return pipe.execute()[-1] in (b"1", "1")
+
+    def job_status(self, job_id: str) -> tuple[str | None, bool]:
+        """(state, cancel flag) of a job; state None when the job does not exist."""
+        state, cancel = self.r.hmget(_job_key(job_id), "state", "cancel")
+        return (state.decode() if isinstance(state, bytes) else state), cancel in (b"1", "1")
 
     def is_cancelled(self, job_id: str) -> bool:
         """Whether the job's cancel flag is set."""

@@ -1,4 +1,9 @@
-"""What happens when a job ends: its grid and manifest are written and its webhook is sent."""
+"""What happens when a job ends: its grid and manifest are written and its webhook is sent.
+
+The Lua step that ends a job records it "to finalise" (`sdq.jobstore.FINALIZE_KEY`) atomically
+with its final state. Whoever made that step queues the finalize task (`request_finalize`); the
+task (`finalize_job`) is idempotent and retried until it succeeds, and a worker's sweeper sends it
+again for any job still waiting, so a finishing worker that dies never loses the manifest."""
 from __future__ import annotations
 
 import io
@@ -9,6 +14,7 @@ from typing import Any
 
 from sdq import contract
 from sdq.jobstore import JobStore
+from sdq.queue import TASK_FINALIZE
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +54,33 @@ def write_grid(store, job: dict[str, Any], items: list[dict[str, Any]]) -> str:
 
 
 def finalize_job(jobs: JobStore, store, job_id: str, celery=None) -> None:
-    """Write the grid (when asked) and `jobs/<id>/manifest.json`, and queue the webhook, once the job ended."""
+    """Write the grid (when asked) and `jobs/<id>/manifest.json`, and queue the webhook, once the job
+    ended. Idempotent: run by the finalize task until it succeeds (the same objects are written
+    again; the webhook is queued once per job end). Raises on a storage or Redis error."""
     job = jobs.get(job_id)
     if job is None or job.get("state") not in contract.TERMINAL_STATES:
+        jobs.finalized(job_id)  # gone, or re-opened by a retry: nothing to finalise now
         return
     items = jobs.all_items(job_id)
     if (job.get("params") or {}).get("grid"):
         try:
             job["grid_key"] = write_grid(store, job, items)
             jobs.set_field(job_id, grid_key=job["grid_key"])
-        except Exception:  # noqa: BLE001 - a broken grid must not lose the manifest or webhook
+        except (OSError, ValueError):  # an unreadable image: the manifest and webhook still go out
             log.exception("grid of job %s failed", job_id)
     doc = manifest(job, items)
     key = contract.manifest_key(job_id)
     store.put(key, json.dumps(doc, indent=1).encode(), content_type="application/json")
     jobs.set_field(job_id, manifest_key=key)
-    if job.get("webhook_url") and celery is not None:
+    if job.get("webhook_url") and celery is not None and jobs.claim_webhook(job_id):
         celery.send_task(contract.TASK_WEBHOOK, kwargs={"job_id": job_id}, queue=contract.CONTROL_QUEUE)
+    jobs.finalized(job_id)
+
+
+def request_finalize(celery, job_id: str) -> None:
+    """Queue the finalize task of a job that just ended (on the control queue). If this message
+    is lost, the job stays recorded "to finalise" and a worker's sweeper sends it again."""
+    try:
+        celery.send_task(TASK_FINALIZE, kwargs={"job_id": job_id}, queue=contract.CONTROL_QUEUE)
+    except Exception:  # noqa: BLE001 - the sweeper resends it (`JobStore.finalize_due`)
+        log.warning("could not queue the finalisation of job %s; the sweeper will", job_id, exc_info=True)

@@ -1,11 +1,20 @@
 """The Celery application both sides use: the producer sends tasks by name, workers run them."""
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
 from celery import Celery
 
-from sdq import defaults
+from sdq import contract, defaults
 from sdq.redisconn import broker
 
+
+TASK_FINALIZE = "sdq.finalize"
+"""Celery task name: write an ended job's manifest/grid and queue its webhook (control queue)."""
+
+MESSAGE_ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "init_image", "gen")
+"""What a task message carries of each item (`gen`: the attempt it was published for)."""
 
 UNACKED_INDEX_KEY = "unacked_index"
 """kombu's sorted set of delivered, unacknowledged messages (delivery tag -> delivery time)."""
@@ -38,6 +47,10 @@ def celery_config(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_
             "unacked_restore_throttle": 1,  # scan on every sweep (kombu's default scans every 10th)
             "unacked_mutex_expire": max(10, min(60, visibility_timeout)),  # a dead sweeper's lock
             "queue_order_strategy": "priority",
+            # a dead connection is noticed instead of hanging the worker (issue: hung workers)
+            "socket_timeout": defaults.REDIS_SOCKET_TIMEOUT,
+            "socket_connect_timeout": 10,
+            "health_check_interval": defaults.REDIS_HEALTH_CHECK,
             "priority_steps": list(range(10)),
             **sentinel,
         },
@@ -53,3 +66,37 @@ def make_celery(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_TI
     app = Celery("sdq", set_as_current=False)
     app.conf.update(celery_config(redis_url, visibility_timeout))
     return app
+
+
+def chunk_message(job: dict[str, Any], queue: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The body of one `sdq.generate` message: items of `job` sharing all parameters."""
+    return {
+        "job": job["id"], "model": job["model"], "pipeline": job["pipeline"],
+        "queue": queue, "priority": contract.celery_priority(job.get("priority", 5)),
+        "params": items[0]["params"], "watermark": (job.get("params") or {}).get("watermark", False),
+        "requires": {k: v for k, v in (job.get("requires") or {}).items() if k == "min_memory_gb" and v},
+        "items": [{k: it.get(k, 0 if k == "gen" else None) for k in MESSAGE_ITEM_FIELDS} for it in items],
+    }
+
+
+def item_queue(job: dict[str, Any], params: dict[str, Any]) -> str:
+    """The queue of an item of `job` with these parameters."""
+    req = job.get("requires") or {}
+    w, h = contract.output_size(job["pipeline"], params["width"], params["height"])
+    return contract.queue_for(req.get("device", "any"), req.get("dtype"), w * h)
+
+
+def publish_items(celery: Celery, job: dict[str, Any], items: list[dict[str, Any]]) -> int:
+    """Publish `items` of `job` again (the reaper), in chunks of items sharing parameters; returns
+    how many messages were sent."""
+    sent = 0
+    items = sorted(items, key=lambda it: it["index"])
+    for _, group in itertools.groupby(items, key=lambda it: sorted(it["params"].items())):
+        group = list(group)
+        for start in range(0, len(group), defaults.CHUNK_MAX):
+            part = group[start:start + defaults.CHUNK_MAX]
+            msg = chunk_message(job, item_queue(job, part[0]["params"]), part)
+            celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": msg}, queue=msg["queue"],
+                             priority=msg["priority"])
+            sent += 1
+    return sent

@@ -189,15 +189,22 @@ class Stack:
         self.env["SDQ_SERVER"] = url
         return url
 
-    def worker(self, name: str, *args: str, wait: bool = True) -> Service:
-        """Start `sdq worker --name NAME ARGS...`; by default wait until it joined the fleet."""
-        svc = self._spawn(f"worker-{name}", [sys.executable, "-m", "sdq.cli", "worker", "--name", name, *args])
+    def worker(self, name: str, *args: str, wait: bool = True, env: dict[str, str] | None = None) -> Service:
+        """Start `sdq worker --name NAME ARGS...` (extra `env`); by default wait until it joined the fleet."""
+        svc = self._spawn(f"worker-{name}", [sys.executable, "-m", "sdq.cli", "worker", "--name", name, *args],
+                          env=env)
         if wait:
             from sdq.redisconn import connect
 
             client = connect(self.env["SDQ_REDIS_URL"])
             wait_for(lambda: client.exists(f"sdq:worker:{name}"), f"worker {name}", 120, svc.proc)
         return svc
+
+    def restart(self, svc: Service) -> Service:
+        """Stop `svc` (SIGTERM: Redis writes its AOF) and start the same command again."""
+        svc.stop()
+        self.services.remove(svc)
+        return self._spawn(svc.name, list(svc.proc.args))
 
     def stop(self) -> None:
         """Stop every service, last started first."""

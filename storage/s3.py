@@ -1,11 +1,15 @@
 """Results in an S3-compatible bucket: path-style, retried uploads, presigned GET URLs."""
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any, Callable
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+
+log = logging.getLogger(__name__)
 
 URL_CACHE_SIZE = 100_000
 """Presigned URLs kept per process before the cache is dropped and refilled."""
@@ -13,12 +17,31 @@ URL_CACHE_SIZE = 100_000
 UPLOAD_ATTEMPTS = 5
 """Total attempts per S3 call (botocore's standard retry mode backs off between them)."""
 
+RETRY_CODES = ("500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
+               "RequestTimeTooSkewed", "Throttling", "ThrottlingException")
+"""S3 error codes worth retrying during an outage; any other error answer is final."""
+
+FIRST_BACKOFF = 0.5
+"""Seconds before sdq's second attempt at an S3 call; doubled each time up to the cap."""
+
+
+def transient(exc: Exception) -> bool:
+    """Whether an S3 call's error may go away by itself (server down, restarting, overloaded)."""
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+        return True
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        return err.get("Code") in RETRY_CODES or status.startswith("5")
+    return False
+
 
 def _client(endpoint_url: str | None, region: str):
     config = Config(
         signature_version="s3v4",
         s3={"addressing_style": "path"},
         retries={"mode": "standard", "total_max_attempts": UPLOAD_ATTEMPTS},
+        connect_timeout=5, read_timeout=30,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         max_pool_connections=16,
@@ -31,19 +54,42 @@ class ResultStore:
 
     def __init__(self, bucket: str, endpoint_url: str | None = None,
                  public_endpoint_url: str | None = None, region: str = "us-east-1",
-                 url_ttl: int = 3600) -> None:
+                 url_ttl: int = 3600, outage_limit: float = 0.0, backoff_cap: float = 15.0,
+                 on_retry: Callable[[], None] | None = None) -> None:
         self.bucket = bucket
         self.url_ttl = url_ttl
+        # sdq's own retry loop around botocore's (whose attempts are over in about a second):
+        # `outage_limit` seconds of transient errors are ridden out (0: none, e.g. in an HTTP request)
+        self.outage_limit, self.backoff_cap, self.on_retry = outage_limit, backoff_cap, on_retry
         self.client = _client(endpoint_url, region)
         public = public_endpoint_url or endpoint_url
         self.signer = self.client if public == endpoint_url else _client(public, region)
         self._urls: dict[str, tuple[float, str]] = {}
 
     @classmethod
-    def from_settings(cls, settings) -> "ResultStore":
-        """Build from `sdq.config.Settings`."""
+    def from_settings(cls, settings, **options: Any) -> "ResultStore":
+        """Build from `sdq.config.Settings` (`options`: outage_limit, backoff_cap, on_retry)."""
         return cls(settings.s3_bucket, settings.s3_endpoint_url, settings.s3_public_endpoint_url,
-                   settings.s3_region, settings.url_ttl)
+                   settings.s3_region, settings.url_ttl, **options)
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """`fn()`, retried with exponential backoff while it fails transiently, for at most
+        `outage_limit` seconds; the caller keeps its data (an encoded PNG is never made again)."""
+        deadline = time.monotonic() + self.outage_limit
+        pause = FIRST_BACKOFF
+        while True:
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - classified just below
+                if not transient(exc) or time.monotonic() + pause > deadline:
+                    raise
+                log.warning("S3 %s failed (%s); retrying in %.1fs", what, exc, pause)
+            if self.on_retry is not None:
+                self.on_retry()
+            time.sleep(pause)
+            if self.on_retry is not None:
+                self.on_retry()
+            pause = min(self.backoff_cap, pause * 2)
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist."""
@@ -63,17 +109,21 @@ class ResultStore:
         Creates the bucket on first use when it does not exist yet.
         """
         args = dict(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {})
-        try:
-            self.client.put_object(**args)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
-                raise
-            self.ensure_bucket()
-            self.client.put_object(**args)
+
+        def put() -> None:
+            try:
+                self.client.put_object(**args)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                    raise
+                self.ensure_bucket()
+                self.client.put_object(**args)
+
+        self._call(f"PUT {key}", put)
 
     def get(self, key: str) -> bytes:
-        """Read the object at `key`."""
-        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        """Read the object at `key` (retried through an outage like `put`)."""
+        return self._call(f"GET {key}", lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
     def size(self, key: str) -> int | None:
         """Size of the object at `key`, or None when absent."""

@@ -16,6 +16,7 @@ from PIL import Image
 
 from sdq.client import ApiError, Client
 from sdq.grid import LABEL_H, LABEL_W
+from sdq.services import wait_for
 from sdq.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, tenant_secret, verify
 from tests.conftest import FAST, wait_job
 from tests.test_cli import sdq
@@ -78,6 +79,8 @@ def test_cancel_of_a_queued_job_ends_it_and_writes_the_manifest(client, store):
     assert client.cancel(job_id)["state"] == "cancelled"
     doc = client.job(job_id)
     assert doc["state"] == "cancelled" and doc["items"][0]["started_at"] is None
+    # a worker's finalize task writes it (never the HTTP request)
+    wait_for(lambda: store.size(f"jobs/{job_id}/manifest.json"), "manifest of the cancelled job", 60)
     assert json.loads(store.get(f"jobs/{job_id}/manifest.json"))["job"]["state"] == "cancelled"
 
 

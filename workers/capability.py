@@ -5,26 +5,39 @@ import logging
 import socket
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import redis
 
 from sdq import __version__, defaults, fleet
 from sdq.models import BUILTIN_MODELS, allowed_models
 from workers.device import Device
+from workers.reaper import safe_tick
+from workers.routing import release_due
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Activity:
+    """What the worker is doing now: written by the runner, published with the capability record."""
+
+    current: dict[str, Any] | None = None
+    items_done: int = 0
+
+
 class Capability:
-    """What this worker can do, as published in the fleet (SPEC §5)."""
+    """What this worker can do, as published in the fleet."""
 
     def __init__(self, name: str, device: Device, models: list[str], max_pixels: int, max_batch: int,
-                 queues: list[str], threads: int | None, runner=None) -> None:
+                 queues: list[str], threads: int | None, activity: Activity | None = None,
+                 loaded: Callable[[], list[str]] | None = None) -> None:
         self.name, self.device = name, device
         self.models, self.max_pixels, self.max_batch = models, max_pixels, max_batch
         self.queues, self.threads = queues, threads
-        self.runner = runner
+        self.activity = activity or Activity()
+        self.loaded = loaded or list
         self.host = socket.gethostname()
         self.started_at = time.time()
 
@@ -40,15 +53,14 @@ class Capability:
     def record(self) -> dict[str, Any]:
         """The capability record, measured now."""
         total, free = self.device.memory_gb()
-        runner = self.runner
         return {
             "name": self.name, "host": self.host, "device": self.device.device, "kind": self.device.kind,
             "device_name": self.device.name, "dtype": self.device.dtype,
             "memory_total_gb": total, "memory_free_gb": free, "pipelines": self.pipelines(),
-            "models": self.models, "loaded_models": runner.cache.loaded() if runner else [],
+            "models": self.models, "loaded_models": self.loaded(),
             "max_pixels": self.max_pixels, "max_batch": self.max_batch, "queues": self.queues,
-            "threads": self.threads, "items_done": runner.items_done if runner else 0,
-            "current_item": runner.current if runner else None,
+            "threads": self.threads, "items_done": self.activity.items_done,
+            "current_item": self.activity.current,
             "started_at": self.started_at, "last_seen": time.time(), "version": __version__,
         }
 
@@ -68,23 +80,34 @@ def worker_models(requested: list[str] | None, allowlist: tuple[str, ...]) -> li
 
 
 class Heartbeat(threading.Thread):
-    """Every `interval` seconds until stopped: publish the capability record, refresh the leases
-    on the broker messages this worker holds (`workers.leases`)."""
+    """Every `interval` seconds until stopped: publish the capability record (alive `ttl` seconds),
+    refresh the leases on the broker messages this worker holds (`workers.leases`), publish the
+    passed-on chunks that are due (`workers.routing`), and give the reaper its turn (`workers.reaper`)."""
 
     def __init__(self, client: redis.Redis, capability: Capability,
-                 interval: float = defaults.HEARTBEAT_INTERVAL, leases=None) -> None:
+                 interval: float = defaults.HEARTBEAT_INTERVAL, leases=None, reaper=None,
+                 ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Callable[[dict], None] | None = None) -> None:
         super().__init__(name="sdq-heartbeat", daemon=True)
         self.client, self.capability, self.interval = client, capability, interval
-        self.leases = leases
+        self.leases, self.reaper, self.ttl = leases, reaper, ttl
+        self.publish_chunk = publish_chunk
         self.stopped = threading.Event()
 
+    def publish(self) -> None:
+        """Publish the capability record now."""
+        fleet.publish(self.client, self.capability.record(), self.ttl)
+
     def beat(self) -> None:
-        """Publish once, then refresh the held messages."""
+        """Publish once, refresh the held messages, publish the chunks whose delay is over, and sweep
+        if it is this worker's turn."""
         try:
-            fleet.publish(self.client, self.capability.record())
+            self.publish()
         finally:
             if self.leases is not None:
                 self.leases.refresh()
+        if self.publish_chunk is not None:
+            release_due(self.client, self.publish_chunk)
+        safe_tick(self.reaper)
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):

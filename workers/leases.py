@@ -9,6 +9,11 @@ each live worker re-score the messages it holds from its heartbeat thread. A mes
 live worker is therefore never restored, however long its chunk runs, while a dead worker's
 message is restored one timeout after its last refresh.
 
+Leases are renewed only while the work makes progress: a busy worker that has not reported
+progress (`Leases.progress`: a denoising step, a model loaded, an upload attempt) for
+`stall_timeout` seconds is hung, and its held messages are left to expire and go to another
+worker, although its heartbeat thread lives on.
+
 Only ``ZADD XX`` is used: a tag that was acknowledged (or already restored) is never re-added.
 Scores are wall-clock seconds, as kombu writes them, so hosts need synchronised clocks (NTP).
 """
@@ -21,6 +26,7 @@ import time
 import redis
 from celery import signals
 
+from sdq import defaults
 from sdq.queue import UNACKED_INDEX_KEY
 
 log = logging.getLogger(__name__)
@@ -29,10 +35,29 @@ log = logging.getLogger(__name__)
 class Leases:
     """Delivery tags of the messages this process holds, and their refresh."""
 
-    def __init__(self, client: redis.Redis, key: str = UNACKED_INDEX_KEY) -> None:
-        self.client, self.key = client, key
+    def __init__(self, client: redis.Redis, key: str = UNACKED_INDEX_KEY,
+                 stall_timeout: float = defaults.STALL_TIMEOUT) -> None:
+        self.client, self.key, self.stall_timeout = client, key, stall_timeout
         self._held: dict[str, str] = {}  # delivery tag -> task id
         self._lock = threading.Lock()
+        self._busy = False
+        self._last_progress = time.monotonic()
+
+    def busy(self) -> None:
+        """The worker started running a chunk."""
+        self._busy, self._last_progress = True, time.monotonic()
+
+    def idle(self) -> None:
+        """The worker is between chunks (waiting for work is not a stall)."""
+        self._busy = False
+
+    def progress(self) -> None:
+        """The running chunk made progress."""
+        self._last_progress = time.monotonic()
+
+    def stalled(self) -> bool:
+        """Busy without progress for longer than `stall_timeout`."""
+        return self._busy and time.monotonic() - self._last_progress > self.stall_timeout
 
     def connect(self) -> None:
         """Follow Celery's signals: a task message received is held until its task has run."""
@@ -63,6 +88,10 @@ class Leases:
         """Re-score every held message that is still unacknowledged; returns how many."""
         tags = self.held()
         if not tags:
+            return 0
+        if self.stalled():
+            log.warning("no progress for %.0fs: not renewing the leases of %d held message(s)",
+                        time.monotonic() - self._last_progress, len(tags))
             return 0
         now = time.time()
         pipe = self.client.pipeline(transaction=False)

@@ -4,15 +4,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+import redis
 from celery.signals import worker_ready
 
-from sdq import contract, defaults, fleet
+from sdq import contract, defaults
 from sdq.config import Settings
 from sdq.redisconn import connect
 from sdq.jobstore import JobStore
-from sdq.lifecycle import finalize_job
+from sdq.exceptions import ConfigError
+from sdq.lifecycle import finalize_job, request_finalize
 from sdq.queue import make_celery
 from storage import ResultStore
 
@@ -45,13 +47,55 @@ def default_max_batch(kind: str) -> int:
     return 4 if kind == "gpu" else 1
 
 
+@dataclass(frozen=True)
+class Timings:
+    """The worker's recovery timings. Production keeps the defaults; fault tests shorten them
+    through the environment so a dead worker's work is back in seconds."""
+
+    heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
+    heartbeat_ttl: int = defaults.HEARTBEAT_TTL
+    reaper_interval: float = defaults.REAPER_INTERVAL
+    finalize_resend: float = defaults.FINALIZE_RESEND
+    stall_timeout: float = defaults.STALL_TIMEOUT
+    s3_backoff_cap: float = defaults.S3_BACKOFF_CAP
+    s3_outage_limit: float = defaults.S3_OUTAGE_LIMIT
+    max_attempts: int = defaults.MAX_ATTEMPTS
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Timings":
+        """`SDQ_HEARTBEAT_INTERVAL`, `SDQ_HEARTBEAT_TTL`, `SDQ_REAPER_INTERVAL`, `SDQ_FINALIZE_RESEND`,
+        `SDQ_STALL_TIMEOUT`, `SDQ_S3_BACKOFF_CAP`, `SDQ_S3_OUTAGE_LIMIT`, `SDQ_MAX_ATTEMPTS`."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f"SDQ_{f.name.upper()}")
+            if raw:
+                kind = int if isinstance(getattr(cls, f.name), int) else float
+                try:
+                    values[f.name] = kind(raw)
+                except ValueError:
+                    raise ConfigError(f"SDQ_{f.name.upper()}={raw!r} is not a {kind.__name__}") from None
+        return cls(**values)
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A Redis client (or Sentinel-followed primary) that notices a dead connection (socket timeout,
+    health checks)."""
+    return connect(url, socket_timeout=defaults.REDIS_SOCKET_TIMEOUT, socket_connect_timeout=10,
+                   health_check_interval=defaults.REDIS_HEALTH_CHECK, socket_keepalive=True)
+
+
 def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     """Start the worker and block until it is stopped."""
     # 1. Device first: refuse a bad device/dtype before anything is loaded.
-    from workers.capability import Capability, Heartbeat, worker_models
+    from workers.capability import Activity, Capability, Heartbeat, worker_models
     from workers.device import select_device
+    from workers.faults import Faults
     from workers.leases import Leases
+    from workers.reaper import Reaper
+    from workers.routing import Router
 
+    timings = Timings.from_env()
     device = select_device(opts.device, opts.dtype, force=opts.force_dtype)
     import torch
 
@@ -63,43 +107,54 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     name = opts.name or f"{device.kind}-{socket.gethostname()}-{os.getpid()}"
     queues = contract.queues_for_worker(device.device, device.dtype, max_pixels) + [contract.CONTROL_QUEUE]
 
-    # 2. Services and the warm pipeline cache.
+    # 2. Services, then every part of the worker, each given what it uses.
     from workers.pipelines import PipelineCache, warm_imports
     from workers.runner import Runner
     from workers.tasks import register
     from workers.uploader import Uploader
     from workers.webhook import deliver_webhook
 
-    client = connect(settings.redis_url)
+    client = redis_client(settings.redis_url)
     jobs = JobStore(client)
-    store = ResultStore.from_settings(settings)
-    store.ensure_bucket()
     celery = make_celery(settings.redis_url, settings.visibility_timeout)
-    uploader = Uploader(store, jobs, lambda job_id: finalize_job(jobs, store, job_id, celery),
-                        threads=defaults.UPLOAD_THREADS)
+    leases = Leases(client, stall_timeout=timings.stall_timeout)
+    faults = Faults.from_env(client, name)
+    store = ResultStore.from_settings(settings, outage_limit=timings.s3_outage_limit,
+                                      backoff_cap=timings.s3_backoff_cap, on_retry=leases.progress)
+    store.ensure_bucket()
+
+    def finalize(job_id: str) -> None:
+        request_finalize(celery, job_id)
+
+    def publish(chunk: dict) -> None:
+        celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": chunk}, queue=chunk["queue"],
+                         priority=chunk.get("priority"))
+
+    uploader = Uploader(store, jobs, finalize, threads=defaults.UPLOAD_THREADS, faults=faults,
+                        progress=leases.progress)
     cache = PipelineCache(settings.models_dir, device, defaults.MODEL_CACHE_SIZE,
                           allow_ckpt=settings.allow_ckpt, low_memory=opts.low_memory,
                           safety_checker=opts.safety_checker,
                           upscale_batch=opts.upscale_batch or defaults.UPSCALE_MAX_BATCH, store=store)
-    runner = Runner(name, device, cache, jobs, store, uploader, max_batch)
-    runner.debug_oom_pixels = opts.debug_oom_pixels
-    runner.debug_fatal_after = opts.debug_fatal_after
-    runner.models = models
-    runner.publish = lambda chunk: celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": chunk},
-                                                    queue=chunk["queue"], priority=chunk.get("priority"))
+    memory_gb = device.memory_gb()[0]
+    router = Router(name, jobs, publish, models, max_pixels, memory_gb)
+    activity = Activity()
+    capability = Capability(name, device, models, max_pixels, max_batch, queues, opts.threads, activity,
+                            cache.loaded)
+    reaper = Reaper(jobs, celery, finalize, timings.reaper_interval, timings.finalize_resend)
+    interval = min(timings.heartbeat_interval, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
+    heartbeat = Heartbeat(client, capability, interval, leases, reaper, timings.heartbeat_ttl, publish)
+    runner = Runner(name, device, cache, jobs, store, uploader, router, leases, faults, finalize,
+                    heartbeat.publish, activity, max_batch=max_batch, max_attempts=timings.max_attempts,
+                    debug_oom_pixels=opts.debug_oom_pixels, debug_fatal_after=opts.debug_fatal_after)
     warm_imports()
     for model in opts.preload or []:
         cache.load(model)
-    register(celery, runner, on_webhook=lambda task, job_id: deliver_webhook(task, jobs, settings, job_id))
+    register(celery, runner, on_webhook=lambda task, job_id: deliver_webhook(task, jobs, settings, job_id),
+             on_finalize=lambda job_id: finalize_job(jobs, store, job_id, celery))
 
     # 3. Join the fleet, then consume.
-    capability = Capability(name, device, models, max_pixels, max_batch, queues, opts.threads, runner)
-    leases = Leases(client)
     leases.connect()
-    interval = min(defaults.HEARTBEAT_INTERVAL, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
-    heartbeat = Heartbeat(client, capability, interval, leases)
-    runner.announce = lambda: fleet.publish(client, capability.record())
-
     def join_fleet(**_: object) -> None:
         """Publish the record once Celery consumes: a worker in the fleet is one that takes work."""
         heartbeat.beat()

@@ -1,4 +1,10 @@
-"""Running one task message (a chunk of items): claim, batch, generate, hand off to upload."""
+"""Running one task message (a chunk of items): claim, batch, generate, hand off to upload.
+
+Outcomes of a chunk: an item error (a pipeline exception) fails just those items; an
+infrastructure error (Redis, S3 beyond its outage limit, a model that will not load or move to
+the device) gives the items back and raises `WorkLost`, so the message is delivered again and
+never acknowledged (`workers.tasks`); each delivery counts an attempt, and an item tried
+`max_attempts` times is failed with its last error (a poison item never loops)."""
 from __future__ import annotations
 
 import io
@@ -10,13 +16,20 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from sdq import __version__, contract, defaults, fleet
-from sdq.exceptions import ModelError
+import redis
+
+from sdq import __version__, contract, defaults
+from sdq.exceptions import ModelError, WorkLost
 from sdq.infotext import SAMPLER_NAMES, format_infotext
 from sdq.jobstore import JobStore
+from workers.capability import Activity
 from workers.device import Device
+from workers.faults import Faults
 from workers.generation import Generated, generate, loop_steps
+from workers.leases import Leases
 from workers.pipelines import OUT_OF_MEMORY, OutOfMemory, PipelineCache, is_fatal_device_error
+from workers.retry import retry_redis
+from workers.routing import Router
 from workers import simulate, watermark
 from workers.uploader import Uploader
 
@@ -26,22 +39,33 @@ log = logging.getLogger(__name__)
 class StepProgress:
     """`callback_on_step_end` hook: throttled progress writes and the cooperative cancel check."""
 
-    def __init__(self, jobs: JobStore, job_id: str, indices: list[int], item_steps: int, loop: int) -> None:
-        self.jobs, self.job_id, self.indices = jobs, job_id, indices
+    def __init__(self, jobs: JobStore, job_id: str, indices: list[int], item_steps: int, loop: int,
+                 leases: Leases | None = None, faults: Faults | None = None, worker: str | None = None) -> None:
+        self.jobs, self.job_id, self.indices, self.worker = jobs, job_id, indices, worker
         self.item_steps, self.loop = item_steps, loop
+        self.leases, self.faults = leases, faults
         self.reported = 0
         self.cancelled = False
         self._last = time.monotonic()
 
     def __call__(self, pipe, i: int, t, kwargs: dict) -> dict:
+        if self.leases is not None:
+            self.leases.progress()
         now = time.monotonic()
         if now - self._last >= defaults.PROGRESS_INTERVAL:
             self._last = now
             done = min(self.item_steps, round((i + 1) * self.item_steps / self.loop))
-            delta, self.reported = done - self.reported, done
-            if self.jobs.add_progress(self.job_id, self.indices, delta, i + 1, self.loop):
-                self.cancelled = True
-                pipe._interrupt = True
+            try:
+                if self.jobs.add_progress(self.job_id, self.indices, done - self.reported, i + 1, self.loop,
+                                          self.worker):
+                    self.cancelled = True
+                    pipe._interrupt = True
+                self.reported = done
+            except redis.RedisError:  # progress is best effort: the item itself goes on
+                log.warning("job %s: progress not recorded", self.job_id, exc_info=True)
+                return kwargs
+            if self.faults is not None:
+                self.faults.hit("step")
         return kwargs
 
 
@@ -68,81 +92,150 @@ def infotext_for(chunk: dict[str, Any], item: dict[str, Any], size: tuple[int, i
 
 
 class Runner:
-    """Executes chunks on one device with warm pipelines. One per worker process."""
+    """Executes chunks on one device with warm pipelines. One per worker process, assembled fully
+    by `workers.main`."""
 
     def __init__(self, name: str, device: Device, cache: PipelineCache, jobs: JobStore, store,
-                 uploader: Uploader, max_batch: int = 1) -> None:
+                 uploader: Uploader, router: Router, leases: Leases, faults: Faults,
+                 finalize: Callable[[str], None], announce: Callable[[], None], activity: Activity,
+                 max_batch: int = 1, max_attempts: int = defaults.MAX_ATTEMPTS,
+                 debug_oom_pixels: int | None = None, debug_fatal_after: int | None = None) -> None:
         self.name, self.device, self.cache = name, device, cache
         self.jobs, self.store, self.uploader = jobs, store, uploader
+        self.router, self.leases, self.faults = router, leases, faults
+        self.finalize = finalize  # queues an ended job's finalize task
+        self.announce = announce  # publishes the capability record (idle again)
         self.max_batch = max(1, max_batch)
-        self.items_done = 0
-        self.current: dict[str, Any] | None = None
-        self.debug_oom_pixels: int | None = None  # testing aid, see `_check_debug_budget`
-        self.debug_fatal_after: int | None = None  # testing aid: a sticky device error after N calls
+        self.max_attempts = max_attempts
+        self.debug_oom_pixels = debug_oom_pixels  # testing aid, see `_check_debug_budget`
+        self.debug_fatal_after = debug_fatal_after  # testing aid: a sticky device error after N calls
         self._debug_memory: simulate.SimulatedMemory | None = None
         self._debug_fatal: simulate.SimulatedFatalError | None = None
-        self.publish: Callable[[dict[str, Any]], None] | None = None  # sends a chunk message (hand-off)
-        self.announce: Callable[[], None] | None = None  # publishes the capability record (idle again)
-        self.models: list[str] = []  # the models this worker may load (`--models`); empty: any allowed
+        self.activity = activity  # current chunk and items made, published in the fleet
+        self.lost: dict[tuple[str, tuple[int, ...]], int] = {}  # chunks given back here -> pass-ons left
 
     def run_chunk(self, chunk: dict[str, Any]) -> None:
-        """Make every still-wanted item of `chunk`; returns once all are uploaded."""
-        job_id, task = chunk["job"], chunk["pipeline"]
-        by_index = {it["index"]: it for it in chunk["items"]}
-        # 0. A model outside this worker's --models, or items it already ran out of memory on: pass on.
-        if self.models and chunk["model"] not in self.models:
-            self._pass_on_model(chunk)
+        """Make every still-wanted item of `chunk`; returns once all are stored. Raises `WorkLost`
+        after giving the items back when an infrastructure error stopped the run."""
+        job_id = chunk["job"]
+        # 0. Not for this worker (model, size, memory, out of memory before), or better run by a
+        #    warm one: back to the queue.
+        reason = self.router.refusal(chunk)
+        if reason is not None:
+            self._refuse(chunk, reason)
             return
-        if any(self.name in (it.get("oom_workers") or ()) for it in chunk["items"]):
-            self._pass_on(chunk)
+        if self.router.defer_to_warm(chunk, self.cache.loaded()):
             return
-        # 0b. A model this worker does not hold, while an idle worker holds it warm: leave it to that one.
-        if self._defer_to_warm_worker(chunk):
+        if self._lost_here(chunk) and self.router.others(chunk, {self.name}):
+            self.router.pass_on(chunk, "it failed on this worker a moment ago; another worker may take it")
             return
-        # 1. Claim the items (skips ones already done, cancelled or gone).
-        todo = self.jobs.start_items(job_id, list(by_index), self.name, self.device.device, self.device.dtype,
-                                     on_job_finished=self.uploader.on_job_finished)
+        # 1. Claim the items of this attempt (skips ones done, cancelled or superseded).
+        wanted = [(it["index"], int(it.get("gen") or 0)) for it in chunk["items"]]
+        todo = retry_redis(lambda: self.jobs.start_items(
+            job_id, wanted, self.name, self.device.device, self.device.dtype,
+            on_job_finished=self.finalize, max_attempts=self.max_attempts))
         if not todo:
             return
-        self.current = {"job": job_id, "items": todo}
+        self.activity.current = {"job": job_id, "items": todo}
+        self.leases.busy()
         futures: list[Future] = []
         try:
-            # 2. Model, loaded once per process.
-            t0 = time.perf_counter()
-            try:
-                pipe, loaded = self.cache.get(chunk["model"], task)
-            except ModelError as exc:
-                self._fail(job_id, todo, str(exc))
-                return
-            load_s = time.perf_counter() - t0
-            # 3. Micro-batches of up to max_batch items sharing all parameters.
-            for start in range(0, len(todo), self.max_batch):
-                batch = [by_index[i] for i in todo[start:start + self.max_batch]]
-                if self.jobs.is_cancelled(job_id):
-                    self._cancel(job_id, todo[start:])
-                    break
-                futures += self._run_batch(chunk, pipe, loaded, batch, load_s)
-                load_s = 0.0
-        finally:
-            # 4. The chunk is acknowledged only after its results are stored.
+            self._run_items(chunk, todo, futures)
+            # 2. The chunk is acknowledged only after its results are stored and recorded.
             for fut in futures:
                 fut.result()
-            self.current = None
+            self.faults.hit("ack")
+        except Exception as exc:
+            self._give_back(job_id, todo, futures, exc)
+            self._remember_lost(chunk)
+            raise WorkLost(f"job {job_id} items {todo}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.activity.current = None
+            self.leases.idle()
             self._announce()
+
+    def _run_items(self, chunk: dict[str, Any], todo: list[int], futures: list[Future]) -> None:
+        """Load the model, then generate `todo` in micro-batches (uploads queued in `futures`)."""
+        job_id, task = chunk["job"], chunk["pipeline"]
+        by_index = {it["index"]: it for it in chunk["items"]}
+        t0 = time.perf_counter()
+        self.faults.hit("load")
+        try:
+            pipe, loaded = self.cache.get(chunk["model"], task)
+        except ModelError as exc:  # the model itself is wrong: nothing to retry
+            self._fail(job_id, todo, str(exc))
+            return
+        self.leases.progress()
+        load_s = time.perf_counter() - t0
+        for start in range(0, len(todo), self.max_batch):
+            batch = [by_index[i] for i in todo[start:start + self.max_batch]]
+            if retry_redis(lambda: self.jobs.is_cancelled(job_id)):
+                self._cancel(job_id, todo[start:])
+                break
+            self.faults.hit("batch", [it["prompt"] for it in batch])
+            futures += self._run_batch(chunk, pipe, loaded, batch, load_s)
+            load_s = 0.0
+
+    def _chunk_id(self, chunk: dict[str, Any]) -> tuple[str, tuple[int, ...]]:
+        return chunk["job"], tuple(it["index"] for it in chunk["items"])
+
+    def _remember_lost(self, chunk: dict[str, Any]) -> None:
+        """Remember a chunk given back after an infrastructure error here (a broken device or
+        driver fails again): when it comes back, another live worker gets the first chances."""
+        if len(self.lost) > 1000:
+            self.lost.clear()
+        self.lost[self._chunk_id(chunk)] = defaults.LOST_PASS_ONS
+
+    def _lost_here(self, chunk: dict[str, Any]) -> bool:
+        """True (using up one of its pass-ons) for a chunk this worker gave back; after the last
+        pass-on it runs the chunk again itself, so every worker failing it still ends it."""
+        key = self._chunk_id(chunk)
+        left = self.lost.pop(key, 0)
+        if left > 1:
+            self.lost[key] = left - 1
+        return left > 0
+
+    def _give_back(self, job_id: str, todo: list[int], futures: list[Future], exc: Exception) -> None:
+        """After an infrastructure error: let started uploads end, then put the items still running
+        here back in `queued` with the error (best effort: if Redis is down, the redelivered message
+        finds them `running` and takes them over)."""
+        log.error("job %s items %s: %s: %s; giving them back to the queue", job_id, todo, type(exc).__name__, exc,
+                  exc_info=exc)
+        for fut in futures:
+            try:
+                fut.result()
+            except Exception:  # noqa: BLE001 - already reported by the upload thread
+                pass
+        try:
+            retry_redis(lambda: self.jobs.release(job_id, todo, self.name, f"{type(exc).__name__}: {exc}"))
+        except redis.RedisError:
+            log.warning("job %s: could not give items %s back; their message will be delivered again", job_id, todo)
 
     def _announce(self) -> None:
         """Tell the fleet at once that this worker is free (and which models it holds), so warm-model
         affinity does not wait for the next heartbeat."""
-        if self.announce is not None:
-            try:
-                self.announce()
-            except Exception:  # noqa: BLE001 - the heartbeat publishes it again anyway
-                log.warning("could not publish the capability record", exc_info=True)
+        try:
+            self.announce()
+        except Exception:  # noqa: BLE001 - the heartbeat publishes it again anyway
+            log.warning("could not publish the capability record", exc_info=True)
+
+    def _refuse(self, chunk: dict[str, Any], reason: str) -> None:
+        """A chunk this worker may not run: pass it on, or fail it when it came back after running
+        out of memory here and no other live worker can take it."""
+        avoid = {w for it in chunk["items"] for w in it.get("oom_workers") or ()}
+        if self.name in avoid and not self.router.others(chunk, avoid):
+            error = next((it.get("oom_error") for it in chunk["items"] if it.get("oom_error")), None) or "out of memory"
+            self._fail(chunk["job"], [it["index"] for it in chunk["items"]],
+                       f"{error}; no other live worker can take it (tried {', '.join(sorted(avoid))}): retry the "
+                       f"job when one has joined")
+            return
+        self.router.pass_on(chunk, reason)
 
     def _run_batch(self, chunk, pipe, loaded, batch: list[dict[str, Any]], load_s: float) -> list[Future]:
         job_id, task, params = chunk["job"], chunk["pipeline"], chunk["params"]
         indices = [it["index"] for it in batch]
-        progress = StepProgress(self.jobs, job_id, indices, params["steps"], loop_steps(task, params))
+        progress = StepProgress(self.jobs, job_id, indices, params["steps"], loop_steps(task, params),
+                                self.leases, self.faults, self.name)
         t0 = time.perf_counter()
         try:
             images = self._init_images(batch) if task != "txt2img" else None
@@ -180,75 +273,26 @@ class Runner:
             info = infotext_for(chunk, item, image.size, self.device, self.name, marked, made.dtype, nsfw)
             futures.append(self.uploader.submit(job_id, item["index"], image, info, {**fields, "watermark": marked},
                                                 progress.reported, watermark.embed if marked else None))
-            self.items_done += 1
+            self.activity.items_done += 1
         return futures
-
-    def _others(self, chunk: dict[str, Any], avoid: set[str]) -> list[dict[str, Any]]:
-        """Live workers, other than `avoid`, that serve the chunk's queue and model."""
-        return [w for w in fleet.serving(fleet.live_workers(self.jobs.r), chunk.get("queue", ""), chunk["model"])
-                if w.get("name") not in avoid]
-
-    def _defer_to_warm_worker(self, chunk: dict[str, Any]) -> bool:
-        """Warm-model affinity: when this worker would have to load the chunk's model while another
-        live worker serving the same queue holds it loaded and was idle at its last heartbeat,
-        publish the chunk again (once per chunk) for that worker, which is already waiting on the
-        queue, and return True."""
-        model = chunk["model"]
-        if chunk.get("deferred") or self.publish is None or "queue" not in chunk or model in self.cache.loaded():
-            return False
-        warm = [w for w in self._others(chunk, {self.name})
-                if model in (w.get("loaded_models") or ()) and not w.get("current_item")]
-        if not warm:
-            return False
-        log.info("job %s: model %s is warm on idle worker(s) %s; leaving the chunk to them",
-                 chunk["job"], model, ", ".join(w["name"] for w in warm))
-        self.publish({**chunk, "deferred": True})
-        return True
 
     def _hand_off(self, chunk: dict[str, Any], batch: list[dict[str, Any]], error: str, reported: int) -> bool:
         """Out of memory even in low-memory mode: give the batch back to the queue for another
-        worker (at most `OOM_HAND_OFFS` times per item). False when no other worker can take it."""
-        seen = {w for it in batch for w in it.get("oom_workers") or ()} | {self.name}
-        if (self.publish is None or "queue" not in chunk or len(seen) > defaults.OOM_HAND_OFFS
-                or not self._others(chunk, seen)):
+        worker, as a new attempt (at most `OOM_HAND_OFFS` workers per item). False when no other
+        worker can take it. If the job was cancelled meanwhile, the batch ends `cancelled`."""
+        if not self.router.can_hand_off(chunk, batch):
             return False
-        indices = self.jobs.hand_off(chunk["job"], [it["index"] for it in batch], self.name, error, reported)
-        if indices:
-            items = [{**it, "oom_workers": [*(it.get("oom_workers") or ()), self.name], "oom_error": error}
-                     for it in batch if it["index"] in indices]
-            self.publish({**chunk, "items": items})
+        indices = [it["index"] for it in batch]
+        handed = dict(self.jobs.hand_off(chunk["job"], indices, self.name, error))
+        if handed:
+            items = [{**it, "gen": handed[it["index"]], "oom_workers": [*(it.get("oom_workers") or ()), self.name],
+                      "oom_error": error} for it in batch if it["index"] in handed]
+            self.router.publish({**chunk, "items": items})
             log.warning("job %s items %s: out of memory in low-memory mode; handed to another worker",
-                        chunk["job"], indices)
+                        chunk["job"], list(handed))
+        elif self.jobs.is_cancelled(chunk["job"]):
+            self._cancel(chunk["job"], indices)
         return True
-
-    def _republish(self, chunk: dict[str, Any]) -> bool:
-        """Publish the chunk to its queue again, after a pause (so workers that cannot take it do not
-        bounce it at full speed); False when this message cannot be republished."""
-        if self.publish is None or "queue" not in chunk:
-            return False
-        time.sleep(defaults.HAND_OFF_PAUSE)
-        self.publish(chunk)
-        return True
-
-    def _pass_on_model(self, chunk: dict[str, Any]) -> None:
-        """A model this worker may not load (`--models`): back to the queue, where it waits for a
-        worker that may (the producer warned at submit if none was live)."""
-        log.debug("job %s: model %s is not in this worker's --models; passing the chunk on",
-                  chunk["job"], chunk["model"])
-        if not self._republish(chunk):
-            self._fail(chunk["job"], [it["index"] for it in chunk["items"]],
-                       f"worker {self.name} may not load model {chunk['model']} (--models)")
-
-    def _pass_on(self, chunk: dict[str, Any]) -> None:
-        """A chunk this worker ran out of memory on came back to it: publish it again for the others,
-        or fail it if none is left."""
-        avoid = {w for it in chunk["items"] for w in it.get("oom_workers") or ()}
-        if self._others(chunk, avoid) and self._republish(chunk):
-            return
-        error = next((it.get("oom_error") for it in chunk["items"] if it.get("oom_error")), None) or "out of memory"
-        self._fail(chunk["job"], [it["index"] for it in chunk["items"]],
-                   f"{error}; no other live worker can take it (tried {', '.join(sorted(avoid))}): retry the "
-                   f"job when one has joined")
 
     def _generate(self, pipe, loaded, task: str, params: dict[str, Any], batch: list[dict[str, Any]],
                   images: list[Any] | None, progress: StepProgress) -> Generated:
@@ -293,11 +337,13 @@ class Runner:
 
     def _fail(self, job_id: str, indices: list[int], error: str, steps_reported: int = 0,
               extra: dict[str, Any] | None = None) -> None:
+        """Items end `failed` with `error` (`steps_reported` is kept for callers; the store knows it)."""
         for index in indices:
-            if self.jobs.finish_item(job_id, index, "failed", {**(extra or {}), "error": error}, steps_reported):
-                self.uploader.on_job_finished(job_id)
+            if retry_redis(lambda: self.jobs.finish_item(job_id, index, "failed", {**(extra or {}), "error": error})):
+                self.finalize(job_id)
 
     def _cancel(self, job_id: str, indices: list[int], steps_reported: int = 0) -> None:
+        """Items of a cancelled job end `cancelled`."""
         for index in indices:
-            if self.jobs.finish_item(job_id, index, "cancelled", {}, steps_reported):
-                self.uploader.on_job_finished(job_id)
+            if retry_redis(lambda: self.jobs.finish_item(job_id, index, "cancelled", {})):
+                self.finalize(job_id)

@@ -9,8 +9,13 @@ from typing import Any, Callable
 
 from PIL.PngImagePlugin import PngInfo
 
+import redis
+
 from sdq import contract
 from sdq.jobstore import JobStore
+from storage.s3 import transient
+from workers.faults import Faults
+from workers.retry import retry_redis
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +33,28 @@ def encode_png(image, infotext: str) -> bytes:
 
 
 class Uploader:
-    """Encodes, uploads and records finished items on a small thread pool."""
+    """Encodes, uploads and records finished items on a small thread pool.
 
-    def __init__(self, store, jobs: JobStore, on_job_finished: Callable[[str], None], threads: int = 4) -> None:
+    The encoded PNG is kept while the store rides out an S3 outage (`storage.s3`), so an image is
+    never made twice for a slow bucket. A transient S3 error beyond the store's outage limit, or
+    Redis staying unreachable, makes the item's future raise: the runner then gives the chunk back
+    to the queue. Any other upload error fails the item."""
+
+    def __init__(self, store, jobs: JobStore, on_job_finished: Callable[[str], None], threads: int = 4,
+                 faults: Faults | None = None, progress: Callable[[], None] | None = None) -> None:
         self.store = store
         self.jobs = jobs
         self.on_job_finished = on_job_finished
+        self.faults = faults or Faults(None, "")
+        self.progress = progress or (lambda: None)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sdq-upload")
 
     def submit(self, job_id: str, index: int, image, infotext: str, fields: dict[str, Any],
-               steps_reported: int, transform: Callable[[Any], Any] | None = None) -> Future:
+               steps_reported: int = 0, transform: Callable[[Any], Any] | None = None) -> Future:
         """Queue one finished image; the item turns `succeeded` once it is in the bucket."""
-        return self.pool.submit(self._upload, job_id, index, image, infotext, fields, steps_reported, transform)
+        return self.pool.submit(self._upload, job_id, index, image, infotext, fields, transform)
 
-    def _upload(self, job_id, index, image, infotext, fields, steps_reported, transform) -> None:
+    def _upload(self, job_id, index, image, infotext, fields, transform) -> None:
         key = contract.result_key(job_id, index)
         timings = dict(fields.get("timings") or {})
         try:
@@ -50,16 +63,20 @@ class Uploader:
                 image = transform(image)
             data = encode_png(image, infotext)
             t1 = time.perf_counter()
+            self.faults.hit("upload")
             self.store.put(key, data, content_type="image/png")
+            self.faults.hit("uploaded")
             t2 = time.perf_counter()
             timings.update(encode=round(t1 - t0, 4), upload=round(t2 - t1, 4))
-            finished = self.jobs.finish_item(job_id, index, "succeeded",
-                                             {**fields, "key": key, "bytes": len(data), "timings": timings}, steps_reported)
-        except Exception as exc:  # noqa: BLE001 - any failure fails the item, never the worker
+            state, extra = "succeeded", {"key": key, "bytes": len(data), "timings": timings}
+        except Exception as exc:  # noqa: BLE001 - classified: outage -> chunk again, else the item fails
+            if transient(exc) or isinstance(exc, redis.RedisError):
+                raise
             log.exception("upload of %s failed", key)
-            finished = self.jobs.finish_item(job_id, index, "failed",
-                                             {**fields, "error": f"upload failed: {exc}"}, steps_reported)
-        if finished:
+            state, extra = "failed", {"error": f"upload failed: {type(exc).__name__}: {exc}"}
+        self.progress()
+        if retry_redis(lambda: self.jobs.finish_item(job_id, index, state, {**fields, **extra})):
+            self.faults.hit("finished")
             self.on_job_finished(job_id)
 
     def shutdown(self) -> None:

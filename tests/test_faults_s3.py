@@ -1,0 +1,49 @@
+"""An S3 outage of 60 s mid-job (issue 11 defect 1): uploads ride it out with sdq's own backoff,
+keeping each encoded PNG, and the job succeeds without making any image twice."""
+from __future__ import annotations
+
+import time
+from urllib.parse import urlparse
+
+import pytest
+
+from sdq.client import Client
+from sdq.services import wait_for
+from tests.conftest import wait_job
+from tests.tcpproxy import TcpProxy
+from tests.test_faults import FAST_RECOVERY, WARM
+
+OUTAGE = 60.0
+"""Seconds the S3 endpoint stays unreachable."""
+
+
+@pytest.mark.slow
+def test_uploads_ride_out_a_60s_s3_outage(stack_factory, s3_url, store):
+    proxy = TcpProxy(urlparse(s3_url).port)
+    proxy.up()
+    st = stack_factory("s3-outage", env={**FAST_RECOVERY, "SDQ_S3_ENDPOINT_URL": proxy.url})
+    try:
+        import redis
+
+        st.worker("s3w", *WARM)
+        client = Client(st.env["SDQ_SERVER"])
+        r = redis.Redis.from_url(st.env["SDQ_REDIS_URL"])
+        proxy.down()
+        down_at = time.monotonic()
+        job_id = client.submit({"model": "builtin:tiny-sd", "prompts": ["a", "b", "c"],
+                                "params": {"width": 64, "height": 64, "steps": 4, "seed": 1}})["id"]
+        wait_for(lambda: time.monotonic() - down_at >= OUTAGE, "the outage", OUTAGE + 5)
+        doc = client.job(job_id)
+        assert doc["state"] == "running" and doc["counts"]["running"] >= 1, doc  # waiting, not failed
+        assert doc["counts"]["failed"] == doc["counts"]["succeeded"] == 0, doc
+        proxy.up()
+        doc = wait_job(client, job_id, 120)
+        assert doc["state"] == "succeeded", doc
+        assert all(it["attempts"] == 1 for it in doc["items"]), doc["items"]  # no image made twice
+        wait_for(lambda: store.size(f"jobs/{job_id}/manifest.json"), "the manifest (finalize task)", 60)
+        assert store.keys(f"jobs/{job_id}/") == [f"jobs/{job_id}/{i:05d}.png" for i in range(3)] + [
+            f"jobs/{job_id}/manifest.json"]
+        assert r.exists("sdq:worker:s3w")
+    finally:
+        st.stop()
+        proxy.down()

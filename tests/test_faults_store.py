@@ -1,0 +1,152 @@
+"""Attempt identity, poison limit, exact counters, the reaper and sliced cancel/retry: JobStore and
+the reaper on a real redis-server (no workers needed; issue 11 defects 2, 5 and 9, issue 12 item 9)."""
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from typing import Iterator
+
+import pytest
+import redis
+
+from sdq import contract, fleet
+from sdq.jobstore import FINALIZE_KEY, SLICE, JobStore
+from sdq.queue import make_celery
+from sdq.services import Stack, free_port
+
+PARAMS = {"width": 64, "height": 64, "steps": 4, "guidance_scale": 7.5, "scheduler": "pndm", "strength": 0.8,
+          "noise_level": 20}
+
+
+@pytest.fixture(scope="module")
+def r(workdir) -> Iterator[redis.Redis]:
+    d = workdir / "faults-store"
+    d.mkdir(exist_ok=True)
+    st = Stack(d)
+    url = st.redis(free_port())
+    yield redis.Redis.from_url(url)
+    st.stop()
+
+
+@pytest.fixture
+def jobs(r) -> JobStore:
+    return JobStore(r)
+
+
+def make_job(jobs: JobStore, n: int = 2, steps: int = 4) -> str:
+    job_id = uuid.uuid4().hex
+    items = [{"index": i, "prompt": f"p{i}", "negative_prompt": "", "seed": i, "init_image": None,
+              "params": {**PARAMS, "steps": steps}, "state": "queued", "steps": steps} for i in range(n)]
+    jobs.create({"id": job_id, "owner": "store-test", "state": "queued", "created_at": time.time(), "priority": 5,
+                 "n_items": n, "model": "builtin:tiny-sd", "pipeline": "txt2img", "params": {"watermark": False},
+                 "requires": {"device": "any"}}, items)
+    return job_id
+
+
+def test_a_stale_message_after_cancel_and_retry_starts_nothing(jobs):
+    """Defect 5: the cancelled items' old messages are still queued when retry publishes new ones."""
+    job_id = make_job(jobs)
+    assert jobs.cancel(job_id) == ("cancelled", True)
+    requeued = jobs.retry(job_id)
+    assert sorted((it["index"], it["gen"]) for it in requeued) == [(0, 1), (1, 1)]
+    assert jobs.start_items(job_id, [(0, 0), (1, 0)], "w-old", "cpu", "fp32") == []  # the old attempt's message
+    assert jobs.start_items(job_id, [(0, 1), (1, 1)], "w-new", "cpu", "fp32") == [0, 1]
+    # the old message delivered again while the new attempt runs: still nothing
+    assert jobs.start_items(job_id, [(0, 0)], "w-old", "cpu", "fp32") == []
+    assert all(it["attempts"] == 1 and it["worker"] == "w-new" for it in jobs.all_items(job_id))
+
+
+def test_redelivered_item_does_not_count_its_lost_progress_twice(jobs):
+    """Defect 9: steps_done stays exact (never above steps_total) after a lost run is redelivered."""
+    job_id = make_job(jobs, n=1, steps=10)
+    assert jobs.start_items(job_id, [(0, 0)], "w-dead", "cpu", "fp32") == [0]
+    jobs.add_progress(job_id, [0], 7, 7, 10, "w-dead")  # the first run got 7 steps in, then was lost
+    assert jobs.start_items(job_id, [(0, 0)], "w-next", "cpu", "fp32") == [0]  # redelivered
+    assert jobs.get(job_id)["steps_done"] == 0
+    jobs.add_progress(job_id, [0], 2, 9, 10, "w-dead")  # the lost run was only hung: it counts nothing now
+    jobs.add_progress(job_id, [0], 4, 4, 10, "w-next")
+    assert jobs.finish_item(job_id, 0, "succeeded", {"key": "k"})
+    job = jobs.get(job_id)
+    assert (job["steps_done"], job["steps_total"], job["state"]) == (10, 10, "succeeded")
+
+
+def test_an_item_tried_max_attempts_times_is_failed_with_its_last_error(jobs):
+    """Poison item: each delivery counts; the next one after the limit fails it, naming the error."""
+    job_id = make_job(jobs, n=1)
+    for attempt in range(3):
+        assert jobs.start_items(job_id, [(0, 0)], f"w{attempt}", "cpu", "fp32", max_attempts=3) == [0]
+        assert jobs.release(job_id, [0], f"w{attempt}", "RuntimeError: CUDA error: misaligned address") == 1
+    ended: list[str] = []
+    assert jobs.start_items(job_id, [(0, 0)], "w3", "cpu", "fp32", ended.append, max_attempts=3) == []
+    item = jobs.all_items(job_id)[0]
+    assert item["state"] == "failed" and "3 attempts" in item["error"] and "misaligned address" in item["error"]
+    assert ended == [job_id] and jobs.get(job_id)["state"] == "failed"
+    # retry runs it again, counting afresh
+    assert [it["index"] for it in jobs.retry(job_id)] == [0]
+    assert jobs.start_items(job_id, [(0, 1)], "w4", "cpu", "fp32", max_attempts=3) == [0]
+
+
+def test_a_job_that_ends_is_recorded_to_finalise_in_the_same_step(jobs, r):
+    """Defect 4: the step that ends a job records it "to finalise", whoever then dies."""
+    job_id = make_job(jobs, n=1)
+    assert jobs.start_items(job_id, [(0, 0)], "w", "cpu", "fp32") == [0]
+    assert r.zscore(FINALIZE_KEY, job_id) is None
+    assert jobs.finish_item(job_id, 0, "succeeded", {"key": "k"})
+    assert r.zscore(FINALIZE_KEY, job_id) is not None
+    assert job_id in jobs.finalize_due(-1)
+    jobs.finalized(job_id)
+    assert r.zscore(FINALIZE_KEY, job_id) is None
+
+
+def test_the_reaper_requeues_the_running_items_of_a_worker_that_left_the_fleet(jobs, r):
+    """Defect 2: items `running` on a dead worker whose message is gone are queued and published again."""
+    from workers.reaper import Reaper
+
+    url = r.connection_pool.connection_kwargs
+    celery = make_celery(f"redis://{url['host']}:{url['port']}/0")
+    job_id = make_job(jobs, n=2)
+    fleet.publish(r, {"name": "w-live"}, ttl=30)
+    assert jobs.start_items(job_id, [(0, 0)], "w-gone", "cpu", "fp32") == [0]
+    assert jobs.start_items(job_id, [(1, 0)], "w-live", "cpu", "fp32") == [1]
+    finalized: list[str] = []
+    queue = contract.queue_for("any", None, 64 * 64)
+
+    def queued() -> list[bytes]:  # kombu keeps one list per priority: NAME and NAME\x06\x16<digit>
+        return [m for key in r.keys(queue.encode() + b"*") for m in r.lrange(key, 0, -1)]
+
+    Reaper(jobs, celery, finalized.append, interval=0).reap()
+    items = {it["index"]: it for it in jobs.all_items(job_id)}
+    assert (items[0]["state"], items[0]["gen"]) == ("queued", 1)  # a new attempt: the old message is stale
+    assert items[1]["state"] == "running"  # its worker is alive
+    messages = [json.loads(base64.b64decode(json.loads(m)["body"]))[1]["chunk"] for m in queued()]
+    mine = [c for c in messages if c["job"] == job_id]
+    assert len(mine) == 1  # (items the earlier tests left running on workers that never lived are reaped too)
+    chunk = mine[0]
+    assert [(it["index"], it["gen"]) for it in chunk["items"]] == [(0, 1)]
+    assert jobs.running_workers() == ["w-live"]
+    fleet.remove(r, "w-live")
+
+
+@pytest.mark.parametrize("op", ["cancel", "retry"])
+def test_cancel_and_retry_of_a_big_job_run_in_bounded_slices(jobs, r, op):
+    """Issue 12 item 9: no single script decodes every item of a big job (Redis is also the broker)."""
+    n = 3 * SLICE + 7
+    job_id = make_job(jobs, n=n)
+    if op == "retry":
+        jobs.cancel(job_id)
+    r.config_set("slowlog-log-slower-than", 0)
+    r.config_set("slowlog-max-len", 100000)
+    r.slowlog_reset()
+    try:
+        if op == "cancel":
+            assert jobs.cancel(job_id) == ("cancelled", True)
+        else:
+            assert len(jobs.retry(job_id)) == n
+        calls = [e for e in r.slowlog_get(100000) if e["command"].split(b" ")[0].upper() in (b"EVALSHA", b"EVAL")]
+    finally:
+        r.config_set("slowlog-log-slower-than", 10000)
+    assert len(calls) >= n // SLICE  # one short script per slice of items
+    counts = jobs.get(job_id)["counts"]
+    assert counts["cancelled" if op == "cancel" else "queued"] == n

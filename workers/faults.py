@@ -1,0 +1,77 @@
+"""Testing aid: make a worker stop, fail or die at a named point, observably.
+
+Off unless the worker's environment sets `SDQ_DEBUG_FAULTS=1` (then every `Faults.hit` costs one
+Redis read; in production it costs nothing). Rules live in Redis so a test can aim them at
+running workers: hash ``sdq:debug:faults`` (every worker) or ``sdq:debug:faults:<worker>`` maps a
+POINT (one of `POINTS`) to an ACTION, optionally ``@TEXT`` to apply only to batches whose prompt
+contains TEXT:
+
+- ``pause``: write the marker key, then wait while it exists (a test kills the worker, or deletes
+  the key to let it go on);
+- ``raise``: raise RuntimeError (like a device or driver error);
+- ``exit``: end the process at once with code 70 (like a crash).
+
+Every hit writes the marker ``sdq:debug:<worker>:<point>`` first, so a test waits on that key,
+never on a sleep.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import redis
+
+log = logging.getLogger(__name__)
+
+POINTS = ("load", "batch", "step", "upload", "uploaded", "finished", "ack")
+"""load: before the model is fetched; batch: before a micro-batch is generated; step: after a
+progress write inside a denoising step; upload: before an item's PNG is stored; uploaded: after it
+is stored, before its state is recorded; finished: after the job's last item was recorded, before
+its finalisation is queued; ack: after the chunk's results are recorded, before its message is
+acknowledged."""
+
+ENV = "SDQ_DEBUG_FAULTS"
+RULES_KEY = "sdq:debug:faults"
+
+
+def marker_key(worker: str, point: str) -> str:
+    """The Redis key a fault rule writes when hit."""
+    return f"sdq:debug:{worker}:{point}"
+
+
+class Faults:
+    """The fault rules of one worker process (read from Redis at each hit when enabled)."""
+
+    def __init__(self, client: redis.Redis | None, worker: str, enabled: bool = False) -> None:
+        self.client, self.worker, self.enabled = client, worker, enabled and client is not None
+
+    @classmethod
+    def from_env(cls, client: redis.Redis, worker: str) -> "Faults":
+        """Enabled when `SDQ_DEBUG_FAULTS` is 1."""
+        return cls(client, worker, os.environ.get(ENV, "") in ("1", "true", "yes"))
+
+    def hit(self, point: str, prompts: list[str] | None = None) -> None:
+        """Apply the rule for `point`, if any."""
+        if not self.enabled:
+            return
+        rule = self.client.hget(f"{RULES_KEY}:{self.worker}", point) or self.client.hget(RULES_KEY, point)
+        if not rule:
+            return
+        action, _, text = rule.decode().partition("@")
+        if text and not any(text in p for p in prompts or ()):
+            return
+        key = marker_key(self.worker, point)
+        self.client.set(key, os.getpid())
+        log.warning("debug fault %s at %s", action, point)
+        if action == "exit":
+            os._exit(70)
+        if action == "raise":
+            raise RuntimeError(f"debug fault at {point} ({ENV})")
+        while True:
+            try:
+                if not self.client.exists(key):
+                    return
+            except redis.ConnectionError:  # e.g. a test restarting Redis: keep waiting
+                pass
+            time.sleep(0.05)

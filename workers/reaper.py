@@ -1,0 +1,83 @@
+"""The reaper: items `running` on a worker that left the fleet go back to the queue, and ended jobs
+still waiting for their finalisation get their finalize task sent again.
+
+Every worker runs `Reaper.tick` from its heartbeat thread; a short Redis lock lets one worker
+sweep per interval. A dead worker's message also comes back by itself (the broker's visibility
+timeout); whichever comes first wins: the reaper re-queues the items as a new attempt, so the
+restored old message is dropped, and a redelivered message keeps its items off the reaper
+(their worker is live again).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Callable
+
+import redis
+
+from sdq import defaults, fleet
+from sdq.jobstore import JobStore
+from sdq.queue import publish_items
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "sdq:reaper:lock"
+
+
+class Reaper:
+    """Periodic recovery sweeps, run by whichever worker gets the lock."""
+
+    def __init__(self, jobs: JobStore, celery, finalize: Callable[[str], None],
+                 interval: float = defaults.REAPER_INTERVAL, finalize_resend: float = defaults.FINALIZE_RESEND) -> None:
+        self.jobs, self.celery, self.finalize = jobs, celery, finalize
+        self.interval, self.finalize_resend = interval, finalize_resend
+        self._next = 0.0
+
+    def tick(self) -> None:
+        """Sweep if the interval passed and no other worker swept meanwhile."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        lock_ms = max(100, int(self.interval * 1000 * 0.9))
+        if not self.jobs.r.set(LOCK_KEY, 1, nx=True, px=lock_ms):
+            return
+        self.reap()
+        for job_id in self.jobs.finalize_due(self.finalize_resend):
+            log.warning("job %s ended but is not finalised yet: sending its finalize task again", job_id)
+            self.finalize(job_id)
+
+    def reap(self) -> int:
+        """Re-queue the running items of every worker that left the fleet; returns how many."""
+        live = {w["name"] for w in fleet.live_workers(self.jobs.r)}
+        total = 0
+        for worker in self.jobs.running_workers():
+            if worker in live:
+                continue
+            while True:
+                reaped = self.jobs.reap(worker)
+                if not reaped:
+                    break
+                total += len(reaped)
+                by_job: dict[str, list[int]] = defaultdict(list)
+                for job_id, index in reaped:
+                    by_job[job_id].append(index)
+                for job_id, indices in by_job.items():
+                    job = self.jobs.get(job_id)
+                    if job is None:
+                        continue
+                    log.warning("worker %s left the fleet running items %s of job %s: queued again",
+                                worker, indices, job_id)
+                    publish_items(self.celery, job, self.jobs.item_records(job_id, indices))
+        return total
+
+
+def safe_tick(reaper: Reaper | None) -> None:
+    """`reaper.tick()`, logging (not raising) a Redis or broker error: the next beat tries again."""
+    if reaper is None:
+        return
+    try:
+        reaper.tick()
+    except (redis.RedisError, OSError):
+        log.warning("reaper sweep failed", exc_info=True)

@@ -1,0 +1,119 @@
+"""Where a chunk goes: run it here, leave it to a warm worker, pass it on, or hand it off.
+
+Decisions only; `workers.runner` runs what this module lets through. A chunk passed on waits
+`PASS_ON_DELAY` seconds in the sorted set `DELAYED_KEY` (durable, never a sleep on the worker, and
+not a Celery countdown, whose held messages stall a solo worker's prefetch) and every worker's
+heartbeat publishes the due ones (`release_due`). A chunk whose job is gone, ended or cancelled is
+dropped instead (and the cancelled job's items settled).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import redis
+
+from sdq import contract, defaults, fleet
+from sdq.jobstore import JobStore
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[dict[str, Any]], None]
+"""publish(chunk): send a chunk message to its queue."""
+
+DELAYED_KEY = "sdq:delayed"
+"""Sorted set of chunk messages (JSON) waiting to be published again, by due time."""
+
+
+def delay(client: redis.Redis, chunk: dict[str, Any], seconds: float) -> None:
+    """Publish `chunk` again in `seconds` (by whichever worker's heartbeat comes first)."""
+    client.zadd(DELAYED_KEY, {json.dumps(chunk, sort_keys=True): time.time() + seconds})
+
+
+def release_due(client: redis.Redis, publish: Publish, limit: int = 100) -> int:
+    """Publish the delayed chunks that are due; returns how many. Each is taken by one worker only."""
+    sent = 0
+    for raw in client.zrangebyscore(DELAYED_KEY, "-inf", time.time(), start=0, num=limit):
+        if client.zrem(DELAYED_KEY, raw):
+            publish(json.loads(raw))
+            sent += 1
+    return sent
+
+
+@dataclass
+class Router:
+    """The routing decisions of one worker."""
+
+    name: str
+    jobs: JobStore
+    publish: Publish
+    models: list[str] = field(default_factory=list)  # `--models`; empty: any allowed model
+    max_pixels: int = defaults.MAX_PIXELS
+    memory_gb: float | None = None  # the device's total memory (None: unknown)
+
+    def refusal(self, chunk: dict[str, Any]) -> str | None:
+        """Why this worker must not run `chunk` (None: it may). A worker never runs an item it does
+        not advertise: a model outside `--models`, images above `--max-pixels`, a job's
+        `requires.min_memory_gb` above this device, or items it already ran out of memory on."""
+        if self.models and chunk["model"] not in self.models:
+            return f"model {chunk['model']} is not in this worker's --models"
+        p = chunk["params"]
+        w, h = contract.output_size(chunk["pipeline"], p["width"], p["height"])
+        if w * h > self.max_pixels:
+            return f"{w}x{h} images exceed this worker's --max-pixels {self.max_pixels}"
+        need = (chunk.get("requires") or {}).get("min_memory_gb")
+        if need and self.memory_gb is not None and self.memory_gb < need:
+            return f"the job needs {need} GB of device memory; this worker has {self.memory_gb:.1f} GB"
+        if any(self.name in (it.get("oom_workers") or ()) for it in chunk["items"]):
+            return "this worker already ran out of memory on these items"
+        return None
+
+    def others(self, chunk: dict[str, Any], avoid: set[str]) -> list[dict[str, Any]]:
+        """Live workers, other than `avoid`, that serve the chunk's queue and model."""
+        return [w for w in fleet.serving(fleet.live_workers(self.jobs.r), chunk.get("queue", ""), chunk["model"])
+                if w.get("name") not in avoid]
+
+    def wanted(self, chunk: dict[str, Any]) -> bool:
+        """Whether the chunk's job still wants work: False (and its queued items cancelled when the
+        job was cancelled) for a job that is gone, ended or cancelled."""
+        state, cancelled = self.jobs.job_status(chunk["job"])
+        if state is None or state in contract.TERMINAL_STATES:
+            return False
+        if cancelled:
+            self.jobs.cancel_items(chunk["job"], [it["index"] for it in chunk["items"]])
+            return False
+        return True
+
+    def pass_on(self, chunk: dict[str, Any], reason: str) -> None:
+        """Offer `chunk` to the other workers again after `PASS_ON_DELAY` seconds, or drop it when
+        its job no longer wants it."""
+        if not self.wanted(chunk):
+            log.info("job %s: dropping a chunk nobody needs any more (%s)", chunk["job"], reason)
+            return
+        log.info("job %s: passing the chunk on: %s", chunk["job"], reason)
+        delay(self.jobs.r, chunk, defaults.PASS_ON_DELAY)
+
+    def defer_to_warm(self, chunk: dict[str, Any], loaded: list[str]) -> bool:
+        """Warm-model affinity: when this worker would have to load the chunk's model while another
+        live worker serving the same queue holds it loaded and was idle at its last heartbeat,
+        publish the chunk again (once per chunk) for that worker and return True."""
+        model = chunk["model"]
+        if chunk.get("deferred") or "queue" not in chunk or model in loaded:
+            return False
+        warm = [w for w in self.others(chunk, {self.name})
+                if model in (w.get("loaded_models") or ()) and not w.get("current_item")]
+        if not warm:
+            return False
+        log.info("job %s: model %s is warm on idle worker(s) %s; leaving the chunk to them",
+                 chunk["job"], model, ", ".join(w["name"] for w in warm))
+        self.publish({**chunk, "deferred": True})
+        return True
+
+    def can_hand_off(self, chunk: dict[str, Any], batch: list[dict[str, Any]]) -> bool:
+        """Out of memory even in low-memory mode: may this batch go to another worker (at most
+        `OOM_HAND_OFFS` workers per item, and one must be live)?"""
+        seen = {w for it in batch for w in it.get("oom_workers") or ()} | {self.name}
+        return "queue" in chunk and len(seen) <= defaults.OOM_HAND_OFFS and bool(self.others(chunk, seen))
