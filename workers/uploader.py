@@ -11,6 +11,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from sdq import contract
 from sdq.jobstore import JobStore
+from workers.thumbs import store_thumb
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,9 @@ class Uploader:
             self.store.put(key, data, content_type="image/png")
             t2 = time.perf_counter()
             timings.update(encode=round(t1 - t0, 4), upload=round(t2 - t1, 4))
-            finished = self.jobs.finish_item(job_id, index, "succeeded",
-                                             {**fields, "key": key, "bytes": len(data), "timings": timings}, steps_reported)
+            thumb = store_thumb(self.store, job_id, index, image)  # {} when it failed: the item still succeeds
+            finished = self.jobs.finish_item(job_id, index, "succeeded", {**fields, "key": key, "bytes": len(data),
+                                                                          "timings": timings, **thumb}, steps_reported)
         except Exception as exc:  # noqa: BLE001 - any failure fails the item, never the worker
             log.exception("upload of %s failed", key)
             finished = self.jobs.finish_item(job_id, index, "failed",
