@@ -184,7 +184,8 @@ const JobPage = {
     if (!li) return;
     const src = safeUrl(it.thumb_url) || safeUrl(it.url);
     const sweep = it.sweep ? Object.entries(it.sweep).map(([k, v]) => `${k}=${v}`).join(", ") : "";
-    const caption = h("span", {className: "caption"}, `#${it.index}`, sweep ? ` · ${sweep}` : "");
+    const caption = h("span", {className: "caption", title: it.prompt},
+      `#${it.index} · `, sweep ? `${sweep} · ` : "", h("span", {className: "prompt"}, it.prompt));
     let body;
     if (src && it.state === "succeeded") {
       body = h("button", {type: "button", className: "tile", "aria-label": `Open image ${it.index}: ${it.prompt}`,
