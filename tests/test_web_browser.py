@@ -64,6 +64,8 @@ def test_submit_three_prompts_and_watch_the_gallery_fill(page):
     for i in range(3):
         assert "/thumbs/" in thumbs.nth(i).get_attribute("src")
     expect(page.locator("#job-state")).to_have_text("succeeded")
+    seen = page.evaluate("JobPage.eventsSeen")  # the live path is the event stream, not polling
+    assert seen.get("job.state", 0) >= 1 and seen.get("item.finished", 0) + seen.get("job.finished", 0) >= 1, seen
     page.evaluate("Promise.all([...document.querySelectorAll('#gallery img')].map(i => i.decode()))")
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.set_viewport_size({"width": 900, "height": 560})
@@ -95,6 +97,38 @@ def test_api_errors_show_next_to_their_field(page):
     assert page.console_errors == ["Failed to load resource: the server responded with a status of 422 "
                                    "(UNPROCESSABLE ENTITY)"]
     page.console_errors.clear()
+
+
+def test_sweep_from_the_editor_makes_a_labelled_grid(page, client):
+    page.goto("/")
+    page.get_by_label("Prompts").fill("a swept lighthouse")
+    for name, value in (("Width", "64"), ("Height", "64"), ("Steps", "4")):
+        page.get_by_label(name, exact=True).fill(value)
+    page.get_by_label("Parameter 1").select_option("guidance_scale")
+    page.get_by_label("Values 1").fill("5, 9")
+    expect(page.get_by_label("Make a labelled grid of the results")).to_be_checked()
+    page.get_by_role("button", name="Generate").click()
+    job_id = _job_id(page)
+    expect(page.locator("#gallery img")).to_have_count(2, timeout=WAIT_MS)
+    expect(page.locator("#gallery")).to_contain_text("guidance_scale=9")
+    expect(page.locator("#grid-img")).to_be_visible(timeout=WAIT_MS)
+    assert client.job(job_id)["sweep"] == {"guidance_scale": [5, 9]}
+
+
+def test_a_dropped_jsonl_file_keeps_its_per_item_columns(page, client):
+    lines = b'{"prompt": "from a file", "seed": 77}\n{"prompt": "second line", "seed": 78}\n'
+    page.goto("/")
+    page.get_by_label("Prompt file (.txt, .csv, .jsonl)").set_input_files(
+        files=[{"name": "prompts.jsonl", "mimeType": "application/x-ndjson", "buffer": lines}])
+    expect(page.locator("#file-note")).to_contain_text("Using prompts.jsonl (2 lines)")
+    expect(page.get_by_label("Prompts")).to_be_disabled()
+    for name, value in (("Width", "64"), ("Height", "64"), ("Steps", "4")):
+        page.get_by_label(name, exact=True).fill(value)
+    page.get_by_role("button", name="Generate").click()
+    job_id = _job_id(page)
+    doc = wait_job(client, job_id)
+    assert [(it["prompt"], it["seed"]) for it in doc["items"]] == [("from a file", 77), ("second line", 78)]
+    assert doc["params"]["width"] == 64
 
 
 def test_cancel_a_running_job_from_its_page(page, client):

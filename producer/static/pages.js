@@ -49,6 +49,7 @@ const JobsPage = {
 // ---------------------------------------------------------------- One job
 const JobPage = {
   id: null, job: null, offset: 0, items: [], abort: null, pending: null, statusPending: null,
+  eventsSeen: {}, // event name -> how many arrived over the stream (shown to tests and curious users)
 
   init() {
     $("job-cancel").addEventListener("click", JobPage.cancel);
@@ -62,6 +63,8 @@ const JobPage = {
     JobPage.id = id;
     JobPage.offset = 0;
     JobPage.job = null;
+    JobPage.gridTries = 0;
+    JobPage.eventsSeen = {};
     $("job-title").textContent = `Job ${short(id)}`;
     $("job-title").title = id;
     $("job-error").textContent = "";
@@ -72,6 +75,7 @@ const JobPage = {
   },
 
   leave() {
+    clearTimeout(JobPage.pending);
     if (JobPage.abort) JobPage.abort.abort();
     JobPage.abort = null;
     JobPage.id = null;
@@ -86,7 +90,15 @@ const JobPage = {
       JobPage.items = doc.items;
       JobPage.renderStatus(doc);
       JobPage.renderGallery();
+      JobPage.awaitGrid(doc);
     } catch (err) { $("job-error").textContent = err.message; }
+  },
+
+  // The grid is composed just after the job ends: look again for a while until it is there.
+  awaitGrid(doc) {
+    const wants = doc.params && doc.params.grid && TERMINAL.includes(doc.state) && !doc.grid;
+    JobPage.gridTries = wants ? (JobPage.gridTries || 0) + 1 : 0;
+    if (wants && JobPage.gridTries <= 60) JobPage.scheduleReload(1000);
   },
 
   // Live updates over the job's event stream; reconnects until the job has finished.
@@ -108,6 +120,7 @@ const JobPage = {
   },
 
   onEvent(name, data) {
+    JobPage.eventsSeen[name] = (JobPage.eventsSeen[name] || 0) + 1;
     if (name === "job.state") {
       JobPage.renderStatus({...(JobPage.job || {}), ...data});
     } else if (name === "item.started" || name === "item.progress") {
