@@ -8,15 +8,18 @@ deflated. The same tenant check as every job route applies (another tenant's job
 """
 from __future__ import annotations
 
+import logging
 import zipfile
 from typing import Any, Iterator
 
+from botocore.exceptions import ClientError
 from flask import Blueprint, Response, current_app, jsonify, stream_with_context
 
 from producer.meta import _queue_depths
 from producer.routes import _own_job
 
 bp = Blueprint("web", __name__)
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 1024
 """Bytes copied from the bucket into the zip at a time."""
@@ -61,7 +64,11 @@ def zip_stream(store, jobs, job: dict[str, Any], chunk: int = CHUNK_BYTES) -> It
     pipe = _Pipe()
     with zipfile.ZipFile(pipe, mode="w", allowZip64=True) as zf:
         for name, key in _entries(job, jobs):
-            obj = store.client.get_object(Bucket=store.bucket, Key=key)
+            try:
+                obj = store.client.get_object(Bucket=store.bucket, Key=key)
+            except ClientError as exc:  # removed from the bucket since: leave it out, keep the rest
+                log.warning("zip of job %s: skipping %s (%s)", job["id"], key, exc)
+                continue
             info = zipfile.ZipInfo(name)
             info.compress_type = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
             info.file_size = int(obj.get("ContentLength") or 0)

@@ -89,3 +89,13 @@ def test_queue_depths_endpoint(client):
     names = {q["name"] for q in doc["queues"]}
     assert "sdq.cpu.any.p256" in names
     assert all(isinstance(q["messages"], int) and q["messages"] >= 0 for q in doc["queues"])
+
+
+def test_the_page_and_its_files_are_served_with_a_strict_policy(client):
+    resp = requests.get(client.server + "/", timeout=10)
+    assert resp.status_code == 200 and "<label for=\"prompts\">Prompts</label>" in resp.text
+    csp = resp.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    for name in ("api.js", "ui.js", "submit.js", "pages.js", "app.js", "app.css"):
+        assert f"/static/{name}" in resp.text
+        assert requests.get(f"{client.server}/static/{name}", timeout=10).status_code == 200
