@@ -169,6 +169,7 @@ const JobPage = {
     $("job-meta").textContent = [j.model, j.pipeline, p.width && `${p.width}×${p.height}`, p.steps && `${p.steps} steps`,
       j.queue_position ? `queue position ${j.queue_position}` : "", `created ${fmtTime(j.created_at)}`]
       .filter(Boolean).join(" · ");
+    $("job-warnings").replaceChildren(...(j.warnings || []).map((w) => h("li", {}, typeof w === "string" ? w : (w.message || JSON.stringify(w)))));
     $("job-cancel").disabled = TERMINAL.includes(j.state);
     $("job-retry").disabled = !((c.failed || 0) + (c.cancelled || 0)) || !TERMINAL.includes(j.state);
     const grid = safeUrl(j.grid);
