@@ -38,12 +38,17 @@ demo: install
 up: install
 	$(VENV)/bin/sdq up
 
-# The tests also validate docker-compose.yml with Debian's docker-compose (no Docker engine needed).
+# The tests also validate docker-compose.yml with Debian's docker-compose (no Docker engine needed)
+# and drive the web page in Debian's headless chromium (Playwright never downloads a browser).
 test-deps:
-	@command -v docker-compose >/dev/null || { \
+	@missing=""; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  echo "installing docker-compose with apt-get (to validate docker-compose.yml)"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose >/dev/null; }
+	  echo "installing$$missing with apt-get (compose validation, web page tests)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 test: install test-deps
 	$(PY) -m pytest

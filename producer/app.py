@@ -33,9 +33,10 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     store = ResultStore.from_settings(settings)
     app.extensions["sdq_store"] = store
 
-    from producer import meta, routes
+    from producer import meta, routes, web
 
     app.register_blueprint(routes.bp)
     app.register_blueprint(meta.bp)
+    app.register_blueprint(web.bp)
     errors.register(app)
     return app

@@ -15,10 +15,16 @@ REDIS_PRIORITY_SEP = "\x06\x16"
 """kombu's separator between a queue name and its priority suffix."""
 
 
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+            "img-src 'self' data: http: https:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+"""The page's Content-Security-Policy: its own scripts only; images may come from the bucket's host."""
+
+
 @bp.get("/")
 def index():
-    """A small web page: submit prompts, watch jobs, see the fleet."""
-    return Response(PAGE.read_text(encoding="utf-8"), mimetype="text/html")
+    """The web page (producer/static): submit prompts, watch jobs fill with images, see the fleet."""
+    return Response(PAGE.read_text(encoding="utf-8"), mimetype="text/html", headers={
+        "Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
 
 
 def _queue_depths(client) -> dict[str, int]:

@@ -16,6 +16,7 @@ from sdq.jobstore import JobStore
 from storage.s3 import transient
 from workers.faults import Faults
 from workers.retry import retry_redis
+from workers.thumbs import store_thumb
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class Uploader:
             self.faults.hit("uploaded")
             t2 = time.perf_counter()
             timings.update(encode=round(t1 - t0, 4), upload=round(t2 - t1, 4))
-            state, extra = "succeeded", {"key": key, "bytes": len(data), "timings": timings}
+            thumb = store_thumb(self.store, job_id, index, image)  # {} when it failed: the item still succeeds
+            state, extra = "succeeded", {"key": key, "bytes": len(data), "timings": timings, **thumb}
         except Exception as exc:  # noqa: BLE001 - classified: outage -> chunk again, else the item fails
             if transient(exc) or isinstance(exc, redis.RedisError):
                 raise

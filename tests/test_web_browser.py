@@ -1,0 +1,194 @@
+"""The web page in a real headless Chromium (Debian's, driven by Playwright) against the real stack."""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import wait_job
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "web-job.png"
+WAIT_MS = 120_000
+"""Generous deadline for anything that waits on the worker."""
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is missing: make install (dev extra)")
+if not shutil.which(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is missing: `make test-deps` installs Debian's chromium", allow_module_level=True)
+expect = sync_api.expect
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, stack):
+    """A fresh tab on the shared stack; fails the test if the page logs any error."""
+    ctx = browser.new_context(viewport={"width": 1100, "height": 900}, base_url=stack.env["SDQ_SERVER"])
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.console_errors = errors  # a test that provokes an expected error removes it from here
+    pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg
+    ctx.close()
+    assert errors == [], f"browser console errors: {errors}"
+
+
+def _job_id(page) -> str:
+    page.wait_for_url(re.compile(r".*#/jobs/[0-9a-z]+$"), timeout=30_000)
+    return page.url.rsplit("/", 1)[-1]
+
+
+def test_submit_three_prompts_and_watch_the_gallery_fill(page):
+    prompts = ["a red <b>fox</b> & friends", "a blue bird", "a green hill"]
+    page.goto("/")
+    page.get_by_label("Prompts").fill("\n".join(prompts))
+    page.get_by_label("Width", exact=True).fill("64")
+    page.get_by_label("Height", exact=True).fill("64")
+    page.get_by_label("Steps", exact=True).fill("4")
+    page.get_by_label("Seed", exact=True).fill("31")
+    page.get_by_role("button", name="Generate").click()
+    _job_id(page)
+    expect(page.locator("#job-progress-text")).to_contain_text("100%", timeout=WAIT_MS)
+    thumbs = page.locator("#gallery img")
+    expect(thumbs).to_have_count(3, timeout=WAIT_MS)
+    for i in range(3):
+        assert "/thumbs/" in thumbs.nth(i).get_attribute("src")
+    expect(page.locator("#job-state")).to_have_text("succeeded")
+    seen = page.evaluate("JobPage.eventsSeen")  # the live path is the event stream, not polling
+    assert seen.get("job.state", 0) >= 1 and seen.get("item.finished", 0) + seen.get("job.finished", 0) >= 1, seen
+    page.evaluate("Promise.all([...document.querySelectorAll('#gallery img')].map(i => i.decode()))")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.set_viewport_size({"width": 900, "height": 560})
+    page.screenshot(path=str(SCREENSHOT))
+    # the user's text is shown as text, never as markup
+    page.get_by_role("button", name=re.compile(r"^Open image 0")).click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog.locator('dd[data-field="prompt"]')).to_have_text(prompts[0])
+    expect(dialog.locator('dd[data-field="seed"]')).to_have_text("31")
+    expect(dialog.locator('dd[data-field="worker"]')).to_have_text("w-main")
+    expect(dialog.locator('dd[data-field="size"]')).to_have_text("64×64")
+    assert page.locator("b", has_text="fox").count() == 0
+    expect(page.get_by_role("button", name="Forget token")).to_be_hidden()  # no token on this stack
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+
+
+def test_api_errors_show_next_to_their_field(page):
+    page.goto("/")
+    page.get_by_label("Prompts").fill("one")
+    page.get_by_label("Width", exact=True).fill("65")
+    page.get_by_role("button", name="Generate").click()
+    err = page.locator('[data-field~="params.width"] .error')
+    expect(err).to_contain_text("multiple of 8")
+    expect(page.get_by_label("Width", exact=True)).to_have_attribute("aria-invalid", "true")
+    assert page.url.endswith("/")  # nothing was submitted
+    # Chromium logs the refused request itself; that one is expected, nothing else is
+    assert page.console_errors == ["Failed to load resource: the server responded with a status of 422 "
+                                   "(UNPROCESSABLE ENTITY)"]
+    page.console_errors.clear()
+
+
+def test_sweep_from_the_editor_makes_a_labelled_grid(page, client):
+    page.goto("/")
+    page.get_by_label("Prompts").fill("a swept lighthouse")
+    for name, value in (("Width", "64"), ("Height", "64"), ("Steps", "4")):
+        page.get_by_label(name, exact=True).fill(value)
+    page.get_by_label("Parameter 1").select_option("guidance_scale")
+    page.get_by_label("Values 1").fill("5, 9")
+    expect(page.get_by_label("Make a labelled grid of the results")).to_be_checked()
+    page.get_by_role("button", name="Generate").click()
+    job_id = _job_id(page)
+    expect(page.locator("#gallery img")).to_have_count(2, timeout=WAIT_MS)
+    expect(page.locator("#gallery")).to_contain_text("guidance_scale=9")
+    expect(page.locator("#grid-img")).to_be_visible(timeout=WAIT_MS)
+    assert client.job(job_id)["sweep"] == {"guidance_scale": [5, 9]}
+
+
+def test_a_dropped_jsonl_file_keeps_its_per_item_columns(page, client):
+    lines = b'{"prompt": "from a file", "seed": 77}\n{"prompt": "second line", "seed": 78}\n'
+    page.goto("/")
+    page.get_by_label("Prompt file (.txt, .csv, .jsonl)").set_input_files(
+        files=[{"name": "prompts.jsonl", "mimeType": "application/x-ndjson", "buffer": lines}])
+    expect(page.locator("#file-note")).to_contain_text("Using prompts.jsonl (2 lines)")
+    expect(page.get_by_label("Prompts")).to_be_disabled()
+    for name, value in (("Width", "64"), ("Height", "64"), ("Steps", "4")):
+        page.get_by_label(name, exact=True).fill(value)
+    page.get_by_role("button", name="Generate").click()
+    job_id = _job_id(page)
+    doc = wait_job(client, job_id)
+    assert [(it["prompt"], it["seed"]) for it in doc["items"]] == [("from a file", 77), ("second line", 78)]
+    assert doc["params"]["width"] == 64
+
+
+def test_cancel_a_running_job_from_its_page(page, client):
+    job_id = client.submit({"prompts": ["long one", "long two", "long three", "long four"],
+                            "params": {"width": 256, "height": 256, "steps": 60, "images_per_prompt": 2}})["id"]
+    page.goto(f"/#/jobs/{job_id}")
+    expect(page.locator("#job-state")).to_have_text("running", timeout=WAIT_MS)
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#job-state")).to_have_text("cancelled", timeout=WAIT_MS)
+    doc = wait_job(client, job_id)
+    assert doc["state"] == "cancelled" and doc["counts"]["succeeded"] < 8
+    expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+
+
+def test_jobs_and_fleet_pages(page, client):
+    page.goto("/#/jobs")
+    expect(page.locator("#jobs-body tr").first).to_be_visible()
+    expect(page.locator("#jobs-body progress").first).to_be_visible()
+    page.get_by_role("link", name="Fleet").click()
+    row = page.locator("#workers-body tr", has_text="w-main")
+    expect(row).to_be_visible(timeout=30_000)
+    expect(row).to_contain_text("cpu")
+    expect(row).to_contain_text(re.compile(r"\d+ s ago"))
+    expect(page.locator("#queues-body")).to_contain_text("sdq.cpu.any.p256")
+
+
+def test_readable_at_375_px(browser, stack):
+    ctx = browser.new_context(viewport={"width": 375, "height": 800}, base_url=stack.env["SDQ_SERVER"])
+    pg = ctx.new_page()
+    try:
+        for route in ("/", "/#/jobs", "/#/fleet"):
+            pg.goto(route)
+            pg.wait_for_load_state("networkidle")
+            overflow = pg.evaluate("document.documentElement.scrollWidth")
+            assert overflow <= 375, f"{route} is {overflow} px wide at a 375 px viewport"
+        pg.goto("about:blank")
+        pg.goto("/")
+        pg.keyboard.press("Tab")  # the first Tab reaches the skip link: the page is keyboard-usable
+        assert pg.evaluate("document.activeElement.textContent") == "Skip to content"
+    finally:
+        ctx.close()
+
+
+def test_token_is_asked_for_and_kept_for_the_session_only(browser, stack_factory):
+    tokens = {"carol": "web-carol-token", "dave": "web-dave-token"}
+    st = stack_factory("web-browser-tokens", env={"SDQ_API_TOKENS": ",".join(f"{o}:{t}" for o, t in tokens.items())})
+    from sdq.client import Client
+
+    mine = Client(st.env["SDQ_SERVER"], tokens["carol"]).submit({"prompts": ["carol's"]})["id"]
+    theirs = Client(st.env["SDQ_SERVER"], tokens["dave"]).submit({"prompts": ["dave's"]})["id"]
+    ctx = browser.new_context(base_url=st.env["SDQ_SERVER"])
+    pg = ctx.new_page()
+    try:
+        pg.goto("/#/jobs")
+        expect(pg.get_by_role("heading", name="API token")).to_be_visible()
+        pg.get_by_label("Token", exact=True).fill(tokens["carol"])
+        pg.get_by_role("button", name="Use token").click()
+        expect(pg.locator("#jobs-body")).to_contain_text(mine[:8])
+        assert theirs[:8] not in pg.locator("#jobs-body").inner_text()
+        assert pg.evaluate("sessionStorage.getItem('sdq.token')") == tokens["carol"]
+        assert pg.evaluate("localStorage.length") == 0 and pg.context.cookies() == []
+    finally:
+        ctx.close()
