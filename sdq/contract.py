@@ -97,7 +97,7 @@ def output_size(pipeline: str, width: int, height: int) -> tuple[int, int]:
 
 
 def result_key(job_id: str, index: int) -> str:
-    """S3 key of an item's PNG (SPEC §7)."""
+    """S3 key of an item's PNG."""
     return f"jobs/{job_id}/{index:05d}.png"
 
 
