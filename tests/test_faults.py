@@ -20,6 +20,7 @@ from sdq.client import Client
 from sdq.jobstore import FINALIZE_KEY, JobStore
 from sdq.services import Service, Stack, wait_for
 from tests.conftest import wait_job
+from workers.thumbs import thumb_key
 
 FAST_RECOVERY = {"SDQ_VISIBILITY_TIMEOUT": "4", "SDQ_HEARTBEAT_INTERVAL": "0.5", "SDQ_HEARTBEAT_TTL": "2",
                  "SDQ_REAPER_INTERVAL": "1", "SDQ_FINALIZE_RESEND": "3", "SDQ_STALL_TIMEOUT": "8",
@@ -114,8 +115,9 @@ def check_exact(fclient: Client, store, r: redis.Redis, job_id: str, n: int, tim
     job = JobStore(r).get(job_id)
     assert job["steps_done"] == job["steps_total"], job
     wait_for(lambda: r.zscore(FINALIZE_KEY, job_id) is None, "finalisation done", 60)
-    keys = store.keys(f"jobs/{job_id}/")
+    keys = [k for k in store.keys(f"jobs/{job_id}/") if "/thumbs/" not in k]
     assert keys == [f"jobs/{job_id}/{i:05d}.png" for i in range(n)] + [f"jobs/{job_id}/manifest.json"]
+    assert store.keys(f"jobs/{job_id}/thumbs/") == [thumb_key(job_id, i) for i in range(n)]
     return doc
 
 
