@@ -238,7 +238,7 @@ def test_out_of_memory_retries_in_low_memory_mode(stack_factory, store):
 def test_out_of_memory_in_low_memory_mode_hands_the_item_to_another_worker(stack_factory, store):
     """A worker whose device cannot make an image even in low-memory mode gives the item back to
     the queue; a worker with room makes it, and the item names the worker that could not."""
-    st = stack_factory("handoff")
+    st = stack_factory("handoff", env={"SDQ_HEARTBEAT_INTERVAL": "2"})  # passed-on chunks come back sooner
     # 'tight' holds 64x64 per call (128x128 in low-memory mode): a 512x512 image never fits it
     start_workers(st, ("tight", *WARM, "--debug-oom-pixels", "4096"), ("roomy", *WARM))
     client = Client(st.env["SDQ_SERVER"])
