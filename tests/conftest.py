@@ -112,3 +112,14 @@ def wait_job(client: Client, job_id: str, timeout: float = 180.0,
             return doc
         time.sleep(0.2)
     raise TimeoutError(f"job {job_id} still {doc['state']} after {timeout}s: {doc['counts']}")
+
+
+def wait_until(check: Callable[[], object], what: str, timeout: float = 120.0):
+    """Poll `check()` until it returns something truthy and return that; TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(what)

@@ -2,24 +2,14 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
 from sdq.client import Client
-from tests.conftest import wait_job
+from tests.conftest import wait_job, wait_until
 
 ITEM = {"width": 128, "height": 128, "steps": 60}
 
-
-def _wait(check, what: str, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
 
 
 @pytest.mark.slow
@@ -28,7 +18,7 @@ def test_sigterm_finishes_the_current_chunk_and_loses_nothing(stack_factory):
     first = st.worker("w-drain-1", "--device", "cpu", "--threads", "1", "--preload", "builtin:tiny-sd")
     client = Client(st.env["SDQ_SERVER"])
     job_id = client.submit({"items": [{"prompt": f"drain {i}"} for i in range(3)], "params": {**ITEM, "seed": 4}})["id"]
-    running = _wait(lambda: [it for it in client.job(job_id)["items"] if it["state"] == "running"], "an item running")
+    running = wait_until(lambda: [it for it in client.job(job_id)["items"] if it["state"] == "running"], "an item running")
     first.proc.send_signal(signal.SIGTERM)
     first.proc.wait(120)
     doc = client.job(job_id)

