@@ -7,6 +7,7 @@ can reach every host. Nothing is routed anywhere else, and everything is removed
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 SUBNET = "10.213.{}.{}"
@@ -77,6 +78,8 @@ def unavailable_reason() -> str | None:
     """Why namespaces cannot be made here, or None when they can."""
     if os.geteuid() != 0:
         return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
     probe = f"sdqprobe{os.getpid() % 100000}"
     out = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=20)
     if out.returncode:
