@@ -80,6 +80,13 @@ local function maybe_finish(job, job_id, now)
               cancelled = tonumber(redis.call('HGET', job, 'c:cancelled') or '0')}})
   return 1
 end
+-- a running item goes back to `queued`: off its worker, its unfinished progress uncounted
+local function requeue_running(job, job_id, it)
+  unrun(job_id, it)
+  bump(job, 'running', 'queued')
+  add_steps(job, -take_progress(job, it.index))
+  it.state = 'queued'
+end
 -- an unfinished item ends in `state` (cancelled/failed) without running again
 local function settle(job, items, job_id, it, state, now, error)
   unrun(job_id, it)
@@ -235,13 +242,11 @@ for i = 4, #ARGV do
   if raw then
     local it = cjson.decode(raw)
     if it.state == 'running' and it.worker == ARGV[2] then
-      unrun(job_id, it)
-      bump(job, 'running', 'queued')
-      add_steps(job, -take_progress(job, it.index))
+      requeue_running(job, job_id, it)
       local seen = it.oom_workers
       if type(seen) ~= 'table' then seen = {} end
       table.insert(seen, ARGV[2])
-      it.oom_workers = seen; it.oom_error = ARGV[3]; it.state = 'queued'
+      it.oom_workers = seen; it.oom_error = ARGV[3]
       it.gen = (tonumber(it.gen) or 0) + 1
       redis.call('HSET', items, ARGV[i], cjson.encode(it))
       table.insert(out, it.index); table.insert(out, it.gen)
@@ -262,10 +267,8 @@ for i = 5, #ARGV do
   if raw then
     local it = cjson.decode(raw)
     if it.state == 'running' and it.worker == ARGV[2] then
-      unrun(job_id, it)
-      bump(job, 'running', 'queued')
-      add_steps(job, -take_progress(job, it.index))
-      it.state = 'queued'; it.last_error = ARGV[3]
+      requeue_running(job, job_id, it)
+      it.last_error = ARGV[3]
       redis.call('HSET', items, ARGV[i], cjson.encode(it))
       n = n + 1
     end
