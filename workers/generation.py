@@ -179,9 +179,3 @@ def _calls(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: lis
         out.nsfw += call.nsfw
     return out
 
-
-def loop_steps(task: str, params: dict[str, Any]) -> int:
-    """How many denoising steps the pipeline will actually run."""
-    if task in ("img2img", "depth2img"):
-        return max(1, int(params["steps"] * params["strength"]))
-    return params["steps"]

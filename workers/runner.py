@@ -22,10 +22,11 @@ from sdq import __version__, contract, defaults
 from sdq.exceptions import ModelError, WorkLost
 from sdq.infotext import SAMPLER_NAMES, format_infotext
 from sdq.jobstore import JobStore
+from sdq.speed import loop_steps
 from workers.capability import Activity
 from workers.device import Device
 from workers.faults import Faults
-from workers.generation import Generated, generate, loop_steps
+from workers.generation import Generated, generate
 from workers.leases import Leases
 from workers.pipelines import OUT_OF_MEMORY, OutOfMemory, PipelineCache, is_fatal_device_error
 from workers.retry import retry_redis

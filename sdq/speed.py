@@ -1,0 +1,53 @@
+"""How much work an item is and how fast a worker makes it: the speed model shared by the
+producer (chunk sizes), the workers (claiming, straggler backups) and the fleet simulator.
+
+Torch-free. Work is counted in *megapixel-steps*: denoising steps the pipeline really runs times
+the output megapixels. A worker measures its own rate (megapixel-steps per second) for each
+(model, pipeline, pixel class) it has run and publishes it in its capability record under
+``speed``; a worker that has not run a kind of item yet is assumed to run at the conservative
+rate of its device kind (`COLD_RATE`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sdq import contract
+
+COLD_RATE = {"cpu": 0.1, "gpu": 2.0}
+"""Megapixel-steps per second assumed for a worker that has not measured itself yet, by device
+kind (conservative: an SD 1.5 512x512 step takes ~3 s on a CPU in fp32 and well under 0.1 s on a
+current GPU in fp16)."""
+
+
+def loop_steps(pipeline: str, params: dict[str, Any]) -> int:
+    """How many denoising steps the pipeline really runs (img2img/depth2img: `steps * strength`)."""
+    if pipeline in ("img2img", "depth2img"):
+        return max(1, int(params["steps"] * params["strength"]))
+    return int(params["steps"])
+
+
+def item_work(pipeline: str, params: dict[str, Any]) -> float:
+    """The work one item of these parameters costs, in megapixel-steps."""
+    w, h = contract.output_size(pipeline, params["width"], params["height"])
+    return loop_steps(pipeline, params) * w * h / 1e6
+
+
+def speed_key(model: str, pipeline: str, pixels: int) -> str:
+    """Key of a measured rate in a capability record's ``speed``: ``model|pipeline|pixel class``."""
+    return f"{model}|{pipeline}|{contract.pixel_class(pixels)}"
+
+
+def worker_rate(record: dict[str, Any], model: str, pipeline: str, params: dict[str, Any]) -> float:
+    """Megapixel-steps per second a worker (its capability record) makes items of this kind at:
+    its measured rate, or the cold rate of its device kind."""
+    w, h = contract.output_size(pipeline, params["width"], params["height"])
+    measured = (record.get("speed") or {}).get(speed_key(model, pipeline, w * h))
+    if measured and measured.get("rate"):
+        return float(measured["rate"])
+    return COLD_RATE.get(record.get("kind") or "cpu", COLD_RATE["cpu"])
+
+
+def expected_seconds(record: dict[str, Any], model: str, pipeline: str, params: dict[str, Any],
+                     n_items: int = 1) -> float:
+    """Seconds a worker is expected to take for `n_items` items of this kind."""
+    return n_items * item_work(pipeline, params) / worker_rate(record, model, pipeline, params)
