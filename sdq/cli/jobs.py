@@ -33,6 +33,8 @@ def build_body(args, items: list[dict[str, Any]]) -> dict[str, Any]:
         body["requires"] = {"device": args.device}
     if getattr(args, "grid", False):
         params["grid"] = True
+    if getattr(args, "no_cache", False):
+        params["cache"] = False
     if getattr(args, "sweep", None):
         try:
             body["sweep"] = json.loads(args.sweep)

@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="require gpu, cpu or any")
     s.add_argument("--sweep", default=None, help='JSON object of values to sweep, e.g. \'{"guidance_scale": [5, 9]}\'')
     s.add_argument("--grid", action="store_true", help="write a labeled contact sheet (jobs/<id>/grid.png)")
+    s.add_argument("--no-cache", dest="no_cache", action="store_true",
+                   help="run every item fresh: no answer from, and no entry in, the result cache")
     s.add_argument("--webhook-url", dest="webhook_url", default=None, help="POSTed the job summary when it ends")
     s.add_argument("--wait", action="store_true")
     s.add_argument("--out", default=None, help="with --wait: download results to OUT/<job>/")
