@@ -270,8 +270,20 @@ def test_an_entry_whose_object_was_deleted_runs_the_item(client, store, rclient)
     assert third["items"][0]["cached_from"] == {"job": again["id"], "index": 0}
 
 
-def test_index_clear(rclient):
-    index = ResultIndex(rclient)
-    index.register("0" * 64, {"job": "j", "index": 0, "key": "jobs/j/00000.png"})
-    assert index.count() >= 1
-    assert index.clear() >= 1 and index.count() == 0
+def test_sdq_cache_clear_drops_every_entry(stack, rclient):
+    import os
+    import subprocess
+    import sys
+
+    ResultIndex(rclient).register("0" * 64, {"job": "j", "index": 0, "key": "jobs/j/00000.png"})
+    env = {**os.environ, "SDQ_REDIS_URL": stack.env["SDQ_REDIS_URL"]}
+
+    def cache(*args: str) -> dict:
+        out = subprocess.run([sys.executable, "-m", "sdq.cli", "cache", *args, "--json"], env=env, check=True,
+                             capture_output=True, text=True, timeout=60).stdout
+        return json.loads(out)
+
+    before = cache("count")["entries"]
+    assert before >= 1
+    assert cache("clear") == {"cleared": before}
+    assert cache("count") == {"entries": 0} and ResultIndex(rclient).lookup(["0" * 64]) == [None]

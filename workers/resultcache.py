@@ -66,8 +66,9 @@ class CachedResults:
         try:
             keys = self.keys(chunk, [by_index[i] for i in todo])
             entries = dict(zip(keys, self.index.lookup(list(keys.values()))))
-        except (redis.RedisError, OSError, ValueError) as exc:  # a lookup that fails only means "run it"
-            log.warning("job %s: result cache lookup failed (%s); running the items", job_id, exc)
+        except Exception as exc:  # noqa: BLE001 - a lookup that fails (Redis, S3, a bad file) only means "run it"
+            log.warning("job %s: result cache lookup failed (%s: %s); running the items", job_id,
+                        type(exc).__name__, exc)
             return todo
         self._keys.update({(job_id, i): k for i, k in keys.items()})
         left, served = [], 0
