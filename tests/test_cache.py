@@ -287,3 +287,21 @@ def test_sdq_cache_clear_drops_every_entry(stack, rclient):
     assert before >= 1
     assert cache("clear") == {"cleared": before}
     assert cache("count") == {"entries": 0} and ResultIndex(rclient).lookup(["0" * 64]) == [None]
+
+
+def test_init_images_are_keyed_by_their_content(client):
+    from tests.test_uploads import image_bytes
+
+    tag = uuid.uuid4().hex
+    data = image_bytes("PNG", (64, 64), seed=3)
+    a, b = (client.upload(data, f"{n}.png")["key"] for n in "ab")
+    c = client.upload(image_bytes("PNG", (64, 64), seed=4), "c.png")["key"]
+    assert len({a, b, c}) == 3
+
+    def body(key: str) -> dict:
+        return {"pipeline": "img2img", "items": [{"prompt": f"cache img {tag}", "seed": 5, "init_image": key}],
+                "params": {**FAST, "strength": 0.5}}
+
+    assert not _run(client, body(a))["items"][0]["cached"]
+    assert _run(client, body(b))["items"][0]["cached"] is True  # another upload of the same bytes
+    assert not _run(client, body(c))["items"][0]["cached"]  # other bytes
