@@ -29,8 +29,8 @@ from workers.faults import Faults
 from workers.generation import Generated, generate
 from workers.leases import Leases
 from workers.pipelines import OUT_OF_MEMORY, OutOfMemory, PipelineCache, is_fatal_device_error
-from workers.retry import retry_redis
 from workers.resultcache import CachedResults
+from workers.retry import retry_redis
 from workers.routing import Router
 from workers import simulate, watermark
 from workers.uploader import Uploader
@@ -159,7 +159,8 @@ class Runner:
             self._announce()
 
     def _run_items(self, chunk: dict[str, Any], todo: list[int], futures: list[Future]) -> None:
-        """Load the model, then generate `todo` in micro-batches (uploads queued in `futures`)."""
+        """Answer the items made before from the result cache; load the model, then generate the rest in
+        micro-batches (uploads queued in `futures`)."""
         job_id, task = chunk["job"], chunk["pipeline"]
         by_index = {it["index"]: it for it in chunk["items"]}
         if self.results is not None:  # items made before are copied from storage: no model load for them
@@ -279,9 +280,9 @@ class Runner:
             }
             marked = bool(chunk.get("watermark")) and watermark.can_mark(image)
             info = infotext_for(chunk, item, image.size, self.device, self.name, marked, made.dtype, nsfw)
+            register = self.results.registrar(job_id, item["index"]) if self.results is not None else None
             futures.append(self.uploader.submit(job_id, item["index"], image, info, {**fields, "watermark": marked},
-                                                progress.reported, watermark.embed if marked else None,
-                                                self.results.registrar(job_id, item["index"]) if self.results else None))
+                                                progress.reported, watermark.embed if marked else None, register))
             self.activity.items_done += 1
         return futures
 
