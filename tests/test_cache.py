@@ -96,6 +96,19 @@ def test_cli_no_cache_flag():
     assert "cache" not in build_body(args, [{"prompt": "a"}])["params"]
 
 
+def test_summary_table_counts_cached_items_apart():
+    from sdq.cli.jobs import summary_table
+
+    items = [{"index": i, "state": "succeeded", "worker": "w1", "duration_s": d, "cached": c}
+             for i, (d, c) in enumerate([(2.0, None), (0.01, True), (4.0, None)])]
+    doc = {"id": "j", "state": "succeeded", "n_items": 3, "created_at": 0.0, "started_at": 0.0, "finished_at": 6.0,
+           "counts": {"queued": 0, "running": 0, "succeeded": 3, "failed": 0, "cancelled": 0}}
+    table = summary_table(SimpleNamespace(all_items=lambda job_id: (doc, items)), doc)
+    rows = {line.split()[0] + (" (cached)" if "(cached)" in line else ""): line.split()[-2:] for line in
+            table.splitlines() if line.startswith("w1")}
+    assert rows == {"w1": ["2", "3.000"], "w1 (cached)": ["1", "0.010"]}
+
+
 # -- the weights digest (files only, no services) ---------------------------------------------------
 def _folder(root: Path) -> Path:
     (root / "unet").mkdir(parents=True)
