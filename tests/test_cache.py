@@ -96,6 +96,16 @@ def test_cli_no_cache_flag():
     assert "cache" not in build_body(args, [{"prompt": "a"}])["params"]
 
 
+def test_prompt_files_may_opt_single_items_out():
+    from sdq.prompts import PromptFileError, parse_prompts
+
+    rows = parse_prompts("prompt,cache\na,false\nb,\nc,yes\n", "p.csv")
+    assert rows == [{"prompt": "a", "cache": False}, {"prompt": "b"}, {"prompt": "c", "cache": True}]
+    assert parse_prompts('{"prompt": "a", "cache": false}\n', "p.jsonl") == [{"prompt": "a", "cache": False}]
+    with pytest.raises(PromptFileError, match="cache='maybe'"):
+        parse_prompts("prompt,cache\na,maybe\n", "p.csv")
+
+
 def test_summary_table_counts_cached_items_apart():
     from sdq.cli.jobs import summary_table
 
