@@ -328,3 +328,28 @@ def test_init_images_are_keyed_by_their_content(client):
     assert not _run(client, body(a))["items"][0]["cached"]
     assert _run(client, body(b))["items"][0]["cached"] is True  # another upload of the same bytes
     assert not _run(client, body(c))["items"][0]["cached"]  # other bytes
+
+
+@pytest.mark.slow
+def test_a_cold_worker_answers_a_cached_job_without_loading_the_model(stack_factory):
+    """The lookup runs before the model is loaded: a worker that never loaded it serves the whole job."""
+    from sdq.client import Client
+    from sdq.redisconn import connect
+
+    st = stack_factory("cache-cold")
+    try:
+        client, r = Client(st.env["SDQ_SERVER"]), connect(st.env["SDQ_REDIS_URL"])
+        warm = st.worker("w-made-it", "--device", "cpu", "--threads", "1")
+        body = _body(uuid.uuid4().hex)
+        first = _run(client, body)
+        warm.stop()
+        st.worker("w-cold", "--device", "cpu", "--threads", "1")
+        again = _run(client, body)
+        assert [(it["cached"], it["worker"]) for it in again["items"]] == [(True, "w-cold")] * 3
+        assert [it["cached_from"]["job"] for it in again["items"]] == [first["id"]] * 3
+        record = wait_until(lambda: (rec := json.loads(r.get("sdq:worker:w-cold") or "null")) and
+                            rec["last_seen"] > again["finished_at"] and not rec["current_item"] and rec,
+                            "w-cold's record refreshed", 60)
+        assert record["loaded_models"] == [] and record["items_done"] == 0
+    finally:
+        st.stop()
