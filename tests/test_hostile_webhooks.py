@@ -35,12 +35,14 @@ REAL_CONNECT = urllib3.util.connection.create_connection
     "http://[2002:a00:1::]/",           # 6to4 of 10.0.0.1
     "http://[::ffff:127.0.0.1]/",
 ])
+@pytest.mark.unit
 def test_ipv6_addresses_embedding_private_ipv4_are_refused(url):
     with pytest.raises(InvalidInput) as err:
         check_webhook_url(url, allow_private=False)
     assert err.value.field == "webhook_url" and err.value.code == "forbidden_target"
 
 
+@pytest.mark.unit
 def test_nat64_of_a_public_address_is_allowed():
     assert check_webhook_url("http://[64:ff9b::808:808]/", allow_private=False)
 

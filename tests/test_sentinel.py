@@ -17,6 +17,7 @@ from tests.conftest import FAST
 MASTER = "sdqprimary"
 
 
+@pytest.mark.unit
 def test_sentinel_urls_parse_and_map_to_kombu():
     spec = parse_sentinel("sentinel://:s3cr%40t@h1:26379,h2:26380/mymaster/2")
     assert spec.sentinels == (("h1", 26379), ("h2", 26380)) and spec.master == "mymaster"
