@@ -18,7 +18,8 @@ from sdq.models import builtin_path
 from workers import builtin, checkpoints, simulate
 from workers.device import Device, bf16_native
 from workers.generation import generate
-from workers.pipelines import OutOfMemory, PipelineCache, is_fatal_device_error
+from sdq.exceptions import OutOfMemory
+from workers.pipelines import PipelineCache, is_fatal_device_error
 
 FP16 = Device("cpu", "fp16", "cpu")
 """A CPU worker started with `--dtype fp16 --force-dtype`: the whole fp16 path."""

@@ -14,7 +14,8 @@ import pytest
 import requests
 from PIL import Image
 
-from sdq.client import ApiError, Client
+from sdq.client import Client
+from sdq.exceptions import ApiError
 from sdq.grid import LABEL_H, LABEL_W
 from sdq.services import wait_for
 from sdq.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, tenant_secret, verify

@@ -8,7 +8,8 @@ import time
 import pytest
 import redis
 
-from sdq.client import ApiError, Client
+from sdq.client import Client
+from sdq.exceptions import ApiError
 from sdq.redisconn import broker, parse_sentinel
 from sdq.exceptions import ConfigError
 from sdq.services import Stack, free_port, wait_for

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from sdq import defaults
-from sdq.exceptions import ModelError
+from sdq.exceptions import ModelError, OutOfMemory
 from sdq.models import STORE_PREFIX, model_kind
 from workers import builtin, checkpoints
 from workers.device import Device
@@ -26,14 +26,6 @@ OUT_OF_MEMORY: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, M
 STICKY_DEVICE_ERRORS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS_",
                         "CUDNN_STATUS_", "unspecified launch failure")
 """Words of CUDA errors after which the process's CUDA context is unusable: every later call fails."""
-
-
-class OutOfMemory(MemoryError):
-    """Out of device memory even after every fallback; `fields` says what was tried."""
-
-    def __init__(self, message: str, fields: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.fields = fields or {}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

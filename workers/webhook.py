@@ -18,9 +18,9 @@ import time
 import urllib3
 
 from sdq.config import Settings
-from sdq.exceptions import InvalidInput
+from sdq.exceptions import InvalidInput, UnresolvedHost
 from sdq.jobstore import JobStore
-from sdq.webhooks import (EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Target, UnresolvedHost,
+from sdq.webhooks import (EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Target,
                           resolve_target, sign, tenant_secret)
 
 log = logging.getLogger(__name__)

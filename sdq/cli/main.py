@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+import requests
+
 from sdq import defaults
 from sdq.exceptions import SdqError
 
@@ -112,8 +114,12 @@ def cmd_inspect(args) -> int:
 
     from sdq.infotext import parse_infotext, submit_body_from_infotext
 
-    with Image.open(args.file) as img:
+    try:
+        img = Image.open(args.file)
         img.load()
+    except OSError as exc:
+        raise SdqError(f"{args.file}: not a readable image ({exc.strerror or exc})") from None
+    with img:
         text = img.info.get("parameters")
         try:
             from workers.watermark import detect
@@ -211,8 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in local:
             return local[args.command](args)
         return remote[args.command](args, Client(args.server, args.token))
-    except (SdqError, ValueError, OSError) as exc:
+    except SdqError as exc:
         print(f"sdq {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except requests.RequestException as exc:  # downloads of result URLs (the API calls raise SdqError)
+        print(f"sdq {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

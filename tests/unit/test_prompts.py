@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdq.prompts import PromptFileError, parse_prompts
+from sdq.exceptions import PromptFileError
+from sdq.prompts import parse_prompts
 
 
 def test_txt_skips_blank_lines_and_comments():
