@@ -5,9 +5,7 @@ import itertools
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from producer import bodies, events, tenants
-from producer import jobs as joblib
-from producer import uploads as uploadlib
+from producer import bodies, events, jobs, tenants, uploads
 from producer.errors import error_response
 from producer.formats import body_from_prompt_file, is_prompt_file
 from producer.schemas import parse_submit
@@ -86,17 +84,17 @@ def submit():
         body = body_from_prompt_file(body, request.mimetype, request.args.to_dict())
     bodies.check_strings(body)
     req = parse_submit(body)
-    plan = joblib.plan_job(req, settings, g.owner, uploads=lambda key, field: uploadlib.lookup(
+    plan = jobs.plan_job(req, settings, g.owner, uploads=lambda key, field: uploads.upload_record(
         _ext("sdq_redis"), key, g.owner, field))
     tenants.check_queue_room(_ext("sdq_jobs"), g.owner, len(plan.items), settings.max_queued_items)
-    routed = joblib.route(plan, fleet.live_workers(_ext("sdq_redis")))
+    routed = jobs.route(plan, fleet.live_workers(_ext("sdq_redis")))
     plan.job["warnings"] = plan.warnings
-    store = _ext("sdq_jobs")
-    store.create(plan.job, plan.items)
+    job_store = _ext("sdq_jobs")
+    job_store.create(plan.job, plan.items)
     try:
-        joblib.enqueue(_ext("celery"), plan, routed)
+        jobs.enqueue(_ext("celery"), plan, routed)
     except Exception:
-        store.delete(plan.job["id"], g.owner)
+        job_store.delete(plan.job["id"], g.owner)
         raise
     job_id = plan.job["id"]
     return jsonify({
@@ -110,10 +108,10 @@ def submit():
 def list_jobs():
     """The caller's jobs, newest first."""
     offset, limit = _int_arg("offset", 0, 0, 10**9), _int_arg("limit", 20, 1, 100)
-    store = _ext("sdq_jobs")
-    ids, total = store.list_jobs(g.owner, offset, limit)
-    docs = [job_view(j, store, _ext("sdq_store"), with_items=False, with_position=False)
-            for j in map(store.get, ids) if j]
+    job_store = _ext("sdq_jobs")
+    ids, total = job_store.list_jobs(g.owner, offset, limit)
+    docs = [job_view(j, job_store, _ext("sdq_store"), with_items=False, with_position=False)
+            for j in map(job_store.get, ids) if j]
     return jsonify({"jobs": docs, "total": total, "offset": offset, "limit": limit})
 
 
@@ -139,7 +137,7 @@ def cancel_job(job_id: str):
 def retry_job(job_id: str):
     """Re-queue the job's failed and cancelled items with their seeds."""
     _own_job(job_id)
-    requeued = joblib.requeue(_ext("sdq_jobs"), _ext("celery"), job_id, fleet.live_workers(_ext("sdq_redis")))
+    requeued = jobs.requeue(_ext("sdq_jobs"), _ext("celery"), job_id, fleet.live_workers(_ext("sdq_redis")))
     job = _ext("sdq_jobs").get(job_id)
     return jsonify({"id": job_id, "state": job["state"], "requeued": len(requeued),
                     "items": [it["index"] for it in requeued[:1000]]}), 202
@@ -159,16 +157,16 @@ def job_events(job_id: str):
 @bp.post("/v1/uploads")
 def upload():
     """Store an init image (PNG/JPEG/WebP; multipart `file` or raw body); 201 with {key, width, height}."""
-    data = uploadlib.read_body(request)
-    return jsonify(uploadlib.save_upload(_ext("sdq_store"), _ext("sdq_redis"), data, g.owner)), 201
+    data = uploads.read_upload_body(request)
+    return jsonify(uploads.save_upload(_ext("sdq_store"), _ext("sdq_redis"), data, g.owner)), 201
 
 
 @bp.get("/v1/uploads/<name>")
 def upload_info(name: str):
     """An upload's record {key, width, height}; 404 unless the caller uploaded it."""
-    key = f"{uploadlib.UPLOAD_PREFIX}{name}"
+    key = f"{uploads.UPLOAD_PREFIX}{name}"
     try:
-        record = uploadlib.lookup(_ext("sdq_redis"), key, g.owner, "key")
+        record = uploads.upload_record(_ext("sdq_redis"), key, g.owner, "key")
     except InvalidInput:
         raise NotFound(f"no upload {key!r}") from None
     return jsonify({k: record[k] for k in ("key", "width", "height")})

@@ -10,6 +10,40 @@ S3_BUCKET = "sdq"
 SERVER = "http://127.0.0.1:8000"
 """Where clients find the producer."""
 
+# -- job defaults, applied at submit and recorded in the job (so results are reproducible) -----
+MODEL = "builtin:tiny-sd"
+"""Model of a job that names none."""
+
+PIPELINE = "txt2img"
+"""Pipeline of a job that names none."""
+
+PRIORITY = 5
+"""Priority of a job that gives none (0-9, 9 most urgent)."""
+
+STEPS = 20
+"""Denoising steps per image."""
+
+GUIDANCE_SCALE = 7.5
+"""Classifier-free guidance scale."""
+
+WIDTH = 512
+"""Image width (for `upscale`, see `UPSCALE_SIDE`)."""
+
+HEIGHT = 512
+"""Image height (for `upscale`, see `UPSCALE_SIDE`)."""
+
+SCHEDULER = "pndm"
+"""Scheduler (one of `contract.SCHEDULERS`)."""
+
+STRENGTH = 0.8
+"""How much img2img and depth2img change the init image (0-1)."""
+
+NOISE_LEVEL = 20
+"""Noise the x4 upscaler adds to its input (0-350)."""
+
+UPSCALE_SIDE = 128
+"""Input width and height of `upscale` when no size is given (the output is 4x)."""
+
 MAX_ITEMS = 10_000
 """Hard limit on items in one job (`SDQ_MAX_ITEMS`)."""
 

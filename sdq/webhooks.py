@@ -27,6 +27,7 @@ SIGNATURE_HEADER = "X-Sdq-Signature"
 TIMESTAMP_HEADER = "X-Sdq-Timestamp"
 EVENT_HEADER = "X-Sdq-Event"
 URL_MAX_CHARS = 2000
+"""Longest webhook URL."""
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

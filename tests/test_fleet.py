@@ -15,6 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
+from sdq import contract
 from sdq.client import Client
 from sdq.infotext import parse_infotext
 from sdq.services import wait_for
@@ -90,7 +91,7 @@ def test_workers_view_shows_each_capability_record(fleet, fleet_client):
         assert w["loaded_models"] == ["builtin:tiny-sd"]
         assert w["current_item"] is None and w["items_done"] == 0
         assert w["started_at"] <= w["last_seen"] <= time.time() + 1
-        assert "sdq.control" in w["queues"] and "sdq.cpu.fp32.p256" in w["queues"]
+        assert contract.CONTROL_QUEUE in w["queues"] and "sdq.cpu.fp32.p256" in w["queues"]
     assert not [q for q in workers["small"]["queues"] if q.endswith(".p512")]
     assert {"sdq.any.any.p512", "sdq.cpu.fp32.p512"} <= set(workers["large"]["queues"])
     # `sdq workers --json` shows the same fleet

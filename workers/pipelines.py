@@ -42,13 +42,13 @@ def is_fatal_device_error(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(word in str(exc) for word in STICKY_DEVICE_ERRORS))
 
 
-SCHEDULERS = {
+SCHEDULER_CLASSES = {
     "pndm": "PNDMScheduler", "plms": "PNDMScheduler", "ddim": "DDIMScheduler",
     "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
     "dpmpp_2m": "DPMSolverMultistepScheduler", "lms": "LMSDiscreteScheduler",
     "ddpm": "DDPMScheduler", "heun": "HeunDiscreteScheduler", "unipc": "UniPCMultistepScheduler",
 }
-"""Scheduler name -> diffusers class, built with `from_config` of the model's own config."""
+"""Scheduler name (`contract.SCHEDULERS`) -> diffusers class, built with `from_config` of the model's own config."""
 
 TASK_CLASSES = {
     "txt2img": "StableDiffusionPipeline",
@@ -63,14 +63,14 @@ def make_scheduler(name: str, config: dict[str, Any]):
     """A fresh scheduler of the named kind, from the model's saved scheduler config."""
     import diffusers
 
-    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
+    return getattr(diffusers, SCHEDULER_CLASSES[name]).from_config(config)
 
 
 def warm_imports() -> None:
     """Import the pipeline classes now, so a worker's first item does not pay seconds of lazy imports."""
     import diffusers
 
-    for name in (*TASK_CLASSES.values(), *set(SCHEDULERS.values())):
+    for name in (*TASK_CLASSES.values(), *set(SCHEDULER_CLASSES.values())):
         getattr(diffusers, name)
 
 
