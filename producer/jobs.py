@@ -18,7 +18,7 @@ from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.grid import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
-from sdq.queue import chunk_message
+from sdq.celery_app import chunk_message
 from sdq.webhooks import check_webhook_url
 
 DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper()) for key in ITEM_PARAM_KEYS}

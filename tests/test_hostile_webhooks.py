@@ -133,7 +133,7 @@ def _loopback_only(monkeypatch):
 
 def test_delivery_connects_to_the_checked_address_not_a_rebound_one(jobs, hook, monkeypatch):
     """DNS says public at check time, loopback a moment later: nothing may reach the loopback server."""
-    from workers.webhook import deliver_webhook
+    from workers.webhook_delivery import deliver_webhook
 
     _dns(monkeypatch, ["93.184.215.14", "127.0.0.1"])
     attempts = _loopback_only(monkeypatch)
@@ -146,7 +146,7 @@ def test_delivery_connects_to_the_checked_address_not_a_rebound_one(jobs, hook, 
 
 def test_delivery_sends_host_and_tenant_signature_to_the_pinned_address(jobs, hook, monkeypatch):
     from sdq.webhooks import tenant_secret
-    from workers.webhook import deliver_webhook
+    from workers.webhook_delivery import deliver_webhook
 
     calls = _dns(monkeypatch, ["127.0.0.1", socket.gaierror(socket.EAI_NONAME, "gone")])
     job_id = _job(jobs, f"http://hooks.example:{hook}/hook?k=v")
@@ -161,7 +161,7 @@ def test_delivery_sends_host_and_tenant_signature_to_the_pinned_address(jobs, ho
 
 
 def test_dns_failure_at_delivery_is_retried_not_dropped(jobs, monkeypatch):
-    from workers.webhook import deliver_webhook
+    from workers.webhook_delivery import deliver_webhook
 
     _dns(monkeypatch, [socket.gaierror(socket.EAI_AGAIN, "temporary failure in name resolution")])
     job_id = _job(jobs, "http://hooks.example/hook")
@@ -170,7 +170,7 @@ def test_dns_failure_at_delivery_is_retried_not_dropped(jobs, monkeypatch):
 
 
 def test_webhook_urls_are_not_logged(jobs, caplog, monkeypatch):
-    from workers.webhook import deliver_webhook
+    from workers.webhook_delivery import deliver_webhook
 
     secret_url = "http://10.1.2.3/hook?token=s3cr3t-in-url"
     job_id = _job(jobs, secret_url)

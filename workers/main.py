@@ -15,7 +15,7 @@ from sdq.redisconn import connect
 from sdq.jobstore import JobStore
 from sdq.exceptions import ConfigError
 from sdq.lifecycle import finalize_job, request_finalize
-from sdq.queue import make_celery
+from sdq.celery_app import make_celery
 from storage import ResultStore
 
 log = logging.getLogger("sdq.worker")
@@ -112,7 +112,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     from workers.runner import Runner
     from workers.tasks import register
     from workers.uploader import Uploader
-    from workers.webhook import deliver_webhook
+    from workers.webhook_delivery import deliver_webhook
 
     client = redis_client(settings.redis_url)
     jobs = JobStore(client)

@@ -8,7 +8,7 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from sdq import contract
-from sdq.queue import TASK_FINALIZE
+from sdq.celery_app import TASK_FINALIZE
 
 log = logging.getLogger(__name__)
 

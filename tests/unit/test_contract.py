@@ -32,7 +32,7 @@ def test_a_workers_kind_is_the_contracts():
 
 
 def test_the_control_queue_is_the_celery_default_queue():
-    from sdq.queue import celery_config
+    from sdq.celery_app import celery_config
 
     assert celery_config("redis://127.0.0.1:1/0")["task_default_queue"] == contract.CONTROL_QUEUE
 
