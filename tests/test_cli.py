@@ -87,3 +87,11 @@ def test_models_lists_builtin_with_folder(models_dir):
     rows = json.loads(out.stdout)
     tiny = next(r for r in rows if r["id"] == "builtin:tiny-sd")
     assert Path(tiny["path"]).is_relative_to(models_dir) and tiny["present"] is True
+
+
+@pytest.mark.unit
+def test_worker_with_a_bad_timing_stops_at_start_naming_it():
+    env = {**os.environ, "SDQ_STALL_TIMEOUT": "10s", "SDQ_REDIS_URL": "redis://127.0.0.1:9/0"}
+    out = subprocess.run([sys.executable, "-m", "sdq.cli", "worker", "--device", "cpu"], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT, env=env)
+    assert out.returncode == 2 and "sdq worker: SDQ_STALL_TIMEOUT='10s' is not a number" in out.stderr, out.stderr
