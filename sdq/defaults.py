@@ -100,6 +100,16 @@ HAND_OFF_PAUSE = 0.5
 UPSCALE_MAX_BATCH = 1
 """Most images per x4-upscaler call (`sdq worker --upscale-batch`): its VAE decodes in fp32 at 4x the size."""
 
+WEBHOOK_MAX_RETRIES = 8
+"""Retries of a webhook delivery after its first attempt (Celery's `max_retries` on the task)."""
+
+WEBHOOK_BACKOFF_MAX = 300
+"""Longest pause, seconds, between webhook attempts: Celery's exponential backoff (1, 2, 4, ... s,
+each drawn at random below that with full jitter) stops growing here."""
+
+FINALIZE_BACKOFF_MAX = 60
+"""Longest pause, seconds, between attempts of a job's finalisation (retried until it succeeds)."""
+
 FATAL_EXIT_CODE = 3
 """Exit status of a worker whose device hit a sticky error (a broken CUDA context): restart it."""
 # -- hostile input and tenants (see docs/SECURITY.md) ----------------------------------------

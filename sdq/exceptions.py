@@ -59,6 +59,10 @@ class UnresolvedHost(SdqError):
     """A webhook host that does not resolve now (worth retrying at delivery)."""
 
 
+class WebhookFailed(SdqError):
+    """A webhook attempt that failed in a way worth retrying (DNS, connection, 5xx, 408, 429)."""
+
+
 class ModelError(SdqError):
     """A model cannot be resolved or loaded."""
 

@@ -117,7 +117,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     warm_imports()
     for model in opts.preload or []:
         cache.load(model)
-    register(celery, runner, on_webhook=lambda task, job_id: deliver_webhook(task, jobs, settings, job_id),
+    register(celery, runner, on_webhook=lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt),
              on_finalize=lambda job_id: finalize_job(jobs, store, job_id, celery))
 
     # 3. Join the fleet, then consume.

@@ -41,3 +41,9 @@ def test_the_worker_has_a_diffusers_pipeline_for_every_pipeline_the_api_accepts(
     from workers.pipelines import TASK_CLASSES
 
     assert set(TASK_CLASSES) == set(contract.PIPELINES)
+
+
+def test_redis_replies_are_decoded_in_one_place():
+    from sdq.redisconn import text
+
+    assert (text(b"caf\xc3\xa9"), text("x"), text(None)) == ("café", "x", None)
