@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import itertools
+from typing import TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from pydantic import BaseModel, ValidationError
 
 from producer import bodies, events, jobs, tenants, uploads
 from producer.errors import error_response
 from producer.formats import body_from_prompt_file, is_prompt_file
+from producer.openapi import ItemsPage, JobsPage
 from producer.schemas import parse_submit
 from producer.status import job_view
 from sdq import fleet
@@ -17,20 +20,21 @@ from sdq.webhooks import tenant_secret
 
 bp = Blueprint("api", __name__)
 
+Query = TypeVar("Query", bound=BaseModel)
+
 
 def _ext(name: str):
     return current_app.extensions[name]
 
 
-def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name, default)
+def _query(model: type[Query]) -> Query:
+    """The query string parsed with `model` (the one the OpenAPI document publishes); 400 naming the argument."""
     try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise InvalidInput(name, f"{name} must be an integer, got {raw!r}", status=400) from None
-    if not lo <= value <= hi:
-        raise InvalidInput(name, f"{name} must be between {lo} and {hi}, got {value}", status=400)
-    return value
+        return model.model_validate({k: v for k, v in request.args.items() if k in model.model_fields})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        name = str(err["loc"][0])
+        raise InvalidInput(name, f"{name}: {err['msg']} (got {err.get('input')!r})", status=400) from None
 
 
 PUBLIC_ENDPOINTS = ("api.healthz", "meta.index", "static")
@@ -107,7 +111,8 @@ def submit():
 @bp.get("/v1/jobs")
 def list_jobs():
     """The caller's jobs, newest first."""
-    offset, limit = _int_arg("offset", 0, 0, 10**9), _int_arg("limit", 20, 1, 100)
+    page = _query(JobsPage)
+    offset, limit = page.offset, page.limit
     job_store = _ext("sdq_jobs")
     ids, total = job_store.list_jobs(g.owner, offset, limit)
     docs = [job_view(j, job_store, _ext("sdq_store"), with_items=False, with_position=False)
@@ -119,8 +124,8 @@ def list_jobs():
 def get_job(job_id: str):
     """Job status with one page of items."""
     job = _own_job(job_id)
-    offset, limit = _int_arg("offset", 0, 0, 10**9), _int_arg("limit", 100, 0, 100)
-    return jsonify(job_view(job, _ext("sdq_jobs"), _ext("sdq_store"), offset, limit))
+    page = _query(ItemsPage)
+    return jsonify(job_view(job, _ext("sdq_jobs"), _ext("sdq_store"), page.offset, page.limit))
 
 
 @bp.delete("/v1/jobs/<job_id>")
