@@ -24,8 +24,8 @@ TASK_WEBHOOK = "sdq.webhook"
 CONTROL_QUEUE = "sdq.control"
 """Queue every worker consumes for housekeeping tasks (webhooks)."""
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 ITEM_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+"""States of an item; a job goes through the same ones."""
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
 PIPELINES = ("txt2img", "img2img", "upscale", "depth2img")

@@ -94,8 +94,6 @@ JOB_TTL = 30 * 24 * 3600
 
 OOM_HAND_OFFS = 2
 """Most workers an item is handed to after running out of memory in low-memory mode (then it fails)."""
-HAND_OFF_PAUSE = 0.5
-"""Seconds a worker waits before publishing again a handed-off chunk that came back to it."""
 
 UPSCALE_MAX_BATCH = 1
 """Most images per x4-upscaler call (`sdq worker --upscale-batch`): its VAE decodes in fp32 at 4x the size."""

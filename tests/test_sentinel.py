@@ -9,11 +9,9 @@ import pytest
 import redis
 
 from sdq.client import Client
-from sdq.exceptions import ApiError
+from sdq.exceptions import ApiError, ConfigError
 from sdq.redisconn import broker, parse_sentinel
-from sdq.exceptions import ConfigError
 from sdq.services import Stack, free_port, wait_for
-from tests.conftest import FAST
 
 MASTER = "sdqprimary"
 
