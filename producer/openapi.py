@@ -130,8 +130,8 @@ def build_openapi(app: Flask) -> dict[str, Any]:
             paths.setdefault(path, {})[method.lower()] = _operation(app, rule, rule.endpoint)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "sdq", "version": __version__,
-                 "description": "Distributed Stable Diffusion job queue. Item states: " + ", ".join(contract.ITEM_STATES)},
+        "info": {"title": "sdq", "version": __version__, "description": "Distributed Stable Diffusion job queue. "
+                 "Item states: " + ", ".join(contract.ITEM_STATES)},
         "paths": paths,
         "components": {
             "schemas": _schemas(),

@@ -30,8 +30,8 @@ def register(celery: Celery, runner, on_webhook: Callable[[str, int], None] | No
 
     # Celery retries both with its own exponential backoff (1, 2, 4, ... s, full jitter, capped).
     @celery.task(name=contract.TASK_WEBHOOK, shared=False, bind=True, acks_late=True,
-                 autoretry_for=(WebhookFailed,), retry_backoff=1, retry_backoff_max=defaults.WEBHOOK_BACKOFF_MAX, retry_jitter=True,
-                 max_retries=defaults.WEBHOOK_MAX_RETRIES)
+                 autoretry_for=(WebhookFailed,), retry_backoff=1, retry_backoff_max=defaults.WEBHOOK_BACKOFF_MAX,
+                 retry_jitter=True, max_retries=defaults.WEBHOOK_MAX_RETRIES)
     def webhook(self, job_id: str) -> None:
         if on_webhook is not None:
             on_webhook(job_id, self.request.retries + 1)

@@ -3,11 +3,12 @@
 The body is ``{"event": "job.finished", "job": {...summary...}}``; headers carry the HMAC signature
 described in `sdq.webhooks`. Connection errors, 5xx, 408 and 429 answers raise `WebhookFailed`,
 which the Celery task retries with its own exponential backoff (`workers.tasks`: 1, 2, 4, ... s with
-jitter, at most `WEBHOOK_BACKOFF_MAX`, `WEBHOOK_MAX_RETRIES` retries); other 4xx answers are final. Before every attempt the host is resolved once and checked, and the request connects to
-that checked address (Host header and TLS server name stay the URL's host), so a name that
-re-resolves to a private address between check and connect (DNS rebinding) reaches nothing. A
-host that does not resolve is retried like a connection error. Log lines name the job, never the
-URL (URLs often carry secrets).
+jitter, at most `WEBHOOK_BACKOFF_MAX`, `WEBHOOK_MAX_RETRIES` retries); other 4xx answers are final.
+Before every attempt the host is resolved once and checked, and the request connects to that checked
+address (Host header and TLS server name stay the URL's host), so a name that re-resolves to a
+private address between check and connect (DNS rebinding) reaches nothing. A host that does not
+resolve is retried like a connection error. Log lines name the job, never the URL (URLs often carry
+secrets).
 """
 from __future__ import annotations
 
