@@ -11,25 +11,18 @@ from typing import Any, Callable
 
 from celery import Celery
 
-from producer.schemas import SubmitRequest
-from producer.sweep import PARAM_KEYS as SWEEP_PARAM_KEYS, check_sweep, combinations, count as sweep_count
+from producer.schemas import ITEM_PARAM_KEYS, SubmitRequest
+from producer.sweep import check_sweep, combinations, count as sweep_count
 from sdq import contract, defaults, fleet
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.grid import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
-from sdq.queue import chunk_message
+from sdq.celery_app import chunk_message
 from sdq.webhooks import check_webhook_url
 
-DEFAULTS: dict[str, Any] = {
-    "steps": 20, "guidance_scale": 7.5, "width": 512, "height": 512, "scheduler": "pndm",
-    "strength": 0.8, "noise_level": 20,
-}
-"""Parameter defaults applied at submit (recorded in the job, so results are reproducible)."""
-
-ITEM_PARAM_KEYS = ("steps", "guidance_scale", "width", "height", "scheduler", "strength", "noise_level")
-UPSCALE_DEFAULT_SIDE = 128
-"""Default input side for `upscale` when no size is given (output is 4x)."""
+DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper()) for key in ITEM_PARAM_KEYS}
+"""Item parameter defaults (the named ones in `sdq.defaults`), applied at submit and recorded in the job."""
 
 
 @dataclass
@@ -81,7 +74,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     given = req.params.model_dump(exclude_none=True)
     base = {**DEFAULTS, **given}
     if req.pipeline == "upscale":
-        base.update({side: UPSCALE_DEFAULT_SIDE for side in ("width", "height") if side not in given})
+        base.update({side: defaults.UPSCALE_SIDE for side in ("width", "height") if side not in given})
     seed = req.params.seed if req.params.seed is not None else secrets.randbelow(2**31)
     n_per = req.params.images_per_prompt
     watermark = settings.watermark_default if req.params.watermark is None else req.params.watermark
@@ -117,7 +110,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
         for combo in combos:
             # A sweep overrides job and item values; its cells of one prompt share a seed.
-            cell = {**params, **{k: v for k, v in combo.items() if k in SWEEP_PARAM_KEYS}}
+            cell = {**params, **{k: v for k, v in combo.items() if k in ITEM_PARAM_KEYS}}
             if combo:
                 _check_limits(req.pipeline, cell, "sweep.", settings)
             for k in range(n_per):

@@ -7,14 +7,12 @@ import json
 import math
 from typing import Any
 
+from sdq.exceptions import PromptFileError
+
 ITEM_FIELDS = {"prompt": str, "negative_prompt": str, "seed": int, "init_image": str, "steps": int,
                "width": int, "height": int, "guidance_scale": float, "scheduler": str, "strength": float,
                "noise_level": int}
 """Per-item columns/keys a prompt file may carry, and their types."""
-
-
-class PromptFileError(ValueError):
-    """A prompt file that cannot be read; the message names the line."""
 
 
 def _item(obj: Any, where: str) -> dict[str, Any]:

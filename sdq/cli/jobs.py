@@ -12,6 +12,7 @@ import requests
 
 from sdq import contract
 from sdq.client import Client
+from sdq.exceptions import InvalidInput, PromptFileError, SdqError
 from sdq.gallery import write_gallery
 from sdq.prompts import parse_prompts
 
@@ -37,20 +38,34 @@ def build_body(args, items: list[dict[str, Any]]) -> dict[str, Any]:
         try:
             body["sweep"] = json.loads(args.sweep)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"--sweep must be a JSON object, e.g. '{{\"guidance_scale\": [5, 9]}}' ({exc.msg})") from None
+            raise InvalidInput("--sweep", f"--sweep must be a JSON object, e.g. '{{\"guidance_scale\": [5, 9]}}' "
+                               f"({exc.msg})") from None
     if getattr(args, "webhook_url", None):
         body["webhook_url"] = args.webhook_url
     return body
 
 
+def _read_prompt_file(name: str) -> str:
+    """The text of a prompt file (`-`: standard input); PromptFileError when it cannot be read as UTF-8."""
+    try:
+        return sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PromptFileError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise PromptFileError(f"{name}: not UTF-8 text (byte {exc.start})") from None
+
+
 def cmd_submit(args, client: Client) -> int:
     """Submit a prompt file; optionally wait and download."""
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-    items = parse_prompts(text, args.file)
+    items = parse_prompts(_read_prompt_file(args.file), args.file)
     body = build_body(args, items)
     if args.init_image:
         path = Path(args.init_image)
-        body["params"]["init_image"] = client.upload(path.read_bytes(), path.name)["key"]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InvalidInput("--init-image", f"--init-image {str(path)!r} cannot be read: {exc.strerror}") from None
+        body["params"]["init_image"] = client.upload(data, path.name)["key"]
     resp = client.submit(body)
     if args.json and not args.wait:
         print(json.dumps(resp))
@@ -153,7 +168,10 @@ def download(client: Client, job_id: str, out: Path, quiet: bool = False, grid: 
     renamed into place only once complete. With `grid`, also writes `grid.png` (sdq.grid).
     """
     doc, items = client.all_items(job_id)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SdqError(f"cannot write the download folder {str(out)!r}: {exc.strerror or exc}") from None
     todo = [it for it in items if it["state"] == "succeeded" and it.get("url")]
     with ThreadPoolExecutor(max_workers=8) as pool:
         fetched = sum(pool.map(lambda it: _fetch(it["url"], out / f"{it['index']:05d}.png", it.get("bytes")), todo))
