@@ -53,6 +53,8 @@ def section(name: str, result: dict[str, Any]) -> str:
     out = [f"## {TITLES.get(name, name)}", ""]
     if result.get("error"):
         return "\n".join(out + [f"**Failed:** `{result['error']}`", ""])
+    if result.get("ran"):
+        out += [f"Run on {result['ran']['at']} at commit {result['ran']['commit']}.", ""]
     if name in NOTES:
         out += [NOTES[name], ""]
     if result.get("table"):
@@ -85,7 +87,8 @@ def render(doc: dict[str, Any]) -> str:
     out = ["# sdq benchmark results", "",
            f"Written by `make bench` (`python -m bench.run`) on {when}, in {doc.get('duration_s', 0):.0f} s"
            + (" — **quick sizes: not comparable**" if doc.get("quick") else "") + ". Every figure is a ratio "
-           "or a distribution measured in the same run, side by side. Raw data: `bench/results.json`.", "",
+           "or a distribution measured in the same run, side by side (`--only` re-runs update single sections, "
+           "each says when it ran). Raw data: `bench/results.json`.", "",
            "## Machine", "", machine_section(doc["machine"]), "", "## Targets", ""]
     rows = [["benchmark", "target", "measured", "status"]]
     for name, res in doc["benchmarks"].items():
