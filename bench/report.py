@@ -14,9 +14,17 @@ TITLES = {
     "coldstart": "6. Warm vs cold",
     "events": "7. Event fan-out (SSE)",
     "gpu": "8. One worker vs plain diffusers on the same device",
+    "sim": "9. Mixed fleets (simulation)",
 }
 
 NOTES = {
+    "sim": ("A discrete-event simulation of one job of equal items on fleets of unequal workers, driving sdq's "
+            "own policy functions (`sdq/scheduling.py`): `count` = chunks sized from the number of workers and "
+            "every worker takes whole chunks (sdq before speed awareness); `speed` = chunks from measured rates "
+            "and speed-aware claims; `speed+backups` = plus straggler backups. Rates are items per second (the "
+            "fastest makes one per second), known to all. Bound = max(total work / total rate, one item on the "
+            "fastest worker); 'best' = the best schedule of whole items (each item on one worker). "
+            "Message, upload and measurement costs are not modelled. `python -m bench.sim`."),
     "gpu": ("One `sdq worker --max-batch B` against one plain warm diffusers process making the same images "
             "in calls of B, same device and dtype (`python -m bench.run --device cuda` on a GPU host)."),
     "overhead": ("Wall time from just before the POST to the job's `finished_at` (every PNG in the bucket), "

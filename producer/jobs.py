@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 import secrets
 import time
 import uuid
@@ -13,7 +12,7 @@ from celery import Celery
 
 from producer.schemas import ITEM_PARAM_KEYS, SubmitRequest
 from producer.sweep import check_sweep, combinations, count as sweep_count
-from sdq import contract, defaults, fleet
+from sdq import contract, defaults, fleet, scheduling, speed
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.grid import GRID_MAX_ITEMS, check_fits
@@ -156,30 +155,20 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     return Plan(job, items)
 
 
-def chunk_sizes(n_items: int, workers: int, batch: int = 1) -> list[int]:
-    """Sizes of the task messages for `n_items` items that share all parameters: guided
-    self-scheduling. Each chunk takes 1/`CHUNK_SPLIT` of a worker's fair share of the items still
-    left (at most `CHUNK_MAX`), in whole micro-batches of `batch`. Workers take chunks in order, so
-    the first are large (few messages, full batches) and the last are one micro-batch each: when
-    the job runs out, no worker is left alone with a big chunk while the others idle."""
-    sizes: list[int] = []
-    left = n_items
-    while left > 0:
-        share = math.ceil(left / (defaults.CHUNK_SPLIT * max(1, workers)))
-        size = min(defaults.CHUNK_MAX, max(batch, math.ceil(share / batch) * batch), left)
-        sizes.append(size)
-        left -= size
-    return sizes
-
-
-def _chunks(items: list[dict[str, Any]], workers: list[dict[str, Any]]):
-    """Consecutive items sharing parameters, cut into chunks of `chunk_sizes`."""
+def _chunks(plan: Plan, workers: list[dict[str, Any]]):
+    """Consecutive items sharing parameters, each run cut into `(queue, items)` chunks whose sizes
+    follow the measured rates of the live workers serving that queue (`sdq.scheduling`)."""
+    req, model, pipeline = plan.job["requires"], plan.job["model"], plan.job["pipeline"]
     batch = max([int(w.get("max_batch") or 1) for w in workers] or [1])
-    for _, group in itertools.groupby(items, key=lambda it: sorted(it["params"].items())):
+    for _, group in itertools.groupby(plan.items, key=lambda it: sorted(it["params"].items())):
         group = list(group)
+        params = group[0]["params"]
+        w, h = contract.output_size(pipeline, params["width"], params["height"])
+        queue = contract.queue_for(req["device"], req.get("dtype"), w * h)
+        rates = [speed.worker_rate(wk, model, pipeline, params) for wk in fleet.serving(workers, queue, model)]
         start = 0
-        for size in chunk_sizes(len(group), len(workers), batch):
-            yield group[start:start + size]
+        for size in scheduling.chunk_sizes(len(group), rates, batch):
+            yield queue, group[start:start + size]
             start += size
 
 
@@ -187,11 +176,7 @@ def route(plan: Plan, workers: list[dict[str, Any]]) -> list[tuple[str, list[dic
     """Split items into task chunks and pick each chunk's queue; records warnings on `plan`."""
     req = plan.job["requires"]
     model, pipeline = plan.job["model"], plan.job["pipeline"]
-    routed = []
-    for chunk in _chunks(plan.items, workers):
-        w, h = contract.output_size(pipeline, chunk[0]["params"]["width"], chunk[0]["params"]["height"])
-        queue = contract.queue_for(req["device"], req.get("dtype"), w * h)
-        routed.append((queue, chunk))
+    routed = list(_chunks(plan, workers))
     for queue in sorted({q for q, _ in routed}):
         able = fleet.serving(workers, queue, model)
         if req.get("min_memory_gb"):

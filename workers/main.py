@@ -62,6 +62,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     from workers.leases import Leases
     from workers.reaper import Reaper
     from workers.routing import Router
+    from workers.speedometer import Speedometer
 
     device = select_device(opts.device, opts.dtype, force=opts.force_dtype)
     import torch
@@ -104,8 +105,9 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
                           safety_checker=opts.safety_checker,
                           upscale_batch=opts.upscale_batch or defaults.UPSCALE_MAX_BATCH, store=store)
     memory_gb = device.memory_gb()[0]
-    router = Router(name, jobs, publish, models, max_pixels, memory_gb)
-    activity = Activity()
+    speedometer = Speedometer(device.kind)
+    router = Router(name, jobs, publish, models, max_pixels, memory_gb, speedometer)
+    activity = Activity(speed=speedometer)
     capability = Capability(name, device, models, max_pixels, max_batch, queues, opts.threads, activity,
                             cache.loaded)
     reaper = Reaper(jobs, celery, finalize, settings.reaper_interval, settings.finalize_resend)

@@ -243,6 +243,12 @@ def cmd_retry(args, client: Client) -> int:
     return 0
 
 
+def _speed(rates: dict[str, dict]) -> str:
+    """A worker's measured rates, e.g. `builtin:tiny-sd|txt2img|p256=1.2 (40)`: megapixel-steps per
+    second (items measured), or `cold` before its first item."""
+    return " ".join(f"{key}={r['rate']:.3g} ({r.get('n', 0)})" for key, r in sorted(rates.items())) or "cold"
+
+
 def cmd_workers(args, client: Client) -> int:
     """Show the fleet."""
     workers = client.workers()
@@ -250,8 +256,9 @@ def cmd_workers(args, client: Client) -> int:
         print(json.dumps(workers))
         return 0
     cols = ("name", "host", "device", "dtype", "device_name", "memory_free_gb", "max_pixels", "max_batch",
-            "items_done", "loaded_models")
-    rows = [[str(w.get(c) if not isinstance(w.get(c), list) else ",".join(w[c])) for c in cols] for w in workers]
+            "items_done", "loaded_models", "speed")
+    rows = [[str(w.get(c) if not isinstance(w.get(c), list) else ",".join(w[c])) for c in cols[:-1]]
+            + [_speed(w.get("speed") or {})] for w in workers]
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)))
     for r in rows:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from producer.jobs import chunk_sizes
 from sdq import contract, defaults
+from sdq.scheduling import chunk_sizes
 
 
 @pytest.mark.parametrize("pixels, name", [(1, "p256"), (256 * 256, "p256"), (256 * 256 + 1, "p512"),
@@ -60,12 +60,12 @@ def test_api_priority_maps_to_redis_priority_clamped():
 @pytest.mark.parametrize("n_items, workers, batch", [(1, 1, 1), (7, 2, 1), (100, 3, 4), (1000, 1, 8),
                                                      (33, 0, 1), (5, 4, 8)])
 def test_chunk_sizes_cover_every_item_once_in_bounded_chunks(n_items, workers, batch):
-    sizes = chunk_sizes(n_items, workers, batch)
+    sizes = chunk_sizes(n_items, [1.0] * workers, batch)
     assert sum(sizes) == n_items
     assert all(1 <= s <= max(defaults.CHUNK_MAX, batch) for s in sizes)
 
 
 def test_chunks_shrink_towards_the_end_of_a_job():
-    sizes = chunk_sizes(500, 2)
+    sizes = chunk_sizes(500, [1.0, 1.0])
     assert sizes == sorted(sizes, reverse=True)
     assert sizes[0] > sizes[-1] == 1
