@@ -54,8 +54,9 @@ test-deps:
 test: install test-deps
 	$(PY) -m pytest
 
+# The unit tier: pure logic only, no services started, under a minute.
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m unit -q
 
 # `make bench BENCH_ARGS="--device cuda"` on a GPU host (see bench/README.md).
 bench: install

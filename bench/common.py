@@ -25,7 +25,7 @@ from sdq.jobstore import JobStore
 from sdq.services import LOCAL_AWS, Stack, free_port, wait_for
 
 BUCKET = "sdq-bench"
-"""Bucket the benchmarks write to (on their own moto server)."""
+"""Bucket the benchmarks write to (on their own S3 server)."""
 
 MODEL = "builtin:tiny-sd"
 """The model every benchmark runs."""
@@ -76,7 +76,7 @@ def ensure_models(models_dir: Path) -> float:
 
 @dataclass
 class Bench:
-    """A private stack (redis-server, moto S3, producer) plus the workers a benchmark adds."""
+    """A private stack (redis-server, SeaweedFS S3, producer) plus the workers a benchmark adds."""
 
     stack: Stack
     device: str
@@ -272,9 +272,9 @@ def command_delta(before: dict, after: dict, per: int) -> dict[str, dict[str, fl
 
 # -- CPU accounting --------------------------------------------------------------------------
 
-ROLES = {"workers": "sdq.cli worker", "producer": "sdq.cli producer", "s3": "moto.server",
-         "redis": "redis-server", "bare": "bench.bare"}
-"""Role of a process of the benchmark, by a piece of its command line."""
+ROLES = {"workers": ("sdq.cli worker",), "producer": ("sdq.cli producer",), "s3": ("weed mini", "moto.server"),
+         "redis": ("redis-server",), "bare": ("bench.bare",)}
+"""Role of a process of the benchmark, by pieces of its command line."""
 
 
 def cpu_snapshot() -> dict[str, Any]:
@@ -299,7 +299,7 @@ def cpu_snapshot() -> dict[str, Any]:
     roles: dict[str, float] = defaultdict(float)
     for pid in mine - {os.getpid()}:
         _, cmd, cpu = procs[pid]
-        role = next((r for r, needle in ROLES.items() if needle in cmd), None)
+        role = next((r for r, needles in ROLES.items() if any(n in cmd for n in needles)), None)
         if role:
             roles[role] += cpu
     stat: list[int] = []

@@ -18,7 +18,7 @@ from collections import defaultdict
 from typing import Any
 
 from bench.bare import BarePool
-from bench.common import (Bench, bench_stack, command_delta, cpu_delta, cpu_snapshot, dist, main_for,
+from bench.common import (BUCKET, Bench, bench_stack, command_delta, cpu_delta, cpu_snapshot, dist, main_for,
                           redis_command_stats, target)
 from sdq import defaults
 
@@ -104,6 +104,72 @@ def status_call_cost(bench: Bench, n: int = 240, chunk: int = 8) -> dict[str, fl
         bench.r.zrem("sdq:active", job_id)
 
 
+def store_path_cost(bench: Bench, n: int = 200) -> dict[str, Any]:
+    """The worker's own CPU per stored image, step by step, as its upload thread spends it (thread CPU
+    time, in this process, against the benchmark's Redis and S3): PNG encode with the infotext, the
+    S3 PUT (boto3), the state update (finish script); and the S3 server's CPU per PUT. The thumbnail
+    (WebP encode + a second PUT) is timed apart: only images larger than the thumbnail side make one."""
+    import numpy as np
+    from PIL import Image
+
+    from storage.s3 import ResultStore
+    from workers.thumbs import encode_thumb
+    from workers.uploader import encode_png
+
+    store = ResultStore(BUCKET, bench.stack.env["SDQ_S3_ENDPOINT_URL"])
+    rng = np.random.default_rng(0)
+    small = Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8"))
+    large = Image.fromarray((rng.random((512, 512, 3)) * 255).astype("uint8"))
+    infotext = "a prompt of some length, as users write them\nSteps: 4, Sampler: PNDM, " + "x" * 300
+    job_id = "bench" + uuid.uuid4().hex[:12]
+    items = [{"index": i, "prompt": "x", "seed": i, "params": {}, "state": "queued", "steps": 4, "key": None}
+             for i in range(n)]
+    bench.jobs.create({"id": job_id, "owner": "bench", "state": "queued", "created_at": time.time(), "n_items": n,
+                       "priority": 5, "requires": {"device": "any"}}, items)
+    bench.jobs.start_items(job_id, list(range(n)), "bench", "cpu", "fp32")
+    data = encode_png(small, infotext)
+    thumb = encode_thumb(large)
+
+    def per_call(fn) -> float:
+        fn(0)
+        t0 = time.thread_time()
+        for i in range(1, n):
+            fn(i)
+        return _ms((time.thread_time() - t0) / (n - 1))
+
+    try:
+        s3_0 = cpu_snapshot()
+        out = {
+            "encode_png_64_ms": per_call(lambda i: encode_png(small, infotext)),
+            "put_ms": per_call(lambda i: store.put(f"bench/{job_id}/{i:05d}.png", data, content_type="image/png")),
+        }
+        s3_cpu = cpu_delta(s3_0, cpu_snapshot())["cpu_s"].get("s3", 0.0)
+        out["finish_ms"] = per_call(lambda i: bench.jobs.finish_item(
+            job_id, i, "succeeded", {"worker": "bench", "key": f"jobs/{job_id}/{i:05d}.png",
+                                     "timings": {"generate": 0.1}}, 1))
+        out["small_image_total_ms"] = round(out["encode_png_64_ms"] + out["put_ms"] + out["finish_ms"], 2)
+        out["s3_server_ms_per_put"] = round(s3_cpu * 1000 / n, 2)
+        out["thumb_encode_512_ms"] = per_call(lambda i: encode_thumb(large))
+        out["thumb_put_ms"] = per_call(lambda i: store.put(f"bench/{job_id}/t{i:05d}.webp", thumb,
+                                                           content_type="image/webp"))
+        out["bytes_png_64"] = len(data)
+        return out
+    finally:
+        bench.r.delete(f"sdq:job:{job_id}", f"sdq:job:{job_id}:items", "sdq:jobs:bench")
+        bench.r.zrem("sdq:active", job_id)
+
+
+def store_path_finding(cost: dict[str, Any]) -> str:
+    """What one stored small image costs the worker, and what the thumbnail it no longer makes cost."""
+    thumb = round(cost["thumb_encode_512_ms"] + cost["thumb_put_ms"], 2)
+    return (f"worker CPU per stored 64x64 image (upload thread, thread CPU time): PNG encode "
+            f"{cost['encode_png_64_ms']} ms + S3 PUT (boto3) {cost['put_ms']} ms + state update "
+            f"{cost['finish_ms']} ms = {cost['small_image_total_ms']} ms; the S3 server spends "
+            f"{cost['s3_server_ms_per_put']} ms per PUT. A thumbnail costs another {thumb} ms "
+            f"(WebP encode {cost['thumb_encode_512_ms']} + PUT {cost['thumb_put_ms']}) plus a second server PUT: "
+            f"images that fit in 256x256 no longer make one (they are their own thumbnail)")
+
+
 def run_regime(bench: Bench, pool: BarePool, cfg: dict[str, Any]) -> dict[str, Any]:
     """Bare and queue runs of one regime, `repeats` pairs, each pair in the opposite order of the
     one before (so a slow drift of the shared machine does not always favour the same side)."""
@@ -148,6 +214,7 @@ def run(opts) -> dict[str, Any]:
             for name, cfg in regimes.items():
                 out["regimes"][name] = run_regime(bench, pool, cfg)
         out["status_calls"] = status_call_cost(bench)
+        out["store_path"] = store_path_cost(bench)
     out["progress_interval_s"] = defaults.PROGRESS_INTERVAL
     out["targets"] = [target("short-item wall ratio (queue / bare)", out["regimes"]["short"]["ratio"], 1.15,
                              aim=1.10),
@@ -155,6 +222,7 @@ def run(opts) -> dict[str, Any]:
     out["table"] = table(out)
     out["findings"] = [cpu_finding(name, reg) for name, reg in out["regimes"].items()]
     out["findings"] += [cpu_budget_finding(name, reg) for name, reg in out["regimes"].items()]
+    out["findings"].append(store_path_finding(out["store_path"]))
     return out
 
 

@@ -14,9 +14,17 @@ TITLES = {
     "coldstart": "6. Warm vs cold",
     "events": "7. Event fan-out (SSE)",
     "gpu": "8. One worker vs plain diffusers on the same device",
+    "sim": "9. Mixed fleets (simulation)",
 }
 
 NOTES = {
+    "sim": ("A discrete-event simulation of one job of equal items on fleets of unequal workers, driving sdq's "
+            "own policy functions (`sdq/scheduling.py`): `count` = chunks sized from the number of workers and "
+            "every worker takes whole chunks (sdq before speed awareness); `speed` = chunks from measured rates "
+            "and speed-aware claims; `speed+backups` = plus straggler backups. Rates are items per second (the "
+            "fastest makes one per second), known to all. Bound = max(total work / total rate, one item on the "
+            "fastest worker); 'best' = the best schedule of whole items (each item on one worker). "
+            "Message, upload and measurement costs are not modelled. `python -m bench.sim`."),
     "gpu": ("One `sdq worker --max-batch B` against one plain warm diffusers process making the same images "
             "in calls of B, same device and dtype (`python -m bench.run --device cuda` on a GPU host)."),
     "overhead": ("Wall time from just before the POST to the job's `finished_at` (every PNG in the bucket), "
@@ -53,6 +61,8 @@ def section(name: str, result: dict[str, Any]) -> str:
     out = [f"## {TITLES.get(name, name)}", ""]
     if result.get("error"):
         return "\n".join(out + [f"**Failed:** `{result['error']}`", ""])
+    if result.get("ran"):
+        out += [f"Run on {result['ran']['at']} at commit {result['ran']['commit']}.", ""]
     if name in NOTES:
         out += [NOTES[name], ""]
     if result.get("table"):
@@ -85,7 +95,8 @@ def render(doc: dict[str, Any]) -> str:
     out = ["# sdq benchmark results", "",
            f"Written by `make bench` (`python -m bench.run`) on {when}, in {doc.get('duration_s', 0):.0f} s"
            + (" — **quick sizes: not comparable**" if doc.get("quick") else "") + ". Every figure is a ratio "
-           "or a distribution measured in the same run, side by side. Raw data: `bench/results.json`.", "",
+           "or a distribution measured in the same run, side by side (`--only` re-runs update single sections, "
+           "each says when it ran). Raw data: `bench/results.json`.", "",
            "## Machine", "", machine_section(doc["machine"]), "", "## Targets", ""]
     rows = [["benchmark", "target", "measured", "status"]]
     for name, res in doc["benchmarks"].items():

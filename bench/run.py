@@ -16,10 +16,23 @@ from pathlib import Path
 from bench import report
 from bench.common import clean_environment, default_models_dir, ensure_models, machine, parser
 
-ORDER = ("overhead", "submit", "status", "scaleout", "batching", "coldstart", "events", "gpu")
+ORDER = ("overhead", "submit", "status", "scaleout", "batching", "coldstart", "events", "gpu", "sim")
 """Benchmarks, in the order they run (the module `bench.<name>` has `run(opts) -> dict`)."""
 
 HERE = Path(__file__).resolve().parent
+
+
+def previous(path: Path, opts) -> dict | None:
+    """The results an `--only` run updates: the last full run's, when it used the same sizes."""
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    if doc.get("quick") != opts.quick or doc.get("device_option") != opts.device:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(doc.get("finished_at", 0)))
+    for result in doc["benchmarks"].values():
+        result.setdefault("ran", {"at": when, "commit": doc["machine"].get("commit")})
+    return doc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     doc = {"quick": opts.quick, "device_option": opts.device, "started_at": started,
            "machine": machine(), "benchmarks": {}, "durations_s": {}}
+    earlier = previous(out_dir / "results.json", opts) if opts.only else None
+    if earlier is not None:  # `--only`: the other benchmarks keep their last results (each says when it ran)
+        doc["benchmarks"], doc["durations_s"] = earlier["benchmarks"], earlier.get("durations_s", {})
     print(f"bench: models in {models_dir} (ready in {ensure_models(models_dir):.1f} s)", file=sys.stderr)
 
     # 2. Each benchmark on its own private stack.
@@ -55,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
         try:
             doc["benchmarks"][name] = importlib.import_module(f"bench.{name}").run(opts)
+            doc["benchmarks"][name]["ran"] = {"at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                              "commit": doc["machine"].get("commit")}
         except Exception as exc:  # noqa: BLE001 - one failure must not lose the other results
             traceback.print_exc()
             doc["benchmarks"][name] = {"error": f"{type(exc).__name__}: {exc}"}

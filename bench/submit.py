@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from bench.common import Bench, bench_stack, main_for, prompts, target, MODEL
-from sdq.queue import make_celery
+from sdq.celery_app import make_celery
 
 SIZES = {"full": 10_000, "quick": 1_000}
 REPEATS = {"full": 3, "quick": 1}

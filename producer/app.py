@@ -11,7 +11,7 @@ from sdq import defaults
 from sdq.config import Settings
 from sdq.redisconn import connect
 from sdq.jobstore import JobStore
-from sdq.queue import make_celery
+from sdq.celery_app import make_celery
 from storage import ResultStore
 
 

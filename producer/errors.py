@@ -12,7 +12,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from sdq import defaults
-from sdq.exceptions import InvalidInput, NotFound, TooManyRequests, Unavailable
+from sdq.exceptions import InvalidInput, NotFound, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,6 @@ def register(app: Flask) -> None:
     @app.errorhandler(TooManyRequests)
     def too_many(exc: TooManyRequests):
         return error_response(429, "too_many_requests", str(exc), exc.field, exc.retry_after)
-
-    @app.errorhandler(Unavailable)
-    def unavailable(exc: Unavailable):
-        return error_response(503, "unavailable", str(exc), None, exc.retry_after)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge):

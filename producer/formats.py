@@ -17,8 +17,8 @@ from typing import Any
 from producer.bodies import check_json_shape
 from producer.schemas import Params
 from sdq import defaults
-from sdq.exceptions import InvalidInput
-from sdq.prompts import PromptFileError, parse_prompts
+from sdq.exceptions import InvalidInput, PromptFileError
+from sdq.prompts import parse_prompts
 
 CONTENT_TYPES = {
     "text/plain": "body.txt",

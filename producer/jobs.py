@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 import secrets
 import time
 import uuid
@@ -11,25 +10,18 @@ from typing import Any, Callable
 
 from celery import Celery
 
-from producer.schemas import SubmitRequest
-from producer.sweep import PARAM_KEYS as SWEEP_PARAM_KEYS, check_sweep, combinations, count as sweep_count
-from sdq import contract, defaults, fleet
+from producer.schemas import ITEM_PARAM_KEYS, SubmitRequest
+from producer.sweep import check_sweep, combinations, count as sweep_count
+from sdq import contract, defaults, fleet, scheduling, speed
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.grid import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
-from sdq.queue import chunk_message
+from sdq.celery_app import chunk_message
 from sdq.webhooks import check_webhook_url
 
-DEFAULTS: dict[str, Any] = {
-    "steps": 20, "guidance_scale": 7.5, "width": 512, "height": 512, "scheduler": "pndm",
-    "strength": 0.8, "noise_level": 20,
-}
-"""Parameter defaults applied at submit (recorded in the job, so results are reproducible)."""
-
-ITEM_PARAM_KEYS = ("steps", "guidance_scale", "width", "height", "scheduler", "strength", "noise_level")
-UPSCALE_DEFAULT_SIDE = 128
-"""Default input side for `upscale` when no size is given (output is 4x)."""
+DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper()) for key in ITEM_PARAM_KEYS}
+"""Item parameter defaults (the named ones in `sdq.defaults`), applied at submit and recorded in the job."""
 
 
 @dataclass
@@ -81,7 +73,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     given = req.params.model_dump(exclude_none=True)
     base = {**DEFAULTS, **given}
     if req.pipeline == "upscale":
-        base.update({side: UPSCALE_DEFAULT_SIDE for side in ("width", "height") if side not in given})
+        base.update({side: defaults.UPSCALE_SIDE for side in ("width", "height") if side not in given})
     seed = req.params.seed if req.params.seed is not None else secrets.randbelow(2**31)
     n_per = req.params.images_per_prompt
     watermark = settings.watermark_default if req.params.watermark is None else req.params.watermark
@@ -118,7 +110,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
         cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
         for combo in combos:
             # A sweep overrides job and item values; its cells of one prompt share a seed.
-            cell = {**params, **{k: v for k, v in combo.items() if k in SWEEP_PARAM_KEYS}}
+            cell = {**params, **{k: v for k, v in combo.items() if k in ITEM_PARAM_KEYS}}
             if combo:
                 _check_limits(req.pipeline, cell, "sweep.", settings)
             for k in range(n_per):
@@ -165,30 +157,20 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     return Plan(job, items)
 
 
-def chunk_sizes(n_items: int, workers: int, batch: int = 1) -> list[int]:
-    """Sizes of the task messages for `n_items` items that share all parameters: guided
-    self-scheduling. Each chunk takes 1/`CHUNK_SPLIT` of a worker's fair share of the items still
-    left (at most `CHUNK_MAX`), in whole micro-batches of `batch`. Workers take chunks in order, so
-    the first are large (few messages, full batches) and the last are one micro-batch each: when
-    the job runs out, no worker is left alone with a big chunk while the others idle."""
-    sizes: list[int] = []
-    left = n_items
-    while left > 0:
-        share = math.ceil(left / (defaults.CHUNK_SPLIT * max(1, workers)))
-        size = min(defaults.CHUNK_MAX, max(batch, math.ceil(share / batch) * batch), left)
-        sizes.append(size)
-        left -= size
-    return sizes
-
-
-def _chunks(items: list[dict[str, Any]], workers: list[dict[str, Any]]):
-    """Consecutive items sharing parameters, cut into chunks of `chunk_sizes`."""
+def _chunks(plan: Plan, workers: list[dict[str, Any]]):
+    """Consecutive items sharing parameters, each run cut into `(queue, items)` chunks whose sizes
+    follow the measured rates of the live workers serving that queue (`sdq.scheduling`)."""
+    req, model, pipeline = plan.job["requires"], plan.job["model"], plan.job["pipeline"]
     batch = max([int(w.get("max_batch") or 1) for w in workers] or [1])
-    for _, group in itertools.groupby(items, key=lambda it: sorted(it["params"].items())):
+    for _, group in itertools.groupby(plan.items, key=lambda it: sorted(it["params"].items())):
         group = list(group)
+        params = group[0]["params"]
+        w, h = contract.output_size(pipeline, params["width"], params["height"])
+        queue = contract.queue_for(req["device"], req.get("dtype"), w * h)
+        rates = [speed.worker_rate(wk, model, pipeline, params) for wk in fleet.serving(workers, queue, model)]
         start = 0
-        for size in chunk_sizes(len(group), len(workers), batch):
-            yield group[start:start + size]
+        for size in scheduling.chunk_sizes(len(group), rates, batch):
+            yield queue, group[start:start + size]
             start += size
 
 
@@ -196,11 +178,7 @@ def route(plan: Plan, workers: list[dict[str, Any]]) -> list[tuple[str, list[dic
     """Split items into task chunks and pick each chunk's queue; records warnings on `plan`."""
     req = plan.job["requires"]
     model, pipeline = plan.job["model"], plan.job["pipeline"]
-    routed = []
-    for chunk in _chunks(plan.items, workers):
-        w, h = contract.output_size(pipeline, chunk[0]["params"]["width"], chunk[0]["params"]["height"])
-        queue = contract.queue_for(req["device"], req.get("dtype"), w * h)
-        routed.append((queue, chunk))
+    routed = list(_chunks(plan, workers))
     for queue in sorted({q for q, _ in routed}):
         able = fleet.serving(workers, queue, model)
         if req.get("min_memory_gb"):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from producer.schemas import SubmitRequest
-from sdq import __version__, contract, fleet
+from producer.openapi import build_openapi
+from sdq import __version__, fleet
 
 bp = Blueprint("meta", __name__)
 
@@ -58,50 +58,7 @@ def metrics():
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
 
 
-def _op(summary: str, body: str | None = None, params: tuple[str, ...] = ()) -> dict:
-    op: dict = {"summary": summary, "responses": {"200": {"description": "OK"},
-                                                  "4XX": {"$ref": "#/components/responses/Error"}}}
-    if body:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": body}}}}
-    if params:
-        op["parameters"] = [{"name": p, "in": "path" if p == "id" else "query", "required": p == "id",
-                             "schema": {"type": "string" if p == "id" else "integer"}} for p in params]
-    return op
-
-
 @bp.get("/openapi.json")
 def openapi():
-    """The OpenAPI 3 description of the HTTP API."""
-    submit_schema = SubmitRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    schemas = submit_schema.pop("$defs", {})
-    schemas["SubmitRequest"] = submit_schema
-    schemas["Error"] = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-        "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": ["string", "null"]}}}}}
-    job = "/v1/jobs/{id}"
-    doc = {
-        "openapi": "3.1.0",
-        "info": {"title": "sdq", "version": __version__,
-                 "description": "Distributed Stable Diffusion job queue. Item states: " + ", ".join(contract.ITEM_STATES)},
-        "paths": {
-            "/v1/jobs": {"post": _op("Submit a job (202)", "#/components/schemas/SubmitRequest"),
-                         "get": _op("List the caller's jobs", params=("offset", "limit"))},
-            job: {"get": _op("Job status with a page of items", params=("id", "offset", "limit")),
-                  "delete": _op("Cancel a job", params=("id",))},
-            job + "/events": {"get": _op("Server-Sent Events of a job", params=("id",))},
-            job + "/retry": {"post": _op("Re-queue failed and cancelled items", params=("id",))},
-            job + "/download.zip": {"get": _op("The job's PNGs, manifest and grid as a zip (streamed)",
-                                               params=("id",))},
-            "/v1/uploads": {"post": _op("Upload an init image (PNG/JPEG/WebP)")},
-            "/v1/uploads/{id}": {"get": _op("An upload's record (the caller's own only)", params=("id",))},
-            "/v1/webhook-secret": {"get": _op("The caller's webhook signing secret")},
-            "/v1/workers": {"get": _op("Live workers and their capability records")},
-            "/v1/queues": {"get": _op("Task messages waiting per queue")},
-            "/healthz": {"get": _op("Liveness")},
-            "/metrics": {"get": _op("Prometheus metrics")},
-        },
-        "components": {"schemas": schemas, "responses": {"Error": {
-            "description": "Bad input: the field and the bad value are named",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-    }
-    return jsonify(doc)
+    """The OpenAPI 3 description of the HTTP API, generated from the routes and their models."""
+    return jsonify(build_openapi(current_app))

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import itertools
+from typing import TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from pydantic import BaseModel, ValidationError
 
-from producer import bodies, events, tenants
-from producer import jobs as joblib
-from producer import uploads as uploadlib
+from producer import bodies, events, jobs, tenants, uploads
 from producer.errors import error_response
 from producer.formats import body_from_prompt_file, is_prompt_file
+from producer.openapi import ItemsPage, JobsPage
 from producer.schemas import parse_submit
 from producer.status import job_view
 from sdq import fleet
@@ -19,20 +20,21 @@ from sdq.webhooks import tenant_secret
 
 bp = Blueprint("api", __name__)
 
+Query = TypeVar("Query", bound=BaseModel)
+
 
 def _ext(name: str):
     return current_app.extensions[name]
 
 
-def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name, default)
+def _query(model: type[Query]) -> Query:
+    """The query string parsed with `model` (the one the OpenAPI document publishes); 400 naming the argument."""
     try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise InvalidInput(name, f"{name} must be an integer, got {raw!r}", status=400) from None
-    if not lo <= value <= hi:
-        raise InvalidInput(name, f"{name} must be between {lo} and {hi}, got {value}", status=400)
-    return value
+        return model.model_validate({k: v for k, v in request.args.items() if k in model.model_fields})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        name = str(err["loc"][0])
+        raise InvalidInput(name, f"{name}: {err['msg']} (got {err.get('input')!r})", status=400) from None
 
 
 PUBLIC_ENDPOINTS = ("api.healthz", "meta.index", "static")
@@ -86,17 +88,17 @@ def submit():
         body = body_from_prompt_file(body, request.mimetype, request.args.to_dict())
     bodies.check_strings(body)
     req = parse_submit(body)
-    plan = joblib.plan_job(req, settings, g.owner, uploads=lambda key, field: uploadlib.lookup(
+    plan = jobs.plan_job(req, settings, g.owner, uploads=lambda key, field: uploads.upload_record(
         _ext("sdq_redis"), key, g.owner, field))
     tenants.check_queue_room(_ext("sdq_jobs"), g.owner, len(plan.items), settings.max_queued_items)
-    routed = joblib.route(plan, fleet.live_workers(_ext("sdq_redis")))
+    routed = jobs.route(plan, fleet.live_workers(_ext("sdq_redis")))
     plan.job["warnings"] = plan.warnings
-    store = _ext("sdq_jobs")
-    store.create(plan.job, plan.items)
+    job_store = _ext("sdq_jobs")
+    job_store.create(plan.job, plan.items)
     try:
-        joblib.enqueue(_ext("celery"), plan, routed)
+        jobs.enqueue(_ext("celery"), plan, routed)
     except Exception:
-        store.delete(plan.job["id"], g.owner)
+        job_store.delete(plan.job["id"], g.owner)
         raise
     job_id = plan.job["id"]
     return jsonify({
@@ -109,11 +111,12 @@ def submit():
 @bp.get("/v1/jobs")
 def list_jobs():
     """The caller's jobs, newest first."""
-    offset, limit = _int_arg("offset", 0, 0, 10**9), _int_arg("limit", 20, 1, 100)
-    store = _ext("sdq_jobs")
-    ids, total = store.list_jobs(g.owner, offset, limit)
-    docs = [job_view(j, store, _ext("sdq_store"), with_items=False, with_position=False)
-            for j in map(store.get, ids) if j]
+    page = _query(JobsPage)
+    offset, limit = page.offset, page.limit
+    job_store = _ext("sdq_jobs")
+    ids, total = job_store.list_jobs(g.owner, offset, limit)
+    docs = [job_view(j, job_store, _ext("sdq_store"), with_items=False, with_position=False)
+            for j in map(job_store.get, ids) if j]
     return jsonify({"jobs": docs, "total": total, "offset": offset, "limit": limit})
 
 
@@ -121,8 +124,8 @@ def list_jobs():
 def get_job(job_id: str):
     """Job status with one page of items."""
     job = _own_job(job_id)
-    offset, limit = _int_arg("offset", 0, 0, 10**9), _int_arg("limit", 100, 0, 100)
-    return jsonify(job_view(job, _ext("sdq_jobs"), _ext("sdq_store"), offset, limit))
+    page = _query(ItemsPage)
+    return jsonify(job_view(job, _ext("sdq_jobs"), _ext("sdq_store"), page.offset, page.limit))
 
 
 @bp.delete("/v1/jobs/<job_id>")
@@ -139,7 +142,7 @@ def cancel_job(job_id: str):
 def retry_job(job_id: str):
     """Re-queue the job's failed and cancelled items with their seeds."""
     _own_job(job_id)
-    requeued = joblib.requeue(_ext("sdq_jobs"), _ext("celery"), job_id, fleet.live_workers(_ext("sdq_redis")))
+    requeued = jobs.requeue(_ext("sdq_jobs"), _ext("celery"), job_id, fleet.live_workers(_ext("sdq_redis")))
     job = _ext("sdq_jobs").get(job_id)
     return jsonify({"id": job_id, "state": job["state"], "requeued": len(requeued),
                     "items": [it["index"] for it in requeued[:1000]]}), 202
@@ -159,16 +162,16 @@ def job_events(job_id: str):
 @bp.post("/v1/uploads")
 def upload():
     """Store an init image (PNG/JPEG/WebP; multipart `file` or raw body); 201 with {key, width, height}."""
-    data = uploadlib.read_body(request)
-    return jsonify(uploadlib.save_upload(_ext("sdq_store"), _ext("sdq_redis"), data, g.owner)), 201
+    data = uploads.read_upload_body(request)
+    return jsonify(uploads.save_upload(_ext("sdq_store"), _ext("sdq_redis"), data, g.owner)), 201
 
 
 @bp.get("/v1/uploads/<name>")
 def upload_info(name: str):
     """An upload's record {key, width, height}; 404 unless the caller uploaded it."""
-    key = f"{uploadlib.UPLOAD_PREFIX}{name}"
+    key = f"{uploads.UPLOAD_PREFIX}{name}"
     try:
-        record = uploadlib.lookup(_ext("sdq_redis"), key, g.owner, "key")
+        record = uploads.upload_record(_ext("sdq_redis"), key, g.owner, "key")
     except InvalidInput:
         raise NotFound(f"no upload {key!r}") from None
     return jsonify({k: record[k] for k in ("key", "width", "height")})

@@ -7,13 +7,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sdq import contract, defaults
 from sdq.exceptions import InvalidInput
+from sdq.webhooks import URL_MAX_CHARS
 
 SEED_MAX = 2**32 - 1
 PROMPT_MAX_CHARS = 4000
 MODEL_MAX_CHARS = 1000
 """Longest model id (repo id, path or built-in name)."""
-URL_MAX_CHARS = 2000
-"""Longest webhook URL."""
 KEY_MAX_CHARS = 200
 """Longest upload key (`init_image`)."""
 SWEEP_MAX_VALUES = 64
@@ -60,6 +59,10 @@ class Overrides(_Strict):
     @classmethod
     def _sched(cls, v: str | None) -> str | None:
         return _check_scheduler(v)
+
+
+ITEM_PARAM_KEYS = tuple(Overrides.model_fields)
+"""Parameters of an item: set for the whole job, overridden per item or by a sweep."""
 
 
 class Params(Overrides):
@@ -113,11 +116,11 @@ class SubmitRequest(_Strict):
 
     prompts: list[str] | None = Field(None, max_length=defaults.MAX_LIST_LENGTH)
     items: list[ItemIn] | None = Field(None, max_length=defaults.MAX_LIST_LENGTH)
-    model: str = Field("builtin:tiny-sd", min_length=1, max_length=MODEL_MAX_CHARS)
-    pipeline: str = "txt2img"
+    model: str = Field(defaults.MODEL, min_length=1, max_length=MODEL_MAX_CHARS)
+    pipeline: str = defaults.PIPELINE
     params: Params = Field(default_factory=Params)
     requires: Requires = Field(default_factory=Requires)
-    priority: int = Field(5, ge=0, le=9)
+    priority: int = Field(defaults.PRIORITY, ge=0, le=9)
     webhook_url: str | None = Field(None, max_length=URL_MAX_CHARS)
     sweep: dict[str, Annotated[list[Any], Field(max_length=SWEEP_MAX_VALUES)]] | None = Field(None, max_length=16)
 

@@ -19,8 +19,9 @@ def item_view(item: dict[str, Any], store: ResultStore) -> dict[str, Any]:
     """An item as the API shows it, with a presigned URL once it succeeded."""
     out = {k: item.get(k) for k in ITEM_FIELDS}
     out["url"] = store.url(item["key"]) if item.get("state") == "succeeded" and item.get("key") else None
-    # The worker's small WebP thumbnail (workers.thumbs), when it made one; the web page's gallery uses it.
-    out["thumb_url"] = store.url(item["thumb_key"]) if out["url"] and item.get("thumb_key") else None
+    # The worker's small WebP thumbnail (workers.thumbs) for the web page's gallery; an image that
+    # already fits in a thumbnail has none and is its own.
+    out["thumb_url"] = store.url(item["thumb_key"]) if out["url"] and item.get("thumb_key") else out["url"]
     return out
 
 

@@ -13,11 +13,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from producer.schemas import PROMPT_MAX_CHARS, SEED_MAX, SWEEP_MAX_VALUES, Overrides
+from producer.schemas import ITEM_PARAM_KEYS, PROMPT_MAX_CHARS, SEED_MAX, SWEEP_MAX_VALUES, Overrides
 from sdq.exceptions import InvalidInput
 
-PARAM_KEYS = ("steps", "guidance_scale", "width", "height", "scheduler", "strength", "noise_level")
-SWEEP_KEYS = (*PARAM_KEYS, "seed", "negative_prompt")
+SWEEP_KEYS = (*ITEM_PARAM_KEYS, "seed", "negative_prompt")
 """Keys a sweep may vary."""
 
 

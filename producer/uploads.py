@@ -39,7 +39,7 @@ def _record_key(key: str) -> str:
     return f"sdq:upload:{key}"
 
 
-def read_body(request: Request) -> bytes:
+def read_upload_body(request: Request) -> bytes:
     """The uploaded bytes: multipart field `file`, or the raw body; refuses oversized bodies unread."""
     if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES + 64 * 1024:
         raise InvalidInput("file", f"upload of {request.content_length} bytes exceeds the limit of "
@@ -102,7 +102,7 @@ def save_upload(store, client, data: bytes, owner: str) -> dict[str, Any]:
     return {"key": key, "width": width, "height": height}
 
 
-def lookup(client, key: Any, owner: str, field: str) -> dict[str, Any]:
+def upload_record(client, key: Any, owner: str, field: str) -> dict[str, Any]:
     """The upload record of `key` for `owner`; InvalidInput naming `field` when it is not one."""
     if not isinstance(key, str) or not key.startswith(UPLOAD_PREFIX) or "/" in key[len(UPLOAD_PREFIX):]:
         raise InvalidInput(field, f"{field} must be a key returned by POST /v1/uploads (uploads/...), got {key!r}",

@@ -6,18 +6,7 @@ from typing import Any, Iterator
 
 import requests
 
-from sdq.exceptions import SdqError
-
-
-class ApiError(SdqError):
-    """An error answer from the producer."""
-
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        err = body.get("error") if isinstance(body, dict) else None
-        err = err if isinstance(err, dict) else {"message": str(body)}
-        field = f" [{err.get('field')}]" if err.get("field") else ""
-        super().__init__(f"HTTP {status}{field}: {err.get('message')}")
-        self.status, self.body = status, body
+from sdq.exceptions import ApiError, SdqError
 
 
 class Client:

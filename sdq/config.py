@@ -10,15 +10,25 @@ from sdq import defaults
 
 
 def _int(env: dict, name: str, default: int) -> int:
+    """`env[name]` as an integer; `default` when unset or empty; ConfigError naming the variable."""
+    return _number(env, name, default, int, "an integer")
+
+
+def _float(env: dict, name: str, default: float) -> float:
+    """`env[name]` as a number of seconds (or any float); `default` when unset or empty."""
+    return _number(env, name, default, float, "a number")
+
+
+def _number(env: dict, name: str, default, kind: type, what: str):
     raw = env.get(name)
     if raw in (None, ""):
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError:
         from sdq.exceptions import ConfigError
 
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+        raise ConfigError(f"{name}={raw!r} is not {what}") from None
 
 
 OWNER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -101,6 +111,15 @@ class Settings:
     webhook_secret: str = ""
     allow_ckpt: bool = False
     watermark_default: bool = False
+    # the worker's recovery timings: production keeps the defaults, fault tests shorten them
+    heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
+    heartbeat_ttl: int = defaults.HEARTBEAT_TTL
+    reaper_interval: float = defaults.REAPER_INTERVAL
+    finalize_resend: float = defaults.FINALIZE_RESEND
+    stall_timeout: float = defaults.STALL_TIMEOUT
+    s3_backoff_cap: float = defaults.S3_BACKOFF_CAP
+    s3_outage_limit: float = defaults.S3_OUTAGE_LIMIT
+    max_attempts: int = defaults.MAX_ATTEMPTS
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Settings":
@@ -126,6 +145,14 @@ class Settings:
             webhook_secret=env.get("SDQ_WEBHOOK_SECRET", ""),
             allow_ckpt=env.get("SDQ_ALLOW_CKPT", "") in ("1", "true", "yes"),
             watermark_default=env.get("SDQ_WATERMARK", "") in ("1", "true", "yes"),
+            heartbeat_interval=_float(env, "SDQ_HEARTBEAT_INTERVAL", defaults.HEARTBEAT_INTERVAL),
+            heartbeat_ttl=_int(env, "SDQ_HEARTBEAT_TTL", defaults.HEARTBEAT_TTL),
+            reaper_interval=_float(env, "SDQ_REAPER_INTERVAL", defaults.REAPER_INTERVAL),
+            finalize_resend=_float(env, "SDQ_FINALIZE_RESEND", defaults.FINALIZE_RESEND),
+            stall_timeout=_float(env, "SDQ_STALL_TIMEOUT", defaults.STALL_TIMEOUT),
+            s3_backoff_cap=_float(env, "SDQ_S3_BACKOFF_CAP", defaults.S3_BACKOFF_CAP),
+            s3_outage_limit=_float(env, "SDQ_S3_OUTAGE_LIMIT", defaults.S3_OUTAGE_LIMIT),
+            max_attempts=_int(env, "SDQ_MAX_ATTEMPTS", defaults.MAX_ATTEMPTS),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -24,8 +24,8 @@ TASK_WEBHOOK = "sdq.webhook"
 CONTROL_QUEUE = "sdq.control"
 """Queue every worker consumes for housekeeping tasks (webhooks)."""
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 ITEM_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+"""States of an item; a job goes through the same ones."""
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
 PIPELINES = ("txt2img", "img2img", "upscale", "depth2img")
@@ -33,8 +33,15 @@ PIPELINES = ("txt2img", "img2img", "upscale", "depth2img")
 
 PIPELINES_NEEDING_IMAGE = ("img2img", "upscale", "depth2img")
 
-SCHEDULERS = ("pndm", "plms", "ddim", "euler", "euler_a", "dpmpp_2m", "lms", "ddpm", "heun", "unipc")
-"""Scheduler names accepted in `params.scheduler` (the worker maps each to a diffusers class)."""
+SAMPLER_NAMES = {
+    "pndm": "PNDM", "plms": "PLMS", "ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a",
+    "dpmpp_2m": "DPM++ 2M", "lms": "LMS", "ddpm": "DDPM", "heun": "Heun", "unipc": "UniPC",
+}
+"""Every scheduler name accepted in `params.scheduler` -> the sampler name A1111 infotext writes for it
+(the worker maps each name to a diffusers class in `workers.pipelines.SCHEDULER_CLASSES`)."""
+
+SCHEDULERS = tuple(SAMPLER_NAMES)
+"""Scheduler names accepted in `params.scheduler`."""
 
 DEVICES = ("any", "gpu", "cpu")
 DTYPES = ("fp16", "bf16", "fp32")
@@ -68,7 +75,7 @@ def queue_for(device: str, dtype: str | None, pixels: int) -> str:
 
 
 def worker_kind(device: str) -> str:
-    """`cpu` for a CPU device, `gpu` for cuda/cuda:N/mps."""
+    """`cpu` for a CPU device, `gpu` for cuda/cuda:N/mps: the device part of the queues a worker serves."""
     return "cpu" if device == "cpu" else "gpu"
 
 

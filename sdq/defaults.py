@@ -10,6 +10,40 @@ S3_BUCKET = "sdq"
 SERVER = "http://127.0.0.1:8000"
 """Where clients find the producer."""
 
+# -- job defaults, applied at submit and recorded in the job (so results are reproducible) -----
+MODEL = "builtin:tiny-sd"
+"""Model of a job that names none."""
+
+PIPELINE = "txt2img"
+"""Pipeline of a job that names none."""
+
+PRIORITY = 5
+"""Priority of a job that gives none (0-9, 9 most urgent)."""
+
+STEPS = 20
+"""Denoising steps per image."""
+
+GUIDANCE_SCALE = 7.5
+"""Classifier-free guidance scale."""
+
+WIDTH = 512
+"""Image width (for `upscale`, see `UPSCALE_SIDE`)."""
+
+HEIGHT = 512
+"""Image height (for `upscale`, see `UPSCALE_SIDE`)."""
+
+SCHEDULER = "pndm"
+"""Scheduler (one of `contract.SCHEDULERS`)."""
+
+STRENGTH = 0.8
+"""How much img2img and depth2img change the init image (0-1)."""
+
+NOISE_LEVEL = 20
+"""Noise the x4 upscaler adds to its input (0-350)."""
+
+UPSCALE_SIDE = 128
+"""Input width and height of `upscale` when no size is given (the output is 4x)."""
+
 MAX_ITEMS = 10_000
 """Hard limit on items in one job (`SDQ_MAX_ITEMS`)."""
 
@@ -63,11 +97,19 @@ RESULT_CACHE_TTL = 30 * 24 * 3600
 
 OOM_HAND_OFFS = 2
 """Most workers an item is handed to after running out of memory in low-memory mode (then it fails)."""
-HAND_OFF_PAUSE = 0.5
-"""Seconds a worker waits before publishing again a handed-off chunk that came back to it."""
 
 UPSCALE_MAX_BATCH = 1
 """Most images per x4-upscaler call (`sdq worker --upscale-batch`): its VAE decodes in fp32 at 4x the size."""
+
+WEBHOOK_MAX_RETRIES = 8
+"""Retries of a webhook delivery after its first attempt (Celery's `max_retries` on the task)."""
+
+WEBHOOK_BACKOFF_MAX = 300
+"""Longest pause, seconds, between webhook attempts: Celery's exponential backoff (1, 2, 4, ... s,
+each drawn at random below that with full jitter) stops growing here."""
+
+FINALIZE_BACKOFF_MAX = 60
+"""Longest pause, seconds, between attempts of a job's finalisation (retried until it succeeds)."""
 
 FATAL_EXIT_CODE = 3
 """Exit status of a worker whose device hit a sticky error (a broken CUDA context): restart it."""

@@ -1,5 +1,7 @@
-"""All sdq errors derive from SdqError."""
+"""Every sdq error, in one flat module under `SdqError`."""
 from __future__ import annotations
+
+from typing import Any
 
 
 class SdqError(Exception):
@@ -25,8 +27,40 @@ class InvalidInput(SdqError):
         return {"error": {"code": self.code, "message": self.message, "field": self.field}}
 
 
+class PromptFileError(SdqError):
+    """A prompt file that cannot be read; the message names the file and line."""
+
+
 class NotFound(SdqError):
     """A job, item or object that does not exist (or belongs to someone else)."""
+
+
+class TooManyRequests(SdqError):
+    """A per-tenant limit is reached for now (e.g. queued items); the caller may retry later."""
+
+    def __init__(self, field: str, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.field = field
+        self.retry_after = retry_after
+
+
+class ApiError(SdqError):
+    """An error answer from the producer, seen by the client: `HTTP <status> [<field>]: <message>`."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        err = body.get("error") if isinstance(body, dict) else None
+        err = err if isinstance(err, dict) else {"message": str(body)}
+        field = f" [{err.get('field')}]" if err.get("field") else ""
+        super().__init__(f"HTTP {status}{field}: {err.get('message')}")
+        self.status, self.body = status, body
+
+
+class UnresolvedHost(SdqError):
+    """A webhook host that does not resolve now (worth retrying at delivery)."""
+
+
+class WebhookFailed(SdqError):
+    """A webhook attempt that failed in a way worth retrying (DNS, connection, 5xx, 408, 429)."""
 
 
 class ModelError(SdqError):
@@ -38,24 +72,17 @@ class CapabilityError(SdqError):
 
 
 class Cancelled(SdqError):
-    """Raised inside a pipeline call when its job was cancelled."""
+    """Raised from a pipeline's step callback once its job is cancelled: stops the denoising loop at once."""
 
 
-class Unavailable(SdqError):
-    """A service the request needs (Redis, the broker, S3) cannot be reached; the caller may retry."""
+class OutOfMemory(SdqError, MemoryError):
+    """Out of device memory even after every fallback; `fields` says what was tried."""
 
-    def __init__(self, message: str, retry_after: int = 5) -> None:
+    def __init__(self, message: str, fields: dict[str, Any] | None = None) -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        self.fields = fields or {}
 
 
-class TooManyRequests(SdqError):
-    """A per-tenant limit is reached for now (e.g. queued items); the caller may retry later."""
-
-    def __init__(self, field: str, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.field = field
-        self.retry_after = retry_after
 class WorkLost(SdqError):
     """A chunk's run stopped on an infrastructure error (Redis, S3, device): its items were given
     back and its message must be delivered again, not acknowledged."""

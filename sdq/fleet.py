@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from sdq import defaults
+from sdq.redisconn import text
 
 FLEET_KEY = "sdq:workers"
 
@@ -32,7 +33,7 @@ def remove(client: redis.Redis, name: str) -> None:
 
 def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
     """Capability records of live workers, sorted by name."""
-    names = sorted(n.decode() if isinstance(n, bytes) else n for n in client.smembers(FLEET_KEY))
+    names = sorted(map(text, client.smembers(FLEET_KEY)))
     if not names:
         return []
     records = client.mget([f"sdq:worker:{n}" for n in names])

@@ -11,13 +11,10 @@ from __future__ import annotations
 import json
 import re
 
-SAMPLER_NAMES = {
-    "pndm": "PNDM", "plms": "PLMS", "ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a",
-    "dpmpp_2m": "DPM++ 2M", "lms": "LMS", "ddpm": "DDPM", "heun": "Heun", "unipc": "UniPC",
-}
-"""Our scheduler names to the sampler names A1111 writes."""
+from sdq.contract import SAMPLER_NAMES
 
 SCHEDULER_OF_SAMPLER = {v: k for k, v in SAMPLER_NAMES.items()}
+"""A1111 sampler name -> our scheduler name."""
 
 _FIELD = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 

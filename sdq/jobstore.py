@@ -634,6 +634,10 @@ class JobStore:
         state, cancel = self.r.hmget(_job_key(job_id), "state", "cancel")
         return (state.decode() if isinstance(state, bytes) else state), cancel in (b"1", "1")
 
+    def queued_count(self, job_id: str) -> int:
+        """How many of the job's items are queued now."""
+        return int(self.r.hget(_job_key(job_id), "c:queued") or 0)
+
     def is_cancelled(self, job_id: str) -> bool:
         """Whether the job's cancel flag is set."""
         return self.r.hget(_job_key(job_id), "cancel") in (b"1", "1")

@@ -14,7 +14,7 @@ from typing import Any
 
 from sdq import contract
 from sdq.jobstore import JobStore
-from sdq.queue import TASK_FINALIZE
+from sdq.celery_app import TASK_FINALIZE
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Which models a caller may name: built-ins plus the operator's `SDQ_MODELS` allowlist.
 
-Torch-free: the producer validates model ids with it; the worker resolves them to files in
-`workers.models`.
+Torch-free: the producer validates model ids with it; the worker loads them in `workers.pipelines`
+(built-ins made by `workers.builtin`, pushed ones fetched by `storage.models`).
 """
 from __future__ import annotations
 

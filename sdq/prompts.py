@@ -7,6 +7,9 @@ import json
 import math
 from typing import Any
 
+from sdq.exceptions import PromptFileError
+
+
 def flag(value: Any) -> bool:
     """A yes/no cell: JSON true/false, or true/false/yes/no/1/0 as text (any case)."""
     if isinstance(value, bool):
@@ -23,10 +26,6 @@ ITEM_FIELDS = {"prompt": str, "negative_prompt": str, "seed": int, "init_image":
                "width": int, "height": int, "guidance_scale": float, "scheduler": str, "strength": float,
                "noise_level": int, "cache": flag}
 """Per-item columns/keys a prompt file may carry, and their types."""
-
-
-class PromptFileError(ValueError):
-    """A prompt file that cannot be read; the message names the line."""
 
 
 def _item(obj: Any, where: str) -> dict[str, Any]:

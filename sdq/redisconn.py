@@ -59,6 +59,12 @@ def parse_sentinel(url: str) -> SentinelUrl | None:
     return SentinelUrl(tuple(sentinels), unquote(parts[0]), int(parts[1]) if len(parts) == 2 else 0, password)
 
 
+def text(reply: bytes | str | None) -> str | None:
+    """A Redis reply as text: sdq's clients return bytes (the job store keeps binary-safe replies), so
+    string replies are decoded here, once, as UTF-8."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
 def connect(url: str, **options) -> redis.Redis:
     """A Redis client for `url`; with Sentinel, one that follows the current primary."""
     spec = parse_sentinel(url)

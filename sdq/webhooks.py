@@ -21,12 +21,13 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from sdq.exceptions import InvalidInput
+from sdq.exceptions import InvalidInput, UnresolvedHost
 
 SIGNATURE_HEADER = "X-Sdq-Signature"
 TIMESTAMP_HEADER = "X-Sdq-Timestamp"
 EVENT_HEADER = "X-Sdq-Event"
 URL_MAX_CHARS = 2000
+"""Longest webhook URL."""
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -69,10 +70,6 @@ def _is_private(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if inner is not None and _is_private(inner):
         return True
     return not ip.is_global or ip.is_multicast
-
-
-class UnresolvedHost(Exception):
-    """A webhook host that does not resolve now (worth retrying at delivery)."""
 
 
 @dataclass(frozen=True)

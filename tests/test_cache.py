@@ -64,7 +64,7 @@ def test_submit_records_the_opt_out_per_item_without_splitting_chunks():
     from producer.jobs import plan_job, route
     from producer.schemas import parse_submit
     from sdq.config import Settings
-    from sdq.queue import chunk_message
+    from sdq.celery_app import chunk_message
 
     body = {"items": [{"prompt": "a"}, {"prompt": "b", "cache": False}, {"prompt": "c"}],
             "params": {**FAST, "cache": True}}

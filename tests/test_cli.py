@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,9 +48,37 @@ def test_status_and_json(stack):
     assert "succeeded" in status.stdout and "one prompt" in status.stdout
 
 
-def test_bad_server_is_a_clear_error():
-    out = sdq("status", "abc", server="http://127.0.0.1:9")
-    assert out.returncode == 2 and "cannot reach the sdq server" in out.stderr
+@pytest.mark.unit
+@pytest.mark.parametrize("args", [("status", "abc"), ("submit", "examples/prompts.txt"), ("workers",)])
+def test_unreachable_server_is_a_clear_error(args):
+    out = sdq(*args, server="http://127.0.0.1:9")
+    assert out.returncode == 2 and "cannot reach the sdq server at http://127.0.0.1:9" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name, data, args, words", [
+    ("bad.csv", b"prompt,colour\na,red\n", (), "bad.csv:2: unknown field 'colour'"),
+    ("bad.json", b'{"prompt": "a"}', (), "bad.json: a JSON prompt file must be a list"),
+    ("latin1.txt", "caf\u00e9\n".encode("latin-1"), (), "latin1.txt: not UTF-8 text"),
+    ("missing.txt", None, (), "missing.txt: cannot be read (No such file or directory)"),
+    ("ok.txt", b"a cat\n", ("--sweep", "{steps: [2]}"), "--sweep must be a JSON object"),
+    ("ok.txt", b"a cat\n", ("--init-image", "nowhere.png"), "--init-image 'nowhere.png' cannot be read"),
+])
+def test_bad_prompt_file_or_flag_is_a_clear_error_before_any_request(tmp_path, name, data, args, words):
+    path = tmp_path / name
+    if data is not None:
+        path.write_bytes(data)
+    out = sdq("submit", str(path), *args, server="http://127.0.0.1:9")  # nothing listens: no request is made
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("sdq submit: ") and words in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.unit
+def test_unreadable_image_to_inspect_is_a_clear_error(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    out = sdq("inspect", str(tmp_path / "x.png"), server="http://127.0.0.1:9")
+    assert out.returncode == 2 and "x.png: not a readable image" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_models_lists_builtin_with_folder(models_dir):
@@ -58,3 +87,11 @@ def test_models_lists_builtin_with_folder(models_dir):
     rows = json.loads(out.stdout)
     tiny = next(r for r in rows if r["id"] == "builtin:tiny-sd")
     assert Path(tiny["path"]).is_relative_to(models_dir) and tiny["present"] is True
+
+
+@pytest.mark.unit
+def test_worker_with_a_bad_timing_stops_at_start_naming_it():
+    env = {**os.environ, "SDQ_STALL_TIMEOUT": "10s", "SDQ_REDIS_URL": "redis://127.0.0.1:9/0"}
+    out = subprocess.run([sys.executable, "-m", "sdq.cli", "worker", "--device", "cpu"], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT, env=env)
+    assert out.returncode == 2 and "sdq worker: SDQ_STALL_TIMEOUT='10s' is not a number" in out.stderr, out.stderr

@@ -105,7 +105,7 @@ def test_keda_watches_exactly_the_lists_each_worker_class_consumes():
 
 
 def test_kombu_priority_lists_match_the_celery_config():
-    from sdq.queue import celery_config
+    from sdq.celery_app import celery_config
 
     options = celery_config("redis://127.0.0.1:1/0")["broker_transport_options"]
     assert list(options["priority_steps"]) == list(_render_module().PRIORITY_STEPS)

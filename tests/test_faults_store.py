@@ -13,7 +13,7 @@ import redis
 
 from sdq import contract, fleet
 from sdq.jobstore import FINALIZE_KEY, SLICE, JobStore
-from sdq.queue import make_celery
+from sdq.celery_app import make_celery
 from sdq.services import Stack, free_port
 
 PARAMS = {"width": 64, "height": 64, "steps": 4, "guidance_scale": 7.5, "scheduler": "pndm", "strength": 0.8,

@@ -15,6 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
+from sdq import contract
 from sdq.client import Client
 from sdq.infotext import parse_infotext
 from sdq.services import wait_for
@@ -41,6 +42,16 @@ def start_workers(stack, *specs: tuple[str, ...]) -> dict:
 
 def fleet_names(client: Client) -> set[str]:
     return {w["name"] for w in client.workers()}
+
+
+def workers_moved_on(client: Client) -> None:
+    """Wait until the live workers have made a small job submitted now, on queues they all serve: they
+    were consuming all along, so work submitted earlier that is still queued is work they passed over."""
+    names = fleet_names(client)
+    probe = client.submit({"prompts": [f"probe {i}" for i in range(4 * len(names))],
+                           "params": {"width": 64, "height": 64, "steps": 1}})
+    doc = wait_job(client, probe["id"], timeout=240)
+    assert doc["state"] == "succeeded", doc
 
 
 def check_made_by(store, item: dict, worker: str) -> None:
@@ -90,7 +101,7 @@ def test_workers_view_shows_each_capability_record(fleet, fleet_client):
         assert w["loaded_models"] == ["builtin:tiny-sd"]
         assert w["current_item"] is None and w["items_done"] == 0
         assert w["started_at"] <= w["last_seen"] <= time.time() + 1
-        assert "sdq.control" in w["queues"] and "sdq.cpu.fp32.p256" in w["queues"]
+        assert contract.CONTROL_QUEUE in w["queues"] and "sdq.cpu.fp32.p256" in w["queues"]
     assert not [q for q in workers["small"]["queues"] if q.endswith(".p512")]
     assert {"sdq.any.any.p512", "sdq.cpu.fp32.p512"} <= set(workers["large"]["queues"])
     # `sdq workers --json` shows the same fleet
@@ -132,7 +143,7 @@ def test_gpu_only_work_is_accepted_with_a_warning_and_left_for_a_gpu(fleet_clien
     resp = fleet_client.submit({"prompts": ["on a gpu"], "requires": {"device": "gpu"},
                                 "params": {"width": 64, "height": 64, "steps": 2}})
     assert len(resp["warnings"]) == 1 and "sdq.gpu.any.p256" in resp["warnings"][0]
-    time.sleep(3)
+    workers_moved_on(fleet_client)
     doc = fleet_client.job(resp["id"])
     assert doc["state"] == "queued" and doc["counts"]["queued"] == 1 and doc["warnings"] == resp["warnings"]
 
@@ -140,7 +151,7 @@ def test_gpu_only_work_is_accepted_with_a_warning_and_left_for_a_gpu(fleet_clien
 def test_work_no_live_worker_serves_waits_for_a_capable_worker(fleet, fleet_client, store):
     resp = fleet_client.submit({"prompts": ["wide"], "params": {"width": 576, "height": 576, "steps": 2}})
     assert len(resp["warnings"]) == 1 and "sdq.any.any.p768" in resp["warnings"][0], resp
-    time.sleep(3)  # both live workers are idle, and neither may take it
+    workers_moved_on(fleet_client)  # both live workers took later work, and neither took this
     doc = fleet_client.job(resp["id"])
     assert doc["state"] == "queued" and doc["items"][0]["worker"] is None
     start_workers(fleet, ("big", *WARM, "--max-pixels", str(768 * 768)))
@@ -184,8 +195,7 @@ def test_a_killed_workers_item_is_back_in_the_queue_and_made_by_another(lease_st
     st, svcs = lease_stack
     client = Client(st.env["SDQ_SERVER"])
     resp = client.submit({"prompts": ["orphan"], "params": {**LONG, "seed": 2}})
-    wait_for(lambda: client.job(resp["id"])["items"][0]["state"] == "running", "item started", 120)
-    time.sleep(1)
+    wait_for(lambda: client.job(resp["id"], limit=0)["steps"]["done"] > 0, "item in its denoising loop", 120)
     victim = client.job(resp["id"])["items"][0]["worker"]
     survivor = ({"wa", "wb"} - {victim}).pop()
     svcs[victim].proc.send_signal(signal.SIGKILL)  # no clean shutdown: nothing is handed back

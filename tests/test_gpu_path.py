@@ -18,7 +18,8 @@ from sdq.models import builtin_path
 from workers import builtin, checkpoints, simulate
 from workers.device import Device, bf16_native
 from workers.generation import generate
-from workers.pipelines import OutOfMemory, PipelineCache, is_fatal_device_error
+from sdq.exceptions import OutOfMemory
+from workers.pipelines import PipelineCache, is_fatal_device_error
 
 FP16 = Device("cpu", "fp16", "cpu")
 """A CPU worker started with `--dtype fp16 --force-dtype`: the whole fp16 path."""
@@ -281,11 +282,13 @@ def test_upscale_calls_make_one_image_unless_the_operator_raises_it(models_dir):
 
 # -- items 6 and 8: device checks ---------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_bf16_needs_compute_capability_8():
     assert not bf16_native((7, 5)) and not bf16_native((7, 0))  # T4, V100: emulated
     assert bf16_native((8, 0)) and bf16_native((8, 9)) and bf16_native((9, 0))
 
 
+@pytest.mark.unit
 def test_sticky_device_errors_are_told_apart_from_out_of_memory():
     assert is_fatal_device_error(torch.AcceleratorError("CUDA error: an illegal memory access was encountered"))
     assert is_fatal_device_error(RuntimeError("CUDA error: device-side assert triggered"))

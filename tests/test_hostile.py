@@ -247,6 +247,7 @@ def test_unknown_job_ids_are_404_json(api):
 
 # -- 10. grid size -----------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_grid_of_1024_large_images_fits_the_pixel_cap():
     """1,024 cells of 1024x1024 would be a 1.1-gigapixel sheet; cells shrink to fit GRID_MAX_PIXELS."""
     from sdq import defaults
@@ -260,6 +261,7 @@ def test_grid_of_1024_large_images_fits_the_pixel_cap():
     assert width * height <= defaults.GRID_MAX_PIXELS and min(cell) >= defaults.GRID_MIN_CELL
 
 
+@pytest.mark.unit
 def test_grid_sheet_is_built_within_its_pixel_cap():
     from PIL import Image
 

@@ -19,7 +19,7 @@ import redis
 import urllib3.util.connection
 
 from sdq.config import Settings
-from sdq.exceptions import InvalidInput
+from sdq.exceptions import InvalidInput, WebhookFailed
 from sdq.jobstore import JobStore
 from sdq.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, check_webhook_url, verify
 
@@ -35,12 +35,14 @@ REAL_CONNECT = urllib3.util.connection.create_connection
     "http://[2002:a00:1::]/",           # 6to4 of 10.0.0.1
     "http://[::ffff:127.0.0.1]/",
 ])
+@pytest.mark.unit
 def test_ipv6_addresses_embedding_private_ipv4_are_refused(url):
     with pytest.raises(InvalidInput) as err:
         check_webhook_url(url, allow_private=False)
     assert err.value.field == "webhook_url" and err.value.code == "forbidden_target"
 
 
+@pytest.mark.unit
 def test_nat64_of_a_public_address_is_allowed():
     assert check_webhook_url("http://[64:ff9b::808:808]/", allow_private=False)
 
@@ -56,20 +58,6 @@ class _Hook(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
-
-
-class _Retry(Exception):
-    pass
-
-
-class _Task:
-    """The part of a bound Celery task that deliver_webhook uses."""
-
-    class request:  # noqa: N801 - mirrors celery's attribute
-        retries = 0
-
-    def retry(self, exc=None, countdown=None):
-        return _Retry(exc)
 
 
 @pytest.fixture(scope="module")
@@ -131,24 +119,24 @@ def _loopback_only(monkeypatch):
 
 def test_delivery_connects_to_the_checked_address_not_a_rebound_one(jobs, hook, monkeypatch):
     """DNS says public at check time, loopback a moment later: nothing may reach the loopback server."""
-    from workers.webhook import deliver_webhook
+    from workers.webhook_delivery import deliver_webhook
 
     _dns(monkeypatch, ["93.184.215.14", "127.0.0.1"])
     attempts = _loopback_only(monkeypatch)
     job_id = _job(jobs, f"http://hooks.example:{hook}/hook")
     settings = Settings(webhook_secret=MASTER)
-    with pytest.raises(_Retry):
-        deliver_webhook(_Task(), jobs, settings, job_id)  # the public address refuses: retried later
+    with pytest.raises(WebhookFailed):
+        deliver_webhook(jobs, settings, job_id)  # the public address refuses: retried later
     assert _Hook.received == [] and attempts == ["93.184.215.14"]
 
 
 def test_delivery_sends_host_and_tenant_signature_to_the_pinned_address(jobs, hook, monkeypatch):
     from sdq.webhooks import tenant_secret
-    from workers.webhook import deliver_webhook
+    from workers.webhook_delivery import deliver_webhook
 
     calls = _dns(monkeypatch, ["127.0.0.1", socket.gaierror(socket.EAI_NONAME, "gone")])
     job_id = _job(jobs, f"http://hooks.example:{hook}/hook?k=v")
-    deliver_webhook(_Task(), jobs, Settings(webhook_secret=MASTER, webhook_allow_private=True), job_id)
+    deliver_webhook(jobs, Settings(webhook_secret=MASTER, webhook_allow_private=True), job_id)
     assert len(calls) == 1 and len(_Hook.received) == 1
     headers, body = _Hook.received[0]
     assert headers["Host"] == f"hooks.example:{hook}"
@@ -159,22 +147,22 @@ def test_delivery_sends_host_and_tenant_signature_to_the_pinned_address(jobs, ho
 
 
 def test_dns_failure_at_delivery_is_retried_not_dropped(jobs, monkeypatch):
-    from workers.webhook import deliver_webhook
+    from workers.webhook_delivery import deliver_webhook
 
     _dns(monkeypatch, [socket.gaierror(socket.EAI_AGAIN, "temporary failure in name resolution")])
     job_id = _job(jobs, "http://hooks.example/hook")
-    with pytest.raises(_Retry):
-        deliver_webhook(_Task(), jobs, Settings(webhook_secret=MASTER), job_id)
+    with pytest.raises(WebhookFailed):
+        deliver_webhook(jobs, Settings(webhook_secret=MASTER), job_id)
 
 
 def test_webhook_urls_are_not_logged(jobs, caplog, monkeypatch):
-    from workers.webhook import deliver_webhook
+    from workers.webhook_delivery import deliver_webhook
 
     secret_url = "http://10.1.2.3/hook?token=s3cr3t-in-url"
     job_id = _job(jobs, secret_url)
     with caplog.at_level(logging.DEBUG):
-        deliver_webhook(_Task(), jobs, Settings(webhook_secret=MASTER), job_id)  # refused: private target
+        deliver_webhook(jobs, Settings(webhook_secret=MASTER), job_id)  # refused: private target
         _dns(monkeypatch, [socket.gaierror(socket.EAI_AGAIN, "again")])
-        with pytest.raises(_Retry):
-            deliver_webhook(_Task(), jobs, Settings(), _job(jobs, "http://hooks.example/x?token=s3cr3t-in-url"))
+        with pytest.raises(WebhookFailed):
+            deliver_webhook(jobs, Settings(), _job(jobs, "http://hooks.example/x?token=s3cr3t-in-url"))
     assert caplog.records and "s3cr3t" not in caplog.text and job_id in caplog.text

@@ -2,7 +2,6 @@
 flow once more on moto, a second S3 implementation."""
 from __future__ import annotations
 
-import os
 import time
 
 import boto3

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 from sdq.infotext import parse_infotext, submit_body_from_infotext

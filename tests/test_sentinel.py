@@ -8,15 +8,15 @@ import time
 import pytest
 import redis
 
-from sdq.client import ApiError, Client
+from sdq.client import Client
+from sdq.exceptions import ApiError, ConfigError
 from sdq.redisconn import broker, parse_sentinel
-from sdq.exceptions import ConfigError
 from sdq.services import Stack, free_port, wait_for
-from tests.conftest import FAST
 
 MASTER = "sdqprimary"
 
 
+@pytest.mark.unit
 def test_sentinel_urls_parse_and_map_to_kombu():
     spec = parse_sentinel("sentinel://:s3cr%40t@h1:26379,h2:26380/mymaster/2")
     assert spec.sentinels == (("h1", 26379), ("h2", 26380)) and spec.master == "mymaster"

@@ -27,7 +27,7 @@ def sources(tmp_path_factory, models_dir) -> dict[str, str]:
     folder, and a repo in the worker's hub cache."""
     import torch
 
-    from workers.ldm import to_ldm, write_single_file
+    from tests.support.ldm import to_ldm, write_single_file
 
     src = builtin_path(models_dir, "tiny-sd")
     d = tmp_path_factory.mktemp("sources")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import redis
@@ -34,17 +33,20 @@ SMALL = {"width": 64, "height": 64, "steps": 2}
     "al ice:tok-a",
     "alice:tok a",
 ])
+@pytest.mark.unit
 def test_malformed_token_entries_are_refused(entries):
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"SDQ_API_TOKENS": entries})
     assert "SDQ_API_TOKENS" in str(err.value)
 
 
+@pytest.mark.unit
 def test_tokens_sharing_a_prefix_are_two_tenants():
     tokens = Settings.from_env({"SDQ_API_TOKENS": "ann:shared-prefix-1,ben:shared-prefix-2"}).api_tokens
     assert tokens == {"shared-prefix-1": "ann", "shared-prefix-2": "ben"}
 
 
+@pytest.mark.unit
 def test_tokens_file(tmp_path):
     path = tmp_path / "tokens"
     path.write_text("# operator tokens\nalice:tok-from-file-a\n\nbob:tok-from-file-b  # rotated 2026-11\n")

@@ -29,15 +29,23 @@ def test_a_failed_thumbnail_is_reported_not_raised(store):
     assert store_thumb(store, "job1", 0, object()) == {}  # not an image: logged, never raised
 
 
-def test_each_result_has_a_thumbnail_in_the_bucket(client, store):
-    job_id = client.submit({"prompts": ["thumb one", "thumb two"], "params": {**FAST, "seed": 4}})["id"]
+def test_each_result_larger_than_a_thumbnail_has_one_in_the_bucket(client, store):
+    params = {**FAST, "width": 320, "height": 192, "seed": 4}
+    job_id = client.submit({"prompts": ["thumb one", "thumb two"], "params": params})["id"]
     doc = wait_job(client, job_id)
     assert doc["state"] == "succeeded"
     assert store.keys(f"jobs/{job_id}/thumbs/") == [thumb_key(job_id, 0), thumb_key(job_id, 1)]
     for it in doc["items"]:
         assert it["thumb_url"] and "/thumbs/" in it["thumb_url"]
         thumb = Image.open(io.BytesIO(requests.get(it["thumb_url"], timeout=10).content))
-        assert thumb.format == "WEBP" and thumb.size == (64, 64)
+        assert thumb.format == "WEBP" and thumb.size[0] == THUMB_SIDE and 150 <= thumb.size[1] <= 156
+
+
+def test_a_result_that_fits_a_thumbnail_is_its_own(client, store):
+    job_id = client.submit({"prompts": ["small one"], "params": {**FAST, "seed": 5}})["id"]
+    doc = wait_job(client, job_id)
+    assert doc["state"] == "succeeded" and store.keys(f"jobs/{job_id}/thumbs/") == []
+    assert doc["items"][0]["thumb_url"] == doc["items"][0]["url"]
 
 
 def test_download_zip_holds_the_pngs_and_manifest(client, store):

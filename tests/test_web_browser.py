@@ -62,7 +62,7 @@ def test_submit_three_prompts_and_watch_the_gallery_fill(page):
     thumbs = page.locator("#gallery img")
     expect(thumbs).to_have_count(3, timeout=WAIT_MS)
     for i in range(3):
-        assert "/thumbs/" in thumbs.nth(i).get_attribute("src")
+        assert "/jobs/" in thumbs.nth(i).get_attribute("src")  # 64 px images are their own thumbnails
     expect(page.locator("#job-state")).to_have_text("succeeded")
     seen = page.evaluate("JobPage.eventsSeen")  # the live path is the event stream, not polling
     assert seen.get("job.state", 0) >= 1 and seen.get("item.finished", 0) + seen.get("job.finished", 0) >= 1, seen

@@ -1,4 +1,7 @@
 """sdq workers: the Celery worker that runs diffusers pipelines and uploads results.
 
-Only `workers.pipelines`, `workers.builtin` and `workers.runner` import torch/diffusers.
+torch, diffusers and transformers are imported only by the device and pipeline code:
+`workers.device`, `workers.pipelines`, `workers.generation`, `workers.builtin`, `workers.checkpoints`,
+`workers.simulate` and, when a worker starts, `workers.main`. The other modules import none of them
+themselves (the runner and capability use them through those modules).
 """

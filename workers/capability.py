@@ -15,16 +15,19 @@ from sdq.models import BUILTIN_MODELS, allowed_models
 from workers.device import Device
 from workers.reaper import safe_tick
 from workers.routing import release_due
+from workers.speedometer import Speedometer
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Activity:
-    """What the worker is doing now: written by the runner, published with the capability record."""
+    """What the worker is doing now and how fast it works: written by the runner, published with the
+    capability record."""
 
     current: dict[str, Any] | None = None
     items_done: int = 0
+    speed: Speedometer | None = None
 
 
 class Capability:
@@ -60,6 +63,7 @@ class Capability:
             "models": self.models, "loaded_models": self.loaded(),
             "max_pixels": self.max_pixels, "max_batch": self.max_batch, "queues": self.queues,
             "threads": self.threads, "items_done": self.activity.items_done,
+            "speed": self.activity.speed.snapshot() if self.activity.speed else {},
             "current_item": self.activity.current,
             "started_at": self.started_at, "last_seen": time.time(), "version": __version__,
         }

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sdq.contract import worker_kind
 from sdq.exceptions import CapabilityError
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -28,8 +29,8 @@ class Device:
 
     @property
     def kind(self) -> str:
-        """`cpu` or `gpu`."""
-        return "cpu" if self.device == "cpu" else "gpu"
+        """`cpu` or `gpu` (`contract.worker_kind`)."""
+        return worker_kind(self.device)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -22,6 +22,8 @@ import time
 
 import redis
 
+from sdq.redisconn import text
+
 log = logging.getLogger(__name__)
 
 POINTS = ("load", "batch", "step", "upload", "uploaded", "finished", "ack")
@@ -58,8 +60,8 @@ class Faults:
         rule = self.client.hget(f"{RULES_KEY}:{self.worker}", point) or self.client.hget(RULES_KEY, point)
         if not rule:
             return
-        action, _, text = rule.decode().partition("@")
-        if text and not any(text in p for p in prompts or ()):
+        action, _, only_prompt = text(rule).partition("@")
+        if only_prompt and not any(only_prompt in p for p in prompts or ()):
             return
         key = marker_key(self.worker, point)
         self.client.set(key, os.getpid())

@@ -7,22 +7,19 @@ from typing import Any, Callable
 
 import torch
 
-from workers.pipelines import Loaded, OutOfMemory, PipelineCache, free_memory, is_out_of_memory
+from sdq.exceptions import Cancelled, OutOfMemory
+from workers.pipelines import Loaded, PipelineCache, free_memory, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[Any, int, Any, dict], dict]
 
 
-class _Interrupted(Exception):
-    """Raised from a step callback once the job is cancelled: stops any pipeline at once."""
-
-
 def _step_hooks(pipe, task: str, callback: StepCallback | None) -> dict[str, Any]:
     """Pipeline kwargs that call `callback` after each step and stop the loop on cancel.
 
     The upscale pipeline only has the legacy `callback(step, t, latents)` hook, and depth2img does
-    not check `pipe._interrupt`; so a cancel raises `_Interrupted` out of the loop for all of them.
+    not check `pipe._interrupt`; so a cancel raises `Cancelled` out of the loop for all of them.
     """
     if callback is None:
         return {}
@@ -31,7 +28,7 @@ def _step_hooks(pipe, task: str, callback: StepCallback | None) -> dict[str, Any
     def on_step_end(p, i: int, t, kwargs: dict) -> dict:
         out = callback(p, i, t, kwargs)
         if getattr(p, "_interrupt", False):
-            raise _Interrupted
+            raise Cancelled
         return out
 
     if task == "upscale":
@@ -88,7 +85,7 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     try:
         with torch.inference_mode():
             out = pipe(**kwargs)
-    except _Interrupted:
+    except Cancelled:
         return Call([], [], dtype)
     nsfw = getattr(out, "nsfw_content_detected", None)
     return Call(list(out.images), [bool(x) for x in nsfw] if nsfw is not None else [None] * len(out.images), dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import redis
 from celery.signals import worker_ready
@@ -13,9 +13,8 @@ from sdq import contract, defaults
 from sdq.config import Settings
 from sdq.redisconn import connect
 from sdq.jobstore import JobStore
-from sdq.exceptions import ConfigError
 from sdq.lifecycle import finalize_job, request_finalize
-from sdq.queue import make_celery
+from sdq.celery_app import make_celery
 from storage import ResultStore
 
 log = logging.getLogger("sdq.worker")
@@ -47,37 +46,6 @@ def default_max_batch(kind: str) -> int:
     return 4 if kind == "gpu" else 1
 
 
-@dataclass(frozen=True)
-class Timings:
-    """The worker's recovery timings. Production keeps the defaults; fault tests shorten them
-    through the environment so a dead worker's work is back in seconds."""
-
-    heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL
-    heartbeat_ttl: int = defaults.HEARTBEAT_TTL
-    reaper_interval: float = defaults.REAPER_INTERVAL
-    finalize_resend: float = defaults.FINALIZE_RESEND
-    stall_timeout: float = defaults.STALL_TIMEOUT
-    s3_backoff_cap: float = defaults.S3_BACKOFF_CAP
-    s3_outage_limit: float = defaults.S3_OUTAGE_LIMIT
-    max_attempts: int = defaults.MAX_ATTEMPTS
-
-    @classmethod
-    def from_env(cls, env: dict | None = None) -> "Timings":
-        """`SDQ_HEARTBEAT_INTERVAL`, `SDQ_HEARTBEAT_TTL`, `SDQ_REAPER_INTERVAL`, `SDQ_FINALIZE_RESEND`,
-        `SDQ_STALL_TIMEOUT`, `SDQ_S3_BACKOFF_CAP`, `SDQ_S3_OUTAGE_LIMIT`, `SDQ_MAX_ATTEMPTS`."""
-        env = os.environ if env is None else env
-        values = {}
-        for f in fields(cls):
-            raw = env.get(f"SDQ_{f.name.upper()}")
-            if raw:
-                kind = int if isinstance(getattr(cls, f.name), int) else float
-                try:
-                    values[f.name] = kind(raw)
-                except ValueError:
-                    raise ConfigError(f"SDQ_{f.name.upper()}={raw!r} is not a {kind.__name__}") from None
-        return cls(**values)
-
-
 def redis_client(url: str) -> redis.Redis:
     """A Redis client (or Sentinel-followed primary) that notices a dead connection (socket timeout,
     health checks)."""
@@ -94,8 +62,8 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     from workers.leases import Leases
     from workers.reaper import Reaper
     from workers.routing import Router
+    from workers.speedometer import Speedometer
 
-    timings = Timings.from_env()
     device = select_device(opts.device, opts.dtype, force=opts.force_dtype)
     import torch
 
@@ -114,16 +82,16 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     from workers.runner import Runner
     from workers.tasks import register
     from workers.uploader import Uploader
-    from workers.webhook import deliver_webhook
+    from workers.webhook_delivery import deliver_webhook
     from workers.weights import WeightsHasher
 
     client = redis_client(settings.redis_url)
     jobs = JobStore(client)
     celery = make_celery(settings.redis_url, settings.visibility_timeout)
-    leases = Leases(client, stall_timeout=timings.stall_timeout)
+    leases = Leases(client, stall_timeout=settings.stall_timeout)
     faults = Faults.from_env(client, name)
-    store = ResultStore.from_settings(settings, outage_limit=timings.s3_outage_limit,
-                                      backoff_cap=timings.s3_backoff_cap, on_retry=leases.progress)
+    store = ResultStore.from_settings(settings, outage_limit=settings.s3_outage_limit,
+                                      backoff_cap=settings.s3_backoff_cap, on_retry=leases.progress)
     store.ensure_bucket()
 
     def finalize(job_id: str) -> None:
@@ -140,23 +108,24 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
                           safety_checker=opts.safety_checker,
                           upscale_batch=opts.upscale_batch or defaults.UPSCALE_MAX_BATCH, store=store)
     memory_gb = device.memory_gb()[0]
-    router = Router(name, jobs, publish, models, max_pixels, memory_gb)
-    activity = Activity()
+    speedometer = Speedometer(device.kind)
+    router = Router(name, jobs, publish, models, max_pixels, memory_gb, speedometer)
+    activity = Activity(speed=speedometer)
     capability = Capability(name, device, models, max_pixels, max_batch, queues, opts.threads, activity,
                             cache.loaded)
-    reaper = Reaper(jobs, celery, finalize, timings.reaper_interval, timings.finalize_resend)
-    interval = min(timings.heartbeat_interval, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
-    heartbeat = Heartbeat(client, capability, interval, leases, reaper, timings.heartbeat_ttl, publish)
+    reaper = Reaper(jobs, celery, finalize, settings.reaper_interval, settings.finalize_resend)
+    interval = min(settings.heartbeat_interval, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
+    heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish)
     results = CachedResults(ResultIndex(client), WeightsHasher(settings.models_dir, store), store, jobs, name,
                             device.device, device.dtype, opts.safety_checker, finalize)
     runner = Runner(name, device, cache, jobs, store, uploader, router, leases, faults, finalize,
-                    heartbeat.publish, activity, max_batch=max_batch, max_attempts=timings.max_attempts,
+                    heartbeat.publish, activity, max_batch=max_batch, max_attempts=settings.max_attempts,
                     debug_oom_pixels=opts.debug_oom_pixels, debug_fatal_after=opts.debug_fatal_after,
                     results=results)
     warm_imports()
     for model in opts.preload or []:
         cache.load(model)
-    register(celery, runner, on_webhook=lambda task, job_id: deliver_webhook(task, jobs, settings, job_id),
+    register(celery, runner, on_webhook=lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt),
              on_finalize=lambda job_id: finalize_job(jobs, store, job_id, celery))
 
     # 3. Join the fleet, then consume.

@@ -8,12 +8,12 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from sdq import defaults
-from sdq.exceptions import ModelError
+from sdq.exceptions import ModelError, OutOfMemory
 from sdq.models import STORE_PREFIX, model_kind
 from workers import builtin, checkpoints
 from workers.device import Device
@@ -26,14 +26,6 @@ OUT_OF_MEMORY: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, M
 STICKY_DEVICE_ERRORS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS_",
                         "CUDNN_STATUS_", "unspecified launch failure")
 """Words of CUDA errors after which the process's CUDA context is unusable: every later call fails."""
-
-
-class OutOfMemory(MemoryError):
-    """Out of device memory even after every fallback; `fields` says what was tried."""
-
-    def __init__(self, message: str, fields: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.fields = fields or {}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -50,13 +42,13 @@ def is_fatal_device_error(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(word in str(exc) for word in STICKY_DEVICE_ERRORS))
 
 
-SCHEDULERS = {
+SCHEDULER_CLASSES = {
     "pndm": "PNDMScheduler", "plms": "PNDMScheduler", "ddim": "DDIMScheduler",
     "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
     "dpmpp_2m": "DPMSolverMultistepScheduler", "lms": "LMSDiscreteScheduler",
     "ddpm": "DDPMScheduler", "heun": "HeunDiscreteScheduler", "unipc": "UniPCMultistepScheduler",
 }
-"""Scheduler name -> diffusers class, built with `from_config` of the model's own config."""
+"""Scheduler name (`contract.SCHEDULERS`) -> diffusers class, built with `from_config` of the model's own config."""
 
 TASK_CLASSES = {
     "txt2img": "StableDiffusionPipeline",
@@ -71,14 +63,14 @@ def make_scheduler(name: str, config: dict[str, Any]):
     """A fresh scheduler of the named kind, from the model's saved scheduler config."""
     import diffusers
 
-    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
+    return getattr(diffusers, SCHEDULER_CLASSES[name]).from_config(config)
 
 
 def warm_imports() -> None:
     """Import the pipeline classes now, so a worker's first item does not pay seconds of lazy imports."""
     import diffusers
 
-    for name in (*TASK_CLASSES.values(), *set(SCHEDULERS.values())):
+    for name in (*TASK_CLASSES.values(), *set(SCHEDULER_CLASSES.values())):
         getattr(diffusers, name)
 
 

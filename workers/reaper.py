@@ -18,7 +18,7 @@ import redis
 
 from sdq import defaults, fleet
 from sdq.jobstore import JobStore
-from sdq.queue import publish_items
+from sdq.celery_app import publish_items
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,9 @@ from typing import Any, Callable
 
 import redis
 
-from sdq import contract, defaults, fleet
+from sdq import contract, defaults, fleet, scheduling, speed
 from sdq.jobstore import JobStore
+from workers.speedometer import Speedometer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Router:
     models: list[str] = field(default_factory=list)  # `--models`; empty: any allowed model
     max_pixels: int = defaults.MAX_PIXELS
     memory_gb: float | None = None  # the device's total memory (None: unknown)
+    speedometer: Speedometer | None = None  # this worker's measured speed (None: take every chunk whole)
 
     def refusal(self, chunk: dict[str, Any]) -> str | None:
         """Why this worker must not run `chunk` (None: it may). A worker never runs an item it does
@@ -111,6 +113,27 @@ class Router:
                  chunk["job"], model, ", ".join(w["name"] for w in warm))
         self.publish({**chunk, "deferred": True})
         return True
+
+    def share(self, chunk: dict[str, Any]) -> int:
+        """Speed-aware claiming (`sdq.scheduling.claim_count`): how many of the chunk's items to start
+        here now. The rest is published again at once for faster workers; a chunk left to them for
+        `DEFER_MAX_S` seconds is run by whoever holds it."""
+        items = chunk["items"]
+        first = chunk.get("deferred_at") or time.time()
+        if self.speedometer is None or "queue" not in chunk or time.time() - first > scheduling.DEFER_MAX_S:
+            return len(items)
+        model, pipeline, params = chunk["model"], chunk["pipeline"], chunk["params"]
+        others = [speed.worker_rate(w, model, pipeline, params) for w in self.others(chunk, {self.name})]
+        mine = self.speedometer.rate(model, pipeline, params)
+        take = scheduling.claim_count(mine, others, self.jobs.queued_count(chunk["job"]), len(items))
+        if not self.speedometer.knows(model, pipeline, params):
+            take = max(take, 1)  # a worker that never made such an item makes one, to learn its speed
+        if take < len(items):
+            log.info("job %s: starting %d of %d items here (%.3g Mpx-steps/s; other workers %s); the rest goes "
+                     "back to the queue for faster workers", chunk["job"], take, len(items), mine,
+                     ", ".join(f"{r:.3g}" for r in others))
+            self.publish({**chunk, "items": items[take:], "deferred_at": first})
+        return take
 
     def can_hand_off(self, chunk: dict[str, Any], batch: list[dict[str, Any]]) -> bool:
         """Out of memory even in low-memory mode: may this batch go to another worker (at most

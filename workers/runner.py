@@ -18,7 +18,7 @@ from PIL import Image
 
 import redis
 
-from sdq import __version__, contract, defaults
+from sdq import __version__, contract, defaults, scheduling
 from sdq.exceptions import ModelError, WorkLost
 from sdq.infotext import SAMPLER_NAMES, format_infotext
 from sdq.jobstore import JobStore
@@ -133,6 +133,12 @@ class Runner:
         if self._lost_here(chunk) and self.router.others(chunk, {self.name}):
             self.router.pass_on(chunk, "it failed on this worker a moment ago; another worker may take it")
             return
+        #    Faster workers would finish (part of) it sooner: that part goes back to the queue.
+        take = self.router.share(chunk)
+        if take == 0:
+            time.sleep(scheduling.DEFER_PAUSE_S)  # not straight back to the chunk just left to faster workers
+            return
+        chunk = {**chunk, "items": chunk["items"][:take]}
         # 1. Claim the items of this attempt (skips ones done, cancelled or superseded).
         wanted = [(it["index"], int(it.get("gen") or 0)) for it in chunk["items"]]
         todo = retry_redis(lambda: self.jobs.start_items(
@@ -266,6 +272,8 @@ class Runner:
             self._fail(job_id, indices, error, progress.reported, oom)
             return []
         gen_s = time.perf_counter() - t0
+        if self.activity.speed is not None and made.images and not progress.cancelled:
+            self.activity.speed.observe(chunk["model"], task, params, len(made.images), gen_s)
         if progress.cancelled:
             self._cancel(job_id, indices, progress.reported)
             return []

@@ -7,19 +7,17 @@ from typing import Callable
 from celery import Celery
 from celery.exceptions import Reject
 
-from sdq import contract
-from sdq.queue import TASK_FINALIZE
+from sdq import contract, defaults
+from sdq.celery_app import TASK_FINALIZE
+from sdq.exceptions import WebhookFailed
 
 log = logging.getLogger(__name__)
 
-FINALIZE_BACKOFF_MAX = 60
-"""Longest pause, seconds, between attempts of a job's finalisation."""
+def register(celery: Celery, runner, on_webhook: Callable[[str, int], None] | None = None,
+             on_finalize: Callable[[str], None] | None = None) -> None:
+    """Register the sdq tasks on `celery`, bound to `runner` (`shared=False`: they belong to this app only)."""
 
-
-def register(celery: Celery, runner, on_webhook=None, on_finalize: Callable[[str], None] | None = None) -> None:
-    """Register the sdq tasks on `celery`, bound to `runner`."""
-
-    @celery.task(name=contract.TASK_GENERATE, acks_late=True, reject_on_worker_lost=True)
+    @celery.task(name=contract.TASK_GENERATE, shared=False, acks_late=True, reject_on_worker_lost=True)
     def generate(chunk: dict) -> None:
         # Celery acknowledges a task that raised: an exception escaping the chunk would lose its
         # message. Any error here is an infrastructure one (item errors never escape the runner),
@@ -30,18 +28,23 @@ def register(celery: Celery, runner, on_webhook=None, on_finalize: Callable[[str
             log.warning("chunk of job %s delivered again after %s: %s", chunk.get("job"), type(exc).__name__, exc)
             raise Reject(exc, requeue=True) from exc
 
-    @celery.task(name=contract.TASK_WEBHOOK, bind=True, acks_late=True, max_retries=8)
+    # Celery retries both with its own exponential backoff (1, 2, 4, ... s, full jitter, capped).
+    @celery.task(name=contract.TASK_WEBHOOK, shared=False, bind=True, acks_late=True,
+                 autoretry_for=(WebhookFailed,), retry_backoff=1, retry_backoff_max=defaults.WEBHOOK_BACKOFF_MAX,
+                 retry_jitter=True, max_retries=defaults.WEBHOOK_MAX_RETRIES)
     def webhook(self, job_id: str) -> None:
         if on_webhook is not None:
-            on_webhook(self, job_id)
+            on_webhook(job_id, self.request.retries + 1)
 
-    @celery.task(name=TASK_FINALIZE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+    @celery.task(name=TASK_FINALIZE, shared=False, bind=True, acks_late=True, reject_on_worker_lost=True,
+                 autoretry_for=(Exception,), retry_backoff=1, retry_backoff_max=defaults.FINALIZE_BACKOFF_MAX,
+                 retry_jitter=True, max_retries=None)
     def finalize(self, job_id: str) -> None:
-        # idempotent (`sdq.lifecycle.finalize_job`): retried with backoff until it succeeds
+        # idempotent (`sdq.lifecycle.finalize_job`): retried until it succeeds
         if on_finalize is None:
             return
         try:
             on_finalize(job_id)
-        except Exception as exc:  # noqa: BLE001 - storage or Redis down: later
+        except Exception as exc:  # noqa: BLE001 - storage or Redis down: Celery retries it later
             log.warning("finalisation of job %s failed (%s); retrying", job_id, exc)
-            raise self.retry(exc=exc, countdown=min(FINALIZE_BACKOFF_MAX, 2 ** self.request.retries))
+            raise

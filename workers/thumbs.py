@@ -29,9 +29,12 @@ def encode_thumb(image, side: int = THUMB_SIDE) -> bytes:
 
 
 def store_thumb(store, job_id: str, index: int, image) -> dict[str, Any]:
-    """Make and upload an item's thumbnail; `{"thumb_key": key}`, or {} when that failed (never raises)."""
+    """Make and upload an item's thumbnail; `{"thumb_key": key}`, or {} when the image already fits in
+    a thumbnail (it is its own: no second encode and upload per item) or that failed (never raises)."""
     key = thumb_key(job_id, index)
     try:
+        if max(image.size) <= THUMB_SIDE:
+            return {}
         store.put(key, encode_thumb(image), content_type="image/webp")
     except Exception:  # noqa: BLE001 - a missing thumbnail must never fail the item
         log.exception("thumbnail %s failed", key)

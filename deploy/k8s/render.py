@@ -23,7 +23,7 @@ PRIORITY_SEP = "\x06\x16"
 """kombu's separator between a queue name and its priority digit (Redis transport)."""
 
 PRIORITY_STEPS = range(10)
-"""The priority steps sdq's Celery configuration uses (sdq.queue)."""
+"""The priority steps sdq's Celery configuration uses (sdq.celery_app)."""
 
 IMAGE = "ghcr.io/your-org/sdq"
 """Image repository; the tags are `producer`, `worker-cpu` and `worker-gpu` (built from deploy/)."""

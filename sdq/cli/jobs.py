@@ -12,6 +12,7 @@ import requests
 
 from sdq import contract
 from sdq.client import Client
+from sdq.exceptions import InvalidInput, PromptFileError, SdqError
 from sdq.gallery import write_gallery
 from sdq.prompts import parse_prompts
 
@@ -39,20 +40,34 @@ def build_body(args, items: list[dict[str, Any]]) -> dict[str, Any]:
         try:
             body["sweep"] = json.loads(args.sweep)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"--sweep must be a JSON object, e.g. '{{\"guidance_scale\": [5, 9]}}' ({exc.msg})") from None
+            raise InvalidInput("--sweep", f"--sweep must be a JSON object, e.g. '{{\"guidance_scale\": [5, 9]}}' "
+                               f"({exc.msg})") from None
     if getattr(args, "webhook_url", None):
         body["webhook_url"] = args.webhook_url
     return body
 
 
+def _read_prompt_file(name: str) -> str:
+    """The text of a prompt file (`-`: standard input); PromptFileError when it cannot be read as UTF-8."""
+    try:
+        return sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PromptFileError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise PromptFileError(f"{name}: not UTF-8 text (byte {exc.start})") from None
+
+
 def cmd_submit(args, client: Client) -> int:
     """Submit a prompt file; optionally wait and download."""
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-    items = parse_prompts(text, args.file)
+    items = parse_prompts(_read_prompt_file(args.file), args.file)
     body = build_body(args, items)
     if args.init_image:
         path = Path(args.init_image)
-        body["params"]["init_image"] = client.upload(path.read_bytes(), path.name)["key"]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InvalidInput("--init-image", f"--init-image {str(path)!r} cannot be read: {exc.strerror}") from None
+        body["params"]["init_image"] = client.upload(data, path.name)["key"]
     resp = client.submit(body)
     if args.json and not args.wait:
         print(json.dumps(resp))
@@ -156,7 +171,10 @@ def download(client: Client, job_id: str, out: Path, quiet: bool = False, grid: 
     renamed into place only once complete. With `grid`, also writes `grid.png` (sdq.grid).
     """
     doc, items = client.all_items(job_id)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SdqError(f"cannot write the download folder {str(out)!r}: {exc.strerror or exc}") from None
     todo = [it for it in items if it["state"] == "succeeded" and it.get("url")]
     with ThreadPoolExecutor(max_workers=8) as pool:
         fetched = sum(pool.map(lambda it: _fetch(it["url"], out / f"{it['index']:05d}.png", it.get("bytes")), todo))
@@ -228,6 +246,12 @@ def cmd_retry(args, client: Client) -> int:
     return 0
 
 
+def _speed(rates: dict[str, dict]) -> str:
+    """A worker's measured rates, e.g. `builtin:tiny-sd|txt2img|p256=1.2 (40)`: megapixel-steps per
+    second (items measured), or `cold` before its first item."""
+    return " ".join(f"{key}={r['rate']:.3g} ({r.get('n', 0)})" for key, r in sorted(rates.items())) or "cold"
+
+
 def cmd_workers(args, client: Client) -> int:
     """Show the fleet."""
     workers = client.workers()
@@ -235,8 +259,9 @@ def cmd_workers(args, client: Client) -> int:
         print(json.dumps(workers))
         return 0
     cols = ("name", "host", "device", "dtype", "device_name", "memory_free_gb", "max_pixels", "max_batch",
-            "items_done", "loaded_models")
-    rows = [[str(w.get(c) if not isinstance(w.get(c), list) else ",".join(w[c])) for c in cols] for w in workers]
+            "items_done", "loaded_models", "speed")
+    rows = [[str(w.get(c) if not isinstance(w.get(c), list) else ",".join(w[c])) for c in cols[:-1]]
+            + [_speed(w.get("speed") or {})] for w in workers]
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)))
     for r in rows:

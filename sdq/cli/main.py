@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+import requests
+
 from sdq import defaults
 from sdq.exceptions import SdqError
 
@@ -59,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("submit", help="submit a prompt file (.txt, .json, .jsonl, .csv; - for stdin)")
     s.add_argument("file")
-    s.add_argument("--model", default="builtin:tiny-sd")
-    s.add_argument("--pipeline", default="txt2img")
+    s.add_argument("--model", default=defaults.MODEL)
+    s.add_argument("--pipeline", default=defaults.PIPELINE)
     s.add_argument("--steps", type=int)
     s.add_argument("--width", type=int)
     s.add_argument("--height", type=int)
@@ -71,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler")
     s.add_argument("--init-image", dest="init_image")
     s.add_argument("--strength", type=float)
-    s.add_argument("--priority", type=int, default=5)
+    s.add_argument("--priority", type=int, default=defaults.PRIORITY)
     s.add_argument("--device", default=None, help="require gpu, cpu or any")
     s.add_argument("--sweep", default=None, help='JSON object of values to sweep, e.g. \'{"guidance_scale": [5, 9]}\'')
     s.add_argument("--grid", action="store_true", help="write a labeled contact sheet (jobs/<id>/grid.png)")
@@ -117,8 +119,12 @@ def cmd_inspect(args) -> int:
 
     from sdq.infotext import parse_infotext, submit_body_from_infotext
 
-    with Image.open(args.file) as img:
+    try:
+        img = Image.open(args.file)
         img.load()
+    except OSError as exc:
+        raise SdqError(f"{args.file}: not a readable image ({exc.strerror or exc})") from None
+    with img:
         text = img.info.get("parameters")
         try:
             from workers.watermark import detect
@@ -217,8 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in local:
             return local[args.command](args)
         return remote[args.command](args, Client(args.server, args.token))
-    except (SdqError, ValueError, OSError) as exc:
+    except SdqError as exc:
         print(f"sdq {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except requests.RequestException as exc:  # downloads of result URLs (the API calls raise SdqError)
+        print(f"sdq {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

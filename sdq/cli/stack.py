@@ -34,7 +34,7 @@ def start_stack(workdir: Path, workers: int, threads: int | None, producer_port:
         stack.producer(_port(producer_port))
         for i in range(workers):
             extra = ["--threads", str(threads)] if threads else []
-            stack.worker(f"cpu{i + 1}", "--device", "cpu", "--preload", "builtin:tiny-sd", *extra)
+            stack.worker(f"cpu{i + 1}", "--device", "cpu", "--preload", defaults.MODEL, *extra)
     except BaseException:
         stack.stop()
         raise
@@ -83,7 +83,7 @@ def cmd_demo(args) -> int:
     try:
         client = Client(stack.env["SDQ_SERVER"])
         items = parse_prompts(prompts.read_text(encoding="utf-8"), str(prompts))
-        body = {"prompts": [it["prompt"] for it in items], "model": "builtin:tiny-sd",
+        body = {"prompts": [it["prompt"] for it in items], "model": defaults.MODEL,
                 "params": {"width": args.size, "height": args.size, "steps": args.steps, "seed": 42,
                            "negative_prompt": "blurry, low quality"}}
         resp = client.submit(body)

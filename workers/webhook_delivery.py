@@ -1,13 +1,14 @@
 """Webhook delivery for finished jobs (runs as a Celery task on any worker).
 
 The body is ``{"event": "job.finished", "job": {...summary...}}``; headers carry the HMAC signature
-described in `sdq.webhooks`. Connection errors, 5xx, 408 and 429 answers are retried with
-exponential backoff (1, 2, 4, ... s, at most 5 min, `max_retries` attempts); other 4xx answers are
-final. Before every attempt the host is resolved once and checked, and the request connects to
-that checked address (Host header and TLS server name stay the URL's host), so a name that
-re-resolves to a private address between check and connect (DNS rebinding) reaches nothing. A
-host that does not resolve is retried like a connection error. Log lines name the job, never the
-URL (URLs often carry secrets).
+described in `sdq.webhooks`. Connection errors, 5xx, 408 and 429 answers raise `WebhookFailed`,
+which the Celery task retries with its own exponential backoff (`workers.tasks`: 1, 2, 4, ... s with
+jitter, at most `WEBHOOK_BACKOFF_MAX`, `WEBHOOK_MAX_RETRIES` retries); other 4xx answers are final.
+Before every attempt the host is resolved once and checked, and the request connects to that checked
+address (Host header and TLS server name stay the URL's host), so a name that re-resolves to a
+private address between check and connect (DNS rebinding) reaches nothing. A host that does not
+resolve is retried like a connection error. Log lines name the job, never the URL (URLs often carry
+secrets).
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ import time
 import urllib3
 
 from sdq.config import Settings
-from sdq.exceptions import InvalidInput
+from sdq.exceptions import InvalidInput, UnresolvedHost, WebhookFailed
 from sdq.jobstore import JobStore
-from sdq.webhooks import (EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Target, UnresolvedHost,
+from sdq.webhooks import (EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Target,
                           resolve_target, sign, tenant_secret)
 
 log = logging.getLogger(__name__)
@@ -53,16 +54,11 @@ def post_pinned(target: Target, body: bytes, headers: dict[str, str], timeout: f
         pool.close()
 
 
-def _backoff(task) -> int:
-    return min(300, 2 ** task.request.retries)
-
-
-def deliver_webhook(task, jobs: JobStore, settings: Settings, job_id: str) -> None:
-    """POST the job summary to its webhook_url; retry with exponential backoff on failure."""
+def deliver_webhook(jobs: JobStore, settings: Settings, job_id: str, attempt: int = 1) -> None:
+    """POST the job summary to its webhook_url; raises WebhookFailed when the attempt is worth retrying."""
     job = jobs.get(job_id)
     if job is None or not job.get("webhook_url"):
         return
-    attempt = task.request.retries + 1
     # 1. Resolve once and check; the connection goes to this address.
     try:
         target = resolve_target(job["webhook_url"], settings.webhook_allow_private)
@@ -71,7 +67,7 @@ def deliver_webhook(task, jobs: JobStore, settings: Settings, job_id: str) -> No
         return
     except UnresolvedHost as exc:
         log.warning("webhook for job %s: host does not resolve (attempt %d)", job_id, attempt)
-        raise task.retry(exc=exc, countdown=_backoff(task))
+        raise WebhookFailed(str(exc)) from None
     # 2. Sign with the job owner's own secret.
     body = payload(job)
     ts = str(int(time.time()))
@@ -83,10 +79,10 @@ def deliver_webhook(task, jobs: JobStore, settings: Settings, job_id: str) -> No
         status = post_pinned(target, body, headers)
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         log.warning("webhook for job %s failed (attempt %d): %s", job_id, attempt, type(exc).__name__)
-        raise task.retry(exc=RuntimeError(type(exc).__name__), countdown=_backoff(task))
+        raise WebhookFailed(type(exc).__name__) from None
     if status >= 500 or status in RETRY_STATUSES:
         log.warning("webhook for job %s answered %d (attempt %d)", job_id, status, attempt)
-        raise task.retry(exc=RuntimeError(f"HTTP {status}"), countdown=_backoff(task))
+        raise WebhookFailed(f"HTTP {status}")
     if status >= 400:
         log.warning("webhook for job %s refused with %d; not retried", job_id, status)
         return

@@ -55,7 +55,7 @@ def celery_config(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_
             "priority_steps": list(range(10)),
             **sentinel,
         },
-        task_default_queue="sdq.control",
+        task_default_queue=contract.CONTROL_QUEUE,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,  # Flower (and `celery events`) see the tasks
         task_send_sent_event=False,

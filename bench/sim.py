@@ -1,0 +1,233 @@
+"""9. Mixed fleets, simulated: makespan against the lower bound for three sharing policies.
+
+A discrete-event simulation of one job on a fleet of workers of unequal speed, driving sdq's own
+policy functions (`sdq.scheduling`: chunk sizes, claims, straggler backups) rather than a copy:
+
+- `count`: before speed awareness: chunks sized from the count of workers, every worker takes
+  whole chunks in queue order;
+- `speed`: chunks sized from the measured rates, each worker starts only its share of a chunk
+  (`claim_count`) and sends the rest back to the end of the queue;
+- `speed+backups`: the same, and a worker that finds the queue empty backs up the running item
+  expected to end last (`straggler`); the first copy to finish wins and the other stops at once.
+
+Every item is one unit of work; rates are items per second (the fastest worker makes one per
+second), known to every worker (the steady state after each has made its first item). Lower bound:
+max(total work / total rate, one item on the fastest worker). Message and upload costs are not
+modelled (the live benchmarks measure them).
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.common import main_for, target
+from sdq import scheduling
+
+FLEETS: dict[str, list[float]] = {
+    "1 fast + 4 at 1/20": [1.0] + [0.05] * 4,
+    "8 fast + 8 at 1/3": [1.0] * 8 + [1 / 3] * 8,
+    "100 mixed (20 x 1, 40 x 1/3, 40 x 1/20)": [1.0] * 20 + [1 / 3] * 40 + [0.05] * 40,
+}
+SIZES = (10, 100, 1000, 10_000, 100_000)
+QUICK_SIZES = (10, 100, 1000)
+POLICIES = ("count", "speed", "speed+backups")
+
+
+@dataclass
+class Worker:
+    """One simulated worker."""
+
+    name: int
+    rate: float
+    pending: deque = field(default_factory=deque)  # claimed items not started yet
+    current: int | None = None  # item running now
+    ends_at: float = 0.0
+    token: int = 0  # invalidates the scheduled end of an item stopped early
+    idle: bool = False
+
+
+class Sim:
+    """One job of `n` unit items on workers of `rates` under one policy."""
+
+    def __init__(self, rates: list[float], n: int, policy: str) -> None:
+        self.workers = [Worker(i, r) for i, r in enumerate(rates)]
+        self.policy = policy
+        equal = [1.0] * len(rates)
+        sizes = scheduling.chunk_sizes(n, equal if policy == "count" else rates)
+        starts = itertools.accumulate([0, *sizes])
+        self.queue: deque = deque((list(range(s, s + size)), None) for s, size in zip(starts, sizes))
+        self.queued = n
+        self.done: set[int] = set()
+        self.running_on: dict[int, list[int]] = {}  # item -> workers running a copy now
+        self.backed_up: set[int] = set()
+        self.n = n
+        self.events: list[tuple[float, int, str, int, int]] = []
+        self.seq = itertools.count()
+        self.now = 0.0
+        self.backups = 0  # second copies of items already running
+        self.takeovers = 0  # items an idle worker took from another's claimed, not yet started ones
+        self.messages = len(sizes)
+
+    def at(self, t: float, kind: str, worker: int, token: int = 0) -> None:
+        heapq.heappush(self.events, (t, next(self.seq), kind, worker, token))
+
+    def run(self) -> float:
+        """Simulate until every item is done; the makespan in seconds."""
+        for w in self.workers:
+            self.at(0.0, "free", w.name)
+        while len(self.done) < self.n:
+            self.now, _, kind, wid, token = heapq.heappop(self.events)
+            w = self.workers[wid]
+            if kind == "end":
+                if token == w.token and w.current is not None:
+                    self.finish(w)
+            elif kind == "free" and w.current is None:
+                self.next_item(w)
+        return self.now
+
+    def start(self, w: Worker, item: int) -> None:
+        w.current, w.ends_at, w.idle = item, self.now + 1 / w.rate, False
+        w.token += 1
+        self.running_on.setdefault(item, []).append(w.name)
+        self.at(w.ends_at, "end", w.name, w.token)
+
+    def finish(self, w: Worker) -> None:
+        item, w.current = w.current, None
+        self.running_on.get(item, []).remove(w.name)
+        if item not in self.done:
+            self.done.add(item)
+            for other in self.running_on.pop(item, []):  # the losing copy stops at its next step
+                loser = self.workers[other]
+                loser.current, loser.token = None, loser.token + 1
+                self.at(self.now, "free", other)
+        self.next_item(w)
+
+    def next_item(self, w: Worker) -> None:
+        while w.pending:
+            item = w.pending.popleft()
+            if item not in self.done:
+                return self.start(w, item)
+        if self.queue:
+            return self.claim(w)
+        if self.policy == "speed+backups" and self.backup(w):
+            return
+        w.idle = True  # woken when work comes back to the queue
+
+    def claim(self, w: Worker) -> None:
+        items, deferred_at = self.queue.popleft()
+        take = len(items)
+        if self.policy != "count" and (deferred_at is None or self.now - deferred_at <= scheduling.DEFER_MAX_S):
+            others = [o for o in self.workers if o is not w]
+            take = scheduling.claim_count(w.rate, [o.rate for o in others], self.queued, len(items),
+                                          [o.current is not None for o in others])
+        self.queued -= take
+        if take < len(items):
+            self.queue.append((items[take:], deferred_at if deferred_at is not None else self.now))
+            self.messages += 1
+            for o in self.workers:  # new message: idle workers look again
+                if o.idle and o is not w:
+                    o.idle = False
+                    self.at(self.now, "free", o.name)
+        if take == 0:
+            self.at(self.now + scheduling.DEFER_PAUSE_S, "free", w.name)
+            return
+        w.pending.extend(items[:take])
+        self.next_item(w)
+
+    def backup(self, w: Worker) -> bool:
+        running = []
+        for o in self.workers:
+            if o is w:
+                continue
+            end = o.ends_at
+            if o.current is not None and o.current not in self.backed_up:
+                running.append(scheduling.Running("job", o.current, str(o.name), end))
+            for item in o.pending:
+                end += 1 / o.rate
+                if item not in self.backed_up and item not in self.done:
+                    running.append(scheduling.Running("job", item, str(o.name), end))
+        pick = scheduling.straggler(running, self.now, 1 / w.rate)
+        if pick is None:
+            return False
+        self.backed_up.add(pick.index)
+        owner = self.workers[int(pick.worker)]
+        if pick.index in owner.pending:  # not started there yet: taken over (the owner skips it)
+            owner.pending.remove(pick.index)
+            self.takeovers += 1
+        else:
+            self.backups += 1
+        self.start(w, pick.index)
+        return True
+
+
+def bound(rates: list[float], n: int) -> float:
+    """Lower bound on the makespan: all work at the fleet's total rate, or one item on the fastest."""
+    return max(n / sum(rates), 1 / max(rates))
+
+
+def optimum(rates: list[float], n: int) -> float:
+    """The best makespan any schedule of `n` whole unit items can reach (each item runs on one
+    worker): every item in turn to the worker that would finish it first, which is optimal for equal
+    items on workers of different speeds. Above `bound` when items do not divide evenly."""
+    ends = [(1 / r, r) for r in rates]
+    heapq.heapify(ends)
+    last = 0.0
+    for _ in range(n):
+        end, r = heapq.heappop(ends)
+        last = end
+        heapq.heappush(ends, (end + 1 / r, r))
+    return last
+
+
+def run(opts) -> dict[str, Any]:
+    """Every fleet x job size x policy."""
+    random.seed(0)
+    sizes = QUICK_SIZES if opts.quick else SIZES
+    rows: list[dict[str, Any]] = []
+    for fleet, rates in FLEETS.items():
+        for n in sizes:
+            low, best = bound(rates, n), optimum(rates, n)
+            row: dict[str, Any] = {"fleet": fleet, "items": n, "bound_s": round(low, 1), "optimum_s": round(best, 1)}
+            for policy in POLICIES:
+                sim = Sim(rates, n, policy)
+                span = sim.run()
+                row[policy] = {"makespan_s": round(span, 1), "ratio": round(span / low, 3),
+                               "vs_optimum": round(span / best, 3),
+                               "messages": sim.messages, "backups": sim.backups, "takeovers": sim.takeovers}
+            rows.append(row)
+    # Goal: within 10% of the bound wherever the count policy is not. The simple bound cannot be
+    # reached when whole items do not divide evenly (10 items on 16 workers), so the goal is
+    # checked against the best schedule of whole items, and both are shown.
+    hard = [r for r in rows if r["count"]["vs_optimum"] > 1.10]
+    out: dict[str, Any] = {"rows": rows}
+    out["targets"] = [target(f"worst makespan / best whole-item schedule, {p}, where the count policy is > 1.10",
+                             max((r[p]["vs_optimum"] for r in hard), default=1.0), 1.10) for p in POLICIES[1:]]
+    out["table"] = table(rows)
+    out["findings"] = [
+        f"{len(hard)} of {len(rows)} cases are more than 10% above the best whole-item schedule under the count "
+        f"policy; with speed-aware chunks and claims {sum(1 for r in hard if r['speed']['vs_optimum'] > 1.10)} of "
+        f"those stay so, with backups too {sum(1 for r in hard if r['speed+backups']['vs_optimum'] > 1.10)}",
+        "worst case over all rows, makespan / best whole-item schedule: " + ", ".join(
+            f"{p} {max(r[p]['vs_optimum'] for r in rows):.3f}" for p in POLICIES)]
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    """Rows for RESULTS.md."""
+    out = [["fleet", "items", "bound s", "best whole-item schedule s",
+            *(f"{p}: makespan / bound (/ best)" for p in POLICIES), "messages (count / speed)",
+            "backups (takeovers)"]]
+    for r in rows:
+        out.append([r["fleet"], r["items"], r["bound_s"], r["optimum_s"],
+                    *(f"{r[p]['ratio']:.3f} ({r[p]['vs_optimum']:.3f})" for p in POLICIES),
+                    f"{r['count']['messages']} / {r['speed']['messages']}",
+                    f"{r['speed+backups']['backups']} ({r['speed+backups']['takeovers']})"])
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_for("sim", run, __doc__.splitlines()[0]))

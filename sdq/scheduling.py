@@ -1,0 +1,94 @@
+"""How work is shared in a fleet of unequal workers: chunk sizes, how much of a chunk a worker
+starts, and when an idle worker backs up a straggler. Pure functions of measured rates
+(`sdq.speed`), used alike by the producer, the workers and the fleet simulator (`bench/sim.py`).
+
+Rates are in megapixel-steps per second, `work` in megapixel-steps per item.
+
+1. Chunks (`chunk_sizes`): guided self-scheduling in units of the fastest worker. Each chunk is
+   1/`CHUNK_SPLIT` of the items left divided by the fleet's speed counted in fastest workers
+   (sum of rates / fastest rate), at most `CHUNK_MAX`, in whole micro-batches. A fleet of equal
+   workers gets today's sizes; a fast worker never waits on many small messages because a slow one
+   joined.
+2. Claims (`claim_count`): a worker starts only the part of a chunk it finishes by the time the
+   whole capable fleet would have drained the job's queued items (`backlog`): floor(backlog x its
+   rate / fleet rate), the rest goes back to the queue at once. When that is less than one item, it
+   starts one item only if the workers faster than it (by `FASTER`) would need at least one of its
+   item times to drain the backlog, else it leaves the chunk to them. The fastest worker always
+   takes the whole chunk, and a chunk left alone longer than `DEFER_MAX_S` is run by whoever holds
+   it, so nothing waits for ever on a fast worker that is busy elsewhere.
+3. Backups (`straggler`): once a job has nothing queued, an idle capable worker backs up the
+   running item expected to end last, if a fresh run here would end sooner, once per item.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from sdq import defaults
+
+FASTER = 1.5
+"""A worker counts as faster than another when its rate is at least this many times higher."""
+
+DEFER_MAX_S = 600.0
+"""Seconds a chunk may be left to faster workers before any capable worker runs it (a last resort:
+faster workers busy with other jobs do not count anyway)."""
+
+DEFER_PAUSE_S = 0.5
+"""Seconds a worker that left a chunk to faster workers waits before it takes the next message."""
+
+
+def chunk_sizes(n_items: int, rates: Sequence[float], batch: int = 1,
+                split: int = defaults.CHUNK_SPLIT, most: int = defaults.CHUNK_MAX) -> list[int]:
+    """Sizes of the task messages for `n_items` items sharing all parameters, for a fleet whose
+    capable workers run at `rates` (equal rates: one per live worker; none known: one worker)."""
+    rates = [r for r in rates if r > 0] or [1.0]
+    fleet = sum(rates) / max(rates)  # the fleet's speed, counted in fastest workers
+    sizes: list[int] = []
+    left = n_items
+    while left > 0:
+        share = math.ceil(left / (split * fleet))
+        size = min(most, max(batch, math.ceil(share / batch) * batch), left)
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
+def claim_count(rate: float, others: Sequence[float], backlog: int, chunk: int, busy: Sequence[bool] = ()) -> int:
+    """How many of a `chunk`'s items a worker running at `rate` should start now, given the rates
+    of the other live workers able to run it (`busy[i]`: worker i is making an item now), and the
+    job's queued items (`backlog`, this chunk included). 0: leave the chunk to faster workers."""
+    busy = list(busy) or [False] * len(others)
+    faster = [(r, b) for r, b in zip(others, busy) if r >= FASTER * rate]
+    if rate <= 0 or not faster:
+        return chunk
+    backlog = max(backlog, chunk)
+    # Our share of what the fleet has left (queued items, plus one running item per busy worker).
+    left = backlog + sum(busy)
+    share = math.floor(left * rate / (rate + sum(others)))
+    if share >= 1:
+        return min(chunk, share)
+    # Less than one item's worth: one item of ours takes 1/rate per unit of work; the faster workers
+    # need (backlog + the items they are making) / their rate. Run one only if they would not be done first.
+    fast_rate = sum(r for r, _ in faster)
+    return 1 if (backlog + sum(b for _, b in faster)) / fast_rate >= 1 / rate else 0
+
+
+@dataclass(frozen=True)
+class Running:
+    """An item running somewhere: which, on what, and when it is expected to end (epoch seconds)."""
+
+    job: str
+    index: int
+    worker: str
+    expected_end: float
+
+
+def straggler(running: Sequence[Running], now: float, fresh_run_s: float) -> Running | None:
+    """The running item an idle worker should back up: the one expected to end last, if a fresh
+    run here (`fresh_run_s` seconds) would end sooner by a clear margin (`FASTER`). None: none."""
+    if not running:
+        return None
+    last = max(running, key=lambda r: r.expected_end)
+    left = last.expected_end - now
+    return last if left > FASTER * fresh_run_s else None

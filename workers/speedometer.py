@@ -1,0 +1,50 @@
+"""The worker's own speed, measured on the items it makes and published in its capability record."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sdq import contract, speed
+
+SMOOTHING = 0.3
+"""Weight of the newest measurement in the running average of a rate (exponential smoothing)."""
+
+
+class Speedometer:
+    """Rates (megapixel-steps per second of pipeline time) per (model, pipeline, pixel class),
+    smoothed; written by the runner after each pipeline call, read by the heartbeat and the router."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._rates: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, model: str, pipeline: str, params: dict[str, Any], n_images: int, seconds: float) -> None:
+        """Record one pipeline call that made `n_images` images in `seconds` (load time excluded)."""
+        if seconds <= 0 or n_images <= 0:
+            return
+        w, h = contract.output_size(pipeline, params["width"], params["height"])
+        rate = n_images * speed.item_work(pipeline, params) / seconds
+        key = speed.speed_key(model, pipeline, w * h)
+        with self._lock:
+            old = self._rates.get(key)
+            if old is None:
+                self._rates[key] = {"rate": round(rate, 4), "n": n_images}
+            else:
+                old["rate"] = round((1 - SMOOTHING) * old["rate"] + SMOOTHING * rate, 4)
+                old["n"] += n_images
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """The measured rates, as published in the capability record's ``speed``."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._rates.items()}
+
+    def knows(self, model: str, pipeline: str, params: dict[str, Any]) -> bool:
+        """Whether this worker has measured itself on items of this kind."""
+        w, h = contract.output_size(pipeline, params["width"], params["height"])
+        with self._lock:
+            return speed.speed_key(model, pipeline, w * h) in self._rates
+
+    def rate(self, model: str, pipeline: str, params: dict[str, Any]) -> float:
+        """This worker's rate for items of this kind: measured, or the cold rate of its device kind."""
+        return speed.worker_rate({"kind": self.kind, "speed": self.snapshot()}, model, pipeline, params)
