@@ -237,8 +237,6 @@ def test_resubmitted_job_is_answered_from_storage_without_a_pipeline_run(client,
         assert (new["device"], new["dtype"]) == ("cpu", "fp32") and new["duration_s"] < 1.0
         assert new["key"] == f"jobs/{again['id']}/{new['index']:05d}.png"
         assert store.get(new["key"]) == store.get(old["key"])  # the same bytes, in the new job's own key
-        thumb = f"jobs/{again['id']}/thumbs/{new['index']:05d}.webp"
-        assert new["thumb_url"] and store.get(thumb) == store.get(f"jobs/{first['id']}/thumbs/{old['index']:05d}.webp")
     # no pipeline ran: the worker's count of generated images did not move
     assert _idle_after(rclient, again["finished_at"])["items_done"] == done
     # the events and the manifest say so too
@@ -255,6 +253,17 @@ def test_resubmitted_job_is_answered_from_storage_without_a_pipeline_run(client,
     wait_until(lambda: client.job(again["id"]).get("manifest"), "manifest written", 60)
     manifest = json.loads(store.get(f"jobs/{again['id']}/manifest.json"))
     assert [it["cached"] for it in manifest["items"]] == [True] * 3
+
+
+def test_the_thumbnail_is_copied_with_the_image(client, store):
+    """Images larger than a thumbnail have one (`workers.thumbs`): the cached copy gets its own."""
+    body = _body(uuid.uuid4().hex, seeds=(31,), width=320, height=320, steps=2)
+    first, again = _run(client, body), _run(client, body)
+    old, new = first["items"][0], again["items"][0]
+    assert new["cached"] is True
+    thumb = f"jobs/{again['id']}/thumbs/00000.webp"
+    assert store.get(thumb) == store.get(f"jobs/{first['id']}/thumbs/00000.webp")
+    assert new["thumb_url"] and new["thumb_url"] != new["url"]
 
 
 def test_a_changed_item_runs_again_and_the_rest_is_cached(client, rclient):
