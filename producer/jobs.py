@@ -107,6 +107,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
             params = _init_image_size(params, uploads(init_image, image_field), explicit)
         _check_limits(req.pipeline, params, where, settings)
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
+        cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
         for combo in combos:
             # A sweep overrides job and item values; its cells of one prompt share a seed.
             cell = {**params, **{k: v for k, v in combo.items() if k in ITEM_PARAM_KEYS}}
@@ -124,6 +125,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
                     "index": index, "prompt": prompt, "negative_prompt": combo.get("negative_prompt", negative),
                     "seed": item_seed % (2**32), "init_image": init_image, "params": cell, "state": "queued",
                     "steps": cell["steps"], "key": None, **({"sweep": combo} if combo else {}),
+                    **({} if cache else {"cache": False}),
                 })
 
     if req.params.watermark:

@@ -74,6 +74,8 @@ class Params(Overrides):
     init_image: str | None = Field(None, max_length=KEY_MAX_CHARS)
     watermark: bool | None = None
     grid: bool = False
+    cache: bool = True
+    """False: always run fresh, neither answered from nor recorded in the result cache."""
 
 
 class ItemIn(Overrides):
@@ -83,6 +85,8 @@ class ItemIn(Overrides):
     negative_prompt: str | None = Field(None, max_length=PROMPT_MAX_CHARS)
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     init_image: str | None = Field(None, max_length=KEY_MAX_CHARS)
+    cache: bool | None = None
+    """Overrides `params.cache` for this item."""
 
 
 class Requires(_Strict):

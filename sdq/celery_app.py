@@ -13,8 +13,9 @@ from sdq.redisconn import broker
 TASK_FINALIZE = "sdq.finalize"
 """Celery task name: write an ended job's manifest/grid and queue its webhook (control queue)."""
 
-MESSAGE_ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "init_image", "gen")
-"""What a task message carries of each item (`gen`: the attempt it was published for)."""
+MESSAGE_ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "init_image", "gen", "cache")
+"""What a task message carries of each item (`gen`: the attempt it was published for; `cache`:
+False when the item opted out of the result cache)."""
 
 UNACKED_INDEX_KEY = "unacked_index"
 """kombu's sorted set of delivered, unacknowledged messages (delivery tag -> delivery time)."""

@@ -175,7 +175,7 @@ if state == 'succeeded' and it.duration_s then
   redis.call('HINCRBYFLOAT', job, 'busy_s', it.duration_s)
 end
 emit(job_id, 'item.finished', {index = it.index, state = state, key = it.key, seed = it.seed,
-  worker = it.worker, duration_s = it.duration_s, error = it.error})
+  worker = it.worker, duration_s = it.duration_s, error = it.error, cached = it.cached})
 return maybe_finish(job, job_id, now)
 """
 

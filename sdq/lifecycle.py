@@ -19,7 +19,8 @@ from sdq.celery_app import TASK_FINALIZE
 log = logging.getLogger(__name__)
 
 MANIFEST_ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "init_image", "params", "sweep", "state",
-                        "worker", "device", "dtype", "duration_s", "key", "error", "attempts", "runs")
+                        "worker", "device", "dtype", "duration_s", "key", "error", "attempts", "runs", "cached",
+                        "cached_from")
 
 
 def manifest(job: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,9 +9,22 @@ from typing import Any
 
 from sdq.exceptions import PromptFileError
 
+
+def flag(value: Any) -> bool:
+    """A yes/no cell: JSON true/false, or true/false/yes/no/1/0 as text (any case)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1"):
+        return True
+    if text in ("false", "no", "0"):
+        return False
+    raise ValueError(value)
+
+
 ITEM_FIELDS = {"prompt": str, "negative_prompt": str, "seed": int, "init_image": str, "steps": int,
                "width": int, "height": int, "guidance_scale": float, "scheduler": str, "strength": float,
-               "noise_level": int}
+               "noise_level": int, "cache": flag}
 """Per-item columns/keys a prompt file may carry, and their types."""
 
 

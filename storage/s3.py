@@ -36,6 +36,15 @@ def transient(exc: Exception) -> bool:
     return False
 
 
+def missing(exc: Exception) -> bool:
+    """Whether an S3 call failed because the object (or its copy source) does not exist."""
+    if not isinstance(exc, ClientError):
+        return False
+    err = exc.response.get("Error", {})
+    status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    return err.get("Code") in ("404", "NoSuchKey", "NotFound") or status == "404"
+
+
 def _client(endpoint_url: str | None, region: str):
     config = Config(
         signature_version="s3v4",
@@ -124,6 +133,13 @@ class ResultStore:
     def get(self, key: str) -> bytes:
         """Read the object at `key` (retried through an outage like `put`)."""
         return self._call(f"GET {key}", lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def copy(self, source: str, key: str) -> None:
+        """Server-side copy of the object at `source` to `key` (bytes, content type and metadata
+        kept; nothing passes through this process). A missing `source` raises a ClientError for
+        which `missing()` is true; transient errors are retried like `put`."""
+        self._call(f"COPY {source} -> {key}", lambda: self.client.copy_object(
+            Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source}))
 
     def size(self, key: str) -> int | None:
         """Size of the object at `key`, or None when absent."""

@@ -78,6 +78,7 @@ def test_submit_three_prompts_and_watch_the_gallery_fill(page):
     expect(dialog.locator('dd[data-field="seed"]')).to_have_text("31")
     expect(dialog.locator('dd[data-field="worker"]')).to_have_text("w-main")
     expect(dialog.locator('dd[data-field="size"]')).to_have_text("64×64")
+    expect(dialog.locator('dd[data-field="cached"]')).to_have_text("no")
     assert page.locator("b", has_text="fox").count() == 0
     expect(page.get_by_role("button", name="Forget token")).to_be_hidden()  # no token on this stack
     page.keyboard.press("Escape")

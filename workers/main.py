@@ -77,11 +77,14 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     queues = contract.queues_for_worker(device.device, device.dtype, max_pixels) + [contract.CONTROL_QUEUE]
 
     # 2. Services, then every part of the worker, each given what it uses.
+    from sdq.resultcache import ResultIndex
     from workers.pipelines import PipelineCache, warm_imports
+    from workers.resultcache import CachedResults
     from workers.runner import Runner
     from workers.tasks import register
     from workers.uploader import Uploader
     from workers.webhook_delivery import deliver_webhook
+    from workers.weights import WeightsHasher
 
     client = redis_client(settings.redis_url)
     jobs = JobStore(client)
@@ -117,9 +120,12 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     reaper = Reaper(jobs, celery, finalize, settings.reaper_interval, settings.finalize_resend)
     interval = min(settings.heartbeat_interval, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
     heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish, backups)
+    results = CachedResults(ResultIndex(client), WeightsHasher(settings.models_dir, store), store, jobs, name,
+                            device.device, device.dtype, opts.safety_checker, finalize)
     runner = Runner(name, device, cache, jobs, store, uploader, router, leases, faults, finalize,
                     heartbeat.publish, activity, max_batch=max_batch, max_attempts=settings.max_attempts,
-                    debug_oom_pixels=opts.debug_oom_pixels, debug_fatal_after=opts.debug_fatal_after)
+                    debug_oom_pixels=opts.debug_oom_pixels, debug_fatal_after=opts.debug_fatal_after,
+                    results=results)
     warm_imports()
     for model in opts.preload or []:
         cache.load(model)

@@ -29,6 +29,7 @@ from workers.faults import Faults
 from workers.generation import Generated, generate
 from workers.leases import Leases
 from workers.pipelines import OUT_OF_MEMORY, OutOfMemory, PipelineCache, is_fatal_device_error
+from workers.resultcache import CachedResults
 from workers.retry import retry_redis
 from workers.routing import Router
 from workers import simulate, watermark
@@ -102,8 +103,10 @@ class Runner:
                  uploader: Uploader, router: Router, leases: Leases, faults: Faults,
                  finalize: Callable[[str], None], announce: Callable[[], None], activity: Activity,
                  max_batch: int = 1, max_attempts: int = defaults.MAX_ATTEMPTS,
-                 debug_oom_pixels: int | None = None, debug_fatal_after: int | None = None) -> None:
+                 debug_oom_pixels: int | None = None, debug_fatal_after: int | None = None,
+                 results: CachedResults | None = None) -> None:
         self.name, self.device, self.cache = name, device, cache
+        self.results = results  # the result cache (None: off)
         self.jobs, self.store, self.uploader = jobs, store, uploader
         self.router, self.leases, self.faults = router, leases, faults
         self.finalize = finalize  # queues an ended job's finalize task
@@ -197,9 +200,14 @@ class Runner:
             self._announce()
 
     def _run_items(self, chunk: dict[str, Any], todo: list[int], futures: list[Future]) -> None:
-        """Load the model, then generate `todo` in micro-batches (uploads queued in `futures`)."""
+        """Answer the items made before from the result cache; load the model, then generate the rest in
+        micro-batches (uploads queued in `futures`)."""
         job_id, task = chunk["job"], chunk["pipeline"]
         by_index = {it["index"]: it for it in chunk["items"]}
+        if self.results is not None:  # items made before are copied from storage: no model load for them
+            todo = self.results.serve(chunk, todo)
+            if not todo:
+                return
         t0 = time.perf_counter()
         self.faults.hit("load")
         try:
@@ -324,8 +332,9 @@ class Runner:
             }
             marked = bool(chunk.get("watermark")) and watermark.can_mark(image)
             info = infotext_for(chunk, item, image.size, self.device, self.name, marked, made.dtype, nsfw)
+            register = self.results.registrar(job_id, item["index"]) if self.results is not None else None
             futures.append(self.uploader.submit(job_id, item["index"], image, info, {**fields, "watermark": marked},
-                                                progress.reported, watermark.embed if marked else None,
+                                                progress.reported, watermark.embed if marked else None, register,
                                                 claim=claim, worker=self.name))
             self.activity.items_done += 1
         return futures

@@ -52,13 +52,17 @@ class Uploader:
 
     def submit(self, job_id: str, index: int, image, infotext: str, fields: dict[str, Any],
                steps_reported: int = 0, transform: Callable[[Any], Any] | None = None,
+               on_stored: Callable[[dict[str, Any]], None] | None = None,
                claim: bool = False, worker: str = "") -> Future:
-        """Queue one finished image; the item turns `succeeded` once it is in the bucket. With
+        """Queue one finished image; the item turns `succeeded` once it is in the bucket. Then
+        `on_stored(fields)` registers it in the result cache (its errors never fail the item). With
         `claim`, the image is stored only if this run (`worker`) is the first to claim the item
         (a straggler backup may be making it too)."""
-        return self.pool.submit(self._upload, job_id, index, image, infotext, fields, transform, claim, worker)
+        return self.pool.submit(self._upload, job_id, index, image, infotext, fields, transform, on_stored,
+                                claim, worker)
 
-    def _upload(self, job_id, index, image, infotext, fields, transform, claim=False, worker="") -> None:
+    def _upload(self, job_id, index, image, infotext, fields, transform, on_stored=None, claim=False,
+                worker="") -> None:
         key = contract.result_key(job_id, index)
         timings = dict(fields.get("timings") or {})
         if claim and not retry_redis(lambda: self.jobs.claim_result(job_id, index, worker)):
@@ -86,6 +90,12 @@ class Uploader:
         if retry_redis(lambda: self.jobs.finish_item(job_id, index, state, {**fields, **extra})):
             self.faults.hit("finished")
             self.on_job_finished(job_id)
+        if state == "succeeded" and on_stored is not None:
+            try:
+                on_stored({**fields, **extra})
+            except Exception:  # noqa: BLE001 - a result not cached is only a later miss
+                log.warning("result of job %s item %d not registered in the result cache", job_id, index,
+                            exc_info=True)
 
     def shutdown(self) -> None:
         """Finish queued uploads, then stop."""

@@ -259,6 +259,7 @@ const Viewer = {
       ["Size", p.width && `${p.width}×${p.height}`], ["Model", job && job.model],
       ["Worker", it.worker], ["Device", it.device], ["Dtype", it.dtype],
       ["Duration", it.duration_s !== null && it.duration_s !== undefined ? `${Number(it.duration_s).toFixed(2)} s` : "–"],
+      ["Cached", it.cached ? `yes, from job ${it.cached_from.job} image ${it.cached_from.index}` : "no"],
     ];
     $("viewer-title").textContent = `Image ${it.index}`;
     $("viewer-img").src = safeUrl(it.url) || "";

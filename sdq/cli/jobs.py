@@ -34,6 +34,8 @@ def build_body(args, items: list[dict[str, Any]]) -> dict[str, Any]:
         body["requires"] = {"device": args.device}
     if getattr(args, "grid", False):
         params["grid"] = True
+    if getattr(args, "no_cache", False):
+        params["cache"] = False
     if getattr(args, "sweep", None):
         try:
             body["sweep"] = json.loads(args.sweep)
@@ -137,8 +139,9 @@ def summary_table(client: Client, doc: dict[str, Any]) -> str:
         _, items = client.all_items(doc["id"])
         per: dict[str, list[float]] = {}
         for it in items:
-            if it["state"] == "succeeded":
-                per.setdefault(it.get("worker") or "-", []).append(it.get("duration_s") or 0.0)
+            if it["state"] == "succeeded":  # copies from the result cache apart: they would skew the mean
+                name = (it.get("worker") or "-") + (" (cached)" if it.get("cached") else "")
+                per.setdefault(name, []).append(it.get("duration_s") or 0.0)
         if per:
             lines.append("")
             lines += _table(["WORKER", "ITEMS", "MEAN S/ITEM"],

@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="require gpu, cpu or any")
     s.add_argument("--sweep", default=None, help='JSON object of values to sweep, e.g. \'{"guidance_scale": [5, 9]}\'')
     s.add_argument("--grid", action="store_true", help="write a labeled contact sheet (jobs/<id>/grid.png)")
+    s.add_argument("--no-cache", dest="no_cache", action="store_true",
+                   help="run every item fresh: no answer from, and no entry in, the result cache")
     s.add_argument("--webhook-url", dest="webhook_url", default=None, help="POSTed the job summary when it ends")
     s.add_argument("--wait", action="store_true")
     s.add_argument("--out", default=None, help="with --wait: download results to OUT/<job>/")
@@ -102,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     push = msub.add_parser("push", help="upload a diffusers folder or checkpoint file to the bucket as store:NAME")
     push.add_argument("path")
     push.add_argument("--as", dest="name", required=True, help="the model's name (then allow store:NAME)")
+    rc = sub.add_parser("cache", help="the result cache: `cache count` its entries, `cache clear` drops them")
+    rc.add_argument("cache_command", nargs="?", choices=("count", "clear"), default="count")
+    rc.add_argument("--json", action="store_true")
     ins = sub.add_parser("inspect", help="print a result PNG's parameters and whether it is watermarked")
     ins.add_argument("file")
     ins.add_argument("--json", action="store_true")
@@ -205,11 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the `sdq` command line."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from sdq.cli import jobs, stack
+    from sdq.cli import cache, jobs, stack
     from sdq.client import Client
 
     local = {"up": stack.cmd_up, "demo": stack.cmd_demo, "producer": stack.cmd_producer,
-             "worker": cmd_worker, "models": cmd_models, "inspect": cmd_inspect}
+             "worker": cmd_worker, "models": cmd_models, "inspect": cmd_inspect,
+             "cache": cache.cmd_cache}
     remote = {"submit": jobs.cmd_submit, "status": jobs.cmd_status, "wait": jobs.cmd_wait,
               "download": jobs.cmd_download, "cancel": jobs.cmd_cancel, "retry": jobs.cmd_retry,
               "workers": jobs.cmd_workers}

@@ -1,0 +1,146 @@
+"""The worker's side of the result cache: answer claimed items from stored objects before any model
+is loaded, and record every result it stores.
+
+A hit is served by a server-side S3 copy of the cached PNG (and its thumbnail) to the item's own
+keys, then recorded `succeeded` with `cached: true` and `cached_from: {job, index}`. An entry whose
+object is gone is dropped and the item runs; any other trouble with the cache also just runs the
+item: the cache never fails an item."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any, Callable
+
+import redis
+
+from sdq import contract
+from sdq.jobstore import JobStore
+from sdq.resultcache import Maker, ResultIndex, cache_key, wants_cache
+from storage.s3 import missing
+from workers.retry import retry_redis
+from workers.thumbs import thumb_key
+from workers.weights import WeightsHasher
+
+log = logging.getLogger(__name__)
+
+
+class CachedResults:
+    """Looks up, serves and registers results for one worker (one chunk at a time)."""
+
+    def __init__(self, index: ResultIndex, hasher: WeightsHasher, store, jobs: JobStore, worker: str,
+                 device: str, dtype: str, safety_checker: bool, finalize: Callable[[str], None]) -> None:
+        self.index, self.hasher, self.store, self.jobs = index, hasher, store, jobs
+        self.worker, self.device, self.dtype = worker, device, dtype
+        self.safety_checker = safety_checker
+        self.finalize = finalize
+        self._keys: dict[tuple[str, int], str] = {}  # (job, index) -> cache key, for the current chunk
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def keys(self, chunk: dict[str, Any], items: list[dict[str, Any]]) -> dict[int, str]:
+        """Cache keys of the `items` of `chunk` that want the cache (none when the weights are unknown)."""
+        wanted = [it for it in items if wants_cache(it)]
+        if not wanted:
+            return {}
+        weights = self.hasher.digest(chunk["model"])
+        if weights is None:
+            return {}
+        job = self.jobs.get(chunk["job"]) or {}
+        maker = Maker(chunk["model"], weights, contract.worker_kind(self.device), self.dtype, self.safety_checker)
+        images: dict[str, str] = {}
+        out = {}
+        for it in wanted:
+            image = it.get("init_image")
+            if image and image not in images:
+                images[image] = hashlib.sha256(self.store.get(image)).hexdigest()
+            out[it["index"]] = cache_key(maker, job.get("owner", ""), chunk["pipeline"], chunk["params"],
+                                         it["prompt"], it.get("negative_prompt"), it["seed"],
+                                         images.get(image) if image else None, bool(chunk.get("watermark")))
+        return out
+
+    def serve(self, chunk: dict[str, Any], todo: list[int]) -> list[int]:
+        """Answer the cached items of `todo` (claimed, `running` here); returns the ones left to run."""
+        job_id = chunk["job"]
+        by_index = {it["index"]: it for it in chunk["items"]}
+        self._keys.clear()
+        try:
+            keys = self.keys(chunk, [by_index[i] for i in todo])
+            entries = dict(zip(keys, self.index.lookup(list(keys.values()))))
+        except Exception as exc:  # noqa: BLE001 - a lookup that fails (Redis, S3, a bad file) only means "run it"
+            log.warning("job %s: result cache lookup failed (%s: %s); running the items", job_id,
+                        type(exc).__name__, exc)
+            return todo
+        self._keys.update({(job_id, i): k for i, k in keys.items()})
+        left, served = [], 0
+        for i in todo:
+            entry = entries.get(i)
+            if entry is None or not self._serve_one(job_id, i, keys[i], entry):
+                left.append(i)
+            else:
+                served += 1
+        if served:
+            log.info("job %s: %d of %d items answered from the result cache", job_id, served, len(todo))
+        return left
+
+    def _serve_one(self, job_id: str, index: int, key: str, entry: dict[str, Any]) -> bool:
+        """Copy a cached result to the item's keys and record it; False when it must run instead."""
+        t0 = time.perf_counter()
+        target = contract.result_key(job_id, index)
+        try:
+            if entry["key"] != target:
+                self.store.copy(entry["key"], target)
+        except Exception as exc:  # noqa: BLE001 - gone or unreadable: run the item, never fail it
+            if missing(exc):
+                log.info("result cache entry for job %s item %d points at %s, which is gone; running it",
+                         job_id, index, entry["key"])
+                self._forget(key)
+            else:
+                log.warning("job %s item %d: copying cached %s failed (%s); running it", job_id, index,
+                            entry["key"], exc)
+            return False
+        extra: dict[str, Any] = {}
+        if entry.get("thumb_key"):
+            thumb = thumb_key(job_id, index)
+            try:
+                if entry["thumb_key"] != thumb:
+                    self.store.copy(entry["thumb_key"], thumb)
+                extra["thumb_key"] = thumb
+            except Exception:  # noqa: BLE001 - a missing thumbnail never fails the item
+                log.warning("job %s item %d: cached thumbnail %s not copied", job_id, index, entry["thumb_key"])
+        took = round(time.perf_counter() - t0, 4)
+        fields = {
+            "worker": self.worker, "device": self.device, "dtype": self.dtype, "key": target,
+            "bytes": entry.get("bytes"), "duration_s": took, "timings": {"copy": took},
+            "watermark": entry.get("watermark"), "nsfw": entry.get("nsfw"),
+            "cached": True, "cached_from": {"job": entry["job"], "index": entry["index"]}, **extra,
+        }
+        if retry_redis(lambda: self.jobs.finish_item(job_id, index, "succeeded", fields)):
+            self.finalize(job_id)
+        try:
+            self.index.touch(key)
+        except redis.RedisError:
+            pass
+        return True
+
+    def _forget(self, key: str) -> None:
+        try:
+            self.index.forget(key)
+        except redis.RedisError:
+            log.warning("could not drop a stale result cache entry", exc_info=True)
+
+    # -- registration ---------------------------------------------------------------------------
+    def registrar(self, job_id: str, index: int) -> Callable[[dict[str, Any]], None] | None:
+        """What the uploader calls with the stored result's fields once the item is recorded, or None
+        when the item is not cached (opted out, weights unknown)."""
+        key = self._keys.get((job_id, index))
+        if key is None:
+            return None
+
+        def register(stored: dict[str, Any]) -> None:
+            entry = {"job": job_id, "index": index, "key": stored["key"], "bytes": stored.get("bytes"),
+                     "watermark": stored.get("watermark"), "nsfw": stored.get("nsfw"), "at": time.time()}
+            if stored.get("thumb_key"):
+                entry["thumb_key"] = stored["thumb_key"]
+            self.index.register(key, entry)
+
+        return register
