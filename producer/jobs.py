@@ -157,9 +157,10 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     return Plan(job, items)
 
 
-def _chunks(plan: Plan, workers: list[dict[str, Any]]):
+def _chunks(plan: Plan, workers: list[dict[str, Any]], by_speed: bool = True):
     """Consecutive items sharing parameters, each run cut into `(queue, items)` chunks whose sizes
-    follow the measured rates of the live workers serving that queue (`sdq.scheduling`)."""
+    follow the measured rates of the live workers serving that queue (`sdq.scheduling`; without
+    `by_speed`, each worker counts as one)."""
     req, model, pipeline = plan.job["requires"], plan.job["model"], plan.job["pipeline"]
     batch = max([int(w.get("max_batch") or 1) for w in workers] or [1])
     for _, group in itertools.groupby(plan.items, key=lambda it: sorted(it["params"].items())):
@@ -167,18 +168,20 @@ def _chunks(plan: Plan, workers: list[dict[str, Any]]):
         params = group[0]["params"]
         w, h = contract.output_size(pipeline, params["width"], params["height"])
         queue = contract.queue_for(req["device"], req.get("dtype"), w * h)
-        rates = [speed.worker_rate(wk, model, pipeline, params) for wk in fleet.serving(workers, queue, model)]
+        serving = fleet.serving(workers, queue, model)
+        rates = list(speed.fleet_rates(serving, model, pipeline, params).values()) if by_speed else [1.0] * len(serving)
         start = 0
         for size in scheduling.chunk_sizes(len(group), rates, batch):
             yield queue, group[start:start + size]
             start += size
 
 
-def route(plan: Plan, workers: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+def route(plan: Plan, workers: list[dict[str, Any]],
+          by_speed: bool = True) -> list[tuple[str, list[dict[str, Any]]]]:
     """Split items into task chunks and pick each chunk's queue; records warnings on `plan`."""
     req = plan.job["requires"]
-    model, pipeline = plan.job["model"], plan.job["pipeline"]
-    routed = list(_chunks(plan, workers))
+    model = plan.job["model"]
+    routed = list(_chunks(plan, workers, by_speed))
     for queue in sorted({q for q, _ in routed}):
         able = fleet.serving(workers, queue, model)
         if req.get("min_memory_gb"):

@@ -91,7 +91,7 @@ def submit():
     plan = jobs.plan_job(req, settings, g.owner, uploads=lambda key, field: uploads.upload_record(
         _ext("sdq_redis"), key, g.owner, field))
     tenants.check_queue_room(_ext("sdq_jobs"), g.owner, len(plan.items), settings.max_queued_items)
-    routed = jobs.route(plan, fleet.live_workers(_ext("sdq_redis")))
+    routed = jobs.route(plan, fleet.live_workers(_ext("sdq_redis")), settings.scheduling == "speed")
     plan.job["warnings"] = plan.warnings
     job_store = _ext("sdq_jobs")
     job_store.create(plan.job, plan.items)

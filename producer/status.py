@@ -10,7 +10,7 @@ from storage import ResultStore
 ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "state", "worker", "device", "dtype",
                "key", "url", "bytes", "duration_s", "error", "params", "init_image", "attempts",
                "oom_retries", "low_memory", "oom_workers", "started_at", "finished_at", "sweep", "batch",
-               "nsfw", "cached", "cached_from")
+               "nsfw", "runs", "cached", "cached_from")
 PUBLIC_JOB_FIELDS = ("id", "state", "created_at", "started_at", "finished_at", "model", "pipeline",
                      "params", "requires", "priority", "n_items", "warnings", "sweep")
 

@@ -89,6 +89,16 @@ def default_models_dir() -> Path:
     return Path(base) / "sdq" / "models"
 
 
+def _choice(env: dict, name: str, choices: tuple[str, ...], default: str) -> str:
+    """`env[name]`, one of `choices`; `default` when unset or empty; ConfigError naming the variable."""
+    value = env.get(name) or default
+    if value not in choices:
+        from sdq.exceptions import ConfigError
+
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of an sdq process."""
@@ -120,6 +130,9 @@ class Settings:
     s3_backoff_cap: float = defaults.S3_BACKOFF_CAP
     s3_outage_limit: float = defaults.S3_OUTAGE_LIMIT
     max_attempts: int = defaults.MAX_ATTEMPTS
+    scheduling: str = "speed"
+    """`speed`: chunks, claims and straggler backups follow measured speeds; `count`: chunks from the
+    number of workers, every worker takes whole chunks, no backups (sdq before mixed-fleet awareness)."""
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Settings":
@@ -153,6 +166,7 @@ class Settings:
             s3_backoff_cap=_float(env, "SDQ_S3_BACKOFF_CAP", defaults.S3_BACKOFF_CAP),
             s3_outage_limit=_float(env, "SDQ_S3_OUTAGE_LIMIT", defaults.S3_OUTAGE_LIMIT),
             max_attempts=_int(env, "SDQ_MAX_ATTEMPTS", defaults.MAX_ATTEMPTS),
+            scheduling=_choice(env, "SDQ_SCHEDULING", ("speed", "count"), "speed"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -91,6 +91,11 @@ def queues_for_worker(device: str, dtype: str, max_pixels: int) -> list[str]:
     return queues
 
 
+def worker_queue(name: str) -> str:
+    """The queue only the worker `name` consumes (its straggler backups)."""
+    return f"sdq.worker.{name}"
+
+
 def celery_priority(priority: int) -> int:
     """API priority (9 most urgent) to Redis transport priority (0 most urgent)."""
     return 9 - max(0, min(9, int(priority)))

@@ -9,6 +9,8 @@ Keys (all expire `JOB_TTL` after creation):
 - ``sdq:active`` sorted set of unfinished job ids by creation time (for queue positions);
 - ``sdq:job:<id>:prog`` hash: item index -> steps counted by its current run;
 - ``sdq:running:<worker>`` / ``sdq:running-workers``: which worker runs which items (the reaper);
+- ``sdq:job:<id>:won`` hash: item index -> the run that may store its result, when an item has a
+  straggler backup (the first copy to claim it wins; see `claim_result`);
 - ``sdq:finalize`` sorted set of ended jobs not yet finalised;
 - ``sdq:events:<id>`` pub/sub channel of job events (see `EVENTS`).
 
@@ -46,6 +48,7 @@ end
 -- the item no longer runs on its worker: out of that worker's running index
 local function unrun(job_id, it)
   if it.worker then redis.call('SREM', 'sdq:running:' .. it.worker, job_id .. ':' .. it.index) end
+  redis.call('HDEL', 'sdq:job:' .. job_id .. ':won', it.index)
 end
 -- steps counted for the item's current run (`add_progress`), forgotten: a run that ends or is
 -- lost never leaves its partial progress behind, so redelivery cannot over-count
@@ -157,7 +160,14 @@ if it.state ~= 'queued' and it.state ~= 'running' then return -1 end
 local state = ARGV[3]
 unrun(job_id, it)
 bump(job, it.state, state)
+local first = {worker = it.worker, started_at = it.started_at}
 for k, v in pairs(cjson.decode(ARGV[5])) do it[k] = v end
+if it.backup and state == 'succeeded' then  -- both runs of a backed-up item: the first to store won
+  local primary_won = it.worker == first.worker
+  it.runs = {{worker = first.worker, started_at = first.started_at, outcome = primary_won and 'won' or 'stopped'},
+             {worker = it.backup.worker, started_at = it.backup.started_at, backup = true,
+              outcome = primary_won and 'stopped' or 'won'}}
+end
 it.state = state; it.finished_at = tonumber(now)
 redis.call('HSET', items, ARGV[2], cjson.encode(it))
 add_steps(job, it.steps - take_progress(job, it.index))
@@ -297,6 +307,7 @@ for _, member in ipairs(redis.call('SPOP', set, tonumber(ARGV[3]))) do
       else
         bump(job, 'running', 'queued')
         add_steps(job, -take_progress(job, it.index))
+        redis.call('HDEL', job .. ':won', it.index)
         it.state = 'queued'; it.gen = (tonumber(it.gen) or 0) + 1
         it.last_error = 'worker ' .. worker .. ' left the fleet while running it'
         redis.call('HSET', items, index, cjson.encode(it))
@@ -311,14 +322,18 @@ return out
 
 # KEYS: job, items. ARGV: job_id, worker, steps, step, total, index...
 # Progress of a run: counted only for items still running on `worker` (a run that was superseded
-# after a hang counts nothing). Returns 1 if the job was cancelled.
+# after a hang, or a straggler backup, counts nothing). Returns 1 if the job was cancelled, 2 if no
+# item of the run is wanted from `worker` any more (another copy stored it first), else 0.
 _PROGRESS = """
 local job, items, job_id, worker, steps = KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3])
-local counted = 0
+local counted, wanted = 0, false
 for i = 6, #ARGV do
   local raw = redis.call('HGET', items, ARGV[i])
   if raw then
     local it = cjson.decode(raw)
+    if it.state == 'running' and (it.worker == worker or (it.backup and it.backup.worker == worker)) then
+      wanted = true
+    end
     if it.state == 'running' and it.worker == worker then
       if steps ~= 0 then redis.call('HINCRBY', job .. ':prog', ARGV[i], steps) end
       counted = counted + steps
@@ -332,8 +347,38 @@ if counted ~= 0 then
   redis.call('EXPIRE', job .. ':prog', redis.call('TTL', job))
 end
 if redis.call('HGET', job, 'cancel') == '1' then return 1 end
+if not wanted then return 2 end
 return 0
 """
+
+# KEYS: job, items. ARGV: index, worker, now. A straggler backup of a running item, at most one per
+# item: records `backup` {worker, started_at} on it. Returns 1 if started.
+_BACKUP = """
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw or redis.call('HGET', KEYS[1], 'cancel') == '1' then return 0 end
+local it = cjson.decode(raw)
+if it.state ~= 'running' or it.backup or it.worker == ARGV[2] then return 0 end
+it.backup = {worker = ARGV[2], started_at = tonumber(ARGV[3])}
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(it))
+return 1
+"""
+
+# KEYS: items, won. ARGV: index, worker, ttl. Before storing the result of an item that may have a
+# second copy running: the first run to claim it stores it, the other one drops its result.
+_CLAIM = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local it = cjson.decode(raw)
+if it.state ~= 'running' then return 0 end
+local holder = redis.call('HGET', KEYS[2], ARGV[1])
+if holder then return holder == ARGV[2] and 1 or 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return 1
+"""
+
+STOP_CANCELLED, STOP_UNWANTED = 1, 2
+"""`add_progress` answers: the job was cancelled; no item of the run is wanted from this worker."""
 
 ACTIVE_KEY = "sdq:active"
 """Sorted set of unfinished job ids by creation time."""
@@ -387,6 +432,8 @@ class JobStore:
         self._release = client.register_script(_RELEASE)
         self._reap = client.register_script(_REAP)
         self._progress = client.register_script(_PROGRESS)
+        self._backup = client.register_script(_BACKUP)
+        self._claim = client.register_script(_CLAIM)
 
     # -- producer side -------------------------------------------------------------------
     def create(self, job: dict[str, Any], items: list[dict[str, Any]]) -> None:
@@ -610,13 +657,15 @@ class JobStore:
         return bool(self.r.hsetnx(_job_key(job_id), "webhook_queued", 1))
 
     def add_progress(self, job_id: str, indices: list[int], steps: int, step: int, total: int,
-                     worker: str | None = None) -> bool:
+                     worker: str | None = None) -> int:
         """Count `steps` more steps for each item still running on `worker`, announce
-        `item.progress`; True if the job was cancelled. Each item's count is kept too, so a lost
-        run's partial progress is taken back. (Without `worker`: counted for any running item.)"""
+        `item.progress`. Returns `STOP_CANCELLED` if the job was cancelled, `STOP_UNWANTED` if no item
+        of the run is wanted from `worker` any more (a straggler backup or its original stored it
+        first), else 0. Each item's count is kept too, so a lost run's partial progress is taken back.
+        (Without `worker`: counted for any running item.)"""
         if worker:
             return int(self._progress(keys=[_job_key(job_id), _items_key(job_id)],
-                                      args=[job_id, worker, steps, step, total, *indices])) == 1
+                                      args=[job_id, worker, steps, step, total, *indices]))
         pipe = self.r.pipeline(transaction=False)
         if steps:
             pipe.hincrby(_job_key(job_id), "steps_done", steps * len(indices))
@@ -627,7 +676,17 @@ class JobStore:
             pipe.publish(events_channel(job_id), json.dumps(
                 {"event": "item.progress", "data": {"index": index, "step": step, "steps": total}}))
         pipe.hget(_job_key(job_id), "cancel")
-        return pipe.execute()[-1] in (b"1", "1")
+        return STOP_CANCELLED if pipe.execute()[-1] in (b"1", "1") else 0
+
+    def start_backup(self, job_id: str, index: int, worker: str) -> bool:
+        """Record a straggler backup of a running item on `worker` (at most one per item)."""
+        return int(self._backup(keys=[_job_key(job_id), _items_key(job_id)], args=[index, worker, time.time()])) == 1
+
+    def claim_result(self, job_id: str, index: int, worker: str) -> bool:
+        """Before storing an item that may run twice (a straggler backup): True for the first run to
+        claim it, False for the other (which drops its result)."""
+        return int(self._claim(keys=[_items_key(job_id), f"sdq:job:{job_id}:won"],
+                               args=[index, worker, defaults.JOB_TTL])) == 1
 
     def job_status(self, job_id: str) -> tuple[str | None, bool]:
         """(state, cancel flag) of a job; state None when the job does not exist."""

@@ -19,7 +19,7 @@ from sdq.celery_app import TASK_FINALIZE
 log = logging.getLogger(__name__)
 
 MANIFEST_ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "init_image", "params", "sweep", "state",
-                        "worker", "device", "dtype", "duration_s", "key", "error", "attempts", "cached",
+                        "worker", "device", "dtype", "duration_s", "key", "error", "attempts", "runs", "cached",
                         "cached_from")
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from sdq import defaults
 
@@ -33,6 +33,11 @@ FASTER = 1.5
 DEFER_MAX_S = 600.0
 """Seconds a chunk may be left to faster workers before any capable worker runs it (a last resort:
 faster workers busy with other jobs do not count anyway)."""
+
+BACKUP_MIN_RUN_S = 1.0
+"""Seconds an item must have run before it gets a straggler backup. A run that took this long
+claims its result before storing it (`JobStore.claim_result`), so two copies never both store;
+shorter runs, which can have no backup, skip that Redis call."""
 
 DEFER_PAUSE_S = 0.5
 """Seconds a worker that left a chunk to faster workers waits before it takes the next message."""
@@ -84,11 +89,18 @@ class Running:
     expected_end: float
 
 
-def straggler(running: Sequence[Running], now: float, fresh_run_s: float) -> Running | None:
-    """The running item an idle worker should back up: the one expected to end last, if a fresh
-    run here (`fresh_run_s` seconds) would end sooner by a clear margin (`FASTER`). None: none."""
-    if not running:
-        return None
-    last = max(running, key=lambda r: r.expected_end)
-    left = last.expected_end - now
-    return last if left > FASTER * fresh_run_s else None
+def straggler(running: Sequence[Running], now: float,
+              fresh_run_s: float | Callable[[Running], float]) -> Running | None:
+    """The running item an idle worker should back up: of those a fresh run here (`fresh_run_s`
+    seconds, or a function of the item) would end sooner by a clear margin (`FASTER`), the one
+    expected to end last. None: none."""
+    fresh = fresh_run_s if callable(fresh_run_s) else (lambda r: fresh_run_s)
+    late = [r for r in running if r.expected_end - now > FASTER * fresh(r)]
+    return max(late, key=lambda r: r.expected_end) if late else None
+
+
+def expected_end(since: float, expected_s: float, now: float) -> float:
+    """When a run that started at `since` and was expected to take `expected_s` seconds will end: as
+    expected, or, once overdue, after as long again as it has run so far (it is at least that late)."""
+    end = since + expected_s
+    return end if end > now else now + (now - since)

@@ -189,9 +189,11 @@ class Stack:
         self.env["SDQ_SERVER"] = url
         return url
 
-    def worker(self, name: str, *args: str, wait: bool = True, env: dict[str, str] | None = None) -> Service:
-        """Start `sdq worker --name NAME ARGS...` (extra `env`); by default wait until it joined the fleet."""
-        svc = self._spawn(f"worker-{name}", [sys.executable, "-m", "sdq.cli", "worker", "--name", name, *args],
+    def worker(self, name: str, *args: str, wait: bool = True, env: dict[str, str] | None = None,
+               prefix: tuple[str, ...] = ()) -> Service:
+        """Start `sdq worker --name NAME ARGS...` (extra `env`; `prefix`: a command it runs under, e.g.
+        `taskset -c 0`); by default wait until it joined the fleet."""
+        svc = self._spawn(f"worker-{name}", [*prefix, sys.executable, "-m", "sdq.cli", "worker", "--name", name, *args],
                           env=env)
         if wait:
             from sdq.redisconn import connect

@@ -4,8 +4,9 @@ producer (chunk sizes), the workers (claiming, straggler backups) and the fleet 
 Torch-free. Work is counted in *megapixel-steps*: denoising steps the pipeline really runs times
 the output megapixels. A worker measures its own rate (megapixel-steps per second) for each
 (model, pipeline, pixel class) it has run and publishes it in its capability record under
-``speed``; a worker that has not run a kind of item yet is assumed to run at the conservative
-rate of its device kind (`COLD_RATE`).
+``speed``. A worker that has not run a kind of item yet counts as a typical worker of its device
+kind (`fleet_rates`), or runs at the conservative rate of its kind (`COLD_RATE`) when nobody has
+measured one.
 """
 from __future__ import annotations
 
@@ -40,11 +41,29 @@ def speed_key(model: str, pipeline: str, pixels: int) -> str:
 def worker_rate(record: dict[str, Any], model: str, pipeline: str, params: dict[str, Any]) -> float:
     """Megapixel-steps per second a worker (its capability record) makes items of this kind at:
     its measured rate, or the cold rate of its device kind."""
+    return measured_rate(record, model, pipeline, params) or COLD_RATE.get(record.get("kind") or "cpu", COLD_RATE["cpu"])
+
+
+def measured_rate(record: dict[str, Any], model: str, pipeline: str, params: dict[str, Any]) -> float | None:
+    """A worker's measured rate for items of this kind, or None before it made one."""
     w, h = contract.output_size(pipeline, params["width"], params["height"])
     measured = (record.get("speed") or {}).get(speed_key(model, pipeline, w * h))
-    if measured and measured.get("rate"):
-        return float(measured["rate"])
-    return COLD_RATE.get(record.get("kind") or "cpu", COLD_RATE["cpu"])
+    return float(measured["rate"]) if measured and measured.get("rate") else None
+
+
+def fleet_rates(records: list[dict[str, Any]], model: str, pipeline: str,
+                params: dict[str, Any]) -> dict[str, float]:
+    """Each worker's rate for items of this kind, by name: measured; for a worker that has not made
+    such an item yet, the mean measured rate of its device kind (else of the whole fleet, else the
+    cold rate of its kind), so an unmeasured worker counts as a typical one, neither faster nor slower."""
+    measured = {r["name"]: measured_rate(r, model, pipeline, params) for r in records}
+    known = [(r.get("kind") or "cpu", measured[r["name"]]) for r in records if measured[r["name"]]]
+    out: dict[str, float] = {}
+    for r in records:
+        kind = r.get("kind") or "cpu"
+        same = [v for k, v in known if k == kind] or [v for _, v in known]
+        out[r["name"]] = measured[r["name"]] or (sum(same) / len(same) if same else COLD_RATE.get(kind, COLD_RATE["cpu"]))
+    return out
 
 
 def expected_seconds(record: dict[str, Any], model: str, pipeline: str, params: dict[str, Any],

@@ -90,11 +90,13 @@ class Heartbeat(threading.Thread):
 
     def __init__(self, client: redis.Redis, capability: Capability,
                  interval: float = defaults.HEARTBEAT_INTERVAL, leases=None, reaper=None,
-                 ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Callable[[dict], None] | None = None) -> None:
+                 ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Callable[[dict], None] | None = None,
+                 backups=None) -> None:
         super().__init__(name="sdq-heartbeat", daemon=True)
         self.client, self.capability, self.interval = client, capability, interval
         self.leases, self.reaper, self.ttl = leases, reaper, ttl
         self.publish_chunk = publish_chunk
+        self.backups = backups  # `workers.backups.Backups`: straggler backups while idle (None: off)
         self.stopped = threading.Event()
 
     def publish(self) -> None:
@@ -102,8 +104,8 @@ class Heartbeat(threading.Thread):
         fleet.publish(self.client, self.capability.record(), self.ttl)
 
     def beat(self) -> None:
-        """Publish once, refresh the held messages, publish the chunks whose delay is over, and sweep
-        if it is this worker's turn."""
+        """Publish once, refresh the held messages, publish the chunks whose delay is over, sweep
+        if it is this worker's turn, and back up a straggler if this worker is idle."""
         try:
             self.publish()
         finally:
@@ -112,6 +114,11 @@ class Heartbeat(threading.Thread):
         if self.publish_chunk is not None:
             release_due(self.client, self.publish_chunk)
         safe_tick(self.reaper)
+        if self.backups is not None:
+            try:
+                self.backups.tick()
+            except Exception:  # noqa: BLE001 - a backup is an optimisation: never stop the heartbeat
+                log.warning("straggler backup check failed", exc_info=True)
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):

@@ -63,6 +63,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     from workers.reaper import Reaper
     from workers.routing import Router
     from workers.speedometer import Speedometer
+    from workers.backups import Backups
 
     device = select_device(opts.device, opts.dtype, force=opts.force_dtype)
     import torch
@@ -97,8 +98,8 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     def finalize(job_id: str) -> None:
         request_finalize(celery, job_id)
 
-    def publish(chunk: dict) -> None:
-        celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": chunk}, queue=chunk["queue"],
+    def publish(chunk: dict) -> None:  # to its queue, or to one worker's own (`to`: a straggler backup)
+        celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": chunk}, queue=chunk.get("to") or chunk["queue"],
                          priority=chunk.get("priority"))
 
     uploader = Uploader(store, jobs, finalize, threads=defaults.UPLOAD_THREADS, faults=faults,
@@ -109,13 +110,16 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
                           upscale_batch=opts.upscale_batch or defaults.UPSCALE_MAX_BATCH, store=store)
     memory_gb = device.memory_gb()[0]
     speedometer = Speedometer(device.kind)
-    router = Router(name, jobs, publish, models, max_pixels, memory_gb, speedometer)
+    by_speed = settings.scheduling == "speed"
+    router = Router(name, jobs, publish, models, max_pixels, memory_gb, speedometer if by_speed else None)
     activity = Activity(speed=speedometer)
+    backups = Backups(name, jobs, router, speedometer, lambda: activity.current is None, publish,
+                      queues) if by_speed else None
     capability = Capability(name, device, models, max_pixels, max_batch, queues, opts.threads, activity,
                             cache.loaded)
     reaper = Reaper(jobs, celery, finalize, settings.reaper_interval, settings.finalize_resend)
     interval = min(settings.heartbeat_interval, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
-    heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish)
+    heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish, backups)
     results = CachedResults(ResultIndex(client), WeightsHasher(settings.models_dir, store), store, jobs, name,
                             device.device, device.dtype, opts.safety_checker, finalize)
     runner = Runner(name, device, cache, jobs, store, uploader, router, leases, faults, finalize,
@@ -141,7 +145,8 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     try:
         celery.worker_main([
             "worker", "--pool=solo", "--concurrency=1", f"--hostname={name}@%h",
-            f"--queues={','.join(queues)}", f"--loglevel={opts.loglevel}", "--without-gossip",
+            f"--queues={','.join([*queues, contract.worker_queue(name)])}", f"--loglevel={opts.loglevel}",
+            "--without-gossip",
             "--without-mingle",
         ])
     finally:

@@ -44,6 +44,13 @@ def release_due(client: redis.Redis, publish: Publish, limit: int = 100) -> int:
     return sent
 
 
+def _free_for(record: dict[str, Any], job_id: str) -> bool:
+    """Whether a worker can help with `job_id` soon: idle, or already working on it (a faster worker
+    busy with another job does not count when a slower one decides to leave work to faster ones)."""
+    current = record.get("current_item")
+    return not current or current.get("job") == job_id
+
+
 @dataclass
 class Router:
     """The routing decisions of one worker."""
@@ -123,15 +130,18 @@ class Router:
         if self.speedometer is None or "queue" not in chunk or time.time() - first > scheduling.DEFER_MAX_S:
             return len(items)
         model, pipeline, params = chunk["model"], chunk["pipeline"], chunk["params"]
-        others = [speed.worker_rate(w, model, pipeline, params) for w in self.others(chunk, {self.name})]
-        mine = self.speedometer.rate(model, pipeline, params)
-        take = scheduling.claim_count(mine, others, self.jobs.queued_count(chunk["job"]), len(items))
-        if not self.speedometer.knows(model, pipeline, params):
-            take = max(take, 1)  # a worker that never made such an item makes one, to learn its speed
+        records = [w for w in fleet.serving(fleet.live_workers(self.jobs.r), chunk["queue"], model)
+                   if w.get("name") == self.name or _free_for(w, chunk["job"])]
+        rates = speed.fleet_rates(records, model, pipeline, params)
+        mine = (self.speedometer.rate(model, pipeline, params) if self.speedometer.knows(model, pipeline, params)
+                else rates.get(self.name, self.speedometer.rate(model, pipeline, params)))
+        others = [(rates[w["name"]], bool(w.get("current_item"))) for w in records if w["name"] != self.name]
+        take = scheduling.claim_count(mine, [r for r, _ in others], self.jobs.queued_count(chunk["job"]),
+                                      len(items), [b for _, b in others])
         if take < len(items):
             log.info("job %s: starting %d of %d items here (%.3g Mpx-steps/s; other workers %s); the rest goes "
                      "back to the queue for faster workers", chunk["job"], take, len(items), mine,
-                     ", ".join(f"{r:.3g}" for r in others))
+                     ", ".join(f"{r:.3g}" for r, _ in others))
             self.publish({**chunk, "items": items[take:], "deferred_at": first})
         return take
 

@@ -18,10 +18,10 @@ from PIL import Image
 
 import redis
 
-from sdq import __version__, contract, defaults, scheduling
+from sdq import __version__, contract, defaults, scheduling, speed
 from sdq.exceptions import ModelError, WorkLost
 from sdq.infotext import SAMPLER_NAMES, format_infotext
-from sdq.jobstore import JobStore
+from sdq.jobstore import STOP_CANCELLED, STOP_UNWANTED, JobStore
 from sdq.speed import loop_steps
 from workers.capability import Activity
 from workers.device import Device
@@ -47,7 +47,8 @@ class StepProgress:
         self.item_steps, self.loop = item_steps, loop
         self.leases, self.faults = leases, faults
         self.reported = 0
-        self.cancelled = False
+        self.cancelled = False  # the job was cancelled
+        self.unwanted = False  # another copy of the item (a straggler backup, or its original) stored it first
         self._last = time.monotonic()
 
     def __call__(self, pipe, i: int, t, kwargs: dict) -> dict:
@@ -58,9 +59,10 @@ class StepProgress:
             self._last = now
             done = min(self.item_steps, round((i + 1) * self.item_steps / self.loop))
             try:
-                if self.jobs.add_progress(self.job_id, self.indices, done - self.reported, i + 1, self.loop,
-                                          self.worker):
-                    self.cancelled = True
+                stop = self.jobs.add_progress(self.job_id, self.indices, done - self.reported, i + 1, self.loop,
+                                              self.worker)
+                if stop:
+                    self.cancelled, self.unwanted = stop == STOP_CANCELLED, stop == STOP_UNWANTED
                     pipe._interrupt = True
                 self.reported = done
             except redis.RedisError:  # progress is best effort: the item itself goes on
@@ -117,11 +119,14 @@ class Runner:
         self._debug_fatal: simulate.SimulatedFatalError | None = None
         self.activity = activity  # current chunk and items made, published in the fleet
         self.lost: dict[tuple[str, tuple[int, ...]], int] = {}  # chunks given back here -> pass-ons left
+        self._backing_up = False  # running a straggler backup: its failures are not the item's
 
     def run_chunk(self, chunk: dict[str, Any]) -> None:
         """Make every still-wanted item of `chunk`; returns once all are stored. Raises `WorkLost`
         after giving the items back when an infrastructure error stopped the run."""
         job_id = chunk["job"]
+        if chunk.get("backup"):
+            return self._run_backup(chunk)
         # 0. Not for this worker (model, size, memory, out of memory before), or better run by a
         #    warm one: back to the queue.
         reason = self.router.refusal(chunk)
@@ -146,7 +151,7 @@ class Runner:
             on_job_finished=self.finalize, max_attempts=self.max_attempts))
         if not todo:
             return
-        self.activity.current = {"job": job_id, "items": todo}
+        self.activity.current = self._current(chunk, todo)
         self.leases.busy()
         futures: list[Future] = []
         try:
@@ -162,6 +167,36 @@ class Runner:
         finally:
             self.activity.current = None
             self.leases.idle()
+            self._announce()
+
+    def _current(self, chunk: dict[str, Any], todo: list[int]) -> dict[str, Any]:
+        """What the capability record says this worker is doing (what an idle worker needs to decide
+        on a straggler backup): the job, its items here, and the kind of item."""
+        return {"job": chunk["job"], "items": todo, "queue": chunk.get("queue"), "model": chunk["model"],
+                "pipeline": chunk["pipeline"], "params": chunk["params"]}
+
+    def _run_backup(self, chunk: dict[str, Any]) -> None:
+        """A straggler backup (`workers.backups`): run one item another worker is running; the first
+        copy to store it wins (`JobStore.claim_result`), the other stops at its next step. A backup
+        that fails or loses changes nothing: the item stays with its original run."""
+        job_id, index = chunk["job"], chunk["items"][0]["index"]
+        record = next(iter(self.jobs.item_records(job_id, [index])), None)
+        if not record or record.get("state") != "running" or (record.get("backup") or {}).get("worker") != self.name:
+            return
+        log.info("job %s item %d: straggler backup of the run on %s", job_id, index, record.get("worker"))
+        self.activity.current = self._current(chunk, [index])
+        self._backing_up = True
+        futures: list[Future] = []
+        try:
+            self._run_items(chunk, [index], futures)
+            for fut in futures:
+                fut.result()
+        except Exception:  # noqa: BLE001 - the original run still owns the item
+            log.warning("job %s item %d: the backup run failed; the original run goes on", job_id, index,
+                        exc_info=True)
+        finally:
+            self._backing_up = False
+            self.activity.current = None
             self._announce()
 
     def _run_items(self, chunk: dict[str, Any], todo: list[int], futures: list[Future]) -> None:
@@ -251,6 +286,10 @@ class Runner:
         indices = [it["index"] for it in batch]
         progress = StepProgress(self.jobs, job_id, indices, params["steps"], loop_steps(task, params),
                                 self.leases, self.faults, self.name)
+        if self.activity.current is not None:
+            self.activity.current.update(running=indices, since=time.time(), expected_s=round(
+                len(batch) * speed.item_work(task, params) / self.activity.speed.rate(chunk["model"], task, params), 3)
+                if self.activity.speed is not None else None)
         t0 = time.perf_counter()
         try:
             images = self._init_images(batch) if task != "txt2img" else None
@@ -274,9 +313,14 @@ class Runner:
         gen_s = time.perf_counter() - t0
         if self.activity.speed is not None and made.images and not progress.cancelled:
             self.activity.speed.observe(chunk["model"], task, params, len(made.images), gen_s)
+        if progress.unwanted:
+            log.info("job %s items %s: another run stored them first; this run stopped", job_id, indices)
+            return []
         if progress.cancelled:
             self._cancel(job_id, indices, progress.reported)
             return []
+        # A run long enough to have a straggler backup beside it claims its result before storing it.
+        claim = self._backing_up or gen_s >= scheduling.BACKUP_MIN_RUN_S / 2
         futures = []
         for item, image, nsfw in zip(batch, made.images, made.nsfw):
             fields = {
@@ -290,7 +334,8 @@ class Runner:
             info = infotext_for(chunk, item, image.size, self.device, self.name, marked, made.dtype, nsfw)
             register = self.results.registrar(job_id, item["index"]) if self.results is not None else None
             futures.append(self.uploader.submit(job_id, item["index"], image, info, {**fields, "watermark": marked},
-                                                progress.reported, watermark.embed if marked else None, register))
+                                                progress.reported, watermark.embed if marked else None, register,
+                                                claim=claim, worker=self.name))
             self.activity.items_done += 1
         return futures
 
@@ -298,6 +343,8 @@ class Runner:
         """Out of memory even in low-memory mode: give the batch back to the queue for another
         worker, as a new attempt (at most `OOM_HAND_OFFS` workers per item). False when no other
         worker can take it. If the job was cancelled meanwhile, the batch ends `cancelled`."""
+        if self._backing_up:
+            return True  # a backup that ran out of memory just ends; the original run goes on
         if not self.router.can_hand_off(chunk, batch):
             return False
         indices = [it["index"] for it in batch]
@@ -356,12 +403,17 @@ class Runner:
     def _fail(self, job_id: str, indices: list[int], error: str, steps_reported: int = 0,
               extra: dict[str, Any] | None = None) -> None:
         """Items end `failed` with `error` (`steps_reported` is kept for callers; the store knows it)."""
+        if self._backing_up:
+            log.warning("job %s items %s: backup run failed (%s); the original run goes on", job_id, indices, error)
+            return
         for index in indices:
             if retry_redis(lambda: self.jobs.finish_item(job_id, index, "failed", {**(extra or {}), "error": error})):
                 self.finalize(job_id)
 
     def _cancel(self, job_id: str, indices: list[int], steps_reported: int = 0) -> None:
         """Items of a cancelled job end `cancelled`."""
+        if self._backing_up:
+            return  # the original run settles them
         for index in indices:
             if retry_redis(lambda: self.jobs.finish_item(job_id, index, "cancelled", {})):
                 self.finalize(job_id)

@@ -52,14 +52,22 @@ class Uploader:
 
     def submit(self, job_id: str, index: int, image, infotext: str, fields: dict[str, Any],
                steps_reported: int = 0, transform: Callable[[Any], Any] | None = None,
-               on_stored: Callable[[dict[str, Any]], None] | None = None) -> Future:
+               on_stored: Callable[[dict[str, Any]], None] | None = None,
+               claim: bool = False, worker: str = "") -> Future:
         """Queue one finished image; the item turns `succeeded` once it is in the bucket. Then
-        `on_stored(fields)` registers it in the result cache (its errors never fail the item)."""
-        return self.pool.submit(self._upload, job_id, index, image, infotext, fields, transform, on_stored)
+        `on_stored(fields)` registers it in the result cache (its errors never fail the item). With
+        `claim`, the image is stored only if this run (`worker`) is the first to claim the item
+        (a straggler backup may be making it too)."""
+        return self.pool.submit(self._upload, job_id, index, image, infotext, fields, transform, on_stored,
+                                claim, worker)
 
-    def _upload(self, job_id, index, image, infotext, fields, transform, on_stored=None) -> None:
+    def _upload(self, job_id, index, image, infotext, fields, transform, on_stored=None, claim=False,
+                worker="") -> None:
         key = contract.result_key(job_id, index)
         timings = dict(fields.get("timings") or {})
+        if claim and not retry_redis(lambda: self.jobs.claim_result(job_id, index, worker)):
+            log.info("job %s item %d: another run stored it first; this result is dropped", job_id, index)
+            return
         try:
             t0 = time.perf_counter()
             if transform is not None:
