@@ -32,8 +32,9 @@ TIMINGS = {"SDQ_HEARTBEAT_INTERVAL": "0.5"}  # idle workers look for stragglers 
 
 @pytest.fixture(scope="module")
 def hogs():
-    """CPU-bound processes pinned to core 1, stopped at the end."""
-    procs = [subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", "while True: pass"])
+    """CPU-bound processes pinned to core 1, stopped at the end. Each in its own session: with the
+    kernel's autogroup scheduling, processes of one session share one slice of the core."""
+    procs = [subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", "while True: pass"], start_new_session=True)
              for _ in range(HOGS)]
     yield procs
     for p in procs:
@@ -69,7 +70,7 @@ def measured(client: Client) -> tuple[float, float]:
     raise AssertionError("the workers did not both measure their speed")
 
 
-def test_a_mixed_fleet_beats_the_fast_worker_alone_and_the_count_policy(stack_factory, hogs):
+def test_a_mixed_fleet_beats_the_fast_worker_alone_and_the_count_policy_and_backs_up_stragglers(stack_factory, hogs):
     n = 16
     # 1. The fast worker alone.
     st = stack_factory("mixed-speed")
@@ -78,12 +79,35 @@ def test_a_mixed_fleet_beats_the_fast_worker_alone_and_the_count_policy(stack_fa
     makespan(client, 2, 1)  # warm
     alone, _ = makespan(client, n, 10)
     # 2. With the slow worker, speed-aware (the default): both publish their measured speed.
-    start(st, "slow", 1)
+    slow_svc = start(st, "slow", 1)
     fast, slow = measured(client)
     assert slow < fast / 2, f"the slow worker should run at ~1/{HOGS + 1} speed: fast {fast}, slow {slow}"
     mixed, doc = makespan(client, n, 20)
     by_slow = sum(1 for it in doc["items"] if it["worker"] == "slow")
-    # 3. The same fleet under the count policy (chunks from the number of workers, whole chunks).
+    # 3. A straggler: the fast worker is busy with an urgent job when a long item arrives, so the slow
+    #    worker takes it (a faster worker busy with another job does not count). Once the fast worker
+    #    is idle, the long item's job has nothing queued and the slow run is far from done: the fast
+    #    one backs it up, stores it first, and the slow run stops at its next step.
+    urgent = client.submit({"prompts": ["urgent a", "urgent b"], "params": {**PARAMS, "seed": 50}, "priority": 9})
+    long_job = client.submit({"prompts": ["the straggler"], "priority": 1,
+                              "params": {**PARAMS, "steps": 60, "seed": 51}})
+    assert wait_job(client, urgent["id"])["state"] == "succeeded"
+    doc = wait_job(client, long_job["id"], 300)
+    assert doc["state"] == "succeeded", doc
+    item = doc["items"][0]
+    logs = "\n".join(f"--- {n}:\n" + "\n".join((st.workdir / f"worker-{n}.log").read_text(errors="replace")
+                                                 .splitlines()[-15:]) for n in ("fast", "slow"))
+    assert item["worker"] == "fast", f"{item}\n{logs}"
+    assert [(r["worker"], r.get("backup", False), r["outcome"]) for r in item["runs"]] == [
+        ("slow", False, "stopped"), ("fast", True, "won")], item["runs"]
+    log = st.workdir / "worker-slow.log"
+    wait_until(lambda: "another run stored them first; this run stopped" in log.read_text(errors="replace"),
+               "the slow worker's run stopped", 120)
+    r = redis.Redis.from_url(st.env["SDQ_REDIS_URL"])
+    assert r.hget(f"sdq:job:{long_job['id']}", "c:succeeded") == b"1"
+    assert slow_svc.proc.poll() is None  # the loser goes on working
+    # 4. The same fleet under the count policy (chunks from the number of workers, whole chunks).
+    st.stop()
     st2 = stack_factory("mixed-count", env={"SDQ_SCHEDULING": "count"})
     client2 = Client(st2.env["SDQ_SERVER"])
     start(st2, "fast", 0)
@@ -95,34 +119,3 @@ def test_a_mixed_fleet_beats_the_fast_worker_alone_and_the_count_policy(stack_fa
     print(summary)
     assert mixed < alone and mixed < counted, summary
     assert 1 <= by_slow <= n // 3, summary  # its share of the work, never a chunk the fast one would finish first
-
-
-def test_a_straggler_gets_one_backup_which_wins_and_the_original_stops(stack_factory, hogs):
-    st = stack_factory("mixed-backup")
-    client = Client(st.env["SDQ_SERVER"])
-    start(st, "fast", 0)
-    slow_svc = start(st, "slow", 1)
-    measured(client)
-    # The fast worker is busy with an urgent job when a long item arrives: the slow worker takes it
-    # (a faster worker busy with another job does not count). Once the fast worker is idle, the
-    # long item's job has nothing queued and the slow run is far from done: the fast one backs it up.
-    urgent = client.submit({"prompts": ["urgent a", "urgent b"], "params": {**PARAMS, "seed": 50}, "priority": 9})
-    long_job = client.submit({"prompts": ["the straggler"], "priority": 1,
-                              "params": {**PARAMS, "steps": 60, "seed": 51}})
-    assert wait_job(client, urgent["id"])["state"] == "succeeded"
-    doc = wait_job(client, long_job["id"], 300)
-    assert doc["state"] == "succeeded", doc
-    item = doc["items"][0]
-    logs = "\n".join(f"--- {n}:\n" + "\n".join((st.workdir / f"worker-{n}.log").read_text(errors="replace")
-                                                 .splitlines()[-15:]) for n in ("fast", "slow"))
-    assert item["worker"] == "fast", f"{item}\n{logs}"
-    runs = item["runs"]
-    assert [(r["worker"], r.get("backup", False), r["outcome"]) for r in runs] == [
-        ("slow", False, "stopped"), ("fast", True, "won")], runs
-    # The losing run stops at its next denoising step and stores nothing.
-    log = st.workdir / "worker-slow.log"
-    wait_until(lambda: "another run stored them first; this run stopped" in log.read_text(errors="replace"),
-               "the slow worker's run stopped", 120)
-    r = redis.Redis.from_url(st.env["SDQ_REDIS_URL"])
-    assert r.hget(f"sdq:job:{long_job['id']}", "c:succeeded") == b"1"
-    assert slow_svc.proc.poll() is None  # the loser keeps working
