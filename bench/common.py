@@ -133,8 +133,9 @@ class Bench:
         return [{k: w.get(k) for k in keys} for w in self.client.workers()]
 
     def submit(self, n: int, params: dict[str, Any], tag: str = "bench") -> tuple[str, float, float]:
-        """Submit `n` prompts; returns (job id, time.time() before the POST, seconds to the 202)."""
-        body = {"prompts": prompts(n, tag), "model": MODEL, "params": params}
+        """Submit `n` prompts; returns (job id, time.time() before the POST, seconds to the 202). The
+        result cache is off: every benchmark job makes its images (repeats submit the same items)."""
+        body = {"prompts": prompts(n, tag), "model": MODEL, "params": {"cache": False, **params}}
         t0 = time.time()
         p0 = time.perf_counter()
         job_id = self.client.submit(body)["id"]

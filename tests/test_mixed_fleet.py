@@ -23,7 +23,7 @@ pytestmark = [
 ]
 
 PARAMS = {"width": 128, "height": 128, "steps": 16}
-HOGS = 4
+HOGS = 3
 """Busy processes sharing the slow worker's core: it runs at about 1/(HOGS + 1) of the fast one."""
 
 WORKER = ("--device", "cpu", "--threads", "1", "--preload", "builtin:tiny-sd")
