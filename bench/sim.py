@@ -8,10 +8,12 @@ policy functions (`sdq.scheduling`: chunk sizes, claims, straggler backups) rath
 - `speed`: chunks sized from the measured rates, each worker starts only its share of a chunk
   (`claim_count`) and sends the rest back to the end of the queue;
 - `speed+backups`: the same, and a worker that finds the queue empty backs up the running item
-  expected to end last (`straggler`); the first copy to finish wins and the other stops at once.
+  expected to end last (`straggler`; as in sdq, only items being made now, not ones a worker has
+  claimed but not started); the first copy to finish wins and the other stops at once.
 
 Every item is one unit of work; rates are items per second (the fastest worker makes one per
-second), known to every worker (the steady state after each has made its first item). Lower bound:
+second), known to every worker (the steady state after each has made its first item), except in
+the last fleet, where one worker runs 10x slower than the rate it published. Lower bound:
 max(total work / total rate, one item on the fastest worker). Message and upload costs are not
 modelled (the live benchmarks measure them).
 """
@@ -31,7 +33,13 @@ FLEETS: dict[str, list[float]] = {
     "1 fast + 4 at 1/20": [1.0] + [0.05] * 4,
     "8 fast + 8 at 1/3": [1.0] * 8 + [1 / 3] * 8,
     "100 mixed (20 x 1, 40 x 1/3, 40 x 1/20)": [1.0] * 20 + [1 / 3] * 40 + [0.05] * 40,
+    "8 equal, 1 silently 10x slower than it published": [1.0] * 8 + [0.1],
 }
+PUBLISHED: dict[str, list[float]] = {
+    "8 equal, 1 silently 10x slower than it published": [1.0] * 9,
+}
+"""Rates the workers publish where they differ from their true ones (a GPU throttling, a noisy
+neighbour): the policy sees these, the simulated clock runs at the true ones."""
 SIZES = (10, 100, 1000, 10_000, 100_000)
 QUICK_SIZES = (10, 100, 1000)
 POLICIES = ("count", "speed", "speed+backups")
@@ -42,7 +50,9 @@ class Worker:
     """One simulated worker."""
 
     name: int
-    rate: float
+    rate: float  # true items per second
+    shown: float  # the rate it publishes, which the policy sees
+    since: float = 0.0  # when the item running now started
     pending: deque = field(default_factory=deque)  # claimed items not started yet
     current: int | None = None  # item running now
     ends_at: float = 0.0
@@ -53,11 +63,12 @@ class Worker:
 class Sim:
     """One job of `n` unit items on workers of `rates` under one policy."""
 
-    def __init__(self, rates: list[float], n: int, policy: str) -> None:
-        self.workers = [Worker(i, r) for i, r in enumerate(rates)]
+    def __init__(self, rates: list[float], n: int, policy: str, shown: list[float] | None = None) -> None:
+        shown = shown or rates
+        self.workers = [Worker(i, r, p) for i, (r, p) in enumerate(zip(rates, shown))]
         self.policy = policy
         equal = [1.0] * len(rates)
-        sizes = scheduling.chunk_sizes(n, equal if policy == "count" else rates)
+        sizes = scheduling.chunk_sizes(n, equal if policy == "count" else shown)
         starts = itertools.accumulate([0, *sizes])
         self.queue: deque = deque((list(range(s, s + size)), None) for s, size in zip(starts, sizes))
         self.queued = n
@@ -69,7 +80,6 @@ class Sim:
         self.seq = itertools.count()
         self.now = 0.0
         self.backups = 0  # second copies of items already running
-        self.takeovers = 0  # items an idle worker took from another's claimed, not yet started ones
         self.messages = len(sizes)
 
     def at(self, t: float, kind: str, worker: int, token: int = 0) -> None:
@@ -90,7 +100,7 @@ class Sim:
         return self.now
 
     def start(self, w: Worker, item: int) -> None:
-        w.current, w.ends_at, w.idle = item, self.now + 1 / w.rate, False
+        w.current, w.ends_at, w.idle, w.since = item, self.now + 1 / w.rate, False, self.now
         w.token += 1
         self.running_on.setdefault(item, []).append(w.name)
         self.at(w.ends_at, "end", w.name, w.token)
@@ -122,7 +132,7 @@ class Sim:
         take = len(items)
         if self.policy != "count" and (deferred_at is None or self.now - deferred_at <= scheduling.DEFER_MAX_S):
             others = [o for o in self.workers if o is not w]
-            take = scheduling.claim_count(w.rate, [o.rate for o in others], self.queued, len(items),
+            take = scheduling.claim_count(w.shown, [o.shown for o in others], self.queued, len(items),
                                           [o.current is not None for o in others])
         self.queued -= take
         if take < len(items):
@@ -143,23 +153,15 @@ class Sim:
         for o in self.workers:
             if o is w:
                 continue
-            end = o.ends_at
-            if o.current is not None and o.current not in self.backed_up:
+            if (o.current is not None and o.current not in self.backed_up  # as sdq: the item running now,
+                    and self.now - o.since >= min(scheduling.BACKUP_MIN_RUN_S, 0.5 / o.shown)):  # for a while
+                end = scheduling.expected_end(o.since, 1 / o.shown, self.now)  # as published, late once overdue
                 running.append(scheduling.Running("job", o.current, str(o.name), end))
-            for item in o.pending:
-                end += 1 / o.rate
-                if item not in self.backed_up and item not in self.done:
-                    running.append(scheduling.Running("job", item, str(o.name), end))
-        pick = scheduling.straggler(running, self.now, 1 / w.rate)
+        pick = scheduling.straggler(running, self.now, 1 / w.shown)
         if pick is None:
             return False
         self.backed_up.add(pick.index)
-        owner = self.workers[int(pick.worker)]
-        if pick.index in owner.pending:  # not started there yet: taken over (the owner skips it)
-            owner.pending.remove(pick.index)
-            self.takeovers += 1
-        else:
-            self.backups += 1
+        self.backups += 1
         self.start(w, pick.index)
         return True
 
@@ -193,26 +195,38 @@ def run(opts) -> dict[str, Any]:
             low, best = bound(rates, n), optimum(rates, n)
             row: dict[str, Any] = {"fleet": fleet, "items": n, "bound_s": round(low, 1), "optimum_s": round(best, 1)}
             for policy in POLICIES:
-                sim = Sim(rates, n, policy)
+                sim = Sim(rates, n, policy, PUBLISHED.get(fleet))
                 span = sim.run()
                 row[policy] = {"makespan_s": round(span, 1), "ratio": round(span / low, 3),
                                "vs_optimum": round(span / best, 3),
-                               "messages": sim.messages, "backups": sim.backups, "takeovers": sim.takeovers}
+                               "messages": sim.messages, "backups": sim.backups}
             rows.append(row)
     # Goal: within 10% of the bound wherever the count policy is not. The simple bound cannot be
     # reached when whole items do not divide evenly (10 items on 16 workers), so the goal is
     # checked against the best schedule of whole items, and both are shown.
-    hard = [r for r in rows if r["count"]["vs_optimum"] > 1.10]
+    # The goal is for fleets whose workers publish their true speed; the fleet with a worker slower
+    # than it says is reported apart (backups cover only the item it is making, not the ones it
+    # has claimed: see the finding).
+    hard = [r for r in rows if r["count"]["vs_optimum"] > 1.10 and r["fleet"] not in PUBLISHED]
+    liars = [r for r in rows if r["fleet"] in PUBLISHED]
     out: dict[str, Any] = {"rows": rows}
     out["targets"] = [target(f"worst makespan / best whole-item schedule, {p}, where the count policy is > 1.10",
                              max((r[p]["vs_optimum"] for r in hard), default=1.0), 1.10) for p in POLICIES[1:]]
     out["table"] = table(rows)
     out["findings"] = [
-        f"{len(hard)} of {len(rows)} cases are more than 10% above the best whole-item schedule under the count "
+        f"{len(hard)} of {len(rows) - len(liars)} cases are more than 10% above the best whole-item schedule under the count "
         f"policy; with speed-aware chunks and claims {sum(1 for r in hard if r['speed']['vs_optimum'] > 1.10)} of "
         f"those stay so, with backups too {sum(1 for r in hard if r['speed+backups']['vs_optimum'] > 1.10)}",
-        "worst case over all rows, makespan / best whole-item schedule: " + ", ".join(
-            f"{p} {max(r[p]['vs_optimum'] for r in rows):.3f}" for p in POLICIES)]
+        "worst case over the fleets that publish their true speed, makespan / best whole-item schedule: "
+        + ", ".join(f"{p} {max(r[p]['vs_optimum'] for r in rows if r['fleet'] not in PUBLISHED):.3f}"
+                    for p in POLICIES)]
+    if liars:
+        out["findings"].append(
+            "a worker 10x slower than the rate it publishes (e.g. a throttling GPU before its smoothed rate "
+            "catches up; here it never does): worst makespan / best " + ", ".join(
+                f"{p} {max(r[p]['vs_optimum'] for r in liars):.3f}" for p in POLICIES)
+            + ". Backups help with the item it is making, but the items it claimed with it still run there "
+              "one after the other: backing those up too is not done yet")
     return out
 
 
@@ -220,12 +234,12 @@ def table(rows: list[dict[str, Any]]) -> list[list[Any]]:
     """Rows for RESULTS.md."""
     out = [["fleet", "items", "bound s", "best whole-item schedule s",
             *(f"{p}: makespan / bound (/ best)" for p in POLICIES), "messages (count / speed)",
-            "backups (takeovers)"]]
+            "backups"]]
     for r in rows:
         out.append([r["fleet"], r["items"], r["bound_s"], r["optimum_s"],
                     *(f"{r[p]['ratio']:.3f} ({r[p]['vs_optimum']:.3f})" for p in POLICIES),
                     f"{r['count']['messages']} / {r['speed']['messages']}",
-                    f"{r['speed+backups']['backups']} ({r['speed+backups']['takeovers']})"])
+                    r["speed+backups"]["backups"]])
     return out
 
 
