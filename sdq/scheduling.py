@@ -10,8 +10,9 @@ Rates are in megapixel-steps per second, `work` in megapixel-steps per item.
    workers gets today's sizes; a fast worker never waits on many small messages because a slow one
    joined.
 2. Claims (`claim_count`): a worker starts only the part of a chunk it finishes by the time the
-   whole capable fleet would have drained the job's queued items (`backlog`): floor(backlog x its
-   rate / fleet rate), the rest goes back to the queue at once. When that is less than one item, it
+   whole capable fleet would have drained the job's queued items (`backlog`) and the items being
+   made now: floor((backlog + busy workers) x its rate / fleet rate); the rest goes back to the
+   queue at once. When that is less than one item, it
    starts one item only if the workers faster than it (by `FASTER`) would need at least one of its
    item times to drain the backlog, else it leaves the chunk to them. The fastest worker always
    takes the whole chunk, and a chunk left alone longer than `DEFER_MAX_S` is run by whoever holds
