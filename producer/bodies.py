@@ -110,23 +110,39 @@ def decode_text(data: bytes, field: str = "body") -> str:
                            code="invalid_encoding", status=400) from None
 
 
-def check_strings(value: Any, field: str = "body") -> None:
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def field_path(parts: tuple | list) -> str:
+    """A field's path as an error names it: `items[2].prompt`; odd keys quoted (`body[""]`); `body` alone."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]" if out else f"body[{part}]"
+        elif _NAME.fullmatch(str(part)):
+            out += f".{part}" if out else str(part)
+        else:
+            out += f"[{json.dumps(str(part))}]" if out else f"body[{json.dumps(str(part))}]"
+    return out or "body"
+
+
+def check_strings(value: Any) -> None:
     """Refuse any string (key or value, at any depth) with a lone surrogate or a control character."""
-    stack: list[tuple[Any, str]] = [(value, field)]
+    stack: list[tuple[Any, tuple]] = [(value, ())]
     while stack:
-        obj, where = stack.pop()
+        obj, parts = stack.pop()
         if isinstance(obj, str):
             bad = _BAD_CHARS.search(obj)
             if bad:
+                where = field_path(parts)
                 raise InvalidInput(where, f"{where} contains a forbidden character U+{ord(bad.group()):04X} at "
                                    f"position {bad.start()}", code="invalid_string")
         elif isinstance(obj, dict):
             for k, v in obj.items():
-                child = f"{where}.{k}" if where != "body" else str(k)
-                stack.append((k, where))
-                stack.append((v, child))
+                stack.append((k, parts))
+                stack.append((v, (*parts, k)))
         elif isinstance(obj, list):
-            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(obj))
+            stack.extend((v, (*parts, i)) for i, v in enumerate(obj))
 
 
 def read_submit(request: Request, max_items: int) -> Any:

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from producer.bodies import field_path
 from sdq import contract, defaults
 from sdq.exceptions import InvalidInput
 from sdq.webhooks import URL_MAX_CHARS
@@ -153,13 +154,6 @@ class SubmitRequest(_Strict):
         return self
 
 
-def _loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
-
-
 def parse_submit(body: Any) -> SubmitRequest:
     """Validate a submit body; raise InvalidInput naming the first bad field and its value."""
     if not isinstance(body, dict):
@@ -171,7 +165,7 @@ def parse_submit(body: Any) -> SubmitRequest:
         raise
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        field = _loc(err["loc"])
+        field = field_path(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown field {field!r}"

@@ -34,3 +34,28 @@ def test_bad_bodies_name_the_field_and_value(body, field, words, status):
     assert (err.value.field, err.value.status) == (field, status)
     assert words in err.value.message
     assert err.value.to_json()["error"]["field"] == field
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"": {"\b": None}}, 'body[""]'),
+    ({"prompts": ["a"], "params": {"a\x01": 1}}, "params"),
+    ({"prompts": ["a\x02"]}, "prompts[0]"),
+    ({"prompts": ["a"], "params": {"x-y": "\x03"}}, 'params["x-y"]'),
+])
+def test_a_control_character_names_a_nonempty_field(body, field):
+    from producer.bodies import check_strings
+
+    with pytest.raises(InvalidInput) as err:
+        check_strings(body)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"prompts": ["a"], "": 1}, 'body[""]'),
+    ({"prompts": ["a"], "a b": 1}, 'body["a b"]'),
+    ({"prompts": ["a"], "params": {"": 1}}, 'params[""]'),
+])
+def test_an_unknown_odd_key_is_named_quoted(body, field):
+    with pytest.raises(InvalidInput) as err:
+        parse_submit(body)
+    assert err.value.field == field and "unknown field" in str(err.value)
