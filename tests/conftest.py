@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -85,8 +86,8 @@ def stack_factory(workdir, s3_url, models_dir, store) -> Iterator[StackFactory]:
         return st
 
     yield make
-    for st in stacks:
-        st.stop()
+    with ThreadPoolExecutor(max(1, len(stacks))) as pool:  # each stack's workers finish warm, side by side
+        list(pool.map(Stack.stop, stacks))
 
 
 @pytest.fixture(scope="session")
