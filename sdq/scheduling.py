@@ -18,7 +18,10 @@ Rates are in megapixel-steps per second, `work` in megapixel-steps per item.
    takes the whole chunk, and a chunk left alone longer than `DEFER_MAX_S` is run by whoever holds
    it, so nothing waits for ever on a fast worker that is busy elsewhere.
 3. Backups (`straggler`): once a job has nothing queued, an idle capable worker backs up the
-   running item expected to end last, if a fresh run here would end sooner, once per item.
+   item expected to end last, if a fresh run here would end sooner, once per item. Candidates are
+   the items being made now and the ones a worker claimed but has not started: those are expected
+   after its current batch, one after another at the pace that batch shows (`claimed_ends`), so a
+   worker slower than it published loses its queue of claimed items from the back.
 """
 from __future__ import annotations
 
@@ -105,3 +108,12 @@ def expected_end(since: float, expected_s: float, now: float) -> float:
     expected, or, once overdue, after as long again as it has run so far (it is at least that late)."""
     end = since + expected_s
     return end if end > now else now + (now - since)
+
+
+def claimed_ends(since: float, expected_s: float, running: int, claimed: int, now: float) -> list[float]:
+    """When each of a worker's `claimed` items not started yet is expected to end, in order: after the
+    batch of `running` items it is making (`expected_end`), one by one at the pace that batch shows
+    (as published, or slower once it has run longer than that)."""
+    pace = max(expected_s, now - since) / max(1, running)
+    end = expected_end(since, expected_s, now)
+    return [end + (j + 1) * pace for j in range(claimed)]

@@ -1,11 +1,13 @@
 """Straggler backups: an idle worker runs a second copy of an item that another worker is expected
-to finish much later (`sdq.scheduling.straggler`), once the item's job has nothing left queued.
+to finish much later (`sdq.scheduling.straggler`), once the item's job has nothing left queued:
+an item being made now, or one claimed and not started yet (`sdq.scheduling.claimed_ends`).
 
 Decided on the idle worker's heartbeat from the fleet's capability records (each busy worker
 publishes what it is running, since when and how long it expects it to take); the backup is
 recorded on the item (`JobStore.start_backup`, at most one per item) and sent to this worker's own
 queue, so no other worker takes it. The first copy to claim the result stores it
-(`JobStore.claim_result`); the other stops at its next denoising step (`workers.runner`).
+(`JobStore.claim_result`); the other stops at its next denoising step (`workers.runner`), and an
+original that reaches a claimed item already stored stops at its first step.
 """
 from __future__ import annotations
 
@@ -20,6 +22,16 @@ from workers.routing import Router
 from workers.speedometer import Speedometer
 
 log = logging.getLogger(__name__)
+
+
+MAX_TRIES = 8
+"""Candidates an idle worker tries per heartbeat before it gives up until the next one."""
+
+
+def _after(items: list[int], running: list[int]) -> list[int]:
+    """The claimed items a worker makes after the batch it is making now (`items` in run order)."""
+    last = max((items.index(i) for i in running if i in items), default=len(items) - 1)
+    return items[last + 1:]
 
 
 class Backups:
@@ -47,6 +59,9 @@ class Backups:
                 continue
             end = scheduling.expected_end(cur["since"], cur["expected_s"], now)
             out += [(scheduling.Running(job, index, record["name"], end), cur) for index in cur["running"]]
+            claimed = _after(cur.get("items") or [], cur["running"])
+            ends = scheduling.claimed_ends(cur["since"], cur["expected_s"], len(cur["running"]), len(claimed), now)
+            out += [(scheduling.Running(job, index, record["name"], end), cur) for index, end in zip(claimed, ends)]
         return out
 
     def tick(self) -> bool:
@@ -62,8 +77,15 @@ class Backups:
             return speed.item_work(cur["pipeline"], cur["params"]) / self.speedometer.rate(
                 cur["model"], cur["pipeline"], cur["params"])
 
-        pick = scheduling.straggler([r for r, _ in found], now, fresh)
-        if pick is None or not self.jobs.start_backup(pick.job, pick.index, self.name):
+        running = [r for r, _ in found]
+        for _ in range(MAX_TRIES):  # an item backed up already (by another idle worker) or just ended: the next
+            pick = scheduling.straggler(running, now, fresh)
+            if pick is None:
+                return False
+            if self.jobs.start_backup(pick.job, pick.index, self.name):
+                break
+            running.remove(pick)
+        else:
             return False
         job = self.jobs.get(pick.job)
         items = self.jobs.item_records(pick.job, [pick.index])

@@ -58,6 +58,21 @@ def test_an_overdue_run_is_assumed_to_need_as_long_again():
     assert scheduling.expected_end(since=100.0, expected_s=5.0, now=110.0) == 120.0
 
 
+def test_claimed_items_are_expected_one_by_one_after_the_running_batch():
+    # a batch of 2 expected to take 4 s: each later item 2 s after the one before
+    assert scheduling.claimed_ends(since=100.0, expected_s=4.0, running=2, claimed=2, now=101.0) == [106.0, 108.0]
+    # overdue (running 10 s): the batch ends 10 s from now, later items at the pace it shows, 5 s each
+    assert scheduling.claimed_ends(since=100.0, expected_s=4.0, running=2, claimed=2, now=110.0) == [125.0, 130.0]
+
+
+def test_the_items_claimed_after_the_running_batch():
+    from workers.backups import _after
+
+    assert _after([4, 5, 6, 7], running=[5]) == [6, 7]
+    assert _after([4, 5, 6, 7], running=[6, 7]) == []
+    assert _after([4], running=[9]) == []  # nothing known to come after
+
+
 def test_work_counts_the_steps_really_run_and_the_output_pixels():
     assert speed.item_work("txt2img", PARAMS) == pytest.approx(20 * 512 * 512 / 1e6)
     assert speed.item_work("img2img", {**PARAMS, "strength": 0.5}) == pytest.approx(10 * 512 * 512 / 1e6)
@@ -80,3 +95,10 @@ def test_the_simulated_policy_stays_near_the_best_schedule():
         assert t["met"], t
     worst_count = max(r["count"]["vs_optimum"] for r in out["rows"])
     assert worst_count > 1.5  # the cases are hard for the count policy: the check above means something
+
+
+def test_backups_take_over_the_items_a_silently_slow_worker_claimed():
+    out = sim.run(type("Opts", (), {"quick": True})())
+    liars = [r for r in out["rows"] if r["fleet"] in sim.PUBLISHED and r["items"] >= 100]
+    assert liars and all(r["speed"]["vs_optimum"] > 1.5 for r in liars)  # without backups it drags the job
+    assert all(r["speed+backups"]["vs_optimum"] <= 1.10 for r in liars), liars
