@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import main_for, target
-from sdq import scheduling
+from sdq import fleet, scheduling
 
 FLEETS: dict[str, list[float]] = {
     "1 fast + 4 at 1/20": [1.0] + [0.05] * 4,
@@ -133,7 +133,7 @@ class Sim:
         if self.policy != "count" and (deferred_at is None or self.now - deferred_at <= scheduling.DEFER_MAX_S):
             others = [o for o in self.workers if o is not w]
             take = scheduling.claim_count(w.shown, [o.shown for o in others], self.queued, len(items),
-                                          [o.current is not None for o in others])
+                                          [fleet.held(self.record(o), self.now) for o in others])
         self.queued -= take
         if take < len(items):
             self.queue.append((items[take:], deferred_at if deferred_at is not None else self.now))
@@ -147,6 +147,13 @@ class Sim:
             return
         w.pending.extend(items[:take])
         self.next_item(w)
+
+    @staticmethod
+    def record(o: Worker) -> dict[str, Any] | None:
+        """What worker `o` publishes as its `current_item` (the parts the policy reads)."""
+        if o.current is None:
+            return None
+        return {"items": [o.current, *o.pending], "running": [o.current], "since": o.since, "expected_s": 1 / o.shown}
 
     def backup(self, w: Worker) -> bool:
         running = []

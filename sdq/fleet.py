@@ -47,3 +47,22 @@ def serving(workers: list[dict[str, Any]], queue: str, model: str) -> list[dict[
     """Live workers that consume `queue` and may load `model`."""
     return [w for w in workers if queue in w.get("queues", ())
             and (not w.get("models") or model in w["models"])]
+
+
+def claimed_after(current: dict[str, Any]) -> list[int]:
+    """From a record's `current_item`: the claimed items a worker makes after the batch it is making
+    now (`items` in run order, `running` the batch)."""
+    items, running = current.get("items") or [], current.get("running") or []
+    last = max((items.index(i) for i in running if i in items), default=len(items) - 1 if running else -1)
+    return items[last + 1:]
+
+
+def held(current: dict[str, Any] | None, now: float) -> float:
+    """From a record's `current_item`: how many items the worker holds, claimed and not finished; the
+    batch it is making counts by the part of its expected time still ahead (`since`, `expected_s`)."""
+    if not current:
+        return 0.0
+    running = len(current.get("running") or [])
+    if running and current.get("expected_s"):
+        running *= max(0.0, 1.0 - (now - current["since"]) / current["expected_s"])
+    return running + len(claimed_after(current))

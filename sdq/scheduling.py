@@ -10,9 +10,9 @@ Rates are in megapixel-steps per second, `work` in megapixel-steps per item.
    workers gets today's sizes; a fast worker never waits on many small messages because a slow one
    joined.
 2. Claims (`claim_count`): a worker starts only the part of a chunk it finishes by the time the
-   whole capable fleet would have drained the job's queued items (`backlog`) and the items being
-   made now: floor((backlog + busy workers) x its rate / fleet rate); the rest goes back to the
-   queue at once. When that is less than one item, it
+   whole capable fleet would have drained the job's queued items (`backlog`) and the items other
+   workers hold (claimed, not finished): floor((backlog + held) x its rate / fleet rate); the rest
+   goes back to the queue at once. When that is less than one item, it
    starts one item only if the workers faster than it (by `FASTER`) would need at least one of its
    item times to drain the backlog, else it leaves the chunk to them. The fastest worker always
    takes the whole chunk, and a chunk left alone longer than `DEFER_MAX_S` is run by whoever holds
@@ -63,24 +63,25 @@ def chunk_sizes(n_items: int, rates: Sequence[float], batch: int = 1,
     return sizes
 
 
-def claim_count(rate: float, others: Sequence[float], backlog: int, chunk: int, busy: Sequence[bool] = ()) -> int:
+def claim_count(rate: float, others: Sequence[float], backlog: int, chunk: int, held: Sequence[float] = ()) -> int:
     """How many of a `chunk`'s items a worker running at `rate` should start now, given the rates
-    of the other live workers able to run it (`busy[i]`: worker i is making an item now), and the
-    job's queued items (`backlog`, this chunk included). 0: leave the chunk to faster workers."""
-    busy = list(busy) or [False] * len(others)
-    faster = [(r, b) for r, b in zip(others, busy) if r >= FASTER * rate]
+    of the other live workers able to run it (`held[i]`: items worker i has claimed and not finished,
+    the one it is making counted by the part still ahead; 0 when idle), and the job's queued items
+    (`backlog`, this chunk included). 0: leave the chunk to faster workers."""
+    held = [float(h) for h in held] or [0.0] * len(others)
+    faster = [(r, h) for r, h in zip(others, held) if r >= FASTER * rate]
     if rate <= 0 or not faster:
         return chunk
     backlog = max(backlog, chunk)
-    # Our share of what the fleet has left (queued items, plus one running item per busy worker).
-    left = backlog + sum(busy)
+    # Our share of what the fleet has left (queued items, plus the ones other workers hold).
+    left = backlog + sum(held)
     share = math.floor(left * rate / (rate + sum(others)))
     if share >= 1:
         return min(chunk, share)
     # Less than one item's worth: one item of ours takes 1/rate per unit of work; the faster workers
-    # need (backlog + the items they are making) / their rate. Run one only if they would not be done first.
+    # need (backlog + the items they hold) / their rate. Run one only if they would not be done first.
     fast_rate = sum(r for r, _ in faster)
-    return 1 if (backlog + sum(b for _, b in faster)) / fast_rate >= 1 / rate else 0
+    return 1 if (backlog + sum(h for _, h in faster)) / fast_rate >= 1 / rate else 0
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,13 @@ import shutil
 import statistics
 import subprocess
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 import redis
 
-from sdq import speed
+from sdq import scheduling, speed
 from sdq.client import Client
 from tests.conftest import wait_job, wait_until
 
@@ -28,13 +30,13 @@ pytestmark = [
 ]
 
 PARAMS = {"width": 128, "height": 128, "steps": 16}
-HOGS = 3
+HOGS = 1
 """Busy processes sharing the slow worker's core: it runs at about 1/(HOGS + 1) of the fast one."""
 
 WORKER = ("--device", "cpu", "--threads", "1", "--preload", "builtin:tiny-sd")
-FAST = ("--max-batch", "4")
-"""The fast worker batches like a GPU: chunks come in fours, so the slow one (one image per call)
-holds items it has not started, and the count policy hands it four at a time."""
+FAST = ("--max-batch", "16")
+"""The fast worker batches like a GPU: chunks come in sixteens, so the slow one (one image per call)
+holds items it has not started, and the count policy hands it sixteen at a time."""
 TIMINGS = {"SDQ_HEARTBEAT_INTERVAL": "0.5", "SDQ_DEBUG_FAULTS": "1"}  # idle workers look for stragglers twice a second
 
 
@@ -65,33 +67,54 @@ def makespan(client: Client, n: int, seed: int, priority: int = 5) -> tuple[floa
     return (doc["finished_at"] - doc["created_at"]) / per_item, doc
 
 
+def record(client: Client, name: str) -> dict:
+    return next((w for w in client.workers() if w["name"] == name), {})
+
+
 def rate(client: Client, name: str) -> float | None:
-    record = next((w for w in client.workers() if w["name"] == name), {})
-    return speed.measured_rate(record, "builtin:tiny-sd", "txt2img", PARAMS)
+    return speed.measured_rate(record(client, name), "builtin:tiny-sd", "txt2img", PARAMS)
 
 
-def measured(client: Client) -> tuple[float, float]:
-    """Run jobs until both workers have measured themselves; their rates (fast, slow)."""
-    for seed in range(900, 905):
-        makespan(client, 8, seed)
-        fast, slow = rate(client, "fast"), rate(client, "slow")
-        if fast and slow:
-            return fast, slow
-    raise AssertionError("the workers did not both measure their speed")
+@contextmanager
+def fast_held(client: Client, r: redis.Redis, seed: int) -> Iterator[None]:
+    """The fast worker held on an urgent job for the block (a fault rule pauses it), so the slow worker
+    claims whatever is submitted meanwhile: a faster worker busy with another job does not count."""
+    r.hset("sdq:debug:faults:fast", "batch", "pause@urgent")
+    urgent = client.submit({"prompts": ["urgent"], "params": {**PARAMS, "seed": seed}, "priority": 9})
+    wait_until(lambda: r.exists("sdq:debug:fast:batch"), "the fast worker busy with the urgent job", 60)
+    wait_until(lambda: (record(client, "fast").get("current_item") or {}).get("job") == urgent["id"],
+               "the fast worker's record showing the urgent job", 60)
+    yield
+    r.hdel("sdq:debug:faults:fast", "batch")
+    r.delete("sdq:debug:fast:batch")  # the fast worker goes on, then is idle
+    assert wait_job(client, urgent["id"])["state"] == "succeeded"
+
+
+def claimed_by_slow(client: Client, body: dict) -> str:
+    job = client.submit(body)["id"]
+    wait_until(lambda: all(it["worker"] == "slow" for it in client.job(job)["items"]), "the slow worker claimed it", 60)
+    return job
 
 
 def test_a_mixed_fleet_shares_by_speed_and_backs_up_stragglers(stack_factory, hogs):
-    n = 16
+    n = 32
     # 1. The fast worker alone.
     st = stack_factory("mixed-speed")
     client = Client(st.env["SDQ_SERVER"])
+    r = redis.Redis.from_url(st.env["SDQ_REDIS_URL"])
     start(st, "fast", 0)
     makespan(client, 2, 1)  # warm
     alone, _ = makespan(client, n, 10)
     # 2. With the slow worker, speed-aware (the default): both publish their measured speed.
-    slow_svc = start(st, "slow", 1)
-    fast, slow = measured(client)
-    assert slow < fast / 2, f"the slow worker should run at ~1/{HOGS + 1} speed: fast {fast}, slow {slow}"
+    with fast_held(client, r, 12):  # before the slow worker starts: it cannot take the urgent job
+        slow_svc = start(st, "slow", 1)
+        measure = claimed_by_slow(client, {"prompts": ["measure the slow worker", "and again"],
+                                           "params": {**PARAMS, "seed": 11}})
+        assert wait_job(client, measure)["state"] == "succeeded"
+    wait_until(lambda: rate(client, "slow"), "the slow worker's published speed", 30)
+    fast, slow = rate(client, "fast"), rate(client, "slow")
+    # ~1/(HOGS + 1) on a quiet machine; at least clearly slower (the policy's own threshold) on a busy one
+    assert slow * scheduling.FASTER < fast, f"the slow worker should run at ~1/{HOGS + 1} speed: fast {fast}, slow {slow}"
     mixed, doc = makespan(client, n, 20)
     by_slow = sum(1 for it in doc["items"] if it["worker"] == "slow")
     # 3. A straggler: the fast worker is busy with an urgent job when a long pair of items arrives, so
@@ -99,18 +122,10 @@ def test_a_mixed_fleet_shares_by_speed_and_backs_up_stragglers(stack_factory, ho
     #    starts the first. Once the fast worker is idle, the pair's job has nothing queued and the
     #    slow worker is far from done: the fast one backs up the item expected to end last (the one
     #    claimed and not started), stores it first, and the slow run of it stops at its first step.
-    r = redis.Redis.from_url(st.env["SDQ_REDIS_URL"])
-    r.hset("sdq:debug:faults:fast", "batch", "pause@urgent")  # the fast worker holds the urgent item
-    urgent = client.submit({"prompts": ["urgent a"], "params": {**PARAMS, "seed": 50}, "priority": 9})
-    wait_until(lambda: r.exists("sdq:debug:fast:batch"), "the fast worker busy with the urgent job", 60)
-    long_job = client.submit({"prompts": ["the straggler", "claimed behind it"], "priority": 1,
-                              "params": {**PARAMS, "steps": 60, "seed": 51}})
-    wait_until(lambda: all(it["worker"] == "slow" for it in client.job(long_job["id"])["items"]),
-               "the slow worker claimed both", 60)
-    r.hdel("sdq:debug:faults:fast", "batch")
-    r.delete("sdq:debug:fast:batch")  # the fast worker goes on, then is idle
-    assert wait_job(client, urgent["id"])["state"] == "succeeded"
-    doc = wait_job(client, long_job["id"], 300)
+    with fast_held(client, r, 50):  # the slow worker, measured now, leaves the urgent job to the fast one
+        long_job = claimed_by_slow(client, {"prompts": ["the straggler", "claimed behind it"], "priority": 1,
+                                            "params": {**PARAMS, "steps": 60, "seed": 51}})
+    doc = wait_job(client, long_job, 300)
     assert doc["state"] == "succeeded", doc
     first, claimed = doc["items"]
     log = st.workdir / "worker-slow.log"
@@ -124,7 +139,7 @@ def test_a_mixed_fleet_shares_by_speed_and_backs_up_stragglers(stack_factory, ho
         ("slow", "stopped"), ("fast", "won")], first
     stopped = f"items [{claimed['index']}]: another run stored them first; this run stopped"
     wait_until(lambda: stopped in log.read_text(errors="replace"), "the slow worker's run of it stopped", 120)
-    assert r.hget(f"sdq:job:{long_job['id']}", "c:succeeded") == b"2"
+    assert r.hget(f"sdq:job:{long_job}", "c:succeeded") == b"2"
     assert slow_svc.proc.poll() is None  # the loser goes on working
     # 4. The same fleet under the count policy (chunks from the number of workers, whole chunks).
     st.stop()

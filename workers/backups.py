@@ -1,6 +1,7 @@
 """Straggler backups: an idle worker runs a second copy of an item that another worker is expected
 to finish much later (`sdq.scheduling.straggler`), once the item's job has nothing left queued:
-an item being made now, or one claimed and not started yet (`sdq.scheduling.claimed_ends`).
+an item being made now (alone: one item of a batch backed up would not end the job sooner), or
+one claimed and not started yet (`sdq.scheduling.claimed_ends`).
 
 Decided on the idle worker's heartbeat from the fleet's capability records (each busy worker
 publishes what it is running, since when and how long it expects it to take); the backup is
@@ -28,12 +29,6 @@ MAX_TRIES = 8
 """Candidates an idle worker tries per heartbeat before it gives up until the next one."""
 
 
-def _after(items: list[int], running: list[int]) -> list[int]:
-    """The claimed items a worker makes after the batch it is making now (`items` in run order)."""
-    last = max((items.index(i) for i in running if i in items), default=len(items) - 1)
-    return items[last + 1:]
-
-
 class Backups:
     """The straggler backups one worker starts when it is idle."""
 
@@ -58,8 +53,9 @@ class Backups:
             if not drained[job] or self.router.refusal({**cur, "items": []}) is not None:
                 continue
             end = scheduling.expected_end(cur["since"], cur["expected_s"], now)
-            out += [(scheduling.Running(job, index, record["name"], end), cur) for index in cur["running"]]
-            claimed = _after(cur.get("items") or [], cur["running"])
+            if len(cur["running"]) == 1:  # part of a batch backed up would not end the job sooner
+                out.append((scheduling.Running(job, cur["running"][0], record["name"], end), cur))
+            claimed = fleet.claimed_after(cur)
             ends = scheduling.claimed_ends(cur["since"], cur["expected_s"], len(cur["running"]), len(claimed), now)
             out += [(scheduling.Running(job, index, record["name"], end), cur) for index, end in zip(claimed, ends)]
         return out

@@ -125,9 +125,9 @@ class Router:
         """Speed-aware claiming (`sdq.scheduling.claim_count`): how many of the chunk's items to start
         here now. The rest is published again at once for faster workers; a chunk left to them for
         `DEFER_MAX_S` seconds is run by whoever holds it."""
-        items = chunk["items"]
-        first = chunk.get("deferred_at") or time.time()
-        if self.speedometer is None or "queue" not in chunk or time.time() - first > scheduling.DEFER_MAX_S:
+        items, now = chunk["items"], time.time()
+        first = chunk.get("deferred_at") or now
+        if self.speedometer is None or "queue" not in chunk or now - first > scheduling.DEFER_MAX_S:
             return len(items)
         model, pipeline, params = chunk["model"], chunk["pipeline"], chunk["params"]
         records = [w for w in fleet.serving(fleet.live_workers(self.jobs.r), chunk["queue"], model)
@@ -135,7 +135,7 @@ class Router:
         rates = speed.fleet_rates(records, model, pipeline, params)
         mine = (self.speedometer.rate(model, pipeline, params) if self.speedometer.knows(model, pipeline, params)
                 else rates.get(self.name, self.speedometer.rate(model, pipeline, params)))
-        others = [(rates[w["name"]], bool(w.get("current_item"))) for w in records if w["name"] != self.name]
+        others = [(rates[w["name"]], fleet.held(w.get("current_item"), now)) for w in records if w["name"] != self.name]
         take = scheduling.claim_count(mine, [r for r, _ in others], self.jobs.queued_count(chunk["job"]),
                                       len(items), [b for _, b in others])
         if take < len(items):

@@ -7,7 +7,9 @@ from typing import Any
 from sdq import contract, speed
 
 SMOOTHING = 0.3
-"""Weight of the newest measurement in the running average of a rate (exponential smoothing)."""
+"""Weight of the newest measurement in the running average of a rate (exponential smoothing). The
+first few calls are averaged plainly (weight: the call's share of the images so far, while larger),
+so one slow first call (warm-up) is outweighed soon."""
 
 
 class Speedometer:
@@ -31,8 +33,9 @@ class Speedometer:
             if old is None:
                 self._rates[key] = {"rate": round(rate, 4), "n": n_images}
             else:
-                old["rate"] = round((1 - SMOOTHING) * old["rate"] + SMOOTHING * rate, 4)
                 old["n"] += n_images
+                weight = max(SMOOTHING, n_images / old["n"])
+                old["rate"] = round((1 - weight) * old["rate"] + weight * rate, 4)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """The measured rates, as published in the capability record's ``speed``."""

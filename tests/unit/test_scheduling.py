@@ -40,7 +40,13 @@ def test_a_slow_worker_leaves_the_tail_to_faster_workers():
 
 def test_items_a_faster_worker_is_making_count_as_work_ahead_of_it():
     assert claim_count(1 / 3, [1.0] * 20, backlog=59, chunk=1) == 0
-    assert claim_count(1 / 3, [1.0] * 20, backlog=59, chunk=1, busy=[True] * 20) == 1
+    assert claim_count(1 / 3, [1.0] * 20, backlog=59, chunk=1, held=[1] * 20) == 1
+
+
+def test_the_items_a_batching_worker_holds_count_in_full():
+    # a fast worker holding 16 claimed items leaves the slow one a share of them too, not of 1
+    assert claim_count(0.25, [1.0], backlog=16, chunk=16, held=[16]) == 6
+    assert claim_count(0.25, [1.0], backlog=16, chunk=16, held=[1]) == 3
 
 
 def test_equal_workers_never_leave_work_to_each_other():
@@ -65,12 +71,17 @@ def test_claimed_items_are_expected_one_by_one_after_the_running_batch():
     assert scheduling.claimed_ends(since=100.0, expected_s=4.0, running=2, claimed=2, now=110.0) == [125.0, 130.0]
 
 
-def test_the_items_claimed_after_the_running_batch():
-    from workers.backups import _after
+def test_the_items_a_worker_holds_after_its_running_batch():
+    from sdq.fleet import claimed_after, held
 
-    assert _after([4, 5, 6, 7], running=[5]) == [6, 7]
-    assert _after([4, 5, 6, 7], running=[6, 7]) == []
-    assert _after([4], running=[9]) == []  # nothing known to come after
+    assert claimed_after({"items": [4, 5, 6, 7], "running": [5]}) == [6, 7]
+    assert claimed_after({"items": [4, 5, 6, 7], "running": [6, 7]}) == []
+    assert claimed_after({"items": [4], "running": [9]}) == []  # nothing known to come after
+    assert held({"items": [4, 5, 6, 7], "running": [5]}, now=0) == 3
+    # a batch of 2 expected to take 4 s, 3 s along: a quarter of it is ahead
+    assert held({"items": [4, 5, 6], "running": [4, 5], "since": 100.0, "expected_s": 4.0}, now=103.0) == 1.5
+    assert held({"items": [4, 5, 6], "running": []}, now=0) == 3  # claimed, the model still loading
+    assert held(None, now=0) == 0
 
 
 def test_work_counts_the_steps_really_run_and_the_output_pixels():
@@ -102,3 +113,18 @@ def test_backups_take_over_the_items_a_silently_slow_worker_claimed():
     liars = [r for r in out["rows"] if r["fleet"] in sim.PUBLISHED and r["items"] >= 100]
     assert liars and all(r["speed"]["vs_optimum"] > 1.5 for r in liars)  # without backups it drags the job
     assert all(r["speed+backups"]["vs_optimum"] <= 1.10 for r in liars), liars
+
+
+def test_a_slow_first_call_is_outweighed_soon_then_rates_are_smoothed():
+    from workers.speedometer import SMOOTHING, Speedometer
+
+    meter = Speedometer("cpu")
+    work = speed.item_work("txt2img", PARAMS)
+    meter.observe("m", "txt2img", PARAMS, 1, 4 * work)  # warm-up call: rate 0.25
+    meter.observe("m", "txt2img", PARAMS, 1, work)  # steady: rate 1.0
+    assert meter.rate("m", "txt2img", PARAMS) == pytest.approx(0.625)  # plain mean of the two
+    for _ in range(20):
+        meter.observe("m", "txt2img", PARAMS, 1, work)
+    assert meter.rate("m", "txt2img", PARAMS) == pytest.approx(1.0, abs=0.01)
+    meter.observe("m", "txt2img", PARAMS, 1, 2 * work)  # one slow call later moves it by SMOOTHING
+    assert meter.rate("m", "txt2img", PARAMS) == pytest.approx(1.0 - SMOOTHING * 0.5, abs=0.01)
