@@ -31,7 +31,8 @@ pytestmark = [
 
 PARAMS = {"width": 128, "height": 128, "steps": 16}
 HOGS = 1
-"""Busy processes sharing the slow worker's core: it runs at about 1/(HOGS + 1) of the fast one."""
+"""Busy processes sharing the slow worker's core (in sessions of their own, as the worker shares its
+session's slice with the test's other processes): it runs at about a third of the fast one here."""
 
 WORKER = ("--device", "cpu", "--threads", "1", "--preload", "builtin:tiny-sd")
 FAST = ("--max-batch", "16")
@@ -113,8 +114,8 @@ def test_a_mixed_fleet_shares_by_speed_and_backs_up_stragglers(stack_factory, ho
         assert wait_job(client, measure)["state"] == "succeeded"
     wait_until(lambda: rate(client, "slow"), "the slow worker's published speed", 30)
     fast, slow = rate(client, "fast"), rate(client, "slow")
-    # ~1/(HOGS + 1) on a quiet machine; at least clearly slower (the policy's own threshold) on a busy one
-    assert slow * scheduling.FASTER < fast, f"the slow worker should run at ~1/{HOGS + 1} speed: fast {fast}, slow {slow}"
+    # about a third on a quiet machine; at least clearly slower (the policy's own threshold) on a busy one
+    assert slow * scheduling.FASTER < fast, f"the slow worker should be clearly slower: fast {fast}, slow {slow}"
     mixed, doc = makespan(client, n, 20)
     by_slow = sum(1 for it in doc["items"] if it["worker"] == "slow")
     # 3. A straggler: the fast worker is busy with an urgent job when a long pair of items arrives, so
