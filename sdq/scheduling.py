@@ -19,9 +19,9 @@ Rates are in megapixel-steps per second, `work` in megapixel-steps per item.
    it, so nothing waits for ever on a fast worker that is busy elsewhere.
 3. Backups (`straggler`): once a job has nothing queued, an idle capable worker backs up the
    item expected to end last, if a fresh run here would end sooner, once per item. Candidates are
-   the items being made now and the ones a worker claimed but has not started: those are expected
-   after its current batch, one after another at the pace that batch shows (`claimed_ends`), so a
-   worker slower than it published loses its queue of claimed items from the back.
+   an item being made now (alone in its batch) and the ones a worker claimed but has not started:
+   those are expected after its current batch, one after another at the pace that batch shows
+   (`claimed_ends`), so a worker slower than it published loses its claimed items from the back.
 """
 from __future__ import annotations
 
