@@ -58,11 +58,14 @@ def claimed_after(current: dict[str, Any]) -> list[int]:
 
 
 def held(current: dict[str, Any] | None, now: float) -> float:
-    """From a record's `current_item`: how many items the worker holds, claimed and not finished; the
-    batch it is making counts by the part of its expected time still ahead (`since`, `expected_s`)."""
+    """From a record's `current_item`: how many items the worker holds, claimed and not finished. A
+    batch of several items counts by the part of its expected time still ahead (`since`,
+    `expected_s`): all its items end together, so a batch nearly done frees the worker for more at
+    once; a single item counts whole until it ends (the simulation shows slower workers otherwise
+    taking items a faster one is about to be free for)."""
     if not current:
         return 0.0
     running = len(current.get("running") or [])
-    if running and current.get("expected_s"):
+    if running > 1 and current.get("expected_s"):
         running *= max(0.0, 1.0 - (now - current["since"]) / current["expected_s"])
     return running + len(claimed_after(current))

@@ -81,6 +81,7 @@ def test_the_items_a_worker_holds_after_its_running_batch():
     # a batch of 2 expected to take 4 s, 3 s along: a quarter of it is ahead
     assert held({"items": [4, 5, 6], "running": [4, 5], "since": 100.0, "expected_s": 4.0}, now=103.0) == 1.5
     assert held({"items": [4, 5, 6], "running": []}, now=0) == 3  # claimed, the model still loading
+    assert held({"items": [4, 5], "running": [4], "since": 100.0, "expected_s": 4.0}, now=103.0) == 2  # one: whole
     assert held(None, now=0) == 0
 
 
