@@ -109,7 +109,7 @@ def fclient(fstack) -> Client:
 def check_exact(fclient: Client, store, r: redis.Redis, job_id: str, n: int, timeout: float = 120) -> dict:
     """The job succeeded with exactly one object per item, exact counters and a manifest."""
     doc = wait_job(fclient, job_id, timeout)
-    assert doc["state"] == "succeeded", doc
+    assert doc["state"] == "succeeded", [(it["state"], it["worker"], it["error"], it["attempts"]) for it in doc["items"]]
     assert doc["counts"] == {"queued": 0, "running": 0, "succeeded": n, "failed": 0, "cancelled": 0}
     job = JobStore(r).get(job_id)
     assert job["steps_done"] == job["steps_total"], job

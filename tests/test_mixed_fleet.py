@@ -58,12 +58,18 @@ def start(stack, name: str, core: int):
                         env=TIMINGS)
 
 
-def makespan(client: Client, n: int, seed: int, priority: int = 5) -> tuple[float, dict]:
-    """Submit `n` items (distinct seeds: nothing answered from stored results) and wait; the job's
-    time from creation to end in fast-worker item times (as the server recorded them), and the job."""
+def run_job(client: Client, n: int, seed: int) -> dict:
+    """Submit `n` items (distinct seeds: nothing answered from stored results) and wait for the job."""
     doc = wait_job(client, client.submit({"prompts": [f"mixed fleet {seed} {i}" for i in range(n)],
-                                          "params": {**PARAMS, "seed": seed}, "priority": priority})["id"], 300)
+                                          "params": {**PARAMS, "seed": seed}})["id"], 300)
     assert doc["state"] == "succeeded", doc
+    return doc
+
+
+def makespan(client: Client, n: int, seed: int) -> tuple[float, dict]:
+    """Run a job of `n` items: its time from creation to end in fast-worker item times (as the server
+    recorded them), and the job."""
+    doc = run_job(client, n, seed)
     per_item = statistics.median(it["duration_s"] for it in doc["items"] if it["worker"] == "fast")
     return (doc["finished_at"] - doc["created_at"]) / per_item, doc
 
@@ -104,7 +110,7 @@ def test_a_mixed_fleet_shares_by_speed_and_backs_up_stragglers(stack_factory, ho
     client = Client(st.env["SDQ_SERVER"])
     r = redis.Redis.from_url(st.env["SDQ_REDIS_URL"])
     start(st, "fast", 0)
-    makespan(client, 2, 1)  # warm
+    run_job(client, 2, 1)  # warm
     alone, _ = makespan(client, n, 10)
     # 2. With the slow worker, speed-aware (the default): both publish their measured speed.
     with fast_held(client, r, 12):  # before the slow worker starts: it cannot take the urgent job
@@ -148,7 +154,7 @@ def test_a_mixed_fleet_shares_by_speed_and_backs_up_stragglers(stack_factory, ho
     client2 = Client(st2.env["SDQ_SERVER"])
     start(st2, "fast", 0)
     start(st2, "slow", 1)
-    makespan(client2, 4, 30)  # warm
+    run_job(client2, 4, 30)  # warm
     counted, _ = makespan(client2, n, 40)
     summary = (f"in fast-worker item times: alone {alone:.1f}, speed-aware {mixed:.1f} ({by_slow} items on the "
                f"slow worker), count policy {counted:.1f}; rates fast {fast:.3g}, slow {slow:.3g}")

@@ -130,8 +130,9 @@ class Router:
         if self.speedometer is None or "queue" not in chunk or now - first > scheduling.DEFER_MAX_S:
             return len(items)
         model, pipeline, params = chunk["model"], chunk["pipeline"], chunk["params"]
+        failed_on = set(chunk.get("failed_on", ())) - {self.name}  # a faster worker that failed it is no help
         records = [w for w in fleet.serving(fleet.live_workers(self.jobs.r), chunk["queue"], model)
-                   if w.get("name") == self.name or _free_for(w, chunk["job"])]
+                   if w.get("name") == self.name or (_free_for(w, chunk["job"]) and w.get("name") not in failed_on)]
         rates = speed.fleet_rates(records, model, pipeline, params)
         mine = (self.speedometer.rate(model, pipeline, params) if self.speedometer.knows(model, pipeline, params)
                 else rates.get(self.name, self.speedometer.rate(model, pipeline, params)))

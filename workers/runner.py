@@ -136,7 +136,9 @@ class Runner:
         if self.router.defer_to_warm(chunk, self.cache.loaded()):
             return
         if self._lost_here(chunk) and self.router.others(chunk, {self.name}):
-            self.router.pass_on(chunk, "it failed on this worker a moment ago; another worker may take it")
+            failed_on = sorted({*chunk.get("failed_on", ()), self.name})  # others do not leave it to this one
+            self.router.pass_on({**chunk, "failed_on": failed_on},
+                                "it failed on this worker a moment ago; another worker may take it")
             return
         #    Faster workers would finish (part of) it sooner: that part goes back to the queue.
         take = self.router.share(chunk)
