@@ -421,7 +421,7 @@ class JobStore:
     """Job and item records in Redis. Pass the connection in."""
 
     def __init__(self, client: redis.Redis) -> None:
-        self.r = client
+        self.redis = client
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
         self._cancel_begin = client.register_script(_CANCEL_BEGIN)
@@ -444,7 +444,7 @@ class JobStore:
         fields["c:queued"] = len(items)
         fields["steps_done"] = 0
         fields["steps_total"] = sum(it["steps"] for it in items)
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=True)
         pipe.hset(_job_key(job_id), mapping=fields)
         for start in range(0, len(items), 2000):
             chunk = items[start:start + 2000]
@@ -457,13 +457,13 @@ class JobStore:
 
     def delete(self, job_id: str, owner: str = "") -> None:
         """Remove a job entirely (used when enqueueing fails, so nothing is half-submitted)."""
-        self.r.delete(_job_key(job_id), _items_key(job_id), _progress_key(job_id))
-        self.r.zrem(f"sdq:jobs:{owner}", job_id)
-        self.r.zrem(ACTIVE_KEY, job_id)
+        self.redis.delete(_job_key(job_id), _items_key(job_id), _progress_key(job_id))
+        self.redis.zrem(f"sdq:jobs:{owner}", job_id)
+        self.redis.zrem(ACTIVE_KEY, job_id)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job record with counters, or None."""
-        raw = self.r.hgetall(_job_key(job_id))
+        raw = self.redis.hgetall(_job_key(job_id))
         if not raw:
             return None
         job: dict[str, Any] = {}
@@ -485,18 +485,18 @@ class JobStore:
         indices = [str(i) for i in range(offset, min(offset + limit, n_items))]
         if not indices:
             return []
-        return [_loads(raw) for raw in self.r.hmget(_items_key(job_id), indices) if raw]
+        return [_loads(raw) for raw in self.redis.hmget(_items_key(job_id), indices) if raw]
 
     def all_items(self, job_id: str) -> list[dict[str, Any]]:
         """Every item of a job in index order (for manifests)."""
-        raw = self.r.hgetall(_items_key(job_id))
+        raw = self.redis.hgetall(_items_key(job_id))
         return sorted((json.loads(v) for v in raw.values()), key=lambda it: it["index"])
 
     def list_jobs(self, owner: str, offset: int, limit: int) -> tuple[list[str], int]:
         """Job ids of `owner`, newest first, and the total count."""
         key = f"sdq:jobs:{owner}"
-        ids = self.r.zrevrange(key, offset, offset + limit - 1)
-        return [i.decode() if isinstance(i, bytes) else i for i in ids], int(self.r.zcard(key))
+        ids = self.redis.zrevrange(key, offset, offset + limit - 1)
+        return [i.decode() if isinstance(i, bytes) else i for i in ids], int(self.redis.zcard(key))
 
     def cancel(self, job_id: str) -> tuple[str | None, bool]:
         """Cancel a job: queued items become cancelled, running ones see the flag.
@@ -523,10 +523,10 @@ class JobStore:
         return ended
 
     def _n_items(self, job_id: str) -> int:
-        return int(self.r.hget(_job_key(job_id), "n_items") or 0)
+        return int(self.redis.hget(_job_key(job_id), "n_items") or 0)
 
     def _state(self, job_id: str) -> str | None:
-        raw = self.r.hget(_job_key(job_id), "state")
+        raw = self.redis.hget(_job_key(job_id), "state")
         return raw.decode() if isinstance(raw, bytes) else raw
 
     def queue_position(self, job: dict[str, Any]) -> int | None:
@@ -539,8 +539,8 @@ class JobStore:
         """
         if not job["counts"].get("queued"):
             return None
-        ids = [i.decode() if isinstance(i, bytes) else i for i in self.r.zrange(ACTIVE_KEY, 0, QUEUE_SCAN_MAX - 1)]
-        pipe = self.r.pipeline(transaction=False)
+        ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrange(ACTIVE_KEY, 0, QUEUE_SCAN_MAX - 1)]
+        pipe = self.redis.pipeline(transaction=False)
         for other in ids:
             pipe.hmget(_job_key(other), "priority", "created_at", "c:queued", "requires")
         device = (job.get("requires") or {}).get("device", "any")
@@ -558,14 +558,14 @@ class JobStore:
             if (-int(prio), float(created)) < (-mine[0], mine[1]):
                 ahead += int(queued or 0)
         if gone:
-            self.r.zrem(ACTIVE_KEY, *gone)
+            self.redis.zrem(ACTIVE_KEY, *gone)
         return ahead
 
     def retry(self, job_id: str) -> list[dict[str, Any]] | None:
         """Re-queue failed and cancelled items as new attempts, in slices of `SLICE` items; returns
         them (None if no such job). Messages of their earlier attempts are dropped when delivered."""
         n = self._n_items(job_id)
-        if not n and not self.r.exists(_job_key(job_id)):
+        if not n and not self.redis.exists(_job_key(job_id)):
             return None
         out: list[dict[str, Any]] = []
         for start in range(0, n, SLICE):
@@ -622,7 +622,7 @@ class JobStore:
 
     def running_workers(self) -> list[str]:
         """Workers that have (or had, until they died) items `running`."""
-        return sorted(n.decode() if isinstance(n, bytes) else n for n in self.r.smembers(RUNNING_WORKERS_KEY))
+        return sorted(n.decode() if isinstance(n, bytes) else n for n in self.redis.smembers(RUNNING_WORKERS_KEY))
 
     def reap(self, worker: str, limit: int = 500) -> list[tuple[str, int]]:
         """Put back up to `limit` items still `running` on `worker`, which left the fleet; returns
@@ -635,7 +635,7 @@ class JobStore:
         """The records of these items (missing ones skipped)."""
         if not indices:
             return []
-        return [_loads(raw) for raw in self.r.hmget(_items_key(job_id), [str(i) for i in indices]) if raw]
+        return [_loads(raw) for raw in self.redis.hmget(_items_key(job_id), [str(i) for i in indices]) if raw]
 
     # -- finalisation ----------------------------------------------------------------------
     def finalize_due(self, older_than: float) -> list[str]:
@@ -643,18 +643,18 @@ class JobStore:
         is returned once per period)."""
         now = time.time()
         ids = [i.decode() if isinstance(i, bytes) else i
-               for i in self.r.zrangebyscore(FINALIZE_KEY, "-inf", now - older_than, start=0, num=100)]
+               for i in self.redis.zrangebyscore(FINALIZE_KEY, "-inf", now - older_than, start=0, num=100)]
         if ids:
-            self.r.zadd(FINALIZE_KEY, {i: now for i in ids}, xx=True)
+            self.redis.zadd(FINALIZE_KEY, {i: now for i in ids}, xx=True)
         return ids
 
     def finalized(self, job_id: str) -> None:
         """The job's finalisation is done."""
-        self.r.zrem(FINALIZE_KEY, job_id)
+        self.redis.zrem(FINALIZE_KEY, job_id)
 
     def claim_webhook(self, job_id: str) -> bool:
         """True once per job end: whoever gets it queues the webhook."""
-        return bool(self.r.hsetnx(_job_key(job_id), "webhook_queued", 1))
+        return bool(self.redis.hsetnx(_job_key(job_id), "webhook_queued", 1))
 
     def add_progress(self, job_id: str, indices: list[int], steps: int, step: int, total: int,
                      worker: str | None = None) -> int:
@@ -666,7 +666,7 @@ class JobStore:
         if worker:
             return int(self._progress(keys=[_job_key(job_id), _items_key(job_id)],
                                       args=[job_id, worker, steps, step, total, *indices]))
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         if steps:
             pipe.hincrby(_job_key(job_id), "steps_done", steps * len(indices))
             for index in indices:
@@ -690,27 +690,27 @@ class JobStore:
 
     def job_status(self, job_id: str) -> tuple[str | None, bool]:
         """(state, cancel flag) of a job; state None when the job does not exist."""
-        state, cancel = self.r.hmget(_job_key(job_id), "state", "cancel")
+        state, cancel = self.redis.hmget(_job_key(job_id), "state", "cancel")
         return (state.decode() if isinstance(state, bytes) else state), cancel in (b"1", "1")
 
     def queued_count(self, job_id: str) -> int:
         """How many of the job's items are queued now."""
-        return int(self.r.hget(_job_key(job_id), "c:queued") or 0)
+        return int(self.redis.hget(_job_key(job_id), "c:queued") or 0)
 
     def is_cancelled(self, job_id: str) -> bool:
         """Whether the job's cancel flag is set."""
-        return self.r.hget(_job_key(job_id), "cancel") in (b"1", "1")
+        return self.redis.hget(_job_key(job_id), "cancel") in (b"1", "1")
 
     def set_field(self, job_id: str, **fields: Any) -> None:
         """Set plain job fields (e.g. manifest key)."""
-        self.r.hset(_job_key(job_id), mapping={k: json.dumps(v) if k in _JSON_FIELDS else v
+        self.redis.hset(_job_key(job_id), mapping={k: json.dumps(v) if k in _JSON_FIELDS else v
                                                for k, v in fields.items()})
 
     # -- read-only views for the producer ------------------------------------------------------
     def queued_items_of(self, owner: str) -> int:
         """Items of `owner` still queued, over the first `QUEUE_SCAN_MAX` unfinished jobs (one pipeline)."""
-        ids = self.r.zrange(ACTIVE_KEY, 0, QUEUE_SCAN_MAX - 1)
-        pipe = self.r.pipeline(transaction=False)
+        ids = self.redis.zrange(ACTIVE_KEY, 0, QUEUE_SCAN_MAX - 1)
+        pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hmget(_job_key(job_id.decode() if isinstance(job_id, bytes) else job_id), "owner", "c:queued")
         total = 0

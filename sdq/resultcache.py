@@ -64,39 +64,39 @@ class ResultIndex:
     """Cache key -> `{job, index, key, thumb_key?, bytes}` of a stored result. Pass the connection in."""
 
     def __init__(self, client: redis.Redis, ttl: int = defaults.RESULT_CACHE_TTL) -> None:
-        self.r, self.ttl = client, ttl
+        self.redis, self.ttl = client, ttl
 
     def lookup(self, keys: list[str]) -> list[dict[str, Any] | None]:
         """The entries of `keys` (None where there is none), in order, with one MGET."""
         if not keys:
             return []
-        return [json.loads(raw) if raw else None for raw in self.r.mget([INDEX_PREFIX + k for k in keys])]
+        return [json.loads(raw) if raw else None for raw in self.redis.mget([INDEX_PREFIX + k for k in keys])]
 
     def register(self, key: str, entry: dict[str, Any]) -> None:
         """Point `key` at a stored result (the newest one wins)."""
-        self.r.set(INDEX_PREFIX + key, json.dumps(entry, separators=(",", ":")), ex=self.ttl)
+        self.redis.set(INDEX_PREFIX + key, json.dumps(entry, separators=(",", ":")), ex=self.ttl)
 
     def touch(self, key: str) -> None:
         """An entry was served: it lives another `ttl`."""
-        self.r.expire(INDEX_PREFIX + key, self.ttl)
+        self.redis.expire(INDEX_PREFIX + key, self.ttl)
 
     def forget(self, key: str) -> None:
         """Drop an entry (its object is gone)."""
-        self.r.delete(INDEX_PREFIX + key)
+        self.redis.delete(INDEX_PREFIX + key)
 
     def clear(self) -> int:
         """Drop every entry (stored objects stay); returns how many."""
         n = 0
         batch: list[bytes] = []
-        for name in self.r.scan_iter(match=INDEX_PREFIX + "*", count=1000):
+        for name in self.redis.scan_iter(match=INDEX_PREFIX + "*", count=1000):
             batch.append(name)
             if len(batch) >= 1000:
-                n += self.r.delete(*batch)
+                n += self.redis.delete(*batch)
                 batch.clear()
         if batch:
-            n += self.r.delete(*batch)
+            n += self.redis.delete(*batch)
         return n
 
     def count(self) -> int:
         """Entries now (scans the keyspace: for operators, not hot paths)."""
-        return sum(1 for _ in self.r.scan_iter(match=INDEX_PREFIX + "*", count=1000))
+        return sum(1 for _ in self.redis.scan_iter(match=INDEX_PREFIX + "*", count=1000))

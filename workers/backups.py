@@ -41,7 +41,7 @@ class Backups:
         """Items running on other workers that this worker could back up now."""
         out: list[tuple[scheduling.Running, dict[str, Any]]] = []
         drained: dict[str, bool] = {}
-        for record in fleet.live_workers(self.jobs.r):
+        for record in fleet.live_workers(self.jobs.redis):
             cur = record.get("current_item") or {}
             if record.get("name") == self.name or not cur.get("running") or cur.get("expected_s") is None:
                 continue

@@ -41,7 +41,7 @@ class Reaper:
             return
         self._next = now + self.interval
         lock_ms = max(100, int(self.interval * 1000 * 0.9))
-        if not self.jobs.r.set(LOCK_KEY, 1, nx=True, px=lock_ms):
+        if not self.jobs.redis.set(LOCK_KEY, 1, nx=True, px=lock_ms):
             return
         self.reap()
         for job_id in self.jobs.finalize_due(self.finalize_resend):
@@ -50,7 +50,7 @@ class Reaper:
 
     def reap(self) -> int:
         """Re-queue the running items of every worker that left the fleet; returns how many."""
-        live = {w["name"] for w in fleet.live_workers(self.jobs.r)}
+        live = {w["name"] for w in fleet.live_workers(self.jobs.redis)}
         total = 0
         for worker in self.jobs.running_workers():
             if worker in live:

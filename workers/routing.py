@@ -82,7 +82,7 @@ class Router:
 
     def others(self, chunk: dict[str, Any], avoid: set[str]) -> list[dict[str, Any]]:
         """Live workers, other than `avoid`, that serve the chunk's queue and model."""
-        return [w for w in fleet.serving(fleet.live_workers(self.jobs.r), chunk.get("queue", ""), chunk["model"])
+        return [w for w in fleet.serving(fleet.live_workers(self.jobs.redis), chunk.get("queue", ""), chunk["model"])
                 if w.get("name") not in avoid]
 
     def wanted(self, chunk: dict[str, Any]) -> bool:
@@ -103,7 +103,7 @@ class Router:
             log.info("job %s: dropping a chunk nobody needs any more (%s)", chunk["job"], reason)
             return
         log.info("job %s: passing the chunk on: %s", chunk["job"], reason)
-        delay(self.jobs.r, chunk, defaults.PASS_ON_DELAY)
+        delay(self.jobs.redis, chunk, defaults.PASS_ON_DELAY)
 
     def defer_to_warm(self, chunk: dict[str, Any], loaded: list[str]) -> bool:
         """Warm-model affinity: when this worker would have to load the chunk's model while another
@@ -131,7 +131,7 @@ class Router:
             return len(items)
         model, pipeline, params = chunk["model"], chunk["pipeline"], chunk["params"]
         failed_on = set(chunk.get("failed_on", ())) - {self.name}  # a faster worker that failed it is no help
-        records = [w for w in fleet.serving(fleet.live_workers(self.jobs.r), chunk["queue"], model)
+        records = [w for w in fleet.serving(fleet.live_workers(self.jobs.redis), chunk["queue"], model)
                    if w.get("name") == self.name or (_free_for(w, chunk["job"]) and w.get("name") not in failed_on)]
         rates = speed.fleet_rates(records, model, pipeline, params)
         mine = (self.speedometer.rate(model, pipeline, params) if self.speedometer.knows(model, pipeline, params)
