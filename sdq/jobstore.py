@@ -29,6 +29,7 @@ from typing import Any, Callable
 import redis
 
 from sdq import defaults
+from sdq.redisconn import text
 
 try:  # a C decoder where installed (the producer extra has it): item pages decode ~3x faster
     from orjson import loads as _loads
@@ -468,8 +469,8 @@ class JobStore:
             return None
         job: dict[str, Any] = {}
         for k, v in raw.items():
-            k = k.decode() if isinstance(k, bytes) else k
-            v = v.decode() if isinstance(v, bytes) else v
+            k = text(k)
+            v = text(v)
             if k in _JSON_FIELDS:
                 v = json.loads(v)
             elif k in _FLOAT_FIELDS:
@@ -496,7 +497,7 @@ class JobStore:
         """Job ids of `owner`, newest first, and the total count."""
         key = f"sdq:jobs:{owner}"
         ids = self.redis.zrevrange(key, offset, offset + limit - 1)
-        return [i.decode() if isinstance(i, bytes) else i for i in ids], int(self.redis.zcard(key))
+        return [text(i) for i in ids], int(self.redis.zcard(key))
 
     def cancel(self, job_id: str) -> tuple[str | None, bool]:
         """Cancel a job: queued items become cancelled, running ones see the flag.
@@ -508,7 +509,7 @@ class JobStore:
         state = self._cancel_begin(keys=[_job_key(job_id)])
         if state is None:
             return None, False
-        state = state.decode() if isinstance(state, bytes) else state
+        state = text(state)
         if state in ("succeeded", "failed", "cancelled"):
             return state, False
         ended = self.cancel_items(job_id, range(self._n_items(job_id)))
@@ -527,7 +528,7 @@ class JobStore:
 
     def _state(self, job_id: str) -> str | None:
         raw = self.redis.hget(_job_key(job_id), "state")
-        return raw.decode() if isinstance(raw, bytes) else raw
+        return text(raw)
 
     def queue_position(self, job: dict[str, Any]) -> int | None:
         """Estimated items queued ahead of the job's first queued item (None: nothing queued).
@@ -539,7 +540,7 @@ class JobStore:
         """
         if not job["counts"].get("queued"):
             return None
-        ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrange(ACTIVE_KEY, 0, QUEUE_SCAN_MAX - 1)]
+        ids = [text(i) for i in self.redis.zrange(ACTIVE_KEY, 0, QUEUE_SCAN_MAX - 1)]
         pipe = self.redis.pipeline(transaction=False)
         for other in ids:
             pipe.hmget(_job_key(other), "priority", "created_at", "c:queued", "requires")
@@ -622,13 +623,13 @@ class JobStore:
 
     def running_workers(self) -> list[str]:
         """Workers that have (or had, until they died) items `running`."""
-        return sorted(n.decode() if isinstance(n, bytes) else n for n in self.redis.smembers(RUNNING_WORKERS_KEY))
+        return sorted(text(n) for n in self.redis.smembers(RUNNING_WORKERS_KEY))
 
     def reap(self, worker: str, limit: int = 500) -> list[tuple[str, int]]:
         """Put back up to `limit` items still `running` on `worker`, which left the fleet; returns
         the (job id, index) pairs re-queued as new attempts (the caller publishes them)."""
         out = self._reap(args=[worker, time.time(), limit])
-        out = [x.decode() if isinstance(x, bytes) else x for x in out]
+        out = [text(x) for x in out]
         return [(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
 
     def item_records(self, job_id: str, indices: list[int]) -> list[dict[str, Any]]:
@@ -642,7 +643,7 @@ class JobStore:
         """Jobs recorded "to finalise" more than `older_than` seconds ago (re-stamped now, so each
         is returned once per period)."""
         now = time.time()
-        ids = [i.decode() if isinstance(i, bytes) else i
+        ids = [text(i)
                for i in self.redis.zrangebyscore(FINALIZE_KEY, "-inf", now - older_than, start=0, num=100)]
         if ids:
             self.redis.zadd(FINALIZE_KEY, {i: now for i in ids}, xx=True)
@@ -691,7 +692,7 @@ class JobStore:
     def job_status(self, job_id: str) -> tuple[str | None, bool]:
         """(state, cancel flag) of a job; state None when the job does not exist."""
         state, cancel = self.redis.hmget(_job_key(job_id), "state", "cancel")
-        return (state.decode() if isinstance(state, bytes) else state), cancel in (b"1", "1")
+        return text(state), cancel in (b"1", "1")
 
     def queued_count(self, job_id: str) -> int:
         """How many of the job's items are queued now."""
@@ -712,10 +713,10 @@ class JobStore:
         ids = self.redis.zrange(ACTIVE_KEY, 0, QUEUE_SCAN_MAX - 1)
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(_job_key(job_id.decode() if isinstance(job_id, bytes) else job_id), "owner", "c:queued")
+            pipe.hmget(_job_key(text(job_id)), "owner", "c:queued")
         total = 0
         for who, queued in pipe.execute() if ids else []:
-            who = who.decode() if isinstance(who, bytes) else (who or "")
+            who = text(who) or ""
             if who == owner:
                 total += int(float(queued or 0))
         return total
