@@ -4,20 +4,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from sdq import records
 from sdq.jobstore import JobStore
 from storage import ResultStore
 
-ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "state", "worker", "device", "dtype",
-               "key", "url", "bytes", "duration_s", "error", "params", "init_image", "attempts",
-               "oom_retries", "low_memory", "oom_workers", "started_at", "finished_at", "sweep", "batch",
-               "nsfw", "runs", "cached", "cached_from")
 PUBLIC_JOB_FIELDS = ("id", "state", "created_at", "started_at", "finished_at", "model", "pipeline",
                      "params", "requires", "priority", "n_items", "warnings", "sweep")
 
 
 def item_view(item: dict[str, Any], store: ResultStore) -> dict[str, Any]:
     """An item as the API shows it, with a presigned URL once it succeeded."""
-    out = {k: item.get(k) for k in ITEM_FIELDS}
+    out = records.project(item, records.STATUS)
     out["url"] = store.url(item["key"]) if item.get("state") == "succeeded" and item.get("key") else None
     # The worker's small WebP thumbnail (workers.thumbs) for the web page's gallery; an image that
     # already fits in a thumbnail has none and is its own.

@@ -6,16 +6,12 @@ from typing import Any
 
 from celery import Celery
 
-from sdq import contract, defaults
+from sdq import contract, defaults, records
 from sdq.redisconn import broker
 
 
 TASK_FINALIZE = "sdq.finalize"
 """Celery task name: write an ended job's manifest/grid and queue its webhook (control queue)."""
-
-MESSAGE_ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "init_image", "gen", "cache")
-"""What a task message carries of each item (`gen`: the attempt it was published for; `cache`:
-False when the item opted out of the result cache)."""
 
 UNACKED_INDEX_KEY = "unacked_index"
 """kombu's sorted set of delivered, unacknowledged messages (delivery tag -> delivery time)."""
@@ -76,7 +72,7 @@ def chunk_message(job: dict[str, Any], queue: str, items: list[dict[str, Any]]) 
         "queue": queue, "priority": contract.celery_priority(job.get("priority", 5)),
         "params": items[0]["params"], "watermark": (job.get("params") or {}).get("watermark", False),
         "requires": {k: v for k, v in (job.get("requires") or {}).items() if k == "min_memory_gb" and v},
-        "items": [{k: it.get(k, 0 if k == "gen" else None) for k in MESSAGE_ITEM_FIELDS} for it in items],
+        "items": [records.project(it, records.MESSAGE) for it in items],
     }
 
 

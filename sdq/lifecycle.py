@@ -12,23 +12,18 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sdq import contract
+from sdq import contract, records
 from sdq.jobstore import JobStore
 from sdq.celery_app import TASK_FINALIZE
 
 log = logging.getLogger(__name__)
-
-MANIFEST_ITEM_FIELDS = ("index", "prompt", "negative_prompt", "seed", "init_image", "params", "sweep", "state",
-                        "worker", "device", "dtype", "duration_s", "key", "error", "attempts", "runs", "cached",
-                        "cached_from")
-
 
 def manifest(job: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
     """The manifest document: everything needed to reproduce every image of the job."""
     head = {k: job.get(k) for k in ("id", "state", "created_at", "started_at", "finished_at", "model",
                                     "pipeline", "params", "sweep", "requires", "priority", "seed", "counts",
                                     "grid_key")}
-    return {"job": head, "items": [{k: it.get(k) for k in MANIFEST_ITEM_FIELDS} for it in items]}
+    return {"job": head, "items": [records.project(it, records.MANIFEST) for it in items]}
 
 
 def write_grid(store, job: dict[str, Any], items: list[dict[str, Any]]) -> str:
