@@ -8,8 +8,6 @@ from sdq import records
 from sdq.jobstore import JobStore
 from storage import ResultStore
 
-PUBLIC_JOB_FIELDS = ("id", "state", "created_at", "started_at", "finished_at", "model", "pipeline",
-                     "params", "requires", "priority", "n_items", "warnings", "sweep")
 
 
 def item_view(item: dict[str, Any], store: ResultStore) -> dict[str, Any]:
@@ -27,7 +25,7 @@ def job_view(job: dict[str, Any], jobs: JobStore, store: ResultStore, offset: in
     """The status document: counters, progress, ETA and one page of items.
 
     The queue position scans the unfinished jobs, so listings leave it out (`with_position=False`)."""
-    out = {k: job.get(k) for k in PUBLIC_JOB_FIELDS}
+    out = records.project(job, records.STATUS, records.Job)
     out["counts"] = job["counts"]
     total, done = job.get("steps_total", 0), job.get("steps_done", 0)
     out["progress"] = round(min(1.0, done / total), 4) if total else 1.0

@@ -20,10 +20,8 @@ log = logging.getLogger(__name__)
 
 def manifest(job: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
     """The manifest document: everything needed to reproduce every image of the job."""
-    head = {k: job.get(k) for k in ("id", "state", "created_at", "started_at", "finished_at", "model",
-                                    "pipeline", "params", "sweep", "requires", "priority", "seed", "counts",
-                                    "grid_key")}
-    return {"job": head, "items": [records.project(it, records.MANIFEST) for it in items]}
+    return {"job": records.project(job, records.MANIFEST, records.Job),
+            "items": [records.project(it, records.MANIFEST) for it in items]}
 
 
 def write_grid(store, job: dict[str, Any], items: list[dict[str, Any]]) -> str:

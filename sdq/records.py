@@ -1,20 +1,44 @@
-"""The item record: every field an item carries, declared once, with the documents that show it.
+"""The job and item records: every field declared once, with the documents that show it.
 
-An item lives in Redis as one JSON object (`sdq.jobstore`); three documents show parts of it: the
-task message a worker receives (`MESSAGE`), the status view of the HTTP API (`STATUS`) and the
-job's manifest in storage (`MANIFEST`). Adding a field to a document means adding it here.
+Jobs and items live in Redis (`sdq.jobstore`); documents show parts of them: the task message a
+worker receives (`MESSAGE`, items only), the status view of the HTTP API (`STATUS`), the job's
+manifest in storage (`MANIFEST`) and the webhook body (`WEBHOOK`, the job only). Adding a field
+to a document means adding it here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-MESSAGE, STATUS, MANIFEST = "message", "status", "manifest"
+MESSAGE, STATUS, MANIFEST, WEBHOOK = "message", "status", "manifest", "webhook"
 """The documents that show item fields."""
 
 
 def _shown(*documents: str, default: Any = None) -> Any:
     return field(default=default, metadata={"documents": frozenset(documents)})
+
+
+@dataclass
+class Job:
+    """A batch of items sharing a model, a pipeline and defaults (None: not set yet)."""
+
+    id: str | None = _shown(STATUS, MANIFEST, WEBHOOK)
+    state: str | None = _shown(STATUS, MANIFEST, WEBHOOK)
+    created_at: float | None = _shown(STATUS, MANIFEST, WEBHOOK)
+    started_at: float | None = _shown(STATUS, MANIFEST, WEBHOOK)
+    finished_at: float | None = _shown(STATUS, MANIFEST, WEBHOOK)
+    model: str | None = _shown(STATUS, MANIFEST, WEBHOOK)
+    pipeline: str | None = _shown(STATUS, MANIFEST, WEBHOOK)
+    params: dict | None = _shown(STATUS, MANIFEST)
+    sweep: dict | None = _shown(STATUS, MANIFEST)
+    requires: dict | None = _shown(STATUS, MANIFEST)
+    priority: int | None = _shown(STATUS, MANIFEST, WEBHOOK)
+    seed: int | None = _shown(MANIFEST, WEBHOOK)
+    n_items: int | None = _shown(STATUS, WEBHOOK)
+    warnings: list | None = _shown(STATUS)
+    counts: dict | None = _shown(MANIFEST, WEBHOOK)  # the status view adds its own, with progress
+    manifest_key: str | None = _shown(WEBHOOK)
+    grid_key: str | None = _shown(MANIFEST, WEBHOOK)
 
 
 @dataclass
@@ -49,13 +73,14 @@ class Item:
     nsfw: bool | None = _shown(STATUS)
     runs: list | None = _shown(STATUS, MANIFEST)
     cached: bool | None = _shown(STATUS, MANIFEST)
-    cached_from: str | None = _shown(STATUS, MANIFEST)
+    cached_from: dict | None = _shown(STATUS, MANIFEST)  # {job, index} of the stored result it copies
 
 
-_FIELDS = {doc: tuple((f.name, f.default) for f in fields(Item) if doc in f.metadata["documents"])
-           for doc in (MESSAGE, STATUS, MANIFEST)}
+_FIELDS = {(record, doc): tuple((f.name, f.default) for f in fields(record) if doc in f.metadata["documents"])
+           for record in (Job, Item) for doc in (MESSAGE, STATUS, MANIFEST, WEBHOOK)}
 
 
-def project(record: dict[str, Any], document: str) -> dict[str, Any]:
-    """The part of an item record (as stored) that `document` shows, missing fields at their default."""
-    return {name: record.get(name, default) for name, default in _FIELDS[document]}
+def project(record: dict[str, Any], document: str, kind: type = Item) -> dict[str, Any]:
+    """The part of a stored record of `kind` (`Item` or `Job`) that `document` shows, missing fields
+    at their default."""
+    return {name: record.get(name, default) for name, default in _FIELDS[(kind, document)]}

@@ -18,6 +18,7 @@ import time
 
 import urllib3
 
+from sdq import records
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput, UnresolvedHost, WebhookFailed
 from sdq.jobstore import JobStore
@@ -29,13 +30,9 @@ log = logging.getLogger(__name__)
 RETRY_STATUSES = (408, 429)
 """4xx answers worth retrying; every 5xx is retried too."""
 
-SUMMARY_FIELDS = ("id", "state", "created_at", "started_at", "finished_at", "model", "pipeline", "priority",
-                  "n_items", "counts", "seed", "manifest_key", "grid_key")
-
-
 def payload(job: dict) -> bytes:
     """The webhook body for a finished job."""
-    return json.dumps({"event": "job.finished", "job": {k: job.get(k) for k in SUMMARY_FIELDS}}).encode()
+    return json.dumps({"event": "job.finished", "job": records.project(job, records.WEBHOOK, records.Job)}).encode()
 
 
 def post_pinned(target: Target, body: bytes, headers: dict[str, str], timeout: float = 10.0) -> int:

@@ -22,3 +22,12 @@ def test_status_and_manifest_show_results_but_no_internal_bookkeeping():
         assert not {"gen", "tries", "backup", "thumb_key"} & set(doc)
     assert set(manifest) < set(status)  # the manifest is the reproducible subset
     assert {"url", "bytes", "started_at", "oom_workers"} <= set(status) - set(manifest)
+
+
+def test_the_webhook_body_summarises_the_job_without_its_parameters():
+    job = {"id": "j", "state": "succeeded", "n_items": 2, "counts": {"succeeded": 2}, "params": {"steps": 4},
+           "owner": "alice", "manifest_key": "jobs/j/manifest.json"}
+    body = records.project(job, records.WEBHOOK, records.Job)
+    assert body["id"] == "j" and body["counts"] == {"succeeded": 2} and body["manifest_key"] == "jobs/j/manifest.json"
+    assert "params" not in body and "owner" not in body
+    assert "owner" not in records.project(job, records.STATUS, records.Job)  # tenants never see each other's names
