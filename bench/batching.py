@@ -32,8 +32,8 @@ def run(opts) -> dict[str, Any]:
             bench.add_workers([f"b{batch}"], "--threads", str(threads), "--max-batch", str(batch))
             bench.warm_up(params, per_worker=batch)
             job = bench.run_job(n, params)
-            used = sorted({it.get("batch", 1) for it in job["items"]})
-            gen = sum(it["timings"]["generate"] for it in job["items"]) / n
+            used = sorted({it.batch or 1 for it in job["items"]})
+            gen = sum(it.timings["generate"] for it in job["items"]) / n
             runs[batch] = {"wall_s": round(job["wall_s"], 3), "images_per_s": round(n / job["wall_s"], 3),
                            "batch_sizes_used": used, "generate_ms_per_image": round(gen * 1000, 2)}
             workers = bench.worker_records()

@@ -25,15 +25,15 @@ def one_case(bench, name: str, n: int, params: dict[str, Any], env: dict[str, st
     joined_s = bench.add_workers([name], "--threads", "1", preload=False, env=env)
     job = bench.run_job(n, params)
     bench.stop_workers()
-    items = sorted(job["items"], key=lambda it: it["finished_at"])
+    items = sorted(job["items"], key=lambda it: it.finished_at)
     first, rest = items[0], items[1:]
-    latency = [it["finished_at"] - it["started_at"] for it in rest]
+    latency = [it.finished_at - it.started_at for it in rest]
     return {"worker_start_to_joined_s": round(joined_s, 3),
-            "first_item_s": round(first["finished_at"] - job["t0"], 3),
-            "first_item_load_s": first["timings"]["load"], "first_item_generate_s": first["timings"]["generate"],
+            "first_item_s": round(first.finished_at - job["t0"], 3),
+            "first_item_load_s": first.timings["load"], "first_item_generate_s": first.timings["generate"],
             "next_items_s": {"median": round(statistics.median(latency), 3), "max": round(max(latency), 3)},
-            "next_generate_s_median": round(statistics.median(it["timings"]["generate"] for it in rest), 3),
-            "cold_over_warm": round((first["finished_at"] - job["t0"]) / statistics.median(latency), 2)}
+            "next_generate_s_median": round(statistics.median(it.timings["generate"] for it in rest), 3),
+            "cold_over_warm": round((first.finished_at - job["t0"]) / statistics.median(latency), 2)}
 
 
 def run(opts) -> dict[str, Any]:

@@ -148,11 +148,11 @@ class Bench:
         while time.monotonic() < deadline:
             if self.r.hget(key, "state") in (b"succeeded", b"failed", b"cancelled"):
                 job = self.jobs.get(job_id)
-                if job["state"] != "succeeded":
-                    raise RuntimeError(f"job {job_id} ended {job['state']}: {job['counts']}")
+                if job.state != "succeeded":
+                    raise RuntimeError(f"job {job_id} ended {job.state}: {job.counts}")
                 return job
             time.sleep(0.2)  # finished_at is stamped by Redis' script: polling only ends the wait
-        raise TimeoutError(f"job {job_id} not finished after {timeout}s: {self.jobs.get(job_id)['counts']}")
+        raise TimeoutError(f"job {job_id} not finished after {timeout}s: {self.jobs.get(job_id).counts}")
 
     def run_job(self, n: int, params: dict[str, Any], tag: str = "bench") -> dict[str, Any]:
         """Submit, wait, and return wall time, submit time and every item record."""
@@ -160,14 +160,14 @@ class Bench:
         job = self.wait(job_id)
         items = self.jobs.all_items(job_id)
         return {"job": job, "items": items, "t0": t0, "submit_s": submit_s,
-                "wall_s": job["finished_at"] - t0}
+                "wall_s": job.finished_at - t0}
 
     def warm_up(self, params: dict[str, Any], per_worker: int = 3, attempts: int = 4) -> None:
         """Run small jobs until every worker made at least one item with `params` (first-call costs)."""
         want = set(self.worker_names)
         for _ in range(attempts):
             run = self.run_job(per_worker * len(want), params, tag="warm-up")
-            want -= {it.get("worker") for it in run["items"]}
+            want -= {it.worker for it in run["items"]}
             if not want:
                 return
         raise RuntimeError(f"workers {sorted(want)} took no warm-up item")

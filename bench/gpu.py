@@ -47,8 +47,8 @@ def run(opts) -> dict[str, Any]:
         job = bench.run_job(n, {**params, "seed": SEED})
         workers = bench.worker_records()
     bare_ips, queue_ips = n / bare["wall_s"], n / job["wall_s"]
-    used = sorted({it.get("batch", 1) for it in job["items"]})
-    gen = sum(it["timings"]["generate"] for it in job["items"]) / n
+    used = sorted({it.batch or 1 for it in job["items"]})
+    gen = sum(it.timings["generate"] for it in job["items"]) / n
     out = {"n": n, "params": params, "batch": batch, "device": bare["device"], "workers": workers,
            "bare": {"wall_s": round(bare["wall_s"], 3), "images_per_s": round(bare_ips, 3),
                     "generate_ms_per_image": round(1000 * sum(bare["generate_s"]) / n, 2)},

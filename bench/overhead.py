@@ -21,6 +21,7 @@ from bench.bare import BarePool
 from bench.common import (BUCKET, Bench, bench_stack, command_delta, cpu_delta, cpu_snapshot, dist, main_for,
                           redis_command_stats, target)
 from sdq import defaults
+from sdq.records import Item, Job
 
 WORKERS = 2
 THREADS = 1
@@ -43,17 +44,17 @@ def _ms(x: float) -> float:
 def breakdown(run: dict[str, Any], bare_generate: list[float]) -> dict[str, Any]:
     """Where the queue's time per item goes, from the item records of one queue run."""
     items, n = run["items"], len(run["items"])
-    t = {k: [it.get("timings", {}).get(k, 0.0) for it in items] for k in ("load", "generate", "encode", "upload")}
-    started = [it["started_at"] for it in items]
+    t = {k: [(it.timings or {}).get(k, 0.0) for it in items] for k in ("load", "generate", "encode", "upload")}
+    started = [it.started_at for it in items]
     # Per worker: time from its first claim to its last stored image, less its model time.
-    by_worker: dict[str, list[dict]] = defaultdict(list)
+    by_worker: dict[str, list[Item]] = defaultdict(list)
     for it in items:
-        by_worker[it["worker"]].append(it)
+        by_worker[it.worker].append(it)
     off_model = 0.0
     for its in by_worker.values():
-        span = max(i["finished_at"] for i in its) - min(i["started_at"] for i in its)
-        off_model += span - sum(i["timings"].get("load", 0) + i["timings"].get("generate", 0) for i in its)
-    chunks = len({(it["worker"], it["started_at"]) for it in items})
+        span = max(i.finished_at for i in its) - min(i.started_at for i in its)
+        off_model += span - sum(i.timings.get("load", 0) + i.timings.get("generate", 0) for i in its)
+    chunks = len({(it.worker, it.started_at) for it in items})
     bare_gen = statistics.fmean(bare_generate)
     return {
         "enqueue_ms_total": _ms(run["submit_s"]),
@@ -69,7 +70,7 @@ def breakdown(run: dict[str, Any], bare_generate: list[float]) -> dict[str, Any]
         "worker_off_model_ms_per_item": _ms(off_model / n),
         "chunks": chunks,
         "items_per_worker": {w: len(its) for w, its in sorted(by_worker.items())},
-        "batch_sizes": sorted({it.get("batch", 1) for it in items}),
+        "batch_sizes": sorted({it.batch or 1 for it in items}),
     }
 
 
@@ -122,10 +123,9 @@ def store_path_cost(bench: Bench, n: int = 200) -> dict[str, Any]:
     large = Image.fromarray((rng.random((512, 512, 3)) * 255).astype("uint8"))
     infotext = "a prompt of some length, as users write them\nSteps: 4, Sampler: PNDM, " + "x" * 300
     job_id = "bench" + uuid.uuid4().hex[:12]
-    items = [{"index": i, "prompt": "x", "seed": i, "params": {}, "state": "queued", "steps": 4, "key": None}
-             for i in range(n)]
-    bench.jobs.create({"id": job_id, "owner": "bench", "state": "queued", "created_at": time.time(), "n_items": n,
-                       "priority": 5, "requires": {"device": "any"}}, items)
+    items = [Item(index=i, prompt="x", seed=i, steps=4) for i in range(n)]
+    bench.jobs.create(Job(id=job_id, owner="bench", state="queued", created_at=time.time(), n_items=n,
+                          requires={"device": "any"}), items)
     bench.jobs.start_items(job_id, list(range(n)), "bench", "cpu", "fp32")
     data = encode_png(small, infotext)
     thumb = encode_thumb(large)

@@ -26,7 +26,7 @@ def run(opts) -> dict[str, Any]:
             job = bench.run_job(n, params)
             per_worker: dict[str, int] = {}
             for it in job["items"]:
-                per_worker[it["worker"]] = per_worker.get(it["worker"], 0) + 1
+                per_worker[it.worker] = per_worker.get(it.worker, 0) + 1
             runs[count] = {"wall_s": round(job["wall_s"], 3), "images_per_s": round(n / job["wall_s"], 3),
                            "items_per_worker": per_worker}
         workers = bench.worker_records()

@@ -71,7 +71,7 @@ def run(opts) -> dict[str, Any]:
         bench.add_workers(["w1"], "--threads", "1")
         workers = bench.worker_records()
         deadline = time.monotonic() + 300
-        while bench.jobs.get(job_id)["counts"]["succeeded"] < PAGE and time.monotonic() < deadline:
+        while bench.jobs.get(job_id).counts["succeeded"] < PAGE and time.monotonic() < deadline:
             time.sleep(0.5)
         bench.stop_workers()
         done = measure(bench, job_id, n)

@@ -26,6 +26,7 @@ import redis
 from producer.status import job_view
 from sdq import contract, defaults
 from sdq.jobstore import JobStore, events_channel
+from sdq.records import Job
 
 KEEPALIVE_S = 15.0
 """Seconds between keep-alive comments on an idle stream."""
@@ -39,9 +40,9 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def _finished(job: dict[str, Any]) -> dict[str, Any]:
-    return {"id": job["id"], "state": job["state"],
-            "counts": {k: job["counts"][k] for k in ("succeeded", "failed", "cancelled")}}
+def _finished(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "state": job.state,
+            "counts": {k: job.counts[k] for k in ("succeeded", "failed", "cancelled")}}
 
 
 def stream(client: redis.Redis, jobs: JobStore, store, job_id: str, keepalive: float = KEEPALIVE_S,
@@ -56,7 +57,7 @@ def stream(client: redis.Redis, jobs: JobStore, store, job_id: str, keepalive: f
             return
         yield f"retry: {defaults.STREAM_RETRY_MS}\n\n"
         yield sse("job.state", job_view(job, jobs, store, with_items=False))
-        if job["state"] in contract.TERMINAL_STATES:
+        if job.state in contract.TERMINAL_STATES:
             yield sse("job.finished", _finished(job))
             return
         # 2. Live events until job.finished.
@@ -76,7 +77,7 @@ def stream(client: redis.Redis, jobs: JobStore, store, job_id: str, keepalive: f
                     current = jobs.get(job_id)
                     if current is None:
                         return
-                    if current["state"] in contract.TERMINAL_STATES:
+                    if current.state in contract.TERMINAL_STATES:
                         yield sse("job.finished", _finished(current))
                         return
                 continue

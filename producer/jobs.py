@@ -17,7 +17,8 @@ from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.grid import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
-from sdq.celery_app import chunk_message
+from sdq.celery_app import send_chunk
+from sdq.records import Chunk, Item, Job
 from sdq.webhooks import check_webhook_url
 
 DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper()) for key in ITEM_PARAM_KEYS}
@@ -28,8 +29,8 @@ DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper()) for key in ITEM_
 class Plan:
     """A job ready to record and enqueue."""
 
-    job: dict[str, Any]
-    items: list[dict[str, Any]]
+    job: Job
+    items: list[Item]
     warnings: list[str] = field(default_factory=list)
 
 
@@ -89,7 +90,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
         raise InvalidInput("params.grid", f"a grid holds at most {GRID_MAX_ITEMS} images; this job has {total}",
                            code="too_many_items")
     combos = combinations(sweep)
-    items: list[dict[str, Any]] = []
+    items: list[Item] = []
     for src, (prompt, it) in enumerate(sources):
         where = f"items[{src}]." if it is not None else "params."
         params = _item_params(base, it)
@@ -121,25 +122,23 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
                     item_seed = it.seed + k
                 else:
                     item_seed = seed + (src * n_per + k if combo else index)
-                items.append({
-                    "index": index, "prompt": prompt, "negative_prompt": combo.get("negative_prompt", negative),
-                    "seed": item_seed % (2**32), "init_image": init_image, "params": cell, "state": "queued",
-                    "steps": cell["steps"], "key": None, **({"sweep": combo} if combo else {}),
-                    **({} if cache else {"cache": False}),
-                })
+                items.append(Item(
+                    index=index, prompt=prompt, negative_prompt=combo.get("negative_prompt", negative),
+                    seed=item_seed % (2**32), init_image=init_image, params=cell, steps=cell["steps"],
+                    sweep=combo or None, cache=None if cache else False))
 
     if req.params.watermark:
-        small = [it for it in items if _pixels(req.pipeline, it["params"]) < contract.WATERMARK_MIN_PIXELS]
+        small = [it for it in items if _pixels(req.pipeline, it.params) < contract.WATERMARK_MIN_PIXELS]
         if small:
-            w, h = contract.output_size(req.pipeline, small[0]["params"]["width"], small[0]["params"]["height"])
+            w, h = contract.output_size(req.pipeline, small[0].params["width"], small[0].params["height"])
             raise InvalidInput("params.watermark", f"the invisible watermark needs images of at least "
-                               f"{contract.WATERMARK_MIN_PIXELS} pixels (256x256); item {small[0]['index']} is {w}x{h}",
+                               f"{contract.WATERMARK_MIN_PIXELS} pixels (256x256); item {small[0].index} is {w}x{h}",
                                code="too_small")
 
     if req.params.grid:
-        sizes = [contract.output_size(req.pipeline, it["params"]["width"], it["params"]["height"]) for it in items]
+        sizes = [contract.output_size(req.pipeline, it.params["width"], it.params["height"]) for it in items]
         try:
-            check_fits({"sweep": sweep, "params": {"images_per_prompt": n_per}}, len(items),
+            check_fits(Job(sweep=sweep or None, params={"images_per_prompt": n_per}), len(items),
                        (max(w for w, _ in sizes), max(h for _, h in sizes)))
         except ValueError as exc:
             raise InvalidInput("params.grid", str(exc), code="too_large") from None
@@ -148,12 +147,9 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     job_params = {k: v for k, v in base.items() if k not in ("seed",)}
     job_params["seed"] = seed
     job_params["watermark"] = watermark
-    job = {
-        "id": uuid.uuid4().hex, "owner": owner, "state": "queued", "created_at": time.time(),
-        "model": req.model, "pipeline": req.pipeline, "params": job_params,
-        "requires": req.requires.model_dump(), "priority": req.priority, "n_items": len(items),
-        "seed": seed, "webhook_url": req.webhook_url, "sweep": sweep or None,
-    }
+    job = Job(id=uuid.uuid4().hex, owner=owner, state="queued", created_at=time.time(), model=req.model,
+              pipeline=req.pipeline, params=job_params, requires=req.requires.model_dump(), priority=req.priority,
+              n_items=len(items), seed=seed, webhook_url=req.webhook_url, sweep=sweep or None)
     return Plan(job, items)
 
 
@@ -161,11 +157,11 @@ def _chunks(plan: Plan, workers: list[dict[str, Any]], by_speed: bool = True):
     """Consecutive items sharing parameters, each run cut into `(queue, items)` chunks whose sizes
     follow the measured rates of the live workers serving that queue (`sdq.scheduling`; without
     `by_speed`, each worker counts as one)."""
-    req, model, pipeline = plan.job["requires"], plan.job["model"], plan.job["pipeline"]
+    req, model, pipeline = plan.job.requires, plan.job.model, plan.job.pipeline
     batch = max([int(w.get("max_batch") or 1) for w in workers] or [1])
-    for _, group in itertools.groupby(plan.items, key=lambda it: sorted(it["params"].items())):
+    for _, group in itertools.groupby(plan.items, key=lambda it: sorted(it.params.items())):
         group = list(group)
-        params = group[0]["params"]
+        params = group[0].params
         w, h = contract.output_size(pipeline, params["width"], params["height"])
         queue = contract.queue_for(req["device"], req.get("dtype"), w * h)
         serving = fleet.serving(workers, queue, model)
@@ -177,12 +173,12 @@ def _chunks(plan: Plan, workers: list[dict[str, Any]], by_speed: bool = True):
 
 
 def route(plan: Plan, workers: list[dict[str, Any]],
-          by_speed: bool = True) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Split items into task chunks and pick each chunk's queue; records warnings on `plan`."""
-    req = plan.job["requires"]
-    model = plan.job["model"]
-    routed = list(_chunks(plan, workers, by_speed))
-    for queue in sorted({q for q, _ in routed}):
+          by_speed: bool = True) -> list[Chunk]:
+    """Split items into task chunks, each for its queue; records warnings on `plan`."""
+    req = plan.job.requires
+    model = plan.job.model
+    routed = [Chunk.of(plan.job, queue, items) for queue, items in _chunks(plan, workers, by_speed)]
+    for queue in sorted({c.queue for c in routed}):
         able = fleet.serving(workers, queue, model)
         if req.get("min_memory_gb"):
             able = [wk for wk in able if (wk.get("memory_total_gb") or 0) >= req["min_memory_gb"]]
@@ -193,20 +189,18 @@ def route(plan: Plan, workers: list[dict[str, Any]],
     return routed
 
 
-def enqueue(celery: Celery, plan: Plan, routed: list[tuple[str, list[dict[str, Any]]]]) -> None:
+def enqueue(celery: Celery, routed: list[Chunk]) -> None:
     """Publish one task message per chunk, pipelined over one broker connection (kombu batch)."""
     with celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
-        for queue, chunk in routed:
-            message = chunk_message(plan.job, queue, chunk)
-            celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": message}, queue=queue,
-                             priority=message["priority"], producer=producer)
+        for chunk in routed:
+            send_chunk(celery, chunk, producer)
 
 
-def requeue(jobs, celery: Celery, job_id: str, workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def requeue(jobs, celery: Celery, job_id: str, workers: list[dict[str, Any]]) -> list[Item]:
     """Retry: re-queue the job's failed and cancelled items (same seeds) as new attempts and publish
     them again (messages of the earlier attempts are dropped when delivered)."""
     items = jobs.retry(job_id) or []
     if items:
-        plan = Plan(jobs.get(job_id), sorted(items, key=lambda it: it["index"]))
-        enqueue(celery, plan, route(plan, workers))
+        plan = Plan(jobs.get(job_id), sorted(items, key=lambda it: it.index))
+        enqueue(celery, route(plan, workers))
     return items

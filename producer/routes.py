@@ -16,6 +16,7 @@ from producer.status import job_view
 from sdq import fleet
 from sdq.lifecycle import request_finalize
 from sdq.exceptions import InvalidInput, NotFound
+from sdq.records import Job
 from sdq.webhooks import tenant_secret
 
 bp = Blueprint("api", __name__)
@@ -65,9 +66,9 @@ def authenticate() -> Response | None:
     return None
 
 
-def _own_job(job_id: str) -> dict:
+def _own_job(job_id: str) -> Job:
     job = _ext("sdq_jobs").get(job_id) if job_id.isalnum() and len(job_id) <= 64 else None
-    if job is None or job.get("owner", "") != g.owner:
+    if job is None or job.owner != g.owner:
         raise NotFound(f"no job {job_id!r}")
     return job
 
@@ -92,17 +93,17 @@ def submit():
         _ext("sdq_redis"), key, g.owner, field))
     tenants.check_queue_room(_ext("sdq_jobs"), g.owner, len(plan.items), settings.max_queued_items)
     routed = jobs.route(plan, fleet.live_workers(_ext("sdq_redis")), settings.scheduling == "speed")
-    plan.job["warnings"] = plan.warnings
+    plan.job.warnings = plan.warnings
     job_store = _ext("sdq_jobs")
     job_store.create(plan.job, plan.items)
     try:
-        jobs.enqueue(_ext("celery"), plan, routed)
+        jobs.enqueue(_ext("celery"), routed)
     except Exception:
-        job_store.delete(plan.job["id"], g.owner)
+        job_store.delete(plan.job.id, g.owner)
         raise
-    job_id = plan.job["id"]
+    job_id = plan.job.id
     return jsonify({
-        "id": job_id, "state": "queued", "items": len(plan.items), "seed": plan.job["seed"],
+        "id": job_id, "state": "queued", "items": len(plan.items), "seed": plan.job.seed,
         "warnings": plan.warnings,
         "links": {"self": f"/v1/jobs/{job_id}", "events": f"/v1/jobs/{job_id}/events"},
     }), 202
@@ -144,8 +145,8 @@ def retry_job(job_id: str):
     _own_job(job_id)
     requeued = jobs.requeue(_ext("sdq_jobs"), _ext("celery"), job_id, fleet.live_workers(_ext("sdq_redis")))
     job = _ext("sdq_jobs").get(job_id)
-    return jsonify({"id": job_id, "state": job["state"], "requeued": len(requeued),
-                    "items": [it["index"] for it in requeued[:1000]]}), 202
+    return jsonify({"id": job_id, "state": job.state, "requeued": len(requeued),
+                    "items": [it.index for it in requeued[:1000]]}), 202
 
 
 @bp.get("/v1/jobs/<job_id>/events")

@@ -4,49 +4,48 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sdq import records
+from sdq.records import STATUS, Item, Job
 from sdq.jobstore import JobStore
 from storage import ResultStore
 
 
-
-def item_view(item: dict[str, Any], store: ResultStore) -> dict[str, Any]:
+def item_view(item: Item, store: ResultStore) -> dict[str, Any]:
     """An item as the API shows it, with a presigned URL once it succeeded."""
-    out = records.project(item, records.STATUS)
-    out["url"] = store.url(item["key"]) if item.get("state") == "succeeded" and item.get("key") else None
+    out = item.show(STATUS)
+    out["url"] = store.url(item.key) if item.state == "succeeded" and item.key else None
     # The worker's small WebP thumbnail (workers.thumbs) for the web page's gallery; an image that
     # already fits in a thumbnail has none and is its own.
-    out["thumb_url"] = store.url(item["thumb_key"]) if out["url"] and item.get("thumb_key") else out["url"]
+    out["thumb_url"] = store.url(item.thumb_key) if out["url"] and item.thumb_key else out["url"]
     return out
 
 
-def job_view(job: dict[str, Any], jobs: JobStore, store: ResultStore, offset: int = 0,
+def job_view(job: Job, jobs: JobStore, store: ResultStore, offset: int = 0,
              limit: int = 100, with_items: bool = True, with_position: bool = True) -> dict[str, Any]:
     """The status document: counters, progress, ETA and one page of items.
 
     The queue position scans the unfinished jobs, so listings leave it out (`with_position=False`)."""
-    out = records.project(job, records.STATUS, records.Job)
-    out["counts"] = job["counts"]
-    total, done = job.get("steps_total", 0), job.get("steps_done", 0)
+    out = job.show(STATUS)
+    out["counts"] = job.counts
+    total, done = job.steps_total, job.steps_done
     out["progress"] = round(min(1.0, done / total), 4) if total else 1.0
     out["steps"] = {"done": done, "total": total}
     out["eta_seconds"] = _eta(job, total, done)
     if with_position:
         out["queue_position"] = jobs.queue_position(job)
-    out["manifest"] = store.url(job["manifest_key"]) if job.get("manifest_key") else None
-    out["grid"] = store.url(job["grid_key"]) if job.get("grid_key") else None
+    out["manifest"] = store.url(job.manifest_key) if job.manifest_key else None
+    out["grid"] = store.url(job.grid_key) if job.grid_key else None
     if with_items:
-        items = jobs.items(job["id"], offset, limit, job.get("n_items", 0))
+        items = jobs.items(job.id, offset, limit, job.n_items)
         out["items"] = [item_view(it, store) for it in items]
         out["offset"], out["limit"] = offset, limit
     return out
 
 
-def _eta(job: dict[str, Any], total: int, done: int) -> float | None:
+def _eta(job: Job, total: int, done: int) -> float | None:
     """Seconds left at the job's measured rate (steps done since it started); None before any step."""
-    if job.get("finished_at"):
+    if job.finished_at:
         return 0.0
-    started = job.get("started_at")
+    started = job.started_at
     if not started or done <= 0:
         return None
     rate = done / max(1e-6, time.time() - started)

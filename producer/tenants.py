@@ -36,7 +36,7 @@ def redact_workers(records: list[dict[str, Any]], jobs: JobStore, owner: str) ->
         current = record.get("current_item")
         if isinstance(current, dict) and current.get("job"):
             job = jobs.get(str(current["job"]))
-            if job is None or job.get("owner", "") != owner:
+            if job is None or job.owner != owner:
                 record = {**record, "current_item": {"busy": True}}
         out.append(record)
     return out

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from typing import Any, Iterator
+from typing import Iterator
 
 from botocore.exceptions import ClientError
 from flask import Blueprint, Response, current_app, jsonify, stream_with_context
 
 from producer.meta import _queue_depths
 from producer.routes import _own_job
+from sdq.records import Job
 
 bp = Blueprint("web", __name__)
 log = logging.getLogger(__name__)
@@ -47,19 +48,18 @@ class _Pipe:
         yield from parts
 
 
-def _entries(job: dict[str, Any], jobs) -> Iterator[tuple[str, str]]:
+def _entries(job: Job, jobs) -> Iterator[tuple[str, str]]:
     """(name in the zip, bucket key) of each stored result of the job, in index order."""
-    n = int(job.get("n_items", 0))
-    for offset in range(0, n, ITEMS_PAGE):
-        for it in jobs.items(job["id"], offset, ITEMS_PAGE, n):
-            if it.get("state") == "succeeded" and it.get("key"):
-                yield f"{job['id']}/{it['key'].rsplit('/', 1)[-1]}", it["key"]
-    for field, name in (("grid_key", "grid.png"), ("manifest_key", "manifest.json")):
-        if job.get(field):
-            yield f"{job['id']}/{name}", job[field]
+    for offset in range(0, job.n_items, ITEMS_PAGE):
+        for it in jobs.items(job.id, offset, ITEMS_PAGE, job.n_items):
+            if it.state == "succeeded" and it.key:
+                yield f"{job.id}/{it.key.rsplit('/', 1)[-1]}", it.key
+    for key, name in ((job.grid_key, "grid.png"), (job.manifest_key, "manifest.json")):
+        if key:
+            yield f"{job.id}/{name}", key
 
 
-def zip_stream(store, jobs, job: dict[str, Any], chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
+def zip_stream(store, jobs, job: Job, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
     """The bytes of a zip of the job's stored results, produced piece by piece."""
     pipe = _Pipe()
     with zipfile.ZipFile(pipe, mode="w", allowZip64=True) as zf:
@@ -67,7 +67,7 @@ def zip_stream(store, jobs, job: dict[str, Any], chunk: int = CHUNK_BYTES) -> It
             try:
                 obj = store.client.get_object(Bucket=store.bucket, Key=key)
             except ClientError as exc:  # removed from the bucket since: leave it out, keep the rest
-                log.warning("zip of job %s: skipping %s (%s)", job["id"], key, exc)
+                log.warning("zip of job %s: skipping %s (%s)", job.id, key, exc)
                 continue
             info = zipfile.ZipInfo(name)
             info.compress_type = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
@@ -87,7 +87,7 @@ def download_zip(job_id: str):
     ext = current_app.extensions
     body = stream_with_context(zip_stream(ext["sdq_store"], ext["sdq_jobs"], job))
     return Response(body, mimetype="application/zip", headers={
-        "Content-Disposition": f'attachment; filename="sdq-{job["id"]}.zip"', "Cache-Control": "no-store"})
+        "Content-Disposition": f'attachment; filename="sdq-{job.id}.zip"', "Cache-Control": "no-store"})
 
 
 @bp.get("/v1/queues")

@@ -6,7 +6,8 @@ from typing import Any
 
 from celery import Celery
 
-from sdq import contract, defaults, records
+from sdq import contract, defaults
+from sdq.records import Chunk, Item, Job
 from sdq.redisconn import broker
 
 
@@ -65,35 +66,27 @@ def make_celery(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_TI
     return app
 
 
-def chunk_message(job: dict[str, Any], queue: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-    """The body of one `sdq.generate` message: items of `job` sharing all parameters."""
-    return {
-        "job": job["id"], "model": job["model"], "pipeline": job["pipeline"],
-        "queue": queue, "priority": contract.celery_priority(job.get("priority", 5)),
-        "params": items[0]["params"], "watermark": (job.get("params") or {}).get("watermark", False),
-        "requires": {k: v for k, v in (job.get("requires") or {}).items() if k == "min_memory_gb" and v},
-        "items": [records.project(it, records.MESSAGE) for it in items],
-    }
-
-
-def item_queue(job: dict[str, Any], params: dict[str, Any]) -> str:
+def item_queue(job: Job, params: dict[str, Any]) -> str:
     """The queue of an item of `job` with these parameters."""
-    req = job.get("requires") or {}
-    w, h = contract.output_size(job["pipeline"], params["width"], params["height"])
-    return contract.queue_for(req.get("device", "any"), req.get("dtype"), w * h)
+    w, h = contract.output_size(job.pipeline, params["width"], params["height"])
+    return contract.queue_for(job.requires.get("device", "any"), job.requires.get("dtype"), w * h)
 
 
-def publish_items(celery: Celery, job: dict[str, Any], items: list[dict[str, Any]]) -> int:
+def send_chunk(celery: Celery, chunk: Chunk, producer=None) -> None:
+    """Publish one `sdq.generate` message (to the worker named in `chunk.to`, else to its queue)."""
+    celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": chunk.message()}, queue=chunk.to or chunk.queue,
+                     priority=chunk.priority, producer=producer)
+
+
+def publish_items(celery: Celery, job: Job, items: list[Item]) -> int:
     """Publish `items` of `job` again (the reaper), in chunks of items sharing parameters; returns
     how many messages were sent."""
     sent = 0
-    items = sorted(items, key=lambda it: it["index"])
-    for _, group in itertools.groupby(items, key=lambda it: sorted(it["params"].items())):
+    items = sorted(items, key=lambda it: it.index)
+    for _, group in itertools.groupby(items, key=lambda it: sorted(it.params.items())):
         group = list(group)
         for start in range(0, len(group), defaults.CHUNK_MAX):
             part = group[start:start + defaults.CHUNK_MAX]
-            msg = chunk_message(job, item_queue(job, part[0]["params"]), part)
-            celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": msg}, queue=msg["queue"],
-                             priority=msg["priority"])
+            send_chunk(celery, Chunk.of(job, item_queue(job, part[0].params), part))
             sent += 1
     return sent

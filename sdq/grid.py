@@ -20,6 +20,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from sdq import defaults
+from sdq.records import Item, Job
 
 LABEL_W = 160
 """Width of the row-label column, pixels."""
@@ -39,10 +40,10 @@ def grid_key(job_id: str) -> str:
     return f"jobs/{job_id}/grid.png"
 
 
-def layout(job: dict[str, Any], n_items: int) -> tuple[int, int]:
+def layout(job: Job, n_items: int) -> tuple[int, int]:
     """(rows, columns) of the grid of a job with `n_items` items."""
-    sweep = job.get("sweep") or {}
-    per = int((job.get("params") or {}).get("images_per_prompt") or 1)
+    sweep = job.sweep or {}
+    per = int(job.params.get("images_per_prompt") or 1)
     cols = per * (len(list(sweep.values())[-1]) if sweep else 1)
     cols = max(1, min(cols, n_items))
     return math.ceil(n_items / cols), cols
@@ -65,18 +66,18 @@ def fit_cell(rows: int, cols: int, cell: tuple[int, int],
     return int(w * scale), int(h * scale)
 
 
-def cell_for(job: dict[str, Any], items: list[dict[str, Any]],
+def cell_for(job: Job, items: list[Item],
              max_pixels: int = defaults.GRID_MAX_PIXELS) -> tuple[int, int]:
     """The cell size of a job's sheet from its items' output sizes, so images can be shrunk as they load."""
     from sdq.contract import output_size
 
-    sizes = [output_size(job.get("pipeline", "txt2img"), int(it["params"]["width"]), int(it["params"]["height"]))
-             for it in items if it.get("params")] or [(64, 64)]
+    sizes = [output_size(job.pipeline, int(it.params["width"]), int(it.params["height"]))
+             for it in items if it.params] or [(64, 64)]
     rows, cols = layout(job, len(items))
     return fit_cell(rows, cols, (max(w for w, _ in sizes), max(h for _, h in sizes)), max_pixels)
 
 
-def check_fits(job: dict[str, Any], n_items: int, cell: tuple[int, int],
+def check_fits(job: Job, n_items: int, cell: tuple[int, int],
                max_pixels: int = defaults.GRID_MAX_PIXELS) -> None:
     """Raise ValueError when the grid of `n_items` cells of `cell` would need cells under `GRID_MIN_CELL`."""
     rows, cols = layout(job, n_items)
@@ -90,24 +91,24 @@ def _fmt(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
-def column_label(job: dict[str, Any], item: dict[str, Any]) -> str:
+def column_label(job: Job, item: Item) -> str:
     """Label of the column an item starts: the last sweep value and/or the sample number."""
-    sweep = job.get("sweep") or {}
-    per = int((job.get("params") or {}).get("images_per_prompt") or 1)
+    sweep = job.sweep or {}
+    per = int(job.params.get("images_per_prompt") or 1)
     parts = []
     if sweep:
         last = list(sweep)[-1]
-        parts.append(_fmt(last, (item.get("sweep") or {}).get(last)))
+        parts.append(_fmt(last, (item.sweep or {}).get(last)))
     if per > 1:
-        parts.append(f"#{item['index'] % per + 1}")
+        parts.append(f"#{item.index % per + 1}")
     return " ".join(parts)
 
 
-def row_label(job: dict[str, Any], item: dict[str, Any]) -> str:
+def row_label(job: Job, item: Item) -> str:
     """Label of the row an item starts: its prompt and the other sweep values."""
-    keys = list(job.get("sweep") or {})[:-1]
-    values = item.get("sweep") or {}
-    return "\n".join([item.get("prompt") or "", *(_fmt(k, values.get(k)) for k in keys)])
+    keys = list(job.sweep or {})[:-1]
+    values = item.sweep or {}
+    return "\n".join([item.prompt or "", *(_fmt(k, values.get(k)) for k in keys)])
 
 
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int, max_lines: int) -> list[str]:
@@ -130,10 +131,10 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int, max_lines: int
     return lines
 
 
-def make_grid(job: dict[str, Any], items: list[dict[str, Any]], images: dict[int, Image.Image],
+def make_grid(job: Job, items: list[Item], images: dict[int, Image.Image],
               max_pixels: int = defaults.GRID_MAX_PIXELS) -> Image.Image:
     """The labeled sheet of `items` (index order), at most `max_pixels`; `images` maps item index to its image."""
-    items = sorted(items, key=lambda it: it["index"])
+    items = sorted(items, key=lambda it: it.index)
     rows, cols = layout(job, len(items))
     sizes = [im.size for im in images.values()] or [(64, 64)]
     full = (max(w for w, _ in sizes), max(h for _, h in sizes))
@@ -145,7 +146,7 @@ def make_grid(job: dict[str, Any], items: list[dict[str, Any]], images: dict[int
     for pos, item in enumerate(items):
         r, c = divmod(pos, cols)
         x, y = LABEL_W + c * cell[0], LABEL_H + r * cell[1]
-        image = images.get(item["index"])
+        image = images.get(item.index)
         if image is not None:
             if cell != full:  # scaled down to fit the sheet's pixel cap
                 image = image.resize((max(1, image.width * cell[0] // full[0]),
@@ -153,7 +154,7 @@ def make_grid(job: dict[str, Any], items: list[dict[str, Any]], images: dict[int
             sheet.paste(image.convert("RGB"), (x, y))
         else:
             draw.rectangle([x, y, x + cell[0] - 1, y + cell[1] - 1], fill=MISSING)
-            draw.text((x + 2, y + 2), str(item.get("state") or "missing"), fill=(120, 0, 0), font=font)
+            draw.text((x + 2, y + 2), str(item.state or "missing"), fill=(120, 0, 0), font=font)
         if r == 0:
             lines = _wrap(draw, column_label(job, item), font, cell[0] - 4, LABEL_H // line_h)
             for i, line in enumerate(lines):

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import redis
 
 from sdq import defaults
+from sdq.records import ITEM_STATES, Item, Job
 from sdq.redisconn import text
 
 try:  # a C decoder where installed (the producer extra has it): item pages decode ~3x faster
@@ -396,9 +397,6 @@ SLICE = 500
 QUEUE_SCAN_MAX = 1000
 """Most unfinished jobs looked at when estimating a queue position."""
 
-_JSON_FIELDS = ("params", "requires", "warnings", "sweep")
-_FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "busy_s")
-_INT_FIELDS = ("n_items", "priority", "seed", "steps_done", "steps_total")
 
 
 def _job_key(job_id: str) -> str:
@@ -437,21 +435,21 @@ class JobStore:
         self._claim = client.register_script(_CLAIM)
 
     # -- producer side -------------------------------------------------------------------
-    def create(self, job: dict[str, Any], items: list[dict[str, Any]]) -> None:
+    def create(self, job: Job, items: list[Item]) -> None:
         """Record a new job and its items (all `queued`) in one transaction."""
-        job_id = job["id"]
-        fields = {k: json.dumps(v) if k in _JSON_FIELDS else v for k, v in job.items() if v is not None}
-        fields.update({f"c:{s}": 0 for s in ("running", "succeeded", "failed", "cancelled")})
+        job_id = job.id
+        fields = job.to_hash()
+        fields.update({f"c:{s}": 0 for s in ITEM_STATES})
         fields["c:queued"] = len(items)
         fields["steps_done"] = 0
-        fields["steps_total"] = sum(it["steps"] for it in items)
+        fields["steps_total"] = sum(it.steps for it in items)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(_job_key(job_id), mapping=fields)
         for start in range(0, len(items), 2000):
             chunk = items[start:start + 2000]
-            pipe.hset(_items_key(job_id), mapping={str(it["index"]): json.dumps(it) for it in chunk})
-        pipe.zadd(f"sdq:jobs:{job.get('owner', '')}", {job_id: job["created_at"]})
-        pipe.zadd(ACTIVE_KEY, {job_id: job["created_at"]})
+            pipe.hset(_items_key(job_id), mapping={str(it.index): json.dumps(it.to_record()) for it in chunk})
+        pipe.zadd(f"sdq:jobs:{job.owner}", {job_id: job.created_at})
+        pipe.zadd(ACTIVE_KEY, {job_id: job.created_at})
         pipe.expire(_job_key(job_id), defaults.JOB_TTL)
         pipe.expire(_items_key(job_id), defaults.JOB_TTL)
         pipe.execute()
@@ -462,36 +460,22 @@ class JobStore:
         self.redis.zrem(f"sdq:jobs:{owner}", job_id)
         self.redis.zrem(ACTIVE_KEY, job_id)
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        """The job record with counters, or None."""
+    def get(self, job_id: str) -> Job | None:
+        """The job with its counters, or None."""
         raw = self.redis.hgetall(_job_key(job_id))
-        if not raw:
-            return None
-        job: dict[str, Any] = {}
-        for k, v in raw.items():
-            k = text(k)
-            v = text(v)
-            if k in _JSON_FIELDS:
-                v = json.loads(v)
-            elif k in _FLOAT_FIELDS:
-                v = float(v)
-            elif k in _INT_FIELDS or k.startswith("c:"):
-                v = int(float(v))
-            job[k] = v
-        job["counts"] = {s: job.pop(f"c:{s}", 0) for s in ("queued", "running", "succeeded", "failed", "cancelled")}
-        return job
+        return Job.from_hash({text(k): text(v) for k, v in raw.items()}) if raw else None
 
-    def items(self, job_id: str, offset: int, limit: int, n_items: int) -> list[dict[str, Any]]:
+    def items(self, job_id: str, offset: int, limit: int, n_items: int) -> list[Item]:
         """Items `offset` .. `offset+limit` in index order (one HMGET, independent of job size)."""
         indices = [str(i) for i in range(offset, min(offset + limit, n_items))]
         if not indices:
             return []
-        return [_loads(raw) for raw in self.redis.hmget(_items_key(job_id), indices) if raw]
+        return [Item.from_record(_loads(raw)) for raw in self.redis.hmget(_items_key(job_id), indices) if raw]
 
-    def all_items(self, job_id: str) -> list[dict[str, Any]]:
+    def all_items(self, job_id: str) -> list[Item]:
         """Every item of a job in index order (for manifests)."""
         raw = self.redis.hgetall(_items_key(job_id))
-        return sorted((json.loads(v) for v in raw.values()), key=lambda it: it["index"])
+        return sorted((Item.from_record(_loads(v)) for v in raw.values()), key=lambda it: it.index)
 
     def list_jobs(self, owner: str, offset: int, limit: int) -> tuple[list[str], int]:
         """Job ids of `owner`, newest first, and the total count."""
@@ -530,7 +514,7 @@ class JobStore:
         raw = self.redis.hget(_job_key(job_id), "state")
         return text(raw)
 
-    def queue_position(self, job: dict[str, Any]) -> int | None:
+    def queue_position(self, job: Job) -> int | None:
         """Estimated items queued ahead of the job's first queued item (None: nothing queued).
 
         Counts the queued items of unfinished jobs that compete for the same workers (same
@@ -538,17 +522,17 @@ class JobStore:
         the same priority and created earlier. Looks at most `QUEUE_SCAN_MAX` jobs; independent
         of the number of items.
         """
-        if not job["counts"].get("queued"):
+        if not job.counts.get("queued"):
             return None
         ids = [text(i) for i in self.redis.zrange(ACTIVE_KEY, 0, QUEUE_SCAN_MAX - 1)]
         pipe = self.redis.pipeline(transaction=False)
         for other in ids:
             pipe.hmget(_job_key(other), "priority", "created_at", "c:queued", "requires")
-        device = (job.get("requires") or {}).get("device", "any")
-        mine = (int(job.get("priority", 5)), float(job["created_at"]))
+        device = job.requires.get("device", "any")
+        mine = (job.priority, job.created_at or 0.0)
         ahead, gone = 0, []
         for other, (prio, created, queued, requires) in zip(ids, pipe.execute()):
-            if other == job["id"]:
+            if other == job.id:
                 continue
             if prio is None:
                 gone.append(other)
@@ -562,17 +546,17 @@ class JobStore:
             self.redis.zrem(ACTIVE_KEY, *gone)
         return ahead
 
-    def retry(self, job_id: str) -> list[dict[str, Any]] | None:
+    def retry(self, job_id: str) -> list[Item] | None:
         """Re-queue failed and cancelled items as new attempts, in slices of `SLICE` items; returns
         them (None if no such job). Messages of their earlier attempts are dropped when delivered."""
         n = self._n_items(job_id)
         if not n and not self.redis.exists(_job_key(job_id)):
             return None
-        out: list[dict[str, Any]] = []
+        out: list[Item] = []
         for start in range(0, n, SLICE):
             raw = self._retry_slice(keys=[_job_key(job_id), _items_key(job_id)],
                                     args=[job_id, *range(start, min(n, start + SLICE))])
-            out += [json.loads(r) for r in raw or ()]
+            out += [Item.from_record(_loads(r)) for r in raw or ()]
         if out:
             self._reopen(keys=[_job_key(job_id)], args=[job_id])
         return out
@@ -632,11 +616,11 @@ class JobStore:
         out = [text(x) for x in out]
         return [(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
 
-    def item_records(self, job_id: str, indices: list[int]) -> list[dict[str, Any]]:
+    def item_records(self, job_id: str, indices: list[int]) -> list[Item]:
         """The records of these items (missing ones skipped)."""
         if not indices:
             return []
-        return [_loads(raw) for raw in self.redis.hmget(_items_key(job_id), [str(i) for i in indices]) if raw]
+        return [Item.from_record(_loads(raw)) for raw in self.redis.hmget(_items_key(job_id), [str(i) for i in indices]) if raw]
 
     # -- finalisation ----------------------------------------------------------------------
     def finalize_due(self, older_than: float) -> list[str]:
@@ -703,9 +687,9 @@ class JobStore:
         return self.redis.hget(_job_key(job_id), "cancel") in (b"1", "1")
 
     def set_field(self, job_id: str, **fields: Any) -> None:
-        """Set plain job fields (e.g. manifest key)."""
-        self.redis.hset(_job_key(job_id), mapping={k: json.dumps(v) if k in _JSON_FIELDS else v
-                                               for k, v in fields.items()})
+        """Set job fields (e.g. the manifest key), stored as `Job.to_hash` stores them."""
+        stored = Job(**fields).to_hash()
+        self.redis.hset(_job_key(job_id), mapping={k: stored[k] for k in fields})
 
     # -- read-only views for the producer ------------------------------------------------------
     def queued_items_of(self, owner: str) -> int:

@@ -12,37 +12,37 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sdq import contract, records
+from sdq import contract
 from sdq.jobstore import JobStore
 from sdq.celery_app import TASK_FINALIZE
+from sdq.records import MANIFEST, Item, Job
 
 log = logging.getLogger(__name__)
 
-def manifest(job: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
+def manifest(job: Job, items: list[Item]) -> dict[str, Any]:
     """The manifest document: everything needed to reproduce every image of the job."""
-    return {"job": records.project(job, records.MANIFEST, records.Job),
-            "items": [records.project(it, records.MANIFEST) for it in items]}
+    return {"job": job.show(MANIFEST), "items": [it.show(MANIFEST) for it in items]}
 
 
-def write_grid(store, job: dict[str, Any], items: list[dict[str, Any]]) -> str:
+def write_grid(store, job: Job, items: list[Item]) -> str:
     """Compose the job's labeled contact sheet from its stored PNGs; returns its key."""
     from PIL import Image
 
     from sdq.grid import cell_for, grid_key, make_grid
 
-    done = [it for it in items if it.get("state") == "succeeded" and it.get("key")]
+    done = [it for it in items if it.state == "succeeded" and it.key]
     cell = cell_for(job, items)  # images shrink as they load, so the sheet's cap bounds memory too
 
-    def load(it: dict[str, Any]):
-        image = Image.open(io.BytesIO(store.get(it["key"]))).convert("RGB")
+    def load(it: Item):
+        image = Image.open(io.BytesIO(store.get(it.key))).convert("RGB")
         image.thumbnail(cell)
-        return it["index"], image
+        return it.index, image
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         images = dict(pool.map(load, done))
     buf = io.BytesIO()
     make_grid(job, items, images).save(buf, format="PNG")
-    key = grid_key(job["id"])
+    key = grid_key(job.id)
     store.put(key, buf.getvalue(), content_type="image/png")
     return key
 
@@ -52,21 +52,21 @@ def finalize_job(jobs: JobStore, store, job_id: str, celery=None) -> None:
     ended. Idempotent: run by the finalize task until it succeeds (the same objects are written
     again; the webhook is queued once per job end). Raises on a storage or Redis error."""
     job = jobs.get(job_id)
-    if job is None or job.get("state") not in contract.TERMINAL_STATES:
+    if job is None or job.state not in contract.TERMINAL_STATES:
         jobs.finalized(job_id)  # gone, or re-opened by a retry: nothing to finalise now
         return
     items = jobs.all_items(job_id)
-    if (job.get("params") or {}).get("grid"):
+    if job.params.get("grid"):
         try:
-            job["grid_key"] = write_grid(store, job, items)
-            jobs.set_field(job_id, grid_key=job["grid_key"])
+            job.grid_key = write_grid(store, job, items)
+            jobs.set_field(job_id, grid_key=job.grid_key)
         except (OSError, ValueError):  # an unreadable image: the manifest and webhook still go out
             log.exception("grid of job %s failed", job_id)
     doc = manifest(job, items)
     key = contract.manifest_key(job_id)
     store.put(key, json.dumps(doc, indent=1).encode(), content_type="application/json")
     jobs.set_field(job_id, manifest_key=key)
-    if job.get("webhook_url") and celery is not None and jobs.claim_webhook(job_id):
+    if job.webhook_url and celery is not None and jobs.claim_webhook(job_id):
         celery.send_task(contract.TASK_WEBHOOK, kwargs={"job_id": job_id}, queue=contract.CONTROL_QUEUE)
     jobs.finalized(job_id)
 

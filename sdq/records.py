@@ -1,86 +1,217 @@
-"""The job and item records: every field declared once, with the documents that show it.
+"""The typed contract: a job (`Job`), its items (`Item`) and the task messages (`Chunk`).
 
-Jobs and items live in Redis (`sdq.jobstore`); documents show parts of them: the task message a
-worker receives (`MESSAGE`, items only), the status view of the HTTP API (`STATUS`), the job's
-manifest in storage (`MANIFEST`) and the webhook body (`WEBHOOK`, the job only). Adding a field
-to a document means adding it here.
+Each field is declared once, with the documents that show it: the task message a worker receives
+(`MESSAGE`), the status view of the HTTP API (`STATUS`), the job's manifest in storage
+(`MANIFEST`) and the webhook body (`WEBHOOK`). The producer builds the records from a checked
+request (`producer.jobs`); `sdq.jobstore` keeps them in Redis and hands them back as these types;
+everything else reads them by attribute. Adding a field to a document means adding it here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar, TypeVar
 
 MESSAGE, STATUS, MANIFEST, WEBHOOK = "message", "status", "manifest", "webhook"
-"""The documents that show item fields."""
+"""The documents that show record fields."""
+
+R = TypeVar("R", bound="Record")
 
 
 def _shown(*documents: str, default: Any = None) -> Any:
     return field(default=default, metadata={"documents": frozenset(documents)})
 
 
+class Record:
+    """What `Job` and `Item` share: built from a stored dict, stored as one, shown in documents."""
+
+    _names: ClassVar[frozenset[str]]
+
+    @classmethod
+    def from_record(cls: type[R], record: dict[str, Any]) -> R:
+        """The record from its stored form (fields it does not declare are left out)."""
+        return cls(**{k: v for k, v in record.items() if k in cls.names()})
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        """The declared field names."""
+        if "_names" not in cls.__dict__:
+            cls._names = frozenset(f.name for f in fields(cls))  # type: ignore[arg-type]
+        return cls._names
+
+    @classmethod
+    def undeclared(cls, record: dict[str, Any]) -> set[str]:
+        """Keys of a stored record that no field declares (a test checks there are none)."""
+        return set(record) - cls.names()
+
+    def to_record(self) -> dict[str, Any]:
+        """The stored form: every field that is set (Lua scripts read a missing field as nil)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)  # type: ignore[arg-type]
+                if getattr(self, f.name) is not None}
+
+    def show(self, document: str) -> dict[str, Any]:
+        """The part of the record `document` shows (unset fields as null)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)  # type: ignore[arg-type]
+                if document in f.metadata.get("documents", ())}
+
+
 @dataclass
-class Job:
+class Job(Record):
     """A batch of items sharing a model, a pipeline and defaults (None: not set yet)."""
 
-    id: str | None = _shown(STATUS, MANIFEST, WEBHOOK)
+    id: str = _shown(STATUS, MANIFEST, WEBHOOK, default="")
     state: str | None = _shown(STATUS, MANIFEST, WEBHOOK)
     created_at: float | None = _shown(STATUS, MANIFEST, WEBHOOK)
     started_at: float | None = _shown(STATUS, MANIFEST, WEBHOOK)
     finished_at: float | None = _shown(STATUS, MANIFEST, WEBHOOK)
-    model: str | None = _shown(STATUS, MANIFEST, WEBHOOK)
-    pipeline: str | None = _shown(STATUS, MANIFEST, WEBHOOK)
-    params: dict | None = _shown(STATUS, MANIFEST)
+    model: str = _shown(STATUS, MANIFEST, WEBHOOK, default="")
+    pipeline: str = _shown(STATUS, MANIFEST, WEBHOOK, default="")
+    params: dict = _shown(STATUS, MANIFEST, default=None)
     sweep: dict | None = _shown(STATUS, MANIFEST)
-    requires: dict | None = _shown(STATUS, MANIFEST)
-    priority: int | None = _shown(STATUS, MANIFEST, WEBHOOK)
+    requires: dict = _shown(STATUS, MANIFEST, default=None)
+    priority: int = _shown(STATUS, MANIFEST, WEBHOOK, default=5)
     seed: int | None = _shown(MANIFEST, WEBHOOK)
-    n_items: int | None = _shown(STATUS, WEBHOOK)
+    n_items: int = _shown(STATUS, WEBHOOK, default=0)
     warnings: list | None = _shown(STATUS)
-    counts: dict | None = _shown(MANIFEST, WEBHOOK)  # the status view adds its own, with progress
+    counts: dict = _shown(MANIFEST, WEBHOOK, default=None)  # by item state; the status view adds progress
     manifest_key: str | None = _shown(WEBHOOK)
     grid_key: str | None = _shown(MANIFEST, WEBHOOK)
+    owner: str = _shown(default="")  # the tenant (API token's name); "" without tokens
+    webhook_url: str | None = _shown()
+    webhook_delivered_at: float | None = _shown()
+    steps_done: int = _shown(default=0)  # denoising steps made, over all items (progress and ETA)
+    steps_total: int = _shown(default=0)
+    busy_s: float | None = _shown()  # worker seconds spent on succeeded items
+    cancel: bool = _shown(default=False)  # cancel requested (items settle as workers notice)
+    webhook_queued: bool = _shown(default=False)  # its webhook was queued for this end of the job
+
+    def __post_init__(self) -> None:
+        self.params = self.params or {}
+        self.requires = self.requires or {}
+        self.counts = self.counts or {}
+
+    def to_hash(self) -> dict[str, str | int | float]:
+        """The Redis hash of the job: JSON for structured fields, plain values for the rest."""
+        return {k: json.dumps(v) if k in _JOB_JSON else (int(v) if isinstance(v, bool) else v)
+                for k, v in self.to_record().items() if k != "counts"}
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> Job:
+        """The job from its Redis hash (decoded text; counters `c:<state>` become `counts`)."""
+        values: dict[str, Any] = {"counts": {s: int(float(raw.get(f"c:{s}", 0))) for s in ITEM_STATES}}
+        for k, v in raw.items():
+            kind = _JOB_KINDS.get(k)
+            if kind is None:
+                continue
+            values[k] = json.loads(v) if k in _JOB_JSON else kind(float(v)) if kind in (int, float) else \
+                v in ("1", "true", "True") if kind is bool else v
+        return cls(**values)
+
+
+ITEM_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+"""The states of an item, in the order of its life."""
+
+_JOB_KINDS: dict[str, type] = {  # each field's type without "| None" ("dict | None" -> dict)
+    f.name: {t.__name__: t for t in (dict, list, bool, int, float, str)}[str(f.type).split(" | ")[0]]
+    for f in fields(Job)}
+_JOB_JSON = frozenset(k for k, kind in _JOB_KINDS.items() if kind in (dict, list))
 
 
 @dataclass
-class Item:
-    """One prompt of a job and what became of it (None: not set yet, or not for this item)."""
+class Item(Record):
+    """One image of a job and what became of it (None: not set yet, or not for this item)."""
 
-    index: int | None = _shown(MESSAGE, STATUS, MANIFEST)
-    prompt: str | None = _shown(MESSAGE, STATUS, MANIFEST)
+    index: int = _shown(MESSAGE, STATUS, MANIFEST, default=0)
+    prompt: str = _shown(MESSAGE, STATUS, MANIFEST, default="")
     negative_prompt: str | None = _shown(MESSAGE, STATUS, MANIFEST)
-    seed: int | None = _shown(MESSAGE, STATUS, MANIFEST)
-    init_image: str | None = _shown(MESSAGE, STATUS, MANIFEST)
+    seed: int = _shown(MESSAGE, STATUS, MANIFEST, default=0)
+    init_image: str | None = _shown(MESSAGE, STATUS, MANIFEST)  # upload key of img2img/upscale/depth2img
     gen: int = _shown(MESSAGE, default=0)  # the attempt a message was published for: a stale one starts nothing
     cache: bool | None = _shown(MESSAGE)  # False: the item opted out of the result cache
-    params: dict | None = _shown(STATUS, MANIFEST)
-    sweep: dict | None = _shown(STATUS, MANIFEST)
-    state: str | None = _shown(STATUS, MANIFEST)
+    params: dict = _shown(STATUS, MANIFEST, default=None)
+    sweep: dict | None = _shown(STATUS, MANIFEST)  # the sweep cell this item is
+    steps: int = _shown(default=0)  # denoising steps the item counts for in the job's progress
+    state: str = _shown(STATUS, MANIFEST, default="queued")
     worker: str | None = _shown(STATUS, MANIFEST)
     device: str | None = _shown(STATUS, MANIFEST)
     dtype: str | None = _shown(STATUS, MANIFEST)
-    key: str | None = _shown(STATUS, MANIFEST)
-    url: str | None = _shown(STATUS)
+    key: str | None = _shown(STATUS, MANIFEST)  # the PNG in the bucket
+    thumb_key: str | None = _shown()  # its WebP thumbnail (none when the image fits one)
+    url: str | None = _shown(STATUS)  # filled in by the status view
     bytes: int | None = _shown(STATUS)
     duration_s: float | None = _shown(STATUS, MANIFEST)
+    timings: dict | None = _shown()  # seconds: load, generate, encode, upload
+    watermark: bool | None = _shown()  # the invisible watermark was embedded
     error: str | None = _shown(STATUS, MANIFEST)
+    last_error: str | None = _shown()  # the error of the latest attempt given back (the poison limit's)
     attempts: int | None = _shown(STATUS, MANIFEST)
+    tries: int | None = _shown()  # runs since submit or the last retry (the poison limit counts them)
     oom_retries: int | None = _shown(STATUS)
+    oom_error: str | None = _shown(MESSAGE)
     low_memory: bool | None = _shown(STATUS)
-    oom_workers: list | None = _shown(STATUS)
+    oom_workers: list | None = _shown(MESSAGE, STATUS)  # workers it ran out of memory on
     started_at: float | None = _shown(STATUS)
     finished_at: float | None = _shown(STATUS)
-    batch: int | None = _shown(STATUS)
+    batch: int | None = _shown(STATUS)  # images per pipeline call it was made in
     nsfw: bool | None = _shown(STATUS)
-    runs: list | None = _shown(STATUS, MANIFEST)
+    backup: dict | None = _shown()  # {worker, started_at} of a straggler backup run
+    runs: list | None = _shown(STATUS, MANIFEST)  # both runs of a backed-up item, and which won
     cached: bool | None = _shown(STATUS, MANIFEST)
     cached_from: dict | None = _shown(STATUS, MANIFEST)  # {job, index} of the stored result it copies
 
+    def __post_init__(self) -> None:
+        self.params = self.params or {}
 
-_FIELDS = {(record, doc): tuple((f.name, f.default) for f in fields(record) if doc in f.metadata["documents"])
-           for record in (Job, Item) for doc in (MESSAGE, STATUS, MANIFEST, WEBHOOK)}
 
+@dataclass
+class Chunk:
+    """One `sdq.generate` task message: items of one job that share every parameter."""
 
-def project(record: dict[str, Any], document: str, kind: type = Item) -> dict[str, Any]:
-    """The part of a stored record of `kind` (`Item` or `Job`) that `document` shows, missing fields
-    at their default."""
-    return {name: record.get(name, default) for name, default in _FIELDS[(kind, document)]}
+    job: str
+    model: str
+    pipeline: str
+    params: dict
+    items: list[Item]
+    queue: str | None = None  # the queue it is for (None: a message from before queues were named)
+    priority: int = 0  # Celery priority (0 first)
+    watermark: bool = False
+    requires: dict = field(default_factory=dict)  # what a worker must have ({min_memory_gb})
+    failed_on: list[str] = field(default_factory=list)  # workers an infrastructure error stopped it on
+    deferred: bool = False  # left once to a worker with the model loaded
+    deferred_at: float | None = None  # when its items were first left to faster workers
+    backup: bool = False  # a straggler backup run of its one item...
+    to: str | None = None  # ...sent to this worker's own queue
+
+    @classmethod
+    def of(cls, job: Job, queue: str, items: list[Item]) -> Chunk:
+        """The chunk of `items` of `job` (they share their parameters) for `queue`."""
+        from sdq.contract import celery_priority  # contract imports nothing of this module's
+
+        need = job.requires.get("min_memory_gb")
+        return cls(job=job.id, model=job.model, pipeline=job.pipeline, params=items[0].params, items=items,
+                   queue=queue, priority=celery_priority(job.priority), watermark=bool(job.params.get("watermark")),
+                   requires={"min_memory_gb": need} if need else {})
+
+    def message(self) -> dict[str, Any]:
+        """The JSON body of the task (items as `MESSAGE` shows them)."""
+        body = {f.name: getattr(self, f.name) for f in fields(self)}
+        body["items"] = [it.show(MESSAGE) for it in self.items]
+        return body
+
+    @classmethod
+    def from_message(cls, body: dict[str, Any]) -> Chunk:
+        """The chunk from a task body (unknown keys ignored, missing ones at their defaults)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in body.items() if k in names}
+        values["items"] = [Item.from_record(it) for it in body.get("items") or ()]
+        return cls(**values)
+
+    def with_items(self, items: list[Item], **changes: Any) -> Chunk:
+        """The same chunk holding `items` (and any other `changes`)."""
+        return replace(self, items=items, **changes)
+
+    @property
+    def indices(self) -> list[int]:
+        """The item indices it holds."""
+        return [it.index for it in self.items]
+

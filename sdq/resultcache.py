@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from sdq import defaults
+from sdq.records import Item
 
 KEY_FORMAT = "1"
 """Version of the key's recipe: a new one (new inputs, or generation code that changes the bytes)
@@ -55,9 +56,9 @@ def cache_key(maker: Maker, owner: str, pipeline: str, params: dict[str, Any], p
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def wants_cache(item: dict[str, Any]) -> bool:
+def wants_cache(item: Item) -> bool:
     """Whether an item may be answered from, and recorded in, the cache (`cache: false` opts out)."""
-    return item.get("cache") is not False
+    return item.cache is not False
 
 
 class ResultIndex:

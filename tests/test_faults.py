@@ -19,6 +19,7 @@ from sdq.client import Client
 from sdq.jobstore import FINALIZE_KEY, JobStore, events_channel
 from sdq.services import Service, Stack, wait_for
 from tests.conftest import wait_job
+from tests.support.records import undeclared_fields
 from workers.thumbs import thumb_key
 
 FAST_RECOVERY = {"SDQ_VISIBILITY_TIMEOUT": "4", "SDQ_HEARTBEAT_INTERVAL": "0.5", "SDQ_HEARTBEAT_TTL": "2",
@@ -112,7 +113,8 @@ def check_exact(fclient: Client, store, r: redis.Redis, job_id: str, n: int, tim
     assert doc["state"] == "succeeded", [(it["state"], it["worker"], it["error"], it["attempts"]) for it in doc["items"]]
     assert doc["counts"] == {"queued": 0, "running": 0, "succeeded": n, "failed": 0, "cancelled": 0}
     job = JobStore(r).get(job_id)
-    assert job["steps_done"] == job["steps_total"], job
+    assert job.steps_done == job.steps_total, job
+    assert undeclared_fields(r, job_id) == set()  # every field the workers kept is a declared one
     wait_for(lambda: r.zscore(FINALIZE_KEY, job_id) is None, "finalisation done", 60)
     keys = [k for k in store.keys(f"jobs/{job_id}/") if "/thumbs/" not in k]
     assert keys == [f"jobs/{job_id}/{i:05d}.png" for i in range(n)] + [f"jobs/{job_id}/manifest.json"]
@@ -145,7 +147,7 @@ def test_the_manifest_of_a_job_whose_finishing_worker_was_killed_is_written(flee
     fleet.release("finished")
     doc = check_exact(fclient, store, fleet.r, job_id, 2)
     assert all(it["attempts"] == 1 for it in doc["items"])  # nothing was made twice
-    assert JobStore(fleet.r).get(job_id)["manifest_key"] == f"jobs/{job_id}/manifest.json"
+    assert JobStore(fleet.r).get(job_id).manifest_key == f"jobs/{job_id}/manifest.json"
 
 
 def test_an_infrastructure_error_requeues_the_chunk_instead_of_stranding_it(fleet, fclient, store):
@@ -194,7 +196,7 @@ def test_a_hung_worker_loses_its_chunk_to_another(fleet, fclient, store):
         assert fleet.r.exists(f"sdq:worker:{hung}")  # and still in the fleet: no reaper involved
     finally:
         fleet.r.delete(f"sdq:debug:{hung}:step")  # let it go on: its late result changes nothing
-    wait_for(lambda: not (JobStore(fleet.r).get(job_id) or {}).get("counts", {}).get("running"), "settled", 10)
+    wait_for(lambda: not JobStore(fleet.r).get(job_id).counts.get("running"), "settled", 10)
     check_exact(fclient, store, fleet.r, job_id, 1)
 
 

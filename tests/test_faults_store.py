@@ -14,7 +14,9 @@ import redis
 from sdq import contract, fleet
 from sdq.jobstore import FINALIZE_KEY, SLICE, JobStore
 from sdq.celery_app import make_celery
+from sdq.records import Item, Job
 from sdq.services import Stack, free_port
+from tests.support.records import undeclared_fields
 
 PARAMS = {"width": 64, "height": 64, "steps": 4, "guidance_scale": 7.5, "scheduler": "pndm", "strength": 0.8,
           "noise_level": 20}
@@ -37,11 +39,11 @@ def jobs(r) -> JobStore:
 
 def make_job(jobs: JobStore, n: int = 2, steps: int = 4) -> str:
     job_id = uuid.uuid4().hex
-    items = [{"index": i, "prompt": f"p{i}", "negative_prompt": "", "seed": i, "init_image": None,
-              "params": {**PARAMS, "steps": steps}, "state": "queued", "steps": steps} for i in range(n)]
-    jobs.create({"id": job_id, "owner": "store-test", "state": "queued", "created_at": time.time(), "priority": 5,
-                 "n_items": n, "model": "builtin:tiny-sd", "pipeline": "txt2img", "params": {"watermark": False},
-                 "requires": {"device": "any"}}, items)
+    items = [Item(index=i, prompt=f"p{i}", negative_prompt="", seed=i, params={**PARAMS, "steps": steps},
+                  steps=steps) for i in range(n)]
+    jobs.create(Job(id=job_id, owner="store-test", state="queued", created_at=time.time(), n_items=n,
+                    model="builtin:tiny-sd", pipeline="txt2img", params={"watermark": False},
+                    requires={"device": "any"}), items)
     return job_id
 
 
@@ -50,12 +52,12 @@ def test_a_stale_message_after_cancel_and_retry_starts_nothing(jobs):
     job_id = make_job(jobs)
     assert jobs.cancel(job_id) == ("cancelled", True)
     requeued = jobs.retry(job_id)
-    assert sorted((it["index"], it["gen"]) for it in requeued) == [(0, 1), (1, 1)]
+    assert sorted((it.index, it.gen) for it in requeued) == [(0, 1), (1, 1)]
     assert jobs.start_items(job_id, [(0, 0), (1, 0)], "w-old", "cpu", "fp32") == []  # the old attempt's message
     assert jobs.start_items(job_id, [(0, 1), (1, 1)], "w-new", "cpu", "fp32") == [0, 1]
     # the old message delivered again while the new attempt runs: still nothing
     assert jobs.start_items(job_id, [(0, 0)], "w-old", "cpu", "fp32") == []
-    assert all(it["attempts"] == 1 and it["worker"] == "w-new" for it in jobs.all_items(job_id))
+    assert all(it.attempts == 1 and it.worker == "w-new" for it in jobs.all_items(job_id))
 
 
 def test_redelivered_item_does_not_count_its_lost_progress_twice(jobs):
@@ -64,12 +66,12 @@ def test_redelivered_item_does_not_count_its_lost_progress_twice(jobs):
     assert jobs.start_items(job_id, [(0, 0)], "w-dead", "cpu", "fp32") == [0]
     jobs.add_progress(job_id, [0], 7, 7, 10, "w-dead")  # the first run got 7 steps in, then was lost
     assert jobs.start_items(job_id, [(0, 0)], "w-next", "cpu", "fp32") == [0]  # redelivered
-    assert jobs.get(job_id)["steps_done"] == 0
+    assert jobs.get(job_id).steps_done == 0
     jobs.add_progress(job_id, [0], 2, 9, 10, "w-dead")  # the lost run was only hung: it counts nothing now
     jobs.add_progress(job_id, [0], 4, 4, 10, "w-next")
     assert jobs.finish_item(job_id, 0, "succeeded", {"key": "k"})
     job = jobs.get(job_id)
-    assert (job["steps_done"], job["steps_total"], job["state"]) == (10, 10, "succeeded")
+    assert (job.steps_done, job.steps_total, job.state) == (10, 10, "succeeded")
 
 
 def test_an_item_tried_max_attempts_times_is_failed_with_its_last_error(jobs):
@@ -81,10 +83,10 @@ def test_an_item_tried_max_attempts_times_is_failed_with_its_last_error(jobs):
     ended: list[str] = []
     assert jobs.start_items(job_id, [(0, 0)], "w3", "cpu", "fp32", ended.append, max_attempts=3) == []
     item = jobs.all_items(job_id)[0]
-    assert item["state"] == "failed" and "3 attempts" in item["error"] and "misaligned address" in item["error"]
-    assert ended == [job_id] and jobs.get(job_id)["state"] == "failed"
+    assert item.state == "failed" and "3 attempts" in item.error and "misaligned address" in item.error
+    assert ended == [job_id] and jobs.get(job_id).state == "failed"
     # retry runs it again, counting afresh
-    assert [it["index"] for it in jobs.retry(job_id)] == [0]
+    assert [it.index for it in jobs.retry(job_id)] == [0]
     assert jobs.start_items(job_id, [(0, 1)], "w4", "cpu", "fp32", max_attempts=3) == [0]
 
 
@@ -117,9 +119,9 @@ def test_the_reaper_requeues_the_running_items_of_a_worker_that_left_the_fleet(j
         return [m for key in r.keys(queue.encode() + b"*") for m in r.lrange(key, 0, -1)]
 
     Reaper(jobs, celery, finalized.append, interval=0).reap()
-    items = {it["index"]: it for it in jobs.all_items(job_id)}
-    assert (items[0]["state"], items[0]["gen"]) == ("queued", 1)  # a new attempt: the old message is stale
-    assert items[1]["state"] == "running"  # its worker is alive
+    items = {it.index: it for it in jobs.all_items(job_id)}
+    assert (items[0].state, items[0].gen) == ("queued", 1)  # a new attempt: the old message is stale
+    assert items[1].state == "running"  # its worker is alive
     messages = [json.loads(base64.b64decode(json.loads(m)["body"]))[1]["chunk"] for m in queued()]
     mine = [c for c in messages if c["job"] == job_id]
     assert len(mine) == 1  # (items the earlier tests left running on workers that never lived are reaped too)
@@ -148,5 +150,23 @@ def test_cancel_and_retry_of_a_big_job_run_in_bounded_slices(jobs, r, op):
     finally:
         r.config_set("slowlog-log-slower-than", 10000)
     assert len(calls) >= n // SLICE  # one short script per slice of items
-    counts = jobs.get(job_id)["counts"]
+    counts = jobs.get(job_id).counts
     assert counts["cancelled" if op == "cancel" else "queued"] == n
+
+
+def test_every_field_the_store_scripts_keep_is_declared(jobs, r):
+    """The typed contract: whatever the Lua scripts write into a job or item is a declared field."""
+    job_id = make_job(jobs, n=4)
+    assert jobs.start_items(job_id, [(0, 0), (1, 0), (2, 0)], "w1", "cpu", "fp32") == [0, 1, 2]
+    jobs.add_progress(job_id, [0, 1, 2], 1, 1, 4, "w1")
+    assert jobs.release(job_id, [2], "w1", "ConnectionError: gone") == 1
+    assert jobs.hand_off(job_id, [1], "w1", "out of memory") == [(1, 1)]
+    assert jobs.start_backup(job_id, 0, "w2") and jobs.claim_result(job_id, 0, "w2")
+    jobs.finish_item(job_id, 0, "succeeded", {"worker": "w2", "key": "k", "bytes": 1, "duration_s": 0.5,
+                                              "timings": {"generate": 0.4}, "batch": 1, "nsfw": False})
+    jobs.cancel(job_id)
+    assert jobs.retry(job_id)
+    jobs.set_field(job_id, manifest_key="m", grid_key="g", webhook_delivered_at=time.time())
+    assert jobs.claim_webhook(job_id)
+    assert undeclared_fields(r, job_id) == set()
+    assert Item.undeclared({"index": 0, "surprise": 1}) == {"surprise"}  # the check itself can fail

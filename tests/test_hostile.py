@@ -252,9 +252,10 @@ def test_grid_of_1024_large_images_fits_the_pixel_cap():
     """1,024 cells of 1024x1024 would be a 1.1-gigapixel sheet; cells shrink to fit GRID_MAX_PIXELS."""
     from sdq import defaults
     from sdq.grid import cell_for, grid_size, layout
+    from sdq.records import Item, Job
 
-    job = {"pipeline": "txt2img", "params": {"images_per_prompt": 32}}
-    items = [{"index": i, "params": {"width": 1024, "height": 1024}} for i in range(1024)]
+    job = Job(pipeline="txt2img", params={"images_per_prompt": 32})
+    items = [Item(index=i, params={"width": 1024, "height": 1024}) for i in range(1024)]
     cell = cell_for(job, items)
     rows, cols = layout(job, len(items))
     width, height = grid_size(rows, cols, cell)
@@ -266,10 +267,11 @@ def test_grid_sheet_is_built_within_its_pixel_cap():
     from PIL import Image
 
     from sdq.grid import make_grid
+    from sdq.records import Item, Job
 
     image = Image.new("RGB", (512, 512), (10, 200, 30))
-    job = {"params": {"images_per_prompt": 16}, "sweep": None}
-    items = [{"index": i, "prompt": f"p{i // 16}", "state": "succeeded"} for i in range(256)]
+    job = Job(params={"images_per_prompt": 16})
+    items = [Item(index=i, prompt=f"p{i // 16}", state="succeeded") for i in range(256)]
     sheet = make_grid(job, items, {i: image for i in range(256)}, max_pixels=4_000_000)
     assert sheet.width * sheet.height <= 4_000_000
     assert sheet.getpixel((sheet.width - 5, sheet.height - 5)) == (10, 200, 30)  # the last cell holds its image

@@ -21,6 +21,7 @@ import urllib3.util.connection
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput, WebhookFailed
 from sdq.jobstore import JobStore
+from sdq.records import Job
 from sdq.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, check_webhook_url, verify
 
 MASTER = "master-secret-for-webhooks"
@@ -76,9 +77,8 @@ def hook():
 
 def _job(jobs: JobStore, url: str, owner: str = "alice") -> str:
     job_id = uuid.uuid4().hex
-    jobs.create({"id": job_id, "owner": owner, "state": "succeeded", "created_at": time.time(), "model": "m",
-                 "pipeline": "txt2img", "params": {}, "requires": {}, "priority": 5, "n_items": 0, "seed": 1,
-                 "webhook_url": url}, [])
+    jobs.create(Job(id=job_id, owner=owner, state="succeeded", created_at=time.time(), model="m",
+                    pipeline="txt2img", seed=1, webhook_url=url), [])
     return job_id
 
 
@@ -143,7 +143,7 @@ def test_delivery_sends_host_and_tenant_signature_to_the_pinned_address(jobs, ho
     assert verify(tenant_secret(MASTER, "alice"), headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
     assert not verify(tenant_secret(MASTER, "bob"), headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
     assert not verify(MASTER, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
-    assert jobs.get(job_id).get("webhook_delivered_at")
+    assert jobs.get(job_id).webhook_delivered_at
 
 
 def test_dns_failure_at_delivery_is_retried_not_dropped(jobs, monkeypatch):

@@ -293,20 +293,20 @@ def test_jobstore_redelivered_chunk_of_a_cancelled_job_ends_it_once(stack):
     import redis
 
     from sdq.jobstore import JobStore
+    from sdq.records import Item, Job
 
     jobs = JobStore(redis.Redis.from_url(stack.env["SDQ_REDIS_URL"]))
     job_id = uuid.uuid4().hex
-    items = [{"index": i, "prompt": "p", "seed": i, "params": {}, "state": "queued", "steps": 4} for i in range(2)]
-    jobs.create({"id": job_id, "owner": "jobstore-test", "state": "queued", "created_at": time.time(),
-                 "priority": 5, "n_items": 2}, items)
+    items = [Item(index=i, prompt="p", seed=i, steps=4) for i in range(2)]
+    jobs.create(Job(id=job_id, owner="jobstore-test", state="queued", created_at=time.time(), n_items=2), items)
     ended: list[str] = []
     assert jobs.start_items(job_id, [0], "w-dead", "cpu", "fp32", ended.append) == [0]
     assert jobs.cancel(job_id) == ("running", False)  # item 0 still running: the job has not ended
-    assert jobs.get(job_id)["counts"] == {"queued": 0, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 1}
+    assert jobs.get(job_id).counts == {"queued": 0, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 1}
     assert jobs.start_items(job_id, [0], "w-other", "cpu", "fp32", ended.append) == []
-    assert ended == [job_id] and jobs.get(job_id)["state"] == "cancelled"
+    assert ended == [job_id] and jobs.get(job_id).state == "cancelled"
     assert jobs.start_items(job_id, [0], "w-other", "cpu", "fp32", ended.append) == [] and ended == [job_id]
     assert jobs.cancel(job_id) == ("cancelled", False)
-    assert sorted(it["index"] for it in jobs.retry(job_id)) == [0, 1]
-    assert jobs.get(job_id)["state"] == "queued" and jobs.get(job_id)["counts"]["queued"] == 2
+    assert sorted(it.index for it in jobs.retry(job_id)) == [0, 1]
+    assert jobs.get(job_id).state == "queued" and jobs.get(job_id).counts["queued"] == 2
     assert jobs.cancel(job_id) == ("cancelled", True)  # nothing running: this call ends it

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 from sdq import contract, fleet, scheduling, speed
-from sdq.celery_app import chunk_message
 from sdq.jobstore import JobStore
-from workers.routing import Router
+from sdq.records import Chunk
+from workers.routing import Publish, Router
 from workers.speedometer import Speedometer
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class Backups:
     """The straggler backups one worker starts when it is idle."""
 
     def __init__(self, name: str, jobs: JobStore, router: Router, speedometer: Speedometer,
-                 is_idle: Callable[[], bool], publish: Callable[[dict[str, Any]], None], queues: list[str]) -> None:
+                 is_idle: Callable[[], bool], publish: Publish, queues: list[str]) -> None:
         self.name, self.jobs, self.router, self.speedometer = name, jobs, router, speedometer
         self.is_idle, self.publish, self.queues = is_idle, publish, set(queues)
 
@@ -87,8 +88,8 @@ class Backups:
         items = self.jobs.item_records(pick.job, [pick.index])
         if not job or not items:
             return False
-        chunk = chunk_message(job, kinds[(pick.job, pick.index)]["queue"], items)
+        chunk = Chunk.of(job, kinds[(pick.job, pick.index)]["queue"], items)
         log.info("job %s item %d: running on %s, expected to end in %.1f s; backing it up here (a fresh run: %.1f s)",
                  pick.job, pick.index, pick.worker, pick.expected_end - now, fresh(pick))
-        self.publish({**chunk, "backup": True, "to": contract.worker_queue(self.name)})
+        self.publish(replace(chunk, backup=True, to=contract.worker_queue(self.name)))
         return True

@@ -14,7 +14,7 @@ from sdq import __version__, defaults, fleet
 from sdq.models import BUILTIN_MODELS, allowed_models
 from workers.device import Device
 from workers.reaper import safe_tick
-from workers.routing import release_due
+from workers.routing import Publish, release_due
 from workers.speedometer import Speedometer
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class Heartbeat(threading.Thread):
 
     def __init__(self, client: redis.Redis, capability: Capability,
                  interval: float = defaults.HEARTBEAT_INTERVAL, leases=None, reaper=None,
-                 ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Callable[[dict], None] | None = None,
+                 ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Publish | None = None,
                  backups=None) -> None:
         super().__init__(name="sdq-heartbeat", daemon=True)
         self.client, self.capability, self.interval = client, capability, interval

@@ -14,7 +14,8 @@ from sdq.config import Settings
 from sdq.redisconn import connect
 from sdq.jobstore import JobStore
 from sdq.lifecycle import finalize_job, request_finalize
-from sdq.celery_app import make_celery
+from sdq.celery_app import make_celery, send_chunk
+from sdq.records import Chunk
 from storage import ResultStore
 
 log = logging.getLogger("sdq.worker")
@@ -98,9 +99,8 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     def finalize(job_id: str) -> None:
         request_finalize(celery, job_id)
 
-    def publish(chunk: dict) -> None:  # to its queue, or to one worker's own (`to`: a straggler backup)
-        celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": chunk}, queue=chunk.get("to") or chunk["queue"],
-                         priority=chunk.get("priority"))
+    def publish(chunk: Chunk) -> None:  # to its queue, or to one worker's own (`to`: a straggler backup)
+        send_chunk(celery, chunk)
 
     uploader = Uploader(store, jobs, finalize, threads=defaults.UPLOAD_THREADS, faults=faults,
                         progress=leases.progress)

@@ -16,6 +16,7 @@ import redis
 
 from sdq import contract
 from sdq.jobstore import JobStore
+from sdq.records import Chunk, Item
 from sdq.resultcache import Maker, ResultIndex, cache_key, wants_cache
 from storage.s3 import missing
 from workers.retry import retry_redis
@@ -37,31 +38,31 @@ class CachedResults:
         self._keys: dict[tuple[str, int], str] = {}  # (job, index) -> cache key, for the current chunk
 
     # -- lookup ---------------------------------------------------------------------------------
-    def keys(self, chunk: dict[str, Any], items: list[dict[str, Any]]) -> dict[int, str]:
+    def keys(self, chunk: Chunk, items: list[Item]) -> dict[int, str]:
         """Cache keys of the `items` of `chunk` that want the cache (none when the weights are unknown)."""
         wanted = [it for it in items if wants_cache(it)]
         if not wanted:
             return {}
-        weights = self.hasher.digest(chunk["model"])
+        weights = self.hasher.digest(chunk.model)
         if weights is None:
             return {}
-        job = self.jobs.get(chunk["job"]) or {}
-        maker = Maker(chunk["model"], weights, contract.worker_kind(self.device), self.dtype, self.safety_checker)
+        job = self.jobs.get(chunk.job)
+        owner = job.owner if job is not None else ""
+        maker = Maker(chunk.model, weights, contract.worker_kind(self.device), self.dtype, self.safety_checker)
         images: dict[str, str] = {}
         out = {}
         for it in wanted:
-            image = it.get("init_image")
+            image = it.init_image
             if image and image not in images:
                 images[image] = hashlib.sha256(self.store.get(image)).hexdigest()
-            out[it["index"]] = cache_key(maker, job.get("owner", ""), chunk["pipeline"], chunk["params"],
-                                         it["prompt"], it.get("negative_prompt"), it["seed"],
-                                         images.get(image) if image else None, bool(chunk.get("watermark")))
+            out[it.index] = cache_key(maker, owner, chunk.pipeline, chunk.params, it.prompt, it.negative_prompt,
+                                      it.seed, images.get(image) if image else None, chunk.watermark)
         return out
 
-    def serve(self, chunk: dict[str, Any], todo: list[int]) -> list[int]:
+    def serve(self, chunk: Chunk, todo: list[int]) -> list[int]:
         """Answer the cached items of `todo` (claimed, `running` here); returns the ones left to run."""
-        job_id = chunk["job"]
-        by_index = {it["index"]: it for it in chunk["items"]}
+        job_id = chunk.job
+        by_index = {it.index: it for it in chunk.items}
         self._keys.clear()
         try:
             keys = self.keys(chunk, [by_index[i] for i in todo])

@@ -11,27 +11,28 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import redis
 
 from sdq import contract, defaults, fleet, scheduling, speed
 from sdq.jobstore import JobStore
+from sdq.records import Chunk, Item
 from workers.speedometer import Speedometer
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[dict[str, Any]], None]
+Publish = Callable[[Chunk], None]
 """publish(chunk): send a chunk message to its queue."""
 
 DELAYED_KEY = "sdq:delayed"
 """Sorted set of chunk messages (JSON) waiting to be published again, by due time."""
 
 
-def delay(client: redis.Redis, chunk: dict[str, Any], seconds: float) -> None:
+def delay(client: redis.Redis, chunk: Chunk, seconds: float) -> None:
     """Publish `chunk` again in `seconds` (by whichever worker's heartbeat comes first)."""
-    client.zadd(DELAYED_KEY, {json.dumps(chunk, sort_keys=True): time.time() + seconds})
+    client.zadd(DELAYED_KEY, {json.dumps(chunk.message(), sort_keys=True): time.time() + seconds})
 
 
 def release_due(client: redis.Redis, publish: Publish, limit: int = 100) -> int:
@@ -39,7 +40,7 @@ def release_due(client: redis.Redis, publish: Publish, limit: int = 100) -> int:
     sent = 0
     for raw in client.zrangebyscore(DELAYED_KEY, "-inf", time.time(), start=0, num=limit):
         if client.zrem(DELAYED_KEY, raw):
-            publish(json.loads(raw))
+            publish(Chunk.from_message(json.loads(raw)))
             sent += 1
     return sent
 
@@ -63,91 +64,91 @@ class Router:
     memory_gb: float | None = None  # the device's total memory (None: unknown)
     speedometer: Speedometer | None = None  # this worker's measured speed (None: take every chunk whole)
 
-    def refusal(self, chunk: dict[str, Any]) -> str | None:
+    def refusal(self, chunk: Chunk) -> str | None:
         """Why this worker must not run `chunk` (None: it may). A worker never runs an item it does
         not advertise: a model outside `--models`, images above `--max-pixels`, a job's
         `requires.min_memory_gb` above this device, or items it already ran out of memory on."""
-        if self.models and chunk["model"] not in self.models:
-            return f"model {chunk['model']} is not in this worker's --models"
-        p = chunk["params"]
-        w, h = contract.output_size(chunk["pipeline"], p["width"], p["height"])
+        if self.models and chunk.model not in self.models:
+            return f"model {chunk.model} is not in this worker's --models"
+        p = chunk.params
+        w, h = contract.output_size(chunk.pipeline, p["width"], p["height"])
         if w * h > self.max_pixels:
             return f"{w}x{h} images exceed this worker's --max-pixels {self.max_pixels}"
-        need = (chunk.get("requires") or {}).get("min_memory_gb")
+        need = chunk.requires.get("min_memory_gb")
         if need and self.memory_gb is not None and self.memory_gb < need:
             return f"the job needs {need} GB of device memory; this worker has {self.memory_gb:.1f} GB"
-        if any(self.name in (it.get("oom_workers") or ()) for it in chunk["items"]):
+        if any(self.name in (it.oom_workers or ()) for it in chunk.items):
             return "this worker already ran out of memory on these items"
         return None
 
-    def others(self, chunk: dict[str, Any], avoid: set[str]) -> list[dict[str, Any]]:
+    def others(self, chunk: Chunk, avoid: set[str]) -> list[dict[str, Any]]:
         """Live workers, other than `avoid`, that serve the chunk's queue and model."""
-        return [w for w in fleet.serving(fleet.live_workers(self.jobs.redis), chunk.get("queue", ""), chunk["model"])
+        return [w for w in fleet.serving(fleet.live_workers(self.jobs.redis), chunk.queue or "", chunk.model)
                 if w.get("name") not in avoid]
 
-    def wanted(self, chunk: dict[str, Any]) -> bool:
+    def wanted(self, chunk: Chunk) -> bool:
         """Whether the chunk's job still wants work: False (and its queued items cancelled when the
         job was cancelled) for a job that is gone, ended or cancelled."""
-        state, cancelled = self.jobs.job_status(chunk["job"])
+        state, cancelled = self.jobs.job_status(chunk.job)
         if state is None or state in contract.TERMINAL_STATES:
             return False
         if cancelled:
-            self.jobs.cancel_items(chunk["job"], [it["index"] for it in chunk["items"]])
+            self.jobs.cancel_items(chunk.job, chunk.indices)
             return False
         return True
 
-    def pass_on(self, chunk: dict[str, Any], reason: str) -> None:
+    def pass_on(self, chunk: Chunk, reason: str) -> None:
         """Offer `chunk` to the other workers again after `PASS_ON_DELAY` seconds, or drop it when
         its job no longer wants it."""
         if not self.wanted(chunk):
-            log.info("job %s: dropping a chunk nobody needs any more (%s)", chunk["job"], reason)
+            log.info("job %s: dropping a chunk nobody needs any more (%s)", chunk.job, reason)
             return
-        log.info("job %s: passing the chunk on: %s", chunk["job"], reason)
+        log.info("job %s: passing the chunk on: %s", chunk.job, reason)
         delay(self.jobs.redis, chunk, defaults.PASS_ON_DELAY)
 
-    def defer_to_warm(self, chunk: dict[str, Any], loaded: list[str]) -> bool:
+    def defer_to_warm(self, chunk: Chunk, loaded: list[str]) -> bool:
         """Warm-model affinity: when this worker would have to load the chunk's model while another
         live worker serving the same queue holds it loaded and was idle at its last heartbeat,
         publish the chunk again (once per chunk) for that worker and return True."""
-        model = chunk["model"]
-        if chunk.get("deferred") or "queue" not in chunk or model in loaded:
+        model = chunk.model
+        if chunk.deferred or not chunk.queue or model in loaded:
             return False
         warm = [w for w in self.others(chunk, {self.name})
                 if model in (w.get("loaded_models") or ()) and not w.get("current_item")]
         if not warm:
             return False
         log.info("job %s: model %s is warm on idle worker(s) %s; leaving the chunk to them",
-                 chunk["job"], model, ", ".join(w["name"] for w in warm))
-        self.publish({**chunk, "deferred": True})
+                 chunk.job, model, ", ".join(w["name"] for w in warm))
+        self.publish(replace(chunk, deferred=True))
         return True
 
-    def share(self, chunk: dict[str, Any]) -> int:
+    def share(self, chunk: Chunk) -> int:
         """Speed-aware claiming (`sdq.scheduling.claim_count`): how many of the chunk's items to start
         here now. The rest is published again at once for faster workers; a chunk left to them for
         `DEFER_MAX_S` seconds is run by whoever holds it."""
-        items, now = chunk["items"], time.time()
-        first = chunk.get("deferred_at") or now
-        if self.speedometer is None or "queue" not in chunk or now - first > scheduling.DEFER_MAX_S:
+        items, now = chunk.items, time.time()
+        first = chunk.deferred_at or now
+        if self.speedometer is None or not chunk.queue or now - first > scheduling.DEFER_MAX_S:
             return len(items)
-        model, pipeline, params = chunk["model"], chunk["pipeline"], chunk["params"]
-        failed_on = set(chunk.get("failed_on", ())) - {self.name}  # a faster worker that failed it is no help
-        records = [w for w in fleet.serving(fleet.live_workers(self.jobs.redis), chunk["queue"], model)
-                   if w.get("name") == self.name or (_free_for(w, chunk["job"]) and w.get("name") not in failed_on)]
+        model, pipeline, params = chunk.model, chunk.pipeline, chunk.params
+        failed_on = set(chunk.failed_on) - {self.name}  # a faster worker that failed it is no help
+        records = [w for w in fleet.serving(fleet.live_workers(self.jobs.redis), chunk.queue, model)
+                   if w.get("name") == self.name or (_free_for(w, chunk.job) and w.get("name") not in failed_on)]
         rates = speed.fleet_rates(records, model, pipeline, params)
         mine = (self.speedometer.rate(model, pipeline, params) if self.speedometer.knows(model, pipeline, params)
                 else rates.get(self.name, self.speedometer.rate(model, pipeline, params)))
         others = [(rates[w["name"]], fleet.held(w.get("current_item"), now)) for w in records if w["name"] != self.name]
-        take = scheduling.claim_count(mine, [r for r, _ in others], self.jobs.queued_count(chunk["job"]),
+        take = scheduling.claim_count(mine, [r for r, _ in others], self.jobs.queued_count(chunk.job),
                                       len(items), [b for _, b in others])
         if take < len(items):
             log.info("job %s: starting %d of %d items here (%.3g Mpx-steps/s; other workers %s); the rest goes "
-                     "back to the queue for faster workers", chunk["job"], take, len(items), mine,
+                     "back to the queue for faster workers", chunk.job, take, len(items), mine,
                      ", ".join(f"{r:.3g}" for r, _ in others))
-            self.publish({**chunk, "items": items[take:], "deferred_at": first})
+            self.publish(chunk.with_items(items[take:], deferred_at=first))
         return take
 
-    def can_hand_off(self, chunk: dict[str, Any], batch: list[dict[str, Any]]) -> bool:
+    def can_hand_off(self, chunk: Chunk, batch: list[Item]) -> bool:
         """Out of memory even in low-memory mode: may this batch go to another worker (at most
         `OOM_HAND_OFFS` workers per item, and one must be live)?"""
-        seen = {w for it in batch for w in it.get("oom_workers") or ()} | {self.name}
-        return "queue" in chunk and len(seen) <= defaults.OOM_HAND_OFFS and bool(self.others(chunk, seen))
+        seen = {w for it in batch for w in it.oom_workers or ()} | {self.name}
+        return bool(chunk.queue) and len(seen) <= defaults.OOM_HAND_OFFS and bool(self.others(chunk, seen))

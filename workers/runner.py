@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any, Callable
 
 from PIL import Image
@@ -22,6 +23,7 @@ from sdq import __version__, contract, defaults, scheduling, speed
 from sdq.exceptions import ModelError, WorkLost
 from sdq.infotext import SAMPLER_NAMES, format_infotext
 from sdq.jobstore import STOP_CANCELLED, STOP_UNWANTED, JobStore
+from sdq.records import Chunk, Item
 from sdq.speed import loop_steps
 from workers.capability import Activity
 from workers.device import Device
@@ -73,26 +75,26 @@ class StepProgress:
         return kwargs
 
 
-def infotext_for(chunk: dict[str, Any], item: dict[str, Any], size: tuple[int, int], device: Device,
+def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device,
                  worker: str, watermarked: bool = False, dtype: str | None = None,
                  nsfw: bool | None = None) -> str:
     """The A1111 infotext of one result: every parameter needed to make it again, the dtype the UNet
     ran in (`dtype`, read from the pipeline) and the safety checker's verdict (None: no checker ran)."""
-    p, task = chunk["params"], chunk["pipeline"]
+    p, task = chunk.params, chunk.pipeline
     image_size = f"{p['width']}x{p['height']}" if task == "upscale" else None
     fields: dict[str, object] = {
         "Steps": p["steps"], "Sampler": SAMPLER_NAMES.get(p["scheduler"], p["scheduler"]),
-        "CFG scale": p["guidance_scale"], "Seed": item["seed"], "Size": f"{size[0]}x{size[1]}",
-        "Model": chunk["model"], "Pipeline": task,
+        "CFG scale": p["guidance_scale"], "Seed": item.seed, "Size": f"{size[0]}x{size[1]}",
+        "Model": chunk.model, "Pipeline": task,
         "Denoising strength": p["strength"] if task in ("img2img", "depth2img") else None,
         "Noise level": p["noise_level"] if task == "upscale" else None,
-        "Init image": item.get("init_image"), "Input size": image_size,
+        "Init image": item.init_image, "Input size": image_size,
         "Watermark": watermark.LABEL if watermarked else None,
         "Safety checker": None if nsfw is None else ("flagged" if nsfw else "passed"),
-        "Device": device.device, "Dtype": dtype or device.dtype, "Worker": worker, "Job": chunk["job"],
+        "Device": device.device, "Dtype": dtype or device.dtype, "Worker": worker, "Job": chunk.job,
         "Version": f"sdq {__version__}",
     }
-    return format_infotext(item["prompt"], item.get("negative_prompt") or "", fields)
+    return format_infotext(item.prompt, item.negative_prompt or "", fields)
 
 
 class Runner:
@@ -121,11 +123,11 @@ class Runner:
         self.lost: dict[tuple[str, tuple[int, ...]], int] = {}  # chunks given back here -> pass-ons left
         self._backing_up = False  # running a straggler backup: its failures are not the item's
 
-    def run_chunk(self, chunk: dict[str, Any]) -> None:
+    def run_chunk(self, chunk: Chunk) -> None:
         """Make every still-wanted item of `chunk`; returns once all are stored. Raises `WorkLost`
         after giving the items back when an infrastructure error stopped the run."""
-        job_id = chunk["job"]
-        if chunk.get("backup"):
+        job_id = chunk.job
+        if chunk.backup:
             return self._run_backup(chunk)
         # 0. Not for this worker (model, size, memory, out of memory before), or better run by a
         #    warm one: back to the queue.
@@ -136,8 +138,8 @@ class Runner:
         if self.router.defer_to_warm(chunk, self.cache.loaded()):
             return
         if self._lost_here(chunk) and self.router.others(chunk, {self.name}):
-            failed_on = sorted({*chunk.get("failed_on", ()), self.name})  # others do not leave it to this one
-            self.router.pass_on({**chunk, "failed_on": failed_on},
+            failed_on = sorted({*chunk.failed_on, self.name})  # others do not leave it to this one
+            self.router.pass_on(replace(chunk, failed_on=failed_on),
                                 "it failed on this worker a moment ago; another worker may take it")
             return
         #    Faster workers would finish (part of) it sooner: that part goes back to the queue.
@@ -145,9 +147,9 @@ class Runner:
         if take == 0:
             time.sleep(scheduling.DEFER_PAUSE_S)  # not straight back to the chunk just left to faster workers
             return
-        chunk = {**chunk, "items": chunk["items"][:take]}
+        chunk = chunk.with_items(chunk.items[:take])
         # 1. Claim the items of this attempt (skips ones done, cancelled or superseded).
-        wanted = [(it["index"], int(it.get("gen") or 0)) for it in chunk["items"]]
+        wanted = [(it.index, int(it.gen or 0)) for it in chunk.items]
         todo = retry_redis(lambda: self.jobs.start_items(
             job_id, wanted, self.name, self.device.device, self.device.dtype,
             on_job_finished=self.finalize, max_attempts=self.max_attempts))
@@ -171,21 +173,21 @@ class Runner:
             self.leases.idle()
             self._announce()
 
-    def _current(self, chunk: dict[str, Any], todo: list[int]) -> dict[str, Any]:
+    def _current(self, chunk: Chunk, todo: list[int]) -> dict[str, Any]:
         """What the capability record says this worker is doing (what an idle worker needs to decide
         on a straggler backup): the job, its items here, and the kind of item."""
-        return {"job": chunk["job"], "items": todo, "queue": chunk.get("queue"), "model": chunk["model"],
-                "pipeline": chunk["pipeline"], "params": chunk["params"]}
+        return {"job": chunk.job, "items": todo, "queue": chunk.queue, "model": chunk.model,
+                "pipeline": chunk.pipeline, "params": chunk.params}
 
-    def _run_backup(self, chunk: dict[str, Any]) -> None:
+    def _run_backup(self, chunk: Chunk) -> None:
         """A straggler backup (`workers.backups`): run one item another worker is running; the first
         copy to store it wins (`JobStore.claim_result`), the other stops at its next step. A backup
         that fails or loses changes nothing: the item stays with its original run."""
-        job_id, index = chunk["job"], chunk["items"][0]["index"]
+        job_id, index = chunk.job, chunk.items[0].index
         record = next(iter(self.jobs.item_records(job_id, [index])), None)
-        if not record or record.get("state") != "running" or (record.get("backup") or {}).get("worker") != self.name:
+        if not record or record.state != "running" or (record.backup or {}).get("worker") != self.name:
             return
-        log.info("job %s item %d: straggler backup of the run on %s", job_id, index, record.get("worker"))
+        log.info("job %s item %d: straggler backup of the run on %s", job_id, index, record.worker)
         self.activity.current = self._current(chunk, [index])
         self._backing_up = True
         futures: list[Future] = []
@@ -201,11 +203,11 @@ class Runner:
             self.activity.current = None
             self._announce()
 
-    def _run_items(self, chunk: dict[str, Any], todo: list[int], futures: list[Future]) -> None:
+    def _run_items(self, chunk: Chunk, todo: list[int], futures: list[Future]) -> None:
         """Answer the items made before from the result cache; load the model, then generate the rest in
         micro-batches (uploads queued in `futures`)."""
-        job_id, task = chunk["job"], chunk["pipeline"]
-        by_index = {it["index"]: it for it in chunk["items"]}
+        job_id, task = chunk.job, chunk.pipeline
+        by_index = {it.index: it for it in chunk.items}
         if self.results is not None:  # items made before are copied from storage: no model load for them
             todo = self.results.serve(chunk, todo)
             if not todo:
@@ -213,7 +215,7 @@ class Runner:
         t0 = time.perf_counter()
         self.faults.hit("load")
         try:
-            pipe, loaded = self.cache.get(chunk["model"], task)
+            pipe, loaded = self.cache.get(chunk.model, task)
         except ModelError as exc:  # the model itself is wrong: nothing to retry
             self._fail(job_id, todo, str(exc))
             return
@@ -224,21 +226,21 @@ class Runner:
             if retry_redis(lambda: self.jobs.is_cancelled(job_id)):
                 self._cancel(job_id, todo[start:])
                 break
-            self.faults.hit("batch", [it["prompt"] for it in batch])
+            self.faults.hit("batch", [it.prompt for it in batch])
             futures += self._run_batch(chunk, pipe, loaded, batch, load_s)
             load_s = 0.0
 
-    def _chunk_id(self, chunk: dict[str, Any]) -> tuple[str, tuple[int, ...]]:
-        return chunk["job"], tuple(it["index"] for it in chunk["items"])
+    def _chunk_id(self, chunk: Chunk) -> tuple[str, tuple[int, ...]]:
+        return chunk.job, tuple(chunk.indices)
 
-    def _remember_lost(self, chunk: dict[str, Any]) -> None:
+    def _remember_lost(self, chunk: Chunk) -> None:
         """Remember a chunk given back after an infrastructure error here (a broken device or
         driver fails again): when it comes back, another live worker gets the first chances."""
         if len(self.lost) > 1000:
             self.lost.clear()
         self.lost[self._chunk_id(chunk)] = defaults.LOST_PASS_ONS
 
-    def _lost_here(self, chunk: dict[str, Any]) -> bool:
+    def _lost_here(self, chunk: Chunk) -> bool:
         """True (using up one of its pass-ons) for a chunk this worker gave back; after the last
         pass-on it runs the chunk again itself, so every worker failing it still ends it."""
         key = self._chunk_id(chunk)
@@ -271,26 +273,26 @@ class Runner:
         except Exception:  # noqa: BLE001 - the heartbeat publishes it again anyway
             log.warning("could not publish the capability record", exc_info=True)
 
-    def _refuse(self, chunk: dict[str, Any], reason: str) -> None:
+    def _refuse(self, chunk: Chunk, reason: str) -> None:
         """A chunk this worker may not run: pass it on, or fail it when it came back after running
         out of memory here and no other live worker can take it."""
-        avoid = {w for it in chunk["items"] for w in it.get("oom_workers") or ()}
+        avoid = {w for it in chunk.items for w in it.oom_workers or ()}
         if self.name in avoid and not self.router.others(chunk, avoid):
-            error = next((it.get("oom_error") for it in chunk["items"] if it.get("oom_error")), None) or "out of memory"
-            self._fail(chunk["job"], [it["index"] for it in chunk["items"]],
+            error = next((it.oom_error for it in chunk.items if it.oom_error), None) or "out of memory"
+            self._fail(chunk.job, chunk.indices,
                        f"{error}; no other live worker can take it (tried {', '.join(sorted(avoid))}): retry the "
                        f"job when one has joined")
             return
         self.router.pass_on(chunk, reason)
 
-    def _run_batch(self, chunk, pipe, loaded, batch: list[dict[str, Any]], load_s: float) -> list[Future]:
-        job_id, task, params = chunk["job"], chunk["pipeline"], chunk["params"]
-        indices = [it["index"] for it in batch]
+    def _run_batch(self, chunk: Chunk, pipe, loaded, batch: list[Item], load_s: float) -> list[Future]:
+        job_id, task, params = chunk.job, chunk.pipeline, chunk.params
+        indices = [it.index for it in batch]
         progress = StepProgress(self.jobs, job_id, indices, params["steps"], loop_steps(task, params),
                                 self.leases, self.faults, self.name)
         if self.activity.current is not None:
             self.activity.current.update(running=indices, since=time.time(), expected_s=round(
-                len(batch) * speed.item_work(task, params) / self.activity.speed.rate(chunk["model"], task, params), 3)
+                len(batch) * speed.item_work(task, params) / self.activity.speed.rate(chunk.model, task, params), 3)
                 if self.activity.speed is not None else None)
         t0 = time.perf_counter()
         try:
@@ -314,7 +316,7 @@ class Runner:
             return []
         gen_s = time.perf_counter() - t0
         if self.activity.speed is not None and made.images and not progress.cancelled:
-            self.activity.speed.observe(chunk["model"], task, params, len(made.images), gen_s)
+            self.activity.speed.observe(chunk.model, task, params, len(made.images), gen_s)
         if progress.unwanted:
             log.info("job %s items %s: another run stored them first; this run stopped", job_id, indices)
             return []
@@ -332,16 +334,16 @@ class Runner:
                 "batch": made.per_call, "nsfw": nsfw,
                 **made.oom_fields(),
             }
-            marked = bool(chunk.get("watermark")) and watermark.can_mark(image)
+            marked = chunk.watermark and watermark.can_mark(image)
             info = infotext_for(chunk, item, image.size, self.device, self.name, marked, made.dtype, nsfw)
-            register = self.results.registrar(job_id, item["index"]) if self.results is not None else None
-            futures.append(self.uploader.submit(job_id, item["index"], image, info, {**fields, "watermark": marked},
+            register = self.results.registrar(job_id, item.index) if self.results is not None else None
+            futures.append(self.uploader.submit(job_id, item.index, image, info, {**fields, "watermark": marked},
                                                 progress.reported, watermark.embed if marked else None, register,
                                                 claim=claim, worker=self.name))
             self.activity.items_done += 1
         return futures
 
-    def _hand_off(self, chunk: dict[str, Any], batch: list[dict[str, Any]], error: str, reported: int) -> bool:
+    def _hand_off(self, chunk: Chunk, batch: list[Item], error: str, reported: int) -> bool:
         """Out of memory even in low-memory mode: give the batch back to the queue for another
         worker, as a new attempt (at most `OOM_HAND_OFFS` workers per item). False when no other
         worker can take it. If the job was cancelled meanwhile, the batch ends `cancelled`."""
@@ -349,27 +351,27 @@ class Runner:
             return True  # a backup that ran out of memory just ends; the original run goes on
         if not self.router.can_hand_off(chunk, batch):
             return False
-        indices = [it["index"] for it in batch]
-        handed = dict(self.jobs.hand_off(chunk["job"], indices, self.name, error))
+        indices = [it.index for it in batch]
+        handed = dict(self.jobs.hand_off(chunk.job, indices, self.name, error))
         if handed:
-            items = [{**it, "gen": handed[it["index"]], "oom_workers": [*(it.get("oom_workers") or ()), self.name],
-                      "oom_error": error} for it in batch if it["index"] in handed]
-            self.router.publish({**chunk, "items": items})
+            items = [replace(it, gen=handed[it.index], oom_workers=[*(it.oom_workers or ()), self.name],
+                             oom_error=error) for it in batch if it.index in handed]
+            self.router.publish(chunk.with_items(items))
             log.warning("job %s items %s: out of memory in low-memory mode; handed to another worker",
-                        chunk["job"], list(handed))
-        elif self.jobs.is_cancelled(chunk["job"]):
-            self._cancel(chunk["job"], indices)
+                        chunk.job, list(handed))
+        elif self.jobs.is_cancelled(chunk.job):
+            self._cancel(chunk.job, indices)
         return True
 
-    def _generate(self, pipe, loaded, task: str, params: dict[str, Any], batch: list[dict[str, Any]],
+    def _generate(self, pipe, loaded, task: str, params: dict[str, Any], batch: list[Item],
                   images: list[Any] | None, progress: StepProgress) -> Generated:
         """Make `batch` with the out-of-memory fallbacks (and the testing aids' checks, if set)."""
         check = None
         if self.debug_oom_pixels or self.debug_fatal_after is not None:
             def check(n: int, low_memory: bool) -> None:
                 self._check_debug_budget(task, params, n, low_memory)
-        return generate(self.cache, pipe, loaded, task, params, [it["prompt"] for it in batch],
-                        [it.get("negative_prompt") or "" for it in batch], [it["seed"] for it in batch],
+        return generate(self.cache, pipe, loaded, task, params, [it.prompt for it in batch],
+                        [it.negative_prompt or "" for it in batch], [it.seed for it in batch],
                         images, progress, check)
 
     def _check_debug_budget(self, task: str, params: dict[str, Any], n: int, low_memory: bool) -> None:
@@ -399,8 +401,8 @@ class Runner:
             logging.shutdown()
             os._exit(defaults.FATAL_EXIT_CODE)
 
-    def _init_images(self, batch: list[dict[str, Any]]) -> list[Any]:
-        return [Image.open(io.BytesIO(self.store.get(it["init_image"]))).convert("RGB") for it in batch]
+    def _init_images(self, batch: list[Item]) -> list[Any]:
+        return [Image.open(io.BytesIO(self.store.get(it.init_image))).convert("RGB") for it in batch]
 
     def _fail(self, job_id: str, indices: list[int], error: str, steps_reported: int = 0,
               extra: dict[str, Any] | None = None) -> None:

@@ -10,6 +10,7 @@ from celery.exceptions import Reject
 from sdq import contract, defaults
 from sdq.celery_app import TASK_FINALIZE
 from sdq.exceptions import WebhookFailed
+from sdq.records import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def register(celery: Celery, runner, on_webhook: Callable[[str, int], None] | No
         # message. Any error here is an infrastructure one (item errors never escape the runner),
         # so the message goes back to its queue instead; each delivery counts an attempt.
         try:
-            runner.run_chunk(chunk)
+            runner.run_chunk(Chunk.from_message(chunk))
         except Exception as exc:  # noqa: BLE001 - see above
             log.warning("chunk of job %s delivered again after %s: %s", chunk.get("job"), type(exc).__name__, exc)
             raise Reject(exc, requeue=True) from exc

@@ -18,10 +18,10 @@ import time
 
 import urllib3
 
-from sdq import records
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput, UnresolvedHost, WebhookFailed
 from sdq.jobstore import JobStore
+from sdq.records import WEBHOOK, Job
 from sdq.webhooks import (EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Target,
                           resolve_target, sign, tenant_secret)
 
@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 RETRY_STATUSES = (408, 429)
 """4xx answers worth retrying; every 5xx is retried too."""
 
-def payload(job: dict) -> bytes:
+def payload(job: Job) -> bytes:
     """The webhook body for a finished job."""
-    return json.dumps({"event": "job.finished", "job": records.project(job, records.WEBHOOK, records.Job)}).encode()
+    return json.dumps({"event": "job.finished", "job": job.show(WEBHOOK)}).encode()
 
 
 def post_pinned(target: Target, body: bytes, headers: dict[str, str], timeout: float = 10.0) -> int:
@@ -54,11 +54,11 @@ def post_pinned(target: Target, body: bytes, headers: dict[str, str], timeout: f
 def deliver_webhook(jobs: JobStore, settings: Settings, job_id: str, attempt: int = 1) -> None:
     """POST the job summary to its webhook_url; raises WebhookFailed when the attempt is worth retrying."""
     job = jobs.get(job_id)
-    if job is None or not job.get("webhook_url"):
+    if job is None or not job.webhook_url:
         return
     # 1. Resolve once and check; the connection goes to this address.
     try:
-        target = resolve_target(job["webhook_url"], settings.webhook_allow_private)
+        target = resolve_target(job.webhook_url, settings.webhook_allow_private)
     except InvalidInput as exc:
         log.warning("webhook for job %s not sent: target refused (%s)", job_id, exc.code)
         return
@@ -70,7 +70,7 @@ def deliver_webhook(jobs: JobStore, settings: Settings, job_id: str, attempt: in
     ts = str(int(time.time()))
     headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: ts, EVENT_HEADER: "job.finished"}
     if settings.webhook_secret:
-        headers[SIGNATURE_HEADER] = sign(tenant_secret(settings.webhook_secret, job.get("owner", "")), ts, body)
+        headers[SIGNATURE_HEADER] = sign(tenant_secret(settings.webhook_secret, job.owner), ts, body)
     # 3. Deliver; retry connection errors, 5xx, 408 and 429.
     try:
         status = post_pinned(target, body, headers)

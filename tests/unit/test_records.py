@@ -1,33 +1,85 @@
-"""The item record: one declaration, three documents (task message, status view, manifest)."""
+"""The typed contract: Job, Item and Chunk declared once; the documents and stored forms follow."""
 from __future__ import annotations
 
-from sdq import records
+import json
 
-STORED = {"index": 3, "prompt": "a cat", "negative_prompt": "", "seed": 7, "init_image": None, "gen": 2,
-          "params": {"steps": 4}, "state": "succeeded", "worker": "w1", "key": "jobs/j/00003.png",
-          "thumb_key": "jobs/j/thumbs/00003.webp", "tries": 1, "backup": {"worker": "w2"}}
+from sdq import records
+from sdq.records import Chunk, Item, Job
+
+STORED = {"index": 3, "prompt": "a cat", "negative_prompt": "", "seed": 7, "gen": 2,
+          "params": {"steps": 4, "width": 64, "height": 64}, "state": "succeeded", "worker": "w1",
+          "key": "jobs/j/00003.png", "thumb_key": "jobs/j/thumbs/00003.webp", "tries": 1, "backup": {"worker": "w2"}}
 
 
 def test_the_task_message_carries_what_a_worker_needs_and_no_results():
-    msg = records.project(STORED, records.MESSAGE)
+    msg = Item.from_record(STORED).show(records.MESSAGE)
     assert msg == {"index": 3, "prompt": "a cat", "negative_prompt": "", "seed": 7, "init_image": None, "gen": 2,
-                   "cache": None}
-    assert records.project({"index": 0, "prompt": "x"}, records.MESSAGE)["gen"] == 0  # first attempt
+                   "cache": None, "oom_error": None, "oom_workers": None}
+    assert Item.from_record({"index": 0, "prompt": "x"}).gen == 0  # first attempt
 
 
 def test_status_and_manifest_show_results_but_no_internal_bookkeeping():
-    status, manifest = records.project(STORED, records.STATUS), records.project(STORED, records.MANIFEST)
+    item = Item.from_record(STORED)
+    status, manifest = item.show(records.STATUS), item.show(records.MANIFEST)
     for doc in (status, manifest):
-        assert doc["state"] == "succeeded" and doc["key"] == "jobs/j/00003.png" and doc["params"] == {"steps": 4}
-        assert not {"gen", "tries", "backup", "thumb_key"} & set(doc)
+        assert doc["state"] == "succeeded" and doc["key"] == "jobs/j/00003.png" and doc["params"]["steps"] == 4
+        assert not {"gen", "tries", "backup", "thumb_key", "steps", "timings"} & set(doc)
     assert set(manifest) < set(status)  # the manifest is the reproducible subset
     assert {"url", "bytes", "started_at", "oom_workers"} <= set(status) - set(manifest)
 
 
 def test_the_webhook_body_summarises_the_job_without_its_parameters():
-    job = {"id": "j", "state": "succeeded", "n_items": 2, "counts": {"succeeded": 2}, "params": {"steps": 4},
-           "owner": "alice", "manifest_key": "jobs/j/manifest.json"}
-    body = records.project(job, records.WEBHOOK, records.Job)
+    job = Job(id="j", state="succeeded", n_items=2, counts={"succeeded": 2}, params={"steps": 4}, owner="alice",
+              manifest_key="jobs/j/manifest.json")
+    body = job.show(records.WEBHOOK)
     assert body["id"] == "j" and body["counts"] == {"succeeded": 2} and body["manifest_key"] == "jobs/j/manifest.json"
     assert "params" not in body and "owner" not in body
-    assert "owner" not in records.project(job, records.STATUS, records.Job)  # tenants never see each other's names
+    assert "owner" not in job.show(records.STATUS)  # tenants never see each other's names
+
+
+def test_a_stored_item_round_trips_and_unset_fields_are_not_stored():
+    item = Item.from_record(STORED)
+    assert item.worker == "w1" and item.backup == {"worker": "w2"} and item.error is None
+    stored = item.to_record()
+    assert Item.from_record(json.loads(json.dumps(stored))) == item
+    assert "error" not in stored and "init_image" not in stored  # a Lua script reads a missing field as nil
+
+
+def test_undeclared_fields_are_named_and_left_out():
+    record = {**STORED, "surprise": 1}
+    assert Item.undeclared(record) == {"surprise"} and Item.undeclared(STORED) == set()
+    assert not hasattr(Item.from_record(record), "surprise")
+
+
+def test_the_job_hash_round_trips_with_its_types_and_counters():
+    job = Job(id="j", owner="bob", state="queued", created_at=12.5, model="m", pipeline="txt2img",
+              params={"steps": 4, "watermark": True}, requires={"device": "cpu"}, priority=7, n_items=3, seed=9,
+              sweep={"steps": [2, 4]})
+    stored = {k: str(v) for k, v in job.to_hash().items()}  # Redis keeps text
+    assert json.loads(stored["params"]) == job.params and stored["priority"] == "7"
+    stored.update({"c:queued": "2", "c:succeeded": "1", "cancel": "1", "busy_s": "1.5", "steps_done": "4"})
+    back = Job.from_hash(stored)
+    assert back.params == job.params and back.requires == job.requires and back.sweep == job.sweep
+    assert back.created_at == 12.5 and back.priority == 7 and back.seed == 9 and back.owner == "bob"
+    assert back.counts == {"queued": 2, "running": 0, "succeeded": 1, "failed": 0, "cancelled": 0}
+    assert back.cancel is True and back.busy_s == 1.5 and back.steps_done == 4
+
+
+def test_a_chunk_travels_as_json_and_comes_back_the_same():
+    job = Job(id="j", model="m", pipeline="img2img", params={"watermark": True}, requires={"min_memory_gb": 8},
+              priority=9)
+    items = [Item(index=i, prompt=f"p{i}", seed=i, init_image="uploads/a.png", params={"width": 64, "height": 64})
+             for i in range(2)]
+    chunk = Chunk.of(job, "sdq.cpu.s", items)
+    assert chunk.watermark and chunk.requires == {"min_memory_gb": 8} and chunk.queue == "sdq.cpu.s"
+    body = json.loads(json.dumps(chunk.message()))
+    again = Chunk.from_message(body)
+    assert again.indices == [0, 1] and again.items[1].init_image == "uploads/a.png" and again.params == items[0].params
+    assert again.priority == chunk.priority and again.job == "j" and not again.backup
+    assert not {"state", "key", "params"} & set(body["items"][0])  # items carry no results, params once
+
+
+def test_a_message_from_an_older_sender_takes_defaults_and_ignores_unknown_keys():
+    chunk = Chunk.from_message({"job": "j", "model": "m", "pipeline": "txt2img", "params": {"steps": 1},
+                                "items": [{"index": 0, "prompt": "x", "seed": 1}], "future_key": True})
+    assert chunk.queue is None and chunk.failed_on == [] and chunk.items[0].gen == 0 and not chunk.deferred

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from sdq.records import Item
 from sdq.resultcache import Maker, cache_key, wants_cache
 
 FAST = {"width": 64, "height": 64, "steps": 4}
@@ -50,32 +51,31 @@ def test_the_maker_is_in_the_key(maker):
 
 
 def test_opt_out_is_per_item():
-    assert wants_cache({"index": 0}) and wants_cache({"cache": None}) and wants_cache({"cache": True})
-    assert not wants_cache({"cache": False})
+    assert wants_cache(Item(index=0)) and wants_cache(Item(cache=None)) and wants_cache(Item(cache=True))
+    assert not wants_cache(Item(cache=False))
 
 
 def test_submit_records_the_opt_out_per_item_without_splitting_chunks():
     from producer.jobs import plan_job, route
     from producer.schemas import parse_submit
     from sdq.config import Settings
-    from sdq.celery_app import chunk_message
 
     body = {"items": [{"prompt": "a"}, {"prompt": "b", "cache": False}, {"prompt": "c"}],
             "params": {**FAST, "cache": True}}
     plan = plan_job(parse_submit(body), Settings.from_env({}), "")
-    assert [it.get("cache") for it in plan.items] == [None, False, None]
+    assert [it.cache for it in plan.items] == [None, False, None]
     fleet = [{"name": "w", "queues": ["sdq.any.any.p256"], "max_batch": 4}] * 4
     routed = route(plan, fleet)
     plain = route(plan_job(parse_submit({"prompts": ["a", "b", "c"], "params": FAST}), Settings.from_env({}), ""),
                   fleet)
     # the flag is not a generation parameter: the chunks are cut as without it
-    assert [[it["index"] for it in c] for _, c in routed] == [[it["index"] for it in c] for _, c in plain]
+    assert [c.indices for c in routed] == [c.indices for c in plain]
     assert len(routed) == 1
-    message = chunk_message(plan.job, *routed[0])
+    message = routed[0].message()
     assert [it["cache"] for it in message["items"]] == [None, False, None]
     assert "cache" not in message["params"]
     off = plan_job(parse_submit({"prompts": ["a", "b"], "params": {**FAST, "cache": False}}), Settings.from_env({}), "")
-    assert [it.get("cache") for it in off.items] == [False, False]
+    assert [it.cache for it in off.items] == [False, False]
     with pytest.raises(Exception, match="params.cache"):
         parse_submit({"prompts": ["a"], "params": {"cache": "maybe"}})
 
