@@ -82,8 +82,9 @@ class Job(Record):
     steps_done: int = _shown(default=0)  # denoising steps made, over all items (progress and ETA)
     steps_total: int = _shown(default=0)
     busy_s: float | None = _shown()  # worker seconds spent on succeeded items
-    cancel: bool = _shown(default=False)  # cancel requested (items settle as workers notice)
-    webhook_queued: bool = _shown(default=False)  # its webhook was queued for this end of the job
+    # Flags the store's scripts set (never written at submit: a flag's presence is what they test).
+    cancel: bool | None = _shown()  # cancel requested (items settle as workers notice)
+    webhook_queued: bool | None = _shown()  # its webhook was queued for this end of the job
 
     def __post_init__(self) -> None:
         self.params = self.params or {}

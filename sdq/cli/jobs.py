@@ -193,11 +193,12 @@ def _write_grid(out: Path, doc: dict[str, Any], items: list[dict[str, Any]]) -> 
     from PIL import Image
 
     from sdq.grid import make_grid
+    from sdq.records import Item, Job
 
     images = {it["index"]: Image.open(out / f"{it['index']:05d}.png").convert("RGB")
               for it in items if (out / f"{it['index']:05d}.png").exists()}
     path = out / "grid.png"
-    make_grid(doc, items, images).save(path)
+    make_grid(Job.from_record(doc), [Item.from_record(it) for it in items], images).save(path)
     return path
 
 

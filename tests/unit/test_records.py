@@ -83,3 +83,9 @@ def test_a_message_from_an_older_sender_takes_defaults_and_ignores_unknown_keys(
     chunk = Chunk.from_message({"job": "j", "model": "m", "pipeline": "txt2img", "params": {"steps": 1},
                                 "items": [{"index": 0, "prompt": "x", "seed": 1}], "future_key": True})
     assert chunk.queue is None and chunk.failed_on == [] and chunk.items[0].gen == 0 and not chunk.deferred
+
+
+def test_a_new_job_stores_no_flags_the_scripts_test_for_presence():
+    """`webhook_queued` is claimed with HSETNX and `cancel` compared to '1': a new job must not hold them."""
+    stored = Job(id="j", model="m", pipeline="txt2img", created_at=1.0).to_hash()
+    assert not {"cancel", "webhook_queued", "counts"} & set(stored)
