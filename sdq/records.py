@@ -8,9 +8,12 @@ everything else reads them by attribute. Adding a field to a document means addi
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
+
+from sdq.contract import celery_priority
 
 MESSAGE, STATUS, MANIFEST, WEBHOOK = "message", "status", "manifest", "webhook"
 """The documents that show record fields."""
@@ -51,8 +54,13 @@ class Record:
 
     def show(self, document: str) -> dict[str, Any]:
         """The part of the record `document` shows (unset fields as null)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)  # type: ignore[arg-type]
-                if document in f.metadata.get("documents", ())}
+        return {name: getattr(self, name) for name in _shown_in(type(self), document)}
+
+
+@functools.cache
+def _shown_in(record: type, document: str) -> tuple[str, ...]:
+    """The names of the fields of `record` that `document` shows, in declaration order."""
+    return tuple(f.name for f in fields(record) if document in f.metadata.get("documents", ()))
 
 
 @dataclass
@@ -186,8 +194,6 @@ class Chunk:
     @classmethod
     def of(cls, job: Job, queue: str, items: list[Item]) -> Chunk:
         """The chunk of `items` of `job` (they share their parameters) for `queue`."""
-        from sdq.contract import celery_priority  # contract imports nothing of this module's
-
         need = job.requires.get("min_memory_gb")
         return cls(job=job.id, model=job.model, pipeline=job.pipeline, params=items[0].params, items=items,
                    queue=queue, priority=celery_priority(job.priority), watermark=bool(job.params.get("watermark")),
