@@ -29,7 +29,8 @@ from typing import Any, Callable
 import redis
 
 from sdq import defaults
-from sdq.records import ITEM_STATES, Item, Job
+from sdq.contract import ITEM_STATES
+from sdq.records import Item, Job
 from sdq.redisconn import text
 
 try:  # a C decoder where installed (the producer extra has it): item pages decode ~3x faster

@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
-from sdq.contract import celery_priority
+from sdq.contract import ITEM_STATES, celery_priority
 
 MESSAGE, STATUS, MANIFEST, WEBHOOK = "message", "status", "manifest", "webhook"
 """The documents that show record fields."""
@@ -28,24 +28,16 @@ def _shown(*documents: str, default: Any = None) -> Any:
 class Record:
     """What `Job` and `Item` share: built from a stored dict, stored as one, shown in documents."""
 
-    _names: ClassVar[frozenset[str]]
-
     @classmethod
     def from_record(cls: type[R], record: dict[str, Any]) -> R:
         """The record from its stored form (fields it does not declare are left out)."""
-        return cls(**{k: v for k, v in record.items() if k in cls.names()})
-
-    @classmethod
-    def names(cls) -> frozenset[str]:
-        """The declared field names."""
-        if "_names" not in cls.__dict__:
-            cls._names = frozenset(f.name for f in fields(cls))  # type: ignore[arg-type]
-        return cls._names
+        names = _names(cls)
+        return cls(**{k: v for k, v in record.items() if k in names})
 
     @classmethod
     def undeclared(cls, record: dict[str, Any]) -> set[str]:
         """Keys of a stored record that no field declares (a test checks there are none)."""
-        return set(record) - cls.names()
+        return set(record) - _names(cls)
 
     def to_record(self) -> dict[str, Any]:
         """The stored form: every field that is set (Lua scripts read a missing field as nil)."""
@@ -55,6 +47,12 @@ class Record:
     def show(self, document: str) -> dict[str, Any]:
         """The part of the record `document` shows (unset fields as null)."""
         return {name: getattr(self, name) for name in _shown_in(type(self), document)}
+
+
+@functools.cache
+def _names(record: type) -> frozenset[str]:
+    """The declared field names of a record class."""
+    return frozenset(f.name for f in fields(record))
 
 
 @functools.cache
@@ -101,29 +99,30 @@ class Job(Record):
 
     def to_hash(self) -> dict[str, str | int | float]:
         """The Redis hash of the job: JSON for structured fields, plain values for the rest."""
-        return {k: json.dumps(v) if k in _JOB_JSON else (int(v) if isinstance(v, bool) else v)
+        return {k: json.dumps(v) if _JOB_KINDS[k] in (dict, list) else int(v) if isinstance(v, bool) else v
                 for k, v in self.to_record().items() if k != "counts"}
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> Job:
         """The job from its Redis hash (decoded text; counters `c:<state>` become `counts`)."""
-        values: dict[str, Any] = {"counts": {s: int(float(raw.get(f"c:{s}", 0))) for s in ITEM_STATES}}
-        for k, v in raw.items():
-            kind = _JOB_KINDS.get(k)
-            if kind is None:
-                continue
-            values[k] = json.loads(v) if k in _JOB_JSON else kind(float(v)) if kind in (int, float) else \
-                v in ("1", "true", "True") if kind is bool else v
+        values = {k: _decode(_JOB_KINDS[k], v) for k, v in raw.items() if k in _JOB_KINDS}
+        values["counts"] = {s: int(float(raw.get(f"c:{s}", 0))) for s in ITEM_STATES}
         return cls(**values)
-
-
-ITEM_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-"""The states of an item, in the order of its life."""
 
 _JOB_KINDS: dict[str, type] = {  # each field's type without "| None" ("dict | None" -> dict)
     f.name: {t.__name__: t for t in (dict, list, bool, int, float, str)}[str(f.type).split(" | ")[0]]
     for f in fields(Job)}
-_JOB_JSON = frozenset(k for k, kind in _JOB_KINDS.items() if kind in (dict, list))
+
+
+def _decode(kind: type, value: str) -> Any:
+    """A job hash value as its field's type."""
+    if kind in (dict, list):
+        return json.loads(value)
+    if kind in (int, float):
+        return kind(float(value))
+    if kind is bool:
+        return value in ("1", "true", "True")
+    return value
 
 
 @dataclass
