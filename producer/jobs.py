@@ -17,7 +17,7 @@ from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.grid import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
-from sdq.celery_app import send_chunk
+from sdq.celery_app import item_queue, send_chunk
 from sdq.records import Chunk, Item, Job
 from sdq.webhooks import check_webhook_url
 
@@ -157,13 +157,12 @@ def _chunks(plan: Plan, workers: list[dict[str, Any]], by_speed: bool = True):
     """Consecutive items sharing parameters, each run cut into `(queue, items)` chunks whose sizes
     follow the measured rates of the live workers serving that queue (`sdq.scheduling`; without
     `by_speed`, each worker counts as one)."""
-    req, model, pipeline = plan.job.requires, plan.job.model, plan.job.pipeline
+    model, pipeline = plan.job.model, plan.job.pipeline
     batch = max([int(w.get("max_batch") or 1) for w in workers] or [1])
     for _, group in itertools.groupby(plan.items, key=lambda it: sorted(it.params.items())):
         group = list(group)
         params = group[0].params
-        w, h = contract.output_size(pipeline, params["width"], params["height"])
-        queue = contract.queue_for(req["device"], req.get("dtype"), w * h)
+        queue = item_queue(plan.job, params)
         serving = fleet.serving(workers, queue, model)
         rates = list(speed.fleet_rates(serving, model, pipeline, params).values()) if by_speed else [1.0] * len(serving)
         start = 0

@@ -199,9 +199,9 @@ class Chunk:
                    requires={"min_memory_gb": need} if need else {})
 
     def message(self) -> dict[str, Any]:
-        """The JSON body of the task (items as `MESSAGE` shows them)."""
+        """The JSON body of the task (items as `MESSAGE` shows them, unset fields left out)."""
         body = {f.name: getattr(self, f.name) for f in fields(self)}
-        body["items"] = [it.show(MESSAGE) for it in self.items]
+        body["items"] = [{k: v for k, v in it.show(MESSAGE).items() if v is not None} for it in self.items]
         return body
 
     @classmethod

@@ -72,7 +72,7 @@ def test_submit_records_the_opt_out_per_item_without_splitting_chunks():
     assert [c.indices for c in routed] == [c.indices for c in plain]
     assert len(routed) == 1
     message = routed[0].message()
-    assert [it["cache"] for it in message["items"]] == [None, False, None]
+    assert [it.get("cache") for it in message["items"]] == [None, False, None]
     assert "cache" not in message["params"]
     off = plan_job(parse_submit({"prompts": ["a", "b"], "params": {**FAST, "cache": False}}), Settings.from_env({}), "")
     assert [it.cache for it in off.items] == [False, False]
