@@ -51,7 +51,9 @@ class Backups:
             job = cur["job"]
             if job not in drained:  # a job with queued items gives idle workers work of their own
                 drained[job] = self.jobs.queued_count(job) == 0
-            if not drained[job] or self.router.refusal({**cur, "items": []}) is not None:
+            kind = Chunk(job=job, model=cur["model"], pipeline=cur["pipeline"], params=cur["params"], items=[],
+                         queue=cur["queue"])
+            if not drained[job] or self.router.refusal(kind) is not None:
                 continue
             end = scheduling.expected_end(cur["since"], cur["expected_s"], now)
             if len(cur["running"]) == 1:  # part of a batch backed up would not end the job sooner

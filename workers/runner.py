@@ -149,7 +149,7 @@ class Runner:
             return
         chunk = chunk.with_items(chunk.items[:take])
         # 1. Claim the items of this attempt (skips ones done, cancelled or superseded).
-        wanted = [(it.index, int(it.gen or 0)) for it in chunk.items]
+        wanted = [(it.index, it.gen) for it in chunk.items]
         todo = retry_redis(lambda: self.jobs.start_items(
             job_id, wanted, self.name, self.device.device, self.device.dtype,
             on_job_finished=self.finalize, max_attempts=self.max_attempts))
