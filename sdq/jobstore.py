@@ -2,9 +2,9 @@
 
 Keys (all expire `JOB_TTL` after creation):
 
-- ``sdq:job:<id>`` hash: job fields (JSON-encoded where structured) and counters
-  ``c:<state>`` per item state, ``steps_done``/``steps_total`` for progress;
-- ``sdq:job:<id>:items`` hash: item index -> item JSON;
+- ``sdq:job:<id>`` hash: the `sdq.records.Job` fields (JSON where structured, see `Job.to_hash`)
+  and counters ``c:<state>`` per item state, ``steps_done``/``steps_total`` for progress;
+- ``sdq:job:<id>:items`` hash: item index -> `sdq.records.Item` as JSON (unset fields left out);
 - ``sdq:jobs:<owner>`` sorted set of job ids by creation time;
 - ``sdq:active`` sorted set of unfinished job ids by creation time (for queue positions);
 - ``sdq:job:<id>:prog`` hash: item index -> steps counted by its current run;
@@ -397,7 +397,6 @@ SLICE = 500
 
 QUEUE_SCAN_MAX = 1000
 """Most unfinished jobs looked at when estimating a queue position."""
-
 
 
 def _job_key(job_id: str) -> str:
