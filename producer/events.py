@@ -26,7 +26,7 @@ import redis
 from producer.status import job_view
 from sdq import contract, defaults
 from sdq.jobstore import JobStore, events_channel
-from sdq.records import Job
+from sdq.records import Item, Job
 
 KEEPALIVE_S = 15.0
 """Seconds between keep-alive comments on an idle stream."""
@@ -83,8 +83,10 @@ def stream(client: redis.Redis, jobs: JobStore, store, job_id: str, keepalive: f
                 continue
             event = json.loads(msg["data"])
             name, data = event.get("event"), event.get("data") or {}
-            if name == "item.finished" and data.get("state") == "succeeded" and data.get("key"):
-                data["url"] = store.url(data["key"])
+            if name == "item.finished":
+                item = Item.from_record(data)
+                if item.state == "succeeded" and item.key:
+                    data["url"] = store.url(item.key)
             last_sent = now
             yield sse(name, data)
             if name == "job.finished":

@@ -30,7 +30,7 @@ import redis
 
 from sdq import defaults
 from sdq.contract import ITEM_STATES
-from sdq.records import Item, Job
+from sdq.records import EVENT, Item, Job, shown_in
 from sdq.redisconn import text
 
 try:  # a C decoder where installed (the producer extra has it): item pages decode ~3x faster
@@ -39,6 +39,9 @@ except ImportError:  # pragma: no cover - the standard library is enough, only s
     _loads = json.loads
 
 EVENTS = ("item.started", "item.progress", "item.finished", "job.finished")
+
+_ITEM_FINISHED = "{" + ", ".join(f"{name} = it.{name}" for name in shown_in(Item, EVENT)) + "}"
+"""The Lua table of an `item.finished` event: the item's fields that `EVENT` shows."""
 
 _LUA_COMMON = """
 local function bump(job, from, to)
@@ -101,9 +104,9 @@ local function settle(job, items, job_id, it, state, now, error)
   it.state = state; it.finished_at = tonumber(now)
   if error then it.error = error end
   redis.call('HSET', items, tostring(it.index), cjson.encode(it))
-  emit(job_id, 'item.finished', {index = it.index, state = state, error = error})
+  emit(job_id, 'item.finished', ITEM_FINISHED)
 end
-"""
+""".replace("ITEM_FINISHED", _ITEM_FINISHED)
 
 # KEYS: job, items. ARGV: job_id, worker, device, dtype, now, max_attempts, then (index, gen) pairs.
 # Starts the items whose attempt identity (`gen`) matches the message's: a message left over from
@@ -177,10 +180,9 @@ add_steps(job, it.steps - take_progress(job, it.index))
 if state == 'succeeded' and it.duration_s then
   redis.call('HINCRBYFLOAT', job, 'busy_s', it.duration_s)
 end
-emit(job_id, 'item.finished', {index = it.index, state = state, key = it.key, seed = it.seed,
-  worker = it.worker, duration_s = it.duration_s, error = it.error, cached = it.cached})
+emit(job_id, 'item.finished', ITEM_FINISHED)
 return maybe_finish(job, job_id, now)
-"""
+""".replace("ITEM_FINISHED", _ITEM_FINISHED)
 
 # KEYS: job. ARGV: none. Sets the cancel flag; returns the state, or nil for no such job.
 _CANCEL_BEGIN = """

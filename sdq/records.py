@@ -2,9 +2,10 @@
 
 Each field is declared once, with the documents that show it: the task message a worker receives
 (`MESSAGE`), the status view of the HTTP API (`STATUS`), the job's manifest in storage
-(`MANIFEST`) and the webhook body (`WEBHOOK`). The producer builds the records from a checked
-request (`producer.jobs`); `sdq.jobstore` keeps them in Redis and hands them back as these types;
-everything else reads them by attribute. Adding a field to a document means adding it here.
+(`MANIFEST`), the webhook body (`WEBHOOK`) and the `item.finished` event (`EVENT`). The producer
+builds the records from a checked request (`producer.jobs`); `sdq.jobstore` keeps them in Redis
+and hands them back as these types; everything else reads them by attribute. Adding a field to
+a document means adding it here.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 from sdq.contract import ITEM_STATES, celery_priority
 
-MESSAGE, STATUS, MANIFEST, WEBHOOK = "message", "status", "manifest", "webhook"
+MESSAGE, STATUS, MANIFEST, WEBHOOK, EVENT = "message", "status", "manifest", "webhook", "event"
 """The documents that show record fields."""
 
 R = TypeVar("R", bound="Record")
@@ -46,7 +47,7 @@ class Record:
 
     def show(self, document: str) -> dict[str, Any]:
         """The part of the record `document` shows (unset fields as null)."""
-        return {name: getattr(self, name) for name in _shown_in(type(self), document)}
+        return {name: getattr(self, name) for name in shown_in(type(self), document)}
 
 
 @functools.cache
@@ -56,7 +57,7 @@ def _names(record: type) -> frozenset[str]:
 
 
 @functools.cache
-def _shown_in(record: type, document: str) -> tuple[str, ...]:
+def shown_in(record: type, document: str) -> tuple[str, ...]:
     """The names of the fields of `record` that `document` shows, in declaration order."""
     return tuple(f.name for f in fields(record) if document in f.metadata.get("documents", ()))
 
@@ -129,28 +130,28 @@ def _decode(kind: type, value: str) -> Any:
 class Item(Record):
     """One image of a job and what became of it (None: not set yet, or not for this item)."""
 
-    index: int = _shown(MESSAGE, STATUS, MANIFEST, default=0)
+    index: int = _shown(MESSAGE, STATUS, MANIFEST, EVENT, default=0)
     prompt: str = _shown(MESSAGE, STATUS, MANIFEST, default="")
     negative_prompt: str | None = _shown(MESSAGE, STATUS, MANIFEST)
-    seed: int = _shown(MESSAGE, STATUS, MANIFEST, default=0)
+    seed: int = _shown(MESSAGE, STATUS, MANIFEST, EVENT, default=0)
     init_image: str | None = _shown(MESSAGE, STATUS, MANIFEST)  # upload key of img2img/upscale/depth2img
     gen: int = _shown(MESSAGE, default=0)  # the attempt a message was published for: a stale one starts nothing
     cache: bool | None = _shown(MESSAGE)  # False: the item opted out of the result cache
     params: dict = _shown(STATUS, MANIFEST, default=None)
     sweep: dict | None = _shown(STATUS, MANIFEST)  # the sweep cell this item is
     steps: int = _shown(default=0)  # denoising steps the item counts for in the job's progress
-    state: str = _shown(STATUS, MANIFEST, default="queued")
-    worker: str | None = _shown(STATUS, MANIFEST)
+    state: str = _shown(STATUS, MANIFEST, EVENT, default="queued")
+    worker: str | None = _shown(STATUS, MANIFEST, EVENT)
     device: str | None = _shown(STATUS, MANIFEST)
     dtype: str | None = _shown(STATUS, MANIFEST)
-    key: str | None = _shown(STATUS, MANIFEST)  # the PNG in the bucket
+    key: str | None = _shown(STATUS, MANIFEST, EVENT)  # the PNG in the bucket
     thumb_key: str | None = _shown()  # its WebP thumbnail (none when the image fits one)
     url: str | None = _shown(STATUS)  # filled in by the status view
     bytes: int | None = _shown(STATUS)
-    duration_s: float | None = _shown(STATUS, MANIFEST)
+    duration_s: float | None = _shown(STATUS, MANIFEST, EVENT)
     timings: dict | None = _shown()  # seconds: load, generate, encode, upload
     watermark: bool | None = _shown()  # the invisible watermark was embedded
-    error: str | None = _shown(STATUS, MANIFEST)
+    error: str | None = _shown(STATUS, MANIFEST, EVENT)
     last_error: str | None = _shown()  # the error of the latest attempt given back (the poison limit's)
     attempts: int | None = _shown(STATUS, MANIFEST)
     tries: int | None = _shown()  # runs since submit or the last retry (the poison limit counts them)
@@ -164,7 +165,7 @@ class Item(Record):
     nsfw: bool | None = _shown(STATUS)
     backup: dict | None = _shown()  # {worker, started_at} of a straggler backup run
     runs: list | None = _shown(STATUS, MANIFEST)  # both runs of a backed-up item, and which won
-    cached: bool | None = _shown(STATUS, MANIFEST)
+    cached: bool | None = _shown(STATUS, MANIFEST, EVENT)
     cached_from: dict | None = _shown(STATUS, MANIFEST)  # {job, index} of the stored result it copies
 
     def __post_init__(self) -> None:

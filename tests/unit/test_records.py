@@ -92,3 +92,13 @@ def test_a_new_job_stores_no_flags_the_scripts_test_for_presence():
     """`webhook_queued` is claimed with HSETNX and `cancel` compared to '1': a new job must not hold them."""
     stored = Job(id="j", model="m", pipeline="txt2img", created_at=1.0).to_hash()
     assert not {"cancel", "webhook_queued", "counts"} & set(stored)
+
+
+def test_the_item_finished_event_is_built_by_the_store_from_the_declaration():
+    """The Lua scripts' `item.finished` table lists exactly the fields `EVENT` shows."""
+    from sdq import jobstore
+
+    named = {part.split(" = ")[0] for part in jobstore._ITEM_FINISHED.strip("{}").split(", ")}
+    assert named == set(records.shown_in(Item, records.EVENT)) == {"index", "seed", "state", "worker", "key",
+                                                                   "duration_s", "error", "cached"}
+    assert "ITEM_FINISHED" not in jobstore._FINISH + jobstore._LUA_COMMON  # the placeholder was filled in
