@@ -95,3 +95,19 @@ def test_worker_with_a_bad_timing_stops_at_start_naming_it():
     out = subprocess.run([sys.executable, "-m", "sdq.cli", "worker", "--device", "cpu"], capture_output=True,
                          text=True, timeout=120, cwd=ROOT, env=env)
     assert out.returncode == 2 and "sdq worker: SDQ_STALL_TIMEOUT='10s' is not a number" in out.stderr, out.stderr
+
+
+def test_demo_runs_the_example_prompts_on_a_private_stack_and_stops_it(tmp_path):
+    """`make demo`'s command: its own stack (Redis, S3, producer, a worker), every example prompt
+    made and downloaded with a gallery, exit 0, and nothing of the stack left running."""
+    prompts = [line for line in (ROOT / "examples/prompts.txt").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    out = subprocess.run([sys.executable, "-m", "sdq.cli", "demo", "--workers", "1", "--steps", "2", "--size", "64",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env=os.environ.copy())
+    assert out.returncode == 0, out.stderr
+    (job_dir,) = tmp_path.iterdir()
+    assert len(list(job_dir.glob("*.png"))) == len(prompts) and (job_dir / "index.html").exists()
+    assert f"open {job_dir / 'index.html'}" in out.stderr
+    leftover = subprocess.run(["pgrep", "-f", "sdq-demo-"], capture_output=True, text=True).stdout.split()
+    assert not leftover, f"processes of the demo's stack still running: {leftover}"
