@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator
 
 import redis
 
-from sdq import contract
 from sdq.client import Client
 from sdq.jobstore import JobStore
 from sdq.services import LOCAL_AWS, Stack, free_port, wait_for

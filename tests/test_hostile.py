@@ -10,7 +10,6 @@ import time
 import tracemalloc
 
 import pytest
-import redis
 import requests
 
 from producer import create_app
