@@ -86,3 +86,8 @@ class OutOfMemory(SdqError, MemoryError):
 class WorkLost(SdqError):
     """A chunk's run stopped on an infrastructure error (Redis, S3, device): its items were given
     back and its message must be delivered again, not acknowledged."""
+
+
+class BadMessage(SdqError):
+    """A task body that is not an sdq chunk: dropped with an error, never delivered again (it would
+    fail the same way every time)."""

@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
-from sdq.contract import ITEM_STATES, celery_priority
+from sdq.contract import ITEM_STATES, PIPELINES, celery_priority
+from sdq.exceptions import BadMessage
 
 MESSAGE, STATUS, MANIFEST, WEBHOOK, EVENT = "message", "status", "manifest", "webhook", "event"
 """The documents that show record fields."""
@@ -206,8 +207,10 @@ class Chunk:
         return body
 
     @classmethod
-    def from_message(cls, body: dict[str, Any]) -> Chunk:
-        """The chunk from a task body (unknown keys ignored, missing ones at their defaults)."""
+    def from_message(cls, body: Any) -> Chunk:
+        """The chunk from a task body (unknown keys ignored, missing optional ones at their defaults);
+        `BadMessage` naming what is wrong when the body is not a chunk."""
+        _check_message(body)
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in body.items() if k in names}
         values["items"] = [Item.from_record(it) for it in body.get("items") or ()]
@@ -222,3 +225,27 @@ class Chunk:
         """The item indices it holds."""
         return [it.index for it in self.items]
 
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_message(body: Any) -> None:
+    """Raise `BadMessage` unless `body` has what a worker reads before it claims the items."""
+    if not isinstance(body, dict):
+        raise BadMessage(f"a chunk is a JSON object, not {type(body).__name__}")
+    for key in ("job", "model"):
+        if not isinstance(body.get(key), str) or not body[key]:
+            raise BadMessage(f"{key!r} must be a non-empty string, not {body.get(key)!r:.80}")
+    if body.get("pipeline") not in PIPELINES:
+        raise BadMessage(f"'pipeline' must be one of {', '.join(PIPELINES)}, not {body.get('pipeline')!r:.80}")
+    params = body.get("params")
+    if not isinstance(params, dict) or not all(_is_int(params.get(k), 1) for k in ("width", "height", "steps")):
+        raise BadMessage(f"'params' must hold positive integers width, height and steps, not {params!r:.120}")
+    items = body.get("items")
+    if not isinstance(items, list) or not items:
+        raise BadMessage(f"'items' must be a non-empty list, not {items!r:.80}")
+    for it in items:
+        if not isinstance(it, dict) or not _is_int(it.get("index")) or not _is_int(it.get("gen", 0)) \
+                or not isinstance(it.get("prompt", ""), str):
+            raise BadMessage(f"an item needs an integer index (and gen) and a text prompt, not {it!r:.120}")

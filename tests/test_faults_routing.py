@@ -14,7 +14,7 @@ from PIL import Image
 
 from sdq.client import Client
 from sdq.services import Stack, wait_for
-from tests.conftest import wait_job
+from tests.conftest import FAST, wait_job
 from tests.test_faults import FAST_RECOVERY, WARM
 
 
@@ -100,3 +100,26 @@ def test_out_of_memory_hand_off_of_a_cancelled_job_ends_its_items(stack_factory)
         assert doc["state"] == "cancelled" and doc["items"][0]["state"] == "cancelled", doc
     finally:
         st.stop()
+
+
+def test_a_task_message_that_is_no_chunk_is_dropped_once_and_the_worker_goes_on(stack, client):
+    """A broken or hostile sender: each malformed `sdq.generate` body is logged and dropped (not
+    delivered again forever), and the same worker then makes a real job."""
+    from sdq import contract
+    from sdq.celery_app import make_celery
+
+    worker = "w-main"
+    before = log_text(stack, worker).count("dropping a task message that is not an sdq chunk")
+    bad = ["nonsense", {"job": 7}, {"job": "j", "model": "m", "pipeline": "txt2img", "params": {"width": "64"},
+                                    "items": [{"index": 0}]}]
+    celery = make_celery(stack.env["SDQ_REDIS_URL"])
+    for body in bad:
+        celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": body}, queue=contract.queue_for("any", None, 64 * 64))
+    wait_for(lambda: log_text(stack, worker).count("dropping a task message that is not an sdq chunk")
+             >= before + len(bad), "every bad message dropped", 60)
+    job_id = client.submit({"prompts": ["after the bad ones"], "params": FAST})["id"]
+    assert wait_job(client, job_id)["state"] == "succeeded"
+    log = log_text(stack, worker)
+    assert log.count("dropping a task message that is not an sdq chunk") == before + len(bad), log[-3000:]
+    for words in ("a chunk is a JSON object, not str", "'job' must be a non-empty string", "'params' must hold"):
+        assert words in log

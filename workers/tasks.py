@@ -9,7 +9,7 @@ from celery.exceptions import Reject
 
 from sdq import contract, defaults
 from sdq.celery_app import TASK_FINALIZE
-from sdq.exceptions import WebhookFailed
+from sdq.exceptions import BadMessage, WebhookFailed
 from sdq.records import Chunk
 
 log = logging.getLogger(__name__)
@@ -24,9 +24,14 @@ def register(celery: Celery, runner, on_webhook: Callable[[str, int], None] | No
         # message. Any error here is an infrastructure one (item errors never escape the runner),
         # so the message goes back to its queue instead; each delivery counts an attempt.
         try:
-            runner.run_chunk(Chunk.from_message(chunk))
+            parsed = Chunk.from_message(chunk)
+        except BadMessage as exc:  # delivered again, it would fail the same way every time
+            log.error("dropping a task message that is not an sdq chunk: %s", exc)
+            return
+        try:
+            runner.run_chunk(parsed)
         except Exception as exc:  # noqa: BLE001 - see above
-            log.warning("chunk of job %s delivered again after %s: %s", chunk.get("job"), type(exc).__name__, exc)
+            log.warning("chunk of job %s delivered again after %s: %s", parsed.job, type(exc).__name__, exc)
             raise Reject(exc, requeue=True) from exc
 
     # Celery retries both with its own exponential backoff (1, 2, 4, ... s, full jitter, capped).

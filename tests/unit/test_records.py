@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import re
+
+import pytest
 
 from sdq import records
+from sdq.exceptions import BadMessage
 from sdq.records import Chunk, Item, Job
 
 STORED = {"index": 3, "prompt": "a cat", "negative_prompt": "", "seed": 7, "gen": 2,
@@ -71,8 +75,8 @@ def test_the_job_hash_round_trips_with_its_types_and_counters():
 def test_a_chunk_travels_as_json_and_comes_back_the_same():
     job = Job(id="j", model="m", pipeline="img2img", params={"watermark": True}, requires={"min_memory_gb": 8},
               priority=9)
-    items = [Item(index=i, prompt=f"p{i}", seed=i, init_image="uploads/a.png", params={"width": 64, "height": 64})
-             for i in range(2)]
+    items = [Item(index=i, prompt=f"p{i}", seed=i, init_image="uploads/a.png",
+                  params={"width": 64, "height": 64, "steps": 4, "strength": 0.5}) for i in range(2)]
     chunk = Chunk.of(job, "sdq.cpu.s", items)
     assert chunk.watermark and chunk.requires == {"min_memory_gb": 8} and chunk.queue == "sdq.cpu.s"
     body = json.loads(json.dumps(chunk.message()))
@@ -83,7 +87,8 @@ def test_a_chunk_travels_as_json_and_comes_back_the_same():
 
 
 def test_a_message_from_an_older_sender_takes_defaults_and_ignores_unknown_keys():
-    chunk = Chunk.from_message({"job": "j", "model": "m", "pipeline": "txt2img", "params": {"steps": 1},
+    chunk = Chunk.from_message({"job": "j", "model": "m", "pipeline": "txt2img",
+                                "params": {"steps": 1, "width": 8, "height": 8},
                                 "items": [{"index": 0, "prompt": "x", "seed": 1}], "future_key": True})
     assert chunk.queue is None and chunk.failed_on == [] and chunk.items[0].gen == 0 and not chunk.deferred
 
@@ -102,3 +107,33 @@ def test_the_item_finished_event_is_built_by_the_store_from_the_declaration():
     assert named == set(records.shown_in(Item, records.EVENT)) == {"index", "seed", "state", "worker", "key",
                                                                    "duration_s", "error", "cached"}
     assert "ITEM_FINISHED" not in jobstore._FINISH + jobstore._LUA_COMMON  # the placeholder was filled in
+
+
+GOOD = {"job": "j", "model": "m", "pipeline": "txt2img", "params": {"width": 64, "height": 64, "steps": 2},
+        "items": [{"index": 0, "prompt": "x", "seed": 1}]}
+
+
+@pytest.mark.parametrize("body, words", [
+    ("nonsense", "a chunk is a JSON object, not str"),
+    ([GOOD], "not list"),
+    ({**GOOD, "job": 7}, "'job' must be a non-empty string"),
+    ({**GOOD, "model": ""}, "'model' must be a non-empty string"),
+    ({**GOOD, "pipeline": "inpaint"}, "'pipeline' must be one of"),
+    ({**GOOD, "params": {"width": "64", "height": 64, "steps": 2}}, "'params' must hold positive integers"),
+    ({**GOOD, "params": {"width": 64, "height": 64, "steps": True}}, "'params' must hold positive integers"),
+    ({**GOOD, "items": []}, "'items' must be a non-empty list"),
+    ({**GOOD, "items": [{"index": "0", "prompt": "x"}]}, "an item needs an integer index"),
+    ({**GOOD, "items": [{"index": 0, "prompt": "x", "gen": -1}]}, "an item needs an integer index"),
+    ({**GOOD, "items": [{"index": 0, "prompt": None}]}, "a text prompt"),
+])
+def test_a_body_that_is_no_chunk_is_named_not_half_parsed(body, words):
+    with pytest.raises(BadMessage, match=re.escape(words)):
+        Chunk.from_message(body)
+
+
+def test_every_chunk_the_contract_builds_passes_the_message_check():
+    chunk = Chunk.of(Job(id="j", model="m", pipeline="img2img"), "q",
+                     [Item(index=i, prompt="p", params={"width": 64, "height": 64, "steps": 3, "strength": 0.5})
+                      for i in range(3)])
+    assert Chunk.from_message(json.loads(json.dumps(chunk.message()))).indices == [0, 1, 2]
+    assert Chunk.from_message(GOOD).items[0].seed == 1
