@@ -33,28 +33,22 @@ class Record:
     @classmethod
     def from_record(cls: type[R], record: dict[str, Any]) -> R:
         """The record from its stored form (fields it does not declare are left out)."""
-        names = _names(cls)
+        names = cls.__dataclass_fields__  # type: ignore[attr-defined]
         return cls(**{k: v for k, v in record.items() if k in names})
 
     @classmethod
     def undeclared(cls, record: dict[str, Any]) -> set[str]:
         """Keys of a stored record that no field declares (a test checks there are none)."""
-        return set(record) - _names(cls)
+        return set(record) - set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
 
     def to_record(self) -> dict[str, Any]:
         """The stored form: every field that is set (Lua scripts read a missing field as nil)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)  # type: ignore[arg-type]
-                if getattr(self, f.name) is not None}
+        return {k: v for k in self.__dataclass_fields__  # type: ignore[attr-defined]
+                if (v := getattr(self, k)) is not None}
 
     def show(self, document: str) -> dict[str, Any]:
         """The part of the record `document` shows (unset fields as null)."""
         return {name: getattr(self, name) for name in shown_in(type(self), document)}
-
-
-@functools.cache
-def _names(record: type) -> frozenset[str]:
-    """The declared field names of a record class."""
-    return frozenset(f.name for f in fields(record))
 
 
 @functools.cache
@@ -211,8 +205,7 @@ class Chunk:
         """The chunk from a task body (unknown keys ignored, missing optional ones at their defaults);
         `BadMessage` naming what is wrong when the body is not a chunk."""
         _check_message(body)
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in body.items() if k in names}
+        values = {k: v for k, v in body.items() if k in cls.__dataclass_fields__}
         values["items"] = [Item.from_record(it) for it in body.get("items") or ()]
         return cls(**values)
 
