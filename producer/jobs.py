@@ -12,13 +12,15 @@ from celery import Celery
 
 from producer.schemas import ITEM_PARAM_KEYS, SubmitRequest
 from producer.sweep import check_sweep, combinations, count as sweep_count
-from sdq import contract, defaults, fleet, scheduling, speed
+from sdq import contract, defaults
+from sdq.celery_app import item_queue, send_chunk
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
-from sdq.grid import GRID_MAX_ITEMS, check_fits
+from sdq.gridlayout import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
-from sdq.celery_app import item_queue, send_chunk
 from sdq.records import Chunk, Item, Job
+from sdq.scheduling import scheduling, speed
+from sdq.state import fleet
 from sdq.webhooks import check_webhook_url
 
 DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper()) for key in ITEM_PARAM_KEYS}
@@ -155,7 +157,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
 
 def _chunks(plan: Plan, workers: list[dict[str, Any]], by_speed: bool = True):
     """Consecutive items sharing parameters, each run cut into `(queue, items)` chunks whose sizes
-    follow the measured rates of the live workers serving that queue (`sdq.scheduling`; without
+    follow the measured rates of the live workers serving that queue (`sdq.scheduling.scheduling`; without
     `by_speed`, each worker counts as one)."""
     model, pipeline = plan.job.model, plan.job.pipeline
     batch = max([int(w.get("max_batch") or 1) for w in workers] or [1])

@@ -6,7 +6,7 @@ from typing import Any
 
 from sdq import defaults
 from sdq.exceptions import TooManyRequests
-from sdq.jobstore import JobStore
+from sdq.state.store import JobStore
 
 
 def owner_of(tokens: dict[str, str], presented: str) -> str | None:

@@ -11,11 +11,14 @@ from typing import Iterator
 import pytest
 import redis
 
-from sdq import contract, fleet
-from sdq.jobstore import FINALIZE_KEY, SLICE, JobStore
+from sdq import contract
 from sdq.celery_app import make_celery
+from sdq.cli.services import Stack, free_port
 from sdq.records import Item, Job
-from sdq.services import Stack, free_port
+from sdq.state import fleet
+from sdq.state.jobs import SLICE
+from sdq.state.keys import FINALIZE_KEY
+from sdq.state.store import JobStore
 from tests.support.records import undeclared_fields
 
 PARAMS = {"width": 64, "height": 64, "steps": 4, "guidance_scale": 7.5, "scheduler": "pndm", "strength": 0.8,

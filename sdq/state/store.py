@@ -1,0 +1,13 @@
+"""`JobStore`: job and item state in Redis, both sides of it over one connection.
+
+The producer's side (`sdq.state.jobs`) and the worker's side (`sdq.state.runs`) are written apart;
+producer, workers, reaper and tests hold one `JobStore` and use the part they need.
+"""
+from __future__ import annotations
+
+from sdq.state.jobs import Jobs
+from sdq.state.runs import Runs
+
+
+class JobStore(Jobs, Runs):
+    """Job and item records in Redis. Pass the connection in."""
