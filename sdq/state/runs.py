@@ -35,8 +35,9 @@ class Runs(ScriptedStore):
         is called (finalisation)."""
         pairs = [(it, 0) if isinstance(it, int) else it for it in items]
         args = [a for index, gen in pairs for a in (index, gen)]
-        out = [int(i) for i in self.scripts["start"](keys=keys.job_script_keys(job_id),
-                                                     args=[job_id, worker, device, dtype, time.time(), max_attempts, *args])]
+        started = self.scripts["start"](keys=keys.job_script_keys(job_id),
+                                        args=[job_id, worker, device, dtype, time.time(), max_attempts, *args])
+        out = [int(i) for i in started]
         if out and out[-1] == -1:
             out.pop()
             if on_job_finished is not None:

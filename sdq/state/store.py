@@ -8,6 +8,9 @@ from __future__ import annotations
 from sdq.state.jobs import Jobs
 from sdq.state.runs import Runs
 
+EVENTS = ("item.started", "item.progress", "item.finished", "job.finished")
+"""The events the store publishes on a job's channel (`sdq.state.keys.events_channel`)."""
+
 
 class JobStore(Jobs, Runs):
     """Job and item records in Redis. Pass the connection in."""
