@@ -10,14 +10,13 @@ import redis
 from celery.signals import worker_ready
 
 from sdq import contract, defaults
+from sdq.celery_app import make_celery, request_finalize, send_chunk
 from sdq.config import Settings
+from sdq.records import Chunk
 from sdq.state.redisconn import connect
 from sdq.state.store import JobStore
-from workers.finalize import finalize_job
-from sdq.celery_app import request_finalize
-from sdq.celery_app import make_celery, send_chunk
-from sdq.records import Chunk
 from storage import ResultStore
+from workers.finalize import finalize_job
 
 log = logging.getLogger("sdq.worker")
 
