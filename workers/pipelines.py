@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sdq import defaults
+from sdq import defaults, pipelines
 from sdq.exceptions import ModelError, OutOfMemory
 from sdq.models import STORE_PREFIX, model_kind
 from workers import builtin, checkpoints
@@ -42,35 +42,18 @@ def is_fatal_device_error(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(word in str(exc) for word in STICKY_DEVICE_ERRORS))
 
 
-SCHEDULER_CLASSES = {
-    "pndm": "PNDMScheduler", "plms": "PNDMScheduler", "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
-    "dpmpp_2m": "DPMSolverMultistepScheduler", "lms": "LMSDiscreteScheduler",
-    "ddpm": "DDPMScheduler", "heun": "HeunDiscreteScheduler", "unipc": "UniPCMultistepScheduler",
-}
-"""Scheduler name (`contract.SCHEDULERS`) -> diffusers class, built with `from_config` of the model's own config."""
-
-TASK_CLASSES = {
-    "txt2img": "StableDiffusionPipeline",
-    "img2img": "StableDiffusionImg2ImgPipeline",
-    "upscale": "StableDiffusionUpscalePipeline",
-    "depth2img": "StableDiffusionDepth2ImgPipeline",
-}
-"""Pipeline name -> diffusers pipeline class."""
-
-
 def make_scheduler(name: str, config: dict[str, Any]):
     """A fresh scheduler of the named kind, from the model's saved scheduler config."""
     import diffusers
 
-    return getattr(diffusers, SCHEDULER_CLASSES[name]).from_config(config)
+    return getattr(diffusers, pipelines.SCHEDULERS[name].diffusers_class).from_config(config)
 
 
 def warm_imports() -> None:
     """Import the pipeline classes now, so a worker's first item does not pay seconds of lazy imports."""
     import diffusers
 
-    for name in (*TASK_CLASSES.values(), *set(SCHEDULER_CLASSES.values())):
+    for name in sorted(pipelines.pipeline_classes() | {s.diffusers_class for s in pipelines.SCHEDULERS.values()}):
         getattr(diffusers, name)
 
 
@@ -83,6 +66,7 @@ class Loaded:
     scheduler_config: dict[str, Any]
     tasks: dict[str, Any] = field(default_factory=dict)
     schedulers: dict[str, Any] = field(default_factory=dict)
+    family: str = pipelines.SD  # which class of each pipeline spec runs it
     low_memory: bool = False  # on for good once it was what made a call fit (its modules are shared)
     offloaded: Any = None  # the pipeline whose model-offload hooks the shared modules carry (CUDA)
 
@@ -184,7 +168,7 @@ class PipelineCache:
     def images_per_call(self, task: str) -> int | None:
         """Most images one call of `task` may make (None: the whole micro-batch). The x4 upscaler's
         VAE decodes in fp32 at 4x the size: one image per call unless the operator allows more."""
-        return self.upscale_batch if task == "upscale" else None
+        return self.upscale_batch if pipelines.spec(task).limit_batch else None
 
     def _load_with_room(self, model_id: str) -> Loaded:
         """Load a model; out of memory while other models are loaded: evict them all, try once more.
@@ -355,7 +339,10 @@ class PipelineCache:
         dtype casts the shared modules to fp32 in place)."""
         import diffusers
 
-        cls = getattr(diffusers, TASK_CLASSES[task])
+        name = pipelines.spec(task).class_for(entry.family)
+        if name is None:
+            raise ModelError(f"model {entry.model_id!r} ({entry.family} family) cannot run pipeline {task!r}")
+        cls = getattr(diffusers, name)
         if isinstance(entry.base, cls):
             return entry.base
         try:
@@ -377,4 +364,4 @@ def _pipeline_class_name(config: Path) -> str:
     import json
 
     name = json.loads((config / "model_index.json").read_text(encoding="utf-8")).get("_class_name", "")
-    return name if name in TASK_CLASSES.values() else "StableDiffusionPipeline"
+    return name if name in pipelines.pipeline_classes() else "StableDiffusionPipeline"
