@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from sdq.exceptions import ModelError
-from sdq.models import builtin_path
+from sdq.sources import builtin_path
 from workers import builtin, checkpoints, simulate
 from workers.device import Device, bf16_native
 from workers.generation import generate

@@ -14,8 +14,9 @@ import torch
 
 from sdq import defaults, pipelines
 from sdq.exceptions import ModelError, OutOfMemory
-from sdq.models import STORE_PREFIX, model_kind
-from workers import builtin, checkpoints
+from sdq.sources import single_file_config, source_for
+from workers import checkpoints
+from workers.sources import WorkerFetcher
 from workers.device import Device
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class PipelineCache:
         self.low_memory = low_memory
         self.safety_checker = safety_checker
         self.upscale_batch = max(1, upscale_batch)
+        self.fetcher = WorkerFetcher(self.models_dir, store, half=device.torch_dtype != torch.float32)
         self._models: OrderedDict[str, Loaded] = OrderedDict()
         self._lock = threading.RLock()
         if low_memory and device.kind == "cpu":
@@ -190,7 +192,7 @@ class PipelineCache:
     def _load(self, model_id: str) -> Loaded:
         """Load and place a model; any failure raises ModelError (or OutOfMemory) with nothing left
         behind: the half-built pipeline is dropped and its memory freed before the error leaves."""
-        log.info("loading model %s (%s) on %s/%s", model_id, model_kind(model_id), self.device.device,
+        log.info("loading model %s (%s) on %s/%s", model_id, source_for(model_id).kind, self.device.device,
                  self.device.dtype)
         try:
             pipe = self._open(model_id)
@@ -212,22 +214,10 @@ class PipelineCache:
         raise error
 
     def _open(self, model_id: str):
-        import diffusers
-
-        kind, dtype = model_kind(model_id), self.device.torch_dtype
-        if kind == "builtin":
-            try:
-                path = builtin.ensure_builtin(self.models_dir, model_id.removeprefix(builtin.BUILTIN_PREFIX))
-            except KeyError:
-                raise ModelError(f"unknown built-in model {model_id!r}") from None
-            return self._from_folder(path, dtype)
-        if kind == "store":
-            return self._load_from_store(model_id.removeprefix(STORE_PREFIX), dtype)
-        if kind == "folder":
-            return self._from_folder(Path(model_id).expanduser(), dtype)
-        if kind == "file":
-            return self._load_single_file(model_id, dtype)
-        return self._from_folder(self._hub_folder(model_id), dtype)
+        """The model's pipeline from the local path its source opens (fetched or built first)."""
+        path = source_for(model_id).open(self.fetcher)
+        dtype = self.device.torch_dtype
+        return self._load_single_file(str(path), dtype) if path.is_file() else self._from_folder(path, dtype)
 
     def _from_folder(self, folder: Path, dtype: torch.dtype):
         """A diffusers folder: the fp16 weight variant when it helps, and components whose class
@@ -239,38 +229,6 @@ class PipelineCache:
         variant = checkpoints.choose_variant(folder, half=dtype != torch.float32)
         folder = checkpoints.with_current_classes(folder, self.models_dir / "views")
         return diffusers.DiffusionPipeline.from_pretrained(folder, dtype=dtype, variant=variant)
-
-    def _hub_folder(self, repo_id: str) -> Path:
-        """A Hugging Face repo id: its snapshot folder, from the local cache when it is there (no
-        network), else downloaded unless HF_HUB_OFFLINE is set. The fp16 weights where the repo has
-        them and the worker computes in half precision, else the full weights."""
-        import diffusers
-        from huggingface_hub import constants
-
-        cache = str(self.models_dir / "hub")
-        variants = [checkpoints.FP16_VARIANT, None] if self.device.torch_dtype != torch.float32 else [None]
-        for local_only in (True, False):
-            if not local_only:
-                if constants.HF_HUB_OFFLINE:
-                    raise ModelError(f"model {repo_id!r} is not in the local cache {cache} and HF_HUB_OFFLINE is "
-                                     f"set, so it cannot be downloaded")
-                log.info("model %s is not cached in %s: downloading it from the hub", repo_id, cache)
-            for variant in variants:
-                try:
-                    return Path(diffusers.DiffusionPipeline.download(
-                        repo_id, cache_dir=cache, local_files_only=local_only, variant=variant))
-                except (OSError, ValueError) as exc:  # not cached, or no such variant
-                    log.debug("%s (variant %s, local only %s): %s", repo_id, variant, local_only, exc)
-        raise ModelError(f"model {repo_id!r} could not be found in {cache} or on the hub")
-
-    def _load_from_store(self, name: str, dtype: torch.dtype):
-        """A model pushed to the bucket: pulled into the local cache once (verified), then loaded."""
-        from storage.models import pull
-
-        if self.store is None:
-            raise ModelError(f"store:{name}: this worker has no bucket to pull models from")
-        path = pull(self.store, name, self.models_dir)
-        return self._load_single_file(str(path), dtype) if path.is_file() else self._from_folder(path, dtype)
 
     def _load_single_file(self, path: str, dtype: torch.dtype):
         """A single checkpoint in the original (LDM) layout, with its architecture from a local config
@@ -351,13 +309,6 @@ class PipelineCache:
             raise ModelError(f"model {entry.model_id!r} cannot run pipeline {task!r}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
         return pipe
-
-def single_file_config(file: Path) -> Path | None:
-    """The local diffusers config folder of a single checkpoint file: a folder beside it named like
-    the file without its suffix (`sd-v1-4.safetensors` -> `sd-v1-4/`) holding `model_index.json` and
-    each component's config (weights are not needed). None when there is none."""
-    folder = file.with_suffix("")
-    return folder if (folder / "model_index.json").is_file() else None
 
 
 def _pipeline_class_name(config: Path) -> str:
