@@ -15,6 +15,10 @@ from sdq import defaults
 
 SD = "sd"
 """The Stable Diffusion 1.x/2.x family (a 4-channel UNet, one CLIP text encoder)."""
+SD_UPSCALE = "sd-upscale"
+"""The x4 upscaler (a 7-channel UNet conditioned on the low-resolution image)."""
+SD_DEPTH = "sd-depth"
+"""Stable Diffusion 2 depth (a 5-channel UNet conditioned on a depth map)."""
 
 
 @dataclass(frozen=True)
@@ -137,10 +141,10 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
                  doc="an image from a prompt"),
     PipelineSpec("img2img", {SD: "StableDiffusionImg2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
                  steps_scaled_by="strength", doc="a prompt applied to an init image"),
-    PipelineSpec("upscale", {SD: "StableDiffusionUpscalePipeline"}, images=(INIT_IMAGE,), params=(NOISE_LEVEL,),
+    PipelineSpec("upscale", {SD_UPSCALE: "StableDiffusionUpscalePipeline"}, images=(INIT_IMAGE,), params=(NOISE_LEVEL,),
                  scale=4, default_side=defaults.UPSCALE_SIDE, legacy_callback=True, limit_batch=True,
                  doc="the init image at 4x its size (width and height give the input size)"),
-    PipelineSpec("depth2img", {SD: "StableDiffusionDepth2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
+    PipelineSpec("depth2img", {SD_DEPTH: "StableDiffusionDepth2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
                  steps_scaled_by="strength", doc="img2img that keeps the init image's depth map"),
 )}
 """Every pipeline the API knows, by name."""
@@ -170,6 +174,16 @@ def all_params() -> dict[str, Param]:
 def all_images() -> dict[str, ImageInput]:
     """Every image input by request field."""
     return {i.field: i for s in SPECS.values() for i in s.images}
+
+
+def pipelines_for(family: str) -> tuple[str, ...]:
+    """The pipelines a model of `family` runs: the specs with a class for it."""
+    return tuple(name for name, s in SPECS.items() if family in s.classes)
+
+
+def family_of_class(class_name: str) -> str | None:
+    """The family a diffusers pipeline class belongs to (a model's `_class_name`), or None."""
+    return next((fam for s in SPECS.values() for fam, cls in s.classes.items() if cls == class_name), None)
 
 
 def pipeline_classes() -> set[str]:

@@ -199,7 +199,8 @@ class PipelineCache:
             pipe.set_progress_bar_config(disable=True)
             if not self.safety_checker and getattr(pipe, "safety_checker", None) is not None:
                 pipe.safety_checker = None  # the operator turned it off (--no-safety-checker)
-            entry = Loaded(model_id, pipe, dict(pipe.scheduler.config))
+            family = pipelines.family_of_class(type(pipe).__name__) or pipelines.SD
+            entry = Loaded(model_id, pipe, dict(pipe.scheduler.config), family=family)
             self._place(entry)
             return entry
         except ModelError as exc:

@@ -81,3 +81,12 @@ def test_schedulers_have_one_table():
 
     assert contract.SCHEDULERS == tuple(pipelines.SCHEDULERS)
     assert {SCHEDULER_OF_SAMPLER[s.sampler] for s in pipelines.SCHEDULERS.values()} == set(pipelines.SCHEDULERS)
+
+
+def test_a_builtin_serves_the_pipelines_its_family_has_a_class_for():
+    from sdq.models import BUILTIN_MODELS
+
+    assert BUILTIN_MODELS["builtin:tiny-upscaler"] == ("upscale",)
+    assert BUILTIN_MODELS["builtin:tiny-depth"] == ("depth2img",)
+    assert {"txt2img", "img2img"} <= set(BUILTIN_MODELS["builtin:tiny-sd"])
+    assert pipelines.family_of_class("StableDiffusionPipeline") == pipelines.SD
