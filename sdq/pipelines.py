@@ -135,6 +135,7 @@ STRENGTH = Param("strength", float, 0, 1, defaults.STRENGTH, infotext="Denoising
 NOISE_LEVEL = Param("noise_level", int, 0, 350, defaults.NOISE_LEVEL, infotext="Noise level",
                     doc="noise the x4 upscaler adds to its input (its `max_noise_level` is 350)")
 INIT_IMAGE = ImageInput("init_image", "image", infotext="Init image", sets_size=True)
+MASK_IMAGE = ImageInput("mask_image", "mask_image", mode="L", infotext="Mask image", same_size_as="init_image")
 
 SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("txt2img", {SD: "StableDiffusionPipeline"}, passes_size=True,
@@ -146,6 +147,9 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
                  doc="the init image at 4x its size (width and height give the input size)"),
     PipelineSpec("depth2img", {SD_DEPTH: "StableDiffusionDepth2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
                  steps_scaled_by="strength", doc="img2img that keeps the init image's depth map"),
+    PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline"}, images=(INIT_IMAGE, MASK_IMAGE),
+                 params=(STRENGTH,), steps_scaled_by="strength",
+                 doc="the white part of a mask repainted over the init image (the mask is made single-channel)"),
 )}
 """Every pipeline the API knows, by name."""
 
