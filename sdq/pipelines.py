@@ -8,7 +8,7 @@ tests.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sdq import defaults
@@ -23,7 +23,8 @@ SD_DEPTH = "sd-depth"
 
 @dataclass(frozen=True)
 class Param:
-    """A pipeline-specific item parameter: its type, range, default and how infotext labels it."""
+    """A pipeline-specific item parameter: its type, range (checked at submit by the request schema,
+    `producer.schemas`), default and how infotext labels it."""
 
     name: str
     kind: type
@@ -33,12 +34,6 @@ class Param:
     infotext: str | None = None
     """A1111 infotext label the value is written under (None: not written)."""
     doc: str = ""
-
-    def check(self, value: Any) -> Any:
-        """`value` if it is within range; ValueError naming the parameter and the value otherwise."""
-        if value is not None and not self.low <= value <= self.high:
-            raise ValueError(f"{self.name} must be between {self.low:g} and {self.high:g}, got {value!r}")
-        return value
 
     def parse(self, text: str) -> Any:
         """The value read back from infotext."""
@@ -202,8 +197,6 @@ class Scheduler:
     name: str
     diffusers_class: str
     sampler: str
-    config: dict[str, Any] = field(default_factory=dict)
-    """Overrides of the model's scheduler config (none needed so far)."""
 
 
 SCHEDULERS: dict[str, Scheduler] = {s.name: s for s in (
