@@ -13,6 +13,7 @@ import redis
 from sdq import __version__, defaults
 from sdq.models import BUILTIN_MODELS, allowed_models
 from sdq.state import fleet
+from sdq.pipelines import PIPELINES
 from workers.device import Device
 from workers.backups import Backups
 from workers.leases import Leases
@@ -51,7 +52,7 @@ class Capability:
         """Pipelines some allowed model of this worker can run."""
         out: list[str] = []
         for model in self.models:
-            for p in BUILTIN_MODELS.get(model, ("txt2img", "img2img", "upscale", "depth2img")):
+            for p in BUILTIN_MODELS.get(model, PIPELINES):
                 if p not in out:
                     out.append(p)
         return out
