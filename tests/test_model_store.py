@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdq.client import Client
+from sdq.cli.client import Client
 from sdq.exceptions import ModelError
 from sdq.models import builtin_path, model_kind
 from storage.models import pull, push

@@ -10,8 +10,9 @@ from typing import Any, Callable
 
 import redis
 
-from sdq import __version__, defaults, fleet
+from sdq import __version__, defaults
 from sdq.models import BUILTIN_MODELS, allowed_models
+from sdq.state import fleet
 from workers.device import Device
 from workers.reaper import safe_tick
 from workers.routing import Publish, release_due

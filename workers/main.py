@@ -10,13 +10,13 @@ import redis
 from celery.signals import worker_ready
 
 from sdq import contract, defaults
+from sdq.celery_app import make_celery, request_finalize, send_chunk
 from sdq.config import Settings
-from sdq.redisconn import connect
-from sdq.jobstore import JobStore
-from sdq.lifecycle import finalize_job, request_finalize
-from sdq.celery_app import make_celery, send_chunk
 from sdq.records import Chunk
+from sdq.state.redisconn import connect
+from sdq.state.store import JobStore
 from storage import ResultStore
+from workers.finalize import finalize_job
 
 log = logging.getLogger("sdq.worker")
 
@@ -78,7 +78,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     queues = contract.queues_for_worker(device.device, device.dtype, max_pixels) + [contract.CONTROL_QUEUE]
 
     # 2. Services, then every part of the worker, each given what it uses.
-    from sdq.resultcache import ResultIndex
+    from sdq.state.resultindex import ResultIndex
     from workers.pipelines import PipelineCache, warm_imports
     from workers.resultcache import CachedResults
     from workers.runner import Runner

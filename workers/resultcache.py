@@ -15,9 +15,9 @@ from typing import Any, Callable
 import redis
 
 from sdq import contract
-from sdq.jobstore import JobStore
 from sdq.records import Chunk, Item
-from sdq.resultcache import Maker, ResultIndex, cache_key, wants_cache
+from sdq.state.resultindex import Maker, ResultIndex, cache_key, wants_cache
+from sdq.state.store import JobStore
 from storage.s3 import missing
 from workers.retry import retry_redis
 from workers.thumbs import thumb_key

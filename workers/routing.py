@@ -16,18 +16,18 @@ from typing import Any, Callable
 
 import redis
 
-from sdq import contract, defaults, fleet, scheduling, speed
-from sdq.jobstore import JobStore
+from sdq import contract, defaults
 from sdq.records import Chunk, Item
+from sdq.scheduling import scheduling, speed
+from sdq.state import fleet
+from sdq.state.keys import DELAYED_KEY
+from sdq.state.store import JobStore
 from workers.speedometer import Speedometer
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Chunk], None]
 """publish(chunk): send a chunk message to its queue."""
-
-DELAYED_KEY = "sdq:delayed"
-"""Sorted set of chunk messages (JSON) waiting to be published again, by due time."""
 
 
 def delay(client: redis.Redis, chunk: Chunk, seconds: float) -> None:
@@ -123,7 +123,7 @@ class Router:
         return True
 
     def share(self, chunk: Chunk) -> int:
-        """Speed-aware claiming (`sdq.scheduling.claim_count`): how many of the chunk's items to start
+        """Speed-aware claiming (`sdq.scheduling.scheduling.claim_count`): how many of the chunk's items to start
         here now. The rest is published again at once for faster workers; a chunk left to them for
         `DEFER_MAX_S` seconds is run by whoever holds it."""
         items, now = chunk.items, time.time()

@@ -19,12 +19,14 @@ from PIL import Image
 
 import redis
 
-from sdq import __version__, contract, defaults, scheduling, speed
+from sdq import __version__, contract, defaults
 from sdq.exceptions import ModelError, WorkLost
 from sdq.infotext import SAMPLER_NAMES, format_infotext
-from sdq.jobstore import STOP_CANCELLED, STOP_UNWANTED, JobStore
 from sdq.records import Chunk, Item
-from sdq.speed import loop_steps
+from sdq.scheduling import scheduling, speed
+from sdq.scheduling.speed import loop_steps
+from sdq.state.runs import STOP_CANCELLED, STOP_UNWANTED
+from sdq.state.store import JobStore
 from workers.capability import Activity
 from workers.device import Device
 from workers.faults import Faults

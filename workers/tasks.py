@@ -46,7 +46,7 @@ def register(celery: Celery, runner, on_webhook: Callable[[str, int], None] | No
                  autoretry_for=(Exception,), retry_backoff=1, retry_backoff_max=defaults.FINALIZE_BACKOFF_MAX,
                  retry_jitter=True, max_retries=None)
     def finalize(self, job_id: str) -> None:
-        # idempotent (`sdq.lifecycle.finalize_job`): retried until it succeeds
+        # idempotent (`workers.finalize.finalize_job`): retried until it succeeds
         if on_finalize is None:
             return
         try:

@@ -12,7 +12,7 @@ from PIL.PngImagePlugin import PngInfo
 import redis
 
 from sdq import contract
-from sdq.jobstore import JobStore
+from sdq.state.store import JobStore
 from storage.s3 import transient
 from workers.faults import Faults
 from workers.retry import retry_redis

@@ -44,6 +44,6 @@ def test_the_worker_has_a_diffusers_pipeline_for_every_pipeline_the_api_accepts(
 
 
 def test_redis_replies_are_decoded_in_one_place():
-    from sdq.redisconn import text
+    from sdq.state.redisconn import text
 
     assert (text(b"caf\xc3\xa9"), text("x"), text(None)) == ("café", "x", None)
