@@ -57,7 +57,7 @@ def test_seaweedfs_enforces_credentials_keeps_data_and_binds_loopback_only(tmp_p
 def test_seaweedfs_log_stays_quiet_and_off_the_screen(tmp_path, capfd):
     """`sdq up` (a stack that is not quiet) keeps weed's output in s3.log, and that log is not
     flooded: weed's maintenance worker reaches its admin server instead of retrying forever."""
-    from sdq.services import wait_for
+    from sdq.cli.services import wait_for
 
     stack = Stack(tmp_path, quiet=False)
     stack.s3(free_port())

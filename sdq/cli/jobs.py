@@ -88,12 +88,12 @@ def cmd_submit(args, client: Client) -> int:
 
 
 def wait_job(client: Client, job_id: str, quiet: bool = False, poll: float = 0.5) -> dict[str, Any]:
-    """Poll until the job ends, showing its progress (steps, items, ETA; `sdq.progress`); returns the final status."""
+    """Poll until the job ends, showing its progress (steps, items, ETA; `sdq.cli.progress`); returns the final status."""
     import os
 
     from sdq import defaults
     from sdq.config import _float
-    from sdq.progress import Progress
+    from sdq.cli.progress import Progress
 
     shown = None if quiet else Progress(
         job_id, sys.stderr, _float(os.environ, "SDQ_PROGRESS_INTERVAL", defaults.PROGRESS_INTERVAL))
