@@ -137,7 +137,7 @@ def test_wait_into_a_log_prints_one_plain_line_per_interval(stack):
     progress = [(t, line.decode()) for t, line in arrivals if line.startswith(f"job {job_id[:8]} ".encode())
                 and b"items " in line]
     assert len(progress) >= 2, text  # the job outlasted an interval, so pacing was exercised
-    assert all(re.fullmatch(rf"job {job_id[:8]} (queued|running) \d+%: items \d+/4 done, .*\n", line)
+    assert all(re.fullmatch(rf"job {job_id[:8]} (queued|running|succeeded) \d+%: items \d+/4 done, .*\n", line)
                for _, line in progress), text
     gaps = [b[0] - a[0] for a, b in zip(progress, progress[1:])]
     assert min(gaps) >= interval * 0.8, gaps  # one line per interval (a little slack for pipe delivery)
