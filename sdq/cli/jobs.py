@@ -242,10 +242,22 @@ def cmd_retry(args, client: Client) -> int:
     return 0
 
 
-def _speed(rates: dict[str, dict]) -> str:
-    """A worker's measured rates, e.g. `builtin:tiny-sd|txt2img|p256=1.2 (40)`: megapixel-steps per
-    second (items measured), or `cold` before its first item."""
-    return " ".join(f"{key}={r['rate']:.3g} ({r.get('n', 0)})" for key, r in sorted(rates.items())) or "cold"
+def _speed(rates: dict[str, dict], steps: int = 20) -> str:
+    """A worker's measured rates as people read them, e.g. `tiny-sd/txt2img/256x256: 12 steps/s,
+    1.6 s/image`: steps per second and time per `steps`-step image at the latest size of each kind
+    (the record keeps megapixel-steps per second), or `not measured yet` before its first item."""
+    out = []
+    for key, r in sorted(rates.items()):
+        model, pipeline, cls = (key.split("|") + ["", ""])[:3]
+        w = r.get("width") or int(cls.lstrip("p") or 0)
+        h = r.get("height") or w
+        if not (r.get("rate") and w and h):
+            continue
+        per_s = r["rate"] / (w * h / 1e6)
+        per_image = steps / per_s
+        pace = f"{per_image:.3g} s/image" if per_image >= 1 else f"{1 / per_image:.3g} images/s"
+        out.append(f"{model.removeprefix('builtin:')}/{pipeline}/{w}x{h}: {per_s:.3g} steps/s, {pace}")
+    return "; ".join(out) or "not measured yet"
 
 
 def cmd_workers(args, client: Client) -> int:
