@@ -12,7 +12,7 @@ import redis
 from celery import Celery
 
 from producer.inputs import ItemImages, item_images
-from producer.schemas import ITEM_PARAM_KEYS, ItemIn, SubmitRequest
+from producer.schemas import ADAPTER_KEYS, ITEM_PARAM_KEYS, ItemIn, SubmitRequest
 from producer.sweep import check_sweep, combinations, count as sweep_count
 from producer.tenants import check_queue_room
 from producer.uploads import upload_record
@@ -21,6 +21,7 @@ from sdq.celery_app import item_queue, send_chunk
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.gridlayout import GRID_MAX_ITEMS, check_fits
+from sdq.loras import check_loras
 from sdq.models import check_model
 from sdq.records import Chunk, Item, Job
 from sdq.scheduling import scheduling, speed
@@ -44,6 +45,7 @@ class Plan:
 
 def _item_params(base: dict[str, Any], override: Any | None) -> dict[str, Any]:
     params = {k: base[k] for k in ITEM_PARAM_KEYS}
+    params.update({k: base[k] for k in ADAPTER_KEYS if base.get(k)})  # job-wide, only when given
     if override is not None:
         params.update({k: getattr(override, k) for k in ITEM_PARAM_KEYS if getattr(override, k) is not None})
     return params
@@ -94,6 +96,8 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     sweep = check_sweep(req.sweep)
     given = req.params.model_dump(exclude_none=True)
     base = {**DEFAULTS, **given}
+    loras = check_loras(given.pop("loras", None), req.model, req.pipeline, settings.models)
+    base = {k: v for k, v in base.items() if k != "loras"} | ({"loras": loras} if loras else {})
     spec = pipelines.spec(req.pipeline)
     if spec.default_side is not None:
         base.update({side: spec.default_side for side in ("width", "height") if side not in given})

@@ -84,7 +84,24 @@ IMAGE_KEYS = tuple(Images.model_fields)
 """Request fields naming uploaded images (in `params`, or per item)."""
 
 
-class Params(Images, Overrides):
+def _adapter_entry(param: pipelines.AdapterParam) -> type[BaseModel]:
+    """The schema of one entry of an adapter list parameter: a name and a scale in the table's range."""
+    return create_model(
+        f"{param.name.title()}Entry", __base__=_Strict, __doc__=f"One entry of `params.{param.name}`.",
+        name=(str, Field(..., min_length=1, max_length=MODEL_MAX_CHARS)),
+        scale=(float, Field(param.default_scale, ge=-param.scale_max, le=param.scale_max)))
+
+
+Adapters = create_model(  # one list per adapter parameter some pipeline takes (loras), job-wide
+    "Adapters", __base__=_Strict, __doc__="Adapters (e.g. LoRA) applied to every item of the job.",
+    **{a.name: (list[_adapter_entry(a)] | None, Field(None, max_length=a.max_items, description=a.doc))
+       for a in pipelines.all_adapters().values()})
+
+ADAPTER_KEYS = tuple(Adapters.model_fields)
+"""Job-wide adapter list parameters (`loras`)."""
+
+
+class Params(Adapters, Images, Overrides):
     """Job-wide generation parameters."""
 
     negative_prompt: str = Field("", max_length=PROMPT_MAX_CHARS)

@@ -206,3 +206,16 @@ infrastructure error, before running it again itself."""
 PROGRESS_INTERVAL = 5.0
 """Seconds between the plain progress lines `sdq submit --wait`, `sdq wait` and `sdq demo` print
 when their output is not a terminal (a file, a pipe, a CI log) (`SDQ_PROGRESS_INTERVAL`)."""
+
+# -- LoRA adapters (`params.loras`, `sdq.loras`) ------------------------------------------------
+MAX_LORAS = 8
+"""Most LoRA adapters one job may name."""
+
+LORA_SCALE = 1.0
+"""Scale of a LoRA adapter that names none."""
+
+LORA_SCALE_MAX = 4.0
+"""Largest absolute LoRA scale accepted (negative scales are allowed, as in A1111)."""
+
+WARM_LORAS = 8
+"""LoRA adapters a worker keeps loaded per model after their jobs (least recently used unloaded first)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 
+from sdq import loras
 from sdq.pipelines import SAMPLER_NAMES, all_images, all_params
 
 SCHEDULER_OF_SAMPLER = {v: k for k, v in SAMPLER_NAMES.items()}
@@ -83,8 +84,13 @@ def params_from_infotext(info: dict[str, object]) -> dict[str, object]:
 
 
 def submit_body_from_infotext(info: dict[str, object]) -> dict[str, object]:
-    """A complete submit body that makes the image described by parsed infotext again."""
-    body: dict[str, object] = {"prompts": [str(info.get("prompt", ""))], "params": params_from_infotext(info)}
+    """A complete submit body that makes the image described by parsed infotext again (LoRA tags at
+    the end of the prompt become `params.loras`)."""
+    prompt, adapters = loras.from_infotext(info)
+    params = params_from_infotext(info)
+    if adapters:
+        params[loras.FIELD] = adapters
+    body: dict[str, object] = {"prompts": [prompt], "params": params}
     if info.get("Model"):
         body["model"] = str(info["Model"])
     if info.get("Pipeline"):

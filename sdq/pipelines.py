@@ -58,6 +58,22 @@ class ImageInput:
 
 
 @dataclass(frozen=True)
+class AdapterParam:
+    """A list parameter naming adapters (weights added to the model's own for one job, e.g. LoRA):
+    each entry a `{"name", "scale"}` whose name is allowed like a model id; checked at submit by the
+    request schema and `sdq.loras`, loaded by the worker (`workers.adapters`)."""
+
+    name: str
+    max_items: int
+    scale_max: float
+    """Largest absolute scale (negative scales are allowed)."""
+    default_scale: float
+    infotext: str | None = None
+    """A1111 infotext label of the adapters' short hashes."""
+    doc: str = ""
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     """One pipeline: its inputs, parameters, output size, work count, infotext and diffusers classes."""
 
@@ -78,7 +94,13 @@ class PipelineSpec:
     """The diffusers class only has the old `callback(step, t, latents)` hook, not `callback_on_step_end`."""
     limit_batch: bool = False
     """Images per call are capped by the worker's `--upscale-batch` (a VAE that decodes large outputs in fp32)."""
+    adapters: tuple[AdapterParam, ...] = ()
+    """Adapter list parameters it takes (`params.loras`)."""
     doc: str = ""
+
+    def takes_adapters(self, name: str) -> bool:
+        """Whether the pipeline takes the adapter list parameter `name` (e.g. `loras`)."""
+        return any(a.name == name for a in self.adapters)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -129,21 +151,24 @@ STRENGTH = Param("strength", float, 0, 1, defaults.STRENGTH, infotext="Denoising
                  doc="how much the init image is changed (0 keeps it, 1 ignores it)")
 NOISE_LEVEL = Param("noise_level", int, 0, 350, defaults.NOISE_LEVEL, infotext="Noise level",
                     doc="noise the x4 upscaler adds to its input (its `max_noise_level` is 350)")
+LORAS = AdapterParam("loras", defaults.MAX_LORAS, defaults.LORA_SCALE_MAX, defaults.LORA_SCALE,
+                     infotext="Lora hashes",
+                     doc="LoRA adapters applied for this job: `[{\"name\": ..., \"scale\": ...}]`")
 INIT_IMAGE = ImageInput("init_image", "image", infotext="Init image", sets_size=True)
 MASK_IMAGE = ImageInput("mask_image", "mask_image", mode="L", infotext="Mask image", same_size_as="init_image")
 
 SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
-    PipelineSpec("txt2img", {SD: "StableDiffusionPipeline"}, passes_size=True,
+    PipelineSpec("txt2img", {SD: "StableDiffusionPipeline"}, passes_size=True, adapters=(LORAS,),
                  doc="an image from a prompt"),
     PipelineSpec("img2img", {SD: "StableDiffusionImg2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
-                 steps_scaled_by="strength", doc="a prompt applied to an init image"),
+                 steps_scaled_by="strength", adapters=(LORAS,), doc="a prompt applied to an init image"),
     PipelineSpec("upscale", {SD_UPSCALE: "StableDiffusionUpscalePipeline"}, images=(INIT_IMAGE,), params=(NOISE_LEVEL,),
                  scale=4, default_side=defaults.UPSCALE_SIDE, legacy_callback=True, limit_batch=True,
                  doc="the init image at 4x its size (width and height give the input size)"),
     PipelineSpec("depth2img", {SD_DEPTH: "StableDiffusionDepth2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
                  steps_scaled_by="strength", doc="img2img that keeps the init image's depth map"),
     PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline"}, images=(INIT_IMAGE, MASK_IMAGE),
-                 params=(STRENGTH,), steps_scaled_by="strength",
+                 params=(STRENGTH,), steps_scaled_by="strength", adapters=(LORAS,),
                  doc="the white part of a mask repainted over the init image (the mask is made single-channel)"),
 )}
 """Every pipeline the API knows, by name."""
@@ -168,6 +193,11 @@ def all_params() -> dict[str, Param]:
             if out.setdefault(p.name, p) != p:
                 raise ValueError(f"parameter {p.name!r} is declared twice with different checks")
     return out
+
+
+def all_adapters() -> dict[str, AdapterParam]:
+    """Every adapter list parameter by name."""
+    return {a.name: a for s in SPECS.values() for a in s.adapters}
 
 
 def all_images() -> dict[str, ImageInput]:

@@ -204,10 +204,24 @@ def build_tiny_depth(path: Path) -> None:
     pipe.save_pretrained(path, safe_serialization=True)
 
 
+def _lora_builders() -> dict[str, Callable[[Path], None]]:
+    from workers.builtin_loras import build_tiny_lora, build_tiny_lora_kohya
+
+    return {"tiny-lora": build_tiny_lora, "tiny-lora-kohya": build_tiny_lora_kohya}
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-sd": build_tiny_sd, "tiny-upscaler": build_tiny_upscaler, "tiny-depth": build_tiny_depth,
+    **_lora_builders(),
 }
 """Built-in model name (after `builtin:`) to its generator."""
+
+
+def _complete(folder: Path) -> bool:
+    """A built-in's folder is there: a model's `model_index.json` or an adapter's file."""
+    from workers.builtin_loras import ADAPTER_FILE
+
+    return (folder / "model_index.json").exists() or (folder / ADAPTER_FILE).exists()
 
 
 def ensure_builtin(models_dir: Path, name: str) -> Path:
@@ -215,7 +229,7 @@ def ensure_builtin(models_dir: Path, name: str) -> Path:
     if name not in BUILDERS:
         raise KeyError(name)
     target = builtin_path(models_dir, name)
-    if (target / "model_index.json").exists():
+    if _complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
@@ -224,7 +238,7 @@ def ensure_builtin(models_dir: Path, name: str) -> Path:
         try:
             os.rename(tmp, target)
         except OSError:  # another process won the race: its copy is identical
-            if not (target / "model_index.json").exists():
+            if not _complete(target):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,6 +16,7 @@ from sdq import defaults, pipelines
 from sdq.exceptions import ModelError, OutOfMemory
 from sdq.sources import single_file_config, source_for
 from workers import checkpoints
+from workers.adapters import WarmAdapters
 from workers.sources import WorkerFetcher
 from workers.device import Device
 
@@ -70,6 +71,7 @@ class Loaded:
     family: str = pipelines.SD  # which class of each pipeline spec runs it
     low_memory: bool = False  # on for good once it was what made a call fit (its modules are shared)
     offloaded: Any = None  # the pipeline whose model-offload hooks the shared modules carry (CUDA)
+    adapters: WarmAdapters | None = None  # LoRA adapters loaded into its modules (`workers.adapters`)
 
     def scheduler(self, name: str):
         """A fresh scheduler for one call: a deep copy of a template built once per name
@@ -103,7 +105,8 @@ class PipelineCache:
 
     def __init__(self, models_dir: Path, device: Device, size: int = 2, allow_ckpt: bool = False,
                  low_memory: bool = False, safety_checker: bool = True,
-                 upscale_batch: int = defaults.UPSCALE_MAX_BATCH, store=None) -> None:
+                 upscale_batch: int = defaults.UPSCALE_MAX_BATCH, store=None,
+                 warm_loras: int = defaults.WARM_LORAS) -> None:
         self.models_dir = Path(models_dir)
         self.store = store  # the bucket `store:NAME` models are pulled from
         self.device = device
@@ -112,6 +115,7 @@ class PipelineCache:
         self.low_memory = low_memory
         self.safety_checker = safety_checker
         self.upscale_batch = max(1, upscale_batch)
+        self.warm_loras = max(1, warm_loras)
         self.fetcher = WorkerFetcher(self.models_dir, store, half=device.torch_dtype != torch.float32)
         self._models: OrderedDict[str, Loaded] = OrderedDict()
         self._lock = threading.RLock()
@@ -144,7 +148,7 @@ class PipelineCache:
             _remove_hooks(entry.pipelines())
             entry.tasks.clear()
             entry.schedulers.clear()
-            entry.base = entry.offloaded = None
+            entry.base = entry.offloaded = entry.adapters = None
             del entry  # the last reference: only cycles are left, and the collection below breaks them
             free_memory(self.device)
             log.info("evicted model %s", model_id)
@@ -158,6 +162,20 @@ class PipelineCache:
     def loaded(self) -> list[str]:
         """Model ids in memory now, most recently used last."""
         return list(self._models)
+
+    def use_loras(self, pipe, entry: Loaded, loras: list[dict[str, Any]] | None) -> dict[str, str]:
+        """Switch the model's LoRA adapters to a chunk's `params.loras` (none: all off), loading the
+        missing ones (`workers.adapters`); returns their A1111 short hashes by id."""
+        with self._lock:
+            if entry.adapters is None:
+                if not loras:
+                    return {}
+                entry.adapters = WarmAdapters(entry.family, self.warm_loras)
+            return entry.adapters.use(pipe, loras, self.fetcher)
+
+    def loaded_adapters(self) -> dict[str, list[str]]:
+        """Model id -> the LoRA adapter ids loaded into it now (models with none left out)."""
+        return {m: e.adapters.ids() for m, e in list(self._models.items()) if e.adapters and e.adapters.ids()}
 
     def get(self, model_id: str, task: str) -> tuple[Any, Loaded]:
         """The pipeline for (`model_id`, `task`), loading the model on first use."""

@@ -19,7 +19,7 @@ from PIL import Image
 
 import redis
 
-from sdq import __version__, contract, defaults, pipelines
+from sdq import __version__, contract, defaults, loras, pipelines
 from sdq.exceptions import ModelError, WorkLost
 from sdq.infotext import SAMPLER_NAMES, format_infotext
 from sdq.records import Chunk, Item
@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 
 def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device,
                  worker: str, watermarked: bool = False, dtype: str | None = None,
-                 nsfw: bool | None = None) -> str:
+                 nsfw: bool | None = None, lora_hashes: dict[str, str] | None = None) -> str:
     """The A1111 infotext of one result: every parameter needed to make it again, the dtype the UNet
-    ran in (`dtype`, read from the pipeline) and the safety checker's verdict (None: no checker ran)."""
+    ran in (`dtype`, read from the pipeline), the safety checker's verdict (None: no checker ran)
+    and the LoRA adapters (tags after the prompt, as A1111 writes them, and their hashes)."""
     p, task = chunk.params, chunk.pipeline
     spec = pipelines.spec(task)
     fields: dict[str, object] = {
@@ -52,13 +53,15 @@ def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device
         "Model": chunk.model, "Pipeline": task,
         **spec.infotext_fields(p),
         **{image.infotext: item.image_key(image.field) for image in spec.images if image.infotext},
+        **loras.infotext_fields(p.get(loras.FIELD), lora_hashes),
         "Input size": spec.input_size(p),
         "Watermark": watermark.LABEL if watermarked else None,
         "Safety checker": None if nsfw is None else ("flagged" if nsfw else "passed"),
         "Device": device.device, "Dtype": dtype or device.dtype, "Worker": worker, "Job": chunk.job,
         "Version": f"sdq {__version__}",
     }
-    return format_infotext(item.prompt, item.negative_prompt or "", fields)
+    prompt = loras.prompt_with_tags(item.prompt, p.get(loras.FIELD))
+    return format_infotext(prompt, item.negative_prompt or "", fields)
 
 
 class Runner:
@@ -192,7 +195,8 @@ class Runner:
         self.faults.hit("load")
         try:
             pipe, loaded = self.cache.get(chunk.model, task)
-        except ModelError as exc:  # the model itself is wrong: nothing to retry
+            lora_hashes = self.cache.use_loras(pipe, loaded, chunk.params.get(loras.FIELD))
+        except ModelError as exc:  # the model (or an adapter) itself is wrong: nothing to retry
             self._end(mode, chunk, todo, Failed(str(exc)))
             return
         self.leases.progress()
@@ -203,7 +207,7 @@ class Runner:
                 self._end(mode, chunk, todo[start:], Cancelled())
                 break
             self.faults.hit("batch", [it.prompt for it in batch])
-            futures += self._run_batch(chunk, pipe, loaded, batch, load_s, mode)
+            futures += self._run_batch(chunk, pipe, loaded, batch, load_s, mode, lora_hashes)
             load_s = 0.0
 
     def _chunk_id(self, chunk: Chunk) -> tuple[str, tuple[int, ...]]:
@@ -249,7 +253,7 @@ class Runner:
             log.warning("could not publish the capability record", exc_info=True)
 
     def _run_batch(self, chunk: Chunk, pipe: Pipe, loaded: Loaded, batch: list[Item], load_s: float,
-                   mode: Mode) -> list[Future]:
+                   mode: Mode, lora_hashes: dict[str, str] | None = None) -> list[Future]:
         job_id, task, params = chunk.job, chunk.pipeline, chunk.params
         indices = [it.index for it in batch]
         progress = StepProgress(self.jobs, job_id, indices, params["steps"], loop_steps(task, params),
@@ -298,7 +302,8 @@ class Runner:
                 **made.oom_fields(),
             }
             marked = chunk.watermark and watermark.can_mark(image)
-            info = infotext_for(chunk, item, image.size, self.device, self.name, marked, made.dtype, nsfw)
+            info = infotext_for(chunk, item, image.size, self.device, self.name, marked, made.dtype, nsfw,
+                                lora_hashes)
             register = self.results.registrar(job_id, item.index) if self.results is not None else None
             futures.append(self.uploader.submit(job_id, item.index, image, info, {**fields, "watermark": marked},
                                                 progress.reported, watermark.embed if marked else None, register,

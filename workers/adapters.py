@@ -1,0 +1,142 @@
+"""LoRA adapters on a loaded model (diffusers' peft backend): load each once, switch them per chunk.
+
+A chunk with `params.loras` activates exactly its adapters at its scales (`set_adapters`); a chunk
+without turns every adapter off (`disable_lora`: the base weights alone, bit for bit). Adapters
+stay loaded after their job, at most `defaults.WARM_LORAS` per model (least recently used deleted
+first), so a run of jobs with the same adapter loads it once. The capability record lists them.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdq import defaults, loras as sdq_loras
+from sdq.exceptions import ModelError
+from sdq.sources import Fetcher, source_for
+
+log = logging.getLogger(__name__)
+
+FIELD = f"params.{sdq_loras.FIELD}"
+"""How errors name the request field."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One adapter loaded into a model: its id, its peft adapter name, its file's digests."""
+
+    id: str
+    adapter_name: str
+    sha256: str
+    a1111_hash: str
+
+
+def adapter_file(adapter_id: str, fetcher: Fetcher) -> Path:
+    """The local `.safetensors` file of an adapter (built, pulled or found first); ModelError otherwise."""
+    path = source_for(adapter_id).open(fetcher)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if len(files) != 1:
+            raise ModelError(f"{FIELD}: {adapter_id!r} is a folder with {len(files)} .safetensors files; "
+                             "an adapter is one .safetensors file")
+        path = files[0]
+    if path.suffix.lower() != ".safetensors":
+        raise ModelError(f"{FIELD}: {adapter_id!r} is {path.name}; LoRA adapters load from .safetensors files only")
+    return path
+
+
+def adapter_digest(adapter_id: str, fetcher: Fetcher) -> str:
+    """SHA-256 of the adapter's file (for the result-cache key)."""
+    return fetcher.file_sha256(adapter_file(adapter_id, fetcher))
+
+
+def _peft_name(adapter_id: str, sha256: str) -> str:
+    """A peft adapter name (no dots) unique to the id and its contents."""
+    return "lora_" + hashlib.sha256(f"{adapter_id}\n{sha256}".encode()).hexdigest()[:16]
+
+
+class WarmAdapters:
+    """The adapters loaded into one model's pipelines, most recently used last."""
+
+    def __init__(self, family: str, keep: int = defaults.WARM_LORAS) -> None:
+        self.family = family
+        self.keep = max(1, keep)
+        self.loaded: OrderedDict[str, Adapter] = OrderedDict()
+        self.active = False
+
+    def ids(self) -> list[str]:
+        """Adapter ids loaded now, most recently used last."""
+        return list(self.loaded)
+
+    def use(self, pipe: Any, wanted: list[dict[str, Any]] | None, fetcher: Fetcher) -> dict[str, str]:
+        """Make `pipe` (and every pipeline sharing its modules) run with exactly the `wanted` adapters
+        at their scales, loading missing ones; returns their A1111 short hashes by id. ModelError
+        (naming the field) for an adapter that cannot be had or does not fit the model."""
+        if not wanted:
+            if self.active:
+                pipe.disable_lora()
+                self.active = False
+            return {}
+        # 1. Load what is missing (or changed: a pushed name with new contents loads again).
+        used = [self._ensure(pipe, lo["name"], fetcher) for lo in wanted]
+        # 2. Room: delete the least recently used adapters beyond `keep` (never one this chunk uses).
+        for adapter in used:
+            self.loaded.move_to_end(adapter.id)
+        names = {a.adapter_name for a in used}
+        while len(self.loaded) > max(self.keep, len(used)):
+            old = next(a for a in self.loaded.values() if a.adapter_name not in names)
+            self._delete(pipe, old)
+        # 3. Activate exactly these, at these scales.
+        pipe.enable_lora()
+        pipe.set_adapters([a.adapter_name for a in used], adapter_weights=[float(lo["scale"]) for lo in wanted])
+        self.active = True
+        return {a.id: a.a1111_hash for a in used}
+
+    def _ensure(self, pipe: Any, adapter_id: str, fetcher: Fetcher) -> Adapter:
+        """The loaded adapter `adapter_id`, loaded now if it is not (or its file changed)."""
+        path = adapter_file(adapter_id, fetcher)
+        sha = fetcher.file_sha256(path)
+        have = self.loaded.get(adapter_id)
+        if have is not None and have.sha256 == sha:
+            return have
+        if have is not None:
+            self._delete(pipe, have)
+        return self._load(pipe, adapter_id, path, sha)
+
+    def _load(self, pipe: Any, adapter_id: str, path: Path, sha: str) -> Adapter:
+        """Load one adapter file into `pipe`'s UNet (and text encoders); Kohya/A1111 files are
+        converted by diffusers on the way."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        family = sdq_loras.family_from_keys(list(state))
+        if family != self.family:
+            raise ModelError(f"{FIELD}: LoRA {adapter_id!r} is for the {family} family; this model is {self.family}")
+        adapter = Adapter(adapter_id, _peft_name(adapter_id, sha), sha, sdq_loras.a1111_hash(path))
+        log.info("loading LoRA %s (%s) as %s", adapter_id, path, adapter.adapter_name)
+        try:
+            pipe.load_lora_weights(state, adapter_name=adapter.adapter_name)
+        except Exception as exc:  # noqa: BLE001 - whatever a mismatched file raises
+            self._forget(pipe, adapter.adapter_name)
+            raise ModelError(f"{FIELD}: LoRA {adapter_id!r} does not fit this model: {type(exc).__name__}: "
+                             f"{str(exc)[:300]}") from exc
+        self.loaded[adapter_id] = adapter
+        return adapter
+
+    def _delete(self, pipe: Any, adapter: Adapter) -> None:
+        """Unload one adapter (its layers leave the modules)."""
+        log.info("unloading LoRA %s (%s)", adapter.id, adapter.adapter_name)
+        self.loaded.pop(adapter.id, None)
+        self._forget(pipe, adapter.adapter_name)
+
+    @staticmethod
+    def _forget(pipe: Any, adapter_name: str) -> None:
+        """Delete a (maybe half-)loaded adapter from the pipeline, quietly when it is not there."""
+        try:
+            if adapter_name in {n for names in pipe.get_list_adapters().values() for n in names}:
+                pipe.delete_adapters(adapter_name)
+        except Exception:  # noqa: BLE001 - best effort: nothing of it may have been loaded
+            log.warning("could not delete adapter %s", adapter_name, exc_info=True)
