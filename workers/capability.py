@@ -39,12 +39,14 @@ class Capability:
 
     def __init__(self, name: str, device: Device, models: list[str], max_pixels: int, max_batch: int,
                  queues: list[str], threads: int | None, activity: Activity | None = None,
-                 loaded: Callable[[], list[str]] | None = None) -> None:
+                 loaded: Callable[[], list[str]] | None = None,
+                 adapters: Callable[[], dict[str, list[str]]] | None = None) -> None:
         self.name, self.device = name, device
         self.models, self.max_pixels, self.max_batch = models, max_pixels, max_batch
         self.queues, self.threads = queues, threads
         self.activity = activity or Activity()
         self.loaded = loaded or list
+        self.adapters = adapters or dict  # model id -> LoRA adapter ids loaded into it
         self.host = socket.gethostname()
         self.started_at = time.time()
 
@@ -64,7 +66,7 @@ class Capability:
             "name": self.name, "host": self.host, "device": self.device.device, "kind": self.device.kind,
             "device_name": self.device.name, "dtype": self.device.dtype,
             "memory_total_gb": total, "memory_free_gb": free, "pipelines": self.pipelines(),
-            "models": self.models, "loaded_models": self.loaded(),
+            "models": self.models, "loaded_models": self.loaded(), "loaded_adapters": self.adapters(),
             "max_pixels": self.max_pixels, "max_batch": self.max_batch, "queues": self.queues,
             "threads": self.threads, "items_done": self.activity.items_done,
             "speed": self.activity.speed.snapshot() if self.activity.speed else {},

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import redis
 
-from sdq import contract
+from sdq import contract, loras
 from sdq.records import Chunk, Item
 from sdq.state.resultindex import Maker, ResultIndex, cache_key, wants_cache
 from sdq.state.store import JobStore
@@ -56,13 +56,24 @@ class CachedResults:
                 digests[key] = hashlib.sha256(self.store.get(key)).hexdigest()
             return digests[key]
 
+        adapters = self._adapter_digests(chunk.params.get(loras.FIELD))
         out = {}
         for it in wanted:
             others = {name: sha(key) for name, key in sorted((it.images or {}).items())}
             out[it.index] = cache_key(maker, owner, chunk.pipeline, chunk.params, it.prompt, it.negative_prompt,
                                       it.seed, sha(it.init_image) if it.init_image else None, chunk.watermark,
-                                      others)
+                                      others, adapters)
         return out
+
+    def _adapter_digests(self, wanted: list[dict[str, Any]] | None) -> dict[str, str] | None:
+        """SHA-256 of each LoRA adapter's file by id (fetched first; a failure means "run it")."""
+        if not wanted:
+            return None
+        from workers.adapters import adapter_digest
+        from workers.sources import WorkerFetcher
+
+        fetcher = WorkerFetcher(self.hasher.models_dir, self.hasher.store, hasher=self.hasher)
+        return {lo["name"]: adapter_digest(lo["name"], fetcher) for lo in wanted}
 
     def serve(self, chunk: Chunk, todo: list[int]) -> list[int]:
         """Answer the cached items of `todo` (claimed, `running` here); returns the ones left to run."""

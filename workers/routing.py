@@ -107,6 +107,17 @@ def next_try(per_call: int, low_memory: bool) -> Retry | None:
     return None
 
 
+def _adapter_ids(chunk: Chunk) -> list[str]:
+    """The LoRA adapter ids the chunk's items run with (`params.loras`)."""
+    return [lo["name"] for lo in chunk.params.get("loras") or ()]
+
+
+def _holds(model: str, adapter_ids: list[str], models: Any, adapters: dict[str, list[str]]) -> bool:
+    """Whether a worker with `models` loaded (and `adapters` loaded into them) has the model and
+    every one of the adapters warm."""
+    return model in models and all(a in (adapters.get(model) or ()) for a in adapter_ids)
+
+
 def _free_for(record: Record, job_id: str) -> bool:
     """Whether a worker can help with `job_id` soon: idle, or already working on it (a faster worker
     busy with another job does not count when a slower one decides to leave work to faster ones)."""
@@ -151,10 +162,11 @@ class Router:
         return [w for w in fleet.serving(records, chunk.queue or "", chunk.model) if w.get("name") not in avoid]
 
     def decide(self, chunk: Chunk, records: list[Record], loaded: list[str], now: float,
-               backlog: int = 0, given_back: bool = False) -> Decision:
-        """Where `chunk` goes, given the fleet's `records`, the models loaded here, the time, the job's
-        queued items (`backlog`, read only when `by_speed`) and whether this worker gave the chunk
-        back after an infrastructure error and has pass-ons left for it (`given_back`)."""
+               backlog: int = 0, given_back: bool = False, adapters: dict[str, list[str]] | None = None) -> Decision:
+        """Where `chunk` goes, given the fleet's `records`, the models loaded here (and the LoRA
+        `adapters` loaded into them), the time, the job's queued items (`backlog`, read only when
+        `by_speed`) and whether this worker gave the chunk back after an infrastructure error and has
+        pass-ons left for it (`given_back`)."""
         # 1. Not for this worker (model, size, memory, out of memory before): pass it on, or fail it
         #    when it came back after running out of memory here and no other live worker can take it.
         reason = self.refusal(chunk)
@@ -165,10 +177,11 @@ class Router:
                 return Fail(f"{error}; no other live worker can take it (tried {', '.join(sorted(avoid))}): "
                             f"retry the job when one has joined")
             return PassOn(chunk, reason)
-        # 2. Warm-model affinity: better run by an idle worker that holds the model loaded.
-        warm = self._warm_elsewhere(chunk, records, loaded)
+        # 2. Warm-model affinity: better run by an idle worker that holds the model (and the chunk's
+        #    LoRA adapters) loaded.
+        warm, what = self._warm_elsewhere(chunk, records, loaded, adapters or {})
         if warm:
-            return Defer(replace(chunk, deferred=True), f"model {chunk.model} is warm on idle worker(s) "
+            return Defer(replace(chunk, deferred=True), f"{what} warm on idle worker(s) "
                                                         f"{', '.join(warm)}; leaving the chunk to them")
         # 3. It failed here a moment ago (a broken device or driver fails again): others get the first chances.
         if given_back and self.others(chunk, records, {self.name}):
@@ -178,13 +191,23 @@ class Router:
         # 4. Faster workers would finish (part of) it sooner: that part goes back to the queue.
         return self._share(chunk, records, now, backlog)
 
-    def _warm_elsewhere(self, chunk: Chunk, records: list[Record], loaded: list[str]) -> list[str]:
-        """Names of the idle live workers serving the chunk's queue that hold its model loaded, when
-        this worker would have to load it (once per chunk)."""
-        if chunk.deferred or not chunk.queue or chunk.model in loaded:
-            return []
-        return [w["name"] for w in self.others(chunk, records, {self.name})
-                if chunk.model in (w.get("loaded_models") or ()) and not w.get("current_item")]
+    def _warm_elsewhere(self, chunk: Chunk, records: list[Record], loaded: list[str],
+                        adapters: dict[str, list[str]]) -> tuple[list[str], str]:
+        """Names of the idle live workers serving the chunk's queue that hold its model and LoRA
+        adapters loaded, when this worker would have to load some of them (once per chunk); failing
+        that, the ones holding the model when this worker does not. Also what is warm there."""
+        wanted = _adapter_ids(chunk)
+        if chunk.deferred or not chunk.queue or _holds(chunk.model, wanted, loaded, adapters):
+            return [], ""
+        idle = [w for w in self.others(chunk, records, {self.name}) if not w.get("current_item")]
+        if wanted:
+            both = [w["name"] for w in idle
+                    if _holds(chunk.model, wanted, w.get("loaded_models") or (), w.get("loaded_adapters") or {})]
+            if both:
+                return both, f"model {chunk.model} with LoRA {', '.join(wanted)} is"
+        if chunk.model in loaded:
+            return [], ""
+        return [w["name"] for w in idle if chunk.model in (w.get("loaded_models") or ())], f"model {chunk.model} is"
 
     def _share(self, chunk: Chunk, records: list[Record], now: float, backlog: int) -> Run | Defer:
         """Speed-aware claiming (`sdq.scheduling.scheduling.claim_count`): how many of the chunk's items to start

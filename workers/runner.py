@@ -93,7 +93,8 @@ class Runner:
         now = time.time()
         backlog = retry_redis(lambda: self.jobs.queued_count(chunk.job)) if self.router.by_speed else 0
         decision = self.router.decide(chunk, self._fleet(), self.cache.loaded(), now, backlog,
-                                      given_back=self._chunk_id(chunk) in self.lost)
+                                      given_back=self._chunk_id(chunk) in self.lost,
+                                      adapters=self.cache.loaded_adapters())
         take = self._apply(chunk, decision)
         if take:
             self._run(chunk.with_items(chunk.items[:take]))

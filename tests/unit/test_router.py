@@ -29,8 +29,8 @@ def record(name: str, *, queues: tuple[str, ...] = (QUEUE,), models: tuple[str, 
 
 def chunk(n: int = 4, **changes: Any) -> Chunk:
     items = changes.pop("items", None) or [Item(index=i, prompt=f"p{i}", seed=i) for i in range(n)]
-    return Chunk(job="j1", model="tiny", pipeline="txt2img", params=dict(PARAMS), items=items, queue=QUEUE,
-                 **changes)
+    params = changes.pop("params", None) or dict(PARAMS)
+    return Chunk(job="j1", model="tiny", pipeline="txt2img", params=params, items=items, queue=QUEUE, **changes)
 
 
 def router(name: str = "me", rate: float | None = None, **kw: Any) -> Router:
@@ -90,6 +90,28 @@ def test_a_chunk_is_left_once_to_an_idle_worker_that_holds_the_model_warm():
 ])
 def test_no_deferral_without_an_idle_warm_worker_on_the_same_queue(fleet, loaded):
     assert router().decide(chunk(), fleet, loaded, NOW) == Run(4)
+
+
+LORA = [{"name": "builtin:tiny-lora", "scale": 0.8}]
+
+
+def test_a_lora_chunk_is_left_to_an_idle_worker_holding_the_model_and_its_adapters():
+    c = chunk(params={**PARAMS, "loras": LORA})
+    both = record("both", loaded=("tiny",))
+    both["loaded_adapters"] = {"tiny": ["builtin:tiny-lora"]}
+    fleet = [record("me"), record("model-only", loaded=("tiny",)), both]
+    decision = router().decide(c, fleet, ["tiny"], NOW, adapters={})  # the model is warm here, the adapter not
+    assert isinstance(decision, Defer) and "worker(s) both;" in decision.why and "LoRA builtin:tiny-lora" in decision.why
+    # this worker holds both: it runs the chunk
+    assert router().decide(c, fleet, ["tiny"], NOW, adapters={"tiny": ["builtin:tiny-lora"]}) == Run(4)
+
+
+def test_a_lora_chunk_falls_back_to_model_affinity_when_nobody_holds_its_adapters():
+    c = chunk(params={**PARAMS, "loras": LORA})
+    fleet = [record("me"), record("model-only", loaded=("tiny",))]
+    decision = router().decide(c, fleet, [], NOW)  # nothing loaded here: the model's holder is better
+    assert isinstance(decision, Defer) and "worker(s) model-only;" in decision.why
+    assert router().decide(c, fleet, ["tiny"], NOW) == Run(4)  # the model is warm here: load the adapter here
 
 
 # --- decide: a chunk given back here ------------------------------------------------------------------

@@ -1,0 +1,84 @@
+"""LoRA adapters at submit and in infotext (`sdq.loras`): names, families, tags, hashes."""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from sdq import loras
+from sdq.exceptions import InvalidInput
+from sdq.infotext import format_infotext, parse_infotext, submit_body_from_infotext
+
+TINY = [{"name": "builtin:tiny-lora", "scale": 0.8}]
+
+
+def write_safetensors(path: Path, keys: list[str]) -> Path:
+    """A valid .safetensors file holding one 1-element fp32 tensor per key."""
+    header = {k: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, k in enumerate(keys)}
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * (4 * len(keys)))
+    return path
+
+
+def test_a_builtin_lora_is_accepted_for_its_family_with_the_default_scale():
+    got = loras.check_loras([{"name": "builtin:tiny-lora", "scale": None}], "builtin:tiny-sd", "txt2img", ())
+    assert got == [{"name": "builtin:tiny-lora", "scale": 1.0}]
+
+
+@pytest.mark.parametrize("entries, model, pipeline, allow, field, words", [
+    ([{"name": "builtin:nope"}], "builtin:tiny-sd", "txt2img", (), "params.loras[0].name", "unknown LoRA"),
+    (TINY, "builtin:tiny-upscaler", "txt2img", (), "params.loras[0].name", "is for the sd family; model"),
+    (TINY, "builtin:tiny-upscaler", "upscale", (), "params.loras", "does not take LoRA adapters"),
+    (TINY * 2, "builtin:tiny-sd", "txt2img", (), "params.loras[1].name", "named twice"),
+    ([{"name": "/x/a.ckpt"}], "builtin:tiny-sd", "txt2img", ("/x/a.ckpt",), "params.loras[0].name", "unknown LoRA"),
+])
+def test_bad_loras_are_refused_naming_the_field(entries, model, pipeline, allow, field, words):
+    with pytest.raises(InvalidInput) as err:
+        loras.check_loras(entries, model, pipeline, allow)
+    assert err.value.field == field and words in err.value.message
+
+
+def test_an_allowlisted_file_for_another_family_is_refused_from_its_keys(tmp_path):
+    xl = write_safetensors(tmp_path / "xl.safetensors", ["lora_te2_text_model_encoder_layers_0_mlp_fc1.alpha"])
+    sd = write_safetensors(tmp_path / "sd.safetensors", ["unet.down_blocks.1.attn1.to_q.lora_A.weight"])
+    allow = (str(xl), str(sd))
+    assert loras.check_loras([{"name": str(sd), "scale": 1}], "builtin:tiny-sd", "txt2img", allow)
+    with pytest.raises(InvalidInput) as err:
+        loras.check_loras([{"name": str(xl), "scale": 1}], "builtin:tiny-sd", "txt2img", allow)
+    assert err.value.code == "wrong_family" and "sdxl" in err.value.message
+
+
+@pytest.mark.parametrize("keys, family", [
+    (["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"], "sd"),
+    (["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight"], "sd"),
+    (["lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight"], "sdxl"),
+    (["text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"], "sdxl"),
+    (["transformer.transformer_blocks.0.attn.to_q.lora_A.weight"], "sd3"),
+    (["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"], "flux"),
+])
+def test_family_from_tensor_names(keys, family):
+    assert loras.family_from_keys(keys) == family
+
+
+def test_tags_round_trip_through_infotext_to_a_submit_body():
+    adapters = [{"name": "builtin:tiny-lora", "scale": 0.8}, {"name": "store:ink-style", "scale": -0.35}]
+    fields = {"Steps": 4, "Seed": 7, **loras.infotext_fields(adapters, {"builtin:tiny-lora": "0123456789ab"})}
+    text = format_infotext(loras.prompt_with_tags("a cat", adapters), "", fields)
+    assert text.splitlines()[0] == "a cat <lora:tiny-lora:0.8> <lora:ink-style:-0.35>"
+    info = parse_infotext(text)
+    assert info["Lora hashes"] == "tiny-lora: 0123456789ab"
+    body = submit_body_from_infotext(info)
+    assert body["prompts"] == ["a cat"] and body["params"]["loras"] == adapters
+
+
+def test_an_a1111_prompt_without_ids_names_its_loras_by_tag():
+    body = submit_body_from_infotext({"prompt": "x <lora:foo:1>"})
+    assert body["prompts"] == ["x"] and body["params"]["loras"] == [{"name": "foo", "scale": 1.0}]
+
+
+def test_the_a1111_hash_covers_the_tensors_not_the_header(tmp_path):
+    a = write_safetensors(tmp_path / "a.safetensors", ["k"])
+    raw = a.read_bytes()
+    assert loras.a1111_hash(a) == __import__("hashlib").sha256(raw[8 + struct.unpack("<Q", raw[:8])[0]:]).hexdigest()[:12]
