@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,28 @@ def push(store: ResultStore, path: Path, name: str) -> dict[str, Any]:
         listed.append({"path": rel, "size": file.stat().st_size, "sha256": _sha256(file)})
         log.info("pushed %s (%d bytes)", rel, listed[-1]["size"])
     manifest = {"name": name, "kind": kind, "entry": entry, "files": listed, "pushed_at": time.time()}
+    lora = _lora_info(path) if kind == "file" else None
+    if lora is not None:
+        manifest["lora"] = lora
     store.put(f"{PREFIX}{name}/{MANIFEST}", json.dumps(manifest, indent=1).encode(), content_type="application/json")
     return manifest
+
+
+def _lora_info(file: Path) -> dict[str, Any] | None:
+    """What a pushed single file says about itself when it is a LoRA adapter (its tensor names hold
+    `lora_`): the family it is for (`sdq.loras`); None for any other file. Refuses a `.safetensors`
+    file whose header cannot be read."""
+    from sdq.loras import family_from_keys, safetensors_keys
+
+    if file.suffix.lower() != ".safetensors":
+        return None
+    try:
+        keys = safetensors_keys(file)
+    except (OSError, ValueError, struct.error) as exc:
+        raise ModelError(f"{file}: not a readable .safetensors file ({exc})") from None
+    if not any("lora_" in k or ".lora." in k for k in keys):
+        return None
+    return {"family": family_from_keys(keys), "tensors": len(keys)}
 
 
 def remote_manifest(store: ResultStore, name: str) -> dict[str, Any]:

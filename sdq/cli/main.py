@@ -101,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the models workers may load; `models push` puts one in the bucket")
     m.add_argument("--json", action="store_true")
     msub = m.add_subparsers(dest="models_command")
-    push = msub.add_parser("push", help="upload a diffusers folder or checkpoint file to the bucket as store:NAME")
+    push = msub.add_parser("push", help="upload a diffusers folder, checkpoint file or LoRA .safetensors to the bucket "
+                                        "as store:NAME")
     push.add_argument("path")
     push.add_argument("--as", dest="name", required=True, help="the model's name (then allow store:NAME)")
     rc = sub.add_parser("cache", help="the result cache: `cache count` its entries, `cache clear` drops them")
@@ -157,7 +158,9 @@ def cmd_models_push(args) -> int:
     store.ensure_bucket()
     manifest = push(store, Path(args.path), args.name)
     size = sum(f["size"] for f in manifest["files"])
-    print(f"pushed {len(manifest['files'])} files ({size} bytes) as store:{args.name}; allow it with "
+    what = (f"a {manifest['lora']['family']} LoRA adapter: name it in params.loras" if manifest.get("lora")
+            else "a model")
+    print(f"pushed {len(manifest['files'])} files ({size} bytes) as store:{args.name} ({what}); allow it with "
           f"SDQ_MODELS=store:{args.name}", file=sys.stderr)
     return 0
 
