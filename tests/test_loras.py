@@ -152,10 +152,9 @@ def test_bad_loras_answer_422_naming_the_field(stack, loras, field, code):
 
 def test_pushed_adapters_load_by_store_name_and_another_family_is_refused(stack_factory, store, models_dir,
                                                                           tmp_path):
-    from sdq.sources import builtin_path
+    from workers.builtin import ensure_builtin
 
-    kohya = builtin_path(models_dir, "tiny-lora-kohya") / "adapter.safetensors"
-    assert kohya.is_file()  # built by the tests above on the shared worker
+    kohya = ensure_builtin(models_dir, "tiny-lora-kohya") / "adapter.safetensors"
     st = stack_factory("loras", env={"SDQ_MODELS": f"store:ink-kohya,{tmp_path / 'xl.safetensors'}",
                                      "SDQ_MODELS_DIR": str(tmp_path / "cache")})
     env = {**os.environ, **st.env}
