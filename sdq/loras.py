@@ -142,6 +142,16 @@ def check_loras(loras: list[dict[str, Any]] | None, model: str, pipeline: str,
     return out
 
 
+def parse_flag(text: str) -> dict[str, Any]:
+    """One `--lora NAME[:SCALE]` flag as a `params.loras` entry (`builtin:tiny-lora:0.8`: the part
+    after the last colon is the scale when it is a number)."""
+    name, _, tail = text.rpartition(":")
+    try:
+        return {"name": name, "scale": float(tail)} if name else {"name": text}
+    except ValueError:
+        return {"name": text}
+
+
 def format_scale(scale: float) -> str:
     """A scale as a tag writes it: short, and read back to the same float."""
     text = f"{scale:g}"

@@ -14,6 +14,7 @@ from sdq import contract
 from sdq.cli.client import Client
 from sdq.cli.gallery import write_gallery
 from sdq.exceptions import InvalidInput, PromptFileError, SdqError
+from sdq.loras import parse_flag
 from sdq.prompts import parse_prompts
 
 PARAM_FLAGS = {"steps": "steps", "width": "width", "height": "height", "seed": "seed", "n": "images_per_prompt",
@@ -36,6 +37,8 @@ def build_body(args, items: list[dict[str, Any]]) -> dict[str, Any]:
         params["grid"] = True
     if getattr(args, "no_cache", False):
         params["cache"] = False
+    if getattr(args, "loras", None):
+        params["loras"] = [parse_flag(text) for text in args.loras]
     if getattr(args, "sweep", None):
         try:
             body["sweep"] = json.loads(args.sweep)

@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler")
     s.add_argument("--init-image", dest="init_image")
     s.add_argument("--strength", type=float)
+    s.add_argument("--lora", dest="loras", action="append", metavar="NAME[:SCALE]",
+                   help="apply an allowed LoRA adapter (repeat for several), e.g. builtin:tiny-lora:0.8")
     s.add_argument("--priority", type=int, default=defaults.PRIORITY)
     s.add_argument("--device", default=None, help="require gpu, cpu or any")
     s.add_argument("--sweep", default=None, help='JSON object of values to sweep, e.g. \'{"guidance_scale": [5, 9]}\'')

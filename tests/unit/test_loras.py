@@ -82,3 +82,26 @@ def test_the_a1111_hash_covers_the_tensors_not_the_header(tmp_path):
     a = write_safetensors(tmp_path / "a.safetensors", ["k"])
     raw = a.read_bytes()
     assert loras.a1111_hash(a) == __import__("hashlib").sha256(raw[8 + struct.unpack("<Q", raw[:8])[0]:]).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("flag, entry", [
+    ("builtin:tiny-lora", {"name": "builtin:tiny-lora"}),
+    ("builtin:tiny-lora:0.8", {"name": "builtin:tiny-lora", "scale": 0.8}),
+    ("/loras/ink.safetensors:-1", {"name": "/loras/ink.safetensors", "scale": -1.0}),
+    ("ink", {"name": "ink"}),
+])
+def test_the_cli_lora_flag(flag, entry):
+    from argparse import Namespace
+
+    from sdq.cli.jobs import build_body
+
+    args = Namespace(model="builtin:tiny-sd", pipeline="txt2img", priority=5, device=None, loras=[flag])
+    assert build_body(args, [{"prompt": "x"}])["params"]["loras"] == [entry]
+
+
+def test_adapter_digests_are_in_the_result_cache_key():
+    from sdq.state.resultindex import Maker, cache_key
+
+    maker = Maker("builtin:tiny-sd", "w", "cpu", "fp32", True)
+    args = (maker, "", "txt2img", {"steps": 2, "loras": TINY}, "p", "", 1, None, False, None)
+    assert cache_key(*args, {"builtin:tiny-lora": "a" * 64}) != cache_key(*args, {"builtin:tiny-lora": "b" * 64})
