@@ -178,11 +178,16 @@ def split_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
 
 
 def a1111_hash(path: Path) -> str:
-    """A1111's short hash of a LoRA file: the first 12 hex digits of the SHA-256 of the bytes after
-    the safetensors header (what its `Lora hashes` field writes)."""
+    """A1111's short hash of a LoRA file (what its `Lora hashes` field writes): the trainer's
+    `sshs_model_hash` from the file's metadata when it has one, else the SHA-256 of the bytes after
+    the safetensors header ("addnet" hash); the first 12 hex digits."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         size = struct.unpack("<Q", f.read(8))[0]
+        if size <= HEADER_MAX:
+            stated = (json.loads(f.read(size)).get("__metadata__") or {}).get("sshs_model_hash")
+            if isinstance(stated, str) and re.fullmatch(r"[0-9a-fA-F]{12,64}", stated):
+                return stated[:12].lower()
         f.seek(8 + size)
         while block := f.read(1 << 20):
             digest.update(block)

@@ -14,9 +14,11 @@ from sdq.infotext import format_infotext, parse_infotext, submit_body_from_infot
 TINY = [{"name": "builtin:tiny-lora", "scale": 0.8}]
 
 
-def write_safetensors(path: Path, keys: list[str]) -> Path:
+def write_safetensors(path: Path, keys: list[str], metadata: dict[str, str] | None = None) -> Path:
     """A valid .safetensors file holding one 1-element fp32 tensor per key."""
-    header = {k: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, k in enumerate(keys)}
+    header: dict = {k: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, k in enumerate(keys)}
+    if metadata:
+        header["__metadata__"] = metadata
     blob = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * (4 * len(keys)))
     return path
@@ -82,6 +84,8 @@ def test_the_a1111_hash_covers_the_tensors_not_the_header(tmp_path):
     a = write_safetensors(tmp_path / "a.safetensors", ["k"])
     raw = a.read_bytes()
     assert loras.a1111_hash(a) == __import__("hashlib").sha256(raw[8 + struct.unpack("<Q", raw[:8])[0]:]).hexdigest()[:12]
+    stated = write_safetensors(tmp_path / "b.safetensors", ["k"], {"sshs_model_hash": "ABCDEF0123456789" * 4})
+    assert loras.a1111_hash(stated) == "abcdef012345"  # the trainer's own hash, as A1111 prefers it
 
 
 @pytest.mark.parametrize("flag, entry", [
