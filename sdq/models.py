@@ -14,6 +14,8 @@ BUILTIN_MODELS: dict[str, tuple[str, ...]] = {
     "builtin:tiny-sd": ("txt2img", "img2img"),
     "builtin:tiny-upscaler": ("upscale",),
     "builtin:tiny-depth": ("depth2img",),
+    "builtin:tiny-sdxl": ("txt2img", "img2img"),
+    "builtin:tiny-sd3": ("txt2img", "img2img"),
 }
 """Built-in model id -> pipelines it serves."""
 
