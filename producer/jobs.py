@@ -10,9 +10,10 @@ from typing import Any, Callable
 
 from celery import Celery
 
+from producer.inputs import item_images
 from producer.schemas import ITEM_PARAM_KEYS, SubmitRequest
 from producer.sweep import check_sweep, combinations, count as sweep_count
-from sdq import contract, defaults, fleet, scheduling, speed
+from sdq import contract, defaults, fleet, pipelines, scheduling, speed
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.grid import GRID_MAX_ITEMS, check_fits
@@ -21,7 +22,8 @@ from sdq.celery_app import item_queue, send_chunk
 from sdq.records import Chunk, Item, Job
 from sdq.webhooks import check_webhook_url
 
-DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper()) for key in ITEM_PARAM_KEYS}
+DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper(), None) for key in ITEM_PARAM_KEYS} | {
+    p.name: p.default for p in pipelines.all_params().values()}
 """Item parameter defaults (the named ones in `sdq.defaults`), applied at submit and recorded in the job."""
 
 
@@ -73,8 +75,9 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     sweep = check_sweep(req.sweep)
     given = req.params.model_dump(exclude_none=True)
     base = {**DEFAULTS, **given}
-    if req.pipeline == "upscale":
-        base.update({side: defaults.UPSCALE_SIDE for side in ("width", "height") if side not in given})
+    spec = pipelines.spec(req.pipeline)
+    if spec.default_side is not None:
+        base.update({side: spec.default_side for side in ("width", "height") if side not in given})
     seed = req.params.seed if req.params.seed is not None else secrets.randbelow(2**31)
     n_per = req.params.images_per_prompt
     watermark = settings.watermark_default if req.params.watermark is None else req.params.watermark
@@ -94,18 +97,10 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     for src, (prompt, it) in enumerate(sources):
         where = f"items[{src}]." if it is not None else "params."
         params = _item_params(base, it)
-        init_image = it.init_image if it is not None else None
-        image_field = f"{where}init_image" if init_image else "params.init_image"
-        init_image = init_image or given.get("init_image")
-        if req.pipeline in contract.PIPELINES_NEEDING_IMAGE and not init_image:
-            raise InvalidInput(f"{where}init_image", f"pipeline {req.pipeline!r} needs an init_image",
-                               code="missing_init_image")
-        if init_image and req.pipeline not in contract.PIPELINES_NEEDING_IMAGE:
-            raise InvalidInput(image_field, f"pipeline {req.pipeline!r} takes no init_image (img2img, upscale "
-                               f"and depth2img do)", code="unexpected_init_image")
-        if init_image and uploads is not None:
+        images = item_images(spec, given, it, where, uploads)
+        if images.size is not None:
             explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
-            params = _init_image_size(params, uploads(init_image, image_field), explicit)
+            params = _init_image_size(params, images.size, explicit)
         _check_limits(req.pipeline, params, where, settings)
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
         cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
@@ -124,8 +119,8 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
                     item_seed = seed + (src * n_per + k if combo else index)
                 items.append(Item(
                     index=index, prompt=prompt, negative_prompt=combo.get("negative_prompt", negative),
-                    seed=item_seed % (2**32), init_image=init_image, params=cell, steps=cell["steps"],
-                    sweep=combo or None, cache=None if cache else False))
+                    seed=item_seed % (2**32), init_image=images.init_image, images=images.others, params=cell,
+                    steps=cell["steps"], sweep=combo or None, cache=None if cache else False))
 
     if req.params.watermark:
         small = [it for it in items if _pixels(req.pipeline, it.params) < contract.WATERMARK_MIN_PIXELS]

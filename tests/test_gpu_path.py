@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from sdq.exceptions import ModelError
-from sdq.models import builtin_path
+from sdq.sources import builtin_path
 from workers import builtin, checkpoints, simulate
 from workers.device import Device, bf16_native
 from workers.generation import generate
@@ -65,7 +65,7 @@ def memory_check(memory: simulate.SimulatedMemory, size: int, seen: list | None 
 def test_img2img_keeps_the_shared_unet_in_the_workers_dtype(models_dir):
     cache = PipelineCache(models_dir, FP16, 2)
     first = make(cache, "builtin:tiny-sd", "txt2img", [3])
-    made = make(cache, "builtin:tiny-sd", "img2img", [3], [sketch()])
+    made = make(cache, "builtin:tiny-sd", "img2img", [3], {"init_image": [sketch()]})
     again = make(cache, "builtin:tiny-sd", "txt2img", [3])
     entry = cache.get("builtin:tiny-sd", "txt2img")[1]
     assert {p.unet.dtype for p in entry.pipelines()} == {torch.float16}

@@ -13,10 +13,8 @@ from typing import Callable
 
 import torch
 
-from sdq.models import builtin_path
+from sdq.sources import builtin_path
 from workers import builtin_families
-
-BUILTIN_PREFIX = "builtin:"
 
 SD_SCHEDULER = dict(
     num_train_timesteps=1000,

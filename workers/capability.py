@@ -12,6 +12,7 @@ import redis
 
 from sdq import __version__, defaults, fleet
 from sdq.models import BUILTIN_MODELS, allowed_models
+from sdq.pipelines import PIPELINES
 from workers.device import Device
 from workers.reaper import safe_tick
 from workers.routing import Publish, release_due
@@ -48,7 +49,7 @@ class Capability:
         """Pipelines some allowed model of this worker can run."""
         out: list[str] = []
         for model in self.models:
-            for p in BUILTIN_MODELS.get(model, ("txt2img", "img2img", "upscale", "depth2img")):
+            for p in BUILTIN_MODELS.get(model, PIPELINES):
                 if p not in out:
                     out.append(p)
         return out

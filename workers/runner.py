@@ -19,7 +19,7 @@ from PIL import Image
 
 import redis
 
-from sdq import __version__, contract, defaults, scheduling, speed
+from sdq import __version__, contract, defaults, pipelines, scheduling, speed
 from sdq.exceptions import ModelError, WorkLost
 from sdq.infotext import SAMPLER_NAMES, format_infotext
 from sdq.jobstore import STOP_CANCELLED, STOP_UNWANTED, JobStore
@@ -81,14 +81,14 @@ def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device
     """The A1111 infotext of one result: every parameter needed to make it again, the dtype the UNet
     ran in (`dtype`, read from the pipeline) and the safety checker's verdict (None: no checker ran)."""
     p, task = chunk.params, chunk.pipeline
-    image_size = f"{p['width']}x{p['height']}" if task == "upscale" else None
+    spec = pipelines.spec(task)
     fields: dict[str, object] = {
         "Steps": p["steps"], "Sampler": SAMPLER_NAMES.get(p["scheduler"], p["scheduler"]),
         "CFG scale": p["guidance_scale"], "Seed": item.seed, "Size": f"{size[0]}x{size[1]}",
         "Model": chunk.model, "Pipeline": task,
-        "Denoising strength": p["strength"] if task in ("img2img", "depth2img") else None,
-        "Noise level": p["noise_level"] if task == "upscale" else None,
-        "Init image": item.init_image, "Input size": image_size,
+        **spec.infotext_fields(p),
+        **{image.infotext: item.image_key(image.field) for image in spec.images if image.infotext},
+        "Input size": spec.input_size(p),
         "Watermark": watermark.LABEL if watermarked else None,
         "Safety checker": None if nsfw is None else ("flagged" if nsfw else "passed"),
         "Device": device.device, "Dtype": dtype or device.dtype, "Worker": worker, "Job": chunk.job,
@@ -296,7 +296,7 @@ class Runner:
                 if self.activity.speed is not None else None)
         t0 = time.perf_counter()
         try:
-            images = self._init_images(batch) if task != "txt2img" else None
+            images = self._images(task, batch)
             made = self._generate(pipe, loaded, task, params, batch, images, progress)
         except Exception as exc:  # noqa: BLE001 - a failed item never takes the worker down...
             log.exception("job %s items %s failed", job_id, indices)
@@ -364,7 +364,7 @@ class Runner:
         return True
 
     def _generate(self, pipe, loaded, task: str, params: dict[str, Any], batch: list[Item],
-                  images: list[Any] | None, progress: StepProgress) -> Generated:
+                  images: dict[str, list[Any]] | None, progress: StepProgress) -> Generated:
         """Make `batch` with the out-of-memory fallbacks (and the testing aids' checks, if set)."""
         check = None
         if self.debug_oom_pixels or self.debug_fatal_after is not None:
@@ -401,8 +401,10 @@ class Runner:
             logging.shutdown()
             os._exit(defaults.FATAL_EXIT_CODE)
 
-    def _init_images(self, batch: list[Item]) -> list[Any]:
-        return [Image.open(io.BytesIO(self.store.get(it.init_image))).convert("RGB") for it in batch]
+    def _images(self, task: str, batch: list[Item]) -> dict[str, list[Any]]:
+        """Each image input of the pipeline: the items' uploads, in the mode its spec asks for."""
+        return {image.field: [Image.open(io.BytesIO(self.store.get(it.image_key(image.field)))).convert(image.mode)
+                              for it in batch] for image in pipelines.spec(task).images}
 
     def _fail(self, job_id: str, indices: list[int], error: str, steps_reported: int = 0,
               extra: dict[str, Any] | None = None) -> None:
