@@ -10,10 +10,11 @@ from typing import Any, Callable
 
 from celery import Celery
 
+from producer.family import check_item, family_defaults, info_for
 from producer.inputs import item_images
 from producer.schemas import ITEM_PARAM_KEYS, SubmitRequest
 from producer.sweep import check_sweep, combinations, count as sweep_count
-from sdq import contract, defaults, fleet, pipelines, scheduling, speed
+from sdq import contract, defaults, families, fleet, pipelines, scheduling, speed
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.grid import GRID_MAX_ITEMS, check_fits
@@ -22,9 +23,11 @@ from sdq.celery_app import item_queue, send_chunk
 from sdq.records import Chunk, Item, Job
 from sdq.webhooks import check_webhook_url
 
-DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper(), None) for key in ITEM_PARAM_KEYS} | {
-    p.name: p.default for p in pipelines.all_params().values()}
-"""Item parameter defaults (the named ones in `sdq.defaults`), applied at submit and recorded in the job."""
+DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper(), None) for key in ITEM_PARAM_KEYS
+                            if key not in pipelines.FAMILY_PARAMS} | {
+    p.name: p.default for p in pipelines.all_params().values() if p.name not in pipelines.FAMILY_PARAMS}
+"""Item parameter defaults (the named ones in `sdq.defaults`), applied at submit and recorded in the job;
+a model family's own defaults are added over them (`producer.family`)."""
 
 
 @dataclass
@@ -37,10 +40,12 @@ class Plan:
 
 
 def _item_params(base: dict[str, Any], override: Any | None) -> dict[str, Any]:
-    params = {k: base[k] for k in ITEM_PARAM_KEYS}
+    params = {k: base.get(k) for k in ITEM_PARAM_KEYS}
     if override is not None:
         params.update({k: getattr(override, k) for k in ITEM_PARAM_KEYS if getattr(override, k) is not None})
-    return params
+    # A family parameter is carried only when set (its family's default, or given): other families'
+    # items stay as they were (their result cache keys and infotext unchanged).
+    return {k: v for k, v in params.items() if v is not None or k not in pipelines.FAMILY_PARAMS}
 
 
 def _pixels(pipeline: str, params: dict[str, Any]) -> int:
@@ -74,7 +79,9 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
         check_webhook_url(req.webhook_url, settings.webhook_allow_private)
     sweep = check_sweep(req.sweep)
     given = req.params.model_dump(exclude_none=True)
-    base = {**DEFAULTS, **given}
+    info = info_for(req.model, req.pipeline)
+    base = {**DEFAULTS, **family_defaults(info, given), **given}
+    check_item(info.family, req.model, base, "params.")
     spec = pipelines.spec(req.pipeline)
     if spec.default_side is not None:
         base.update({side: spec.default_side for side in ("width", "height") if side not in given})
@@ -102,6 +109,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
             explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
             params = _init_image_size(params, images.size, explicit)
         _check_limits(req.pipeline, params, where, settings)
+        check_item(info.family, req.model, params, where)
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
         cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
         for combo in combos:
@@ -109,6 +117,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
             cell = {**params, **{k: v for k, v in combo.items() if k in ITEM_PARAM_KEYS}}
             if combo:
                 _check_limits(req.pipeline, cell, "sweep.", settings)
+                check_item(info.family, req.model, cell, "sweep.")
             for k in range(n_per):
                 index = len(items)
                 if "seed" in combo:
@@ -142,8 +151,11 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     job_params = {k: v for k, v in base.items() if k not in ("seed",)}
     job_params["seed"] = seed
     job_params["watermark"] = watermark
+    requires = req.requires.model_dump()
+    if info.memory is not None:  # what a worker's device must hold (`sdq.families.Memory`)
+        requires["memory"] = info.memory.record()
     job = Job(id=uuid.uuid4().hex, owner=owner, state="queued", created_at=time.time(), model=req.model,
-              pipeline=req.pipeline, params=job_params, requires=req.requires.model_dump(), priority=req.priority,
+              pipeline=req.pipeline, params=job_params, requires=requires, priority=req.priority,
               n_items=len(items), seed=seed, webhook_url=req.webhook_url, sweep=sweep or None)
     return Plan(job, items)
 
@@ -174,8 +186,9 @@ def route(plan: Plan, workers: list[dict[str, Any]],
     routed = [Chunk.of(plan.job, queue, items) for queue, items in _chunks(plan, workers, by_speed)]
     for queue in sorted({c.queue for c in routed}):
         able = fleet.serving(workers, queue, model)
-        if req.get("min_memory_gb"):
-            able = [wk for wk in able if (wk.get("memory_total_gb") or 0) >= req["min_memory_gb"]]
+        pixels = max(_pixels(plan.job.pipeline, c.params) for c in routed if c.queue == queue)
+        able = [wk for wk in able if (wk.get("memory_total_gb") or 0) >= (
+            families.required_gb(req, wk.get("dtype") or "fp32", pixels) or 0)]
         if not able:
             plan.warnings.append(
                 f"no live worker can serve {queue} (device={req['device']}, dtype={req.get('dtype') or 'any'}, "

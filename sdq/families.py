@@ -230,3 +230,12 @@ def model_info(model_id: str) -> ModelInfo:
         fam = FAMILIES[detect(path)]
         return ModelInfo(fam, fam.memory, fam.default_side)
     return ModelInfo(None, None, None)
+
+
+def required_gb(requires: dict, dtype: str, pixels: int) -> float | None:
+    """Device memory (GiB) an item of `pixels` output pixels needs on a `dtype` worker: the larger of
+    the caller's `min_memory_gb` and the model family's need (`requires.memory`); None: no need stated."""
+    needs = [float(requires["min_memory_gb"])] if requires.get("min_memory_gb") else []
+    if requires.get("memory"):
+        needs.append(Memory.from_record(requires["memory"]).need_gb(dtype, pixels))
+    return max(needs) if needs else None

@@ -9,7 +9,7 @@ import torch
 
 from sdq import pipelines
 from sdq.exceptions import Cancelled, OutOfMemory
-from workers.pipelines import Loaded, PipelineCache, free_memory, is_out_of_memory
+from workers.pipelines import Loaded, PipelineCache, denoiser, free_memory, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,11 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     )
     spec = pipelines.spec(task)
     kwargs.update(spec.call_kwargs(params))
+    kwargs.update(pipelines.family_kwargs(loaded.family, params))
     for image in spec.images:
         kwargs[image.kwarg] = _fit((images or {}).get(image.field, []), params["width"], params["height"])
-    dtype = DTYPE_NAMES.get(pipe.unet.dtype, str(pipe.unet.dtype))  # read at the call, not assumed
+    net = denoiser(pipe)
+    dtype = DTYPE_NAMES.get(net.dtype, str(net.dtype))  # read at the call, not assumed
     try:
         with torch.inference_mode():
             out = pipe(**kwargs)

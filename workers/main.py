@@ -111,7 +111,8 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     memory_gb = device.memory_gb()[0]
     speedometer = Speedometer(device.kind)
     by_speed = settings.scheduling == "speed"
-    router = Router(name, jobs, publish, models, max_pixels, memory_gb, speedometer if by_speed else None)
+    router = Router(name, jobs, publish, models, max_pixels, memory_gb, speedometer if by_speed else None,
+                    dtype=device.dtype)
     activity = Activity(speed=speedometer)
     backups = Backups(name, jobs, router, speedometer, lambda: activity.current is None, publish,
                       queues) if by_speed else None

@@ -87,6 +87,7 @@ def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device
         "CFG scale": p["guidance_scale"], "Seed": item.seed, "Size": f"{size[0]}x{size[1]}",
         "Model": chunk.model, "Pipeline": task,
         **spec.infotext_fields(p),
+        **pipelines.family_infotext(p),
         **{image.infotext: item.image_key(image.field) for image in spec.images if image.infotext},
         "Input size": spec.input_size(p),
         "Watermark": watermark.LABEL if watermarked else None,
