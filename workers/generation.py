@@ -65,12 +65,15 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     """One pipeline call for a batch; one seeded CPU generator per image. Its images are empty
     when the job was cancelled mid-call (`callback` set `pipe._interrupt`).
 
+    No negative prompt at all is passed as None, not as empty strings: SDXL then uses zero embeddings
+    for the unconditional half (`force_zeros_for_empty_prompt`), as diffusers' own default call does.
+
     `images` holds each image input's uploads (by request field, one per prompt), resized to `width` x
     `height` first; the spec says which keyword each is passed as and which parameters go along.
     """
     pipe.scheduler = loaded.scheduler(params["scheduler"])
     kwargs: dict[str, Any] = dict(
-        prompt=prompts, negative_prompt=negative_prompts, num_inference_steps=params["steps"],
+        prompt=prompts, negative_prompt=negative_prompts if any(negative_prompts) else None, num_inference_steps=params["steps"],
         guidance_scale=params["guidance_scale"],
         generator=[torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds],
         **_step_hooks(pipe, task, callback),
