@@ -60,13 +60,15 @@ def _check_limits(pipeline: str, params: dict[str, Any], where: str, settings: S
                            f"{settings.max_pixels} pixels per image", code="too_large")
 
 
-def _init_image_size(params: dict[str, Any], record: dict[str, Any] | None, explicit: set[str]) -> dict[str, Any]:
+def _init_image_size(params: dict[str, Any], record: dict[str, Any] | None, explicit: set[str],
+                     multiple: int = 8) -> dict[str, Any]:
     """Image pipelines work at the init image's size unless width/height are given: the worker resizes
-    the image to width x height (rounded down to a multiple of 8); upscale makes 4x that."""
+    the image to width x height (rounded down to a multiple of 8, or of the model family's own
+    `size_multiple`); upscale makes 4x that."""
     if record is None:
         return params
     size = {"width": record["width"], "height": record["height"]}
-    return {**params, **{k: max(8, v // 8 * 8) for k, v in size.items() if k not in explicit}}
+    return {**params, **{k: max(multiple, v // multiple * multiple) for k, v in size.items() if k not in explicit}}
 
 
 def plan_job(req: SubmitRequest, settings: Settings, owner: str,
@@ -107,7 +109,8 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
         images = item_images(spec, given, it, where, uploads)
         if images.size is not None:
             explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
-            params = _init_image_size(params, images.size, explicit)
+            params = _init_image_size(params, images.size, explicit,
+                                      info.family.size_multiple if info.family else 8)
         _check_limits(req.pipeline, params, where, settings)
         check_item(info.family, req.model, params, where)
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]

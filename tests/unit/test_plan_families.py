@@ -136,3 +136,11 @@ def test_the_producer_warns_when_no_live_worker_has_the_memory(tmp_path):
     plan.warnings.clear()
     route(plan, [big])
     assert plan.warnings == []
+
+
+def test_an_init_images_size_is_rounded_to_the_familys_multiple():
+    record = {"key": "uploads/x.png", "width": 72, "height": 100, "owner": "alice"}
+    req = parse_submit({"model": "builtin:tiny-sd3", "pipeline": "img2img", "prompts": ["a"],
+                        "params": {"init_image": "uploads/x.png"}})
+    plan = plan_job(req, SETTINGS, owner="alice", uploads=lambda key, field: record)
+    assert (plan.items[0].params["width"], plan.items[0].params["height"]) == (64, 96)
