@@ -116,3 +116,30 @@ def test_builtins_know_their_family_and_need_little_memory(tmp_path):
     assert families.model_info("stabilityai/stable-diffusion-xl-base-1.0").family is None
     local = families.model_info(str(folder(tmp_path, "StableDiffusion3Pipeline")))
     assert local.family.name == SD3 and local.memory == families.FAMILIES[SD3].memory and local.default_side == 1024
+
+
+def test_family_parameters_are_declared_once_and_owned_by_a_family():
+    from sdq import pipelines
+
+    owned = [name for fam in families.FAMILIES.values() for name in fam.params]
+    assert sorted(owned) == sorted(pipelines.FAMILY_PARAMS)  # each declared parameter has one family
+    assert not set(pipelines.FAMILY_PARAMS) & {p for s in pipelines.SPECS.values() for p in s.param_names}
+
+
+def test_family_parameters_become_the_diffusers_keyword_arguments():
+    from sdq.pipelines import family_kwargs
+
+    size = {"width": 64, "height": 48}
+    assert family_kwargs(SD, {**size, "max_sequence_length": 77}) == {}
+    assert family_kwargs(SDXL, size) == {}
+    assert family_kwargs(SDXL, {**size, "original_width": 256}) == {"original_size": (48, 256)}
+    assert family_kwargs(SDXL, {**size, "crop_left": 8}) == {"crops_coords_top_left": (0, 8)}
+    assert family_kwargs(SD3, {**size, "max_sequence_length": 77}) == {**size, "max_sequence_length": 77}
+
+
+def test_every_family_has_a_class_for_txt2img_and_img2img():
+    from sdq import pipelines
+
+    for name in families.FAMILIES:
+        assert pipelines.base_class(name) in families.FAMILIES[name].class_names
+        assert pipelines.spec("img2img").class_for(name) in families.FAMILIES[name].class_names
