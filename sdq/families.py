@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 SD = "sd"
@@ -227,9 +228,17 @@ def model_info(model_id: str) -> ModelInfo:
         return ModelInfo(FAMILIES[name], TINY, side)
     path = Path(model_id).expanduser()
     if kind in ("folder", "file") and path.exists():
-        fam = FAMILIES[detect(path)]
+        marker = path / "model_index.json" if path.is_dir() else path
+        st = marker.stat() if marker.exists() else path.stat()
+        fam = FAMILIES[_detect_once(str(path), st.st_size, st.st_mtime_ns)]
         return ModelInfo(fam, fam.memory, fam.default_side)
     return ModelInfo(None, None, None)
+
+
+@lru_cache(maxsize=256)
+def _detect_once(path: str, size: int, mtime_ns: int) -> str:
+    """`detect`, once per version of the file it reads (a checkpoint's header is read once, not per submit)."""
+    return detect(Path(path))
 
 
 def required_gb(requires: dict, dtype: str, pixels: int) -> float | None:
