@@ -10,7 +10,7 @@ from typing import Any
 
 from sdq import pipelines
 from sdq.exceptions import InvalidInput
-from sdq.families import FAMILIES, FLOW_SCHEDULERS, Family, ModelInfo, UnknownFamily, model_info
+from sdq.families import FAMILIES, Family, ModelInfo, UnknownFamily, model_info
 
 
 def info_for(model: str, pipeline: str) -> ModelInfo:
@@ -57,8 +57,8 @@ def check_item(fam: Family | None, model: str, params: dict[str, Any], where: st
         raise InvalidInput(f"{where}guidance_scale", f"{where}guidance_scale must be between {low:g} and {high:g} "
                            f"for {fam.title} models, got {g!r}")
     scheduler = params.get("scheduler")
-    if scheduler is not None and not _runs(fam, scheduler):
-        able = [s for s in pipelines.SCHEDULERS if _runs(fam, s)]
+    if scheduler is not None and not fam.runs(scheduler):
+        able = [s for s in pipelines.SCHEDULERS if fam.runs(s)]
         raise InvalidInput(f"{where}scheduler", f"{where}scheduler {scheduler!r} does not run {fam.title} models; "
                            f"use {', '.join(able)}")
     for side in ("width", "height"):
@@ -70,10 +70,6 @@ def check_item(fam: Family | None, model: str, params: dict[str, Any], where: st
         if value is not None and limit is not None and value >= limit:
             raise InvalidInput(f"{where}{crop}", f"{where}{crop}={value} lies outside the original image, "
                                f"{limit} pixels along that side")
-
-
-def _runs(fam: Family, scheduler: str) -> bool:
-    return scheduler in fam.schedulers if fam.schedulers is not None else scheduler not in FLOW_SCHEDULERS
 
 
 def _owners() -> dict[str, tuple[str, ...]]:

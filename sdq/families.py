@@ -23,6 +23,9 @@ SDXL = "sdxl"
 SD3 = "sd3"
 """Stable Diffusion 3.x: an MMDiT transformer, two CLIP encoders and T5, a 16-channel VAE, flow matching."""
 
+FLOW_SCHEDULERS = ("flow_euler",)
+"""Schedulers of flow-matching (rectified-flow) models; noise-prediction families cannot use them."""
+
 HALF_BYTES = {"fp16": 1.0, "bf16": 1.0, "fp32": 2.0}
 """Memory of a dtype relative to half precision."""
 
@@ -75,9 +78,10 @@ class Family:
     params: tuple[str, ...] = ()
     """Family-specific item parameters it takes (declared in `sdq.pipelines`)."""
 
+    def runs(self, scheduler: str) -> bool:
+        """Whether scheduler `scheduler` (a `params.scheduler` name) can drive this family's models."""
+        return scheduler in self.schedulers if self.schedulers is not None else scheduler not in FLOW_SCHEDULERS
 
-FLOW_SCHEDULERS = ("flow_euler",)
-"""Schedulers of flow-matching (rectified-flow) models; noise-prediction families cannot use them."""
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(SD, "Stable Diffusion 1.x/2.x",

@@ -22,17 +22,27 @@ FAMILY_DEFAULTS = {"tiny-sdxl": {"guidance_scale": 5.0}, "tiny-sd3": {"guidance_
 """What the producer fills in for each built-in's family (the direct call passes the same)."""
 
 
+HUB_SD3 = "sdq-test/tiny-sd3-cached"
+SNAPSHOT = "fedcba9876543210fedcba9876543210fedcba98"
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, models_dir) -> dict[str, str]:
     """Copies of the tiny SDXL and SD3 built-ins as local diffusers folders (their family read from
-    model_index.json; the producer cannot know they are tiny)."""
+    model_index.json; the producer cannot know they are tiny), and tiny-sd3 as a hub repo in the
+    worker's hub cache (a family the producer cannot know at submit)."""
     d = tmp_path_factory.mktemp("families")
+    repo = models_dir / "hub" / ("models--" + HUB_SD3.replace("/", "--"))
+    if not repo.exists():
+        shutil.copytree(builtin_path(models_dir, "tiny-sd3"), repo / "snapshots" / SNAPSHOT)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(SNAPSHOT)
     return {name: str(shutil.copytree(builtin_path(models_dir, name), d / name)) for name in FAMILY_DEFAULTS}
 
 
 @pytest.fixture(scope="module")
 def fstack(stack_factory, folders):
-    st = stack_factory("families", env={"SDQ_MODELS": ",".join(folders.values())})
+    st = stack_factory("families", env={"SDQ_MODELS": ",".join([*folders.values(), HUB_SD3])})
     st.worker("w-families", "--device", "cpu", "--threads", "1")
     return st
 
@@ -158,3 +168,14 @@ def test_a_worker_without_the_memory_never_takes_the_item(fclient, fstack, folde
     doc = fclient.job(job)
     assert doc["state"] == "queued" and doc["items"][0].get("attempts") is None, doc
     fclient.cancel(job)
+
+
+def test_an_sd3_hub_id_loads_with_its_family_and_a_wrong_scheduler_fails_naming_it(fclient, store, models_dir):
+    """The producer cannot read a hub id's family, so SD defaults go through; the worker loads the
+    SD3 class from model_index.json and fails a noise-prediction scheduler with a clear error."""
+    body = {"model": HUB_SD3, "prompts": ["a dune"], "params": {"steps": 3, "seed": 4, "width": 64, "height": 64}}
+    doc = wait_job(fclient, fclient.submit(body)["id"], timeout=240)
+    assert doc["state"] == "failed" and "'pndm' does not run Stable Diffusion 3.x" in doc["items"][0]["error"]
+    body["params"].update(scheduler="flow_euler", guidance_scale=7.0)
+    img = result(store, run(fclient, body)["items"][0])
+    assert close(pixels(img), direct(models_dir, "tiny-sd3", "a dune", 4, 3, width=64, height=64))

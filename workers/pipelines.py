@@ -71,9 +71,20 @@ class Loaded:
     low_memory: bool = False  # on for good once it was what made a call fit (its modules are shared)
     offloaded: Any = None  # the pipeline whose model-offload hooks the shared modules carry (CUDA)
 
+    def check_scheduler(self, name: str) -> None:
+        """ModelError for a scheduler the model's family cannot run (a flow-matching one on a
+        noise-prediction model, or the reverse): the producer checks it when it knows the family at
+        submit, not for hub ids or pushed models."""
+        fam = families.family(self.family)
+        if not fam.runs(name):
+            able = ", ".join(s for s in pipelines.SCHEDULERS if fam.runs(s))
+            raise ModelError(f"scheduler {name!r} does not run {fam.title} models like {self.model_id!r}; "
+                             f"use {able}")
+
     def scheduler(self, name: str):
         """A fresh scheduler for one call: a deep copy of a template built once per name
         (`from_config` costs ~1 ms of signature inspection; a copy ~0.3 ms)."""
+        self.check_scheduler(name)
         if name not in self.schedulers:
             self.schedulers[name] = make_scheduler(name, self.scheduler_config)
         return copy.deepcopy(self.schedulers[name])

@@ -217,7 +217,8 @@ class Runner:
         self.faults.hit("load")
         try:
             pipe, loaded = self.cache.get(chunk.model, task)
-        except ModelError as exc:  # the model itself is wrong: nothing to retry
+            loaded.check_scheduler(chunk.params["scheduler"])
+        except ModelError as exc:  # the model itself is wrong (or not for these parameters): nothing to retry
             self._fail(job_id, todo, str(exc))
             return
         self.leases.progress()
