@@ -82,8 +82,9 @@ def test_sdxl_size_conditioning_changes_the_image(built):
     pipe = load(built["tiny-sdxl"])
     plain = make(pipe, width=64, height=64)
     assert np.array_equal(plain, make(pipe, width=64, height=64, original_size=(64, 64), target_size=(64, 64)))
-    assert np.abs(plain - make(pipe, width=64, height=64, original_size=(512, 512))).mean() > 0.5
-    assert np.abs(plain - make(pipe, width=64, height=64, crops_coords_top_left=(32, 0))).mean() > 0.5
+    # weak on random weights (~0.4-2/255 on average) but far above float noise (~1e-4)
+    assert np.abs(plain - make(pipe, width=64, height=64, original_size=(512, 512))).mean() > 0.1
+    assert np.abs(plain - make(pipe, width=64, height=64, crops_coords_top_left=(32, 0))).mean() > 0.1
 
 
 def test_sd3_max_sequence_length_changes_the_image_and_has_no_t5(built):

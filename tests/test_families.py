@@ -37,7 +37,14 @@ def folders(tmp_path_factory, models_dir) -> dict[str, str]:
         shutil.copytree(builtin_path(models_dir, "tiny-sd3"), repo / "snapshots" / SNAPSHOT)
         (repo / "refs").mkdir()
         (repo / "refs" / "main").write_text(SNAPSHOT)
-    return {name: str(shutil.copytree(builtin_path(models_dir, name), d / name)) for name in FAMILY_DEFAULTS}
+    out = {name: str(shutil.copytree(builtin_path(models_dir, name), d / name)) for name in FAMILY_DEFAULTS}
+    # tiny-sdxl as one original-layout file, as SDXL checkpoints are shared, with its config folder beside it
+    from tests.support.ldm_sdxl import write_sdxl_single_file
+
+    src = builtin_path(models_dir, "tiny-sdxl")
+    out["sdxl-file"] = str(write_sdxl_single_file(src, d / "tiny-sdxl-sgm.safetensors"))
+    shutil.copytree(src, d / "tiny-sdxl-sgm", ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -143,15 +150,17 @@ def _worker_memory(client: Client) -> float:
     return float(workers[0]["memory_total_gb"])
 
 
-def test_a_local_sdxl_folder_loads_by_path_and_makes_the_builtins_image(fclient, fstack, folders, store):
+def test_a_local_sdxl_folder_and_single_file_load_by_path_and_make_the_builtins_image(fclient, folders, store):
     need = families.FAMILIES["sdxl"].memory.need_gb("fp32", 64 * 64)
     if _worker_memory(fclient) < need:
         pytest.skip(f"this machine has less than the {need} GB an SDXL checkpoint is estimated to need in fp32")
     body = {"prompts": ["a hill"], "params": {"steps": 2, "seed": 9, "width": 64, "height": 64,
                                               "scheduler": "euler", "guidance_scale": 5.0}}
     from_folder = result(store, run(fclient, {**body, "model": folders["tiny-sdxl"]})["items"][0])
+    from_file = result(store, run(fclient, {**body, "model": folders["sdxl-file"]})["items"][0])
     builtin = result(store, run(fclient, {**body, "model": "builtin:tiny-sdxl"})["items"][0])
     assert np.array_equal(pixels(from_folder), pixels(builtin))
+    assert np.array_equal(pixels(from_file), pixels(builtin))
 
 
 def test_a_worker_without_the_memory_never_takes_the_item(fclient, fstack, folders):

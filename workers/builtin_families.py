@@ -24,15 +24,22 @@ SDXL_SCHEDULER = dict(
 SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
 """SD3 medium's FlowMatchEulerDiscreteScheduler config."""
 
-TEXT_HIDDEN = 32
-"""Hidden size (and projection size) of each tiny CLIP text encoder."""
+CLIP_L_HIDDEN = 32
+"""Hidden size of the tiny stand-in for CLIP ViT-L (768 in the real models)."""
+CLIP_G_HIDDEN = 64
+"""Hidden and projection size of the tiny stand-in for OpenCLIP bigG (1280 in the real models). The
+two must differ, as the real ones do: diffusers tells the encoders of a single-file checkpoint apart
+by their width."""
+
+T5_HIDDEN = 128
+"""Width of SD3's joint text sequence (the T5 encoder's; 4096 in the real model)."""
 
 TIME_EMBED_DIM = 8
 """SDXL's `addition_time_embed_dim` (real: 256): each of the 6 size/crop numbers becomes this many."""
 
 
-def _clip_encoder(seed: int, projection: bool):
-    """A 2-layer CLIP text encoder (hidden size 32), with a text projection when `projection`."""
+def _clip_encoder(seed: int, projection: bool, hidden: int):
+    """A 2-layer CLIP text encoder of width `hidden`, with a text projection (`hidden` wide) when `projection`."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from workers.builtin import tiny_tokenizer
@@ -41,9 +48,9 @@ def _clip_encoder(seed: int, projection: bool):
     vocab = tokenizer.get_vocab()
     torch.manual_seed(seed)
     config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=TEXT_HIDDEN, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"], projection_dim=TEXT_HIDDEN,
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"], projection_dim=hidden,
     )
     model = CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
     return tokenizer, model.eval()
@@ -63,16 +70,17 @@ def _vae(latent_channels: int, seed: int, **config):
 
 def tiny_sdxl_unet():
     """A two-level UNet with SDXL's conditioning: cross-attention over both encoders' hidden states
-    (32 + 32), and the pooled text embedding plus the 6 size/crop numbers as added embeddings."""
+    (32 + 64 wide), and the second's pooled text embedding plus the 6 size/crop numbers as added
+    embeddings."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(13)
     return UNet2DConditionModel(
         sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=2 * TEXT_HIDDEN,
+        attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=CLIP_L_HIDDEN + CLIP_G_HIDDEN,
         addition_embed_type="text_time", addition_time_embed_dim=TIME_EMBED_DIM,
-        projection_class_embeddings_input_dim=TEXT_HIDDEN + 6 * TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=CLIP_G_HIDDEN + 6 * TIME_EMBED_DIM,
         transformer_layers_per_block=(1, 2), norm_num_groups=32,
     ).eval()
 
@@ -82,8 +90,8 @@ def build_tiny_sdxl(path: Path) -> None:
     the UNet's sample size times the VAE's 8, as SDXL's)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    tokenizer, encoder = _clip_encoder(11, projection=False)
-    tokenizer_2, encoder_2 = _clip_encoder(12, projection=True)
+    tokenizer, encoder = _clip_encoder(11, projection=False, hidden=CLIP_L_HIDDEN)
+    tokenizer_2, encoder_2 = _clip_encoder(12, projection=True, hidden=CLIP_G_HIDDEN)
     pipe = StableDiffusionXLPipeline(
         vae=_vae(4, 14, scaling_factor=0.13025, force_upcast=True), text_encoder=encoder, text_encoder_2=encoder_2,
         tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=tiny_sdxl_unet(),
@@ -95,14 +103,15 @@ def build_tiny_sdxl(path: Path) -> None:
 
 def tiny_sd3_transformer():
     """A 2-layer MMDiT (SD3Transformer2DModel): patch 2 over 16 latent channels, joint attention
-    over the two CLIP encoders' concatenated hidden states, pooled projections of both."""
+    over the two CLIP encoders' concatenated hidden states (32 + 64, zero-padded to the 128 of the
+    absent T5 encoder, as SD3 pads 768 + 1280 to 4096), pooled projections of both."""
     from diffusers import SD3Transformer2DModel
 
     torch.manual_seed(23)
     return SD3Transformer2DModel(
         sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=8,
-        num_attention_heads=4, joint_attention_dim=2 * TEXT_HIDDEN, caption_projection_dim=32,
-        pooled_projection_dim=2 * TEXT_HIDDEN, pos_embed_max_size=128,
+        num_attention_heads=4, joint_attention_dim=T5_HIDDEN, caption_projection_dim=32,
+        pooled_projection_dim=CLIP_L_HIDDEN + CLIP_G_HIDDEN, pos_embed_max_size=128,
     ).eval()
 
 
@@ -111,8 +120,8 @@ def build_tiny_sd3(path: Path) -> None:
     (default size 1024x1024, as SD3's)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
-    tokenizer, encoder = _clip_encoder(21, projection=True)
-    tokenizer_2, encoder_2 = _clip_encoder(22, projection=True)
+    tokenizer, encoder = _clip_encoder(21, projection=True, hidden=CLIP_L_HIDDEN)
+    tokenizer_2, encoder_2 = _clip_encoder(22, projection=True, hidden=CLIP_G_HIDDEN)
     vae = _vae(16, 24, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
     pipe = StableDiffusion3Pipeline(
         transformer=tiny_sd3_transformer(), scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER), vae=vae,
