@@ -46,7 +46,9 @@ def item_images(spec: pipelines.PipelineSpec, given: dict[str, Any], item: Any |
         names[name] = f"{where}{name}" if own else f"params.{name}"
         needed = name in spec.image_fields
         if needed and not key:
-            raise InvalidInput(f"{where}{name}", f"pipeline {spec.name!r} needs a {name}", code=f"missing_{name}")
+            article = "an" if name[0] in "aeiou" else "a"
+            raise InvalidInput(f"{where}{name}", f"pipeline {spec.name!r} needs {article} {name}",
+                               code=f"missing_{name}")
         if key and not needed:
             raise InvalidInput(names[name], f"pipeline {spec.name!r} takes no {name} ({_takers(name)} do)",
                                code=f"unexpected_{name}")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
+                      model_validator)
 
 from producer.bodies import field_path
 from sdq import contract, defaults, pipelines
@@ -30,6 +31,13 @@ def _check_side(name: str, value: int | None) -> int | None:
     return value
 
 
+def _check_one_of(name: str, value: str | None, choices: tuple[str, ...]) -> str | None:
+    """`value` when it is None or one of `choices`; a ValueError naming `name`, the choices and the value otherwise."""
+    if value is not None and value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _check_scheduler(value: str | None) -> str | None:
     if value is not None and value not in contract.SCHEDULERS:
         raise ValueError(f"unknown scheduler {value!r}; known: {', '.join(contract.SCHEDULERS)}")
@@ -51,7 +59,7 @@ class _Common(_Strict):
 
     @field_validator("width", "height")
     @classmethod
-    def _side(cls, v: int | None, info) -> int | None:
+    def _side(cls, v: int | None, info: ValidationInfo) -> int | None:
         return _check_side(info.field_name, v)
 
     @field_validator("scheduler")
@@ -98,6 +106,10 @@ class ItemIn(Images, Overrides):
     """Overrides `params.cache` for this item."""
 
 
+REQUIRES_CHOICES = {"device": contract.DEVICES, "dtype": contract.DTYPES}
+"""The values a worker requirement may take, by field."""
+
+
 class Requires(_Strict):
     """What kind of worker an item needs."""
 
@@ -105,19 +117,10 @@ class Requires(_Strict):
     dtype: str | None = Field(None, max_length=32)
     min_memory_gb: float | None = Field(None, ge=0)
 
-    @field_validator("device")
+    @field_validator("device", "dtype")
     @classmethod
-    def _device(cls, v: str) -> str:
-        if v not in contract.DEVICES:
-            raise ValueError(f"device must be one of {', '.join(contract.DEVICES)}, got {v!r}")
-        return v
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, v: str | None) -> str | None:
-        if v is not None and v not in contract.DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(contract.DTYPES)}, got {v!r}")
-        return v
+    def _known(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return _check_one_of(info.field_name, v, REQUIRES_CHOICES[info.field_name])
 
 
 class SubmitRequest(_Strict):

@@ -18,6 +18,10 @@ from pathlib import Path
 
 SD = "sd"
 """Stable Diffusion 1.x/2.x: a 4-channel UNet, one CLIP text encoder."""
+SD_UPSCALE = "sd-upscale"
+"""The x4 upscaler (a 7-channel UNet conditioned on the low-resolution image)."""
+SD_DEPTH = "sd-depth"
+"""Stable Diffusion 2 depth (a 5-channel UNet conditioned on a depth map)."""
 SDXL = "sdxl"
 """Stable Diffusion XL: a 4-channel UNet with size/crop conditioning, two CLIP text encoders."""
 SD3 = "sd3"
@@ -85,10 +89,16 @@ class Family:
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(SD, "Stable Diffusion 1.x/2.x",
-           ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
-            "StableDiffusionUpscalePipeline", "StableDiffusionDepth2ImgPipeline"),
+           ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
            ("model.diffusion_model.input_blocks.",), default_side=512, size_multiple=8, default_scheduler="pndm",
            schedulers=None, guidance=(0.0, 50.0, 7.5), memory=Memory(2.2, 2.5)),
+    # Same layout as SD in a single file: told apart only by a config folder's model_index.json.
+    Family(SD_UPSCALE, "Stable Diffusion x4 upscaler", ("StableDiffusionUpscalePipeline",), (), default_side=512,
+           size_multiple=8, default_scheduler="pndm", schedulers=None, guidance=(0.0, 50.0, 7.5),
+           memory=Memory(2.0, 3.0)),
+    Family(SD_DEPTH, "Stable Diffusion 2 depth", ("StableDiffusionDepth2ImgPipeline",), (), default_side=512,
+           size_multiple=8, default_scheduler="pndm", schedulers=None, guidance=(0.0, 50.0, 7.5),
+           memory=Memory(2.6, 2.5)),
     Family(SDXL, "Stable Diffusion XL",
            ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
            ("conditioner.embedders.1.",), default_side=1024, size_multiple=8, default_scheduler="euler",
@@ -113,12 +123,9 @@ UNSUPPORTED_FILE_KEYS = {"double_blocks.": "Flux", "model.diffusion_model.double
 TINY = Memory(0.2, 0.5)
 """The built-in tiny models' need (a few MB of weights; working memory at most ~0.5 GB per Mpx on a CPU)."""
 
-BUILTIN_FAMILIES = {"builtin:tiny-sd": SD, "builtin:tiny-upscaler": SD, "builtin:tiny-depth": SD,
-                    "builtin:tiny-sdxl": SDXL, "builtin:tiny-sd3": SD3}
-"""Built-in model id -> its family (`sdq.models.BUILTIN_MODELS` lists what each serves)."""
-
-BUILTIN_SIDE = 256
-"""Default width and height of the tiny built-ins of the newer families (their sample size times 8)."""
+BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256}
+"""Default width and height of the tiny built-ins whose family's default is larger (their sample size
+times 8: diffusers' own default for them); the others take their family's."""
 
 
 class UnknownFamily(ValueError):
@@ -147,7 +154,8 @@ def from_class_name(class_name: str) -> str:
 def from_keys(keys: list[str]) -> str:
     """The family of a single-file checkpoint from its tensor names (original/LDM layout)."""
     # SD's marker (`input_blocks`) is in SDXL's files too: the newer families' own markers first.
-    found = [f.name for f in FAMILIES.values() if f.name != SD and any(k.startswith(f.file_keys) for k in keys)]
+    found = [f.name for f in FAMILIES.values()
+             if f.name != SD and f.file_keys and any(k.startswith(f.file_keys) for k in keys)]
     if found:
         return found[0]
     for prefix, title in UNSUPPORTED_FILE_KEYS.items():
@@ -221,14 +229,14 @@ def model_info(model_id: str) -> ModelInfo:
     """The family, memory need and default size of `model_id`, from what the producer can read: a
     built-in's id, an (allowlisted) local folder's `model_index.json`, a local file's header.
     UnknownFamily when the model is readable and of a family sdq does not run."""
-    from sdq.models import model_kind
+    from sdq.models import BUILTIN_FAMILIES, model_kind
 
     kind = model_kind(model_id)
     if kind == "builtin":
         name = BUILTIN_FAMILIES.get(model_id)
         if name is None:
             return ModelInfo(None, None, None)
-        side = BUILTIN_SIDE if name != SD else FAMILIES[SD].default_side
+        side = BUILTIN_SIDES.get(model_id, FAMILIES[name].default_side)
         return ModelInfo(FAMILIES[name], TINY, side)
     path = Path(model_id).expanduser()
     if kind in ("folder", "file") and path.exists():

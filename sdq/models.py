@@ -5,17 +5,21 @@ Torch-free: the producer validates model ids with it; the worker loads them in `
 """
 from __future__ import annotations
 
+from sdq import pipelines
 from sdq.exceptions import InvalidInput
 from sdq.sources import source_for
 
-BUILTIN_MODELS: dict[str, tuple[str, ...]] = {
-    "builtin:tiny-sd": ("txt2img", "img2img"),
-    "builtin:tiny-upscaler": ("upscale",),
-    "builtin:tiny-depth": ("depth2img",),
-    "builtin:tiny-sdxl": ("txt2img", "img2img"),
-    "builtin:tiny-sd3": ("txt2img", "img2img"),
+BUILTIN_FAMILIES: dict[str, str] = {
+    "builtin:tiny-sd": pipelines.SD,
+    "builtin:tiny-upscaler": pipelines.SD_UPSCALE,
+    "builtin:tiny-depth": pipelines.SD_DEPTH,
+    "builtin:tiny-sdxl": pipelines.SDXL,
+    "builtin:tiny-sd3": pipelines.SD3,
 }
-"""Built-in model id -> pipelines it serves."""
+"""Built-in model id -> its family (`sdq.pipelines`)."""
+
+BUILTIN_MODELS: dict[str, tuple[str, ...]] = {m: pipelines.pipelines_for(f) for m, f in BUILTIN_FAMILIES.items()}
+"""Built-in model id -> pipelines it serves: every pipeline with a class for its family."""
 
 
 def allowed_models(allowlist: tuple[str, ...]) -> list[str]:

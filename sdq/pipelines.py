@@ -8,16 +8,17 @@ tests.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sdq import defaults, families
-from sdq.families import SD, SD3, SDXL
+from sdq.families import SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL
 
 
 @dataclass(frozen=True)
 class Param:
-    """A pipeline-specific item parameter: its type, range, default and how infotext labels it."""
+    """A pipeline-specific item parameter: its type, range (checked at submit by the request schema,
+    `producer.schemas`), default and how infotext labels it."""
 
     name: str
     kind: type
@@ -27,12 +28,6 @@ class Param:
     infotext: str | None = None
     """A1111 infotext label the value is written under (None: not written)."""
     doc: str = ""
-
-    def check(self, value: Any) -> Any:
-        """`value` if it is within range; ValueError naming the parameter and the value otherwise."""
-        if value is not None and not self.low <= value <= self.high:
-            raise ValueError(f"{self.name} must be between {self.low:g} and {self.high:g}, got {value!r}")
-        return value
 
     def parse(self, text: str) -> Any:
         """The value read back from infotext."""
@@ -129,6 +124,7 @@ STRENGTH = Param("strength", float, 0, 1, defaults.STRENGTH, infotext="Denoising
 NOISE_LEVEL = Param("noise_level", int, 0, 350, defaults.NOISE_LEVEL, infotext="Noise level",
                     doc="noise the x4 upscaler adds to its input (its `max_noise_level` is 350)")
 INIT_IMAGE = ImageInput("init_image", "image", infotext="Init image", sets_size=True)
+MASK_IMAGE = ImageInput("mask_image", "mask_image", mode="L", infotext="Mask image", same_size_as="init_image")
 
 SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("txt2img", {SD: "StableDiffusionPipeline", SDXL: "StableDiffusionXLPipeline",
@@ -137,11 +133,14 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("img2img", {SD: "StableDiffusionImg2ImgPipeline", SDXL: "StableDiffusionXLImg2ImgPipeline",
                              SD3: "StableDiffusion3Img2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
                  steps_scaled_by="strength", doc="a prompt applied to an init image"),
-    PipelineSpec("upscale", {SD: "StableDiffusionUpscalePipeline"}, images=(INIT_IMAGE,), params=(NOISE_LEVEL,),
+    PipelineSpec("upscale", {SD_UPSCALE: "StableDiffusionUpscalePipeline"}, images=(INIT_IMAGE,), params=(NOISE_LEVEL,),
                  scale=4, default_side=defaults.UPSCALE_SIDE, legacy_callback=True, limit_batch=True,
                  doc="the init image at 4x its size (width and height give the input size)"),
-    PipelineSpec("depth2img", {SD: "StableDiffusionDepth2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
+    PipelineSpec("depth2img", {SD_DEPTH: "StableDiffusionDepth2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
                  steps_scaled_by="strength", doc="img2img that keeps the init image's depth map"),
+    PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline"}, images=(INIT_IMAGE, MASK_IMAGE),
+                 params=(STRENGTH,), steps_scaled_by="strength",
+                 doc="the white part of a mask repainted over the init image (the mask is made single-channel)"),
 )}
 """Every pipeline the API knows, by name."""
 
@@ -197,8 +196,9 @@ FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs}
 
 def base_class(family: str) -> str:
     """The diffusers class a model of `family` is loaded as when nothing names one (a single file
-    without a config folder): its text-to-image class, as diffusers' AutoPipelineForText2Image picks."""
-    return SPECS["txt2img"].classes[family]
+    without a config folder): the family's class in the first table row that has one (text-to-image,
+    as diffusers' AutoPipelineForText2Image picks, for the families that have it)."""
+    return next(s.classes[family] for s in SPECS.values() if family in s.classes)
 
 
 def family_kwargs(family: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -232,6 +232,16 @@ def all_images() -> dict[str, ImageInput]:
     return {i.field: i for s in SPECS.values() for i in s.images}
 
 
+def pipelines_for(family: str) -> tuple[str, ...]:
+    """The pipelines a model of `family` runs: the specs with a class for it."""
+    return tuple(name for name, s in SPECS.items() if family in s.classes)
+
+
+def family_of_class(class_name: str) -> str | None:
+    """The family a diffusers pipeline class belongs to (a model's `_class_name`), or None."""
+    return next((fam for s in SPECS.values() for fam, cls in s.classes.items() if cls == class_name), None)
+
+
 def pipeline_classes() -> set[str]:
     """Every diffusers pipeline class some spec names (the worker imports them ahead of the first item)."""
     return {c for s in SPECS.values() for c in s.classes.values()}
@@ -244,8 +254,6 @@ class Scheduler:
     name: str
     diffusers_class: str
     sampler: str
-    config: dict[str, Any] = field(default_factory=dict)
-    """Overrides of the model's scheduler config (none needed so far)."""
 
 
 SCHEDULERS: dict[str, Scheduler] = {s.name: s for s in (

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sdq import families
+from sdq.models import BUILTIN_FAMILIES
 
 BUILTINS = {"tiny-sdxl": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
             "tiny-sd3": ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")}
@@ -51,7 +52,7 @@ def test_generated_the_same_bytes_every_time(tmp_path, built, name):
 
     BUILDERS[name](tmp_path / "again")
     assert digests(tmp_path / "again") == digests(built[name])
-    assert families.detect(built[name]) == families.BUILTIN_FAMILIES[f"builtin:{name}"]
+    assert families.detect(built[name]) == BUILTIN_FAMILIES[f"builtin:{name}"]
 
 
 @pytest.mark.parametrize("name", BUILTINS)
@@ -65,7 +66,8 @@ def test_autopipeline_picks_the_family_classes_and_both_pipelines_run(built, nam
     assert type(pipe).__name__ == txt2img_cls
     start = time.monotonic()
     first = make(pipe)
-    assert first.shape == (families.BUILTIN_SIDE, families.BUILTIN_SIDE, 3)  # the default size of the model
+    side = families.BUILTIN_SIDES[f"builtin:{name}"]
+    assert first.shape == (side, side, 3)  # the model's own default size, as the producer's
     assert time.monotonic() - start < 30  # ~1 s on one idle core; generous for a loaded machine
     assert first.std() > 10  # a picture, not a flat field
     assert np.abs(first - make(pipe, seed=2)).mean() > 5

@@ -12,6 +12,7 @@ import pytest
 
 from sdq import families
 from sdq.client import Client
+from sdq.models import BUILTIN_FAMILIES
 from sdq.infotext import parse_infotext, submit_body_from_infotext
 from sdq.sources import builtin_path
 from tests.conftest import wait_job, wait_until
@@ -110,7 +111,7 @@ def test_each_family_through_the_queue_equals_direct_diffusers(fclient, fstack, 
     other = direct(models_dir, name, "a red lighthouse", 32, 3, image=init, **kw)
     assert np.abs(pixels(img) - other).mean() > 0.5  # the comparison can fail: another seed differs
     info = parse_infotext(img.info["parameters"])
-    family = families.FAMILIES[families.BUILTIN_FAMILIES[f"builtin:{name}"]]
+    family = families.FAMILIES[BUILTIN_FAMILIES[f"builtin:{name}"]]
     assert info["Model"] == f"builtin:{name}" and info["Pipeline"] == task
     assert doc["items"][0]["params"]["scheduler"] == family.default_scheduler
 

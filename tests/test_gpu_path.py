@@ -240,8 +240,8 @@ def test_a_depth_model_naming_a_removed_feature_extractor_class_loads(models_dir
     assert checkpoints.replacement_class("transformers", "CLIPFeatureExtractor") == "CLIPImageProcessor"
     cache = PipelineCache(models_dir, FP32, 2)
     init = sketch()
-    got = make(cache, str(old), "depth2img", [4], [init])
-    want = make(cache, "builtin:tiny-depth", "depth2img", [4], [init])
+    got = make(cache, str(old), "depth2img", [4], {"init_image": [init]})
+    want = make(cache, "builtin:tiny-depth", "depth2img", [4], {"init_image": [init]})
     assert np.abs(pixels(got.images[0]) - pixels(want.images[0])).max() <= 1
 
 
@@ -269,7 +269,7 @@ def test_fp16_weights_are_loaded_when_the_model_has_them(models_dir, tmp_path):
 # -- item 11: upscale micro-batches -------------------------------------------------------------------------------
 
 def test_upscale_calls_make_one_image_unless_the_operator_raises_it(models_dir):
-    init = [sketch((32, 32), 1), sketch((32, 32), 2)]
+    init = {"init_image": [sketch((32, 32), 1), sketch((32, 32), 2)]}
     capped = make(PipelineCache(models_dir, FP32, 1), "builtin:tiny-upscaler", "upscale", [1, 2], init,
                   width=32, height=32)
     raised = make(PipelineCache(models_dir, FP32, 1, upscale_batch=2), "builtin:tiny-upscaler", "upscale", [1, 2],

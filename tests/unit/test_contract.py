@@ -41,12 +41,15 @@ def test_the_control_queue_is_the_celery_default_queue():
     assert celery_config("redis://127.0.0.1:1/0")["task_default_queue"] == contract.CONTROL_QUEUE
 
 
-def test_every_pipeline_the_api_accepts_names_a_diffusers_class_for_the_sd_family():
+def test_every_pipeline_the_api_accepts_names_existing_diffusers_classes():
     import diffusers
 
     assert contract.PIPELINES == tuple(pipelines.SPECS)
     for spec in pipelines.SPECS.values():
-        assert hasattr(diffusers, spec.class_for(pipelines.SD)), spec.name
+        assert spec.classes, spec.name
+        for family, name in spec.classes.items():
+            assert hasattr(diffusers, name), (spec.name, family)
+            assert pipelines.family_of_class(name) == family
 
 
 def test_redis_replies_are_decoded_in_one_place():

@@ -37,7 +37,7 @@ FLUX_KEYS = ["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.wei
 
 
 @pytest.mark.parametrize("class_name, want", [
-    ("StableDiffusionPipeline", SD), ("StableDiffusionUpscalePipeline", SD),
+    ("StableDiffusionPipeline", SD), ("StableDiffusionUpscalePipeline", families.SD_UPSCALE),
     ("StableDiffusionXLPipeline", SDXL), ("StableDiffusionXLImg2ImgPipeline", SDXL),
     ("StableDiffusion3Pipeline", SD3),
 ])
@@ -107,11 +107,12 @@ def test_every_family_names_its_defaults_consistently():
 
 
 def test_builtins_know_their_family_and_need_little_memory(tmp_path):
-    from sdq.models import BUILTIN_MODELS
+    from sdq.models import BUILTIN_FAMILIES, BUILTIN_MODELS
 
-    assert set(families.BUILTIN_FAMILIES) == set(BUILTIN_MODELS)
+    assert set(BUILTIN_FAMILIES) == set(BUILTIN_MODELS) and set(BUILTIN_FAMILIES.values()) <= set(families.FAMILIES)
+    assert BUILTIN_MODELS["builtin:tiny-sdxl"] == BUILTIN_MODELS["builtin:tiny-sd3"] == ("txt2img", "img2img")
     info = families.model_info("builtin:tiny-sdxl")
-    assert info.family.name == SDXL and info.memory == families.TINY and info.default_side == families.BUILTIN_SIDE
+    assert info.family.name == SDXL and info.memory == families.TINY and info.default_side == 256
     assert families.model_info("builtin:tiny-sd").default_side == 512
     assert families.model_info("stabilityai/stable-diffusion-xl-base-1.0").family is None
     local = families.model_info(str(folder(tmp_path, "StableDiffusion3Pipeline")))
@@ -137,9 +138,13 @@ def test_family_parameters_become_the_diffusers_keyword_arguments():
     assert family_kwargs(SD3, {**size, "max_sequence_length": 77}) == {**size, "max_sequence_length": 77}
 
 
-def test_every_family_has_a_class_for_txt2img_and_img2img():
+def test_the_text_to_image_families_have_txt2img_and_img2img_classes():
     from sdq import pipelines
 
-    for name in families.FAMILIES:
+    for name in (families.SD, families.SDXL, families.SD3):
         assert pipelines.base_class(name) in families.FAMILIES[name].class_names
         assert pipelines.spec("img2img").class_for(name) in families.FAMILIES[name].class_names
+    # and each spec class belongs to the family the table files it under
+    for spec in pipelines.SPECS.values():
+        for family, cls in spec.classes.items():
+            assert families.from_class_name(cls) == pipelines.family_of_class(cls) == family

@@ -46,7 +46,7 @@ def test_each_family_gets_its_own_defaults_recorded_in_the_job():
     assert (sd3.job.params["scheduler"], sd3.job.params["guidance_scale"]) == ("flow_euler", 7.0)
     assert sd3.items[0].params["max_sequence_length"] == 256
     # the tiny built-ins default to their own sample size, a real checkpoint of the family to 1024
-    assert sdxl.items[0].params["width"] == families.BUILTIN_SIDE
+    assert sdxl.items[0].params["width"] == families.BUILTIN_SIDES["builtin:tiny-sdxl"] == 256
 
 
 def test_a_local_sdxl_folder_defaults_to_1024_and_carries_the_familys_memory_need(tmp_path):
