@@ -17,15 +17,17 @@ from producer.schemas import ITEM_PARAM_KEYS, ItemIn, SubmitRequest
 from producer.sweep import check_sweep, combinations, count as sweep_count
 from producer.tenants import check_queue_room
 from producer.uploads import upload_record
-from sdq import contract, defaults, families, fleet, pipelines, scheduling, speed
+from sdq import contract, defaults, families, pipelines
+from sdq.celery_app import item_queue, send_chunk
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.families import Family, ModelInfo
-from sdq.grid import GRID_MAX_ITEMS, check_fits
-from sdq.jobstore import JobStore
+from sdq.gridlayout import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
-from sdq.celery_app import item_queue, send_chunk
 from sdq.records import Chunk, Item, Job
+from sdq.scheduling import scheduling, speed
+from sdq.state import fleet
+from sdq.state.store import JobStore
 from sdq.webhooks import check_webhook_url
 
 DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper(), None) for key in ITEM_PARAM_KEYS
@@ -224,7 +226,7 @@ def _job_record(req: SubmitRequest, settings: Settings, owner: str, base: dict[s
 
 def _chunks(plan: Plan, workers: list[dict[str, Any]], by_speed: bool = True):
     """Consecutive items sharing parameters, each run cut into `(queue, items)` chunks whose sizes
-    follow the measured rates of the live workers serving that queue (`sdq.scheduling`; without
+    follow the measured rates of the live workers serving that queue (`sdq.scheduling.scheduling`; without
     `by_speed`, each worker counts as one)."""
     model, pipeline = plan.job.model, plan.job.pipeline
     batch = max([int(w.get("max_batch") or 1) for w in workers] or [1])

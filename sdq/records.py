@@ -3,7 +3,7 @@
 Each field is declared once, with the documents that show it: the task message a worker receives
 (`MESSAGE`), the status view of the HTTP API (`STATUS`), the job's manifest in storage
 (`MANIFEST`), the webhook body (`WEBHOOK`) and the `item.finished` event (`EVENT`). The producer
-builds the records from a checked request (`producer.jobs`); `sdq.jobstore` keeps them in Redis
+builds the records from a checked request (`producer.jobs`); `sdq.state` keeps them in Redis
 and hands them back as these types; everything else reads them by attribute. Adding a field to
 a document means adding it here.
 """

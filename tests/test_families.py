@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from sdq import families
-from sdq.client import Client
-from sdq.models import BUILTIN_FAMILIES
+from sdq.cli.client import Client
 from sdq.infotext import parse_infotext, submit_body_from_infotext
+from sdq.models import BUILTIN_FAMILIES
 from sdq.sources import builtin_path
 from tests.conftest import wait_job, wait_until
 from tests.test_faults_routing import log_text
@@ -173,7 +173,7 @@ def test_a_worker_without_the_memory_never_takes_the_item(fclient, fstack, folde
     job = fclient.submit({"model": folders["tiny-sd3"], "prompts": ["heavy"],
                           "params": {"steps": 2, "width": 64, "height": 64}})["id"]
     wait_until(lambda: f"job {job}: passing the chunk on" in log_text(fstack, "w-families"), "the chunk passed on", 60)
-    assert f"need {need:g} GB" in log_text(fstack, "w-families")
+    assert f"needs {need:g} GB" in log_text(fstack, "w-families")
     run(fclient, {"model": "builtin:tiny-sd3", "prompts": ["light"], "params": {"steps": 2, "width": 64, "height": 64}})
     doc = fclient.job(job)
     assert doc["state"] == "queued" and doc["items"][0].get("attempts") is None, doc

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdq.client import Client
+from sdq.cli.client import Client
 from sdq.exceptions import ModelError
 from sdq.models import model_kind
 from sdq.sources import builtin_path

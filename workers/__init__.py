@@ -2,7 +2,7 @@
 
 torch, diffusers and transformers are imported only by the device and pipeline code:
 `workers.device`, `workers.pipelines`, `workers.generation`, `workers.builtin`,
-`workers.builtin_families`, `workers.checkpoints`, `workers.sources` (a hub download),
-`workers.simulate` and, when a worker starts, `workers.main`. The other modules import none of them
-themselves (the runner and capability use them through those modules).
+`workers.builtin_families`, `workers.checkpoints`, `workers.sources` (a hub download) and
+`workers.simulate`. The other modules import none of them themselves (the app, the runner and
+capability use them through those modules).
 """

@@ -10,6 +10,7 @@ import torch
 from sdq import pipelines
 from sdq.exceptions import Cancelled, OutOfMemory
 from workers.pipelines import Loaded, PipelineCache, denoiser, free_memory, is_out_of_memory
+from workers.routing import next_try
 
 log = logging.getLogger(__name__)
 
@@ -145,20 +146,21 @@ def generate(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict
         # 2. Outside the handler: the failed call is unreachable now; free it, then pick the next step.
         free_memory(cache.device)
         retries += 1
-        if per_call > 1:
-            log.warning("model %s: out of memory with %d images per call (%s); retrying one per call",
-                        loaded.model_id, per_call, error)
-            per_call = 1
-        elif not loaded.low_memory:
-            log.warning("model %s: out of memory with one image per call (%s); retrying in low-memory mode",
-                        loaded.model_id, error)
-            cache.enter_low_memory(pipe, loaded)
-            entered = True
-        else:
+        step = next_try(per_call, loaded.low_memory)
+        if step is None:
             tried_low = loaded.low_memory
             if entered:
                 cache.leave_low_memory(pipe, loaded)
             raise OutOfMemory(error, {"oom_retries": retries, "low_memory": tried_low or None, "oom_error": error})
+        if step.per_call < per_call:
+            log.warning("model %s: out of memory with %d images per call (%s); retrying one per call",
+                        loaded.model_id, per_call, error)
+            per_call = step.per_call
+        elif step.low_memory and not loaded.low_memory:
+            log.warning("model %s: out of memory with one image per call (%s); retrying in low-memory mode",
+                        loaded.model_id, error)
+            cache.enter_low_memory(pipe, loaded)
+            entered = True
 
 
 def _calls(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[str], negative_prompts: list[str],

@@ -15,10 +15,10 @@ from typing import Any, Callable
 import redis
 
 from sdq import contract
-from sdq.jobstore import JobStore
 from sdq.records import Chunk, Item
-from sdq.resultcache import Maker, ResultIndex, cache_key, wants_cache
-from storage.s3 import missing
+from sdq.state.resultindex import Maker, ResultIndex, cache_key, wants_cache
+from sdq.state.store import JobStore
+from storage.s3 import ResultStore, missing
 from workers.retry import retry_redis
 from workers.thumbs import thumb_key
 from workers.weights import WeightsHasher
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class CachedResults:
     """Looks up, serves and registers results for one worker (one chunk at a time)."""
 
-    def __init__(self, index: ResultIndex, hasher: WeightsHasher, store, jobs: JobStore, worker: str,
+    def __init__(self, index: ResultIndex, hasher: WeightsHasher, store: ResultStore, jobs: JobStore, worker: str,
                  device: str, dtype: str, safety_checker: bool, finalize: Callable[[str], None]) -> None:
         self.index, self.hasher, self.store, self.jobs = index, hasher, store, jobs
         self.worker, self.device, self.dtype = worker, device, dtype

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from sdq.cli import cache, jobs, stack
-    from sdq.client import Client
+    from sdq.cli.client import Client
 
     local = {"up": stack.cmd_up, "demo": stack.cmd_demo, "producer": stack.cmd_producer,
              "worker": cmd_worker, "models": cmd_models, "inspect": cmd_inspect,

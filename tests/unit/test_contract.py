@@ -53,6 +53,6 @@ def test_every_pipeline_the_api_accepts_names_existing_diffusers_classes():
 
 
 def test_redis_replies_are_decoded_in_one_place():
-    from sdq.redisconn import text
+    from sdq.state.redisconn import text
 
     assert (text(b"caf\xc3\xa9"), text("x"), text(None)) == ("café", "x", None)

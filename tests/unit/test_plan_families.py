@@ -106,7 +106,7 @@ def test_a_model_of_unknown_family_goes_through_as_given():
 
 
 def _router(memory_gb: float, dtype: str) -> Router:
-    return Router("w1", jobs=None, publish=lambda chunk: None, memory_gb=memory_gb, dtype=dtype)
+    return Router("w1", memory_gb=memory_gb, dtype=dtype)
 
 
 def test_a_worker_refuses_items_whose_family_needs_more_memory_than_it_has(tmp_path):
@@ -114,7 +114,7 @@ def test_a_worker_refuses_items_whose_family_needs_more_memory_than_it_has(tmp_p
     plan = _plan({"model": model, "prompts": ["a"], "params": {"width": 1024, "height": 1024}}, settings)
     chunk = Chunk.of(plan.job, "sdq.any.any.p1024", plan.items)
     need = families.FAMILIES["sdxl"].memory.need_gb("fp16", 1024 * 1024)  # 10 GB
-    assert "need 10 GB" in _router(8, "fp16").refusal(chunk) and "8.0 GB" in _router(8, "fp16").refusal(chunk)
+    assert "needs 10 GB" in _router(8, "fp16").refusal(chunk) and "8.0 GB" in _router(8, "fp16").refusal(chunk)
     assert _router(need, "fp16").refusal(chunk) is None
     assert "in fp32" in _router(need, "fp32").refusal(chunk)  # full precision needs twice as much
     # a smaller image needs less: the same 10 GB device takes 512x512 items in fp16
@@ -122,7 +122,7 @@ def test_a_worker_refuses_items_whose_family_needs_more_memory_than_it_has(tmp_p
     assert _router(9, "fp16").refusal(Chunk.of(small.job, "q", small.items)) is None
     # the caller's min_memory_gb still counts when it is the larger need
     heavy = _plan({"model": model, "prompts": ["a"], "requires": {"min_memory_gb": 40}}, settings)
-    assert "need 40 GB" in _router(24, "fp16").refusal(Chunk.of(heavy.job, "q", heavy.items))
+    assert "needs 40 GB" in _router(24, "fp16").refusal(Chunk.of(heavy.job, "q", heavy.items))
 
 
 def test_the_producer_warns_when_no_live_worker_has_the_memory(tmp_path):

@@ -101,12 +101,14 @@ def test_a_new_job_stores_no_flags_the_scripts_test_for_presence():
 
 def test_the_item_finished_event_is_built_by_the_store_from_the_declaration():
     """The Lua scripts' `item.finished` table lists exactly the fields `EVENT` shows."""
-    from sdq import jobstore
+    from sdq.state import scripts
 
-    named = {part.split(" = ")[0] for part in jobstore._ITEM_FINISHED.strip("{}").split(", ")}
+    named = {part.split(" = ")[0] for part in scripts.ITEM_FINISHED.strip("{}").split(", ")}
     assert named == set(records.shown_in(Item, records.EVENT)) == {"index", "seed", "state", "worker", "key",
                                                                    "duration_s", "error", "cached"}
-    assert "ITEM_FINISHED" not in jobstore._FINISH + jobstore._LUA_COMMON  # the placeholder was filled in
+    for name in scripts.NAMES:  # the placeholder was filled in wherever the common helpers went
+        assert "ITEM_FINISHED" not in scripts.source(name)
+    assert scripts.ITEM_FINISHED in scripts.source("finish")
 
 
 GOOD = {"job": "j", "model": "m", "pipeline": "txt2img", "params": {"width": 64, "height": 64, "steps": 2},

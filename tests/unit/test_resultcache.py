@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from sdq.records import Item
-from sdq.resultcache import Maker, cache_key, wants_cache
+from sdq.state.resultindex import Maker, cache_key, wants_cache
 
 FAST = {"width": 64, "height": 64, "steps": 4}
 

@@ -16,12 +16,12 @@ import redis
 
 from sdq import defaults
 from sdq.records import Item
+from sdq.state.keys import RESULT_INDEX_PREFIX
 
 KEY_FORMAT = "1"
 """Version of the key's recipe: a new one (new inputs, or generation code that changes the bytes)
 leaves every older entry unused."""
 
-INDEX_PREFIX = "sdq:rcache:"
 """Redis key prefix of result-cache entries."""
 
 
@@ -76,25 +76,25 @@ class ResultIndex:
         """The entries of `keys` (None where there is none), in order, with one MGET."""
         if not keys:
             return []
-        return [json.loads(raw) if raw else None for raw in self.redis.mget([INDEX_PREFIX + k for k in keys])]
+        return [json.loads(raw) if raw else None for raw in self.redis.mget([RESULT_INDEX_PREFIX + k for k in keys])]
 
     def register(self, key: str, entry: dict[str, Any]) -> None:
         """Point `key` at a stored result (the newest one wins)."""
-        self.redis.set(INDEX_PREFIX + key, json.dumps(entry, separators=(",", ":")), ex=self.ttl)
+        self.redis.set(RESULT_INDEX_PREFIX + key, json.dumps(entry, separators=(",", ":")), ex=self.ttl)
 
     def touch(self, key: str) -> None:
         """An entry was served: it lives another `ttl`."""
-        self.redis.expire(INDEX_PREFIX + key, self.ttl)
+        self.redis.expire(RESULT_INDEX_PREFIX + key, self.ttl)
 
     def forget(self, key: str) -> None:
         """Drop an entry (its object is gone)."""
-        self.redis.delete(INDEX_PREFIX + key)
+        self.redis.delete(RESULT_INDEX_PREFIX + key)
 
     def clear(self) -> int:
         """Drop every entry (stored objects stay); returns how many."""
         n = 0
         batch: list[bytes] = []
-        for name in self.redis.scan_iter(match=INDEX_PREFIX + "*", count=1000):
+        for name in self.redis.scan_iter(match=RESULT_INDEX_PREFIX + "*", count=1000):
             batch.append(name)
             if len(batch) >= 1000:
                 n += self.redis.delete(*batch)
@@ -105,4 +105,4 @@ class ResultIndex:
 
     def count(self) -> int:
         """Entries now (scans the keyspace: for operators, not hot paths)."""
-        return sum(1 for _ in self.redis.scan_iter(match=INDEX_PREFIX + "*", count=1000))
+        return sum(1 for _ in self.redis.scan_iter(match=RESULT_INDEX_PREFIX + "*", count=1000))
