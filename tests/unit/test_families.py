@@ -148,3 +148,13 @@ def test_the_text_to_image_families_have_txt2img_and_img2img_classes():
     for spec in pipelines.SPECS.values():
         for family, cls in spec.classes.items():
             assert families.from_class_name(cls) == pipelines.family_of_class(cls) == family
+
+
+def test_the_web_forms_scheduler_list_is_the_tables():
+    import re
+
+    from sdq import pipelines
+
+    js = (Path(__file__).resolve().parents[2] / "producer" / "static" / "submit.js").read_text(encoding="utf-8")
+    listed = re.search(r"const SCHEDULERS = \[(.*?)\];", js).group(1)
+    assert re.findall(r'"(\w+)"', listed) == list(pipelines.SCHEDULERS)
