@@ -132,6 +132,10 @@ class UnknownFamily(ValueError):
     """The model is of a family sdq does not run, or not a diffusion model sdq recognises."""
 
 
+class UnsupportedFamily(UnknownFamily):
+    """The model is of a family sdq recognises and does not run (Flux, PixArt, ...)."""
+
+
 def family(name: str) -> Family:
     """The family called `name`; UnknownFamily naming the known ones otherwise."""
     try:
@@ -140,14 +144,19 @@ def family(name: str) -> Family:
         raise UnknownFamily(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
 
 
+def unsupported(class_name: str) -> str | None:
+    """The name of the family sdq recognises but does not run that `class_name` belongs to, or None."""
+    return next((title for prefix, title in UNSUPPORTED_CLASSES.items() if class_name.startswith(prefix)), None)
+
+
 def from_class_name(class_name: str) -> str:
     """The family of a diffusers pipeline class name (a `model_index.json` `_class_name`)."""
     for fam in FAMILIES.values():
         if class_name in fam.class_names:
             return fam.name
-    for prefix, title in UNSUPPORTED_CLASSES.items():
-        if class_name.startswith(prefix):
-            raise UnknownFamily(f"{class_name} is a {title} model; sdq runs {', '.join(FAMILIES)} models")
+    title = unsupported(class_name)
+    if title is not None:
+        raise UnsupportedFamily(f"{class_name} is a {title} model; sdq runs {', '.join(FAMILIES)} models")
     raise UnknownFamily(f"pipeline class {class_name!r} is not one sdq runs (families: {', '.join(FAMILIES)})")
 
 
@@ -160,7 +169,7 @@ def from_keys(keys: list[str]) -> str:
         return found[0]
     for prefix, title in UNSUPPORTED_FILE_KEYS.items():
         if any(k.startswith(prefix) for k in keys):
-            raise UnknownFamily(f"the checkpoint is a {title} model; sdq runs {', '.join(FAMILIES)} models")
+            raise UnsupportedFamily(f"the checkpoint is a {title} model; sdq runs {', '.join(FAMILIES)} models")
     if any(k.startswith(FAMILIES[SD].file_keys) for k in keys):
         return SD
     raise UnknownFamily("the checkpoint's tensor names match no family sdq runs")
@@ -228,7 +237,8 @@ class ModelInfo:
 def model_info(model_id: str) -> ModelInfo:
     """The family, memory need and default size of `model_id`, from what the producer can read: a
     built-in's id, an (allowlisted) local folder's `model_index.json`, a local file's header.
-    UnknownFamily when the model is readable and of a family sdq does not run."""
+    UnsupportedFamily when the model is of a family sdq recognises and does not run; a model that
+    cannot be read or matches no family is "not known here" (the worker decides when it loads it)."""
     from sdq.models import BUILTIN_FAMILIES, model_kind
 
     kind = model_kind(model_id)
@@ -242,7 +252,12 @@ def model_info(model_id: str) -> ModelInfo:
     if kind in ("folder", "file") and path.exists():
         marker = path / "model_index.json" if path.is_dir() else path
         st = marker.stat() if marker.exists() else path.stat()
-        fam = FAMILIES[_detect_once(str(path), st.st_size, st.st_mtime_ns)]
+        try:
+            fam = FAMILIES[_detect_once(str(path), st.st_size, st.st_mtime_ns)]
+        except UnsupportedFamily:
+            raise
+        except UnknownFamily:
+            return ModelInfo(None, None, None)
         return ModelInfo(fam, fam.memory, fam.default_side)
     return ModelInfo(None, None, None)
 

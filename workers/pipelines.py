@@ -331,11 +331,18 @@ class PipelineCache:
 
 
 def _family_of(model_id: str, pipe) -> str:
-    """The family of a loaded pipeline, from its class (the one its model_index.json named)."""
+    """The family of a loaded pipeline, from its class (the one its model_index.json named): a family
+    sdq does not run is a ModelError; a class the table does not know is run as SD (community
+    variants of SD pipelines share its modules), with a warning."""
+    name = type(pipe).__name__
     try:
-        return families.from_class_name(type(pipe).__name__)
+        return families.from_class_name(name)
     except families.UnknownFamily as exc:
-        raise ModelError(f"model {model_id!r}: {exc}") from None
+        if families.unsupported(name) is not None:
+            raise ModelError(f"model {model_id!r}: {exc}") from None
+    log.warning("model %s: pipeline class %s is not in the family table; running it as %s", model_id, name,
+                families.SD)
+    return families.SD
 
 
 def denoiser(pipe):

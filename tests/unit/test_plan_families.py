@@ -99,6 +99,12 @@ def test_a_model_of_a_family_sdq_does_not_run_is_refused_naming_the_model(tmp_pa
     assert err.field == "model" and "Flux" in err.message
 
 
+def test_a_local_model_of_a_class_the_table_does_not_know_goes_through_as_given(tmp_path):
+    model, settings = local_model(tmp_path, "StableDiffusionPipelineSafe")  # a community SD variant
+    plan = _plan({"model": model, "prompts": ["a"]}, settings)
+    assert plan.job.params["scheduler"] == "pndm" and "memory" not in plan.job.requires
+
+
 def test_a_model_of_unknown_family_goes_through_as_given():
     settings = Settings.from_env({"SDQ_MODELS": "someone/some-sdxl"})
     plan = _plan({"model": "someone/some-sdxl", "prompts": ["a"], "params": {"crop_left": 8}}, settings)
