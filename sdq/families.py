@@ -123,6 +123,9 @@ UNSUPPORTED_FILE_KEYS = {"double_blocks.": "Flux", "model.diffusion_model.double
 TINY = Memory(0.2, 0.5)
 """The built-in tiny models' need (a few MB of weights; working memory at most ~0.5 GB per Mpx on a CPU)."""
 
+TINY_PREFIX = "builtin:tiny-"
+"""Ids of the tiny built-ins (random weights, a few MB); other built-ins need their family's memory."""
+
 BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256}
 """Default width and height of the tiny built-ins whose family's default is larger (their sample size
 times 8: diffusers' own default for them); the others take their family's."""
@@ -247,7 +250,7 @@ def model_info(model_id: str) -> ModelInfo:
         if name is None:
             return ModelInfo(None, None, None)
         side = BUILTIN_SIDES.get(model_id, FAMILIES[name].default_side)
-        return ModelInfo(FAMILIES[name], TINY, side)
+        return ModelInfo(FAMILIES[name], TINY if model_id.startswith(TINY_PREFIX) else FAMILIES[name].memory, side)
     path = Path(model_id).expanduser()
     if kind in ("folder", "file") and path.exists():
         marker = path / "model_index.json" if path.is_dir() else path
