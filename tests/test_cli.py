@@ -88,6 +88,8 @@ def test_models_lists_builtin_with_folder(models_dir):
     rows = json.loads(out.stdout)
     tiny = next(r for r in rows if r["id"] == "builtin:tiny-sd")
     assert Path(tiny["path"]).is_relative_to(models_dir) and tiny["present"] is True
+    assert {r["id"]: r["family"] for r in rows if r["id"] in ("builtin:tiny-sdxl", "builtin:tiny-sd3")} == {
+        "builtin:tiny-sdxl": "sdxl", "builtin:tiny-sd3": "sd3"}
 
 
 @pytest.mark.unit
