@@ -138,13 +138,17 @@ def test_the_result_cache_keeps_lora_and_plain_images_apart(client, store):
     assert not np.array_equal(pixels(result(store, plain)), pixels(result(store, second)))
 
 
-@pytest.mark.parametrize("loras, field, code", [
-    ([{"name": "builtin:nope"}], "params.loras[0].name", "unknown_lora"),
-    ([{"name": "builtin:tiny-lora", "scale": 99}], "params.loras[0].scale", "invalid"),
-    ([{"name": "builtin:tiny-lora", "weight": 1}], "params.loras[0].weight", "invalid"),
+@pytest.mark.parametrize("loras, model, field, code", [
+    ([{"name": "builtin:nope"}], None, "params.loras[0].name", "unknown_lora"),
+    ([{"name": "builtin:tiny-lora", "scale": 99}], None, "params.loras[0].scale", "invalid"),
+    ([{"name": "builtin:tiny-lora", "weight": 1}], None, "params.loras[0].weight", "invalid"),
+    ([{"name": "builtin:tiny-lora"}], "builtin:tiny-sdxl", "params.loras[0].name", "wrong_family"),
 ])
-def test_bad_loras_answer_422_naming_the_field(stack, loras, field, code):
-    resp = requests.post(stack.env["SDQ_SERVER"] + "/v1/jobs", json=body(1, loras), timeout=10)
+def test_bad_loras_answer_422_naming_the_field(stack, loras, model, field, code):
+    job = body(1, loras)
+    if model:
+        job = {**job, "model": model, "params": {k: v for k, v in job["params"].items() if k not in SIZE}}
+    resp = requests.post(stack.env["SDQ_SERVER"] + "/v1/jobs", json=job, timeout=10)
     assert resp.status_code == 422, resp.text
     err = resp.json()["error"]
     assert err["field"] == field and err["code"] == code

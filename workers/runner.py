@@ -52,6 +52,7 @@ def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device
         "CFG scale": p["guidance_scale"], "Seed": item.seed, "Size": f"{size[0]}x{size[1]}",
         "Model": chunk.model, "Pipeline": task,
         **spec.infotext_fields(p),
+        **pipelines.family_infotext(p),
         **{image.infotext: item.image_key(image.field) for image in spec.images if image.infotext},
         **loras.infotext_fields(p.get(loras.FIELD), lora_hashes),
         "Input size": spec.input_size(p),
@@ -196,8 +197,9 @@ class Runner:
         self.faults.hit("load")
         try:
             pipe, loaded = self.cache.get(chunk.model, task)
+            loaded.check_scheduler(chunk.params["scheduler"])
             lora_hashes = self.cache.use_loras(pipe, loaded, chunk.params.get(loras.FIELD))
-        except ModelError as exc:  # the model (or an adapter) itself is wrong: nothing to retry
+        except ModelError as exc:  # the model (or an adapter) itself is wrong (or not for these parameters)
             self._end(mode, chunk, todo, Failed(str(exc)))
             return
         self.leases.progress()

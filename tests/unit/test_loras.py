@@ -14,6 +14,14 @@ from sdq.infotext import format_infotext, parse_infotext, submit_body_from_infot
 TINY = [{"name": "builtin:tiny-lora", "scale": 0.8}]
 
 
+def check(entries, model: str, pipeline: str, allow: tuple[str, ...]):
+    """`check_loras` with the model's family as the producer reads it."""
+    from sdq.families import model_info
+
+    fam = model_info(model).family
+    return loras.check_loras(entries, model, pipeline, allow, fam.name if fam else None)
+
+
 def write_safetensors(path: Path, keys: list[str], metadata: dict[str, str] | None = None) -> Path:
     """A valid .safetensors file holding one 1-element fp32 tensor per key."""
     header: dict = {k: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i, k in enumerate(keys)}
@@ -25,20 +33,20 @@ def write_safetensors(path: Path, keys: list[str], metadata: dict[str, str] | No
 
 
 def test_a_builtin_lora_is_accepted_for_its_family_with_the_default_scale():
-    got = loras.check_loras([{"name": "builtin:tiny-lora", "scale": None}], "builtin:tiny-sd", "txt2img", ())
+    got = check([{"name": "builtin:tiny-lora", "scale": None}], "builtin:tiny-sd", "txt2img", ())
     assert got == [{"name": "builtin:tiny-lora", "scale": 1.0}]
 
 
 @pytest.mark.parametrize("entries, model, pipeline, allow, field, words", [
     ([{"name": "builtin:nope"}], "builtin:tiny-sd", "txt2img", (), "params.loras[0].name", "unknown LoRA"),
-    (TINY, "builtin:tiny-upscaler", "txt2img", (), "params.loras[0].name", "is for the sd family; model"),
+    (TINY, "builtin:tiny-sdxl", "txt2img", (), "params.loras[0].name", "is for the sd family; model"),
     (TINY, "builtin:tiny-upscaler", "upscale", (), "params.loras", "does not take LoRA adapters"),
     (TINY * 2, "builtin:tiny-sd", "txt2img", (), "params.loras[1].name", "named twice"),
     ([{"name": "/x/a.ckpt"}], "builtin:tiny-sd", "txt2img", ("/x/a.ckpt",), "params.loras[0].name", "unknown LoRA"),
 ])
 def test_bad_loras_are_refused_naming_the_field(entries, model, pipeline, allow, field, words):
     with pytest.raises(InvalidInput) as err:
-        loras.check_loras(entries, model, pipeline, allow)
+        check(entries, model, pipeline, allow)
     assert err.value.field == field and words in err.value.message
 
 
@@ -46,9 +54,9 @@ def test_an_allowlisted_file_for_another_family_is_refused_from_its_keys(tmp_pat
     xl = write_safetensors(tmp_path / "xl.safetensors", ["lora_te2_text_model_encoder_layers_0_mlp_fc1.alpha"])
     sd = write_safetensors(tmp_path / "sd.safetensors", ["unet.down_blocks.1.attn1.to_q.lora_A.weight"])
     allow = (str(xl), str(sd))
-    assert loras.check_loras([{"name": str(sd), "scale": 1}], "builtin:tiny-sd", "txt2img", allow)
+    assert check([{"name": str(sd), "scale": 1}], "builtin:tiny-sd", "txt2img", allow)
     with pytest.raises(InvalidInput) as err:
-        loras.check_loras([{"name": str(xl), "scale": 1}], "builtin:tiny-sd", "txt2img", allow)
+        check([{"name": str(xl), "scale": 1}], "builtin:tiny-sd", "txt2img", allow)
     assert err.value.code == "wrong_family" and "sdxl" in err.value.message
 
 
