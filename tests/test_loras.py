@@ -159,7 +159,7 @@ def test_pushed_adapters_load_by_store_name_and_another_family_is_refused(stack_
     from workers.builtin import ensure_builtin
 
     kohya = ensure_builtin(models_dir, "tiny-lora-kohya") / "adapter.safetensors"
-    st = stack_factory("loras", env={"SDQ_MODELS": f"store:ink-kohya,{tmp_path / 'xl.safetensors'}",
+    st = stack_factory("loras", env={"SDQ_MODELS": f"store:ink-kohya,store:xl-lora,{tmp_path / 'xl.safetensors'}",
                                      "SDQ_MODELS_DIR": str(tmp_path / "cache")})
     env = {**os.environ, **st.env}
     out = subprocess.run([sys.executable, "-m", "sdq.cli", "models", "push", str(kohya), "--as", "ink-kohya"],
@@ -167,6 +167,9 @@ def test_pushed_adapters_load_by_store_name_and_another_family_is_refused(stack_
     assert out.returncode == 0, out.stderr
     assert "sd LoRA adapter" in out.stderr
     write_safetensors(tmp_path / "xl.safetensors", ["lora_te2_text_model_encoder_layers_0_mlp_fc1.alpha"])
+    out = subprocess.run([sys.executable, "-m", "sdq.cli", "models", "push", str(tmp_path / "xl.safetensors"),
+                          "--as", "xl-lora"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "sdxl LoRA adapter" in out.stderr, out.stderr
     api = Client(st.env["SDQ_SERVER"])
     # An SDXL adapter on an SD model: refused at submit, naming the field.
     resp = requests.post(st.env["SDQ_SERVER"] + "/v1/jobs",
@@ -181,3 +184,7 @@ def test_pushed_adapters_load_by_store_name_and_another_family_is_refused(stack_
     pushed = pixels(result(store, doc["items"][0]))
     builtin = pixels(result(store, run_job(api, body(59, [{"name": "builtin:tiny-lora", "scale": 1.0}]))["items"][0]))
     assert close(pushed, builtin), np.abs(pushed - builtin).max()
+    # A pushed adapter's family is only known once a worker has it: the item fails naming the field.
+    doc = wait_job(api, api.submit(body(61, [{"name": "store:xl-lora"}]))["id"], timeout=240)
+    error = doc["items"][0].get("error") or ""
+    assert doc["state"] == "failed" and "params.loras" in error and "sdxl family" in error, error
