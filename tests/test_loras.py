@@ -100,6 +100,19 @@ def test_two_jobs_with_different_adapters_on_one_worker(client, store):
     assert close(both_halves, diffusers_layout), np.abs(both_halves - diffusers_layout).max()
 
 
+def test_an_sdxl_lora_on_an_sdxl_model(client, store):
+    def sdxl(loras: list[dict] | None = None) -> tuple[np.ndarray, dict]:
+        job = {**body(67, loras), "model": "builtin:tiny-sdxl"}
+        item = run_job(client, job)["items"][0]
+        return pixels(result(store, item)), item
+
+    plain, a = sdxl()
+    styled, b = sdxl([{"name": "builtin:tiny-lora-sdxl", "scale": 1.0}])
+    again, c = sdxl()
+    assert a["worker"] == b["worker"] == c["worker"]
+    assert np.abs(styled - plain).mean() > 1.0 and np.array_equal(again, plain)
+
+
 def test_sd_parsers_reads_the_lora_tags_and_inspect_makes_the_image_again(client, store, tmp_path):
     from PIL.PngImagePlugin import PngInfo
     from sd_parsers import ParserManager
@@ -143,6 +156,7 @@ def test_the_result_cache_keeps_lora_and_plain_images_apart(client, store):
     ([{"name": "builtin:tiny-lora", "scale": 99}], None, "params.loras[0].scale", "invalid"),
     ([{"name": "builtin:tiny-lora", "weight": 1}], None, "params.loras[0].weight", "invalid"),
     ([{"name": "builtin:tiny-lora"}], "builtin:tiny-sdxl", "params.loras[0].name", "wrong_family"),
+    ([{"name": "builtin:tiny-lora-sdxl"}], None, "params.loras[0].name", "wrong_family"),
 ])
 def test_bad_loras_answer_422_naming_the_field(stack, loras, model, field, code):
     job = body(1, loras)

@@ -111,14 +111,13 @@ class WarmAdapters:
         converted by diffusers on the way."""
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
-        family = sdq_loras.family_from_keys(list(state))
+        family = sdq_loras.file_family(path)
         if family != self.family:
             raise ModelError(f"{FIELD}: LoRA {adapter_id!r} is for the {family} family; this model is {self.family}")
         adapter = Adapter(adapter_id, _peft_name(adapter_id, sha), sha, sdq_loras.a1111_hash(path))
         log.info("loading LoRA %s (%s) as %s", adapter_id, path, adapter.adapter_name)
         try:
-            pipe.load_lora_weights(state, adapter_name=adapter.adapter_name)
+            pipe.load_lora_weights(load_file(str(path)), adapter_name=adapter.adapter_name)
         except Exception as exc:  # noqa: BLE001 - whatever a mismatched file raises
             self._forget(pipe, adapter.adapter_name)
             raise ModelError(f"{FIELD}: LoRA {adapter_id!r} does not fit this model: {type(exc).__name__}: "

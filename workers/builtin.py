@@ -206,9 +206,10 @@ def build_tiny_depth(path: Path) -> None:
 
 
 def _lora_builders() -> dict[str, Callable[[Path], None]]:
-    from workers.builtin_loras import build_tiny_lora, build_tiny_lora_kohya
+    from workers.builtin_loras import build_tiny_lora, build_tiny_lora_kohya, build_tiny_lora_sdxl
 
-    return {"tiny-lora": build_tiny_lora, "tiny-lora-kohya": build_tiny_lora_kohya}
+    return {"tiny-lora": build_tiny_lora, "tiny-lora-kohya": build_tiny_lora_kohya,
+            "tiny-lora-sdxl": build_tiny_lora_sdxl}
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {

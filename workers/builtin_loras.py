@@ -24,16 +24,21 @@ SEED = 11
 B_STD = 0.15
 """Spread of the up (B) matrices: enough to change a tiny-sd image clearly, not enough to wreck it."""
 
+SDXL_ARCHITECTURE = "stable-diffusion-xl-v1-base/lora"
+"""The `modelspec.architecture` an SDXL LoRA states."""
+
 TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
            "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
 """Attention projections (module-name endings) the adapters change."""
 
 
-def lora_weights() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """UNet module name -> (A: rank x in, B: out x rank) for every targeted Linear of tiny-sd's UNet."""
-    from workers.builtin import tiny_unet
+def lora_weights(unet: torch.nn.Module | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """UNet module name -> (A: rank x in, B: out x rank) for every targeted Linear of `unet`
+    (default: tiny-sd's UNet)."""
+    if unet is None:
+        from workers.builtin import tiny_unet
 
-    unet = tiny_unet()
+        unet = tiny_unet()
     gen = torch.Generator().manual_seed(SEED)
     out = {}
     for name, module in unet.named_modules():
@@ -44,16 +49,26 @@ def lora_weights() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def build_tiny_lora(path: Path) -> None:
-    """Write `builtin:tiny-lora` (diffusers/peft layout) to `path/adapter.safetensors`."""
+def build_tiny_lora(path: Path, unet: torch.nn.Module | None = None, architecture: str | None = None) -> None:
+    """Write `builtin:tiny-lora` (diffusers/peft layout) to `path/adapter.safetensors`; `architecture`
+    is written as `modelspec.architecture` metadata, as trainers do (the tiny UNets' widths do not
+    tell the families apart)."""
     from safetensors.torch import save_file
 
     tensors = {}
-    for name, (a, b) in lora_weights().items():
+    for name, (a, b) in lora_weights(unet).items():
         tensors[f"unet.{name}.lora_A.weight"] = a
         tensors[f"unet.{name}.lora_B.weight"] = b
     path.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path / ADAPTER_FILE), metadata={"format": "pt"})
+    meta = {"format": "pt", **({"modelspec.architecture": architecture} if architecture else {})}
+    save_file(tensors, str(path / ADAPTER_FILE), metadata=meta)
+
+
+def build_tiny_lora_sdxl(path: Path) -> None:
+    """Write `builtin:tiny-lora-sdxl`: the same kind of update over tiny-sdxl's UNet (diffusers layout)."""
+    from workers.builtin_families import tiny_sdxl_unet
+
+    build_tiny_lora(path, tiny_sdxl_unet(), SDXL_ARCHITECTURE)
 
 
 def build_tiny_lora_kohya(path: Path) -> None:

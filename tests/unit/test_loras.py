@@ -117,3 +117,16 @@ def test_adapter_digests_are_in_the_result_cache_key():
     maker = Maker("builtin:tiny-sd", "w", "cpu", "fp32", True)
     args = (maker, "", "txt2img", {"steps": 2, "loras": TINY}, "p", "", 1, None, False, None)
     assert cache_key(*args, {"builtin:tiny-lora": "a" * 64}) != cache_key(*args, {"builtin:tiny-lora": "b" * 64})
+
+
+@pytest.mark.parametrize("header, family", [
+    ({"__metadata__": {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora"}}, "sdxl"),
+    ({"__metadata__": {"ss_base_model_version": "sd_v1"}, "lora_te2_x.alpha": {}}, "sd"),  # stated wins
+    ({"__metadata__": {"ss_base_model_version": "sdxl_base_v1-0"}}, "sdxl"),
+    ({"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight":
+      {"dtype": "F16", "shape": [4, 2048]}}, "sdxl"),  # SDXL's cross-attention width
+    ({"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight":
+      {"dtype": "F16", "shape": [4, 768]}}, "sd"),
+])
+def test_family_from_a_files_header(header, family):
+    assert loras.family_from_header(header) == family
