@@ -18,6 +18,9 @@ from sdq import families, pipelines
 from sdq.exceptions import InvalidInput
 from sdq.sources import BUILTIN_PREFIX, STORE_PREFIX, source_for
 
+ADAPTER_FILE = "adapter.safetensors"
+"""The file a built-in adapter's folder holds."""
+
 FIELD = pipelines.LORAS.name
 """The request parameter (`params.loras`)."""
 

@@ -69,6 +69,15 @@ def direct_with_lora(models_dir: Path, adapter: str, scale: float, seed: int) ->
     return pixels(out.images[0])
 
 
+@pytest.mark.parametrize("name", ["tiny-lora", "tiny-lora-kohya", "tiny-lora-sdxl"])
+def test_builtin_adapters_are_the_same_bytes_every_time(models_dir, tmp_path, name):
+    from workers.builtin import BUILDERS, ensure_builtin
+
+    BUILDERS[name](tmp_path / name)
+    assert (tmp_path / name / "adapter.safetensors").read_bytes() == \
+        (ensure_builtin(models_dir, name) / "adapter.safetensors").read_bytes()
+
+
 def test_queued_lora_image_equals_a_direct_diffusers_call(client, store, models_dir):
     got, item = make(client, store, 31, [{"name": "builtin:tiny-lora", "scale": 0.8}])
     want = direct_with_lora(models_dir, "tiny-lora", 0.8, 31)

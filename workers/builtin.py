@@ -222,7 +222,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 
 def _complete(folder: Path) -> bool:
     """A built-in's folder is there: a model's `model_index.json` or an adapter's file."""
-    from workers.builtin_loras import ADAPTER_FILE
+    from sdq.loras import ADAPTER_FILE
 
     return (folder / "model_index.json").exists() or (folder / ADAPTER_FILE).exists()
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-ADAPTER_FILE = "adapter.safetensors"
-"""The file a built-in adapter's folder holds."""
+from sdq.loras import ADAPTER_FILE
 
 RANK = 4
 """Rank of the built-in adapters' updates."""
@@ -60,7 +59,8 @@ def build_tiny_lora(path: Path, unet: torch.nn.Module | None = None, architectur
         tensors[f"unet.{name}.lora_A.weight"] = a
         tensors[f"unet.{name}.lora_B.weight"] = b
     path.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "pt", **({"modelspec.architecture": architecture} if architecture else {})}
+    # One metadata key only: safetensors writes several in a per-process random order (not byte-stable).
+    meta = {"modelspec.architecture": architecture} if architecture else {"format": "pt"}
     save_file(tensors, str(path / ADAPTER_FILE), metadata=meta)
 
 

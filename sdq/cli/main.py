@@ -189,13 +189,35 @@ def cmd_models(args) -> int:
         except UnknownFamily as exc:
             row["family"], row["error"] = None, str(exc)
         rows.append(row)
+    rows += _adapter_rows(settings, {r["id"]: r for r in rows})
     if args.json:
         print(json.dumps(rows))
     else:
         for r in rows:
             print(f"{r['id']:40s} {r['kind']:8s} {r['family'] or '?':10s} {r.get('path', '')}"
-                  + ("" if r.get("present", True) else "  (made on first use)"))
+                  + ("" if r.get("present", True) else "  (made on first use)") + ("  (LoRA)" if r.get("lora") else ""))
     return 0
+
+
+def _adapter_rows(settings, by_id: dict[str, dict]) -> list[dict]:
+    """Mark the allowed LoRA adapters among the rows (`lora: true`, the family read from the file);
+    rows for the built-in adapters, which are not models."""
+    from pathlib import Path
+
+    from sdq.loras import ADAPTER_FILE, adapter_family, allowed_adapters
+    from sdq.sources import source_for
+
+    new = []
+    for adapter in allowed_adapters(settings.models):
+        row = by_id.get(adapter)
+        if row is None:
+            source = source_for(adapter)
+            row = {"id": adapter, "kind": source.kind, **source.listing(settings.models_dir)}
+            if "path" in row and source.kind == "builtin":
+                row["present"] = (Path(row["path"]) / ADAPTER_FILE).exists()
+            new.append(row)
+        row.update(lora=True, family=adapter_family(adapter) or row.get("family"))
+    return new
 
 
 def cmd_worker(args) -> int:
