@@ -129,14 +129,25 @@ def family_from_header(header: dict[str, Any]) -> str:
     return pipelines.SD
 
 
+def is_lora_header(header: dict[str, Any]) -> bool:
+    """Whether a `.safetensors` header holds LoRA tensors (`lora_A`/`lora_down`/`lora.down`... names),
+    not a whole checkpoint."""
+    return any("lora_" in k or ".lora." in k or "_lora." in k for k in header if k != "__metadata__")
+
+
 def file_family(path: Path) -> str:
-    """The family of the adapter file at `path` (`family_from_header`)."""
-    return family_from_header(read_header(path))
+    """The family of the adapter file at `path` (`family_from_header`); ValueError when the file
+    holds no LoRA tensors (a checkpoint named as an adapter)."""
+    header = read_header(path)
+    if not is_lora_header(header):
+        raise ValueError(f"{path.name} holds no LoRA tensors (a checkpoint, not an adapter?)")
+    return family_from_header(header)
 
 
 def adapter_family(adapter_id: str) -> str | None:
     """The family of `adapter_id` as far as this machine can tell without a bucket: built-ins by id,
-    local files from their keys; None (the worker checks it when it loads the file) otherwise."""
+    local files from their header; None (the worker checks it when it loads the file) otherwise.
+    ValueError for a local file that is not a LoRA adapter."""
     if adapter_id in BUILTIN_ADAPTERS:
         return BUILTIN_ADAPTERS[adapter_id]
     source = source_for(adapter_id)
@@ -144,7 +155,7 @@ def adapter_family(adapter_id: str) -> str | None:
     if source.kind == "file" and path is not None and path.is_file():
         try:
             return file_family(path)
-        except (OSError, ValueError, struct.error):
+        except (OSError, struct.error):
             return None
     return None
 
@@ -172,7 +183,10 @@ def check_loras(loras: list[dict[str, Any]] | None, model: str, pipeline: str, a
             raise InvalidInput(where, f"LoRA {name!r} is named twice (as {shorts[short]!r} and {name!r}: "
                                f"both show as <lora:{short}:...>)")
         shorts[short] = name
-        found = adapter_family(name)
+        try:
+            found = adapter_family(name)
+        except ValueError as exc:
+            raise InvalidInput(where, f"{name!r} is not a LoRA adapter: {exc}", code="not_a_lora") from None
         if found is not None and family is not None and found != family:
             raise InvalidInput(where, f"LoRA {name!r} is for the {found} family; model {model!r} is {family}",
                                code="wrong_family")

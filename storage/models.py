@@ -83,7 +83,7 @@ def _lora_info(file: Path) -> dict[str, Any] | None:
     """What a pushed single file says about itself when it is a LoRA adapter (its tensor names hold
     `lora_`): the family it is for (`sdq.loras`); None for any other file. Refuses a `.safetensors`
     file whose header cannot be read."""
-    from sdq.loras import family_from_header, read_header
+    from sdq.loras import family_from_header, is_lora_header, read_header
 
     if file.suffix.lower() != ".safetensors":
         return None
@@ -91,10 +91,9 @@ def _lora_info(file: Path) -> dict[str, Any] | None:
         header = read_header(file)
     except (OSError, ValueError, struct.error) as exc:
         raise ModelError(f"{file}: not a readable .safetensors file ({exc})") from None
-    keys = [k for k in header if k != "__metadata__"]
-    if not any("lora_" in k or ".lora." in k for k in keys):
+    if not is_lora_header(header):
         return None
-    return {"family": family_from_header(header), "tensors": len(keys)}
+    return {"family": family_from_header(header), "tensors": len(header) - ("__metadata__" in header)}
 
 
 def remote_manifest(store: ResultStore, name: str) -> dict[str, Any]:

@@ -111,7 +111,10 @@ class WarmAdapters:
         converted by diffusers on the way."""
         from safetensors.torch import load_file
 
-        family = sdq_loras.file_family(path)
+        try:
+            family = sdq_loras.file_family(path)
+        except ValueError as exc:
+            raise ModelError(f"{FIELD}: {adapter_id!r} is not a LoRA adapter: {exc}") from None
         if family != self.family:
             raise ModelError(f"{FIELD}: LoRA {adapter_id!r} is for the {family} family; this model is {self.family}")
         adapter = Adapter(adapter_id, _peft_name(adapter_id, sha), sha, sdq_loras.a1111_hash(path))

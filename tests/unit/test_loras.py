@@ -60,6 +60,13 @@ def test_an_allowlisted_file_for_another_family_is_refused_from_its_keys(tmp_pat
     assert err.value.code == "wrong_family" and "sdxl" in err.value.message
 
 
+def test_a_checkpoint_named_as_an_adapter_is_refused(tmp_path):
+    ckpt = write_safetensors(tmp_path / "ckpt.safetensors", ["model.diffusion_model.input_blocks.0.0.weight"])
+    with pytest.raises(InvalidInput) as err:
+        check([{"name": str(ckpt)}], "builtin:tiny-sd", "txt2img", (str(ckpt),))
+    assert err.value.field == "params.loras[0].name" and err.value.code == "not_a_lora"
+
+
 @pytest.mark.parametrize("keys, family", [
     (["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"], "sd"),
     (["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight"], "sd"),
