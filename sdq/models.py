@@ -14,6 +14,9 @@ BUILTIN_MODELS: dict[str, tuple[str, ...]] = {
     "builtin:tiny-sd": ("txt2img", "img2img"),
     "builtin:tiny-upscaler": ("upscale",),
     "builtin:tiny-depth": ("depth2img",),
+    # Full-size shapes with random weights (`workers.builtin_fullsize`): generated on first use, ~4-5 GB each.
+    "builtin:sd15-shaped": ("txt2img", "img2img"),
+    "builtin:sd2-768-shaped": ("txt2img", "img2img"),
 }
 """Built-in model id -> pipelines it serves."""
 

@@ -58,7 +58,8 @@ class Capability:
         total, free = self.device.memory_gb()
         return {
             "name": self.name, "host": self.host, "device": self.device.device, "kind": self.device.kind,
-            "device_name": self.device.name, "dtype": self.device.dtype,
+            "device_name": self.device.name, "dtype": self.device.dtype, "backend": self.device.backend,
+            "cpu_path": self.device.cpu_path.record() if self.device.cpu_path is not None else None,
             "memory_total_gb": total, "memory_free_gb": free, "pipelines": self.pipelines(),
             "models": self.models, "loaded_models": self.loaded(),
             "max_pixels": self.max_pixels, "max_batch": self.max_batch, "queues": self.queues,

@@ -40,11 +40,22 @@ class WorkerOptions:
     safety_checker: bool = True
     upscale_batch: int | None = None
     loglevel: str = "INFO"
+    # A CPU worker's path (`workers.cpu_paths`): eager, channels_last, compile or fastest (measured at start).
+    cpu_path: str = "eager"
 
 
 def default_max_batch(kind: str) -> int:
     """Micro-batch size when not given: 4 on a GPU; 1 on a CPU, where batching gains nothing."""
     return 4 if kind == "gpu" else 1
+
+
+def cpuinfo_override() -> str | None:
+    """The text of `SDQ_CPUINFO` (a file standing in for /proc/cpuinfo: tests of CPU-path choice), or None."""
+    path = os.environ.get("SDQ_CPUINFO")
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -66,11 +77,12 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     from workers.speedometer import Speedometer
     from workers.backups import Backups
 
-    device = select_device(opts.device, opts.dtype, force=opts.force_dtype)
     import torch
 
-    if opts.threads:
+    if opts.threads:  # before the device: `--cpu-path fastest` measures with the worker's threads
         torch.set_num_threads(opts.threads)
+    device = select_device(opts.device, opts.dtype, force=opts.force_dtype, cpu_path=opts.cpu_path,
+                           cpuinfo=cpuinfo_override())
     models = worker_models(opts.models, settings.models)
     max_pixels = opts.max_pixels or settings.max_pixels
     max_batch = opts.max_batch or default_max_batch(device.kind)
@@ -141,7 +153,8 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
             heartbeat.start()
 
     worker_ready.connect(join_fleet, weak=False)
-    log.info("worker %s on %s (%s, %s) consuming %s", name, device.device, device.name, device.dtype, queues)
+    log.info("worker %s on %s (%s, %s, %s) consuming %s", name, device.device, device.name, device.dtype,
+             device.backend, queues)
     try:
         celery.worker_main([
             "worker", "--pool=solo", "--concurrency=1", f"--hostname={name}@%h",

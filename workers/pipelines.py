@@ -16,6 +16,7 @@ from sdq import defaults
 from sdq.exceptions import ModelError, OutOfMemory
 from sdq.models import STORE_PREFIX, model_kind
 from workers import builtin, checkpoints
+from workers.cpu_paths import apply_cpu_path
 from workers.device import Device
 
 log = logging.getLogger(__name__)
@@ -315,6 +316,8 @@ class PipelineCache:
             self.apply_low_memory(entry.base, entry)
         else:
             entry.base.to(self.device.device)
+        if self.device.cpu_path is not None:  # a CPU worker's backend (`workers.cpu_paths`)
+            apply_cpu_path(entry.base, self.device.backend)
 
     def apply_low_memory(self, pipe, entry: Loaded) -> None:
         """Low-memory mode for the pipeline about to run: VAE slicing and tiling (shared VAE) and, on
