@@ -119,7 +119,7 @@ def write_random_weights(model: nn.Module, component: str, file: Path) -> int:
             weight = getattr(module, "weight", None)
             g = torch.Generator().manual_seed(_seed(component, name))
             value = init_tensor(module, kind, shape, weight.shape if weight is not None else None, g)
-            out.write(value.contiguous().numpy().tobytes())
+            out.write(memoryview(value.contiguous().numpy()).cast("B"))  # no bytes copy
     return sum(math.prod(s) for s in shapes.values())
 
 
