@@ -15,9 +15,17 @@ TITLES = {
     "events": "7. Event fan-out (SSE)",
     "gpu": "8. One worker vs plain diffusers on the same device",
     "sim": "9. Mixed fleets (simulation)",
+    "realsize": "10. Real size: CPU paths and memory",
 }
 
 NOTES = {
+    "realsize": ("`builtin:sd15-shaped` (SD 1.5's shapes, 859.5 M-parameter UNet, random weights) per CPU path "
+                 "(`sdq worker --dtype ... --cpu-path ...`), each case a fresh process with all torch threads: a "
+                 "warm-up image, then a timed one at 256x256 with CFG; s/step = median step interval; images/hour = "
+                 "3600 / (text encoder + VAE time + 20 steps). Peak RSS = the process's maximum resident set "
+                 "(weights, activations, allocator), what a worker on this model needs. Low-memory = VAE slicing "
+                 "and tiling. Image diff = mean absolute pixel difference (0-255) from eager fp32, same seed. "
+                 "bf16 runs only where the CPU has it natively. `python -m bench.realsize`."),
     "sim": ("A discrete-event simulation of one job of equal items on fleets of unequal workers, driving sdq's "
             "own policy functions (`sdq/scheduling.py`): `count` = chunks sized from the number of workers and "
             "every worker takes whole chunks (sdq before speed awareness); `speed` = chunks from measured rates "

@@ -17,7 +17,7 @@ from sdq.infotext import parse_infotext
 from sdq.models import BUILTIN_MODELS, builtin_path
 from workers import builtin_fullsize as fs
 from workers.builtin import ensure_builtin
-from tests.conftest import wait_job
+from tests.conftest import wait_job, wait_until
 
 SIZES = {  # component -> parameters of the public model (SD 1.5, SD 2.1-768)
     "sd15": {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863},
@@ -95,3 +95,8 @@ def test_sd15_shaped_makes_one_image_through_the_queue(stack_factory, store, mod
     assert image.size == (64, 64)
     info = parse_infotext(image.info["parameters"])
     assert (info["Model"], info["Steps"]) == ("builtin:sd15-shaped", "1")
+    # The worker advertises the memory it really used: at least the fp32 weights (1.07 G parameters, 4 GiB).
+    weights_gb = sum(SIZES["sd15"].values()) * 4 / 2**30
+    record = wait_until(lambda: next((w for w in client.workers() if w["name"] == "w-full"
+                                      and (w.get("peak_rss_gb") or 0) >= weights_gb), None), "peak RSS published")
+    assert record["peak_rss_gb"] < 3 * weights_gb, record["peak_rss_gb"]

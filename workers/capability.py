@@ -12,7 +12,7 @@ import redis
 
 from sdq import __version__, defaults, fleet
 from sdq.models import BUILTIN_MODELS, allowed_models
-from workers.device import Device
+from workers.device import Device, peak_rss_gb
 from workers.reaper import safe_tick
 from workers.routing import Publish, release_due
 from workers.speedometer import Speedometer
@@ -60,7 +60,8 @@ class Capability:
             "name": self.name, "host": self.host, "device": self.device.device, "kind": self.device.kind,
             "device_name": self.device.name, "dtype": self.device.dtype, "backend": self.device.backend,
             "cpu_path": self.device.cpu_path.record() if self.device.cpu_path is not None else None,
-            "memory_total_gb": total, "memory_free_gb": free, "pipelines": self.pipelines(),
+            "memory_total_gb": total, "memory_free_gb": free, "peak_rss_gb": peak_rss_gb(),
+            "pipelines": self.pipelines(),
             "models": self.models, "loaded_models": self.loaded(),
             "max_pixels": self.max_pixels, "max_batch": self.max_batch, "queues": self.queues,
             "threads": self.threads, "items_done": self.activity.items_done,

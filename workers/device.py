@@ -55,6 +55,16 @@ class Device:
         return round(vm.total / 2**30, 2), round(vm.available / 2**30, 2)
 
 
+def peak_rss_gb() -> float | None:
+    """This process's peak resident memory so far in GiB (what the models it ran really needed in host
+    RAM: weights, activations, allocator slack); None where the platform does not report it."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # Linux: KiB
+
+
 def select_device(device: str = "auto", dtype: str = "auto", force: bool = False, cpu_path: str = "eager",
                   cpuinfo: str | None = None) -> Device:
     """Resolve `--device`/`--dtype`/`--cpu-path`; refuse combinations that cannot run well. On a CPU,
