@@ -18,7 +18,8 @@ import redis
 import requests
 
 from bench.common import Bench, bench_stack, dist, main_for
-from sdq.jobstore import events_channel
+from sdq.cli.client import sse_events
+from sdq.state.keys import events_channel
 
 SIZES = {"full": {"events": 300, "clients": (1, 8), "real_items": 6},
          "quick": {"events": 60, "clients": (1, 4), "real_items": 2}}
@@ -41,19 +42,9 @@ class SSEClient(threading.Thread):
         try:
             with requests.get(self.url, stream=True, timeout=(10, 120)) as resp:
                 resp.raise_for_status()
-                event, data = "message", []
-                for line in resp.iter_lines(chunk_size=None, decode_unicode=True):
-                    if line:
-                        field, _, value = line.partition(":")
-                        if field == "event":
-                            event = value.strip()
-                        elif field == "data":
-                            data.append(value.removeprefix(" "))
-                        continue
-                    if data:
-                        self.frames.append((time.time(), event, json.loads("\n".join(data))))
-                        self.connected.set()
-                    event, data = "message", []
+                for event, data in sse_events(resp.iter_lines(chunk_size=None, decode_unicode=True)):
+                    self.frames.append((time.time(), event, data))
+                    self.connected.set()
         except Exception as exc:  # noqa: BLE001 - reported with the results
             self.error = f"{type(exc).__name__}: {exc}"
         finally:

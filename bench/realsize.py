@@ -68,7 +68,7 @@ def _load(model: str, dtype: str):
     import diffusers
     import torch
 
-    from sdq.models import builtin_path
+    from sdq.sources import builtin_path
     from workers.builtin import ensure_builtin
 
     models_dir = Path(os.environ["SDQ_MODELS_DIR"])

@@ -8,10 +8,10 @@ from flask import Flask
 from producer import errors
 from producer.jsonprovider import FastJSONProvider
 from sdq import defaults
-from sdq.config import Settings
-from sdq.redisconn import connect
-from sdq.jobstore import JobStore
 from sdq.celery_app import make_celery
+from sdq.config import Settings
+from sdq.state.redisconn import connect
+from sdq.state.store import JobStore
 from storage import ResultStore
 
 

@@ -5,7 +5,9 @@ brackets and commas is dropped (escaped quotes first), string contents are cut o
 pairs in 64 kB slices, then brackets and commas are counted. A body with more values than
 `JSON_VALUES_PER_ITEM` per allowed item (plus `JSON_VALUES_BASE`), or nested deeper than
 `MAX_JSON_DEPTH`, is refused unparsed, so the Python objects a request creates stay within a few
-times its size and no parser recursion can overflow. Every string that may reach Redis is then
+times its size and no parser recursion can overflow. A prompt file (`CONTENT_TYPES`; turned
+into a submit body by `producer.formats`) is bounded the same way by its lines, CSV fields and
+JSON values before it is parsed. Every string that may reach Redis is then
 checked: valid Unicode (no lone surrogates), no NUL or other C0 control characters but tab and
 newline.
 """
@@ -28,8 +30,6 @@ _BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 
 def body_limit(request: Request) -> int:
     """The largest body this request may have, by endpoint and content type."""
-    from producer.formats import is_prompt_file
-
     if request.endpoint == "api.upload":
         return defaults.MAX_UPLOAD_BODY_BYTES
     if request.endpoint == "api.submit":
@@ -78,6 +78,34 @@ def check_json_shape(data: bytes, max_values: int, max_depth: int = defaults.MAX
     if deepest > max_depth:
         raise InvalidInput("body", f"the JSON body is nested {deepest} levels deep; at most {max_depth}",
                            code="invalid_json", status=400)
+
+
+CONTENT_TYPES = {
+    "text/plain": "body.txt",
+    "text/csv": "body.csv",
+    "application/x-ndjson": "body.jsonl",
+    "application/jsonl": "body.jsonl",
+    "application/json-lines": "body.jsonl",
+}
+"""Accepted prompt-file media types and the file name whose format they select."""
+
+def is_prompt_file(mimetype: str) -> bool:
+    """Whether a request body of this media type is a prompt file."""
+    return mimetype in CONTENT_TYPES
+
+
+def check_prompt_file(data: bytes, mimetype: str, max_items: int) -> None:
+    """Refuse, before parsing, a prompt file with more lines, CSV fields or JSON values than `max_items` allow."""
+    lines = data.count(b"\n") + 1
+    max_lines = max_items * defaults.PROMPT_FILE_LINES_PER_ITEM + defaults.JSON_VALUES_BASE
+    if lines > max_lines:
+        raise InvalidInput("body", f"the prompt file has {lines} lines; this server takes at most {max_lines}",
+                           code="too_large", status=413)
+    budget = max_items * defaults.JSON_VALUES_PER_ITEM + defaults.JSON_VALUES_BASE
+    if CONTENT_TYPES[mimetype].endswith(".jsonl"):
+        check_json_shape(data, budget)
+    elif CONTENT_TYPES[mimetype].endswith(".csv") and data.count(b",") + lines > budget:
+        raise InvalidInput("body", f"the CSV prompt file has more than {budget} fields", code="too_large", status=413)
 
 
 def _finite(text: str) -> float:
@@ -147,8 +175,6 @@ def check_strings(value: Any) -> None:
 
 def read_submit(request: Request, max_items: int) -> Any:
     """The submit body: a parsed JSON value, or a prompt file's text (checked before parsing)."""
-    from producer.formats import check_prompt_file, is_prompt_file
-
     data = read_limited(request, body_limit(request))
     if is_prompt_file(request.mimetype):
         check_prompt_file(data, request.mimetype, max_items)

@@ -25,8 +25,10 @@ import redis
 
 from producer.status import job_view
 from sdq import contract, defaults
-from sdq.jobstore import JobStore, events_channel
 from sdq.records import Item, Job
+from sdq.state.keys import events_channel
+from sdq.state.store import JobStore
+from storage import ResultStore
 
 KEEPALIVE_S = 15.0
 """Seconds between keep-alive comments on an idle stream."""
@@ -45,7 +47,7 @@ def _finished(job: Job) -> dict[str, Any]:
             "counts": {k: job.counts[k] for k in ("succeeded", "failed", "cancelled")}}
 
 
-def stream(client: redis.Redis, jobs: JobStore, store, job_id: str, keepalive: float = KEEPALIVE_S,
+def stream(client: redis.Redis, jobs: JobStore, store: ResultStore, job_id: str, keepalive: float = KEEPALIVE_S,
            max_seconds: float = defaults.STREAM_MAX_SECONDS) -> Iterator[str]:
     """The SSE frames of one job until it finishes or `max_seconds` pass (see the module docstring)."""
     pubsub = client.pubsub(ignore_subscribe_messages=True)

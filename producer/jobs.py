@@ -8,20 +8,28 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import redis
 from celery import Celery
 
-from producer.schemas import ITEM_PARAM_KEYS, SubmitRequest
+from producer.inputs import ItemImages, item_images
+from producer.schemas import ITEM_PARAM_KEYS, ItemIn, SubmitRequest
 from producer.sweep import check_sweep, combinations, count as sweep_count
-from sdq import contract, defaults, fleet, scheduling, speed
+from producer.tenants import check_queue_room
+from producer.uploads import upload_record
+from sdq import contract, defaults, pipelines
+from sdq.celery_app import item_queue, send_chunk
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
-from sdq.grid import GRID_MAX_ITEMS, check_fits
+from sdq.gridlayout import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
-from sdq.celery_app import item_queue, send_chunk
 from sdq.records import Chunk, Item, Job
+from sdq.scheduling import scheduling, speed
+from sdq.state import fleet
+from sdq.state.store import JobStore
 from sdq.webhooks import check_webhook_url
 
-DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper()) for key in ITEM_PARAM_KEYS}
+DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper(), None) for key in ITEM_PARAM_KEYS} | {
+    p.name: p.default for p in pipelines.all_params().values()}
 """Item parameter defaults (the named ones in `sdq.defaults`), applied at submit and recorded in the job."""
 
 
@@ -62,6 +70,19 @@ def _init_image_size(params: dict[str, Any], record: dict[str, Any] | None, expl
     return {**params, **{k: max(8, v // 8 * 8) for k, v in size.items() if k not in explicit}}
 
 
+@dataclass
+class _Source:
+    """One prompt (or entry of `items`) with its resolved parameters, before sweep cells and copies."""
+
+    index: int
+    prompt: str
+    item: ItemIn | None
+    params: dict[str, Any]
+    images: ItemImages
+    negative_prompt: str
+    cache: bool
+
+
 def plan_job(req: SubmitRequest, settings: Settings, owner: str,
              uploads: Callable[[str, str], dict[str, Any]] | None = None) -> Plan:
     """Validate `req` against the server's limits and expand it into items (nothing written).
@@ -73,89 +94,121 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     sweep = check_sweep(req.sweep)
     given = req.params.model_dump(exclude_none=True)
     base = {**DEFAULTS, **given}
-    if req.pipeline == "upscale":
-        base.update({side: defaults.UPSCALE_SIDE for side in ("width", "height") if side not in given})
+    spec = pipelines.spec(req.pipeline)
+    if spec.default_side is not None:
+        base.update({side: spec.default_side for side in ("width", "height") if side not in given})
     seed = req.params.seed if req.params.seed is not None else secrets.randbelow(2**31)
-    n_per = req.params.images_per_prompt
-    watermark = settings.watermark_default if req.params.watermark is None else req.params.watermark
 
     # 2. Items: prompts or explicit items, times sweep combinations, times images_per_prompt.
-    sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items]
-    total = len(sources) * sweep_count(sweep) * n_per  # counted before anything is expanded
-    if total > settings.max_items:
+    _check_count(req, sweep, settings.max_items)
+    items = _expand(req, settings, base, given, seed, combinations(sweep), uploads)
+
+    # 3. Checks over all the items: the watermark's smallest image, the grid's largest sheet.
+    if req.params.watermark:
+        _check_watermark(req.pipeline, items)
+    if req.params.grid:
+        _check_grid(req.pipeline, items, sweep, req.params.images_per_prompt)
+
+    # 4. The job record.
+    return Plan(_job_record(req, settings, owner, base, seed, sweep, len(items)), items)
+
+
+def _check_count(req: SubmitRequest, sweep: dict[str, list[Any]], max_items: int) -> None:
+    """Refuse a job of more than `max_items` items (or a grid of too many), counted before any is made."""
+    n_sources = len(req.prompts) if req.prompts else len(req.items or [])
+    total = n_sources * sweep_count(sweep) * req.params.images_per_prompt
+    if total > max_items:
         raise InvalidInput("sweep" if sweep else "prompts" if req.prompts else "items",
-                           f"{total} items exceed this server's limit of {settings.max_items} per job",
+                           f"{total} items exceed this server's limit of {max_items} per job",
                            code="too_many_items")
     if req.params.grid and total > GRID_MAX_ITEMS:
         raise InvalidInput("params.grid", f"a grid holds at most {GRID_MAX_ITEMS} images; this job has {total}",
                            code="too_many_items")
-    combos = combinations(sweep)
+
+
+def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given: dict[str, Any], seed: int,
+            combos: list[dict[str, Any]], uploads: Callable[[str, str], dict[str, Any]] | None) -> list[Item]:
+    """The items of every prompt or entry of `items`, each checked against the server's limits."""
+    sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items or []]
     items: list[Item] = []
     for src, (prompt, it) in enumerate(sources):
         where = f"items[{src}]." if it is not None else "params."
         params = _item_params(base, it)
-        init_image = it.init_image if it is not None else None
-        image_field = f"{where}init_image" if init_image else "params.init_image"
-        init_image = init_image or given.get("init_image")
-        if req.pipeline in contract.PIPELINES_NEEDING_IMAGE and not init_image:
-            raise InvalidInput(f"{where}init_image", f"pipeline {req.pipeline!r} needs an init_image",
-                               code="missing_init_image")
-        if init_image and req.pipeline not in contract.PIPELINES_NEEDING_IMAGE:
-            raise InvalidInput(image_field, f"pipeline {req.pipeline!r} takes no init_image (img2img, upscale "
-                               f"and depth2img do)", code="unexpected_init_image")
-        if init_image and uploads is not None:
+        images = item_images(pipelines.spec(req.pipeline), given, it, where, uploads)
+        if images.size is not None:
             explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
-            params = _init_image_size(params, uploads(init_image, image_field), explicit)
+            params = _init_image_size(params, images.size, explicit)
         _check_limits(req.pipeline, params, where, settings)
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
         cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
-        for combo in combos:
-            # A sweep overrides job and item values; its cells of one prompt share a seed.
-            cell = {**params, **{k: v for k, v in combo.items() if k in ITEM_PARAM_KEYS}}
-            if combo:
-                _check_limits(req.pipeline, cell, "sweep.", settings)
-            for k in range(n_per):
-                index = len(items)
-                if "seed" in combo:
-                    item_seed = combo["seed"] + k
-                elif it is not None and it.seed is not None:
-                    item_seed = it.seed + k
-                else:
-                    item_seed = seed + (src * n_per + k if combo else index)
-                items.append(Item(
-                    index=index, prompt=prompt, negative_prompt=combo.get("negative_prompt", negative),
-                    seed=item_seed % (2**32), init_image=init_image, params=cell, steps=cell["steps"],
-                    sweep=combo or None, cache=None if cache else False))
+        source = _Source(src, prompt, it, params, images, negative, cache)
+        items += _cells(source, combos, req, seed, len(items), settings)
+    return items
 
-    if req.params.watermark:
-        small = [it for it in items if _pixels(req.pipeline, it.params) < contract.WATERMARK_MIN_PIXELS]
-        if small:
-            w, h = contract.output_size(req.pipeline, small[0].params["width"], small[0].params["height"])
-            raise InvalidInput("params.watermark", f"the invisible watermark needs images of at least "
-                               f"{contract.WATERMARK_MIN_PIXELS} pixels (256x256); item {small[0].index} is {w}x{h}",
-                               code="too_small")
 
-    if req.params.grid:
-        sizes = [contract.output_size(req.pipeline, it.params["width"], it.params["height"]) for it in items]
-        try:
-            check_fits(Job(sweep=sweep or None, params={"images_per_prompt": n_per}), len(items),
-                       (max(w for w, _ in sizes), max(h for _, h in sizes)))
-        except ValueError as exc:
-            raise InvalidInput("params.grid", str(exc), code="too_large") from None
+def _cells(source: _Source, combos: list[dict[str, Any]], req: SubmitRequest, seed: int, start: int,
+           settings: Settings) -> list[Item]:
+    """The items of one source: a sweep cell each (or the one empty cell), times images_per_prompt."""
+    n_per = req.params.images_per_prompt
+    out: list[Item] = []
+    for combo in combos:
+        # A sweep overrides job and item values; its cells of one prompt share a seed.
+        cell = {**source.params, **{k: v for k, v in combo.items() if k in ITEM_PARAM_KEYS}}
+        if combo:
+            _check_limits(req.pipeline, cell, "sweep.", settings)
+        for k in range(n_per):
+            index = start + len(out)
+            out.append(Item(
+                index=index, prompt=source.prompt, negative_prompt=combo.get("negative_prompt", source.negative_prompt),
+                seed=_item_seed(seed, combo, source, n_per, k, index) % (2**32), init_image=source.images.init_image,
+                images=source.images.others, params=cell, steps=cell["steps"], sweep=combo or None, cache=None if source.cache else False))
+    return out
 
-    # 3. The job record.
+
+def _item_seed(seed: int, combo: dict[str, Any], source: _Source, n_per: int, k: int, index: int) -> int:
+    """An item's seed: the sweep's, else its entry's (plus its copy number), else the job's counted on."""
+    if "seed" in combo:
+        return combo["seed"] + k
+    if source.item is not None and source.item.seed is not None:
+        return source.item.seed + k
+    return seed + (source.index * n_per + k if combo else index)
+
+
+def _check_watermark(pipeline: str, items: list[Item]) -> None:
+    """Refuse a watermarked job with an image too small for the invisible watermark."""
+    small = [it for it in items if _pixels(pipeline, it.params) < contract.WATERMARK_MIN_PIXELS]
+    if small:
+        w, h = contract.output_size(pipeline, small[0].params["width"], small[0].params["height"])
+        raise InvalidInput("params.watermark", f"the invisible watermark needs images of at least "
+                           f"{contract.WATERMARK_MIN_PIXELS} pixels (256x256); item {small[0].index} is {w}x{h}",
+                           code="too_small")
+
+
+def _check_grid(pipeline: str, items: list[Item], sweep: dict[str, list[Any]], n_per: int) -> None:
+    """Refuse a grid whose contact sheet of these items would be too large."""
+    sizes = [contract.output_size(pipeline, it.params["width"], it.params["height"]) for it in items]
+    try:
+        check_fits(Job(sweep=sweep or None, params={"images_per_prompt": n_per}), len(items),
+                   (max(w for w, _ in sizes), max(h for _, h in sizes)))
+    except ValueError as exc:
+        raise InvalidInput("params.grid", str(exc), code="too_large") from None
+
+
+def _job_record(req: SubmitRequest, settings: Settings, owner: str, base: dict[str, Any], seed: int,
+                sweep: dict[str, list[Any]], n_items: int) -> Job:
+    """The job record: its request with the defaults applied, the job seed and the watermark choice."""
+    watermark = settings.watermark_default if req.params.watermark is None else req.params.watermark
     job_params = {k: v for k, v in base.items() if k not in ("seed",)}
     job_params["seed"] = seed
     job_params["watermark"] = watermark
-    job = Job(id=uuid.uuid4().hex, owner=owner, state="queued", created_at=time.time(), model=req.model,
-              pipeline=req.pipeline, params=job_params, requires=req.requires.model_dump(), priority=req.priority,
-              n_items=len(items), seed=seed, webhook_url=req.webhook_url, sweep=sweep or None)
-    return Plan(job, items)
+    return Job(id=uuid.uuid4().hex, owner=owner, state="queued", created_at=time.time(), model=req.model,
+               pipeline=req.pipeline, params=job_params, requires=req.requires.model_dump(), priority=req.priority,
+               n_items=n_items, seed=seed, webhook_url=req.webhook_url, sweep=sweep or None)
 
 
 def _chunks(plan: Plan, workers: list[dict[str, Any]], by_speed: bool = True):
     """Consecutive items sharing parameters, each run cut into `(queue, items)` chunks whose sizes
-    follow the measured rates of the live workers serving that queue (`sdq.scheduling`; without
+    follow the measured rates of the live workers serving that queue (`sdq.scheduling.scheduling`; without
     `by_speed`, each worker counts as one)."""
     model, pipeline = plan.job.model, plan.job.pipeline
     batch = max([int(w.get("max_batch") or 1) for w in workers] or [1])
@@ -188,6 +241,28 @@ def route(plan: Plan, workers: list[dict[str, Any]],
     return routed
 
 
+def submit(req: SubmitRequest, settings: Settings, owner: str, client: redis.Redis, jobs: JobStore,
+           celery: Celery) -> Plan:
+    """Plan, check the tenant's room, route, record and enqueue a job; nothing stays half-submitted:
+    a failed enqueue removes the record again (so it neither shows nor counts against the tenant's cap)."""
+    # 1. Plan: the request checked against the server's limits, expanded into items (nothing written).
+    plan = plan_job(req, settings, owner,
+                    uploads=lambda key, field: upload_record(client, key, owner, field))
+    # 2. Room: the tenant's cap on queued items.
+    check_queue_room(jobs, owner, len(plan.items), settings.max_queued_items)
+    # 3. Route: task chunks per queue, and warnings for queues that no live worker serves.
+    routed = route(plan, fleet.live_workers(client), settings.scheduling == "speed")
+    plan.job.warnings = plan.warnings
+    # 4. Record, then enqueue; roll the record back if enqueueing fails.
+    jobs.create(plan.job, plan.items)
+    try:
+        enqueue(celery, routed)
+    except Exception:
+        jobs.delete(plan.job.id, owner)
+        raise
+    return plan
+
+
 def enqueue(celery: Celery, routed: list[Chunk]) -> None:
     """Publish one task message per chunk, pipelined over one broker connection (kombu batch)."""
     with celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
@@ -195,7 +270,7 @@ def enqueue(celery: Celery, routed: list[Chunk]) -> None:
             send_chunk(celery, chunk, producer)
 
 
-def requeue(jobs, celery: Celery, job_id: str, workers: list[dict[str, Any]]) -> list[Item]:
+def requeue(jobs: JobStore, celery: Celery, job_id: str, workers: list[dict[str, Any]]) -> list[Item]:
     """Retry: re-queue the job's failed and cancelled items (same seeds) as new attempts and publish
     them again (messages of the earlier attempts are dropped when delivered)."""
     items = jobs.retry(job_id) or []

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import redis
 from flask import Blueprint, Response, current_app, jsonify
 
 from producer.openapi import build_openapi
-from sdq import __version__, fleet
+from sdq import __version__
+from sdq.state import fleet
 
 bp = Blueprint("meta", __name__)
 
@@ -27,7 +29,8 @@ def index():
         "Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
 
 
-def _queue_depths(client) -> dict[str, int]:
+def queue_depths(client: redis.Redis) -> dict[str, int]:
+    """Task messages waiting per queue that live workers consume (every priority level summed)."""
     names = {q for w in fleet.live_workers(client) for q in w.get("queues", [])}
     pipe = client.pipeline(transaction=False)
     ordered = sorted(names)
@@ -52,7 +55,7 @@ def metrics():
     for w in workers:
         done.labels(w["name"], w["device"], w["dtype"]).set(w.get("items_done", 0))
     depth = Gauge("sdq_queue_messages", "Task messages waiting in a queue", ["queue"], registry=registry)
-    for queue, size in _queue_depths(client).items():
+    for queue, size in queue_depths(client).items():
         depth.labels(queue).set(size)
     Gauge("sdq_info", "sdq version", ["version"], registry=registry).labels(__version__).set(1)
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask
 from pydantic import BaseModel, Field
+from werkzeug.routing import Rule
 
 from producer.schemas import SubmitRequest
 from sdq import __version__, contract
@@ -83,7 +84,7 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _parameters(rule, endpoint: str) -> list[dict[str, Any]]:
+def _parameters(rule: Rule, endpoint: str) -> list[dict[str, Any]]:
     params = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}] if rule.arguments else []
     query = QUERIES.get(endpoint)
     if query is not None:
@@ -93,7 +94,7 @@ def _parameters(rule, endpoint: str) -> list[dict[str, Any]]:
     return params
 
 
-def _operation(app: Flask, rule, endpoint: str) -> dict[str, Any]:
+def _operation(app: Flask, rule: Rule, endpoint: str) -> dict[str, Any]:
     view = app.view_functions[endpoint]
     status, model = ANSWERS.get(endpoint, ("200", None))
     ok: dict[str, Any] = {"description": "OK"}

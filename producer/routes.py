@@ -9,14 +9,14 @@ from pydantic import BaseModel, ValidationError
 
 from producer import bodies, events, jobs, tenants, uploads
 from producer.errors import error_response
-from producer.formats import body_from_prompt_file, is_prompt_file
+from producer.formats import body_from_prompt_file
 from producer.openapi import ItemsPage, JobsPage
 from producer.schemas import parse_submit
 from producer.status import job_view
-from sdq import fleet
-from sdq.lifecycle import request_finalize
+from sdq.celery_app import request_finalize
 from sdq.exceptions import InvalidInput, NotFound
 from sdq.records import Job
+from sdq.state import fleet
 from sdq.webhooks import tenant_secret
 
 bp = Blueprint("api", __name__)
@@ -67,10 +67,8 @@ def authenticate() -> Response | None:
 
 
 def _own_job(job_id: str) -> Job:
-    job = _ext("sdq_jobs").get(job_id) if job_id.isalnum() and len(job_id) <= 64 else None
-    if job is None or job.owner != g.owner:
-        raise NotFound(f"no job {job_id!r}")
-    return job
+    """The caller's job `job_id` (404 for an unknown id or another tenant's job)."""
+    return tenants.own_job(_ext("sdq_jobs"), job_id, g.owner)
 
 
 @bp.get("/healthz")
@@ -85,22 +83,11 @@ def submit():
     """Validate, record and enqueue a job; 202 with its id. JSON, or a prompt file (producer.formats)."""
     settings = current_app.config["SDQ"]
     body = bodies.read_submit(request, settings.max_items)
-    if is_prompt_file(request.mimetype):
+    if bodies.is_prompt_file(request.mimetype):
         body = body_from_prompt_file(body, request.mimetype, request.args.to_dict())
     bodies.check_strings(body)
     req = parse_submit(body)
-    plan = jobs.plan_job(req, settings, g.owner, uploads=lambda key, field: uploads.upload_record(
-        _ext("sdq_redis"), key, g.owner, field))
-    tenants.check_queue_room(_ext("sdq_jobs"), g.owner, len(plan.items), settings.max_queued_items)
-    routed = jobs.route(plan, fleet.live_workers(_ext("sdq_redis")), settings.scheduling == "speed")
-    plan.job.warnings = plan.warnings
-    job_store = _ext("sdq_jobs")
-    job_store.create(plan.job, plan.items)
-    try:
-        jobs.enqueue(_ext("celery"), routed)
-    except Exception:
-        job_store.delete(plan.job.id, g.owner)
-        raise
+    plan = jobs.submit(req, settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"), _ext("celery"))
     job_id = plan.job.id
     return jsonify({
         "id": job_id, "state": "queued", "items": len(plan.items), "seed": plan.job.seed,

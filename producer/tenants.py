@@ -5,8 +5,9 @@ import hmac
 from typing import Any
 
 from sdq import defaults
-from sdq.exceptions import TooManyRequests
-from sdq.jobstore import JobStore
+from sdq.exceptions import NotFound, TooManyRequests
+from sdq.records import Job
+from sdq.state.store import JobStore
 
 
 def owner_of(tokens: dict[str, str], presented: str) -> str | None:
@@ -16,6 +17,14 @@ def owner_of(tokens: dict[str, str], presented: str) -> str | None:
         if hmac.compare_digest(token.encode(), given):
             owner = who
     return owner
+
+
+def own_job(jobs: JobStore, job_id: str, owner: str) -> Job:
+    """The job `job_id` if `owner` submitted it; NotFound otherwise (another tenant's job is not found)."""
+    job = jobs.get(job_id) if job_id.isalnum() and len(job_id) <= 64 else None
+    if job is None or job.owner != owner:
+        raise NotFound(f"no job {job_id!r}")
+    return job
 
 
 def check_queue_room(jobs: JobStore, owner: str, new_items: int, limit: int) -> None:

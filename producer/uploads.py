@@ -16,10 +16,13 @@ import uuid
 import warnings
 from typing import Any
 
+import redis
 from flask import Request
 
 from sdq import defaults
 from sdq.exceptions import InvalidInput
+from sdq.state.keys import upload_key
+from storage import ResultStore
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 """Largest upload accepted, in bytes."""
@@ -36,7 +39,7 @@ RECORD_TTL = defaults.JOB_TTL
 
 
 def _record_key(key: str) -> str:
-    return f"sdq:upload:{key}"
+    return upload_key(key)
 
 
 def read_upload_body(request: Request) -> bytes:
@@ -87,7 +90,7 @@ def decode_image(data: bytes):
                            code="invalid_image", status=422) from None
 
 
-def save_upload(store, client, data: bytes, owner: str) -> dict[str, Any]:
+def save_upload(store: ResultStore, client: redis.Redis, data: bytes, owner: str) -> dict[str, Any]:
     """Check `data`, store it as `uploads/<uuid>.png` and record it; returns `{key, width, height}`."""
     img = decode_image(data)
     buf = io.BytesIO()
@@ -102,7 +105,7 @@ def save_upload(store, client, data: bytes, owner: str) -> dict[str, Any]:
     return {"key": key, "width": width, "height": height}
 
 
-def upload_record(client, key: Any, owner: str, field: str) -> dict[str, Any]:
+def upload_record(client: redis.Redis, key: Any, owner: str, field: str) -> dict[str, Any]:
     """The upload record of `key` for `owner`; InvalidInput naming `field` when it is not one."""
     if not isinstance(key, str) or not key.startswith(UPLOAD_PREFIX) or "/" in key[len(UPLOAD_PREFIX):]:
         raise InvalidInput(field, f"{field} must be a key returned by POST /v1/uploads (uploads/...), got {key!r}",

@@ -13,16 +13,19 @@ import zipfile
 from typing import Iterator
 
 from botocore.exceptions import ClientError
-from flask import Blueprint, Response, current_app, jsonify, stream_with_context
+from flask import Blueprint, Response, current_app, g, jsonify, stream_with_context
 
-from producer.meta import _queue_depths
-from producer.routes import _own_job
+from producer.meta import queue_depths
+from producer.tenants import own_job
 from sdq.records import Job
+from sdq.state.store import JobStore
+from storage import ResultStore
+from storage.s3 import STREAM_CHUNK_BYTES
 
 bp = Blueprint("web", __name__)
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 256 * 1024
+CHUNK_BYTES = STREAM_CHUNK_BYTES
 """Bytes copied from the bucket into the zip at a time."""
 
 ITEMS_PAGE = 500
@@ -48,7 +51,7 @@ class _Pipe:
         yield from parts
 
 
-def _entries(job: Job, jobs) -> Iterator[tuple[str, str]]:
+def _entries(job: Job, jobs: JobStore) -> Iterator[tuple[str, str]]:
     """(name in the zip, bucket key) of each stored result of the job, in index order."""
     for offset in range(0, job.n_items, ITEMS_PAGE):
         for it in jobs.items(job.id, offset, ITEMS_PAGE, job.n_items):
@@ -59,21 +62,21 @@ def _entries(job: Job, jobs) -> Iterator[tuple[str, str]]:
             yield f"{job.id}/{name}", key
 
 
-def zip_stream(store, jobs, job: Job, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
+def zip_stream(store: ResultStore, jobs: JobStore, job: Job, chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
     """The bytes of a zip of the job's stored results, produced piece by piece."""
     pipe = _Pipe()
     with zipfile.ZipFile(pipe, mode="w", allowZip64=True) as zf:
         for name, key in _entries(job, jobs):
             try:
-                obj = store.client.get_object(Bucket=store.bucket, Key=key)
+                size, pieces = store.stream(key, chunk)
             except ClientError as exc:  # removed from the bucket since: leave it out, keep the rest
                 log.warning("zip of job %s: skipping %s (%s)", job.id, key, exc)
                 continue
             info = zipfile.ZipInfo(name)
             info.compress_type = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
-            info.file_size = int(obj.get("ContentLength") or 0)
+            info.file_size = size
             with zf.open(info, mode="w", force_zip64=info.file_size > 2**31) as out:
-                for piece in obj["Body"].iter_chunks(chunk):
+                for piece in pieces:
                     out.write(piece)
                     yield from pipe.drain()
             yield from pipe.drain()
@@ -83,8 +86,8 @@ def zip_stream(store, jobs, job: Job, chunk: int = CHUNK_BYTES) -> Iterator[byte
 @bp.get("/v1/jobs/<job_id>/download.zip")
 def download_zip(job_id: str):
     """All of a job's stored images and its manifest as one zip, streamed from the bucket."""
-    job = _own_job(job_id)
     ext = current_app.extensions
+    job = own_job(ext["sdq_jobs"], job_id, g.owner)
     body = stream_with_context(zip_stream(ext["sdq_store"], ext["sdq_jobs"], job))
     return Response(body, mimetype="application/zip", headers={
         "Content-Disposition": f'attachment; filename="sdq-{job.id}.zip"', "Cache-Control": "no-store"})
@@ -93,5 +96,5 @@ def download_zip(job_id: str):
 @bp.get("/v1/queues")
 def queues():
     """Task messages waiting per queue (capability class) that live workers consume."""
-    depths = _queue_depths(current_app.extensions["sdq_redis"])
+    depths = queue_depths(current_app.extensions["sdq_redis"])
     return jsonify({"queues": [{"name": q, "messages": n} for q, n in sorted(depths.items())]})

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sdq.exceptions import ModelError
+from storage.s3 import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def push(store, path: Path, name: str) -> dict[str, Any]:
+def push(store: ResultStore, path: Path, name: str) -> dict[str, Any]:
     """Upload a diffusers folder or a checkpoint file as `models/<name>/`; returns the manifest."""
     check_name(name)
     path = Path(path).expanduser()
@@ -66,7 +67,7 @@ def push(store, path: Path, name: str) -> dict[str, Any]:
     listed = []
     for file in files:
         rel = file.relative_to(base).as_posix()
-        store.client.upload_file(str(file), store.bucket, f"{PREFIX}{name}/files/{rel}")
+        store.put_file(f"{PREFIX}{name}/files/{rel}", file)
         listed.append({"path": rel, "size": file.stat().st_size, "sha256": _sha256(file)})
         log.info("pushed %s (%d bytes)", rel, listed[-1]["size"])
     manifest = {"name": name, "kind": kind, "entry": entry, "files": listed, "pushed_at": time.time()}
@@ -74,7 +75,7 @@ def push(store, path: Path, name: str) -> dict[str, Any]:
     return manifest
 
 
-def remote_manifest(store, name: str) -> dict[str, Any]:
+def remote_manifest(store: ResultStore, name: str) -> dict[str, Any]:
     """The manifest of pushed model `name`; ModelError when there is none."""
     try:
         return json.loads(store.get(f"{PREFIX}{check_name(name)}/{MANIFEST}"))
@@ -92,7 +93,7 @@ def _safe_target(folder: Path, rel: str) -> Path:
     return target
 
 
-def _download(store, key: str, target: Path, size: int, name: str) -> None:
+def _download(store: ResultStore, key: str, target: Path, size: int, name: str) -> None:
     """Fetch `key` into `target`, resuming a `.part` file left by an interrupted download."""
     part = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -104,9 +105,9 @@ def _download(store, key: str, target: Path, size: int, name: str) -> None:
         log.info("store:%s: resuming %s at %d of %d bytes", name, target.name, done, size)
     last = time.monotonic()
     if done < size:
-        body = store.client.get_object(Bucket=store.bucket, Key=key, Range=f"bytes={done}-")["Body"]
+        _, pieces = store.stream(key, CHUNK, start=done)
         with open(part, "ab") as f:
-            for chunk in body.iter_chunks(CHUNK):
+            for chunk in pieces:
                 f.write(chunk)
                 done += len(chunk)
                 if time.monotonic() - last >= PROGRESS_EVERY_S:
@@ -118,7 +119,7 @@ def _download(store, key: str, target: Path, size: int, name: str) -> None:
     part.replace(target)
 
 
-def pull(store, name: str, cache: Path) -> Path:
+def pull(store: ResultStore, name: str, cache: Path) -> Path:
     """A local copy of pushed model `name` under `cache/store/<name>/`, verified; returns the folder
     to load (`from_pretrained`) or, for a checkpoint file, the file."""
     manifest = remote_manifest(store, name)

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+
+from sdq.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +23,9 @@ UPLOAD_ATTEMPTS = 5
 RETRY_CODES = ("500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
                "RequestTimeTooSkewed", "Throttling", "ThrottlingException")
 """S3 error codes worth retrying during an outage; any other error answer is final."""
+
+STREAM_CHUNK_BYTES = 256 * 1024
+"""Bytes per piece when an object is streamed rather than read whole."""
 
 FIRST_BACKOFF = 0.5
 """Seconds before sdq's second attempt at an S3 call; doubled each time up to the cap."""
@@ -76,7 +82,7 @@ class ResultStore:
         self._urls: dict[str, tuple[float, str]] = {}
 
     @classmethod
-    def from_settings(cls, settings, **options: Any) -> "ResultStore":
+    def from_settings(cls, settings: Settings, **options: Any) -> "ResultStore":
         """Build from `sdq.config.Settings` (`options`: outage_limit, backoff_cap, on_retry)."""
         return cls(settings.s3_bucket, settings.s3_endpoint_url, settings.s3_public_endpoint_url,
                    settings.s3_region, settings.url_ttl, **options)
@@ -130,9 +136,21 @@ class ResultStore:
 
         self._call(f"PUT {key}", put)
 
+    def put_file(self, key: str, path: str | Path) -> None:
+        """Upload the file at `path` to `key`, read from disk piece by piece (multipart when large)."""
+        self.client.upload_file(str(path), self.bucket, key)
+
     def get(self, key: str) -> bytes:
         """Read the object at `key` (retried through an outage like `put`)."""
         return self._call(f"GET {key}", lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def stream(self, key: str, chunk: int = STREAM_CHUNK_BYTES, start: int = 0) -> tuple[int, Iterator[bytes]]:
+        """The object at `key` from byte `start` on, as (its size in bytes from `start`, an iterator of
+        pieces of at most `chunk` bytes); memory stays bounded whatever the object's size. A missing
+        key raises a ClientError for which `missing()` is true (one attempt: nothing is retried)."""
+        extra = {"Range": f"bytes={start}-"} if start else {}
+        obj = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
+        return int(obj.get("ContentLength") or 0), obj["Body"].iter_chunks(chunk)
 
     def copy(self, source: str, key: str) -> None:
         """Server-side copy of the object at `source` to `key` (bytes, content type and metadata

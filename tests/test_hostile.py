@@ -6,6 +6,7 @@ memory and dead-service cases run the app in-process, where they can be measured
 from __future__ import annotations
 
 import json
+import os
 import time
 import tracemalloc
 
@@ -13,16 +14,22 @@ import pytest
 import requests
 
 from producer import create_app
+from sdq.cli.services import Stack, free_port
 from sdq.config import Settings
-from sdq.services import free_port
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
 
 
 @pytest.fixture(scope="module")
-def api(stack_factory) -> str:
+def hostile(stack_factory) -> Stack:
     """A producer + Redis with no worker."""
-    return stack_factory("hostile").env["SDQ_SERVER"]
+    return stack_factory("hostile")
+
+
+@pytest.fixture(scope="module")
+def api(hostile) -> str:
+    """The address of the `hostile` stack's producer."""
+    return hostile.env["SDQ_SERVER"]
 
 
 def post(api: str, body=None, data=None, content_type="application/json", path="/v1/jobs", timeout=30):
@@ -159,6 +166,33 @@ def test_redis_down_is_503_without_its_address():
     assert dead not in resp.get_data(as_text=True) and dead.split(":")[1] not in resp.get_data(as_text=True)
 
 
+def test_a_submit_whose_enqueue_fails_leaves_no_job_and_no_charge_on_the_cap(hostile):
+    """The broker refuses the task messages (a real Celery app on a port where nothing listens) while
+    the job store works: 503, the job record is rolled back, the tenant's cap is untouched."""
+    from sdq.celery_app import make_celery
+
+    token, owner = "tok-rollback", "rollback-tenant"
+    app = create_app(settings=Settings.from_env({**os.environ, **hostile.env, "SDQ_API_TOKENS": f"{owner}:{token}",
+                                                 "SDQ_MAX_QUEUED_ITEMS": "3"}))
+    working = app.extensions["celery"]
+    app.extensions["celery"] = make_celery(f"redis://127.0.0.1:{free_port()}/0")
+    app.extensions["celery"].conf.broker_connection_max_retries = 0
+    client, auth = app.test_client(), {"Authorization": f"Bearer {token}"}
+    body = {"prompts": ["a", "b", "c"], "params": SMALL}
+
+    resp = client.post("/v1/jobs", json=body, headers=auth)
+    assert resp.status_code == 503, resp.json
+    jobs = app.extensions["sdq_jobs"]
+    assert jobs.list_jobs(owner, 0, 10) == ([], 0)
+    assert client.get("/v1/jobs", headers=auth).json["total"] == 0
+    assert jobs.queued_items_of(owner) == 0
+
+    app.extensions["celery"] = working  # the broker is back: the same 3 items fit under the cap of 3
+    resp = client.post("/v1/jobs", json=body, headers=auth)
+    assert resp.status_code == 202, resp.json
+    client.delete(f"/v1/jobs/{resp.json['id']}", headers=auth)
+
+
 # -- explicit cases: every one a 4xx JSON error naming its field ------------------------------------
 
 def _big(n: int) -> str:
@@ -250,7 +284,7 @@ def test_unknown_job_ids_are_404_json(api):
 def test_grid_of_1024_large_images_fits_the_pixel_cap():
     """1,024 cells of 1024x1024 would be a 1.1-gigapixel sheet; cells shrink to fit GRID_MAX_PIXELS."""
     from sdq import defaults
-    from sdq.grid import cell_for, grid_size, layout
+    from sdq.gridlayout import cell_for, grid_size, layout
     from sdq.records import Item, Job
 
     job = Job(pipeline="txt2img", params={"images_per_prompt": 32})
@@ -265,7 +299,7 @@ def test_grid_of_1024_large_images_fits_the_pixel_cap():
 def test_grid_sheet_is_built_within_its_pixel_cap():
     from PIL import Image
 
-    from sdq.grid import make_grid
+    from workers.grid import make_grid
     from sdq.records import Item, Job
 
     image = Image.new("RGB", (512, 512), (10, 200, 30))

@@ -2,7 +2,7 @@
 
 torch, diffusers and transformers are imported only by the device and pipeline code:
 `workers.device`, `workers.pipelines`, `workers.generation`, `workers.builtin`, `workers.checkpoints`,
-`workers.simulate`, `workers.cpu_paths` (a CPU worker's dtype and backend), `workers.builtin_fullsize`
-(the full-size built-ins) and, when a worker starts, `workers.main`. The other modules import none of them
-themselves (the runner and capability use them through those modules).
+`workers.sources` (a hub download), `workers.simulate`, `workers.cpu_paths` (a CPU worker's dtype and
+backend) and `workers.builtin_fullsize` (the full-size built-ins). The other modules import none of them
+themselves (the app, the runner and capability use them through those modules).
 """

@@ -115,3 +115,9 @@ def select_device(device: str = "auto", dtype: str = "auto", force: bool = False
         return Device(device=device, dtype=dtype, name=name, cpu_path=CpuPath("fp16", backend, "--dtype fp16 --force-dtype"))
     path = resolve_cpu_path(requested, cpu_path, force, cpuinfo)
     return Device(device=device, dtype=path.dtype, name=name, cpu_path=path)
+
+
+def set_threads(threads: int | None) -> None:
+    """Use `threads` CPU threads for torch's intra-op work (None: torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)

@@ -2,11 +2,28 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import requests
 
 from sdq.exceptions import ApiError, SdqError
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, Any]]:
+    """(event name, JSON data) of each frame of a Server-Sent Events stream, given its lines; each
+    pair comes as soon as the blank line that ends its frame is read."""
+    event, data = "message", []
+    for line in lines:
+        if line:
+            field, _, value = line.partition(":")
+            if field == "event":
+                event = value.strip()
+            elif field == "data":
+                data.append(value.removeprefix(" "))
+            continue
+        if data:  # a blank line ends a frame; comments and retry-only frames carry no data
+            yield event, json.loads("\n".join(data))
+        event, data = "message", []
 
 
 class Client:
@@ -63,18 +80,7 @@ class Client:
         with resp:
             if resp.status_code >= 400:
                 raise ApiError(resp.status_code, resp.json())
-            event, data = "message", []
-            for line in resp.iter_lines(chunk_size=None, decode_unicode=True):
-                if line:
-                    field, _, value = line.partition(":")
-                    if field == "event":
-                        event = value.strip()
-                    elif field == "data":
-                        data.append(value.removeprefix(" "))
-                    continue
-                if data:  # a blank line ends a frame; comments and retry-only frames carry no data
-                    yield event, json.loads("\n".join(data))
-                event, data = "message", []
+            yield from sse_events(resp.iter_lines(chunk_size=None, decode_unicode=True))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """DELETE /v1/jobs/{id}."""
