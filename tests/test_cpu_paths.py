@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sdq.client import Client
+from sdq.cli.client import Client
 from sdq.infotext import parse_infotext
 from workers.cpu_paths import IMAGE_TOLERANCE, CpuPath, bf16_native_cpu, cpu_flags, resolve_cpu_path
 from workers.device import Device

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sdq.client import Client
+from sdq.cli.client import Client
 from sdq.infotext import parse_infotext
 from sdq.models import BUILTIN_MODELS
 from sdq.sources import builtin_path
