@@ -84,6 +84,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     from workers.runner import Runner
     from workers.tasks import register
     from workers.uploader import Uploader
+    from workers.courier import Courier
     from workers.webhook_delivery import deliver_webhook
     from workers.weights import WeightsHasher
 
@@ -129,7 +130,8 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     warm_imports()
     for model in opts.preload or []:
         cache.load(model)
-    register(celery, runner, on_webhook=lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt),
+    courier = Courier(celery, lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt))
+    register(celery, runner, on_webhook=courier.submit,
              on_finalize=lambda job_id: finalize_job(jobs, store, job_id, celery))
 
     # 3. Join the fleet, then consume.
@@ -152,4 +154,5 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> int:
     finally:
         heartbeat.stop()
         uploader.shutdown()
+        courier.shutdown()
     return 0
