@@ -149,7 +149,8 @@ def job_events(job_id: str):
 def upload():
     """Store an init image (PNG/JPEG/WebP; multipart `file` or raw body); 201 with {key, width, height}."""
     data = uploads.read_upload_body(request)
-    return jsonify(uploads.save_upload(_ext("sdq_store"), _ext("sdq_redis"), data, g.owner)), 201
+    return jsonify(uploads.save_upload(_ext("sdq_store"), _ext("sdq_redis"), data, g.owner, _ext("sdq_decodes"),
+                                       current_app.config["SDQ"].upload_quota_bytes)), 201
 
 
 @bp.get("/v1/uploads/<name>")
