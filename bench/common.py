@@ -19,9 +19,10 @@ from typing import Any, Callable, Iterator
 
 import redis
 
-from sdq.client import Client
-from sdq.jobstore import JobStore
-from sdq.services import LOCAL_AWS, Stack, free_port, wait_for
+from sdq.cli.client import Client
+from sdq.cli.services import LOCAL_AWS, Stack, free_port, wait_for
+from sdq.state import keys
+from sdq.state.store import JobStore
 
 BUCKET = "sdq-bench"
 """Bucket the benchmarks write to (on their own S3 server)."""
@@ -108,7 +109,7 @@ class Bench:
                 else:
                     os.environ[k] = v
         for name, svc in zip(names, procs):
-            wait_for(lambda name=name: self.r.exists(f"sdq:worker:{name}"), f"worker {name}", timeout, svc.proc)
+            wait_for(lambda name=name: self.r.exists(keys.worker_key(name)), f"worker {name}", timeout, svc.proc)
         self.worker_names += names
         return time.perf_counter() - t0
 
@@ -122,14 +123,14 @@ class Bench:
                 keep.append(svc)
         self.stack.services[:] = keep
         for name in self.worker_names:
-            self.r.delete(f"sdq:worker:{name}")
-            self.r.srem("sdq:workers", name)
+            self.r.delete(keys.worker_key(name))
+            self.r.srem(keys.FLEET_KEY, name)
         self.worker_names = []
 
     def worker_records(self) -> list[dict[str, Any]]:
         """The live workers: name, device, device name, dtype, threads, max batch."""
-        keys = ("name", "device", "device_name", "dtype", "threads", "max_batch")
-        return [{k: w.get(k) for k in keys} for w in self.client.workers()]
+        fields = ("name", "device", "device_name", "dtype", "threads", "max_batch")
+        return [{k: w.get(k) for k in fields} for w in self.client.workers()]
 
     def submit(self, n: int, params: dict[str, Any], tag: str = "bench") -> tuple[str, float, float]:
         """Submit `n` prompts; returns (job id, time.time() before the POST, seconds to the 202). The
@@ -143,7 +144,7 @@ class Bench:
     def wait(self, job_id: str, timeout: float = 900) -> dict[str, Any]:
         """Poll the job's state in Redis (cheap: no producer load) until it ended; returns the job."""
         deadline = time.monotonic() + timeout
-        key = f"sdq:job:{job_id}"
+        key = keys.job_key(job_id)
         while time.monotonic() < deadline:
             if self.r.hget(key, "state") in (b"succeeded", b"failed", b"cancelled"):
                 job = self.jobs.get(job_id)

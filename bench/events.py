@@ -18,8 +18,8 @@ import redis
 import requests
 
 from bench.common import Bench, bench_stack, dist, main_for
-from sdq.client import sse_events
-from sdq.jobstore import events_channel
+from sdq.cli.client import sse_events
+from sdq.state.keys import events_channel
 
 SIZES = {"full": {"events": 300, "clients": (1, 8), "real_items": 6},
          "quick": {"events": 60, "clients": (1, 4), "real_items": 2}}

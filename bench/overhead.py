@@ -22,6 +22,7 @@ from bench.common import (BUCKET, Bench, bench_stack, command_delta, cpu_delta, 
                           redis_command_stats, target)
 from sdq import defaults
 from sdq.records import Item, Job
+from sdq.state import keys
 
 WORKERS = 2
 THREADS = 1
@@ -101,8 +102,8 @@ def status_call_cost(bench: Bench, n: int = 240, chunk: int = 8) -> dict[str, fl
                 "progress_ms_p50": round(statistics.median(progress) * 1000, 3),
                 "finish_ms_p50": round(statistics.median(finish) * 1000, 3)}
     finally:
-        bench.r.delete(f"sdq:job:{job_id}", f"sdq:job:{job_id}:items", "sdq:jobs:bench")
-        bench.r.zrem("sdq:active", job_id)
+        bench.r.delete(keys.job_key(job_id), keys.items_key(job_id), keys.owner_jobs_key("bench"))
+        bench.r.zrem(keys.ACTIVE_KEY, job_id)
 
 
 def store_path_cost(bench: Bench, n: int = 200) -> dict[str, Any]:
@@ -155,8 +156,8 @@ def store_path_cost(bench: Bench, n: int = 200) -> dict[str, Any]:
         out["bytes_png_64"] = len(data)
         return out
     finally:
-        bench.r.delete(f"sdq:job:{job_id}", f"sdq:job:{job_id}:items", "sdq:jobs:bench")
-        bench.r.zrem("sdq:active", job_id)
+        bench.r.delete(keys.job_key(job_id), keys.items_key(job_id), keys.owner_jobs_key("bench"))
+        bench.r.zrem(keys.ACTIVE_KEY, job_id)
 
 
 def store_path_finding(cost: dict[str, Any]) -> str:

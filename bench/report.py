@@ -19,7 +19,8 @@ TITLES = {
 
 NOTES = {
     "sim": ("A discrete-event simulation of one job of equal items on fleets of unequal workers, driving sdq's "
-            "own policy functions (`sdq/scheduling.py`): `count` = chunks sized from the number of workers and "
+            "own policy functions (`sdq/scheduling/scheduling.py`): `count` = chunks sized from the number of "
+            "workers and "
             "every worker takes whole chunks (sdq before speed awareness); `speed` = chunks from measured rates "
             "and speed-aware claims; `speed+backups` = plus straggler backups. Rates are items per second (the "
             "fastest makes one per second), known to all. Bound = max(total work / total rate, one item on the "

@@ -1,7 +1,7 @@
 """9. Mixed fleets, simulated: makespan against the lower bound for three sharing policies.
 
 A discrete-event simulation of one job on a fleet of workers of unequal speed, driving sdq's own
-policy functions (`sdq.scheduling`: chunk sizes, claims, straggler backups) rather than a copy:
+policy functions (`sdq.scheduling.scheduling`: chunk sizes, claims, straggler backups) rather than a copy:
 
 - `count`: before speed awareness: chunks sized from the count of workers, every worker takes
   whole chunks in queue order;
@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import main_for, target
-from sdq import fleet, scheduling
+from sdq.scheduling import scheduling
+from sdq.state import fleet
 
 FLEETS: dict[str, list[float]] = {
     "1 fast + 4 at 1/20": [1.0] + [0.05] * 4,

@@ -9,10 +9,10 @@ from producer import errors
 from producer.jsonprovider import FastJSONProvider
 from producer.limits import TenantSlots
 from sdq import defaults
-from sdq.config import Settings
-from sdq.redisconn import connect
-from sdq.jobstore import JobStore
 from sdq.celery_app import make_celery
+from sdq.config import Settings
+from sdq.state.redisconn import connect
+from sdq.state.store import JobStore
 from storage import ResultStore
 
 

@@ -29,8 +29,9 @@ import redis
 
 from producer.status import job_view
 from sdq import contract, defaults
-from sdq.jobstore import JobStore, events_channel
 from sdq.records import Item, Job
+from sdq.state.keys import events_channel
+from sdq.state.store import JobStore
 from storage import ResultStore
 
 KEEPALIVE_S = 15.0

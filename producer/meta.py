@@ -7,7 +7,8 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify
 
 from producer.openapi import build_openapi
-from sdq import __version__, fleet
+from sdq import __version__
+from sdq.state import fleet
 
 bp = Blueprint("meta", __name__)
 

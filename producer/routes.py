@@ -12,10 +12,10 @@ from producer.formats import body_from_prompt_file
 from producer.openapi import ItemsPage, JobsPage
 from producer.schemas import parse_submit
 from producer.status import job_view
-from sdq import fleet
-from sdq.lifecycle import request_finalize
+from sdq.celery_app import request_finalize
 from sdq.exceptions import InvalidInput, NotFound
 from sdq.records import Job
+from sdq.state import fleet
 from sdq.webhooks import tenant_secret
 
 bp = Blueprint("api", __name__)

@@ -5,7 +5,7 @@ import time
 from typing import Any
 
 from sdq.records import STATUS, Item, Job
-from sdq.jobstore import JobStore
+from sdq.state.store import JobStore
 from storage import ResultStore
 
 

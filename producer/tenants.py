@@ -6,8 +6,8 @@ from typing import Any
 
 from sdq import defaults
 from sdq.exceptions import NotFound, TooManyRequests
-from sdq.jobstore import JobStore
 from sdq.records import Job
+from sdq.state.store import JobStore
 
 
 def owner_of(tokens: dict[str, str], presented: str) -> str | None:

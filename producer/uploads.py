@@ -30,6 +30,7 @@ from producer import offload
 from producer.limits import TenantSlots
 from sdq import defaults
 from sdq.exceptions import InvalidInput, TooManyRequests
+from sdq.state.keys import upload_key
 from storage import ResultStore
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024
@@ -47,7 +48,7 @@ RECORD_TTL = defaults.JOB_TTL
 
 
 def _record_key(key: str) -> str:
-    return f"sdq:upload:{key}"
+    return upload_key(key)
 
 
 def read_upload_body(request: Request) -> bytes:

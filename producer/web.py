@@ -17,8 +17,8 @@ from flask import Blueprint, Response, current_app, g, jsonify, stream_with_cont
 
 from producer.meta import queue_depths
 from producer.tenants import own_job
-from sdq.jobstore import JobStore
 from sdq.records import Job
+from sdq.state.store import JobStore
 from storage import ResultStore
 from storage.s3 import STREAM_CHUNK_BYTES
 

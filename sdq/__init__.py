@@ -1,7 +1,8 @@
 """sdq: a distributed job queue for Stable Diffusion image generation.
 
-This package holds the torch-free contract shared by the producer and the workers
-(job and item schema, task names, queue naming, job state in Redis) and the `sdq` CLI.
+This package holds what the producer and the workers share, torch-free: the contract at the top
+(job and item records, task names, queue naming, defaults, settings), Redis state in `sdq.state`,
+scheduling decisions in `sdq.scheduling`; and, above them all, the `sdq` CLI in `sdq.cli`.
 """
 from __future__ import annotations
 

@@ -2,20 +2,20 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any
 
 from celery import Celery
 
 from sdq import contract, defaults
 from sdq.records import Chunk, Item, Job
-from sdq.redisconn import broker
+from sdq.state.keys import UNACKED_INDEX_KEY
+from sdq.state.redisconn import broker
 
+log = logging.getLogger(__name__)
 
 TASK_FINALIZE = "sdq.finalize"
 """Celery task name: write an ended job's manifest/grid and queue its webhook (control queue)."""
-
-UNACKED_INDEX_KEY = "unacked_index"
-"""kombu's sorted set of delivered, unacknowledged messages (delivery tag -> delivery time)."""
 
 
 def celery_config(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_TIMEOUT) -> dict:
@@ -90,3 +90,12 @@ def publish_items(celery: Celery, job: Job, items: list[Item]) -> int:
             send_chunk(celery, Chunk.of(job, item_queue(job, part[0].params), part))
             sent += 1
     return sent
+
+
+def request_finalize(celery, job_id: str) -> None:
+    """Queue the finalize task of a job that just ended (on the control queue). If this message
+    is lost, the job stays recorded "to finalise" and a worker's sweeper sends it again."""
+    try:
+        celery.send_task(TASK_FINALIZE, kwargs={"job_id": job_id}, queue=contract.CONTROL_QUEUE)
+    except Exception:  # noqa: BLE001 - the sweeper resends it (`JobStore.finalize_due`)
+        log.warning("could not queue the finalisation of job %s; the sweeper will", job_id, exc_info=True)

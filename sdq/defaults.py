@@ -93,7 +93,7 @@ JOB_TTL = 30 * 24 * 3600
 """Seconds job records live in Redis after creation."""
 
 RESULT_CACHE_TTL = 30 * 24 * 3600
-"""Seconds a result-cache entry lives after it was made or last served (`sdq.resultcache`)."""
+"""Seconds a result-cache entry lives after it was made or last served (`sdq.state.resultindex`)."""
 
 OOM_HAND_OFFS = 2
 """Most workers an item is handed to after running out of memory in low-memory mode (then it fails)."""

@@ -10,8 +10,8 @@ from typing import Callable, Iterator
 import pytest
 
 from sdq import contract
-from sdq.client import Client
-from sdq.services import LOCAL_AWS, Stack, free_port
+from sdq.cli.client import Client
+from sdq.cli.services import LOCAL_AWS, Stack, free_port
 from storage import ResultStore
 
 TEST_BUCKET = "sdq-test"

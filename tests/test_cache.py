@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sdq.resultcache import ResultIndex
+from sdq.state.resultindex import ResultIndex
 from tests.conftest import FAST, wait_job, wait_until
 
 
@@ -90,7 +90,7 @@ WORKER = "w-main"
 
 @pytest.fixture(scope="module")
 def rclient(stack):
-    from sdq.redisconn import connect
+    from sdq.state.redisconn import connect
 
     return connect(stack.env["SDQ_REDIS_URL"])
 
@@ -238,8 +238,8 @@ def test_init_images_are_keyed_by_their_content(client):
 @pytest.mark.slow
 def test_a_cold_worker_answers_a_cached_job_without_loading_the_model(stack_factory):
     """The lookup runs before the model is loaded: a worker that never loaded it serves the whole job."""
-    from sdq.client import Client
-    from sdq.redisconn import connect
+    from sdq.cli.client import Client
+    from sdq.state.redisconn import connect
 
     st = stack_factory("cache-cold")
     try:

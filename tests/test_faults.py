@@ -15,9 +15,10 @@ from typing import Iterator
 import pytest
 import redis
 
-from sdq.client import Client
-from sdq.jobstore import FINALIZE_KEY, JobStore, events_channel
-from sdq.services import Service, Stack, wait_for
+from sdq.cli.client import Client
+from sdq.cli.services import Service, Stack, wait_for
+from sdq.state.keys import FINALIZE_KEY, events_channel
+from sdq.state.store import JobStore
 from tests.conftest import wait_job
 from tests.support.records import undeclared_fields
 from workers.thumbs import thumb_key

@@ -12,8 +12,8 @@ import pytest
 import redis
 from PIL import Image
 
-from sdq.client import Client
-from sdq.services import Stack, wait_for
+from sdq.cli.client import Client
+from sdq.cli.services import Stack, wait_for
 from tests.conftest import FAST, wait_job
 from tests.test_faults import FAST_RECOVERY, WARM
 

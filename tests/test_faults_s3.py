@@ -7,8 +7,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from sdq.client import Client
-from sdq.services import wait_for
+from sdq.cli.client import Client
+from sdq.cli.services import wait_for
 from tests.conftest import wait_job
 from tests.tcpproxy import TcpProxy
 from tests.test_faults import FAST_RECOVERY, WARM

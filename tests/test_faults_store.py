@@ -11,11 +11,14 @@ from typing import Iterator
 import pytest
 import redis
 
-from sdq import contract, fleet
-from sdq.jobstore import FINALIZE_KEY, SLICE, JobStore
+from sdq import contract
 from sdq.celery_app import make_celery
+from sdq.cli.services import Stack, free_port
 from sdq.records import Item, Job
-from sdq.services import Stack, free_port
+from sdq.state import fleet
+from sdq.state.jobs import SLICE
+from sdq.state.keys import FINALIZE_KEY
+from sdq.state.store import JobStore
 from tests.support.records import undeclared_fields
 
 PARAMS = {"width": 64, "height": 64, "steps": 4, "guidance_scale": 7.5, "scheduler": "pndm", "strength": 0.8,
@@ -129,6 +132,27 @@ def test_the_reaper_requeues_the_running_items_of_a_worker_that_left_the_fleet(j
     assert [(it["index"], it["gen"]) for it in chunk["items"]] == [(0, 1)]
     assert jobs.running_workers() == ["w-live"]
     fleet.remove(r, "w-live")
+
+
+def test_reaping_takes_at_most_limit_items_and_settles_those_of_a_cancelled_job(jobs, r):
+    """The reap script gets the dead worker's running items (and their jobs' keys) from the caller:
+    at most `limit` per call, a cancelled job's items end cancelled (the job ends and is recorded to
+    finalise), and the worker leaves the running index once nothing of it is left."""
+    worker = f"w-dead-{uuid.uuid4().hex[:6]}"
+    kept, cancelled = make_job(jobs, n=2), make_job(jobs, n=2)
+    assert jobs.start_items(kept, [(0, 0), (1, 0)], worker, "cpu", "fp32") == [0, 1]
+    assert jobs.start_items(cancelled, [(0, 0), (1, 0)], worker, "cpu", "fp32") == [0, 1]
+    assert jobs.cancel(cancelled) == ("running", False)  # running items only see the flag
+    reaped = jobs.reap(worker, limit=3)
+    assert r.scard(f"sdq:running:{worker}") == 1 and worker in jobs.running_workers()
+    reaped += jobs.reap(worker, limit=3)
+    assert r.scard(f"sdq:running:{worker}") == 0 and worker not in jobs.running_workers()
+    assert sorted(reaped) == [(kept, 0), (kept, 1)]
+    assert [(it.state, it.gen) for it in jobs.all_items(kept)] == [("queued", 1), ("queued", 1)]
+    assert [it.state for it in jobs.all_items(cancelled)] == ["cancelled", "cancelled"]
+    assert jobs.get(cancelled).state == "cancelled" and r.zscore(FINALIZE_KEY, cancelled) is not None
+    assert jobs.get(kept).counts["queued"] == 2 and jobs.get(kept).state == "running"
+    assert jobs.reap(worker, limit=2) == []
 
 
 @pytest.mark.parametrize("op", ["cancel", "retry"])

@@ -16,9 +16,9 @@ import requests
 from PIL import Image
 
 from sdq import contract
-from sdq.client import Client
+from sdq.cli.client import Client
+from sdq.cli.services import wait_for
 from sdq.infotext import parse_infotext
-from sdq.services import wait_for
 from tests.conftest import wait_job
 
 WARM = ("--device", "cpu", "--threads", "1", "--preload", "builtin:tiny-sd")

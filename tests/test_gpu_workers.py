@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from sdq.client import Client
+from sdq.cli.client import Client
 from sdq.infotext import parse_infotext
 from tests.conftest import wait_job
 from tests.test_pipelines import MODELS, direct, pixels, result, sketch, upload

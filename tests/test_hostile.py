@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from producer import create_app
+from sdq.cli.services import Stack, free_port
 from sdq.config import Settings
-from sdq.services import Stack, free_port
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
 
@@ -284,7 +284,7 @@ def test_unknown_job_ids_are_404_json(api):
 def test_grid_of_1024_large_images_fits_the_pixel_cap():
     """1,024 cells of 1024x1024 would be a 1.1-gigapixel sheet; cells shrink to fit GRID_MAX_PIXELS."""
     from sdq import defaults
-    from sdq.grid import cell_for, grid_size, layout
+    from sdq.gridlayout import cell_for, grid_size, layout
     from sdq.records import Item, Job
 
     job = Job(pipeline="txt2img", params={"images_per_prompt": 32})
@@ -299,7 +299,7 @@ def test_grid_of_1024_large_images_fits_the_pixel_cap():
 def test_grid_sheet_is_built_within_its_pixel_cap():
     from PIL import Image
 
-    from sdq.grid import make_grid
+    from workers.grid import make_grid
     from sdq.records import Item, Job
 
     image = Image.new("RGB", (512, 512), (10, 200, 30))

@@ -20,8 +20,8 @@ import urllib3.util.connection
 
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput, WebhookFailed
-from sdq.jobstore import JobStore
 from sdq.records import Job
+from sdq.state.store import JobStore
 from sdq.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, check_webhook_url, verify
 
 MASTER = "master-secret-for-webhooks"

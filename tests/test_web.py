@@ -10,7 +10,7 @@ import pytest
 import requests
 from PIL import Image
 
-from sdq.client import Client
+from sdq.cli.client import Client
 from tests.conftest import FAST, wait_job
 from workers.thumbs import THUMB_SIDE, encode_thumb, store_thumb, thumb_key
 

@@ -1,7 +1,7 @@
 """Straggler backups: an idle worker runs a second copy of an item that another worker is expected
-to finish much later (`sdq.scheduling.straggler`), once the item's job has nothing left queued:
+to finish much later (`sdq.scheduling.scheduling.straggler`), once the item's job has nothing left queued:
 an item being made now (alone: one item of a batch backed up would not end the job sooner), or
-one claimed and not started yet (`sdq.scheduling.claimed_ends`).
+one claimed and not started yet (`sdq.scheduling.scheduling.claimed_ends`).
 
 Decided on the idle worker's heartbeat from the fleet's capability records (each busy worker
 publishes what it is running, since when and how long it expects it to take); the backup is
@@ -17,9 +17,11 @@ import time
 from dataclasses import replace
 from typing import Any, Callable
 
-from sdq import contract, fleet, scheduling, speed
-from sdq.jobstore import JobStore
+from sdq import contract
 from sdq.records import Chunk
+from sdq.scheduling import scheduling, speed
+from sdq.state import fleet
+from sdq.state.store import JobStore
 from workers.routing import Publish, Router
 from workers.speedometer import Speedometer
 

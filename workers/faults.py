@@ -22,7 +22,8 @@ import time
 
 import redis
 
-from sdq.redisconn import text
+from sdq.state.keys import FAULT_RULES_KEY, fault_marker_key
+from sdq.state.redisconn import text
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,11 @@ its finalisation is queued; ack: after the chunk's results are recorded, before 
 acknowledged."""
 
 ENV = "SDQ_DEBUG_FAULTS"
-RULES_KEY = "sdq:debug:faults"
 
 
 def marker_key(worker: str, point: str) -> str:
     """The Redis key a fault rule writes when hit."""
-    return f"sdq:debug:{worker}:{point}"
+    return fault_marker_key(worker, point)
 
 
 class Faults:
@@ -57,7 +57,7 @@ class Faults:
         """Apply the rule for `point`, if any."""
         if not self.enabled:
             return
-        rule = self.client.hget(f"{RULES_KEY}:{self.worker}", point) or self.client.hget(RULES_KEY, point)
+        rule = self.client.hget(f"{FAULT_RULES_KEY}:{self.worker}", point) or self.client.hget(FAULT_RULES_KEY, point)
         if not rule:
             return
         action, _, only_prompt = text(rule).partition("@")

@@ -1,7 +1,7 @@
 """Leases on the broker messages a worker holds: how a dead worker's items return to the queue.
 
 kombu's Redis transport emulates acknowledgements. A delivered message stays in the hash
-``unacked`` and its delivery tag in the sorted set ``unacked_index`` (`sdq.celery_app.UNACKED_INDEX_KEY`),
+``unacked`` and its delivery tag in the sorted set ``unacked_index`` (`sdq.state.keys.UNACKED_INDEX_KEY`),
 scored by delivery time; every idle consuming worker sweeps that set every few seconds and puts
 back in its queue any message scored older than the visibility timeout (kombu's
 ``QoS.restore_visible``). sdq keeps that timeout short (`sdq.defaults.VISIBILITY_TIMEOUT`) and has
@@ -27,7 +27,7 @@ import redis
 from celery import signals
 
 from sdq import defaults
-from sdq.celery_app import UNACKED_INDEX_KEY
+from sdq.state.keys import UNACKED_INDEX_KEY
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from typing import Callable
 
 import redis
 
-from sdq import defaults, fleet
-from sdq.jobstore import JobStore
+from sdq import defaults
 from sdq.celery_app import publish_items
+from sdq.state import fleet
+from sdq.state.keys import REAPER_LOCK_KEY
+from sdq.state.store import JobStore
 
 log = logging.getLogger(__name__)
-
-LOCK_KEY = "sdq:reaper:lock"
 
 
 class Reaper:
@@ -41,7 +41,7 @@ class Reaper:
             return
         self._next = now + self.interval
         lock_ms = max(100, int(self.interval * 1000 * 0.9))
-        if not self.jobs.redis.set(LOCK_KEY, 1, nx=True, px=lock_ms):
+        if not self.jobs.redis.set(REAPER_LOCK_KEY, 1, nx=True, px=lock_ms):
             return
         self.reap()
         for job_id in self.jobs.finalize_due(self.finalize_resend):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sdq import contract, speed
+from sdq import contract
+from sdq.scheduling import speed
 
 SMOOTHING = 0.3
 """Weight of the newest measurement in the running average of a rate (exponential smoothing). The

@@ -30,8 +30,8 @@ import urllib3
 from sdq import defaults
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput, UnresolvedHost, WebhookFailed
-from sdq.jobstore import JobStore
 from sdq.records import WEBHOOK, Job
+from sdq.state.store import JobStore
 from sdq.webhooks import (EVENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Target,
                           resolve_target, sign, tenant_secret)
 

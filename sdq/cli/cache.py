@@ -8,8 +8,8 @@ import sys
 def cmd_cache(args) -> int:
     """`sdq cache count` prints how many entries there are; `sdq cache clear` drops them all."""
     from sdq.config import Settings
-    from sdq.redisconn import connect
-    from sdq.resultcache import ResultIndex
+    from sdq.state.redisconn import connect
+    from sdq.state.resultindex import ResultIndex
 
     index = ResultIndex(connect(Settings.from_env().redis_url))
     if args.cache_command == "clear":

@@ -11,9 +11,9 @@ from typing import Any
 import requests
 
 from sdq import contract
-from sdq.client import Client
+from sdq.cli.client import Client
+from sdq.cli.gallery import write_gallery
 from sdq.exceptions import InvalidInput, PromptFileError, SdqError
-from sdq.gallery import write_gallery
 from sdq.prompts import parse_prompts
 
 PARAM_FLAGS = {"steps": "steps", "width": "width", "height": "height", "seed": "seed", "n": "images_per_prompt",
@@ -168,7 +168,7 @@ def download(client: Client, job_id: str, out: Path, quiet: bool = False, grid: 
     """Fetch every succeeded image (parallel; complete files are skipped) and write index.html.
 
     Resumable: an image already present with the stored size is not fetched again, and a file is
-    renamed into place only once complete. With `grid`, also writes `grid.png` (sdq.grid).
+    renamed into place only once complete. With `grid`, also writes `grid.png` (`workers.grid`).
     """
     doc, items = client.all_items(job_id)
     try:
@@ -192,7 +192,7 @@ def download(client: Client, job_id: str, out: Path, quiet: bool = False, grid: 
 def _write_grid(out: Path, doc: dict[str, Any], items: list[dict[str, Any]]) -> Path:
     from PIL import Image
 
-    from sdq.grid import make_grid
+    from workers.grid import make_grid
     from sdq.records import Item, Job
 
     images = {it["index"]: Image.open(out / f"{it['index']:05d}.png").convert("RGB")

@@ -9,9 +9,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from sdq import defaults, services
-from sdq.client import Client
-from sdq.services import Stack, free_port, port_free
+from sdq import defaults
+from sdq.cli import services
+from sdq.cli.client import Client
+from sdq.cli.services import Stack, free_port, port_free
 
 
 def _port(preferred: int) -> int:

@@ -6,7 +6,7 @@ import json
 import redis
 
 from sdq.records import Item, Job
-from sdq.redisconn import text
+from sdq.state.redisconn import text
 
 
 def undeclared_fields(r: redis.Redis, job_id: str) -> set[str]:

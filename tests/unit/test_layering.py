@@ -31,3 +31,79 @@ def test_the_workers_docstring_names_the_modules_that_import_ml_libraries():
     named = set(re.findall(r"`workers\.(\w+)`", workers.__doc__.split("The other modules")[0]))
     actual = {p.stem for p in (ROOT / "workers").glob("*.py") if _imports_ml(p)}
     assert named == actual
+
+
+UPWARD = ("sdq.cli", "producer", "workers", "storage")
+"""What the core must not import: only the top layer (`sdq.cli`) may use the producer, workers or storage."""
+
+FINALISATION = ("PIL", "boto3", "botocore")
+"""Image composition and S3: finalisation lives under `workers/` (the producer never needs it)."""
+
+
+def _imported(path: Path) -> set[str]:
+    """Every module `path` imports, at the top or inside a function (``from a import b`` gives a and a.b)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def _core_modules() -> list[Path]:
+    return [p for p in (ROOT / "sdq").rglob("*.py") if (ROOT / "sdq" / "cli") not in p.parents]
+
+
+def test_nothing_in_the_core_imports_the_cli_producer_workers_or_storage():
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imported(p)
+                                                  if any(n == u or n.startswith(u + ".") for u in UPWARD))
+                 for p in _core_modules()}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_finalisation_is_the_workers_not_the_cores_nor_the_producers():
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imported(p) if n.split(".")[0] in FINALISATION)
+                 for p in _core_modules()}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    producer = {str(p.relative_to(ROOT)): sorted(n for n in _imported(p) if n.split(".")[0] == "workers")
+                for p in (ROOT / "producer").rglob("*.py")}
+    assert {k: v for k, v in producer.items() if v} == {}
+
+
+def _spelled_keys(path: Path, names: set[str]) -> list[str]:
+    """String literals in `path` (docstrings aside) that spell a Redis key: an ``sdq:`` prefix or a
+    key name `sdq.state.keys` defines."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    return [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs
+            and (re.match(r"sdq:[\w-]", n.value) or n.value in names)]
+
+
+def test_redis_keys_are_spelled_only_in_the_state_package():
+    keys_py = ROOT / "sdq" / "state" / "keys.py"
+    assert keys_py.exists()
+    tree = ast.parse(keys_py.read_text(encoding="utf-8"))
+    names = {n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+             and isinstance(n.value.value, str)}
+    assert {"sdq:active", "unacked_index"} <= names
+    state = ROOT / "sdq" / "state"
+    paths = [p for pkg in ("sdq", "producer", "workers", "storage", "bench") for p in (ROOT / pkg).rglob("*.py")
+             if state not in p.parents]
+    offenders = {str(p.relative_to(ROOT)): _spelled_keys(p, names) for p in paths}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    lua = [p.name for p in (state / "lua").glob("*.lua") if re.search(r"['\"]sdq:", p.read_text(encoding="utf-8"))]
+    assert lua == []  # the scripts get every key in KEYS
+
+
+def test_every_store_script_is_a_lua_file_saying_its_keys_and_args():
+    from sdq.state import scripts
+
+    files = {p.stem for p in (ROOT / "sdq" / "state" / "lua").glob("*.lua")}
+    assert files == {*scripts.NAMES, "common"}
+    for name in scripts.NAMES:
+        head = (ROOT / "sdq" / "state" / "lua" / f"{name}.lua").read_text(encoding="utf-8").split("\n")[:4]
+        assert any(line.startswith("-- KEYS:") for line in head), name
+        assert any("ARGV" in line for line in head), name

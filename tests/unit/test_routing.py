@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from sdq import contract, defaults
-from sdq.scheduling import chunk_sizes
+from sdq.scheduling.scheduling import chunk_sizes
 
 
 @pytest.mark.parametrize("pixels, name", [(1, "p256"), (256 * 256, "p256"), (256 * 256 + 1, "p512"),

@@ -1,12 +1,12 @@
-"""The mixed-fleet policy (sdq/scheduling.py, sdq/speed.py) as pure functions, and the simulator
+"""The mixed-fleet policy (sdq/scheduling/scheduling.py, sdq/scheduling/speed.py) as pure functions, and the simulator
 that drives it (bench/sim.py)."""
 from __future__ import annotations
 
 import pytest
 
 from bench import sim
-from sdq import scheduling, speed
-from sdq.scheduling import Running, chunk_sizes, claim_count, straggler
+from sdq.scheduling import scheduling, speed
+from sdq.scheduling.scheduling import Running, chunk_sizes, claim_count, straggler
 
 PARAMS = {"width": 512, "height": 512, "steps": 20}
 
@@ -72,7 +72,7 @@ def test_claimed_items_are_expected_one_by_one_after_the_running_batch():
 
 
 def test_the_items_a_worker_holds_after_its_running_batch():
-    from sdq.fleet import claimed_after, held
+    from sdq.state.fleet import claimed_after, held
 
     assert claimed_after({"items": [4, 5, 6, 7], "running": [5]}) == [6, 7]
     assert claimed_after({"items": [4, 5, 6, 7], "running": [6, 7]}) == []

@@ -196,10 +196,11 @@ class Stack:
         svc = self._spawn(f"worker-{name}", [*prefix, sys.executable, "-m", "sdq.cli", "worker", "--name", name, *args],
                           env=env)
         if wait:
-            from sdq.redisconn import connect
+            from sdq.state.keys import worker_key
+            from sdq.state.redisconn import connect
 
             client = connect(self.env["SDQ_REDIS_URL"])
-            wait_for(lambda: client.exists(f"sdq:worker:{name}"), f"worker {name}", 120, svc.proc)
+            wait_for(lambda: client.exists(worker_key(name)), f"worker {name}", 120, svc.proc)
         return svc
 
     def restart(self, svc: Service) -> Service:

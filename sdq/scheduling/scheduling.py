@@ -1,6 +1,6 @@
 """How work is shared in a fleet of unequal workers: chunk sizes, how much of a chunk a worker
 starts, and when an idle worker backs up a straggler. Pure functions of measured rates
-(`sdq.speed`), used alike by the producer, the workers and the fleet simulator (`bench/sim.py`).
+(`sdq.scheduling.speed`), used alike by the producer, the workers and the fleet simulator (`bench/sim.py`).
 
 Rates are in megapixel-steps per second, `work` in megapixel-steps per item.
 

@@ -12,22 +12,21 @@ from typing import Any
 import redis
 
 from sdq import defaults
-from sdq.redisconn import text
-
-FLEET_KEY = "sdq:workers"
+from sdq.state.keys import FLEET_KEY, worker_key
+from sdq.state.redisconn import text
 
 
 def publish(client: redis.Redis, record: dict[str, Any], ttl: int = defaults.HEARTBEAT_TTL) -> None:
     """Write (or refresh) a worker's capability record."""
     pipe = client.pipeline(transaction=False)
-    pipe.set(f"sdq:worker:{record['name']}", json.dumps(record), ex=ttl)
+    pipe.set(worker_key(record["name"]), json.dumps(record), ex=ttl)
     pipe.sadd(FLEET_KEY, record["name"])
     pipe.execute()
 
 
 def remove(client: redis.Redis, name: str) -> None:
     """Take a worker out of the fleet at once (clean shutdown)."""
-    client.delete(f"sdq:worker:{name}")
+    client.delete(worker_key(name))
     client.srem(FLEET_KEY, name)
 
 
@@ -36,7 +35,7 @@ def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
     names = sorted(map(text, client.smembers(FLEET_KEY)))
     if not names:
         return []
-    records = client.mget([f"sdq:worker:{n}" for n in names])
+    records = client.mget([worker_key(n) for n in names])
     dead = [n for n, r in zip(names, records) if r is None]
     if dead:
         client.srem(FLEET_KEY, *dead)

@@ -16,12 +16,12 @@ import redis
 
 from sdq import defaults
 from sdq.records import Item
+from sdq.state.keys import RESULT_INDEX_PREFIX
 
 KEY_FORMAT = "1"
 """Version of the key's recipe: a new one (new inputs, or generation code that changes the bytes)
 leaves every older entry unused."""
 
-INDEX_PREFIX = "sdq:rcache:"
 """Redis key prefix of result-cache entries."""
 
 
@@ -41,17 +41,22 @@ class Maker:
 
 
 def cache_key(maker: Maker, owner: str, pipeline: str, params: dict[str, Any], prompt: str,
-              negative_prompt: str | None, seed: int, init_image_sha256: str | None, watermark: bool) -> str:
+              negative_prompt: str | None, seed: int, init_image_sha256: str | None, watermark: bool,
+              images_sha256: dict[str, str] | None = None) -> str:
     """The result-cache key of one item: a SHA-256 over everything that decides its image's bytes.
 
     `params` are the item's generation parameters (all of them, so a new parameter is in the key
     at once); `owner` keeps tenants apart. Not in the key: job id, index, priority, webhook,
-    the worker's name, its micro-batch size and low-memory mode (numerical noise only)."""
+    the worker's name, its micro-batch size and low-memory mode (numerical noise only). The
+    contents of the item's further image inputs (`images_sha256`, e.g. a mask) are in the key when
+    it has any."""
     doc = {
         "v": KEY_FORMAT, **asdict(maker), "owner": owner or "", "pipeline": pipeline,
         "params": params, "prompt": prompt, "negative_prompt": negative_prompt or "", "seed": int(seed),
         "init_image": init_image_sha256, "watermark": bool(watermark),
     }
+    if images_sha256:
+        doc["images"] = images_sha256
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -71,25 +76,25 @@ class ResultIndex:
         """The entries of `keys` (None where there is none), in order, with one MGET."""
         if not keys:
             return []
-        return [json.loads(raw) if raw else None for raw in self.redis.mget([INDEX_PREFIX + k for k in keys])]
+        return [json.loads(raw) if raw else None for raw in self.redis.mget([RESULT_INDEX_PREFIX + k for k in keys])]
 
     def register(self, key: str, entry: dict[str, Any]) -> None:
         """Point `key` at a stored result (the newest one wins)."""
-        self.redis.set(INDEX_PREFIX + key, json.dumps(entry, separators=(",", ":")), ex=self.ttl)
+        self.redis.set(RESULT_INDEX_PREFIX + key, json.dumps(entry, separators=(",", ":")), ex=self.ttl)
 
     def touch(self, key: str) -> None:
         """An entry was served: it lives another `ttl`."""
-        self.redis.expire(INDEX_PREFIX + key, self.ttl)
+        self.redis.expire(RESULT_INDEX_PREFIX + key, self.ttl)
 
     def forget(self, key: str) -> None:
         """Drop an entry (its object is gone)."""
-        self.redis.delete(INDEX_PREFIX + key)
+        self.redis.delete(RESULT_INDEX_PREFIX + key)
 
     def clear(self) -> int:
         """Drop every entry (stored objects stay); returns how many."""
         n = 0
         batch: list[bytes] = []
-        for name in self.redis.scan_iter(match=INDEX_PREFIX + "*", count=1000):
+        for name in self.redis.scan_iter(match=RESULT_INDEX_PREFIX + "*", count=1000):
             batch.append(name)
             if len(batch) >= 1000:
                 n += self.redis.delete(*batch)
@@ -100,4 +105,4 @@ class ResultIndex:
 
     def count(self) -> int:
         """Entries now (scans the keyspace: for operators, not hot paths)."""
-        return sum(1 for _ in self.redis.scan_iter(match=INDEX_PREFIX + "*", count=1000))
+        return sum(1 for _ in self.redis.scan_iter(match=RESULT_INDEX_PREFIX + "*", count=1000))

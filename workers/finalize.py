@@ -1,7 +1,7 @@
 """What happens when a job ends: its grid and manifest are written and its webhook is sent.
 
-The Lua step that ends a job records it "to finalise" (`sdq.jobstore.FINALIZE_KEY`) atomically
-with its final state. Whoever made that step queues the finalize task (`request_finalize`); the
+The Lua step that ends a job records it "to finalise" (`sdq.state.keys.FINALIZE_KEY`) atomically
+with its final state. Whoever made that step queues the finalize task (`sdq.celery_app.request_finalize`); the
 task (`finalize_job`) is idempotent and retried until it succeeds, and a worker's sweeper sends it
 again for any job still waiting, so a finishing worker that dies never loses the manifest."""
 from __future__ import annotations
@@ -13,9 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sdq import contract
-from sdq.jobstore import JobStore
-from sdq.celery_app import TASK_FINALIZE
 from sdq.records import MANIFEST, Item, Job
+from sdq.state.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +27,8 @@ def write_grid(store, job: Job, items: list[Item]) -> str:
     """Compose the job's labeled contact sheet from its stored PNGs; returns its key."""
     from PIL import Image
 
-    from sdq.grid import cell_for, grid_key, make_grid
+    from sdq.gridlayout import cell_for, grid_key
+    from workers.grid import make_grid
 
     done = [it for it in items if it.state == "succeeded" and it.key]
     cell = cell_for(job, items)  # images shrink as they load, so the sheet's cap bounds memory too
@@ -69,12 +69,3 @@ def finalize_job(jobs: JobStore, store, job_id: str, celery=None) -> None:
     if job.webhook_url and celery is not None and jobs.claim_webhook(job_id):
         celery.send_task(contract.TASK_WEBHOOK, kwargs={"job_id": job_id}, queue=contract.CONTROL_QUEUE)
     jobs.finalized(job_id)
-
-
-def request_finalize(celery, job_id: str) -> None:
-    """Queue the finalize task of a job that just ended (on the control queue). If this message
-    is lost, the job stays recorded "to finalise" and a worker's sweeper sends it again."""
-    try:
-        celery.send_task(TASK_FINALIZE, kwargs={"job_id": job_id}, queue=contract.CONTROL_QUEUE)
-    except Exception:  # noqa: BLE001 - the sweeper resends it (`JobStore.finalize_due`)
-        log.warning("could not queue the finalisation of job %s; the sweeper will", job_id, exc_info=True)

@@ -1,0 +1,119 @@
+"""Every Redis key sdq uses, spelled here and nowhere else (tests/unit/test_layering.py checks).
+
+Jobs (all expire `JOB_TTL` after creation):
+
+- ``sdq:job:<id>`` hash: the `sdq.records.Job` fields (JSON where structured, see `Job.to_hash`)
+  and counters ``c:<state>`` per item state, ``steps_done``/``steps_total`` for progress;
+- ``sdq:job:<id>:items`` hash: item index -> `sdq.records.Item` as JSON (unset fields left out);
+- ``sdq:job:<id>:prog`` hash: item index -> steps counted by its current run;
+- ``sdq:job:<id>:won`` hash: item index -> the run that may store its result, when an item has a
+  straggler backup (the first copy to claim it wins);
+- ``sdq:jobs:<owner>`` sorted set of job ids by creation time;
+- ``sdq:active`` sorted set of unfinished job ids by creation time (for queue positions);
+- ``sdq:finalize`` sorted set of ended jobs not yet finalised;
+- ``sdq:running:<worker>`` / ``sdq:running-workers``: which worker runs which items (the reaper);
+- ``sdq:events:<id>`` pub/sub channel of job events.
+
+The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` (`sdq.state.fleet`),
+``sdq:delayed`` (chunks passed on later, `workers.routing`), ``sdq:reaper:lock``,
+``sdq:rcache:<key>`` (`sdq.state.resultindex`), ``sdq:upload:<key>`` (`producer.uploads`),
+``sdq:debug:...`` (fault injection, `workers.faults`) and kombu's ``unacked_index``.
+
+The Lua scripts (`sdq.state.scripts`) get every key in KEYS, built here: `job_script_keys`.
+sdq runs on one Redis (not Cluster), so a script may touch keys of several jobs.
+"""
+from __future__ import annotations
+
+ACTIVE_KEY = "sdq:active"
+"""Sorted set of unfinished job ids by creation time."""
+
+FINALIZE_KEY = "sdq:finalize"
+"""Sorted set of ended jobs whose manifest/grid/webhook are not done yet, by time recorded."""
+
+RUNNING_WORKERS_KEY = "sdq:running-workers"
+"""Set of workers with items `running`; `running_key(worker)` holds each one's ``job:index``."""
+
+RUNNING_PREFIX = "sdq:running:"
+"""Prefix of the per-worker sets of running items (`running_key`)."""
+
+FLEET_KEY = "sdq:workers"
+"""Set of the names of workers that published a record (`worker_key`)."""
+
+DELAYED_KEY = "sdq:delayed"
+"""Sorted set of chunk messages (JSON) passed on for later, by the time they are due (`workers.routing`)."""
+
+REAPER_LOCK_KEY = "sdq:reaper:lock"
+"""Held by the one worker that reaps at a time."""
+
+RESULT_INDEX_PREFIX = "sdq:rcache:"
+"""Prefix of the result-cache index entries (`sdq.state.resultindex`)."""
+
+FAULT_RULES_KEY = "sdq:debug:faults"
+"""Hash of fault-injection rules for every worker; ``<this>:<worker>`` for one worker."""
+
+UNACKED_INDEX_KEY = "unacked_index"
+"""kombu's sorted set of delivered, unacknowledged messages (delivery tag -> delivery time)."""
+
+SHARED_SCRIPT_KEYS = (ACTIVE_KEY, FINALIZE_KEY, RUNNING_PREFIX, RUNNING_WORKERS_KEY)
+"""KEYS[1..4] of every job script (`lua/common.lua`): active jobs, jobs to finalise, the prefix of
+the running sets (the worker is read from the item inside the script), workers with running items."""
+
+
+def job_key(job_id: str) -> str:
+    """Hash of a job's fields and counters."""
+    return f"sdq:job:{job_id}"
+
+
+def items_key(job_id: str) -> str:
+    """Hash of a job's items, index -> JSON."""
+    return f"{job_key(job_id)}:items"
+
+
+def progress_key(job_id: str) -> str:
+    """Hash of the steps each item's current run counted."""
+    return f"{job_key(job_id)}:prog"
+
+
+def won_key(job_id: str) -> str:
+    """Hash of item index -> the run that may store its result (straggler backups)."""
+    return f"{job_key(job_id)}:won"
+
+
+def events_channel(job_id: str) -> str:
+    """Pub/sub channel of a job's events."""
+    return f"sdq:events:{job_id}"
+
+
+def owner_jobs_key(owner: str) -> str:
+    """Sorted set of an owner's job ids by creation time."""
+    return f"sdq:jobs:{owner}"
+
+
+def running_key(worker: str) -> str:
+    """Set of ``job:index`` running on `worker`."""
+    return RUNNING_PREFIX + worker
+
+
+def worker_key(name: str) -> str:
+    """A worker's published record (JSON, expires unless refreshed)."""
+    return f"sdq:worker:{name}"
+
+
+def upload_key(key: str) -> str:
+    """The record of an uploaded input image stored at S3 `key`."""
+    return f"sdq:upload:{key}"
+
+
+def fault_marker_key(worker: str, point: str) -> str:
+    """Set when fault point `point` is hit on `worker` (tests wait on it)."""
+    return f"sdq:debug:{worker}:{point}"
+
+
+def job_keys(job_id: str) -> list[str]:
+    """The five keys of one job in a script's KEYS: hash, items, progress, won, events channel."""
+    return [job_key(job_id), items_key(job_id), progress_key(job_id), won_key(job_id), events_channel(job_id)]
+
+
+def job_script_keys(job_id: str) -> list[str]:
+    """KEYS of a script on one job (`lua/common.lua`): the shared keys, then the job's five."""
+    return [*SHARED_SCRIPT_KEYS, *job_keys(job_id)]

@@ -1,0 +1,75 @@
+-- Shared by the job scripts that include it (first line `-- include: common`); loaded in front of them.
+-- KEYS[1..4]: active jobs (zset), jobs to finalise (zset), the prefix of the per-worker running sets,
+--   workers with running items (set). The running set is the one key formed here (prefix .. worker),
+--   because the worker is read from the item record. Then five keys per job (`job_keys(i)`).
+-- The `item.finished` event table below is filled in by `sdq.state.scripts` (a placeholder here):
+-- the item's fields that the EVENT view shows (`sdq.records`).
+local ACTIVE, FINALIZE, RUNNING, RUNNING_WORKERS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+
+-- the keys of one job, from KEYS[i]: its hash, items, per-item progress, won, events channel
+local function job_keys(i, job_id)
+  return {id = job_id, job = KEYS[i], items = KEYS[i + 1], prog = KEYS[i + 2], won = KEYS[i + 3],
+          events = KEYS[i + 4]}
+end
+local function bump(k, from, to)
+  redis.call('HINCRBY', k.job, 'c:' .. from, -1)
+  redis.call('HINCRBY', k.job, 'c:' .. to, 1)
+end
+local function emit(k, event, data)
+  redis.call('PUBLISH', k.events, cjson.encode({event = event, data = data}))
+end
+-- the item no longer runs on its worker: out of that worker's running index
+local function unrun(k, it)
+  if it.worker then redis.call('SREM', RUNNING .. it.worker, k.id .. ':' .. it.index) end
+  redis.call('HDEL', k.won, it.index)
+end
+-- steps counted for the item's current run (`add_progress`), forgotten: a run that ends or is
+-- lost never leaves its partial progress behind, so redelivery cannot over-count
+local function take_progress(k, index)
+  local p = tonumber(redis.call('HGET', k.prog, index) or '0')
+  if p ~= 0 then redis.call('HDEL', k.prog, index) end
+  return p
+end
+local function add_steps(k, n)
+  if n ~= 0 then redis.call('HINCRBY', k.job, 'steps_done', n) end  -- never "-0": HINCRBY refuses it
+end
+local function maybe_finish(k, now)
+  local job = k.job
+  local q = tonumber(redis.call('HGET', job, 'c:queued') or '0')
+  local r = tonumber(redis.call('HGET', job, 'c:running') or '0')
+  local state = redis.call('HGET', job, 'state')
+  if q > 0 or r > 0 or state == 'succeeded' or state == 'failed' or state == 'cancelled' then
+    return 0
+  end
+  local final = 'succeeded'
+  if redis.call('HGET', job, 'cancel') == '1' then final = 'cancelled'
+  elseif tonumber(redis.call('HGET', job, 'c:failed') or '0') > 0 then final = 'failed'
+  elseif tonumber(redis.call('HGET', job, 'c:cancelled') or '0') > 0 then final = 'cancelled' end
+  redis.call('HSET', job, 'state', final, 'finished_at', now)
+  redis.call('ZREM', ACTIVE, k.id)
+  -- recorded "to finalise" in the same step: a finalize task writes manifest/grid/webhook and
+  -- removes it; a sweeper sends the task again for any job left here (`workers.finalize`)
+  redis.call('ZADD', FINALIZE, now, k.id)
+  emit(k, 'job.finished', {id = k.id, state = final,
+    counts = {succeeded = tonumber(redis.call('HGET', job, 'c:succeeded') or '0'),
+              failed = tonumber(redis.call('HGET', job, 'c:failed') or '0'),
+              cancelled = tonumber(redis.call('HGET', job, 'c:cancelled') or '0')}})
+  return 1
+end
+-- a running item goes back to `queued`: off its worker, its unfinished progress uncounted
+local function requeue_running(k, it)
+  unrun(k, it)
+  bump(k, 'running', 'queued')
+  add_steps(k, -take_progress(k, it.index))
+  it.state = 'queued'
+end
+-- an unfinished item ends in `state` (cancelled/failed) without running again
+local function settle(k, it, state, now, error)
+  unrun(k, it)
+  bump(k, it.state, state)
+  add_steps(k, it.steps - take_progress(k, it.index))
+  it.state = state; it.finished_at = tonumber(now)
+  if error then it.error = error end
+  redis.call('HSET', k.items, tostring(it.index), cjson.encode(it))
+  emit(k, 'item.finished', ITEM_FINISHED)
+end

@@ -1,0 +1,29 @@
+-- include: common
+-- KEYS: the shared four, then the job's five (`keys.job_script_keys`).
+-- ARGV: job_id, index, state, now, fields_json.
+-- Records an item's outcome; returns 1 if this ended the job, 0 if not, -1 if the item was done already.
+local k, now = job_keys(5, ARGV[1]), ARGV[4]
+local job, items = k.job, k.items
+local raw = redis.call('HGET', items, ARGV[2])
+if not raw then return -1 end
+local it = cjson.decode(raw)
+if it.state ~= 'queued' and it.state ~= 'running' then return -1 end
+local state = ARGV[3]
+unrun(k, it)
+bump(k, it.state, state)
+local first = {worker = it.worker, started_at = it.started_at}
+for key, v in pairs(cjson.decode(ARGV[5])) do it[key] = v end
+if it.backup and state == 'succeeded' then  -- both runs of a backed-up item: the first to store won
+  local primary_won = it.worker == first.worker
+  it.runs = {{worker = first.worker, started_at = first.started_at, outcome = primary_won and 'won' or 'stopped'},
+             {worker = it.backup.worker, started_at = it.backup.started_at, backup = true,
+              outcome = primary_won and 'stopped' or 'won'}}
+end
+it.state = state; it.finished_at = tonumber(now)
+redis.call('HSET', items, ARGV[2], cjson.encode(it))
+add_steps(k, it.steps - take_progress(k, it.index))
+if state == 'succeeded' and it.duration_s then
+  redis.call('HINCRBYFLOAT', job, 'busy_s', it.duration_s)
+end
+emit(k, 'item.finished', ITEM_FINISHED)
+return maybe_finish(k, now)

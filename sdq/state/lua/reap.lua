@@ -1,0 +1,36 @@
+-- include: common
+-- KEYS: the shared four, then the worker's running set, then five keys per member below
+--   (`keys.job_keys` of the member's job, in ARGV order).
+-- ARGV: worker, now, then members (``job_id:index``) read from the running set by the caller.
+-- The reaper: items still `running` on a worker that left the fleet go back to `queued` as a new
+-- attempt (or `cancelled` if their job was cancelled). A member no longer in the set (another reaper
+-- took it) is skipped. Returns {job_id, index, ...} of the re-queued items, to publish again.
+local set, worker, now = KEYS[5], ARGV[1], ARGV[2]
+local out = {}
+for m = 3, #ARGV do
+  local member = ARGV[m]
+  if redis.call('SREM', set, member) == 1 then
+    local job_id, index = string.match(member, '^(.*):(%d+)$')
+    local k = job_keys(6 + 5 * (m - 3), job_id)
+    local raw = redis.call('HGET', k.items, index)
+    if raw then
+      local it = cjson.decode(raw)
+      if it.state == 'running' and it.worker == worker then
+        if redis.call('HGET', k.job, 'cancel') == '1' then
+          settle(k, it, 'cancelled', now, nil)
+          maybe_finish(k, now)
+        else
+          bump(k, 'running', 'queued')
+          add_steps(k, -take_progress(k, it.index))
+          redis.call('HDEL', k.won, it.index)
+          it.state = 'queued'; it.gen = (tonumber(it.gen) or 0) + 1
+          it.last_error = 'worker ' .. worker .. ' left the fleet while running it'
+          redis.call('HSET', k.items, index, cjson.encode(it))
+          table.insert(out, job_id); table.insert(out, it.index)
+        end
+      end
+    end
+  end
+end
+if redis.call('SCARD', set) == 0 then redis.call('SREM', RUNNING_WORKERS, worker) end
+return out

@@ -1,0 +1,25 @@
+-- include: common
+-- KEYS: the shared four, then the job's five (`keys.job_script_keys`).
+-- ARGV: job_id, index...
+-- One bounded slice of a retry: failed and cancelled items go back to `queued` as a new attempt
+-- (`gen` + 1, the poison limit's `tries` counted afresh; `attempts` keeps counting every run).
+-- Returns them as JSON (nil for no such job).
+local k = job_keys(5, ARGV[1])
+if redis.call('EXISTS', k.job) == 0 then return nil end
+local out = {}
+for i = 2, #ARGV do
+  local raw = redis.call('HGET', k.items, ARGV[i])
+  if raw then
+    local it = cjson.decode(raw)
+    if it.state == 'failed' or it.state == 'cancelled' then
+      bump(k, it.state, 'queued')
+      add_steps(k, -it.steps)
+      it.state = 'queued'; it.error = cjson.null; it.finished_at = cjson.null; it.last_error = cjson.null
+      it.gen = (tonumber(it.gen) or 0) + 1; it.tries = 0
+      local enc = cjson.encode(it)
+      redis.call('HSET', k.items, ARGV[i], enc)
+      table.insert(out, enc)
+    end
+  end
+end
+return out

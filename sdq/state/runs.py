@@ -1,0 +1,143 @@
+"""The worker's side of the job store: start, finish, hand off, release and reap runs of items,
+count their progress, back up stragglers, claim results; and the finalisation bookkeeping.
+
+Every state change of an item is one Lua script (`sdq.state.scripts`); key layout: `sdq.state.keys`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+from sdq import defaults
+from sdq.records import Item
+from sdq.state import keys
+from sdq.state.jobs import loads
+from sdq.state.redisconn import text
+from sdq.state.scripts import ScriptedStore
+
+STOP_CANCELLED, STOP_UNWANTED = 1, 2
+"""`add_progress` answers: the job was cancelled; no item of the run is wanted from this worker."""
+
+
+class Runs(ScriptedStore):
+    """Runs of items on workers, as the workers and the reaper record them."""
+
+    def start_items(self, job_id: str, items: list[tuple[int, int] | int], worker: str, device: str, dtype: str,
+                    on_job_finished: Callable[[str], None] | None = None,
+                    max_attempts: int = defaults.MAX_ATTEMPTS) -> list[int]:
+        """Mark items running on `worker`; returns those to run. `items` are (index, gen) pairs from
+        the message (a bare index means attempt 0): done, cancelled or superseded (stale `gen`)
+        items are skipped, and an item
+        tried `max_attempts` times already is failed with its last error.
+
+        If this call ended the job (cancelled or failed its last items), `on_job_finished(job_id)`
+        is called (finalisation)."""
+        pairs = [(it, 0) if isinstance(it, int) else it for it in items]
+        args = [a for index, gen in pairs for a in (index, gen)]
+        started = self.scripts["start"](keys=keys.job_script_keys(job_id),
+                                        args=[job_id, worker, device, dtype, time.time(), max_attempts, *args])
+        out = [int(i) for i in started]
+        if out and out[-1] == -1:
+            out.pop()
+            if on_job_finished is not None:
+                on_job_finished(job_id)
+        return out
+
+    def finish_item(self, job_id: str, index: int, state: str, fields: dict[str, Any],
+                    steps_reported: int = 0) -> bool:
+        """Record an item's outcome; True when this finished the whole job. (`steps_reported` is
+        ignored: the steps this run counted are kept per item, see `add_progress`.)"""
+        done = self.scripts["finish"](keys=keys.job_script_keys(job_id),
+                                      args=[job_id, index, state, time.time(), json.dumps(fields)])
+        return done == 1
+
+    def hand_off(self, job_id: str, indices: list[int], worker: str, error: str,
+                 steps_reported: int = 0) -> list[tuple[int, int]]:
+        """Put `worker`'s running items back in `queued` as new attempts after it ran out of memory
+        (not if the job was cancelled); returns the (index, gen) pairs handed back, each now naming
+        `worker` in `oom_workers`."""
+        out = [int(x) for x in self.scripts["hand_off"](keys=keys.job_script_keys(job_id),
+                                                        args=[job_id, worker, error, *indices])]
+        return list(zip(out[::2], out[1::2]))
+
+    def release(self, job_id: str, indices: list[int], worker: str, error: str) -> int:
+        """Give `worker`'s running items back (`queued`, same attempt) after an infrastructure
+        error, keeping `error` as their last one; returns how many."""
+        return int(self.scripts["release"](keys=keys.job_script_keys(job_id),
+                                           args=[job_id, worker, error, time.time(), *indices]))
+
+    def running_workers(self) -> list[str]:
+        """Workers that have (or had, until they died) items `running`."""
+        return sorted(text(n) for n in self.redis.smembers(keys.RUNNING_WORKERS_KEY))
+
+    def reap(self, worker: str, limit: int = 500) -> list[tuple[str, int]]:
+        """Put back up to `limit` items still `running` on `worker`, which left the fleet; returns
+        the (job id, index) pairs re-queued as new attempts (the caller publishes them)."""
+        running = keys.running_key(worker)
+        members = [text(m) for m in self.redis.srandmember(running, limit)] if limit > 0 else []
+        job_keys = [k for member in members for k in keys.job_keys(member.rpartition(":")[0])]
+        out = self.scripts["reap"](keys=[*keys.SHARED_SCRIPT_KEYS, running, *job_keys],
+                                   args=[worker, time.time(), *members])
+        out = [text(x) for x in out]
+        return [(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
+
+    def item_records(self, job_id: str, indices: list[int]) -> list[Item]:
+        """The records of these items (missing ones skipped)."""
+        if not indices:
+            return []
+        raws = self.redis.hmget(keys.items_key(job_id), [str(i) for i in indices])
+        return [Item.from_record(loads(raw)) for raw in raws if raw]
+
+    def add_progress(self, job_id: str, indices: list[int], steps: int, step: int, total: int,
+                     worker: str | None = None) -> int:
+        """Count `steps` more steps for each item still running on `worker`, announce
+        `item.progress`. Returns `STOP_CANCELLED` if the job was cancelled, `STOP_UNWANTED` if no item
+        of the run is wanted from `worker` any more (a straggler backup or its original stored it
+        first), else 0. Each item's count is kept too, so a lost run's partial progress is taken back.
+        (Without `worker`: counted for any running item.)"""
+        if worker:
+            return int(self.scripts["progress"](keys=[keys.job_key(job_id), keys.items_key(job_id),
+                                                keys.progress_key(job_id), keys.events_channel(job_id)],
+                                                args=[job_id, worker, steps, step, total, *indices]))
+        pipe = self.redis.pipeline(transaction=False)
+        if steps:
+            pipe.hincrby(keys.job_key(job_id), "steps_done", steps * len(indices))
+            for index in indices:
+                pipe.hincrby(keys.progress_key(job_id), str(index), steps)
+            pipe.expire(keys.progress_key(job_id), defaults.JOB_TTL)
+        for index in indices:
+            pipe.publish(keys.events_channel(job_id), json.dumps(
+                {"event": "item.progress", "data": {"index": index, "step": step, "steps": total}}))
+        pipe.hget(keys.job_key(job_id), "cancel")
+        return STOP_CANCELLED if pipe.execute()[-1] in (b"1", "1") else 0
+
+    def start_backup(self, job_id: str, index: int, worker: str) -> bool:
+        """Record a straggler backup of a running item on `worker` (at most one per item)."""
+        return int(self.scripts["backup"](keys=[keys.job_key(job_id), keys.items_key(job_id)],
+                                          args=[index, worker, time.time()])) == 1
+
+    def claim_result(self, job_id: str, index: int, worker: str) -> bool:
+        """Before storing an item that may run twice (a straggler backup): True for the first run to
+        claim it, False for the other (which drops its result)."""
+        return int(self.scripts["claim"](keys=[keys.items_key(job_id), keys.won_key(job_id)],
+                                         args=[index, worker, defaults.JOB_TTL])) == 1
+
+    # -- finalisation ----------------------------------------------------------------------
+    def finalize_due(self, older_than: float) -> list[str]:
+        """Jobs recorded "to finalise" more than `older_than` seconds ago (re-stamped now, so each
+        is returned once per period)."""
+        now = time.time()
+        ids = [text(i)
+               for i in self.redis.zrangebyscore(keys.FINALIZE_KEY, "-inf", now - older_than, start=0, num=100)]
+        if ids:
+            self.redis.zadd(keys.FINALIZE_KEY, {i: now for i in ids}, xx=True)
+        return ids
+
+    def finalized(self, job_id: str) -> None:
+        """The job's finalisation is done."""
+        self.redis.zrem(keys.FINALIZE_KEY, job_id)
+
+    def claim_webhook(self, job_id: str) -> bool:
+        """True once per job end: whoever gets it queues the webhook."""
+        return bool(self.redis.hsetnx(keys.job_key(job_id), "webhook_queued", 1))

@@ -1,0 +1,16 @@
+"""`JobStore`: job and item state in Redis, both sides of it over one connection.
+
+The producer's side (`sdq.state.jobs`) and the worker's side (`sdq.state.runs`) are written apart;
+producer, workers, reaper and tests hold one `JobStore` and use the part they need.
+"""
+from __future__ import annotations
+
+from sdq.state.jobs import Jobs
+from sdq.state.runs import Runs
+
+EVENTS = ("item.started", "item.progress", "item.finished", "job.finished")
+"""The events the store publishes on a job's channel (`sdq.state.keys.events_channel`)."""
+
+
+class JobStore(Jobs, Runs):
+    """Job and item records in Redis. Pass the connection in."""
