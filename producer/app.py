@@ -7,7 +7,7 @@ from flask import Flask
 
 from producer import errors
 from producer.jsonprovider import FastJSONProvider
-from producer.limits import TenantSlots
+from sdq.state.limits import TenantSlots
 from sdq import defaults
 from sdq.celery_app import make_celery
 from sdq.config import Settings

@@ -23,7 +23,7 @@ import json
 import time
 from typing import Any, Iterator
 
-from producer.limits import TenantSlots
+from sdq.state.limits import TenantSlots
 
 import redis
 

@@ -9,7 +9,7 @@ Redis so the producer can check a job's `init_image` (and read its size) without
 
 Hostile tenants: decoding and re-encoding run on native threads (`producer.offload`), never on the
 gevent loop that serves every other request of the process; a tenant has at most
-`SDQ_MAX_UPLOAD_DECODES` uploads being decoded at once over all producers (`producer.limits`; more:
+`SDQ_MAX_UPLOAD_DECODES` uploads being decoded at once over all producers (`sdq.state.limits`; more:
 429 with `Retry-After`), and may send at most `SDQ_UPLOAD_QUOTA_BYTES` upload bytes per UTC day
 (counted on arrival, before decoding, refused uploads included; more: 429 until midnight UTC).
 """
@@ -27,10 +27,10 @@ import redis
 from flask import Request
 
 from producer import offload
-from producer.limits import TenantSlots
 from sdq import defaults
 from sdq.exceptions import InvalidInput, TooManyRequests
 from sdq.state.keys import upload_key
+from sdq.state.limits import TenantSlots, charge_daily_bytes
 from storage import ResultStore
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024
@@ -99,23 +99,13 @@ def decode_image(data: bytes):
                            code="invalid_image", status=422) from None
 
 
-def _quota_key(owner: str, day: str) -> str:
-    return f"sdq:uploads:bytes:{owner}:{day}"
-
-
 def charge_quota(client: redis.Redis, owner: str, size: int, quota: int) -> None:
     """Count `size` upload bytes against `owner`'s UTC day; TooManyRequests (until midnight) beyond `quota`."""
     now = datetime.now(timezone.utc)
-    key = _quota_key(owner, now.strftime("%Y%m%d"))
-    pipe = client.pipeline()
-    pipe.incrby(key, size)
-    pipe.expire(key, 2 * 86400)
-    used = pipe.execute()[0]
-    if used > quota:
-        client.decrby(key, size)
+    if charge_daily_bytes(client, owner, size, quota, now.strftime("%Y%m%d")) is None:
         midnight = 86400 - (now.hour * 3600 + now.minute * 60 + now.second)
-        raise TooManyRequests("file", f"this upload of {size} bytes would bring today's uploads to {used} bytes; the "
-                              f"quota per tenant is {quota} bytes per UTC day", midnight)
+        raise TooManyRequests("file", f"an upload of {size} bytes would pass today's quota of {quota} upload "
+                              "bytes per tenant (UTC day)", midnight)
 
 
 def to_png(data: bytes) -> tuple[bytes, int, int]:

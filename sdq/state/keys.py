@@ -17,6 +17,7 @@ Jobs (all expire `JOB_TTL` after creation):
 The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` (`sdq.state.fleet`),
 ``sdq:delayed`` (chunks passed on later, `workers.routing`), ``sdq:reaper:lock``,
 ``sdq:rcache:<key>`` (`sdq.state.resultindex`), ``sdq:upload:<key>`` (`producer.uploads`),
+``sdq:held:<kind>:<owner>`` and ``sdq:upload-bytes:<owner>:<day>`` (per-tenant limits, `sdq.state.limits`),
 ``sdq:debug:...`` (fault injection, `workers.faults`) and kombu's ``unacked_index``.
 
 The Lua scripts (`sdq.state.scripts`) get every key in KEYS, built here: `job_script_keys`.
@@ -102,6 +103,16 @@ def worker_key(name: str) -> str:
 def upload_key(key: str) -> str:
     """The record of an uploaded input image stored at S3 `key`."""
     return f"sdq:upload:{key}"
+
+
+def held_key(kind: str, owner: str) -> str:
+    """Sorted set of `owner`'s uses of `kind` in progress (streams, upload decodes), scored by expiry."""
+    return f"sdq:held:{kind}:{owner}"
+
+
+def upload_bytes_key(owner: str, day: str) -> str:
+    """Counter of the upload bytes `owner` sent on UTC `day` (YYYYMMDD)."""
+    return f"sdq:upload-bytes:{owner}:{day}"
 
 
 def fault_marker_key(worker: str, point: str) -> str:

@@ -1,10 +1,12 @@
-"""Per-tenant limits on things a tenant holds open: event streams and image decodes in progress.
+"""Per-tenant limits: things a tenant holds open (event streams, uploads being decoded) and its
+daily upload bytes.
 
 Each kind keeps, per tenant, a Redis sorted set `sdq:held:<kind>:<owner>` of the uses in progress,
 scored by the time each use expires by itself. Taking a slot drops the expired ones, counts, and
 adds, in one Lua script (so two producers racing cannot both take the last slot); giving it back
 removes it. A producer that dies holding a slot loses it at that expiry, and the key expires with
-its last member: nothing is left behind.
+its last member: nothing is left behind. Daily upload bytes are a counter per tenant and UTC day
+that expires two days later.
 """
 from __future__ import annotations
 
@@ -16,21 +18,9 @@ from typing import Iterator
 import redis
 
 from sdq.exceptions import TooManyRequests
+from sdq.state.keys import held_key, upload_bytes_key
+from sdq.state.scripts import source
 
-TAKE = """
-local key, now, expires, member, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-if redis.call('ZCARD', key) >= limit then return 0 end
-redis.call('ZADD', key, expires, member)
-local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
-redis.call('PEXPIREAT', key, math.ceil(tonumber(last) * 1000))
-return 1
-"""
-
-
-def held_key(kind: str, owner: str) -> str:
-    """The sorted set of `owner`'s uses of `kind` in progress."""
-    return f"sdq:held:{kind}:{owner}"
 
 
 class TenantSlots:
@@ -42,7 +32,7 @@ class TenantSlots:
             raise ValueError(f"{kind} slots need limit >= 1 and hold_s > 0, got {limit} and {hold_s}")
         self.client, self.kind, self.limit, self.hold_s = client, kind, limit, hold_s
         self.retry_after, self.field = retry_after, field
-        self._take = client.register_script(TAKE)
+        self._take = client.register_script(source("take_slot"))
 
     def take(self, owner: str) -> str:
         """Hold one slot for `owner`; returns its id. TooManyRequests (429, Retry-After) when all are held."""
@@ -68,3 +58,17 @@ class TenantSlots:
             yield
         finally:
             self.give_back(owner, member)
+
+
+def charge_daily_bytes(client: redis.Redis, owner: str, size: int, quota: int, day: str) -> int | None:
+    """Count `size` bytes against `owner`'s `day` (YYYYMMDD, UTC); returns the day's total, or None (and
+    counts nothing) when it would pass `quota`."""
+    key = upload_bytes_key(owner, day)
+    pipe = client.pipeline()
+    pipe.incrby(key, size)
+    pipe.expire(key, 2 * 86400)
+    used = pipe.execute()[0]
+    if used > quota:
+        client.decrby(key, size)
+        return None
+    return used
