@@ -25,6 +25,7 @@ from sdq.state.store import JobStore
 from storage import ResultStore
 from workers.backups import Backups
 from workers.capability import Activity, Capability, Heartbeat, worker_models
+from workers.courier import Courier
 from workers.device import Device, select_device, set_threads
 from workers.faults import Faults
 from workers.finalize import finalize_job
@@ -38,7 +39,6 @@ from workers.runner import Runner
 from workers.speedometer import Speedometer
 from workers.tasks import register
 from workers.uploader import Uploader
-from workers.courier import Courier
 from workers.webhook_delivery import deliver_webhook
 from workers.weights import WeightsHasher
 
@@ -64,7 +64,6 @@ class WorkerOptions:
     safety_checker: bool = True
     upscale_batch: int | None = None
     loglevel: str = "INFO"
-    courier: Courier | None = None
 
 
 def default_max_batch(kind: str) -> int:
@@ -93,6 +92,7 @@ class Worker:
     cache: PipelineCache
     runner: Runner
     loglevel: str = "INFO"
+    courier: Courier | None = None
 
     def serve(self) -> int:
         """Join the fleet once Celery consumes, and consume until stopped."""
