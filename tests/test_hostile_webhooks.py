@@ -218,7 +218,7 @@ def test_trickling_receivers_do_not_stall_the_worker(hooked):
     """Jobs whose webhooks go to receivers that trickle (a 100 MB body, or headers that never end)
     leave the worker's image slot free: the next job finishes, and the webhooks that answered a
     status are recorded delivered."""
-    from sdq.client import Client
+    from sdq.cli.client import Client
     from tests.conftest import FAST, wait_job
     from tests.support.trickle import BODY, HEADERS, TrickleReceiver
 
