@@ -92,6 +92,10 @@ MODEL_CACHE_SIZE = 2
 JOB_TTL = 30 * 24 * 3600
 """Seconds job records live in Redis after creation."""
 
+UNFINISHED_JOB_MAX_AGE = JOB_TTL - 24 * 3600
+"""Seconds after submit at which a job still unfinished is cancelled by the reaper (a day before its
+records expire, so its queued items leave its owner's count with it)."""
+
 RESULT_CACHE_TTL = 30 * 24 * 3600
 """Seconds a result-cache entry lives after it was made or last served (`sdq.state.resultindex`)."""
 
