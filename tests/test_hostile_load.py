@@ -158,6 +158,7 @@ def _probe_healthz(api: str, stop: threading.Event) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_load_with_large_uploads_and_trickling_webhooks(hostile_stack, capsys):
     """50 clients and 200 streams as before, while 4 large uploads decode and 20 webhook receivers
     trickle their answers: /healthz p99 stays under 1 s and every other tenant's job finishes."""

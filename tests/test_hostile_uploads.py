@@ -51,6 +51,7 @@ def _healthz_while(api: str, busy: threading.Event) -> list[float]:
     return latencies
 
 
+@pytest.mark.serial
 def test_large_uploads_leave_healthz_answering(api):
     """Four 16 Mpx uploads at once (two tenants, two each): /healthz answers within 1 s throughout;
     decoded on the gevent loop, each one stopped its process for seconds."""

@@ -170,6 +170,7 @@ def test_webhook_urls_are_not_logged(jobs, caplog, monkeypatch):
 
 # -- receivers that trickle: a delivery has a hard wall-clock deadline --------------------------
 
+@pytest.mark.serial
 @pytest.mark.parametrize("prefix", ["body", "headers"])
 def test_trickling_receiver_cannot_hold_a_delivery(jobs, prefix):
     """A receiver announcing 100 MB and sending a byte every 2 s (or never ending its headers) holds
