@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 
 BODY = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\nContent-Type: text/plain\r\n\r\n"
 """Answers a huge body it never finishes sending (headers complete at once, then a byte per tick)."""
@@ -61,4 +60,3 @@ class TrickleReceiver:
     def close(self) -> None:
         self._stop.set()
         self.sock.close()
-        time.sleep(0)
