@@ -25,6 +25,7 @@ from sdq.state.store import JobStore
 from storage import ResultStore
 from workers.backups import Backups
 from workers.capability import Activity, Capability, Heartbeat, worker_models
+from workers.courier import Courier
 from workers.device import Device, select_device, set_threads
 from workers.faults import Faults
 from workers.finalize import finalize_job
@@ -102,6 +103,7 @@ class Worker:
     cache: PipelineCache
     runner: Runner
     loglevel: str = "INFO"
+    courier: Courier | None = None
 
     def serve(self) -> int:
         """Join the fleet once Celery consumes, and consume until stopped."""
@@ -125,6 +127,8 @@ class Worker:
         finally:
             self.heartbeat.stop()
             self.uploader.shutdown()
+            if self.courier is not None:
+                self.courier.shutdown()
         return 0
 
 
@@ -187,6 +191,7 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     warm_imports()
     for model in opts.preload or []:
         cache.load(model)
-    register(celery, runner, on_webhook=lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt),
+    courier = Courier(celery, lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt))
+    register(celery, runner, on_webhook=courier.submit,
              on_finalize=lambda job_id: finalize_job(jobs, store, job_id, celery))
-    return Worker(name, device, queues, celery, leases, heartbeat, uploader, cache, runner, opts.loglevel)
+    return Worker(name, device, queues, celery, leases, heartbeat, uploader, cache, runner, opts.loglevel, courier)
