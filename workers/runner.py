@@ -258,6 +258,7 @@ class Runner:
             self.activity.current.update(running=indices, since=time.time(), expected_s=round(
                 len(batch) * speed.item_work(task, params) / self.activity.speed.rate(chunk.model, task, params), 3)
                 if self.activity.speed is not None else None)
+            self._announce()  # what it starts, now: idle workers decide backups from it at once
         t0 = time.perf_counter()
         try:
             images = self._images(task, batch)

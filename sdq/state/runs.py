@@ -112,6 +112,13 @@ class Runs(ScriptedStore):
         pipe.hget(keys.job_key(job_id), "cancel")
         return STOP_CANCELLED if pipe.execute()[-1] in (b"1", "1") else 0
 
+    def steps_counted(self, job_id: str, indices: list[int]) -> dict[int, int]:
+        """Steps each item's current (original) run has counted so far, by index (0 if none yet)."""
+        if not indices:
+            return {}
+        raws = self.redis.hmget(keys.progress_key(job_id), [str(i) for i in indices])
+        return {i: int(raw or 0) for i, raw in zip(indices, raws)}
+
     def start_backup(self, job_id: str, index: int, worker: str) -> bool:
         """Record a straggler backup of a running item on `worker` (at most one per item)."""
         return int(self.scripts["backup"](keys=[keys.job_key(job_id), keys.items_key(job_id)],
