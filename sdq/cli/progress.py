@@ -26,7 +26,7 @@ def describe(doc: dict[str, Any]) -> str:
 class Progress:
     """Shows a job's status documents on `stream` as they are polled; `close()` when it ends."""
 
-    def __init__(self, job_id: str, stream: IO[str], interval: float = defaults.PROGRESS_INTERVAL,
+    def __init__(self, job_id: str, stream: IO[str], interval: float = defaults.CLI_PROGRESS_INTERVAL,
                  tty: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         if interval <= 0:
             raise ValueError(f"progress interval must be > 0 seconds, got {interval}")

@@ -13,7 +13,7 @@ rules used by the workers (`workers.backups`, `workers.watch`) and the fleet sim
 """
 from __future__ import annotations
 
-MIN_PACE_STEPS = 3
+MIN_PACE_STEPS = 2
 """Denoising steps an item must have run before its step pace, not the cold estimate, gives its
 expected end (the first steps also pay the text encoder and warm-up, so one step says little)."""
 

@@ -52,3 +52,27 @@ def test_an_item_coming_of_age_for_a_backup_is_looked_at_then():
 
 def test_the_poll_is_sub_second():
     assert watch.IDLE_POLL_S < 1.0 and watch.EVENT_MIN_GAP_S < watch.IDLE_POLL_S
+
+
+def test_step_progress_is_written_often_enough_to_show_a_pace():
+    # a later `PROGRESS_INTERVAL = 5.0` for the CLI once shadowed this one: every default is named once
+    import ast
+    from pathlib import Path
+
+    from sdq import defaults
+
+    tree = ast.parse(Path(defaults.__file__).read_text())
+    names = [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
+    assert defaults.PROGRESS_INTERVAL <= watch.IDLE_POLL_S * 2
+
+
+def test_the_gpu_timescale_simulation_is_within_ten_percent_of_the_best_schedule_now_and_was_not_before():
+    from bench import gpusim
+
+    rows = gpusim.run_cases(quick=True)
+    assert max(r["now"]["vs_best"] for r in rows) <= 1.10, gpusim.table(rows)
+    joined = [r for r in rows if "joins" in r["fleet"]]
+    assert joined and all(r["now"]["backups"] >= 1 for r in joined)
+    assert max(r["today"]["vs_best"] for r in joined) > 2.0  # the heartbeat-paced policy of before
