@@ -7,7 +7,7 @@ is far behind), backs it up, and the job ends within 1.10x of the fast worker al
 stops at its next step.
 
 The slow worker is pinned to a core it shares with a busy process (as in tests/test_mixed_fleet.py),
-at a lower priority (`SLOW`).
+at a lower priority (`SLOW_NICE`).
 Wall times are compared in units of the fast worker's own time per item in the same job (the
 machine's speed drifts between jobs; a job's makespan and its items' times move together)."""
 from __future__ import annotations
@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -40,10 +41,10 @@ N = 6
 HOGS = 1
 """Busy processes sharing the slow worker's core, each in a session of its own (the kernel's
 autogroup shares a core between sessions, by each session's nice value)."""
-SLOW = ("taskset", "-c", "1", "sh", "-c", 'echo 10 > /proc/self/autogroup && exec "$@"', "sh")
-"""The slow worker: pinned to the hogs' core, its session (each worker has its own) at nice 10, so it
-gets about a tenth of that core (weight 110 against a hog's 1024): some 10x slower than the fast one,
-whatever the machine's other load (which both workers share)."""
+SLOW_NICE = 10
+"""The slow worker, once it has joined: pinned to the hogs' core, its session (each worker has its own)
+at this nice value, so it gets about a tenth of that core (weight 110 against a hog's 1024): some 10x
+slower than the fast one, whatever the machine's other load (which both workers share)."""
 WORKER = ("--device", "cpu", "--threads", "1", "--preload", "builtin:tiny-sd")
 LIMIT = 1.10
 
@@ -103,7 +104,8 @@ def test_a_joined_slow_worker_does_not_hold_up_a_job_of_short_items(stack_factor
     run_job(client, r, 1)
     alone, alone_item = in_item_times(run_job(client, r, 2)[0])
     # 2. A fresh, much slower worker joins: it has measured nothing.
-    st.worker("slow", *WORKER, prefix=SLOW)
+    slow = st.worker("slow", *WORKER, prefix=("taskset", "-c", "1"))
+    Path(f"/proc/{slow.proc.pid}/autogroup").write_text(str(SLOW_NICE))  # taskset ran the worker in its place
     doc, samples = run_job(client, r, 3)
     mixed, mixed_item = in_item_times(doc)
     slowed = [it for it in doc["items"] if any(run["worker"] == "slow" for run in it.get("runs") or [])]

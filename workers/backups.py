@@ -47,45 +47,39 @@ class Backups:
     def candidates(self, now: float) -> list[tuple[scheduling.Running, dict[str, Any]]]:
         """Items running on other workers that this worker could back up now. Also notes how many
         items it watches (running elsewhere in jobs with nothing queued, backups possible here) and when
-        the first too young for a backup comes of age, for `next_check`."""
-        out: list[tuple[scheduling.Running, dict[str, Any]]] = []
-        drained: dict[str, bool] = {}
-        self.watched, self.young_until = 0, None
+        the first too young for a backup comes of age, for `watch.next_check`. Three round trips to
+        Redis whatever the fleet's size: the records, the jobs' queued counts, the items' step counts."""
+        busy: list[tuple[str, dict[str, Any]]] = []
         for record in fleet.live_workers(self.jobs.redis):
             cur = record.get("current_item") or {}
             if record.get("name") == self.name or not cur.get("running") or cur.get("expected_s") is None:
                 continue
-            if cur.get("queue") not in self.queues:
+            if cur.get("queue") in self.queues and self.router.refusal(Chunk(
+                    job=cur["job"], model=cur["model"], pipeline=cur["pipeline"], params=cur["params"], items=[],
+                    queue=cur["queue"])) is None:
+                busy.append((record["name"], cur))
+        queued = self.jobs.queued_counts(sorted({cur["job"] for _, cur in busy}))
+        busy = [(name, cur) for name, cur in busy if queued[cur["job"]] == 0]  # else idle workers have work
+        self.watched, self.young_until = 0, None
+        old = []
+        for name, cur in busy:
+            self.watched += len(cur["running"]) + len(fleet.claimed_after(cur))
+            if now - cur["since"] >= scheduling.BACKUP_MIN_RUN_S:
+                old.append((name, cur))
                 continue
-            job = cur["job"]
-            if job not in drained:  # a job with queued items gives idle workers work of their own
-                drained[job] = self.jobs.queued_count(job) == 0
-            kind = Chunk(job=job, model=cur["model"], pipeline=cur["pipeline"], params=cur["params"], items=[],
-                         queue=cur["queue"])
-            if not drained[job] or self.router.refusal(kind) is not None:
-                continue
-            claimed = fleet.claimed_after(cur)
-            self.watched += len(cur["running"]) + len(claimed)
-            if now - cur["since"] < scheduling.BACKUP_MIN_RUN_S:
-                of_age = cur["since"] + scheduling.BACKUP_MIN_RUN_S
-                self.young_until = of_age if self.young_until is None else min(self.young_until, of_age)
-                continue
-            run_s = self.run_seconds(cur, now)
+            of_age = cur["since"] + scheduling.BACKUP_MIN_RUN_S
+            self.young_until = of_age if self.young_until is None else min(self.young_until, of_age)
+        counted = self.jobs.steps_counted([(cur["job"], cur["running"]) for _, cur in old])
+        out: list[tuple[scheduling.Running, dict[str, Any]]] = []
+        for (name, cur), steps in zip(old, counted):
+            run_s = run_seconds(cur, steps, now)
             end = scheduling.expected_end(cur["since"], run_s, now)
+            job, claimed = cur["job"], fleet.claimed_after(cur)
             if len(cur["running"]) == 1:  # part of a batch backed up would not end the job sooner
-                out.append((scheduling.Running(job, cur["running"][0], record["name"], end), cur))
+                out.append((scheduling.Running(job, cur["running"][0], name, end), cur))
             ends = scheduling.claimed_ends(cur["since"], run_s, len(cur["running"]), len(claimed), now)
-            out += [(scheduling.Running(job, index, record["name"], end), cur) for index, end in zip(claimed, ends)]
+            out += [(scheduling.Running(job, index, name, end), cur) for index, end in zip(claimed, ends)]
         return out
-
-    def run_seconds(self, cur: dict[str, Any], now: float) -> float:
-        """How long a worker's current batch takes in all: from the pace of the steps its items counted
-        (`watch.pace_end`) once a few have run, else as the worker published (its rate, or the typical
-        rate of its kind when it has not measured this kind of item)."""
-        loop = speed.loop_steps(cur["pipeline"], cur["params"])
-        counted = self.jobs.steps_counted(cur["job"], cur["running"])
-        done = min(counted.values(), default=0) * loop / max(1, int(cur["params"]["steps"]))
-        return watch.run_seconds(cur["since"], now, int(done), loop, cur["expected_s"])
 
     def tick(self) -> bool:
         """If this worker is idle, start at most one backup; True if it did."""
@@ -119,3 +113,12 @@ class Backups:
                  pick.job, pick.index, pick.worker, pick.expected_end - now, fresh(pick))
         self.publish(replace(chunk, backup=True, to=contract.worker_queue(self.name)))
         return True
+
+
+def run_seconds(cur: dict[str, Any], counted: dict[int, int], now: float) -> float:
+    """How long a worker's current batch (its record's `current_item`) takes in all: from the pace of
+    the steps its items `counted` (`watch.pace_end`) once a few have run, else as the worker published
+    (its rate, or the cold rate of its kind when it has not measured this kind of item)."""
+    loop = speed.loop_steps(cur["pipeline"], cur["params"])
+    done = min(counted.values(), default=0) * loop / max(1, int(cur["params"]["steps"]))
+    return watch.run_seconds(cur["since"], now, int(done), loop, cur["expected_s"])
