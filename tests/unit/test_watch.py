@@ -76,3 +76,14 @@ def test_the_gpu_timescale_simulation_is_within_ten_percent_of_the_best_schedule
     joined = [r for r in rows if "joins" in r["fleet"]]
     assert joined and all(r["now"]["backups"] >= 1 for r in joined)
     assert max(r["today"]["vs_best"] for r in joined) > 2.0  # the heartbeat-paced policy of before
+
+
+def test_a_backup_decision_reads_the_pace_of_the_items_steps():
+    from workers.backups import run_seconds
+
+    cur = {"pipeline": "txt2img", "params": {"width": 256, "height": 256, "steps": 20}, "since": 100.0,
+           "expected_s": 1.0, "running": [3]}
+    assert run_seconds(cur, {3: 1}, 102.0) == pytest.approx(1.0)  # one step: as published
+    assert run_seconds(cur, {3: 4}, 102.0) == pytest.approx(10.0)  # four steps in 2 s: 10 s in all
+    cur2 = {**cur, "pipeline": "img2img", "params": {**cur["params"], "strength": 0.5}}  # 10 steps really run
+    assert run_seconds(cur2, {3: 8}, 102.0) == pytest.approx(5.0)  # 8 of 20 counted = 4 of 10 run
