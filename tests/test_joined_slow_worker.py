@@ -86,10 +86,11 @@ def in_item_times(doc: dict) -> tuple[float, float]:
 
 
 def stop_time(log: str, index: int) -> float | None:
-    """When the slow worker's log says its run of item `index` stopped (epoch seconds, local time)."""
+    """When the slow worker's log says its run of item `index` stopped (epoch seconds; the log's times are
+    local, as `datetime.timestamp` reads them)."""
     for line in log.splitlines():
         if f"items [{index}]: another run stored them first; this run stopped" in line:
-            m = re.search(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})", line)
+            m = re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})", line)
             if m:
                 return dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
     return None
