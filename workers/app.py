@@ -103,7 +103,7 @@ class Worker:
             self.heartbeat.beat()
             if not self.heartbeat.is_alive():  # the signal comes again after a broker reconnect
                 self.heartbeat.start()
-            if self.lookout is not None and not self.lookout.is_alive():
+            if self.lookout is not None and self.lookout.ident is None:  # once: it outlives broker reconnects
                 self.lookout.start()
 
         worker_ready.connect(join_fleet, weak=False)

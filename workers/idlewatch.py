@@ -56,7 +56,7 @@ class IdleWatch(threading.Thread):
         while not self.stopped.is_set():
             try:
                 self._serve()
-            except redis.RedisError:
+            except Exception:  # noqa: BLE001 - Redis down or a bad message: subscribe again, never die
                 log.warning("fleet events lost; subscribing again", exc_info=True)
                 self.stopped.wait(1.0)
 
