@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
 from sdq.scheduling import watch
@@ -11,6 +12,9 @@ from sdq.state import fleet
 from sdq.state.keys import FLEET_EVENTS_CHANNEL
 from tests.conftest import wait_until
 from workers.idlewatch import IdleWatch
+
+
+pytestmark = pytest.mark.serial  # poll intervals measured
 
 
 class Looks:

@@ -55,16 +55,8 @@ def test_the_poll_is_sub_second():
 
 
 def test_step_progress_is_written_often_enough_to_show_a_pace():
-    # a later `PROGRESS_INTERVAL = 5.0` for the CLI once shadowed this one: every default is named once
-    import ast
-    from pathlib import Path
-
     from sdq import defaults
 
-    tree = ast.parse(Path(defaults.__file__).read_text())
-    names = [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
-    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
     assert defaults.PROGRESS_INTERVAL <= watch.IDLE_POLL_S * 2
 
 
