@@ -134,6 +134,8 @@ def test_a_joined_slow_worker_does_not_hold_up_a_job_of_short_items(stack_factor
         assert len(pace) >= 2, f"item {it['index']}: its slow run wrote no step pace: {pace}"
         step_s = (pace[-1][0] - pace[0][0]) / max(1, pace[-1][1] - pace[0][1])
         late = stopped - it["finished_at"]
+        print(f"item {it['index']}: the slow run stopped {late:.2f} s after the fast copy was stored "
+              f"(one of its steps: {step_s:.2f} s)")
         assert late <= step_s + defaults.PROGRESS_INTERVAL + 1.0, (
             f"item {it['index']}: the slow run stopped {late:.2f} s after the fast copy was stored; "
             f"one of its steps takes {step_s:.2f} s")
