@@ -12,15 +12,16 @@ from typing import Any
 import redis
 
 from sdq import defaults
-from sdq.state.keys import FLEET_KEY, worker_key, worker_queue_keys
+from sdq.state.keys import FLEET_EVENTS_CHANNEL, FLEET_KEY, worker_key, worker_queue_keys
 from sdq.state.redisconn import text
 
 
 def publish(client: redis.Redis, record: dict[str, Any], ttl: int = defaults.HEARTBEAT_TTL) -> None:
-    """Write (or refresh) a worker's capability record."""
+    """Write (or refresh) a worker's capability record, and say so on the fleet's event channel."""
     pipe = client.pipeline(transaction=False)
     pipe.set(worker_key(record["name"]), json.dumps(record), ex=ttl)
     pipe.sadd(FLEET_KEY, record["name"])
+    pipe.publish(FLEET_EVENTS_CHANNEL, record["name"])
     pipe.execute()
 
 
@@ -79,3 +80,10 @@ def held(current: dict[str, Any] | None, now: float) -> float:
     if running > 1 and current.get("expected_s"):
         running *= max(0.0, 1.0 - (now - current["since"]) / current["expected_s"])
     return running + len(claimed_after(current))
+
+
+def events(client: redis.Redis) -> redis.client.PubSub:
+    """A subscription to the fleet's event channel (a worker's name each time it publishes its record)."""
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(FLEET_EVENTS_CHANNEL)
+    return pubsub

@@ -189,6 +189,13 @@ class Jobs(ScriptedStore):
         """How many of the job's items are queued now."""
         return int(self.redis.hget(keys.job_key(job_id), "c:queued") or 0)
 
+    def queued_counts(self, job_ids: list[str]) -> dict[str, int]:
+        """How many items of each job are queued now; one round trip for all."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(keys.job_key(job_id), "c:queued")
+        return {job_id: int(raw or 0) for job_id, raw in zip(job_ids, pipe.execute() if job_ids else [])}
+
     def is_cancelled(self, job_id: str) -> bool:
         """Whether the job's cancel flag is set."""
         return self.redis.hget(keys.job_key(job_id), "cancel") in (b"1", "1")

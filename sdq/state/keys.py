@@ -15,7 +15,7 @@ Jobs (all expire `JOB_TTL` after creation):
 - ``sdq:running:<worker>`` / ``sdq:running-workers``: which worker runs which items (the reaper);
 - ``sdq:events:<id>`` pub/sub channel of job events.
 
-The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` (`sdq.state.fleet`),
+The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` / ``sdq:fleet:events`` (`sdq.state.fleet`),
 ``sdq:delayed`` (chunks passed on later, `workers.routing`), ``sdq:reaper:lock``,
 ``sdq:rcache:<key>`` (`sdq.state.resultindex`), ``sdq:upload:<key>`` (`producer.uploads`),
 ``sdq:held:<kind>:<owner>`` and ``sdq:upload-bytes:<owner>:<day>`` (per-tenant limits, `sdq.state.limits`),
@@ -42,6 +42,10 @@ RUNNING_PREFIX = "sdq:running:"
 
 FLEET_KEY = "sdq:workers"
 """Set of the names of workers that published a record (`worker_key`)."""
+
+FLEET_EVENTS_CHANNEL = "sdq:fleet:events"
+"""Pub/sub channel: the name of each worker that publishes its record (it started or finished
+something, or its heartbeat); idle workers look for stragglers when it speaks (`workers.idlewatch`)."""
 
 DELAYED_KEY = "sdq:delayed"
 """Sorted set of chunk messages (JSON) passed on for later, by the time they are due (`workers.routing`)."""
