@@ -25,9 +25,11 @@ from sdq.state.store import JobStore
 from storage import ResultStore
 from workers.backups import Backups
 from workers.capability import Activity, Capability, Heartbeat, worker_models
+from workers.courier import Courier
 from workers.device import Device, select_device, set_threads
 from workers.faults import Faults
 from workers.finalize import finalize_job
+from workers.idlewatch import IdleWatch
 from workers.leases import Leases
 from workers.parts import Outputs, Presence, RunOptions
 from workers.pipelines import PipelineCache, warm_imports
@@ -63,6 +65,17 @@ class WorkerOptions:
     safety_checker: bool = True
     upscale_batch: int | None = None
     loglevel: str = "INFO"
+    # A CPU worker's path (`workers.cpu_paths`): eager, channels_last, compile or fastest (measured at start).
+    cpu_path: str = "eager"
+
+
+def cpuinfo_override() -> str | None:
+    """The text of `SDQ_CPUINFO` (a file standing in for /proc/cpuinfo: tests of CPU-path choice), or None."""
+    path = os.environ.get("SDQ_CPUINFO")
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def default_max_batch(kind: str) -> int:
@@ -90,7 +103,9 @@ class Worker:
     uploader: Uploader
     cache: PipelineCache
     runner: Runner
+    lookout: IdleWatch | None = None  # straggler backups while idle (None: `SDQ_SCHEDULING=count`)
     loglevel: str = "INFO"
+    courier: Courier | None = None
 
     def serve(self) -> int:
         """Join the fleet once Celery consumes, and consume until stopped."""
@@ -101,10 +116,12 @@ class Worker:
             self.heartbeat.beat()
             if not self.heartbeat.is_alive():  # the signal comes again after a broker reconnect
                 self.heartbeat.start()
+            if self.lookout is not None and self.lookout.ident is None:  # once: it outlives broker reconnects
+                self.lookout.start()
 
         worker_ready.connect(join_fleet, weak=False)
-        log.info("worker %s on %s (%s, %s) consuming %s", self.name, self.device.device, self.device.name,
-                 self.device.dtype, self.queues)
+        log.info("worker %s on %s (%s, %s, %s) consuming %s", self.name, self.device.device, self.device.name,
+                 self.device.dtype, self.device.backend, self.queues)
         try:
             self.celery.worker_main([
                 "worker", "--pool=solo", "--concurrency=1", f"--hostname={self.name}@%h",
@@ -112,16 +129,21 @@ class Worker:
                 f"--loglevel={self.loglevel}", "--without-gossip", "--without-mingle",
             ])
         finally:
+            if self.lookout is not None:
+                self.lookout.stop()
             self.heartbeat.stop()
             self.uploader.shutdown()
+            if self.courier is not None:
+                self.courier.shutdown()
         return 0
 
 
 def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     """Build every part of a worker once, fully constructed; nothing consumes yet."""
     # 1. Device first: refuse a bad device/dtype before anything is loaded.
-    device = select_device(opts.device, opts.dtype, force=opts.force_dtype)
-    set_threads(opts.threads)
+    set_threads(opts.threads)  # before the device: `--cpu-path fastest` measures with the worker's threads
+    device = select_device(opts.device, opts.dtype, force=opts.force_dtype, cpu_path=opts.cpu_path,
+                           cpuinfo=cpuinfo_override())
     models = worker_models(opts.models, settings.models)
     max_pixels = opts.max_pixels or settings.max_pixels
     max_batch = opts.max_batch or default_max_batch(device.kind)
@@ -162,7 +184,8 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
                             cache.loaded, cache.loaded_adapters)
     reaper = Reaper(jobs, celery, finalize, settings.reaper_interval, settings.finalize_resend)
     interval = min(settings.heartbeat_interval, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
-    heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish, backups)
+    heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish)
+    lookout = IdleWatch(client, backups, lambda: activity.current is None, quiet_s=interval) if backups else None
     results = CachedResults(ResultIndex(client), WeightsHasher(settings.models_dir, store), store, jobs, name,
                             device.device, device.dtype, opts.safety_checker, finalize)
     runner = Runner(name, device, cache,
@@ -175,6 +198,8 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     warm_imports()
     for model in opts.preload or []:
         cache.load(model)
-    register(celery, runner, on_webhook=lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt),
+    courier = Courier(celery, lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt))
+    register(celery, runner, on_webhook=courier.submit,
              on_finalize=lambda job_id: finalize_job(jobs, store, job_id, celery))
-    return Worker(name, device, queues, celery, leases, heartbeat, uploader, cache, runner, opts.loglevel)
+    return Worker(name, device, queues, celery, leases, heartbeat, uploader, cache, runner, lookout, opts.loglevel,
+                  courier)

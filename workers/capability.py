@@ -14,8 +14,7 @@ from sdq import __version__, defaults
 from sdq.models import BUILTIN_MODELS, allowed_models
 from sdq.state import fleet
 from sdq.pipelines import PIPELINES
-from workers.device import Device
-from workers.backups import Backups
+from workers.device import Device, peak_rss_gb
 from workers.leases import Leases
 from workers.reaper import Reaper, safe_tick
 from workers.routing import Publish, release_due
@@ -64,8 +63,10 @@ class Capability:
         total, free = self.device.memory_gb()
         return {
             "name": self.name, "host": self.host, "device": self.device.device, "kind": self.device.kind,
-            "device_name": self.device.name, "dtype": self.device.dtype,
-            "memory_total_gb": total, "memory_free_gb": free, "pipelines": self.pipelines(),
+            "device_name": self.device.name, "dtype": self.device.dtype, "backend": self.device.backend,
+            "cpu_path": self.device.cpu_path.record() if self.device.cpu_path is not None else None,
+            "memory_total_gb": total, "memory_free_gb": free, "peak_rss_gb": peak_rss_gb(),
+            "pipelines": self.pipelines(),
             "models": self.models, "loaded_models": self.loaded(), "loaded_adapters": self.adapters(),
             "max_pixels": self.max_pixels, "max_batch": self.max_batch, "queues": self.queues,
             "threads": self.threads, "items_done": self.activity.items_done,
@@ -92,18 +93,17 @@ def worker_models(requested: list[str] | None, allowlist: tuple[str, ...]) -> li
 class Heartbeat(threading.Thread):
     """Every `interval` seconds until stopped: publish the capability record (alive `ttl` seconds),
     refresh the leases on the broker messages this worker holds (`workers.leases`), publish the
-    passed-on chunks that are due (`workers.routing`), and give the reaper its turn (`workers.reaper`)."""
+    passed-on chunks that are due (`workers.routing`), and give the reaper its turn (`workers.reaper`).
+    Straggler backups are `workers.idlewatch`'s."""
 
     def __init__(self, client: redis.Redis, capability: Capability,
                  interval: float = defaults.HEARTBEAT_INTERVAL, leases: Leases | None = None,
                  reaper: Reaper | None = None,
-                 ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Publish | None = None,
-                 backups: Backups | None = None) -> None:
+                 ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Publish | None = None) -> None:
         super().__init__(name="sdq-heartbeat", daemon=True)
         self.client, self.capability, self.interval = client, capability, interval
         self.leases, self.reaper, self.ttl = leases, reaper, ttl
         self.publish_chunk = publish_chunk
-        self.backups = backups  # straggler backups while idle (None: off)
         self.stopped = threading.Event()
 
     def publish(self) -> None:
@@ -112,7 +112,7 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> None:
         """Publish once, refresh the held messages, publish the chunks whose delay is over, sweep
-        if it is this worker's turn, and back up a straggler if this worker is idle."""
+        if it is this worker's turn (the record's publication also wakes idle workers' `workers.idlewatch`)."""
         try:
             self.publish()
         finally:
@@ -121,11 +121,6 @@ class Heartbeat(threading.Thread):
         if self.publish_chunk is not None:
             release_due(self.client, self.publish_chunk)
         safe_tick(self.reaper)
-        if self.backups is not None:
-            try:
-                self.backups.tick()
-            except Exception:  # noqa: BLE001 - a backup is an optimisation: never stop the heartbeat
-                log.warning("straggler backup check failed", exc_info=True)
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):

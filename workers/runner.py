@@ -58,7 +58,8 @@ def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device
         "Input size": spec.input_size(p),
         "Watermark": watermark.LABEL if watermarked else None,
         "Safety checker": None if nsfw is None else ("flagged" if nsfw else "passed"),
-        "Device": device.device, "Dtype": dtype or device.dtype, "Worker": worker, "Job": chunk.job,
+        "Device": device.device, "Dtype": dtype or device.dtype, "Backend": device.backend,
+        "Worker": worker, "Job": chunk.job,
         "Version": f"sdq {__version__}",
     }
     prompt = loras.prompt_with_tags(item.prompt, p.get(loras.FIELD))
@@ -265,6 +266,7 @@ class Runner:
             self.activity.current.update(running=indices, since=time.time(), expected_s=round(
                 len(batch) * speed.item_work(task, params) / self.activity.speed.rate(chunk.model, task, params), 3)
                 if self.activity.speed is not None else None)
+            self._announce()  # what it starts, now: idle workers decide backups from it at once
         t0 = time.perf_counter()
         try:
             images = self._images(task, batch)
@@ -285,7 +287,8 @@ class Runner:
                 self._end(mode, chunk, indices, Failed(error, oom))
             return []
         gen_s = time.perf_counter() - t0
-        if self.activity.speed is not None and made.images and not progress.cancelled:
+        # a run stopped early (cancelled, or another copy won) says nothing about this worker's speed
+        if self.activity.speed is not None and made.images and not (progress.cancelled or progress.unwanted):
             self.activity.speed.observe(chunk.model, task, params, len(made.images), gen_s)
         if progress.unwanted:
             log.info("job %s items %s: another run stored them first; this run stopped", job_id, indices)
@@ -299,6 +302,7 @@ class Runner:
         for item, image, nsfw in zip(batch, made.images, made.nsfw):
             fields = {
                 "worker": self.name, "device": self.device.device, "dtype": made.dtype,
+                "backend": self.device.backend,
                 "duration_s": round((gen_s + load_s) / len(batch), 4),
                 "timings": {"load": round(load_s, 4), "generate": round(gen_s / len(batch), 4)},
                 "batch": made.per_call, "nsfw": nsfw,
