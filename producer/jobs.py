@@ -11,6 +11,7 @@ from typing import Any, Callable
 import redis
 from celery import Celery
 
+from producer.extras import Extras, check_extras
 from producer.inputs import ItemImages, item_images
 from producer.schemas import ITEM_PARAM_KEYS, ItemIn, SubmitRequest
 from producer.sweep import check_sweep, combinations, count as sweep_count
@@ -50,12 +51,12 @@ def _item_params(base: dict[str, Any], override: Any | None) -> dict[str, Any]:
 
 
 def _pixels(pipeline: str, params: dict[str, Any]) -> int:
-    w, h = contract.output_size(pipeline, params["width"], params["height"])
+    w, h = contract.item_size(pipeline, params)
     return w * h
 
 
 def _check_limits(pipeline: str, params: dict[str, Any], where: str, settings: Settings) -> None:
-    w, h = contract.output_size(pipeline, params["width"], params["height"])
+    w, h = contract.item_size(pipeline, params)
     if w * h > settings.max_pixels:
         raise InvalidInput(f"{where}width", f"{w}x{h} output ({w * h} pixels) exceeds this server's limit of "
                            f"{settings.max_pixels} pixels per image", code="too_large")
@@ -99,9 +100,11 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
         base.update({side: spec.default_side for side in ("width", "height") if side not in given})
     seed = req.params.seed if req.params.seed is not None else secrets.randbelow(2**31)
 
+    extras = check_extras(given, spec, req.model, settings.models, uploads)
+
     # 2. Items: prompts or explicit items, times sweep combinations, times images_per_prompt.
     _check_count(req, sweep, settings.max_items)
-    items = _expand(req, settings, base, given, seed, combinations(sweep), uploads)
+    items = _expand(req, settings, base, given, seed, combinations(sweep), uploads, extras)
 
     # 3. Checks over all the items: the watermark's smallest image, the grid's largest sheet.
     if req.params.watermark:
@@ -127,7 +130,8 @@ def _check_count(req: SubmitRequest, sweep: dict[str, list[Any]], max_items: int
 
 
 def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given: dict[str, Any], seed: int,
-            combos: list[dict[str, Any]], uploads: Callable[[str, str], dict[str, Any]] | None) -> list[Item]:
+            combos: list[dict[str, Any]], uploads: Callable[[str, str], dict[str, Any]] | None,
+            extras: Extras) -> list[Item]:
     """The items of every prompt or entry of `items`, each checked against the server's limits."""
     sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items or []]
     items: list[Item] = []
@@ -135,9 +139,11 @@ def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given:
         where = f"items[{src}]." if it is not None else "params."
         params = _item_params(base, it)
         images = item_images(pipelines.spec(req.pipeline), given, it, where, uploads)
-        if images.size is not None:
+        size = extras.check_size(images.size, where)
+        if size is not None:
             explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
-            params = _init_image_size(params, images.size, explicit)
+            params = _init_image_size(params, size, explicit)
+        params = extras.apply(params)
         _check_limits(req.pipeline, params, where, settings)
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
         cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
@@ -178,7 +184,7 @@ def _check_watermark(pipeline: str, items: list[Item]) -> None:
     """Refuse a watermarked job with an image too small for the invisible watermark."""
     small = [it for it in items if _pixels(pipeline, it.params) < contract.WATERMARK_MIN_PIXELS]
     if small:
-        w, h = contract.output_size(pipeline, small[0].params["width"], small[0].params["height"])
+        w, h = contract.item_size(pipeline, small[0].params)
         raise InvalidInput("params.watermark", f"the invisible watermark needs images of at least "
                            f"{contract.WATERMARK_MIN_PIXELS} pixels (256x256); item {small[0].index} is {w}x{h}",
                            code="too_small")
@@ -186,7 +192,7 @@ def _check_watermark(pipeline: str, items: list[Item]) -> None:
 
 def _check_grid(pipeline: str, items: list[Item], sweep: dict[str, list[Any]], n_per: int) -> None:
     """Refuse a grid whose contact sheet of these items would be too large."""
-    sizes = [contract.output_size(pipeline, it.params["width"], it.params["height"]) for it in items]
+    sizes = [contract.item_size(pipeline, it.params) for it in items]
     try:
         check_fits(Job(sweep=sweep or None, params={"images_per_prompt": n_per}), len(items),
                    (max(w for w, _ in sizes), max(h for _, h in sizes)))

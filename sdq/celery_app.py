@@ -68,7 +68,7 @@ def make_celery(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_TI
 
 def item_queue(job: Job, params: dict[str, Any]) -> str:
     """The queue of an item of `job` with these parameters."""
-    w, h = contract.output_size(job.pipeline, params["width"], params["height"])
+    w, h = contract.item_size(job.pipeline, params)
     return contract.queue_for(job.requires.get("device", "any"), job.requires.get("dtype"), w * h)
 
 

@@ -41,6 +41,18 @@ STRENGTH = 0.8
 NOISE_LEVEL = 20
 """Noise the x4 upscaler adds to its input (0-350)."""
 
+HIRES_SCALE = 2.0
+"""How much the hires fix enlarges the first pass's image (`params.hires.scale`)."""
+
+HIRES_STRENGTH = 0.7
+"""Denoising strength of the hires fix's second pass (`params.hires.strength`), as A1111's default."""
+
+CONTROLNET_SCALE = 1.0
+"""Weight of the ControlNet's residuals (`params.controlnet.scale`, diffusers' `controlnet_conditioning_scale`)."""
+
+CONTROLNET_MODEL = "builtin:tiny-controlnet"
+"""ControlNet used when `params.controlnet` names no model."""
+
 UPSCALE_SIDE = 128
 """Input width and height of `upscale` when no size is given (the output is 4x)."""
 

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from sdq.sources import builtin_path
+from sdq.sources import builtin_path, is_model_folder
 
 SD_SCHEDULER = dict(
     num_train_timesteps=1000,
@@ -204,8 +204,41 @@ def build_tiny_depth(path: Path) -> None:
     pipe.save_pretrained(path, safe_serialization=True)
 
 
+CONTROLNET_INIT_STD = 0.3
+"""Std of the random weights given to the tiny ControlNet's zero-initialised output convolutions (a
+trained ControlNet's are not zero; at 0 the ControlNet would change nothing)."""
+
+
+def _he_init(convs) -> None:
+    """He-normal weights and zero biases: the conditioning embedding then follows its input (with
+    PyTorch's default init its output is mostly its biases, and the control image barely counts)."""
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        conv.weight.normal_(0, (2 / fan_in) ** 0.5)
+        conv.bias.zero_()
+
+
+def build_tiny_controlnet(path: Path) -> None:
+    """Write `builtin:tiny-controlnet`, a ControlNetModel for `builtin:tiny-sd`'s UNet, to `path`: the
+    UNet's encoder copied (`ControlNetModel.from_unet`), a 3-stage (8x) conditioning embedding, and
+    seeded random weights in the convolutions a fresh ControlNet starts at zero (see `_he_init`)."""
+    from diffusers import ControlNetModel
+
+    unet = tiny_unet()
+    torch.manual_seed(6)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 32, 32)).eval()
+    embedding = net.controlnet_cond_embedding
+    with torch.no_grad():
+        _he_init([embedding.conv_in, *embedding.blocks, embedding.conv_out])
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            conv.weight.normal_(0, CONTROLNET_INIT_STD)
+            conv.bias.zero_()
+    net.save_pretrained(path, safe_serialization=True)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-sd": build_tiny_sd, "tiny-upscaler": build_tiny_upscaler, "tiny-depth": build_tiny_depth,
+    "tiny-controlnet": build_tiny_controlnet,
 }
 """Built-in model name (after `builtin:`) to its generator."""
 
@@ -215,7 +248,7 @@ def ensure_builtin(models_dir: Path, name: str) -> Path:
     if name not in BUILDERS:
         raise KeyError(name)
     target = builtin_path(models_dir, name)
-    if (target / "model_index.json").exists():
+    if is_model_folder(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
@@ -224,7 +257,7 @@ def ensure_builtin(models_dir: Path, name: str) -> Path:
         try:
             os.rename(tmp, target)
         except OSError:  # another process won the race: its copy is identical
-            if not (target / "model_index.json").exists():
+            if not is_model_folder(target):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

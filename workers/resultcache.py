@@ -56,9 +56,14 @@ class CachedResults:
                 digests[key] = hashlib.sha256(self.store.get(key)).hexdigest()
             return digests[key]
 
+        control = chunk.params.get("controlnet")
+        extra = {"controlnet.image": sha(control["image"]), "controlnet.model": self.hasher.digest(control["model"])} \
+            if control else {}
+        if None in extra.values():  # a ControlNet whose weights are unknown here: run fresh
+            return {}
         out = {}
         for it in wanted:
-            others = {name: sha(key) for name, key in sorted((it.images or {}).items())}
+            others = {**{name: sha(key) for name, key in sorted((it.images or {}).items())}, **extra}
             out[it.index] = cache_key(maker, owner, chunk.pipeline, chunk.params, it.prompt, it.negative_prompt,
                                       it.seed, sha(it.init_image) if it.init_image else None, chunk.watermark,
                                       others)

@@ -136,7 +136,7 @@ class Router:
         if self.models and chunk.model not in self.models:
             return f"model {chunk.model} is not in this worker's --models"
         p = chunk.params
-        w, h = contract.output_size(chunk.pipeline, p["width"], p["height"])
+        w, h = contract.item_size(chunk.pipeline, p)
         if w * h > self.max_pixels:
             return f"{w}x{h} images exceed this worker's --max-pixels {self.max_pixels}"
         need = chunk.requires.get("min_memory_gb")

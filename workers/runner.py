@@ -34,7 +34,7 @@ from workers.pipelines import OUT_OF_MEMORY, Loaded, OutOfMemory, PipelineCache,
 from workers.progress import Pipe, StepProgress
 from workers.retry import retry_redis
 from workers.routing import Decision, Defer, Fail, HandOff, PassOn, Run, pass_on
-from workers import simulate, watermark
+from workers import passes, simulate, watermark
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,13 @@ def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device
     spec = pipelines.spec(task)
     fields: dict[str, object] = {
         "Steps": p["steps"], "Sampler": SAMPLER_NAMES.get(p["scheduler"], p["scheduler"]),
-        "CFG scale": p["guidance_scale"], "Seed": item.seed, "Size": f"{size[0]}x{size[1]}",
+        "CFG scale": p["guidance_scale"], "Seed": item.seed,
+        "Size": "{}x{}".format(*(spec.output_size(p["width"], p["height"]) if p.get("hires") else size)),
         "Model": chunk.model, "Pipeline": task,
         **spec.infotext_fields(p),
         **{image.infotext: item.image_key(image.field) for image in spec.images if image.infotext},
         "Input size": spec.input_size(p),
+        **pipelines.extras_infotext(p),
         "Watermark": watermark.LABEL if watermarked else None,
         "Safety checker": None if nsfw is None else ("flagged" if nsfw else "passed"),
         "Device": device.device, "Dtype": dtype or device.dtype, "Worker": worker, "Job": chunk.job,
@@ -191,7 +193,7 @@ class Runner:
         t0 = time.perf_counter()
         self.faults.hit("load")
         try:
-            pipe, loaded = self.cache.get(chunk.model, task)
+            pipe, loaded = self.cache.get(chunk.model, task, passes.controlnet_id(chunk.params))
         except ModelError as exc:  # the model itself is wrong: nothing to retry
             self._end(mode, chunk, todo, Failed(str(exc)))
             return
@@ -260,7 +262,7 @@ class Runner:
                 if self.activity.speed is not None else None)
         t0 = time.perf_counter()
         try:
-            images = self._images(task, batch)
+            images = self._images(task, batch, params)
             made = self._generate(pipe, loaded, task, params, batch, images, progress)
         except Exception as exc:  # noqa: BLE001 - a failed item never takes the worker down...
             log.exception("job %s items %s failed", job_id, indices)
@@ -372,7 +374,7 @@ class Runner:
         if self.debug_oom_pixels:
             if self._debug_memory is None or self._debug_memory.pixels != self.debug_oom_pixels:
                 self._debug_memory = simulate.SimulatedMemory(self.debug_oom_pixels)
-            w, h = contract.output_size(task, params["width"], params["height"])
+            w, h = contract.item_size(task, params)
             self._debug_memory.call(n, w, h, low_memory)
 
     def _exit_on_fatal_device_error(self, error: str) -> None:
@@ -387,8 +389,13 @@ class Runner:
             logging.shutdown()
             os._exit(defaults.FATAL_EXIT_CODE)
 
-    def _images(self, task: str, batch: list[Item]) -> dict[str, list[Any]]:
-        """Each image input of the pipeline: the items' uploads, in the mode its spec asks for."""
-        return {image.field: [Image.open(io.BytesIO(self.store.get(it.image_key(image.field)))).convert(image.mode)
-                              for it in batch] for image in pipelines.spec(task).images}
+    def _images(self, task: str, batch: list[Item], params: dict[str, Any]) -> dict[str, list[Any]]:
+        """Each image input of the pipeline: the items' uploads, in the mode its spec asks for (and the
+        job's control image, once per item, with a ControlNet)."""
+        out = {image.field: [Image.open(io.BytesIO(self.store.get(it.image_key(image.field)))).convert(image.mode)
+                             for it in batch] for image in pipelines.spec(task).images}
+        if params.get("controlnet"):
+            control = Image.open(io.BytesIO(self.store.get(params["controlnet"]["image"]))).convert("RGB")
+            out[passes.CONTROL_IMAGE] = [control] * len(batch)
+        return out
 
