@@ -58,7 +58,9 @@ def _pixels(pipeline: str, params: dict[str, Any]) -> int:
 def _check_limits(pipeline: str, params: dict[str, Any], where: str, settings: Settings) -> None:
     w, h = contract.item_size(pipeline, params)
     if w * h > settings.max_pixels:
-        raise InvalidInput(f"{where}width", f"{w}x{h} output ({w * h} pixels) exceeds this server's limit of "
+        first = pipelines.spec(pipeline).output_size(params["width"], params["height"])
+        field = "params.hires.scale" if first[0] * first[1] <= settings.max_pixels else f"{where}width"
+        raise InvalidInput(field, f"{w}x{h} output ({w * h} pixels) exceeds this server's limit of "
                            f"{settings.max_pixels} pixels per image", code="too_large")
 
 
