@@ -169,7 +169,8 @@ def _cells(source: _Source, combos: list[dict[str, Any]], req: SubmitRequest, se
             out.append(Item(
                 index=index, prompt=source.prompt, negative_prompt=combo.get("negative_prompt", source.negative_prompt),
                 seed=_item_seed(seed, combo, source, n_per, k, index) % (2**32), init_image=source.images.init_image,
-                images=source.images.others, params=cell, steps=cell["steps"], sweep=combo or None, cache=None if source.cache else False))
+                images=source.images.others, params=cell, size=list(contract.item_size(req.pipeline, cell)),
+                steps=cell["steps"], sweep=combo or None, cache=None if source.cache else False))
     return out
 
 

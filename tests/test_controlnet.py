@@ -87,6 +87,18 @@ def test_controlnet_img2img_equals_a_direct_diffusers_call(client, store, models
     assert close(got, want), np.abs(got - want).max()
 
 
+def test_controlnet_inpaint_equals_a_direct_diffusers_call(client, store, models_dir, controls):
+    from tests.test_inpaint import mask
+
+    key = upload(client, mask((64, 64), (0, 0, 31, 63)))
+    doc = run_job(client, _job(controls["a"], seed=6, pipeline="inpaint", init_image=controls["init"], mask_image=key))
+    got = pixels(result(store, doc["items"][0]))
+    want = pixels(direct(models_dir, "StableDiffusionControlNetInpaintPipeline", 6, image=sketch((64, 64), seed=44),
+                         mask_image=mask((64, 64), (0, 0, 31, 63)), control_image=sketch((64, 64), seed=41),
+                         strength=0.8, controlnet_conditioning_scale=1.0, **SIZE))
+    assert close(got, want), np.abs(got - want).max()
+
+
 def _two_passes(models_dir: Path, seed: int, scale: float, strength: float, steps: int) -> np.ndarray:
     first = direct(models_dir, "StableDiffusionPipeline", seed, controlnet=False, **SIZE)
     big = first.resize((int(64 * scale), int(64 * scale)), Image.Resampling.LANCZOS)
@@ -98,7 +110,7 @@ def test_hires_fix_outputs_the_larger_size_and_equals_two_direct_passes(client, 
     doc = run_job(client, _job(None, seed=21, hires={"scale": 2, "strength": 0.6, "steps": 4}))
     item = doc["items"][0]
     img = result(store, item)
-    assert img.size == (128, 128)
+    assert img.size == (128, 128) and item["size"] == [128, 128]
     assert item["params"]["hires"] == {"scale": 2.0, "strength": 0.6, "steps": 4}
     assert close(pixels(img), _two_passes(models_dir, 21, 2.0, 0.6, 4))
 

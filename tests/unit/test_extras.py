@@ -10,6 +10,7 @@ from sdq.celery_app import item_queue
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.infotext import format_infotext, params_from_infotext, parse_infotext
+from sdq.records import MANIFEST, STATUS, Item, shown_in
 from sdq.scheduling import speed
 
 SETTINGS = Settings.from_env({})
@@ -32,6 +33,7 @@ def test_the_queue_pixel_class_holds_the_final_size():
     plan = _plan({"params": {"steps": 4, "hires": {"scale": 2}}})
     item = plan.items[0]
     assert item.params["hires"] == {"scale": 2.0, "strength": 0.7, "steps": 4}  # steps: the item's
+    assert item.size == [1024, 1024] and "size" in shown_in(Item, STATUS) and "size" in shown_in(Item, MANIFEST)
     assert item_queue(plan.job, item.params).endswith(".p1024")
     assert item_queue(plan.job, {**item.params, "hires": None}).endswith(".p512")
 
