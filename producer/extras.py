@@ -53,9 +53,14 @@ def _takers(attr: str) -> str:
     return ", ".join(s.name for s in pipelines.SPECS.values() if getattr(s, attr)) or "none"
 
 
+def _families() -> str:
+    return ", ".join(sorted({f for s in pipelines.SPECS.values() if s.controlnet for f in s.controlnet.classes}))
+
+
 def check_extras(given: dict[str, Any], spec: pipelines.PipelineSpec, model: str, allowlist: tuple[str, ...],
-                 uploads: Callable[[str, str], dict[str, Any]] | None) -> Extras:
-    """`given["hires"]` and `given["controlnet"]` checked for `spec` and `model`; InvalidInput naming the field."""
+                 uploads: Callable[[str, str], dict[str, Any]] | None, family: str | None = None) -> Extras:
+    """`given["hires"]` and `given["controlnet"]` checked for `spec` and `model` (of `family`, None: not known
+    here, the worker then checks); InvalidInput naming the field."""
     out = Extras()
     if given.get("hires") is not None:
         if spec.hires_pass is None:
@@ -65,11 +70,11 @@ def check_extras(given: dict[str, Any], spec: pipelines.PipelineSpec, model: str
     control = given.get("controlnet")
     if control is None:
         return out
-    family = BUILTIN_FAMILIES.get(model)  # None: an operator's model, its family is known once loaded
+    family = family or BUILTIN_FAMILIES.get(model)
     if spec.controlnet is None or (family is not None and spec.class_for(family, controlnet=True) is None):
         what = f"model {model!r} ({family} family)" if family else f"pipeline {spec.name!r}"
         raise InvalidInput("params.controlnet", f"{what} has no ControlNet pipeline for {spec.name!r}; ControlNet "
-                           f"runs with {_takers('controlnet')} on the sd family", code="unsupported_controlnet")
+                           f"runs with {_takers('controlnet')} on the {_families()} family", code="unsupported_controlnet")
     name = control.get("model") or defaults.CONTROLNET_MODEL
     if name not in BUILTIN_CONTROLNETS and name not in allowlist:
         raise InvalidInput("params.controlnet.model", f"unknown ControlNet {name!r}; allowed: "
