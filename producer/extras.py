@@ -75,7 +75,8 @@ def check_extras(given: dict[str, Any], spec: pipelines.PipelineSpec, model: str
         what = f"model {model!r} ({family} family)" if family else f"pipeline {spec.name!r}"
         raise InvalidInput("params.controlnet", f"{what} has no ControlNet pipeline for {spec.name!r}; ControlNet "
                            f"runs with {_takers('controlnet')} on the {_families()} family", code="unsupported_controlnet")
-    name = control.get("model") or defaults.CONTROLNET_MODEL
+    name = control.get("model") or next((cn for cn, fam in BUILTIN_CONTROLNETS.items() if fam == family),
+                                        defaults.CONTROLNET_MODEL)
     if name not in BUILTIN_CONTROLNETS and name not in allowlist:
         raise InvalidInput("params.controlnet.model", f"unknown ControlNet {name!r}; allowed: "
                            f"{', '.join([*BUILTIN_CONTROLNETS, *allowlist])}", code="unknown_model")

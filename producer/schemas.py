@@ -93,7 +93,7 @@ def _nested(name: str, params: tuple[pipelines.Param, ...], doc: str, **extra: A
 HiresIn = _nested("HiresIn", pipelines.HIRES_PARAMS, "`params.hires`: a txt2img pass, enlarged, then an img2img pass.")
 ControlNetIn = _nested(
     "ControlNetIn", pipelines.CONTROLNET_PARAMS, "`params.controlnet`: a ControlNet model and its control image.",
-    model=(str, Field(defaults.CONTROLNET_MODEL, min_length=1, max_length=MODEL_MAX_CHARS)),
+    model=(str | None, Field(None, min_length=1, max_length=MODEL_MAX_CHARS)),
     image=(str, Field(..., min_length=1, max_length=KEY_MAX_CHARS)))
 
 

@@ -51,7 +51,8 @@ CONTROLNET_SCALE = 1.0
 """Weight of the ControlNet's residuals (`params.controlnet.scale`, diffusers' `controlnet_conditioning_scale`)."""
 
 CONTROLNET_MODEL = "builtin:tiny-controlnet"
-"""ControlNet used when `params.controlnet` names no model."""
+"""ControlNet used when `params.controlnet` names no model and the model's family has no built-in one
+(`sdq.models.BUILTIN_CONTROLNETS`) or is not known at submit."""
 
 UPSCALE_SIDE = 128
 """Input width and height of `upscale` when no size is given (the output is 4x)."""

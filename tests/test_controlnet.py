@@ -99,6 +99,44 @@ def test_controlnet_inpaint_equals_a_direct_diffusers_call(client, store, models
     assert close(got, want), np.abs(got - want).max()
 
 
+@pytest.mark.parametrize("task, cls", [("txt2img", "StableDiffusionXLControlNetPipeline"),
+                                        ("img2img", "StableDiffusionXLControlNetImg2ImgPipeline")])
+def test_sdxl_controlnet_equals_a_direct_diffusers_call(client, store, models_dir, controls, task, cls):
+    """SDXL takes its own built-in ControlNet by default (size/crop conditioning included)."""
+    import diffusers
+    import torch
+
+    from sdq.sources import builtin_path
+
+    params = {**SIZE, "steps": STEPS, "seed": 8, "controlnet": {"image": controls["a"]}}
+    kw = {"image": sketch((64, 64), seed=41)}
+    if task == "img2img":
+        params.update(init_image=controls["init"], strength=0.7)
+        kw = {"image": sketch((64, 64), seed=44), "control_image": sketch((64, 64), seed=41), "strength": 0.7}
+    doc = run_job(client, {"model": "builtin:tiny-sdxl", "pipeline": task, "prompts": ["a lighthouse"],
+                           "params": params})
+    item = doc["items"][0]
+    assert item["params"]["controlnet"]["model"] == "builtin:tiny-sdxl-controlnet"
+    torch.set_num_threads(1)
+    base = diffusers.DiffusionPipeline.from_pretrained(builtin_path(models_dir, "tiny-sdxl"), dtype=torch.float32)
+    net = diffusers.ControlNetModel.from_pretrained(builtin_path(models_dir, "tiny-sdxl-controlnet"),
+                                                    dtype=torch.float32)
+    pipe = getattr(diffusers, cls).from_pipe(base, controlnet=net)
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe("a lighthouse", num_inference_steps=STEPS, guidance_scale=5.0, controlnet_conditioning_scale=1.0,
+                generator=torch.Generator("cpu").manual_seed(8), **SIZE, **kw).images[0]
+    got = pixels(result(store, item))
+    assert close(got, pixels(want)), np.abs(got - pixels(want)).max()
+
+
+def test_a_controlnet_of_another_family_is_a_422(stack, controls):
+    resp = requests.post(stack.env["SDQ_SERVER"] + "/v1/jobs", timeout=10, json={
+        "model": "builtin:tiny-sdxl", "prompts": ["x"],
+        "params": {"controlnet": {"image": controls["a"], "model": "builtin:tiny-controlnet"}}})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["field"] == "params.controlnet.model"
+
+
 def _two_passes(models_dir: Path, seed: int, scale: float, strength: float, steps: int) -> np.ndarray:
     first = direct(models_dir, "StableDiffusionPipeline", seed, controlnet=False, **SIZE)
     big = first.resize((int(64 * scale), int(64 * scale)), Image.Resampling.LANCZOS)
@@ -147,6 +185,8 @@ def test_inspect_reproduces_a_controlnet_hires_image(client, store, controls, tm
       "controlnet": {"image": "a"}}}, "params.controlnet", "unsupported_controlnet"),
     ({"model": "builtin:tiny-depth", "pipeline": "depth2img", "params": {"init_image": "init",
       "controlnet": {"image": "a"}}}, "params.controlnet", "unsupported_controlnet"),
+    ({"model": "builtin:tiny-sd3", "params": {"controlnet": {"image": "a"}}}, "params.controlnet",
+     "unsupported_controlnet"),
     ({"params": {"controlnet": {"image": "a", "model": "lllyasviel/sd-controlnet-canny"}}},
      "params.controlnet.model", "unknown_model"),
     ({"params": {"controlnet": {"image": "uploads/0123abcd.png"}}}, "params.controlnet.image", None),

@@ -219,14 +219,13 @@ def _he_init(convs) -> None:
         conv.bias.zero_()
 
 
-def build_tiny_controlnet(path: Path) -> None:
-    """Write `builtin:tiny-controlnet`, a ControlNetModel for `builtin:tiny-sd`'s UNet, to `path`: the
-    UNet's encoder copied (`ControlNetModel.from_unet`), a 3-stage (8x) conditioning embedding, and
-    seeded random weights in the convolutions a fresh ControlNet starts at zero (see `_he_init`)."""
+def tiny_controlnet(unet, seed: int):
+    """A ControlNetModel for `unet`: its encoder copied (`ControlNetModel.from_unet`), a 3-stage (8x)
+    conditioning embedding, and seeded random weights in the convolutions a fresh ControlNet starts at
+    zero (see `_he_init`)."""
     from diffusers import ControlNetModel
 
-    unet = tiny_unet()
-    torch.manual_seed(6)
+    torch.manual_seed(seed)
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 32, 32)).eval()
     embedding = net.controlnet_cond_embedding
     with torch.no_grad():
@@ -234,12 +233,23 @@ def build_tiny_controlnet(path: Path) -> None:
         for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
             conv.weight.normal_(0, CONTROLNET_INIT_STD)
             conv.bias.zero_()
-    net.save_pretrained(path, safe_serialization=True)
+    return net
+
+
+def build_tiny_controlnet(path: Path) -> None:
+    """Write `builtin:tiny-controlnet`, a ControlNet for `builtin:tiny-sd`'s UNet, to `path`."""
+    tiny_controlnet(tiny_unet(), seed=6).save_pretrained(path, safe_serialization=True)
+
+
+def build_tiny_sdxl_controlnet(path: Path) -> None:
+    """Write `builtin:tiny-sdxl-controlnet`, a ControlNet for `builtin:tiny-sdxl`'s UNet (its size/crop
+    conditioning included), to `path`."""
+    tiny_controlnet(builtin_families.tiny_sdxl_unet(), seed=16).save_pretrained(path, safe_serialization=True)
 
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-sd": build_tiny_sd, "tiny-upscaler": build_tiny_upscaler, "tiny-depth": build_tiny_depth,
-    "tiny-controlnet": build_tiny_controlnet,
+    "tiny-controlnet": build_tiny_controlnet, "tiny-sdxl-controlnet": build_tiny_sdxl_controlnet,
     **builtin_families.BUILDERS,
 }
 """Built-in model name (after `builtin:`) to its generator."""
