@@ -28,11 +28,17 @@ class Extras:
     controlnet: dict[str, Any] | None = None
     control_record: dict[str, Any] | None = None
 
-    def apply(self, params: dict[str, Any]) -> dict[str, Any]:
-        """An item's parameters with the extras added (the hires steps default to the item's steps)."""
+    def apply(self, params: dict[str, Any], size_multiple: int = 8) -> dict[str, Any]:
+        """An item's parameters with the extras added (the hires steps default to the item's steps); 422
+        naming `params.hires.scale` when the hires size is not a multiple of the family's `size_multiple`."""
         out = dict(params)
         if self.hires is not None:
             out["hires"] = {**self.hires, "steps": self.hires.get("steps") or params["steps"]}
+            big = pipelines.hires_size(out, params["width"], params["height"])
+            if big[0] % size_multiple or big[1] % size_multiple:
+                raise InvalidInput("params.hires.scale", f"params.hires.scale={self.hires['scale']} makes "
+                                   f"{big[0]}x{big[1]}, not a multiple of {size_multiple} as this model's family "
+                                   f"needs", code="bad_size")
         if self.controlnet is not None:
             out["controlnet"] = dict(self.controlnet)
         return out

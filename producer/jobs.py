@@ -157,7 +157,7 @@ def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given:
         if size is not None:
             explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
             params = _init_image_size(params, size, explicit, fam.size_multiple if fam else 8)
-        params = extras.apply(params)
+        params = extras.apply(params, fam.size_multiple if fam else 8)
         _check_limits(req.pipeline, params, where, settings)
         check_item(fam, req.model, params, where)
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]

@@ -153,6 +153,18 @@ def test_hires_fix_outputs_the_larger_size_and_equals_two_direct_passes(client, 
     assert close(pixels(img), _two_passes(models_dir, 21, 2.0, 0.6, 4))
 
 
+@pytest.mark.parametrize("model", ["builtin:tiny-sdxl", "builtin:tiny-sd3"])
+def test_hires_fix_on_the_other_families(client, store, model):
+    """The second pass is the family's own img2img class (the table's), at the larger size."""
+    body = {"model": model, "prompts": ["a lighthouse"], "params": {**SIZE, "steps": 2, "seed": 4}}
+    plain = pixels(result(store, run_job(client, body)["items"][0]))
+    doc = run_job(client, {**body, "params": {**body["params"], "hires": {"scale": 1.5, "strength": 0.5}}})
+    img = result(store, doc["items"][0])
+    assert img.size == (96, 96) and doc["items"][0]["size"] == [96, 96]
+    first = pixels(Image.fromarray(plain.astype("uint8")).resize((96, 96), Image.Resampling.LANCZOS))
+    assert np.abs(pixels(img) - first).mean() > 0.5  # the second pass changed the enlarged first pass
+
+
 def _inspect(tmp_path: Path, img: Image.Image) -> dict:
     from PIL.PngImagePlugin import PngInfo
 

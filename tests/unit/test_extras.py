@@ -71,3 +71,12 @@ def test_the_infotext_round_trips_hires_and_controlnet():
     assert info["Hires upscaler"] == "Lanczos" and info["Denoising strength"] == "0.5"
     back = params_from_infotext(info)
     assert back["hires"] == HIRES and back["controlnet"] == params["controlnet"]
+
+
+def test_a_hires_size_off_the_familys_multiple_names_the_scale():
+    """SD3 needs sides that are multiples of 16: 64 x 1.25 = 80 is, 64 x 1.125 = 72 is not."""
+    base = {"model": "builtin:tiny-sd3", "params": {"width": 64, "height": 64}}
+    assert _plan({**base, "params": {**base["params"], "hires": {"scale": 1.25}}}).items[0].size == [80, 80]
+    with pytest.raises(InvalidInput) as err:
+        _plan({**base, "params": {**base["params"], "hires": {"scale": 1.125}}})
+    assert err.value.field == "params.hires.scale" and "72x72" in err.value.message
