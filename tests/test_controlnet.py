@@ -79,6 +79,14 @@ def test_the_control_image_changes_the_image(client, store, controls):
     assert np.abs(with_a - with_b).mean() > 0.3  # measured ~1 on the tiny ControlNet at 3 steps
 
 
+def test_the_same_controlnet_job_again_is_answered_from_the_result_cache(client, store, controls):
+    """The ControlNet's weights digest is known (a built-in ControlNet folder has no model_index.json)."""
+    first = run_job(client, _job(controls["a"], seed=57, hires={"scale": 1.5}))["items"][0]
+    again = run_job(client, _job(controls["a"], seed=57, hires={"scale": 1.5}))["items"][0]
+    assert again.get("cached") is True and not first.get("cached")
+    assert close(pixels(result(store, again)), pixels(result(store, first)))
+
+
 def test_controlnet_img2img_equals_a_direct_diffusers_call(client, store, models_dir, controls):
     doc = run_job(client, _job(controls["a"], seed=5, pipeline="img2img", init_image=controls["init"]))
     got = pixels(result(store, doc["items"][0]))
