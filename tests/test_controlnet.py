@@ -235,3 +235,20 @@ def test_the_control_image_gives_the_size_when_none_is_asked(client, store, cont
     doc = run_job(client, {"prompts": ["a lighthouse"], "params": {"steps": 2, "seed": 3,
                                                                    "controlnet": {"image": controls["small"]}}})
     assert result(store, doc["items"][0]).size == (32, 32)
+
+
+def test_cli_submits_a_controlnet_hires_job(stack, client, store, tmp_path):
+    from tests.test_cli import sdq
+    from tests.test_pipelines import png
+
+    (tmp_path / "control.png").write_bytes(png(sketch((64, 64), seed=41)))
+    (tmp_path / "p.txt").write_text("a lighthouse\n")
+    out = sdq("submit", str(tmp_path / "p.txt"), "--steps", "2", "--width", "64", "--height", "64", "--seed", "3",
+              "--controlnet-image", str(tmp_path / "control.png"), "--controlnet-scale", "0.5",
+              "--hires-scale", "1.5", "--wait", "--json", server=stack.env["SDQ_SERVER"])
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert doc["state"] == "succeeded"
+    item = client.job(doc["id"])["items"][0]
+    assert item["params"]["controlnet"]["scale"] == 0.5 and item["params"]["hires"]["scale"] == 1.5
+    assert result(store, item).size == (96, 96)

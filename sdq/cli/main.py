@@ -10,6 +10,7 @@ import sys
 import requests
 
 from sdq import defaults
+from sdq.cli import extras as cli_extras
 from sdq.exceptions import SdqError
 
 
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler")
     s.add_argument("--init-image", dest="init_image")
     s.add_argument("--strength", type=float)
+    cli_extras.add_arguments(s)
     s.add_argument("--priority", type=int, default=defaults.PRIORITY)
     s.add_argument("--device", default=None, help="require gpu, cpu or any")
     s.add_argument("--sweep", default=None, help='JSON object of values to sweep, e.g. \'{"guidance_scale": [5, 9]}\'')
