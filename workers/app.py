@@ -63,6 +63,17 @@ class WorkerOptions:
     safety_checker: bool = True
     upscale_batch: int | None = None
     loglevel: str = "INFO"
+    # A CPU worker's path (`workers.cpu_paths`): eager, channels_last, compile or fastest (measured at start).
+    cpu_path: str = "eager"
+
+
+def cpuinfo_override() -> str | None:
+    """The text of `SDQ_CPUINFO` (a file standing in for /proc/cpuinfo: tests of CPU-path choice), or None."""
+    path = os.environ.get("SDQ_CPUINFO")
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def default_max_batch(kind: str) -> int:
@@ -103,8 +114,8 @@ class Worker:
                 self.heartbeat.start()
 
         worker_ready.connect(join_fleet, weak=False)
-        log.info("worker %s on %s (%s, %s) consuming %s", self.name, self.device.device, self.device.name,
-                 self.device.dtype, self.queues)
+        log.info("worker %s on %s (%s, %s, %s) consuming %s", self.name, self.device.device, self.device.name,
+                 self.device.dtype, self.device.backend, self.queues)
         try:
             self.celery.worker_main([
                 "worker", "--pool=solo", "--concurrency=1", f"--hostname={self.name}@%h",
@@ -120,8 +131,9 @@ class Worker:
 def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     """Build every part of a worker once, fully constructed; nothing consumes yet."""
     # 1. Device first: refuse a bad device/dtype before anything is loaded.
-    device = select_device(opts.device, opts.dtype, force=opts.force_dtype)
-    set_threads(opts.threads)
+    set_threads(opts.threads)  # before the device: `--cpu-path fastest` measures with the worker's threads
+    device = select_device(opts.device, opts.dtype, force=opts.force_dtype, cpu_path=opts.cpu_path,
+                           cpuinfo=cpuinfo_override())
     models = worker_models(opts.models, settings.models)
     max_pixels = opts.max_pixels or settings.max_pixels
     max_batch = opts.max_batch or default_max_batch(device.kind)
