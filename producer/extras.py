@@ -80,7 +80,7 @@ def check_extras(given: dict[str, Any], spec: pipelines.PipelineSpec, model: str
     if spec.controlnet is None or (family is not None and spec.class_for(family, controlnet=True) is None):
         what = f"model {model!r} ({family} family)" if family else f"pipeline {spec.name!r}"
         raise InvalidInput("params.controlnet", f"{what} has no ControlNet pipeline for {spec.name!r}; ControlNet "
-                           f"runs with {_takers('controlnet')} on the {_families()} family", code="unsupported_controlnet")
+                           f"runs with {_takers('controlnet')} on {_families()} models", code="unsupported_controlnet")
     name = control.get("model") or next((cn for cn, fam in BUILTIN_CONTROLNETS.items() if fam == family),
                                         defaults.CONTROLNET_MODEL)
     if name not in BUILTIN_CONTROLNETS and name not in allowlist:
