@@ -78,6 +78,8 @@ def section(name: str, result: dict[str, Any]) -> str:
         out += [NOTES[name], ""]
     if result.get("table"):
         out += [_md_table(result["table"]), ""]
+    for extra in result.get("extra", []):  # further tables, each under its own heading
+        out += [f"### {extra['title']}", "", extra.get("note", ""), "", _md_table(extra["table"]), ""]
     for t in result.get("targets", []):
         mark = "met" if t["met"] else "**MISSED**"
         aim = f"; aim {t['aim']}: {'met' if t.get('aim_met') else 'not met'}" if "aim" in t else ""

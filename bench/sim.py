@@ -1,4 +1,5 @@
-"""9. Mixed fleets, simulated: makespan against the lower bound for three sharing policies.
+"""9. Mixed fleets, simulated: makespan against the lower bound for three sharing policies, and at
+GPU timescale with the latencies of detection and publication (`bench/gpusim.py`), today beside now.
 
 A discrete-event simulation of one job on a fleet of workers of unequal speed, driving sdq's own
 policy functions (`sdq.scheduling.scheduling`: chunk sizes, claims, straggler backups) rather than a copy:
@@ -26,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import gpusim
 from bench.common import main_for, target
 from sdq.scheduling import scheduling
 from sdq.state import fleet
@@ -237,7 +239,31 @@ def run(opts) -> dict[str, Any]:
             + f"{max(r['speed+backups']['vs_optimum'] for r in liars if r['items'] >= 100):.3f}. Backups take over "
               "the item it is making and the ones it claimed, once they are late by half a fresh run; a small "
               "job still waits that long")
+    gpu = gpusim.run_cases(opts.quick)
+    out["gpu_rows"] = gpu
+    out["extra"] = [{"title": "At GPU timescale: detection and publication latencies, today beside now",
+                     "note": GPU_NOTE, "table": gpusim.table(gpu)}]
+    worst = {p: max(r[p]["vs_best"] for r in gpu) for p in gpusim.POLICIES}
+    out["targets"].append(target("GPU timescale (items of 0.5-3 s): worst makespan / best whole-item schedule, "
+                                 "now", worst["now"], 1.10))
+    out["findings"].append(
+        f"GPU timescale, {len(gpu)} cases: worst makespan / best whole-item schedule today {worst['today']:.3f}, "
+        f"now {worst['now']:.3f}; today's worst are the jobs a worker joins unmeasured or a worker slows in "
+        "(the straggler is seen on a heartbeat, 10 s later, and its end from the rate it published)")
     return out
+
+
+GPU_NOTE = ("`bench/gpusim.py`: the same rules with the delays that decide a job of short items. `today` = before "
+            "issue 24: a worker's running item reaches the fleet with its heartbeat (10 s, random phase), an idle "
+            "worker looks for stragglers on its heartbeat, an item's end comes from the rate its worker published, "
+            "backups after 1 s of run. `now` = a worker publishes what it starts as it starts it; an idle worker "
+            "looks when it goes idle, on every publication and every 0.2 s while a job with nothing queued has "
+            "items running elsewhere; an item's end comes from its step pace once it has run 2 steps; backups "
+            "after 0.5 s of run. Both: 20 steps per item, progress written every step (at most every 0.25 s), the "
+            "loser stops at its next write, a backup begins 20 ms after it is decided. A joined worker counts as "
+            "fast as the others until it has made an item; a slowed one publishes its old rate until its "
+            "smoothed rate catches up. Worst of 3 heartbeat phases. 'best' = the best whole-item schedule for the "
+            "true speeds, join and slow-down times.")
 
 
 def table(rows: list[dict[str, Any]]) -> list[list[Any]]:

@@ -25,9 +25,11 @@ from sdq.state.store import JobStore
 from storage import ResultStore
 from workers.backups import Backups
 from workers.capability import Activity, Capability, Heartbeat, worker_models
+from workers.courier import Courier
 from workers.device import Device, select_device, set_threads
 from workers.faults import Faults
 from workers.finalize import finalize_job
+from workers.idlewatch import IdleWatch
 from workers.leases import Leases
 from workers.parts import Outputs, Presence, RunOptions
 from workers.pipelines import PipelineCache, warm_imports
@@ -101,7 +103,9 @@ class Worker:
     uploader: Uploader
     cache: PipelineCache
     runner: Runner
+    lookout: IdleWatch | None = None  # straggler backups while idle (None: `SDQ_SCHEDULING=count`)
     loglevel: str = "INFO"
+    courier: Courier | None = None
 
     def serve(self) -> int:
         """Join the fleet once Celery consumes, and consume until stopped."""
@@ -112,6 +116,8 @@ class Worker:
             self.heartbeat.beat()
             if not self.heartbeat.is_alive():  # the signal comes again after a broker reconnect
                 self.heartbeat.start()
+            if self.lookout is not None and self.lookout.ident is None:  # once: it outlives broker reconnects
+                self.lookout.start()
 
         worker_ready.connect(join_fleet, weak=False)
         log.info("worker %s on %s (%s, %s, %s) consuming %s", self.name, self.device.device, self.device.name,
@@ -123,8 +129,12 @@ class Worker:
                 f"--loglevel={self.loglevel}", "--without-gossip", "--without-mingle",
             ])
         finally:
+            if self.lookout is not None:
+                self.lookout.stop()
             self.heartbeat.stop()
             self.uploader.shutdown()
+            if self.courier is not None:
+                self.courier.shutdown()
         return 0
 
 
@@ -174,7 +184,8 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
                             cache.loaded)
     reaper = Reaper(jobs, celery, finalize, settings.reaper_interval, settings.finalize_resend)
     interval = min(settings.heartbeat_interval, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
-    heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish, backups)
+    heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish)
+    lookout = IdleWatch(client, backups, lambda: activity.current is None, quiet_s=interval) if backups else None
     results = CachedResults(ResultIndex(client), WeightsHasher(settings.models_dir, store), store, jobs, name,
                             device.device, device.dtype, opts.safety_checker, finalize)
     runner = Runner(name, device, cache,
@@ -187,6 +198,8 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     warm_imports()
     for model in opts.preload or []:
         cache.load(model)
-    register(celery, runner, on_webhook=lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt),
+    courier = Courier(celery, lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt))
+    register(celery, runner, on_webhook=courier.submit,
              on_finalize=lambda job_id: finalize_job(jobs, store, job_id, celery))
-    return Worker(name, device, queues, celery, leases, heartbeat, uploader, cache, runner, opts.loglevel)
+    return Worker(name, device, queues, celery, leases, heartbeat, uploader, cache, runner, lookout, opts.loglevel,
+                  courier)

@@ -15,7 +15,6 @@ from sdq.models import BUILTIN_MODELS, allowed_models
 from sdq.state import fleet
 from sdq.pipelines import PIPELINES
 from workers.device import Device, peak_rss_gb
-from workers.backups import Backups
 from workers.leases import Leases
 from workers.reaper import Reaper, safe_tick
 from workers.routing import Publish, release_due
@@ -92,18 +91,17 @@ def worker_models(requested: list[str] | None, allowlist: tuple[str, ...]) -> li
 class Heartbeat(threading.Thread):
     """Every `interval` seconds until stopped: publish the capability record (alive `ttl` seconds),
     refresh the leases on the broker messages this worker holds (`workers.leases`), publish the
-    passed-on chunks that are due (`workers.routing`), and give the reaper its turn (`workers.reaper`)."""
+    passed-on chunks that are due (`workers.routing`), and give the reaper its turn (`workers.reaper`).
+    Straggler backups are `workers.idlewatch`'s."""
 
     def __init__(self, client: redis.Redis, capability: Capability,
                  interval: float = defaults.HEARTBEAT_INTERVAL, leases: Leases | None = None,
                  reaper: Reaper | None = None,
-                 ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Publish | None = None,
-                 backups: Backups | None = None) -> None:
+                 ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Publish | None = None) -> None:
         super().__init__(name="sdq-heartbeat", daemon=True)
         self.client, self.capability, self.interval = client, capability, interval
         self.leases, self.reaper, self.ttl = leases, reaper, ttl
         self.publish_chunk = publish_chunk
-        self.backups = backups  # straggler backups while idle (None: off)
         self.stopped = threading.Event()
 
     def publish(self) -> None:
@@ -112,7 +110,7 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> None:
         """Publish once, refresh the held messages, publish the chunks whose delay is over, sweep
-        if it is this worker's turn, and back up a straggler if this worker is idle."""
+        if it is this worker's turn (the record's publication also wakes idle workers' `workers.idlewatch`)."""
         try:
             self.publish()
         finally:
@@ -121,11 +119,6 @@ class Heartbeat(threading.Thread):
         if self.publish_chunk is not None:
             release_due(self.client, self.publish_chunk)
         safe_tick(self.reaper)
-        if self.backups is not None:
-            try:
-                self.backups.tick()
-            except Exception:  # noqa: BLE001 - a backup is an optimisation: never stop the heartbeat
-                log.warning("straggler backup check failed", exc_info=True)
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):

@@ -263,6 +263,7 @@ class Runner:
             self.activity.current.update(running=indices, since=time.time(), expected_s=round(
                 len(batch) * speed.item_work(task, params) / self.activity.speed.rate(chunk.model, task, params), 3)
                 if self.activity.speed is not None else None)
+            self._announce()  # what it starts, now: idle workers decide backups from it at once
         t0 = time.perf_counter()
         try:
             images = self._images(task, batch, params)
@@ -283,7 +284,8 @@ class Runner:
                 self._end(mode, chunk, indices, Failed(error, oom))
             return []
         gen_s = time.perf_counter() - t0
-        if self.activity.speed is not None and made.images and not progress.cancelled:
+        # a run stopped early (cancelled, or another copy won) says nothing about this worker's speed
+        if self.activity.speed is not None and made.images and not (progress.cancelled or progress.unwanted):
             self.activity.speed.observe(chunk.model, task, params, len(made.images), gen_s)
         if progress.unwanted:
             log.info("job %s items %s: another run stored them first; this run stopped", job_id, indices)

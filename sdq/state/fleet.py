@@ -12,22 +12,36 @@ from typing import Any
 import redis
 
 from sdq import defaults
-from sdq.state.keys import FLEET_KEY, worker_key
+from sdq.state.keys import FLEET_EVENTS_CHANNEL, FLEET_KEY, worker_key, worker_queue_keys
 from sdq.state.redisconn import text
 
 
 def publish(client: redis.Redis, record: dict[str, Any], ttl: int = defaults.HEARTBEAT_TTL) -> None:
-    """Write (or refresh) a worker's capability record."""
+    """Write (or refresh) a worker's capability record, and say so on the fleet's event channel."""
     pipe = client.pipeline(transaction=False)
     pipe.set(worker_key(record["name"]), json.dumps(record), ex=ttl)
     pipe.sadd(FLEET_KEY, record["name"])
+    pipe.publish(FLEET_EVENTS_CHANNEL, record["name"])
+    pipe.execute()
+
+
+def forget(client: redis.Redis, names: list[str]) -> None:
+    """Workers that left: out of the fleet set, and their own queues (lists and binding) deleted, so
+    nothing of a departed worker stays in Redis. Whatever waited there was a straggler backup, a
+    second copy of an item whose first run goes on (or is re-queued by the reaper)."""
+    if not names:
+        return
+    pipe = client.pipeline(transaction=False)
+    pipe.srem(FLEET_KEY, *names)
+    for name in names:
+        pipe.delete(*worker_queue_keys(name))
     pipe.execute()
 
 
 def remove(client: redis.Redis, name: str) -> None:
     """Take a worker out of the fleet at once (clean shutdown)."""
     client.delete(worker_key(name))
-    client.srem(FLEET_KEY, name)
+    forget(client, [name])
 
 
 def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
@@ -36,9 +50,7 @@ def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
     if not names:
         return []
     records = client.mget([worker_key(n) for n in names])
-    dead = [n for n, r in zip(names, records) if r is None]
-    if dead:
-        client.srem(FLEET_KEY, *dead)
+    forget(client, [n for n, r in zip(names, records) if r is None])
     return [json.loads(r) for r in records if r is not None]
 
 
@@ -68,3 +80,10 @@ def held(current: dict[str, Any] | None, now: float) -> float:
     if running > 1 and current.get("expected_s"):
         running *= max(0.0, 1.0 - (now - current["since"]) / current["expected_s"])
     return running + len(claimed_after(current))
+
+
+def events(client: redis.Redis) -> redis.client.PubSub:
+    """A subscription to the fleet's event channel (a worker's name each time it publishes its record)."""
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(FLEET_EVENTS_CHANNEL)
+    return pubsub

@@ -10,19 +10,23 @@ Jobs (all expire `JOB_TTL` after creation):
   straggler backup (the first copy to claim it wins);
 - ``sdq:jobs:<owner>`` sorted set of job ids by creation time;
 - ``sdq:active`` sorted set of unfinished job ids by creation time (for queue positions);
+- ``sdq:queued-items`` hash: owner -> that owner's queued items (the per-tenant cap);
 - ``sdq:finalize`` sorted set of ended jobs not yet finalised;
 - ``sdq:running:<worker>`` / ``sdq:running-workers``: which worker runs which items (the reaper);
 - ``sdq:events:<id>`` pub/sub channel of job events.
 
-The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` (`sdq.state.fleet`),
+The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` / ``sdq:fleet:events`` (`sdq.state.fleet`),
 ``sdq:delayed`` (chunks passed on later, `workers.routing`), ``sdq:reaper:lock``,
 ``sdq:rcache:<key>`` (`sdq.state.resultindex`), ``sdq:upload:<key>`` (`producer.uploads`),
+``sdq:held:<kind>:<owner>`` and ``sdq:upload-bytes:<owner>:<day>`` (per-tenant limits, `sdq.state.limits`),
 ``sdq:debug:...`` (fault injection, `workers.faults`) and kombu's ``unacked_index``.
 
 The Lua scripts (`sdq.state.scripts`) get every key in KEYS, built here: `job_script_keys`.
 sdq runs on one Redis (not Cluster), so a script may touch keys of several jobs.
 """
 from __future__ import annotations
+
+from sdq.contract import worker_queue
 
 ACTIVE_KEY = "sdq:active"
 """Sorted set of unfinished job ids by creation time."""
@@ -39,6 +43,10 @@ RUNNING_PREFIX = "sdq:running:"
 FLEET_KEY = "sdq:workers"
 """Set of the names of workers that published a record (`worker_key`)."""
 
+FLEET_EVENTS_CHANNEL = "sdq:fleet:events"
+"""Pub/sub channel: the name of each worker that publishes its record (it started or finished
+something, or its heartbeat); idle workers look for stragglers when it speaks (`workers.idlewatch`)."""
+
 DELAYED_KEY = "sdq:delayed"
 """Sorted set of chunk messages (JSON) passed on for later, by the time they are due (`workers.routing`)."""
 
@@ -54,9 +62,14 @@ FAULT_RULES_KEY = "sdq:debug:faults"
 UNACKED_INDEX_KEY = "unacked_index"
 """kombu's sorted set of delivered, unacknowledged messages (delivery tag -> delivery time)."""
 
-SHARED_SCRIPT_KEYS = (ACTIVE_KEY, FINALIZE_KEY, RUNNING_PREFIX, RUNNING_WORKERS_KEY)
-"""KEYS[1..4] of every job script (`lua/common.lua`): active jobs, jobs to finalise, the prefix of
-the running sets (the worker is read from the item inside the script), workers with running items."""
+QUEUED_BY_OWNER_KEY = "sdq:queued-items"
+"""Hash of owner -> items of that owner's jobs in state `queued` (kept by the job scripts; the
+per-tenant cap reads one field at submit). An owner with none has no field."""
+
+SHARED_SCRIPT_KEYS = (ACTIVE_KEY, FINALIZE_KEY, RUNNING_PREFIX, RUNNING_WORKERS_KEY, QUEUED_BY_OWNER_KEY)
+"""KEYS[1..5] of every job script (`lua/common.lua`): active jobs, jobs to finalise, the prefix of
+the running sets (the worker is read from the item inside the script), workers with running items,
+queued items per owner."""
 
 
 def job_key(job_id: str) -> str:
@@ -104,6 +117,34 @@ def upload_key(key: str) -> str:
     return f"sdq:upload:{key}"
 
 
+def held_key(kind: str, owner: str) -> str:
+    """Sorted set of `owner`'s uses of `kind` in progress (streams, upload decodes), scored by expiry."""
+    return f"sdq:held:{kind}:{owner}"
+
+
+def upload_bytes_key(owner: str, day: str) -> str:
+    """Counter of the upload bytes `owner` sent on UTC `day` (YYYYMMDD)."""
+    return f"sdq:upload-bytes:{owner}:{day}"
+
+
+KOMBU_BINDING_PREFIXES = ("_kombu.binding.", "_kombu.binding_permanent.")
+"""kombu's prefixes of an exchange's binding table and of its permanent bindings (sdq names each
+exchange like its queue)."""
+
+KOMBU_BINDING_DEADLINES_KEY = "_kombu.binding_deadlines"
+"""kombu's sorted set of bindings that expire (its own bookkeeping)."""
+
+KOMBU_PRIORITY_SEP = "\x06\x16"
+"""kombu's separator between a queue's name and a priority step (its list per priority, 1-9 here)."""
+
+
+def worker_queue_keys(name: str) -> list[str]:
+    """Every broker key of the queue only worker `name` consumes: its lists (one per priority) and binding."""
+    queue = worker_queue(name)
+    return [queue, *(f"{queue}{KOMBU_PRIORITY_SEP}{p}" for p in range(1, 10)),
+            *(prefix + queue for prefix in KOMBU_BINDING_PREFIXES)]
+
+
 def fault_marker_key(worker: str, point: str) -> str:
     """Set when fault point `point` is hit on `worker` (tests wait on it)."""
     return f"sdq:debug:{worker}:{point}"
@@ -115,5 +156,5 @@ def job_keys(job_id: str) -> list[str]:
 
 
 def job_script_keys(job_id: str) -> list[str]:
-    """KEYS of a script on one job (`lua/common.lua`): the shared keys, then the job's five."""
+    """KEYS of a script on one job (`lua/common.lua`): the shared five, then the job's five."""
     return [*SHARED_SCRIPT_KEYS, *job_keys(job_id)]

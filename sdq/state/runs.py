@@ -112,6 +112,15 @@ class Runs(ScriptedStore):
         pipe.hget(keys.job_key(job_id), "cancel")
         return STOP_CANCELLED if pipe.execute()[-1] in (b"1", "1") else 0
 
+    def steps_counted(self, runs: list[tuple[str, list[int]]]) -> list[dict[int, int]]:
+        """For each (job, item indices): the steps each item's current (original) run has counted so far,
+        by index (0 if none yet); one round trip for all."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, indices in runs:
+            pipe.hmget(keys.progress_key(job_id), [str(i) for i in indices])
+        return [{i: int(raw or 0) for i, raw in zip(indices, raws)}
+                for (_, indices), raws in zip(runs, pipe.execute() if runs else [])]
+
     def start_backup(self, job_id: str, index: int, worker: str) -> bool:
         """Record a straggler backup of a running item on `worker` (at most one per item)."""
         return int(self.scripts["backup"](keys=[keys.job_key(job_id), keys.items_key(job_id)],

@@ -1,8 +1,8 @@
 -- include: common
--- KEYS: the shared four, then the job's five (`keys.job_script_keys`).
+-- KEYS: the shared five, then the job's five (`keys.job_script_keys`).
 -- ARGV: job_id, index, state, now, fields_json.
 -- Records an item's outcome; returns 1 if this ended the job, 0 if not, -1 if the item was done already.
-local k, now = job_keys(5, ARGV[1]), ARGV[4]
+local k, now = job_keys(6, ARGV[1]), ARGV[4]
 local job, items = k.job, k.items
 local raw = redis.call('HGET', items, ARGV[2])
 if not raw then return -1 end

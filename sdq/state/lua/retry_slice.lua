@@ -1,10 +1,10 @@
 -- include: common
--- KEYS: the shared four, then the job's five (`keys.job_script_keys`).
+-- KEYS: the shared five, then the job's five (`keys.job_script_keys`).
 -- ARGV: job_id, index...
 -- One bounded slice of a retry: failed and cancelled items go back to `queued` as a new attempt
 -- (`gen` + 1, the poison limit's `tries` counted afresh; `attempts` keeps counting every run).
 -- Returns them as JSON (nil for no such job).
-local k = job_keys(5, ARGV[1])
+local k = job_keys(6, ARGV[1])
 if redis.call('EXISTS', k.job) == 0 then return nil end
 local out = {}
 for i = 2, #ARGV do

@@ -1,11 +1,11 @@
 -- include: common
--- KEYS: the shared four, then the job's five (`keys.job_script_keys`).
+-- KEYS: the shared five, then the job's five (`keys.job_script_keys`).
 -- ARGV: job_id, worker, device, dtype, now, max_attempts, then (index, gen) pairs.
 -- Starts the items whose attempt identity (`gen`) matches the message's: a message left over from
 -- an earlier attempt (re-queued by retry, hand-off or the reaper) starts nothing. A `running` item
 -- is a redelivery after its worker was lost. An item already tried `max_attempts` times is failed
 -- with its last error instead (poison item). Returns the indices to run, then -1 if the job ended.
-local k, now = job_keys(5, ARGV[1]), ARGV[5]
+local k, now = job_keys(6, ARGV[1]), ARGV[5]
 local job, items = k.job, k.items
 if redis.call('EXISTS', job) == 0 then return {} end
 local cancel = redis.call('HGET', job, 'cancel') == '1'
