@@ -101,8 +101,12 @@ class Heartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def publish(self) -> None:
-        """Publish the capability record now."""
-        fleet.publish(self.client, self.capability.record(), self.ttl)
+        """Publish the capability record now. A worker whose work made no progress for its stall timeout
+        says `stalled`: the items it holds count as lost (a duplicate delivery takes them over)."""
+        record = self.capability.record()
+        if self.leases is not None and self.leases.stalled():
+            record["stalled"] = True
+        fleet.publish(self.client, record, self.ttl)
 
     def beat(self) -> None:
         """Publish once, refresh the held messages, publish the chunks whose delay is over, sweep

@@ -35,7 +35,7 @@ from workers.leases import Leases
 from workers.pipelines import OUT_OF_MEMORY, OutOfMemory, PipelineCache, is_fatal_device_error
 from workers.resultcache import CachedResults
 from workers.retry import retry_redis
-from workers.routing import Router
+from workers.routing import Router, delay
 from workers import simulate, watermark
 from workers.uploader import Uploader
 
@@ -124,6 +124,7 @@ class Runner:
         self.activity = activity  # current chunk and items made, published in the fleet
         self.lost: dict[tuple[str, tuple[int, ...]], int] = {}  # chunks given back here -> pass-ons left
         self._backing_up = False  # running a straggler backup: its failures are not the item's
+        self._gens: dict[int, int] = {}  # the attempt (`gen`) of each item of the chunk running here
 
     def run_chunk(self, chunk: Chunk) -> None:
         """Make every still-wanted item of `chunk`; returns once all are stored. Raises `WorkLost`
@@ -131,6 +132,7 @@ class Runner:
         job_id = chunk.job
         if chunk.backup:
             return self._run_backup(chunk)
+        self._gens = {it.index: it.gen for it in chunk.items}  # what this run may record (`_fail`, `_cancel`)
         # 0. Not for this worker (model, size, memory, out of memory before), or better run by a
         #    warm one: back to the queue.
         reason = self.router.refusal(chunk)
@@ -150,15 +152,24 @@ class Runner:
             time.sleep(scheduling.DEFER_PAUSE_S)  # not straight back to the chunk just left to faster workers
             return
         chunk = chunk.with_items(chunk.items[:take])
-        # 1. Claim the items of this attempt (skips ones done, cancelled or superseded).
+        # 1. Claim the items of this attempt (skips ones done, cancelled or superseded). Items a live
+        #    worker is running (a duplicate delivery) stay with it; a copy of their message comes back
+        #    later in case that worker loses them without a trace.
         wanted = [(it.index, it.gen) for it in chunk.items]
-        todo = retry_redis(lambda: self.jobs.start_items(
-            job_id, wanted, self.name, self.device.device, self.device.dtype,
-            on_job_finished=self.finalize, max_attempts=self.max_attempts))
+        started = retry_redis(lambda: self.jobs.start_run(
+            job_id, wanted, self.name, self.device.device, self.device.dtype, max_attempts=self.max_attempts))
+        if started.ended:
+            self.finalize(job_id)
+        if started.held:
+            held = set(started.held)
+            retry_redis(lambda: delay(self.jobs.redis, chunk.with_items([it for it in chunk.items if it.index in held]),
+                                      defaults.HELD_RECHECK))
+        todo = started.run
         if not todo:
             return
         self.activity.current = self._current(chunk, todo)
         self.leases.busy()
+        self._announce()  # the fleet record names the items now: a duplicate delivery leaves them here
         futures: list[Future] = []
         try:
             self._run_items(chunk, todo, futures)
@@ -190,7 +201,9 @@ class Runner:
         if not record or record.state != "running" or (record.backup or {}).get("worker") != self.name:
             return
         log.info("job %s item %d: straggler backup of the run on %s", job_id, index, record.worker)
+        self._gens = {index: record.gen}
         self.activity.current = self._current(chunk, [index])
+        self._announce()  # names the item: the claim this backup may take lasts while it runs
         self._backing_up = True
         futures: list[Future] = []
         try:
@@ -325,8 +338,6 @@ class Runner:
         if progress.cancelled:
             self._cancel(job_id, indices, progress.reported)
             return []
-        # A run long enough to have a straggler backup beside it claims its result before storing it.
-        claim = self._backing_up or gen_s >= scheduling.BACKUP_MIN_RUN_S / 2
         futures = []
         for item, image, nsfw in zip(batch, made.images, made.nsfw):
             fields = {
@@ -341,7 +352,7 @@ class Runner:
             register = self.results.registrar(job_id, item.index) if self.results is not None else None
             futures.append(self.uploader.submit(job_id, item.index, image, info, {**fields, "watermark": marked},
                                                 progress.reported, watermark.embed if marked else None, register,
-                                                claim=claim, worker=self.name))
+                                                worker=self.name, gen=item.gen))
             self.activity.items_done += 1
         return futures
 
@@ -413,7 +424,8 @@ class Runner:
             log.warning("job %s items %s: backup run failed (%s); the original run goes on", job_id, indices, error)
             return
         for index in indices:
-            if retry_redis(lambda: self.jobs.finish_item(job_id, index, "failed", {**(extra or {}), "error": error})):
+            if retry_redis(lambda: self.jobs.finish_item(job_id, index, "failed", {**(extra or {}), "error": error},
+                                                         worker=self.name, gen=self._gens.get(index, 0))):
                 self.finalize(job_id)
 
     def _cancel(self, job_id: str, indices: list[int], steps_reported: int = 0) -> None:
@@ -421,5 +433,6 @@ class Runner:
         if self._backing_up:
             return  # the original run settles them
         for index in indices:
-            if retry_redis(lambda: self.jobs.finish_item(job_id, index, "cancelled", {})):
+            if retry_redis(lambda: self.jobs.finish_item(job_id, index, "cancelled", {}, worker=self.name,
+                                                         gen=self._gens.get(index, 0))):
                 self.finalize(job_id)

@@ -36,6 +36,10 @@ RUNNING_WORKERS_KEY = "sdq:running-workers"
 RUNNING_PREFIX = "sdq:running:"
 """Prefix of the per-worker sets of running items (`running_key`)."""
 
+WORKER_PREFIX = "sdq:worker:"
+"""Prefix of the workers' published records (`worker_key`); the scripts that ask whether a run's
+holder is alive get it in KEYS and read ``<prefix><worker>``."""
+
 FLEET_KEY = "sdq:workers"
 """Set of the names of workers that published a record (`worker_key`)."""
 
@@ -96,7 +100,7 @@ def running_key(worker: str) -> str:
 
 def worker_key(name: str) -> str:
     """A worker's published record (JSON, expires unless refreshed)."""
-    return f"sdq:worker:{name}"
+    return WORKER_PREFIX + name
 
 
 def upload_key(key: str) -> str:
@@ -117,3 +121,9 @@ def job_keys(job_id: str) -> list[str]:
 def job_script_keys(job_id: str) -> list[str]:
     """KEYS of a script on one job (`lua/common.lua`): the shared keys, then the job's five."""
     return [*SHARED_SCRIPT_KEYS, *job_keys(job_id)]
+
+
+def run_script_keys(job_id: str) -> list[str]:
+    """KEYS of a script that asks whether an item's holder is alive (start, claim, finish): the keys of
+    `job_script_keys`, then `WORKER_PREFIX` (KEYS[10])."""
+    return [*job_script_keys(job_id), WORKER_PREFIX]

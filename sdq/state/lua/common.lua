@@ -73,3 +73,30 @@ local function settle(k, it, state, now, error)
   redis.call('HSET', k.items, tostring(it.index), cjson.encode(it))
   emit(k, 'item.finished', ITEM_FINISHED)
 end
+-- Whether `worker` still holds a run of item `index` of job `job_id` that it started at `since`: its
+-- fleet record (`workers` is the record prefix, KEYS[10] of the scripts that ask) exists (it expires
+-- HEARTBEAT_TTL after the last beat), does not say `stalled` (no progress for STALL_TIMEOUT), is of a
+-- process started no later than the run (not a restart under the same name), and names the item in
+-- its `current_item` (or was last written before the run started, so cannot say yet).
+local function holder_alive(workers, worker, since, job_id, index)
+  if type(worker) ~= 'string' or worker == '' then return false end
+  local raw = redis.call('GET', workers .. worker)
+  if not raw then return false end
+  local ok, rec = pcall(cjson.decode, raw)
+  if not ok or type(rec) ~= 'table' or rec.stalled == true then return false end
+  since = tonumber(since) or 0
+  if (tonumber(rec.started_at) or 0) > since then return false end
+  if (tonumber(rec.last_seen) or 0) < since then return true end
+  local cur = rec.current_item
+  if type(cur) ~= 'table' or cur.job ~= job_id or type(cur.items) ~= 'table' then return false end
+  for _, i in ipairs(cur.items) do
+    if tonumber(i) == tonumber(index) then return true end
+  end
+  return false
+end
+-- When `worker` started its run of `it`: as the item's holder or as its straggler backup (nil: neither).
+local function run_since(it, worker)
+  if it.worker == worker then return it.started_at end
+  if type(it.backup) == 'table' and it.backup.worker == worker then return it.backup.started_at end
+  return nil
+end
