@@ -11,11 +11,12 @@ from typing import Any, Callable
 import redis
 from celery import Celery
 
+from producer.inputs import ItemImages, item_images
 from producer.schemas import ITEM_PARAM_KEYS, ItemIn, SubmitRequest
 from producer.sweep import check_sweep, combinations, count as sweep_count
 from producer.tenants import check_queue_room
 from producer.uploads import upload_record
-from sdq import contract, defaults
+from sdq import contract, defaults, pipelines
 from sdq.celery_app import item_queue, send_chunk
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
@@ -27,7 +28,8 @@ from sdq.state import fleet
 from sdq.state.store import JobStore
 from sdq.webhooks import check_webhook_url
 
-DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper()) for key in ITEM_PARAM_KEYS}
+DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper(), None) for key in ITEM_PARAM_KEYS} | {
+    p.name: p.default for p in pipelines.all_params().values()}
 """Item parameter defaults (the named ones in `sdq.defaults`), applied at submit and recorded in the job."""
 
 
@@ -76,7 +78,7 @@ class _Source:
     prompt: str
     item: ItemIn | None
     params: dict[str, Any]
-    init_image: str | None
+    images: ItemImages
     negative_prompt: str
     cache: bool
 
@@ -92,8 +94,9 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     sweep = check_sweep(req.sweep)
     given = req.params.model_dump(exclude_none=True)
     base = {**DEFAULTS, **given}
-    if req.pipeline == "upscale":
-        base.update({side: defaults.UPSCALE_SIDE for side in ("width", "height") if side not in given})
+    spec = pipelines.spec(req.pipeline)
+    if spec.default_side is not None:
+        base.update({side: spec.default_side for side in ("width", "height") if side not in given})
     seed = req.params.seed if req.params.seed is not None else secrets.randbelow(2**31)
 
     # 2. Items: prompts or explicit items, times sweep combinations, times images_per_prompt.
@@ -131,22 +134,14 @@ def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given:
     for src, (prompt, it) in enumerate(sources):
         where = f"items[{src}]." if it is not None else "params."
         params = _item_params(base, it)
-        init_image = it.init_image if it is not None else None
-        image_field = f"{where}init_image" if init_image else "params.init_image"
-        init_image = init_image or given.get("init_image")
-        if req.pipeline in contract.PIPELINES_NEEDING_IMAGE and not init_image:
-            raise InvalidInput(f"{where}init_image", f"pipeline {req.pipeline!r} needs an init_image",
-                               code="missing_init_image")
-        if init_image and req.pipeline not in contract.PIPELINES_NEEDING_IMAGE:
-            raise InvalidInput(image_field, f"pipeline {req.pipeline!r} takes no init_image (img2img, upscale "
-                               f"and depth2img do)", code="unexpected_init_image")
-        if init_image and uploads is not None:
+        images = item_images(pipelines.spec(req.pipeline), given, it, where, uploads)
+        if images.size is not None:
             explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
-            params = _init_image_size(params, uploads(init_image, image_field), explicit)
+            params = _init_image_size(params, images.size, explicit)
         _check_limits(req.pipeline, params, where, settings)
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
         cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
-        source = _Source(src, prompt, it, params, init_image, negative, cache)
+        source = _Source(src, prompt, it, params, images, negative, cache)
         items += _cells(source, combos, req, seed, len(items), settings)
     return items
 
@@ -165,8 +160,8 @@ def _cells(source: _Source, combos: list[dict[str, Any]], req: SubmitRequest, se
             index = start + len(out)
             out.append(Item(
                 index=index, prompt=source.prompt, negative_prompt=combo.get("negative_prompt", source.negative_prompt),
-                seed=_item_seed(seed, combo, source, n_per, k, index) % (2**32), init_image=source.init_image,
-                params=cell, steps=cell["steps"], sweep=combo or None, cache=None if source.cache else False))
+                seed=_item_seed(seed, combo, source, n_per, k, index) % (2**32), init_image=source.images.init_image,
+                images=source.images.others, params=cell, steps=cell["steps"], sweep=combo or None, cache=None if source.cache else False))
     return out
 
 

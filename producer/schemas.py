@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
                       model_validator)
 
 from producer.bodies import field_path
-from sdq import contract, defaults
+from sdq import contract, defaults, pipelines
 from sdq.exceptions import InvalidInput
 from sdq.webhooks import URL_MAX_CHARS
 
@@ -48,16 +48,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
 
 
-class Overrides(_Strict):
-    """Parameters that a job sets for all items and an item may override."""
+class _Common(_Strict):
+    """Parameters every pipeline takes; a job sets them for all items and an item may override them."""
 
     steps: int | None = Field(None, ge=1, le=defaults.MAX_STEPS)
     guidance_scale: float | None = Field(None, ge=0, le=50)
     width: int | None = None
     height: int | None = None
     scheduler: str | None = None
-    strength: float | None = Field(None, ge=0, le=1)
-    noise_level: int | None = Field(None, ge=0, le=350)  # the x4 upscaler's max_noise_level
 
     @field_validator("width", "height")
     @classmethod
@@ -70,30 +68,40 @@ class Overrides(_Strict):
         return _check_scheduler(v)
 
 
+Overrides = create_model(  # the common parameters plus each pipeline's own, with the spec's ranges
+    "Overrides", __base__=_Common, __doc__="Parameters that a job sets for all items and an item may override.",
+    **{p.name: (p.kind | None, Field(None, ge=p.low, le=p.high, description=p.doc))
+       for p in pipelines.all_params().values()})
+
 ITEM_PARAM_KEYS = tuple(Overrides.model_fields)
 """Parameters of an item: set for the whole job, overridden per item or by a sweep."""
 
+Images = create_model(  # one upload key per image input some pipeline takes (init_image, ...)
+    "Images", __base__=_Strict, __doc__="Upload keys of the images a pipeline starts from.",
+    **{field: (str | None, Field(None, max_length=KEY_MAX_CHARS)) for field in pipelines.all_images()})
 
-class Params(Overrides):
+IMAGE_KEYS = tuple(Images.model_fields)
+"""Request fields naming uploaded images (in `params`, or per item)."""
+
+
+class Params(Images, Overrides):
     """Job-wide generation parameters."""
 
     negative_prompt: str = Field("", max_length=PROMPT_MAX_CHARS)
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
     images_per_prompt: int = Field(1, ge=1, le=64)
-    init_image: str | None = Field(None, max_length=KEY_MAX_CHARS)
     watermark: bool | None = None
     grid: bool = False
     cache: bool = True
     """False: always run fresh, neither answered from nor recorded in the result cache."""
 
 
-class ItemIn(Overrides):
+class ItemIn(Images, Overrides):
     """One entry of `items`."""
 
     prompt: str = Field(..., min_length=1, max_length=PROMPT_MAX_CHARS)
     negative_prompt: str | None = Field(None, max_length=PROMPT_MAX_CHARS)
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
-    init_image: str | None = Field(None, max_length=KEY_MAX_CHARS)
     cache: bool | None = None
     """Overrides `params.cache` for this item."""
 
@@ -131,9 +139,7 @@ class SubmitRequest(_Strict):
     @field_validator("pipeline")
     @classmethod
     def _pipeline(cls, v: str) -> str:
-        if v not in contract.PIPELINES:
-            raise ValueError(f"unknown pipeline {v!r}; known: {', '.join(contract.PIPELINES)}")
-        return v
+        return pipelines.spec(v).name
 
     @field_validator("prompts")
     @classmethod

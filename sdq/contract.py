@@ -15,6 +15,8 @@ named by its requirements, so any worker listening there can make it.
 """
 from __future__ import annotations
 
+from sdq import pipelines
+
 TASK_GENERATE = "sdq.generate"
 """Celery task: generate one chunk of items of one job."""
 
@@ -28,19 +30,13 @@ ITEM_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 """States of an item; a job goes through the same ones."""
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
-PIPELINES = ("txt2img", "img2img", "upscale", "depth2img")
-"""Pipelines the API knows."""
+PIPELINES = pipelines.PIPELINES
+"""Pipelines the API knows (each one's spec is `sdq.pipelines.SPECS[name]`)."""
 
-PIPELINES_NEEDING_IMAGE = ("img2img", "upscale", "depth2img")
+SAMPLER_NAMES = pipelines.SAMPLER_NAMES
+"""Scheduler name -> A1111 sampler name (the table is `sdq.pipelines.SCHEDULERS`)."""
 
-SAMPLER_NAMES = {
-    "pndm": "PNDM", "plms": "PLMS", "ddim": "DDIM", "euler": "Euler", "euler_a": "Euler a",
-    "dpmpp_2m": "DPM++ 2M", "lms": "LMS", "ddpm": "DDPM", "heun": "Heun", "unipc": "UniPC",
-}
-"""Every scheduler name accepted in `params.scheduler` -> the sampler name A1111 infotext writes for it
-(the worker maps each name to a diffusers class in `workers.pipelines.SCHEDULER_CLASSES`)."""
-
-SCHEDULERS = tuple(SAMPLER_NAMES)
+SCHEDULERS = tuple(pipelines.SCHEDULERS)
 """Scheduler names accepted in `params.scheduler`."""
 
 DEVICES = ("any", "gpu", "cpu")
@@ -103,9 +99,7 @@ def celery_priority(priority: int) -> int:
 
 def output_size(pipeline: str, width: int, height: int) -> tuple[int, int]:
     """Size of the image a pipeline makes from `width` x `height` (input size for upscale)."""
-    if pipeline == "upscale":
-        return width * 4, height * 4
-    return width, height
+    return pipelines.spec(pipeline).output_size(width, height)
 
 
 def result_key(job_id: str, index: int) -> str:

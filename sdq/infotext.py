@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-from sdq.contract import SAMPLER_NAMES
+from sdq.pipelines import SAMPLER_NAMES, all_images, all_params
 
 SCHEDULER_OF_SAMPLER = {v: k for k, v in SAMPLER_NAMES.items()}
 """A1111 sampler name -> our scheduler name."""
@@ -70,14 +70,14 @@ def params_from_infotext(info: dict[str, object]) -> dict[str, object]:
         params["width"], params["height"] = int(w), int(h)
     if info.get("Sampler") in SCHEDULER_OF_SAMPLER:
         params["scheduler"] = SCHEDULER_OF_SAMPLER[str(info["Sampler"])]
-    if "Denoising strength" in info:
-        params["strength"] = float(info["Denoising strength"])
-    if "Noise level" in info:
-        params["noise_level"] = int(info["Noise level"])
+    for param in all_params().values():  # each pipeline's own parameters, under their infotext labels
+        if param.infotext and param.infotext in info:
+            params[param.name] = param.parse(str(info[param.infotext]))
     if info.get("negative_prompt"):
         params["negative_prompt"] = str(info["negative_prompt"])
-    if info.get("Init image"):
-        params["init_image"] = str(info["Init image"])
+    for image in all_images().values():  # the uploads the image was made from
+        if image.infotext and info.get(image.infotext):
+            params[image.field] = str(info[image.infotext])
     params["watermark"] = bool(info.get("Watermark"))
     return params
 

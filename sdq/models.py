@@ -1,34 +1,23 @@
 """Which models a caller may name: built-ins plus the operator's `SDQ_MODELS` allowlist.
 
 Torch-free: the producer validates model ids with it; the worker loads them in `workers.pipelines`
-(built-ins made by `workers.builtin`, pushed ones fetched by `storage.models`).
+(each kind of id is a source in `sdq.sources`).
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
+from sdq import pipelines
 from sdq.exceptions import InvalidInput
+from sdq.sources import source_for
 
-BUILTIN_MODELS: dict[str, tuple[str, ...]] = {
-    "builtin:tiny-sd": ("txt2img", "img2img"),
-    "builtin:tiny-upscaler": ("upscale",),
-    "builtin:tiny-depth": ("depth2img",),
+BUILTIN_FAMILIES: dict[str, str] = {
+    "builtin:tiny-sd": pipelines.SD,
+    "builtin:tiny-upscaler": pipelines.SD_UPSCALE,
+    "builtin:tiny-depth": pipelines.SD_DEPTH,
 }
-"""Built-in model id -> pipelines it serves."""
+"""Built-in model id -> its family (`sdq.pipelines`)."""
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-
-STORE_PREFIX = "store:"
-"""Prefix of models pushed to the bucket (`sdq models push PATH --as NAME` -> `store:NAME`)."""
-
-BUILTIN_FORMAT = "2"
-"""Version of the built-in generators; a new one makes a new cache folder."""
-
-
-def builtin_path(models_dir: Path, name: str) -> Path:
-    """Folder of built-in model `name` (without `builtin:`) inside the model cache."""
-    return Path(models_dir) / "builtin" / f"{name}-v{BUILTIN_FORMAT}"
+BUILTIN_MODELS: dict[str, tuple[str, ...]] = {m: pipelines.pipelines_for(f) for m, f in BUILTIN_FAMILIES.items()}
+"""Built-in model id -> pipelines it serves: every pipeline with a class for its family."""
 
 
 def allowed_models(allowlist: tuple[str, ...]) -> list[str]:
@@ -38,16 +27,8 @@ def allowed_models(allowlist: tuple[str, ...]) -> list[str]:
 
 def model_kind(model_id: str) -> str:
     """`builtin`, `store` (pushed to the bucket), `file` (single checkpoint), `folder` (local diffusers
-    folder) or `hub`."""
-    if model_id.startswith("builtin:"):
-        return "builtin"
-    if model_id.startswith(STORE_PREFIX):
-        return "store"
-    if model_id.lower().endswith(SINGLE_FILE_SUFFIXES):
-        return "file"
-    if os.path.isabs(model_id) or model_id.startswith(("./", "../", "~")) or Path(model_id).is_dir():
-        return "folder"
-    return "hub"
+    folder) or `hub`: the kind of its source (`sdq.sources`)."""
+    return source_for(model_id).kind
 
 
 def check_model(model_id: str, pipeline: str, allowlist: tuple[str, ...]) -> None:

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from sdq.exceptions import PromptFileError
+from sdq.pipelines import all_images, all_params
 
 
 def flag(value: Any) -> bool:
@@ -22,9 +23,9 @@ def flag(value: Any) -> bool:
     raise ValueError(value)
 
 
-ITEM_FIELDS = {"prompt": str, "negative_prompt": str, "seed": int, "init_image": str, "steps": int,
-               "width": int, "height": int, "guidance_scale": float, "scheduler": str, "strength": float,
-               "noise_level": int, "cache": flag}
+ITEM_FIELDS = {"prompt": str, "negative_prompt": str, "seed": int, "steps": int, "width": int, "height": int,
+               "guidance_scale": float, "scheduler": str, "cache": flag,
+               **{name: str for name in all_images()}, **{p.name: p.kind for p in all_params().values()}}
 """Per-item columns/keys a prompt file may carry, and their types."""
 
 

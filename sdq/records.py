@@ -130,6 +130,7 @@ class Item(Record):
     negative_prompt: str | None = _shown(MESSAGE, STATUS, MANIFEST)
     seed: int = _shown(MESSAGE, STATUS, MANIFEST, EVENT, default=0)
     init_image: str | None = _shown(MESSAGE, STATUS, MANIFEST)  # upload key of img2img/upscale/depth2img
+    images: dict | None = _shown(MESSAGE, STATUS, MANIFEST)  # upload keys of the pipeline's other image inputs
     gen: int = _shown(MESSAGE, default=0)  # the attempt a message was published for: a stale one starts nothing
     cache: bool | None = _shown(MESSAGE)  # False: the item opted out of the result cache
     params: dict = _shown(STATUS, MANIFEST, default=None)
@@ -165,6 +166,10 @@ class Item(Record):
 
     def __post_init__(self) -> None:
         self.params = self.params or {}
+
+    def image_key(self, name: str) -> str | None:
+        """The upload key of the item's image input `name` (`init_image`, or one of `images`)."""
+        return self.init_image if name == "init_image" else (self.images or {}).get(name)
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,32 @@ def test_demo_runs_the_example_prompts_on_a_private_stack_and_stops_it(tmp_path)
     assert f"open {job_dir / 'index.html'}" in out.stderr
     leftover = subprocess.run(["pgrep", "-f", "sdq-demo-"], capture_output=True, text=True).stdout.split()
     assert not leftover, f"processes of the demo's stack still running: {leftover}"
+
+
+def test_wait_into_a_log_prints_one_plain_line_per_interval(stack):
+    """Written to a pipe (a file, a CI log), `submit --wait` prints plain progress lines, at most one
+    per SDQ_PROGRESS_INTERVAL, never the terminal bar's carriage-return redraws."""
+    import time
+
+    interval = 1.0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sdq.cli", "--server", stack.env["SDQ_SERVER"], "submit", "-", "--wait",
+         "--width", "256", "--height", "256", "--steps", "30"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        env={**os.environ, "SDQ_PROGRESS_INTERVAL": str(interval)})
+    proc.stdin.write(b"a slow lighthouse\na slow harbour\na slow meadow\na slow tower\n")
+    proc.stdin.close()
+    arrivals: list[tuple[float, bytes]] = []
+    for line in iter(proc.stderr.readline, b""):
+        arrivals.append((time.monotonic(), line))
+    assert proc.wait(300) == 0, b"".join(line for _, line in arrivals).decode()
+    job_id = proc.stdout.read().decode().split()[0]
+    text = b"".join(line for _, line in arrivals).decode()
+    assert "\r" not in text and "|" not in text, text  # no bar redraws
+    progress = [(t, line.decode()) for t, line in arrivals if line.startswith(f"job {job_id[:8]} ".encode())
+                and b"items " in line]
+    assert len(progress) >= 2, text  # the job outlasted an interval, so pacing was exercised
+    assert all(re.fullmatch(rf"job {job_id[:8]} (queued|running|succeeded) \d+%: items \d+/4 done, .*\n", line)
+               for _, line in progress), text
+    gaps = [b[0] - a[0] for a, b in zip(progress, progress[1:])]
+    assert min(gaps) >= interval * 0.8, gaps  # one line per interval (a little slack for pipe delivery)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from sdq.exceptions import ModelError
-from sdq.models import builtin_path
+from sdq.sources import builtin_path
 from workers import builtin, checkpoints, simulate
 from workers.device import Device, bf16_native
 from workers.generation import generate
@@ -65,7 +65,7 @@ def memory_check(memory: simulate.SimulatedMemory, size: int, seen: list | None 
 def test_img2img_keeps_the_shared_unet_in_the_workers_dtype(models_dir):
     cache = PipelineCache(models_dir, FP16, 2)
     first = make(cache, "builtin:tiny-sd", "txt2img", [3])
-    made = make(cache, "builtin:tiny-sd", "img2img", [3], [sketch()])
+    made = make(cache, "builtin:tiny-sd", "img2img", [3], {"init_image": [sketch()]})
     again = make(cache, "builtin:tiny-sd", "txt2img", [3])
     entry = cache.get("builtin:tiny-sd", "txt2img")[1]
     assert {p.unet.dtype for p in entry.pipelines()} == {torch.float16}
@@ -240,8 +240,8 @@ def test_a_depth_model_naming_a_removed_feature_extractor_class_loads(models_dir
     assert checkpoints.replacement_class("transformers", "CLIPFeatureExtractor") == "CLIPImageProcessor"
     cache = PipelineCache(models_dir, FP32, 2)
     init = sketch()
-    got = make(cache, str(old), "depth2img", [4], [init])
-    want = make(cache, "builtin:tiny-depth", "depth2img", [4], [init])
+    got = make(cache, str(old), "depth2img", [4], {"init_image": [init]})
+    want = make(cache, "builtin:tiny-depth", "depth2img", [4], {"init_image": [init]})
     assert np.abs(pixels(got.images[0]) - pixels(want.images[0])).max() <= 1
 
 
@@ -269,7 +269,7 @@ def test_fp16_weights_are_loaded_when_the_model_has_them(models_dir, tmp_path):
 # -- item 11: upscale micro-batches -------------------------------------------------------------------------------
 
 def test_upscale_calls_make_one_image_unless_the_operator_raises_it(models_dir):
-    init = [sketch((32, 32), 1), sketch((32, 32), 2)]
+    init = {"init_image": [sketch((32, 32), 1), sketch((32, 32), 2)]}
     capped = make(PipelineCache(models_dir, FP32, 1), "builtin:tiny-upscaler", "upscale", [1, 2], init,
                   width=32, height=32)
     raised = make(PipelineCache(models_dir, FP32, 1, upscale_batch=2), "builtin:tiny-upscaler", "upscale", [1, 2],

@@ -53,6 +53,28 @@ def test_seaweedfs_enforces_credentials_keeps_data_and_binds_loopback_only(tmp_p
         again.stop()
 
 
+@needs_weed
+def test_seaweedfs_log_stays_quiet_and_off_the_screen(tmp_path, capfd):
+    """`sdq up` (a stack that is not quiet) keeps weed's output in s3.log, and that log is not
+    flooded: weed's maintenance worker reaches its admin server instead of retrying forever."""
+    from sdq.cli.services import wait_for
+
+    stack = Stack(tmp_path, quiet=False)
+    stack.s3(free_port())
+    try:
+        # weed prints its banner once every part is up, its maintenance worker included; without a
+        # reachable admin server that worker has logged INITIAL CONNECTION FAILED by then
+        banner_done = lambda: "Press Ctrl+C to stop" in (tmp_path / "s3.log").read_text(errors="replace")  # noqa: E731
+        wait_for(banner_done, "weed mini's banner", 60)
+        log = (tmp_path / "s3.log").read_text(errors="replace")
+        assert "SeaweedFS Mini" in log  # its banner went to the log
+        assert "INITIAL CONNECTION FAILED" not in log and "Reconnection attempt" not in log, log
+    finally:
+        stack.stop()
+    screen = capfd.readouterr()
+    assert "SeaweedFS" not in screen.out + screen.err
+
+
 @pytest.mark.slow
 def test_core_flow_on_moto_as_a_second_s3_implementation(tmp_path, models_dir):
     stack = Stack(tmp_path, env={"SDQ_S3_BUCKET": "sdq-moto"})

@@ -14,7 +14,8 @@ from PIL import Image
 
 from sdq.cli.client import Client
 from sdq.exceptions import ModelError
-from sdq.models import builtin_path, model_kind
+from sdq.models import model_kind
+from sdq.sources import builtin_path
 from storage.models import pull, push
 from tests.conftest import FAST, TEST_BUCKET, wait_job
 

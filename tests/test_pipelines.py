@@ -54,7 +54,7 @@ def _pipe(models_dir: Path, model: str, task: str):
     import diffusers
     import torch
 
-    from sdq.models import builtin_path
+    from sdq.sources import builtin_path
 
     base = diffusers.DiffusionPipeline.from_pretrained(builtin_path(models_dir, model.removeprefix("builtin:")),
                                                        dtype=torch.float32)

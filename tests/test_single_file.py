@@ -12,7 +12,7 @@ import requests
 from PIL import Image
 
 from sdq.cli.client import Client
-from sdq.models import builtin_path
+from sdq.sources import builtin_path
 from tests.conftest import FAST, wait_job
 from tests.test_skeleton import direct_image
 

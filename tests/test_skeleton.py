@@ -27,7 +27,7 @@ def direct_image(models_dir: Path, prompt: str, seed: int, steps: int, size: int
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from sdq.models import builtin_path
+    from sdq.sources import builtin_path
 
     torch.set_num_threads(1)
     pipe = StableDiffusionPipeline.from_pretrained(builtin_path(models_dir, "tiny-sd"), dtype=torch.float32)

@@ -11,7 +11,9 @@ import pytest
 from tests.conftest import wait_job
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "web-job.png"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+SCREENSHOT = DOCS / "web-job.png"
+FLEET_SCREENSHOT = DOCS / "web-fleet.png"
 WAIT_MS = 120_000
 """Generous deadline for anything that waits on the worker."""
 
@@ -144,16 +146,83 @@ def test_cancel_a_running_job_from_its_page(page, client):
     expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
 
 
-def test_jobs_and_fleet_pages(page, client):
+def test_jobs_list_tells_jobs_apart(page, client):
+    first = "a <b>bold</b> lighthouse at dusk, oil on canvas, storm clouds rolling in over the harbour"
+    job_id = client.submit({"prompts": [first, "a quiet second prompt"],
+                            "params": {"width": 64, "height": 64, "steps": 2}})["id"]
+    wait_job(client, job_id)
     page.goto("/#/jobs")
-    expect(page.locator("#jobs-body tr").first).to_be_visible()
+    row = page.locator("#jobs-body tr", has_text=job_id[:8])
+    expect(row).to_contain_text("builtin:tiny-sd")
+    expect(row).to_contain_text("txt2img · 64×64")
+    cell = row.locator(".prompt-cell")
+    expect(cell).to_have_text(re.compile(r"^a <b>bold</b> lighthouse at dusk, .{20,}…$"))  # the first prompt, cut
+    assert len(cell.inner_text()) <= 60
+    expect(cell).to_have_attribute("title", first)  # whole, for a hover
+    assert page.locator("#jobs-body b").count() == 0  # shown as text, never as markup
     expect(page.locator("#jobs-body progress").first).to_be_visible()
-    page.get_by_role("link", name="Fleet").click()
-    row = page.locator("#workers-body tr", has_text="w-main")
-    expect(row).to_be_visible(timeout=30_000)
-    expect(row).to_contain_text("cpu")
-    expect(row).to_contain_text(re.compile(r"\d+ s ago"))
-    expect(page.locator("#queues-body")).to_contain_text("sdq.cpu.any.p256")
+
+
+def test_fleet_page_speed_and_queues(page, client):
+    job_id = client.submit({"prompts": [f"a busy fleet, view {i}" for i in range(24)],
+                            "params": {"width": 256, "height": 256, "steps": 40}})["id"]
+    try:
+        page.goto("/#/fleet")
+        row = page.locator("#workers-body tr", has_text="w-main")
+        expect(row).to_be_visible(timeout=30_000)
+        expect(row).to_contain_text("cpu")
+        expect(row).to_contain_text(re.compile(r"\d+ s ago"))
+        expect(row.get_by_role("link", name=re.compile(job_id[:8]))).to_be_visible(timeout=WAIT_MS)  # current item
+        # measured once an item is made: a number with a unit per kind of item, never NaN
+        speed = row.locator(".speeds li", has_text="tiny-sd txt2img 256×256")
+        expect(speed).to_be_visible(timeout=WAIT_MS)
+        expect(speed.locator(".speed")).to_have_text(re.compile(r"^\d[\d,.]* steps/s · \d[\d,.]* (s/image|images/s)$"))
+        assert "NaN" not in row.inner_text()
+        # queues: the ones with waiting messages shown, the empty rest folded
+        waiting = page.locator("#queues-body tr")
+        for cells in (waiting.nth(i).locator("td").all_inner_texts() for i in range(waiting.count())):
+            assert cells == ["Nothing is waiting."] or int(cells[1]) > 0, cells
+        expect(page.locator("#queues-idle")).to_be_visible()
+        expect(page.locator("#queues-idle-body tr").first).to_be_hidden()  # folded until opened
+        expect(page.locator("#queues-idle-count")).to_have_text(re.compile(r"^\d+ queues? with nothing waiting$"))
+        page.set_viewport_size({"width": 1100, "height": 600})
+        expect(row.get_by_role("link", name=re.compile(job_id[:8]))).to_be_visible(timeout=WAIT_MS)
+        page.screenshot(path=str(FLEET_SCREENSHOT))
+        page.locator("#queues-idle-count").click()
+        expect(page.locator("#queues-idle-body tr").first).to_be_visible()
+        expect(page.locator("#page-fleet")).to_contain_text("sdq.cpu.any.p256")
+        expect(page.locator("#queues-idle-body td:nth-child(3)").first).to_have_text("1")  # w-main listens
+    finally:
+        client.cancel(job_id)
+    wait_job(client, job_id)
+
+
+def test_speed_and_queue_rendering_rules(page):
+    """The Fleet page's rules on cases the shared stack does not reliably reach: a worker that has
+    not made anything yet, a fast kind of item, several queues with waiting messages."""
+    page.goto("/#/fleet")
+    assert page.evaluate("speedCell({}).textContent") == "not measured yet"
+    assert page.evaluate("speedCell(null).textContent") == "not measured yet"
+    # 2.62 megapixel-steps/s at 512x512 is 10 steps/s, 2 s per 20-step image; 40x that is 20 images/s
+    line = page.evaluate("speedLines({'m|txt2img|p512': {rate: 2.62144, n: 3, width: 512, height: 512}})[0]")
+    assert (line["kind"], line["text"]) == ("m txt2img 512×512", "10 steps/s · 2 s/image")
+    assert page.evaluate("speedLines({'m|txt2img|p512': {rate: 104.8576, n: 3, width: 512, height: 512}})[0].text") == \
+        "400 steps/s · 20 images/s"
+    # measured at 64x64 in the 256 class: read at 64x64, not scaled to 256x256
+    assert page.evaluate("speedLines({'m|txt2img|p256': {rate: 0.08192, n: 3, width: 64, height: 64}})[0].text") == \
+        "20 steps/s · 1 s/image"
+    # a record from a worker that does not say the size: the class's largest size, marked as a bound
+    assert page.evaluate("speedLines({'m|img2img|p256': {rate: 0.65536, n: 1}})[0].kind") == "m img2img ≤256×256"
+    order = page.evaluate("""() => {
+        FleetPage.queues([{name: "sdq.a", messages: 0}, {name: "sdq.b", messages: 7}, {name: "sdq.c", messages: 2},
+                          {name: "sdq.d", messages: 2}],
+                         [{name: "w", queues: ["sdq.a", "sdq.b", "sdq.c", "sdq.d"]}, {name: "v", queues: ["sdq.b"]}]);
+        return [[...document.querySelectorAll("#queues-body tr td:first-child")].map((td) => td.textContent),
+                [...document.querySelectorAll("#queues-idle-body tr td:first-child")].map((td) => td.textContent),
+                document.getElementById("queues-idle-count").textContent,
+                document.querySelector("#queues-body tr td:nth-child(3)").textContent];
+    }""")
+    assert order == [["sdq.b", "sdq.c", "sdq.d"], ["sdq.a"], "1 queue with nothing waiting", "2"]
 
 
 def test_readable_at_375_px(browser, stack):

@@ -2,6 +2,6 @@
 
 torch, diffusers and transformers are imported only by the device and pipeline code:
 `workers.device`, `workers.pipelines`, `workers.generation`, `workers.builtin`, `workers.checkpoints`,
-`workers.simulate` and, when a worker starts, `workers.main`. The other modules import none of them
-themselves (the runner and capability use them through those modules).
+`workers.sources` (a hub download) and `workers.simulate`. The other modules import none of them
+themselves (the app, the runner and capability use them through those modules).
 """

@@ -13,9 +13,7 @@ from typing import Callable
 
 import torch
 
-from sdq.models import builtin_path
-
-BUILTIN_PREFIX = "builtin:"
+from sdq.sources import builtin_path
 
 SD_SCHEDULER = dict(
     num_train_timesteps=1000,

@@ -13,8 +13,11 @@ import redis
 from sdq import __version__, defaults
 from sdq.models import BUILTIN_MODELS, allowed_models
 from sdq.state import fleet
+from sdq.pipelines import PIPELINES
 from workers.device import Device
-from workers.reaper import safe_tick
+from workers.backups import Backups
+from workers.leases import Leases
+from workers.reaper import Reaper, safe_tick
 from workers.routing import Publish, release_due
 from workers.speedometer import Speedometer
 
@@ -49,7 +52,7 @@ class Capability:
         """Pipelines some allowed model of this worker can run."""
         out: list[str] = []
         for model in self.models:
-            for p in BUILTIN_MODELS.get(model, ("txt2img", "img2img", "upscale", "depth2img")):
+            for p in BUILTIN_MODELS.get(model, PIPELINES):
                 if p not in out:
                     out.append(p)
         return out
@@ -90,14 +93,15 @@ class Heartbeat(threading.Thread):
     passed-on chunks that are due (`workers.routing`), and give the reaper its turn (`workers.reaper`)."""
 
     def __init__(self, client: redis.Redis, capability: Capability,
-                 interval: float = defaults.HEARTBEAT_INTERVAL, leases=None, reaper=None,
+                 interval: float = defaults.HEARTBEAT_INTERVAL, leases: Leases | None = None,
+                 reaper: Reaper | None = None,
                  ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Publish | None = None,
-                 backups=None) -> None:
+                 backups: Backups | None = None) -> None:
         super().__init__(name="sdq-heartbeat", daemon=True)
         self.client, self.capability, self.interval = client, capability, interval
         self.leases, self.reaper, self.ttl = leases, reaper, ttl
         self.publish_chunk = publish_chunk
-        self.backups = backups  # `workers.backups.Backups`: straggler backups while idle (None: off)
+        self.backups = backups  # straggler backups while idle (None: off)
         self.stopped = threading.Event()
 
     def publish(self) -> None:

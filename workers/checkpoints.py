@@ -10,10 +10,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from sdq.sources import FP16_VARIANT
 
-FP16_VARIANT = "fp16"
-"""The weight variant name published checkpoints use for half-precision files."""
+log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 """Weight file suffixes of diffusers and transformers components."""

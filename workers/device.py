@@ -86,3 +86,9 @@ def select_device(device: str = "auto", dtype: str = "auto", force: bool = False
                                   f"{capability[0]}.{capability[1]}) has no native bfloat16 (needs "
                                   f"{BF16_MIN_CAPABILITY[0]}.{BF16_MIN_CAPABILITY[1]} or newer); use --dtype fp16")
     return Device(device=device, dtype=dtype, name=name)
+
+
+def set_threads(threads: int | None) -> None:
+    """Use `threads` CPU threads for torch's intra-op work (None: torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)

@@ -7,8 +7,10 @@ from typing import Any, Callable
 
 import torch
 
+from sdq import pipelines
 from sdq.exceptions import Cancelled, OutOfMemory
 from workers.pipelines import Loaded, PipelineCache, free_memory, is_out_of_memory
+from workers.routing import next_try
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def _step_hooks(pipe, task: str, callback: StepCallback | None) -> dict[str, Any
             raise Cancelled
         return out
 
-    if task == "upscale":
+    if pipelines.spec(task).legacy_callback:
         return {"callback": lambda i, t, latents: on_step_end(pipe, i, t, {}), "callback_steps": 1}
     return {"callback_on_step_end": on_step_end}
 
@@ -59,12 +61,13 @@ class Call:
 
 
 def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[str],
-        negative_prompts: list[str], seeds: list[int], images: list[Any] | None,
+        negative_prompts: list[str], seeds: list[int], images: dict[str, list[Any]] | None,
         callback: StepCallback | None) -> Call:
     """One pipeline call for a batch; one seeded CPU generator per image. Its images are empty
     when the job was cancelled mid-call (`callback` set `pipe._interrupt`).
 
-    Image pipelines get their init images resized to `width` x `height` first; upscale makes 4x that.
+    `images` holds each image input's uploads (by request field, one per prompt), resized to `width` x
+    `height` first; the spec says which keyword each is passed as and which parameters go along.
     """
     pipe.scheduler = loaded.scheduler(params["scheduler"])
     kwargs: dict[str, Any] = dict(
@@ -73,14 +76,10 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
         generator=[torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds],
         **_step_hooks(pipe, task, callback),
     )
-    if task == "txt2img":
-        kwargs.update(height=params["height"], width=params["width"])
-    else:
-        kwargs["image"] = _fit(images or [], params["width"], params["height"])
-        if task == "upscale":
-            kwargs["noise_level"] = params["noise_level"]
-        else:
-            kwargs["strength"] = params["strength"]
+    spec = pipelines.spec(task)
+    kwargs.update(spec.call_kwargs(params))
+    for image in spec.images:
+        kwargs[image.kwarg] = _fit((images or {}).get(image.field, []), params["width"], params["height"])
     dtype = DTYPE_NAMES.get(pipe.unet.dtype, str(pipe.unet.dtype))  # read at the call, not assumed
     try:
         with torch.inference_mode():
@@ -117,7 +116,7 @@ CallCheck = Callable[[int, bool], None]
 
 
 def generate(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[str],
-             negative_prompts: list[str], seeds: list[int], images: list[Any] | None,
+             negative_prompts: list[str], seeds: list[int], images: dict[str, list[Any]] | None,
              callback: StepCallback | None, check: CallCheck | None = None) -> Generated:
     """Make a micro-batch, falling back on out of memory: first one image per call (the same seeds,
     so the same images), then low-memory mode (other models evicted, VAE slicing/tiling, model
@@ -142,24 +141,26 @@ def generate(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict
         # 2. Outside the handler: the failed call is unreachable now; free it, then pick the next step.
         free_memory(cache.device)
         retries += 1
-        if per_call > 1:
-            log.warning("model %s: out of memory with %d images per call (%s); retrying one per call",
-                        loaded.model_id, per_call, error)
-            per_call = 1
-        elif not loaded.low_memory:
-            log.warning("model %s: out of memory with one image per call (%s); retrying in low-memory mode",
-                        loaded.model_id, error)
-            cache.enter_low_memory(pipe, loaded)
-            entered = True
-        else:
+        step = next_try(per_call, loaded.low_memory)
+        if step is None:
             tried_low = loaded.low_memory
             if entered:
                 cache.leave_low_memory(pipe, loaded)
             raise OutOfMemory(error, {"oom_retries": retries, "low_memory": tried_low or None, "oom_error": error})
+        if step.per_call < per_call:
+            log.warning("model %s: out of memory with %d images per call (%s); retrying one per call",
+                        loaded.model_id, per_call, error)
+            per_call = step.per_call
+        elif step.low_memory and not loaded.low_memory:
+            log.warning("model %s: out of memory with one image per call (%s); retrying in low-memory mode",
+                        loaded.model_id, error)
+            cache.enter_low_memory(pipe, loaded)
+            entered = True
 
 
 def _calls(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[str], negative_prompts: list[str],
-           seeds: list[int], images: list[Any] | None, callback: StepCallback | None, check: CallCheck | None,
+           seeds: list[int], images: dict[str, list[Any]] | None, callback: StepCallback | None,
+           check: CallCheck | None,
            per_call: int, retries: int, error: str | None) -> Generated:
     """The micro-batch in calls of `per_call` images."""
     out = Generated([], [], "", per_call, loaded.low_memory, retries, error)
@@ -168,7 +169,7 @@ def _calls(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: lis
         if check is not None:
             check(len(prompts[part]), loaded.low_memory)
         call = run(pipe, loaded, task, params, prompts[part], negative_prompts[part], seeds[part],
-                   images[part] if images else None, callback)
+                   {k: v[part] for k, v in images.items()} if images else None, callback)
         out.dtype = call.dtype
         if not call.images:  # cancelled
             return Generated([], [], call.dtype, per_call, loaded.low_memory, retries, error)

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
-from sdq import defaults
+from sdq import defaults, pipelines
 from sdq.exceptions import ModelError, OutOfMemory
-from sdq.models import STORE_PREFIX, model_kind
-from workers import builtin, checkpoints
+from sdq.sources import single_file_config, source_for
+from workers import checkpoints
+from workers.sources import WorkerFetcher
 from workers.device import Device
 
 log = logging.getLogger(__name__)
@@ -42,35 +43,18 @@ def is_fatal_device_error(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(word in str(exc) for word in STICKY_DEVICE_ERRORS))
 
 
-SCHEDULER_CLASSES = {
-    "pndm": "PNDMScheduler", "plms": "PNDMScheduler", "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
-    "dpmpp_2m": "DPMSolverMultistepScheduler", "lms": "LMSDiscreteScheduler",
-    "ddpm": "DDPMScheduler", "heun": "HeunDiscreteScheduler", "unipc": "UniPCMultistepScheduler",
-}
-"""Scheduler name (`contract.SCHEDULERS`) -> diffusers class, built with `from_config` of the model's own config."""
-
-TASK_CLASSES = {
-    "txt2img": "StableDiffusionPipeline",
-    "img2img": "StableDiffusionImg2ImgPipeline",
-    "upscale": "StableDiffusionUpscalePipeline",
-    "depth2img": "StableDiffusionDepth2ImgPipeline",
-}
-"""Pipeline name -> diffusers pipeline class."""
-
-
 def make_scheduler(name: str, config: dict[str, Any]):
     """A fresh scheduler of the named kind, from the model's saved scheduler config."""
     import diffusers
 
-    return getattr(diffusers, SCHEDULER_CLASSES[name]).from_config(config)
+    return getattr(diffusers, pipelines.SCHEDULERS[name].diffusers_class).from_config(config)
 
 
 def warm_imports() -> None:
     """Import the pipeline classes now, so a worker's first item does not pay seconds of lazy imports."""
     import diffusers
 
-    for name in (*TASK_CLASSES.values(), *set(SCHEDULER_CLASSES.values())):
+    for name in sorted(pipelines.pipeline_classes() | {s.diffusers_class for s in pipelines.SCHEDULERS.values()}):
         getattr(diffusers, name)
 
 
@@ -83,6 +67,7 @@ class Loaded:
     scheduler_config: dict[str, Any]
     tasks: dict[str, Any] = field(default_factory=dict)
     schedulers: dict[str, Any] = field(default_factory=dict)
+    family: str = pipelines.SD  # which class of each pipeline spec runs it
     low_memory: bool = False  # on for good once it was what made a call fit (its modules are shared)
     offloaded: Any = None  # the pipeline whose model-offload hooks the shared modules carry (CUDA)
 
@@ -127,6 +112,7 @@ class PipelineCache:
         self.low_memory = low_memory
         self.safety_checker = safety_checker
         self.upscale_batch = max(1, upscale_batch)
+        self.fetcher = WorkerFetcher(self.models_dir, store, half=device.torch_dtype != torch.float32)
         self._models: OrderedDict[str, Loaded] = OrderedDict()
         self._lock = threading.RLock()
         if low_memory and device.kind == "cpu":
@@ -184,7 +170,7 @@ class PipelineCache:
     def images_per_call(self, task: str) -> int | None:
         """Most images one call of `task` may make (None: the whole micro-batch). The x4 upscaler's
         VAE decodes in fp32 at 4x the size: one image per call unless the operator allows more."""
-        return self.upscale_batch if task == "upscale" else None
+        return self.upscale_batch if pipelines.spec(task).limit_batch else None
 
     def _load_with_room(self, model_id: str) -> Loaded:
         """Load a model; out of memory while other models are loaded: evict them all, try once more.
@@ -206,14 +192,15 @@ class PipelineCache:
     def _load(self, model_id: str) -> Loaded:
         """Load and place a model; any failure raises ModelError (or OutOfMemory) with nothing left
         behind: the half-built pipeline is dropped and its memory freed before the error leaves."""
-        log.info("loading model %s (%s) on %s/%s", model_id, model_kind(model_id), self.device.device,
+        log.info("loading model %s (%s) on %s/%s", model_id, source_for(model_id).kind, self.device.device,
                  self.device.dtype)
         try:
             pipe = self._open(model_id)
             pipe.set_progress_bar_config(disable=True)
             if not self.safety_checker and getattr(pipe, "safety_checker", None) is not None:
                 pipe.safety_checker = None  # the operator turned it off (--no-safety-checker)
-            entry = Loaded(model_id, pipe, dict(pipe.scheduler.config))
+            family = pipelines.family_of_class(type(pipe).__name__) or pipelines.SD
+            entry = Loaded(model_id, pipe, dict(pipe.scheduler.config), family=family)
             self._place(entry)
             return entry
         except ModelError as exc:
@@ -228,22 +215,10 @@ class PipelineCache:
         raise error
 
     def _open(self, model_id: str):
-        import diffusers
-
-        kind, dtype = model_kind(model_id), self.device.torch_dtype
-        if kind == "builtin":
-            try:
-                path = builtin.ensure_builtin(self.models_dir, model_id.removeprefix(builtin.BUILTIN_PREFIX))
-            except KeyError:
-                raise ModelError(f"unknown built-in model {model_id!r}") from None
-            return self._from_folder(path, dtype)
-        if kind == "store":
-            return self._load_from_store(model_id.removeprefix(STORE_PREFIX), dtype)
-        if kind == "folder":
-            return self._from_folder(Path(model_id).expanduser(), dtype)
-        if kind == "file":
-            return self._load_single_file(model_id, dtype)
-        return self._from_folder(self._hub_folder(model_id), dtype)
+        """The model's pipeline from the local path its source opens (fetched or built first)."""
+        path = source_for(model_id).open(self.fetcher)
+        dtype = self.device.torch_dtype
+        return self._load_single_file(str(path), dtype) if path.is_file() else self._from_folder(path, dtype)
 
     def _from_folder(self, folder: Path, dtype: torch.dtype):
         """A diffusers folder: the fp16 weight variant when it helps, and components whose class
@@ -255,38 +230,6 @@ class PipelineCache:
         variant = checkpoints.choose_variant(folder, half=dtype != torch.float32)
         folder = checkpoints.with_current_classes(folder, self.models_dir / "views")
         return diffusers.DiffusionPipeline.from_pretrained(folder, dtype=dtype, variant=variant)
-
-    def _hub_folder(self, repo_id: str) -> Path:
-        """A Hugging Face repo id: its snapshot folder, from the local cache when it is there (no
-        network), else downloaded unless HF_HUB_OFFLINE is set. The fp16 weights where the repo has
-        them and the worker computes in half precision, else the full weights."""
-        import diffusers
-        from huggingface_hub import constants
-
-        cache = str(self.models_dir / "hub")
-        variants = [checkpoints.FP16_VARIANT, None] if self.device.torch_dtype != torch.float32 else [None]
-        for local_only in (True, False):
-            if not local_only:
-                if constants.HF_HUB_OFFLINE:
-                    raise ModelError(f"model {repo_id!r} is not in the local cache {cache} and HF_HUB_OFFLINE is "
-                                     f"set, so it cannot be downloaded")
-                log.info("model %s is not cached in %s: downloading it from the hub", repo_id, cache)
-            for variant in variants:
-                try:
-                    return Path(diffusers.DiffusionPipeline.download(
-                        repo_id, cache_dir=cache, local_files_only=local_only, variant=variant))
-                except (OSError, ValueError) as exc:  # not cached, or no such variant
-                    log.debug("%s (variant %s, local only %s): %s", repo_id, variant, local_only, exc)
-        raise ModelError(f"model {repo_id!r} could not be found in {cache} or on the hub")
-
-    def _load_from_store(self, name: str, dtype: torch.dtype):
-        """A model pushed to the bucket: pulled into the local cache once (verified), then loaded."""
-        from storage.models import pull
-
-        if self.store is None:
-            raise ModelError(f"store:{name}: this worker has no bucket to pull models from")
-        path = pull(self.store, name, self.models_dir)
-        return self._load_single_file(str(path), dtype) if path.is_file() else self._from_folder(path, dtype)
 
     def _load_single_file(self, path: str, dtype: torch.dtype):
         """A single checkpoint in the original (LDM) layout, with its architecture from a local config
@@ -355,7 +298,10 @@ class PipelineCache:
         dtype casts the shared modules to fp32 in place)."""
         import diffusers
 
-        cls = getattr(diffusers, TASK_CLASSES[task])
+        name = pipelines.spec(task).class_for(entry.family)
+        if name is None:
+            raise ModelError(f"model {entry.model_id!r} ({entry.family} family) cannot run pipeline {task!r}")
+        cls = getattr(diffusers, name)
         if isinstance(entry.base, cls):
             return entry.base
         try:
@@ -365,16 +311,9 @@ class PipelineCache:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-def single_file_config(file: Path) -> Path | None:
-    """The local diffusers config folder of a single checkpoint file: a folder beside it named like
-    the file without its suffix (`sd-v1-4.safetensors` -> `sd-v1-4/`) holding `model_index.json` and
-    each component's config (weights are not needed). None when there is none."""
-    folder = file.with_suffix("")
-    return folder if (folder / "model_index.json").is_file() else None
-
 
 def _pipeline_class_name(config: Path) -> str:
     import json
 
     name = json.loads((config / "model_index.json").read_text(encoding="utf-8")).get("_class_name", "")
-    return name if name in TASK_CLASSES.values() else "StableDiffusionPipeline"
+    return name if name in pipelines.pipeline_classes() else "StableDiffusionPipeline"

@@ -18,7 +18,7 @@ from sdq import contract
 from sdq.records import Chunk, Item
 from sdq.state.resultindex import Maker, ResultIndex, cache_key, wants_cache
 from sdq.state.store import JobStore
-from storage.s3 import missing
+from storage.s3 import ResultStore, missing
 from workers.retry import retry_redis
 from workers.thumbs import thumb_key
 from workers.weights import WeightsHasher
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class CachedResults:
     """Looks up, serves and registers results for one worker (one chunk at a time)."""
 
-    def __init__(self, index: ResultIndex, hasher: WeightsHasher, store, jobs: JobStore, worker: str,
+    def __init__(self, index: ResultIndex, hasher: WeightsHasher, store: ResultStore, jobs: JobStore, worker: str,
                  device: str, dtype: str, safety_checker: bool, finalize: Callable[[str], None]) -> None:
         self.index, self.hasher, self.store, self.jobs = index, hasher, store, jobs
         self.worker, self.device, self.dtype = worker, device, dtype
@@ -49,14 +49,19 @@ class CachedResults:
         job = self.jobs.get(chunk.job)
         owner = job.owner if job is not None else ""
         maker = Maker(chunk.model, weights, contract.worker_kind(self.device), self.dtype, self.safety_checker)
-        images: dict[str, str] = {}
+        digests: dict[str, str] = {}  # upload key -> SHA-256 of its bytes, each read once
+
+        def sha(key: str) -> str:
+            if key not in digests:
+                digests[key] = hashlib.sha256(self.store.get(key)).hexdigest()
+            return digests[key]
+
         out = {}
         for it in wanted:
-            image = it.init_image
-            if image and image not in images:
-                images[image] = hashlib.sha256(self.store.get(image)).hexdigest()
+            others = {name: sha(key) for name, key in sorted((it.images or {}).items())}
             out[it.index] = cache_key(maker, owner, chunk.pipeline, chunk.params, it.prompt, it.negative_prompt,
-                                      it.seed, images.get(image) if image else None, chunk.watermark)
+                                      it.seed, sha(it.init_image) if it.init_image else None, chunk.watermark,
+                                      others)
         return out
 
     def serve(self, chunk: Chunk, todo: list[int]) -> list[int]:

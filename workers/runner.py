@@ -13,68 +13,30 @@ import os
 import time
 from concurrent.futures import Future
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
 import redis
 
-from sdq import __version__, contract, defaults
+from sdq import __version__, contract, defaults, pipelines
 from sdq.exceptions import ModelError, WorkLost
 from sdq.infotext import SAMPLER_NAMES, format_infotext
 from sdq.records import Chunk, Item
-from sdq.scheduling import scheduling, speed
+from sdq.scheduling import speed
 from sdq.scheduling.speed import loop_steps
-from sdq.state.runs import STOP_CANCELLED, STOP_UNWANTED
-from sdq.state.store import JobStore
-from workers.capability import Activity
+from sdq.state import fleet
 from workers.device import Device
-from workers.faults import Faults
 from workers.generation import Generated, generate
-from workers.leases import Leases
-from workers.pipelines import OUT_OF_MEMORY, OutOfMemory, PipelineCache, is_fatal_device_error
-from workers.resultcache import CachedResults
+from workers.parts import (NORMAL, Backup, Cancelled, Failed, Mode, Outcome, OutOfMemoryEnd, Outputs, Presence,
+                           RunOptions)
+from workers.pipelines import OUT_OF_MEMORY, Loaded, OutOfMemory, PipelineCache, is_fatal_device_error
+from workers.progress import Pipe, StepProgress
 from workers.retry import retry_redis
-from workers.routing import Router, delay
+from workers.routing import Decision, Defer, Fail, HandOff, PassOn, Run, delay, pass_on
 from workers import simulate, watermark
-from workers.uploader import Uploader
 
 log = logging.getLogger(__name__)
-
-
-class StepProgress:
-    """`callback_on_step_end` hook: throttled progress writes and the cooperative cancel check."""
-
-    def __init__(self, jobs: JobStore, job_id: str, indices: list[int], item_steps: int, loop: int,
-                 leases: Leases | None = None, faults: Faults | None = None, worker: str | None = None) -> None:
-        self.jobs, self.job_id, self.indices, self.worker = jobs, job_id, indices, worker
-        self.item_steps, self.loop = item_steps, loop
-        self.leases, self.faults = leases, faults
-        self.reported = 0
-        self.cancelled = False  # the job was cancelled
-        self.unwanted = False  # another copy of the item (a straggler backup, or its original) stored it first
-        self._last = time.monotonic()
-
-    def __call__(self, pipe, i: int, t, kwargs: dict) -> dict:
-        if self.leases is not None:
-            self.leases.progress()
-        now = time.monotonic()
-        if now - self._last >= defaults.PROGRESS_INTERVAL:
-            self._last = now
-            done = min(self.item_steps, round((i + 1) * self.item_steps / self.loop))
-            try:
-                stop = self.jobs.add_progress(self.job_id, self.indices, done - self.reported, i + 1, self.loop,
-                                              self.worker)
-                if stop:
-                    self.cancelled, self.unwanted = stop == STOP_CANCELLED, stop == STOP_UNWANTED
-                    pipe._interrupt = True
-                self.reported = done
-            except redis.RedisError:  # progress is best effort: the item itself goes on
-                log.warning("job %s: progress not recorded", self.job_id, exc_info=True)
-                return kwargs
-            if self.faults is not None:
-                self.faults.hit("step")
-        return kwargs
 
 
 def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device,
@@ -83,14 +45,14 @@ def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device
     """The A1111 infotext of one result: every parameter needed to make it again, the dtype the UNet
     ran in (`dtype`, read from the pipeline) and the safety checker's verdict (None: no checker ran)."""
     p, task = chunk.params, chunk.pipeline
-    image_size = f"{p['width']}x{p['height']}" if task == "upscale" else None
+    spec = pipelines.spec(task)
     fields: dict[str, object] = {
         "Steps": p["steps"], "Sampler": SAMPLER_NAMES.get(p["scheduler"], p["scheduler"]),
         "CFG scale": p["guidance_scale"], "Seed": item.seed, "Size": f"{size[0]}x{size[1]}",
         "Model": chunk.model, "Pipeline": task,
-        "Denoising strength": p["strength"] if task in ("img2img", "depth2img") else None,
-        "Noise level": p["noise_level"] if task == "upscale" else None,
-        "Init image": item.init_image, "Input size": image_size,
+        **spec.infotext_fields(p),
+        **{image.infotext: item.image_key(image.field) for image in spec.images if image.infotext},
+        "Input size": spec.input_size(p),
         "Watermark": watermark.LABEL if watermarked else None,
         "Safety checker": None if nsfw is None else ("flagged" if nsfw else "passed"),
         "Device": device.device, "Dtype": dtype or device.dtype, "Worker": worker, "Job": chunk.job,
@@ -100,70 +62,82 @@ def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device
 
 
 class Runner:
-    """Executes chunks on one device with warm pipelines. One per worker process, assembled fully
-    by `workers.main`."""
+    """Executes chunks on one device with warm pipelines. One per worker process, built once by
+    `workers.app`; `workers.routing.Router` decides where each chunk goes, the runner acts on it."""
 
-    def __init__(self, name: str, device: Device, cache: PipelineCache, jobs: JobStore, store,
-                 uploader: Uploader, router: Router, leases: Leases, faults: Faults,
-                 finalize: Callable[[str], None], announce: Callable[[], None], activity: Activity,
-                 max_batch: int = 1, max_attempts: int = defaults.MAX_ATTEMPTS,
-                 debug_oom_pixels: int | None = None, debug_fatal_after: int | None = None,
-                 results: CachedResults | None = None) -> None:
+    def __init__(self, name: str, device: Device, cache: PipelineCache, outputs: Outputs, presence: Presence,
+                 options: RunOptions) -> None:
         self.name, self.device, self.cache = name, device, cache
-        self.results = results  # the result cache (None: off)
-        self.jobs, self.store, self.uploader = jobs, store, uploader
-        self.router, self.leases, self.faults = router, leases, faults
-        self.finalize = finalize  # queues an ended job's finalize task
-        self.announce = announce  # publishes the capability record (idle again)
-        self.max_batch = max(1, max_batch)
-        self.max_attempts = max_attempts
-        self.debug_oom_pixels = debug_oom_pixels  # testing aid, see `_check_debug_budget`
-        self.debug_fatal_after = debug_fatal_after  # testing aid: a sticky device error after N calls
+        self.jobs, self.store, self.uploader = outputs.jobs, outputs.store, outputs.uploader
+        self.finalize, self.results = outputs.finalize, outputs.results
+        self.router, self.publish, self.leases = presence.router, presence.publish, presence.leases
+        self.activity, self.announce = presence.activity, presence.announce
+        self.faults = options.faults
+        self.max_batch = max(1, options.max_batch)
+        self.max_attempts = options.max_attempts
+        self.debug_oom_pixels = options.debug_oom_pixels  # testing aid, see `_check_debug_budget`
+        self.debug_fatal_after = options.debug_fatal_after  # testing aid: a sticky device error after N calls
         self._debug_memory: simulate.SimulatedMemory | None = None
         self._debug_fatal: simulate.SimulatedFatalError | None = None
-        self.activity = activity  # current chunk and items made, published in the fleet
         self.lost: dict[tuple[str, tuple[int, ...]], int] = {}  # chunks given back here -> pass-ons left
-        self._backing_up = False  # running a straggler backup: its failures are not the item's
-        self._gens: dict[int, int] = {}  # the attempt (`gen`) of each item of the chunk running here
+        self._gens: dict[int, int] = {}  # the attempt (`gen`) of each item of the chunk here: what it may record
 
     def run_chunk(self, chunk: Chunk) -> None:
         """Make every still-wanted item of `chunk`; returns once all are stored. Raises `WorkLost`
         after giving the items back when an infrastructure error stopped the run."""
-        job_id = chunk.job
         if chunk.backup:
             return self._run_backup(chunk)
-        self._gens = {it.index: it.gen for it in chunk.items}  # what this run may record (`_fail`, `_cancel`)
-        # 0. Not for this worker (model, size, memory, out of memory before), or better run by a
-        #    warm one: back to the queue.
-        reason = self.router.refusal(chunk)
-        if reason is not None:
-            self._refuse(chunk, reason)
-            return
-        if self.router.defer_to_warm(chunk, self.cache.loaded()):
-            return
-        if self._lost_here(chunk) and self.router.others(chunk, {self.name}):
-            failed_on = sorted({*chunk.failed_on, self.name})  # others do not leave it to this one
-            self.router.pass_on(replace(chunk, failed_on=failed_on),
-                                "it failed on this worker a moment ago; another worker may take it")
-            return
-        #    Faster workers would finish (part of) it sooner: that part goes back to the queue.
-        take = self.router.share(chunk)
-        if take == 0:
-            time.sleep(scheduling.DEFER_PAUSE_S)  # not straight back to the chunk just left to faster workers
-            return
-        chunk = chunk.with_items(chunk.items[:take])
+        self._gens = {it.index: it.gen for it in chunk.items}
+        # 0. Where the chunk goes: the router decides from one look at the fleet, the runner acts.
+        now = time.time()
+        backlog = retry_redis(lambda: self.jobs.queued_count(chunk.job)) if self.router.by_speed else 0
+        decision = self.router.decide(chunk, self._fleet(), self.cache.loaded(), now, backlog,
+                                      given_back=self._chunk_id(chunk) in self.lost)
+        take = self._apply(chunk, decision)
+        if take:
+            self._run(chunk.with_items(chunk.items[:take]))
+
+    def _apply(self, chunk: Chunk, decision: Decision) -> int:
+        """Act on the router's decision for `chunk`: how many of its items to run here now (0: none)."""
+        match decision:
+            case Run(n=n, rest=rest, why=why):
+                if rest is not None:
+                    log.info("job %s: %s", chunk.job, why)
+                    self.publish(rest)
+                return n
+            case Defer(chunk=again, why=why, pause_s=pause_s):
+                log.info("job %s: %s", chunk.job, why)
+                self.publish(again)
+                if pause_s:
+                    time.sleep(pause_s)
+            case PassOn(chunk=again, reason=reason, given_back=given_back):
+                if given_back:
+                    self._spend_pass_on(chunk)
+                pass_on(self.jobs, again, reason)
+            case Fail(error=error):
+                self._end(NORMAL, chunk, chunk.indices, Failed(error))
+            case _:
+                raise TypeError(f"not a routing decision: {decision!r}")
+        return 0
+
+    def _fleet(self) -> list[dict[str, Any]]:
+        """The live workers' capability records, read once per decision."""
+        return retry_redis(lambda: fleet.live_workers(self.jobs.redis))
+
+    def _run(self, chunk: Chunk) -> None:
+        """Claim the chunk's items, make them, and return once their results are stored and recorded."""
         # 1. Claim the items of this attempt (skips ones done, cancelled or superseded). Items a live
         #    worker is running (a duplicate delivery) stay with it; a copy of their message comes back
-        #    later in case that worker loses them without a trace.
+        #    later in case that worker lost them without a trace.
+        job_id = chunk.job
         wanted = [(it.index, it.gen) for it in chunk.items]
         started = retry_redis(lambda: self.jobs.start_run(
             job_id, wanted, self.name, self.device.device, self.device.dtype, max_attempts=self.max_attempts))
         if started.ended:
             self.finalize(job_id)
         if started.held:
-            held = set(started.held)
-            retry_redis(lambda: delay(self.jobs.redis, chunk.with_items([it for it in chunk.items if it.index in held]),
-                                      defaults.HELD_RECHECK))
+            held = chunk.with_items([it for it in chunk.items if it.index in set(started.held)])
+            retry_redis(lambda: delay(self.jobs.redis, held, defaults.HELD_RECHECK))
         todo = started.run
         if not todo:
             return
@@ -172,7 +146,7 @@ class Runner:
         self._announce()  # the fleet record names the items now: a duplicate delivery leaves them here
         futures: list[Future] = []
         try:
-            self._run_items(chunk, todo, futures)
+            self._run_items(chunk, todo, futures, NORMAL)
             # 2. The chunk is acknowledged only after its results are stored and recorded.
             for fut in futures:
                 fut.result()
@@ -200,25 +174,24 @@ class Runner:
         record = next(iter(self.jobs.item_records(job_id, [index])), None)
         if not record or record.state != "running" or (record.backup or {}).get("worker") != self.name:
             return
-        log.info("job %s item %d: straggler backup of the run on %s", job_id, index, record.worker)
+        mode = Backup(job_id, index, record.worker)
+        log.info("job %s item %d: straggler backup of the run on %s", job_id, index, mode.original_worker)
         self._gens = {index: record.gen}
         self.activity.current = self._current(chunk, [index])
-        self._announce()  # names the item: the claim this backup may take lasts while it runs
-        self._backing_up = True
+        self._announce()  # names the item: a claim this backup takes lasts while it runs
         futures: list[Future] = []
         try:
-            self._run_items(chunk, [index], futures)
+            self._run_items(chunk, [index], futures, mode)
             for fut in futures:
                 fut.result()
         except Exception:  # noqa: BLE001 - the original run still owns the item
             log.warning("job %s item %d: the backup run failed; the original run goes on", job_id, index,
                         exc_info=True)
         finally:
-            self._backing_up = False
             self.activity.current = None
             self._announce()
 
-    def _run_items(self, chunk: Chunk, todo: list[int], futures: list[Future]) -> None:
+    def _run_items(self, chunk: Chunk, todo: list[int], futures: list[Future], mode: Mode) -> None:
         """Answer the items made before from the result cache; load the model, then generate the rest in
         micro-batches (uploads queued in `futures`)."""
         job_id, task = chunk.job, chunk.pipeline
@@ -232,17 +205,17 @@ class Runner:
         try:
             pipe, loaded = self.cache.get(chunk.model, task)
         except ModelError as exc:  # the model itself is wrong: nothing to retry
-            self._fail(job_id, todo, str(exc))
+            self._end(mode, chunk, todo, Failed(str(exc)))
             return
         self.leases.progress()
         load_s = time.perf_counter() - t0
         for start in range(0, len(todo), self.max_batch):
             batch = [by_index[i] for i in todo[start:start + self.max_batch]]
             if retry_redis(lambda: self.jobs.is_cancelled(job_id)):
-                self._cancel(job_id, todo[start:])
+                self._end(mode, chunk, todo[start:], Cancelled())
                 break
             self.faults.hit("batch", [it.prompt for it in batch])
-            futures += self._run_batch(chunk, pipe, loaded, batch, load_s)
+            futures += self._run_batch(chunk, pipe, loaded, batch, load_s, mode)
             load_s = 0.0
 
     def _chunk_id(self, chunk: Chunk) -> tuple[str, tuple[int, ...]]:
@@ -255,14 +228,13 @@ class Runner:
             self.lost.clear()
         self.lost[self._chunk_id(chunk)] = defaults.LOST_PASS_ONS
 
-    def _lost_here(self, chunk: Chunk) -> bool:
-        """True (using up one of its pass-ons) for a chunk this worker gave back; after the last
-        pass-on it runs the chunk again itself, so every worker failing it still ends it."""
+    def _spend_pass_on(self, chunk: Chunk) -> None:
+        """Use up one of the pass-ons of a chunk this worker gave back; after the last one it runs the
+        chunk again itself, so every worker failing it still ends it."""
         key = self._chunk_id(chunk)
         left = self.lost.pop(key, 0)
         if left > 1:
             self.lost[key] = left - 1
-        return left > 0
 
     def _give_back(self, job_id: str, todo: list[int], futures: list[Future], exc: Exception) -> None:
         """After an infrastructure error: let started uploads end, then put the items still running
@@ -288,19 +260,8 @@ class Runner:
         except Exception:  # noqa: BLE001 - the heartbeat publishes it again anyway
             log.warning("could not publish the capability record", exc_info=True)
 
-    def _refuse(self, chunk: Chunk, reason: str) -> None:
-        """A chunk this worker may not run: pass it on, or fail it when it came back after running
-        out of memory here and no other live worker can take it."""
-        avoid = {w for it in chunk.items for w in it.oom_workers or ()}
-        if self.name in avoid and not self.router.others(chunk, avoid):
-            error = next((it.oom_error for it in chunk.items if it.oom_error), None) or "out of memory"
-            self._fail(chunk.job, chunk.indices,
-                       f"{error}; no other live worker can take it (tried {', '.join(sorted(avoid))}): retry the "
-                       f"job when one has joined")
-            return
-        self.router.pass_on(chunk, reason)
-
-    def _run_batch(self, chunk: Chunk, pipe, loaded, batch: list[Item], load_s: float) -> list[Future]:
+    def _run_batch(self, chunk: Chunk, pipe: Pipe, loaded: Loaded, batch: list[Item], load_s: float,
+                   mode: Mode) -> list[Future]:
         job_id, task, params = chunk.job, chunk.pipeline, chunk.params
         indices = [it.index for it in batch]
         progress = StepProgress(self.jobs, job_id, indices, params["steps"], loop_steps(task, params),
@@ -311,23 +272,22 @@ class Runner:
                 if self.activity.speed is not None else None)
         t0 = time.perf_counter()
         try:
-            images = self._init_images(batch) if task != "txt2img" else None
+            images = self._images(task, batch)
             made = self._generate(pipe, loaded, task, params, batch, images, progress)
         except Exception as exc:  # noqa: BLE001 - a failed item never takes the worker down...
             log.exception("job %s items %s failed", job_id, indices)
             error = f"{type(exc).__name__}: {exc}"
             if is_fatal_device_error(exc):  # ...but a broken device does: fail the batch, exit, be restarted
-                self._fail(job_id, indices, f"device error on worker {self.name} ({self.device.device}): "
-                                            f"{error}; the worker exits to be restarted", progress.reported)
+                self._end(mode, chunk, indices, Failed(f"device error on worker {self.name} ({self.device.device}): "
+                                                       f"{error}; the worker exits to be restarted"))
                 self._exit_on_fatal_device_error(error)
             oom = exc.fields if isinstance(exc, OutOfMemory) else {}
             if isinstance(exc, OUT_OF_MEMORY):
                 error = (f"out of memory on worker {self.name} ({self.device.device}, {self.device.dtype}) "
                          f"{'in low-memory mode' if oom.get('low_memory') else 'with one image per call'}: {error}")
-                if self._hand_off(chunk, batch, error, progress.reported):
-                    return []
-                error += "; no other live worker can take it: retry the job when one has joined"
-            self._fail(job_id, indices, error, progress.reported, oom)
+                self._end(mode, chunk, indices, OutOfMemoryEnd(error, oom))
+            else:
+                self._end(mode, chunk, indices, Failed(error, oom))
             return []
         gen_s = time.perf_counter() - t0
         if self.activity.speed is not None and made.images and not progress.cancelled:
@@ -336,7 +296,7 @@ class Runner:
             log.info("job %s items %s: another run stored them first; this run stopped", job_id, indices)
             return []
         if progress.cancelled:
-            self._cancel(job_id, indices, progress.reported)
+            self._end(mode, chunk, indices, Cancelled())
             return []
         futures = []
         for item, image, nsfw in zip(batch, made.images, made.nsfw):
@@ -356,28 +316,52 @@ class Runner:
             self.activity.items_done += 1
         return futures
 
-    def _hand_off(self, chunk: Chunk, batch: list[Item], error: str, reported: int) -> bool:
-        """Out of memory even in low-memory mode: give the batch back to the queue for another
-        worker, as a new attempt (at most `OOM_HAND_OFFS` workers per item). False when no other
-        worker can take it. If the job was cancelled meanwhile, the batch ends `cancelled`."""
-        if self._backing_up:
-            return True  # a backup that ran out of memory just ends; the original run goes on
-        if not self.router.can_hand_off(chunk, batch):
-            return False
+    def _end(self, mode: Mode, chunk: Chunk, indices: list[int], outcome: Outcome) -> None:
+        """Settle the items this run stops on without a result: failed, cancelled, or handed to
+        another worker after out of memory. A straggler backup settles nothing: the original run
+        owns its item."""
+        job_id = chunk.job
+        if isinstance(mode, Backup):
+            if isinstance(outcome, Failed):
+                log.warning("job %s items %s: backup run failed (%s); the original run goes on", job_id, indices,
+                            outcome.error)
+            return
+        match outcome:
+            case Failed(error=error, extra=extra):
+                self._finish(job_id, indices, "failed", {**(extra or {}), "error": error})
+            case Cancelled():
+                self._finish(job_id, indices, "cancelled", {})
+            case OutOfMemoryEnd(error=error, extra=extra):
+                batch = [it for it in chunk.items if it.index in indices]
+                after = self.router.after_oom(chunk, batch, self._fleet(), error)
+                if isinstance(after, HandOff):
+                    self._hand_off(chunk, batch, after.error)
+                else:
+                    self._finish(job_id, indices, "failed", {**extra, "error": after.error})
+
+    def _finish(self, job_id: str, indices: list[int], state: str, fields: dict[str, Any]) -> None:
+        """Items end in `state` with `fields`; the job's finalisation is queued when that ended it."""
+        for index in indices:
+            if retry_redis(lambda: self.jobs.finish_item(job_id, index, state, fields, worker=self.name,
+                                                         gen=self._gens.get(index, 0))):
+                self.finalize(job_id)
+
+    def _hand_off(self, chunk: Chunk, batch: list[Item], error: str) -> None:
+        """Give the batch back to the queue for another worker, as a new attempt. If the job was
+        cancelled meanwhile, the batch ends `cancelled`."""
         indices = [it.index for it in batch]
         handed = dict(self.jobs.hand_off(chunk.job, indices, self.name, error))
         if handed:
             items = [replace(it, gen=handed[it.index], oom_workers=[*(it.oom_workers or ()), self.name],
                              oom_error=error) for it in batch if it.index in handed]
-            self.router.publish(chunk.with_items(items))
+            self.publish(chunk.with_items(items))
             log.warning("job %s items %s: out of memory in low-memory mode; handed to another worker",
                         chunk.job, list(handed))
         elif self.jobs.is_cancelled(chunk.job):
-            self._cancel(chunk.job, indices)
-        return True
+            self._finish(chunk.job, indices, "cancelled", {})
 
-    def _generate(self, pipe, loaded, task: str, params: dict[str, Any], batch: list[Item],
-                  images: list[Any] | None, progress: StepProgress) -> Generated:
+    def _generate(self, pipe: Pipe, loaded: Loaded, task: str, params: dict[str, Any], batch: list[Item],
+                  images: dict[str, list[Any]] | None, progress: StepProgress) -> Generated:
         """Make `batch` with the out-of-memory fallbacks (and the testing aids' checks, if set)."""
         check = None
         if self.debug_oom_pixels or self.debug_fatal_after is not None:
@@ -414,25 +398,8 @@ class Runner:
             logging.shutdown()
             os._exit(defaults.FATAL_EXIT_CODE)
 
-    def _init_images(self, batch: list[Item]) -> list[Any]:
-        return [Image.open(io.BytesIO(self.store.get(it.init_image))).convert("RGB") for it in batch]
+    def _images(self, task: str, batch: list[Item]) -> dict[str, list[Any]]:
+        """Each image input of the pipeline: the items' uploads, in the mode its spec asks for."""
+        return {image.field: [Image.open(io.BytesIO(self.store.get(it.image_key(image.field)))).convert(image.mode)
+                              for it in batch] for image in pipelines.spec(task).images}
 
-    def _fail(self, job_id: str, indices: list[int], error: str, steps_reported: int = 0,
-              extra: dict[str, Any] | None = None) -> None:
-        """Items end `failed` with `error` (`steps_reported` is kept for callers; the store knows it)."""
-        if self._backing_up:
-            log.warning("job %s items %s: backup run failed (%s); the original run goes on", job_id, indices, error)
-            return
-        for index in indices:
-            if retry_redis(lambda: self.jobs.finish_item(job_id, index, "failed", {**(extra or {}), "error": error},
-                                                         worker=self.name, gen=self._gens.get(index, 0))):
-                self.finalize(job_id)
-
-    def _cancel(self, job_id: str, indices: list[int], steps_reported: int = 0) -> None:
-        """Items of a cancelled job end `cancelled`."""
-        if self._backing_up:
-            return  # the original run settles them
-        for index in indices:
-            if retry_redis(lambda: self.jobs.finish_item(job_id, index, "cancelled", {}, worker=self.name,
-                                                         gen=self._gens.get(index, 0))):
-                self.finalize(job_id)

@@ -32,11 +32,13 @@ class Speedometer:
         with self._lock:
             old = self._rates.get(key)
             if old is None:
-                self._rates[key] = {"rate": round(rate, 4), "n": n_images}
+                old = self._rates[key] = {"rate": round(rate, 4), "n": n_images}
             else:
                 old["n"] += n_images
                 weight = max(SMOOTHING, n_images / old["n"])
                 old["rate"] = round((1 - weight) * old["rate"] + weight * rate, 4)
+            # the latest output size of this kind, for people: steps/s and seconds per image at it
+            old["width"], old["height"] = w, h
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """The measured rates, as published in the capability record's ``speed``."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Protocol
 
 from celery import Celery
 from celery.exceptions import Reject
@@ -14,7 +14,15 @@ from sdq.records import Chunk
 
 log = logging.getLogger(__name__)
 
-def register(celery: Celery, runner, on_webhook: Callable[[str, int], None] | None = None,
+
+class ChunkRunner(Protocol):
+    """What runs a chunk message (`workers.runner.Runner`)."""
+
+    def run_chunk(self, chunk: Chunk) -> None:
+        """Make the chunk's items; raise when its message must be delivered again."""
+
+
+def register(celery: Celery, runner: ChunkRunner | None, on_webhook: Callable[[str, int], None] | None = None,
              on_finalize: Callable[[str], None] | None = None) -> None:
     """Register the sdq tasks on `celery`, bound to `runner` (`shared=False`: they belong to this app only)."""
 

@@ -14,7 +14,7 @@ import redis
 from sdq import contract, defaults
 from sdq.state.runs import CLAIMED, ENDED_JOB, HELD, NOT_RECORDED
 from sdq.state.store import JobStore
-from storage.s3 import transient
+from storage.s3 import ResultStore, transient
 from workers.faults import Faults
 from workers.retry import retry_redis
 from workers.thumbs import store_thumb
@@ -42,7 +42,7 @@ class Uploader:
     Redis staying unreachable, makes the item's future raise: the runner then gives the chunk back
     to the queue. Any other upload error fails the item."""
 
-    def __init__(self, store, jobs: JobStore, on_job_finished: Callable[[str], None], threads: int = 4,
+    def __init__(self, store: ResultStore, jobs: JobStore, on_job_finished: Callable[[str], None], threads: int = 4,
                  faults: Faults | None = None, progress: Callable[[], None] | None = None) -> None:
         self.store = store
         self.jobs = jobs

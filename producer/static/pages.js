@@ -15,8 +15,11 @@ function progressCell(p, label) {
 }
 
 // ---------------------------------------------------------------- Jobs
+const PROMPT_CHARS = 60;
+
 const JobsPage = {
   offset: 0, limit: 20, timer: null,
+  prompts: new Map(), // job id -> its first prompt (never changes; read once per job)
 
   enter() { JobsPage.refresh(); JobsPage.timer = setInterval(JobsPage.refresh, POLL_MS); },
   leave() { clearInterval(JobsPage.timer); },
@@ -26,18 +29,40 @@ const JobsPage = {
     $("jobs-next").addEventListener("click", () => { JobsPage.offset += JobsPage.limit; JobsPage.refresh(); });
   },
 
+  // The listing carries no items: each job's first prompt is read once from its first item.
+  async firstPrompts(jobs) {
+    await Promise.all(jobs.filter((j) => !JobsPage.prompts.has(j.id)).map(async (j) => {
+      try {
+        const doc = await Api.call(`/v1/jobs/${encodeURIComponent(j.id)}?limit=1`);
+        JobsPage.prompts.set(j.id, doc.items && doc.items.length ? doc.items[0].prompt || "" : "");
+      } catch (_) { /* shown as unknown; asked again on the next refresh */ }
+    }));
+  },
+
+  row(j) {
+    const p = j.params || {};
+    const prompt = JobsPage.prompts.get(j.id);
+    const size = p.width && p.height ? `${p.width}×${p.height}` : "";
+    return h("tr", {},
+      h("td", {}, h("a", {href: `#/jobs/${encodeURIComponent(j.id)}`, className: "mono"}, short(j.id))),
+      h("td", {className: "prompt-cell", title: prompt || ""},
+        prompt ? truncate(prompt, PROMPT_CHARS) : h("span", {className: "muted"}, prompt === undefined ? "…" : "–")),
+      h("td", {className: "model-cell"}, j.model || "–", h("br"),
+        h("span", {className: "muted small"}, [j.pipeline, size].filter(Boolean).join(" · "))),
+      h("td", {}, stateBadge(j.state)),
+      h("td", {}, progressCell(j.progress, `Progress of job ${short(j.id)}`)),
+      h("td", {}, `${j.counts.succeeded}/${j.n_items}`, j.counts.failed ? ` (${j.counts.failed} failed)` : ""),
+      h("td", {}, TERMINAL.includes(j.state) ? "–" : fmtSeconds(j.eta_seconds)),
+      h("td", {}, fmtTime(j.created_at)));
+  },
+
   async refresh() {
     try {
       const doc = await Api.call(`/v1/jobs?offset=${JobsPage.offset}&limit=${JobsPage.limit}`);
+      await JobsPage.firstPrompts(doc.jobs);
       $("jobs-error").textContent = "";
-      $("jobs-body").replaceChildren(...doc.jobs.map((j) => h("tr", {},
-        h("td", {}, h("a", {href: `#/jobs/${encodeURIComponent(j.id)}`, className: "mono"}, short(j.id))),
-        h("td", {}, stateBadge(j.state)),
-        h("td", {}, progressCell(j.progress, `Progress of job ${short(j.id)}`)),
-        h("td", {}, `${j.counts.succeeded}/${j.n_items}`, j.counts.failed ? ` (${j.counts.failed} failed)` : ""),
-        h("td", {}, TERMINAL.includes(j.state) ? "–" : fmtSeconds(j.eta_seconds)),
-        h("td", {}, fmtTime(j.created_at)))));
-      if (!doc.jobs.length) $("jobs-body").append(h("tr", {}, h("td", {colSpan: 6, className: "muted"}, "No jobs yet.")));
+      $("jobs-body").replaceChildren(...doc.jobs.map(JobsPage.row));
+      if (!doc.jobs.length) $("jobs-body").append(h("tr", {}, h("td", {colSpan: 8, className: "muted"}, "No jobs yet.")));
       const end = Math.min(doc.total, JobsPage.offset + doc.jobs.length);
       $("jobs-range").textContent = doc.total ? `${JobsPage.offset + 1}–${end} of ${doc.total}` : "";
       $("jobs-prev").disabled = JobsPage.offset === 0;
@@ -272,6 +297,38 @@ const Viewer = {
 };
 
 // ---------------------------------------------------------------- Fleet
+const SPEED_STEPS = 20; // steps per image the speed column's "s/image" counts (the default)
+
+// A worker's measured rates (capability record `speed`: megapixel-steps per second per
+// "model|pipeline|pixel class", with the latest `width` and `height` of that kind) in words:
+// steps/s and time per image at that size (a record without them: at the class's largest size).
+function speedLines(speed) {
+  return Object.entries(speed || {}).filter(([, r]) => r && r.rate > 0).sort().map(([key, r]) => {
+    const [model, pipeline, cls] = key.split("|");
+    const side = Number(String(cls).replace(/^p/, ""));
+    const [w, h, size] = r.width > 0 && r.height > 0 ? [r.width, r.height, `${r.width}×${r.height}`]
+      : [side, side, `≤${side}×${side}`];
+    const measured = `${fmtNum(r.rate)} megapixel-steps/s measured over ${r.n || 0} images`;
+    if (!(w > 0 && h > 0)) return {kind: key, text: `${fmtNum(r.rate)} megapixel-steps/s`, title: measured};
+    const stepsPerS = r.rate / (w * h / 1e6);
+    const perImage = SPEED_STEPS / stepsPerS;
+    const image = Number(perImage.toPrecision(6)) >= 1 ? `${fmtNum(perImage)} s/image` : `${fmtNum(1 / perImage)} images/s`;
+    return {kind: `${String(model).replace(/^builtin:/, "")} ${pipeline} ${size}`,
+            text: `${fmtNum(stepsPerS)} steps/s · ${image}`, title: `${measured}; at ${size}, ${SPEED_STEPS} steps per image`};
+  });
+}
+
+function speedCell(speed) {
+  const lines = speedLines(speed);
+  if (!lines.length) return h("span", {className: "muted"}, "not measured yet");
+  return h("ul", {className: "speeds"}, lines.map((l) => h("li", {title: l.title},
+    h("span", {className: "muted small"}, l.kind), h("br"), h("span", {className: "speed"}, l.text))));
+}
+
+function queueRow(q) {
+  return h("tr", {}, h("td", {className: "mono"}, q.name), h("td", {}, q.messages), h("td", {}, q.consumers));
+}
+
 const FleetPage = {
   timer: null,
 
@@ -284,34 +341,48 @@ const FleetPage = {
       $("fleet-error").textContent = "";
       const now = Date.now() / 1000;
       $("fleet-empty").hidden = workers.length > 0;
-      $("workers-body").replaceChildren(...workers.map((w) => FleetPage.row(w, now)));
-      $("queues-body").replaceChildren(...queues.map((q) => h("tr", {},
-        h("td", {className: "mono"}, q.name), h("td", {}, q.messages))));
-      if (!queues.length) $("queues-body").append(h("tr", {}, h("td", {colSpan: 2, className: "muted"}, "No queues.")));
+      const open = new Set([...$("workers-body").querySelectorAll("details[open]")].map((d) => d.dataset.worker));
+      $("workers-body").replaceChildren(...workers.map((w) => FleetPage.row(w, now, open.has(w.name))));
+      FleetPage.queues(queues, workers);
     } catch (err) { $("fleet-error").textContent = err.message; }
   },
 
-  row(w, now) {
+  // Queues with waiting messages first; the empty rest folded away. (The API lists the queues
+  // live workers consume, so every one has a consumer: the number says how many workers listen.)
+  queues(queues, workers) {
+    const consumers = {};
+    for (const w of workers) for (const q of w.queues || []) consumers[q] = (consumers[q] || 0) + 1;
+    const rows = queues.map((q) => ({...q, consumers: consumers[q.name] || 0}));
+    const waiting = rows.filter((q) => q.messages > 0)
+      .sort((a, b) => (b.messages - a.messages) || a.name.localeCompare(b.name));
+    const empty = rows.filter((q) => !(q.messages > 0));
+    $("queues-body").replaceChildren(...waiting.map(queueRow));
+    if (!waiting.length) {
+      $("queues-body").append(h("tr", {}, h("td", {colSpan: 3, className: "muted"},
+        queues.length ? "Nothing is waiting." : "No queues: no live worker.")));
+    }
+    $("queues-idle").hidden = !empty.length;
+    $("queues-idle-count").textContent = `${empty.length} ${empty.length === 1 ? "queue" : "queues"} with nothing waiting`;
+    $("queues-idle-body").replaceChildren(...empty.map(queueRow));
+  },
+
+  row(w, now, open = false) {
     const cur = w.current_item;
     const current = cur && cur.job
       ? h("a", {href: `#/jobs/${encodeURIComponent(cur.job)}`, className: "mono"},
           `${short(cur.job)} #${(cur.items || []).join(", #")}`)
       : "idle";
-    const up = w.started_at ? now - w.started_at : 0;
-    const speed = w.speed || w.steps_per_s
-      ? `${Number(w.speed || w.steps_per_s).toFixed(1)} steps/s`
-      : (up > 0 && w.items_done ? `${((w.items_done / up) * 60).toFixed(1)} images/min` : "–");
     const age = w.last_seen ? Math.max(0, now - w.last_seen) : null;
     return h("tr", {},
       h("td", {}, h("strong", {}, w.name), h("br"), h("span", {className: "muted small"}, w.host || ""),
-        h("details", {}, h("summary", {}, "capability record"), h("pre", {}, JSON.stringify(w, null, 2)))),
+        h("details", {open, dataset: {worker: w.name}}, h("summary", {}, "capability record"), h("pre", {}, JSON.stringify(w, null, 2)))),
       h("td", {}, `${w.device_name || w.device} (${w.device}, ${w.dtype})`, h("br"),
         h("span", {className: "muted small"}, w.memory_free_gb !== undefined ? `${w.memory_free_gb} of ${w.memory_total_gb} GB free` : "")),
       h("td", {}, (w.pipelines || []).join(", "), h("br"),
         h("span", {className: "muted small"}, `≤ ${w.max_pixels} px, batch ${w.max_batch}; loaded: ${(w.loaded_models || []).join(", ") || "none"}`)),
       h("td", {}, current),
       h("td", {}, w.items_done ?? 0),
-      h("td", {}, speed),
+      h("td", {}, speedCell(w.speed)),
       h("td", {}, age === null ? "–" : `${Math.round(age)} s ago`));
   },
 };

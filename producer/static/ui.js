@@ -45,6 +45,19 @@ function pct(p) { return `${Math.floor((p || 0) * 100)}%`; }
 
 function short(id) { return String(id).slice(0, 8); }
 
+// At most `n` characters of `s`, cut with an ellipsis (the whole text goes in a title).
+function truncate(s, n) {
+  s = String(s ?? "").replace(/\s+/g, " ").trim();
+  return s.length > n ? `${s.slice(0, n - 1)}…` : s;
+}
+
+// A number a person reads: 3 significant digits at most, no exponent.
+function fmtNum(x) {
+  if (!isFinite(x)) return "–";
+  if (x >= 100) return Math.round(x).toLocaleString("en-US");
+  return String(Number(x.toPrecision(x >= 1 ? 3 : 2)));
+}
+
 // Field errors: the API names a field ("params.width", "items[2].prompt", "sweep.steps"); the
 // message goes next to the control whose wrapper lists that name in data-field.
 const FieldErrors = {

@@ -88,31 +88,26 @@ def cmd_submit(args, client: Client) -> int:
 
 
 def wait_job(client: Client, job_id: str, quiet: bool = False, poll: float = 0.5) -> dict[str, Any]:
-    """Poll until the job ends, showing a progress bar (steps, items, ETA); returns the final status."""
-    from tqdm import tqdm
+    """Poll until the job ends, showing its progress (steps, items, ETA; `sdq.cli.progress`); returns the final status."""
+    import os
 
-    bar = None if quiet else tqdm(total=1000, unit="‰", file=sys.stderr, dynamic_ncols=True,
-                                  bar_format="{desc} |{bar}| {percentage:3.0f}%{postfix}")
+    from sdq import defaults
+    from sdq.config import _float
+    from sdq.cli.progress import Progress
+
+    shown = None if quiet else Progress(
+        job_id, sys.stderr, _float(os.environ, "SDQ_PROGRESS_INTERVAL", defaults.PROGRESS_INTERVAL))
     try:
         while True:
             doc = client.job(job_id, 0, 0)
-            if bar is not None:
-                c = doc["counts"]
-                bar.set_description_str(f"{job_id[:8]} {doc['state']}")
-                eta = doc.get("eta_seconds")
-                steps = doc.get("steps") or {}
-                queued = f", {doc['queue_position']} ahead" if doc.get("queue_position") else ""
-                bar.set_postfix_str(f"items {c['succeeded']}/{doc['n_items']} done, {c['running']} running, "
-                                    f"{c['failed']} failed, steps {steps.get('done', 0)}/{steps.get('total', 0)}"
-                                    + (f", eta {eta:.0f}s" if eta else "") + queued)
-                bar.n = int(doc["progress"] * 1000)
-                bar.refresh()
+            if shown is not None:
+                shown.show(doc)
             if doc["state"] in contract.TERMINAL_STATES:
                 break
             time.sleep(poll)
     finally:
-        if bar is not None:
-            bar.close()
+        if shown is not None:
+            shown.close()
     if not quiet:
         print(summary_table(client, doc), file=sys.stderr)
     return doc
@@ -247,10 +242,22 @@ def cmd_retry(args, client: Client) -> int:
     return 0
 
 
-def _speed(rates: dict[str, dict]) -> str:
-    """A worker's measured rates, e.g. `builtin:tiny-sd|txt2img|p256=1.2 (40)`: megapixel-steps per
-    second (items measured), or `cold` before its first item."""
-    return " ".join(f"{key}={r['rate']:.3g} ({r.get('n', 0)})" for key, r in sorted(rates.items())) or "cold"
+def _speed(rates: dict[str, dict], steps: int = 20) -> str:
+    """A worker's measured rates as people read them, e.g. `tiny-sd/txt2img/256x256: 12 steps/s,
+    1.6 s/image`: steps per second and time per `steps`-step image at the latest size of each kind
+    (the record keeps megapixel-steps per second), or `not measured yet` before its first item."""
+    out = []
+    for key, r in sorted(rates.items()):
+        model, pipeline, cls = (key.split("|") + ["", ""])[:3]
+        w = r.get("width") or int(cls.lstrip("p") or 0)
+        h = r.get("height") or w
+        if not (r.get("rate") and w and h):
+            continue
+        per_s = r["rate"] / (w * h / 1e6)
+        per_image = steps / per_s
+        pace = f"{per_image:.3g} s/image" if per_image >= 1 else f"{1 / per_image:.3g} images/s"
+        out.append(f"{model.removeprefix('builtin:')}/{pipeline}/{w}x{h}: {per_s:.3g} steps/s, {pace}")
+    return "; ".join(out) or "not measured yet"
 
 
 def cmd_workers(args, client: Client) -> int:

@@ -165,24 +165,18 @@ def cmd_models_push(args) -> int:
 def cmd_models(args) -> int:
     """List allowed models and, for local ones, their folder."""
     from sdq.config import Settings
-    from sdq.models import BUILTIN_MODELS, allowed_models, model_kind
+    from sdq.models import BUILTIN_MODELS, allowed_models
+    from sdq.sources import source_for
 
     if args.models_command == "push":
         return cmd_models_push(args)
     settings = Settings.from_env()
     rows = []
     for model in allowed_models(settings.models):
-        kind = model_kind(model)
-        row = {"id": model, "kind": kind}
-        if kind == "builtin":
-            name = model.removeprefix("builtin:")
-            from sdq.models import builtin_path
-
-            path = builtin_path(settings.models_dir, name)
-            row.update(path=str(path), present=(path / "model_index.json").exists(),
-                       pipelines=list(BUILTIN_MODELS[model]))
-        elif kind in ("folder", "file"):
-            row.update(path=os.path.abspath(os.path.expanduser(model)), present=os.path.exists(os.path.expanduser(model)))
+        source = source_for(model)
+        row = {"id": model, "kind": source.kind, **source.listing(settings.models_dir)}
+        if model in BUILTIN_MODELS:
+            row["pipelines"] = list(BUILTIN_MODELS[model])
         rows.append(row)
     if args.json:
         print(json.dumps(rows))

@@ -34,12 +34,26 @@ SEAWEEDFS_PORTS = ("s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance"
                    "admin.port", "admin.port.grpc", "webdav.port", "metricsPort")
 """Every port `weed mini` opens (each is given a free loopback port, so stacks never collide)."""
 
+SEAWEEDFS_ADMIN_GRPC_OFFSET = 10000
+"""`weed mini`'s built-in maintenance worker dials the admin server at its HTTP port + this, whatever
+`-admin.port.grpc` says; with any other gRPC port it logs "INITIAL CONNECTION FAILED" and a retry
+warning every few seconds for as long as it runs (SeaweedFS 4.48, which has no flag to leave it out)."""
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on `host` right now."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def free_port_pair(offset: int, host: str = "127.0.0.1") -> int:
+    """A free TCP port `p` on `host` such that `p + offset` is free too."""
+    for _ in range(200):
+        port = free_port(host)
+        if port + offset <= 65535 and port_free(port + offset, host):
+            return port
+    raise ConfigError(f"no free pair of ports {offset} apart on {host}")
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -122,10 +136,12 @@ class Stack:
     netns: str | None = None
     """Linux network namespace the stack's processes run in (`ip netns exec`), or None."""
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Service:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+               to_file: bool = False) -> Service:
+        """Start one service; its output goes to `<workdir>/<name>.log` when quiet (or `to_file`)."""
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
-        log = open(self.workdir / f"{name}.log", "ab") if self.quiet else None
+        log = open(self.workdir / f"{name}.log", "ab") if self.quiet or to_file else None
         proc = subprocess.Popen(argv, env={**os.environ, **self.env, **(env or {})},
                                 stdout=log or None, stderr=subprocess.STDOUT if log else None,
                                 start_new_session=self.quiet)
@@ -170,10 +186,13 @@ class Stack:
             data = self.workdir / "s3-data"
             data.mkdir(parents=True, exist_ok=True)
             ports = {name: free_port() for name in SEAWEEDFS_PORTS} | {"s3.port": port}
+            admin = free_port_pair(SEAWEEDFS_ADMIN_GRPC_OFFSET)
+            ports |= {"admin.port": admin, "admin.port.grpc": admin + SEAWEEDFS_ADMIN_GRPC_OFFSET}
             bucket = os.environ.get("SDQ_S3_BUCKET") or self.env.get("SDQ_S3_BUCKET") or "sdq"
+            # its banner (and any warning) goes to s3.log even in `sdq up`, whose screen is sdq's own
             svc = self._spawn("s3", [weed, "mini", f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}",
                                      "-admin.ui=false", "-webdav=false", f"-bucket={bucket}",
-                                     *(f"-{name}={p}" for name, p in ports.items())], env=creds)
+                                     *(f"-{name}={p}" for name, p in ports.items())], env=creds, to_file=True)
             ready = "/healthz"
         url = f"http://{self.host}:{port}"
         wait_for(lambda: requests.get(url + ready, timeout=1).status_code < 500, "S3 endpoint", 60, svc.proc)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdq import contract
+from sdq import contract, pipelines
 
 COLD_RATE = {"cpu": 0.1, "gpu": 2.0}
 """Megapixel-steps per second assumed for a worker that has not measured itself yet, by device
@@ -22,9 +22,7 @@ current GPU in fp16)."""
 
 def loop_steps(pipeline: str, params: dict[str, Any]) -> int:
     """How many denoising steps the pipeline really runs (img2img/depth2img: `steps * strength`)."""
-    if pipeline in ("img2img", "depth2img"):
-        return max(1, int(params["steps"] * params["strength"]))
-    return int(params["steps"])
+    return pipelines.spec(pipeline).loop_steps(params)
 
 
 def item_work(pipeline: str, params: dict[str, Any]) -> float:

@@ -41,17 +41,22 @@ class Maker:
 
 
 def cache_key(maker: Maker, owner: str, pipeline: str, params: dict[str, Any], prompt: str,
-              negative_prompt: str | None, seed: int, init_image_sha256: str | None, watermark: bool) -> str:
+              negative_prompt: str | None, seed: int, init_image_sha256: str | None, watermark: bool,
+              images_sha256: dict[str, str] | None = None) -> str:
     """The result-cache key of one item: a SHA-256 over everything that decides its image's bytes.
 
     `params` are the item's generation parameters (all of them, so a new parameter is in the key
     at once); `owner` keeps tenants apart. Not in the key: job id, index, priority, webhook,
-    the worker's name, its micro-batch size and low-memory mode (numerical noise only)."""
+    the worker's name, its micro-batch size and low-memory mode (numerical noise only). The
+    contents of the item's further image inputs (`images_sha256`, e.g. a mask) are in the key when
+    it has any."""
     doc = {
         "v": KEY_FORMAT, **asdict(maker), "owner": owner or "", "pipeline": pipeline,
         "params": params, "prompt": prompt, "negative_prompt": negative_prompt or "", "seed": int(seed),
         "init_image": init_image_sha256, "watermark": bool(watermark),
     }
+    if images_sha256:
+        doc["images"] = images_sha256
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

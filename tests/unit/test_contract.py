@@ -1,14 +1,15 @@
 """Facts defined once in the torch-free core and used by the producer and the worker."""
 from __future__ import annotations
 
-from sdq import contract, defaults
+from sdq import contract, defaults, pipelines
 from sdq.infotext import SCHEDULER_OF_SAMPLER
 
 
-def test_the_worker_has_a_diffusers_class_for_every_scheduler_the_api_accepts():
-    from workers.pipelines import SCHEDULER_CLASSES
+def test_every_scheduler_the_api_accepts_names_a_diffusers_class():
+    import diffusers
 
-    assert set(SCHEDULER_CLASSES) == set(contract.SCHEDULERS)
+    for name in contract.SCHEDULERS:
+        assert hasattr(diffusers, pipelines.SCHEDULERS[name].diffusers_class), name
 
 
 def test_every_sampler_name_maps_back_to_one_scheduler():
@@ -37,10 +38,15 @@ def test_the_control_queue_is_the_celery_default_queue():
     assert celery_config("redis://127.0.0.1:1/0")["task_default_queue"] == contract.CONTROL_QUEUE
 
 
-def test_the_worker_has_a_diffusers_pipeline_for_every_pipeline_the_api_accepts():
-    from workers.pipelines import TASK_CLASSES
+def test_every_pipeline_the_api_accepts_names_existing_diffusers_classes():
+    import diffusers
 
-    assert set(TASK_CLASSES) == set(contract.PIPELINES)
+    assert contract.PIPELINES == tuple(pipelines.SPECS)
+    for spec in pipelines.SPECS.values():
+        assert spec.classes, spec.name
+        for family, name in spec.classes.items():
+            assert hasattr(diffusers, name), (spec.name, family)
+            assert pipelines.family_of_class(name) == family
 
 
 def test_redis_replies_are_decoded_in_one_place():

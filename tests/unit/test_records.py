@@ -18,7 +18,7 @@ STORED = {"index": 3, "prompt": "a cat", "negative_prompt": "", "seed": 7, "gen"
 def test_the_task_message_carries_what_a_worker_needs_and_no_results():
     item = Item.from_record(STORED)
     assert item.show(records.MESSAGE) == {"index": 3, "prompt": "a cat", "negative_prompt": "", "seed": 7,
-                                          "init_image": None, "gen": 2, "cache": None, "oom_error": None,
+                                          "init_image": None, "images": None, "gen": 2, "cache": None, "oom_error": None,
                                           "oom_workers": None}
     body = Chunk.of(Job(id="j"), "q", [item]).message()
     assert body["items"] == [{"index": 3, "prompt": "a cat", "negative_prompt": "", "seed": 7, "gen": 2}]
@@ -120,7 +120,7 @@ GOOD = {"job": "j", "model": "m", "pipeline": "txt2img", "params": {"width": 64,
     ([GOOD], "not list"),
     ({**GOOD, "job": 7}, "'job' must be a non-empty string"),
     ({**GOOD, "model": ""}, "'model' must be a non-empty string"),
-    ({**GOOD, "pipeline": "inpaint"}, "'pipeline' must be one of"),
+    ({**GOOD, "pipeline": "outpaint"}, "'pipeline' must be one of"),
     ({**GOOD, "params": {"width": "64", "height": 64, "steps": 2}}, "'params' must hold positive integers"),
     ({**GOOD, "params": {"width": 64, "height": 64, "steps": True}}, "'params' must hold positive integers"),
     ({**GOOD, "items": []}, "'items' must be a non-empty list"),

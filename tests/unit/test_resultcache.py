@@ -32,10 +32,15 @@ def test_key_is_stable_and_ignores_parameter_order():
     {"pipeline": "img2img"}, {"params": {**PARAMS, "steps": 5}}, {"params": {**PARAMS, "guidance_scale": 7.0}},
     {"params": {**PARAMS, "scheduler": "ddim"}}, {"params": {**PARAMS, "width": 72}}, {"prompt": "a cat."},
     {"negative_prompt": "blurry"}, {"seed": 8}, {"init_image_sha256": "0" * 64}, {"watermark": True},
-    {"owner": "alice"},
+    {"owner": "alice"}, {"images_sha256": {"mask_image": "1" * 64}},
 ])
 def test_every_input_of_the_image_changes_the_key(change):
     assert _key(**change) != _key()
+
+
+def test_further_image_inputs_are_keyed_by_content_and_none_keeps_the_old_key():
+    assert _key(images_sha256={}) == _key(images_sha256=None) == _key()
+    assert _key(images_sha256={"mask_image": "1" * 64}) != _key(images_sha256={"mask_image": "2" * 64})
 
 
 @pytest.mark.parametrize("maker", [

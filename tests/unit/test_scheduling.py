@@ -129,3 +129,5 @@ def test_a_slow_first_call_is_outweighed_soon_then_rates_are_smoothed():
     assert meter.rate("m", "txt2img", PARAMS) == pytest.approx(1.0, abs=0.01)
     meter.observe("m", "txt2img", PARAMS, 1, 2 * work)  # one slow call later moves it by SMOOTHING
     assert meter.rate("m", "txt2img", PARAMS) == pytest.approx(1.0 - SMOOTHING * 0.5, abs=0.01)
+    key = speed.speed_key("m", "txt2img", PARAMS["width"] * PARAMS["height"])
+    assert (meter.snapshot()[key]["width"], meter.snapshot()[key]["height"]) == (512, 512)  # the size measured at

@@ -1,0 +1,218 @@
+"""Pipelines and schedulers as one table: what each pipeline needs, checks, writes and counts.
+
+Torch-free: the producer validates a request with it, the worker builds its diffusers call from
+it. A pipeline is one `PipelineSpec` in `SPECS`; no other module compares pipeline names, it
+asks the spec (`spec(name).scale`, `.images`, `.param_names` ...). Adding a pipeline means adding
+its entry here, its worker call (`workers.generation`) when the generic one does not fit, and its
+tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sdq import defaults
+
+SD = "sd"
+"""The Stable Diffusion 1.x/2.x family (a 4-channel UNet, one CLIP text encoder)."""
+SD_UPSCALE = "sd-upscale"
+"""The x4 upscaler (a 7-channel UNet conditioned on the low-resolution image)."""
+SD_DEPTH = "sd-depth"
+"""Stable Diffusion 2 depth (a 5-channel UNet conditioned on a depth map)."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A pipeline-specific item parameter: its type, range (checked at submit by the request schema,
+    `producer.schemas`), default and how infotext labels it."""
+
+    name: str
+    kind: type
+    low: float
+    high: float
+    default: Any
+    infotext: str | None = None
+    """A1111 infotext label the value is written under (None: not written)."""
+    doc: str = ""
+
+    def parse(self, text: str) -> Any:
+        """The value read back from infotext."""
+        return self.kind(float(text)) if self.kind is int else self.kind(text)
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An uploaded image a pipeline takes: the request field naming its upload key and the
+    keyword the diffusers call receives it under."""
+
+    field: str
+    kwarg: str
+    mode: str = "RGB"
+    """PIL mode the worker converts the upload to before the call (`L`: single channel)."""
+    infotext: str | None = None
+    """A1111 infotext label its upload key is written under."""
+    same_size_as: str | None = None
+    """Another image field this one must match in size (checked at submit)."""
+    sets_size: bool = False
+    """Its size is the item's width/height unless the request gives them (the worker resizes to it)."""
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """One pipeline: its inputs, parameters, output size, work count, infotext and diffusers classes."""
+
+    name: str
+    classes: dict[str, str]
+    """Model family -> diffusers pipeline class name (families without an entry cannot run it)."""
+    images: tuple[ImageInput, ...] = ()
+    params: tuple[Param, ...] = ()
+    scale: int = 1
+    """Output side / input side (4 for the x4 upscaler)."""
+    default_side: int | None = None
+    """Width and height when neither the request nor an init image gives them (None: `defaults.WIDTH/HEIGHT`)."""
+    steps_scaled_by: str | None = None
+    """Parameter the denoising loop's length is multiplied by (img2img runs `steps * strength` steps)."""
+    passes_size: bool = False
+    """The diffusers call takes `width`/`height` (else it works at the size of the image it is given)."""
+    legacy_callback: bool = False
+    """The diffusers class only has the old `callback(step, t, latents)` hook, not `callback_on_step_end`."""
+    limit_batch: bool = False
+    """Images per call are capped by the worker's `--upscale-batch` (a VAE that decodes large outputs in fp32)."""
+    doc: str = ""
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Names of the pipeline's own parameters."""
+        return tuple(p.name for p in self.params)
+
+    @property
+    def image_fields(self) -> tuple[str, ...]:
+        """Request fields naming the uploads the pipeline needs."""
+        return tuple(i.field for i in self.images)
+
+    @property
+    def needs_image(self) -> bool:
+        """The pipeline starts from an uploaded image (init image) rather than noise."""
+        return bool(self.images)
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """Size of the image made from `width` x `height` (the input size when `scale` is not 1)."""
+        return width * self.scale, height * self.scale
+
+    def loop_steps(self, params: dict[str, Any]) -> int:
+        """How many denoising steps the pipeline really runs."""
+        if self.steps_scaled_by is None:
+            return int(params["steps"])
+        return max(1, int(params["steps"] * params[self.steps_scaled_by]))
+
+    def call_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of the diffusers call taken from the item's parameters (not the images)."""
+        out = {p.name: params[p.name] for p in self.params}
+        if self.passes_size:
+            out.update(height=params["height"], width=params["width"])
+        return out
+
+    def infotext_fields(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Infotext fields of the pipeline's own parameters, in declaration order."""
+        return {p.infotext: params.get(p.name) for p in self.params if p.infotext}
+
+    def input_size(self, params: dict[str, Any]) -> str | None:
+        """The `Input size` infotext field: the requested size when the output is scaled, else None."""
+        return f"{params['width']}x{params['height']}" if self.scale != 1 else None
+
+    def class_for(self, family: str = SD) -> str | None:
+        """The diffusers class that runs this pipeline for a model of `family` (None: no such pipeline)."""
+        return self.classes.get(family)
+
+
+STRENGTH = Param("strength", float, 0, 1, defaults.STRENGTH, infotext="Denoising strength",
+                 doc="how much the init image is changed (0 keeps it, 1 ignores it)")
+NOISE_LEVEL = Param("noise_level", int, 0, 350, defaults.NOISE_LEVEL, infotext="Noise level",
+                    doc="noise the x4 upscaler adds to its input (its `max_noise_level` is 350)")
+INIT_IMAGE = ImageInput("init_image", "image", infotext="Init image", sets_size=True)
+MASK_IMAGE = ImageInput("mask_image", "mask_image", mode="L", infotext="Mask image", same_size_as="init_image")
+
+SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
+    PipelineSpec("txt2img", {SD: "StableDiffusionPipeline"}, passes_size=True,
+                 doc="an image from a prompt"),
+    PipelineSpec("img2img", {SD: "StableDiffusionImg2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
+                 steps_scaled_by="strength", doc="a prompt applied to an init image"),
+    PipelineSpec("upscale", {SD_UPSCALE: "StableDiffusionUpscalePipeline"}, images=(INIT_IMAGE,), params=(NOISE_LEVEL,),
+                 scale=4, default_side=defaults.UPSCALE_SIDE, legacy_callback=True, limit_batch=True,
+                 doc="the init image at 4x its size (width and height give the input size)"),
+    PipelineSpec("depth2img", {SD_DEPTH: "StableDiffusionDepth2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
+                 steps_scaled_by="strength", doc="img2img that keeps the init image's depth map"),
+    PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline"}, images=(INIT_IMAGE, MASK_IMAGE),
+                 params=(STRENGTH,), steps_scaled_by="strength",
+                 doc="the white part of a mask repainted over the init image (the mask is made single-channel)"),
+)}
+"""Every pipeline the API knows, by name."""
+
+PIPELINES = tuple(SPECS)
+"""Pipeline names, in table order."""
+
+
+def spec(name: str) -> PipelineSpec:
+    """The spec of pipeline `name`; ValueError naming the known ones otherwise."""
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown pipeline {name!r}; known: {', '.join(SPECS)}") from None
+
+
+def all_params() -> dict[str, Param]:
+    """Every pipeline-specific parameter by name (a parameter shared by pipelines is one entry)."""
+    out: dict[str, Param] = {}
+    for s in SPECS.values():
+        for p in s.params:
+            if out.setdefault(p.name, p) != p:
+                raise ValueError(f"parameter {p.name!r} is declared twice with different checks")
+    return out
+
+
+def all_images() -> dict[str, ImageInput]:
+    """Every image input by request field."""
+    return {i.field: i for s in SPECS.values() for i in s.images}
+
+
+def pipelines_for(family: str) -> tuple[str, ...]:
+    """The pipelines a model of `family` runs: the specs with a class for it."""
+    return tuple(name for name, s in SPECS.items() if family in s.classes)
+
+
+def family_of_class(class_name: str) -> str | None:
+    """The family a diffusers pipeline class belongs to (a model's `_class_name`), or None."""
+    return next((fam for s in SPECS.values() for fam, cls in s.classes.items() if cls == class_name), None)
+
+
+def pipeline_classes() -> set[str]:
+    """Every diffusers pipeline class some spec names (the worker imports them ahead of the first item)."""
+    return {c for s in SPECS.values() for c in s.classes.values()}
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """A scheduler name accepted in `params.scheduler`: its diffusers class and its A1111 sampler name."""
+
+    name: str
+    diffusers_class: str
+    sampler: str
+
+
+SCHEDULERS: dict[str, Scheduler] = {s.name: s for s in (
+    Scheduler("pndm", "PNDMScheduler", "PNDM"),
+    Scheduler("plms", "PNDMScheduler", "PLMS"),
+    Scheduler("ddim", "DDIMScheduler", "DDIM"),
+    Scheduler("euler", "EulerDiscreteScheduler", "Euler"),
+    Scheduler("euler_a", "EulerAncestralDiscreteScheduler", "Euler a"),
+    Scheduler("dpmpp_2m", "DPMSolverMultistepScheduler", "DPM++ 2M"),
+    Scheduler("lms", "LMSDiscreteScheduler", "LMS"),
+    Scheduler("ddpm", "DDPMScheduler", "DDPM"),
+    Scheduler("heun", "HeunDiscreteScheduler", "Heun"),
+    Scheduler("unipc", "UniPCMultistepScheduler", "UniPC"),
+)}
+"""Every scheduler name accepted in `params.scheduler`; the worker builds its class with
+`from_config` of the model's own scheduler config."""
+
+SAMPLER_NAMES = {s.name: s.sampler for s in SCHEDULERS.values()}
+"""Scheduler name -> the sampler name A1111 infotext writes for it."""

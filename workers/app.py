@@ -1,0 +1,179 @@
+"""Building a worker: every part once, fully constructed (cog's `setup()`), then serving.
+
+`build_worker` turns the options into a `Worker`: device, services (Redis, Celery, S3), the
+pipeline cache, uploader, router, runner, capability, heartbeat and leases, each given what it
+uses. `Worker.serve` joins the fleet and consumes until stopped. `workers.main` only calls these.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from celery.signals import worker_ready
+
+from sdq import contract, defaults
+from sdq.celery_app import make_celery, request_finalize, send_chunk
+from sdq.config import Settings
+from sdq.records import Chunk
+from sdq.state.redisconn import connect
+from sdq.state.resultindex import ResultIndex
+from sdq.state.store import JobStore
+from storage import ResultStore
+from workers.backups import Backups
+from workers.capability import Activity, Capability, Heartbeat, worker_models
+from workers.device import Device, select_device, set_threads
+from workers.faults import Faults
+from workers.finalize import finalize_job
+from workers.leases import Leases
+from workers.parts import Outputs, Presence, RunOptions
+from workers.pipelines import PipelineCache, warm_imports
+from workers.reaper import Reaper
+from workers.resultcache import CachedResults
+from workers.routing import Router
+from workers.runner import Runner
+from workers.speedometer import Speedometer
+from workers.tasks import register
+from workers.uploader import Uploader
+from workers.webhook_delivery import deliver_webhook
+from workers.weights import WeightsHasher
+
+log = logging.getLogger("sdq.worker")
+
+
+@dataclass
+class WorkerOptions:
+    """Command-line options of `sdq worker`."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    models: list[str] | None = None
+    max_pixels: int | None = None
+    max_batch: int | None = None
+    threads: int | None = None
+    name: str | None = None
+    low_memory: bool = False
+    force_dtype: bool = False
+    preload: list[str] | None = None
+    debug_oom_pixels: int | None = None
+    debug_fatal_after: int | None = None
+    safety_checker: bool = True
+    upscale_batch: int | None = None
+    loglevel: str = "INFO"
+
+
+def default_max_batch(kind: str) -> int:
+    """Micro-batch size when not given: 4 on a GPU; 1 on a CPU, where batching gains nothing."""
+    return 4 if kind == "gpu" else 1
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A Redis client (or Sentinel-followed primary) that notices a dead connection (socket timeout,
+    health checks)."""
+    return connect(url, socket_timeout=defaults.REDIS_SOCKET_TIMEOUT, socket_connect_timeout=10,
+                   health_check_interval=defaults.REDIS_HEALTH_CHECK, socket_keepalive=True)
+
+
+@dataclass
+class Worker:
+    """A worker's parts, built once by `build_worker`."""
+
+    name: str
+    device: Device
+    queues: list[str]
+    celery: Celery
+    leases: Leases
+    heartbeat: Heartbeat
+    uploader: Uploader
+    cache: PipelineCache
+    runner: Runner
+    loglevel: str = "INFO"
+
+    def serve(self) -> int:
+        """Join the fleet once Celery consumes, and consume until stopped."""
+        self.leases.connect()
+
+        def join_fleet(**_: object) -> None:
+            """Publish the record once Celery consumes: a worker in the fleet is one that takes work."""
+            self.heartbeat.beat()
+            if not self.heartbeat.is_alive():  # the signal comes again after a broker reconnect
+                self.heartbeat.start()
+
+        worker_ready.connect(join_fleet, weak=False)
+        log.info("worker %s on %s (%s, %s) consuming %s", self.name, self.device.device, self.device.name,
+                 self.device.dtype, self.queues)
+        try:
+            self.celery.worker_main([
+                "worker", "--pool=solo", "--concurrency=1", f"--hostname={self.name}@%h",
+                f"--queues={','.join([*self.queues, contract.worker_queue(self.name)])}",
+                f"--loglevel={self.loglevel}", "--without-gossip", "--without-mingle",
+            ])
+        finally:
+            self.heartbeat.stop()
+            self.uploader.shutdown()
+        return 0
+
+
+def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
+    """Build every part of a worker once, fully constructed; nothing consumes yet."""
+    # 1. Device first: refuse a bad device/dtype before anything is loaded.
+    device = select_device(opts.device, opts.dtype, force=opts.force_dtype)
+    set_threads(opts.threads)
+    models = worker_models(opts.models, settings.models)
+    max_pixels = opts.max_pixels or settings.max_pixels
+    max_batch = opts.max_batch or default_max_batch(device.kind)
+    name = opts.name or f"{device.kind}-{socket.gethostname()}-{os.getpid()}"
+    queues = contract.queues_for_worker(device.device, device.dtype, max_pixels) + [contract.CONTROL_QUEUE]
+
+    # 2. Services: Redis, the broker, the result store.
+    client = redis_client(settings.redis_url)
+    jobs = JobStore(client)
+    celery = make_celery(settings.redis_url, settings.visibility_timeout)
+    leases = Leases(client, stall_timeout=settings.stall_timeout)
+    store = ResultStore.from_settings(settings, outage_limit=settings.s3_outage_limit,
+                                      backoff_cap=settings.s3_backoff_cap, on_retry=leases.progress)
+    store.ensure_bucket()
+
+    def finalize(job_id: str) -> None:
+        request_finalize(celery, job_id)
+
+    def publish(chunk: Chunk) -> None:  # to its queue, or to one worker's own (`to`: a straggler backup)
+        send_chunk(celery, chunk)
+
+    # 3. Every part of the worker, each given what it uses.
+    faults = Faults.from_env(client, name)
+    uploader = Uploader(store, jobs, finalize, threads=defaults.UPLOAD_THREADS, faults=faults,
+                        progress=leases.progress)
+    cache = PipelineCache(settings.models_dir, device, defaults.MODEL_CACHE_SIZE,
+                          allow_ckpt=settings.allow_ckpt, low_memory=opts.low_memory,
+                          safety_checker=opts.safety_checker,
+                          upscale_batch=opts.upscale_batch or defaults.UPSCALE_MAX_BATCH, store=store)
+    speedometer = Speedometer(device.kind)
+    by_speed = settings.scheduling == "speed"
+    router = Router(name, models, max_pixels, device.memory_gb()[0], speedometer if by_speed else None)
+    activity = Activity(speed=speedometer)
+    backups = Backups(name, jobs, router, speedometer, lambda: activity.current is None, publish,
+                      queues) if by_speed else None
+    capability = Capability(name, device, models, max_pixels, max_batch, queues, opts.threads, activity,
+                            cache.loaded)
+    reaper = Reaper(jobs, celery, finalize, settings.reaper_interval, settings.finalize_resend)
+    interval = min(settings.heartbeat_interval, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
+    heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish, backups)
+    results = CachedResults(ResultIndex(client), WeightsHasher(settings.models_dir, store), store, jobs, name,
+                            device.device, device.dtype, opts.safety_checker, finalize)
+    runner = Runner(name, device, cache,
+                    Outputs(jobs, store, uploader, finalize, results),
+                    Presence(router, publish, leases, activity, heartbeat.publish),
+                    RunOptions(faults, max_batch, settings.max_attempts, opts.debug_oom_pixels,
+                               opts.debug_fatal_after))
+
+    # 4. Load once: imports warmed, models preloaded; the tasks bound to this runner.
+    warm_imports()
+    for model in opts.preload or []:
+        cache.load(model)
+    register(celery, runner, on_webhook=lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt),
+             on_finalize=lambda job_id: finalize_job(jobs, store, job_id, celery))
+    return Worker(name, device, queues, celery, leases, heartbeat, uploader, cache, runner, opts.loglevel)
