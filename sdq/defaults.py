@@ -199,6 +199,10 @@ REDIS_HEALTH_CHECK = 15
 PASS_ON_DELAY = 2
 """Seconds (a Celery countdown) before a chunk this worker may not run is offered again."""
 
+OUTBOX_LEASE = 30
+"""Seconds a message recorded in the outbox (`sdq.state.outbox`) is left to its writer (or to the
+sweeper that took it) before any worker's heartbeat publishes it."""
+
 HELD_RECHECK = 15
 """Seconds before a duplicate delivery of items a live worker holds is looked at again (`workers.runner`):
 if that worker lost them without a trace meanwhile, the copy takes them over."""

@@ -12,13 +12,16 @@ import redis
 
 from sdq import __version__, defaults
 from sdq.models import BUILTIN_MODELS, allowed_models
+from sdq.celery_app import flush_outbox
 from sdq.state import fleet
+from sdq.state.outbox import Outbox
+from sdq.state.store import JobStore
 from sdq.pipelines import PIPELINES
 from workers.device import Device
 from workers.backups import Backups
 from workers.leases import Leases
 from workers.reaper import Reaper, safe_tick
-from workers.routing import Publish, release_due
+from workers.routing import Publish
 from workers.speedometer import Speedometer
 
 log = logging.getLogger(__name__)
@@ -90,17 +93,20 @@ def worker_models(requested: list[str] | None, allowlist: tuple[str, ...]) -> li
 class Heartbeat(threading.Thread):
     """Every `interval` seconds until stopped: publish the capability record (alive `ttl` seconds),
     refresh the leases on the broker messages this worker holds (`workers.leases`), publish the
-    passed-on chunks that are due (`workers.routing`), and give the reaper its turn (`workers.reaper`)."""
+    outbox entries that are due (`sdq.state.outbox`: re-queued items and passed-on chunks whose writer
+    did not publish them, or whose delay is over), and give the reaper its turn (`workers.reaper`)."""
 
     def __init__(self, client: redis.Redis, capability: Capability,
                  interval: float = defaults.HEARTBEAT_INTERVAL, leases: Leases | None = None,
                  reaper: Reaper | None = None,
                  ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Publish | None = None,
-                 backups: Backups | None = None) -> None:
+                 backups: Backups | None = None, outbox: Outbox | None = None) -> None:
         super().__init__(name="sdq-heartbeat", daemon=True)
         self.client, self.capability, self.interval = client, capability, interval
         self.leases, self.reaper, self.ttl = leases, reaper, ttl
         self.publish_chunk = publish_chunk
+        self.outbox = outbox or Outbox(client)
+        self.jobs = JobStore(client)
         self.backups = backups  # straggler backups while idle (None: off)
         self.stopped = threading.Event()
 
@@ -121,7 +127,7 @@ class Heartbeat(threading.Thread):
             if self.leases is not None:
                 self.leases.refresh()
         if self.publish_chunk is not None:
-            release_due(self.client, self.publish_chunk)
+            flush_outbox(self.jobs, self.outbox, self.publish_chunk)
         safe_tick(self.reaper)
         if self.backups is not None:
             try:

@@ -26,6 +26,7 @@ from sdq.records import Chunk, Item
 from sdq.scheduling import speed
 from sdq.scheduling.speed import loop_steps
 from sdq.state import fleet
+from sdq.state.outbox import Outbox, intent
 from workers.device import Device
 from workers.generation import Generated, generate
 from workers.parts import (NORMAL, Backup, Cancelled, Failed, Mode, Outcome, OutOfMemoryEnd, Outputs, Presence,
@@ -347,14 +348,18 @@ class Runner:
                 self.finalize(job_id)
 
     def _hand_off(self, chunk: Chunk, batch: list[Item], error: str) -> None:
-        """Give the batch back to the queue for another worker, as a new attempt. If the job was
-        cancelled meanwhile, the batch ends `cancelled`."""
+        """Give the batch back to the queue for another worker, as a new attempt (its message recorded
+        in the outbox in the same step, published here). If the job was cancelled meanwhile, the batch
+        ends `cancelled`."""
         indices = [it.index for it in batch]
-        handed = dict(self.jobs.hand_off(chunk.job, indices, self.name, error))
+        pairs = self.jobs.hand_off(chunk.job, indices, self.name, error)
+        handed = dict(pairs)
         if handed:
+            self.faults.hit("handed_off")
             items = [replace(it, gen=handed[it.index], oom_workers=[*(it.oom_workers or ()), self.name],
                              oom_error=error) for it in batch if it.index in handed]
             self.publish(chunk.with_items(items))
+            Outbox(self.jobs.redis).done(intent(chunk.job, pairs))
             log.warning("job %s items %s: out of memory in low-memory mode; handed to another worker",
                         chunk.job, list(handed))
         elif self.jobs.is_cancelled(chunk.job):

@@ -15,7 +15,7 @@ Jobs (all expire `JOB_TTL` after creation):
 - ``sdq:events:<id>`` pub/sub channel of job events.
 
 The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` (`sdq.state.fleet`),
-``sdq:delayed`` (chunks passed on later, `workers.routing`), ``sdq:reaper:lock``,
+``sdq:outbox`` (messages still to publish, `sdq.state.outbox`), ``sdq:reaper:lock``,
 ``sdq:rcache:<key>`` (`sdq.state.resultindex`), ``sdq:upload:<key>`` (`producer.uploads`),
 ``sdq:debug:...`` (fault injection, `workers.faults`) and kombu's ``unacked_index``.
 
@@ -43,8 +43,9 @@ holder is alive get it in KEYS and read ``<prefix><worker>``."""
 FLEET_KEY = "sdq:workers"
 """Set of the names of workers that published a record (`worker_key`)."""
 
-DELAYED_KEY = "sdq:delayed"
-"""Sorted set of chunk messages (JSON) passed on for later, by the time they are due (`workers.routing`)."""
+OUTBOX_KEY = "sdq:outbox"
+"""The outbox (`sdq.state.outbox`): sorted set of messages to publish, by the time they are due; each
+state change that needs a message records it here in the same step."""
 
 REAPER_LOCK_KEY = "sdq:reaper:lock"
 """Held by the one worker that reaps at a time."""
@@ -58,9 +59,10 @@ FAULT_RULES_KEY = "sdq:debug:faults"
 UNACKED_INDEX_KEY = "unacked_index"
 """kombu's sorted set of delivered, unacknowledged messages (delivery tag -> delivery time)."""
 
-SHARED_SCRIPT_KEYS = (ACTIVE_KEY, FINALIZE_KEY, RUNNING_PREFIX, RUNNING_WORKERS_KEY)
-"""KEYS[1..4] of every job script (`lua/common.lua`): active jobs, jobs to finalise, the prefix of
-the running sets (the worker is read from the item inside the script), workers with running items."""
+SHARED_SCRIPT_KEYS = (ACTIVE_KEY, FINALIZE_KEY, RUNNING_PREFIX, RUNNING_WORKERS_KEY, OUTBOX_KEY)
+"""KEYS[1..5] of every job script (`lua/common.lua`): active jobs, jobs to finalise, the prefix of
+the running sets (the worker is read from the item inside the script), workers with running items,
+the outbox."""
 
 
 def job_key(job_id: str) -> str:
@@ -125,5 +127,5 @@ def job_script_keys(job_id: str) -> list[str]:
 
 def run_script_keys(job_id: str) -> list[str]:
     """KEYS of a script that asks whether an item's holder is alive (start, claim, finish): the keys of
-    `job_script_keys`, then `WORKER_PREFIX` (KEYS[10])."""
+    `job_script_keys`, then `WORKER_PREFIX` (KEYS[11])."""
     return [*job_script_keys(job_id), WORKER_PREFIX]

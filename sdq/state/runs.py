@@ -79,12 +79,14 @@ class Runs(ScriptedStore):
         return self.record_outcome(job_id, index, state, fields, worker, gen) == ENDED_JOB
 
     def hand_off(self, job_id: str, indices: list[int], worker: str, error: str,
-                 steps_reported: int = 0) -> list[tuple[int, int]]:
+                 steps_reported: int = 0, due: float | None = None) -> list[tuple[int, int]]:
         """Put `worker`'s running items back in `queued` as new attempts after it ran out of memory
         (not if the job was cancelled); returns the (index, gen) pairs handed back, each now naming
-        `worker` in `oom_workers`."""
+        `worker` in `oom_workers`. Their message is recorded in the outbox, due at `due` (default: one
+        lease from now): publish them, then `outbox.done(intent(job_id, pairs))`."""
+        due = time.time() + defaults.OUTBOX_LEASE if due is None else due
         out = [int(x) for x in self.scripts["hand_off"](keys=keys.job_script_keys(job_id),
-                                                        args=[job_id, worker, error, *indices])]
+                                                        args=[job_id, worker, error, due, *indices])]
         return list(zip(out[::2], out[1::2]))
 
     def release(self, job_id: str, indices: list[int], worker: str, error: str) -> int:
@@ -97,16 +99,23 @@ class Runs(ScriptedStore):
         """Workers that have (or had, until they died) items `running`."""
         return sorted(text(n) for n in self.redis.smembers(keys.RUNNING_WORKERS_KEY))
 
-    def reap(self, worker: str, limit: int = 500) -> list[tuple[str, int]]:
+    def reap(self, worker: str, limit: int = 500, due: float | None = None) -> list[tuple[str, int]]:
         """Put back up to `limit` items still `running` on `worker`, which left the fleet; returns
-        the (job id, index) pairs re-queued as new attempts (the caller publishes them)."""
+        the (job id, index) pairs re-queued as new attempts. Their messages are recorded in the
+        outbox, one intent per job (`sdq.state.outbox.intent` of its (index, gen) pairs in `reap_run`'s
+        order), due at `due` (default: one lease from now)."""
+        return [(job_id, index) for job_id, index, _ in self.reap_run(worker, limit, due)]
+
+    def reap_run(self, worker: str, limit: int = 500, due: float | None = None) -> list[tuple[str, int, int]]:
+        """`reap`, returning (job id, index, gen) of each re-queued item."""
+        due = time.time() + defaults.OUTBOX_LEASE if due is None else due
         running = keys.running_key(worker)
         members = [text(m) for m in self.redis.srandmember(running, limit)] if limit > 0 else []
         job_keys = [k for member in members for k in keys.job_keys(member.rpartition(":")[0])]
         out = self.scripts["reap"](keys=[*keys.SHARED_SCRIPT_KEYS, running, *job_keys],
-                                   args=[worker, time.time(), *members])
+                                   args=[worker, time.time(), due, *members])
         out = [text(x) for x in out]
-        return [(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
+        return [(out[i], int(out[i + 1]), int(out[i + 2])) for i in range(0, len(out), 3)]
 
     def item_records(self, job_id: str, indices: list[int]) -> list[Item]:
         """The records of these items (missing ones skipped)."""

@@ -1,10 +1,10 @@
 -- Shared by the job scripts that include it (first line `-- include: common`); loaded in front of them.
--- KEYS[1..4]: active jobs (zset), jobs to finalise (zset), the prefix of the per-worker running sets,
---   workers with running items (set). The running set is the one key formed here (prefix .. worker),
+-- KEYS[1..5]: active jobs (zset), jobs to finalise (zset), the prefix of the per-worker running sets,
+--   workers with running items (set), the outbox (zset, `sdq.state.outbox`). The running set is the one key formed here (prefix .. worker),
 --   because the worker is read from the item record. Then five keys per job (`job_keys(i)`).
 -- The `item.finished` event table below is filled in by `sdq.state.scripts` (a placeholder here):
 -- the item's fields that the EVENT view shows (`sdq.records`).
-local ACTIVE, FINALIZE, RUNNING, RUNNING_WORKERS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ACTIVE, FINALIZE, RUNNING, RUNNING_WORKERS, OUTBOX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
 -- the keys of one job, from KEYS[i]: its hash, items, per-item progress, won, events channel
 local function job_keys(i, job_id)
@@ -74,7 +74,7 @@ local function settle(k, it, state, now, error)
   emit(k, 'item.finished', ITEM_FINISHED)
 end
 -- Whether `worker` still holds a run of item `index` of job `job_id` that it started at `since`: its
--- fleet record (`workers` is the record prefix, KEYS[10] of the scripts that ask) exists (it expires
+-- fleet record (`workers` is the record prefix, KEYS[11] of the scripts that ask) exists (it expires
 -- HEARTBEAT_TTL after the last beat), does not say `stalled` (no progress for STALL_TIMEOUT), is of a
 -- process started no later than the run (not a restart under the same name), and names the item in
 -- its `current_item` (or was last written before the run started, so cannot say yet).
@@ -99,4 +99,16 @@ local function run_since(it, worker)
   if it.worker == worker then return it.started_at end
   if type(it.backup) == 'table' and it.backup.worker == worker then return it.backup.started_at end
   return nil
+end
+-- Items re-queued by this step need a message: record "publish item i of attempt g" in the outbox in
+-- the same step, due at `due` (the caller publishes before then and removes it; if it dies, a sweeper
+-- publishes it). `flat` is {index, gen, index, gen, ...}; the member is spelled as
+-- `sdq.state.outbox.intent` spells it: ``<job>|<index>:<gen>,...``. Returns the member (nil: none).
+local function add_intent(job_id, flat, due)
+  if #flat == 0 then return nil end
+  local parts = {}
+  for n = 1, #flat, 2 do parts[#parts + 1] = tostring(flat[n]) .. ':' .. tostring(flat[n + 1]) end
+  local member = job_id .. '|' .. table.concat(parts, ',')
+  redis.call('ZADD', OUTBOX, tonumber(due), member)
+  return member
 end
