@@ -51,8 +51,13 @@ test-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# Two passes: everything but the timing-sensitive tests side by side on TEST_WORKERS pytest-xdist workers
+# (each with its own redis/producer/worker stack on free ports; most of the wall time is waiting on
+# timeouts by design), then the `serial` tests (latency bounds, speed ratios) alone on the machine.
+TEST_WORKERS ?= 2
 test: install test-deps
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not serial"
+	$(PY) -m pytest -m serial
 
 # The unit tier: pure logic only, no services started, under a minute.
 test-fast: install

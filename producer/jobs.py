@@ -11,15 +11,17 @@ from typing import Any, Callable
 import redis
 from celery import Celery
 
+from producer.family import check_item, family_defaults, info_for
 from producer.inputs import ItemImages, item_images
 from producer.schemas import ITEM_PARAM_KEYS, ItemIn, SubmitRequest
 from producer.sweep import check_sweep, combinations, count as sweep_count
 from producer.tenants import check_queue_room
 from producer.uploads import upload_record
-from sdq import contract, defaults, pipelines
+from sdq import contract, defaults, families, pipelines
 from sdq.celery_app import item_queue, send_chunk
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
+from sdq.families import Family, ModelInfo
 from sdq.gridlayout import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
 from sdq.records import Chunk, Item, Job
@@ -29,9 +31,11 @@ from sdq.state.outbox import Outbox
 from sdq.state.store import JobStore
 from sdq.webhooks import check_webhook_url
 
-DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper(), None) for key in ITEM_PARAM_KEYS} | {
-    p.name: p.default for p in pipelines.all_params().values()}
-"""Item parameter defaults (the named ones in `sdq.defaults`), applied at submit and recorded in the job."""
+DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper(), None) for key in ITEM_PARAM_KEYS
+                            if key not in pipelines.FAMILY_PARAMS} | {
+    p.name: p.default for p in pipelines.all_params().values() if p.name not in pipelines.FAMILY_PARAMS}
+"""Item parameter defaults (the named ones in `sdq.defaults`), applied at submit and recorded in the job;
+a model family's own defaults are added over them (`producer.family`)."""
 
 
 @dataclass
@@ -44,10 +48,12 @@ class Plan:
 
 
 def _item_params(base: dict[str, Any], override: Any | None) -> dict[str, Any]:
-    params = {k: base[k] for k in ITEM_PARAM_KEYS}
+    params = {k: base.get(k) for k in ITEM_PARAM_KEYS}
     if override is not None:
         params.update({k: getattr(override, k) for k in ITEM_PARAM_KEYS if getattr(override, k) is not None})
-    return params
+    # A family parameter is carried only when set (its family's default, or given): other families'
+    # items stay as they were (their result cache keys and infotext unchanged).
+    return {k: v for k, v in params.items() if v is not None or k not in pipelines.FAMILY_PARAMS}
 
 
 def _pixels(pipeline: str, params: dict[str, Any]) -> int:
@@ -62,13 +68,15 @@ def _check_limits(pipeline: str, params: dict[str, Any], where: str, settings: S
                            f"{settings.max_pixels} pixels per image", code="too_large")
 
 
-def _init_image_size(params: dict[str, Any], record: dict[str, Any] | None, explicit: set[str]) -> dict[str, Any]:
+def _init_image_size(params: dict[str, Any], record: dict[str, Any] | None, explicit: set[str],
+                     multiple: int = 8) -> dict[str, Any]:
     """Image pipelines work at the init image's size unless width/height are given: the worker resizes
-    the image to width x height (rounded down to a multiple of 8); upscale makes 4x that."""
+    the image to width x height (rounded down to a multiple of 8, or of the model family's own
+    `size_multiple`); upscale makes 4x that."""
     if record is None:
         return params
     size = {"width": record["width"], "height": record["height"]}
-    return {**params, **{k: max(8, v // 8 * 8) for k, v in size.items() if k not in explicit}}
+    return {**params, **{k: max(multiple, v // multiple * multiple) for k, v in size.items() if k not in explicit}}
 
 
 @dataclass
@@ -94,7 +102,9 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
         check_webhook_url(req.webhook_url, settings.webhook_allow_private)
     sweep = check_sweep(req.sweep)
     given = req.params.model_dump(exclude_none=True)
-    base = {**DEFAULTS, **given}
+    info = info_for(req.model, req.pipeline)  # the model's family, when the producer can read the model
+    base = {**DEFAULTS, **family_defaults(info, given), **given}
+    check_item(info.family, req.model, base, "params.")
     spec = pipelines.spec(req.pipeline)
     if spec.default_side is not None:
         base.update({side: spec.default_side for side in ("width", "height") if side not in given})
@@ -102,7 +112,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
 
     # 2. Items: prompts or explicit items, times sweep combinations, times images_per_prompt.
     _check_count(req, sweep, settings.max_items)
-    items = _expand(req, settings, base, given, seed, combinations(sweep), uploads)
+    items = _expand(req, settings, base, given, seed, combinations(sweep), uploads, info.family)
 
     # 3. Checks over all the items: the watermark's smallest image, the grid's largest sheet.
     if req.params.watermark:
@@ -111,7 +121,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
         _check_grid(req.pipeline, items, sweep, req.params.images_per_prompt)
 
     # 4. The job record.
-    return Plan(_job_record(req, settings, owner, base, seed, sweep, len(items)), items)
+    return Plan(_job_record(req, settings, owner, base, seed, sweep, len(items), info), items)
 
 
 def _check_count(req: SubmitRequest, sweep: dict[str, list[Any]], max_items: int) -> None:
@@ -128,8 +138,10 @@ def _check_count(req: SubmitRequest, sweep: dict[str, list[Any]], max_items: int
 
 
 def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given: dict[str, Any], seed: int,
-            combos: list[dict[str, Any]], uploads: Callable[[str, str], dict[str, Any]] | None) -> list[Item]:
-    """The items of every prompt or entry of `items`, each checked against the server's limits."""
+            combos: list[dict[str, Any]], uploads: Callable[[str, str], dict[str, Any]] | None,
+            fam: Family | None = None) -> list[Item]:
+    """The items of every prompt or entry of `items`, each checked against the server's limits and
+    the model's family (`fam`, None: not known here)."""
     sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items or []]
     items: list[Item] = []
     for src, (prompt, it) in enumerate(sources):
@@ -138,17 +150,18 @@ def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given:
         images = item_images(pipelines.spec(req.pipeline), given, it, where, uploads)
         if images.size is not None:
             explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
-            params = _init_image_size(params, images.size, explicit)
+            params = _init_image_size(params, images.size, explicit, fam.size_multiple if fam else 8)
         _check_limits(req.pipeline, params, where, settings)
+        check_item(fam, req.model, params, where)
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
         cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
         source = _Source(src, prompt, it, params, images, negative, cache)
-        items += _cells(source, combos, req, seed, len(items), settings)
+        items += _cells(source, combos, req, seed, len(items), settings, fam)
     return items
 
 
 def _cells(source: _Source, combos: list[dict[str, Any]], req: SubmitRequest, seed: int, start: int,
-           settings: Settings) -> list[Item]:
+           settings: Settings, fam: Family | None = None) -> list[Item]:
     """The items of one source: a sweep cell each (or the one empty cell), times images_per_prompt."""
     n_per = req.params.images_per_prompt
     out: list[Item] = []
@@ -157,6 +170,7 @@ def _cells(source: _Source, combos: list[dict[str, Any]], req: SubmitRequest, se
         cell = {**source.params, **{k: v for k, v in combo.items() if k in ITEM_PARAM_KEYS}}
         if combo:
             _check_limits(req.pipeline, cell, "sweep.", settings)
+            check_item(fam, req.model, cell, "sweep.")
         for k in range(n_per):
             index = start + len(out)
             out.append(Item(
@@ -196,14 +210,18 @@ def _check_grid(pipeline: str, items: list[Item], sweep: dict[str, list[Any]], n
 
 
 def _job_record(req: SubmitRequest, settings: Settings, owner: str, base: dict[str, Any], seed: int,
-                sweep: dict[str, list[Any]], n_items: int) -> Job:
-    """The job record: its request with the defaults applied, the job seed and the watermark choice."""
+                sweep: dict[str, list[Any]], n_items: int, info: ModelInfo) -> Job:
+    """The job record: its request with the defaults applied, the job seed, the watermark choice and
+    the model family's memory need (`requires.memory`, when the family is known here)."""
     watermark = settings.watermark_default if req.params.watermark is None else req.params.watermark
     job_params = {k: v for k, v in base.items() if k not in ("seed",)}
     job_params["seed"] = seed
     job_params["watermark"] = watermark
+    requires = req.requires.model_dump()
+    if info.memory is not None:  # what a worker's device must hold (`sdq.families.Memory`)
+        requires["memory"] = info.memory.record()
     return Job(id=uuid.uuid4().hex, owner=owner, state="queued", created_at=time.time(), model=req.model,
-               pipeline=req.pipeline, params=job_params, requires=req.requires.model_dump(), priority=req.priority,
+               pipeline=req.pipeline, params=job_params, requires=requires, priority=req.priority,
                n_items=n_items, seed=seed, webhook_url=req.webhook_url, sweep=sweep or None)
 
 
@@ -233,8 +251,9 @@ def route(plan: Plan, workers: list[dict[str, Any]],
     routed = [Chunk.of(plan.job, queue, items) for queue, items in _chunks(plan, workers, by_speed)]
     for queue in sorted({c.queue for c in routed}):
         able = fleet.serving(workers, queue, model)
-        if req.get("min_memory_gb"):
-            able = [wk for wk in able if (wk.get("memory_total_gb") or 0) >= req["min_memory_gb"]]
+        pixels = max(_pixels(plan.job.pipeline, c.params) for c in routed if c.queue == queue)
+        able = [wk for wk in able if (wk.get("memory_total_gb") or 0) >= (
+            families.required_gb(req, wk.get("dtype") or "fp32", pixels) or 0)]
         if not able:
             plan.warnings.append(
                 f"no live worker can serve {queue} (device={req['device']}, dtype={req.get('dtype') or 'any'}, "

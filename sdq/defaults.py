@@ -215,6 +215,6 @@ LOST_PASS_ONS = 3
 """Times a worker passes on (to the other live workers) a chunk it gave back after an
 infrastructure error, before running it again itself."""
 
-PROGRESS_INTERVAL = 5.0
+CLI_PROGRESS_INTERVAL = 5.0
 """Seconds between the plain progress lines `sdq submit --wait`, `sdq wait` and `sdq demo` print
 when their output is not a terminal (a file, a pipe, a CI log) (`SDQ_PROGRESS_INTERVAL`)."""

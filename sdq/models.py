@@ -13,6 +13,8 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "builtin:tiny-sd": pipelines.SD,
     "builtin:tiny-upscaler": pipelines.SD_UPSCALE,
     "builtin:tiny-depth": pipelines.SD_DEPTH,
+    "builtin:tiny-sdxl": pipelines.SDXL,
+    "builtin:tiny-sd3": pipelines.SD3,
 }
 """Built-in model id -> its family (`sdq.pipelines`)."""
 

@@ -11,14 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sdq import defaults
-
-SD = "sd"
-"""The Stable Diffusion 1.x/2.x family (a 4-channel UNet, one CLIP text encoder)."""
-SD_UPSCALE = "sd-upscale"
-"""The x4 upscaler (a 7-channel UNet conditioned on the low-resolution image)."""
-SD_DEPTH = "sd-depth"
-"""Stable Diffusion 2 depth (a 5-channel UNet conditioned on a depth map)."""
+from sdq import defaults, families
+from sdq.families import SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL
 
 
 @dataclass(frozen=True)
@@ -133,9 +127,11 @@ INIT_IMAGE = ImageInput("init_image", "image", infotext="Init image", sets_size=
 MASK_IMAGE = ImageInput("mask_image", "mask_image", mode="L", infotext="Mask image", same_size_as="init_image")
 
 SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
-    PipelineSpec("txt2img", {SD: "StableDiffusionPipeline"}, passes_size=True,
+    PipelineSpec("txt2img", {SD: "StableDiffusionPipeline", SDXL: "StableDiffusionXLPipeline",
+                             SD3: "StableDiffusion3Pipeline"}, passes_size=True,
                  doc="an image from a prompt"),
-    PipelineSpec("img2img", {SD: "StableDiffusionImg2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
+    PipelineSpec("img2img", {SD: "StableDiffusionImg2ImgPipeline", SDXL: "StableDiffusionXLImg2ImgPipeline",
+                             SD3: "StableDiffusion3Img2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
                  steps_scaled_by="strength", doc="a prompt applied to an init image"),
     PipelineSpec("upscale", {SD_UPSCALE: "StableDiffusionUpscalePipeline"}, images=(INIT_IMAGE,), params=(NOISE_LEVEL,),
                  scale=4, default_side=defaults.UPSCALE_SIDE, legacy_callback=True, limit_batch=True,
@@ -160,9 +156,70 @@ def spec(name: str) -> PipelineSpec:
         raise ValueError(f"unknown pipeline {name!r}; known: {', '.join(SPECS)}") from None
 
 
+SIDE_LIMIT = 8192
+"""Largest `original_width`/`original_height` (SDXL was trained on sizes up to ~4096)."""
+
+FAMILY_PARAMS: dict[str, Param] = {p.name: p for p in (
+    Param("original_width", int, 8, SIDE_LIMIT, None, infotext="Original width",
+          doc="SDXL size conditioning (diffusers' `original_size`): the width the model is told the "
+              "training picture had; default: the image's width"),
+    Param("original_height", int, 8, SIDE_LIMIT, None, infotext="Original height",
+          doc="SDXL size conditioning: the height of `original_size`; default: the image's height"),
+    Param("crop_left", int, 0, SIDE_LIMIT, None, infotext="Crop left",
+          doc="SDXL crop conditioning (diffusers' `crops_coords_top_left`): left edge; default 0"),
+    Param("crop_top", int, 0, SIDE_LIMIT, None, infotext="Crop top",
+          doc="SDXL crop conditioning: top edge; default 0"),
+    Param("max_sequence_length", int, 1, 512, 256, infotext="Max sequence length",
+          doc="SD3: prompt tokens of the T5 encoder (diffusers allows at most 512; default 256)"),
+)}
+"""Parameters only some model families take (`families.Family.params` names them); a family's items
+get its defaults at submit, other families' items never carry them."""
+
+
+def _sdxl_kwargs(p: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if p.get("original_width") is not None or p.get("original_height") is not None:
+        out["original_size"] = (p.get("original_height") or p["height"], p.get("original_width") or p["width"])
+    if p.get("crop_left") is not None or p.get("crop_top") is not None:
+        out["crops_coords_top_left"] = (p.get("crop_top") or 0, p.get("crop_left") or 0)
+    return out
+
+
+def _sd3_kwargs(p: dict[str, Any]) -> dict[str, Any]:
+    sized = {"height": p["height"], "width": p["width"]}  # its image pipelines also resize to these
+    return {**sized, "max_sequence_length": p["max_sequence_length"]} if p.get("max_sequence_length") else sized
+
+
+FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs}
+"""Family -> the keyword arguments of its diffusers calls made from the item's family parameters."""
+
+
+def base_class(family: str) -> str:
+    """The diffusers class a model of `family` is loaded as when nothing names one (a single file
+    without a config folder): the family's class in the first table row that has one (text-to-image,
+    as diffusers' AutoPipelineForText2Image picks, for the families that have it)."""
+    return next(s.classes[family] for s in SPECS.values() if family in s.classes)
+
+
+def family_kwargs(family: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The diffusers call's keyword arguments for `family`'s own parameters (none for SD)."""
+    make = FAMILY_KWARGS.get(family)
+    return make(params) if make is not None else {}
+
+
+def family_params(family: str) -> tuple[Param, ...]:
+    """The parameters `family` takes beyond the pipelines' own."""
+    return tuple(FAMILY_PARAMS[name] for name in families.family(family).params)
+
+
+def family_infotext(params: dict[str, Any]) -> dict[str, Any]:
+    """Infotext fields of the family parameters an item carries (left out when unset)."""
+    return {p.infotext: params[p.name] for p in FAMILY_PARAMS.values() if params.get(p.name) is not None}
+
+
 def all_params() -> dict[str, Param]:
-    """Every pipeline-specific parameter by name (a parameter shared by pipelines is one entry)."""
-    out: dict[str, Param] = {}
+    """Every pipeline- or family-specific parameter by name (a parameter shared by pipelines is one entry)."""
+    out: dict[str, Param] = dict(FAMILY_PARAMS)
     for s in SPECS.values():
         for p in s.params:
             if out.setdefault(p.name, p) != p:
@@ -210,6 +267,7 @@ SCHEDULERS: dict[str, Scheduler] = {s.name: s for s in (
     Scheduler("ddpm", "DDPMScheduler", "DDPM"),
     Scheduler("heun", "HeunDiscreteScheduler", "Heun"),
     Scheduler("unipc", "UniPCMultistepScheduler", "UniPC"),
+    Scheduler("flow_euler", "FlowMatchEulerDiscreteScheduler", "FlowMatch Euler"),  # flow-matching families only
 )}
 """Every scheduler name accepted in `params.scheduler`; the worker builds its class with
 `from_config` of the model's own scheduler config."""

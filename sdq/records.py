@@ -172,6 +172,11 @@ class Item(Record):
         return self.init_image if name == "init_image" else (self.images or {}).get(name)
 
 
+WORKER_REQUIRES = ("min_memory_gb", "memory")
+"""A job's requirements a worker checks itself (device and dtype are its queue's): the caller's
+`min_memory_gb`, and the model family's `memory` need (`sdq.families.Memory.record`)."""
+
+
 @dataclass
 class Chunk:
     """One `sdq.generate` task message: items of one job that share every parameter."""
@@ -184,7 +189,7 @@ class Chunk:
     queue: str | None = None  # the queue it is for (None: a message from before queues were named)
     priority: int = 0  # Celery priority (0 first)
     watermark: bool = False
-    requires: dict = field(default_factory=dict)  # what a worker must have ({min_memory_gb})
+    requires: dict = field(default_factory=dict)  # what a worker must have (`WORKER_REQUIRES`)
     failed_on: list[str] = field(default_factory=list)  # workers an infrastructure error stopped it on
     deferred: bool = False  # left once to a worker with the model loaded
     deferred_at: float | None = None  # when its items were first left to faster workers
@@ -194,10 +199,10 @@ class Chunk:
     @classmethod
     def of(cls, job: Job, queue: str, items: list[Item]) -> Chunk:
         """The chunk of `items` of `job` (they share their parameters) for `queue`."""
-        need = job.requires.get("min_memory_gb")
+        requires = {k: job.requires[k] for k in WORKER_REQUIRES if job.requires.get(k)}
         return cls(job=job.id, model=job.model, pipeline=job.pipeline, params=items[0].params, items=items,
                    queue=queue, priority=celery_priority(job.priority), watermark=bool(job.params.get("watermark")),
-                   requires={"min_memory_gb": need} if need else {})
+                   requires=requires)
 
     def message(self) -> dict[str, Any]:
         """The JSON body of the task (items as `MESSAGE` shows them, unset fields left out)."""

@@ -24,10 +24,15 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("sdq")
 
 
+def _shared_tmp(workdir: Path) -> Path:
+    """The run's temp root: shared by pytest-xdist's workers (built-in models are generated once, race-safe)."""
+    return workdir.parent.parent if os.environ.get("PYTEST_XDIST_WORKER") else workdir
+
+
 @pytest.fixture(scope="session", autouse=True)
 def test_env(workdir) -> Iterator[None]:
     """Isolate the model cache and point every child process at the test bucket."""
-    models = Path(os.environ.get("SDQ_TEST_MODELS_DIR") or workdir / "models")
+    models = Path(os.environ.get("SDQ_TEST_MODELS_DIR") or _shared_tmp(workdir) / "models")
     old = dict(os.environ)
     os.environ.update(LOCAL_AWS, SDQ_MODELS_DIR=str(models), SDQ_S3_BUCKET=TEST_BUCKET, HF_HUB_OFFLINE="1",
                       TOKENIZERS_PARALLELISM="false")

@@ -88,6 +88,8 @@ def test_models_lists_builtin_with_folder(models_dir):
     rows = json.loads(out.stdout)
     tiny = next(r for r in rows if r["id"] == "builtin:tiny-sd")
     assert Path(tiny["path"]).is_relative_to(models_dir) and tiny["present"] is True
+    assert {r["id"]: r["family"] for r in rows if r["id"] in ("builtin:tiny-sdxl", "builtin:tiny-sd3")} == {
+        "builtin:tiny-sdxl": "sdxl", "builtin:tiny-sd3": "sd3"}
 
 
 @pytest.mark.unit
@@ -136,8 +138,10 @@ def test_wait_into_a_log_prints_one_plain_line_per_interval(stack):
     assert "\r" not in text and "|" not in text, text  # no bar redraws
     progress = [(t, line.decode()) for t, line in arrivals if line.startswith(f"job {job_id[:8]} ".encode())
                 and b"items " in line]
-    assert len(progress) >= 2, text  # the job outlasted an interval, so pacing was exercised
+    assert len(progress) >= 3, text  # the job outlasted an interval, so pacing was exercised
     assert all(re.fullmatch(rf"job {job_id[:8]} (queued|running|succeeded) \d+%: items \d+/4 done, .*\n", line)
                for _, line in progress), text
-    gaps = [b[0] - a[0] for a, b in zip(progress, progress[1:])]
+    assert progress[-1][1].startswith(f"job {job_id[:8]} succeeded 100%: items 4/4 done"), text  # the end is shown
+    running = progress[:-1]  # lines while the job ran: paced
+    gaps = [b[0] - a[0] for a, b in zip(running, running[1:])]
     assert min(gaps) >= interval * 0.8, gaps  # one line per interval (a little slack for pipe delivery)

@@ -55,6 +55,7 @@ def _still_open(sock: socket.socket) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_fifty_clients_and_two_hundred_streams(stack, capsys):
     api = stack.env["SDQ_SERVER"]
     parts = urlsplit(api)

@@ -40,6 +40,7 @@ def _read_until(sock: socket.socket, marker: bytes, buf: bytes = b"", timeout: f
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_hundreds_of_open_streams_leave_the_api_answering(api):
     job_id = requests.post(api + "/v1/jobs", json={"prompts": ["waits"], "requires": {"device": "gpu"},
                                                    "params": {"width": 64, "height": 64, "steps": 2}},

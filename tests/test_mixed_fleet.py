@@ -25,6 +25,7 @@ from tests.conftest import wait_job, wait_until
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.serial,
     pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) is needed to pin workers"),
     pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to pin a fast and a slow worker"),
 ]

@@ -1,7 +1,8 @@
 """sdq workers: the Celery worker that runs diffusers pipelines and uploads results.
 
 torch, diffusers and transformers are imported only by the device and pipeline code:
-`workers.device`, `workers.pipelines`, `workers.generation`, `workers.builtin`, `workers.checkpoints`,
-`workers.sources` (a hub download) and `workers.simulate`. The other modules import none of them
-themselves (the app, the runner and capability use them through those modules).
+`workers.device`, `workers.pipelines`, `workers.generation`, `workers.builtin`,
+`workers.builtin_families`, `workers.checkpoints`, `workers.sources` (a hub download) and
+`workers.simulate`. The other modules import none of them themselves (the app, the runner and
+capability use them through those modules).
 """

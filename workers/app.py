@@ -154,7 +154,8 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
                           upscale_batch=opts.upscale_batch or defaults.UPSCALE_MAX_BATCH, store=store)
     speedometer = Speedometer(device.kind)
     by_speed = settings.scheduling == "speed"
-    router = Router(name, models, max_pixels, device.memory_gb()[0], speedometer if by_speed else None)
+    router = Router(name, models, max_pixels, device.memory_gb()[0], speedometer if by_speed else None,
+                    dtype=device.dtype)
     activity = Activity(speed=speedometer)
     backups = Backups(name, jobs, router, speedometer, lambda: activity.current is None, publish,
                       queues) if by_speed else None

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from sdq.sources import builtin_path
+from workers import builtin_families
 
 SD_SCHEDULER = dict(
     num_train_timesteps=1000,
@@ -206,6 +207,7 @@ def build_tiny_depth(path: Path) -> None:
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-sd": build_tiny_sd, "tiny-upscaler": build_tiny_upscaler, "tiny-depth": build_tiny_depth,
+    **builtin_families.BUILDERS,
 }
 """Built-in model name (after `builtin:`) to its generator."""
 

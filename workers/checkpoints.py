@@ -99,3 +99,12 @@ def _transformers_version() -> str:
     import transformers
 
     return transformers.__version__
+
+
+def absent_components(folder: Path) -> dict[str, None]:
+    """Components `model_index.json` lists as absent (`[null, null]`), each as None: diffusers only
+    leaves out those its class declares optional, and SD3 saved without its T5 encoder
+    (`text_encoder_3`, `tokenizer_3`) loads only when they are passed as None."""
+    index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
+    return {name: None for name, spec in index.items()
+            if not name.startswith("_") and isinstance(spec, list) and spec == [None, None]}

@@ -9,7 +9,7 @@ import torch
 
 from sdq import pipelines
 from sdq.exceptions import Cancelled, OutOfMemory
-from workers.pipelines import Loaded, PipelineCache, free_memory, is_out_of_memory
+from workers.pipelines import Loaded, PipelineCache, denoiser, free_memory, is_out_of_memory
 from workers.routing import next_try
 
 log = logging.getLogger(__name__)
@@ -66,21 +66,26 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     """One pipeline call for a batch; one seeded CPU generator per image. Its images are empty
     when the job was cancelled mid-call (`callback` set `pipe._interrupt`).
 
+    No negative prompt at all is passed as None, not as empty strings: SDXL then uses zero embeddings
+    for the unconditional half (`force_zeros_for_empty_prompt`), as diffusers' own default call does.
+
     `images` holds each image input's uploads (by request field, one per prompt), resized to `width` x
     `height` first; the spec says which keyword each is passed as and which parameters go along.
     """
     pipe.scheduler = loaded.scheduler(params["scheduler"])
     kwargs: dict[str, Any] = dict(
-        prompt=prompts, negative_prompt=negative_prompts, num_inference_steps=params["steps"],
+        prompt=prompts, negative_prompt=negative_prompts if any(negative_prompts) else None, num_inference_steps=params["steps"],
         guidance_scale=params["guidance_scale"],
         generator=[torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds],
         **_step_hooks(pipe, task, callback),
     )
     spec = pipelines.spec(task)
     kwargs.update(spec.call_kwargs(params))
+    kwargs.update(pipelines.family_kwargs(loaded.family, params))
     for image in spec.images:
         kwargs[image.kwarg] = _fit((images or {}).get(image.field, []), params["width"], params["height"])
-    dtype = DTYPE_NAMES.get(pipe.unet.dtype, str(pipe.unet.dtype))  # read at the call, not assumed
+    net = denoiser(pipe)
+    dtype = DTYPE_NAMES.get(net.dtype, str(net.dtype))  # read at the call, not assumed
     try:
         with torch.inference_mode():
             out = pipe(**kwargs)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sdq import defaults, pipelines
+from sdq import defaults, families, pipelines
 from sdq.exceptions import ModelError, OutOfMemory
 from sdq.sources import single_file_config, source_for
 from workers import checkpoints
@@ -71,9 +71,20 @@ class Loaded:
     low_memory: bool = False  # on for good once it was what made a call fit (its modules are shared)
     offloaded: Any = None  # the pipeline whose model-offload hooks the shared modules carry (CUDA)
 
+    def check_scheduler(self, name: str) -> None:
+        """ModelError for a scheduler the model's family cannot run (a flow-matching one on a
+        noise-prediction model, or the reverse): the producer checks it when it knows the family at
+        submit, not for hub ids or pushed models."""
+        fam = families.family(self.family)
+        if not fam.runs(name):
+            able = ", ".join(s for s in pipelines.SCHEDULERS if fam.runs(s))
+            raise ModelError(f"scheduler {name!r} does not run {fam.title} models like {self.model_id!r}; "
+                             f"use {able}")
+
     def scheduler(self, name: str):
         """A fresh scheduler for one call: a deep copy of a template built once per name
         (`from_config` costs ~1 ms of signature inspection; a copy ~0.3 ms)."""
+        self.check_scheduler(name)
         if name not in self.schedulers:
             self.schedulers[name] = make_scheduler(name, self.scheduler_config)
         return copy.deepcopy(self.schedulers[name])
@@ -199,8 +210,7 @@ class PipelineCache:
             pipe.set_progress_bar_config(disable=True)
             if not self.safety_checker and getattr(pipe, "safety_checker", None) is not None:
                 pipe.safety_checker = None  # the operator turned it off (--no-safety-checker)
-            family = pipelines.family_of_class(type(pipe).__name__) or pipelines.SD
-            entry = Loaded(model_id, pipe, dict(pipe.scheduler.config), family=family)
+            entry = Loaded(model_id, pipe, dict(pipe.scheduler.config), family=_family_of(model_id, pipe))
             self._place(entry)
             return entry
         except ModelError as exc:
@@ -229,7 +239,9 @@ class PipelineCache:
             raise ModelError(f"{folder}: not a diffusers model folder (no model_index.json)")
         variant = checkpoints.choose_variant(folder, half=dtype != torch.float32)
         folder = checkpoints.with_current_classes(folder, self.models_dir / "views")
-        return diffusers.DiffusionPipeline.from_pretrained(folder, dtype=dtype, variant=variant)
+        # DiffusionPipeline reads the class from model_index.json (the AutoPipeline row of its family).
+        return diffusers.DiffusionPipeline.from_pretrained(folder, dtype=dtype, variant=variant,
+                                                           **checkpoints.absent_components(folder))
 
     def _load_single_file(self, path: str, dtype: torch.dtype):
         """A single checkpoint in the original (LDM) layout, with its architecture from a local config
@@ -244,11 +256,17 @@ class PipelineCache:
             raise ModelError(f"single-file model {path!r}: no such file on worker")
         config = single_file_config(file)
         if config is None:
-            # diffusers infers the architecture from the keys and fetches that model's configs from the
-            # hub (or the local hub cache; HF_HUB_OFFLINE is respected).
-            log.warning("no local config beside %s: diffusers will look its configs up on the hub", file)
-            return diffusers.StableDiffusionPipeline.from_single_file(
-                str(file), dtype=dtype, cache_dir=str(self.models_dir / "hub"))
+            # The family from the file's tensor names picks the class; diffusers infers the rest of the
+            # architecture from the keys and fetches that model's configs from the hub (or the local hub
+            # cache; HF_HUB_OFFLINE is respected).
+            try:
+                name = pipelines.base_class(families.detect(file))
+            except families.UnknownFamily as exc:
+                raise ModelError(f"single-file model {path!r}: {exc}") from None
+            log.warning("no local config beside %s: diffusers will look the configs of a %s up on the hub",
+                        file, name)
+            return getattr(diffusers, name).from_single_file(str(file), dtype=dtype,
+                                                             cache_dir=str(self.models_dir / "hub"))
         cls = getattr(diffusers, _pipeline_class_name(config))
         return cls.from_single_file(str(file), config=str(config), dtype=dtype, local_files_only=True)
 
@@ -310,6 +328,26 @@ class PipelineCache:
             raise ModelError(f"model {entry.model_id!r} cannot run pipeline {task!r}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+
+def _family_of(model_id: str, pipe) -> str:
+    """The family of a loaded pipeline, from its class (the one its model_index.json named): a family
+    sdq does not run is a ModelError; a class the table does not know is run as SD (community
+    variants of SD pipelines share its modules), with a warning."""
+    name = type(pipe).__name__
+    try:
+        return families.from_class_name(name)
+    except families.UnknownFamily as exc:
+        if families.unsupported(name) is not None:
+            raise ModelError(f"model {model_id!r}: {exc}") from None
+    log.warning("model %s: pipeline class %s is not in the family table; running it as %s", model_id, name,
+                families.SD)
+    return families.SD
+
+
+def denoiser(pipe):
+    """The pipeline's denoising network: the UNet, or the transformer of transformer families."""
+    return getattr(pipe, "unet", None) or pipe.transformer
 
 
 def _pipeline_class_name(config: Path) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Union
 
 import redis
 
-from sdq import contract, defaults
+from sdq import contract, defaults, families
 from sdq.records import Chunk, Item
 from sdq.scheduling import scheduling, speed
 from sdq.state import fleet
@@ -123,6 +123,7 @@ class Router:
     max_pixels: int = defaults.MAX_PIXELS
     memory_gb: float | None = None  # the device's total memory (None: unknown)
     speedometer: Speedometer | None = None  # this worker's measured speed (None: take every chunk whole)
+    dtype: str = "fp32"  # the dtype it computes in (a model's memory need depends on it)
 
     @property
     def by_speed(self) -> bool:
@@ -132,16 +133,18 @@ class Router:
     def refusal(self, chunk: Chunk) -> str | None:
         """Why this worker must not run `chunk` (None: it may). A worker never runs an item it does
         not advertise: a model outside `--models`, images above `--max-pixels`, a job's
-        `requires.min_memory_gb` above this device, or items it already ran out of memory on."""
+        `requires.min_memory_gb` or model family's memory need (`requires.memory`, for this worker's
+        dtype and the images' size) above this device, or items it already ran out of memory on."""
         if self.models and chunk.model not in self.models:
             return f"model {chunk.model} is not in this worker's --models"
         p = chunk.params
         w, h = contract.output_size(chunk.pipeline, p["width"], p["height"])
         if w * h > self.max_pixels:
             return f"{w}x{h} images exceed this worker's --max-pixels {self.max_pixels}"
-        need = chunk.requires.get("min_memory_gb")
+        need = families.required_gb(chunk.requires, self.dtype, w * h)
         if need and self.memory_gb is not None and self.memory_gb < need:
-            return f"the job needs {need} GB of device memory; this worker has {self.memory_gb:.1f} GB"
+            return (f"the job needs {need:g} GB of device memory for {w}x{h} images of model {chunk.model} in "
+                    f"{self.dtype}; this worker has {self.memory_gb:.1f} GB")
         if any(self.name in (it.oom_workers or ()) for it in chunk.items):
             return "this worker already ran out of memory on these items"
         return None

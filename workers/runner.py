@@ -52,6 +52,7 @@ def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device
         "CFG scale": p["guidance_scale"], "Seed": item.seed, "Size": f"{size[0]}x{size[1]}",
         "Model": chunk.model, "Pipeline": task,
         **spec.infotext_fields(p),
+        **pipelines.family_infotext(p),
         **{image.infotext: item.image_key(image.field) for image in spec.images if image.infotext},
         "Input size": spec.input_size(p),
         "Watermark": watermark.LABEL if watermarked else None,
@@ -205,7 +206,8 @@ class Runner:
         self.faults.hit("load")
         try:
             pipe, loaded = self.cache.get(chunk.model, task)
-        except ModelError as exc:  # the model itself is wrong: nothing to retry
+            loaded.check_scheduler(chunk.params["scheduler"])
+        except ModelError as exc:  # the model itself is wrong (or not for these parameters): nothing to retry
             self._end(mode, chunk, todo, Failed(str(exc)))
             return
         self.leases.progress()

@@ -1,7 +1,7 @@
 "use strict";
 // sdq web page: the submit form.
 
-const SCHEDULERS = ["pndm", "plms", "ddim", "euler", "euler_a", "dpmpp_2m", "lms", "ddpm", "heun", "unipc"];
+const SCHEDULERS = ["pndm", "plms", "ddim", "euler", "euler_a", "dpmpp_2m", "lms", "ddpm", "heun", "unipc", "flow_euler"];
 const SWEEP_KEYS = {
   "": "none", guidance_scale: "guidance", steps: "steps", scheduler: "scheduler", seed: "seed",
   width: "width", height: "height", strength: "strength", negative_prompt: "negative prompt",

@@ -96,7 +96,7 @@ def wait_job(client: Client, job_id: str, quiet: bool = False, poll: float = 0.5
     from sdq.cli.progress import Progress
 
     shown = None if quiet else Progress(
-        job_id, sys.stderr, _float(os.environ, "SDQ_PROGRESS_INTERVAL", defaults.PROGRESS_INTERVAL))
+        job_id, sys.stderr, _float(os.environ, "SDQ_PROGRESS_INTERVAL", defaults.CLI_PROGRESS_INTERVAL))
     try:
         while True:
             doc = client.job(job_id, 0, 0)

@@ -166,8 +166,9 @@ def cmd_models_push(args) -> int:
 
 
 def cmd_models(args) -> int:
-    """List allowed models and, for local ones, their folder."""
+    """List allowed models with their family (where it can be read here) and, for local ones, their folder."""
     from sdq.config import Settings
+    from sdq.families import UnknownFamily, model_info
     from sdq.models import BUILTIN_MODELS, allowed_models
     from sdq.sources import source_for
 
@@ -180,12 +181,18 @@ def cmd_models(args) -> int:
         row = {"id": model, "kind": source.kind, **source.listing(settings.models_dir)}
         if model in BUILTIN_MODELS:
             row["pipelines"] = list(BUILTIN_MODELS[model])
+        try:
+            family = model_info(model).family
+            row["family"] = family.name if family else None  # None: read by the worker when it loads it
+        except UnknownFamily as exc:
+            row["family"], row["error"] = None, str(exc)
         rows.append(row)
     if args.json:
         print(json.dumps(rows))
     else:
         for r in rows:
-            print(f"{r['id']:40s} {r['kind']:8s} {r.get('path', '')}" + ("" if r.get("present", True) else "  (made on first use)"))
+            print(f"{r['id']:40s} {r['kind']:8s} {r['family'] or '?':10s} {r.get('path', '')}"
+                  + ("" if r.get("present", True) else "  (made on first use)"))
     return 0
 
 

@@ -10,6 +10,7 @@ import time
 from typing import IO, Any, Callable
 
 from sdq import defaults
+from sdq.contract import TERMINAL_STATES
 
 
 def describe(doc: dict[str, Any]) -> str:
@@ -26,7 +27,7 @@ def describe(doc: dict[str, Any]) -> str:
 class Progress:
     """Shows a job's status documents on `stream` as they are polled; `close()` when it ends."""
 
-    def __init__(self, job_id: str, stream: IO[str], interval: float = defaults.PROGRESS_INTERVAL,
+    def __init__(self, job_id: str, stream: IO[str], interval: float = defaults.CLI_PROGRESS_INTERVAL,
                  tty: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         if interval <= 0:
             raise ValueError(f"progress interval must be > 0 seconds, got {interval}")
@@ -41,7 +42,7 @@ class Progress:
                             bar_format="{desc} |{bar}| {percentage:3.0f}%{postfix}")
 
     def show(self, doc: dict[str, Any]) -> None:
-        """Show one status document (the bar is redrawn; a plain line only once per interval)."""
+        """Show one status document (the bar is redrawn; a plain line once per interval, and at the end)."""
         if self.bar is not None:
             self.bar.set_description_str(f"{self.job_id[:8]} {doc['state']}")
             self.bar.set_postfix_str(describe(doc))
@@ -49,7 +50,8 @@ class Progress:
             self.bar.refresh()
             return
         now = self.clock()
-        if self.last is not None and now - self.last < self.interval:
+        final = doc["state"] in TERMINAL_STATES  # the last line always shows how the job ended
+        if not final and self.last is not None and now - self.last < self.interval:
             return
         self.last = now
         print(f"job {self.job_id[:8]} {doc['state']} {int(doc['progress'] * 100)}%: {describe(doc)}",

@@ -43,3 +43,17 @@ def test_worker_timings_come_from_the_same_parser():
 def test_a_bad_timing_names_the_variable_and_value(name, raw, words):
     with pytest.raises(ConfigError, match=f"{name}={raw!r} {words}"):
         Settings.from_env({name: raw})
+
+
+def test_every_default_is_defined_once():
+    """A second assignment of a name in sdq/defaults.py silently replaces the first (a CLI setting once
+    replaced the worker's step-progress throttle of the same name)."""
+    import ast
+    from pathlib import Path
+
+    import sdq.defaults
+
+    tree = ast.parse(Path(sdq.defaults.__file__).read_text(encoding="utf-8"))
+    names = [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -20,7 +20,10 @@ def test_every_item_parameter_has_a_named_default():
     from producer.jobs import DEFAULTS
     from producer.schemas import ITEM_PARAM_KEYS, Overrides
 
-    assert set(DEFAULTS) == set(ITEM_PARAM_KEYS) == set(Overrides.model_fields)
+    from sdq.pipelines import FAMILY_PARAMS
+
+    # a model family's own parameters get its family's default at submit (producer.family)
+    assert set(DEFAULTS) | set(FAMILY_PARAMS) == set(ITEM_PARAM_KEYS) == set(Overrides.model_fields)
     assert DEFAULTS["steps"] == defaults.STEPS and defaults.SCHEDULER in contract.SCHEDULERS
     Overrides.model_validate(DEFAULTS)  # the defaults pass the schema's own checks
 

@@ -44,3 +44,14 @@ def test_describe_names_the_queue_position():
 def test_interval_must_be_positive():
     with pytest.raises(ValueError, match="got 0"):
         Progress("x", io.StringIO(), interval=0, tty=False)
+
+
+def test_the_end_of_the_job_is_always_shown():
+    now = [0.0]
+    out = io.StringIO()
+    shown = Progress("abcdef0123", out, interval=5.0, tty=False, clock=lambda: now[0])
+    shown.show(_doc(9))
+    now[0] = 1.0  # well within the interval
+    shown.show(_doc(10, "succeeded"))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[-1].startswith("job abcdef01 succeeded 100%: items 10/10 done")

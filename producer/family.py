@@ -1,0 +1,76 @@
+"""A job checked against its model's family at submit: defaults, limits and parameters it takes.
+
+The family is known when the producer can read the model (`sdq.families.model_info`: built-ins by
+id, allowlisted local folders and files); for hub ids and pushed models it is not, and the
+request's values go through as given (the worker loads the model with its own family's classes).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sdq import pipelines
+from sdq.exceptions import InvalidInput
+from sdq.families import FAMILIES, Family, ModelInfo, UnknownFamily, model_info
+
+
+def info_for(model: str, pipeline: str) -> ModelInfo:
+    """What the producer can know of `model`; 422 naming `model` for a family sdq does not run and
+    `pipeline` for a pipeline the family has no class for."""
+    try:
+        info = model_info(model)
+    except UnknownFamily as exc:
+        raise InvalidInput("model", f"model {model!r}: {exc}", code="unsupported_model") from None
+    if info.family is not None and pipelines.spec(pipeline).class_for(info.family.name) is None:
+        able = [name for name, spec in pipelines.SPECS.items() if spec.class_for(info.family.name)]
+        raise InvalidInput("pipeline", f"model {model!r} is a {info.family.title} model, which has no {pipeline!r} "
+                           f"pipeline; it runs {', '.join(able)}", code="unsupported_pipeline")
+    return info
+
+
+def family_defaults(info: ModelInfo, given: dict[str, Any]) -> dict[str, Any]:
+    """Job-wide defaults of the model's family for what the request leaves out: size, scheduler,
+    guidance and the family's own parameters (recorded in the job, so the image can be made again)."""
+    fam = info.family
+    if fam is None:
+        return {}
+    out: dict[str, Any] = {"scheduler": fam.default_scheduler, "guidance_scale": fam.guidance[2],
+                           **{p.name: p.default for p in pipelines.family_params(fam.name)}}
+    if info.default_side is not None:
+        out.update(width=info.default_side, height=info.default_side)
+    return {k: v for k, v in out.items() if k not in given}
+
+
+def check_item(fam: Family | None, model: str, params: dict[str, Any], where: str) -> None:
+    """Raise InvalidInput naming `where` + the field when an item's parameters do not suit the
+    model's family (nothing is checked when the family is not known here)."""
+    if fam is None:
+        return
+    takes = set(fam.params)
+    for name in pipelines.FAMILY_PARAMS:
+        if name not in takes and params.get(name) is not None:
+            owners = [f for f, ps in _owners().items() if name in ps]
+            raise InvalidInput(f"{where}{name}", f"{where}{name}={params[name]!r}: only {', '.join(owners)} models "
+                               f"take it; {model!r} is a {fam.title} model", code="unsupported_parameter")
+    low, high, _ = fam.guidance
+    g = params.get("guidance_scale")
+    if g is not None and not low <= g <= high:
+        raise InvalidInput(f"{where}guidance_scale", f"{where}guidance_scale must be between {low:g} and {high:g} "
+                           f"for {fam.title} models, got {g!r}")
+    scheduler = params.get("scheduler")
+    if scheduler is not None and not fam.runs(scheduler):
+        able = [s for s in pipelines.SCHEDULERS if fam.runs(s)]
+        raise InvalidInput(f"{where}scheduler", f"{where}scheduler {scheduler!r} does not run {fam.title} models; "
+                           f"use {', '.join(able)}")
+    for side in ("width", "height"):
+        if params.get(side) is not None and params[side] % fam.size_multiple:
+            raise InvalidInput(f"{where}{side}", f"{where}{side} must be a multiple of {fam.size_multiple} for "
+                               f"{fam.title} models, got {params[side]}")
+    for crop, original, side in (("crop_left", "original_width", "width"), ("crop_top", "original_height", "height")):
+        value, limit = params.get(crop), params.get(original) or params.get(side)
+        if value is not None and limit is not None and value >= limit:
+            raise InvalidInput(f"{where}{crop}", f"{where}{crop}={value} lies outside the original image, "
+                               f"{limit} pixels along that side")
+
+
+def _owners() -> dict[str, tuple[str, ...]]:
+    return {f.title: f.params for f in FAMILIES.values()}

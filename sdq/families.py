@@ -1,0 +1,280 @@
+"""Model families: what a model is, read from the model itself, and what each family needs.
+
+Torch-free: the producer checks a job against its model's family at submit (when it can read the
+model: built-ins by id, allowlisted local folders and files), the worker loads the family's
+pipeline classes and refuses items whose memory need its device cannot meet.
+
+A family is picked from a diffusers folder's `model_index.json` (`_class_name`, the same key
+diffusers' AutoPipeline reads) or, for a single `.safetensors` checkpoint, from the tensor names
+in its header (`conditioner.embedders.1.` only SDXL has, `joint_blocks.` only SD3's MMDiT).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+SD = "sd"
+"""Stable Diffusion 1.x/2.x: a 4-channel UNet, one CLIP text encoder."""
+SD_UPSCALE = "sd-upscale"
+"""The x4 upscaler (a 7-channel UNet conditioned on the low-resolution image)."""
+SD_DEPTH = "sd-depth"
+"""Stable Diffusion 2 depth (a 5-channel UNet conditioned on a depth map)."""
+SDXL = "sdxl"
+"""Stable Diffusion XL: a 4-channel UNet with size/crop conditioning, two CLIP text encoders."""
+SD3 = "sd3"
+"""Stable Diffusion 3.x: an MMDiT transformer, two CLIP encoders and T5, a 16-channel VAE, flow matching."""
+
+FLOW_SCHEDULERS = ("flow_euler",)
+"""Schedulers of flow-matching (rectified-flow) models; noise-prediction families cannot use them."""
+
+HALF_BYTES = {"fp16": 1.0, "bf16": 1.0, "fp32": 2.0}
+"""Memory of a dtype relative to half precision."""
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Device memory a model needs, in half precision: its weights plus working memory that grows
+    with the output's pixel count (activations, the VAE decode). fp32 doubles both."""
+
+    weights_gb: float
+    gb_per_mpx: float
+
+    def need_gb(self, dtype: str, pixels: int) -> float:
+        """GiB of device memory to make one `pixels`-pixel image in `dtype` (`fp16`, `bf16`, `fp32`)."""
+        if dtype not in HALF_BYTES:
+            raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(HALF_BYTES)}")
+        return round(HALF_BYTES[dtype] * (self.weights_gb + self.gb_per_mpx * pixels / 2**20), 2)
+
+    def record(self) -> dict[str, float]:
+        """The JSON form a job's `requires.memory` holds."""
+        return {"weights_gb": self.weights_gb, "gb_per_mpx": self.gb_per_mpx}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Memory:
+        """Back from `record()`."""
+        return cls(float(record["weights_gb"]), float(record["gb_per_mpx"]))
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: how it is recognised, and its defaults, limits and memory need."""
+
+    name: str
+    title: str
+    class_names: tuple[str, ...]
+    """`_class_name`s of `model_index.json` that mean this family (diffusers' AutoPipeline rows)."""
+    file_keys: tuple[str, ...]
+    """Prefixes of tensor names that mark a single-file checkpoint of this family."""
+    default_side: int
+    """Width and height when the request gives none (the size the family was trained at)."""
+    size_multiple: int
+    """Width and height must be multiples of this (VAE downsampling x transformer patch size)."""
+    default_scheduler: str
+    schedulers: tuple[str, ...] | None
+    """Scheduler names (`params.scheduler`) the family can run; None: every noise-prediction one."""
+    guidance: tuple[float, float, float]
+    """(lowest, highest, default) `guidance_scale`."""
+    memory: Memory
+    """Estimated need of the published full-size models (not measured on a GPU here: docs/MODELS.md)."""
+    params: tuple[str, ...] = ()
+    """Family-specific item parameters it takes (declared in `sdq.pipelines`)."""
+
+    def runs(self, scheduler: str) -> bool:
+        """Whether scheduler `scheduler` (a `params.scheduler` name) can drive this family's models."""
+        return scheduler in self.schedulers if self.schedulers is not None else scheduler not in FLOW_SCHEDULERS
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family(SD, "Stable Diffusion 1.x/2.x",
+           ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
+           ("model.diffusion_model.input_blocks.",), default_side=512, size_multiple=8, default_scheduler="pndm",
+           schedulers=None, guidance=(0.0, 50.0, 7.5), memory=Memory(2.2, 2.5)),
+    # Same layout as SD in a single file: told apart only by a config folder's model_index.json.
+    Family(SD_UPSCALE, "Stable Diffusion x4 upscaler", ("StableDiffusionUpscalePipeline",), (), default_side=512,
+           size_multiple=8, default_scheduler="pndm", schedulers=None, guidance=(0.0, 50.0, 7.5),
+           memory=Memory(2.0, 3.0)),
+    Family(SD_DEPTH, "Stable Diffusion 2 depth", ("StableDiffusionDepth2ImgPipeline",), (), default_side=512,
+           size_multiple=8, default_scheduler="pndm", schedulers=None, guidance=(0.0, 50.0, 7.5),
+           memory=Memory(2.6, 2.5)),
+    Family(SDXL, "Stable Diffusion XL",
+           ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
+           ("conditioner.embedders.1.",), default_side=1024, size_multiple=8, default_scheduler="euler",
+           schedulers=None, guidance=(0.0, 50.0, 5.0), memory=Memory(7.0, 3.0),
+           params=("original_width", "original_height", "crop_left", "crop_top")),
+    Family(SD3, "Stable Diffusion 3.x",
+           ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
+           ("model.diffusion_model.joint_blocks.", "joint_blocks."), default_side=1024, size_multiple=16,
+           default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS, guidance=(0.0, 30.0, 7.0),
+           memory=Memory(16.0, 2.0), params=("max_sequence_length",)),
+)}
+"""Every family sdq runs, by name."""
+
+UNSUPPORTED_CLASSES = {"Flux": "Flux", "StableCascade": "Stable Cascade", "Kandinsky": "Kandinsky",
+                       "PixArt": "PixArt", "Sana": "Sana", "Lumina": "Lumina", "HunyuanDiT": "Hunyuan-DiT",
+                       "AuraFlow": "AuraFlow", "QwenImage": "Qwen-Image", "Wan": "Wan", "Cog": "CogView"}
+"""`_class_name` prefixes of families sdq recognises but does not run (named in the refusal)."""
+
+UNSUPPORTED_FILE_KEYS = {"double_blocks.": "Flux", "model.diffusion_model.double_blocks.": "Flux"}
+"""Tensor-name prefixes of single files of families sdq does not run."""
+
+TINY = Memory(0.2, 0.5)
+"""The built-in tiny models' need (a few MB of weights; working memory at most ~0.5 GB per Mpx on a CPU)."""
+
+TINY_PREFIX = "builtin:tiny-"
+"""Ids of the tiny built-ins (random weights, a few MB); other built-ins need their family's memory."""
+
+BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256}
+"""Default width and height of the tiny built-ins whose family's default is larger (their sample size
+times 8: diffusers' own default for them); the others take their family's."""
+
+
+class UnknownFamily(ValueError):
+    """The model is of a family sdq does not run, or not a diffusion model sdq recognises."""
+
+
+class UnsupportedFamily(UnknownFamily):
+    """The model is of a family sdq recognises and does not run (Flux, PixArt, ...)."""
+
+
+def family(name: str) -> Family:
+    """The family called `name`; UnknownFamily naming the known ones otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise UnknownFamily(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def unsupported(class_name: str) -> str | None:
+    """The name of the family sdq recognises but does not run that `class_name` belongs to, or None."""
+    return next((title for prefix, title in UNSUPPORTED_CLASSES.items() if class_name.startswith(prefix)), None)
+
+
+def from_class_name(class_name: str) -> str:
+    """The family of a diffusers pipeline class name (a `model_index.json` `_class_name`)."""
+    for fam in FAMILIES.values():
+        if class_name in fam.class_names:
+            return fam.name
+    title = unsupported(class_name)
+    if title is not None:
+        raise UnsupportedFamily(f"{class_name} is a {title} model; sdq runs {', '.join(FAMILIES)} models")
+    raise UnknownFamily(f"pipeline class {class_name!r} is not one sdq runs (families: {', '.join(FAMILIES)})")
+
+
+def from_keys(keys: list[str]) -> str:
+    """The family of a single-file checkpoint from its tensor names (original/LDM layout)."""
+    # SD's marker (`input_blocks`) is in SDXL's files too: the newer families' own markers first.
+    found = [f.name for f in FAMILIES.values()
+             if f.name != SD and f.file_keys and any(k.startswith(f.file_keys) for k in keys)]
+    if found:
+        return found[0]
+    for prefix, title in UNSUPPORTED_FILE_KEYS.items():
+        if any(k.startswith(prefix) for k in keys):
+            raise UnsupportedFamily(f"the checkpoint is a {title} model; sdq runs {', '.join(FAMILIES)} models")
+    if any(k.startswith(FAMILIES[SD].file_keys) for k in keys):
+        return SD
+    raise UnknownFamily("the checkpoint's tensor names match no family sdq runs")
+
+
+SAFETENSORS_HEADER_MAX = 100 * 2**20
+"""Largest safetensors JSON header read (the format's own limit)."""
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    """Tensor names of a `.safetensors` file, read from its JSON header (no weights are read)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise UnknownFamily(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+        (size,) = struct.unpack("<Q", head)
+        if not 0 < size <= SAFETENSORS_HEADER_MAX:
+            raise UnknownFamily(f"{path}: not a safetensors file (header length {size})")
+        try:
+            header = json.loads(f.read(size))
+        except ValueError as exc:
+            raise UnknownFamily(f"{path}: not a safetensors file ({exc})") from None
+    return [k for k in header if k != "__metadata__"]
+
+
+def from_folder(folder: Path) -> str:
+    """The family of a diffusers folder, from its `model_index.json`."""
+    index = Path(folder) / "model_index.json"
+    try:
+        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+    except (OSError, ValueError) as exc:
+        raise UnknownFamily(f"{folder}: no readable model_index.json ({exc})") from None
+    return from_class_name(class_name)
+
+
+def from_file(file: Path) -> str:
+    """The family of a single checkpoint: the local config folder beside it (`x.safetensors` ->
+    `x/model_index.json`) when there is one, else a `.safetensors` file's tensor names."""
+    file = Path(file)
+    config = file.with_suffix("")
+    if (config / "model_index.json").is_file():
+        return from_folder(config)
+    if file.suffix.lower() != ".safetensors":
+        raise UnknownFamily(f"{file}: the family of a {file.suffix} file cannot be read without loading it; put "
+                            f"its diffusers config folder beside it ({config}/model_index.json)")
+    return from_keys(safetensors_keys(file))
+
+
+def detect(path: Path) -> str:
+    """The family of the model at `path`: a diffusers folder or a single checkpoint file."""
+    path = Path(path)
+    return from_folder(path) if path.is_dir() else from_file(path)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the producer knows of a model before any worker loads it."""
+
+    family: Family | None
+    """None: not known here (a hub id or a pushed model; the worker finds out when it loads it)."""
+    memory: Memory | None
+    default_side: int | None
+
+
+def model_info(model_id: str) -> ModelInfo:
+    """The family, memory need and default size of `model_id`, from what the producer can read: a
+    built-in's id, an (allowlisted) local folder's `model_index.json`, a local file's header.
+    UnsupportedFamily when the model is of a family sdq recognises and does not run; a model that
+    cannot be read or matches no family is "not known here" (the worker decides when it loads it)."""
+    from sdq.models import BUILTIN_FAMILIES, model_kind
+
+    kind = model_kind(model_id)
+    if kind == "builtin":
+        name = BUILTIN_FAMILIES.get(model_id)
+        if name is None:
+            return ModelInfo(None, None, None)
+        side = BUILTIN_SIDES.get(model_id, FAMILIES[name].default_side)
+        return ModelInfo(FAMILIES[name], TINY if model_id.startswith(TINY_PREFIX) else FAMILIES[name].memory, side)
+    path = Path(model_id).expanduser()
+    if kind in ("folder", "file") and path.exists():
+        marker = path / "model_index.json" if path.is_dir() else path
+        st = marker.stat() if marker.exists() else path.stat()
+        try:
+            fam = FAMILIES[_detect_once(str(path), st.st_size, st.st_mtime_ns)]
+        except UnsupportedFamily:
+            raise
+        except UnknownFamily:
+            return ModelInfo(None, None, None)
+        return ModelInfo(fam, fam.memory, fam.default_side)
+    return ModelInfo(None, None, None)
+
+
+@lru_cache(maxsize=256)
+def _detect_once(path: str, size: int, mtime_ns: int) -> str:
+    """`detect`, once per version of the file it reads (a checkpoint's header is read once, not per submit)."""
+    return detect(Path(path))
+
+
+def required_gb(requires: dict, dtype: str, pixels: int) -> float | None:
+    """Device memory (GiB) an item of `pixels` output pixels needs on a `dtype` worker: the larger of
+    the caller's `min_memory_gb` and the model family's need (`requires.memory`); None: no need stated."""
+    needs = [float(requires["min_memory_gb"])] if requires.get("min_memory_gb") else []
+    if requires.get("memory"):
+        needs.append(Memory.from_record(requires["memory"]).need_gb(dtype, pixels))
+    return max(needs) if needs else None
