@@ -174,3 +174,28 @@ def test_a_reaped_but_alive_worker_records_nothing_for_a_cancelled_item(jobs, r)
     assert jobs.claim_result(job_id, 0, "x-old", 0) == 0
     assert jobs.record_outcome(job_id, 0, "succeeded", {"key": "late"}, "x-old", 0) == -1
     assert jobs.all_items(job_id)[0].state == "cancelled"
+
+
+# -- defect 2: each re-queueing step records its message in the outbox, the writer removes it -----------
+def test_every_requeue_records_its_message_and_the_writer_can_remove_it(jobs, r):
+    """create, retry, reap and hand-off write an outbox entry in the same step; the member the writer
+    computes (`intent`) is the one the script wrote, so publishing and removing leaves nothing behind."""
+    from sdq.state.outbox import Outbox, intent
+
+    outbox = Outbox(r)
+    r.delete(keys.OUTBOX_KEY)
+    job_id = make_job(jobs, n=3)
+    assert r.zrange(keys.OUTBOX_KEY, 0, -1) == [intent(job_id, [(0, 0), (1, 0), (2, 0)]).encode()]
+    r.delete(keys.OUTBOX_KEY)
+    alive(r, "o-w", job_id, [0, 1, 2])
+    assert jobs.start_items(job_id, [(0, 0), (1, 0), (2, 0)], "o-w", "cpu", "fp32") == [0, 1, 2]
+    pairs = jobs.hand_off(job_id, [0], "o-w", "out of memory")
+    outbox.done(intent(job_id, pairs))
+    reaped = jobs.reap_run("o-w")
+    outbox.done(intent(job_id, [(i, g) for _, i, g in reaped]))
+    assert sorted(i for _, i, _ in reaped) == [1, 2] and r.zcard(keys.OUTBOX_KEY) == 0
+    assert jobs.cancel(job_id) == ("cancelled", True)
+    items = jobs.retry(job_id)
+    assert r.zcard(keys.OUTBOX_KEY) == 1
+    outbox.done(*jobs.retry_intents(job_id, items))
+    assert r.zcard(keys.OUTBOX_KEY) == 0
