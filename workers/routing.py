@@ -224,7 +224,7 @@ class Router:
         return Fail(f"{error}; {NO_OTHER_WORKER}")
 
 
-# --- The delay set: passing a chunk on -------------------------------------------------------------
+# --- Passing a chunk on (through the outbox) ---------------------------------------------------
 
 def delay(client: redis.Redis, chunk: Chunk, seconds: float) -> None:
     """Publish `chunk` again in `seconds` (from the outbox, by whichever worker's heartbeat comes first)."""

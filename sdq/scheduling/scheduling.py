@@ -39,9 +39,8 @@ DEFER_MAX_S = 600.0
 faster workers busy with other jobs do not count anyway)."""
 
 BACKUP_MIN_RUN_S = 1.0
-"""Seconds an item must have run before it gets a straggler backup. A run that took this long
-claims its result before storing it (`JobStore.claim_result`), so two copies never both store;
-shorter runs, which can have no backup, skip that Redis call."""
+"""Seconds an item must have run before it gets a straggler backup. Every run claims its result
+before storing it (`JobStore.claim_result`), so two copies never both store."""
 
 DEFER_PAUSE_S = 0.5
 """Seconds a worker that left a chunk to faster workers waits before it takes the next message."""
