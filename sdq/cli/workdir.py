@@ -61,7 +61,8 @@ def choose_ports(workdir: Path, requested: dict[str, int | None], skip: set[str]
         if not 0 < port < 65536:
             raise ConfigError(f"{flag} {port} is not a TCP port")
         if not listenable(port):
-            why = "given" if requested.get(name) else "remembered in the work dir" if remembered.get(name) else "default"
+            why = ("given" if requested.get(name) else "remembered in the work dir" if remembered.get(name)
+                   else "default")
             raise ConfigError(f"port {port} for {name} ({why}) is in use (another {name}, or a stack still "
                               f"stopping?): free it, or choose another with {flag} N")
         out[name] = port
