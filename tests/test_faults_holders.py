@@ -199,3 +199,34 @@ def test_every_requeue_records_its_message_and_the_writer_can_remove_it(jobs, r)
     assert r.zcard(keys.OUTBOX_KEY) == 1
     outbox.done(*jobs.retry_intents(job_id, items))
     assert r.zcard(keys.OUTBOX_KEY) == 0
+
+
+# -- defect 6: the webhook flag is set only once the webhook was sent --------------------------------------
+class BrokerDownOnce:
+    """A Celery app whose first `send_task` fails like a broker outage; records the sends after it."""
+
+    def __init__(self) -> None:
+        self.calls, self.sent = 0, []
+
+    def send_task(self, name: str, kwargs: dict, queue: str) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectionError("broker down")
+        self.sent.append((name, kwargs["job_id"]))
+
+
+def test_a_webhook_whose_send_failed_is_sent_by_the_next_finalisation(jobs, r, store):
+    from workers.finalize import finalize_job
+
+    job_id = make_job(jobs)
+    jobs.set_field(job_id, webhook_url="https://hooks.example/sdq")
+    alive(r, "wh", job_id, [0])
+    assert jobs.start_items(job_id, [(0, 0)], "wh", "cpu", "fp32") == [0]
+    assert jobs.finish_item(job_id, 0, "succeeded", {"key": "k"})
+    celery = BrokerDownOnce()
+    with pytest.raises(ConnectionError):
+        finalize_job(jobs, store, job_id, celery)  # the finalize task fails: Celery runs it again
+    finalize_job(jobs, store, job_id, celery)
+    assert celery.sent == [("sdq.webhook", job_id)]
+    finalize_job(jobs, store, job_id, celery)  # finalised again (a resend): queued once per job end
+    assert celery.sent == [("sdq.webhook", job_id)]

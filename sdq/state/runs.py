@@ -173,6 +173,15 @@ class Runs(ScriptedStore):
         """The job's finalisation is done."""
         self.redis.zrem(keys.FINALIZE_KEY, job_id)
 
+    def webhook_queued(self, job_id: str) -> bool:
+        """Whether the webhook of this end of the job was queued already (`mark_webhook_queued`)."""
+        return self.redis.hget(keys.job_key(job_id), "webhook_queued") in (b"1", "1")
+
+    def mark_webhook_queued(self, job_id: str) -> None:
+        """The webhook of this end of the job was queued: marked only once the send succeeded, so a send
+        that fails (or a finaliser that dies first) leaves it to the finalize task's next run."""
+        self.redis.hset(keys.job_key(job_id), "webhook_queued", 1)
+
     def claim_webhook(self, job_id: str) -> bool:
         """True once per job end: whoever gets it queues the webhook."""
         return bool(self.redis.hsetnx(keys.job_key(job_id), "webhook_queued", 1))
