@@ -80,8 +80,3 @@ class Outbox:
         """These entries were published."""
         if members:
             self.redis.zrem(OUTBOX_KEY, *members)
-
-    def oldest_due(self) -> float | None:
-        """When the oldest entry is (was) due; None when the outbox is empty."""
-        first = self.redis.zrange(OUTBOX_KEY, 0, 0, withscores=True)
-        return float(first[0][1]) if first else None
