@@ -64,13 +64,6 @@ class Outbox:
         self.redis.zadd(OUTBOX_KEY, {member: due})
         return member
 
-    def add_intent(self, job_id: str, pairs: list[tuple[int, int]], due: float, pipe=None) -> str:
-        """Record that items (index, gen) of `job_id` need a message, due at `due` (in `pipe` if given,
-        e.g. the transaction that creates the job); returns the member."""
-        member = intent(job_id, pairs)
-        (pipe if pipe is not None else self.redis).zadd(OUTBOX_KEY, {member: due})
-        return member
-
     def take_due(self, limit: int = 100) -> list[str]:
         """Entries due now, each taken for `lease` seconds (another taker skips it meanwhile)."""
         now = time.time()
