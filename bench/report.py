@@ -15,9 +15,19 @@ TITLES = {
     "events": "7. Event fan-out (SSE)",
     "gpu": "8. One worker vs plain diffusers on the same device",
     "sim": "9. Mixed fleets (simulation)",
+    "realsize": "10. Real size: CPU paths and memory",
 }
 
 NOTES = {
+    "realsize": ("`builtin:sd15-shaped` (SD 1.5's shapes, 859.5 M-parameter UNet, random weights) per CPU path "
+                 "(`sdq worker --dtype ... --cpu-path ...`), all torch threads. The eager paths run in one process, "
+                 "interleaved round by round, each keeping its fastest round (rounds in brackets); `compile` and each "
+                 "memory case run in a fresh process. s/step = the fastest interval between step callbacks at "
+                 "256x256 with CFG; images/hour = 3600 / (text encoder + VAE + first-call warm-up + 20 steps). Peak "
+                 "RSS = the process's maximum resident set (weights, activations, allocator): what a worker on this "
+                 "model needs. Memory cases: one DDIM step at 512x512; low-memory = VAE slicing and tiling. Image "
+                 "diff = mean absolute pixel difference (0-255) from eager fp32, same seed. bf16 runs only where the "
+                 "CPU has it natively. `python -m bench.realsize`."),
     "sim": ("A discrete-event simulation of one job of equal items on fleets of unequal workers, driving sdq's "
             "own policy functions (`sdq/scheduling/scheduling.py`): `count` = chunks sized from the number of "
             "workers and "

@@ -7,6 +7,7 @@ from flask import Flask
 
 from producer import errors
 from producer.jsonprovider import FastJSONProvider
+from sdq.state.limits import TenantSlots
 from sdq import defaults
 from sdq.celery_app import make_celery
 from sdq.config import Settings
@@ -32,6 +33,11 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     app.extensions["celery"] = make_celery(settings.redis_url)
     store = ResultStore.from_settings(settings)
     app.extensions["sdq_store"] = store
+    app.extensions["sdq_streams"] = TenantSlots(client, "streams", settings.max_streams,
+                                                settings.stream_max_seconds + 60, defaults.STREAMS_FULL_RETRY_AFTER,
+                                                "events")
+    app.extensions["sdq_decodes"] = TenantSlots(client, "uploads", settings.max_upload_decodes,
+                                                defaults.UPLOAD_DECODE_HOLD, defaults.UPLOADS_BUSY_RETRY_AFTER, "file")
 
     from producer import meta, routes, web
 

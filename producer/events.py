@@ -3,7 +3,8 @@
 The stream subscribes to the job's Redis channel *before* it reads the job, so nothing published in
 between is lost; then it sends
 
-1. ``job.state`` — the current status document (without items), so a late client starts in sync;
+1. ``job.state`` — the current status document (without items and without the queue position,
+   whose scan of the unfinished jobs a status read pays, not a stream), so a late client starts in sync;
 2. ``item.started`` / ``item.progress`` / ``item.finished`` (with a presigned ``url`` once the image
    is stored) as they happen (events published between subscribe and snapshot may repeat what the
    snapshot already shows);
@@ -13,13 +14,16 @@ A comment line (``: keep-alive``) goes out every `KEEPALIVE_S` seconds so proxie
 connection open. A stream lives at most `max_seconds` (SDQ_STREAM_MAX_SECONDS): then it ends with a
 ``stream.timeout`` event and the client reconnects after the ``retry:`` hint sent first, getting a
 fresh snapshot. The producer serves requests on gevent greenlets (see `sdq producer`), so an open
-stream costs one greenlet and one Redis connection, not a thread.
+stream costs one greenlet and one Redis connection, not a thread. A tenant holds at most
+`SDQ_MAX_STREAMS` streams at once over all producers (`open_stream`; more: 429 with `Retry-After`).
 """
 from __future__ import annotations
 
 import json
 import time
 from typing import Any, Iterator
+
+from sdq.state.limits import TenantSlots
 
 import redis
 
@@ -58,7 +62,7 @@ def stream(client: redis.Redis, jobs: JobStore, store: ResultStore, job_id: str,
         if job is None:
             return
         yield f"retry: {defaults.STREAM_RETRY_MS}\n\n"
-        yield sse("job.state", job_view(job, jobs, store, with_items=False))
+        yield sse("job.state", job_view(job, jobs, store, with_items=False, with_position=False))
         if job.state in contract.TERMINAL_STATES:
             yield sse("job.finished", _finished(job))
             return
@@ -95,3 +99,28 @@ def stream(client: redis.Redis, jobs: JobStore, store: ResultStore, job_id: str,
                 return
     finally:
         pubsub.close()
+
+
+def open_stream(slots: TenantSlots, owner: str, client: redis.Redis, jobs: JobStore, store: ResultStore,
+                job_id: str, max_seconds: float = defaults.STREAM_MAX_SECONDS) -> Iterator[str]:
+    """`stream` holding one of `owner`'s stream slots until it ends or the client leaves.
+
+    Takes the slot (TooManyRequests when the tenant holds all of them) and reads the first frame here,
+    so a refusal or a Redis error is still a JSON answer."""
+    member = slots.take(owner)
+    try:
+        frames = stream(client, jobs, store, job_id, max_seconds=max_seconds)
+        first = next(frames, "")
+    except BaseException:
+        slots.give_back(owner, member)
+        raise
+
+    def held() -> Iterator[str]:
+        try:
+            yield first
+            yield from frames
+        finally:
+            frames.close()
+            slots.give_back(owner, member)
+
+    return held()

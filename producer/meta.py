@@ -9,12 +9,11 @@ from flask import Blueprint, Response, current_app, jsonify
 from producer.openapi import build_openapi
 from sdq import __version__
 from sdq.state import fleet
+from sdq.state.keys import KOMBU_PRIORITY_SEP
 
 bp = Blueprint("meta", __name__)
 
 PAGE = Path(__file__).with_name("static") / "index.html"
-REDIS_PRIORITY_SEP = "\x06\x16"
-"""kombu's separator between a queue name and its priority suffix."""
 
 
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -36,7 +35,7 @@ def queue_depths(client: redis.Redis) -> dict[str, int]:
     ordered = sorted(names)
     for q in ordered:
         for pri in range(10):
-            pipe.llen(q if pri == 0 else f"{q}{REDIS_PRIORITY_SEP}{pri}")
+            pipe.llen(q if pri == 0 else f"{q}{KOMBU_PRIORITY_SEP}{pri}")
     sizes = pipe.execute()
     return {q: sum(sizes[i * 10:(i + 1) * 10]) for i, q in enumerate(ordered)}
 

@@ -1,7 +1,6 @@
 """HTTP routes: parse, call the job layer, return JSON. No business logic here."""
 from __future__ import annotations
 
-import itertools
 from typing import TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -141,10 +140,9 @@ def retry_job(job_id: str):
 def job_events(job_id: str):
     """Server-Sent Events of one job (see producer.events)."""
     _own_job(job_id)
-    frames = events.stream(_ext("sdq_redis"), _ext("sdq_jobs"), _ext("sdq_store"), job_id,
-                           max_seconds=current_app.config["SDQ"].stream_max_seconds)
-    first = next(frames, "")  # subscribe and snapshot here, so a Redis error is still a JSON 503
-    return Response(itertools.chain([first], frames), mimetype="text/event-stream",
+    frames = events.open_stream(_ext("sdq_streams"), g.owner, _ext("sdq_redis"), _ext("sdq_jobs"), _ext("sdq_store"),
+                                job_id, max_seconds=current_app.config["SDQ"].stream_max_seconds)
+    return Response(frames, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -152,7 +150,8 @@ def job_events(job_id: str):
 def upload():
     """Store an init image (PNG/JPEG/WebP; multipart `file` or raw body); 201 with {key, width, height}."""
     data = uploads.read_upload_body(request)
-    return jsonify(uploads.save_upload(_ext("sdq_store"), _ext("sdq_redis"), data, g.owner)), 201
+    return jsonify(uploads.save_upload(_ext("sdq_store"), _ext("sdq_redis"), data, g.owner, _ext("sdq_decodes"),
+                                       current_app.config["SDQ"].upload_quota_bytes)), 201
 
 
 @bp.get("/v1/uploads/<name>")

@@ -6,6 +6,12 @@ header declares more than `MAX_UPLOAD_PIXELS` pixels — checked before a single
 so a small file that would decompress into gigabytes (a "decompression bomb") costs nothing. The
 image is stored as `uploads/<uuid>.png`, and a record `{key, width, height, owner}` is kept in
 Redis so the producer can check a job's `init_image` (and read its size) without touching S3.
+
+Hostile tenants: decoding and re-encoding run on native threads (`producer.offload`), never on the
+gevent loop that serves every other request of the process; a tenant has at most
+`SDQ_MAX_UPLOAD_DECODES` uploads being decoded at once over all producers (`sdq.state.limits`; more:
+429 with `Retry-After`), and may send at most `SDQ_UPLOAD_QUOTA_BYTES` upload bytes per UTC day
+(counted on arrival, before decoding, refused uploads included; more: 429 until midnight UTC).
 """
 from __future__ import annotations
 
@@ -14,14 +20,17 @@ import json
 import time
 import uuid
 import warnings
+from datetime import datetime, timezone
 from typing import Any
 
 import redis
 from flask import Request
 
+from producer import offload
 from sdq import defaults
-from sdq.exceptions import InvalidInput
+from sdq.exceptions import InvalidInput, TooManyRequests
 from sdq.state.keys import upload_key
+from sdq.state.limits import TenantSlots, charge_daily_bytes
 from storage import ResultStore
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024
@@ -90,16 +99,35 @@ def decode_image(data: bytes):
                            code="invalid_image", status=422) from None
 
 
-def save_upload(store: ResultStore, client: redis.Redis, data: bytes, owner: str) -> dict[str, Any]:
-    """Check `data`, store it as `uploads/<uuid>.png` and record it; returns `{key, width, height}`."""
+def charge_quota(client: redis.Redis, owner: str, size: int, quota: int) -> None:
+    """Count `size` upload bytes against `owner`'s UTC day; TooManyRequests (until midnight) beyond `quota`."""
+    now = datetime.now(timezone.utc)
+    if charge_daily_bytes(client, owner, size, quota, now.strftime("%Y%m%d")) is None:
+        midnight = 86400 - (now.hour * 3600 + now.minute * 60 + now.second)
+        raise TooManyRequests("file", f"an upload of {size} bytes would pass today's quota of {quota} upload "
+                              "bytes per tenant (UTC day)", midnight)
+
+
+def to_png(data: bytes) -> tuple[bytes, int, int]:
+    """Check and decode `data`, re-encode it as PNG; returns (png bytes, width, height). CPU-heavy."""
     img = decode_image(data)
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=4)
+    return buf.getvalue(), img.size[0], img.size[1]
+
+
+def save_upload(store: ResultStore, client: redis.Redis, data: bytes, owner: str, decodes: TenantSlots,
+                quota: int = defaults.UPLOAD_QUOTA_BYTES) -> dict[str, Any]:
+    """Check `data`, store it as `uploads/<uuid>.png` and record it; returns `{key, width, height}`."""
+    # 1. The tenant's daily bytes, then one of its decode slots (429 when either is used up).
+    charge_quota(client, owner, len(data), quota)
+    with decodes.slot(owner):
+        # 2. Decode and encode on a native thread: the process's other requests keep being served.
+        png, width, height = offload.run(to_png, data)
+    # 3. Store, then record.
     key = f"{UPLOAD_PREFIX}{uuid.uuid4().hex}.png"
-    width, height = img.size
-    store.put(key, buf.getvalue(), content_type="image/png",
-              metadata={"width": str(width), "height": str(height)})
-    record = {"key": key, "width": width, "height": height, "bytes": buf.tell(), "owner": owner,
+    store.put(key, png, content_type="image/png", metadata={"width": str(width), "height": str(height)})
+    record = {"key": key, "width": width, "height": height, "bytes": len(png), "owner": owner,
               "created_at": time.time()}
     client.set(_record_key(key), json.dumps(record), ex=RECORD_TTL)
     return {"key": key, "width": width, "height": height}

@@ -114,6 +114,9 @@ class Settings:
     max_items: int = defaults.MAX_ITEMS
     max_queued_items: int = defaults.MAX_QUEUED_ITEMS_PER_TENANT
     stream_max_seconds: int = defaults.STREAM_MAX_SECONDS
+    max_streams: int = defaults.MAX_STREAMS_PER_TENANT
+    max_upload_decodes: int = defaults.UPLOAD_DECODES_PER_TENANT
+    upload_quota_bytes: int = defaults.UPLOAD_QUOTA_BYTES
     max_pixels: int = defaults.MAX_PIXELS
     visibility_timeout: int = defaults.VISIBILITY_TIMEOUT
     url_ttl: int = defaults.URL_TTL
@@ -152,6 +155,9 @@ class Settings:
             max_items=_int(env, "SDQ_MAX_ITEMS", defaults.MAX_ITEMS),
             max_queued_items=_int(env, "SDQ_MAX_QUEUED_ITEMS", defaults.MAX_QUEUED_ITEMS_PER_TENANT),
             stream_max_seconds=_int(env, "SDQ_STREAM_MAX_SECONDS", defaults.STREAM_MAX_SECONDS),
+            max_streams=_int(env, "SDQ_MAX_STREAMS", defaults.MAX_STREAMS_PER_TENANT),
+            max_upload_decodes=_int(env, "SDQ_MAX_UPLOAD_DECODES", defaults.UPLOAD_DECODES_PER_TENANT),
+            upload_quota_bytes=_int(env, "SDQ_UPLOAD_QUOTA_BYTES", defaults.UPLOAD_QUOTA_BYTES),
             max_pixels=_int(env, "SDQ_MAX_PIXELS", defaults.MAX_PIXELS),
             visibility_timeout=_int(env, "SDQ_VISIBILITY_TIMEOUT", defaults.VISIBILITY_TIMEOUT),
             url_ttl=_int(env, "SDQ_URL_TTL", defaults.URL_TTL),

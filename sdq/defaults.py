@@ -92,6 +92,10 @@ MODEL_CACHE_SIZE = 2
 JOB_TTL = 30 * 24 * 3600
 """Seconds job records live in Redis after creation."""
 
+UNFINISHED_JOB_MAX_AGE = JOB_TTL - 24 * 3600
+"""Seconds after submit at which a job still unfinished is cancelled by the reaper (a day before its
+records expire, so its queued items leave its owner's count with it)."""
+
 RESULT_CACHE_TTL = 30 * 24 * 3600
 """Seconds a result-cache entry lives after it was made or last served (`sdq.state.resultindex`)."""
 
@@ -107,6 +111,18 @@ WEBHOOK_MAX_RETRIES = 8
 WEBHOOK_BACKOFF_MAX = 300
 """Longest pause, seconds, between webhook attempts: Celery's exponential backoff (1, 2, 4, ... s,
 each drawn at random below that with full jitter) stops growing here."""
+
+WEBHOOK_DEADLINE = 15.0
+"""Hard wall-clock limit, seconds, on one webhook attempt (connect, TLS, request, status and headers)."""
+
+WEBHOOK_RESPONSE_BYTES = 1024
+"""Most bytes of a webhook receiver's answer body read (only of an error answer, for the log)."""
+
+WEBHOOK_THREADS = 4
+"""Courier threads per worker that deliver webhooks (off the slot that makes images)."""
+
+WEBHOOK_BACKLOG = 256
+"""Deliveries a worker's courier holds waiting for a thread; beyond it the task is retried later."""
 
 FINALIZE_BACKOFF_MAX = 60
 """Longest pause, seconds, between attempts of a job's finalisation (retried until it succeeds)."""
@@ -158,6 +174,27 @@ STREAM_RETRY_MS = 2000
 
 PRODUCER_CONNECTIONS = 2000
 """Concurrent connections per producer process (gevent greenlets; streams included)."""
+
+MAX_STREAMS_PER_TENANT = 256
+"""Event streams one tenant may hold open at once over all producers (`SDQ_MAX_STREAMS`); beyond it 429."""
+
+STREAMS_FULL_RETRY_AFTER = 10
+"""`Retry-After` seconds sent with a 429 for a tenant holding its most event streams."""
+
+UPLOAD_DECODES_PER_TENANT = 2
+"""Uploads of one tenant decoded at once over all producers (`SDQ_MAX_UPLOAD_DECODES`); beyond it 429."""
+
+UPLOAD_DECODE_THREADS = 2
+"""Native threads per producer process that decode and re-encode uploads (off the gevent loop)."""
+
+UPLOAD_DECODE_HOLD = 120
+"""Seconds an upload decode slot is held at most (freed earlier when the decode ends; a crash frees it then)."""
+
+UPLOAD_QUOTA_BYTES = 1024 * 1024 * 1024
+"""Upload bytes one tenant may send per UTC day (`SDQ_UPLOAD_QUOTA_BYTES`); beyond it 429 until midnight."""
+
+UPLOADS_BUSY_RETRY_AFTER = 5
+"""`Retry-After` seconds sent with a 429 for a tenant whose uploads are all being decoded."""
 
 GRID_MAX_PIXELS = 64 * 1024 * 1024
 """Largest contact sheet (width x height); cells are scaled down to fit."""

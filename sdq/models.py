@@ -15,6 +15,9 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "builtin:tiny-depth": pipelines.SD_DEPTH,
     "builtin:tiny-sdxl": pipelines.SDXL,
     "builtin:tiny-sd3": pipelines.SD3,
+    # Full-size shapes with random weights (`workers.builtin_fullsize`): generated on first use, ~4-5 GB each.
+    "builtin:sd15-shaped": pipelines.SD,
+    "builtin:sd2-768-shaped": pipelines.SD,
 }
 """Built-in model id -> its family (`sdq.pipelines`)."""
 

@@ -140,6 +140,7 @@ class Item(Record):
     worker: str | None = _shown(STATUS, MANIFEST, EVENT)
     device: str | None = _shown(STATUS, MANIFEST)
     dtype: str | None = _shown(STATUS, MANIFEST)
+    backend: str | None = _shown(STATUS, MANIFEST)  # eager, channels_last or compile (`workers.cpu_paths`)
     key: str | None = _shown(STATUS, MANIFEST, EVENT)  # the PNG in the bucket
     thumb_key: str | None = _shown()  # its WebP thumbnail (none when the image fits one)
     url: str | None = _shown(STATUS)  # filled in by the status view

@@ -93,6 +93,18 @@ def _safe_target(folder: Path, rel: str) -> Path:
     return target
 
 
+def loadable_path(folder: Path, manifest: dict[str, Any]) -> Path:
+    """What to load from a pulled model: the folder, or for a checkpoint file its `entry`, which must be one
+    of the manifest's own files inside the folder (a pushed manifest is not trusted to point elsewhere)."""
+    kind, entry = manifest.get("kind"), manifest.get("entry")
+    if kind == "folder":
+        return folder
+    listed = {f.get("path") for f in manifest.get("files") or [] if isinstance(f, dict)}
+    if kind != "file" or not isinstance(entry, str) or entry not in listed:
+        raise ModelError(f"manifest of kind {kind!r} names entry {entry!r}, which is not one of its files")
+    return _safe_target(folder, entry)
+
+
 def _download(store: ResultStore, key: str, target: Path, size: int, name: str) -> None:
     """Fetch `key` into `target`, resuming a `.part` file left by an interrupted download."""
     part = target.with_name(target.name + ".part")
@@ -126,7 +138,8 @@ def pull(store: ResultStore, name: str, cache: Path) -> Path:
     folder = Path(cache) / "store" / name
     local = folder / ".sdq-manifest.json"
     if local.is_file() and json.loads(local.read_text(encoding="utf-8")) == manifest:
-        return folder / manifest["entry"] if manifest["kind"] == "file" else folder
+        return loadable_path(folder, manifest)
+    loadable_path(folder, manifest)  # refuse a bad entry before fetching anything
     log.info("store:%s: pulling %d files (%d bytes) from the bucket", name, len(manifest["files"]),
              sum(f["size"] for f in manifest["files"]))
     for entry in manifest["files"]:
@@ -140,4 +153,4 @@ def pull(store: ResultStore, name: str, cache: Path) -> Path:
                              "(changed or corrupted in the bucket?); removed, it is fetched again on the next try")
     local.write_text(json.dumps(manifest), encoding="utf-8")
     log.info("store:%s: ready in %s", name, folder)
-    return folder / manifest["entry"] if manifest["kind"] == "file" else folder
+    return loadable_path(folder, manifest)

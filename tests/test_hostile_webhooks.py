@@ -166,3 +166,78 @@ def test_webhook_urls_are_not_logged(jobs, caplog, monkeypatch):
         with pytest.raises(WebhookFailed):
             deliver_webhook(jobs, Settings(), _job(jobs, "http://hooks.example/x?token=s3cr3t-in-url"))
     assert caplog.records and "s3cr3t" not in caplog.text and job_id in caplog.text
+
+
+# -- receivers that trickle: a delivery has a hard wall-clock deadline --------------------------
+
+@pytest.mark.serial
+@pytest.mark.parametrize("prefix", ["body", "headers"])
+def test_trickling_receiver_cannot_hold_a_delivery(jobs, prefix):
+    """A receiver announcing 100 MB and sending a byte every 2 s (or never ending its headers) holds
+    an attempt at most the deadline: the status is used without reading the body, and a watchdog
+    ends an answer that does not come in time."""
+    from sdq import defaults
+    from tests.support.trickle import BODY, HEADERS, TrickleReceiver
+    from workers.webhook_delivery import deliver_webhook
+
+    deadline = getattr(defaults, "WEBHOOK_DEADLINE", 15.0)  # (the old code had none: run there, this hangs)
+    receiver = TrickleReceiver(BODY if prefix == "body" else HEADERS, interval=2.0)
+    job_id = _job(jobs, receiver.url)
+    outcome: list[object] = []
+
+    def attempt():
+        try:
+            deliver_webhook(jobs, Settings(webhook_allow_private=True), job_id)
+            outcome.append("delivered")
+        except WebhookFailed as exc:
+            outcome.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(deadline + 20)
+    took = time.monotonic() - started
+    receiver.close()
+    assert outcome, f"the delivery was still reading a trickling answer after {took:.0f} s"
+    assert took < deadline + 10
+    if prefix == "body":  # the status line and headers came: delivered, the body never read
+        assert outcome == ["delivered"] and jobs.get(job_id).webhook_delivered_at and took < 5
+    else:  # no complete answer within the deadline: retried later
+        assert isinstance(outcome[0], WebhookFailed) and "deadline" in str(outcome[0])
+        assert took >= deadline - 1
+
+
+@pytest.fixture(scope="module")
+def hooked(stack_factory):
+    """A private stack with one worker that may call loopback webhooks."""
+    st = stack_factory("webhooks-worker", env={"SDQ_WEBHOOK_ALLOW_PRIVATE": "1"})
+    st.worker("w-hooked", "--device", "cpu", "--threads", "1", "--preload", "builtin:tiny-sd")
+    return st
+
+
+def test_trickling_receivers_do_not_stall_the_worker(hooked):
+    """Jobs whose webhooks go to receivers that trickle (a 100 MB body, or headers that never end)
+    leave the worker's image slot free: the next job finishes, and the webhooks that answered a
+    status are recorded delivered."""
+    from sdq.cli.client import Client
+    from tests.conftest import FAST, wait_job
+    from tests.support.trickle import BODY, HEADERS, TrickleReceiver
+
+    client = Client(hooked.env["SDQ_SERVER"])
+    receivers = [TrickleReceiver(BODY), TrickleReceiver(BODY), TrickleReceiver(HEADERS), TrickleReceiver(HEADERS)]
+    try:
+        hooked_ids = [client.submit({"prompts": [f"hooked {n}"], "params": FAST, "webhook_url": r.url})["id"]
+                      for n, r in enumerate(receivers)]
+        for job_id in hooked_ids:
+            assert wait_job(client, job_id, timeout=120)["state"] == "succeeded"
+        wait_until_requests = time.monotonic() + 60
+        while sum(r.requests > 0 for r in receivers) < 4 and time.monotonic() < wait_until_requests:
+            time.sleep(0.2)
+        assert all(r.requests for r in receivers), "every receiver was called"
+        after = client.submit({"prompts": ["after the hostile receivers"], "params": FAST})["id"]
+        assert wait_job(client, after, timeout=90)["state"] == "succeeded"  # old code: `queued` for ever
+        store = JobStore(redis.Redis.from_url(hooked.env["SDQ_REDIS_URL"]))
+        assert all(store.get(job_id).webhook_delivered_at for job_id in hooked_ids[:2])
+    finally:
+        for r in receivers:
+            r.close()

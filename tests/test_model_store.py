@@ -71,3 +71,22 @@ def test_worker_with_an_empty_cache_runs_a_pushed_model(stack_factory, store, mo
     reference = wait_job(client, client.submit({**body, "model": "builtin:tiny-sd"})["id"])
     assert reference["state"] == "succeeded"
     assert np.abs(_pixels(store, doc["items"][0]["key"]) - _pixels(store, reference["items"][0]["key"])).max() == 0
+
+
+@pytest.mark.parametrize("entry", ["../../../outside.safetensors", "/etc/hostname", "not-listed.safetensors", None,
+                                   "files/../../../outside.safetensors"])
+def test_pushed_manifest_entry_is_confined_to_the_model_folder(store, tmp_path, entry):
+    """Whoever can write the bucket cannot make a worker load a file outside the pulled model's folder."""
+    import json
+
+    source = tmp_path / "weights.safetensors"
+    source.write_bytes(b"not really weights")
+    (tmp_path / "outside.safetensors").write_bytes(b"a file the worker must never load")
+    manifest = push(store, source, "entry-escape")
+    assert pull(store, "entry-escape", tmp_path / "cache").name == "weights.safetensors"
+    store.put("models/entry-escape/manifest.json", json.dumps({**manifest, "entry": entry}).encode(),
+              content_type="application/json")
+    with pytest.raises(ModelError, match="entry"):
+        pull(store, "entry-escape", tmp_path / "cache")
+    with pytest.raises(ModelError, match="entry"):
+        pull(store, "entry-escape", tmp_path / "fresh-cache")

@@ -160,3 +160,43 @@ def test_missing_or_unknown_token_is_401_json(api):
                     {"Authorization": f"Basic {TOKENS['alice']}"}, {"Authorization": "Bearer \u00e9t\u00e9"}):
         resp = requests.get(base + "/v1/jobs", headers=headers, timeout=10)
         assert resp.status_code == 401 and resp.json()["error"]["field"] == "Authorization", headers
+
+
+# -- the queued-items cap holds however many jobs are unfinished ---------------------------------
+
+CROWDED_CAP = 1500
+
+
+@pytest.fixture(scope="module")
+def crowded(stack_factory):
+    """No worker, a cap of 1500 queued items per tenant, and 1001 older unfinished jobs of another tenant."""
+    from sdq.records import Item, Job
+    from sdq.state.store import JobStore
+
+    tokens = ",".join(f"{owner}:{tok}" for owner, tok in TOKENS.items())
+    st = stack_factory("tenants-crowded", env={"SDQ_API_TOKENS": tokens, "SDQ_MAX_QUEUED_ITEMS": str(CROWDED_CAP)})
+    jobs = JobStore(redis.Redis.from_url(st.env["SDQ_REDIS_URL"]))
+    for n in range(1001):
+        jobs.create(Job(id=f"parked{n:05d}", owner="dave", state="queued", created_at=1_000_000.0 + n, model="m",
+                        pipeline="txt2img", seed=n, n_items=1),
+                    [Item(index=0, prompt="parked", seed=n, state="queued", steps=2)])
+    return st
+
+
+def test_queued_items_cap_holds_behind_a_thousand_unfinished_jobs(crowded):
+    """1001 older unfinished jobs of another tenant do not hide carol's items from her cap (the old
+    count read only the first 1000 active jobs); cancelling gives her room back at once."""
+    body = {"prompts": [f"p{i}" for i in range(500)], "params": SMALL}
+    accepted = []
+    for _ in range(3):
+        resp = call(crowded, "carol", "POST", "/v1/jobs", json=body)
+        assert resp.status_code == 202, resp.text
+        accepted.append(resp.json()["id"])
+    over = call(crowded, "carol", "POST", "/v1/jobs", json={**body, "prompts": ["one more"]})
+    assert over.status_code == 429 and over.json()["error"]["field"] == "items", over.text
+    assert int(over.headers["Retry-After"]) > 0
+    assert call(crowded, "dave", "POST", "/v1/jobs", json=body).status_code == 429  # dave: 1001 + 500 > 1500
+    assert call(crowded, "alice", "POST", "/v1/jobs", json=body).status_code == 202  # others have their own
+    assert call(crowded, "carol", "DELETE", f"/v1/jobs/{accepted[0]}").status_code in (200, 202)
+    assert call(crowded, "carol", "POST", "/v1/jobs", json=body).status_code == 202
+    assert call(crowded, "carol", "POST", "/v1/jobs", json={**body, "prompts": ["one more"]}).status_code == 429

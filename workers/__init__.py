@@ -2,7 +2,8 @@
 
 torch, diffusers and transformers are imported only by the device and pipeline code:
 `workers.device`, `workers.pipelines`, `workers.generation`, `workers.builtin`,
-`workers.builtin_families`, `workers.checkpoints`, `workers.sources` (a hub download) and
+`workers.builtin_families`, `workers.builtin_fullsize` (the full-size built-ins), `workers.cpu_paths` (a CPU
+worker's dtype and backend), `workers.checkpoints`, `workers.sources` (a hub download) and
 `workers.simulate`. The other modules import none of them themselves (the app, the runner and
 capability use them through those modules).
 """

@@ -26,6 +26,7 @@ from sdq.state.store import JobStore
 from storage import ResultStore
 from workers.backups import Backups
 from workers.capability import Activity, Capability, Heartbeat, worker_models
+from workers.courier import Courier
 from workers.device import Device, select_device, set_threads
 from workers.faults import Faults
 from workers.finalize import finalize_job
@@ -64,6 +65,17 @@ class WorkerOptions:
     safety_checker: bool = True
     upscale_batch: int | None = None
     loglevel: str = "INFO"
+    # A CPU worker's path (`workers.cpu_paths`): eager, channels_last, compile or fastest (measured at start).
+    cpu_path: str = "eager"
+
+
+def cpuinfo_override() -> str | None:
+    """The text of `SDQ_CPUINFO` (a file standing in for /proc/cpuinfo: tests of CPU-path choice), or None."""
+    path = os.environ.get("SDQ_CPUINFO")
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def default_max_batch(kind: str) -> int:
@@ -92,6 +104,7 @@ class Worker:
     cache: PipelineCache
     runner: Runner
     loglevel: str = "INFO"
+    courier: Courier | None = None
 
     def serve(self) -> int:
         """Join the fleet once Celery consumes, and consume until stopped."""
@@ -104,8 +117,8 @@ class Worker:
                 self.heartbeat.start()
 
         worker_ready.connect(join_fleet, weak=False)
-        log.info("worker %s on %s (%s, %s) consuming %s", self.name, self.device.device, self.device.name,
-                 self.device.dtype, self.queues)
+        log.info("worker %s on %s (%s, %s, %s) consuming %s", self.name, self.device.device, self.device.name,
+                 self.device.dtype, self.device.backend, self.queues)
         try:
             self.celery.worker_main([
                 "worker", "--pool=solo", "--concurrency=1", f"--hostname={self.name}@%h",
@@ -115,14 +128,17 @@ class Worker:
         finally:
             self.heartbeat.stop()
             self.uploader.shutdown()
+            if self.courier is not None:
+                self.courier.shutdown()
         return 0
 
 
 def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     """Build every part of a worker once, fully constructed; nothing consumes yet."""
     # 1. Device first: refuse a bad device/dtype before anything is loaded.
-    device = select_device(opts.device, opts.dtype, force=opts.force_dtype)
-    set_threads(opts.threads)
+    set_threads(opts.threads)  # before the device: `--cpu-path fastest` measures with the worker's threads
+    device = select_device(opts.device, opts.dtype, force=opts.force_dtype, cpu_path=opts.cpu_path,
+                           cpuinfo=cpuinfo_override())
     models = worker_models(opts.models, settings.models)
     max_pixels = opts.max_pixels or settings.max_pixels
     max_batch = opts.max_batch or default_max_batch(device.kind)
@@ -177,6 +193,7 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     warm_imports()
     for model in opts.preload or []:
         cache.load(model)
-    register(celery, runner, on_webhook=lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt),
+    courier = Courier(celery, lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt))
+    register(celery, runner, on_webhook=courier.submit,
              on_finalize=lambda job_id: finalize_job(jobs, store, job_id, celery))
-    return Worker(name, device, queues, celery, leases, heartbeat, uploader, cache, runner, opts.loglevel)
+    return Worker(name, device, queues, celery, leases, heartbeat, uploader, cache, runner, opts.loglevel, courier)

@@ -212,17 +212,26 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 """Built-in model name (after `builtin:`) to its generator."""
 
 
+def builder_of(name: str) -> Callable[[Path], None]:
+    """The generator of built-in `name`: a tiny one, or a full-size one (`workers.builtin_fullsize`)."""
+    from workers.builtin_fullsize import FULLSIZE_BUILDERS
+
+    builder = BUILDERS.get(name) or FULLSIZE_BUILDERS.get(name)
+    if builder is None:
+        raise KeyError(name)
+    return builder
+
+
 def ensure_builtin(models_dir: Path, name: str) -> Path:
     """Generate built-in `name` into the cache unless present; return its folder."""
-    if name not in BUILDERS:
-        raise KeyError(name)
+    build = builder_of(name)
     target = builtin_path(models_dir, name)
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        BUILDERS[name](tmp)
+        build(tmp)
         try:
             os.rename(tmp, target)
         except OSError:  # another process won the race: its copy is identical

@@ -17,7 +17,7 @@ from sdq.state import fleet
 from sdq.state.outbox import Outbox
 from sdq.state.store import JobStore
 from sdq.pipelines import PIPELINES
-from workers.device import Device
+from workers.device import Device, peak_rss_gb
 from workers.backups import Backups
 from workers.leases import Leases
 from workers.reaper import Reaper, safe_tick
@@ -65,8 +65,10 @@ class Capability:
         total, free = self.device.memory_gb()
         return {
             "name": self.name, "host": self.host, "device": self.device.device, "kind": self.device.kind,
-            "device_name": self.device.name, "dtype": self.device.dtype,
-            "memory_total_gb": total, "memory_free_gb": free, "pipelines": self.pipelines(),
+            "device_name": self.device.name, "dtype": self.device.dtype, "backend": self.device.backend,
+            "cpu_path": self.device.cpu_path.record() if self.device.cpu_path is not None else None,
+            "memory_total_gb": total, "memory_free_gb": free, "peak_rss_gb": peak_rss_gb(),
+            "pipelines": self.pipelines(),
             "models": self.models, "loaded_models": self.loaded(),
             "max_pixels": self.max_pixels, "max_batch": self.max_batch, "queues": self.queues,
             "threads": self.threads, "items_done": self.activity.items_done,

@@ -7,6 +7,7 @@ import torch
 
 from sdq.contract import worker_kind
 from sdq.exceptions import CapabilityError
+from workers.cpu_paths import CPU_PATHS, CpuPath, cpu_model, resolve_cpu_path
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -26,6 +27,12 @@ class Device:
     device: str
     dtype: str
     name: str
+    cpu_path: CpuPath | None = None  # a CPU worker's path (`workers.cpu_paths`); None on a GPU
+
+    @property
+    def backend(self) -> str:
+        """How the models run: `eager`, or a CPU worker's `channels_last` / `compile`."""
+        return self.cpu_path.backend if self.cpu_path is not None else "eager"
 
     @property
     def kind(self) -> str:
@@ -48,8 +55,22 @@ class Device:
         return round(vm.total / 2**30, 2), round(vm.available / 2**30, 2)
 
 
-def select_device(device: str = "auto", dtype: str = "auto", force: bool = False) -> Device:
-    """Resolve `--device`/`--dtype`; refuse combinations that cannot run well."""
+def peak_rss_gb() -> float | None:
+    """This process's peak resident memory so far in GiB (what the models it ran really needed in host
+    RAM: weights, activations, allocator slack); None where the platform does not report it."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # Linux: KiB
+
+
+def select_device(device: str = "auto", dtype: str = "auto", force: bool = False, cpu_path: str = "eager",
+                  cpuinfo: str | None = None) -> Device:
+    """Resolve `--device`/`--dtype`/`--cpu-path`; refuse combinations that cannot run well. On a CPU,
+    `cpuinfo` (text; default /proc/cpuinfo) decides whether bf16 is native (`workers.cpu_paths`)."""
+    if cpu_path not in CPU_PATHS:
+        raise CapabilityError(f"--cpu-path {cpu_path!r}: expected one of {', '.join(CPU_PATHS)}")
     # 1. Device.
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -66,12 +87,11 @@ def select_device(device: str = "auto", dtype: str = "auto", force: bool = False
         torch.cuda.set_device(index)
         name = torch.cuda.get_device_name(index)
     elif device == "cpu":
-        import platform
-
-        name = platform.processor() or platform.machine() or "cpu"
+        name = cpu_model(cpuinfo)
     else:
         raise CapabilityError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
     # 2. Dtype.
+    requested = dtype
     if dtype == "auto":
         dtype = "fp32" if device == "cpu" else "fp16"
     if dtype not in TORCH_DTYPES:
@@ -85,7 +105,16 @@ def select_device(device: str = "auto", dtype: str = "auto", force: bool = False
             raise CapabilityError(f"--dtype bf16: {name} ({device}, compute capability "
                                   f"{capability[0]}.{capability[1]}) has no native bfloat16 (needs "
                                   f"{BF16_MIN_CAPABILITY[0]}.{BF16_MIN_CAPABILITY[1]} or newer); use --dtype fp16")
-    return Device(device=device, dtype=dtype, name=name)
+    if device != "cpu":
+        if cpu_path != "eager":
+            raise CapabilityError(f"--cpu-path {cpu_path}: CPU paths apply to --device cpu only, not {device}")
+        return Device(device=device, dtype=dtype, name=name)
+    # 3. A CPU's path: bf16 only where native, the backend asked for or measured (`workers.cpu_paths`).
+    if dtype == "fp16":
+        backend = "eager" if cpu_path == "fastest" else cpu_path
+        return Device(device=device, dtype=dtype, name=name, cpu_path=CpuPath("fp16", backend, "--dtype fp16 --force-dtype"))
+    path = resolve_cpu_path(requested, cpu_path, force, cpuinfo)
+    return Device(device=device, dtype=path.dtype, name=name, cpu_path=path)
 
 
 def set_threads(threads: int | None) -> None:

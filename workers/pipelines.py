@@ -17,6 +17,7 @@ from sdq.exceptions import ModelError, OutOfMemory
 from sdq.sources import single_file_config, source_for
 from workers import checkpoints
 from workers.sources import WorkerFetcher
+from workers.cpu_paths import apply_cpu_path
 from workers.device import Device
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,8 @@ class PipelineCache:
             self.apply_low_memory(entry.base, entry)
         else:
             entry.base.to(self.device.device)
+        if self.device.cpu_path is not None:  # a CPU worker's backend (`workers.cpu_paths`)
+            apply_cpu_path(entry.base, self.device.backend)
 
     def apply_low_memory(self, pipe, entry: Loaded) -> None:
         """Low-memory mode for the pipeline about to run: VAE slicing and tiling (shared VAE) and, on

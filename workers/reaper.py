@@ -47,6 +47,7 @@ class Reaper:
         if not self.jobs.redis.set(REAPER_LOCK_KEY, 1, nx=True, px=lock_ms):
             return
         self.reap()
+        self.end_stale()
         for job_id in self.jobs.finalize_due(self.finalize_resend):
             log.warning("job %s ended but is not finalised yet: sending its finalize task again", job_id)
             self.finalize(job_id)
@@ -74,6 +75,24 @@ class Reaper:
                     publish_member(self.jobs, self.outbox, intent(job_id, pairs),
                                    lambda chunk: send_chunk(self.celery, chunk))
         return total
+
+
+    def end_stale(self) -> int:
+        """Cancel jobs still unfinished `UNFINISHED_JOB_MAX_AGE` after submit (a day before their records
+        expire), so their items leave the owner's queued count; a job whose records are gone already
+        leaves the active set. Returns how many were ended."""
+        ended = 0
+        for job_id in self.jobs.unfinished_since(time.time() - defaults.UNFINISHED_JOB_MAX_AGE):
+            state, done = self.jobs.cancel(job_id)
+            if state is None:
+                self.jobs.drop_active(job_id)
+                continue
+            log.warning("job %s still unfinished %d days after submit: cancelled", job_id,
+                        defaults.UNFINISHED_JOB_MAX_AGE // 86400)
+            ended += 1
+            if done:
+                self.finalize(job_id)
+        return ended
 
 
 def safe_tick(reaper: Reaper | None) -> None:

@@ -57,7 +57,8 @@ def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device
         "Input size": spec.input_size(p),
         "Watermark": watermark.LABEL if watermarked else None,
         "Safety checker": None if nsfw is None else ("flagged" if nsfw else "passed"),
-        "Device": device.device, "Dtype": dtype or device.dtype, "Worker": worker, "Job": chunk.job,
+        "Device": device.device, "Dtype": dtype or device.dtype, "Backend": device.backend,
+        "Worker": worker, "Job": chunk.job,
         "Version": f"sdq {__version__}",
     }
     return format_infotext(item.prompt, item.negative_prompt or "", fields)
@@ -305,6 +306,7 @@ class Runner:
         for item, image, nsfw in zip(batch, made.images, made.nsfw):
             fields = {
                 "worker": self.name, "device": self.device.device, "dtype": made.dtype,
+                "backend": self.device.backend,
                 "duration_s": round((gen_s + load_s) / len(batch), 4),
                 "timings": {"load": round(load_s, 4), "generate": round(gen_s / len(batch), 4)},
                 "batch": made.per_call, "nsfw": nsfw,

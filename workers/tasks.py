@@ -46,9 +46,10 @@ def register(celery: Celery, runner: ChunkRunner | None, on_webhook: Callable[[s
     @celery.task(name=contract.TASK_WEBHOOK, shared=False, bind=True, acks_late=True,
                  autoretry_for=(WebhookFailed,), retry_backoff=1, retry_backoff_max=defaults.WEBHOOK_BACKOFF_MAX,
                  retry_jitter=True, max_retries=defaults.WEBHOOK_MAX_RETRIES)
-    def webhook(self, job_id: str) -> None:
+    def webhook(self, job_id: str, attempt: int | None = None) -> None:
+        # hands the attempt to the courier's threads (`workers.courier`); raises only when it is full
         if on_webhook is not None:
-            on_webhook(job_id, self.request.retries + 1)
+            on_webhook(job_id, attempt or self.request.retries + 1)
 
     @celery.task(name=TASK_FINALIZE, shared=False, bind=True, acks_late=True, reject_on_worker_lost=True,
                  autoretry_for=(Exception,), retry_backoff=1, retry_backoff_max=defaults.FINALIZE_BACKOFF_MAX,

@@ -9,15 +9,25 @@ address (Host header and TLS server name stay the URL's host), so a name that re
 private address between check and connect (DNS rebinding) reaches nothing. A host that does not
 resolve is retried like a connection error. Log lines name the job, never the URL (URLs often carry
 secrets).
+
+A receiver cannot hold a delivery: every attempt has a hard wall-clock deadline (`WEBHOOK_DEADLINE`,
+connect, TLS, request, status line and headers together; a watchdog shuts the socket down when it
+passes, so a receiver trickling bytes gets nowhere), the answer is read with `preload_content=False`
+and only its status is used (at most `WEBHOOK_RESPONSE_BYTES` of an error body are read, for the
+log). Attempts run on the worker's courier threads (`workers.courier`), never on the slot that
+makes images.
 """
 from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
 import time
 
 import urllib3
 
+from sdq import defaults
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput, UnresolvedHost, WebhookFailed
 from sdq.records import WEBHOOK, Job
@@ -35,23 +45,101 @@ def payload(job: Job) -> bytes:
     return json.dumps({"event": "job.finished", "job": job.show(WEBHOOK)}).encode()
 
 
-def post_pinned(target: Target, body: bytes, headers: dict[str, str], timeout: float = 10.0) -> int:
-    """POST `body` to the checked address of `target`; returns the HTTP status (no redirects followed)."""
+class Deadline:
+    """Shuts down every socket it watches once `seconds` of wall-clock time have passed."""
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut `sock` down at the deadline (a duplicate descriptor: the TLS layer may take the original)."""
+        dup = sock.dup()
+        with self._lock:
+            self._socks.append(dup)
+            expired = self.expired
+        if expired:
+            _shutdown(dup)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            socks = list(self._socks)
+        for sock in socks:
+            _shutdown(sock)
+
+    def close(self) -> None:
+        """Stop the timer and let go of the watched sockets."""
+        self._timer.cancel()
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for sock in socks:
+            sock.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked on the other descriptor
+    except OSError:
+        pass
+
+
+def _watched(base: type, deadline: Deadline) -> type:
+    """`base` (a urllib3 connection class) whose new sockets are watched by `deadline`."""
+
+    class Watched(base):  # type: ignore[misc, valid-type]
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            deadline.watch(sock)
+            return sock
+
+    return Watched
+
+
+def post_pinned(target: Target, body: bytes, headers: dict[str, str],
+                deadline: float = defaults.WEBHOOK_DEADLINE) -> int:
+    """POST `body` to the checked address of `target` within `deadline` seconds of wall-clock time;
+    returns the HTTP status (no redirects followed). Raises `WebhookFailed` when the deadline passed."""
     host_header = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
+    timeout = urllib3.Timeout(connect=deadline, read=deadline)  # per operation; the Deadline bounds the sum
     if target.scheme == "https":
         pool = urllib3.HTTPSConnectionPool(target.ip, target.port, server_hostname=target.host,
-                                           assert_hostname=target.host, cert_reqs="CERT_REQUIRED", retries=False)
+                                           assert_hostname=target.host, cert_reqs="CERT_REQUIRED", retries=False,
+                                           timeout=timeout)
     else:
-        pool = urllib3.HTTPConnectionPool(target.ip, target.port, retries=False)
+        pool = urllib3.HTTPConnectionPool(target.ip, target.port, retries=False, timeout=timeout)
+    watchdog = Deadline(deadline)
+    pool.ConnectionCls = _watched(pool.ConnectionCls, watchdog)
     try:
         resp = pool.urlopen("POST", target.path, body=body, headers={**headers, "Host": host_header},
-                            redirect=False, timeout=urllib3.Timeout(total=timeout), preload_content=True)
+                            redirect=False, preload_content=False)
+        if watchdog.expired:  # the answer was cut short: whatever status it parsed is not the receiver's
+            resp.close()
+            raise WebhookFailed(f"no answer within the {deadline:g} s deadline")
+        try:
+            if resp.status >= 400:  # a little of an error body, for the log; never more
+                snippet = resp.read(defaults.WEBHOOK_RESPONSE_BYTES, decode_content=False)
+                log.debug("webhook receiver answered %d: %r", resp.status, snippet[:200])
+        except (urllib3.exceptions.HTTPError, OSError):
+            pass  # the status is all that counts
+        finally:
+            resp.close()
         return resp.status
+    except (urllib3.exceptions.HTTPError, OSError):
+        if watchdog.expired:
+            raise WebhookFailed(f"no answer within the {deadline:g} s deadline") from None
+        raise
     finally:
+        watchdog.close()
         pool.close()
 
 
-def deliver_webhook(jobs: JobStore, settings: Settings, job_id: str, attempt: int = 1) -> None:
+def deliver_webhook(jobs: JobStore, settings: Settings, job_id: str, attempt: int = 1,
+                    deadline: float = defaults.WEBHOOK_DEADLINE) -> None:
     """POST the job summary to its webhook_url; raises WebhookFailed when the attempt is worth retrying."""
     job = jobs.get(job_id)
     if job is None or not job.webhook_url:
@@ -73,7 +161,10 @@ def deliver_webhook(jobs: JobStore, settings: Settings, job_id: str, attempt: in
         headers[SIGNATURE_HEADER] = sign(tenant_secret(settings.webhook_secret, job.owner), ts, body)
     # 3. Deliver; retry connection errors, 5xx, 408 and 429.
     try:
-        status = post_pinned(target, body, headers)
+        status = post_pinned(target, body, headers, deadline)
+    except WebhookFailed as exc:  # the deadline passed
+        log.warning("webhook for job %s failed (attempt %d): %s", job_id, attempt, exc)
+        raise
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         log.warning("webhook for job %s failed (attempt %d): %s", job_id, attempt, type(exc).__name__)
         raise WebhookFailed(type(exc).__name__) from None

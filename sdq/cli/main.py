@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     w.add_argument("--dtype", default="auto", help="auto, fp16, bf16 or fp32")
     w.add_argument("--force-dtype", action="store_true", help="allow fp16 on a CPU")
+    w.add_argument("--cpu-path", default="eager", choices=("eager", "channels_last", "compile", "fastest"),
+                   help="a CPU worker's backend; fastest: measured at start, bf16 too where the CPU has it natively "
+                        "(docs/MODELS.md)")
     w.add_argument("--models", default=None, help="comma-separated models this worker may load")
     w.add_argument("--preload", default=None, help="comma-separated models to load at start")
     w.add_argument("--max-pixels", type=int, default=None, help="largest width*height per image")
@@ -207,6 +210,7 @@ def cmd_worker(args) -> int:
                          force_dtype=args.force_dtype, preload=split(args.preload), loglevel=args.loglevel,
                          debug_oom_pixels=args.debug_oom_pixels, debug_fatal_after=args.debug_fatal_after,
                          safety_checker=args.safety_checker, upscale_batch=args.upscale_batch)
+    opts.cpu_path = args.cpu_path
     return run_worker(Settings.from_env(), opts)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from sdq import defaults
-from sdq.state.keys import FLEET_KEY, worker_key
+from sdq.state.keys import FLEET_KEY, worker_key, worker_queue_keys
 from sdq.state.redisconn import text
 
 
@@ -24,10 +24,23 @@ def publish(client: redis.Redis, record: dict[str, Any], ttl: int = defaults.HEA
     pipe.execute()
 
 
+def forget(client: redis.Redis, names: list[str]) -> None:
+    """Workers that left: out of the fleet set, and their own queues (lists and binding) deleted, so
+    nothing of a departed worker stays in Redis. Whatever waited there was a straggler backup, a
+    second copy of an item whose first run goes on (or is re-queued by the reaper)."""
+    if not names:
+        return
+    pipe = client.pipeline(transaction=False)
+    pipe.srem(FLEET_KEY, *names)
+    for name in names:
+        pipe.delete(*worker_queue_keys(name))
+    pipe.execute()
+
+
 def remove(client: redis.Redis, name: str) -> None:
     """Take a worker out of the fleet at once (clean shutdown)."""
     client.delete(worker_key(name))
-    client.srem(FLEET_KEY, name)
+    forget(client, [name])
 
 
 def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
@@ -36,9 +49,7 @@ def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
     if not names:
         return []
     records = client.mget([worker_key(n) for n in names])
-    dead = [n for n, r in zip(names, records) if r is None]
-    if dead:
-        client.srem(FLEET_KEY, *dead)
+    forget(client, [n for n, r in zip(names, records) if r is None])
     return [json.loads(r) for r in records if r is not None]
 
 

@@ -50,8 +50,13 @@ class Jobs(ScriptedStore):
         for start in range(0, len(items), 2000):
             chunk = items[start:start + 2000]
             pipe.hset(keys.items_key(job_id), mapping={str(it.index): json.dumps(it.to_record()) for it in chunk})
-        pipe.zadd(keys.owner_jobs_key(job.owner), {job_id: job.created_at})
+        owner_jobs = keys.owner_jobs_key(job.owner)
+        pipe.zremrangebyscore(owner_jobs, "-inf", f"({time.time() - defaults.JOB_TTL}")  # expired jobs
+        pipe.zadd(owner_jobs, {job_id: job.created_at})
+        pipe.expire(owner_jobs, defaults.JOB_TTL)  # goes with the owner's last job
         pipe.zadd(keys.ACTIVE_KEY, {job_id: job.created_at})
+        if items:
+            pipe.hincrby(keys.QUEUED_BY_OWNER_KEY, job.owner, len(items))
         pipe.expire(keys.job_key(job_id), defaults.JOB_TTL)
         pipe.expire(keys.items_key(job_id), defaults.JOB_TTL)
         member = intent(job_id, [(it.index, it.gen) for it in items]) if items else ""
@@ -65,6 +70,9 @@ class Jobs(ScriptedStore):
         is half-submitted)."""
         if member:
             self.redis.zrem(keys.OUTBOX_KEY, member)
+        queued = int(self.redis.hget(keys.job_key(job_id), "c:queued") or 0)
+        if queued:
+            self.redis.hincrby(keys.QUEUED_BY_OWNER_KEY, owner, -queued)
         self.redis.delete(keys.job_key(job_id), keys.items_key(job_id), keys.progress_key(job_id))
         self.redis.zrem(keys.owner_jobs_key(owner), job_id)
         self.redis.zrem(keys.ACTIVE_KEY, job_id)
@@ -89,8 +97,20 @@ class Jobs(ScriptedStore):
     def list_jobs(self, owner: str, offset: int, limit: int) -> tuple[list[str], int]:
         """Job ids of `owner`, newest first, and the total count."""
         key = keys.owner_jobs_key(owner)
-        ids = self.redis.zrevrange(key, offset, offset + limit - 1)
-        return [text(i) for i in ids], int(self.redis.zcard(key))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(key, "-inf", f"({time.time() - defaults.JOB_TTL}")  # jobs whose records expired
+        pipe.zrevrange(key, offset, offset + limit - 1)
+        pipe.zcard(key)
+        _, ids, total = pipe.execute()
+        return [text(i) for i in ids], int(total)
+
+    def drop_active(self, job_id: str) -> None:
+        """Take a job whose records expired out of the active set."""
+        self.redis.zrem(keys.ACTIVE_KEY, job_id)
+
+    def unfinished_since(self, before: float, limit: int = 100) -> list[str]:
+        """Unfinished jobs created before `before` (oldest first, at most `limit`)."""
+        return [text(i) for i in self.redis.zrangebyscore(keys.ACTIVE_KEY, "-inf", before, start=0, num=limit)]
 
     def cancel(self, job_id: str) -> tuple[str | None, bool]:
         """Cancel a job: queued items become cancelled, running ones see the flag.
@@ -200,14 +220,5 @@ class Jobs(ScriptedStore):
         self.redis.hset(keys.job_key(job_id), mapping={k: stored[k] for k in fields})
 
     def queued_items_of(self, owner: str) -> int:
-        """Items of `owner` still queued, over the first `QUEUE_SCAN_MAX` unfinished jobs (one pipeline)."""
-        ids = self.redis.zrange(keys.ACTIVE_KEY, 0, QUEUE_SCAN_MAX - 1)
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(keys.job_key(text(job_id)), "owner", "c:queued")
-        total = 0
-        for who, queued in pipe.execute() if ids else []:
-            who = text(who) or ""
-            if who == owner:
-                total += int(float(queued or 0))
-        return total
+        """Items of `owner` now `queued`, over all its jobs: one field the job scripts keep (O(1))."""
+        return max(0, int(self.redis.hget(keys.QUEUED_BY_OWNER_KEY, owner) or 0))

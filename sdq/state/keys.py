@@ -10,6 +10,7 @@ Jobs (all expire `JOB_TTL` after creation):
   straggler backup (the first copy to claim it wins);
 - ``sdq:jobs:<owner>`` sorted set of job ids by creation time;
 - ``sdq:active`` sorted set of unfinished job ids by creation time (for queue positions);
+- ``sdq:queued-items`` hash: owner -> that owner's queued items (the per-tenant cap);
 - ``sdq:finalize`` sorted set of ended jobs not yet finalised;
 - ``sdq:running:<worker>`` / ``sdq:running-workers``: which worker runs which items (the reaper);
 - ``sdq:events:<id>`` pub/sub channel of job events.
@@ -17,12 +18,15 @@ Jobs (all expire `JOB_TTL` after creation):
 The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` (`sdq.state.fleet`),
 ``sdq:outbox`` (messages still to publish, `sdq.state.outbox`), ``sdq:reaper:lock``,
 ``sdq:rcache:<key>`` (`sdq.state.resultindex`), ``sdq:upload:<key>`` (`producer.uploads`),
+``sdq:held:<kind>:<owner>`` and ``sdq:upload-bytes:<owner>:<day>`` (per-tenant limits, `sdq.state.limits`),
 ``sdq:debug:...`` (fault injection, `workers.faults`) and kombu's ``unacked_index``.
 
 The Lua scripts (`sdq.state.scripts`) get every key in KEYS, built here: `job_script_keys`.
 sdq runs on one Redis (not Cluster), so a script may touch keys of several jobs.
 """
 from __future__ import annotations
+
+from sdq.contract import worker_queue
 
 ACTIVE_KEY = "sdq:active"
 """Sorted set of unfinished job ids by creation time."""
@@ -59,10 +63,14 @@ FAULT_RULES_KEY = "sdq:debug:faults"
 UNACKED_INDEX_KEY = "unacked_index"
 """kombu's sorted set of delivered, unacknowledged messages (delivery tag -> delivery time)."""
 
-SHARED_SCRIPT_KEYS = (ACTIVE_KEY, FINALIZE_KEY, RUNNING_PREFIX, RUNNING_WORKERS_KEY, OUTBOX_KEY)
-"""KEYS[1..5] of every job script (`lua/common.lua`): active jobs, jobs to finalise, the prefix of
+QUEUED_BY_OWNER_KEY = "sdq:queued-items"
+"""Hash of owner -> items of that owner's jobs in state `queued` (kept by the job scripts; the
+per-tenant cap reads one field at submit). An owner with none has no field."""
+
+SHARED_SCRIPT_KEYS = (ACTIVE_KEY, FINALIZE_KEY, RUNNING_PREFIX, RUNNING_WORKERS_KEY, QUEUED_BY_OWNER_KEY, OUTBOX_KEY)
+"""KEYS[1..6] of every job script (`lua/common.lua`): active jobs, jobs to finalise, the prefix of
 the running sets (the worker is read from the item inside the script), workers with running items,
-the outbox."""
+queued items per owner, the outbox."""
 
 
 def job_key(job_id: str) -> str:
@@ -110,6 +118,34 @@ def upload_key(key: str) -> str:
     return f"sdq:upload:{key}"
 
 
+def held_key(kind: str, owner: str) -> str:
+    """Sorted set of `owner`'s uses of `kind` in progress (streams, upload decodes), scored by expiry."""
+    return f"sdq:held:{kind}:{owner}"
+
+
+def upload_bytes_key(owner: str, day: str) -> str:
+    """Counter of the upload bytes `owner` sent on UTC `day` (YYYYMMDD)."""
+    return f"sdq:upload-bytes:{owner}:{day}"
+
+
+KOMBU_BINDING_PREFIXES = ("_kombu.binding.", "_kombu.binding_permanent.")
+"""kombu's prefixes of an exchange's binding table and of its permanent bindings (sdq names each
+exchange like its queue)."""
+
+KOMBU_BINDING_DEADLINES_KEY = "_kombu.binding_deadlines"
+"""kombu's sorted set of bindings that expire (its own bookkeeping)."""
+
+KOMBU_PRIORITY_SEP = "\x06\x16"
+"""kombu's separator between a queue's name and a priority step (its list per priority, 1-9 here)."""
+
+
+def worker_queue_keys(name: str) -> list[str]:
+    """Every broker key of the queue only worker `name` consumes: its lists (one per priority) and binding."""
+    queue = worker_queue(name)
+    return [queue, *(f"{queue}{KOMBU_PRIORITY_SEP}{p}" for p in range(1, 10)),
+            *(prefix + queue for prefix in KOMBU_BINDING_PREFIXES)]
+
+
 def fault_marker_key(worker: str, point: str) -> str:
     """Set when fault point `point` is hit on `worker` (tests wait on it)."""
     return f"sdq:debug:{worker}:{point}"
@@ -121,11 +157,11 @@ def job_keys(job_id: str) -> list[str]:
 
 
 def job_script_keys(job_id: str) -> list[str]:
-    """KEYS of a script on one job (`lua/common.lua`): the shared keys, then the job's five."""
+    """KEYS of a script on one job (`lua/common.lua`): the shared six, then the job's five."""
     return [*SHARED_SCRIPT_KEYS, *job_keys(job_id)]
 
 
 def run_script_keys(job_id: str) -> list[str]:
     """KEYS of a script that asks whether an item's holder is alive (start, claim, finish): the keys of
-    `job_script_keys`, then `WORKER_PREFIX` (KEYS[11])."""
+    `job_script_keys`, then `WORKER_PREFIX` (KEYS[12])."""
     return [*job_script_keys(job_id), WORKER_PREFIX]

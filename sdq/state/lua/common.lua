@@ -1,19 +1,28 @@
 -- Shared by the job scripts that include it (first line `-- include: common`); loaded in front of them.
--- KEYS[1..5]: active jobs (zset), jobs to finalise (zset), the prefix of the per-worker running sets,
---   workers with running items (set), the outbox (zset, `sdq.state.outbox`). The running set is the one key formed here (prefix .. worker),
---   because the worker is read from the item record. Then five keys per job (`job_keys(i)`).
+-- KEYS[1..6]: active jobs (zset), jobs to finalise (zset), the prefix of the per-worker running sets,
+--   workers with running items (set), queued items per owner (hash), the outbox (zset,
+--   `sdq.state.outbox`) as KEYS[6]. The running set is the one key
+--   formed here (prefix .. worker), because the worker is read from the item record. Then five keys
+--   per job (`job_keys(i)`).
 -- The `item.finished` event table below is filled in by `sdq.state.scripts` (a placeholder here):
 -- the item's fields that the EVENT view shows (`sdq.records`).
-local ACTIVE, FINALIZE, RUNNING, RUNNING_WORKERS, OUTBOX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ACTIVE, FINALIZE, RUNNING, RUNNING_WORKERS, QUEUED_BY_OWNER = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local OUTBOX = KEYS[6]
 
 -- the keys of one job, from KEYS[i]: its hash, items, per-item progress, won, events channel
 local function job_keys(i, job_id)
   return {id = job_id, job = KEYS[i], items = KEYS[i + 1], prog = KEYS[i + 2], won = KEYS[i + 3],
           events = KEYS[i + 4]}
 end
+-- one item changes state: the job's counters, and its owner's queued items (the cap checked at submit)
 local function bump(k, from, to)
   redis.call('HINCRBY', k.job, 'c:' .. from, -1)
   redis.call('HINCRBY', k.job, 'c:' .. to, 1)
+  if (from == 'queued') ~= (to == 'queued') then
+    local owner = redis.call('HGET', k.job, 'owner') or ''
+    local n = redis.call('HINCRBY', QUEUED_BY_OWNER, owner, to == 'queued' and 1 or -1)
+    if n <= 0 then redis.call('HDEL', QUEUED_BY_OWNER, owner) end
+  end
 end
 local function emit(k, event, data)
   redis.call('PUBLISH', k.events, cjson.encode({event = event, data = data}))
@@ -74,7 +83,7 @@ local function settle(k, it, state, now, error)
   emit(k, 'item.finished', ITEM_FINISHED)
 end
 -- Whether `worker` still holds a run of item `index` of job `job_id` that it started at `since`: its
--- fleet record (`workers` is the record prefix, KEYS[11] of the scripts that ask) exists (it expires
+-- fleet record (`workers` is the record prefix, KEYS[12] of the scripts that ask) exists (it expires
 -- HEARTBEAT_TTL after the last beat), does not say `stalled` (no progress for STALL_TIMEOUT), is of a
 -- process started no later than the run (not a restart under the same name), and names the item in
 -- its `current_item` (or was last written before the run started, so cannot say yet).

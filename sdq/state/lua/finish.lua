@@ -1,12 +1,12 @@
 -- include: common
--- KEYS: the shared five, then the job's five, then the worker record prefix (`keys.run_script_keys`).
+-- KEYS: the shared six, then the job's five, then the worker record prefix (`keys.run_script_keys`).
 -- ARGV: job_id, index, state, now, fields_json, worker, gen.
 -- Records an item's outcome. With a `worker` (every run does), only that run of the current attempt
 -- (`gen`) may: the item's holder, or its straggler backup storing a success it claimed (or, for a
 -- queued item, a worker that refuses it); a stale or superseded run, or a losing copy, records
 -- nothing. (Without a worker: any queued or running item.)
 -- Returns 1 if this ended the job, 0 if not, -1 if nothing was recorded (done already, or not this run's).
-local k, now = job_keys(6, ARGV[1]), ARGV[4]
+local k, now = job_keys(7, ARGV[1]), ARGV[4]
 local job, items = k.job, k.items
 local raw = redis.call('HGET', items, ARGV[2])
 if not raw then return -1 end

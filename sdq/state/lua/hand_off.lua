@@ -1,10 +1,10 @@
 -- include: common
--- KEYS: the shared five, then the job's five (`keys.job_script_keys`).
+-- KEYS: the shared six, then the job's five (`keys.job_script_keys`).
 -- ARGV: job_id, worker, error, due, index...
 -- Out of memory even in low-memory mode: the worker's running items go back to `queued` as a new
 -- attempt for another worker, remembering who could not make them, recorded in the outbox
 -- (`add_intent`, due at `due`). Returns (index, gen) pairs.
-local k = job_keys(6, ARGV[1])
+local k = job_keys(7, ARGV[1])
 if redis.call('HGET', k.job, 'cancel') == '1' then return {} end
 local out = {}
 for i = 5, #ARGV do

@@ -1,18 +1,18 @@
 -- include: common
--- KEYS: the shared five, then the worker's running set, then five keys per member below
+-- KEYS: the shared six, then the worker's running set, then five keys per member below
 --   (`keys.job_keys` of the member's job, in ARGV order).
 -- ARGV: worker, now, due, then members (``job_id:index``) read from the running set by the caller.
 -- The reaper: items still `running` on a worker that left the fleet go back to `queued` as a new
 -- attempt (or `cancelled` if their job was cancelled). A member no longer in the set (another reaper
 -- took it) is skipped. The re-queued items of each job are recorded in the outbox (`add_intent`, due at
 -- `due`). Returns {job_id, index, gen, ...} of the re-queued items, to publish again.
-local set, worker, now = KEYS[6], ARGV[1], ARGV[2]
+local set, worker, now = KEYS[7], ARGV[1], ARGV[2]
 local out, by_job, order = {}, {}, {}
 for m = 4, #ARGV do
   local member = ARGV[m]
   if redis.call('SREM', set, member) == 1 then
     local job_id, index = string.match(member, '^(.*):(%d+)$')
-    local k = job_keys(7 + 5 * (m - 4), job_id)
+    local k = job_keys(8 + 5 * (m - 4), job_id)
     local raw = redis.call('HGET', k.items, index)
     if raw then
       local it = cjson.decode(raw)

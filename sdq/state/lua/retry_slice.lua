@@ -1,10 +1,10 @@
 -- include: common
--- KEYS: the shared five, then the job's five (`keys.job_script_keys`).
+-- KEYS: the shared six, then the job's five (`keys.job_script_keys`).
 -- ARGV: job_id, due, index...
 -- One bounded slice of a retry: failed and cancelled items go back to `queued` as a new attempt
 -- (`gen` + 1, the poison limit's `tries` counted afresh; `attempts` keeps counting every run).
 -- They are recorded in the outbox (`add_intent`, due at `due`). Returns them as JSON (nil for no such job).
-local k = job_keys(6, ARGV[1])
+local k = job_keys(7, ARGV[1])
 if redis.call('EXISTS', k.job) == 0 then return nil end
 local out, flat = {}, {}
 for i = 3, #ARGV do

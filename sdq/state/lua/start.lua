@@ -1,5 +1,5 @@
 -- include: common
--- KEYS: the shared five, then the job's five, then the worker record prefix (`keys.run_script_keys`).
+-- KEYS: the shared six, then the job's five, then the worker record prefix (`keys.run_script_keys`).
 -- ARGV: job_id, worker, device, dtype, now, max_attempts, then (index, gen) pairs.
 -- Starts the items whose attempt identity (`gen`) matches the message's: a message left over from
 -- an earlier attempt (re-queued by retry, hand-off or the reaper) starts nothing. A `running` item
@@ -8,8 +8,8 @@
 -- (`holder_alive`), else left to it and returned as held. An item already tried `max_attempts` times
 -- is failed with its last error instead (poison item).
 -- Returns {started indices, held indices, 1 if the job ended else 0}.
-local k, now = job_keys(6, ARGV[1]), ARGV[5]
-local WORKERS = KEYS[11]
+local k, now = job_keys(7, ARGV[1]), ARGV[5]
+local WORKERS = KEYS[12]
 local job, items = k.job, k.items
 if redis.call('EXISTS', job) == 0 then return {{}, {}, 0} end
 local cancel = redis.call('HGET', job, 'cancel') == '1'
