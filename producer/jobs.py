@@ -28,6 +28,7 @@ from sdq.models import check_model
 from sdq.records import Chunk, Item, Job
 from sdq.scheduling import scheduling, speed
 from sdq.state import fleet
+from sdq.state.outbox import Outbox
 from sdq.state.store import JobStore
 from sdq.webhooks import check_webhook_url
 
@@ -281,13 +282,16 @@ def submit(req: SubmitRequest, settings: Settings, owner: str, client: redis.Red
     # 3. Route: task chunks per queue, and warnings for queues that no live worker serves.
     routed = route(plan, fleet.live_workers(client), settings.scheduling == "speed")
     plan.job.warnings = plan.warnings
-    # 4. Record, then enqueue; roll the record back if enqueueing fails.
-    jobs.create(plan.job, plan.items)
+    # 4. Record (with the items' message in the outbox: if this process dies before enqueueing, a
+    #    worker publishes them after the outbox lease), then enqueue and clear the outbox entry; roll
+    #    the record back if enqueueing fails.
+    member = jobs.create(plan.job, plan.items, due=time.time() + settings.outbox_lease)
     try:
         enqueue(celery, routed)
     except Exception:
-        jobs.delete(plan.job.id, owner)
+        jobs.delete(plan.job.id, owner, member)
         raise
+    Outbox(client).done(member)
     return plan
 
 
@@ -298,11 +302,14 @@ def enqueue(celery: Celery, routed: list[Chunk]) -> None:
             send_chunk(celery, chunk, producer)
 
 
-def requeue(jobs: JobStore, celery: Celery, job_id: str, workers: list[dict[str, Any]]) -> list[Item]:
+def requeue(jobs: JobStore, celery: Celery, job_id: str, workers: list[dict[str, Any]],
+            lease: float = defaults.OUTBOX_LEASE) -> list[Item]:
     """Retry: re-queue the job's failed and cancelled items (same seeds) as new attempts and publish
-    them again (messages of the earlier attempts are dropped when delivered)."""
-    items = jobs.retry(job_id) or []
+    them again (messages of the earlier attempts are dropped when delivered). The re-queue records
+    their messages in the outbox: if this process dies before publishing, a worker does."""
+    items = jobs.retry(job_id, due=time.time() + lease) or []
     if items:
         plan = Plan(jobs.get(job_id), sorted(items, key=lambda it: it.index))
         enqueue(celery, route(plan, workers))
+        Outbox(jobs.redis).done(*jobs.retry_intents(job_id, items))
     return items

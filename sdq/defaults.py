@@ -249,6 +249,18 @@ REDIS_HEALTH_CHECK = 15
 PASS_ON_DELAY = 2
 """Seconds (a Celery countdown) before a chunk this worker may not run is offered again."""
 
+OUTBOX_LEASE = 30
+"""Seconds a message recorded in the outbox (`sdq.state.outbox`) is left to its writer (or to the
+sweeper that took it) before any worker's heartbeat publishes it."""
+
+HELD_RECHECK = 15
+"""Seconds before a duplicate delivery of items a live worker holds is looked at again (`workers.runner`):
+if that worker lost them without a trace meanwhile, the copy takes them over."""
+
+CLAIM_POLL = 1.0
+"""Seconds between an item's holder asking again for the claim on its result while a live straggler
+backup holds it (`workers.uploader`)."""
+
 LOST_PASS_ONS = 3
 """Times a worker passes on (to the other live workers) a chunk it gave back after an
 infrastructure error, before running it again itself."""

@@ -85,7 +85,7 @@ class CachedResults:
         left, served = [], 0
         for i in todo:
             entry = entries.get(i)
-            if entry is None or not self._serve_one(job_id, i, keys[i], entry):
+            if entry is None or not self._serve_one(job_id, i, keys[i], entry, by_index[i].gen):
                 left.append(i)
             else:
                 served += 1
@@ -93,7 +93,7 @@ class CachedResults:
             log.info("job %s: %d of %d items answered from the result cache", job_id, served, len(todo))
         return left
 
-    def _serve_one(self, job_id: str, index: int, key: str, entry: dict[str, Any]) -> bool:
+    def _serve_one(self, job_id: str, index: int, key: str, entry: dict[str, Any], gen: int = 0) -> bool:
         """Copy a cached result to the item's keys and record it; False when it must run instead."""
         t0 = time.perf_counter()
         target = contract.result_key(job_id, index)
@@ -125,7 +125,7 @@ class CachedResults:
             "watermark": entry.get("watermark"), "nsfw": entry.get("nsfw"),
             "cached": True, "cached_from": {"job": entry["job"], "index": entry["index"]}, **extra,
         }
-        if retry_redis(lambda: self.jobs.finish_item(job_id, index, "succeeded", fields)):
+        if retry_redis(lambda: self.jobs.finish_item(job_id, index, "succeeded", fields, worker=self.worker, gen=gen)):
             self.finalize(job_id)
         try:
             self.index.touch(key)

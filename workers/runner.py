@@ -23,9 +23,10 @@ from sdq import __version__, contract, defaults, pipelines
 from sdq.exceptions import ModelError, WorkLost
 from sdq.infotext import SAMPLER_NAMES, format_infotext
 from sdq.records import Chunk, Item
-from sdq.scheduling import scheduling, speed
+from sdq.scheduling import speed
 from sdq.scheduling.speed import loop_steps
 from sdq.state import fleet
+from sdq.state.outbox import Outbox, intent
 from workers.device import Device
 from workers.generation import Generated, generate
 from workers.parts import (NORMAL, Backup, Cancelled, Failed, Mode, Outcome, OutOfMemoryEnd, Outputs, Presence,
@@ -33,7 +34,7 @@ from workers.parts import (NORMAL, Backup, Cancelled, Failed, Mode, Outcome, Out
 from workers.pipelines import OUT_OF_MEMORY, Loaded, OutOfMemory, PipelineCache, is_fatal_device_error
 from workers.progress import Pipe, StepProgress
 from workers.retry import retry_redis
-from workers.routing import Decision, Defer, Fail, HandOff, PassOn, Run, pass_on
+from workers.routing import Decision, Defer, Fail, HandOff, PassOn, Run, delay, pass_on
 from workers import passes, simulate, watermark
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,14 @@ class Runner:
         self._debug_memory: simulate.SimulatedMemory | None = None
         self._debug_fatal: simulate.SimulatedFatalError | None = None
         self.lost: dict[tuple[str, tuple[int, ...]], int] = {}  # chunks given back here -> pass-ons left
+        self._gens: dict[int, int] = {}  # the attempt (`gen`) of each item of the chunk here: what it may record
 
     def run_chunk(self, chunk: Chunk) -> None:
         """Make every still-wanted item of `chunk`; returns once all are stored. Raises `WorkLost`
         after giving the items back when an infrastructure error stopped the run."""
         if chunk.backup:
             return self._run_backup(chunk)
+        self._gens = {it.index: it.gen for it in chunk.items}
         # 0. Where the chunk goes: the router decides from one look at the fleet, the runner acts.
         now = time.time()
         backlog = retry_redis(lambda: self.jobs.queued_count(chunk.job)) if self.router.by_speed else 0
@@ -128,16 +131,24 @@ class Runner:
 
     def _run(self, chunk: Chunk) -> None:
         """Claim the chunk's items, make them, and return once their results are stored and recorded."""
-        # 1. Claim the items of this attempt (skips ones done, cancelled or superseded).
+        # 1. Claim the items of this attempt (skips ones done, cancelled or superseded). Items a live
+        #    worker is running (a duplicate delivery) stay with it; a copy of their message comes back
+        #    later in case that worker lost them without a trace.
         job_id = chunk.job
         wanted = [(it.index, it.gen) for it in chunk.items]
-        todo = retry_redis(lambda: self.jobs.start_items(
-            job_id, wanted, self.name, self.device.device, self.device.dtype,
-            on_job_finished=self.finalize, max_attempts=self.max_attempts))
+        started = retry_redis(lambda: self.jobs.start_run(
+            job_id, wanted, self.name, self.device.device, self.device.dtype, max_attempts=self.max_attempts))
+        if started.ended:
+            self.finalize(job_id)
+        if started.held:
+            held = chunk.with_items([it for it in chunk.items if it.index in set(started.held)])
+            retry_redis(lambda: delay(self.jobs.redis, held, defaults.HELD_RECHECK))
+        todo = started.run
         if not todo:
             return
         self.activity.current = self._current(chunk, todo)
         self.leases.busy()
+        self._announce()  # the fleet record names the items now: a duplicate delivery leaves them here
         futures: list[Future] = []
         try:
             self._run_items(chunk, todo, futures, NORMAL)
@@ -170,7 +181,9 @@ class Runner:
             return
         mode = Backup(job_id, index, record.worker)
         log.info("job %s item %d: straggler backup of the run on %s", job_id, index, mode.original_worker)
+        self._gens = {index: record.gen}
         self.activity.current = self._current(chunk, [index])
+        self._announce()  # names the item: a claim this backup takes lasts while it runs
         futures: list[Future] = []
         try:
             self._run_items(chunk, [index], futures, mode)
@@ -293,8 +306,6 @@ class Runner:
         if progress.cancelled:
             self._end(mode, chunk, indices, Cancelled())
             return []
-        # A run long enough to have a straggler backup beside it claims its result before storing it.
-        claim = mode.claims_first or gen_s >= scheduling.BACKUP_MIN_RUN_S / 2
         futures = []
         for item, image, nsfw in zip(batch, made.images, made.nsfw):
             fields = {
@@ -310,7 +321,7 @@ class Runner:
             register = self.results.registrar(job_id, item.index) if self.results is not None else None
             futures.append(self.uploader.submit(job_id, item.index, image, info, {**fields, "watermark": marked},
                                                 progress.reported, watermark.embed if marked else None, register,
-                                                claim=claim, worker=self.name))
+                                                worker=self.name, gen=item.gen))
             self.activity.items_done += 1
         return futures
 
@@ -340,18 +351,23 @@ class Runner:
     def _finish(self, job_id: str, indices: list[int], state: str, fields: dict[str, Any]) -> None:
         """Items end in `state` with `fields`; the job's finalisation is queued when that ended it."""
         for index in indices:
-            if retry_redis(lambda: self.jobs.finish_item(job_id, index, state, fields)):
+            if retry_redis(lambda: self.jobs.finish_item(job_id, index, state, fields, worker=self.name,
+                                                         gen=self._gens.get(index, 0))):
                 self.finalize(job_id)
 
     def _hand_off(self, chunk: Chunk, batch: list[Item], error: str) -> None:
-        """Give the batch back to the queue for another worker, as a new attempt. If the job was
-        cancelled meanwhile, the batch ends `cancelled`."""
+        """Give the batch back to the queue for another worker, as a new attempt (its message recorded
+        in the outbox in the same step, published here). If the job was cancelled meanwhile, the batch
+        ends `cancelled`."""
         indices = [it.index for it in batch]
-        handed = dict(self.jobs.hand_off(chunk.job, indices, self.name, error))
+        pairs = self.jobs.hand_off(chunk.job, indices, self.name, error)
+        handed = dict(pairs)
         if handed:
+            self.faults.hit("handed_off")
             items = [replace(it, gen=handed[it.index], oom_workers=[*(it.oom_workers or ()), self.name],
                              oom_error=error) for it in batch if it.index in handed]
             self.publish(chunk.with_items(items))
+            Outbox(self.jobs.redis).done(intent(chunk.job, pairs))
             log.warning("job %s items %s: out of memory in low-memory mode; handed to another worker",
                         chunk.job, list(handed))
         elif self.jobs.is_cancelled(chunk.job):

@@ -24,8 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run redis, a local S3 endpoint, the producer and CPU workers")
     up.add_argument("--workers", type=int, default=1)
     up.add_argument("--threads", type=int, default=None, help="torch threads per worker")
-    up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--workdir", default=None)
+    up.add_argument("--port", type=int, default=None, help="producer port (default: the last one used, else 8000)")
+    up.add_argument("--redis-port", type=int, default=None, help="Redis port (default: the last one used, else 6379)")
+    up.add_argument("--s3-port", type=int, default=None, help="S3 port (default: the last one used, else 9000)")
+    up.add_argument("--workdir", default=None,
+                    help="where jobs, results, logs and ports are kept (default: $SDQ_HOME, else the user data dir)")
 
     demo = sub.add_parser("demo", help="start a private stack, run the example prompts, write results/")
     demo.add_argument("--prompts", default="examples/prompts.txt")
