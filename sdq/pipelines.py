@@ -172,9 +172,10 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
                  doc="the init image at 4x its size (width and height give the input size)"),
     PipelineSpec("depth2img", {SD_DEPTH: "StableDiffusionDepth2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
                  steps_scaled_by="strength", doc="img2img that keeps the init image's depth map"),
-    PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline"}, images=(INIT_IMAGE, MASK_IMAGE),
-                 params=(STRENGTH,), steps_scaled_by="strength",
-                 controlnet=ControlNetUse({SD: "StableDiffusionControlNetInpaintPipeline"}),
+    PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline", SDXL: "StableDiffusionXLInpaintPipeline"},
+                 images=(INIT_IMAGE, MASK_IMAGE), params=(STRENGTH,), steps_scaled_by="strength", passes_size=True,
+                 controlnet=ControlNetUse({SD: "StableDiffusionControlNetInpaintPipeline",
+                                           SDXL: "StableDiffusionXLControlNetInpaintPipeline"}),
                  doc="the white part of a mask repainted over the init image (the mask is made single-channel)"),
 )}
 """Every pipeline the API knows, by name."""
