@@ -11,6 +11,7 @@ from typing import Any, Callable
 import redis
 from celery import Celery
 
+from producer.extras import Extras, check_extras
 from producer.family import check_item, family_defaults, info_for
 from producer.inputs import ItemImages, item_images
 from producer.schemas import ADAPTER_KEYS, ITEM_PARAM_KEYS, ItemIn, SubmitRequest
@@ -28,6 +29,7 @@ from sdq.models import check_model
 from sdq.records import Chunk, Item, Job
 from sdq.scheduling import scheduling, speed
 from sdq.state import fleet
+from sdq.state.outbox import Outbox
 from sdq.state.store import JobStore
 from sdq.webhooks import check_webhook_url
 
@@ -58,14 +60,16 @@ def _item_params(base: dict[str, Any], override: Any | None) -> dict[str, Any]:
 
 
 def _pixels(pipeline: str, params: dict[str, Any]) -> int:
-    w, h = contract.output_size(pipeline, params["width"], params["height"])
+    w, h = contract.item_size(pipeline, params)
     return w * h
 
 
 def _check_limits(pipeline: str, params: dict[str, Any], where: str, settings: Settings) -> None:
-    w, h = contract.output_size(pipeline, params["width"], params["height"])
+    w, h = contract.item_size(pipeline, params)
     if w * h > settings.max_pixels:
-        raise InvalidInput(f"{where}width", f"{w}x{h} output ({w * h} pixels) exceeds this server's limit of "
+        first = pipelines.spec(pipeline).output_size(params["width"], params["height"])
+        field = "params.hires.scale" if first[0] * first[1] <= settings.max_pixels else f"{where}width"
+        raise InvalidInput(field, f"{w}x{h} output ({w * h} pixels) exceeds this server's limit of "
                            f"{settings.max_pixels} pixels per image", code="too_large")
 
 
@@ -114,9 +118,12 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
         base.update({side: spec.default_side for side in ("width", "height") if side not in given})
     seed = req.params.seed if req.params.seed is not None else secrets.randbelow(2**31)
 
+    extras = check_extras(given, spec, req.model, settings.models, uploads,
+                          info.family.name if info.family else None)
+
     # 2. Items: prompts or explicit items, times sweep combinations, times images_per_prompt.
     _check_count(req, sweep, settings.max_items)
-    items = _expand(req, settings, base, given, seed, combinations(sweep), uploads, info.family)
+    items = _expand(req, settings, base, given, seed, combinations(sweep), uploads, extras, info.family)
 
     # 3. Checks over all the items: the watermark's smallest image, the grid's largest sheet.
     if req.params.watermark:
@@ -143,7 +150,7 @@ def _check_count(req: SubmitRequest, sweep: dict[str, list[Any]], max_items: int
 
 def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given: dict[str, Any], seed: int,
             combos: list[dict[str, Any]], uploads: Callable[[str, str], dict[str, Any]] | None,
-            fam: Family | None = None) -> list[Item]:
+            extras: Extras, fam: Family | None = None) -> list[Item]:
     """The items of every prompt or entry of `items`, each checked against the server's limits and
     the model's family (`fam`, None: not known here)."""
     sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items or []]
@@ -152,9 +159,11 @@ def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given:
         where = f"items[{src}]." if it is not None else "params."
         params = _item_params(base, it)
         images = item_images(pipelines.spec(req.pipeline), given, it, where, uploads)
-        if images.size is not None:
+        size = extras.check_size(images.size, where)
+        if size is not None:
             explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
-            params = _init_image_size(params, images.size, explicit, fam.size_multiple if fam else 8)
+            params = _init_image_size(params, size, explicit, fam.size_multiple if fam else 8)
+        params = extras.apply(params, fam.size_multiple if fam else 8)
         _check_limits(req.pipeline, params, where, settings)
         check_item(fam, req.model, params, where)
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
@@ -180,7 +189,8 @@ def _cells(source: _Source, combos: list[dict[str, Any]], req: SubmitRequest, se
             out.append(Item(
                 index=index, prompt=source.prompt, negative_prompt=combo.get("negative_prompt", source.negative_prompt),
                 seed=_item_seed(seed, combo, source, n_per, k, index) % (2**32), init_image=source.images.init_image,
-                images=source.images.others, params=cell, steps=cell["steps"], sweep=combo or None, cache=None if source.cache else False))
+                images=source.images.others, params=cell, size=list(contract.item_size(req.pipeline, cell)),
+                steps=cell["steps"], sweep=combo or None, cache=None if source.cache else False))
     return out
 
 
@@ -197,7 +207,7 @@ def _check_watermark(pipeline: str, items: list[Item]) -> None:
     """Refuse a watermarked job with an image too small for the invisible watermark."""
     small = [it for it in items if _pixels(pipeline, it.params) < contract.WATERMARK_MIN_PIXELS]
     if small:
-        w, h = contract.output_size(pipeline, small[0].params["width"], small[0].params["height"])
+        w, h = contract.item_size(pipeline, small[0].params)
         raise InvalidInput("params.watermark", f"the invisible watermark needs images of at least "
                            f"{contract.WATERMARK_MIN_PIXELS} pixels (256x256); item {small[0].index} is {w}x{h}",
                            code="too_small")
@@ -205,7 +215,7 @@ def _check_watermark(pipeline: str, items: list[Item]) -> None:
 
 def _check_grid(pipeline: str, items: list[Item], sweep: dict[str, list[Any]], n_per: int) -> None:
     """Refuse a grid whose contact sheet of these items would be too large."""
-    sizes = [contract.output_size(pipeline, it.params["width"], it.params["height"]) for it in items]
+    sizes = [contract.item_size(pipeline, it.params) for it in items]
     try:
         check_fits(Job(sweep=sweep or None, params={"images_per_prompt": n_per}), len(items),
                    (max(w for w, _ in sizes), max(h for _, h in sizes)))
@@ -277,13 +287,16 @@ def submit(req: SubmitRequest, settings: Settings, owner: str, client: redis.Red
     # 3. Route: task chunks per queue, and warnings for queues that no live worker serves.
     routed = route(plan, fleet.live_workers(client), settings.scheduling == "speed")
     plan.job.warnings = plan.warnings
-    # 4. Record, then enqueue; roll the record back if enqueueing fails.
-    jobs.create(plan.job, plan.items)
+    # 4. Record (with the items' message in the outbox: if this process dies before enqueueing, a
+    #    worker publishes them after the outbox lease), then enqueue and clear the outbox entry; roll
+    #    the record back if enqueueing fails.
+    member = jobs.create(plan.job, plan.items, due=time.time() + settings.outbox_lease)
     try:
         enqueue(celery, routed)
     except Exception:
-        jobs.delete(plan.job.id, owner)
+        jobs.delete(plan.job.id, owner, member)
         raise
+    Outbox(client).done(member)
     return plan
 
 
@@ -294,11 +307,14 @@ def enqueue(celery: Celery, routed: list[Chunk]) -> None:
             send_chunk(celery, chunk, producer)
 
 
-def requeue(jobs: JobStore, celery: Celery, job_id: str, workers: list[dict[str, Any]]) -> list[Item]:
+def requeue(jobs: JobStore, celery: Celery, job_id: str, workers: list[dict[str, Any]],
+            lease: float = defaults.OUTBOX_LEASE) -> list[Item]:
     """Retry: re-queue the job's failed and cancelled items (same seeds) as new attempts and publish
-    them again (messages of the earlier attempts are dropped when delivered)."""
-    items = jobs.retry(job_id) or []
+    them again (messages of the earlier attempts are dropped when delivered). The re-queue records
+    their messages in the outbox: if this process dies before publishing, a worker does."""
+    items = jobs.retry(job_id, due=time.time() + lease) or []
     if items:
         plan = Plan(jobs.get(job_id), sorted(items, key=lambda it: it.index))
         enqueue(celery, route(plan, workers))
+        Outbox(jobs.redis).done(*jobs.retry_intents(job_id, items))
     return items

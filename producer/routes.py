@@ -129,7 +129,8 @@ def cancel_job(job_id: str):
 def retry_job(job_id: str):
     """Re-queue the job's failed and cancelled items with their seeds."""
     _own_job(job_id)
-    requeued = jobs.requeue(_ext("sdq_jobs"), _ext("celery"), job_id, fleet.live_workers(_ext("sdq_redis")))
+    requeued = jobs.requeue(_ext("sdq_jobs"), _ext("celery"), job_id, fleet.live_workers(_ext("sdq_redis")),
+                            current_app.config["SDQ"].outbox_lease)
     job = _ext("sdq_jobs").get(job_id)
     return jsonify({"id": job_id, "state": job.state, "requeued": len(requeued),
                     "items": [it.index for it in requeued[:1000]]}), 202

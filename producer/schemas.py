@@ -101,8 +101,25 @@ ADAPTER_KEYS = tuple(Adapters.model_fields)
 """Job-wide adapter list parameters (`loras`)."""
 
 
+
+def _nested(name: str, params: tuple[pipelines.Param, ...], doc: str, **extra: Any) -> type[BaseModel]:
+    """A strict request object whose numeric fields are `params`, with the table's ranges."""
+    return create_model(name, __base__=_Strict, __doc__=doc, **extra, **{
+        p.name: (p.kind | None, Field(None, ge=p.low, le=p.high, description=p.doc)) for p in params})
+
+
+HiresIn = _nested("HiresIn", pipelines.HIRES_PARAMS, "`params.hires`: a txt2img pass, enlarged, then an img2img pass.")
+ControlNetIn = _nested(
+    "ControlNetIn", pipelines.CONTROLNET_PARAMS, "`params.controlnet`: a ControlNet model and its control image.",
+    model=(str | None, Field(None, min_length=1, max_length=MODEL_MAX_CHARS)),
+    image=(str, Field(..., min_length=1, max_length=KEY_MAX_CHARS)))
+
+
 class Params(Adapters, Images, Overrides):
     """Job-wide generation parameters."""
+
+    hires: HiresIn | None = None
+    controlnet: ControlNetIn | None = None
 
     negative_prompt: str = Field("", max_length=PROMPT_MAX_CHARS)
     seed: int | None = Field(None, ge=0, le=SEED_MAX)

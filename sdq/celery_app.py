@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
-from typing import Any
+from typing import Any, Callable
 
+import redis
 from celery import Celery
+from kombu.exceptions import KombuError
 
 from sdq import contract, defaults
 from sdq.records import Chunk, Item, Job
 from sdq.state.keys import UNACKED_INDEX_KEY
+from sdq.state.outbox import Outbox, is_chunk, parse_intent
+from sdq.state.store import JobStore
 from sdq.state.redisconn import broker
 
 log = logging.getLogger(__name__)
@@ -68,7 +73,7 @@ def make_celery(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_TI
 
 def item_queue(job: Job, params: dict[str, Any]) -> str:
     """The queue of an item of `job` with these parameters."""
-    w, h = contract.output_size(job.pipeline, params["width"], params["height"])
+    w, h = contract.item_size(job.pipeline, params)
     return contract.queue_for(job.requires.get("device", "any"), job.requires.get("dtype"), w * h)
 
 
@@ -78,17 +83,57 @@ def send_chunk(celery: Celery, chunk: Chunk, producer=None) -> None:
                      priority=chunk.priority, producer=producer)
 
 
-def publish_items(celery: Celery, job: Job, items: list[Item]) -> int:
-    """Publish `items` of `job` again (the reaper), in chunks of items sharing parameters; returns
-    how many messages were sent."""
-    sent = 0
+def chunks_of(job: Job, items: list[Item]) -> list[Chunk]:
+    """`items` of `job` as task chunks: items sharing parameters together, at most `CHUNK_MAX` each."""
+    out: list[Chunk] = []
     items = sorted(items, key=lambda it: it.index)
     for _, group in itertools.groupby(items, key=lambda it: sorted(it.params.items())):
         group = list(group)
         for start in range(0, len(group), defaults.CHUNK_MAX):
             part = group[start:start + defaults.CHUNK_MAX]
-            send_chunk(celery, Chunk.of(job, item_queue(job, part[0].params), part))
-            sent += 1
+            out.append(Chunk.of(job, item_queue(job, part[0].params), part))
+    return out
+
+
+def publish_items(celery: Celery, job: Job, items: list[Item]) -> int:
+    """Publish `items` of `job` again, in chunks of items sharing parameters; returns how many
+    messages were sent."""
+    chunks = chunks_of(job, items)
+    for chunk in chunks:
+        send_chunk(celery, chunk)
+    return len(chunks)
+
+
+def publish_member(jobs: JobStore, outbox: Outbox, member: str, publish: Callable[[Chunk], None]) -> int:
+    """Publish one outbox entry with `publish(chunk)`, then remove it; returns how many chunks were sent.
+    An intent sends only its items still `queued` in the attempt it names (from their records now)."""
+    if is_chunk(member):
+        chunks = [Chunk.from_message(json.loads(member))]
+    else:
+        job_id, pairs = parse_intent(member)
+        job = jobs.get(job_id)
+        wanted = dict(pairs)
+        items = [it for it in jobs.item_records(job_id, list(wanted)) if it.state == "queued"
+                 and it.gen == wanted.get(it.index)] if job is not None else []
+        chunks = chunks_of(job, items) if items else []
+    for chunk in chunks:
+        publish(chunk)
+    outbox.done(member)
+    return len(chunks)
+
+
+def flush_outbox(jobs: JobStore, outbox: Outbox, publish: Callable[[Chunk], None], limit: int = 100) -> int:
+    """Publish the outbox entries that are due (each taken by one caller for a lease); returns how
+    many chunks were sent. An entry that fails is logged and left to come due again."""
+    sent = 0
+    for member in outbox.take_due(limit):
+        try:
+            sent += publish_member(jobs, outbox, member, publish)
+        except (redis.RedisError, OSError, KombuError):  # the broker or Redis: the entry comes due again
+            log.warning("could not publish an outbox entry; it is tried again after its lease", exc_info=True)
+        except Exception:  # noqa: BLE001 - never publishable (not a chunk, a record it cannot route): drop it
+            log.error("dropping outbox entry %.200s: it cannot be published", member, exc_info=True)
+            outbox.done(member)
     return sent
 
 

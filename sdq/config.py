@@ -129,6 +129,7 @@ class Settings:
     heartbeat_ttl: int = defaults.HEARTBEAT_TTL
     reaper_interval: float = defaults.REAPER_INTERVAL
     finalize_resend: float = defaults.FINALIZE_RESEND
+    outbox_lease: float = defaults.OUTBOX_LEASE
     stall_timeout: float = defaults.STALL_TIMEOUT
     s3_backoff_cap: float = defaults.S3_BACKOFF_CAP
     s3_outage_limit: float = defaults.S3_OUTAGE_LIMIT
@@ -168,6 +169,7 @@ class Settings:
             heartbeat_ttl=_int(env, "SDQ_HEARTBEAT_TTL", defaults.HEARTBEAT_TTL),
             reaper_interval=_float(env, "SDQ_REAPER_INTERVAL", defaults.REAPER_INTERVAL),
             finalize_resend=_float(env, "SDQ_FINALIZE_RESEND", defaults.FINALIZE_RESEND),
+            outbox_lease=_float(env, "SDQ_OUTBOX_LEASE", defaults.OUTBOX_LEASE),
             stall_timeout=_float(env, "SDQ_STALL_TIMEOUT", defaults.STALL_TIMEOUT),
             s3_backoff_cap=_float(env, "SDQ_S3_BACKOFF_CAP", defaults.S3_BACKOFF_CAP),
             s3_outage_limit=_float(env, "SDQ_S3_OUTAGE_LIMIT", defaults.S3_OUTAGE_LIMIT),

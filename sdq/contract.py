@@ -102,6 +102,12 @@ def output_size(pipeline: str, width: int, height: int) -> tuple[int, int]:
     return pipelines.spec(pipeline).output_size(width, height)
 
 
+def item_size(pipeline: str, params: dict) -> tuple[int, int]:
+    """Size of the image an item with these parameters makes (the hires fix's larger size when set):
+    the size its pixel class, queue, limits and work are counted at."""
+    return pipelines.spec(pipeline).final_size(params)
+
+
 def result_key(job_id: str, index: int) -> str:
     """S3 key of an item's PNG."""
     return f"jobs/{job_id}/{index:05d}.png"

@@ -41,6 +41,19 @@ STRENGTH = 0.8
 NOISE_LEVEL = 20
 """Noise the x4 upscaler adds to its input (0-350)."""
 
+HIRES_SCALE = 2.0
+"""How much the hires fix enlarges the first pass's image (`params.hires.scale`)."""
+
+HIRES_STRENGTH = 0.7
+"""Denoising strength of the hires fix's second pass (`params.hires.strength`), as A1111's default."""
+
+CONTROLNET_SCALE = 1.0
+"""Weight of the ControlNet's residuals (`params.controlnet.scale`, diffusers' `controlnet_conditioning_scale`)."""
+
+CONTROLNET_MODEL = "builtin:tiny-controlnet"
+"""ControlNet used when `params.controlnet` names no model and the model's family has no built-in one
+(`sdq.models.BUILTIN_CONTROLNETS`) or is not known at submit."""
+
 UPSCALE_SIDE = 128
 """Input width and height of `upscale` when no size is given (the output is 4x)."""
 
@@ -235,6 +248,18 @@ REDIS_HEALTH_CHECK = 15
 
 PASS_ON_DELAY = 2
 """Seconds (a Celery countdown) before a chunk this worker may not run is offered again."""
+
+OUTBOX_LEASE = 30
+"""Seconds a message recorded in the outbox (`sdq.state.outbox`) is left to its writer (or to the
+sweeper that took it) before any worker's heartbeat publishes it."""
+
+HELD_RECHECK = 15
+"""Seconds before a duplicate delivery of items a live worker holds is looked at again (`workers.runner`):
+if that worker lost them without a trace meanwhile, the copy takes them over."""
+
+CLAIM_POLL = 1.0
+"""Seconds between an item's holder asking again for the claim on its result while a live straggler
+backup holds it (`workers.uploader`)."""
 
 LOST_PASS_ONS = 3
 """Times a worker passes on (to the other live workers) a chunk it gave back after an

@@ -66,10 +66,9 @@ def fit_cell(rows: int, cols: int, cell: tuple[int, int],
 def cell_for(job: Job, items: list[Item],
              max_pixels: int = defaults.GRID_MAX_PIXELS) -> tuple[int, int]:
     """The cell size of a job's sheet from its items' output sizes, so images can be shrunk as they load."""
-    from sdq.contract import output_size
+    from sdq.contract import item_size
 
-    sizes = [output_size(job.pipeline, int(it.params["width"]), int(it.params["height"]))
-             for it in items if it.params] or [(64, 64)]
+    sizes = [item_size(job.pipeline, it.params) for it in items if it.params] or [(64, 64)]
     rows, cols = layout(job, len(items))
     return fit_cell(rows, cols, (max(w for w, _ in sizes), max(h for _, h in sizes)), max_pixels)
 

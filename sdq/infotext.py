@@ -12,7 +12,7 @@ import json
 import re
 
 from sdq import loras
-from sdq.pipelines import SAMPLER_NAMES, all_images, all_params
+from sdq.pipelines import SAMPLER_NAMES, all_images, all_params, extras_from_infotext
 
 SCHEDULER_OF_SAMPLER = {v: k for k, v in SAMPLER_NAMES.items()}
 """A1111 sampler name -> our scheduler name."""
@@ -79,6 +79,7 @@ def params_from_infotext(info: dict[str, object]) -> dict[str, object]:
     for image in all_images().values():  # the uploads the image was made from
         if image.infotext and info.get(image.infotext):
             params[image.field] = str(info[image.infotext])
+    params.update(extras_from_infotext(info))  # params.hires and params.controlnet
     params["watermark"] = bool(info.get("Watermark"))
     return params
 

@@ -69,6 +69,7 @@ class Job(Record):
     model: str = _shown(STATUS, MANIFEST, WEBHOOK, default="")
     pipeline: str = _shown(STATUS, MANIFEST, WEBHOOK, default="")
     params: dict = _shown(STATUS, MANIFEST, default=None)
+    size: list | None = _shown(STATUS, MANIFEST)  # [width, height] of the image it makes (the hires fix's larger size)
     sweep: dict | None = _shown(STATUS, MANIFEST)
     requires: dict = _shown(STATUS, MANIFEST, default=None)
     priority: int = _shown(STATUS, MANIFEST, WEBHOOK, default=5)
@@ -134,6 +135,7 @@ class Item(Record):
     gen: int = _shown(MESSAGE, default=0)  # the attempt a message was published for: a stale one starts nothing
     cache: bool | None = _shown(MESSAGE)  # False: the item opted out of the result cache
     params: dict = _shown(STATUS, MANIFEST, default=None)
+    size: list | None = _shown(STATUS, MANIFEST)  # [width, height] of the image it makes (the hires fix's larger size)
     sweep: dict | None = _shown(STATUS, MANIFEST)  # the sweep cell this item is
     steps: int = _shown(default=0)  # denoising steps the item counts for in the job's progress
     state: str = _shown(STATUS, MANIFEST, EVENT, default="queued")

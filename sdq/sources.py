@@ -38,6 +38,11 @@ def builtin_path(models_dir: Path, name: str) -> Path:
     return Path(models_dir) / "builtin" / f"{name}-v{BUILTIN_FORMAT}"
 
 
+def is_model_folder(folder: Path) -> bool:
+    """A diffusers pipeline folder (`model_index.json`) or a single model's folder (`config.json`, e.g. a ControlNet)."""
+    return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
+
+
 def weights_digest(lines: list[str]) -> str:
     """The digest over a model's lines of `path:sha256` (or other identifying lines)."""
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
@@ -101,7 +106,7 @@ class ModelSource:
 
 def folder_digest(fetcher: Fetcher, folder: Path) -> str | None:
     """Over every file of a diffusers folder (hidden files aside); None when it is not one."""
-    if not (folder / "model_index.json").is_file():
+    if not is_model_folder(folder):
         return None
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(
         part.startswith(".") for part in p.relative_to(folder).parts))
@@ -144,7 +149,7 @@ class BuiltinSource(ModelSource):
 
     def listing(self, models_dir: Path) -> dict[str, Any]:
         path = builtin_path(models_dir, self.name)
-        return {"path": str(path), "present": (path / "model_index.json").exists()}
+        return {"path": str(path), "present": is_model_folder(path)}
 
 
 class StoreSource(ModelSource):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sdq import families
 from sdq.cli.client import Client
@@ -61,14 +62,15 @@ def fclient(fstack) -> Client:
 
 
 @lru_cache(maxsize=None)
-def _pipe(folder: Path, img2img: bool):
+def _pipe(folder: Path, task: str):
     import diffusers
     import torch
 
     from workers.checkpoints import absent_components
 
     base = diffusers.AutoPipelineForText2Image.from_pretrained(folder, dtype=torch.float32, **absent_components(folder))
-    pipe = diffusers.AutoPipelineForImage2Image.from_pipe(base) if img2img else base
+    auto = {"img2img": diffusers.AutoPipelineForImage2Image, "inpaint": diffusers.AutoPipelineForInpainting}
+    pipe = auto[task].from_pipe(base) if task in auto else base
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -78,7 +80,8 @@ def direct(models_dir: Path, name: str, prompt: str, seed: int, steps: int, imag
     import torch
 
     torch.set_num_threads(1)
-    pipe = _pipe(builtin_path(models_dir, name), image is not None)
+    task = "inpaint" if "mask_image" in kw else "img2img" if image is not None else "txt2img"
+    pipe = _pipe(builtin_path(models_dir, name), task)
     if image is not None:
         kw["image"] = image
     kw = {**FAMILY_DEFAULTS[name], **kw}
@@ -114,6 +117,27 @@ def test_each_family_through_the_queue_equals_direct_diffusers(fclient, fstack, 
     family = families.FAMILIES[BUILTIN_FAMILIES[f"builtin:{name}"]]
     assert info["Model"] == f"builtin:{name}" and info["Pipeline"] == task
     assert doc["items"][0]["params"]["scheduler"] == family.default_scheduler
+
+
+def test_sdxl_inpaint_through_the_queue_equals_direct_diffusers(fclient, store, models_dir):
+    from PIL import ImageDraw
+
+    init = sketch((64, 64), seed=3)
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
+    params = {"steps": 3, "seed": 41, "width": 64, "height": 64, "strength": 0.8,
+              "init_image": fclient.upload(png(init), "init.png")["key"],
+              "mask_image": fclient.upload(png(mask), "mask.png")["key"]}
+    doc = run(fclient, {"model": "builtin:tiny-sdxl", "pipeline": "inpaint", "prompts": ["a red lighthouse"],
+                        "params": params})
+    img = result(store, doc["items"][0])
+    kw = {"width": 64, "height": 64, "strength": 0.8}
+    want = direct(models_dir, "tiny-sdxl", "a red lighthouse", 41, 3, image=init, mask_image=mask, **kw)
+    assert close(pixels(img), want)
+    other = direct(models_dir, "tiny-sdxl", "a red lighthouse", 41, 3, image=init,
+                   mask_image=mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT), **kw)
+    assert np.abs(pixels(img) - other).mean() > 0.5  # the comparison can fail: another mask differs
+    assert parse_infotext(img.info["parameters"])["Pipeline"] == "inpaint"
 
 
 def test_family_parameters_reach_the_pipeline_and_round_trip_through_infotext(fclient, store, models_dir):

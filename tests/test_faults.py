@@ -123,10 +123,11 @@ def check_exact(fclient: Client, store, r: redis.Redis, job_id: str, n: int, tim
     return doc
 
 
-@pytest.mark.parametrize("point", ["step", "upload", "uploaded", "ack"])
+@pytest.mark.parametrize("point", ["step", "upload", "claimed", "uploaded", "ack"])
 def test_a_worker_killed_at_any_point_of_an_item_loses_nothing(fleet, fclient, store, point):
-    """SIGKILL mid-item (after progress was counted), mid-upload, between upload and recording it,
-    and between recording and acknowledging: another worker finishes the job, exactly."""
+    """SIGKILL mid-item (after progress was counted), before the upload, after claiming the item and
+    before storing it (issue 22: a killed run's claim strands nothing), between upload and recording
+    it, and between recording and acknowledging: another worker finishes the job, exactly."""
     fleet.r.hset(RULES, point, "pause")
     job_id = fclient.submit(body(n=3, steps=30))["id"]
     victim = fleet.hit(point)

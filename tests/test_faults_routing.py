@@ -14,6 +14,7 @@ from PIL import Image
 
 from sdq.cli.client import Client
 from sdq.cli.services import Stack, wait_for
+from sdq.state.keys import OUTBOX_KEY
 from tests.conftest import FAST, wait_job
 from tests.test_faults import FAST_RECOVERY, WARM
 
@@ -28,10 +29,10 @@ def _body(payload: dict) -> bytes:
 
 def broker_messages(r: redis.Redis, job_id: str) -> int:
     """Messages of `job_id` anywhere: queued (any priority list), delivered but unacknowledged, or
-    waiting in sdq's delay set to be offered again."""
+    waiting in sdq's outbox to be offered again."""
     queued = [json.loads(m) for key in r.scan_iter("sdq.*") if r.type(key) == b"list" for m in r.lrange(key, 0, -1)]
     unacked = [json.loads(m)[0] for m in r.hvals("unacked")]
-    delayed = [m for m in r.zrange("sdq:delayed", 0, -1) if job_id.encode() in m]
+    delayed = [m for m in r.zrange(OUTBOX_KEY, 0, -1) if job_id.encode() in m]
     return sum(1 for p in queued + unacked if job_id.encode() in _body(p)) + len(delayed)
 
 
@@ -73,7 +74,7 @@ def test_chunks_of_a_cancelled_job_no_worker_may_run_are_dropped(picky):
     job_id = client.submit({"model": "builtin:tiny-upscaler", "pipeline": "upscale", "prompts": ["up"],
                             "params": {"init_image": key, "steps": 2}})["id"]
     r = redis.Redis.from_url(picky.env["SDQ_REDIS_URL"])
-    wait_for(lambda: r.hlen("unacked") or r.zcard("sdq:delayed"), "the worker took the chunk", 60)
+    wait_for(lambda: r.hlen("unacked") or r.zcard(OUTBOX_KEY), "the worker took the chunk", 60)
     assert client.cancel(job_id)["state"] == "cancelled"
     wait_for(lambda: broker_messages(r, job_id) == 0, "the cancelled job's message dropped", 30)
     wait_for(lambda: f"job {job_id}: dropping a chunk nobody needs any more" in log_text(picky, "picky"),

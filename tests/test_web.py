@@ -104,6 +104,6 @@ def test_the_page_and_its_files_are_served_with_a_strict_policy(client):
     assert resp.status_code == 200 and "<label for=\"prompts\">Prompts</label>" in resp.text
     csp = resp.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
-    for name in ("api.js", "ui.js", "submit.js", "pages.js", "app.js", "app.css"):
+    for name in ("api.js", "ui.js", "submit.js", "extras.js", "pages.js", "app.js", "app.css"):
         assert f"/static/{name}" in resp.text
         assert requests.get(f"{client.server}/static/{name}", timeout=10).status_code == 200

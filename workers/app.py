@@ -19,6 +19,7 @@ from sdq import contract, defaults
 from sdq.celery_app import make_celery, request_finalize, send_chunk
 from sdq.config import Settings
 from sdq.records import Chunk
+from sdq.state.outbox import Outbox
 from sdq.state.redisconn import connect
 from sdq.state.resultindex import ResultIndex
 from sdq.state.store import JobStore
@@ -182,9 +183,10 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
                       queues) if by_speed else None
     capability = Capability(name, device, models, max_pixels, max_batch, queues, opts.threads, activity,
                             cache.loaded, cache.loaded_adapters)
-    reaper = Reaper(jobs, celery, finalize, settings.reaper_interval, settings.finalize_resend)
+    reaper = Reaper(jobs, celery, finalize, settings.reaper_interval, settings.finalize_resend, settings.outbox_lease)
     interval = min(settings.heartbeat_interval, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
-    heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish)
+    heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish,
+                          Outbox(client, settings.outbox_lease))
     lookout = IdleWatch(client, backups, lambda: activity.current is None, quiet_s=interval) if backups else None
     results = CachedResults(ResultIndex(client), WeightsHasher(settings.models_dir, store), store, jobs, name,
                             device.device, device.dtype, opts.safety_checker, finalize)

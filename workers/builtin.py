@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from sdq.sources import builtin_path
+from sdq.sources import builtin_path, is_model_folder
 from workers import builtin_families
 
 SD_SCHEDULER = dict(
@@ -212,8 +212,51 @@ def _lora_builders() -> dict[str, Callable[[Path], None]]:
             "tiny-lora-sdxl": build_tiny_lora_sdxl}
 
 
+CONTROLNET_INIT_STD = 0.3
+"""Std of the random weights given to the tiny ControlNet's zero-initialised output convolutions (a
+trained ControlNet's are not zero; at 0 the ControlNet would change nothing)."""
+
+
+def _he_init(convs) -> None:
+    """He-normal weights and zero biases: the conditioning embedding then follows its input (with
+    PyTorch's default init its output is mostly its biases, and the control image barely counts)."""
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        conv.weight.normal_(0, (2 / fan_in) ** 0.5)
+        conv.bias.zero_()
+
+
+def tiny_controlnet(unet, seed: int):
+    """A ControlNetModel for `unet`: its encoder copied (`ControlNetModel.from_unet`), a 3-stage (8x)
+    conditioning embedding, and seeded random weights in the convolutions a fresh ControlNet starts at
+    zero (see `_he_init`)."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 32, 32)).eval()
+    embedding = net.controlnet_cond_embedding
+    with torch.no_grad():
+        _he_init([embedding.conv_in, *embedding.blocks, embedding.conv_out])
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            conv.weight.normal_(0, CONTROLNET_INIT_STD)
+            conv.bias.zero_()
+    return net
+
+
+def build_tiny_controlnet(path: Path) -> None:
+    """Write `builtin:tiny-controlnet`, a ControlNet for `builtin:tiny-sd`'s UNet, to `path`."""
+    tiny_controlnet(tiny_unet(), seed=6).save_pretrained(path, safe_serialization=True)
+
+
+def build_tiny_sdxl_controlnet(path: Path) -> None:
+    """Write `builtin:tiny-sdxl-controlnet`, a ControlNet for `builtin:tiny-sdxl`'s UNet (its size/crop
+    conditioning included), to `path`."""
+    tiny_controlnet(builtin_families.tiny_sdxl_unet(), seed=16).save_pretrained(path, safe_serialization=True)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-sd": build_tiny_sd, "tiny-upscaler": build_tiny_upscaler, "tiny-depth": build_tiny_depth,
+    "tiny-controlnet": build_tiny_controlnet, "tiny-sdxl-controlnet": build_tiny_sdxl_controlnet,
     **builtin_families.BUILDERS,
     **_lora_builders(),
 }
@@ -221,10 +264,10 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 
 
 def _complete(folder: Path) -> bool:
-    """A built-in's folder is there: a model's `model_index.json` or an adapter's file."""
+    """A built-in's folder is there: a model's (`is_model_folder`) or an adapter's file."""
     from sdq.loras import ADAPTER_FILE
 
-    return (folder / "model_index.json").exists() or (folder / ADAPTER_FILE).exists()
+    return is_model_folder(folder) or (folder / ADAPTER_FILE).exists()
 
 
 def builder_of(name: str) -> Callable[[Path], None]:

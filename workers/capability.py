@@ -12,12 +12,15 @@ import redis
 
 from sdq import __version__, defaults
 from sdq.models import BUILTIN_MODELS, allowed_models
+from sdq.celery_app import flush_outbox
 from sdq.state import fleet
+from sdq.state.outbox import Outbox
+from sdq.state.store import JobStore
 from sdq.pipelines import PIPELINES
 from workers.device import Device, peak_rss_gb
 from workers.leases import Leases
 from workers.reaper import Reaper, safe_tick
-from workers.routing import Publish, release_due
+from workers.routing import Publish
 from workers.speedometer import Speedometer
 
 log = logging.getLogger(__name__)
@@ -93,22 +96,30 @@ def worker_models(requested: list[str] | None, allowlist: tuple[str, ...]) -> li
 class Heartbeat(threading.Thread):
     """Every `interval` seconds until stopped: publish the capability record (alive `ttl` seconds),
     refresh the leases on the broker messages this worker holds (`workers.leases`), publish the
-    passed-on chunks that are due (`workers.routing`), and give the reaper its turn (`workers.reaper`).
+    outbox entries that are due (`sdq.state.outbox`: re-queued items and passed-on chunks whose writer
+    did not publish them, or whose delay is over), and give the reaper its turn (`workers.reaper`).
     Straggler backups are `workers.idlewatch`'s."""
 
     def __init__(self, client: redis.Redis, capability: Capability,
                  interval: float = defaults.HEARTBEAT_INTERVAL, leases: Leases | None = None,
                  reaper: Reaper | None = None,
-                 ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Publish | None = None) -> None:
+                 ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Publish | None = None,
+                 outbox: Outbox | None = None) -> None:
         super().__init__(name="sdq-heartbeat", daemon=True)
         self.client, self.capability, self.interval = client, capability, interval
         self.leases, self.reaper, self.ttl = leases, reaper, ttl
         self.publish_chunk = publish_chunk
+        self.outbox = outbox or Outbox(client)
+        self.jobs = JobStore(client)
         self.stopped = threading.Event()
 
     def publish(self) -> None:
-        """Publish the capability record now."""
-        fleet.publish(self.client, self.capability.record(), self.ttl)
+        """Publish the capability record now. A worker whose work made no progress for its stall timeout
+        says `stalled`: the items it holds count as lost (a duplicate delivery takes them over)."""
+        record = self.capability.record()
+        if self.leases is not None and self.leases.stalled():
+            record["stalled"] = True
+        fleet.publish(self.client, record, self.ttl)
 
     def beat(self) -> None:
         """Publish once, refresh the held messages, publish the chunks whose delay is over, sweep
@@ -119,7 +130,7 @@ class Heartbeat(threading.Thread):
             if self.leases is not None:
                 self.leases.refresh()
         if self.publish_chunk is not None:
-            release_due(self.client, self.publish_chunk)
+            flush_outbox(self.jobs, self.outbox, self.publish_chunk)
         safe_tick(self.reaper)
 
     def run(self) -> None:

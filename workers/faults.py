@@ -27,12 +27,14 @@ from sdq.state.redisconn import text
 
 log = logging.getLogger(__name__)
 
-POINTS = ("load", "batch", "step", "upload", "uploaded", "finished", "ack")
+POINTS = ("load", "batch", "step", "upload", "claimed", "uploaded", "finished", "ack", "handed_off")
 """load: before the model is fetched; batch: before a micro-batch is generated; step: after a
-progress write inside a denoising step; upload: before an item's PNG is stored; uploaded: after it
+progress write inside a denoising step; upload: before an item's PNG is claimed and stored; claimed:
+after the run claimed the item (`JobStore.claim_result`), before the PNG is stored; uploaded: after it
 is stored, before its state is recorded; finished: after the job's last item was recorded, before
 its finalisation is queued; ack: after the chunk's results are recorded, before its message is
-acknowledged."""
+acknowledged; handed_off: after an out-of-memory hand-off re-queued a batch, before its message is
+published (the outbox publishes it)."""
 
 ENV = "SDQ_DEBUG_FAULTS"
 

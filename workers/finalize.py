@@ -66,6 +66,9 @@ def finalize_job(jobs: JobStore, store, job_id: str, celery=None) -> None:
     key = contract.manifest_key(job_id)
     store.put(key, json.dumps(doc, indent=1).encode(), content_type="application/json")
     jobs.set_field(job_id, manifest_key=key)
-    if job.webhook_url and celery is not None and jobs.claim_webhook(job_id):
+    # Sent first, marked second: a send that raises, or a finaliser killed in between, leaves the webhook
+    # to the next run of this (retried, re-sent) task; at worst it is queued twice (receivers deduplicate).
+    if job.webhook_url and celery is not None and not jobs.webhook_queued(job_id):
         celery.send_task(contract.TASK_WEBHOOK, kwargs={"job_id": job_id}, queue=contract.CONTROL_QUEUE)
+        jobs.mark_webhook_queued(job_id)
     jobs.finalized(job_id)

@@ -9,6 +9,7 @@ import torch
 
 from sdq import pipelines
 from sdq.exceptions import Cancelled, OutOfMemory
+from workers import passes
 from workers.pipelines import Loaded, PipelineCache, denoiser, free_memory, is_out_of_memory
 from workers.routing import next_try
 
@@ -84,6 +85,7 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     kwargs.update(pipelines.family_kwargs(loaded.family, params))
     for image in spec.images:
         kwargs[image.kwarg] = _fit((images or {}).get(image.field, []), params["width"], params["height"])
+    kwargs.update(passes.control_kwargs(spec, params, images, _fit))
     net = denoiser(pipe)
     dtype = DTYPE_NAMES.get(net.dtype, str(net.dtype))  # read at the call, not assumed
     try:
@@ -137,7 +139,7 @@ def generate(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict
         # 1. One attempt. The handler only records the error: retrying inside it would keep the
         #    exception, its traceback and so the failed call's tensors alive.
         try:
-            return _calls(pipe, loaded, task, params, prompts, negative_prompts, seeds, images, callback,
+            return _calls(cache, pipe, loaded, task, params, prompts, negative_prompts, seeds, images, callback,
                           check, per_call, retries, error)
         except Exception as exc:  # noqa: BLE001 - only out of memory is retried
             if not is_out_of_memory(exc):
@@ -163,7 +165,7 @@ def generate(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict
             entered = True
 
 
-def _calls(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[str], negative_prompts: list[str],
+def _calls(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[str], negative_prompts: list[str],
            seeds: list[int], images: dict[str, list[Any]] | None, callback: StepCallback | None,
            check: CallCheck | None,
            per_call: int, retries: int, error: str | None) -> Generated:
@@ -173,8 +175,11 @@ def _calls(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: lis
         part = slice(start, start + per_call)
         if check is not None:
             check(len(prompts[part]), loaded.low_memory)
-        call = run(pipe, loaded, task, params, prompts[part], negative_prompts[part], seeds[part],
-                   {k: v[part] for k, v in images.items()} if images else None, callback)
+        part_images = {k: v[part] for k, v in images.items()} if images else None
+        call = run(pipe, loaded, task, params, prompts[part], negative_prompts[part], seeds[part], part_images, callback)
+        if params.get("hires") and call.images:
+            call = _hires(cache, loaded, task, params, call, prompts[part], negative_prompts[part], seeds[part],
+                          part_images, callback)
         out.dtype = call.dtype
         if not call.images:  # cancelled
             return Generated([], [], call.dtype, per_call, loaded.low_memory, retries, error)
@@ -182,3 +187,17 @@ def _calls(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: lis
         out.nsfw += call.nsfw
     return out
 
+
+
+def _hires(cache: PipelineCache, loaded: Loaded, task: str, params: dict[str, Any], first: Call, prompts: list[str],
+           negative_prompts: list[str], seeds: list[int], images: dict[str, list[Any]] | None,
+           callback: StepCallback | None) -> Call:
+    """The hires fix's second pass: the first pass's images enlarged (Lanczos), then the spec's `hires_pass`
+    pipeline (img2img, with the same ControlNet) at the larger size, with new generators of the same seeds."""
+    spec = pipelines.spec(task)
+    second = passes.second_pass_params(spec, params)
+    pipe, _ = cache.get(loaded.model_id, spec.hires_pass, passes.controlnet_id(params))
+    init = pipelines.spec(spec.hires_pass).images[0].field  # the enlarged image is the second pass's init image
+    inputs = {**(images or {}), init: passes.enlarge(first.images, second["width"], second["height"])}
+    return run(pipe, loaded, spec.hires_pass, second, prompts, negative_prompts, seeds, inputs,
+               passes.offset_steps(callback, spec.first_loop(params)))

@@ -51,9 +51,8 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class Normal:
-    """A chunk's own run: it settles its items (stored, failed, cancelled, handed off)."""
-
-    claims_first: bool = False  # every result claimed before it is stored (else only long runs claim)
+    """A chunk's own run: it settles its items (stored, failed, cancelled, handed off). Like a backup,
+    it claims each result before storing it (`JobStore.claim_result`)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,6 @@ class Backup:
     job: str
     index: int
     original_worker: str
-    claims_first: bool = True
 
 
 Mode = Union[Normal, Backup]

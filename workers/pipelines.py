@@ -73,6 +73,7 @@ class Loaded:
     low_memory: bool = False  # on for good once it was what made a call fit (its modules are shared)
     offloaded: Any = None  # the pipeline whose model-offload hooks the shared modules carry (CUDA)
     adapters: WarmAdapters | None = None  # LoRA adapters loaded into its modules (`workers.adapters`)
+    controlnets: dict[str, Any] = field(default_factory=dict)  # ControlNet id -> its loaded ControlNetModel
 
     def check_scheduler(self, name: str) -> None:
         """ModelError for a scheduler the model's family cannot run (a flow-matching one on a
@@ -160,6 +161,7 @@ class PipelineCache:
             _remove_hooks(entry.pipelines())
             entry.tasks.clear()
             entry.schedulers.clear()
+            entry.controlnets.clear()
             entry.base = entry.offloaded = entry.adapters = None
             del entry  # the last reference: only cycles are left, and the collection below breaks them
             free_memory(self.device)
@@ -189,13 +191,16 @@ class PipelineCache:
         """Model id -> the LoRA adapter ids loaded into it now (models with none left out)."""
         return {m: e.adapters.ids() for m, e in list(self._models.items()) if e.adapters and e.adapters.ids()}
 
-    def get(self, model_id: str, task: str) -> tuple[Any, Loaded]:
-        """The pipeline for (`model_id`, `task`), loading the model on first use."""
+    def get(self, model_id: str, task: str, controlnet: str | None = None) -> tuple[Any, Loaded]:
+        """The pipeline for (`model_id`, `task`), with ControlNet `controlnet` when given, loading the
+        model (and the ControlNet) on first use."""
         with self._lock:
             entry = self._entry(model_id)
-            if task not in entry.tasks:
-                entry.tasks[task] = self._derive(entry, task)
-            return entry.tasks[task], entry
+            key = f"{task}+{controlnet}" if controlnet else task
+            if key not in entry.tasks:
+                entry.tasks[key] = (self._derive_controlnet(entry, task, controlnet) if controlnet
+                                    else self._derive(entry, task))
+            return entry.tasks[key], entry
 
     def images_per_call(self, task: str) -> int | None:
         """Most images one call of `task` may make (None: the whole micro-batch). The x4 upscaler's
@@ -347,6 +352,31 @@ class PipelineCache:
             pipe = cls.from_pipe(entry.base, dtype=self.device.torch_dtype)
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"model {entry.model_id!r} cannot run pipeline {task!r}: {exc}") from exc
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+    def _derive_controlnet(self, entry: Loaded, task: str, controlnet: str):
+        """The task's ControlNet pipeline over the base's modules and the ControlNet (loaded once per model
+        entry, through the model sources and on the worker's device and dtype)."""
+        import diffusers
+
+        name = pipelines.spec(task).class_for(entry.family, controlnet=True)
+        if name is None:
+            raise ModelError(f"model {entry.model_id!r} ({entry.family} family) has no ControlNet pipeline for {task!r}")
+        if controlnet not in entry.controlnets:
+            path = source_for(controlnet).open(self.fetcher)
+            try:
+                net = diffusers.ControlNetModel.from_pretrained(path, dtype=self.device.torch_dtype)
+            except (OSError, ValueError, TypeError) as exc:
+                raise ModelError(f"cannot load ControlNet {controlnet!r}: {type(exc).__name__}: {exc}") from exc
+            entry.controlnets[controlnet] = net.to(self.device.device)
+        try:
+            pipe = getattr(diffusers, name).from_pipe(entry.base, controlnet=entry.controlnets[controlnet],
+                                                      dtype=self.device.torch_dtype)
+        except (TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            raise ModelError(f"model {entry.model_id!r} cannot run {task!r} with ControlNet {controlnet!r}: "
+                             f"{exc}") from exc
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -17,9 +17,10 @@ from typing import Callable
 import redis
 
 from sdq import defaults
-from sdq.celery_app import publish_items
+from sdq.celery_app import publish_member, send_chunk
 from sdq.state import fleet
 from sdq.state.keys import REAPER_LOCK_KEY
+from sdq.state.outbox import Outbox, intent
 from sdq.state.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,10 @@ class Reaper:
     """Periodic recovery sweeps, run by whichever worker gets the lock."""
 
     def __init__(self, jobs: JobStore, celery, finalize: Callable[[str], None],
-                 interval: float = defaults.REAPER_INTERVAL, finalize_resend: float = defaults.FINALIZE_RESEND) -> None:
+                 interval: float = defaults.REAPER_INTERVAL, finalize_resend: float = defaults.FINALIZE_RESEND,
+                 outbox_lease: float = defaults.OUTBOX_LEASE) -> None:
         self.jobs, self.celery, self.finalize = jobs, celery, finalize
+        self.outbox = Outbox(jobs.redis, outbox_lease)
         self.interval, self.finalize_resend = interval, finalize_resend
         self._next = 0.0
 
@@ -50,27 +53,27 @@ class Reaper:
             self.finalize(job_id)
 
     def reap(self) -> int:
-        """Re-queue the running items of every worker that left the fleet; returns how many."""
+        """Re-queue the running items of every worker that left the fleet; returns how many. Each
+        step records their messages in the outbox, then publishes them: a sweep killed between the
+        two leaves them to the next heartbeat after the outbox lease."""
         live = {w["name"] for w in fleet.live_workers(self.jobs.redis)}
         total = 0
         for worker in self.jobs.running_workers():
             if worker in live:
                 continue
             while True:
-                reaped = self.jobs.reap(worker)
+                reaped = self.jobs.reap_run(worker, due=self.outbox.due())
                 if not reaped:
                     break
                 total += len(reaped)
-                by_job: dict[str, list[int]] = defaultdict(list)
-                for job_id, index in reaped:
-                    by_job[job_id].append(index)
-                for job_id, indices in by_job.items():
-                    job = self.jobs.get(job_id)
-                    if job is None:
-                        continue
+                by_job: dict[str, list[tuple[int, int]]] = defaultdict(list)
+                for job_id, index, gen in reaped:
+                    by_job[job_id].append((index, gen))
+                for job_id, pairs in by_job.items():
                     log.warning("worker %s left the fleet running items %s of job %s: queued again",
-                                worker, indices, job_id)
-                    publish_items(self.celery, job, self.jobs.item_records(job_id, indices))
+                                worker, [i for i, _ in pairs], job_id)
+                    publish_member(self.jobs, self.outbox, intent(job_id, pairs),
+                                   lambda chunk: send_chunk(self.celery, chunk))
         return total
 
 
@@ -93,10 +96,11 @@ class Reaper:
 
 
 def safe_tick(reaper: Reaper | None) -> None:
-    """`reaper.tick()`, logging (not raising) a Redis or broker error: the next beat tries again."""
+    """`reaper.tick()`, logging (not raising) a Redis or broker error (kombu's `OperationalError` too):
+    the next beat tries again, and what it re-queued is in the outbox."""
     if reaper is None:
         return
     try:
         reaper.tick()
-    except (redis.RedisError, OSError):
+    except Exception:  # noqa: BLE001 - see above
         log.warning("reaper sweep failed", exc_info=True)

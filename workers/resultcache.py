@@ -56,10 +56,15 @@ class CachedResults:
                 digests[key] = hashlib.sha256(self.store.get(key)).hexdigest()
             return digests[key]
 
+        control = chunk.params.get("controlnet")
+        extra = {"controlnet.image": sha(control["image"]), "controlnet.model": self.hasher.digest(control["model"])} \
+            if control else {}
+        if None in extra.values():  # a ControlNet whose weights are unknown here: run fresh
+            return {}
         adapters = self._adapter_digests(chunk.params.get(loras.FIELD))
         out = {}
         for it in wanted:
-            others = {name: sha(key) for name, key in sorted((it.images or {}).items())}
+            others = {**{name: sha(key) for name, key in sorted((it.images or {}).items())}, **extra}
             out[it.index] = cache_key(maker, owner, chunk.pipeline, chunk.params, it.prompt, it.negative_prompt,
                                       it.seed, sha(it.init_image) if it.init_image else None, chunk.watermark,
                                       others, adapters)
@@ -91,7 +96,7 @@ class CachedResults:
         left, served = [], 0
         for i in todo:
             entry = entries.get(i)
-            if entry is None or not self._serve_one(job_id, i, keys[i], entry):
+            if entry is None or not self._serve_one(job_id, i, keys[i], entry, by_index[i].gen):
                 left.append(i)
             else:
                 served += 1
@@ -99,7 +104,7 @@ class CachedResults:
             log.info("job %s: %d of %d items answered from the result cache", job_id, served, len(todo))
         return left
 
-    def _serve_one(self, job_id: str, index: int, key: str, entry: dict[str, Any]) -> bool:
+    def _serve_one(self, job_id: str, index: int, key: str, entry: dict[str, Any], gen: int = 0) -> bool:
         """Copy a cached result to the item's keys and record it; False when it must run instead."""
         t0 = time.perf_counter()
         target = contract.result_key(job_id, index)
@@ -131,7 +136,7 @@ class CachedResults:
             "watermark": entry.get("watermark"), "nsfw": entry.get("nsfw"),
             "cached": True, "cached_from": {"job": entry["job"], "index": entry["index"]}, **extra,
         }
-        if retry_redis(lambda: self.jobs.finish_item(job_id, index, "succeeded", fields)):
+        if retry_redis(lambda: self.jobs.finish_item(job_id, index, "succeeded", fields, worker=self.worker, gen=gen)):
             self.finalize(job_id)
         try:
             self.index.touch(key)

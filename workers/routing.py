@@ -4,14 +4,14 @@
 capability records (as `sdq.state.fleet.live_workers` returns them) and what the caller passes in (`now`,
 the job's backlog), and return a small frozen decision; `workers.runner` acts on it in one place.
 
-A chunk passed on waits `PASS_ON_DELAY` seconds in the sorted set `DELAYED_KEY` (durable, never a
+A chunk passed on waits `PASS_ON_DELAY` seconds in the outbox (`sdq.state.outbox`: durable, never a
 sleep on the worker, and not a Celery countdown, whose held messages stall a solo worker's
-prefetch) and every worker's heartbeat publishes the due ones (`release_due`). A chunk whose job is
-gone, ended or cancelled is dropped instead (and the cancelled job's items settled): `pass_on`.
+prefetch) and every worker's heartbeat publishes the due ones (`sdq.celery_app.flush_outbox`). A
+chunk whose job is gone, ended or cancelled is dropped instead (and the cancelled job's items
+settled): `pass_on`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -23,7 +23,7 @@ from sdq import contract, defaults, families
 from sdq.records import Chunk, Item
 from sdq.scheduling import scheduling, speed
 from sdq.state import fleet
-from sdq.state.keys import DELAYED_KEY
+from sdq.state.outbox import Outbox
 from sdq.state.store import JobStore
 from workers.speedometer import Speedometer
 
@@ -149,7 +149,7 @@ class Router:
         if self.models and chunk.model not in self.models:
             return f"model {chunk.model} is not in this worker's --models"
         p = chunk.params
-        w, h = contract.output_size(chunk.pipeline, p["width"], p["height"])
+        w, h = contract.item_size(chunk.pipeline, p)
         if w * h > self.max_pixels:
             return f"{w}x{h} images exceed this worker's --max-pixels {self.max_pixels}"
         need = families.required_gb(chunk.requires, self.dtype, w * h)
@@ -247,21 +247,11 @@ class Router:
         return Fail(f"{error}; {NO_OTHER_WORKER}")
 
 
-# --- The delay set: passing a chunk on -------------------------------------------------------------
+# --- Passing a chunk on (through the outbox) ---------------------------------------------------
 
 def delay(client: redis.Redis, chunk: Chunk, seconds: float) -> None:
-    """Publish `chunk` again in `seconds` (by whichever worker's heartbeat comes first)."""
-    client.zadd(DELAYED_KEY, {json.dumps(chunk.message(), sort_keys=True): time.time() + seconds})
-
-
-def release_due(client: redis.Redis, publish: Publish, limit: int = 100) -> int:
-    """Publish the delayed chunks that are due; returns how many. Each is taken by one worker only."""
-    sent = 0
-    for raw in client.zrangebyscore(DELAYED_KEY, "-inf", time.time(), start=0, num=limit):
-        if client.zrem(DELAYED_KEY, raw):
-            publish(Chunk.from_message(json.loads(raw)))
-            sent += 1
-    return sent
+    """Publish `chunk` again in `seconds` (from the outbox, by whichever worker's heartbeat comes first)."""
+    Outbox(client).add_chunk(chunk.message(), time.time() + seconds)
 
 
 def wanted(jobs: JobStore, chunk: Chunk) -> bool:

@@ -23,9 +23,10 @@ from sdq import __version__, contract, defaults, loras, pipelines
 from sdq.exceptions import ModelError, WorkLost
 from sdq.infotext import SAMPLER_NAMES, format_infotext
 from sdq.records import Chunk, Item
-from sdq.scheduling import scheduling, speed
+from sdq.scheduling import speed
 from sdq.scheduling.speed import loop_steps
 from sdq.state import fleet
+from sdq.state.outbox import Outbox, intent
 from workers.device import Device
 from workers.generation import Generated, generate
 from workers.parts import (NORMAL, Backup, Cancelled, Failed, Mode, Outcome, OutOfMemoryEnd, Outputs, Presence,
@@ -33,8 +34,8 @@ from workers.parts import (NORMAL, Backup, Cancelled, Failed, Mode, Outcome, Out
 from workers.pipelines import OUT_OF_MEMORY, Loaded, OutOfMemory, PipelineCache, is_fatal_device_error
 from workers.progress import Pipe, StepProgress
 from workers.retry import retry_redis
-from workers.routing import Decision, Defer, Fail, HandOff, PassOn, Run, pass_on
-from workers import simulate, watermark
+from workers.routing import Decision, Defer, Fail, HandOff, PassOn, Run, delay, pass_on
+from workers import passes, simulate, watermark
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,15 @@ def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device
     spec = pipelines.spec(task)
     fields: dict[str, object] = {
         "Steps": p["steps"], "Sampler": SAMPLER_NAMES.get(p["scheduler"], p["scheduler"]),
-        "CFG scale": p["guidance_scale"], "Seed": item.seed, "Size": f"{size[0]}x{size[1]}",
+        "CFG scale": p["guidance_scale"], "Seed": item.seed,
+        "Size": "{}x{}".format(*(spec.output_size(p["width"], p["height"]) if p.get("hires") else size)),
         "Model": chunk.model, "Pipeline": task,
         **spec.infotext_fields(p),
         **pipelines.family_infotext(p),
         **{image.infotext: item.image_key(image.field) for image in spec.images if image.infotext},
         **loras.infotext_fields(p.get(loras.FIELD), lora_hashes),
         "Input size": spec.input_size(p),
+        **pipelines.extras_infotext(p),
         "Watermark": watermark.LABEL if watermarked else None,
         "Safety checker": None if nsfw is None else ("flagged" if nsfw else "passed"),
         "Device": device.device, "Dtype": dtype or device.dtype, "Backend": device.backend,
@@ -85,12 +88,14 @@ class Runner:
         self._debug_memory: simulate.SimulatedMemory | None = None
         self._debug_fatal: simulate.SimulatedFatalError | None = None
         self.lost: dict[tuple[str, tuple[int, ...]], int] = {}  # chunks given back here -> pass-ons left
+        self._gens: dict[int, int] = {}  # the attempt (`gen`) of each item of the chunk here: what it may record
 
     def run_chunk(self, chunk: Chunk) -> None:
         """Make every still-wanted item of `chunk`; returns once all are stored. Raises `WorkLost`
         after giving the items back when an infrastructure error stopped the run."""
         if chunk.backup:
             return self._run_backup(chunk)
+        self._gens = {it.index: it.gen for it in chunk.items}
         # 0. Where the chunk goes: the router decides from one look at the fleet, the runner acts.
         now = time.time()
         backlog = retry_redis(lambda: self.jobs.queued_count(chunk.job)) if self.router.by_speed else 0
@@ -130,16 +135,24 @@ class Runner:
 
     def _run(self, chunk: Chunk) -> None:
         """Claim the chunk's items, make them, and return once their results are stored and recorded."""
-        # 1. Claim the items of this attempt (skips ones done, cancelled or superseded).
+        # 1. Claim the items of this attempt (skips ones done, cancelled or superseded). Items a live
+        #    worker is running (a duplicate delivery) stay with it; a copy of their message comes back
+        #    later in case that worker lost them without a trace.
         job_id = chunk.job
         wanted = [(it.index, it.gen) for it in chunk.items]
-        todo = retry_redis(lambda: self.jobs.start_items(
-            job_id, wanted, self.name, self.device.device, self.device.dtype,
-            on_job_finished=self.finalize, max_attempts=self.max_attempts))
+        started = retry_redis(lambda: self.jobs.start_run(
+            job_id, wanted, self.name, self.device.device, self.device.dtype, max_attempts=self.max_attempts))
+        if started.ended:
+            self.finalize(job_id)
+        if started.held:
+            held = chunk.with_items([it for it in chunk.items if it.index in set(started.held)])
+            retry_redis(lambda: delay(self.jobs.redis, held, defaults.HELD_RECHECK))
+        todo = started.run
         if not todo:
             return
         self.activity.current = self._current(chunk, todo)
         self.leases.busy()
+        self._announce()  # the fleet record names the items now: a duplicate delivery leaves them here
         futures: list[Future] = []
         try:
             self._run_items(chunk, todo, futures, NORMAL)
@@ -172,7 +185,9 @@ class Runner:
             return
         mode = Backup(job_id, index, record.worker)
         log.info("job %s item %d: straggler backup of the run on %s", job_id, index, mode.original_worker)
+        self._gens = {index: record.gen}
         self.activity.current = self._current(chunk, [index])
+        self._announce()  # names the item: a claim this backup takes lasts while it runs
         futures: list[Future] = []
         try:
             self._run_items(chunk, [index], futures, mode)
@@ -197,7 +212,7 @@ class Runner:
         t0 = time.perf_counter()
         self.faults.hit("load")
         try:
-            pipe, loaded = self.cache.get(chunk.model, task)
+            pipe, loaded = self.cache.get(chunk.model, task, passes.controlnet_id(chunk.params))
             loaded.check_scheduler(chunk.params["scheduler"])
             lora_hashes = self.cache.use_loras(pipe, loaded, chunk.params.get(loras.FIELD))
         except ModelError as exc:  # the model (or an adapter) itself is wrong (or not for these parameters)
@@ -269,7 +284,7 @@ class Runner:
             self._announce()  # what it starts, now: idle workers decide backups from it at once
         t0 = time.perf_counter()
         try:
-            images = self._images(task, batch)
+            images = self._images(task, batch, params)
             made = self._generate(pipe, loaded, task, params, batch, images, progress)
         except Exception as exc:  # noqa: BLE001 - a failed item never takes the worker down...
             log.exception("job %s items %s failed", job_id, indices)
@@ -296,8 +311,6 @@ class Runner:
         if progress.cancelled:
             self._end(mode, chunk, indices, Cancelled())
             return []
-        # A run long enough to have a straggler backup beside it claims its result before storing it.
-        claim = mode.claims_first or gen_s >= scheduling.BACKUP_MIN_RUN_S / 2
         futures = []
         for item, image, nsfw in zip(batch, made.images, made.nsfw):
             fields = {
@@ -314,7 +327,7 @@ class Runner:
             register = self.results.registrar(job_id, item.index) if self.results is not None else None
             futures.append(self.uploader.submit(job_id, item.index, image, info, {**fields, "watermark": marked},
                                                 progress.reported, watermark.embed if marked else None, register,
-                                                claim=claim, worker=self.name))
+                                                worker=self.name, gen=item.gen))
             self.activity.items_done += 1
         return futures
 
@@ -344,18 +357,23 @@ class Runner:
     def _finish(self, job_id: str, indices: list[int], state: str, fields: dict[str, Any]) -> None:
         """Items end in `state` with `fields`; the job's finalisation is queued when that ended it."""
         for index in indices:
-            if retry_redis(lambda: self.jobs.finish_item(job_id, index, state, fields)):
+            if retry_redis(lambda: self.jobs.finish_item(job_id, index, state, fields, worker=self.name,
+                                                         gen=self._gens.get(index, 0))):
                 self.finalize(job_id)
 
     def _hand_off(self, chunk: Chunk, batch: list[Item], error: str) -> None:
-        """Give the batch back to the queue for another worker, as a new attempt. If the job was
-        cancelled meanwhile, the batch ends `cancelled`."""
+        """Give the batch back to the queue for another worker, as a new attempt (its message recorded
+        in the outbox in the same step, published here). If the job was cancelled meanwhile, the batch
+        ends `cancelled`."""
         indices = [it.index for it in batch]
-        handed = dict(self.jobs.hand_off(chunk.job, indices, self.name, error))
+        pairs = self.jobs.hand_off(chunk.job, indices, self.name, error)
+        handed = dict(pairs)
         if handed:
+            self.faults.hit("handed_off")
             items = [replace(it, gen=handed[it.index], oom_workers=[*(it.oom_workers or ()), self.name],
                              oom_error=error) for it in batch if it.index in handed]
             self.publish(chunk.with_items(items))
+            Outbox(self.jobs.redis).done(intent(chunk.job, pairs))
             log.warning("job %s items %s: out of memory in low-memory mode; handed to another worker",
                         chunk.job, list(handed))
         elif self.jobs.is_cancelled(chunk.job):
@@ -384,7 +402,7 @@ class Runner:
         if self.debug_oom_pixels:
             if self._debug_memory is None or self._debug_memory.pixels != self.debug_oom_pixels:
                 self._debug_memory = simulate.SimulatedMemory(self.debug_oom_pixels)
-            w, h = contract.output_size(task, params["width"], params["height"])
+            w, h = contract.item_size(task, params)
             self._debug_memory.call(n, w, h, low_memory)
 
     def _exit_on_fatal_device_error(self, error: str) -> None:
@@ -399,8 +417,13 @@ class Runner:
             logging.shutdown()
             os._exit(defaults.FATAL_EXIT_CODE)
 
-    def _images(self, task: str, batch: list[Item]) -> dict[str, list[Any]]:
-        """Each image input of the pipeline: the items' uploads, in the mode its spec asks for."""
-        return {image.field: [Image.open(io.BytesIO(self.store.get(it.image_key(image.field)))).convert(image.mode)
-                              for it in batch] for image in pipelines.spec(task).images}
+    def _images(self, task: str, batch: list[Item], params: dict[str, Any]) -> dict[str, list[Any]]:
+        """Each image input of the pipeline: the items' uploads, in the mode its spec asks for (and the
+        job's control image, once per item, with a ControlNet)."""
+        out = {image.field: [Image.open(io.BytesIO(self.store.get(it.image_key(image.field)))).convert(image.mode)
+                             for it in batch] for image in pipelines.spec(task).images}
+        if params.get("controlnet"):
+            control = Image.open(io.BytesIO(self.store.get(params["controlnet"]["image"]))).convert("RGB")
+            out[passes.CONTROL_IMAGE] = [control] * len(batch)
+        return out
 

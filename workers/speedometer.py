@@ -26,7 +26,7 @@ class Speedometer:
         """Record one pipeline call that made `n_images` images in `seconds` (load time excluded)."""
         if seconds <= 0 or n_images <= 0:
             return
-        w, h = contract.output_size(pipeline, params["width"], params["height"])
+        w, h = contract.item_size(pipeline, params)
         rate = n_images * speed.item_work(pipeline, params) / seconds
         key = speed.speed_key(model, pipeline, w * h)
         with self._lock:
@@ -47,7 +47,7 @@ class Speedometer:
 
     def knows(self, model: str, pipeline: str, params: dict[str, Any]) -> bool:
         """Whether this worker has measured itself on items of this kind."""
-        w, h = contract.output_size(pipeline, params["width"], params["height"])
+        w, h = contract.item_size(pipeline, params)
         with self._lock:
             return speed.speed_key(model, pipeline, w * h) in self._rates
 

@@ -11,7 +11,8 @@ from PIL.PngImagePlugin import PngInfo
 
 import redis
 
-from sdq import contract
+from sdq import contract, defaults
+from sdq.state.runs import CLAIMED, ENDED_JOB, HELD, NOT_RECORDED
 from sdq.state.store import JobStore
 from storage.s3 import ResultStore, transient
 from workers.faults import Faults
@@ -53,20 +54,32 @@ class Uploader:
     def submit(self, job_id: str, index: int, image, infotext: str, fields: dict[str, Any],
                steps_reported: int = 0, transform: Callable[[Any], Any] | None = None,
                on_stored: Callable[[dict[str, Any]], None] | None = None,
-               claim: bool = False, worker: str = "") -> Future:
-        """Queue one finished image; the item turns `succeeded` once it is in the bucket. Then
-        `on_stored(fields)` registers it in the result cache (its errors never fail the item). With
-        `claim`, the image is stored only if this run (`worker`) is the first to claim the item
-        (a straggler backup may be making it too)."""
+               worker: str = "", gen: int = 0) -> Future:
+        """Queue one finished image of the run of attempt `gen` on `worker`; the item turns
+        `succeeded` once it is in the bucket. The run first claims the item (`JobStore.claim_result`):
+        a run that is not the item's current one (superseded, reaped, cancelled) or that lost to a
+        straggler backup stores nothing. Once recorded, `on_stored(fields)` registers it in the
+        result cache (its errors never fail the item)."""
         return self.pool.submit(self._upload, job_id, index, image, infotext, fields, transform, on_stored,
-                                claim, worker)
+                                worker, gen)
 
-    def _upload(self, job_id, index, image, infotext, fields, transform, on_stored=None, claim=False,
-                worker="") -> None:
+    def _claim(self, job_id: str, index: int, worker: str, gen: int) -> bool:
+        """Whether this run may store the item; while a live backup holds the claim, ask again (the
+        backup may still fail or die: then the claim comes back here)."""
+        while True:
+            answer = retry_redis(lambda: self.jobs.claim_result(job_id, index, worker, gen))
+            if answer != HELD:
+                return answer == CLAIMED
+            self.progress()  # waiting on a live copy is not a stall
+            time.sleep(defaults.CLAIM_POLL)
+
+    def _upload(self, job_id, index, image, infotext, fields, transform, on_stored=None, worker="", gen=0) -> None:
         key = contract.result_key(job_id, index)
         timings = dict(fields.get("timings") or {})
-        if claim and not retry_redis(lambda: self.jobs.claim_result(job_id, index, worker)):
-            log.info("job %s item %d: another run stored it first; this result is dropped", job_id, index)
+        self.faults.hit("upload")
+        if not self._claim(job_id, index, worker, gen):
+            log.info("job %s item %d: not this run's to store (another run stored it, or it was superseded); "
+                     "this result is dropped", job_id, index)
             return
         try:
             t0 = time.perf_counter()
@@ -74,7 +87,7 @@ class Uploader:
                 image = transform(image)
             data = encode_png(image, infotext)
             t1 = time.perf_counter()
-            self.faults.hit("upload")
+            self.faults.hit("claimed")
             self.store.put(key, data, content_type="image/png")
             self.faults.hit("uploaded")
             t2 = time.perf_counter()
@@ -87,10 +100,13 @@ class Uploader:
             log.exception("upload of %s failed", key)
             state, extra = "failed", {"error": f"upload failed: {type(exc).__name__}: {exc}"}
         self.progress()
-        if retry_redis(lambda: self.jobs.finish_item(job_id, index, state, {**fields, **extra})):
+        outcome = retry_redis(lambda: self.jobs.record_outcome(job_id, index, state, {**fields, **extra}, worker, gen))
+        if outcome == ENDED_JOB:
             self.faults.hit("finished")
             self.on_job_finished(job_id)
-        if state == "succeeded" and on_stored is not None:
+        if outcome == NOT_RECORDED:
+            log.info("job %s item %d: superseded while it was stored; not recorded, not cached", job_id, index)
+        elif state == "succeeded" and on_stored is not None:
             try:
                 on_stored({**fields, **extra})
             except Exception:  # noqa: BLE001 - a result not cached is only a later miss

@@ -32,11 +32,13 @@ const Submit = {
       inp.addEventListener("input", () => { if (inp.value.trim()) $("grid").checked = true; });
     }
     $("submit-form").addEventListener("submit", Submit.onSubmit);
+    Extras.init();
     Submit.syncPipeline();
   },
 
   syncPipeline() {
     $("init-set").hidden = $("pipeline").value === "txt2img";
+    Extras.sync();
   },
 
   async takeFile(file) {
@@ -101,6 +103,7 @@ const Submit = {
         p.init_image = (await Api.call("/v1/uploads", {method: "POST", body: form})).key;
       }
     }
+    await Extras.add(p);
     for (const k of Object.keys(p)) if (p[k] === undefined || p[k] === "") delete p[k];
     return p;
   },
@@ -111,6 +114,7 @@ const Submit = {
     const sweep = Submit.sweep();
     if (Submit.file) { // the file goes as the body; job settings go in the query string
       if (Object.keys(sweep).length) throw new ApiError(422, {field: "sweep", message: "a sweep needs prompts typed in the box, not a file"});
+      Extras.checkFile(params);
       const q = new URLSearchParams();
       for (const [k, v] of Object.entries({...top, ...params})) if (v !== undefined) q.set(k, String(v));
       return Api.call(`/v1/jobs?${q}`, {method: "POST", body: Submit.file.text, headers: {"Content-Type": Submit.file.type}});

@@ -11,6 +11,7 @@ from typing import Any
 import requests
 
 from sdq import contract
+from sdq.cli import extras as cli_extras
 from sdq.cli.client import Client
 from sdq.cli.gallery import write_gallery
 from sdq.exceptions import InvalidInput, PromptFileError, SdqError
@@ -71,6 +72,7 @@ def cmd_submit(args, client: Client) -> int:
         except OSError as exc:
             raise InvalidInput("--init-image", f"--init-image {str(path)!r} cannot be read: {exc.strerror}") from None
         body["params"]["init_image"] = client.upload(data, path.name)["key"]
+    cli_extras.apply(args, body["params"], client)
     resp = client.submit(body)
     if args.json and not args.wait:
         print(json.dumps(resp))

@@ -10,6 +10,7 @@ import sys
 import requests
 
 from sdq import defaults
+from sdq.cli import extras as cli_extras
 from sdq.exceptions import SdqError
 
 
@@ -23,8 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run redis, a local S3 endpoint, the producer and CPU workers")
     up.add_argument("--workers", type=int, default=1)
     up.add_argument("--threads", type=int, default=None, help="torch threads per worker")
-    up.add_argument("--port", type=int, default=8000)
-    up.add_argument("--workdir", default=None)
+    up.add_argument("--port", type=int, default=None, help="producer port (default: the last one used, else 8000)")
+    up.add_argument("--redis-port", type=int, default=None, help="Redis port (default: the last one used, else 6379)")
+    up.add_argument("--s3-port", type=int, default=None, help="S3 port (default: the last one used, else 9000)")
+    up.add_argument("--workdir", default=None,
+                    help="where jobs, results, logs and ports are kept (default: $SDQ_HOME, else the user data dir)")
 
     demo = sub.add_parser("demo", help="start a private stack, run the example prompts, write results/")
     demo.add_argument("--prompts", default="examples/prompts.txt")
@@ -78,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--strength", type=float)
     s.add_argument("--lora", dest="loras", action="append", metavar="NAME[:SCALE]",
                    help="apply an allowed LoRA adapter (repeat for several), e.g. builtin:tiny-lora:0.8")
+    cli_extras.add_arguments(s)
     s.add_argument("--priority", type=int, default=defaults.PRIORITY)
     s.add_argument("--device", default=None, help="require gpu, cpu or any")
     s.add_argument("--sweep", default=None, help='JSON object of values to sweep, e.g. \'{"guidance_scale": [5, 9]}\'')

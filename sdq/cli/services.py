@@ -149,13 +149,14 @@ class Stack:
         self.services.append(svc)
         return svc
 
-    def redis(self, port: int) -> str:
-        """Start redis-server on `host`:`port` (AOF on, no eviction); returns its URL."""
+    def redis(self, port: int, data: str | None = None) -> str:
+        """Start redis-server on `host`:`port` (AOF on, no eviction) keeping its data in `<workdir>/<data>`
+        (default ``redis-<port>``, so several fit in one work dir); returns its URL."""
         binary = shutil.which("redis-server")
         if not binary:
             raise ConfigError("redis-server not found: install it (apt-get install redis-server) "
                               "or point SDQ_REDIS_URL at a running Redis")
-        data = self.workdir / f"redis-{port}"
+        data = self.workdir / (data or f"redis-{port}")
         data.mkdir(parents=True, exist_ok=True)
         svc = self._spawn("redis", [binary, "--bind", self.host, "--port", str(port), "--dir", str(data),
                                     "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction",

@@ -12,27 +12,25 @@ from pathlib import Path
 from sdq import defaults
 from sdq.cli import services
 from sdq.cli.client import Client
-from sdq.cli.services import Stack, free_port, port_free
-
-
-def _port(preferred: int) -> int:
-    return preferred if port_free(preferred) else free_port()
+from sdq.cli.services import Stack, free_port
+from sdq.cli.workdir import WorkdirLock, choose_ports, default_workdir, remember_ports
 
 
 def start_stack(workdir: Path, workers: int, threads: int | None, producer_port: int = 8000,
                 redis_port: int = 6379, s3_port: int = 9000, quiet: bool = True) -> Stack:
-    """Start redis-server, a local S3 endpoint (SeaweedFS), the producer and `workers` CPU workers."""
+    """Start redis-server, a local S3 endpoint (SeaweedFS), the producer and `workers` CPU workers on
+    these ports; their data lives in `workdir` under names independent of the ports."""
     stack = Stack(workdir, quiet=quiet)
     try:
         if os.environ.get("SDQ_REDIS_URL"):
             stack.env["SDQ_REDIS_URL"] = os.environ["SDQ_REDIS_URL"]
         else:
-            stack.redis(_port(redis_port))
+            stack.redis(redis_port, data="redis")
         if os.environ.get("SDQ_S3_ENDPOINT_URL"):
             stack.env["SDQ_S3_ENDPOINT_URL"] = os.environ["SDQ_S3_ENDPOINT_URL"]
         else:
-            stack.s3(_port(s3_port))
-        stack.producer(_port(producer_port))
+            stack.s3(s3_port)
+        stack.producer(producer_port)
         for i in range(workers):
             extra = ["--threads", str(threads)] if threads else []
             stack.worker(f"cpu{i + 1}", "--device", "cpu", "--preload", defaults.MODEL, *extra)
@@ -48,11 +46,19 @@ def default_threads(workers: int) -> int:
 
 
 def cmd_up(args) -> int:
-    """Run the local stack in the foreground until Ctrl-C."""
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sdq-up-"))
+    """Run the local stack in the foreground until Ctrl-C. Its jobs, results and ports are kept in the
+    work dir (`sdq.cli.workdir`), so the next `sdq up` goes on where this one stopped."""
+    workdir = Path(args.workdir) if args.workdir else default_workdir()
     workdir.mkdir(parents=True, exist_ok=True)
+    lock = WorkdirLock(workdir)
+    lock.acquire()
+    skip = {name for name, env in (("redis", "SDQ_REDIS_URL"), ("s3", "SDQ_S3_ENDPOINT_URL")) if os.environ.get(env)}
+    ports = choose_ports(workdir, {"producer": args.port, "redis": args.redis_port, "s3": args.s3_port}, skip)
     n = args.workers
-    stack = start_stack(workdir, n, args.threads or default_threads(n), args.port, quiet=False)
+    print(f"sdq up: state in {workdir} (jobs, results, logs, ports; --workdir DIR for another)", file=sys.stderr)
+    stack = start_stack(workdir, n, args.threads or default_threads(n), ports["producer"], ports.get("redis", 0),
+                        ports.get("s3", 0), quiet=False)
+    remember_ports(workdir, ports)
     print(f"sdq is up: server {stack.env['SDQ_SERVER']}  redis {stack.env['SDQ_REDIS_URL']}  "
           f"S3 {stack.env['SDQ_S3_ENDPOINT_URL']}  workers {n}  (logs and data in {workdir}; S3 credentials in "
           f"{workdir / 's3-credentials.json'})", file=sys.stderr)
@@ -69,6 +75,7 @@ def cmd_up(args) -> int:
         return 0
     finally:
         stack.stop()
+        lock.release()
 
 
 def cmd_demo(args) -> int:

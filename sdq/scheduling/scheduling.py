@@ -39,11 +39,10 @@ DEFER_MAX_S = 600.0
 faster workers busy with other jobs do not count anyway)."""
 
 BACKUP_MIN_RUN_S = 0.5
-"""Seconds an item must have run before it gets a straggler backup. A run that took half this long
-claims its result before storing it (`JobStore.claim_result`), so two copies never both store;
-shorter runs, which can have no backup, skip that Redis call (one call per item of 0.25 s or more
-costs well under 0.1% of its time). Half a second: at GPU speed (items of 0.5-3 s) a straggler is
-found while the job's other items are still running (`bench/gpusim.py`)."""
+"""Seconds an item must have run before it gets a straggler backup. Every run claims its result
+before storing it (`JobStore.claim_result`), so two copies never both store. Half a second: at GPU
+speed (items of 0.5-3 s) a straggler is found while the job's other items are still running
+(`bench/gpusim.py`)."""
 
 DEFER_PAUSE_S = 0.5
 """Seconds a worker that left a chunk to faster workers waits before it takes the next message."""

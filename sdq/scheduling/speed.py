@@ -26,9 +26,8 @@ def loop_steps(pipeline: str, params: dict[str, Any]) -> int:
 
 
 def item_work(pipeline: str, params: dict[str, Any]) -> float:
-    """The work one item of these parameters costs, in megapixel-steps."""
-    w, h = contract.output_size(pipeline, params["width"], params["height"])
-    return loop_steps(pipeline, params) * w * h / 1e6
+    """The work one item of these parameters costs, in megapixel-steps (each pass of a hires fix at its size)."""
+    return pipelines.spec(pipeline).work(params)
 
 
 def speed_key(model: str, pipeline: str, pixels: int) -> str:
@@ -44,7 +43,7 @@ def worker_rate(record: dict[str, Any], model: str, pipeline: str, params: dict[
 
 def measured_rate(record: dict[str, Any], model: str, pipeline: str, params: dict[str, Any]) -> float | None:
     """A worker's measured rate for items of this kind, or None before it made one."""
-    w, h = contract.output_size(pipeline, params["width"], params["height"])
+    w, h = contract.item_size(pipeline, params)
     measured = (record.get("speed") or {}).get(speed_key(model, pipeline, w * h))
     return float(measured["rate"]) if measured and measured.get("rate") else None
 

@@ -16,6 +16,7 @@ from sdq import defaults
 from sdq.contract import ITEM_STATES
 from sdq.records import Item, Job
 from sdq.state import keys
+from sdq.state.outbox import intent
 from sdq.state.redisconn import text
 from sdq.state.scripts import ScriptedStore
 
@@ -34,8 +35,10 @@ QUEUE_SCAN_MAX = 1000
 class Jobs(ScriptedStore):
     """Job and item records as the producer sees them: whole jobs, their pages of items, cancel, retry."""
 
-    def create(self, job: Job, items: list[Item]) -> None:
-        """Record a new job and its items (all `queued`) in one transaction."""
+    def create(self, job: Job, items: list[Item], due: float | None = None) -> str:
+        """Record a new job and its items (all `queued`) in one transaction, with their message in the
+        outbox (`sdq.state.outbox`) due at `due` (default: one lease from now): publish them, then
+        `Outbox.done` the returned member; if the caller dies first, a worker publishes them."""
         job_id = job.id
         fields = job.to_hash()
         fields.update({f"c:{s}": 0 for s in ITEM_STATES})
@@ -56,10 +59,17 @@ class Jobs(ScriptedStore):
             pipe.hincrby(keys.QUEUED_BY_OWNER_KEY, job.owner, len(items))
         pipe.expire(keys.job_key(job_id), defaults.JOB_TTL)
         pipe.expire(keys.items_key(job_id), defaults.JOB_TTL)
+        member = intent(job_id, [(it.index, it.gen) for it in items]) if items else ""
+        if member:
+            pipe.zadd(keys.OUTBOX_KEY, {member: time.time() + defaults.OUTBOX_LEASE if due is None else due})
         pipe.execute()
+        return member
 
-    def delete(self, job_id: str, owner: str = "") -> None:
-        """Remove a job entirely (used when enqueueing fails, so nothing is half-submitted)."""
+    def delete(self, job_id: str, owner: str = "", member: str = "") -> None:
+        """Remove a job entirely, and its outbox entry `member` (used when enqueueing fails, so nothing
+        is half-submitted)."""
+        if member:
+            self.redis.zrem(keys.OUTBOX_KEY, member)
         queued = int(self.redis.hget(keys.job_key(job_id), "c:queued") or 0)
         if queued:
             self.redis.hincrby(keys.QUEUED_BY_OWNER_KEY, owner, -queued)
@@ -165,20 +175,31 @@ class Jobs(ScriptedStore):
             self.redis.zrem(keys.ACTIVE_KEY, *gone)
         return ahead
 
-    def retry(self, job_id: str) -> list[Item] | None:
+    def retry(self, job_id: str, due: float | None = None) -> list[Item] | None:
         """Re-queue failed and cancelled items as new attempts, in slices of `SLICE` items; returns
-        them (None if no such job). Messages of their earlier attempts are dropped when delivered."""
+        them (None if no such job). Messages of their earlier attempts are dropped when delivered.
+        Each slice's message is recorded in the outbox, due at `due` (default: one lease from now):
+        publish them, then `Outbox.done` the members `retry_intents` gives."""
         n = self._n_items(job_id)
         if not n and not self.redis.exists(keys.job_key(job_id)):
             return None
+        due = time.time() + defaults.OUTBOX_LEASE if due is None else due
         out: list[Item] = []
         for start in range(0, n, SLICE):
             raw = self.scripts["retry_slice"](keys=keys.job_script_keys(job_id),
-                                              args=[job_id, *range(start, min(n, start + SLICE))])
+                                              args=[job_id, due, *range(start, min(n, start + SLICE))])
             out += [Item.from_record(loads(r)) for r in raw or ()]
         if out:
             self.scripts["reopen"](keys=[keys.job_key(job_id), keys.ACTIVE_KEY, keys.FINALIZE_KEY], args=[job_id])
         return out
+
+    @staticmethod
+    def retry_intents(job_id: str, items: list[Item]) -> list[str]:
+        """The outbox members `retry` recorded for `items` (as it returned them: one per slice)."""
+        by_slice: dict[int, list[tuple[int, int]]] = {}
+        for it in items:
+            by_slice.setdefault(it.index // SLICE, []).append((it.index, it.gen))
+        return [intent(job_id, pairs) for pairs in by_slice.values()]
 
     def job_status(self, job_id: str) -> tuple[str | None, bool]:
         """(state, cancel flag) of a job; state None when the job does not exist."""

@@ -16,7 +16,7 @@ Jobs (all expire `JOB_TTL` after creation):
 - ``sdq:events:<id>`` pub/sub channel of job events.
 
 The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` / ``sdq:fleet:events`` (`sdq.state.fleet`),
-``sdq:delayed`` (chunks passed on later, `workers.routing`), ``sdq:reaper:lock``,
+``sdq:outbox`` (messages still to publish, `sdq.state.outbox`), ``sdq:reaper:lock``,
 ``sdq:rcache:<key>`` (`sdq.state.resultindex`), ``sdq:upload:<key>`` (`producer.uploads`),
 ``sdq:held:<kind>:<owner>`` and ``sdq:upload-bytes:<owner>:<day>`` (per-tenant limits, `sdq.state.limits`),
 ``sdq:debug:...`` (fault injection, `workers.faults`) and kombu's ``unacked_index``.
@@ -40,6 +40,10 @@ RUNNING_WORKERS_KEY = "sdq:running-workers"
 RUNNING_PREFIX = "sdq:running:"
 """Prefix of the per-worker sets of running items (`running_key`)."""
 
+WORKER_PREFIX = "sdq:worker:"
+"""Prefix of the workers' published records (`worker_key`); the scripts that ask whether a run's
+holder is alive get it in KEYS and read ``<prefix><worker>``."""
+
 FLEET_KEY = "sdq:workers"
 """Set of the names of workers that published a record (`worker_key`)."""
 
@@ -47,8 +51,9 @@ FLEET_EVENTS_CHANNEL = "sdq:fleet:events"
 """Pub/sub channel: the name of each worker that publishes its record (it started or finished
 something, or its heartbeat); idle workers look for stragglers when it speaks (`workers.idlewatch`)."""
 
-DELAYED_KEY = "sdq:delayed"
-"""Sorted set of chunk messages (JSON) passed on for later, by the time they are due (`workers.routing`)."""
+OUTBOX_KEY = "sdq:outbox"
+"""The outbox (`sdq.state.outbox`): sorted set of messages to publish, by the time they are due; each
+state change that needs a message records it here in the same step."""
 
 REAPER_LOCK_KEY = "sdq:reaper:lock"
 """Held by the one worker that reaps at a time."""
@@ -66,10 +71,10 @@ QUEUED_BY_OWNER_KEY = "sdq:queued-items"
 """Hash of owner -> items of that owner's jobs in state `queued` (kept by the job scripts; the
 per-tenant cap reads one field at submit). An owner with none has no field."""
 
-SHARED_SCRIPT_KEYS = (ACTIVE_KEY, FINALIZE_KEY, RUNNING_PREFIX, RUNNING_WORKERS_KEY, QUEUED_BY_OWNER_KEY)
-"""KEYS[1..5] of every job script (`lua/common.lua`): active jobs, jobs to finalise, the prefix of
+SHARED_SCRIPT_KEYS = (ACTIVE_KEY, FINALIZE_KEY, RUNNING_PREFIX, RUNNING_WORKERS_KEY, QUEUED_BY_OWNER_KEY, OUTBOX_KEY)
+"""KEYS[1..6] of every job script (`lua/common.lua`): active jobs, jobs to finalise, the prefix of
 the running sets (the worker is read from the item inside the script), workers with running items,
-queued items per owner."""
+queued items per owner, the outbox."""
 
 
 def job_key(job_id: str) -> str:
@@ -109,7 +114,7 @@ def running_key(worker: str) -> str:
 
 def worker_key(name: str) -> str:
     """A worker's published record (JSON, expires unless refreshed)."""
-    return f"sdq:worker:{name}"
+    return WORKER_PREFIX + name
 
 
 def upload_key(key: str) -> str:
@@ -156,5 +161,11 @@ def job_keys(job_id: str) -> list[str]:
 
 
 def job_script_keys(job_id: str) -> list[str]:
-    """KEYS of a script on one job (`lua/common.lua`): the shared five, then the job's five."""
+    """KEYS of a script on one job (`lua/common.lua`): the shared six, then the job's five."""
     return [*SHARED_SCRIPT_KEYS, *job_keys(job_id)]
+
+
+def run_script_keys(job_id: str) -> list[str]:
+    """KEYS of a script that asks whether an item's holder is alive (start, claim, finish): the keys of
+    `job_script_keys`, then `WORKER_PREFIX` (KEYS[12])."""
+    return [*job_script_keys(job_id), WORKER_PREFIX]

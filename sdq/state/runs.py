@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from sdq import defaults
@@ -19,46 +20,73 @@ from sdq.state.scripts import ScriptedStore
 STOP_CANCELLED, STOP_UNWANTED = 1, 2
 """`add_progress` answers: the job was cancelled; no item of the run is wanted from this worker."""
 
+LOST, CLAIMED, HELD = 0, 1, 2
+"""`claim_result` answers: drop the result; store it; a live backup holds the claim, ask again."""
+
+NOT_RECORDED, RECORDED, ENDED_JOB = -1, 0, 1
+"""`record_outcome` answers: nothing recorded (done already, or not this run's); recorded; recorded
+and the job ended."""
+
+
+@dataclass
+class Started:
+    """What `Runs.start_run` did with a message's items."""
+
+    run: list[int]  # started here: run them
+    held: list[int]  # still running on a live holder (a duplicate delivery): left to it
+    ended: bool  # the call ended the job (cancelled or failed its last items): finalise it
+
 
 class Runs(ScriptedStore):
     """Runs of items on workers, as the workers and the reaper record them."""
 
+    def start_run(self, job_id: str, items: list[tuple[int, int] | int], worker: str, device: str, dtype: str,
+                  max_attempts: int = defaults.MAX_ATTEMPTS) -> Started:
+        """Mark items running on `worker` (`lua/start.lua`). `items` are (index, gen) pairs from the
+        message (a bare index means attempt 0): done, cancelled or superseded (stale `gen`) items are
+        skipped; an item tried `max_attempts` times already is failed with its last error; one still
+        running on a live holder (a duplicate delivery) is left to it and returned as `held`."""
+        pairs = [(it, 0) if isinstance(it, int) else it for it in items]
+        args = [a for index, gen in pairs for a in (index, gen)]
+        run, held, ended = self.scripts["start"](keys=keys.run_script_keys(job_id),
+                                                 args=[job_id, worker, device, dtype, time.time(), max_attempts,
+                                                       *args])
+        return Started([int(i) for i in run], [int(i) for i in held], int(ended) == 1)
+
     def start_items(self, job_id: str, items: list[tuple[int, int] | int], worker: str, device: str, dtype: str,
                     on_job_finished: Callable[[str], None] | None = None,
                     max_attempts: int = defaults.MAX_ATTEMPTS) -> list[int]:
-        """Mark items running on `worker`; returns those to run. `items` are (index, gen) pairs from
-        the message (a bare index means attempt 0): done, cancelled or superseded (stale `gen`)
-        items are skipped, and an item
-        tried `max_attempts` times already is failed with its last error.
+        """`start_run`, returning the indices to run. If this call ended the job (cancelled or failed
+        its last items), `on_job_finished(job_id)` is called (finalisation)."""
+        started = self.start_run(job_id, items, worker, device, dtype, max_attempts)
+        if started.ended and on_job_finished is not None:
+            on_job_finished(job_id)
+        return started.run
 
-        If this call ended the job (cancelled or failed its last items), `on_job_finished(job_id)`
-        is called (finalisation)."""
-        pairs = [(it, 0) if isinstance(it, int) else it for it in items]
-        args = [a for index, gen in pairs for a in (index, gen)]
-        started = self.scripts["start"](keys=keys.job_script_keys(job_id),
-                                        args=[job_id, worker, device, dtype, time.time(), max_attempts, *args])
-        out = [int(i) for i in started]
-        if out and out[-1] == -1:
-            out.pop()
-            if on_job_finished is not None:
-                on_job_finished(job_id)
-        return out
+    def record_outcome(self, job_id: str, index: int, state: str, fields: dict[str, Any], worker: str = "",
+                       gen: int = 0) -> int:
+        """Record an item's outcome (`lua/finish.lua`). With `worker`, only that run of attempt `gen`
+        may (the holder, or a backup storing the success it claimed). Returns `ENDED_JOB`, `RECORDED`
+        or `NOT_RECORDED` (done already, or not this run's)."""
+        return int(self.scripts["finish"](keys=keys.run_script_keys(job_id),
+                                          args=[job_id, index, state, time.time(), json.dumps(fields), worker,
+                                                gen]))
 
     def finish_item(self, job_id: str, index: int, state: str, fields: dict[str, Any],
-                    steps_reported: int = 0) -> bool:
-        """Record an item's outcome; True when this finished the whole job. (`steps_reported` is
-        ignored: the steps this run counted are kept per item, see `add_progress`.)"""
-        done = self.scripts["finish"](keys=keys.job_script_keys(job_id),
-                                      args=[job_id, index, state, time.time(), json.dumps(fields)])
-        return done == 1
+                    steps_reported: int = 0, worker: str = "", gen: int = 0) -> bool:
+        """`record_outcome`; True when this finished the whole job. (`steps_reported` is ignored: the
+        steps this run counted are kept per item, see `add_progress`.)"""
+        return self.record_outcome(job_id, index, state, fields, worker, gen) == ENDED_JOB
 
     def hand_off(self, job_id: str, indices: list[int], worker: str, error: str,
-                 steps_reported: int = 0) -> list[tuple[int, int]]:
+                 steps_reported: int = 0, due: float | None = None) -> list[tuple[int, int]]:
         """Put `worker`'s running items back in `queued` as new attempts after it ran out of memory
         (not if the job was cancelled); returns the (index, gen) pairs handed back, each now naming
-        `worker` in `oom_workers`."""
+        `worker` in `oom_workers`. Their message is recorded in the outbox, due at `due` (default: one
+        lease from now): publish them, then `outbox.done(intent(job_id, pairs))`."""
+        due = time.time() + defaults.OUTBOX_LEASE if due is None else due
         out = [int(x) for x in self.scripts["hand_off"](keys=keys.job_script_keys(job_id),
-                                                        args=[job_id, worker, error, *indices])]
+                                                        args=[job_id, worker, error, due, *indices])]
         return list(zip(out[::2], out[1::2]))
 
     def release(self, job_id: str, indices: list[int], worker: str, error: str) -> int:
@@ -71,16 +99,23 @@ class Runs(ScriptedStore):
         """Workers that have (or had, until they died) items `running`."""
         return sorted(text(n) for n in self.redis.smembers(keys.RUNNING_WORKERS_KEY))
 
-    def reap(self, worker: str, limit: int = 500) -> list[tuple[str, int]]:
+    def reap(self, worker: str, limit: int = 500, due: float | None = None) -> list[tuple[str, int]]:
         """Put back up to `limit` items still `running` on `worker`, which left the fleet; returns
-        the (job id, index) pairs re-queued as new attempts (the caller publishes them)."""
+        the (job id, index) pairs re-queued as new attempts. Their messages are recorded in the
+        outbox, one intent per job (`sdq.state.outbox.intent` of its (index, gen) pairs in `reap_run`'s
+        order), due at `due` (default: one lease from now)."""
+        return [(job_id, index) for job_id, index, _ in self.reap_run(worker, limit, due)]
+
+    def reap_run(self, worker: str, limit: int = 500, due: float | None = None) -> list[tuple[str, int, int]]:
+        """`reap`, returning (job id, index, gen) of each re-queued item."""
+        due = time.time() + defaults.OUTBOX_LEASE if due is None else due
         running = keys.running_key(worker)
         members = [text(m) for m in self.redis.srandmember(running, limit)] if limit > 0 else []
         job_keys = [k for member in members for k in keys.job_keys(member.rpartition(":")[0])]
         out = self.scripts["reap"](keys=[*keys.SHARED_SCRIPT_KEYS, running, *job_keys],
-                                   args=[worker, time.time(), *members])
+                                   args=[worker, time.time(), due, *members])
         out = [text(x) for x in out]
-        return [(out[i], int(out[i + 1])) for i in range(0, len(out), 2)]
+        return [(out[i], int(out[i + 1]), int(out[i + 2])) for i in range(0, len(out), 3)]
 
     def item_records(self, job_id: str, indices: list[int]) -> list[Item]:
         """The records of these items (missing ones skipped)."""
@@ -126,11 +161,11 @@ class Runs(ScriptedStore):
         return int(self.scripts["backup"](keys=[keys.job_key(job_id), keys.items_key(job_id)],
                                           args=[index, worker, time.time()])) == 1
 
-    def claim_result(self, job_id: str, index: int, worker: str) -> bool:
-        """Before storing an item that may run twice (a straggler backup): True for the first run to
-        claim it, False for the other (which drops its result)."""
-        return int(self.scripts["claim"](keys=[keys.items_key(job_id), keys.won_key(job_id)],
-                                         args=[index, worker, defaults.JOB_TTL])) == 1
+    def claim_result(self, job_id: str, index: int, worker: str, gen: int = 0) -> int:
+        """Before a run of attempt `gen` on `worker` stores an item's result (`lua/claim.lua`):
+        `CLAIMED` (store it), `LOST` (drop it: not this run's, or its live backup won) or `HELD` (a
+        live straggler backup holds the claim: ask again; a claim whose run is gone is taken over)."""
+        return int(self.scripts["claim"](keys=keys.run_script_keys(job_id), args=[job_id, index, worker, gen]))
 
     # -- finalisation ----------------------------------------------------------------------
     def finalize_due(self, older_than: float) -> list[str]:
@@ -146,6 +181,15 @@ class Runs(ScriptedStore):
     def finalized(self, job_id: str) -> None:
         """The job's finalisation is done."""
         self.redis.zrem(keys.FINALIZE_KEY, job_id)
+
+    def webhook_queued(self, job_id: str) -> bool:
+        """Whether the webhook of this end of the job was queued already (`mark_webhook_queued`)."""
+        return self.redis.hget(keys.job_key(job_id), "webhook_queued") in (b"1", "1")
+
+    def mark_webhook_queued(self, job_id: str) -> None:
+        """The webhook of this end of the job was queued: marked only once the send succeeded, so a send
+        that fails (or a finaliser that dies first) leaves it to the finalize task's next run."""
+        self.redis.hset(keys.job_key(job_id), "webhook_queued", 1)
 
     def claim_webhook(self, job_id: str) -> bool:
         """True once per job end: whoever gets it queues the webhook."""

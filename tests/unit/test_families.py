@@ -110,7 +110,8 @@ def test_builtins_know_their_family_and_need_little_memory(tmp_path):
     from sdq.models import BUILTIN_FAMILIES, BUILTIN_MODELS
 
     assert set(BUILTIN_FAMILIES) == set(BUILTIN_MODELS) and set(BUILTIN_FAMILIES.values()) <= set(families.FAMILIES)
-    assert BUILTIN_MODELS["builtin:tiny-sdxl"] == BUILTIN_MODELS["builtin:tiny-sd3"] == ("txt2img", "img2img")
+    assert BUILTIN_MODELS["builtin:tiny-sdxl"] == ("txt2img", "img2img", "inpaint")
+    assert BUILTIN_MODELS["builtin:tiny-sd3"] == ("txt2img", "img2img")
     info = families.model_info("builtin:tiny-sdxl")
     assert info.family.name == SDXL and info.memory == families.TINY and info.default_side == 256
     assert families.model_info("builtin:tiny-sd").default_side == 512

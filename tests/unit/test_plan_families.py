@@ -152,7 +152,7 @@ def test_an_init_images_size_is_rounded_to_the_familys_multiple():
     assert (plan.items[0].params["width"], plan.items[0].params["height"]) == (64, 96)
 
 
-@pytest.mark.parametrize("model", ["builtin:tiny-sdxl", "builtin:tiny-sd3"])
+@pytest.mark.parametrize("model", ["builtin:tiny-sd3"])
 def test_inpaint_on_a_family_without_an_inpaint_class_is_refused_naming_the_pipeline(model):
     err = _refused({"model": model, "prompts": ["a"], "pipeline": "inpaint",
                     "params": {"init_image": "uploads/a.png", "mask_image": "uploads/b.png"}})

@@ -1,11 +1,13 @@
 -- Shared by the job scripts that include it (first line `-- include: common`); loaded in front of them.
--- KEYS[1..5]: active jobs (zset), jobs to finalise (zset), the prefix of the per-worker running sets,
---   workers with running items (set), queued items per owner (hash). The running set is the one key
+-- KEYS[1..6]: active jobs (zset), jobs to finalise (zset), the prefix of the per-worker running sets,
+--   workers with running items (set), queued items per owner (hash), the outbox (zset,
+--   `sdq.state.outbox`) as KEYS[6]. The running set is the one key
 --   formed here (prefix .. worker), because the worker is read from the item record. Then five keys
 --   per job (`job_keys(i)`).
 -- The `item.finished` event table below is filled in by `sdq.state.scripts` (a placeholder here):
 -- the item's fields that the EVENT view shows (`sdq.records`).
 local ACTIVE, FINALIZE, RUNNING, RUNNING_WORKERS, QUEUED_BY_OWNER = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local OUTBOX = KEYS[6]
 
 -- the keys of one job, from KEYS[i]: its hash, items, per-item progress, won, events channel
 local function job_keys(i, job_id)
@@ -79,4 +81,43 @@ local function settle(k, it, state, now, error)
   if error then it.error = error end
   redis.call('HSET', k.items, tostring(it.index), cjson.encode(it))
   emit(k, 'item.finished', ITEM_FINISHED)
+end
+-- Whether `worker` still holds a run of item `index` of job `job_id` that it started at `since`: its
+-- fleet record (`workers` is the record prefix, KEYS[12] of the scripts that ask) exists (it expires
+-- HEARTBEAT_TTL after the last beat), does not say `stalled` (no progress for STALL_TIMEOUT), is of a
+-- process started no later than the run (not a restart under the same name), and names the item in
+-- its `current_item` (or was last written before the run started, so cannot say yet).
+local function holder_alive(workers, worker, since, job_id, index)
+  if type(worker) ~= 'string' or worker == '' then return false end
+  local raw = redis.call('GET', workers .. worker)
+  if not raw then return false end
+  local ok, rec = pcall(cjson.decode, raw)
+  if not ok or type(rec) ~= 'table' or rec.stalled == true then return false end
+  since = tonumber(since) or 0
+  if (tonumber(rec.started_at) or 0) > since then return false end
+  if (tonumber(rec.last_seen) or 0) < since then return true end
+  local cur = rec.current_item
+  if type(cur) ~= 'table' or cur.job ~= job_id or type(cur.items) ~= 'table' then return false end
+  for _, i in ipairs(cur.items) do
+    if tonumber(i) == tonumber(index) then return true end
+  end
+  return false
+end
+-- When `worker` started its run of `it`: as the item's holder or as its straggler backup (nil: neither).
+local function run_since(it, worker)
+  if it.worker == worker then return it.started_at end
+  if type(it.backup) == 'table' and it.backup.worker == worker then return it.backup.started_at end
+  return nil
+end
+-- Items re-queued by this step need a message: record "publish item i of attempt g" in the outbox in
+-- the same step, due at `due` (the caller publishes before then and removes it; if it dies, a sweeper
+-- publishes it). `flat` is {index, gen, index, gen, ...}; the member is spelled as
+-- `sdq.state.outbox.intent` spells it: ``<job>|<index>:<gen>,...``. Returns the member (nil: none).
+local function add_intent(job_id, flat, due)
+  if #flat == 0 then return nil end
+  local parts = {}
+  for n = 1, #flat, 2 do parts[#parts + 1] = tostring(flat[n]) .. ':' .. tostring(flat[n + 1]) end
+  local member = job_id .. '|' .. table.concat(parts, ',')
+  redis.call('ZADD', OUTBOX, tonumber(due), member)
+  return member
 end

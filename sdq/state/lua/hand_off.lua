@@ -1,12 +1,13 @@
 -- include: common
--- KEYS: the shared five, then the job's five (`keys.job_script_keys`).
--- ARGV: job_id, worker, error, index...
+-- KEYS: the shared six, then the job's five (`keys.job_script_keys`).
+-- ARGV: job_id, worker, error, due, index...
 -- Out of memory even in low-memory mode: the worker's running items go back to `queued` as a new
--- attempt for another worker, remembering who could not make them. Returns (index, gen) pairs.
-local k = job_keys(6, ARGV[1])
+-- attempt for another worker, remembering who could not make them, recorded in the outbox
+-- (`add_intent`, due at `due`). Returns (index, gen) pairs.
+local k = job_keys(7, ARGV[1])
 if redis.call('HGET', k.job, 'cancel') == '1' then return {} end
 local out = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local raw = redis.call('HGET', k.items, ARGV[i])
   if raw then
     local it = cjson.decode(raw)
@@ -22,4 +23,5 @@ for i = 4, #ARGV do
     end
   end
 end
+add_intent(k.id, out, ARGV[4])
 return out

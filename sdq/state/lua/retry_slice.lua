@@ -1,13 +1,13 @@
 -- include: common
--- KEYS: the shared five, then the job's five (`keys.job_script_keys`).
--- ARGV: job_id, index...
+-- KEYS: the shared six, then the job's five (`keys.job_script_keys`).
+-- ARGV: job_id, due, index...
 -- One bounded slice of a retry: failed and cancelled items go back to `queued` as a new attempt
 -- (`gen` + 1, the poison limit's `tries` counted afresh; `attempts` keeps counting every run).
--- Returns them as JSON (nil for no such job).
-local k = job_keys(6, ARGV[1])
+-- They are recorded in the outbox (`add_intent`, due at `due`). Returns them as JSON (nil for no such job).
+local k = job_keys(7, ARGV[1])
 if redis.call('EXISTS', k.job) == 0 then return nil end
-local out = {}
-for i = 2, #ARGV do
+local out, flat = {}, {}
+for i = 3, #ARGV do
   local raw = redis.call('HGET', k.items, ARGV[i])
   if raw then
     local it = cjson.decode(raw)
@@ -19,7 +19,9 @@ for i = 2, #ARGV do
       local enc = cjson.encode(it)
       redis.call('HSET', k.items, ARGV[i], enc)
       table.insert(out, enc)
+      table.insert(flat, it.index); table.insert(flat, it.gen)
     end
   end
 end
+add_intent(k.id, flat, ARGV[2])
 return out

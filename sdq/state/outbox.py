@@ -1,0 +1,75 @@
+"""The outbox: state first, message second, never one without the other.
+
+Every state change that needs a task message (submit, retry, the reaper's re-queue, an out-of-memory
+hand-off, a chunk passed on for later, a duplicate kept for a second look) records the message in the
+sorted set `OUTBOX_KEY` in the same Redis step, scored by the time it is due. The writer then
+publishes and removes it (`done`); whoever finds an entry due (every worker's heartbeat:
+`sdq.celery_app.flush_outbox`) takes it for `lease` seconds (`take_due`), publishes it and removes it.
+A process killed between the two steps, or a broker error, leaves the entry: it is published once
+its lease is over. An entry may be published twice (a publisher killed between its publish and its
+`done`); a start with a stale or running attempt drops the extra message (`lua/start.lua`).
+
+Members are either an intent, ``<job>|<index>:<gen>,...`` (publish these items if they are still
+`queued` in that attempt; built from their records at publish time, `intent`), or a chunk message as
+JSON (published as it is).
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from sdq import defaults
+from sdq.state.keys import OUTBOX_KEY
+from sdq.state.redisconn import text
+from sdq.state.scripts import register
+
+
+def intent(job_id: str, pairs: list[tuple[int, int]]) -> str:
+    """The outbox member "publish items (index, gen) of `job_id`" (as `lua/common.lua` spells it)."""
+    if not pairs:
+        raise ValueError(f"an intent of job {job_id} needs items, got {pairs!r}")
+    return f"{job_id}|" + ",".join(f"{int(i)}:{int(g)}" for i, g in pairs)
+
+
+def parse_intent(member: str) -> tuple[str, list[tuple[int, int]]]:
+    """(job id, [(index, gen), ...]) of an intent member."""
+    job_id, _, rest = member.partition("|")
+    if not job_id or not rest:
+        raise ValueError(f"not an outbox intent: {member!r}")
+    return job_id, [(int(i), int(g)) for i, g in (p.split(":") for p in rest.split(","))]
+
+
+def is_chunk(member: str) -> bool:
+    """Whether an outbox member is a whole chunk message (JSON) rather than an intent."""
+    return member.startswith("{")
+
+
+class Outbox:
+    """The outbox on one Redis connection. Pass the connection in."""
+
+    def __init__(self, client: redis.Redis, lease: float = defaults.OUTBOX_LEASE) -> None:
+        self.redis, self.lease = client, lease
+        self._take = register(client)["outbox_take"]
+
+    def due(self, now: float | None = None) -> float:
+        """The due time of an entry its writer publishes itself: one lease from now."""
+        return (time.time() if now is None else now) + self.lease
+
+    def add_chunk(self, message: dict[str, Any], due: float) -> str:
+        """Publish chunk `message` at `due` (a chunk passed on for later); returns the member."""
+        member = json.dumps(message, sort_keys=True)
+        self.redis.zadd(OUTBOX_KEY, {member: due})
+        return member
+
+    def take_due(self, limit: int = 100) -> list[str]:
+        """Entries due now, each taken for `lease` seconds (another taker skips it meanwhile)."""
+        now = time.time()
+        return [text(m) for m in self._take(keys=[OUTBOX_KEY], args=[now, now + self.lease, limit])]
+
+    def done(self, *members: str) -> None:
+        """These entries were published."""
+        if members:
+            self.redis.zrem(OUTBOX_KEY, *members)
