@@ -13,7 +13,7 @@ from kombu.exceptions import KombuError
 from sdq import contract, defaults
 from sdq.records import Chunk, Item, Job
 from sdq.state.keys import UNACKED_INDEX_KEY
-from sdq.state.outbox import Outbox, is_chunk, parse_intent
+from sdq.state.outbox import Outbox, chunk_message, is_chunk, parse_intent
 from sdq.state.store import JobStore
 from sdq.state.redisconn import broker
 
@@ -108,7 +108,7 @@ def publish_member(jobs: JobStore, outbox: Outbox, member: str, publish: Callabl
     """Publish one outbox entry with `publish(chunk)`, then remove it; returns how many chunks were sent.
     An intent sends only its items still `queued` in the attempt it names (from their records now)."""
     if is_chunk(member):
-        chunks = [Chunk.from_message(json.loads(member))]
+        chunks = [Chunk.from_message(chunk_message(member))]
     else:
         job_id, pairs = parse_intent(member)
         job = jobs.get(job_id)

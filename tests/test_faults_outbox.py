@@ -113,3 +113,16 @@ def test_pass_on_killed_between_taking_and_publishing(ostack, one, oclient, jobs
     member = outbox.add_chunk(chunk.message(), time.time() + 3600)  # passed on (due later)...
     jobs.redis.zadd(keys.OUTBOX_KEY, {member: time.time() + LEASE}, xx=True)  # ...then taken, never published
     check_exact(oclient, store, one.r, job_id, 2, timeout=120)
+
+
+def test_a_chunk_passed_on_again_while_its_copy_is_published_keeps_its_entry(jobs):
+    """A worker receives a published copy of a passed-on chunk and passes it on again before the
+    publisher has removed the copy's entry: the publisher's `done` must not remove the new entry (with
+    one member per message it did, and the chunk's items stayed `queued` with no message for ever)."""
+    outbox = Outbox(jobs.redis, LEASE)
+    message = {"job": "outbox-aba", "queue": "sdq.any.any.p256", "items": [{"index": 0, "gen": 1}]}
+    first = outbox.add_chunk(message, time.time() + 3600)  # taken and being published...
+    again = outbox.add_chunk(message, time.time() + 3600)  # ...while its receiver passes it on again
+    outbox.done(first)
+    assert jobs.redis.zscore(keys.OUTBOX_KEY, again) is not None
+    outbox.done(again)

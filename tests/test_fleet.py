@@ -213,7 +213,10 @@ def test_a_killed_workers_item_is_back_in_the_queue_and_made_by_another(lease_st
         time.sleep(0.5)
     assert gone is not None and gone < 45, gone
     assert requeued is not None and requeued < 60, requeued
-    assert (item["state"], item["worker"], item["attempts"]) == ("succeeded", survivor, 2), item
+    # the survivor made it: re-queued from the dead worker (a second attempt), or as the straggler backup
+    # an idle worker starts when the dead run's step pace stalls (then the first attempt, backed up by it)
+    assert (item["state"], item["worker"]) == ("succeeded", survivor), item
+    assert item["attempts"] == 2 or (item["attempts"] == 1 and (item.get("backup") or {}).get("worker") == survivor), item
     assert fleet_names(client) == {survivor}
 
 

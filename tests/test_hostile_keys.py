@@ -81,8 +81,12 @@ def _orphans(r: redis.Redis) -> list[str]:
                         and not any(f"sdq.worker.{w}".encode() in m for w in live)]
             if departed:
                 bad.append(f"{key}: lists bindings of departed workers {departed}")
-        elif key in ("unacked", "unacked_mutex", keys.UNACKED_INDEX_KEY, keys.DELAYED_KEY):
-            pass  # kombu's own bookkeeping, emptied as messages are acknowledged; chunks passed on for later
+        elif key in ("unacked", "unacked_mutex", keys.UNACKED_INDEX_KEY):
+            pass  # kombu's own bookkeeping, emptied as messages are acknowledged
+        elif key == keys.OUTBOX_KEY:
+            stale = r.zrangebyscore(raw, "-inf", time.time() - 120)
+            if stale:  # each entry is published and removed by its writer, or by any heartbeat once due
+                bad.append(f"{key}: {len(stale)} messages due for over two minutes and never published")
         else:
             bad.append(f"{key!r}: unknown key (ttl {ttl})")
     return bad

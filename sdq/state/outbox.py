@@ -11,12 +11,14 @@ its lease is over. An entry may be published twice (a publisher killed between i
 
 Members are either an intent, ``<job>|<index>:<gen>,...`` (publish these items if they are still
 `queued` in that attempt; built from their records at publish time, `intent`), or a chunk message as
-JSON (published as it is).
+JSON (published as it is) under an id of its own, so that the same chunk passed on again while an
+earlier copy is being published is a second entry, not one the earlier publisher's `done` removes.
 """
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -42,6 +44,12 @@ def parse_intent(member: str) -> tuple[str, list[tuple[int, int]]]:
     return job_id, [(int(i), int(g)) for i, g in (p.split(":") for p in rest.split(","))]
 
 
+def chunk_message(member: str) -> dict[str, Any]:
+    """The chunk message of a chunk member (entries written before members had ids are the message)."""
+    doc = json.loads(member)
+    return doc["chunk"] if "entry" in doc else doc
+
+
 def is_chunk(member: str) -> bool:
     """Whether an outbox member is a whole chunk message (JSON) rather than an intent."""
     return member.startswith("{")
@@ -60,7 +68,7 @@ class Outbox:
 
     def add_chunk(self, message: dict[str, Any], due: float) -> str:
         """Publish chunk `message` at `due` (a chunk passed on for later); returns the member."""
-        member = json.dumps(message, sort_keys=True)
+        member = json.dumps({"entry": uuid.uuid4().hex, "chunk": message}, sort_keys=True)
         self.redis.zadd(OUTBOX_KEY, {member: due})
         return member
 
