@@ -72,3 +72,26 @@ def test_the_form_submits_an_inpaint_job_with_its_mask(page, client, tmp_path):
     doc = wait_job(client, _job_id(page), timeout=WAIT_MS / 1000)
     assert doc["state"] == "succeeded", doc
     assert doc["pipeline"] == "inpaint" and doc["items"][0]["images"]["mask_image"].startswith("uploads/")
+
+
+def test_the_form_submits_a_lora_job(page, client):
+    page.goto("/")
+    page.get_by_label("Prompts").fill("a lighthouse with a lora")
+    for label, value in (("Width", "64"), ("Height", "64"), ("Steps", "3"), ("Seed", "5")):
+        page.get_by_label(label, exact=True).fill(value)
+    page.get_by_label("LoRA adapters (NAME or NAME:SCALE, comma-separated)").fill(
+        "builtin:tiny-lora:0.75, builtin:tiny-lora-kohya")
+    page.get_by_role("button", name="Generate").click()
+    doc = wait_job(client, _job_id(page), timeout=WAIT_MS / 1000)
+    assert doc["state"] == "succeeded", doc
+    assert doc["items"][0]["params"]["loras"] == [{"name": "builtin:tiny-lora", "scale": 0.75},
+                                                  {"name": "builtin:tiny-lora-kohya", "scale": 1.0}]
+
+
+def test_an_unknown_lora_shows_its_error_next_to_the_field(page):
+    page.goto("/")
+    page.get_by_label("Prompts").fill("x")
+    page.get_by_label("LoRA adapters (NAME or NAME:SCALE, comma-separated)").fill("no-such-lora")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator('[data-field="params.loras"] .error')).to_contain_text("no-such-lora")
+    page.console_errors.clear()  # the 422 is logged by the browser

@@ -1,10 +1,21 @@
 "use strict";
-// sdq web page: the submit form's pipeline-specific parts — the inpaint mask, ControlNet and the hires fix.
+// sdq web page: the submit form's pipeline-specific parts — the inpaint mask, LoRA, ControlNet and the hires fix.
 
 // Which pipelines take what (the server's pipeline table decides; these only show the fields).
 const MASK_PIPELINES = ["inpaint"];
 const CONTROLNET_PIPELINES = ["txt2img", "img2img", "inpaint"];
 const HIRES_PIPELINES = ["txt2img"];
+const LORA_PIPELINES = ["txt2img", "img2img", "inpaint"];
+
+// "builtin:tiny-lora:0.8, other" -> [{name, scale}, {name}]: the part after the last colon is the
+// scale when it is a number (as `sdq submit --lora` reads it).
+function parseLoras(text) {
+  return text.split(",").map((s) => s.trim()).filter(Boolean).map((entry) => {
+    const cut = entry.lastIndexOf(":");
+    const tail = cut > 0 ? entry.slice(cut + 1) : "";
+    return tail !== "" && !Number.isNaN(Number(tail)) ? {name: entry.slice(0, cut), scale: Number(tail)} : {name: entry};
+  });
+}
 
 const Extras = {
   init() {
@@ -18,6 +29,7 @@ const Extras = {
     $("mask-field").hidden = !MASK_PIPELINES.includes(pipeline);
     $("controlnet-set").hidden = !CONTROLNET_PIPELINES.includes(pipeline);
     $("hires-set").hidden = !HIRES_PIPELINES.includes(pipeline);
+    $("lora-set").hidden = !LORA_PIPELINES.includes(pipeline);
     $("controlnet-fields").hidden = !$("controlnet-on").checked;
     $("hires-fields").hidden = !$("hires-on").checked;
   },
@@ -33,6 +45,8 @@ const Extras = {
     const pipeline = $("pipeline").value;
     const mask = $("mask-image").files[0];
     if (MASK_PIPELINES.includes(pipeline) && mask) p.mask_image = await Extras.upload(mask);
+    const loras = parseLoras($("loras").value);
+    if (LORA_PIPELINES.includes(pipeline) && loras.length) p.loras = loras;
     if (CONTROLNET_PIPELINES.includes(pipeline) && $("controlnet-on").checked) {
       const img = $("control-image").files[0];
       p.controlnet = {model: $("controlnet-model").value.trim() || undefined, scale: Submit.num("controlnet-scale"),
@@ -50,7 +64,7 @@ const Extras = {
 
   // A prompt file sends its settings in the query string, which has no room for these objects.
   checkFile(params) {
-    for (const field of ["controlnet", "hires"]) {
+    for (const field of ["controlnet", "hires", "loras"]) {
       if (params[field]) {
         throw new ApiError(422, {field: `params.${field}`, message: `${field} needs prompts typed in the box, not a file`});
       }
