@@ -79,8 +79,11 @@ def test_pushed_manifest_entry_is_confined_to_the_model_folder(store, tmp_path, 
     """Whoever can write the bucket cannot make a worker load a file outside the pulled model's folder."""
     import json
 
+    import numpy as np
+    from safetensors.numpy import save_file
+
     source = tmp_path / "weights.safetensors"
-    source.write_bytes(b"not really weights")
+    save_file({"weight": np.zeros(4, dtype=np.float32)}, str(source))  # a readable file: push reads its header
     (tmp_path / "outside.safetensors").write_bytes(b"a file the worker must never load")
     manifest = push(store, source, "entry-escape")
     assert pull(store, "entry-escape", tmp_path / "cache").name == "weights.safetensors"
