@@ -80,10 +80,10 @@ def status_call_cost(bench: Bench, n: int = 240, chunk: int = 8) -> dict[str, fl
     on a scratch job in the same Redis, in ms."""
     jobs = bench.jobs
     job_id = "bench" + uuid.uuid4().hex[:12]
-    items = [{"index": i, "prompt": "x", "seed": i, "params": {}, "state": "queued", "steps": 4, "key": None}
-             for i in range(n)]
-    jobs.create({"id": job_id, "owner": "bench", "state": "queued", "created_at": time.time(), "n_items": n,
-                 "priority": 5, "requires": {"device": "any"}}, items)
+    items = [Item(index=i, prompt="x", seed=i, steps=4) for i in range(n)]
+    jobs.create(Job(id=job_id, owner="bench", state="queued", created_at=time.time(), n_items=n,
+                    requires={"device": "any"}), items)
+    gens = {it.index: it.gen for it in jobs.all_items(job_id)}
     try:
         claim, progress, finish = [], [], []
         for start in range(0, n, chunk):
@@ -96,7 +96,7 @@ def status_call_cost(bench: Bench, n: int = 240, chunk: int = 8) -> dict[str, fl
             progress.append(time.perf_counter() - t)
             t = time.perf_counter()
             jobs.finish_item(job_id, i, "succeeded", {"worker": "bench", "key": f"jobs/{job_id}/{i:05d}.png",
-                                                      "timings": {"generate": 0.1}}, 1)
+                                                      "timings": {"generate": 0.1}}, 1, worker="bench", gen=gens[i])
             finish.append(time.perf_counter() - t)
         return {"claim_chunk_ms_p50": round(statistics.median(claim) * 1000, 3), "chunk": chunk,
                 "progress_ms_p50": round(statistics.median(progress) * 1000, 3),
@@ -128,6 +128,7 @@ def store_path_cost(bench: Bench, n: int = 200) -> dict[str, Any]:
     bench.jobs.create(Job(id=job_id, owner="bench", state="queued", created_at=time.time(), n_items=n,
                           requires={"device": "any"}), items)
     bench.jobs.start_items(job_id, list(range(n)), "bench", "cpu", "fp32")
+    gens = {it.index: it.gen for it in bench.jobs.all_items(job_id)}
     data = encode_png(small, infotext)
     thumb = encode_thumb(large)
 
@@ -147,7 +148,7 @@ def store_path_cost(bench: Bench, n: int = 200) -> dict[str, Any]:
         s3_cpu = cpu_delta(s3_0, cpu_snapshot())["cpu_s"].get("s3", 0.0)
         out["finish_ms"] = per_call(lambda i: bench.jobs.finish_item(
             job_id, i, "succeeded", {"worker": "bench", "key": f"jobs/{job_id}/{i:05d}.png",
-                                     "timings": {"generate": 0.1}}, 1))
+                                     "timings": {"generate": 0.1}}, 1, worker="bench", gen=gens[i]))
         out["small_image_total_ms"] = round(out["encode_png_64_ms"] + out["put_ms"] + out["finish_ms"], 2)
         out["s3_server_ms_per_put"] = round(s3_cpu * 1000 / n, 2)
         out["thumb_encode_512_ms"] = per_call(lambda i: encode_thumb(large))
