@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Iterator
 
 import pytest
 import redis
 
-from sdq.cli.services import Stack, free_port
 from sdq.records import Item, Job
 from sdq.state import fleet, keys
 from sdq.state.store import JobStore
 
-PARAMS = {"width": 64, "height": 64, "steps": 4, "guidance_scale": 7.5, "scheduler": "pndm", "strength": 0.8,
-          "noise_level": 20}
-
-
-@pytest.fixture(scope="module")
-def r(workdir) -> Iterator[redis.Redis]:
-    d = workdir / "faults-holders"
-    d.mkdir(exist_ok=True)
-    st = Stack(d)
-    url = st.redis(free_port())
-    yield redis.Redis.from_url(url)
-    st.stop()
-
-
-@pytest.fixture
-def jobs(r) -> JobStore:
-    return JobStore(r)
+from tests.test_faults_store import PARAMS, jobs, r  # noqa: F401 - the store tests' fixtures
 
 
 def make_job(jobs: JobStore, n: int = 1) -> str:

@@ -26,8 +26,9 @@ PARAMS = {"width": 64, "height": 64, "steps": 4, "guidance_scale": 7.5, "schedul
 
 
 @pytest.fixture(scope="module")
-def r(workdir) -> Iterator[redis.Redis]:
-    d = workdir / "faults-store"
+def r(workdir, request) -> Iterator[redis.Redis]:
+    """A private redis-server for the module that uses it (tests/test_faults_holders.py shares this)."""
+    d = workdir / request.module.__name__.rpartition(".")[2]
     d.mkdir(exist_ok=True)
     st = Stack(d)
     url = st.redis(free_port())
