@@ -30,6 +30,10 @@ FAST_RECOVERY = {"SDQ_VISIBILITY_TIMEOUT": "4", "SDQ_HEARTBEAT_INTERVAL": "0.5",
 
 WARM = ("--device", "cpu", "--threads", "1", "--preload", "builtin:tiny-sd")
 RULES = "sdq:debug:faults"
+LONG = 150
+"""Steps of an item a test pauses at `step`: that point is hit after a progress write, and progress is
+written at most every `PROGRESS_INTERVAL` (0.25 s), so the item must outlast that on the fastest CPU
+(30 steps of the tiny model take 0.2-0.4 s, too close: a fast machine finished them unseen)."""
 
 
 def body(n: int = 3, steps: int = 4, prompt: str = "a lighthouse") -> dict:
@@ -129,7 +133,7 @@ def test_a_worker_killed_at_any_point_of_an_item_loses_nothing(fleet, fclient, s
     before storing it (issue 22: a killed run's claim strands nothing), between upload and recording
     it, and between recording and acknowledging: another worker finishes the job, exactly."""
     fleet.r.hset(RULES, point, "pause")
-    job_id = fclient.submit(body(n=3, steps=30))["id"]
+    job_id = fclient.submit(body(n=3, steps=LONG if point == "step" else 30))["id"]
     victim = fleet.hit(point)
     fleet.r.delete(RULES)
     fleet.kill(victim)
@@ -188,7 +192,7 @@ def test_a_hung_worker_loses_its_chunk_to_another(fleet, fclient, store):
     """Defect 7: the worker stops making progress (its heartbeat thread lives on): its lease is no
     longer renewed, so the other worker makes the item while the hung one is still stuck."""
     fleet.r.hset(RULES, "step", "pause")
-    job_id = fclient.submit(body(n=1, steps=30))["id"]
+    job_id = fclient.submit(body(n=1, steps=LONG))["id"]
     hung = fleet.hit("step")
     fleet.r.delete(RULES)
     try:
@@ -206,7 +210,7 @@ def test_a_redis_restart_mid_job_loses_nothing(fleet, fclient, store, fstack):
     """Defect 9: Redis stopped and started (AOF) mid-job: workers and producer reconnect, the job
     completes with exact counters."""
     fleet.r.hset(RULES, "step", "pause")
-    job_id = fclient.submit(body(n=6, steps=30))["id"]
+    job_id = fclient.submit(body(n=6, steps=LONG))["id"]
     fleet.hit("step")
     fleet.r.delete(RULES)
     redis_svc = next(s for s in fstack.services if s.name == "redis")
@@ -220,7 +224,7 @@ def test_a_redis_restart_mid_job_loses_nothing(fleet, fclient, store, fstack):
 def test_a_producer_restart_mid_job_keeps_status_and_events(fleet, fclient, fstack):
     """The producer is stateless: restarted mid-job, status and the event stream go on."""
     fleet.r.hset(RULES, "step", "pause")
-    job_id = fclient.submit(body(n=2, steps=30))["id"]
+    job_id = fclient.submit(body(n=2, steps=LONG))["id"]
     fleet.hit("step")
     producer = next(s for s in fstack.services if s.name == "producer")
     fstack.restart(producer)
