@@ -13,7 +13,7 @@ import requests
 from PIL import Image
 
 from sdq.infotext import parse_infotext
-from tests.conftest import FAST, wait_job
+from tests.conftest import FAST, wait_job, wait_until
 
 PROMPTS = ["a hamster painting with a brush", "A bird is sitting on a tree branch", "a red fox in snow"]
 
@@ -56,7 +56,9 @@ def test_three_prompts_become_three_pngs(client, store):
         assert item["worker"] == "w-main" and item["device"] == "cpu" and item["dtype"] == "fp32"
         # the presigned URL serves the same bytes
         assert requests.get(item["url"], timeout=10).content == store.get(item["key"])
-    assert f"jobs/{resp['id']}/manifest.json" in keys
+    # the state turns final first; the manifest follows a moment later (the finalize task)
+    wait_until(lambda: client.job(resp["id"]).get("manifest"), "manifest written", 60)
+    assert f"jobs/{resp['id']}/manifest.json" in store.keys(f"jobs/{resp['id']}/")
 
 
 def test_queue_result_equals_direct_diffusers(client, store, models_dir):
