@@ -43,11 +43,12 @@ def _verified(folder: Path, manifest: dict) -> bool:
 
 
 PULL = """
-import pathlib, sys, time
+import os, pathlib, sys, time
 from storage import ResultStore
 from storage.models import pull
 bucket, endpoint, name, go, cache = sys.argv[1:]
 store = ResultStore(bucket, endpoint, outage_limit=30)
+pathlib.Path(go + f".ready-{os.getpid()}").touch()
 while not pathlib.Path(go).exists():
     time.sleep(0.002)
 print(pull(store, name, pathlib.Path(cache)))
@@ -61,6 +62,8 @@ def test_two_processes_pulling_one_model_at_once_both_end_with_it_verified(store
     cache, go = tmp_path / "cache", tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", PULL, TEST_BUCKET, s3_url, "pulled-twice", str(go), str(cache)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    wait_until(lambda: len(list(tmp_path.glob("go.ready-*"))) == 2 or any(p.poll() is not None for p in procs),
+               "both pullers ready", 120)
     go.touch()  # both start their pull at the same moment
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
