@@ -67,6 +67,12 @@ class ModelError(SdqError):
     """A model cannot be resolved or loaded."""
 
 
+class ModelUnavailable(SdqError):
+    """A model's weights cannot be fetched now (S3 unreachable beyond its outage limit): an
+    infrastructure error, so the items go back to the queue; deliberately not a `ModelError`, which
+    fails them."""
+
+
 class CapabilityError(SdqError):
     """A worker was asked for a device/dtype combination it cannot run."""
 

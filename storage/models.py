@@ -5,6 +5,9 @@
 a pushed model into a local cache folder: files already there and intact are kept, an interrupted
 download resumes where it stopped (ranged GETs into a ``.part`` file), every file is verified
 against the manifest, and the local manifest is written last, so a folder with one is complete.
+One process per machine pulls a model at a time (a file lock beside its folder). An S3 outage is
+ridden out with the store's backoff (`storage.s3`); beyond its limit the pull raises ModelUnavailable
+(the worker gives the items back), while a model that is wrong raises ModelError (they fail).
 Callers allow such a model as ``store:<NAME>`` in SDQ_MODELS.
 """
 from __future__ import annotations
@@ -12,14 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import struct
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from sdq.exceptions import ModelError
-from storage.s3 import ResultStore
+from sdq.exceptions import ModelError, ModelUnavailable
+from sdq.sources import STORE_MANIFEST
+from storage.s3 import ResultStore, missing, transient
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,9 @@ CHUNK = 8 * 1024 * 1024
 
 PROGRESS_EVERY_S = 5.0
 """Seconds between progress lines while a model downloads."""
+
+LOCK_POLL_S = 0.5
+"""Seconds between tries at the pull lock of a model another process on this machine is pulling."""
 
 
 def check_name(name: str) -> str:
@@ -97,12 +107,15 @@ def _lora_info(file: Path) -> dict[str, Any] | None:
 
 
 def remote_manifest(store: ResultStore, name: str) -> dict[str, Any]:
-    """The manifest of pushed model `name`; ModelError when there is none."""
+    """The manifest of pushed model `name`: ModelError when there is none, ModelUnavailable when the
+    bucket stays unreachable beyond the store's outage limit (the items then go back to the queue)."""
+    key = f"{PREFIX}{check_name(name)}/{MANIFEST}"
     try:
-        return json.loads(store.get(f"{PREFIX}{check_name(name)}/{MANIFEST}"))
-    except ModelError:
-        raise
+        return json.loads(store.get(key))
     except Exception as exc:  # noqa: BLE001 - botocore raises several kinds for a missing key
+        if transient(exc):
+            raise ModelUnavailable(f"store:{name}: the bucket cannot be reached to read its manifest "
+                                   f"({type(exc).__name__}: {exc})") from exc
         raise ModelError(f"store:{name}: no pushed model {name!r} in bucket {store.bucket} "
                          f"(push it with `sdq models push PATH --as {name}`): {exc}") from exc
 
@@ -126,41 +139,109 @@ def loadable_path(folder: Path, manifest: dict[str, Any]) -> Path:
     return _safe_target(folder, entry)
 
 
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _append(store: ResultStore, key: str, part: Path, size: int, name: str) -> None:
+    """One ranged GET of `key` from the end of `part` on, appended to `part`."""
+    done = _size(part)
+    if done >= size:
+        return
+    last = time.monotonic()
+    _, pieces = store.stream(key, CHUNK, start=done)
+    with open(part, "ab") as f:
+        for chunk in pieces:
+            f.write(chunk)
+            done += len(chunk)
+            if time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                log.info("store:%s: %s %d%% (%d of %d bytes)", name, part.name.removesuffix(".part"),
+                         100 * done // max(1, size), done, size)
+
+
 def _download(store: ResultStore, key: str, target: Path, size: int, name: str) -> None:
-    """Fetch `key` into `target`, resuming a `.part` file left by an interrupted download."""
+    """Fetch `key` into `target` through `<target>.part`, resuming what an interrupted download left.
+    Errors that may pass (S3 down, a body cut short) are retried, resuming, with the store's backoff
+    for its outage limit, counted afresh after each stretch that made progress; then ModelUnavailable
+    (the `.part` file stays for the next try)."""
     part = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
-    done = part.stat().st_size if part.exists() else 0
-    if done > size:
+    if _size(part) > size:
         part.unlink()
-        done = 0
-    if done:
-        log.info("store:%s: resuming %s at %d of %d bytes", name, target.name, done, size)
-    last = time.monotonic()
-    if done < size:
-        _, pieces = store.stream(key, CHUNK, start=done)
-        with open(part, "ab") as f:
-            for chunk in pieces:
-                f.write(chunk)
-                done += len(chunk)
-                if time.monotonic() - last >= PROGRESS_EVERY_S:
-                    last = time.monotonic()
-                    log.info("store:%s: %s %d%% (%d of %d bytes)", name, target.name, 100 * done // max(1, size),
-                             done, size)
-    elif not part.exists():
-        part.touch()
+    if _size(part):
+        log.info("store:%s: resuming %s at %d of %d bytes", name, target.name, _size(part), size)
+    while True:
+        before = _size(part)
+        try:
+            store.retried(f"GET {key}", lambda: _append(store, key, part, size, name))
+            break
+        except Exception as exc:  # noqa: BLE001 - classified just below
+            if missing(exc):
+                raise ModelError(f"store:{name}: {key} is listed in the manifest but not in the bucket") from exc
+            if not transient(exc):
+                raise
+            if _size(part) > before:
+                continue  # it made progress before this outage: the outage limit starts again
+            raise ModelUnavailable(f"store:{name}: the bucket cannot be reached to fetch {target.name} "
+                                   f"({type(exc).__name__}: {exc}); the download resumes on the next try") from exc
+    part.touch()
     part.replace(target)
+
+
+def _complete(folder: Path, manifest: dict[str, Any]) -> bool:
+    """Whether `folder` holds a complete, verified pull of `manifest` (its local manifest is written last)."""
+    try:
+        return json.loads((folder / STORE_MANIFEST).read_text(encoding="utf-8")) == manifest
+    except (OSError, ValueError):
+        return False
+
+
+@contextmanager
+def _pull_lock(folder: Path, name: str, on_wait: Callable[[], None] | None) -> Iterator[None]:
+    """Hold `<folder>.lock` (`fcntl.flock`, released by the kernel if the holder dies): one process
+    per machine pulls a model at a time. The others wait, calling `on_wait` (the worker's lease
+    counts waiting on a live pull as progress)."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "a") as lock:
+        told = False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told:
+                    log.info("store:%s: another process on this machine is pulling it; waiting", name)
+                    told = True
+                if on_wait is not None:
+                    on_wait()
+                time.sleep(LOCK_POLL_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def pull(store: ResultStore, name: str, cache: Path) -> Path:
     """A local copy of pushed model `name` under `cache/store/<name>/`, verified; returns the folder
-    to load (`from_pretrained`) or, for a checkpoint file, the file."""
+    to load (`from_pretrained`) or, for a checkpoint file, the file. One process per machine pulls a
+    model at a time (a file lock); one that waited finds it complete. ModelError for a model that is
+    wrong (no manifest, a file that does not match it); ModelUnavailable when the bucket stays
+    unreachable."""
     manifest = remote_manifest(store, name)
     folder = Path(cache) / "store" / name
-    local = folder / ".sdq-manifest.json"
-    if local.is_file() and json.loads(local.read_text(encoding="utf-8")) == manifest:
-        return loadable_path(folder, manifest)
     loadable_path(folder, manifest)  # refuse a bad entry before fetching anything
+    if not _complete(folder, manifest):
+        with _pull_lock(folder, name, store.on_retry):
+            if not _complete(folder, manifest):  # not pulled meanwhile by another process
+                _fetch(store, name, folder, manifest)
+    return loadable_path(folder, manifest)
+
+
+def _fetch(store: ResultStore, name: str, folder: Path, manifest: dict[str, Any]) -> None:
+    """Fetch and verify every file of `manifest` into `folder` (intact ones kept), local manifest last."""
     log.info("store:%s: pulling %d files (%d bytes) from the bucket", name, len(manifest["files"]),
              sum(f["size"] for f in manifest["files"]))
     for entry in manifest["files"]:
@@ -172,6 +253,8 @@ def pull(store: ResultStore, name: str, cache: Path) -> Path:
             target.unlink()
             raise ModelError(f"store:{name}: {entry['path']} does not match its SHA-256 in the manifest "
                              "(changed or corrupted in the bucket?); removed, it is fetched again on the next try")
-    local.write_text(json.dumps(manifest), encoding="utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=folder)  # written whole or not at all
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(manifest, f)
+    os.replace(tmp, folder / STORE_MANIFEST)
     log.info("store:%s: ready in %s", name, folder)
-    return loadable_path(folder, manifest)

@@ -8,7 +8,8 @@ from typing import Any, Callable, Iterator
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+from botocore.exceptions import (ClientError, ConnectionError as BotoConnectionError, HTTPClientError,
+                                 IncompleteReadError)
 
 from sdq.config import Settings
 
@@ -32,8 +33,9 @@ FIRST_BACKOFF = 0.5
 
 
 def transient(exc: Exception) -> bool:
-    """Whether an S3 call's error may go away by itself (server down, restarting, overloaded)."""
-    if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+    """Whether an S3 call's error may go away by itself (server down, restarting, overloaded, a body
+    cut short)."""
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError)):
         return True
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
@@ -105,6 +107,10 @@ class ResultStore:
             if self.on_retry is not None:
                 self.on_retry()
             pause = min(self.backoff_cap, pause * 2)
+
+    def retried(self, what: str, fn: Callable[[], Any]) -> Any:
+        """`fn()` (S3 calls on this store) under the store's outage policy, like its own calls."""
+        return self._call(what, fn)
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist."""

@@ -9,13 +9,22 @@ from sdq.cli.services import free_port
 
 class TcpProxy:
     """Forwards 127.0.0.1:`port` to 127.0.0.1:`target`. `down()` refuses new connections and cuts
-    open ones; `up()` listens again on the same port."""
+    open ones; `up()` listens again on the same port; `cut_after(n)` goes down by itself once `n`
+    more bytes went from the server to clients (an outage in the middle of a download), setting `cut`."""
 
     def __init__(self, target: int) -> None:
         self.target, self.port = target, free_port()
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
+        self.served = 0  # bytes sent from the server to clients
+        self.cut = threading.Event()
+        self._cut_at: int | None = None
+
+    def cut_after(self, nbytes: int) -> None:
+        """Go down once `nbytes` more bytes were served."""
+        self.cut.clear()
+        self._cut_at = self.served + nbytes
 
     @property
     def url(self) -> str:
@@ -62,13 +71,15 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._conns.update((client, server))
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, served in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pump, args=(a, b, served), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, served: bool = False) -> None:
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
+                if served:
+                    self._count(len(data))
         except OSError:
             pass
         finally:
@@ -80,3 +91,13 @@ class TcpProxy:
             with self._lock:
                 self._conns.discard(src)
                 self._conns.discard(dst)
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.served += n
+            cut = self._cut_at is not None and self.served >= self._cut_at
+            if cut:
+                self._cut_at = None
+        if cut:
+            self.down()
+            self.cut.set()

@@ -258,3 +258,50 @@ def test_a_cold_worker_answers_a_cached_job_without_loading_the_model(stack_fact
         assert record["loaded_models"] == [] and record["items_done"] == 0
     finally:
         st.stop()
+
+
+@pytest.mark.slow
+def test_a_model_changed_on_disk_under_a_loaded_pipeline_keys_by_the_loaded_weights(stack_factory, store, models_dir,
+                                                                                    tmp_path):
+    """Issue 22: the key holds the digest recorded when the pipeline was loaded, not what the files say
+    at lookup. A folder model updated in place while a worker holds the old weights: that worker's
+    lookups and results stay under the old digest, so a worker that loads the new files never gets an
+    old-weight image from the cache."""
+    import io
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from sdq.cli.client import Client
+    from sdq.sources import builtin_path
+
+    folder = tmp_path / "inplace-sd"
+    shutil.copytree(builtin_path(models_dir, "tiny-sd"), folder)
+    st = stack_factory("cache-inplace", env={"SDQ_MODELS": str(folder)})
+    try:
+        client = Client(st.env["SDQ_SERVER"])
+        old = st.worker("w-old-weights", "--device", "cpu", "--threads", "1", "--preload", str(folder))
+        tag = uuid.uuid4().hex
+        first = _run(client, {**_body(tag, seeds=(11,)), "model": str(folder)})
+        assert not first["items"][0]["cached"]
+        # 1. The model changes on disk (another scheduler config: other images); the worker keeps the old one loaded.
+        config = folder / "scheduler" / "scheduler_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "beta_end": 0.02}))
+        # 2. Its lookups use the loaded weights' digest: what it made before is what it would make now.
+        assert _run(client, {**_body(tag, seeds=(11,)), "model": str(folder)})["items"][0]["cached"] is True
+        # 3. What it makes now is made with the old weights, and filed under their digest.
+        made_old = _run(client, {**_body(tag, seeds=(12,)), "model": str(folder)})
+        assert not made_old["items"][0]["cached"]
+        old.stop()
+        # 4. A worker that loads the new files misses: it makes the item afresh, and the image differs.
+        st.worker("w-new-weights", "--device", "cpu", "--threads", "1")
+        made_new = _run(client, {**_body(tag, seeds=(12,)), "model": str(folder)})
+        assert not made_new["items"][0]["cached"], made_new["items"][0]["cached_from"]
+
+        def pixels(doc: dict) -> np.ndarray:
+            return np.asarray(Image.open(io.BytesIO(store.get(doc["items"][0]["key"]))).convert("RGB")).astype(int)
+
+        assert np.abs(pixels(made_new) - pixels(made_old)).max() > 0  # the old-weight image was not for the new files
+    finally:
+        st.stop()

@@ -42,7 +42,6 @@ from workers.speedometer import Speedometer
 from workers.tasks import register
 from workers.uploader import Uploader
 from workers.webhook_delivery import deliver_webhook
-from workers.weights import WeightsHasher
 
 log = logging.getLogger("sdq.worker")
 
@@ -188,8 +187,8 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish,
                           Outbox(client, settings.outbox_lease))
     lookout = IdleWatch(client, backups, lambda: activity.current is None, quiet_s=interval) if backups else None
-    results = CachedResults(ResultIndex(client), WeightsHasher(settings.models_dir, store), store, jobs, name,
-                            device.device, device.dtype, opts.safety_checker, finalize)
+    results = CachedResults(ResultIndex(client), cache.fetcher.hasher, store, jobs, name, device.device, device.dtype,
+                            opts.safety_checker, finalize, digest=cache.weights_digest)  # the loaded weights' digest
     runner = Runner(name, device, cache,
                     Outputs(jobs, store, uploader, finalize, results),
                     Presence(router, publish, leases, activity, heartbeat.publish),

@@ -1,5 +1,5 @@
-"""Diffusers model folders as published: which weight variant to load, and components whose class
-the installed transformers no longer has."""
+"""Diffusers model folders as published: which weight variant to load, components whose class
+the installed transformers no longer has, and which pipeline class and family a model is."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from sdq import families, pipelines
+from sdq.exceptions import ModelError
 from sdq.sources import FP16_VARIANT
 
 log = logging.getLogger(__name__)
@@ -108,3 +110,24 @@ def absent_components(folder: Path) -> dict[str, None]:
     index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
     return {name: None for name, spec in index.items()
             if not name.startswith("_") and isinstance(spec, list) and spec == [None, None]}
+
+
+def family_of(model_id: str, pipe) -> str:
+    """The family of a loaded pipeline, from its class (the one its model_index.json named): a family
+    sdq does not run is a ModelError; a class the table does not know is run as SD (community
+    variants of SD pipelines share its modules), with a warning."""
+    name = type(pipe).__name__
+    try:
+        return families.from_class_name(name)
+    except families.UnknownFamily as exc:
+        if families.unsupported(name) is not None:
+            raise ModelError(f"model {model_id!r}: {exc}") from None
+    log.warning("model %s: pipeline class %s is not in the family table; running it as %s", model_id, name,
+                families.SD)
+    return families.SD
+
+
+def pipeline_class_name(config: Path) -> str:
+    """The pipeline class a single file's config folder names (StableDiffusionPipeline when none sdq knows)."""
+    name = json.loads((config / "model_index.json").read_text(encoding="utf-8")).get("_class_name", "")
+    return name if name in pipelines.pipeline_classes() else "StableDiffusionPipeline"

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from sdq import defaults, families, pipelines
-from sdq.exceptions import ModelError, OutOfMemory
+from sdq.exceptions import ModelError, ModelUnavailable, OutOfMemory
 from sdq.sources import single_file_config, source_for
 from workers import checkpoints
 from workers.adapters import WarmAdapters
@@ -74,6 +74,7 @@ class Loaded:
     offloaded: Any = None  # the pipeline whose model-offload hooks the shared modules carry (CUDA)
     adapters: WarmAdapters | None = None  # LoRA adapters loaded into its modules (`workers.adapters`)
     controlnets: dict[str, Any] = field(default_factory=dict)  # ControlNet id -> its loaded ControlNetModel
+    digest: str | None = None  # weights digest of the files it was built from (the result cache's key)
 
     def check_scheduler(self, name: str) -> None:
         """ModelError for a scheduler the model's family cannot run (a flow-matching one on a
@@ -177,6 +178,12 @@ class PipelineCache:
         """Model ids in memory now, most recently used last."""
         return list(self._models)
 
+    def weights_digest(self, model_id: str) -> str | None:
+        """The result cache's weights digest of `model_id`: recorded at its load while it is loaded
+        (its files may have changed since), else what its files say now."""
+        entry = self._models.get(model_id)
+        return entry.digest if entry is not None else self.fetcher.hasher.digest(model_id)
+
     def use_loras(self, pipe, entry: Loaded, loras: list[dict[str, Any]] | None) -> dict[str, str]:
         """Switch the model's LoRA adapters to a chunk's `params.loras` (none: all off), loading the
         missing ones (`workers.adapters`); returns their A1111 short hashes by id."""
@@ -225,18 +232,23 @@ class PipelineCache:
         raise ModelError(f"{error} (with no other model loaded)")
 
     def _load(self, model_id: str) -> Loaded:
-        """Load and place a model; any failure raises ModelError (or OutOfMemory) with nothing left
-        behind: the half-built pipeline is dropped and its memory freed before the error leaves."""
+        """Load and place a model; any failure raises ModelError (or OutOfMemory; ModelUnavailable when
+        its weights cannot be fetched now) with nothing left behind: the half-built pipeline is dropped
+        and its memory freed before the error leaves."""
         log.info("loading model %s (%s) on %s/%s", model_id, source_for(model_id).kind, self.device.device,
                  self.device.dtype)
         try:
             pipe = self._open(model_id)
+            digest = self.fetcher.hasher.digest(model_id)  # of the files just read
             pipe.set_progress_bar_config(disable=True)
             if not self.safety_checker and getattr(pipe, "safety_checker", None) is not None:
                 pipe.safety_checker = None  # the operator turned it off (--no-safety-checker)
-            entry = Loaded(model_id, pipe, dict(pipe.scheduler.config), family=_family_of(model_id, pipe))
+            entry = Loaded(model_id, pipe, dict(pipe.scheduler.config), family=checkpoints.family_of(model_id, pipe),
+                           digest=digest)
             self._place(entry)
             return entry
+        except ModelUnavailable:  # weights not fetched now (nothing built): the runner gives the items back
+            raise
         except ModelError as exc:
             error: Exception = ModelError(str(exc))
         except Exception as exc:  # noqa: BLE001 - whatever a broken checkpoint raises
@@ -291,7 +303,7 @@ class PipelineCache:
                         file, name)
             return getattr(diffusers, name).from_single_file(str(file), dtype=dtype,
                                                              cache_dir=str(self.models_dir / "hub"))
-        cls = getattr(diffusers, _pipeline_class_name(config))
+        cls = getattr(diffusers, checkpoints.pipeline_class_name(config))
         return cls.from_single_file(str(file), config=str(config), dtype=dtype, local_files_only=True)
 
     def _place(self, entry: Loaded) -> None:
@@ -355,7 +367,6 @@ class PipelineCache:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-
     def _derive_controlnet(self, entry: Loaded, task: str, controlnet: str):
         """The task's ControlNet pipeline over the base's modules and the ControlNet (loaded once per model
         entry, through the model sources and on the worker's device and dtype)."""
@@ -381,28 +392,6 @@ class PipelineCache:
         return pipe
 
 
-def _family_of(model_id: str, pipe) -> str:
-    """The family of a loaded pipeline, from its class (the one its model_index.json named): a family
-    sdq does not run is a ModelError; a class the table does not know is run as SD (community
-    variants of SD pipelines share its modules), with a warning."""
-    name = type(pipe).__name__
-    try:
-        return families.from_class_name(name)
-    except families.UnknownFamily as exc:
-        if families.unsupported(name) is not None:
-            raise ModelError(f"model {model_id!r}: {exc}") from None
-    log.warning("model %s: pipeline class %s is not in the family table; running it as %s", model_id, name,
-                families.SD)
-    return families.SD
-
-
 def denoiser(pipe):
     """The pipeline's denoising network: the UNet, or the transformer of transformer families."""
     return getattr(pipe, "unet", None) or pipe.transformer
-
-
-def _pipeline_class_name(config: Path) -> str:
-    import json
-
-    name = json.loads((config / "model_index.json").read_text(encoding="utf-8")).get("_class_name", "")
-    return name if name in pipelines.pipeline_classes() else "StableDiffusionPipeline"

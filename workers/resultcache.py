@@ -4,12 +4,17 @@ is loaded, and record every result it stores.
 A hit is served by a server-side S3 copy of the cached PNG (and its thumbnail) to the item's own
 keys, then recorded `succeeded` with `cached: true` and `cached_from: {job, index}`. An entry whose
 object is gone is dropped and the item runs; any other trouble with the cache also just runs the
-item: the cache never fails an item."""
+item: the cache never fails an item.
+
+The weights in a key are the digest of the model as this worker holds it: the one recorded when its
+pipeline was loaded (`PipelineCache.weights_digest`), for both lookup and registration, so a model
+changed on disk under a loaded pipeline never files the old weights' images under the new digest."""
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import redis
@@ -26,24 +31,45 @@ from workers.weights import WeightsHasher
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What one item's cache key is made of: the maker (with the weights digest) and the item's inputs."""
+
+    maker: Maker
+    inputs: tuple[Any, ...]  # `cache_key`'s arguments after the maker
+
+    def key(self, weights: str | None = None) -> str:
+        """The key, with `weights` in place of the maker's digest when given."""
+        maker = self.maker if weights is None else replace(self.maker, weights=weights)
+        return cache_key(maker, *self.inputs)
+
+
 class CachedResults:
-    """Looks up, serves and registers results for one worker (one chunk at a time)."""
+    """Looks up, serves and registers results for one worker (one chunk at a time). `digest`: a
+    model's weights digest as the worker holds it (`PipelineCache.weights_digest`; by default what
+    its files say now)."""
 
     def __init__(self, index: ResultIndex, hasher: WeightsHasher, store: ResultStore, jobs: JobStore, worker: str,
-                 device: str, dtype: str, safety_checker: bool, finalize: Callable[[str], None]) -> None:
+                 device: str, dtype: str, safety_checker: bool, finalize: Callable[[str], None],
+                 digest: Callable[[str], str | None] | None = None) -> None:
         self.index, self.hasher, self.store, self.jobs = index, hasher, store, jobs
         self.worker, self.device, self.dtype = worker, device, dtype
         self.safety_checker = safety_checker
         self.finalize = finalize
-        self._keys: dict[tuple[str, int], str] = {}  # (job, index) -> cache key, for the current chunk
+        self.digest = digest or hasher.digest
+        self._recipes: dict[tuple[str, int], Recipe] = {}  # (job, index) -> its key's recipe, for the current chunk
 
     # -- lookup ---------------------------------------------------------------------------------
     def keys(self, chunk: Chunk, items: list[Item]) -> dict[int, str]:
         """Cache keys of the `items` of `chunk` that want the cache (none when the weights are unknown)."""
+        return {i: recipe.key() for i, recipe in self.recipes(chunk, items).items()}
+
+    def recipes(self, chunk: Chunk, items: list[Item]) -> dict[int, Recipe]:
+        """The key recipes of the `items` of `chunk` that want the cache (none when the weights are unknown)."""
         wanted = [it for it in items if wants_cache(it)]
         if not wanted:
             return {}
-        weights = self.hasher.digest(chunk.model)
+        weights = self.digest(chunk.model)
         if weights is None:
             return {}
         job = self.jobs.get(chunk.job)
@@ -65,9 +91,9 @@ class CachedResults:
         out = {}
         for it in wanted:
             others = {**{name: sha(key) for name, key in sorted((it.images or {}).items())}, **extra}
-            out[it.index] = cache_key(maker, owner, chunk.pipeline, chunk.params, it.prompt, it.negative_prompt,
-                                      it.seed, sha(it.init_image) if it.init_image else None, chunk.watermark,
-                                      others, adapters)
+            out[it.index] = Recipe(maker, (owner, chunk.pipeline, chunk.params, it.prompt, it.negative_prompt,
+                                           it.seed, sha(it.init_image) if it.init_image else None,
+                                           chunk.watermark, others, adapters))
         return out
 
     def _adapter_digests(self, wanted: list[dict[str, Any]] | None) -> dict[str, str] | None:
@@ -84,15 +110,16 @@ class CachedResults:
         """Answer the cached items of `todo` (claimed, `running` here); returns the ones left to run."""
         job_id = chunk.job
         by_index = {it.index: it for it in chunk.items}
-        self._keys.clear()
+        self._recipes.clear()
         try:
-            keys = self.keys(chunk, [by_index[i] for i in todo])
+            recipes = self.recipes(chunk, [by_index[i] for i in todo])
+            keys = {i: recipe.key() for i, recipe in recipes.items()}
             entries = dict(zip(keys, self.index.lookup(list(keys.values()))))
         except Exception as exc:  # noqa: BLE001 - a lookup that fails (Redis, S3, a bad file) only means "run it"
             log.warning("job %s: result cache lookup failed (%s: %s); running the items", job_id,
                         type(exc).__name__, exc)
             return todo
-        self._keys.update({(job_id, i): k for i, k in keys.items()})
+        self._recipes.update({(job_id, i): recipe for i, recipe in recipes.items()})
         left, served = [], 0
         for i in todo:
             entry = entries.get(i)
@@ -153,10 +180,13 @@ class CachedResults:
     # -- registration ---------------------------------------------------------------------------
     def registrar(self, job_id: str, index: int) -> Callable[[dict[str, Any]], None] | None:
         """What the uploader calls with the stored result's fields once the item is recorded, or None
-        when the item is not cached (opted out, weights unknown)."""
-        key = self._keys.get((job_id, index))
-        if key is None:
+        when the item is not cached (opted out, weights unknown). Called once the item is made: its key
+        holds the digest of the weights that made it (recorded at their load), whatever the lookup saw."""
+        recipe = self._recipes.get((job_id, index))
+        weights = self.digest(recipe.maker.model) if recipe is not None else None
+        if weights is None:
             return None
+        key = recipe.key(weights)
 
         def register(stored: dict[str, Any]) -> None:
             entry = {"job": job_id, "index": index, "key": stored["key"], "bytes": stored.get("bytes"),
