@@ -44,8 +44,9 @@ class Memory:
     weights_gb: float
     gb_per_mpx: float
     largest_share: float = 1.0
-    """The largest component's share of the weights (SD's UNet: 0.8): its files are what a cast load
-    holds beside the copies (components load one after another)."""
+    """The largest component's share of `weights_gb`: its files are what a cast load holds beside the
+    copies (components load one after another). The UNet's share of the parameters plus ~0.05 (SD: 0.67-0.81
+    by parameters, 0.75 fits the measured peaks, docs/MODELS.md)."""
 
     def need_gb(self, dtype: str, pixels: int, cast_from: str | None = None) -> float:
         """GiB of device memory to make one `pixels`-pixel image in `dtype` (`fp16`, `bf16`, `fp32`);
@@ -97,7 +98,9 @@ class Family:
     guidance: tuple[float, float, float]
     """(lowest, highest, default) `guidance_scale`."""
     memory: Memory
-    """Estimated need of the published full-size models (not measured on a GPU here: docs/MODELS.md)."""
+    """Need of the published full-size models: SD's measured on a CPU at full size (the full-size built-ins,
+    SD 1.5 and SD 2.1-768 shapes), the others estimated from parameter counts; none measured on a GPU
+    (docs/MODELS.md)."""
     params: tuple[str, ...] = ()
     """Family-specific item parameters it takes (declared in `sdq.pipelines`)."""
 
@@ -110,24 +113,24 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(SD, "Stable Diffusion 1.x/2.x",
            ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
            ("model.diffusion_model.input_blocks.",), default_side=512, size_multiple=8, default_scheduler="pndm",
-           schedulers=None, guidance=(0.0, 50.0, 7.5), memory=Memory(2.2, 2.5, largest_share=0.81)),
+           schedulers=None, guidance=(0.0, 50.0, 7.5), memory=Memory(2.5, 2.5, largest_share=0.75)),
     # Same layout as SD in a single file: told apart only by a config folder's model_index.json.
     Family(SD_UPSCALE, "Stable Diffusion x4 upscaler", ("StableDiffusionUpscalePipeline",), (), default_side=512,
            size_multiple=8, default_scheduler="pndm", schedulers=None, guidance=(0.0, 50.0, 7.5),
-           memory=Memory(2.0, 3.0, largest_share=0.75)),
+           memory=Memory(2.0, 3.0, largest_share=0.8)),
     Family(SD_DEPTH, "Stable Diffusion 2 depth", ("StableDiffusionDepth2ImgPipeline",), (), default_side=512,
            size_multiple=8, default_scheduler="pndm", schedulers=None, guidance=(0.0, 50.0, 7.5),
-           memory=Memory(2.6, 2.5, largest_share=0.65)),
+           memory=Memory(2.8, 2.5, largest_share=0.7)),
     Family(SDXL, "Stable Diffusion XL",
            ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
            ("conditioner.embedders.1.",), default_side=1024, size_multiple=8, default_scheduler="euler",
-           schedulers=None, guidance=(0.0, 50.0, 5.0), memory=Memory(7.0, 3.0, largest_share=0.74),
+           schedulers=None, guidance=(0.0, 50.0, 5.0), memory=Memory(7.0, 3.0, largest_share=0.8),
            params=("original_width", "original_height", "crop_left", "crop_top")),
     Family(SD3, "Stable Diffusion 3.x",
            ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
            ("model.diffusion_model.joint_blocks.", "joint_blocks."), default_side=1024, size_multiple=16,
            default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS, guidance=(0.0, 30.0, 7.0),
-           memory=Memory(16.0, 2.0, largest_share=0.62), params=("max_sequence_length",)),
+           memory=Memory(16.0, 2.0, largest_share=0.67), params=("max_sequence_length",)),
 )}
 """Every family sdq runs, by name."""
 
