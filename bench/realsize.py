@@ -256,7 +256,7 @@ def with_other_cpus(result: dict[str, Any], results: Path) -> dict[str, Any]:
     if results.exists():
         earlier = json.loads(results.read_text()).get("benchmarks", {}).get("realsize")
     result["other_cpus"] = other_cpus(earlier, result["cpu"])
-    result["extra"] = other_cpu_tables(result["other_cpus"])
+    result["appendix"] = other_cpu_tables(result["other_cpus"])
     return result
 
 

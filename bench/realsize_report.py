@@ -49,7 +49,7 @@ def advertised_gb(c: dict[str, Any]) -> float:
 
 
 def render(out: dict[str, Any]) -> dict[str, Any]:
-    """The table, targets, findings (and other CPUs' runs, as extra tables) of RESULTS.md."""
+    """The table, targets and findings of RESULTS.md."""
     cpu, eager = out["cpu"], out["eager"]
     paths = eager.get("paths", {})
     base = paths.get("fp32/eager", {}).get("s_per_step")
@@ -120,7 +120,7 @@ def _findings(out: dict[str, Any]) -> list[str]:
 
 
 def other_cpu_tables(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each other CPU's run as an extra table of the section, its targets and findings in the note."""
+    """Each other CPU's run as a table after the section's findings, its targets and findings in the note."""
     extra = []
     for r in runs:
         ran = r.get("ran", {})

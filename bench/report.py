@@ -90,6 +90,8 @@ def section(name: str, result: dict[str, Any]) -> str:
     for line in result.get("findings", []):
         out.append(f"- {line}")
     out.append("")
+    for extra in result.get("appendix", []):  # tables after the findings (other CPUs' runs), each under its heading
+        out += [f"### {extra['title']}", "", extra.get("note", ""), "", _md_table(extra["table"]), ""]
     return "\n".join(out)
 
 

@@ -170,10 +170,11 @@ def resolve_cpu_path(dtype: str, backend: str, force: bool = False, cpuinfo: str
                 times[key] = min(times.get(key, float("inf")), probe(dt, be))
     base = times.get("fp32/eager") or min(times.values())
     best = min(times, key=times.get)
-    if times[best] * MIN_GAIN > base and "fp32/eager" in times:
+    why = f"--cpu-path fastest: {best} measured fastest ({times[best]} ms vs fp32/eager {base} ms)"
+    if times[best] * MIN_GAIN > base and "fp32/eager" in times and best != "fp32/eager":
+        why += f", less than {MIN_GAIN}x: fp32/eager stays"
         best = "fp32/eager"
     dt, be = best.split("/")
-    why = f"--cpu-path fastest: {best} measured fastest ({times[best]} ms vs fp32/eager {base} ms)"
     if dtype == "auto" and not native:
         why += f"; bf16 not tried: {no_bf16}"
     return _chosen(dt, be, why, native, shown, times)

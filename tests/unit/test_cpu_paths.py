@@ -93,6 +93,7 @@ def test_fastest_keeps_eager_fp32_for_the_layout_gain_the_probe_overstates_on_av
     path = resolve_cpu_path("auto", "fastest", cpuinfo=AVX2, probe=Probe(measured))
     assert (path.dtype, path.backend) == ("fp32", "eager"), path
     assert path.probe_ms == measured
+    assert "fp32/channels_last measured fastest" in path.reason and "less than 1.5x" in path.reason, path.reason
 
 
 def test_fastest_times_the_candidates_in_interleaved_rounds_and_keeps_each_ones_best():
