@@ -106,6 +106,7 @@ MEASURED_PEAKS = [
     ("Xeon, AMX", "sd15-shaped", "bf16", 256, 5.47),  # bf16 compile
     ("EPYC, avx2", "sd15-shaped", "fp32", 512, 5.50),
     ("EPYC, avx2", "sd15-shaped", "bf16", 512, 5.64),  # the load alone (bf16 is emulated there)
+    ("EPYC, avx2", "sd15-shaped", "fp32", 768, 6.52),
     ("EPYC, avx2", "sd2-768-shaped", "fp32", 768, 7.48),
     ("EPYC, avx2", "sd2-768-shaped", "bf16", 768, 6.07),  # the load alone
 ]
