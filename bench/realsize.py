@@ -5,11 +5,15 @@ backend, as a worker holds them). The eager paths run in one process, interleave
 A B C D), each converted from one fp32 master copy, and each keeps its fastest round: on a shared machine
 other processes' load only adds time. `compile` runs in its own process (its warm-up is the compilation).
 Seconds per step: the fastest interval between step callbacks (load from other processes only adds time);
-the rest of the call (text encoder, the first UNet call's warm-up, VAE decode) is the fixed cost. Images per hour: 3600 / (fixed + 20 x seconds per step), one
-process with all threads. Image diff: mean absolute pixel difference (0-255) from eager fp32, same seed.
+the rest of the call (text encoder, the first UNet call's warm-up, VAE decode) is the fixed cost. Images per
+hour: 3600 / (fixed + 20 x seconds per step), one process with all threads. Image diff: mean absolute pixel
+difference (0-255) from eager fp32, same seed. The paths process also runs `--cpu-path fastest`'s probe, so
+the section shows which path a worker on this CPU would pick and how that path did at full size.
 Memory cases are fresh processes (their peak RSS is their own): one DDIM step at the model's own size, with
-and without low-memory mode (VAE slicing and tiling, what `--low-memory` switches on). The bench process
-itself stays torch-free.
+and without low-memory mode (VAE slicing and tiling, what `--low-memory` switches on), the peak split by
+phase (load, call) into allocated memory and mapped weight-file pages (`bench.rss`), beside the need the
+SD family advertises. The bench process itself stays torch-free. Each CPU's latest run stays in the
+section (`other_cpus`): which path pays depends on the CPU.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import clean_environment, default_models_dir, main_for
+from bench.realsize_report import other_cpu_tables, other_cpus, render
 
 STEPS = {"full": 2, "quick": 1}
 """Timed denoising steps per call (PNDM: steps + 1 UNet calls; each ~2-4 s at 256x256 on 2 cores)."""
@@ -32,9 +37,6 @@ ROUNDS = {"full": 2, "quick": 1}
 SPEED_SIZE = 256
 """Image size of the speed cases (sd15-shaped at 256x256: ~3.7 s per step in eager fp32 on 2 threads)."""
 
-IMAGE_STEPS = 20
-"""Steps of the image 'images per hour' counts."""
-
 COMPILE_TIMEOUT_S = 900
 """A `compile` case that has not finished by then is reported as not measured."""
 
@@ -42,6 +44,12 @@ CASE_TIMEOUT_S = 1200
 """Any other case."""
 
 PROMPT = "a lighthouse on a cliff at dusk"
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+"""Where the other CPUs' latest runs are read from (the section keeps them beside this one's)."""
+
+CASES = ("paths", "compile", "memory")
+"""Parts of the benchmark (`--cases`: a subset, for a bounded run on a shared machine)."""
 
 
 def eager_paths(native_bf16: bool) -> list[tuple[str, str]]:
@@ -52,14 +60,15 @@ def eager_paths(native_bf16: bool) -> list[tuple[str, str]]:
 
 def memory_cases(native_bf16: bool, quick: bool) -> list[dict[str, Any]]:
     """Peak RSS cases, each a fresh process: one step at the model's own size, normal and low-memory
-    mode, fp32 (and bf16 where native)."""
-    cases = [("sd15-shaped", 512, "fp32", False), ("sd15-shaped", 512, "fp32", True)]
-    if native_bf16:
-        cases.append(("sd15-shaped", 512, "bf16", False))
-    if not quick:
-        cases += [("sd2-768-shaped", 768, "fp32", False), ("sd2-768-shaped", 768, "fp32", True)]
-    return [{"kind": "one", "model": m, "dtype": dt, "backend": "eager", "size": size, "steps": 1, "low_memory": low}
-            for m, size, dt, low in cases]
+    mode, in fp32 and bf16. Where bf16 is emulated (a step at 512x512 would take an hour), the bf16
+    case is the load alone: its peak (fp32 files cast to bf16) is what the memory advertisement counts."""
+    models = [("sd15-shaped", 512)] + ([] if quick else [("sd2-768-shaped", 768)])
+    cases = []
+    for model, size in models:
+        cases += [(model, size, "fp32", False, 1), (model, size, "fp32", True, 1),
+                  (model, size, "bf16", False, 1 if native_bf16 else 0)]
+    return [{"kind": "one", "model": m, "dtype": dt, "backend": "eager", "size": size, "steps": steps,
+             "low_memory": low} for m, size, dt, low, steps in cases]
 
 
 # -- in a child process --------------------------------------------------------------------------
@@ -116,8 +125,11 @@ def child_paths(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from workers.cpu_paths import apply_cpu_path
+    from workers.cpu_paths import apply_cpu_path, probe_ms, resolve_cpu_path
 
+    chosen = resolve_cpu_path("auto", "fastest")  # what `--cpu-path fastest` picks on this CPU (its probe)
+    emulated = {} if chosen.bf16_native else {f"bf16/{be}": probe_ms("bf16", be, reps=1)
+                                              for be in ("eager", "channels_last")}
     pipe = _load(spec["model"], "fp32")
     master = {name: getattr(pipe, name) for name in ("unet", "text_encoder", "vae")}
     out: dict[str, dict[str, Any]] = {}
@@ -141,34 +153,42 @@ def child_paths(spec: dict[str, Any]) -> dict[str, Any]:
             out[key]["rounds_s_per_step"] = rounds
             for name, module in master.items():
                 setattr(pipe, name, module)
-    return {"paths": out, "threads": torch.get_num_threads(), "peak_rss_gb": _peak_rss_gb()}
+    return {"paths": out, "threads": torch.get_num_threads(), "peak_rss_gb": _peak_rss_gb(),
+            "fastest": {"path": f"{chosen.dtype}/{chosen.backend}", "reason": chosen.reason,
+                        "probe_ms": {**chosen.probe_ms, **emulated}}}
 
 
 def child_one(spec: dict[str, Any]) -> dict[str, Any]:
-    """One path in a fresh process: its load, warm-up (for `compile`, the compilation), a timed image and
-    the process's peak RSS."""
+    """One path in a fresh process: its load, warm-up (for `compile`, the compilation), a timed image
+    (none when `steps` is 0: a load-only memory case) and the process's peak RSS, per phase."""
     import diffusers
     import torch
 
+    from bench.rss import RssSampler
     from workers.cpu_paths import apply_cpu_path
 
+    rss = RssSampler()
     t0 = time.perf_counter()
+    rss.phase("load")
     pipe = _load(spec["model"], spec["dtype"])
     apply_cpu_path(pipe, spec["backend"])
     if spec["low_memory"]:
         pipe.vae.enable_slicing()
         pipe.vae.enable_tiling()
-    if spec["steps"] == 1:  # a memory case: DDIM, one UNet call (PNDM makes two)
+    if spec["steps"] <= 1:  # a memory case: DDIM, one UNet call (PNDM makes two)
         pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
     load_s = time.perf_counter() - t0
+    rss.phase("warm-up")
     t0 = time.perf_counter()
     if spec["backend"] == "compile":
         _timed_call(pipe, spec["size"], 1)  # the compilation, then a warm call
     warmup_s = time.perf_counter() - t0
-    got = _timed_call(pipe, spec["size"], spec["steps"])
+    rss.phase("call")
+    got = _timed_call(pipe, spec["size"], spec["steps"]) if spec["steps"] else {"call_s": 0, "image": None}
     got.pop("image")
     return {**got, "load_s": round(load_s, 2), "warmup_s": round(warmup_s, 2), "peak_rss_gb": _peak_rss_gb(),
-            "unet_dtype": str(pipe.unet.dtype).removeprefix("torch."), "threads": torch.get_num_threads()}
+            "rss_gb": rss.stop(), "unet_dtype": str(pipe.unet.dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads()}
 
 
 # -- the benchmark -------------------------------------------------------------------------------
@@ -217,64 +237,27 @@ def run(opts) -> dict[str, Any]:
     mode = "quick" if opts.quick else "full"
     out: dict[str, Any] = {"cpu": cpu, "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
                            "size": SPEED_SIZE, "steps": STEPS[mode]}
+    cases = set((getattr(opts, "cases", None) or ",".join(CASES)).split(","))
+    skipped = {"error": "not run (--cases)"}
     out["eager"] = run_case({"kind": "paths", "model": "sd15-shaped", "size": SPEED_SIZE, "steps": STEPS[mode],
-                             "rounds": ROUNDS[mode], "paths": eager_paths(cpu["native_bf16"])})
-    out["compile"] = run_case({"kind": "one", "model": "sd15-shaped", "dtype": "bf16" if cpu["native_bf16"] else "fp32",
-                               "backend": "compile", "size": SPEED_SIZE, "steps": STEPS[mode], "low_memory": False})
-    out["memory"] = [run_case(c) for c in memory_cases(cpu["native_bf16"], opts.quick)]
+                             "rounds": ROUNDS[mode], "paths": eager_paths(cpu["native_bf16"])}
+                            ) if "paths" in cases else skipped
+    compiled = {"kind": "one", "model": "sd15-shaped", "dtype": "bf16" if cpu["native_bf16"] else "fp32",
+                "backend": "compile", "size": SPEED_SIZE, "steps": STEPS[mode], "low_memory": False}
+    out["compile"] = run_case(compiled) if "compile" in cases else {**compiled, **skipped}
+    out["memory"] = [run_case(c) for c in memory_cases(cpu["native_bf16"], opts.quick)] if "memory" in cases else []
     out["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    return {**out, **_render(out)}
+    return with_other_cpus({**out, **render(out)}, RESULTS)
 
 
-def _per_hour(c: dict[str, Any]) -> float:
-    return round(3600 / (c["fixed_s"] + IMAGE_STEPS * c["s_per_step"]), 1)
-
-
-def _render(out: dict[str, Any]) -> dict[str, Any]:
-    """The table, targets and findings of RESULTS.md."""
-    cpu, eager = out["cpu"], out["eager"]
-    paths = eager.get("paths", {})
-    base = paths.get("fp32/eager", {}).get("s_per_step")
-    size = f"sd15-shaped, {out['size']}"
-    table = [["model, size", "path (dtype / backend)", "s/step", "vs fp32 eager", f"images/hour ({IMAGE_STEPS} steps)",
-              "warm-up s", "peak RSS GB", "low-memory", "image diff vs fp32 (0-255)"]]
-    if "error" in eager:
-        table.append([size, "eager paths", "-", "-", "-", "-", "-", "off", f"not measured: {eager['error']}"])
-    for key, c in paths.items():
-        table.append([size, key.replace("/", " / "), f"{c['s_per_step']} (rounds: {c['rounds_s_per_step']})",
-                      f"{base / c['s_per_step']:.2f}x", _per_hour(c), "-", "-", "off", c["image_diff"]])
-    for c in [out["compile"], *out["memory"]]:
-        label, path, low = f"{c['model']}, {c['size']}", f"{c['dtype']} / {c['backend']}", c["low_memory"]
-        if "error" in c:
-            table.append([label, path, "-", "-", "-", "-", "-", "on" if low else "off", f"not measured: {c['error']}"])
-            continue
-        if c["steps"] == 1:  # a memory case: one call, no step timing
-            table.append([label, path, f"(one-step call {c['call_s']} s)", "-", "-", "-", c["peak_rss_gb"],
-                          "on" if low else "off", "-"])
-            continue
-        vs = f"{base / c['s_per_step']:.2f}x" if base else "-"
-        table.append([label, path, c["s_per_step"], vs, _per_hour(c), c["warmup_s"], c["peak_rss_gb"],
-                      "on" if low else "off", "-"])
-    timed = {k: c["s_per_step"] for k, c in paths.items()}
-    if "error" not in out["compile"]:
-        timed[f"{out['compile']['dtype']}/compile"] = out["compile"]["s_per_step"]
-    targets = []
-    findings = [f"CPU: {cpu['cpu']}, flags {', '.join(cpu['flags']) or 'none of note'}; native bf16: "
-                f"{'yes' if cpu['native_bf16'] else 'no (bf16 not run: it would be emulated)'}; "
-                f"{eager.get('threads', '?')} torch threads; load average {out['load_avg_at_start']} at start, "
-                f"{out['load_avg_at_end']} at end"]
-    if base and len(timed) > 1:
-        best = min(timed, key=timed.get)
-        gain = round(base / timed[best], 2)
-        need = 1.8 if cpu["native_bf16"] else 1.0
-        targets.append({"name": f"fastest CPU path / eager fp32, s/step ({best})", "target": f">= {need}",
-                        "value": gain, "met": gain >= need})
-    for c in out["memory"]:
-        if "error" not in c:
-            findings.append(f"{c['model']} at {c['size']}x{c['size']}, {c['dtype']}, low-memory "
-                            f"{'on' if c['low_memory'] else 'off'}: peak RSS {c['peak_rss_gb']} GB "
-                            f"(load {c['load_s']} s, a one-step image {c['call_s']} s)")
-    return {"table": table, "targets": targets, "findings": findings}
+def with_other_cpus(result: dict[str, Any], results: Path) -> dict[str, Any]:
+    """`result` with the latest real-size run of every other CPU kept from `results` (a results.json)."""
+    earlier = None
+    if results.exists():
+        earlier = json.loads(results.read_text()).get("benchmarks", {}).get("realsize")
+    result["other_cpus"] = other_cpus(earlier, result["cpu"])
+    result["appendix"] = other_cpu_tables(result["other_cpus"])
+    return result
 
 
 if __name__ == "__main__":
@@ -282,4 +265,5 @@ if __name__ == "__main__":
         spec = json.loads(sys.argv[2])
         print(json.dumps((child_paths if spec["kind"] == "paths" else child_one)(spec)))
         raise SystemExit(0)
-    raise SystemExit(main_for("realsize", run, __doc__.splitlines()[0]))
+    raise SystemExit(main_for("realsize", run, __doc__.splitlines()[0], lambda p: p.add_argument(
+        "--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)} (default: all)")))

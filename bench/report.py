@@ -25,9 +25,12 @@ NOTES = {
                  "memory case run in a fresh process. s/step = the fastest interval between step callbacks at "
                  "256x256 with CFG; images/hour = 3600 / (text encoder + VAE + first-call warm-up + 20 steps). Peak "
                  "RSS = the process's maximum resident set (weights, activations, allocator): what a worker on this "
-                 "model needs. Memory cases: one DDIM step at 512x512; low-memory = VAE slicing and tiling. Image "
-                 "diff = mean absolute pixel difference (0-255) from eager fp32, same seed. bf16 runs only where the "
-                 "CPU has it natively. `python -m bench.realsize`."),
+                 "model needs. Memory cases: one DDIM step at the model's own size (sd15-shaped 512x512, sd2-768-shaped "
+                 "768x768); low-memory = VAE slicing and tiling; where bf16 is emulated its case is the load alone "
+                 "(its peak is at load); the findings split each peak into allocated memory (anon) and mapped "
+                 "weight-file pages (files) and give the need `sdq/families.py` advertises for it. Image "
+                 "diff = mean absolute pixel difference (0-255) from eager fp32, same seed. bf16 is timed only where "
+                 "the CPU has it natively. Each CPU's latest run is kept below this one's. `python -m bench.realsize`."),
     "sim": ("A discrete-event simulation of one job of equal items on fleets of unequal workers, driving sdq's "
             "own policy functions (`sdq/scheduling/scheduling.py`): `count` = chunks sized from the number of "
             "workers and "
@@ -87,6 +90,8 @@ def section(name: str, result: dict[str, Any]) -> str:
     for line in result.get("findings", []):
         out.append(f"- {line}")
     out.append("")
+    for extra in result.get("appendix", []):  # tables after the findings (other CPUs' runs), each under its heading
+        out += [f"### {extra['title']}", "", extra.get("note", ""), "", _md_table(extra["table"]), ""]
     return "\n".join(out)
 
 

@@ -37,25 +37,45 @@ HALF_BYTES = {"fp16": 1.0, "bf16": 1.0, "fp32": 2.0}
 @dataclass(frozen=True)
 class Memory:
     """Device memory a model needs, in half precision: its weights plus working memory that grows
-    with the output's pixel count (activations, the VAE decode). fp32 doubles both."""
+    with the output's pixel count (activations, the VAE decode). fp32 doubles both. A worker that casts
+    its weight files to another dtype while loading, on a device whose memory also holds those files'
+    pages (a CPU), peaks at load: every cast copy plus the largest component's files."""
 
     weights_gb: float
     gb_per_mpx: float
+    largest_share: float = 1.0
+    """The largest component's share of `weights_gb`: its files are what a cast load holds beside the
+    copies (components load one after another). The UNet's share of the parameters plus ~0.05 (SD: 0.67-0.81
+    by parameters, 0.75 fits the measured peaks, docs/MODELS.md)."""
 
-    def need_gb(self, dtype: str, pixels: int) -> float:
-        """GiB of device memory to make one `pixels`-pixel image in `dtype` (`fp16`, `bf16`, `fp32`)."""
-        if dtype not in HALF_BYTES:
-            raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(HALF_BYTES)}")
-        return round(HALF_BYTES[dtype] * (self.weights_gb + self.gb_per_mpx * pixels / 2**20), 2)
+    def need_gb(self, dtype: str, pixels: int, cast_from: str | None = None) -> float:
+        """GiB of device memory to make one `pixels`-pixel image in `dtype` (`fp16`, `bf16`, `fp32`);
+        `cast_from`: the dtype of the weight files the worker casts at load (`load_cast`), if any."""
+        for name in (dtype, cast_from or dtype):
+            if name not in HALF_BYTES:
+                raise ValueError(f"unknown dtype {name!r}; known: {', '.join(HALF_BYTES)}")
+        run = HALF_BYTES[dtype] * (self.weights_gb + self.gb_per_mpx * pixels / 2**20)
+        if cast_from is None or cast_from == dtype:
+            return round(run, 2)
+        load = (HALF_BYTES[dtype] + HALF_BYTES[cast_from] * self.largest_share) * self.weights_gb
+        return round(max(run, load), 2)
 
     def record(self) -> dict[str, float]:
         """The JSON form a job's `requires.memory` holds."""
-        return {"weights_gb": self.weights_gb, "gb_per_mpx": self.gb_per_mpx}
+        return {"weights_gb": self.weights_gb, "gb_per_mpx": self.gb_per_mpx, "largest_share": self.largest_share}
 
     @classmethod
     def from_record(cls, record: dict) -> Memory:
-        """Back from `record()`."""
-        return cls(float(record["weights_gb"]), float(record["gb_per_mpx"]))
+        """Back from `record()` (a record without `largest_share`, from before it, counts all the weights)."""
+        return cls(float(record["weights_gb"]), float(record["gb_per_mpx"]), float(record.get("largest_share", 1.0)))
+
+
+def load_cast(device: str, dtype: str) -> str | None:
+    """The dtype of the weight files a worker on `device` computing in `dtype` casts at load, where the
+    cast counts against its memory: a CPU (its RAM holds the files' pages too) in bf16 or fp16 reads fp32
+    files (the usual published form, and the built-ins'); None on a GPU or in fp32 (the cast, if any, is
+    in host RAM, or there is none)."""
+    return "fp32" if device.startswith("cpu") and dtype != "fp32" else None
 
 
 @dataclass(frozen=True)
@@ -78,7 +98,9 @@ class Family:
     guidance: tuple[float, float, float]
     """(lowest, highest, default) `guidance_scale`."""
     memory: Memory
-    """Estimated need of the published full-size models (not measured on a GPU here: docs/MODELS.md)."""
+    """Need of the published full-size models: SD's measured on a CPU at full size (the full-size built-ins,
+    SD 1.5 and SD 2.1-768 shapes), the others estimated from parameter counts; none measured on a GPU
+    (docs/MODELS.md)."""
     params: tuple[str, ...] = ()
     """Family-specific item parameters it takes (declared in `sdq.pipelines`)."""
 
@@ -91,24 +113,24 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(SD, "Stable Diffusion 1.x/2.x",
            ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
            ("model.diffusion_model.input_blocks.",), default_side=512, size_multiple=8, default_scheduler="pndm",
-           schedulers=None, guidance=(0.0, 50.0, 7.5), memory=Memory(2.2, 2.5)),
+           schedulers=None, guidance=(0.0, 50.0, 7.5), memory=Memory(2.5, 2.5, largest_share=0.75)),
     # Same layout as SD in a single file: told apart only by a config folder's model_index.json.
     Family(SD_UPSCALE, "Stable Diffusion x4 upscaler", ("StableDiffusionUpscalePipeline",), (), default_side=512,
            size_multiple=8, default_scheduler="pndm", schedulers=None, guidance=(0.0, 50.0, 7.5),
-           memory=Memory(2.0, 3.0)),
+           memory=Memory(2.0, 3.0, largest_share=0.8)),
     Family(SD_DEPTH, "Stable Diffusion 2 depth", ("StableDiffusionDepth2ImgPipeline",), (), default_side=512,
            size_multiple=8, default_scheduler="pndm", schedulers=None, guidance=(0.0, 50.0, 7.5),
-           memory=Memory(2.6, 2.5)),
+           memory=Memory(2.8, 2.5, largest_share=0.7)),
     Family(SDXL, "Stable Diffusion XL",
            ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
            ("conditioner.embedders.1.",), default_side=1024, size_multiple=8, default_scheduler="euler",
-           schedulers=None, guidance=(0.0, 50.0, 5.0), memory=Memory(7.0, 3.0),
+           schedulers=None, guidance=(0.0, 50.0, 5.0), memory=Memory(7.0, 3.0, largest_share=0.8),
            params=("original_width", "original_height", "crop_left", "crop_top")),
     Family(SD3, "Stable Diffusion 3.x",
            ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
            ("model.diffusion_model.joint_blocks.", "joint_blocks."), default_side=1024, size_multiple=16,
            default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS, guidance=(0.0, 30.0, 7.0),
-           memory=Memory(16.0, 2.0), params=("max_sequence_length",)),
+           memory=Memory(16.0, 2.0, largest_share=0.67), params=("max_sequence_length",)),
 )}
 """Every family sdq runs, by name."""
 
@@ -271,10 +293,11 @@ def _detect_once(path: str, size: int, mtime_ns: int) -> str:
     return detect(Path(path))
 
 
-def required_gb(requires: dict, dtype: str, pixels: int) -> float | None:
-    """Device memory (GiB) an item of `pixels` output pixels needs on a `dtype` worker: the larger of
-    the caller's `min_memory_gb` and the model family's need (`requires.memory`); None: no need stated."""
+def required_gb(requires: dict, dtype: str, pixels: int, cast_from: str | None = None) -> float | None:
+    """Device memory (GiB) an item of `pixels` output pixels needs on a `dtype` worker (that casts
+    `cast_from` weight files at load: `load_cast`): the larger of the caller's `min_memory_gb` and the
+    model family's need (`requires.memory`); None: no need stated."""
     needs = [float(requires["min_memory_gb"])] if requires.get("min_memory_gb") else []
     if requires.get("memory"):
-        needs.append(Memory.from_record(requires["memory"]).need_gb(dtype, pixels))
+        needs.append(Memory.from_record(requires["memory"]).need_gb(dtype, pixels, cast_from))
     return max(needs) if needs else None

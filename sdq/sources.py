@@ -25,8 +25,9 @@ BUILTIN_PREFIX = "builtin:"
 STORE_PREFIX = "store:"
 """Prefix of models pushed to the bucket (`sdq models push PATH --as NAME` -> `store:NAME`)."""
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-BUILTIN_FORMAT = "2"
-"""Version of the built-in generators; a new one makes a new cache folder."""
+BUILTIN_FORMAT = "3"
+"""Version of the built-in generators; a new one makes a new cache folder (3: the full-size built-ins'
+VAE config has the model's image size, so VAE tiling uses full-size tiles)."""
 FP16_VARIANT = "fp16"
 """The weight variant name published checkpoints use for half-precision files."""
 STORE_MANIFEST = ".sdq-manifest.json"

@@ -30,16 +30,19 @@ def _params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@pytest.mark.parametrize("name,unet,text", [("sd15", fs.SD15_UNET, fs.CLIP_L_TEXT),
-                                            ("sd2", fs.SD2_UNET, fs.OPENCLIP_H_TEXT)])
-def test_the_shapes_are_the_public_models(name, unet, text):
+@pytest.mark.parametrize("name,unet,text,side", [("sd15", fs.SD15_UNET, fs.CLIP_L_TEXT, 512),
+                                                 ("sd2", fs.SD2_UNET, fs.OPENCLIP_H_TEXT, 768)])
+def test_the_shapes_are_the_public_models(name, unet, text, side):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.device("meta"):
-        got = {"unet": _params(UNet2DConditionModel(**unet)), "vae": _params(AutoencoderKL(**fs.SD_VAE)),
+        vae = AutoencoderKL(**fs.vae_config(unet))
+        got = {"unet": _params(UNet2DConditionModel(**unet)), "vae": _params(vae),
                "text_encoder": _params(CLIPTextModel(CLIPTextConfig(vocab_size=fs.CLIP_VOCAB, **text)))}
     assert got == SIZES[name]
+    # VAE tiling (low-memory mode) decodes in tiles of the published config's image size, not 32 px
+    assert (vae.tile_sample_min_size, vae.tile_latent_min_size) == (side, side // 8)
 
 
 def test_streamed_weights_are_deterministic_and_initialised_like_torch(tmp_path):

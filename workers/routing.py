@@ -135,6 +135,7 @@ class Router:
     memory_gb: float | None = None  # the device's total memory (None: unknown)
     speedometer: Speedometer | None = None  # this worker's measured speed (None: take every chunk whole)
     dtype: str = "fp32"  # the dtype it computes in (a model's memory need depends on it)
+    cast_from: str | None = None  # the dtype of weight files it casts at load, if counted (`families.load_cast`)
 
     @property
     def by_speed(self) -> bool:
@@ -145,17 +146,18 @@ class Router:
         """Why this worker must not run `chunk` (None: it may). A worker never runs an item it does
         not advertise: a model outside `--models`, images above `--max-pixels`, a job's
         `requires.min_memory_gb` or model family's memory need (`requires.memory`, for this worker's
-        dtype and the images' size) above this device, or items it already ran out of memory on."""
+        dtype, load-time cast and the images' size) above this device, or items it already ran out of memory on."""
         if self.models and chunk.model not in self.models:
             return f"model {chunk.model} is not in this worker's --models"
         p = chunk.params
         w, h = contract.item_size(chunk.pipeline, p)
         if w * h > self.max_pixels:
             return f"{w}x{h} images exceed this worker's --max-pixels {self.max_pixels}"
-        need = families.required_gb(chunk.requires, self.dtype, w * h)
+        need = families.required_gb(chunk.requires, self.dtype, w * h, self.cast_from)
         if need and self.memory_gb is not None and self.memory_gb < need:
+            cast = f" (loading casts {self.cast_from} weight files)" if self.cast_from else ""
             return (f"the job needs {need:g} GB of device memory for {w}x{h} images of model {chunk.model} in "
-                    f"{self.dtype}; this worker has {self.memory_gb:.1f} GB")
+                    f"{self.dtype}{cast}; this worker has {self.memory_gb:.1f} GB")
         if any(self.name in (it.oom_workers or ()) for it in chunk.items):
             return "this worker already ran out of memory on these items"
         return None

@@ -97,6 +97,47 @@ def test_memory_need_grows_with_pixels_and_doubles_in_fp32():
     assert need[SD] < need[SDXL] < need[SD3]
 
 
+# Peak RSS (GiB) of one fresh process loading a full-size built-in and making one image at its own size
+# with one DDIM step, low-memory mode off (`python -m bench.realsize`, bench/RESULTS.md, docs/MODELS.md):
+# (machine, model, dtype, side, peak). bf16 loads fp32 files and casts them, so its peak is at load.
+MEASURED_PEAKS = [
+    ("Xeon, AMX", "sd15-shaped", "fp32", 512, 5.38),
+    ("Xeon, AMX", "sd15-shaped", "bf16", 512, 5.64),
+    ("Xeon, AMX", "sd15-shaped", "bf16", 256, 5.47),  # bf16 compile
+    ("EPYC, avx2", "sd15-shaped", "fp32", 512, 5.50),
+    ("EPYC, avx2", "sd15-shaped", "bf16", 512, 5.64),  # the load alone (bf16 is emulated there)
+    ("EPYC, avx2", "sd15-shaped", "fp32", 768, 6.52),
+    ("EPYC, avx2", "sd2-768-shaped", "fp32", 768, 7.48),
+    ("EPYC, avx2", "sd2-768-shaped", "bf16", 768, 6.07),  # the load alone
+]
+
+
+@pytest.mark.parametrize("machine,model,dtype,side,peak", MEASURED_PEAKS)
+def test_the_sd_familys_advertised_need_covers_what_a_cpu_worker_measured(machine, model, dtype, side, peak):
+    """A CPU worker on the SD family's need never takes an item it has no memory for, nor refuses one
+    with room to spare: the need is at least the measured peak and at most 20% above it."""
+    from sdq.models import BUILTIN_FAMILIES
+
+    info = families.model_info(f"builtin:{model}")
+    assert info.family.name == BUILTIN_FAMILIES[f"builtin:{model}"] == SD
+    need = info.memory.need_gb(dtype, side * side, families.load_cast("cpu", dtype))
+    assert peak <= need <= 1.2 * peak, (machine, model, dtype, side, need)
+
+
+def test_a_cast_at_load_counts_only_on_a_cpu_and_only_when_it_peaks_above_the_steps():
+    mem = families.FAMILIES[SD].memory
+    assert families.load_cast("cpu", "bf16") == "fp32" and families.load_cast("cpu", "fp32") is None
+    assert families.load_cast("cuda:0", "fp16") is None  # the cast is in host RAM, not the GPU's memory
+    assert mem.need_gb("bf16", 512 * 512, "fp32") == round((1 + 2 * mem.largest_share) * mem.weights_gb, 2)
+    assert mem.need_gb("fp32", 512 * 512, "fp32") == mem.need_gb("fp32", 512 * 512)  # no cast
+    huge = 16384 * 16384  # the steps' working memory outgrows the load
+    assert mem.need_gb("bf16", huge, "fp32") == mem.need_gb("bf16", huge)
+    with pytest.raises(ValueError, match="'int4'"):
+        mem.need_gb("bf16", 1, "int4")
+    old = {"weights_gb": 2.2, "gb_per_mpx": 2.5}  # a job recorded before largest_share: all the weights count
+    assert families.Memory.from_record(old).largest_share == 1.0
+
+
 def test_every_family_names_its_defaults_consistently():
     for fam in families.FAMILIES.values():
         low, high, default = fam.guidance

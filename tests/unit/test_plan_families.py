@@ -144,6 +144,28 @@ def test_the_producer_warns_when_no_live_worker_has_the_memory(tmp_path):
     assert plan.warnings == []
 
 
+def test_a_bf16_cpu_worker_counts_the_weight_files_it_casts_at_load():
+    # A CPU computing in bf16 reads fp32 files: while loading, its RAM holds the bf16 copies and the
+    # UNet's fp32 file pages (measured: docs/MODELS.md), about twice what its 512x512 steps need.
+    plan = _plan({"model": "builtin:sd15-shaped", "prompts": ["a"], "params": {"width": 512, "height": 512}})
+    chunk = Chunk.of(plan.job, "q", plan.items)
+    sd = families.FAMILIES["sd"].memory
+    steps, load = sd.need_gb("bf16", 512 * 512), sd.need_gb("bf16", 512 * 512, "fp32")
+    assert steps < 4 < 6 < load < 7
+    assert Router("gpu", memory_gb=4, dtype="bf16").refusal(chunk) is None  # a GPU: the cast is in host RAM
+    cpu = Router("cpu", memory_gb=4, dtype="bf16", cast_from=families.load_cast("cpu", "bf16"))
+    assert f"needs {load:g} GB" in cpu.refusal(chunk) and "casts fp32 weight files" in cpu.refusal(chunk)
+    assert Router("cpu", memory_gb=7, dtype="bf16", cast_from="fp32").refusal(chunk) is None
+    # the producer's warning counts it the same way, from the worker's record
+    queue = route(plan, [])[0].queue
+    plan.warnings.clear()
+    record = {"name": "w", "queues": [queue], "models": ["builtin:sd15-shaped"], "memory_total_gb": 4, "dtype": "bf16"}
+    route(plan, [{**record, "device": "cuda:0"}])
+    assert plan.warnings == []
+    route(plan, [{**record, "device": "cpu"}])
+    assert any("no live worker" in w for w in plan.warnings)
+
+
 def test_an_init_images_size_is_rounded_to_the_familys_multiple():
     record = {"key": "uploads/x.png", "width": 72, "height": 100, "owner": "alice"}
     req = parse_submit({"model": "builtin:tiny-sd3", "pipeline": "img2img", "prompts": ["a"],
