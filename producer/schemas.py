@@ -9,6 +9,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 from producer.bodies import field_path
 from sdq import contract, defaults, pipelines
 from sdq.exceptions import InvalidInput
+from sdq.params import AdapterParam, Param
 from sdq.webhooks import URL_MAX_CHARS
 
 SEED_MAX = 2**32 - 1
@@ -84,7 +85,7 @@ IMAGE_KEYS = tuple(Images.model_fields)
 """Request fields naming uploaded images (in `params`, or per item)."""
 
 
-def _adapter_entry(param: pipelines.AdapterParam) -> type[BaseModel]:
+def _adapter_entry(param: AdapterParam) -> type[BaseModel]:
     """The schema of one entry of an adapter list parameter: a name and a scale in the table's range."""
     return create_model(
         f"{param.name.title()}Entry", __base__=_Strict, __doc__=f"One entry of `params.{param.name}`.",
@@ -102,7 +103,7 @@ ADAPTER_KEYS = tuple(Adapters.model_fields)
 
 
 
-def _nested(name: str, params: tuple[pipelines.Param, ...], doc: str, **extra: Any) -> type[BaseModel]:
+def _nested(name: str, params: tuple[Param, ...], doc: str, **extra: Any) -> type[BaseModel]:
     """A strict request object whose numeric fields are `params`, with the table's ranges."""
     return create_model(name, __base__=_Strict, __doc__=doc, **extra, **{
         p.name: (p.kind | None, Field(None, ge=p.low, le=p.high, description=p.doc)) for p in params})

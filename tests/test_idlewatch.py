@@ -1,5 +1,6 @@
 """The idle worker's lookout (workers/idlewatch.py) on a real Redis: it looks when a worker publishes its
-record, polls every `IDLE_POLL_S` only while its last look watched items, and never while busy."""
+record, polls every `IDLE_POLL_S` only while its last look watched items (else it blocks on the channel), and
+never while busy."""
 from __future__ import annotations
 
 import time
@@ -11,7 +12,7 @@ from sdq.scheduling import watch
 from sdq.state import fleet
 from sdq.state.keys import FLEET_EVENTS_CHANNEL
 from tests.conftest import wait_until
-from workers.idlewatch import IdleWatch
+from workers.idlewatch import STOP_CHECK_S, IdleWatch
 
 
 pytestmark = pytest.mark.serial  # poll intervals measured
@@ -53,9 +54,11 @@ def test_an_idle_worker_looks_on_fleet_events_and_polls_only_while_it_watches(st
         looks.next_watched = 0
         n = len(looks.times)
         wait_until(lambda: len(looks.times) > n, "the last poll", 10)
-        n = len(looks.times)
-        time.sleep(1.0)
+        n, woke = len(looks.times), lookout.wakeups
+        time.sleep(2.0)
         assert len(looks.times) == n
+        # ...blocking on the channel, not polling it (a short poll costs an idle or busy worker CPU)
+        assert lookout.wakeups - woke <= 2 / STOP_CHECK_S + 1, lookout.wakeups - woke
         # 4. A busy worker does not look.
         idle[0] = False
         fleet.publish(r, {"name": "busy"})

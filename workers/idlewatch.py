@@ -22,6 +22,10 @@ from workers.backups import Backups
 
 log = logging.getLogger(__name__)
 
+STOP_CHECK_S = 1.0
+"""Longest the lookout blocks on the event channel before it sees whether it was stopped (a busy or
+quiet worker's lookout wakes about once a second, not on a short poll)."""
+
 BACKUP_SETTLE_S = 2.0
 """Seconds an idle worker that sent itself a backup waits for it to begin before it looks again."""
 
@@ -38,6 +42,7 @@ class IdleWatch(threading.Thread):
         self.sent_at: float | None = None  # a backup sent to this worker's queue, not begun yet
         self.looks = 0  # looks at the fleet (each a few Redis reads)
         self.events = 0  # fleet events received
+        self.wakeups = 0  # waits on the event channel (each a blocking read of at most STOP_CHECK_S)
 
     def look(self) -> None:
         """One look for a straggler, if idle (never raises: a backup is an optimisation)."""
@@ -66,26 +71,30 @@ class IdleWatch(threading.Thread):
             last = 0.0
             while not self.stopped.is_set():
                 delay = watch.next_check(self.backups.watched, self.backups.young_until, time.time(), self.poll_s)
-                wait = self.quiet_s if delay is None else delay
-                deadline = time.monotonic() + wait
-                got = False
                 # wait for an event (this worker's own record says when it goes idle) or the poll delay
-                while not self.stopped.is_set():
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    if pubsub.get_message(timeout=min(left, 0.05)) is not None:
-                        self.events += 1
-                        got = True
-                        while pubsub.get_message(timeout=0) is not None:  # one look for a burst
-                            self.events += 1
-                        break
+                got = self._wait(pubsub, self.quiet_s if delay is None else delay)
                 if got and time.monotonic() - last < watch.EVENT_MIN_GAP_S:
                     self.stopped.wait(watch.EVENT_MIN_GAP_S - (time.monotonic() - last))
                 last = time.monotonic()
                 self.look()
         finally:
             pubsub.close()
+
+    def _wait(self, pubsub: redis.client.PubSub, seconds: float) -> bool:
+        """Block on the event channel for up to `seconds` (waking at most every `STOP_CHECK_S` to see
+        whether it was stopped); True when an event came (a burst counts once)."""
+        deadline = time.monotonic() + seconds
+        while not self.stopped.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.wakeups += 1
+            if pubsub.get_message(timeout=min(left, STOP_CHECK_S)) is not None:
+                self.events += 1
+                while pubsub.get_message(timeout=0) is not None:
+                    self.events += 1
+                return True
+        return False
 
     def stop(self) -> None:
         """Stop watching."""

@@ -7,6 +7,7 @@ never acknowledged (`workers.tasks`); each delivery counts an attempt, and an it
 `max_attempts` times is failed with its last error (a poison item never loops)."""
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -19,9 +20,8 @@ from PIL import Image
 
 import redis
 
-from sdq import __version__, contract, defaults, loras, pipelines
+from sdq import defaults, loras, pipelines
 from sdq.exceptions import ModelError, WorkLost
-from sdq.infotext import SAMPLER_NAMES, format_infotext
 from sdq.records import Chunk, Item
 from sdq.scheduling import speed
 from sdq.scheduling.speed import loop_steps
@@ -30,6 +30,7 @@ from sdq.state.outbox import Outbox, intent
 from storage.s3 import transient
 from workers.device import Device
 from workers.generation import Generated, generate
+from workers.infotext import infotext_for
 from workers.parts import (NORMAL, Backup, Cancelled, Failed, Mode, Outcome, OutOfMemoryEnd, Outputs, Presence,
                            RunOptions)
 from workers.pipelines import OUT_OF_MEMORY, Loaded, OutOfMemory, PipelineCache, is_fatal_device_error
@@ -39,35 +40,6 @@ from workers.routing import Decision, Defer, Fail, HandOff, PassOn, Run, delay, 
 from workers import passes, simulate, watermark
 
 log = logging.getLogger(__name__)
-
-
-def infotext_for(chunk: Chunk, item: Item, size: tuple[int, int], device: Device,
-                 worker: str, watermarked: bool = False, dtype: str | None = None,
-                 nsfw: bool | None = None, lora_hashes: dict[str, str] | None = None) -> str:
-    """The A1111 infotext of one result: every parameter needed to make it again, the dtype the UNet
-    ran in (`dtype`, read from the pipeline), the safety checker's verdict (None: no checker ran)
-    and the LoRA adapters (tags after the prompt, as A1111 writes them, and their hashes)."""
-    p, task = chunk.params, chunk.pipeline
-    spec = pipelines.spec(task)
-    fields: dict[str, object] = {
-        "Steps": p["steps"], "Sampler": SAMPLER_NAMES.get(p["scheduler"], p["scheduler"]),
-        "CFG scale": p["guidance_scale"], "Seed": item.seed,
-        "Size": "{}x{}".format(*(spec.output_size(p["width"], p["height"]) if p.get("hires") else size)),
-        "Model": chunk.model, "Pipeline": task,
-        **spec.infotext_fields(p),
-        **pipelines.family_infotext(p),
-        **{image.infotext: item.image_key(image.field) for image in spec.images if image.infotext},
-        **loras.infotext_fields(p.get(loras.FIELD), lora_hashes),
-        "Input size": spec.input_size(p),
-        **pipelines.extras_infotext(p),
-        "Watermark": watermark.LABEL if watermarked else None,
-        "Safety checker": None if nsfw is None else ("flagged" if nsfw else "passed"),
-        "Device": device.device, "Dtype": dtype or device.dtype, "Backend": device.backend,
-        "Worker": worker, "Job": chunk.job,
-        "Version": f"sdq {__version__}",
-    }
-    prompt = loras.prompt_with_tags(item.prompt, p.get(loras.FIELD))
-    return format_infotext(prompt, item.negative_prompt or "", fields)
 
 
 class Runner:
@@ -84,10 +56,7 @@ class Runner:
         self.faults = options.faults
         self.max_batch = max(1, options.max_batch)
         self.max_attempts = options.max_attempts
-        self.debug_oom_pixels = options.debug_oom_pixels  # testing aid, see `_check_debug_budget`
-        self.debug_fatal_after = options.debug_fatal_after  # testing aid: a sticky device error after N calls
-        self._debug_memory: simulate.SimulatedMemory | None = None
-        self._debug_fatal: simulate.SimulatedFatalError | None = None
+        self.simulated = simulate.SimulatedDevice.of(options.debug_oom_pixels, options.debug_fatal_after)
         self.lost: dict[tuple[str, tuple[int, ...]], int] = {}  # chunks given back here -> pass-ons left
         self._gens: dict[int, int] = {}  # the attempt (`gen`) of each item of the chunk here: what it may record
 
@@ -385,28 +354,10 @@ class Runner:
     def _generate(self, pipe: Pipe, loaded: Loaded, task: str, params: dict[str, Any], batch: list[Item],
                   images: dict[str, list[Any]] | None, progress: StepProgress) -> Generated:
         """Make `batch` with the out-of-memory fallbacks (and the testing aids' checks, if set)."""
-        check = None
-        if self.debug_oom_pixels or self.debug_fatal_after is not None:
-            def check(n: int, low_memory: bool) -> None:
-                self._check_debug_budget(task, params, n, low_memory)
+        check = functools.partial(self.simulated.check, task, params) if self.simulated is not None else None
         return generate(self.cache, pipe, loaded, task, params, [it.prompt for it in batch],
                         [it.negative_prompt or "" for it in batch], [it.seed for it in batch],
                         images, progress, check)
-
-    def _check_debug_budget(self, task: str, params: dict[str, Any], n: int, low_memory: bool) -> None:
-        """Testing aids, before each pipeline call: `sdq worker --debug-oom-pixels N` behaves like a
-        device whose memory holds N output pixels per call (4N in low-memory mode) and whose failed
-        calls keep their memory while anything references them (`simulate.SimulatedMemory`);
-        `--debug-fatal-after N` like a device that breaks for good after N calls."""
-        if self.debug_fatal_after is not None:
-            if self._debug_fatal is None:
-                self._debug_fatal = simulate.SimulatedFatalError(self.debug_fatal_after)
-            self._debug_fatal.call()
-        if self.debug_oom_pixels:
-            if self._debug_memory is None or self._debug_memory.pixels != self.debug_oom_pixels:
-                self._debug_memory = simulate.SimulatedMemory(self.debug_oom_pixels)
-            w, h = contract.item_size(task, params)
-            self._debug_memory.call(n, w, h, low_memory)
 
     def _exit_on_fatal_device_error(self, error: str) -> None:
         """After a sticky device error every later call fails too: finish the uploads already made,

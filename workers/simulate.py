@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 import torch
+
+from sdq import contract
 
 LOW_MEMORY_GAIN = 4
 """How much less memory a call needs in low-memory mode on the simulated device."""
@@ -61,3 +64,26 @@ class SimulatedFatalError:
         self.calls += 1
         if self.calls > self.after:
             raise torch.AcceleratorError(FATAL_MESSAGE.format(n=self.after))
+
+
+class SimulatedDevice:
+    """The testing aids a worker was started with, checked before each pipeline call: a device whose
+    memory holds `oom_pixels` output pixels per call (`SimulatedMemory`) and one that breaks for good
+    after `fatal_after` calls (`SimulatedFatalError`)."""
+
+    def __init__(self, oom_pixels: int | None, fatal_after: int | None) -> None:
+        self.memory = SimulatedMemory(oom_pixels) if oom_pixels else None
+        self.fatal = SimulatedFatalError(fatal_after) if fatal_after is not None else None
+
+    @classmethod
+    def of(cls, oom_pixels: int | None, fatal_after: int | None) -> SimulatedDevice | None:
+        """The simulated device, or None when no testing aid is set (a real worker)."""
+        return cls(oom_pixels, fatal_after) if oom_pixels or fatal_after is not None else None
+
+    def check(self, task: str, params: dict[str, Any], n: int, low_memory: bool) -> None:
+        """Before a call of `n` images of `task` with `params`: raise what the simulated device would."""
+        if self.fatal is not None:
+            self.fatal.call()
+        if self.memory is not None:
+            w, h = contract.item_size(task, params)
+            self.memory.call(n, w, h, low_memory)

@@ -107,3 +107,14 @@ def test_every_store_script_is_a_lua_file_saying_its_keys_and_args():
         head = (ROOT / "sdq" / "state" / "lua" / f"{name}.lua").read_text(encoding="utf-8").split("\n")[:4]
         assert any(line.startswith("-- KEYS:") for line in head), name
         assert any("ARGV" in line for line in head), name
+
+
+MAX_MODULE_LINES = 400
+"""Longest module outside the tests: past it, a module holds more than one concept (split it)."""
+
+
+def test_no_module_outside_the_tests_is_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for pkg in ("sdq", "producer", "workers", "storage", "bench")
+            for p in (ROOT / pkg).rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert long == {}
