@@ -53,8 +53,9 @@ test-deps:
 
 # Two passes: everything but the timing-sensitive tests side by side on TEST_WORKERS pytest-xdist workers
 # (each with its own redis/producer/worker stack on free ports; most of the wall time is waiting on
-# timeouts by design), then the `serial` tests (latency bounds, speed ratios) alone on the machine.
-TEST_WORKERS ?= 2
+# timeouts by design, so three share two cores well: 12.5 min for this pass on an idle 2-core machine),
+# then the `serial` tests (latency bounds, speed ratios) alone on the machine.
+TEST_WORKERS ?= 3
 test: install test-deps
 	$(PY) -m pytest -n $(TEST_WORKERS) -m "not serial"
 	$(PY) -m pytest -m serial
