@@ -22,8 +22,11 @@ DEADLINE_S = 90.0
 """Hard bound; the run takes ~15-30 s on 2 cores."""
 
 
-def _client(api: str, n: int, latencies: list[float], errors: list[str], lock: threading.Lock) -> str:
+def _client(api: str, n: int, latencies: list[float], errors: list[str], lock: threading.Lock,
+            headers: dict[str, str] | None = None) -> str:
+    """Submit one small job and poll its status until it ends; the job's end state (or error/timeout)."""
     session = requests.Session()
+    session.headers.update(headers or {})
     body = {"prompts": [f"load test {n}"], "params": {"width": 64, "height": 64, "steps": 2, "seed": n}}
     resp = session.post(api + "/v1/jobs", json=body, timeout=30)
     if resp.status_code != 202:
@@ -121,32 +124,6 @@ def _open_stream_as(host: str, port: int, job_id: str, owner: str) -> socket.soc
     return sock
 
 
-def _good_client(api: str, n: int, latencies: list[float], errors: list[str], lock: threading.Lock) -> str:
-    session = requests.Session()
-    session.headers.update(_as("good"))
-    body = {"prompts": [f"load test {n}"], "params": {"width": 64, "height": 64, "steps": 2, "seed": n}}
-    resp = session.post(api + "/v1/jobs", json=body, timeout=30)
-    if resp.status_code != 202:
-        with lock:
-            errors.append(f"submit {resp.status_code}: {resp.text[:200]}")
-        return "error"
-    job_id = resp.json()["id"]
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        started = time.monotonic()
-        resp = session.get(f"{api}/v1/jobs/{job_id}?limit=1", timeout=30)
-        with lock:
-            latencies.append(time.monotonic() - started)
-            if resp.status_code != 200:
-                errors.append(f"status {resp.status_code}: {resp.text[:200]}")
-                return "error"
-        state = resp.json()["state"]
-        if state in ("succeeded", "failed", "cancelled"):
-            return state
-        time.sleep(0.25)
-    return "timeout"
-
-
 def _probe_healthz(api: str, stop: threading.Event) -> list[float]:
     session, out = requests.Session(), []
     while not stop.is_set():
@@ -193,7 +170,7 @@ def test_load_with_large_uploads_and_trickling_webhooks(hostile_stack, capsys):
             uploads = [pool.submit(requests.post, api + "/v1/uploads", data=image, timeout=120,
                                    headers={**_as("mallory" if n % 2 else "trudy"), "Content-Type": "image/jpeg"})
                        for n in range(LARGE_UPLOADS)]
-            states = list(pool.map(lambda n: _good_client(api, n, latencies, errors, lock), range(CLIENTS)))
+            states = list(pool.map(lambda n: _client(api, n, latencies, errors, lock, _as("good")), range(CLIENTS)))
             upload_codes = [u.result().status_code for u in uploads]
             hooked_codes = [h.result().status_code for h in hooked]
             elapsed = time.monotonic() - started
