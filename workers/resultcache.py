@@ -60,10 +60,6 @@ class CachedResults:
         self._recipes: dict[tuple[str, int], Recipe] = {}  # (job, index) -> its key's recipe, for the current chunk
 
     # -- lookup ---------------------------------------------------------------------------------
-    def keys(self, chunk: Chunk, items: list[Item]) -> dict[int, str]:
-        """Cache keys of the `items` of `chunk` that want the cache (none when the weights are unknown)."""
-        return {i: recipe.key() for i, recipe in self.recipes(chunk, items).items()}
-
     def recipes(self, chunk: Chunk, items: list[Item]) -> dict[int, Recipe]:
         """The key recipes of the `items` of `chunk` that want the cache (none when the weights are unknown)."""
         wanted = [it for it in items if wants_cache(it)]
