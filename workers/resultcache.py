@@ -26,7 +26,7 @@ from sdq.state.store import JobStore
 from storage import ObjectMissing, ResultStore
 from workers.retry import retry_redis
 from workers.thumbs import thumb_key
-from workers.weights import WeightsHasher
+from workers.sources import WeightsHasher
 
 log = logging.getLogger(__name__)
 
