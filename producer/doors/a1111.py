@@ -78,7 +78,7 @@ def door_models() -> list[str]:
     settings = current_app.config["SDQ"]
     adapters = set(_usable_adapters(settings.models))
     return [m for m in models.allowed_models(settings.models)
-            if m not in adapters and "txt2img" in models.BUILTIN_MODELS.get(m, ("txt2img",))]
+            if m not in adapters and defaults.PIPELINE in models.BUILTIN_MODELS.get(m, (defaults.PIPELINE,))]
 
 
 def _usable_adapters(allowlist: tuple[str, ...]) -> list[str]:

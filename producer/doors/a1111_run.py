@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable
 
 from producer import offload
-from sdq import contract
+from sdq import contract, pipelines
 from sdq.exceptions import InvalidInput
 from sdq.infotext import parse_infotext
 from sdq.records import Item, Job
@@ -143,7 +143,8 @@ def answer(job: Job, items: list[Item], pngs: list[bytes], request: dict[str, An
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": params.get("strength"),
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.created_at or time.time())),
-        "clip_skip": 1, "is_using_inpainting_conditioning": job.pipeline == "inpaint", "version": "sdq",
+        "clip_skip": 1, "is_using_inpainting_conditioning": "mask_image" in pipelines.spec(job.pipeline).image_fields,
+        "version": "sdq",
         "job_id": job.id, "job_state": job.state,
     }
     images = [base64.b64encode(png).decode("ascii") for png in pngs] if send_images else []
