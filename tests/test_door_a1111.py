@@ -233,3 +233,63 @@ def test_fuzz_door_bodies_never_answer_5xx(idle):
             assert resp.json()["detail"], resp.text[:300]
 
     run()
+
+
+def test_hires_fix_runs_a_second_pass_at_the_larger_size(door):
+    api = api_for(door, "alice")
+    made = api.txt2img(prompt="a tower", seed=5, enable_hr=True, hr_upscaler="Lanczos", hr_scale=2,
+                       denoising_strength=0.5, **FAST)
+    assert made.image.size == (128, 128)
+    assert sdq_for(door, "alice").job(made.info["job_id"])["params"]["hires"]["scale"] == 2
+    with pytest.raises(RuntimeError) as err:  # webuiapi's default upscaler is A1111's latent one
+        api.txt2img(prompt="a tower", enable_hr=True, **FAST)
+    assert json.loads(err.value.args[1])["detail"][0]["loc"] == ["body", "hr_upscaler"]
+
+
+# Translation alone (no services).
+
+@pytest.mark.unit
+def test_lora_tags_leave_the_prompt_and_emphasis_stays_text():
+    from producer.doors.a1111_prompt import split_prompt
+    from sdq.exceptions import InvalidInput
+
+    text, loras = split_prompt("(a red:1.2) barn, <lora:tiny-lora:0.5> [sunset] <lyco:tiny-lora-kohya>", ())
+    assert text == "(a red:1.2) barn, [sunset]"
+    assert loras == [{"name": "builtin:tiny-lora", "scale": 0.5}, {"name": "builtin:tiny-lora-kohya", "scale": 1.0}]
+    assert split_prompt("<lora:builtin:tiny-lora:0.25>", ())[1] == [{"name": "builtin:tiny-lora", "scale": 0.25}]
+    assert split_prompt("(word:1.3) AND other BREAK x", ()) == ("(word:1.3) AND other BREAK x", [])
+    for bad in ("<hypernet:x:1>", "<lora:nope:1>", "<lora:tiny-lora:0.5:1>", "<lora:tiny-lora> <lora:tiny-lora>"):
+        with pytest.raises(InvalidInput) as err:
+            split_prompt(bad, ())
+        assert err.value.field == "prompt"
+
+
+@pytest.mark.unit
+def test_webuiapi_defaults_are_accepted_and_mean_what_they_mean_in_a1111():
+    from producer.doors.a1111_schema import Img2ImgIn, Txt2ImgIn
+    from producer.doors.a1111_translate import a1111_field, submit_body
+
+    sent = {"enable_hr": False, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 0, "hr_resize_x": 0,
+            "hr_resize_y": 0, "hr_checkpoint_name": None, "hr_sampler_name": None, "hr_scheduler": None,
+            "hr_prompt": "", "hr_negative_prompt": "", "denoising_strength": 0.7, "firstphase_width": 0,
+            "firstphase_height": 0, "prompt": "p", "styles": [], "seed": 9, "subseed": -1, "subseed_strength": 0.0,
+            "seed_resize_from_h": 0, "seed_resize_from_w": 0, "batch_size": 2, "n_iter": 3, "steps": 4,
+            "cfg_scale": 7.0, "width": 64, "height": 64, "restore_faces": False, "tiling": False,
+            "do_not_save_samples": False, "do_not_save_grid": False, "negative_prompt": "n", "eta": 1.0,
+            "s_churn": 0, "s_tmax": 0, "s_tmin": 0, "s_noise": 1, "override_settings": {},
+            "override_settings_restore_afterwards": True, "sampler_name": "Euler a", "scheduler": "automatic",
+            "sampler_index": "Euler a", "script_name": None, "script_args": [], "send_images": True,
+            "save_images": False, "alwayson_scripts": {}}
+    body = submit_body(Txt2ImgIn.model_validate(sent), "builtin:tiny-sd", ["builtin:tiny-sd"], ())
+    assert body == {"prompts": ["p"], "model": "builtin:tiny-sd", "pipeline": "txt2img", "params": {
+        "steps": 4, "guidance_scale": 7.0, "width": 64, "height": 64, "scheduler": "euler_a", "negative_prompt": "n",
+        "images_per_prompt": 6, "seed": 9}}
+    ddim = submit_body(Txt2ImgIn.model_validate({**sent, "sampler_name": "DDIM", "eta": None}), "builtin:tiny-sd",
+                       ["builtin:tiny-sd"], ())
+    assert ddim["params"]["scheduler"] == "ddim" and "seed" in ddim["params"]
+    inpaint = Img2ImgIn.model_validate({k: v for k, v in sent.items() if not k.startswith(("hr_", "enable_hr",
+                                                                                            "firstphase"))}
+                                       | {"init_images": ["x"], "mask": "y", "mask_blur": 4, "inpainting_fill": 0,
+                                          "inpaint_full_res": True, "denoising_strength": 0.75})
+    assert submit_body(inpaint, "builtin:tiny-sd", ["builtin:tiny-sd"], ())["pipeline"] == "inpaint"
+    assert a1111_field("params.guidance_scale") == "cfg_scale" and a1111_field("params.loras[0].name") == "prompt"

@@ -70,7 +70,7 @@ def mask_png(data: bytes, size: tuple[int, int], invert: bool) -> bytes:
         grey = alpha
     if grey.size != size:
         grey = grey.resize(size, Image.Resampling.LANCZOS)
-    grey = grey.point(lambda v: 255 if v > 127 else 0)
+    grey = grey.point(lambda v: 255 if v > 128 else 0)
     if invert:
         grey = ImageOps.invert(grey)
     buf = io.BytesIO()
