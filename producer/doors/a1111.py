@@ -126,10 +126,11 @@ def _submit(body: Txt2ImgIn | Img2ImgIn) -> Response:
     # 1. The sdq request, its images uploaded.
     default_model = _options(client, owner)["sd_model_checkpoint"]
     sdq_body = submit_body(body, default_model, door_models(), settings.models)
-    if isinstance(body, Img2ImgIn):
-        _attach_images(body, sdq_body)
-    # 2. Submit (the tenant's cap, routing, the job record) and wait.
     try:
+        parse_submit(sdq_body)  # the request's own fields, checked before any image is stored
+        if isinstance(body, Img2ImgIn):
+            _attach_images(body, sdq_body)
+        # 2. Submit (the tenant's cap, routing, the job record) and wait.
         plan = jobs.submit(parse_submit(sdq_body), settings, owner, client, _ext("sdq_jobs"), _ext("celery"))
     except InvalidInput as exc:
         exc.field = a1111_field(exc.field) or "body"
