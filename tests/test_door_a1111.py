@@ -293,3 +293,32 @@ def test_webuiapi_defaults_are_accepted_and_mean_what_they_mean_in_a1111():
                                           "inpaint_full_res": True, "denoising_strength": 0.75})
     assert submit_body(inpaint, "builtin:tiny-sd", ["builtin:tiny-sd"], ())["pipeline"] == "inpaint"
     assert a1111_field("params.guidance_scale") == "cfg_scale" and a1111_field("params.loras[0].name") == "prompt"
+
+
+@pytest.mark.serial
+def test_many_waiting_requests_leave_the_api_answering(stack_factory):
+    """60 txt2img requests waiting on jobs no worker takes: the rest of the API answers meanwhile."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = stack_factory("a1111-wait", env={"SDQ_A1111_WAIT_SECONDS": "20"}).env["SDQ_SERVER"]
+    session = requests.Session()
+    job_id = session.post(server + "/v1/jobs", json={"prompts": ["probe"], "params": FAST}, timeout=10).json()["id"]
+
+    def waiting(_: int) -> requests.Response:
+        return requests.post(server + "/sdapi/v1/txt2img", json={"prompt": "waits", **FAST}, timeout=60)
+
+    with ThreadPoolExecutor(60) as pool:
+        answers = pool.map(waiting, range(60))
+        wait_until(lambda: session.get(server + "/v1/jobs?limit=1", timeout=10).json()["total"] >= 61,
+                   "every waiting request submitted its job", 30)
+        latencies = []
+        for _ in range(50):
+            start = time.monotonic()
+            assert session.get(f"{server}/v1/jobs/{job_id}?limit=1", timeout=10).ok
+            latencies.append(time.monotonic() - start)
+        assert session.get(server + "/sdapi/v1/progress", timeout=10).ok
+        answers = list(answers)
+    latencies.sort()
+    assert latencies[int(len(latencies) * 0.99) - 1] < 0.5, latencies[-5:]
+    assert {a.status_code for a in answers} == {408} and len({a.json()["job_id"] for a in answers}) == 60
