@@ -54,12 +54,6 @@ def pixels(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32)
 
 
-def png_of(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_txt2img_batch_has_consecutive_seeds_and_distinct_images(door):
     api = api_for(door, "alice")
     result = api.txt2img(prompt="a hamster painting with a brush", seed=1234, batch_size=2, n_iter=2, **FAST)

@@ -18,7 +18,8 @@ Jobs (all expire `JOB_TTL` after creation):
 The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` / ``sdq:fleet:events`` (`sdq.state.fleet`),
 ``sdq:outbox`` (messages still to publish, `sdq.state.outbox`), ``sdq:reaper:lock``,
 ``sdq:rcache:<key>`` (`sdq.state.resultindex`), ``sdq:upload:<key>`` (`producer.uploads`),
-``sdq:a1111-options:<owner>`` (`producer.doors.a1111`), ``sdq:held:<kind>:<owner>`` and ``sdq:upload-bytes:<owner>:<day>`` (per-tenant limits, `sdq.state.limits`),
+``sdq:a1111-options:<owner>`` (`producer.doors.a1111`),
+``sdq:held:<kind>:<owner>`` and ``sdq:upload-bytes:<owner>:<day>`` (per-tenant limits, `sdq.state.limits`),
 ``sdq:debug:...`` (fault injection, `workers.faults`) and kombu's ``unacked_index``.
 
 The Lua scripts (`sdq.state.scripts`) get every key in KEYS, built here: `job_script_keys`.
