@@ -116,6 +116,7 @@ def test_models_samplers_schedulers_and_loras(door):
     assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "PLMS"} <= set(names)
     assert [s["name"] for s in api.get_schedulers()] == ["automatic"]
     assert {"tiny-lora"} <= {lo["name"] for lo in api.get_loras()}
+    assert api.get_scripts() == {"txt2img": [], "img2img": []} and not api.has_controlnet
 
 
 def test_options_are_per_tenant(door):
@@ -316,3 +317,13 @@ def test_many_waiting_requests_leave_the_api_answering(stack_factory):
     latencies.sort()
     assert latencies[int(len(latencies) * 0.99) - 1] < 0.5, latencies[-5:]
     assert {a.status_code for a in answers} == {408} and len({a.json()["job_id"] for a in answers}) == 60
+
+
+@pytest.mark.unit
+def test_a_bad_wait_bound_stops_the_producer_at_start(monkeypatch):
+    from producer import create_app
+    from sdq.exceptions import ConfigError
+
+    monkeypatch.setenv("SDQ_A1111_WAIT_SECONDS", "soon")
+    with pytest.raises(ConfigError, match="SDQ_A1111_WAIT_SECONDS"):
+        create_app()

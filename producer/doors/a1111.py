@@ -27,7 +27,7 @@ from producer.schemas import parse_submit
 from producer.status import job_view
 from sdq import contract, defaults, models, pipelines
 from sdq.celery_app import request_finalize
-from sdq.exceptions import InvalidInput, NotFound, TooManyRequests
+from sdq.exceptions import ConfigError, InvalidInput, NotFound, TooManyRequests
 from sdq.loras import adapter_family, allowed_adapters, short_name
 from sdq.records import Job
 from sdq.state.keys import door_options_key
@@ -55,7 +55,14 @@ class Rejected(Exception):
 
 def register(app: Flask) -> None:
     """Serve the door on `app`; the wait bound comes from `SDQ_A1111_WAIT_SECONDS` unless the app config sets it."""
-    app.config.setdefault("SDQ_A1111_WAIT_SECONDS", float(os.environ.get("SDQ_A1111_WAIT_SECONDS") or WAIT_SECONDS))
+    text = os.environ.get("SDQ_A1111_WAIT_SECONDS") or str(WAIT_SECONDS)
+    try:
+        bound = float(text)
+    except ValueError:
+        bound = -1.0
+    if not 0 < bound < float("inf"):
+        raise ConfigError(f"SDQ_A1111_WAIT_SECONDS={text!r}: give the seconds a request waits for its job, e.g. 600")
+    app.config.setdefault("SDQ_A1111_WAIT_SECONDS", bound)
     app.register_blueprint(bp)
 
 
@@ -279,6 +286,12 @@ def interrupt():
         if ended:
             request_finalize(_ext("celery"), job.id)
     return jsonify({})
+
+
+@bp.get("/scripts")
+def scripts():
+    """Scripts by tab: none (sdq runs no A1111 scripts or extensions; `webuiapi` asks at start)."""
+    return jsonify({"txt2img": [], "img2img": []})
 
 
 @bp.post("/png-info")
