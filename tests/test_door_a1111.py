@@ -76,7 +76,7 @@ def test_seed_minus_one_is_random_and_lora_tags_become_adapters(door):
     assert isinstance(seed, int) and seed >= 0 and result.info["all_seeds"] == [seed]
     job = sdq_for(door, "alice").job(result.info["job_id"])
     assert job["params"]["loras"] == [{"name": "builtin:tiny-lora", "scale": 0.7}]
-    assert job["items"][0]["prompt"] == "a bird"
+    assert job["items"][0]["prompt"] == "a bird" and result.info["all_prompts"] == ["a bird <lora:tiny-lora:0.7>"]
     assert "<lora:tiny-lora:0.7>" in result.info["infotexts"][0]
 
 

@@ -132,7 +132,7 @@ def answer(job: Job, items: list[Item], pngs: list[bytes], request: dict[str, An
     seeds = [it.seed for it in items]
     params = job.params
     info = {
-        "prompt": items[0].prompt if items else "", "all_prompts": [it.prompt for it in items],
+        "prompt": request.get("prompt", ""), "all_prompts": [request.get("prompt", "")] * len(items),
         "negative_prompt": params.get("negative_prompt") or "",
         "all_negative_prompts": [it.negative_prompt or "" for it in items],
         "seed": seeds[0] if seeds else job.seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(items),
