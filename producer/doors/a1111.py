@@ -83,12 +83,13 @@ def limited(size: int):
 def door_models() -> list[str]:
     """Checkpoints the caller may name: every allowed model that makes images from text, LoRA files left out."""
     settings = current_app.config["SDQ"]
-    adapters = set(_usable_adapters(settings.models))
+    adapters = set(door_loras(settings.models))
     return [m for m in models.allowed_models(settings.models)
             if m not in adapters and defaults.PIPELINE in models.BUILTIN_MODELS.get(m, (defaults.PIPELINE,))]
 
 
-def _usable_adapters(allowlist: tuple[str, ...]) -> list[str]:
+def door_loras(allowlist: tuple[str, ...]) -> list[str]:
+    """LoRA adapters the caller may tag: every allowed adapter id whose file holds LoRA tensors."""
     out = []
     for adapter in allowed_adapters(allowlist):
         try:
@@ -227,7 +228,7 @@ def schedulers():
 def loras():
     """LoRA adapters the caller may tag (`<lora:name:weight>`), in A1111's shape."""
     return jsonify([{"name": short_name(a), "alias": short_name(a), "path": a, "metadata": {}}
-                    for a in _usable_adapters(current_app.config["SDQ"].models)])
+                    for a in door_loras(current_app.config["SDQ"].models)])
 
 
 @bp.get("/options")
