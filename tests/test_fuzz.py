@@ -39,7 +39,10 @@ def session() -> requests.Session:
 def check(resp: requests.Response, api: str, session: requests.Session) -> None:
     """No 5xx; errors in the JSON error shape naming a field for 4xx; accepted jobs read back whole."""
     assert resp.status_code < 500, (resp.status_code, resp.request.method, resp.request.url, resp.text[:500])
-    if resp.status_code >= 400 and resp.status_code != 405:
+    if resp.status_code not in (405,) and resp.status_code >= 400 and resp.request.path_url.startswith("/sdapi/"):
+        detail = resp.json()["detail"]
+        assert detail and (resp.status_code != 422 or all(d["loc"] and d["msg"] for d in detail)), detail
+    elif resp.status_code >= 400 and resp.status_code != 405:
         err = resp.json()["error"]
         assert set(err) == {"code", "message", "field"} and err["message"]
         if resp.status_code not in (401, 404, 405, 429):
