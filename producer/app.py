@@ -40,9 +40,11 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
                                                 defaults.UPLOAD_DECODE_HOLD, defaults.UPLOADS_BUSY_RETRY_AFTER, "file")
 
     from producer import meta, routes, web
+    from producer.doors import openai
 
     app.register_blueprint(routes.bp)
     app.register_blueprint(meta.bp)
     app.register_blueprint(web.bp)
+    openai.setup(app)
     errors.register(app)
     return app
