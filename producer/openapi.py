@@ -9,6 +9,7 @@ from flask import Flask
 from pydantic import BaseModel, Field
 from werkzeug.routing import Rule
 
+from producer.doors.openai_params import OpenAIError, OpenAIImageRequest
 from producer.schemas import SubmitRequest
 from sdq import __version__, contract
 
@@ -65,6 +66,13 @@ BODIES: dict[str, dict[str, Any]] = {
                        "file": {"type": "string", "format": "binary"}}}},
                    **{t: {"schema": {"type": "string", "format": "binary"}}
                       for t in ("image/png", "image/jpeg", "image/webp")}},
+    "openai.generations": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIImageRequest"}}},
+    "openai.edits": {"multipart/form-data": {"schema": {"allOf": [
+        {"$ref": "#/components/schemas/OpenAIImageRequest"},
+        {"type": "object", "required": ["image"], "properties": {
+            "image": {"type": "string", "format": "binary"}, "mask": {"type": "string", "format": "binary",
+                                                                     "description": "transparent pixels are repainted"}}},
+    ]}}},
 }
 """Endpoint -> its request body's content types and schemas."""
 
@@ -94,15 +102,20 @@ def _parameters(rule: Rule, endpoint: str) -> list[dict[str, Any]]:
     return params
 
 
+ERROR_SHAPES = {"openai.": "OpenAIError"}
+"""Endpoint prefix -> the response its errors have, for the doors that answer in another API's shape."""
+
+
 def _operation(app: Flask, rule: Rule, endpoint: str) -> dict[str, Any]:
     view = app.view_functions[endpoint]
+    error = next((name for prefix, name in ERROR_SHAPES.items() if endpoint.startswith(prefix)), "Error")
     status, model = ANSWERS.get(endpoint, ("200", None))
     ok: dict[str, Any] = {"description": "OK"}
     if model is not None:
         ok["content"] = {"application/json": {"schema": _ref(model.__name__)}}
     op: dict[str, Any] = {"operationId": endpoint.replace(".", "_"),
                           "summary": (view.__doc__ or endpoint).strip().splitlines()[0],
-                          "responses": {status: ok, "4XX": {"$ref": "#/components/responses/Error"}}}
+                          "responses": {status: ok, "4XX": {"$ref": f"#/components/responses/{error}"}}}
     if endpoint in BODIES:
         op["requestBody"] = {"required": True, "content": BODIES[endpoint]}
     params = _parameters(rule, endpoint)
@@ -113,7 +126,7 @@ def _operation(app: Flask, rule: Rule, endpoint: str) -> dict[str, Any]:
 
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in (SubmitRequest, ErrorBody, Accepted):
+    for model in (SubmitRequest, ErrorBody, Accepted, OpenAIImageRequest, OpenAIError):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -137,7 +150,9 @@ def build_openapi(app: Flask) -> dict[str, Any]:
         "components": {
             "schemas": _schemas(),
             "responses": {"Error": {"description": "Bad input: the field and the bad value are named",
-                                    "content": {"application/json": {"schema": _ref("ErrorBody")}}}},
+                                    "content": {"application/json": {"schema": _ref("ErrorBody")}}},
+                          "OpenAIError": {"description": "OpenAI's error object, naming the parameter",
+                                          "content": {"application/json": {"schema": _ref("OpenAIError")}}}},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -10,6 +10,7 @@ naming the OpenAI parameter, an unknown model a 404, a full tenant queue a 429.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
@@ -79,12 +80,22 @@ def _submit(req: ImageRequest, pipeline: str, images: dict[str, str], pipeline_p
         raise InvalidInput(param, exc.message, code=exc.code, status=exc.status) from None
 
 
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])")
+
+
+def wait_bound() -> float:
+    """Seconds to wait for the job: `SDQ_OPENAI_WAIT_SECONDS`, or less when the request says `Prefer: wait=N`."""
+    bound = _door().wait_seconds
+    match = _PREFER_WAIT.search(request.headers.get("Prefer", "")[:200])
+    return min(bound, max(1, int(match.group(1)))) if match else bound
+
+
 def _answer(req: ImageRequest, pipeline: str, images: dict[str, str], pipeline_param: str):
     """Take a wait slot, submit, wait for the job, answer its images."""
     slots: TenantSlots = _ext("sdq_openai_waits")
     with slots.slot(g.owner):
         plan = _submit(req, pipeline, images, pipeline_param)
-        job = openai_wait.wait(_ext("sdq_redis"), _ext("sdq_jobs"), plan.job.id, _door().wait_seconds)
+        job = openai_wait.wait(_ext("sdq_redis"), _ext("sdq_jobs"), plan.job.id, wait_bound())
         if job is None:
             raise NotFound(f"job {plan.job.id} is gone")
         data, size = openai_wait.images(job, _ext("sdq_jobs"), _ext("sdq_store"), req)

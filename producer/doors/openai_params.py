@@ -195,3 +195,38 @@ def parse_request(body: dict[str, Any], max_prompt: int) -> ImageRequest:
                         n=_integer(body, "n", 1, N_MAX) or 1, size=_size(_text(body, "size", max_chars=40)),
                         steps=steps, response_format=response_format, output_format=out_fmt,
                         compression=compression, quality=quality)
+
+
+# -- the published request schemas (the OpenAPI document; the checks above are what the door applies) --
+
+from typing import Literal  # noqa: E402
+
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+
+
+class OpenAIImageRequest(BaseModel):
+    """Body of `POST /openai/v1/images/generations` (and the text fields of `images/edits`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., min_length=1, max_length=4000)
+    model: str | None = Field(None, max_length=1000, description="an sdq model id or an alias (SDQ_OPENAI_MODELS)")
+    n: int | None = Field(None, ge=1, le=N_MAX)
+    size: str | None = Field(None, max_length=40, description="`auto` or `WIDTHxHEIGHT` (multiples of 8)")
+    quality: Literal[tuple(QUALITY_STEPS)] | None = None  # type: ignore[valid-type]
+    response_format: Literal["url", "b64_json"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: int | None = Field(None, ge=0, le=100)
+    background: Literal["opaque", "auto"] | None = None
+    stream: Literal[False] | None = None
+    partial_images: int | None = Field(None, ge=0, le=3)
+    moderation: Literal["low", "auto"] | None = None
+    style: Literal["vivid", "natural"] | None = None
+    user: str | None = Field(None, max_length=256)
+    safety_identifier: str | None = Field(None, max_length=256)
+
+
+class OpenAIError(BaseModel):
+    """OpenAI's error object: `{"error": {"message", "type", "param", "code"}}`."""
+
+    error: dict[str, str | None]
