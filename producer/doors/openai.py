@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 
 from producer import bodies, catalog, jobs
-from producer.doors import openai_images, openai_wait
+from producer.doors import openai_images, openai_params, openai_wait
 from producer.doors.openai_params import DoorSettings, ImageRequest, parse_request
 from producer.errors import register_dialect
 from producer.schemas import PROMPT_MAX_CHARS, parse_submit
@@ -147,8 +147,7 @@ def edits():
     parts = request.files.getlist("image") + request.files.getlist("image[]")
     unknown = [k for k in request.files if k not in ("image", "image[]", "mask")]
     if unknown:
-        raise InvalidInput(unknown[0], f"Unrecognized request argument supplied: {unknown[0][:80]}",
-                           code="unknown_parameter", status=400)
+        raise openai_params.unknown(unknown[0])
     if len(parts) != 1:
         raise InvalidInput("image", f"sdq edits one image per request, got {len(parts)}" if parts else
                            "Missing required parameter: 'image'.", code="invalid_value", status=400)

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from producer.bodies import field_path
 from sdq import defaults
 from sdq.config import OWNER_PATTERN
 from sdq.exceptions import ConfigError, InvalidInput
@@ -153,11 +154,16 @@ def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
+def unknown(name: str) -> InvalidInput:
+    """OpenAI's refusal of an argument it does not know (the param named as sdq names odd keys: `body[""]`)."""
+    return _bad(field_path((name,)), f"Unrecognized request argument supplied: {name[:80]}", "unknown_parameter")
+
+
 def _check_unsupported(body: dict[str, Any]) -> None:
     """Refuse OpenAI fields sdq cannot honour; check the accepted-without-effect ones' values."""
     for name in body:
         if name not in KNOWN:
-            raise _bad(name, f"Unrecognized request argument supplied: {name[:80]}", "unknown_parameter")
+            raise unknown(name)
     if _truthy(body.get("stream")):
         raise _bad("stream", "Streaming is not supported by sdq: leave `stream` unset or false.", "unsupported_value")
     for name, why in REFUSED.items():
