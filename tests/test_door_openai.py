@@ -236,3 +236,37 @@ def test_two_hundred_waiting_requests_leave_status_reads_fast(oa_stack, capsys):
     for job_id in ids + [probe]:
         requests.delete(f"{api}/v1/jobs/{job_id}", headers=_as("load" if job_id != probe else "alice"), timeout=10)
     assert p99 < 0.1
+
+
+@pytest.mark.unit
+def test_door_settings_from_the_environment():
+    from producer.doors.openai_params import DoorSettings
+    from sdq.exceptions import ConfigError
+
+    door = DoorSettings.from_env({"SDQ_OPENAI_MODELS": "dall-e-3=builtin:tiny-sd, gpt-image-1 = store:ink",
+                                  "SDQ_OPENAI_WAIT_SECONDS": "12.5"})
+    assert door.aliases == {"dall-e-3": "builtin:tiny-sd", "gpt-image-1": "store:ink"} and door.wait_seconds == 12.5
+    assert door.resolve(None) == "builtin:tiny-sd" and door.resolve("gpt-image-1") == "store:ink"
+    assert door.resolve("builtin:tiny-sdxl") == "builtin:tiny-sdxl"
+    assert DoorSettings.from_env({}).resolve(None) == "builtin:tiny-sd"
+    for env in ({"SDQ_OPENAI_MODELS": "dall-e-3"}, {"SDQ_OPENAI_MODELS": "=x"}, {"SDQ_OPENAI_WAIT_SECONDS": "soon"},
+                {"SDQ_OPENAI_WAIT_SECONDS": "0"}):
+        with pytest.raises(ConfigError, match=next(iter(env))):
+            DoorSettings.from_env(env)
+
+
+@pytest.mark.unit
+def test_quality_maps_to_steps_and_unknown_arguments_are_refused():
+    from producer.doors.openai_params import parse_request
+    from sdq.exceptions import InvalidInput
+
+    steps = {q: parse_request({"prompt": "x", "quality": q}, 100).steps for q in ("low", "medium", "high", "hd")}
+    assert steps == {"low": 10, "medium": 20, "high": 40, "hd": 40}
+    assert parse_request({"prompt": "x", "n": "3", "size": "auto"}, 100).n == 3  # multipart fields are text
+    for body, param in (({"prompt": "x", "sizes": "1"}, "sizes"), ({"prompt": "x", "stream": True}, "stream"),
+                        ({}, "prompt"), ({"prompt": "x", "output_format": "gif"}, "output_format"),
+                        ({"prompt": "x", "output_format": "jpeg"}, "output_format"),  # jpeg comes only as b64_json
+                        ({"prompt": "x", "n": 0}, "n"), ({"prompt": "x", "quality": "ultra"}, "quality")):
+        with pytest.raises(InvalidInput) as exc:
+            parse_request(body, 100)
+        assert exc.value.field == param and exc.value.status == 400
