@@ -11,17 +11,65 @@ of this catalog.
 """
 from __future__ import annotations
 
+import json
+import logging
+import time
 from typing import Any
 
 from sdq import defaults, pipelines
-from sdq.families import Family, UnknownFamily, model_info
+from sdq.exceptions import SdqError
+from sdq.families import FAMILIES, Family, UnknownFamily, from_class_name, model_info
 from sdq.loras import adapter_family, allowed_adapters
 from sdq.models import BUILTIN_CONTROLNETS, BUILTIN_MODELS, allowed_models
-from sdq.sources import source_for
+from sdq.sources import STORE_PREFIX, source_for
+from storage import ResultStore
+from storage.models import PREFIX, remote_manifest
+
+log = logging.getLogger(__name__)
+
+PUSHED_TTL = 60.0
+"""Seconds a pushed model's description, read from the bucket, is kept by a producer process."""
 
 
-def _family(model: str) -> tuple[Family | None, int | None, str | None]:
+class PushedModels:
+    """What the bucket tells of pushed `store:` models: a LoRA adapter's family (its manifest), a diffusers
+    folder's family (its `model_index.json`); read once per `ttl` seconds, None where it cannot be read."""
+
+    def __init__(self, store: ResultStore, ttl: float = PUSHED_TTL) -> None:
+        self.store, self.ttl = store, ttl
+        self._seen: dict[str, tuple[float, str | None, bool]] = {}
+
+    def describe(self, model: str) -> tuple[str | None, bool]:
+        """(family name or None, whether it is a LoRA adapter) of pushed model `model` (`store:NAME`)."""
+        now = time.monotonic()
+        seen = self._seen.get(model)
+        if seen is None or now - seen[0] > self.ttl:
+            seen = (now, *self._read(model.removeprefix(STORE_PREFIX)))
+            self._seen[model] = seen
+        return seen[1], seen[2]
+
+    def _read(self, name: str) -> tuple[str | None, bool]:
+        try:
+            manifest = remote_manifest(self.store, name)
+            if manifest.get("lora"):
+                return manifest["lora"].get("family"), True
+            if manifest.get("kind") != "folder":
+                return None, False
+            index = json.loads(self.store.get(f"{PREFIX}{name}/files/model_index.json"))
+            return from_class_name(str(index.get("_class_name", ""))), False
+        except (SdqError, UnknownFamily, ValueError, KeyError) as exc:
+            log.info("pushed model %s: %s", name, exc)
+        except Exception as exc:  # noqa: BLE001 - botocore raises several kinds; the catalog says "not known"
+            log.warning("pushed model %s cannot be read from the bucket: %s", name, exc)
+        return None, False
+
+
+def _family(model: str, pushed: PushedModels | None = None) -> tuple[Family | None, int | None, str | None]:
     """(family, default side, why unknown) of `model` as the producer can read it."""
+    if pushed is not None and model.startswith(STORE_PREFIX):
+        name = pushed.describe(model)[0]
+        fam = FAMILIES.get(name or "")
+        return fam, fam.default_side if fam else None, None
     try:
         info = model_info(model)
     except UnknownFamily as exc:
@@ -36,9 +84,9 @@ def _pipelines(model: str, fam: Family | None) -> list[str]:
     return list(pipelines.pipelines_for(fam.name)) if fam else list(pipelines.PIPELINES)
 
 
-def pipelines_of(model: str) -> list[str]:
+def pipelines_of(model: str, pushed: PushedModels | None = None) -> list[str]:
     """The pipelines `model` runs, as far as the producer can tell (every pipeline when its family is not known here)."""
-    return _pipelines(model, _family(model)[0])
+    return _pipelines(model, _family(model, pushed)[0])
 
 
 def _options(fam: Family | None, runs: list[str], loras: list[str], controlnets: list[str]) -> dict[str, Any]:
@@ -58,11 +106,16 @@ def _options(fam: Family | None, runs: list[str], loras: list[str], controlnets:
     return out
 
 
-def _adapters(allowlist: tuple[str, ...]) -> dict[str, str]:
-    """Allowed LoRA adapters the producer can recognise -> their family: the built-ins and local LoRA files
-    (a pushed `store:` entry cannot be told from a model here: it is listed as a model)."""
-    out: dict[str, str] = {}
+def _adapters(allowlist: tuple[str, ...], pushed: PushedModels | None) -> dict[str, str | None]:
+    """Allowed LoRA adapters the producer can recognise -> their family: the built-ins, local LoRA files and
+    pushed adapters (without the bucket, a pushed entry cannot be told from a model: it is listed as a model)."""
+    out: dict[str, str | None] = {}
     for adapter in allowed_adapters(allowlist):
+        if adapter.startswith(STORE_PREFIX):
+            family, lora = pushed.describe(adapter) if pushed is not None else (None, False)
+            if lora:
+                out[adapter] = family
+            continue
         try:
             found = adapter_family(adapter)
         except ValueError:  # a local .safetensors file that is a checkpoint, not an adapter
@@ -83,10 +136,10 @@ def _workers(model: str, workers: list[dict[str, Any]]) -> tuple[list[str], list
     return able, warm
 
 
-def entry(model: str, adapters: dict[str, str], controlnets: dict[str, str | None],
-          workers: list[dict[str, Any]]) -> dict[str, Any]:
+def entry(model: str, adapters: dict[str, str | None], controlnets: dict[str, str | None],
+          workers: list[dict[str, Any]], pushed: PushedModels | None = None) -> dict[str, Any]:
     """The catalog entry of one model id."""
-    fam, side, why = _family(model)
+    fam, side, why = _family(model, pushed)
     runs = _pipelines(model, fam)
     name = fam.name if fam else None
     able, warm = _workers(model, workers)
@@ -106,13 +159,15 @@ def entry(model: str, adapters: dict[str, str], controlnets: dict[str, str | Non
     return out
 
 
-def catalog(allowlist: tuple[str, ...], workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every model a caller may name (built-ins first, then the allowlist), adapters and ControlNets left out."""
-    adapters = _adapters(allowlist)
+def catalog(allowlist: tuple[str, ...], workers: list[dict[str, Any]],
+            pushed: PushedModels | None = None) -> list[dict[str, Any]]:
+    """Every model a caller may name (built-ins first, then the allowlist), adapters and ControlNets left out;
+    `pushed` reads pushed models' descriptions from the bucket."""
+    adapters = _adapters(allowlist, pushed)
     controlnets: dict[str, str | None] = dict(BUILTIN_CONTROLNETS)
     controlnets.update({m: None for m in allowlist if _is_controlnet(m)})
     models = [m for m in allowed_models(allowlist) if m not in adapters and m not in controlnets]
-    return [entry(m, adapters, controlnets, workers) for m in models]
+    return [entry(m, adapters, controlnets, workers, pushed) for m in models]
 
 
 def _is_controlnet(model: str) -> bool:
@@ -122,6 +177,3 @@ def _is_controlnet(model: str) -> bool:
                 and not (path / "model_index.json").is_file())
 
 
-def find(allowlist: tuple[str, ...], workers: list[dict[str, Any]], model: str) -> dict[str, Any] | None:
-    """The catalog entry of `model`, or None when the caller may not name it."""
-    return next((e for e in catalog(allowlist, workers) if e["id"] == model), None)

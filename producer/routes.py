@@ -175,7 +175,8 @@ def workers():
 @bp.get("/v1/models")
 def models():
     """Every model the caller may name: family, pipelines, options, defaults, the workers holding it warm."""
-    return jsonify({"models": catalog.catalog(current_app.config["SDQ"].models, fleet.live_workers(_ext("sdq_redis")))})
+    return jsonify({"models": catalog.catalog(current_app.config["SDQ"].models, fleet.live_workers(_ext("sdq_redis")),
+                                              _ext("sdq_pushed"))})
 
 
 @bp.get("/v1/webhook-secret")

@@ -23,11 +23,19 @@ UNSERVED = "512x512"
 
 
 @pytest.fixture(scope="module")
-def oa_stack(stack_factory):
-    """Tenants, an alias, a small queue cap and one warm CPU worker serving images up to 256x256."""
+def oa_stack(stack_factory, store, models_dir):
+    """Tenants, an alias, a small queue cap, a pushed model and a pushed LoRA adapter allowed, and one warm
+    CPU worker serving images up to 256x256."""
+    from sdq.loras import ADAPTER_FILE
+    from sdq.sources import builtin_path
+    from storage.models import push
+
+    push(store, builtin_path(models_dir, "tiny-sd"), "oa-tiny")
+    push(store, builtin_path(models_dir, "tiny-lora") / ADAPTER_FILE, "oa-lora")
     st = stack_factory("openai", env={
         "SDQ_API_TOKENS": ",".join(f"{o}:{t}" for o, t in TOKENS.items()), "SDQ_MAX_QUEUED_ITEMS": str(CAP),
-        "SDQ_OPENAI_MODELS": "dall-e-3=builtin:tiny-sd", "SDQ_OPENAI_WAIT_SECONDS": "120"})
+        "SDQ_OPENAI_MODELS": "dall-e-3=builtin:tiny-sd", "SDQ_OPENAI_WAIT_SECONDS": "120",
+        "SDQ_MODELS": "store:oa-tiny,store:oa-lora"})
     st.worker("w-oa", "--device", "cpu", "--threads", "1", "--preload", "builtin:tiny-sd", "--max-pixels", "65536")
     return st
 
@@ -187,6 +195,11 @@ def test_models_catalog_and_its_openai_view(oa_stack):
         "models"][0]["warm_on"], "the warm worker listed", 30)
     assert models["builtin:tiny-sdxl"]["family"] == "sdxl" and models["builtin:tiny-sdxl"]["defaults"]["width"] == 256
     assert models["builtin:tiny-upscaler"]["pipelines"] == ["upscale"]
+    pushed = models["store:oa-tiny"]  # its family read from the bucket; the pushed LoRA is an option, not a model
+    assert pushed["kind"] == "store" and pushed["family"] == "sd" and "inpaint" in pushed["pipelines"]
+    assert "store:oa-lora" not in models and "store:oa-lora" in pushed["options"]["loras"]["ids"]
+    assert "store:oa-lora" in tiny["options"]["loras"]["ids"]
+    assert "store:oa-lora" not in models["builtin:tiny-sdxl"]["options"]["loras"]["ids"]  # an SD adapter
 
 
 WAITERS = 200

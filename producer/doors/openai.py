@@ -128,7 +128,7 @@ def _edit_pipeline(model: str, masked: bool) -> str:
     """inpaint with a mask; else `edit` where the model's family has it, else img2img."""
     if masked:
         return "inpaint"
-    return "edit" if "edit" in catalog.pipelines_of(model) else "img2img"
+    return "edit" if "edit" in catalog.pipelines_of(model, _ext("sdq_pushed")) else "img2img"
 
 
 @bp.post("/images/edits")
@@ -170,7 +170,7 @@ def _model_object(entry: dict[str, Any], name: str | None = None) -> dict[str, A
 def _models() -> list[dict[str, Any]]:
     """The catalog as OpenAI model objects: each alias (pointing at an allowed model), then every model id."""
     entries = {e["id"]: e for e in catalog.catalog(current_app.config["SDQ"].models,
-                                                   fleet.live_workers(_ext("sdq_redis")))}
+                                                   fleet.live_workers(_ext("sdq_redis")), _ext("sdq_pushed"))}
     aliases = [_model_object(entries[target], alias) for alias, target in _door().aliases.items() if target in entries]
     return aliases + [_model_object(e) for e in entries.values()]
 
