@@ -283,3 +283,10 @@ def test_quality_maps_to_steps_and_unknown_arguments_are_refused():
         with pytest.raises(InvalidInput) as exc:
             parse_request(body, 100)
         assert exc.value.field == param and exc.value.status == 400
+
+
+def test_a_model_without_the_pipeline_is_refused_naming_model(oa_stack):
+    with pytest.raises(openai.BadRequestError) as exc:
+        _client(oa_stack).images.generate(model="builtin:tiny-upscaler", prompt="x", size="64x64")
+    status, err = _error(exc)
+    assert status == 400 and err["param"] == "model" and "upscale" in err["message"]

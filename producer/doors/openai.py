@@ -32,8 +32,7 @@ bodies.ENDPOINT_LIMITS["openai.edits"] = 2 * defaults.MAX_UPLOAD_BODY_BYTES  # a
 
 FIELDS = {"prompts": "prompt", "items": "n", "params.images_per_prompt": "n", "params.width": "size",
           "params.height": "size", "params.hires.scale": "size", "params.steps": "quality",
-          "params.init_image": "image", "params.mask_image": "mask", "params.seed": "seed",
-          "params.negative_prompt": "prompt", "file": "image"}
+          "params.init_image": "image", "params.mask_image": "mask", "file": "image"}
 """sdq request field -> the OpenAI parameter it came from (errors name the caller's parameter)."""
 
 TYPES = {401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error",
@@ -74,10 +73,16 @@ def _submit(req: ImageRequest, pipeline: str, images: dict[str, str], pipeline_p
     try:
         return jobs.submit(parse_submit(body), settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"), _ext("celery"))
     except InvalidInput as exc:
-        param = pipeline_param if exc.field == "pipeline" else FIELDS.get(exc.field, exc.field)
-        if param == "size" and req.size is not None:
-            exc.message = f"size {req.size[0]}x{req.size[1]}: {exc.message}"
-        raise InvalidInput(param, exc.message, code=exc.code, status=exc.status) from None
+        raise _renamed(exc, req, pipeline_param) from None
+
+
+def _renamed(exc: InvalidInput, req: ImageRequest, pipeline_param: str) -> InvalidInput:
+    """`exc` naming the OpenAI parameter behind the sdq field it names (`pipeline_param` for the pipeline)."""
+    param = pipeline_param if exc.field == "pipeline" else FIELDS.get(exc.field, exc.field)
+    message = exc.message
+    if param == "size" and req.size is not None:
+        message = f"size {req.size[0]}x{req.size[1]}: {message}"
+    return InvalidInput(param, message, code=exc.code, status=exc.status)
 
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])")
@@ -105,7 +110,10 @@ def _answer(req: ImageRequest, pipeline: str, images: dict[str, str], pipeline_p
 def _model_id(req: ImageRequest, pipeline: str) -> str:
     """The sdq model `req` names, checked before any image is stored (404 for an unknown one)."""
     model = _door().resolve(req.model or None)
-    check_model(model, pipeline, current_app.config["SDQ"].models)
+    try:
+        check_model(model, pipeline, current_app.config["SDQ"].models)
+    except InvalidInput as exc:
+        raise _renamed(exc, req, "model") from None
     return model
 
 
