@@ -98,7 +98,7 @@ def test_edit_with_a_mask_inpaints_its_transparent_part(oa_stack, store):
                              prompt="a blue door", response_format="b64_json", size="64x64")
     assert Image.open(io.BytesIO(base64.b64decode(out.data[0].b64_json))).size == (64, 64)
     job = _job(oa_stack, out.job_id)
-    assert job["pipeline"] == "inpaint" and job["state"] == "succeeded"
+    assert job["pipeline"] == "inpaint" and job["state"] == "succeeded" and job["params"]["strength"] == 1.0
     item = job["items"][0]
     sdq_mask = Image.open(io.BytesIO(store.get(item["images"]["mask_image"]))).convert("L")
     assert sdq_mask.getpixel((5, 30)) == 255 and sdq_mask.getpixel((60, 30)) == 0  # sdq: white is repainted

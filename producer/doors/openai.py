@@ -58,16 +58,15 @@ def _door() -> DoorSettings:
     return current_app.config["SDQ_OPENAI"]
 
 
-def _submit(req: ImageRequest, pipeline: str, images: dict[str, str], pipeline_param: str) -> Any:
-    """Submit the sdq job of `req` through the job layer of `POST /v1/jobs`; errors name OpenAI's parameters."""
+def _submit(req: ImageRequest, pipeline: str, extra: dict[str, Any], pipeline_param: str) -> Any:
+    """Submit the sdq job of `req` (with `extra` params: upload keys ...) through the job layer of
+    `POST /v1/jobs`; errors name OpenAI's parameters."""
     settings = current_app.config["SDQ"]
-    params: dict[str, Any] = {"images_per_prompt": req.n, **images}
+    params: dict[str, Any] = {"images_per_prompt": req.n, **extra}
     if req.size is not None:
         params.update(width=req.size[0], height=req.size[1])
     if req.steps is not None:
         params["steps"] = req.steps
-    if pipeline == "inpaint":
-        params["strength"] = 1.0  # the transparent part is made anew, as OpenAI does
     body = {"prompts": [req.prompt], "model": _door().resolve(req.model or None), "pipeline": pipeline,
             "params": params}
     try:
@@ -95,11 +94,11 @@ def wait_bound() -> float:
     return min(bound, max(1, int(match.group(1)))) if match else bound
 
 
-def _answer(req: ImageRequest, pipeline: str, images: dict[str, str], pipeline_param: str):
+def _answer(req: ImageRequest, pipeline: str, extra: dict[str, Any], pipeline_param: str):
     """Take a wait slot, submit, wait for the job, answer its images."""
     slots: TenantSlots = _ext("sdq_openai_waits")
     with slots.slot(g.owner):
-        plan = _submit(req, pipeline, images, pipeline_param)
+        plan = _submit(req, pipeline, extra, pipeline_param)
         job = openai_wait.wait(_ext("sdq_redis"), _ext("sdq_jobs"), plan.job.id, wait_bound())
         if job is None:
             raise NotFound(f"job {plan.job.id} is gone")
@@ -132,11 +131,18 @@ def generations():
     return _answer(req, "txt2img", {}, "model")
 
 
-def _edit_pipeline(model: str, masked: bool) -> str:
-    """inpaint with a mask; else `edit` where the model's family has it, else img2img."""
-    if masked:
-        return "inpaint"
-    return "edit" if "edit" in catalog.pipelines_of(model, _ext("sdq_pushed")) else "img2img"
+MASKED, INSTRUCTED, WHOLE = "inpaint", "edit", "img2img"
+"""The sdq pipelines of an edit: with a mask; without one, where the model's family has an instruction-edit
+pipeline; without one otherwise."""
+
+
+def _edit_pipeline(model: str, images: dict[str, Any]) -> tuple[str, str]:
+    """(pipeline, the OpenAI parameter its refusals name) of an edit; a masked one's `strength` is 1 (the
+    transparent part is made anew, as OpenAI does)."""
+    if "mask_image" in images:
+        images["strength"] = 1.0
+        return MASKED, "mask"
+    return (INSTRUCTED if INSTRUCTED in catalog.pipelines_of(model, _ext("sdq_pushed")) else WHOLE), "image"
 
 
 @bp.post("/images/edits")
@@ -166,8 +172,8 @@ def edits():
     settings = current_app.config["SDQ"]
     images = openai_images.store_images(image, mask, _ext("sdq_store"), _ext("sdq_redis"), g.owner,
                                         _ext("sdq_decodes"), settings.upload_quota_bytes)
-    pipeline = _edit_pipeline(model, "mask_image" in images)
-    return _answer(req, pipeline, images, "mask" if pipeline == "inpaint" else "image")
+    pipeline, param = _edit_pipeline(model, images)
+    return _answer(req, pipeline, images, param)
 
 
 def _model_object(entry: dict[str, Any], name: str | None = None) -> dict[str, Any]:
