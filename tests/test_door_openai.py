@@ -290,3 +290,10 @@ def test_a_model_without_the_pipeline_is_refused_naming_model(oa_stack):
         _client(oa_stack).images.generate(model="builtin:tiny-upscaler", prompt="x", size="64x64")
     status, err = _error(exc)
     assert status == 400 and err["param"] == "model" and "upscale" in err["message"]
+
+
+def test_an_edit_with_a_model_that_cannot_edit_is_refused_naming_model(oa_stack):
+    image = _png(Image.new("RGB", (64, 64), (10, 120, 200)))
+    with pytest.raises(openai.BadRequestError) as exc:
+        _client(oa_stack).images.edit(model="builtin:tiny-upscaler", image=("a.png", image, "image/png"), prompt="x")
+    assert _error(exc)[1]["param"] == "model"

@@ -106,9 +106,17 @@ def _answer(req: ImageRequest, pipeline: str, extra: dict[str, Any], pipeline_pa
     return jsonify(openai_wait.response(job, data, size, req))
 
 
-def _model_id(req: ImageRequest, pipeline: str) -> str:
-    """The sdq model `req` names, checked before any image is stored (404 for an unknown one)."""
+MASKED, INSTRUCTED, WHOLE = "inpaint", "edit", "img2img"
+"""The sdq pipelines of an edit: with a mask; without one, where the model's family has an instruction-edit
+pipeline; without one otherwise."""
+
+
+def _model_id(req: ImageRequest, pipeline: str | None) -> str:
+    """The sdq model `req` names, checked (for `pipeline`; None: any it runs) before any image is stored
+    (404 for an unknown one)."""
     model = _door().resolve(req.model or None)
+    if pipeline is None:
+        pipeline = next(iter(catalog.pipelines_of(model, _ext("sdq_pushed"))), WHOLE)
     try:
         check_model(model, pipeline, current_app.config["SDQ"].models)
     except InvalidInput as exc:
@@ -131,18 +139,13 @@ def generations():
     return _answer(req, "txt2img", {}, "model")
 
 
-MASKED, INSTRUCTED, WHOLE = "inpaint", "edit", "img2img"
-"""The sdq pipelines of an edit: with a mask; without one, where the model's family has an instruction-edit
-pipeline; without one otherwise."""
-
-
 def _edit_pipeline(model: str, images: dict[str, Any]) -> tuple[str, str]:
     """(pipeline, the OpenAI parameter its refusals name) of an edit; a masked one's `strength` is 1 (the
     transparent part is made anew, as OpenAI does)."""
     if "mask_image" in images:
         images["strength"] = 1.0
         return MASKED, "mask"
-    return (INSTRUCTED if INSTRUCTED in catalog.pipelines_of(model, _ext("sdq_pushed")) else WHOLE), "image"
+    return (INSTRUCTED if INSTRUCTED in catalog.pipelines_of(model, _ext("sdq_pushed")) else WHOLE), "model"
 
 
 @bp.post("/images/edits")
@@ -166,7 +169,7 @@ def edits():
         raise InvalidInput("image", f"sdq edits one image per request, got {len(parts)}" if parts else
                            "Missing required parameter: 'image'.", code="invalid_value", status=400)
     mask_part = request.files.get("mask")
-    model = _model_id(req, "img2img")
+    model = _model_id(req, None)
     image = openai_images.read_file(parts[0], "image")
     mask = openai_images.read_file(mask_part, "mask") if mask_part is not None else None
     settings = current_app.config["SDQ"]
