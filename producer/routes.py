@@ -6,7 +6,7 @@ from typing import TypeVar
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
-from producer import bodies, events, jobs, tenants, uploads
+from producer import bodies, catalog, events, jobs, tenants, uploads
 from producer.formats import body_from_prompt_file
 from producer.openapi import ItemsPage, JobsPage
 from producer.quote import quote
@@ -171,6 +171,13 @@ def workers():
     """Live workers and their capability records (another tenant's current job is not named)."""
     records = fleet.live_workers(_ext("sdq_redis"))
     return jsonify({"workers": tenants.redact_workers(records, _ext("sdq_jobs"), g.owner)})
+
+
+@bp.get("/v1/models")
+def models():
+    """Every model the caller may name: family, pipelines, options, defaults, the workers holding it warm."""
+    return jsonify({"models": catalog.catalog(current_app.config["SDQ"].models, fleet.live_workers(_ext("sdq_redis")),
+                                              _ext("sdq_pushed"))})
 
 
 @bp.get("/v1/webhook-secret")
