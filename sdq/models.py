@@ -15,6 +15,8 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "builtin:tiny-depth": pipelines.SD_DEPTH,
     "builtin:tiny-sdxl": pipelines.SDXL,
     "builtin:tiny-sd3": pipelines.SD3,
+    "builtin:tiny-flux": pipelines.FLUX,
+    "builtin:tiny-flux-schnell": pipelines.FLUX,
     # Full-size shapes with random weights (`workers.builtin_fullsize`): generated on first use, ~4-5 GB each.
     "builtin:sd15-shaped": pipelines.SD,
     "builtin:sd2-768-shaped": pipelines.SD,

@@ -83,6 +83,7 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     spec = pipelines.spec(task)
     kwargs.update(spec.call_kwargs(params))
     kwargs.update(pipelines.family_kwargs(loaded.family, params))
+    kwargs.update(pipelines.class_kwargs(type(pipe).__name__, params))
     for image in spec.images:
         kwargs[image.kwarg] = _fit((images or {}).get(image.field, []), params["width"], params["height"])
     kwargs.update(passes.control_kwargs(spec, params, images, _fit))
