@@ -1,0 +1,165 @@
+"""Flux.1 through the real queue on the tiny built-ins: txt2img, img2img, inpaint and edit (Kontext) each
+equal a direct diffusers call of the same class with the same seed; true CFG with a negative prompt reaches
+the pipeline and round-trips through infotext (read by sd-parsers too); a schnell-type model gets its
+distilled defaults; bad Flux parameters are refused at submit naming the field."""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from sdq import families
+from sdq.cli.client import Client
+from sdq.infotext import parse_infotext, submit_body_from_infotext
+from sdq.sources import builtin_path
+from tests.conftest import wait_job
+from tests.test_pipelines import close, pixels, png, result, sketch
+
+CLASSES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline",
+           "edit": "FluxKontextPipeline"}
+"""The diffusers class a direct run uses for each pipeline (what the worker should use too)."""
+
+DEFAULTS = {"guidance_scale": 3.5, "max_sequence_length": 256}
+"""What the producer fills in for a dev-type Flux model (the direct call passes the same)."""
+
+SIZE = {"width": 64, "height": 64}
+
+
+@pytest.fixture(scope="module")
+def flux(stack_factory) -> Client:
+    st = stack_factory("flux")
+    st.worker("w-flux", "--device", "cpu", "--threads", "1")
+    return Client(st.env["SDQ_SERVER"])
+
+
+@lru_cache(maxsize=None)
+def _pipe(models_dir: Path, name: str, task: str):
+    import diffusers
+    import torch
+
+    base = diffusers.FluxPipeline.from_pretrained(builtin_path(models_dir, name), dtype=torch.float32)
+    pipe = base if task == "txt2img" else getattr(diffusers, CLASSES[task]).from_pipe(base)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def direct(models_dir: Path, task: str, prompt: str, seed: int, steps: int = 3, name: str = "tiny-flux",
+           **kw) -> np.ndarray:
+    """The image plain diffusers makes with the model's own scheduler (one thread, like the worker)."""
+    import torch
+
+    torch.set_num_threads(1)
+    if task == "edit":  # the requested size, and the init image as given (see sdq.pipelines.CLASS_KWARGS)
+        kw.update(max_area=kw["width"] * kw["height"], _auto_resize=False)
+    out = _pipe(models_dir, name, task)(prompt=prompt, num_inference_steps=steps,
+                                        generator=torch.Generator("cpu").manual_seed(seed), **kw)
+    return pixels(out.images[0])
+
+
+def run(client: Client, body: dict) -> dict:
+    doc = wait_job(client, client.submit(body)["id"], timeout=240)
+    assert doc["state"] == "succeeded", [it.get("error") for it in doc["items"]]
+    return doc
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["tiny-flux", "tiny-flux-schnell"])
+def test_the_builtins_are_generated_the_same_every_time_and_read_as_flux(tmp_path, models_dir, name):
+    from workers.builtin import BUILDERS
+
+    BUILDERS[name](tmp_path / name)
+    built = builtin_path(models_dir, name)
+    assert digests(tmp_path / name) == digests(built)
+    assert families.detect(built) == families.FLUX
+    assert families.is_distilled(built) == (name == "tiny-flux-schnell")  # read from the transformer's config
+
+
+MASK = Image.new("L", (64, 64), 0)
+ImageDraw.Draw(MASK).rectangle((0, 0, 31, 63), fill=255)
+
+
+@pytest.mark.parametrize("task", list(CLASSES))
+def test_each_pipeline_through_the_queue_equals_direct_diffusers(flux, store, models_dir, task):
+    params: dict = {"steps": 3, "seed": 31, **SIZE}
+    kw: dict = {**DEFAULTS, **SIZE}
+    init = sketch((64, 64), seed=3)
+    if task != "txt2img":
+        params["init_image"] = flux.upload(png(init), "init.png")["key"]
+        kw["image"] = init
+    if task in ("img2img", "inpaint"):
+        params["strength"] = kw["strength"] = 0.7
+    if task == "inpaint":
+        params["mask_image"] = flux.upload(png(MASK), "mask.png")["key"]
+        kw["mask_image"] = MASK
+    prompt = "make the sky red" if task == "edit" else "a red lighthouse"
+    doc = run(flux, {"model": "builtin:tiny-flux", "pipeline": task, "prompts": [prompt], "params": params})
+    img = result(store, doc["items"][0])
+    assert img.size == (64, 64)
+    assert close(pixels(img), direct(models_dir, task, prompt, 31, **kw))
+    other = direct(models_dir, task, prompt, 32, **kw)
+    assert np.abs(pixels(img) - other).mean() > 0.5  # the comparison can fail: another seed differs
+    item = doc["items"][0]["params"]
+    assert (item["scheduler"], item["guidance_scale"], item["max_sequence_length"]) == ("flow_euler", 3.5, 256)
+    info = parse_infotext(img.info["parameters"])
+    assert info["Model"] == "builtin:tiny-flux" and info["Pipeline"] == task
+
+
+def test_true_cfg_with_a_negative_prompt_reaches_the_pipeline_and_round_trips(flux, store, models_dir, tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+    from sd_parsers import ParserManager
+
+    body = {"model": "builtin:tiny-flux", "prompts": ["a boat"],
+            "params": {"steps": 3, "seed": 5, **SIZE, "negative_prompt": "fog", "true_cfg_scale": 4.0,
+                       "guidance_scale": 2.0}}
+    img = result(store, run(flux, body)["items"][0])
+    kw = {**DEFAULTS, **SIZE, "guidance_scale": 2.0}
+    want = direct(models_dir, "txt2img", "a boat", 5, negative_prompt="fog", true_cfg_scale=4.0, **kw)
+    assert close(pixels(img), want)
+    assert np.abs(pixels(img) - direct(models_dir, "txt2img", "a boat", 5, **kw)).mean() > 0.5
+    text = img.info["parameters"]
+    info = parse_infotext(text)
+    assert (info["True CFG scale"], info["CFG scale"], info["negative_prompt"]) == ("4.0", "2.0", "fog")
+    path = tmp_path / "flux.png"
+    meta = PngInfo()
+    meta.add_text("parameters", text)
+    img.save(path, pnginfo=meta)
+    parsed = ParserManager().parse(str(path))  # a third-party reader of A1111 infotext
+    assert parsed is not None and "a boat" in parsed.full_prompt and "fog" in parsed.full_negative_prompt
+    again = submit_body_from_infotext(info)
+    assert again["params"]["true_cfg_scale"] == 4.0 and again["model"] == "builtin:tiny-flux"
+    again["params"]["cache"] = False
+    assert np.array_equal(pixels(result(store, run(flux, again)["items"][0])), pixels(img))
+
+
+def test_a_schnell_type_model_gets_its_distilled_defaults(flux, store, models_dir):
+    doc = run(flux, {"model": "builtin:tiny-flux-schnell", "prompts": ["a fox"], "params": {"seed": 8, **SIZE}})
+    item = doc["items"][0]["params"]
+    assert (item["steps"], item["guidance_scale"], item["max_sequence_length"]) == (4, 0.0, 256)
+    want = direct(models_dir, "txt2img", "a fox", 8, steps=4, name="tiny-flux-schnell", guidance_scale=0.0,
+                  max_sequence_length=256, **SIZE)
+    assert close(pixels(result(store, doc["items"][0])), want)
+
+
+@pytest.mark.parametrize("model, pipeline, params, field", [
+    ("builtin:tiny-flux", "txt2img", {"width": 72}, "params.width"),
+    ("builtin:tiny-flux", "txt2img", {"original_width": 512}, "params.original_width"),
+    ("builtin:tiny-flux", "txt2img", {"negative_prompt": "fog"}, "params.negative_prompt"),
+    ("builtin:tiny-flux", "txt2img", {"true_cfg_scale": 4.0}, "params.true_cfg_scale"),
+    ("builtin:tiny-flux", "txt2img", {"loras": [{"name": "builtin:tiny-lora"}]}, "params.loras[0].name"),
+    ("builtin:tiny-flux", "txt2img", {"controlnet": {"image": "uploads/x.png"}}, "params.controlnet"),
+    ("builtin:tiny-flux-schnell", "txt2img", {"guidance_scale": 3.5}, "params.guidance_scale"),
+    ("builtin:tiny-sd", "edit", {"init_image": "uploads/x.png"}, "pipeline"),
+])
+def test_bad_flux_requests_are_refused_naming_the_field(flux, model, pipeline, params, field):
+    resp = flux.session.post(f"{flux.server}/v1/jobs", json={"model": model, "pipeline": pipeline,
+                                                              "prompts": ["x"], "params": params})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["field"] == field, resp.text
