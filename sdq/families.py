@@ -190,7 +190,7 @@ TINY_PREFIX = "builtin:tiny-"
 """Ids of the tiny built-ins (random weights, a few MB); other built-ins need their family's memory."""
 
 BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256, "builtin:tiny-flux": 128,
-                 "builtin:tiny-flux-schnell": 128}
+                 "builtin:tiny-flux-schnell": 128, "builtin:tiny-flux-gguf": 128}
 """Default width and height of the tiny built-ins whose family's default is larger (their sample size
 times 8: diffusers' own default for them); the others take their family's."""
 
@@ -354,8 +354,22 @@ def model_info(model_id: str) -> ModelInfo:
         except UnknownFamily:
             return ModelInfo(None, None, None)
         fam = FAMILIES[name].as_distilled() if distilled else FAMILIES[name]
-        return ModelInfo(fam, fam.memory, fam.default_side, distilled)
+        memory = quantized(fam.memory, st.st_size / 2**30) if path.suffix.lower() == ".gguf" else fam.memory
+        return ModelInfo(fam, memory, fam.default_side, distilled)
     return ModelInfo(None, None, None)
+
+
+SHARE_MARGIN = 0.05
+"""What `Memory.largest_share` adds to the largest component's share of the parameters."""
+
+
+def quantized(memory: Memory, file_gb: float) -> Memory:
+    """The need of a model whose denoiser (its largest component) is a quantized file of `file_gb` GiB: the
+    other components as before, plus the file as stored (a GGUF transformer is dequantized a layer at a
+    time). Counted at the half-precision rate, so an fp32 worker's need is overstated."""
+    rest = memory.weights_gb * (1 - (memory.largest_share - SHARE_MARGIN))
+    weights = round(rest + file_gb, 2)
+    return replace(memory, weights_gb=weights, largest_share=round(min(1.0, file_gb / weights + SHARE_MARGIN), 2))
 
 
 @lru_cache(maxsize=256)

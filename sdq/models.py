@@ -17,6 +17,7 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "builtin:tiny-sd3": pipelines.SD3,
     "builtin:tiny-flux": pipelines.FLUX,
     "builtin:tiny-flux-schnell": pipelines.FLUX,
+    "builtin:tiny-flux-gguf": pipelines.FLUX,  # tiny-flux with a GGUF (Q8_0) transformer
     # Full-size shapes with random weights (`workers.builtin_fullsize`): generated on first use, ~4-5 GB each.
     "builtin:sd15-shaped": pipelines.SD,
     "builtin:sd2-768-shaped": pipelines.SD,

@@ -102,5 +102,20 @@ def build_tiny_flux_schnell(path: Path) -> None:
     FluxPipeline(**flux_components(schnell=True)).save_pretrained(path, safe_serialization=True)
 
 
-BUILDERS = {"tiny-flux": build_tiny_flux, "tiny-flux-schnell": build_tiny_flux_schnell}
+def build_tiny_flux_gguf(path: Path) -> None:
+    """Write `builtin:tiny-flux-gguf` to `path`: `builtin:tiny-flux` with its transformer stored as a GGUF
+    file (`transformer/diffusion_pytorch_model.gguf`, Q8_0 where the block size fits, see
+    `workers.transformer_files.write_gguf`) instead of safetensors, as quantized Flux files are published."""
+    from safetensors.torch import load_file
+
+    from workers.transformer_files import write_gguf
+
+    build_tiny_flux(path)
+    weights = path / "transformer" / "diffusion_pytorch_model.safetensors"
+    write_gguf(load_file(str(weights)), weights.with_suffix(".gguf"))
+    weights.unlink()
+
+
+BUILDERS = {"tiny-flux": build_tiny_flux, "tiny-flux-schnell": build_tiny_flux_schnell,
+            "tiny-flux-gguf": build_tiny_flux_gguf}
 """Built-in model name (after `builtin:`) to its generator (joined into `workers.builtin.BUILDERS`)."""

@@ -9,7 +9,7 @@ import torch
 
 from sdq import pipelines
 from sdq.exceptions import Cancelled, OutOfMemory
-from workers import passes
+from workers import passes, transformer_files
 from workers.pipelines import Loaded, PipelineCache, denoiser, free_memory, is_out_of_memory
 from workers.routing import next_try
 
@@ -88,7 +88,7 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
         kwargs[image.kwarg] = _fit((images or {}).get(image.field, []), params["width"], params["height"])
     kwargs.update(passes.control_kwargs(spec, params, images, _fit))
     net = denoiser(pipe)
-    dtype = DTYPE_NAMES.get(net.dtype, str(net.dtype))  # read at the call, not assumed
+    dtype = transformer_files.dtype_label(DTYPE_NAMES.get(net.dtype, str(net.dtype)), net)  # read at the call
     try:
         with torch.inference_mode():
             out = pipe(**kwargs)

@@ -119,3 +119,25 @@ def test_flux_parameters_are_refused_on_other_families():
     err = _refused({"model": "builtin:tiny-sdxl", "prompts": ["a"], "pipeline": "edit",
                     "params": {"init_image": "uploads/x.png"}})
     assert err.field == "pipeline"
+
+
+def test_a_gguf_transformer_counts_its_file_size_in_the_need():
+    """A Q8_0 FLUX.1-dev transformer file is ~12.7 GB: with the other components in bf16 the need at 1024x1024
+    then fits a 24 GB GPU, which the full-precision model does not."""
+    full = families.FAMILIES[FLUX].memory
+    q8 = families.quantized(full, 12.7e9 / 2**30)
+    assert q8.need_gb("bf16", 1024 * 1024) < 24 < full.need_gb("bf16", 1024 * 1024)
+    assert q8.weights_gb == pytest.approx(31.5 * 0.3 + 12.7e9 / 2**30, abs=0.01)
+
+
+def test_a_gguf_file_is_a_single_file_model_read_through_its_config_folder(tmp_path):
+    from sdq.models import model_kind
+
+    file = tmp_path / "flux1-dev-Q8_0.gguf"
+    file.write_bytes(b"GGUF" + bytes(60))
+    assert model_kind(str(file)) == "file"
+    with pytest.raises(families.UnknownFamily, match="config folder"):
+        families.detect(file)
+    folder(tmp_path, "FluxPipeline", name="flux1-dev-Q8_0")
+    info = families.model_info(str(file))
+    assert info.family.name == FLUX and info.memory.weights_gb < 10
