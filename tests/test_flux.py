@@ -226,3 +226,15 @@ def test_a_transformer_file_loads_with_its_config_folder_and_makes_the_builtins_
     # the producer counts a GGUF file's own size, not the full-precision transformer's
     gguf_need = families.model_info(str(files["tiny-flux-gguf"])).memory
     assert gguf_need.weights_gb < families.FAMILIES["flux"].memory.weights_gb
+
+
+def test_the_hires_fix_runs_flux_img2img_for_its_second_pass(flux, store, models_dir):
+    first = {"steps": 3, "seed": 3, **SIZE}
+    doc = run(flux, {"model": "builtin:tiny-flux", "prompts": ["a hill"],
+                     "params": {**first, "hires": {"scale": 2, "strength": 0.5, "steps": 4}}})
+    img = result(store, doc["items"][0])
+    assert img.size == (128, 128)
+    low = Image.fromarray(direct(models_dir, "txt2img", "a hill", 3, **DEFAULTS, **SIZE).astype("uint8"))
+    want = direct(models_dir, "img2img", "a hill", 3, steps=4, image=low.resize((128, 128), Image.Resampling.LANCZOS),
+                  strength=0.5, width=128, height=128, **DEFAULTS)
+    assert np.abs(pixels(img) - want).max() <= 2
