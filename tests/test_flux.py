@@ -19,7 +19,8 @@ from sdq import families
 from sdq.cli.client import Client
 from sdq.infotext import parse_infotext, submit_body_from_infotext
 from sdq.sources import builtin_path
-from tests.conftest import wait_job
+from tests.conftest import wait_job, wait_until
+from tests.test_faults_routing import log_text
 from tests.test_pipelines import close, pixels, png, result, sketch
 
 CLASSES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline",
@@ -33,10 +34,21 @@ SIZE = {"width": 64, "height": 64}
 
 
 @pytest.fixture(scope="module")
-def flux(stack_factory) -> Client:
-    st = stack_factory("flux")
+def local_flux(tmp_path_factory, models_dir) -> str:
+    """A copy of tiny-flux as a local diffusers folder: for all the producer knows, a full-size Flux.1."""
+    return str(shutil.copytree(builtin_path(models_dir, "tiny-flux"), tmp_path_factory.mktemp("flux-local") / "m"))
+
+
+@pytest.fixture(scope="module")
+def flux_stack(stack_factory, local_flux):
+    st = stack_factory("flux", env={"SDQ_MODELS": local_flux})
     st.worker("w-flux", "--device", "cpu", "--threads", "1")
-    return Client(st.env["SDQ_SERVER"])
+    return st
+
+
+@pytest.fixture(scope="module")
+def flux(flux_stack) -> Client:
+    return Client(flux_stack.env["SDQ_SERVER"])
 
 
 @lru_cache(maxsize=None)
@@ -238,3 +250,20 @@ def test_the_hires_fix_runs_flux_img2img_for_its_second_pass(flux, store, models
     want = direct(models_dir, "img2img", "a hill", 3, steps=4, image=low.resize((128, 128), Image.Resampling.LANCZOS),
                   strength=0.5, width=128, height=128, **DEFAULTS)
     assert np.abs(pixels(img) - want).max() <= 2
+
+
+def test_a_worker_without_the_memory_for_a_full_size_flux_never_takes_its_item(flux, flux_stack, local_flux):
+    """The local folder is, for all the producer knows, a full-size Flux.1 (~67 GB in fp32 at 64x64): more
+    than this CPU worker has; it leaves the item queued, and the built-in runs meanwhile."""
+    need = families.FAMILIES["flux"].memory.need_gb("fp32", 64 * 64)
+    memory = float(wait_until(flux.workers, "the worker's capability record", 60)[0]["memory_total_gb"])
+    if memory >= need:
+        pytest.skip(f"this machine has the {need} GB a full-size Flux.1 is estimated to need in fp32")
+    job = flux.submit({"model": local_flux, "prompts": ["heavy"], "params": {"steps": 2, **SIZE}})["id"]
+    wait_until(lambda: f"job {job}: passing the chunk on" in log_text(flux_stack, "w-flux"), "the chunk passed on", 60)
+    assert f"needs {need:g} GB" in log_text(flux_stack, "w-flux")
+    run(flux, {"model": "builtin:tiny-flux", "prompts": ["light"], "params": {"steps": 2, **SIZE}})
+    doc = flux.job(job)
+    assert doc["state"] == "queued" and doc["items"][0].get("attempts") is None, doc
+    assert doc["params"]["guidance_scale"] == 3.5  # read as a Flux model at submit: its defaults recorded
+    flux.cancel(job)
