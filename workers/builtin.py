@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from sdq.sources import builtin_path, is_model_folder
-from workers import builtin_families
+from workers import builtin_families, builtin_flux
 
 from workers.builtin_parts import (SD_SCHEDULER, tiny_safety_checker, tiny_text_encoder, tiny_tokenizer, tiny_unet,
                                   tiny_vae)
@@ -160,6 +160,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-sd": build_tiny_sd, "tiny-upscaler": build_tiny_upscaler, "tiny-depth": build_tiny_depth,
     "tiny-controlnet": build_tiny_controlnet, "tiny-sdxl-controlnet": build_tiny_sdxl_controlnet,
     **builtin_families.BUILDERS,
+    **builtin_flux.BUILDERS,
     **_lora_builders(),
 }
 """Built-in model name (after `builtin:`) to its generator."""
