@@ -106,7 +106,7 @@ def _options(fam: Family | None, runs: list[str], loras: list[str], controlnets:
     return out
 
 
-def _adapters(allowlist: tuple[str, ...], pushed: PushedModels | None) -> dict[str, str | None]:
+def adapters_of(allowlist: tuple[str, ...], pushed: PushedModels | None) -> dict[str, str | None]:
     """Allowed LoRA adapters the producer can recognise -> their family: the built-ins, local LoRA files and
     pushed adapters (without the bucket, a pushed entry cannot be told from a model: it is listed as a model)."""
     out: dict[str, str | None] = {}
@@ -163,7 +163,7 @@ def catalog(allowlist: tuple[str, ...], workers: list[dict[str, Any]],
             pushed: PushedModels | None = None) -> list[dict[str, Any]]:
     """Every model a caller may name (built-ins first, then the allowlist), adapters and ControlNets left out;
     `pushed` reads pushed models' descriptions from the bucket."""
-    adapters = _adapters(allowlist, pushed)
+    adapters = adapters_of(allowlist, pushed)
     controlnets: dict[str, str | None] = dict(BUILTIN_CONTROLNETS)
     controlnets.update({m: None for m in allowlist if _is_controlnet(m)})
     models = [m for m in allowed_models(allowlist) if m not in adapters and m not in controlnets]

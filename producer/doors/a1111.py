@@ -18,17 +18,17 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from producer import bodies, errors, jobs, offload, uploads
+from producer import bodies, catalog, errors, jobs, offload, uploads
 from producer.doors import a1111_run as run
 from producer.doors.a1111_schema import IMAGE_MAX_CHARS, Img2ImgIn, PngInfoIn, Txt2ImgIn
 from producer.doors.a1111_translate import (HARMLESS_SETTINGS, SCHEDULERS, a1111_field, checkpoint, sampler_table,
                                             submit_body)
 from producer.schemas import parse_submit
 from producer.status import job_view
-from sdq import contract, defaults, models, pipelines
+from sdq import contract, defaults, pipelines
 from sdq.celery_app import request_finalize
 from sdq.exceptions import ConfigError, InvalidInput, NotFound, TooManyRequests
-from sdq.loras import adapter_family, allowed_adapters, short_name
+from sdq.loras import short_name
 from sdq.records import Job
 from sdq.state.keys import door_options_key
 
@@ -81,23 +81,14 @@ def limited(size: int):
 # 1. What the caller may use: one place to switch to a model catalog.
 
 def door_models() -> list[str]:
-    """Checkpoints the caller may name: every allowed model that makes images from text, LoRA files left out."""
-    settings = current_app.config["SDQ"]
-    adapters = set(door_loras(settings.models))
-    return [m for m in models.allowed_models(settings.models)
-            if m not in adapters and defaults.PIPELINE in models.BUILTIN_MODELS.get(m, (defaults.PIPELINE,))]
+    """Checkpoints the caller may name: the model catalog's entries that make images from text."""
+    entries = catalog.catalog(current_app.config["SDQ"].models, [], current_app.extensions["sdq_pushed"])
+    return [e["id"] for e in entries if defaults.PIPELINE in e["pipelines"]]
 
 
 def door_loras(allowlist: tuple[str, ...]) -> list[str]:
-    """LoRA adapters the caller may tag: every allowed adapter id whose file holds LoRA tensors."""
-    out = []
-    for adapter in allowed_adapters(allowlist):
-        try:
-            adapter_family(adapter)
-        except ValueError:  # a checkpoint file, not an adapter
-            continue
-        out.append(adapter)
-    return out
+    """LoRA adapters the caller may tag: the catalog's adapters."""
+    return list(catalog.adapters_of(allowlist, current_app.extensions["sdq_pushed"]))
 
 
 # 2. Per-tenant options.
