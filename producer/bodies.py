@@ -28,18 +28,20 @@ _SLICE = 1 << 16
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 
 
-ENDPOINT_LIMITS: dict[str, int] = {}
-"""Endpoint -> its largest body, for endpoints registered by other modules (the doors' image edits)."""
+def limited(size: int):
+    """Decorate a view with the largest body it takes (the doors' images), read by `body_limit`."""
+    def mark(view):
+        view.max_body_bytes = size
+        return view
+    return mark
 
 
 def body_limit(request: Request) -> int:
     """The largest body this request may have, by endpoint and content type."""
-    if request.endpoint in ENDPOINT_LIMITS:
-        return ENDPOINT_LIMITS[request.endpoint]
     if request.endpoint == "api.upload":
         return defaults.MAX_UPLOAD_BODY_BYTES
     declared = getattr(current_app.view_functions.get(request.endpoint or ""), "max_body_bytes", None)
-    if declared:  # a view's own bound (the doors' base64 images)
+    if declared:  # a view's own bound (`limited`: the doors' images)
         return declared
     if request.endpoint == "api.submit":
         return defaults.MAX_PROMPT_FILE_BYTES if is_prompt_file(request.mimetype) else defaults.MAX_JSON_BODY_BYTES

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from producer import bodies, catalog, errors, jobs, offload, uploads
-from producer.doors import a1111_run as run
+from producer.doors import a1111_run as run, waiting
 from producer.doors.a1111_schema import IMAGE_MAX_CHARS, Img2ImgIn, PngInfoIn, Txt2ImgIn
 from producer.doors.a1111_translate import (HARMLESS_SETTINGS, SCHEDULERS, a1111_field, checkpoint, sampler_table,
                                             submit_body)
@@ -63,19 +63,13 @@ def register(app: Flask) -> None:
     if not 0 < bound < float("inf"):
         raise ConfigError(f"SDQ_A1111_WAIT_SECONDS={text!r}: give the seconds a request waits for its job, e.g. 600")
     app.config.setdefault("SDQ_A1111_WAIT_SECONDS", bound)
+    app.extensions["sdq_a1111_waits"] = waiting.door_slots(app.extensions["sdq_redis"], "a1111",
+                                                           app.config["SDQ"].max_streams, bound)
     app.register_blueprint(bp)
 
 
 def _ext(name: str) -> Any:
     return current_app.extensions[name]
-
-
-def limited(size: int):
-    """Declare the largest body a view takes (read by `producer.bodies.body_limit`)."""
-    def mark(view):
-        view.max_body_bytes = size
-        return view
-    return mark
 
 
 # 1. What the caller may use: one place to switch to a model catalog.
@@ -125,16 +119,17 @@ def _submit(body: Txt2ImgIn | Img2ImgIn) -> Response:
     # 1. The sdq request, its images uploaded.
     default_model = _options(client, owner)["sd_model_checkpoint"]
     sdq_body = submit_body(body, default_model, door_models(), settings.models)
-    try:
-        parse_submit(sdq_body)  # the request's own fields, checked before any image is stored
-        if isinstance(body, Img2ImgIn):
-            _attach_images(body, sdq_body)
-        # 2. Submit (the tenant's cap, routing, the job record) and wait.
-        plan = jobs.submit(parse_submit(sdq_body), settings, owner, client, _ext("sdq_jobs"), _ext("celery"))
-    except InvalidInput as exc:
-        exc.field = a1111_field(exc.field) or "body"
-        raise
-    job = run.wait_for(_ext("sdq_jobs"), plan.job.id, current_app.config["SDQ_A1111_WAIT_SECONDS"])
+    with _ext("sdq_a1111_waits").slot(owner):  # at most SDQ_MAX_STREAMS waiting requests per tenant
+        try:
+            parse_submit(sdq_body)  # the request's own fields, checked before any image is stored
+            if isinstance(body, Img2ImgIn):
+                _attach_images(body, sdq_body)
+            # 2. Submit (the tenant's cap, routing, the job record) and wait.
+            plan = jobs.submit(parse_submit(sdq_body), settings, owner, client, _ext("sdq_jobs"), _ext("celery"))
+        except InvalidInput as exc:
+            exc.field = a1111_field(exc.field) or "body"
+            raise
+        job = waiting.wait(client, _ext("sdq_jobs"), plan.job.id, current_app.config["SDQ_A1111_WAIT_SECONDS"])
     # 3. The answer.
     items, pngs = run.results(_ext("sdq_jobs"), _ext("sdq_store"), job)
     if not items and job.state == "failed":
@@ -181,14 +176,14 @@ def _going(owner: str) -> Job | None:
 # 4. Routes.
 
 @bp.post("/txt2img")
-@limited(defaults.MAX_OTHER_BODY_BYTES * 16)
+@bodies.limited(defaults.MAX_OTHER_BODY_BYTES * 16)
 def txt2img():
     """A1111 txt2img: images from a prompt, made by an sdq job and waited for."""
     return _submit(_body(Txt2ImgIn))
 
 
 @bp.post("/img2img")
-@limited(2 * IMAGE_MAX_CHARS + defaults.MAX_OTHER_BODY_BYTES * 16)
+@bodies.limited(2 * IMAGE_MAX_CHARS + defaults.MAX_OTHER_BODY_BYTES * 16)
 def img2img():
     """A1111 img2img: `init_images[0]` changed by the prompt; with `mask`, an inpaint (white is repainted)."""
     return _submit(_body(Img2ImgIn))
@@ -229,7 +224,7 @@ def get_options():
 
 
 @bp.post("/options")
-@limited(defaults.MAX_OTHER_BODY_BYTES)
+@bodies.limited(defaults.MAX_OTHER_BODY_BYTES)
 def set_options():
     """Set the caller's own options (`sd_model_checkpoint`, or A1111 settings at values sdq runs with)."""
     data = bodies.read_limited(request, bodies.body_limit(request))
@@ -287,7 +282,7 @@ def scripts():
 
 
 @bp.post("/png-info")
-@limited(IMAGE_MAX_CHARS + defaults.MAX_OTHER_BODY_BYTES)
+@bodies.limited(IMAGE_MAX_CHARS + defaults.MAX_OTHER_BODY_BYTES)
 def png_info():
     """The generation parameters a PNG carries (its `parameters` text chunk, A1111 infotext)."""
     body = _body(PngInfoIn)
@@ -321,8 +316,8 @@ def _rejected(exc: Rejected) -> Response:
     return _detail(exc.status, exc.detail)
 
 
-@bp.errorhandler(run.WaitTimeout)
-def _timeout(exc: run.WaitTimeout) -> Response:
+@bp.errorhandler(waiting.JobPending)
+def _timeout(exc: waiting.JobPending) -> Response:
     return _detail(408, str(exc), job_id=exc.job_id)
 
 

@@ -14,32 +14,17 @@ import io
 import json
 import re
 import time
-from typing import Any, Callable
+from typing import Any
 
 from producer import offload
-from sdq import contract, pipelines
+from sdq import pipelines
 from sdq.exceptions import InvalidInput
 from sdq.infotext import parse_infotext
 from sdq.records import Item, Job
 from sdq.state.store import JobStore
 from storage import ResultStore
 
-POLL_FIRST_S = 0.05
-"""First pause between two reads of a waited-for job; it doubles up to `POLL_MAX_S`."""
-
-POLL_MAX_S = 0.5
-"""Longest pause between two reads of a waited-for job."""
-
 DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,")
-
-
-class WaitTimeout(Exception):
-    """The job did not end within the door's bound; it goes on."""
-
-    def __init__(self, job_id: str, seconds: float) -> None:
-        super().__init__(f"job {job_id} is still running after {seconds:g} s; it goes on: fetch it with "
-                         f"GET /v1/jobs/{job_id}")
-        self.job_id = job_id
 
 
 def decode_b64(text: str, field: str) -> bytes:
@@ -76,21 +61,6 @@ def mask_png(data: bytes, size: tuple[int, int], invert: bool) -> bytes:
     buf = io.BytesIO()
     grey.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def wait_for(jobs: JobStore, job_id: str, bound: float, sleep: Callable[[float], None] = time.sleep) -> Job:
-    """The job once it ended; WaitTimeout after `bound` seconds (the job is left running)."""
-    deadline, pause = time.monotonic() + bound, POLL_FIRST_S
-    while True:
-        job = jobs.get(job_id)
-        if job is None:
-            raise WaitTimeout(job_id, bound)
-        if job.state in contract.TERMINAL_STATES:
-            return job
-        if time.monotonic() >= deadline:
-            raise WaitTimeout(job_id, bound)
-        sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(POLL_MAX_S, pause * 2)
 
 
 def _infotext(png: bytes) -> str:

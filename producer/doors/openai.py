@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 
 from producer import bodies, catalog, jobs
-from producer.doors import openai_images, openai_params, openai_wait
+from producer.doors import openai_images, openai_params, openai_wait, waiting
 from producer.doors.openai_params import DoorSettings, ImageRequest, parse_request
 from producer.errors import register_dialect
 from producer.schemas import PROMPT_MAX_CHARS, parse_submit
@@ -28,7 +28,6 @@ from sdq.state.limits import TenantSlots
 
 PREFIX = "/openai/v1"
 bp = Blueprint("openai", __name__, url_prefix=PREFIX)
-bodies.ENDPOINT_LIMITS["openai.edits"] = 2 * defaults.MAX_UPLOAD_BODY_BYTES  # an image and a mask
 
 FIELDS = {"prompts": "prompt", "items": "n", "params.images_per_prompt": "n", "params.width": "size",
           "params.height": "size", "params.hires.scale": "size", "params.steps": "quality",
@@ -99,7 +98,7 @@ def _answer(req: ImageRequest, pipeline: str, extra: dict[str, Any], pipeline_pa
     slots: TenantSlots = _ext("sdq_openai_waits")
     with slots.slot(g.owner):
         plan = _submit(req, pipeline, extra, pipeline_param)
-        job = openai_wait.wait(_ext("sdq_redis"), _ext("sdq_jobs"), plan.job.id, wait_bound())
+        job = waiting.wait(_ext("sdq_redis"), _ext("sdq_jobs"), plan.job.id, wait_bound())
         if job is None:
             raise NotFound(f"job {plan.job.id} is gone")
         data, size = openai_wait.images(job, _ext("sdq_jobs"), _ext("sdq_store"), req)
@@ -149,6 +148,7 @@ def _edit_pipeline(model: str, images: dict[str, Any]) -> tuple[str, str]:
 
 
 @bp.post("/images/edits")
+@bodies.limited(2 * defaults.MAX_UPLOAD_BODY_BYTES)  # an image and a mask
 def edits():
     """OpenAI `images.edit`: with a mask (or a transparent image) an sdq inpaint job, else img2img (or edit)."""
     if request.mimetype != "multipart/form-data":
@@ -208,8 +208,8 @@ def model(model: str):
     return jsonify(found)
 
 
-@bp.errorhandler(openai_wait.JobPending)
-def _pending(exc: openai_wait.JobPending):
+@bp.errorhandler(waiting.JobPending)
+def _pending(exc: waiting.JobPending):
     resp, status = openai_error(408, "job_pending", str(exc), None)
     resp["error"]["job_id"] = exc.job_id
     out = jsonify(resp)
@@ -232,8 +232,7 @@ def setup(app: Any) -> None:
     door = DoorSettings.from_env()
     settings = app.config["SDQ"]
     app.config.setdefault("SDQ_OPENAI", door)
-    app.extensions["sdq_openai_waits"] = TenantSlots(
-        app.extensions["sdq_redis"], "openai-waits", settings.max_streams, int(door.wait_seconds) + 60,
-        defaults.STREAMS_FULL_RETRY_AFTER, "request")
+    app.extensions["sdq_openai_waits"] = waiting.door_slots(app.extensions["sdq_redis"], "openai",
+                                                            settings.max_streams, door.wait_seconds)
     app.register_blueprint(bp)
     register_dialect(PREFIX, openai_error)
