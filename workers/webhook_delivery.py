@@ -2,7 +2,7 @@
 
 The body is ``{"event": "job.finished", "job": {...summary...}}``; headers carry the HMAC signature
 described in `sdq.webhooks`. Connection errors, 5xx, 408 and 429 answers raise `WebhookFailed`,
-which the Celery task retries with its own exponential backoff (`workers.tasks`: 1, 2, 4, ... s with
+which the courier sends again after an exponential backoff (`workers.courier`: 1, 2, 4, ... s with
 jitter, at most `WEBHOOK_BACKOFF_MAX`, `WEBHOOK_MAX_RETRIES` retries); other 4xx answers are final.
 Before every attempt the host is resolved once and checked, and the request connects to that checked
 address (Host header and TLS server name stay the URL's host), so a name that re-resolves to a
@@ -10,8 +10,8 @@ private address between check and connect (DNS rebinding) reaches nothing. A hos
 resolve is retried like a connection error. Resolution is inside the attempt's deadline: it runs on
 a helper thread waited on for at most `WEBHOOK_DNS_TIMEOUT` (and what is left of the deadline); one
 that does not answer in time fails the attempt with `ResolveTimeout`, which carries the helper so
-the courier can keep that tenant's thread until the system resolver gives up. Log lines name the job, never the URL (URLs often carry
-secrets).
+the courier can keep that tenant's thread until the system resolver gives up. Log lines name the
+job, never the URL (URLs often carry secrets).
 
 A receiver cannot hold a delivery: every attempt has a hard wall-clock deadline (`WEBHOOK_DEADLINE`,
 DNS, connect, TLS, request, status line and headers together; a watchdog shuts the socket down when it
