@@ -12,8 +12,9 @@ Capacity is per tenant (the job's owner): each tenant has its own waiting line (
 tenant in turn (round robin) that is under its share. Each attempt is decided within the hard
 `WEBHOOK_DEADLINE` (DNS included). So while fewer than threads / tenant threads tenants keep a
 worker busy, another tenant's attempt starts as soon as it is handed over; in general it starts
-within ceil(busy tenants / threads) deadlines. A thread whose resolver has not answered by the
-deadline stays with that tenant (still counted in its share) until the system resolver gives up.
+within ceil(busy tenants / threads) deadlines (a thread held by a resolver counts as busy). A thread
+whose resolver has not answered by the deadline stays with that tenant (still counted in its share)
+until the system resolver gives up, so a worker has at most `threads` such helper threads.
 
 A failed attempt is sent again as a new task message after Celery's exponential backoff (1, 2, 4,
 ... s, full jitter, at most `WEBHOOK_BACKOFF_MAX`), up to `WEBHOOK_MAX_RETRIES` times. A delivery
