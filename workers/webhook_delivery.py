@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 RETRY_STATUSES = (408, 429)
 """4xx answers worth retrying; every 5xx is retried too."""
 
+
 class ResolveTimeout(WebhookFailed):
     """The webhook host's name did not resolve in time; `pending` is the resolver thread still waiting."""
 
