@@ -126,16 +126,28 @@ WEBHOOK_BACKOFF_MAX = 300
 each drawn at random below that with full jitter) stops growing here."""
 
 WEBHOOK_DEADLINE = 15.0
-"""Hard wall-clock limit, seconds, on one webhook attempt (connect, TLS, request, status and headers)."""
+"""Hard wall-clock limit, seconds, on one webhook attempt (DNS, connect, TLS, request, status and headers)."""
+
+WEBHOOK_DNS_TIMEOUT = 5.0
+"""Longest wait, seconds, for a webhook host's name to resolve (inside `WEBHOOK_DEADLINE`)."""
 
 WEBHOOK_RESPONSE_BYTES = 1024
 """Most bytes of a webhook receiver's answer body read (only of an error answer, for the log)."""
 
-WEBHOOK_THREADS = 4
+WEBHOOK_THREADS = 8
 """Courier threads per worker that deliver webhooks (off the slot that makes images)."""
 
-WEBHOOK_BACKLOG = 256
-"""Deliveries a worker's courier holds waiting for a thread; beyond it the task is retried later."""
+WEBHOOK_TENANT_THREADS = 2
+"""Most of a worker's courier threads one tenant's deliveries hold at once (its slow DNS included)."""
+
+WEBHOOK_TENANT_BACKLOG = 64
+"""Deliveries of one tenant a worker's courier holds waiting; beyond it the task is sent again later."""
+
+WEBHOOK_BACKLOG = 1024
+"""Deliveries a worker's courier holds waiting, all tenants together; beyond it the task is sent again later."""
+
+WEBHOOK_REFUSED_DELAY = 10.0
+"""Mean pause, seconds, before a delivery the courier had no room for is offered again (not an attempt)."""
 
 FINALIZE_BACKOFF_MAX = 60
 """Longest pause, seconds, between attempts of a job's finalisation (retried until it succeeds)."""
