@@ -277,3 +277,13 @@ def test_the_form_shows_a_quote_before_anything_is_submitted(page, client):
     expect(box).to_contain_text("Can run on w-main")
     expect(box).to_contain_text("s per image")
     assert client.jobs()["total"] == before  # the estimate created nothing
+
+
+def test_the_model_field_offers_the_model_catalog(page):
+    page.goto("/")
+    options = page.locator("#models option")
+    expect(options.first).to_be_attached(timeout=30_000)
+    values = options.evaluate_all("els => els.map(e => [e.value, e.textContent])")
+    ids = dict(values)
+    assert "builtin:tiny-flux" in ids and "Flux" in ids["builtin:tiny-flux"]  # from GET /v1/models, not the fleet
+    assert "warm on w-main" in ids["builtin:tiny-sd"]

@@ -174,13 +174,12 @@ const Submit = {
     return lines;
   },
 
-  // Offer the models live workers may load.
+  // Offer the models the caller may name (the model catalog), each with its family and where it is warm.
   async loadModels() {
     try {
-      const {workers} = await Api.call("/v1/workers");
-      const models = new Set(["builtin:tiny-sd"]);
-      for (const w of workers) for (const m of [...(w.models || []), ...(w.loaded_models || [])]) models.add(m);
-      $("models").replaceChildren(...[...models].sort().map((m) => h("option", {value: m})));
+      const {models} = await Api.call("/v1/models");
+      $("models").replaceChildren(...models.map((m) => h("option", {value: m.id},
+        [m.family_title || m.family, m.warm_on.length ? `warm on ${m.warm_on.join(", ")}` : ""].filter(Boolean).join(" · "))));
     } catch (_) { /* the list is a convenience; the field still takes any id */ }
   },
 };
