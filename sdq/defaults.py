@@ -293,3 +293,19 @@ LORA_SCALE_MAX = 4.0
 
 WARM_LORAS = 8
 """LoRA adapters a worker keeps loaded per model after their jobs (least recently used unloaded first)."""
+
+PREVIEW_INTERVAL = 0.5
+"""Seconds at least between two previews of one item (`params.preview`)."""
+
+PREVIEW_MAX_PER_ITEM = 40
+"""Most previews one item sends, however long it runs."""
+
+PREVIEW_SIDE = 192
+"""Longest side of a preview image, in pixels."""
+
+PREVIEW_MAX_BYTES = 24 * 1024
+"""Largest preview JPEG (before base64); a larger one is made smaller."""
+
+STREAM_PREVIEW_INTERVAL = 0.2
+"""Seconds at least between two previews one event stream forwards (a job of many items running on many
+workers at once does not flood a client); the previews in between are dropped."""

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from sdq.sources import builtin_path, is_model_folder
-from workers import builtin_families, builtin_flux
+from workers import builtin_families, builtin_flux, preview
 
 from workers.builtin_parts import (SD_SCHEDULER, tiny_safety_checker, tiny_text_encoder, tiny_tokenizer, tiny_unet,
                                   tiny_vae)
@@ -162,6 +162,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     **builtin_families.BUILDERS,
     **builtin_flux.BUILDERS,
     **_lora_builders(),
+    **preview.BUILDERS,
 }
 """Built-in model name (after `builtin:`) to its generator."""
 
