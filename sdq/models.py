@@ -21,13 +21,6 @@ BUILTIN_FAMILIES: dict[str, str] = {
 }
 """Built-in model id -> its family (`sdq.pipelines`)."""
 
-BUILTIN_CONTROLNETS: dict[str, str] = {
-    "builtin:tiny-controlnet": pipelines.SD,
-    "builtin:tiny-sdxl-controlnet": pipelines.SDXL,
-}
-"""Built-in ControlNet id -> the family of models it conditions (`params.controlnet.model`; the first
-of a family is its default)."""
-
 BUILTIN_MODELS: dict[str, tuple[str, ...]] = {m: pipelines.pipelines_for(f) for m, f in BUILTIN_FAMILIES.items()}
 """Built-in model id -> pipelines it serves: every pipeline with a class for its family."""
 

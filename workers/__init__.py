@@ -5,5 +5,6 @@ torch, diffusers and transformers are imported only by the device and pipeline c
 `workers.builtin_families`, `workers.builtin_fullsize` (the full-size built-ins), `workers.builtin_loras`
 (the tiny LoRA adapters), `workers.cpu_paths` (a CPU worker's dtype and backend), `workers.checkpoints`,
 `workers.sources` (a hub download) and `workers.simulate`. The other modules import none of them
-themselves (the app, the runner and capability use them through those modules).
+themselves (the app, the runner and capability use them through those modules); the request options'
+worker hooks (`workers/options/`) import diffusers only inside the methods that build pipelines.
 """

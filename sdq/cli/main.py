@@ -80,8 +80,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler")
     s.add_argument("--init-image", dest="init_image")
     s.add_argument("--strength", type=float)
-    s.add_argument("--lora", dest="loras", action="append", metavar="NAME[:SCALE]",
-                   help="apply an allowed LoRA adapter (repeat for several), e.g. builtin:tiny-lora:0.8")
     cli_extras.add_arguments(s)
     s.add_argument("--priority", type=int, default=defaults.PRIORITY)
     s.add_argument("--device", default=None, help="require gpu, cpu or any")

@@ -1,4 +1,4 @@
-"""The worker's warm adapter set (`workers.adapters.WarmAdapters`) against a recording pipeline:
+"""The worker's warm adapter set (`workers.options.loras.WarmAdapters`) against a recording pipeline:
 which diffusers calls switch adapters on and off, and which are unloaded when the set is full."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from sdq.exceptions import ModelError
 from tests.unit.test_loras import write_safetensors
-from workers.adapters import WarmAdapters
+from workers.options.loras import WarmAdapters
 
 
 class RecordingPipe:

@@ -1,0 +1,69 @@
+"""`params.loras`: LoRA adapters applied to every item of the job (`[{"name", "scale"}]`).
+
+The adapter files themselves (names allowed, families, tags, hashes) are `sdq.loras`; the worker
+hook (`workers.options.loras`) loads them into the warm model and switches them per chunk.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+from sdq import loras
+from sdq.options.base import CacheInputs, OptionSpec, Submit
+from sdq.params import Param, Text
+
+NAME_MAX_CHARS = 1000
+"""Longest adapter id (like a model id)."""
+
+
+class Loras(OptionSpec):
+    """LoRA adapters: checked against the allowlist and the model's family, keyed by their files'
+    contents, written as A1111's prompt tags and `Lora hashes`, kept warm on the worker."""
+
+    name = loras.FIELD
+    title = "LoRA"
+    doc = "LoRA adapters applied for this job: `[{\"name\": ..., \"scale\": ...}]`"
+    fields = (Text("name", NAME_MAX_CHARS, required=True),
+              Param("scale", float, -loras.SCALE_MAX, loras.SCALE_MAX, loras.SCALE))
+    schema_name = "LorasEntry"
+    many = loras.MAX_ADAPTERS
+    schema_defaults = True
+    pipelines = loras.PIPELINES
+
+    def check(self, value: Any, ctx: Submit) -> Any:
+        """The adapters as `[{"name", "scale"}]` (`sdq.loras.check_loras`)."""
+        return loras.check_loras(value, ctx.model, ctx.spec.name, ctx.allowlist, ctx.family)
+
+    def cache_inputs(self, value: Any) -> CacheInputs:
+        """Each adapter file's contents are in the key (a name pushed again is a new key)."""
+        return CacheInputs(adapters=tuple(lo["name"] for lo in value))
+
+    def warm_ids(self, value: Any) -> list[str]:
+        """The adapter ids: a worker holding them loaded runs the chunk without loading them."""
+        return [lo["name"] for lo in value or ()]
+
+    def prompt(self, prompt: str, value: Any) -> str:
+        """The prompt with the adapters' `<lora:name:scale>` tags appended."""
+        return loras.prompt_with_tags(prompt, value)
+
+    def infotext(self, value: Any, applied: Any = None) -> dict[str, Any]:
+        """`Lora hashes` (`applied`: the short hashes by id) and `Lora ids`."""
+        return loras.infotext_fields(value, applied)
+
+    def from_infotext(self, info: dict[str, Any]) -> Any:
+        """The adapters named by the prompt's tags."""
+        return loras.from_infotext(info)[1] or None
+
+    def prompt_from_infotext(self, info: dict[str, Any]) -> str:
+        """The prompt without its tags."""
+        return loras.from_infotext(info)[0]
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """`--lora NAME[:SCALE]`, repeated."""
+        parser.add_argument("--lora", dest=self.name, action="append", metavar="NAME[:SCALE]",
+                            help="apply an allowed LoRA adapter (repeat for several), e.g. builtin:tiny-lora:0.8")
+
+    def from_args(self, args: argparse.Namespace, upload: Callable[[str, str], str]) -> Any:
+        """The `--lora` flags as entries."""
+        given = getattr(args, self.name, None)
+        return [loras.parse_flag(text) for text in given] if given else None
