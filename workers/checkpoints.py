@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sdq import families, options, pipelines
+from sdq import families, options
 from sdq.exceptions import ModelError
 from sdq.sources import FP16_VARIANT
 

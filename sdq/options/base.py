@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from sdq import pipelines
@@ -127,6 +128,19 @@ class OptionSpec:
         return str(info.get("prompt", ""))
 
     # -- command line ---------------------------------------------------------------------------------
+    def model_rows(self, allowlist: tuple[str, ...], models_dir: Path, rows: dict[str, dict[str, Any]]) -> list[dict]:
+        """`sdq models`: mark the listed `rows` (by id) that are weights the option names, and return rows
+        for such weights that are not models (none by default)."""
+        return []
+
+    def row_note(self, row: dict[str, Any]) -> str:
+        """`sdq models`: what a row's line says after its path about the option ("" by default)."""
+        return ""
+
+    def push_note(self, manifest: dict[str, Any]) -> str | None:
+        """`sdq models push`: what a pushed file is when it is weights the option names (None: not)."""
+        return None
+
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Its `sdq submit` flags."""
 

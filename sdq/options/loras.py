@@ -6,11 +6,13 @@ hook (`workers.options.loras`) loads them into the warm model and switches them 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Callable
 
 from sdq import loras
 from sdq.options.base import CacheInputs, OptionSpec, Submit
 from sdq.params import Param, Text
+from sdq.sources import source_for
 
 NAME_MAX_CHARS = 1000
 """Longest adapter id (like a model id)."""
@@ -57,6 +59,30 @@ class Loras(OptionSpec):
     def prompt_from_infotext(self, info: dict[str, Any]) -> str:
         """The prompt without its tags."""
         return loras.from_infotext(info)[0]
+
+    def model_rows(self, allowlist: tuple[str, ...], models_dir: Path, rows: dict[str, dict[str, Any]]) -> list[dict]:
+        """Mark the allowed adapters among the rows (`lora: true`, the family read from the file); rows for
+        the built-in adapters, which are not models."""
+        new = []
+        for adapter in loras.allowed_adapters(allowlist):
+            row = rows.get(adapter)
+            if row is None:
+                source = source_for(adapter)
+                row = {"id": adapter, "kind": source.kind, **source.listing(models_dir)}
+                if "path" in row and source.kind == "builtin":
+                    row["present"] = (Path(row["path"]) / loras.ADAPTER_FILE).exists()
+                new.append(row)
+            row.update(lora=True, family=loras.adapter_family(adapter) or row.get("family"))
+        return new
+
+    def row_note(self, row: dict[str, Any]) -> str:
+        """`  (LoRA)` on an adapter's line."""
+        return "  (LoRA)" if row.get("lora") else ""
+
+    def push_note(self, manifest: dict[str, Any]) -> str | None:
+        """A pushed adapter file says its family and where to name it."""
+        found = manifest.get("lora")
+        return f"a {found['family']} LoRA adapter: name it in params.{self.name}" if found else None
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """`--lora NAME[:SCALE]`, repeated."""
