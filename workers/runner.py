@@ -377,8 +377,10 @@ class Runner:
     def _images(self, task: str, batch: list[Item], params: dict[str, Any]) -> dict[str, list[Any]]:
         """Each image input of the pipeline: the items' uploads, in the mode its spec asks for (and the
         images the request options add, e.g. a control image)."""
-        out = {image.field: [Image.open(io.BytesIO(self.store.get(it.image_key(image.field)))).convert(image.mode)
-                             for it in batch] for image in pipelines.spec(task).images}
-        load = lambda key, mode: Image.open(io.BytesIO(self.store.get(key))).convert(mode)  # noqa: E731
+        def load(key: str, mode: str) -> Image.Image:
+            return Image.open(io.BytesIO(self.store.get(key))).convert(mode)
+
+        out = {image.field: [load(it.image_key(image.field), image.mode) for it in batch]
+               for image in pipelines.spec(task).images}
         return {**out, **worker_options.images(params, load, len(batch))}
 

@@ -51,6 +51,18 @@ class CacheInputs:
     adapters: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class FormField:
+    """One input of an option's fieldset on the web page's submit form (`producer.form`): the field of
+    the option's object it fills (`key`), its label, its kind (`number`, `text`, `file`: an upload, or
+    `list`: entries typed as `A[:N], B`, the option's first string and number fields) and HTML attributes."""
+
+    key: str
+    label: str
+    kind: str = "number"
+    attrs: tuple[tuple[str, str], ...] = ()
+
+
 class OptionSpec:
     """One request option (`params.<name>`). Subclasses set the class attributes and override the
     hooks they need; every hook has a do-nothing default, so an option declares only what it does."""
@@ -75,6 +87,12 @@ class OptionSpec:
     """The field named when the size its passes make exceeds the server's limit."""
     image_field: str | None = None
     """The request field of an upload whose size gives the item's (or must match its init image)."""
+    legend: str = ""
+    """The web form's fieldset legend."""
+    toggle: str = ""
+    """The label of the web form's checkbox that asks for it ("" for a `list` field typed in)."""
+    form: tuple[FormField, ...] = ()
+    """The web form's inputs."""
 
     # -- submit (producer) ----------------------------------------------------------------------------
     def check(self, value: Any, ctx: Submit) -> Any:

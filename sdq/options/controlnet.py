@@ -17,7 +17,7 @@ from typing import Any, Callable
 from sdq.exceptions import InvalidInput
 from sdq.families import SD, SDXL
 from sdq.models import BUILTIN_FAMILIES
-from sdq.options.base import CacheInputs, OptionSpec, Submit
+from sdq.options.base import CacheInputs, FormField, OptionSpec, Submit
 from sdq.params import Param, Text
 
 IMAGE_FIELD = "params.controlnet.image"
@@ -79,6 +79,14 @@ class ControlNet(OptionSpec):
     schema_name = "ControlNetIn"
     pipelines = tuple(USES)
     image_field = IMAGE_FIELD
+    legend = "ControlNet"
+    toggle = "Guide the image with a control image"
+    form = (FormField("image", "Control image (PNG, JPEG, WebP)", "file",
+                      (("accept", "image/png,image/jpeg,image/webp"),)),
+            FormField("model", "ControlNet model", "text", (("placeholder", "the model family's built-in"),
+                                                            ("autocomplete", "off"))),
+            FormField("scale", "ControlNet weight", attrs=(("min", "0"), ("max", "2"), ("step", "0.05"), ("value", "1"),
+                                                           ("inputmode", "decimal"))))
 
     def check(self, value: Any, ctx: Submit) -> Any:
         """The model (the family's built-in when none is named), the image and the weight."""

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from sdq import defaults
 from sdq.exceptions import InvalidInput
-from sdq.options.base import OptionSpec, Pass, Submit
+from sdq.options.base import FormField, OptionSpec, Pass, Submit
 from sdq.params import Param
 
 SCALE = 2.0
@@ -48,6 +48,14 @@ class Hires(OptionSpec):
     schema_name = "HiresIn"
     pipelines = tuple(SECOND_PASS)
     size_field = "params.hires.scale"
+    legend = "Hires fix"
+    toggle = "Enlarge, then denoise again at the larger size"
+    form = (FormField("scale", "Upscale by", attrs=(("min", "1"), ("max", "4"), ("step", "0.25"), ("value", "2"),
+                                                     ("inputmode", "decimal"))),
+            FormField("strength", "Hires denoising strength", attrs=(("min", "0.01"), ("max", "1"), ("step", "0.05"),
+                                                                     ("value", "0.7"), ("inputmode", "decimal"))),
+            FormField("steps", "Hires steps", attrs=(("min", "1"), ("placeholder", "same as Steps"),
+                                                     ("inputmode", "numeric"))))
 
     def check(self, value: Any, ctx: Submit) -> Any:
         """The fields with their defaults (the steps stay None: each item's own)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sdq import loras
-from sdq.options.base import CacheInputs, OptionSpec, Submit
+from sdq.options.base import CacheInputs, FormField, OptionSpec, Submit
 from sdq.params import Param, Text
 from sdq.sources import source_for
 
@@ -31,6 +31,9 @@ class Loras(OptionSpec):
     many = loras.MAX_ADAPTERS
     schema_defaults = True
     pipelines = loras.PIPELINES
+    legend = "LoRA"
+    form = (FormField("", "LoRA adapters (NAME or NAME:SCALE, comma-separated)", "list",
+                      (("placeholder", "builtin:tiny-lora:0.8"),)),)
 
     def check(self, value: Any, ctx: Submit) -> Any:
         """The adapters as `[{"name", "scale"}]` (`sdq.loras.check_loras`)."""

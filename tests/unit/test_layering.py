@@ -164,3 +164,6 @@ def test_no_module_outside_the_option_table_names_a_request_option():
              if not str(p.relative_to(ROOT)).startswith(OPTION_HOMES)]
     offenders = {str(p.relative_to(ROOT)): names for p in paths if (names := _option_names(p))}
     assert offenders == {}
+    web = {p.name: sorted(set(OPTION_WORDS.findall(p.read_text(encoding="utf-8"))))  # the page renders the rows
+           for p in (ROOT / "producer" / "static").glob("*.*") if p.suffix in (".js", ".html")}
+    assert {k: v for k, v in web.items() if v} == {}

@@ -63,3 +63,15 @@ def test_a_failing_apply_undoes_the_options_already_on(monkeypatch):
     worker_options.undo(None, None, None, {"a": 1, "b": 2})
     assert log == ["on a", "on b", "off b", "off a"]
     assert worker_options.apply(None, None, None, {"a": None, "b": []}) == {}  # not asked for: not applied
+
+
+def test_the_web_form_renders_a_fieldset_per_row():
+    from producer import form
+
+    page = form.render(f"<form>{form.PLACEHOLDER}</form>")
+    for name, option in options.OPTIONS.items():
+        assert f'data-option="{name}" data-pipelines="{" ".join(option.pipelines)}"' in page
+        for f in option.form:
+            assert f">{f.label}</label>" in page
+            assert f'data-field="params.{name}' in page
+    assert form.PLACEHOLDER not in page
