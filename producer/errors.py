@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from sdq import defaults
 from sdq.exceptions import InvalidInput, NotFound, TooManyRequests
+from storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,9 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 def _service_errors() -> tuple[type[BaseException], ...]:
     """Exceptions meaning Redis, the broker or S3 cannot be reached now."""
-    from botocore.exceptions import BotoCoreError, ClientError
     from kombu.exceptions import OperationalError
 
-    return (redis.ConnectionError, redis.TimeoutError, OperationalError, BotoCoreError, ClientError)
+    return (redis.ConnectionError, redis.TimeoutError, OperationalError, StorageError)
 
 
 def register(app: Flask) -> None:

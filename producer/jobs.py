@@ -254,7 +254,7 @@ def _chunks(plan: Plan, workers: list[dict[str, Any]], by_speed: bool = True):
             start += size
 
 
-def _need_gb(requires: dict[str, Any], worker: dict[str, Any], pixels: int) -> float | None:
+def need_gb(requires: dict[str, Any], worker: dict[str, Any], pixels: int) -> float | None:
     """The memory an item of `pixels` pixels needs on `worker` (its dtype, and its load-time cast on a CPU)."""
     dtype = worker.get("dtype") or "fp32"
     return families.required_gb(requires, dtype, pixels, families.load_cast(worker.get("device") or "", dtype))
@@ -269,7 +269,7 @@ def route(plan: Plan, workers: list[dict[str, Any]],
     for queue in sorted({c.queue for c in routed}):
         able = fleet.serving(workers, queue, model)
         pixels = max(_pixels(plan.job.pipeline, c.params) for c in routed if c.queue == queue)
-        able = [wk for wk in able if (wk.get("memory_total_gb") or 0) >= (_need_gb(req, wk, pixels) or 0)]
+        able = [wk for wk in able if (wk.get("memory_total_gb") or 0) >= (need_gb(req, wk, pixels) or 0)]
         if not able:
             plan.warnings.append(
                 f"no live worker can serve {queue} (device={req['device']}, dtype={req.get('dtype') or 'any'}, "

@@ -74,6 +74,13 @@ ANSWERS: dict[str, tuple[str, type[BaseModel] | None]] = {
 }
 """Endpoint -> its success status and body model, where not 200 without a published model."""
 
+OTHER_ANSWERS: dict[str, dict[str, dict[str, Any]]] = {
+    "api.submit": {"200": {"description": "With `\"dry_run\": true`: the quote (planned items, able and unable "
+                                          "workers with reasons, seconds per item, expected start and finish, "
+                                          "refusals); nothing is created"}},
+}
+"""Endpoint -> further success answers it gives besides its main one."""
+
 UNDOCUMENTED = ("static",)
 """Endpoints left out of the document (the page's own files)."""
 
@@ -102,7 +109,8 @@ def _operation(app: Flask, rule: Rule, endpoint: str) -> dict[str, Any]:
         ok["content"] = {"application/json": {"schema": _ref(model.__name__)}}
     op: dict[str, Any] = {"operationId": endpoint.replace(".", "_"),
                           "summary": (view.__doc__ or endpoint).strip().splitlines()[0],
-                          "responses": {status: ok, "4XX": {"$ref": "#/components/responses/Error"}}}
+                          "responses": {status: ok, **OTHER_ANSWERS.get(endpoint, {}),
+                                        "4XX": {"$ref": "#/components/responses/Error"}}}
     if endpoint in BODIES:
         op["requestBody"] = {"required": True, "content": BODIES[endpoint]}
     params = _parameters(rule, endpoint)

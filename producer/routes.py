@@ -10,6 +10,7 @@ from producer import bodies, events, jobs, tenants, uploads
 from producer.errors import error_response
 from producer.formats import body_from_prompt_file
 from producer.openapi import ItemsPage, JobsPage
+from producer.quote import quote
 from producer.schemas import parse_submit
 from producer.status import job_view
 from sdq.celery_app import request_finalize
@@ -86,6 +87,8 @@ def submit():
         body = body_from_prompt_file(body, request.mimetype, request.args.to_dict())
     bodies.check_strings(body)
     req = parse_submit(body)
+    if req.dry_run:
+        return jsonify(quote(req, settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"))), 200
     plan = jobs.submit(req, settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"), _ext("celery"))
     job_id = plan.job.id
     return jsonify({

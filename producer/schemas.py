@@ -165,6 +165,9 @@ class SubmitRequest(_Strict):
     priority: int = Field(defaults.PRIORITY, ge=0, le=9)
     webhook_url: str | None = Field(None, max_length=URL_MAX_CHARS)
     sweep: dict[str, Annotated[list[Any], Field(max_length=SWEEP_MAX_VALUES)]] | None = Field(None, max_length=16)
+    dry_run: bool = Field(False, description="Answer a quote (200) and create nothing: the planned items, the live "
+                                             "workers able to take them and why the others cannot, seconds per item, "
+                                             "expected start and finish, and any refusal the submit would meet.")
 
     @field_validator("pipeline")
     @classmethod

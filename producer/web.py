@@ -12,14 +12,13 @@ import logging
 import zipfile
 from typing import Iterator
 
-from botocore.exceptions import ClientError
 from flask import Blueprint, Response, current_app, g, jsonify, stream_with_context
 
 from producer.meta import queue_depths
 from producer.tenants import own_job
 from sdq.records import Job
 from sdq.state.store import JobStore
-from storage import ResultStore
+from storage import ResultStore, StorageError, StorageUnavailable
 from storage.s3 import STREAM_CHUNK_BYTES
 
 bp = Blueprint("web", __name__)
@@ -69,7 +68,9 @@ def zip_stream(store: ResultStore, jobs: JobStore, job: Job, chunk: int = CHUNK_
         for name, key in _entries(job, jobs):
             try:
                 size, pieces = store.stream(key, chunk)
-            except ClientError as exc:  # removed from the bucket since: leave it out, keep the rest
+            except StorageUnavailable:
+                raise
+            except StorageError as exc:  # removed from the bucket since: leave it out, keep the rest
                 log.warning("zip of job %s: skipping %s (%s)", job.id, key, exc)
                 continue
             info = zipfile.ZipInfo(name)

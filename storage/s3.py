@@ -1,17 +1,22 @@
-"""Results in an S3-compatible bucket: path-style, retried uploads, presigned GET URLs."""
+"""Results in an S3-compatible bucket: path-style, retried uploads, presigned GET URLs.
+
+botocore's exceptions stay in this module: every call raises `storage.errors` types instead.
+"""
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (ClientError, ConnectionError as BotoConnectionError, HTTPClientError,
-                                 IncompleteReadError)
+from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError,
+                                 HTTPClientError, IncompleteReadError)
 
 from sdq.config import Settings
+from storage.errors import ObjectMissing, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +37,11 @@ FIRST_BACKOFF = 0.5
 """Seconds before sdq's second attempt at an S3 call; doubled each time up to the cap."""
 
 
-def transient(exc: Exception) -> bool:
+def transient(exc: BaseException) -> bool:
     """Whether an S3 call's error may go away by itself (server down, restarting, overloaded, a body
-    cut short)."""
+    cut short): botocore's error, or the store's `StorageUnavailable`."""
+    if isinstance(exc, StorageUnavailable):
+        return True
     if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError)):
         return True
     if isinstance(exc, ClientError):
@@ -44,13 +51,47 @@ def transient(exc: Exception) -> bool:
     return False
 
 
-def missing(exc: Exception) -> bool:
+def missing(exc: BaseException) -> bool:
     """Whether an S3 call failed because the object (or its copy source) does not exist."""
+    if isinstance(exc, ObjectMissing):
+        return True
     if not isinstance(exc, ClientError):
         return False
     err = exc.response.get("Error", {})
     status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
     return err.get("Code") in ("404", "NoSuchKey", "NotFound") or status == "404"
+
+
+def translate(exc: BaseException) -> BaseException:
+    """The store's own error for a failed S3 call (`exc` itself when it is not an S3 client error)."""
+    if isinstance(exc, StorageError):
+        return exc
+    message = f"{type(exc).__name__}: {exc}"
+    if missing(exc):
+        return ObjectMissing(message)
+    if transient(exc):
+        return StorageUnavailable(message)
+    if isinstance(exc, BotoCoreError | ClientError):
+        return StorageError(message)
+    return exc
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Run the body with botocore's errors turned into the store's own (chained for the log)."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised, translated where it is an S3 error
+        out = translate(exc)
+        if out is exc:
+            raise
+        raise out from exc
+
+
+def _pieces(body: Any, chunk: int) -> Iterator[bytes]:
+    """A streamed body's pieces, its read errors translated like every other call's."""
+    with _translated():
+        yield from body.iter_chunks(chunk)
 
 
 def _client(endpoint_url: str | None, region: str):
@@ -99,7 +140,10 @@ class ResultStore:
                 return fn()
             except Exception as exc:  # noqa: BLE001 - classified just below
                 if not transient(exc) or time.monotonic() + pause > deadline:
-                    raise
+                    out = translate(exc)
+                    if out is exc:
+                        raise
+                    raise out from exc
                 log.warning("S3 %s failed (%s); retrying in %.1fs", what, exc, pause)
             if self.on_retry is not None:
                 self.on_retry()
@@ -114,14 +158,16 @@ class ResultStore:
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist."""
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except ClientError:
+        with _translated():
             try:
-                self.client.create_bucket(Bucket=self.bucket)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                    raise
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError:
+                try:
+                    self.client.create_bucket(Bucket=self.bucket)
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou",
+                                                                         "BucketAlreadyExists"):
+                        raise
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream",
             metadata: dict[str, str] | None = None) -> None:
@@ -144,7 +190,8 @@ class ResultStore:
 
     def put_file(self, key: str, path: str | Path) -> None:
         """Upload the file at `path` to `key`, read from disk piece by piece (multipart when large)."""
-        self.client.upload_file(str(path), self.bucket, key)
+        with _translated():
+            self.client.upload_file(str(path), self.bucket, key)
 
     def get(self, key: str) -> bytes:
         """Read the object at `key` (retried through an outage like `put`)."""
@@ -153,32 +200,33 @@ class ResultStore:
     def stream(self, key: str, chunk: int = STREAM_CHUNK_BYTES, start: int = 0) -> tuple[int, Iterator[bytes]]:
         """The object at `key` from byte `start` on, as (its size in bytes from `start`, an iterator of
         pieces of at most `chunk` bytes); memory stays bounded whatever the object's size. A missing
-        key raises a ClientError for which `missing()` is true (one attempt: nothing is retried)."""
+        key raises `ObjectMissing` (one attempt: nothing is retried)."""
         extra = {"Range": f"bytes={start}-"} if start else {}
-        obj = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
-        return int(obj.get("ContentLength") or 0), obj["Body"].iter_chunks(chunk)
+        with _translated():
+            obj = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
+        return int(obj.get("ContentLength") or 0), _pieces(obj["Body"], chunk)
 
     def copy(self, source: str, key: str) -> None:
         """Server-side copy of the object at `source` to `key` (bytes, content type and metadata
-        kept; nothing passes through this process). A missing `source` raises a ClientError for
-        which `missing()` is true; transient errors are retried like `put`."""
+        kept; nothing passes through this process). A missing `source` raises `ObjectMissing`;
+        transient errors are retried like `put`."""
         self._call(f"COPY {source} -> {key}", lambda: self.client.copy_object(
             Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source}))
 
     def size(self, key: str) -> int | None:
         """Size of the object at `key`, or None when absent."""
         try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
+            with _translated():
+                return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ObjectMissing:
+            return None
 
     def keys(self, prefix: str) -> list[str]:
         """All keys under `prefix`, sorted."""
         out: list[str] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            out.extend(obj["Key"] for obj in page.get("Contents", []))
+        with _translated():
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                out.extend(obj["Key"] for obj in page.get("Contents", []))
         return sorted(out)
 
     def url(self, key: str) -> str:
@@ -191,8 +239,9 @@ class ResultStore:
         hit = self._urls.get(key)
         if hit is not None and now - hit[0] < self.url_ttl / 2:
             return hit[1]
-        url = self.signer.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_ttl)
+        with _translated():
+            url = self.signer.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_ttl)
         if len(self._urls) >= URL_CACHE_SIZE:
             self._urls.clear()
         self._urls[key] = (now, url)

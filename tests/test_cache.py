@@ -26,7 +26,7 @@ def _folder(root: Path) -> Path:
 
 
 def test_folder_digest_follows_the_files_and_is_hashed_once(tmp_path):
-    from workers.weights import WeightsHasher
+    from workers.sources import WeightsHasher
 
     folder = _folder(tmp_path / "model")
     hasher = WeightsHasher(tmp_path / "cache")
@@ -48,7 +48,7 @@ def test_folder_digest_follows_the_files_and_is_hashed_once(tmp_path):
 
 
 def test_single_file_store_and_hub_digests(tmp_path):
-    from workers.weights import WeightsHasher
+    from workers.sources import WeightsHasher
 
     hasher = WeightsHasher(tmp_path / "cache")
     ckpt = tmp_path / "sd.safetensors"
@@ -77,7 +77,7 @@ def test_single_file_store_and_hub_digests(tmp_path):
 
 
 def test_builtin_digest_is_the_generated_files(models_dir):
-    from workers.weights import WeightsHasher
+    from workers.sources import WeightsHasher
 
     a = WeightsHasher(models_dir).digest("builtin:tiny-sd")
     assert a and a == WeightsHasher(models_dir).digest("builtin:tiny-sd")

@@ -96,7 +96,7 @@ def _submit_schema(spec: dict) -> st.SearchStrategy:
 
 
 def test_openapi_lists_every_route(api, spec):
-    from producer import create_app
+    from producer.app import create_app
 
     routes = {re.sub(r"<[^>]+>", "{id}", r.rule) for r in create_app().url_map.iter_rules()
               if not r.rule.startswith("/static") and r.rule != "/openapi.json" and r.rule != "/"}

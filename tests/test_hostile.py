@@ -13,7 +13,7 @@ import tracemalloc
 import pytest
 import requests
 
-from producer import create_app
+from producer.app import create_app
 from sdq.cli.services import Stack, free_port
 from sdq.config import Settings
 

@@ -19,8 +19,8 @@ SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "sdq", "producer", "worke
 SCRIPT = """
 import importlib.util, json, sys
 missing = [m for m in ("torch", "diffusers", "transformers") if importlib.util.find_spec(m) is None]
-import producer
-app = producer.create_app()
+import producer.app
+app = producer.app.create_app()
 c = app.test_client()
 bad = c.post("/v1/jobs", json={"prompts": []})
 ok = c.post("/v1/jobs", json={"prompts": ["made without torch in the producer"], "params": json.loads(sys.argv[1])})

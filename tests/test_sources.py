@@ -19,7 +19,7 @@ from workers.device import Device
 from workers.generation import generate
 from workers.pipelines import PipelineCache
 from workers.sources import WorkerFetcher
-from workers.weights import WeightsHasher
+from workers.sources import WeightsHasher
 
 CPU = Device("cpu", "fp32", "cpu")
 PARAMS = {"width": 64, "height": 64, "steps": 2, "guidance_scale": 7.5, "scheduler": "pndm"}

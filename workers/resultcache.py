@@ -23,10 +23,10 @@ from sdq import contract, options
 from sdq.records import Chunk, Item
 from sdq.state.resultindex import Maker, ResultIndex, cache_key, wants_cache
 from sdq.state.store import JobStore
-from storage.s3 import ResultStore, missing
+from storage import ObjectMissing, ResultStore
 from workers.retry import retry_redis
 from workers.thumbs import thumb_key
-from workers.weights import WeightsHasher
+from workers.sources import WeightsHasher
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class CachedResults:
             if entry["key"] != target:
                 self.store.copy(entry["key"], target)
         except Exception as exc:  # noqa: BLE001 - gone or unreadable: run the item, never fail it
-            if missing(exc):
+            if isinstance(exc, ObjectMissing):
                 log.info("result cache entry for job %s item %d points at %s, which is gone; running it",
                          job_id, index, entry["key"])
                 self._forget(key)

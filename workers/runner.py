@@ -27,7 +27,7 @@ from sdq.scheduling import speed
 from sdq.scheduling.speed import loop_steps
 from sdq.state import fleet
 from sdq.state.outbox import Outbox, intent
-from storage.s3 import transient
+from storage import StorageUnavailable
 from workers.device import Device
 from workers.generation import Generated, generate
 from workers.infotext import infotext_for
@@ -260,7 +260,7 @@ class Runner:
             images = self._images(task, batch, params)
             made = self._generate(pipe, loaded, task, params, batch, images, progress)
         except Exception as exc:  # noqa: BLE001 - a failed item never takes the worker down...
-            if transient(exc):  # S3 down beyond its outage limit (an upload read): `_run` gives the items back
+            if isinstance(exc, StorageUnavailable):  # S3 down beyond its outage limit (an upload read): `_run` gives the items back
                 raise
             log.exception("job %s items %s failed", job_id, indices)
             error = f"{type(exc).__name__}: {exc}"

@@ -14,7 +14,7 @@ import redis
 from sdq import contract, defaults
 from sdq.state.runs import CLAIMED, ENDED_JOB, HELD, NOT_RECORDED
 from sdq.state.store import JobStore
-from storage.s3 import ResultStore, transient
+from storage import ResultStore, StorageUnavailable
 from workers.faults import Faults
 from workers.retry import retry_redis
 from workers.thumbs import store_thumb
@@ -95,7 +95,7 @@ class Uploader:
             thumb = store_thumb(self.store, job_id, index, image)  # {} when it failed: the item still succeeds
             state, extra = "succeeded", {"key": key, "bytes": len(data), "timings": timings, **thumb}
         except Exception as exc:  # noqa: BLE001 - classified: outage -> chunk again, else the item fails
-            if transient(exc) or isinstance(exc, redis.RedisError):
+            if isinstance(exc, StorageUnavailable | redis.RedisError):
                 raise
             log.exception("upload of %s failed", key)
             state, extra = "failed", {"error": f"upload failed: {type(exc).__name__}: {exc}"}

@@ -72,6 +72,10 @@ def cmd_submit(args, client: Client) -> int:
             raise InvalidInput("--init-image", f"--init-image {str(path)!r} cannot be read: {exc.strerror}") from None
         body["params"]["init_image"] = client.upload(data, path.name)["key"]
     cli_extras.apply_mask(args, body["params"], client)
+    if args.dry_run:
+        quote = client.submit({**body, "dry_run": True})
+        print(json.dumps(quote) if args.json else describe_quote(quote))
+        return 0 if quote["accepted"] else 1
     resp = client.submit(body)
     if args.json and not args.wait:
         print(json.dumps(resp))
@@ -89,6 +93,25 @@ def cmd_submit(args, client: Client) -> int:
     if args.json:
         print(json.dumps(doc))
     return 0 if doc["state"] == "succeeded" else 1
+
+
+def describe_quote(quote: dict[str, Any]) -> str:
+    """A dry run's quote as lines of text: per queue, the able workers with their seconds per item, the
+    others with why not, and when the job would finish."""
+    lines = [f"dry run: {quote['items']} items of {quote['model']} ({quote['pipeline']}), "
+             f"{quote['items_ahead']} items queued ahead; nothing was submitted"]
+    for q in quote["queues"]:
+        lines.append(f"  {q['queue']}: {q['items']} items")
+        lines += [f"    can run on {w['name']} ({w['device']}, {w['dtype']}): {w['seconds_per_item']} s/item"
+                  f"{'' if w['measured'] else ' (not measured yet: its device kind typical)'}" for w in q["able_workers"]]
+        lines += [f"    not on {w['name']}: {'; '.join(w['reasons'])}" for w in q["unable_workers"]]
+        if q["finish_in_s"] is not None:
+            lines.append(f"    would start in ~{q['start_in_s']} s and finish in ~{q['finish_in_s']} s")
+    if not quote["runnable_now"]:
+        lines.append("no live worker can take some of its items now: they would wait for a capable worker")
+    lines += [f"refused: {r['message']}" for r in quote["refusals"]]
+    lines += [f"warning: {w}" for w in quote["warnings"]]
+    return "\n".join(lines)
 
 
 def wait_job(client: Client, job_id: str, quiet: bool = False, poll: float = 0.5) -> dict[str, Any]:

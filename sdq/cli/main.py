@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="run every item fresh: no answer from, and no entry in, the result cache")
     s.add_argument("--webhook-url", dest="webhook_url", default=None, help="POSTed the job summary when it ends")
     s.add_argument("--wait", action="store_true")
+    s.add_argument("--dry-run", action="store_true", help="print the server's quote (able workers, seconds, "
+                   "expected finish, refusals) and submit nothing")
     s.add_argument("--out", default=None, help="with --wait: download results to OUT/<job>/")
     s.add_argument("--json", action="store_true")
 

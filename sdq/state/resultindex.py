@@ -32,7 +32,7 @@ class Maker:
 
     model: str
     weights: str
-    """Digest of the model's files (`workers.weights`)."""
+    """Digest of the model's files (`workers.sources.WeightsHasher`)."""
     device_kind: str
     """`cpu` or `gpu` (`sdq.contract.worker_kind`)."""
     dtype: str

@@ -120,6 +120,16 @@ def test_no_module_outside_the_tests_is_over_400_lines():
     assert long == {}
 
 
+S3_LIBRARIES = ("boto3", "botocore")
+"""Only `storage/` talks to S3: everything above it sees the store's own types and errors."""
+
+
+def test_nothing_outside_storage_imports_an_s3_library():
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imported(p) if n.split(".")[0] in S3_LIBRARIES)
+                 for pkg in ("sdq", "producer", "workers") for p in (ROOT / pkg).rglob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
 OPTION_WORDS = re.compile(r"lora|controlnet|hires", re.IGNORECASE)
 """How the request options of today are spelled in names and strings (`params.loras`, `params.controlnet`,
 `params.hires`, and their labels: LoRA, ControlNet, Hires ...)."""

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from producer import create_app
+from producer.app import create_app
 from producer.openapi import ItemsPage, JobsPage, build_openapi
 from producer.schemas import SubmitRequest
 
