@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from sdq.sources import source_for
+
 SD = "sd"
 """Stable Diffusion 1.x/2.x: a 4-channel UNet, one CLIP text encoder."""
 SD_UPSCALE = "sd-upscale"
@@ -145,6 +147,18 @@ UNSUPPORTED_FILE_KEYS = {"double_blocks.": "Flux", "model.diffusion_model.double
 TINY = Memory(0.2, 0.5)
 """The built-in tiny models' need (a few MB of weights; working memory at most ~0.5 GB per Mpx on a CPU)."""
 
+BUILTIN_FAMILIES: dict[str, str] = {
+    "builtin:tiny-sd": SD,
+    "builtin:tiny-upscaler": SD_UPSCALE,
+    "builtin:tiny-depth": SD_DEPTH,
+    "builtin:tiny-sdxl": SDXL,
+    "builtin:tiny-sd3": SD3,
+    # Full-size shapes with random weights (`workers.builtin_fullsize`): generated on first use, ~4-5 GB each.
+    "builtin:sd15-shaped": SD,
+    "builtin:sd2-768-shaped": SD,
+}
+"""Built-in model id -> its family."""
+
 TINY_PREFIX = "builtin:tiny-"
 """Ids of the tiny built-ins (random weights, a few MB); other built-ins need their family's memory."""
 
@@ -264,9 +278,7 @@ def model_info(model_id: str) -> ModelInfo:
     built-in's id, an (allowlisted) local folder's `model_index.json`, a local file's header.
     UnsupportedFamily when the model is of a family sdq recognises and does not run; a model that
     cannot be read or matches no family is "not known here" (the worker decides when it loads it)."""
-    from sdq.models import BUILTIN_FAMILIES, model_kind
-
-    kind = model_kind(model_id)
+    kind = source_for(model_id).kind
     if kind == "builtin":
         name = BUILTIN_FAMILIES.get(model_id)
         if name is None:

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sdq.exceptions import InvalidInput
-from sdq.families import SD, SDXL
-from sdq.models import BUILTIN_FAMILIES
+from sdq.families import BUILTIN_FAMILIES, SD, SDXL
 from sdq.options.base import CacheInputs, FormField, OptionSpec, Submit
 from sdq.params import Param, Text
 
