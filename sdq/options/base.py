@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sdq import pipelines
+from sdq.exceptions import InvalidInput
 from sdq.params import Param, Text
 
 
@@ -96,7 +97,11 @@ class OptionSpec:
 
     # -- submit (producer) ----------------------------------------------------------------------------
     def check(self, value: Any, ctx: Submit) -> Any:
-        """The job's checked value (None or empty: not asked for); InvalidInput naming the field otherwise."""
+        """The job's checked value (None or empty: not asked for); InvalidInput naming the field otherwise.
+        By default: refused, with code `unsupported_<name>`, on a pipeline outside `pipelines`."""
+        if value is not None and ctx.spec.name not in self.pipelines:
+            raise InvalidInput(f"params.{self.name}", f"pipeline {ctx.spec.name!r} does not take {self.title}; "
+                               f"these do: {', '.join(self.pipelines) or 'none'}", code=f"unsupported_{self.name}")
         return value
 
     def image_record(self, value: Any, ctx: Submit) -> dict[str, Any] | None:

@@ -75,3 +75,15 @@ def test_the_web_form_renders_a_fieldset_per_row():
             assert f">{f.label}</label>" in page
             assert f'data-field="params.{name}' in page
     assert form.PLACEHOLDER not in page
+
+
+def test_a_row_without_its_own_check_is_refused_on_other_pipelines():
+    from sdq.exceptions import InvalidInput
+
+    row = _Row("later")
+    row.title, row.pipelines = "a later option", ("txt2img",)
+    ctx = options.Submit(pipelines.spec("upscale"), "builtin:tiny-upscaler", None, ())
+    with pytest.raises(InvalidInput) as err:
+        row.check({"on": True}, ctx)
+    assert err.value.field == "params.later" and "'upscale'" in err.value.message and "txt2img" in err.value.message
+    assert row.check({"on": True}, options.Submit(pipelines.spec("txt2img"), "builtin:tiny-sd", None, ())) == {"on": True}
