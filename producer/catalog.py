@@ -3,10 +3,10 @@
 One entry per model id the server allows (the built-ins, then the `SDQ_MODELS` allowlist, pushed
 `store:` models included), with what the producer can tell without loading it: its kind of source,
 its family (None where only a worker can read it: hub ids and pushed models), the pipelines it
-runs, the request options it takes (LoRA adapters, ControlNet, the hires fix), its default size,
+runs, the request options it takes (the option table's rows, with the ids of an option's own weights), its default size,
 steps, scheduler and guidance, and which live workers may load it and which hold it warm now.
-Allowlisted LoRA adapters and ControlNets are not models: they are listed under the options of the
-models of their family. The doors' model lists (`/openai/v1/models`, `/sdapi/v1/sd-models`) are views
+The options' own weights (adapters and the like) are not models: they are listed under the options of
+the models of their family. The doors' model lists (`/openai/v1/models`, `/sdapi/v1/sd-models`) are views
 of this catalog.
 """
 from __future__ import annotations
@@ -16,14 +16,13 @@ import logging
 import time
 from typing import Any
 
-from sdq import defaults, pipelines
+from sdq import defaults, options, pipelines
 from sdq.exceptions import SdqError
 from sdq.families import FAMILIES, Family, UnknownFamily, from_class_name, model_info
-from sdq.loras import adapter_family, allowed_adapters
-from sdq.models import BUILTIN_CONTROLNETS, BUILTIN_MODELS, allowed_models
+from sdq.models import BUILTIN_MODELS, allowed_models
 from sdq.sources import STORE_PREFIX, source_for
 from storage import ResultStore
-from storage.models import PREFIX, remote_manifest
+from storage.models import PREFIX, pushed_adapter_family, remote_manifest
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +50,9 @@ class PushedModels:
     def _read(self, name: str) -> tuple[str | None, bool]:
         try:
             manifest = remote_manifest(self.store, name)
-            if manifest.get("lora"):
-                return manifest["lora"].get("family"), True
+            is_adapter, family = pushed_adapter_family(manifest)
+            if is_adapter:
+                return family, True
             if manifest.get("kind") != "folder":
                 return None, False
             index = json.loads(self.store.get(f"{PREFIX}{name}/files/model_index.json"))
@@ -89,40 +89,26 @@ def pipelines_of(model: str, pushed: PushedModels | None = None) -> list[str]:
     return _pipelines(model, _family(model, pushed)[0])
 
 
-def _options(fam: Family | None, runs: list[str], loras: list[str], controlnets: list[str]) -> dict[str, Any]:
-    """The request options the model takes, each with the pipelines that take it and the ids it may name."""
-    specs = [pipelines.spec(p) for p in runs]
+def _options(fam: Family | None, runs: list[str], weights: dict[str, dict[str, str | None]]) -> dict[str, Any]:
+    """The request options the model takes (the option table's rows), each with the pipelines that take it and,
+    for an option that names weights of its own, the ids a model of its family may name."""
     name = fam.name if fam else None
     out: dict[str, Any] = {}
-    lora_pipes = [s.name for s in specs if s.takes_adapters(pipelines.LORAS.name)]
-    if lora_pipes:
-        out["loras"] = {"pipelines": lora_pipes, "ids": loras}
-    cn_pipes = [s.name for s in specs if s.controlnet and (name is None or s.class_for(name, controlnet=True))]
-    if cn_pipes and controlnets:
-        out["controlnet"] = {"pipelines": cn_pipes, "ids": controlnets}
-    hires = [s.name for s in specs if s.hires_pass]
-    if hires:
-        out["hires"] = {"pipelines": hires}
+    for key, option in options.OPTIONS.items():
+        pipes = [p for p in runs if option.offered(p, name)]
+        if not pipes:
+            continue
+        ids = [i for i, f in weights[key].items() if _same(name, f)]
+        if option.names_weights and not ids:
+            continue
+        out[key] = {"pipelines": pipes, **({"ids": ids} if option.names_weights else {})}
     return out
 
 
-def adapters_of(allowlist: tuple[str, ...], pushed: PushedModels | None) -> dict[str, str | None]:
-    """Allowed LoRA adapters the producer can recognise -> their family: the built-ins, local LoRA files and
-    pushed adapters (without the bucket, a pushed entry cannot be told from a model: it is listed as a model)."""
-    out: dict[str, str | None] = {}
-    for adapter in allowed_adapters(allowlist):
-        if adapter.startswith(STORE_PREFIX):
-            family, lora = pushed.describe(adapter) if pushed is not None else (None, False)
-            if lora:
-                out[adapter] = family
-            continue
-        try:
-            found = adapter_family(adapter)
-        except ValueError:  # a local .safetensors file that is a checkpoint, not an adapter
-            continue
-        if found is not None:
-            out[adapter] = found
-    return out
+def option_weights(allowlist: tuple[str, ...], pushed: PushedModels | None = None) -> dict[str, dict[str, str | None]]:
+    """Option name -> the allowed weights it names (id -> family), which are not models of their own."""
+    describe = pushed.describe if pushed is not None else None
+    return {key: option.weights(allowlist, describe) for key, option in options.OPTIONS.items()}
 
 
 def _same(family: str | None, other: str | None) -> bool:
@@ -136,18 +122,15 @@ def _workers(model: str, workers: list[dict[str, Any]]) -> tuple[list[str], list
     return able, warm
 
 
-def entry(model: str, adapters: dict[str, str | None], controlnets: dict[str, str | None],
-          workers: list[dict[str, Any]], pushed: PushedModels | None = None) -> dict[str, Any]:
+def entry(model: str, weights: dict[str, dict[str, str | None]], workers: list[dict[str, Any]],
+          pushed: PushedModels | None = None) -> dict[str, Any]:
     """The catalog entry of one model id."""
     fam, side, why = _family(model, pushed)
     runs = _pipelines(model, fam)
-    name = fam.name if fam else None
     able, warm = _workers(model, workers)
     out: dict[str, Any] = {
-        "id": model, "kind": source_for(model).kind, "family": name, "family_title": fam.title if fam else None,
-        "pipelines": runs,
-        "options": _options(fam, runs, [a for a, f in adapters.items() if _same(name, f)],
-                            [c for c, f in controlnets.items() if _same(name, f)]),
+        "id": model, "kind": source_for(model).kind, "family": fam.name if fam else None,
+        "family_title": fam.title if fam else None, "pipelines": runs, "options": _options(fam, runs, weights),
         "defaults": {"width": side or defaults.WIDTH, "height": side or defaults.HEIGHT, "steps": defaults.STEPS,
                      "scheduler": fam.default_scheduler if fam else defaults.SCHEDULER,
                      "guidance_scale": fam.guidance[2] if fam else defaults.GUIDANCE_SCALE},
@@ -161,19 +144,8 @@ def entry(model: str, adapters: dict[str, str | None], controlnets: dict[str, st
 
 def catalog(allowlist: tuple[str, ...], workers: list[dict[str, Any]],
             pushed: PushedModels | None = None) -> list[dict[str, Any]]:
-    """Every model a caller may name (built-ins first, then the allowlist), adapters and ControlNets left out;
+    """Every model a caller may name (built-ins first, then the allowlist), the options' own weights left out;
     `pushed` reads pushed models' descriptions from the bucket."""
-    adapters = adapters_of(allowlist, pushed)
-    controlnets: dict[str, str | None] = dict(BUILTIN_CONTROLNETS)
-    controlnets.update({m: None for m in allowlist if _is_controlnet(m)})
-    models = [m for m in allowed_models(allowlist) if m not in adapters and m not in controlnets]
-    return [entry(m, adapters, controlnets, workers, pushed) for m in models]
-
-
-def _is_controlnet(model: str) -> bool:
-    """A local folder holding a single model's `config.json` of a ControlNet (not a pipeline)."""
-    path = getattr(source_for(model), "path", None)
-    return bool(path is not None and path.is_dir() and (path / "config.json").is_file()
-                and not (path / "model_index.json").is_file())
-
-
+    weights = option_weights(allowlist, pushed)
+    not_models = {i for ids in weights.values() for i in ids}
+    return [entry(m, weights, workers, pushed) for m in allowed_models(allowlist) if m not in not_models]

@@ -11,20 +11,19 @@ from typing import Any, Callable
 import redis
 from celery import Celery
 
-from producer.extras import Extras, check_extras
+from producer.options import Checked, check_options
 from producer.family import check_item, family_defaults, info_for
 from producer.inputs import ItemImages, item_images
-from producer.schemas import ADAPTER_KEYS, ITEM_PARAM_KEYS, ItemIn, SubmitRequest
+from producer.schemas import ITEM_PARAM_KEYS, ItemIn, SubmitRequest
 from producer.sweep import check_sweep, combinations, count as sweep_count
 from producer.tenants import check_queue_room
 from producer.uploads import upload_record
-from sdq import contract, defaults, families, pipelines
+from sdq import contract, defaults, families, options, pipelines
 from sdq.celery_app import item_queue, send_chunk
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.families import Family, ModelInfo
 from sdq.gridlayout import GRID_MAX_ITEMS, check_fits
-from sdq.loras import check_loras
 from sdq.models import check_model
 from sdq.records import Chunk, Item, Job
 from sdq.scheduling import scheduling, speed
@@ -51,7 +50,6 @@ class Plan:
 
 def _item_params(base: dict[str, Any], override: Any | None) -> dict[str, Any]:
     params = {k: base.get(k) for k in ITEM_PARAM_KEYS}
-    params.update({k: base[k] for k in ADAPTER_KEYS if base.get(k)})  # job-wide, only when given
     if override is not None:
         params.update({k: getattr(override, k) for k in ITEM_PARAM_KEYS if getattr(override, k) is not None})
     # A family parameter is carried only when set (its family's default, or given): other families'
@@ -68,7 +66,8 @@ def _check_limits(pipeline: str, params: dict[str, Any], where: str, settings: S
     w, h = contract.item_size(pipeline, params)
     if w * h > settings.max_pixels:
         first = pipelines.spec(pipeline).output_size(params["width"], params["height"])
-        field = "params.hires.scale" if first[0] * first[1] <= settings.max_pixels else f"{where}width"
+        grown = next((o.size_field for o, _ in options.active(params) if o.size_field), None)
+        field = grown if grown and first[0] * first[1] <= settings.max_pixels else f"{where}width"
         raise InvalidInput(field, f"{w}x{h} output ({w * h} pixels) exceeds this server's limit of "
                            f"{settings.max_pixels} pixels per image", code="too_large")
 
@@ -110,20 +109,18 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
     info = info_for(req.model, req.pipeline)  # the model's family, when the producer can read the model
     base = {**DEFAULTS, **family_defaults(info, given), **given}
     check_item(info.family, req.model, base, "params.")
-    loras = check_loras(given.pop("loras", None), req.model, req.pipeline, settings.models,
-                        info.family.name if info.family else None)
-    base = {k: v for k, v in base.items() if k != "loras"} | ({"loras": loras} if loras else {})
     spec = pipelines.spec(req.pipeline)
+    # Request options (`sdq.options`): each checked for this pipeline and model; the job records the checked values.
+    checked = check_options(given, options.Submit(spec, req.model, info.family.name if info.family else None,
+                                                  settings.models, uploads))
+    base = {k: v for k, v in base.items() if k not in options.OPTIONS} | checked.values
     if spec.default_side is not None:
         base.update({side: spec.default_side for side in ("width", "height") if side not in given})
     seed = req.params.seed if req.params.seed is not None else secrets.randbelow(2**31)
 
-    extras = check_extras(given, spec, req.model, settings.models, uploads,
-                          info.family.name if info.family else None)
-
     # 2. Items: prompts or explicit items, times sweep combinations, times images_per_prompt.
     _check_count(req, sweep, settings.max_items)
-    items = _expand(req, settings, base, given, seed, combinations(sweep), uploads, extras, info.family)
+    items = _expand(req, settings, base, given, seed, combinations(sweep), uploads, checked, info.family)
 
     # 3. Checks over all the items: the watermark's smallest image, the grid's largest sheet.
     if req.params.watermark:
@@ -150,7 +147,7 @@ def _check_count(req: SubmitRequest, sweep: dict[str, list[Any]], max_items: int
 
 def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given: dict[str, Any], seed: int,
             combos: list[dict[str, Any]], uploads: Callable[[str, str], dict[str, Any]] | None,
-            extras: Extras, fam: Family | None = None) -> list[Item]:
+            checked: Checked, fam: Family | None = None) -> list[Item]:
     """The items of every prompt or entry of `items`, each checked against the server's limits and
     the model's family (`fam`, None: not known here)."""
     sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items or []]
@@ -159,11 +156,11 @@ def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given:
         where = f"items[{src}]." if it is not None else "params."
         params = _item_params(base, it)
         images = item_images(pipelines.spec(req.pipeline), given, it, where, uploads)
-        size = extras.check_size(images.size, where)
+        size = checked.check_size(images.size, where)
         if size is not None:
             explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
             params = _init_image_size(params, size, explicit, fam.size_multiple if fam else 8)
-        params = extras.apply(params, fam.size_multiple if fam else 8)
+        params = checked.apply(params, fam.size_multiple if fam else 8)
         _check_limits(req.pipeline, params, where, settings)
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
         check_item(fam, req.model, params, where, negative)

@@ -6,6 +6,7 @@ from pathlib import Path
 import redis
 from flask import Blueprint, Response, current_app, jsonify
 
+from producer import form
 from producer.openapi import build_openapi
 from sdq import __version__
 from sdq.state import fleet
@@ -24,7 +25,7 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-sr
 @bp.get("/")
 def index():
     """The web page (producer/static): submit prompts, watch jobs fill with images, see the fleet."""
-    return Response(PAGE.read_text(encoding="utf-8"), mimetype="text/html", headers={
+    return Response(form.render(PAGE.read_text(encoding="utf-8")), mimetype="text/html", headers={
         "Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
 
 

@@ -9,7 +9,8 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 from producer.bodies import field_path
 from sdq import contract, defaults, pipelines
 from sdq.exceptions import InvalidInput
-from sdq.params import AdapterParam, Param
+from sdq.options import OPTIONS, OptionSpec
+from sdq.params import Param, Text
 from sdq.webhooks import URL_MAX_CHARS
 
 SEED_MAX = 2**32 - 1
@@ -85,42 +86,36 @@ IMAGE_KEYS = tuple(Images.model_fields)
 """Request fields naming uploaded images (in `params`, or per item)."""
 
 
-def _adapter_entry(param: AdapterParam) -> type[BaseModel]:
-    """The schema of one entry of an adapter list parameter: a name and a scale in the table's range."""
-    return create_model(
-        f"{param.name.title()}Entry", __base__=_Strict, __doc__=f"One entry of `params.{param.name}`.",
-        name=(str, Field(..., min_length=1, max_length=MODEL_MAX_CHARS)),
-        scale=(float, Field(param.default_scale, ge=-param.scale_max, le=param.scale_max)))
+def _field(f: Param | Text, defaults: bool) -> tuple[Any, Any]:
+    """The pydantic field of one field of an option's object: a number in its range, or a string."""
+    if isinstance(f, Text):
+        if f.required:
+            return str, Field(..., min_length=1, max_length=f.max_chars, description=f.doc or None)
+        return str | None, Field(None, min_length=1, max_length=f.max_chars, description=f.doc or None)
+    default = f.default if defaults else None
+    return (f.kind if defaults else f.kind | None), Field(default, ge=f.low, le=f.high, description=f.doc or None)
 
 
-Adapters = create_model(  # one list per adapter parameter some pipeline takes (loras), job-wide
-    "Adapters", __base__=_Strict, __doc__="Adapters (e.g. LoRA) applied to every item of the job.",
-    **{a.name: (list[_adapter_entry(a)] | None, Field(None, max_length=a.max_items, description=a.doc))
-       for a in pipelines.all_adapters().values()})
-
-ADAPTER_KEYS = tuple(Adapters.model_fields)
-"""Job-wide adapter list parameters (`loras`)."""
-
-
-
-def _nested(name: str, params: tuple[Param, ...], doc: str, **extra: Any) -> type[BaseModel]:
-    """A strict request object whose numeric fields are `params`, with the table's ranges."""
-    return create_model(name, __base__=_Strict, __doc__=doc, **extra, **{
-        p.name: (p.kind | None, Field(None, ge=p.low, le=p.high, description=p.doc)) for p in params})
+def _option_schema(option: OptionSpec) -> tuple[Any, Any]:
+    """The pydantic field of one request option: its object (or a list of them), strict, with the table's ranges."""
+    doc = f"One entry of `params.{option.name}`." if option.many else option.doc
+    model = create_model(option.schema_name, __base__=_Strict, __doc__=doc,
+                         **{f.name: _field(f, option.schema_defaults) for f in option.fields})
+    if option.many:
+        return list[model] | None, Field(None, max_length=option.many, description=option.doc)
+    return model | None, None
 
 
-HiresIn = _nested("HiresIn", pipelines.HIRES_PARAMS, "`params.hires`: a txt2img pass, enlarged, then an img2img pass.")
-ControlNetIn = _nested(
-    "ControlNetIn", pipelines.CONTROLNET_PARAMS, "`params.controlnet`: a ControlNet model and its control image.",
-    model=(str | None, Field(None, min_length=1, max_length=MODEL_MAX_CHARS)),
-    image=(str, Field(..., min_length=1, max_length=KEY_MAX_CHARS)))
+Options = create_model(  # one field per request option (`sdq.options`), job-wide
+    "Options", __base__=_Strict, __doc__="Request options applied to every item of the job.",
+    **{name: _option_schema(option) for name, option in OPTIONS.items()})
+
+OPTION_KEYS = tuple(Options.model_fields)
+"""Job-wide request options (`sdq.options.OPTIONS`)."""
 
 
-class Params(Adapters, Images, Overrides):
+class Params(Options, Images, Overrides):
     """Job-wide generation parameters."""
-
-    hires: HiresIn | None = None
-    controlnet: ControlNetIn | None = None
 
     negative_prompt: str = Field("", max_length=PROMPT_MAX_CHARS)
     seed: int | None = Field(None, ge=0, le=SEED_MAX)

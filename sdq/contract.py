@@ -15,7 +15,7 @@ named by its requirements, so any worker listening there can make it.
 """
 from __future__ import annotations
 
-from sdq import pipelines
+from sdq import options, pipelines
 
 TASK_GENERATE = "sdq.generate"
 """Celery task: generate one chunk of items of one job."""
@@ -105,7 +105,7 @@ def output_size(pipeline: str, width: int, height: int) -> tuple[int, int]:
 def item_size(pipeline: str, params: dict) -> tuple[int, int]:
     """Size of the image an item with these parameters makes (the hires fix's larger size when set):
     the size its pixel class, queue, limits and work are counted at."""
-    return pipelines.spec(pipeline).final_size(params)
+    return options.final_size(pipeline, params)
 
 
 def result_key(job_id: str, index: int) -> str:

@@ -41,19 +41,6 @@ STRENGTH = 0.8
 NOISE_LEVEL = 20
 """Noise the x4 upscaler adds to its input (0-350)."""
 
-HIRES_SCALE = 2.0
-"""How much the hires fix enlarges the first pass's image (`params.hires.scale`)."""
-
-HIRES_STRENGTH = 0.7
-"""Denoising strength of the hires fix's second pass (`params.hires.strength`), as A1111's default."""
-
-CONTROLNET_SCALE = 1.0
-"""Weight of the ControlNet's residuals (`params.controlnet.scale`, diffusers' `controlnet_conditioning_scale`)."""
-
-CONTROLNET_MODEL = "builtin:tiny-controlnet"
-"""ControlNet used when `params.controlnet` names no model and the model's family has no built-in one
-(`sdq.models.BUILTIN_CONTROLNETS`) or is not known at submit."""
-
 UPSCALE_SIDE = 128
 """Input width and height of `upscale` when no size is given (the output is 4x)."""
 
@@ -281,18 +268,8 @@ CLI_PROGRESS_INTERVAL = 5.0
 """Seconds between the plain progress lines `sdq submit --wait`, `sdq wait` and `sdq demo` print
 when their output is not a terminal (a file, a pipe, a CI log) (`SDQ_PROGRESS_INTERVAL`)."""
 
-# -- LoRA adapters (`params.loras`, `sdq.loras`) ------------------------------------------------
-MAX_LORAS = 8
-"""Most LoRA adapters one job may name."""
-
-LORA_SCALE = 1.0
-"""Scale of a LoRA adapter that names none."""
-
-LORA_SCALE_MAX = 4.0
-"""Largest absolute LoRA scale accepted (negative scales are allowed, as in A1111)."""
-
-WARM_LORAS = 8
-"""LoRA adapters a worker keeps loaded per model after their jobs (least recently used unloaded first)."""
+WARM_ADAPTERS = 8
+"""Adapters (e.g. LoRA) a worker keeps loaded per model after their jobs (least recently used unloaded first)."""
 
 PREVIEW_INTERVAL = 0.5
 """Seconds at least between two previews of one item (`params.preview`)."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import re
 
-from sdq import loras
-from sdq.pipelines import SAMPLER_NAMES, all_images, all_params, extras_from_infotext
+from sdq import options
+from sdq.pipelines import SAMPLER_NAMES, all_images, all_params
 
 SCHEDULER_OF_SAMPLER = {v: k for k, v in SAMPLER_NAMES.items()}
 """A1111 sampler name -> our scheduler name."""
@@ -57,7 +57,7 @@ def parse_infotext(text: str) -> dict[str, object]:
 def params_from_infotext(info: dict[str, object]) -> dict[str, object]:
     """Turn parsed infotext back into submit `params` (the inverse of the worker's fields): size
     (the input size for upscale), steps, guidance, scheduler, seed, strength, noise level, negative
-    prompt, init image and watermark."""
+    prompt, init image, request options and watermark."""
     params: dict[str, object] = {}
     if "Steps" in info:
         params["steps"] = int(info["Steps"])
@@ -79,18 +79,16 @@ def params_from_infotext(info: dict[str, object]) -> dict[str, object]:
     for image in all_images().values():  # the uploads the image was made from
         if image.infotext and info.get(image.infotext):
             params[image.field] = str(info[image.infotext])
-    params.update(extras_from_infotext(info))  # params.hires and params.controlnet
+    params.update(options.from_infotext(info)[1])  # each request option written
     params["watermark"] = bool(info.get("Watermark"))
     return params
 
 
 def submit_body_from_infotext(info: dict[str, object]) -> dict[str, object]:
-    """A complete submit body that makes the image described by parsed infotext again (LoRA tags at
-    the end of the prompt become `params.loras`)."""
-    prompt, adapters = loras.from_infotext(info)
+    """A complete submit body that makes the image described by parsed infotext again (what options
+    added to the prompt, e.g. LoRA tags, becomes their parameters again)."""
+    prompt, _ = options.from_infotext(info)
     params = params_from_infotext(info)
-    if adapters:
-        params[loras.FIELD] = adapters
     body: dict[str, object] = {"prompts": [prompt], "params": params}
     if info.get("Model"):
         body["model"] = str(info["Model"])

@@ -1,7 +1,9 @@
 """LoRA adapters per job (`params.loras`): which names a caller may use, which model family each is
 for, and how infotext records them (A1111's `<lora:name:scale>` tags and `Lora hashes`).
 
-Torch-free: the producer checks a job's adapters with it, the worker loads them (`workers.adapters`).
+Torch-free: the request option's row (`sdq.options.loras`) checks a job's adapters with it, the
+worker hook (`workers.options.loras`) loads them; model push (`storage.models`) and the built-ins
+recognise adapter files with it.
 An adapter is named like a model (`sdq.sources`): a built-in (`builtin:tiny-lora`), a `.safetensors`
 file in the `SDQ_MODELS` allowlist, or a file pushed to the bucket and allowlisted as `store:NAME`.
 """
@@ -21,8 +23,23 @@ from sdq.sources import BUILTIN_PREFIX, STORE_PREFIX, source_for
 ADAPTER_FILE = "adapter.safetensors"
 """The file a built-in adapter's folder holds."""
 
-FIELD = pipelines.LORAS.name
+FIELD = "loras"
 """The request parameter (`params.loras`)."""
+
+PIPELINES = ("txt2img", "img2img", "inpaint")
+"""The pipelines that take adapters."""
+
+MAX_ADAPTERS = 8
+"""Most LoRA adapters one job may name."""
+
+SCALE = 1.0
+"""Scale of a LoRA adapter that names none."""
+
+SCALE_MAX = 4.0
+"""Largest absolute LoRA scale accepted (negative scales are allowed, as in A1111)."""
+
+HASHES_FIELD = "Lora hashes"
+"""A1111's infotext label of the adapters' short hashes."""
 
 BUILTIN_ADAPTERS: dict[str, str] = {
     "builtin:tiny-lora": pipelines.SD,
@@ -167,9 +184,9 @@ def check_loras(loras: list[dict[str, Any]] | None, model: str, pipeline: str, a
     adapter for another family than the model's `family` (None: not known here, the worker checks)."""
     if not loras:
         return []
-    if not pipelines.spec(pipeline).takes_adapters(FIELD):
+    if pipeline not in PIPELINES:
         raise InvalidInput(f"params.{FIELD}", f"pipeline {pipeline!r} does not take LoRA adapters; these do: "
-                           f"{', '.join(n for n, s in pipelines.SPECS.items() if s.takes_adapters(FIELD))}",
+                           f"{', '.join(PIPELINES)}",
                            code="unsupported_lora")
     allowed = allowed_adapters(allowlist)
     out: list[dict[str, Any]] = []
@@ -191,7 +208,7 @@ def check_loras(loras: list[dict[str, Any]] | None, model: str, pipeline: str, a
             raise InvalidInput(where, f"LoRA {name!r} is for the {found} family; model {model!r} is {family}",
                                code="wrong_family")
         scale = lora.get("scale")
-        out.append({"name": name, "scale": float(pipelines.LORAS.default_scale if scale is None else scale)})
+        out.append({"name": name, "scale": float(SCALE if scale is None else scale)})
     return out
 
 
@@ -255,7 +272,7 @@ def infotext_fields(loras: list[dict[str, Any]] | None, hashes: dict[str, str] |
     hashes = hashes or {}
     listed = [(short_name(lo["name"]), hashes.get(lo["name"])) for lo in loras]
     return {
-        pipelines.LORAS.infotext or "Lora hashes": ", ".join(f"{s}: {h}" for s, h in listed if h) or None,
+        HASHES_FIELD: ", ".join(f"{s}: {h}" for s, h in listed if h) or None,
         IDS_FIELD: json.dumps({short_name(lo["name"]): lo["name"] for lo in loras}, separators=(",", ":")),
     }
 

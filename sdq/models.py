@@ -10,13 +10,6 @@ from sdq.exceptions import InvalidInput
 from sdq.families import BUILTIN_FAMILIES
 from sdq.sources import source_for
 
-BUILTIN_CONTROLNETS: dict[str, str] = {
-    "builtin:tiny-controlnet": pipelines.SD,
-    "builtin:tiny-sdxl-controlnet": pipelines.SDXL,
-}
-"""Built-in ControlNet id -> the family of models it conditions (`params.controlnet.model`; the first
-of a family is its default)."""
-
 BUILTIN_MODELS: dict[str, tuple[str, ...]] = {m: pipelines.pipelines_for(f) for m, f in BUILTIN_FAMILIES.items()}
 """Built-in model id -> pipelines it serves: every pipeline with a class for its family."""
 
@@ -32,7 +25,7 @@ def model_kind(model_id: str) -> str:
     return source_for(model_id).kind
 
 
-__all__ = ["BUILTIN_CONTROLNETS", "BUILTIN_FAMILIES", "BUILTIN_MODELS", "allowed_models", "check_model",
+__all__ = ["BUILTIN_FAMILIES", "BUILTIN_MODELS", "allowed_models", "check_model",
            "model_kind"]
 
 

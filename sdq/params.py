@@ -1,6 +1,7 @@
 """How a request parameter is declared: a number with its range (`Param`), an uploaded image
-(`ImageInput`) or a list of adapters (`AdapterParam`). Torch-free: the pipeline table
-(`sdq.pipelines`) is written with them, the request schema (`producer.schemas`) checks them."""
+(`ImageInput`) or a string field of an option's object (`Text`). Torch-free: the pipeline and option
+tables (`sdq.pipelines`, `sdq.options`) are written with them, the request schema (`producer.schemas`)
+checks them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,16 +45,10 @@ class ImageInput:
 
 
 @dataclass(frozen=True)
-class AdapterParam:
-    """A list parameter naming adapters (weights added to the model's own for one job, e.g. LoRA):
-    each entry a `{"name", "scale"}` whose name is allowed like a model id; checked at submit by the
-    request schema and `sdq.loras`, loaded by the worker (`workers.adapters`)."""
+class Text:
+    """A string field of a request option's object (a model id, an upload key ...)."""
 
     name: str
-    max_items: int
-    scale_max: float
-    """Largest absolute scale (negative scales are allowed)."""
-    default_scale: float
-    infotext: str | None = None
-    """A1111 infotext label of the adapters' short hashes."""
+    max_chars: int
+    required: bool = False
     doc: str = ""

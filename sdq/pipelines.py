@@ -4,7 +4,8 @@ Torch-free: the producer validates a request with it, the worker builds its diff
 it. A pipeline is one `PipelineSpec` in `SPECS`; no other module compares pipeline names, it
 asks the spec (`spec(name).scale`, `.images`, `.param_names` ...). Adding a pipeline means adding
 its entry here, its worker call (`workers.generation`) when the generic one does not fit, and its
-tests.
+tests. Request options that change how a pipeline runs (adapters, a second pass ...) are the other
+table, `sdq.options`: each says which pipelines take it.
 """
 from __future__ import annotations
 
@@ -13,16 +14,7 @@ from typing import Any
 
 from sdq import defaults, families
 from sdq.families import FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL
-from sdq.params import AdapterParam, ImageInput, Param
-
-
-@dataclass(frozen=True)
-class ControlNetUse:
-    """How a pipeline runs with `params.controlnet`: the diffusers class per family and the keyword the
-    control image is passed as (`image` where the pipeline has no init image, else `control_image`)."""
-
-    classes: dict[str, str]
-    kwarg: str = "control_image"
+from sdq.params import ImageInput, Param
 
 
 @dataclass(frozen=True)
@@ -46,17 +38,7 @@ class PipelineSpec:
     """The diffusers class only has the old `callback(step, t, latents)` hook, not `callback_on_step_end`."""
     limit_batch: bool = False
     """Images per call are capped by the worker's `--upscale-batch` (a VAE that decodes large outputs in fp32)."""
-    adapters: tuple[AdapterParam, ...] = ()
-    """Adapter list parameters it takes (`params.loras`)."""
-    controlnet: ControlNetUse | None = None
-    """The classes that run it with a ControlNet (None: `params.controlnet` is refused)."""
-    hires_pass: str | None = None
-    """The pipeline that makes the hires fix's second pass at the larger size (None: `params.hires` is refused)."""
     doc: str = ""
-
-    def takes_adapters(self, name: str) -> bool:
-        """Whether the pipeline takes the adapter list parameter `name` (e.g. `loras`)."""
-        return any(a.name == name for a in self.adapters)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -83,20 +65,6 @@ class PipelineSpec:
             return int(params["steps"])
         return max(1, int(params["steps"] * params[self.steps_scaled_by]))
 
-    def loop_steps(self, params: dict[str, Any]) -> int:
-        """How many denoising steps the pipeline really runs (both passes with a hires fix)."""
-        return self.first_loop(params) + hires_loop(params)
-
-    def final_size(self, params: dict[str, Any]) -> tuple[int, int]:
-        """Size of the image an item makes: `output_size`, then the hires fix's larger size."""
-        return hires_size(params, *self.output_size(params["width"], params["height"]))
-
-    def work(self, params: dict[str, Any]) -> float:
-        """Work of one item in megapixel-steps: each pass's steps times its output megapixels."""
-        w, h = self.output_size(params["width"], params["height"])
-        big_w, big_h = self.final_size(params)
-        return (self.first_loop(params) * w * h + hires_loop(params) * big_w * big_h) / 1e6
-
     def call_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
         """Keyword arguments of the diffusers call taken from the item's parameters (not the images)."""
         out = {p.name: params[p.name] for p in self.params}
@@ -112,11 +80,8 @@ class PipelineSpec:
         """The `Input size` infotext field: the requested size when the output is scaled, else None."""
         return f"{params['width']}x{params['height']}" if self.scale != 1 else None
 
-    def class_for(self, family: str = SD, controlnet: bool = False) -> str | None:
-        """The diffusers class that runs this pipeline for a model of `family`, with a ControlNet when
-        `controlnet` (None: no such pipeline)."""
-        if controlnet:
-            return self.controlnet.classes.get(family) if self.controlnet else None
+    def class_for(self, family: str = SD) -> str | None:
+        """The diffusers class that runs this pipeline for a model of `family` (None: no such pipeline)."""
         return self.classes.get(family)
 
 
@@ -124,24 +89,17 @@ STRENGTH = Param("strength", float, 0, 1, defaults.STRENGTH, infotext="Denoising
                  doc="how much the init image is changed (0 keeps it, 1 ignores it)")
 NOISE_LEVEL = Param("noise_level", int, 0, 350, defaults.NOISE_LEVEL, infotext="Noise level",
                     doc="noise the x4 upscaler adds to its input (its `max_noise_level` is 350)")
-LORAS = AdapterParam("loras", defaults.MAX_LORAS, defaults.LORA_SCALE_MAX, defaults.LORA_SCALE,
-                     infotext="Lora hashes",
-                     doc="LoRA adapters applied for this job: `[{\"name\": ..., \"scale\": ...}]`")
 INIT_IMAGE = ImageInput("init_image", "image", infotext="Init image", sets_size=True)
 MASK_IMAGE = ImageInput("mask_image", "mask_image", mode="L", infotext="Mask image", same_size_as="init_image")
 
 SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("txt2img", {SD: "StableDiffusionPipeline", SDXL: "StableDiffusionXLPipeline",
                              SD3: "StableDiffusion3Pipeline", FLUX: "FluxPipeline"}, passes_size=True,
-                 controlnet=ControlNetUse({SD: "StableDiffusionControlNetPipeline",
-                                           SDXL: "StableDiffusionXLControlNetPipeline"}, kwarg="image"),
-                 hires_pass="img2img", adapters=(LORAS,), doc="an image from a prompt"),
+                 doc="an image from a prompt"),
     PipelineSpec("img2img", {SD: "StableDiffusionImg2ImgPipeline", SDXL: "StableDiffusionXLImg2ImgPipeline",
                              SD3: "StableDiffusion3Img2ImgPipeline", FLUX: "FluxImg2ImgPipeline"},
-                 images=(INIT_IMAGE,), params=(STRENGTH,),
-                 steps_scaled_by="strength", controlnet=ControlNetUse({SD: "StableDiffusionControlNetImg2ImgPipeline",
-                                                                       SDXL: "StableDiffusionXLControlNetImg2ImgPipeline"}),
-                 adapters=(LORAS,), doc="a prompt applied to an init image"),
+                 images=(INIT_IMAGE,), params=(STRENGTH,), steps_scaled_by="strength",
+                 doc="a prompt applied to an init image"),
     PipelineSpec("upscale", {SD_UPSCALE: "StableDiffusionUpscalePipeline"}, images=(INIT_IMAGE,), params=(NOISE_LEVEL,),
                  scale=4, default_side=defaults.UPSCALE_SIDE, legacy_callback=True, limit_batch=True,
                  doc="the init image at 4x its size (width and height give the input size)"),
@@ -150,9 +108,6 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline", SDXL: "StableDiffusionXLInpaintPipeline",
                              FLUX: "FluxInpaintPipeline"},
                  images=(INIT_IMAGE, MASK_IMAGE), params=(STRENGTH,), steps_scaled_by="strength", passes_size=True,
-                 controlnet=ControlNetUse({SD: "StableDiffusionControlNetInpaintPipeline",
-                                           SDXL: "StableDiffusionXLControlNetInpaintPipeline"}),
-                 adapters=(LORAS,),
                  doc="the white part of a mask repainted over the init image (the mask is made single-channel)"),
     PipelineSpec("edit", {FLUX: "FluxKontextPipeline"}, images=(INIT_IMAGE,), passes_size=True,
                  doc="the init image changed as the prompt says (an instruction: \"make the sky red\")"),
@@ -263,11 +218,6 @@ def all_params() -> dict[str, Param]:
     return out
 
 
-def all_adapters() -> dict[str, AdapterParam]:
-    """Every adapter list parameter by name."""
-    return {a.name: a for s in SPECS.values() for a in s.adapters}
-
-
 def all_images() -> dict[str, ImageInput]:
     """Every image input by request field."""
     return {i.field: i for s in SPECS.values() for i in s.images}
@@ -285,70 +235,7 @@ def family_of_class(class_name: str) -> str | None:
 
 def pipeline_classes() -> set[str]:
     """Every diffusers pipeline class some spec names (the worker imports them ahead of the first item)."""
-    return {c for s in SPECS.values() for c in (*s.classes.values(), *(s.controlnet.classes.values()
-                                                                       if s.controlnet else ()))}
-
-
-HIRES_PARAMS: tuple[Param, ...] = (
-    Param("scale", float, 1, 4, defaults.HIRES_SCALE, infotext="Hires upscale",
-          doc="the second pass's size over the first's (rounded down to a multiple of 8)"),
-    Param("strength", float, 0.01, 1, defaults.HIRES_STRENGTH, infotext="Denoising strength",
-          doc="how much the second pass changes the enlarged image"),
-    Param("steps", int, 1, defaults.MAX_STEPS, None, infotext="Hires steps",
-          doc="the second pass's `num_inference_steps` (it runs `steps * strength`); default: the item's steps"),
-)
-"""`params.hires` fields: a first pass at width x height, enlarged, then an img2img pass at the larger size."""
-
-HIRES_UPSCALER = "Lanczos"
-"""How the first pass's image is enlarged (A1111's `Hires upscaler` label): a Lanczos resize of the decoded image."""
-
-CONTROLNET_PARAMS: tuple[Param, ...] = (
-    Param("scale", float, 0, 2, defaults.CONTROLNET_SCALE, doc="weight of the ControlNet's residuals"),
-)
-"""`params.controlnet` numeric fields (besides `model` and `image`, an upload key)."""
-
-CONTROLNET_INFOTEXT = "ControlNet 0"
-"""The infotext label of a ControlNet unit, as A1111's ControlNet extension writes it."""
-
-
-def hires_size(params: dict[str, Any], width: int, height: int) -> tuple[int, int]:
-    """The hires fix's output size for a first pass of `width` x `height` (unchanged without one)."""
-    hires = params.get("hires")
-    if not hires:
-        return width, height
-    return (max(8, int(width * hires["scale"]) // 8 * 8), max(8, int(height * hires["scale"]) // 8 * 8))
-
-
-def hires_loop(params: dict[str, Any]) -> int:
-    """Denoising steps of the hires fix's second pass (0 without one): diffusers' img2img runs `steps * strength`."""
-    hires = params.get("hires")
-    return max(1, int(hires["steps"] * hires["strength"])) if hires else 0
-
-
-def extras_infotext(params: dict[str, Any]) -> dict[str, Any]:
-    """The infotext fields of `params.hires` and `params.controlnet` (A1111's labels)."""
-    out: dict[str, Any] = {}
-    hires = params.get("hires")
-    if hires:
-        out.update({p.infotext: hires[p.name] for p in HIRES_PARAMS}, **{"Hires upscaler": HIRES_UPSCALER})
-    control = params.get("controlnet")
-    if control:
-        out[CONTROLNET_INFOTEXT] = (f"Module: none, Model: {control['model']}, Weight: {control['scale']}, "
-                                    f"Image: {control['image']}")
-    return out
-
-
-def extras_from_infotext(info: dict[str, Any]) -> dict[str, Any]:
-    """`params.hires` and `params.controlnet` read back from parsed infotext (the inverse of `extras_infotext`)."""
-    out: dict[str, Any] = {}
-    if info.get("Hires upscale"):
-        out["hires"] = {p.name: p.parse(str(info[p.infotext])) for p in HIRES_PARAMS if info.get(p.infotext)}
-    unit = info.get(CONTROLNET_INFOTEXT)
-    if unit:
-        fields = dict(part.split(": ", 1) for part in str(unit).split(", ") if ": " in part)
-        out["controlnet"] = {"model": fields.get("Model"), "image": fields.get("Image"),
-                             "scale": float(fields.get("Weight", defaults.CONTROLNET_SCALE))}
-    return out
+    return {c for s in SPECS.values() for c in s.classes.values()}
 
 
 @dataclass(frozen=True)

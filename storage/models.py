@@ -106,6 +106,12 @@ def _lora_info(file: Path) -> dict[str, Any] | None:
     return {"family": family_from_header(header), "tensors": len(header) - ("__metadata__" in header)}
 
 
+def pushed_adapter_family(manifest: dict[str, Any]) -> tuple[bool, str | None]:
+    """(whether a pushed model's manifest is an adapter's, the family it says the adapter is for)."""
+    adapter = manifest.get("lora")
+    return adapter is not None, (adapter or {}).get("family")
+
+
 def remote_manifest(store: ResultStore, name: str) -> dict[str, Any]:
     """The manifest of pushed model `name`: ModelError when there is none, ModelUnavailable when the
     bucket stays unreachable beyond the store's outage limit (the items then go back to the queue)."""

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sdq import families, pipelines
+from sdq import families, options
 from sdq.exceptions import ModelError
 from sdq.sources import FP16_VARIANT
 
@@ -130,4 +130,4 @@ def family_of(model_id: str, pipe) -> str:
 def pipeline_class_name(config: Path) -> str:
     """The pipeline class a single file's config folder names (StableDiffusionPipeline when none sdq knows)."""
     name = json.loads((config / "model_index.json").read_text(encoding="utf-8")).get("_class_name", "")
-    return name if name in pipelines.pipeline_classes() else "StableDiffusionPipeline"
+    return name if name in options.pipeline_classes() else "StableDiffusionPipeline"

@@ -9,7 +9,7 @@ import torch
 
 from sdq import pipelines
 from sdq.exceptions import Cancelled, OutOfMemory
-from workers import passes, transformer_files
+from workers import options as worker_options, transformer_files
 from workers.pipelines import Loaded, PipelineCache, denoiser, free_memory, is_out_of_memory
 from workers.routing import next_try
 
@@ -86,7 +86,7 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     kwargs.update(pipelines.class_kwargs(type(pipe).__name__, params))
     for image in spec.images:
         kwargs[image.kwarg] = _fit((images or {}).get(image.field, []), params["width"], params["height"])
-    kwargs.update(passes.control_kwargs(spec, params, images, _fit))
+    kwargs.update(worker_options.call_kwargs(spec, params, images, _fit))
     net = denoiser(pipe)
     dtype = transformer_files.dtype_label(DTYPE_NAMES.get(net.dtype, str(net.dtype)), net)  # read at the call
     try:
@@ -178,27 +178,12 @@ def _calls(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict[s
             check(len(prompts[part]), loaded.low_memory)
         part_images = {k: v[part] for k, v in images.items()} if images else None
         call = run(pipe, loaded, task, params, prompts[part], negative_prompts[part], seeds[part], part_images, callback)
-        if params.get("hires") and call.images:
-            call = _hires(cache, loaded, task, params, call, prompts[part], negative_prompts[part], seeds[part],
-                          part_images, callback)
+        call = worker_options.after_call(worker_options.CallContext(  # further passes, e.g. the hires fix's
+            cache, loaded, task, params, prompts[part], negative_prompts[part], seeds[part], part_images, callback,
+            run), call)
         out.dtype = call.dtype
         if not call.images:  # cancelled
             return Generated([], [], call.dtype, per_call, loaded.low_memory, retries, error)
         out.images += call.images
         out.nsfw += call.nsfw
     return out
-
-
-
-def _hires(cache: PipelineCache, loaded: Loaded, task: str, params: dict[str, Any], first: Call, prompts: list[str],
-           negative_prompts: list[str], seeds: list[int], images: dict[str, list[Any]] | None,
-           callback: StepCallback | None) -> Call:
-    """The hires fix's second pass: the first pass's images enlarged (Lanczos), then the spec's `hires_pass`
-    pipeline (img2img, with the same ControlNet) at the larger size, with new generators of the same seeds."""
-    spec = pipelines.spec(task)
-    second = passes.second_pass_params(spec, params)
-    pipe, _ = cache.get(loaded.model_id, spec.hires_pass, passes.controlnet_id(params))
-    init = pipelines.spec(spec.hires_pass).images[0].field  # the enlarged image is the second pass's init image
-    inputs = {**(images or {}), init: passes.enlarge(first.images, second["width"], second["height"])}
-    return run(pipe, loaded, spec.hires_pass, second, prompts, negative_prompts, seeds, inputs,
-               passes.offset_steps(callback, spec.first_loop(params)))

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from sdq import defaults, families, pipelines
+from sdq import defaults, families, options, pipelines
 from sdq.exceptions import ModelError, ModelUnavailable, OutOfMemory
 from sdq.sources import single_file_config, source_for
 from workers import checkpoints, transformer_files
-from workers.adapters import WarmAdapters
 from workers.sources import WorkerFetcher
+from workers import options as worker_options
 from workers.cpu_paths import apply_cpu_path
 from workers.device import Device
 
@@ -56,7 +56,7 @@ def warm_imports() -> None:
     """Import the pipeline classes now, so a worker's first item does not pay seconds of lazy imports."""
     import diffusers
 
-    for name in sorted(pipelines.pipeline_classes() | {s.diffusers_class for s in pipelines.SCHEDULERS.values()}):
+    for name in sorted(options.pipeline_classes() | {s.diffusers_class for s in pipelines.SCHEDULERS.values()}):
         getattr(diffusers, name)
 
 
@@ -72,8 +72,7 @@ class Loaded:
     family: str = pipelines.SD  # which class of each pipeline spec runs it
     low_memory: bool = False  # on for good once it was what made a call fit (its modules are shared)
     offloaded: Any = None  # the pipeline whose model-offload hooks the shared modules carry (CUDA)
-    adapters: WarmAdapters | None = None  # LoRA adapters loaded into its modules (`workers.adapters`)
-    controlnets: dict[str, Any] = field(default_factory=dict)  # ControlNet id -> its loaded ControlNetModel
+    parts: dict[str, Any] = field(default_factory=dict)  # request option -> what its worker hook holds loaded
     digest: str | None = None  # weights digest of the files it was built from (the result cache's key)
 
     def check_scheduler(self, name: str) -> None:
@@ -120,7 +119,7 @@ class PipelineCache:
     def __init__(self, models_dir: Path, device: Device, size: int = 2, allow_ckpt: bool = False,
                  low_memory: bool = False, safety_checker: bool = True,
                  upscale_batch: int = defaults.UPSCALE_MAX_BATCH, store=None,
-                 warm_loras: int = defaults.WARM_LORAS) -> None:
+                 warm_adapters: int = defaults.WARM_ADAPTERS) -> None:
         self.models_dir = Path(models_dir)
         self.store = store  # the bucket `store:NAME` models are pulled from
         self.device = device
@@ -129,7 +128,7 @@ class PipelineCache:
         self.low_memory = low_memory
         self.safety_checker = safety_checker
         self.upscale_batch = max(1, upscale_batch)
-        self.warm_loras = max(1, warm_loras)
+        self.warm_adapters = max(1, warm_adapters)
         self.fetcher = WorkerFetcher(self.models_dir, store, half=device.torch_dtype != torch.float32)
         self._models: OrderedDict[str, Loaded] = OrderedDict()
         self._lock = threading.RLock()
@@ -162,8 +161,8 @@ class PipelineCache:
             _remove_hooks(entry.pipelines())
             entry.tasks.clear()
             entry.schedulers.clear()
-            entry.controlnets.clear()
-            entry.base = entry.offloaded = entry.adapters = None
+            entry.parts.clear()
+            entry.base = entry.offloaded = None
             del entry  # the last reference: only cycles are left, and the collection below breaks them
             free_memory(self.device)
             log.info("evicted model %s", model_id)
@@ -184,29 +183,25 @@ class PipelineCache:
         entry = self._models.get(model_id)
         return entry.digest if entry is not None else self.fetcher.hasher.digest(model_id)
 
-    def use_loras(self, pipe, entry: Loaded, loras: list[dict[str, Any]] | None) -> dict[str, str]:
-        """Switch the model's LoRA adapters to a chunk's `params.loras` (none: all off), loading the
-        missing ones (`workers.adapters`); returns their A1111 short hashes by id."""
-        with self._lock:
-            if entry.adapters is None:
-                if not loras:
-                    return {}
-                entry.adapters = WarmAdapters(entry.family, self.warm_loras)
-            return entry.adapters.use(pipe, loras, self.fetcher)
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while models and what option hooks load into them change (`workers.options`)."""
+        return self._lock
 
     def loaded_adapters(self) -> dict[str, list[str]]:
-        """Model id -> the LoRA adapter ids loaded into it now (models with none left out)."""
-        return {m: e.adapters.ids() for m, e in list(self._models.items()) if e.adapters and e.adapters.ids()}
+        """Model id -> the weights request options hold loaded in it now, e.g. LoRA adapters (models with
+        none left out)."""
+        return {m: ids for m, e in list(self._models.items()) if (ids := worker_options.warm(e))}
 
-    def get(self, model_id: str, task: str, controlnet: str | None = None) -> tuple[Any, Loaded]:
-        """The pipeline for (`model_id`, `task`), with ControlNet `controlnet` when given, loading the
-        model (and the ControlNet) on first use."""
+    def get(self, model_id: str, task: str, params: dict[str, Any] | None = None) -> tuple[Any, Loaded]:
+        """The pipeline for (`model_id`, `task`), as the variant an item of `params` runs (an option's
+        `derive`, e.g. with a ControlNet), loading the model (and what the variant needs) on first use."""
         with self._lock:
             entry = self._entry(model_id)
-            key = f"{task}+{controlnet}" if controlnet else task
+            found = worker_options.derive(params)
+            key = f"{task}+{found[1]}" if found else task
             if key not in entry.tasks:
-                entry.tasks[key] = (self._derive_controlnet(entry, task, controlnet) if controlnet
-                                    else self._derive(entry, task))
+                entry.tasks[key] = found[0].derive(self, entry, task, found[1]) if found else self._derive(entry, task)
             return entry.tasks[key], entry
 
     def images_per_call(self, task: str) -> int | None:
@@ -366,30 +361,6 @@ class PipelineCache:
             pipe = cls.from_pipe(entry.base, dtype=self.device.torch_dtype)
         except (TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"model {entry.model_id!r} cannot run pipeline {task!r}: {exc}") from exc
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def _derive_controlnet(self, entry: Loaded, task: str, controlnet: str):
-        """The task's ControlNet pipeline over the base's modules and the ControlNet (loaded once per model
-        entry, through the model sources and on the worker's device and dtype)."""
-        import diffusers
-
-        name = pipelines.spec(task).class_for(entry.family, controlnet=True)
-        if name is None:
-            raise ModelError(f"model {entry.model_id!r} ({entry.family} family) has no ControlNet pipeline for {task!r}")
-        if controlnet not in entry.controlnets:
-            path = source_for(controlnet).open(self.fetcher)
-            try:
-                net = diffusers.ControlNetModel.from_pretrained(path, dtype=self.device.torch_dtype)
-            except (OSError, ValueError, TypeError) as exc:
-                raise ModelError(f"cannot load ControlNet {controlnet!r}: {type(exc).__name__}: {exc}") from exc
-            entry.controlnets[controlnet] = net.to(self.device.device)
-        try:
-            pipe = getattr(diffusers, name).from_pipe(entry.base, controlnet=entry.controlnets[controlnet],
-                                                      dtype=self.device.torch_dtype)
-        except (TypeError, ValueError, AttributeError, RuntimeError) as exc:
-            raise ModelError(f"model {entry.model_id!r} cannot run {task!r} with ControlNet {controlnet!r}: "
-                             f"{exc}") from exc
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import redis
 
-from sdq import contract, loras
+from sdq import contract, options
 from sdq.records import Chunk, Item
 from sdq.state.resultindex import Maker, ResultIndex, cache_key, wants_cache
 from sdq.state.store import JobStore
@@ -78,12 +78,12 @@ class CachedResults:
                 digests[key] = hashlib.sha256(self.store.get(key)).hexdigest()
             return digests[key]
 
-        control = chunk.params.get("controlnet")
-        extra = {"controlnet.image": sha(control["image"]), "controlnet.model": self.hasher.digest(control["model"])} \
-            if control else {}
-        if None in extra.values():  # a ControlNet whose weights are unknown here: run fresh
+        part = options.cache_inputs(chunk.params)  # what the request options add (uploads, weights, adapter files)
+        extra = {**{name: sha(key) for name, key in part.images.items()},
+                 **{name: self.hasher.digest(model) for name, model in part.weights.items()}}
+        if None in extra.values():  # an option's weights unknown here (e.g. a ControlNet's): run fresh
             return {}
-        adapters = self._adapter_digests(chunk.params.get(loras.FIELD))
+        adapters = self._adapter_digests(part.adapters)
         out = {}
         for it in wanted:
             others = {**{name: sha(key) for name, key in sorted((it.images or {}).items())}, **extra}
@@ -92,15 +92,15 @@ class CachedResults:
                                            chunk.watermark, others, adapters))
         return out
 
-    def _adapter_digests(self, wanted: list[dict[str, Any]] | None) -> dict[str, str] | None:
-        """SHA-256 of each LoRA adapter's file by id (fetched first; a failure means "run it")."""
+    def _adapter_digests(self, wanted: tuple[str, ...]) -> dict[str, str] | None:
+        """SHA-256 of each adapter's file by id (fetched first; a failure means "run it")."""
         if not wanted:
             return None
-        from workers.adapters import adapter_digest
+        from workers.options import adapter_digest
         from workers.sources import WorkerFetcher
 
         fetcher = WorkerFetcher(self.hasher.models_dir, self.hasher.store, hasher=self.hasher)
-        return {lo["name"]: adapter_digest(lo["name"], fetcher) for lo in wanted}
+        return {name: adapter_digest(name, fetcher) for name in wanted}
 
     def serve(self, chunk: Chunk, todo: list[int]) -> list[int]:
         """Answer the cached items of `todo` (claimed, `running` here); returns the ones left to run."""

@@ -19,7 +19,7 @@ from typing import Any, Callable, Union
 
 import redis
 
-from sdq import contract, defaults, families
+from sdq import contract, defaults, families, options
 from sdq.records import Chunk, Item
 from sdq.scheduling import scheduling, speed
 from sdq.state import fleet
@@ -108,8 +108,8 @@ def next_try(per_call: int, low_memory: bool) -> Retry | None:
 
 
 def _adapter_ids(chunk: Chunk) -> list[str]:
-    """The LoRA adapter ids the chunk's items run with (`params.loras`)."""
-    return [lo["name"] for lo in chunk.params.get("loras") or ()]
+    """The weights the chunk's request options want warm, e.g. its LoRA adapters (`sdq.options.warm_ids`)."""
+    return options.warm_ids(chunk.params)
 
 
 def _holds(model: str, adapter_ids: list[str], models: Any, adapters: dict[str, list[str]]) -> bool:
@@ -209,7 +209,7 @@ class Router:
             both = [w["name"] for w in idle
                     if _holds(chunk.model, wanted, w.get("loaded_models") or (), w.get("loaded_adapters") or {})]
             if both:
-                return both, f"model {chunk.model} with LoRA {', '.join(wanted)} is"
+                return both, f"model {chunk.model} with {options.warm_label(chunk.params)} is"
         if chunk.model in loaded:
             return [], ""
         return [w["name"] for w in idle if chunk.model in (w.get("loaded_models") or ())], f"model {chunk.model} is"

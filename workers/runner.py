@@ -20,7 +20,7 @@ from PIL import Image
 
 import redis
 
-from sdq import defaults, loras, pipelines
+from sdq import defaults, pipelines
 from sdq.exceptions import ModelError, WorkLost
 from sdq.records import Chunk, Item
 from sdq.scheduling import speed
@@ -37,7 +37,7 @@ from workers.pipelines import OUT_OF_MEMORY, Loaded, OutOfMemory, PipelineCache,
 from workers.progress import Pipe, StepProgress
 from workers.retry import retry_redis
 from workers.routing import Decision, Defer, Fail, HandOff, PassOn, Run, delay, pass_on
-from workers import passes, simulate, watermark
+from workers import options as worker_options, simulate, watermark
 
 log = logging.getLogger(__name__)
 
@@ -182,22 +182,25 @@ class Runner:
         t0 = time.perf_counter()
         self.faults.hit("load")
         try:
-            pipe, loaded = self.cache.get(chunk.model, task, passes.controlnet_id(chunk.params))
+            pipe, loaded = self.cache.get(chunk.model, task, chunk.params)
             loaded.check_scheduler(chunk.params["scheduler"])
-            lora_hashes = self.cache.use_loras(pipe, loaded, chunk.params.get(loras.FIELD))
+            applied = worker_options.apply(self.cache, pipe, loaded, chunk.params)  # e.g. LoRA adapters on
         except ModelError as exc:  # the model (or an adapter) itself is wrong (or not for these parameters)
             self._end(mode, chunk, todo, Failed(str(exc)))
             return
-        self.leases.progress()
-        load_s = time.perf_counter() - t0
-        for start in range(0, len(todo), self.max_batch):
-            batch = [by_index[i] for i in todo[start:start + self.max_batch]]
-            if retry_redis(lambda: self.jobs.is_cancelled(job_id)):
-                self._end(mode, chunk, todo[start:], Cancelled())
-                break
-            self.faults.hit("batch", [it.prompt for it in batch])
-            futures += self._run_batch(chunk, pipe, loaded, batch, load_s, mode, lora_hashes)
-            load_s = 0.0
+        try:
+            self.leases.progress()
+            load_s = time.perf_counter() - t0
+            for start in range(0, len(todo), self.max_batch):
+                batch = [by_index[i] for i in todo[start:start + self.max_batch]]
+                if retry_redis(lambda: self.jobs.is_cancelled(job_id)):
+                    self._end(mode, chunk, todo[start:], Cancelled())
+                    break
+                self.faults.hit("batch", [it.prompt for it in batch])
+                futures += self._run_batch(chunk, pipe, loaded, batch, load_s, mode, applied)
+                load_s = 0.0
+        finally:  # the options off again, also after an exception
+            worker_options.undo(self.cache, pipe, loaded, chunk.params)
 
     def _chunk_id(self, chunk: Chunk) -> tuple[str, tuple[int, ...]]:
         return chunk.job, tuple(chunk.indices)
@@ -242,7 +245,7 @@ class Runner:
             log.warning("could not publish the capability record", exc_info=True)
 
     def _run_batch(self, chunk: Chunk, pipe: Pipe, loaded: Loaded, batch: list[Item], load_s: float,
-                   mode: Mode, lora_hashes: dict[str, str] | None = None) -> list[Future]:
+                   mode: Mode, applied: dict[str, Any] | None = None) -> list[Future]:
         job_id, task, params = chunk.job, chunk.pipeline, chunk.params
         indices = [it.index for it in batch]
         progress = StepProgress(self.jobs, job_id, indices, params["steps"], loop_steps(task, params),
@@ -295,7 +298,7 @@ class Runner:
             }
             marked = chunk.watermark and watermark.can_mark(image)
             info = infotext_for(chunk, item, image.size, self.device, self.name, marked, made.dtype, nsfw,
-                                lora_hashes)
+                                applied)
             register = self.results.registrar(job_id, item.index) if self.results is not None else None
             futures.append(self.uploader.submit(job_id, item.index, image, info, {**fields, "watermark": marked},
                                                 progress.reported, watermark.embed if marked else None, register,
@@ -373,11 +376,11 @@ class Runner:
 
     def _images(self, task: str, batch: list[Item], params: dict[str, Any]) -> dict[str, list[Any]]:
         """Each image input of the pipeline: the items' uploads, in the mode its spec asks for (and the
-        job's control image, once per item, with a ControlNet)."""
-        out = {image.field: [Image.open(io.BytesIO(self.store.get(it.image_key(image.field)))).convert(image.mode)
-                             for it in batch] for image in pipelines.spec(task).images}
-        if params.get("controlnet"):
-            control = Image.open(io.BytesIO(self.store.get(params["controlnet"]["image"]))).convert("RGB")
-            out[passes.CONTROL_IMAGE] = [control] * len(batch)
-        return out
+        images the request options add, e.g. a control image)."""
+        def load(key: str, mode: str) -> Image.Image:
+            return Image.open(io.BytesIO(self.store.get(key))).convert(mode)
+
+        out = {image.field: [load(it.image_key(image.field), image.mode) for it in batch]
+               for image in pipelines.spec(task).images}
+        return {**out, **worker_options.images(params, load, len(batch))}
 

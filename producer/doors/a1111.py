@@ -82,7 +82,7 @@ def door_models() -> list[str]:
 
 def door_loras(allowlist: tuple[str, ...]) -> list[str]:
     """LoRA adapters the caller may tag: the catalog's adapters."""
-    return list(catalog.adapters_of(allowlist, current_app.extensions["sdq_pushed"]))
+    return list(catalog.option_weights(allowlist, current_app.extensions["sdq_pushed"])["loras"])
 
 
 # 2. Per-tenant options.

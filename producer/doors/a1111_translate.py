@@ -13,6 +13,7 @@ from producer.doors.a1111_prompt import refuse_tags, split_prompt
 from producer.doors.a1111_schema import MAX_BATCH, Img2ImgIn, Txt2ImgIn, _Generate
 from sdq import families, pipelines
 from sdq.exceptions import InvalidInput
+from sdq.options import hires as hires_option
 
 SAMPLER_ALIASES: dict[str, tuple[str, ...]] = {
     "euler_a": ("k_euler_a", "k_euler_ancestral"), "euler": ("k_euler",), "lms": ("k_lms",),
@@ -191,7 +192,7 @@ def _family(model: str) -> str | None:
 
 
 def submit_body(body: Txt2ImgIn | Img2ImgIn, default_model: str, models: list[str], allowlist: tuple[str, ...],
-                hires_upscaler: str = pipelines.HIRES_UPSCALER) -> dict[str, Any]:
+                hires_upscaler: str = hires_option.UPSCALER) -> dict[str, Any]:
     """The `POST /v1/jobs` body of an A1111 txt2img/img2img request (image fields left for the caller to fill:
     `params.init_image`, `params.mask_image`); InvalidInput naming the A1111 field it cannot honour."""
     # 1. Model, sampler and the fields sdq has no use for.

@@ -1,37 +1,41 @@
 "use strict";
-// sdq web page: the submit form's pipeline-specific parts — the inpaint mask, LoRA, ControlNet and the hires fix.
+// sdq web page: the submit form's pipeline-specific parts — the inpaint mask, and the request options, whose
+// fieldsets the server renders from its option table (producer/form.py: data-option, data-pipelines, inputs).
 
-// Which pipelines take what (the server's pipeline table decides; these only show the fields).
+// Which pipelines take the mask (the server's pipeline table decides; this only shows the field).
 const MASK_PIPELINES = ["inpaint"];
-const CONTROLNET_PIPELINES = ["txt2img", "img2img", "inpaint"];
-const HIRES_PIPELINES = ["txt2img"];
-const LORA_PIPELINES = ["txt2img", "img2img", "inpaint"];
 
-// "builtin:tiny-lora:0.8, other" -> [{name, scale}, {name}]: the part after the last colon is the
-// scale when it is a number (as `sdq submit --lora` reads it).
-function parseLoras(text) {
+// "builtin:tiny-x:0.8, other" -> [{name, scale}, {name}] for keys ["name", "scale"]: the part after the
+// last colon is the number when it is one (as the CLI's list flags read it).
+function parseList(text, keys) {
+  const [textKey, numKey] = keys;
   return text.split(",").map((s) => s.trim()).filter(Boolean).map((entry) => {
     const cut = entry.lastIndexOf(":");
     const tail = cut > 0 ? entry.slice(cut + 1) : "";
-    return tail !== "" && !Number.isNaN(Number(tail)) ? {name: entry.slice(0, cut), scale: Number(tail)} : {name: entry};
+    return tail !== "" && !Number.isNaN(Number(tail)) ? {[textKey]: entry.slice(0, cut), [numKey]: Number(tail)}
+      : {[textKey]: entry};
   });
 }
 
+const optionSets = () => Array.from(document.querySelectorAll("fieldset[data-option]"));
+const takes = (set, pipeline) => set.dataset.pipelines.split(" ").includes(pipeline);
+
 const Extras = {
   init() {
-    $("controlnet-on").addEventListener("change", Extras.sync);
-    $("hires-on").addEventListener("change", Extras.sync);
+    for (const box of document.querySelectorAll("fieldset[data-option] input[data-toggle]")) {
+      box.addEventListener("change", Extras.sync);
+    }
   },
 
   // Show the fields the chosen pipeline takes.
   sync() {
     const pipeline = $("pipeline").value;
     $("mask-field").hidden = !MASK_PIPELINES.includes(pipeline);
-    $("controlnet-set").hidden = !CONTROLNET_PIPELINES.includes(pipeline);
-    $("hires-set").hidden = !HIRES_PIPELINES.includes(pipeline);
-    $("lora-set").hidden = !LORA_PIPELINES.includes(pipeline);
-    $("controlnet-fields").hidden = !$("controlnet-on").checked;
-    $("hires-fields").hidden = !$("hires-on").checked;
+    for (const set of optionSets()) {
+      set.hidden = !takes(set, pipeline);
+      const box = set.querySelector("input[data-toggle]");
+      if (box) set.querySelector("[data-fields]").hidden = !box.checked;
+    }
   },
 
   async upload(file) {
@@ -40,31 +44,42 @@ const Extras = {
     return (await Api.call("/v1/uploads", {method: "POST", body: form})).key;
   },
 
-  // Add params.mask_image, params.controlnet and params.hires as the form asks (uploading images first).
+  // One option's object from its inputs (files uploaded first; empty inputs left out).
+  async value(set) {
+    const obj = {};
+    for (const input of set.querySelectorAll("input[data-key]")) {
+      const kind = input.dataset.kind;
+      let v;
+      if (kind === "file") v = input.files[0] ? await Extras.upload(input.files[0]) : undefined;
+      else if (kind === "number") v = input.value.trim() === "" ? undefined : Number(input.value.trim());
+      else v = input.value.trim() || undefined;
+      if (v !== undefined) obj[input.dataset.key] = v;
+    }
+    return obj;
+  },
+
+  // Add params.mask_image and every request option the form asks for (uploading images first).
   async add(p) {
     const pipeline = $("pipeline").value;
     const mask = $("mask-image").files[0];
     if (MASK_PIPELINES.includes(pipeline) && mask) p.mask_image = await Extras.upload(mask);
-    const loras = parseLoras($("loras").value);
-    if (LORA_PIPELINES.includes(pipeline) && loras.length) p.loras = loras;
-    if (CONTROLNET_PIPELINES.includes(pipeline) && $("controlnet-on").checked) {
-      const img = $("control-image").files[0];
-      p.controlnet = {model: $("controlnet-model").value.trim() || undefined, scale: Submit.num("controlnet-scale"),
-                      image: img ? await Extras.upload(img) : undefined};
-    }
-    if (HIRES_PIPELINES.includes(pipeline) && $("hires-on").checked) {
-      p.hires = {scale: Submit.num("hires-scale"), strength: Submit.num("hires-strength"),
-                 steps: Submit.num("hires-steps")};
-    }
-    for (const obj of [p.controlnet, p.hires]) {
-      if (obj) for (const k of Object.keys(obj)) if (obj[k] === undefined) delete obj[k];
+    for (const set of optionSets()) {
+      if (!takes(set, pipeline)) continue;
+      const name = set.dataset.option;
+      const list = set.querySelector("input[data-list]");
+      if (list) {
+        const entries = parseList(list.value, list.dataset.list.split(","));
+        if (entries.length) p[name] = entries;
+      } else if (set.querySelector("input[data-toggle]").checked) {
+        p[name] = await Extras.value(set);
+      }
     }
     return p;
   },
 
   // A prompt file sends its settings in the query string, which has no room for these objects.
   checkFile(params) {
-    for (const field of ["controlnet", "hires", "loras"]) {
+    for (const field of optionSets().map((set) => set.dataset.option)) {
       if (params[field]) {
         throw new ApiError(422, {field: `params.${field}`, message: `${field} needs prompts typed in the box, not a file`});
       }

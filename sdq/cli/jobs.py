@@ -15,7 +15,6 @@ from sdq.cli import extras as cli_extras
 from sdq.cli.client import Client
 from sdq.cli.gallery import write_gallery
 from sdq.exceptions import InvalidInput, PromptFileError, SdqError
-from sdq.loras import parse_flag
 from sdq.prompts import parse_prompts
 
 PARAM_FLAGS = {"steps": "steps", "width": "width", "height": "height", "seed": "seed", "n": "images_per_prompt",
@@ -23,8 +22,9 @@ PARAM_FLAGS = {"steps": "steps", "width": "width", "height": "height", "seed": "
                "strength": "strength"}
 
 
-def build_body(args, items: list[dict[str, Any]]) -> dict[str, Any]:
-    """The submit body from parsed prompt items and CLI flags."""
+def build_body(args, items: list[dict[str, Any]], client: Client | None = None) -> dict[str, Any]:
+    """The submit body from parsed prompt items and CLI flags (images the flags name are uploaded with
+    `client`)."""
     params = {key: getattr(args, flag) for flag, key in PARAM_FLAGS.items() if getattr(args, flag, None) is not None}
     body: dict[str, Any] = {"model": args.model, "pipeline": args.pipeline, "params": params,
                             "priority": args.priority}
@@ -38,8 +38,7 @@ def build_body(args, items: list[dict[str, Any]]) -> dict[str, Any]:
         params["grid"] = True
     if getattr(args, "no_cache", False):
         params["cache"] = False
-    if getattr(args, "loras", None):
-        params["loras"] = [parse_flag(text) for text in args.loras]
+    params.update(cli_extras.option_params(args, client))
     if getattr(args, "sweep", None):
         try:
             body["sweep"] = json.loads(args.sweep)
@@ -64,7 +63,7 @@ def _read_prompt_file(name: str) -> str:
 def cmd_submit(args, client: Client) -> int:
     """Submit a prompt file; optionally wait and download."""
     items = parse_prompts(_read_prompt_file(args.file), args.file)
-    body = build_body(args, items)
+    body = build_body(args, items, client)
     if args.init_image:
         path = Path(args.init_image)
         try:
@@ -72,7 +71,7 @@ def cmd_submit(args, client: Client) -> int:
         except OSError as exc:
             raise InvalidInput("--init-image", f"--init-image {str(path)!r} cannot be read: {exc.strerror}") from None
         body["params"]["init_image"] = client.upload(data, path.name)["key"]
-    cli_extras.apply(args, body["params"], client)
+    cli_extras.apply_mask(args, body["params"], client)
     if args.dry_run:
         quote = client.submit({**body, "dry_run": True})
         print(json.dumps(quote) if args.json else describe_quote(quote))

@@ -9,7 +9,7 @@ import sys
 
 import requests
 
-from sdq import defaults
+from sdq import defaults, options
 from sdq.cli import extras as cli_extras
 from sdq.exceptions import SdqError
 
@@ -80,8 +80,6 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler")
     s.add_argument("--init-image", dest="init_image")
     s.add_argument("--strength", type=float)
-    s.add_argument("--lora", dest="loras", action="append", metavar="NAME[:SCALE]",
-                   help="apply an allowed LoRA adapter (repeat for several), e.g. builtin:tiny-lora:0.8")
     cli_extras.add_arguments(s)
     s.add_argument("--priority", type=int, default=defaults.PRIORITY)
     s.add_argument("--device", default=None, help="require gpu, cpu or any")
@@ -113,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the models workers may load; `models push` puts one in the bucket")
     m.add_argument("--json", action="store_true")
     msub = m.add_subparsers(dest="models_command")
-    push = msub.add_parser("push", help="upload a diffusers folder, checkpoint file or LoRA .safetensors to the bucket "
+    push = msub.add_parser("push", help="upload a diffusers folder, checkpoint file or adapter .safetensors to the bucket "
                                         "as store:NAME")
     push.add_argument("path")
     push.add_argument("--as", dest="name", required=True, help="the model's name (then allow store:NAME)")
@@ -170,8 +168,7 @@ def cmd_models_push(args) -> int:
     store.ensure_bucket()
     manifest = push(store, Path(args.path), args.name)
     size = sum(f["size"] for f in manifest["files"])
-    what = (f"a {manifest['lora']['family']} LoRA adapter: name it in params.loras" if manifest.get("lora")
-            else "a model")
+    what = next((note for o in options.OPTIONS.values() if (note := o.push_note(manifest))), "a model")
     print(f"pushed {len(manifest['files'])} files ({size} bytes) as store:{args.name} ({what}); allow it with "
           f"SDQ_MODELS=store:{args.name}", file=sys.stderr)
     return 0
@@ -199,35 +196,15 @@ def cmd_models(args) -> int:
         except UnknownFamily as exc:
             row["family"], row["error"] = None, str(exc)
         rows.append(row)
-    rows += _adapter_rows(settings, {r["id"]: r for r in rows})
+    for option in options.OPTIONS.values():  # weights a request option names (e.g. LoRA adapters)
+        rows += option.model_rows(settings.models, settings.models_dir, {r["id"]: r for r in rows})
     if args.json:
         print(json.dumps(rows))
     else:
         for r in rows:
             print(f"{r['id']:40s} {r['kind']:8s} {r['family'] or '?':10s} {r.get('path', '')}"
-                  + ("" if r.get("present", True) else "  (made on first use)") + ("  (LoRA)" if r.get("lora") else ""))
+                  + ("" if r.get("present", True) else "  (made on first use)") + "".join(o.row_note(r) for o in options.OPTIONS.values()))
     return 0
-
-
-def _adapter_rows(settings, by_id: dict[str, dict]) -> list[dict]:
-    """Mark the allowed LoRA adapters among the rows (`lora: true`, the family read from the file);
-    rows for the built-in adapters, which are not models."""
-    from pathlib import Path
-
-    from sdq.loras import ADAPTER_FILE, adapter_family, allowed_adapters
-    from sdq.sources import source_for
-
-    new = []
-    for adapter in allowed_adapters(settings.models):
-        row = by_id.get(adapter)
-        if row is None:
-            source = source_for(adapter)
-            row = {"id": adapter, "kind": source.kind, **source.listing(settings.models_dir)}
-            if "path" in row and source.kind == "builtin":
-                row["present"] = (Path(row["path"]) / ADAPTER_FILE).exists()
-            new.append(row)
-        row.update(lora=True, family=adapter_family(adapter) or row.get("family"))
-    return new
 
 
 def cmd_worker(args) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdq import contract, pipelines
+from sdq import contract, options
 
 COLD_RATE = {"cpu": 0.1, "gpu": 2.0}
 """Megapixel-steps per second assumed for a worker that has not measured itself yet, by device
@@ -22,12 +22,12 @@ current GPU in fp16)."""
 
 def loop_steps(pipeline: str, params: dict[str, Any]) -> int:
     """How many denoising steps the pipeline really runs (img2img/depth2img: `steps * strength`)."""
-    return pipelines.spec(pipeline).loop_steps(params)
+    return options.loop_steps(pipeline, params)
 
 
 def item_work(pipeline: str, params: dict[str, Any]) -> float:
     """The work one item of these parameters costs, in megapixel-steps (each pass of a hires fix at its size)."""
-    return pipelines.spec(pipeline).work(params)
+    return options.work(pipeline, params)
 
 
 def speed_key(model: str, pipeline: str, pixels: int) -> str:

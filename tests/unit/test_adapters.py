@@ -1,4 +1,4 @@
-"""The worker's warm adapter set (`workers.adapters.WarmAdapters`) against a recording pipeline:
+"""The worker's warm adapter set (`workers.options.loras.WarmAdapters`) against a recording pipeline:
 which diffusers calls switch adapters on and off, and which are unloaded when the set is full."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from sdq.exceptions import ModelError
 from tests.unit.test_loras import write_safetensors
-from workers.adapters import WarmAdapters
+from workers.options.loras import WarmAdapters
 
 
 class RecordingPipe:
@@ -84,3 +84,23 @@ def test_an_adapter_for_another_family_is_refused_before_loading(tmp_path):
     with pytest.raises(ModelError, match="params.loras: LoRA .* is for the sdxl family; this model is sd"):
         WarmAdapters("sd").use(pipe, [{"name": str(xl), "scale": 1.0}], FileFetcher())
     assert pipe.calls == []
+
+
+def test_the_hook_switches_the_adapters_on_for_a_chunk_and_off_after_it(files):
+    """`workers.options.loras.LorasHook`: `apply` loads and activates (the hashes for infotext), `undo`
+    disables (they stay loaded, listed by `warm`); a failing `apply` leaves them off."""
+    import threading
+    from types import SimpleNamespace
+
+    from workers.options.loras import LorasHook
+
+    hook, pipe = LorasHook(), RecordingPipe()
+    cache = SimpleNamespace(lock=threading.RLock(), warm_adapters=8, fetcher=FileFetcher())
+    entry = SimpleNamespace(family="sd", parts={})
+    hashes = hook.apply(cache, pipe, entry, [{"name": files["a"], "scale": 0.5}])
+    assert list(hashes) == [files["a"]] and pipe.calls[-1][0] == "set"
+    hook.undo(cache, pipe, entry, [{"name": files["a"], "scale": 0.5}])
+    assert pipe.calls[-1] == ("disable",) and hook.warm(entry) == [files["a"]]
+    with pytest.raises(ModelError):
+        hook.apply(cache, pipe, entry, [{"name": files["b"] + ".missing.safetensors", "scale": 1.0}])
+    assert pipe.calls[-1] == ("disable",)  # nothing switched back on

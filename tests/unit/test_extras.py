@@ -1,11 +1,12 @@
-"""`params.hires` and `params.controlnet` in the pipeline table and at submit (no services)."""
+"""`params.hires` and `params.controlnet` in the option table (`sdq.options`) and at submit (no services)."""
 from __future__ import annotations
 
 import pytest
 
 from producer.jobs import plan_job
 from producer.schemas import parse_submit
-from sdq import contract, pipelines
+from sdq import contract, options, pipelines
+from sdq.options import controlnet
 from sdq.celery_app import item_queue
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
@@ -24,7 +25,7 @@ def _plan(body: dict, uploads=None):
 def test_hires_counts_the_larger_size_and_both_passes():
     params = {"steps": 20, "width": 512, "height": 384, "hires": HIRES}
     assert contract.item_size("txt2img", params) == (1024, 768)
-    assert pipelines.spec("txt2img").loop_steps(params) == 20 + 5
+    assert options.loop_steps("txt2img", params) == 20 + 5
     assert speed.item_work("txt2img", params) == pytest.approx((20 * 512 * 384 + 5 * 1024 * 768) / 1e6)
     assert contract.item_size("txt2img", {**params, "hires": {**HIRES, "scale": 1.3}}) == (664, 496)
 
@@ -50,10 +51,10 @@ def test_items_without_extras_keep_their_parameters():
 
 
 def test_controlnet_classes_come_from_the_table():
-    assert pipelines.spec("txt2img").class_for(pipelines.SD, controlnet=True) == "StableDiffusionControlNetPipeline"
-    assert pipelines.spec("img2img").controlnet.kwarg == "control_image"
-    assert pipelines.spec("upscale").class_for(pipelines.SD_UPSCALE, controlnet=True) is None
-    assert "StableDiffusionControlNetPipeline" in pipelines.pipeline_classes()
+    assert controlnet.class_for("txt2img", pipelines.SD) == "StableDiffusionControlNetPipeline"
+    assert controlnet.USES["img2img"].kwarg == "control_image"
+    assert controlnet.class_for("upscale", pipelines.SD_UPSCALE) is None
+    assert "StableDiffusionControlNetPipeline" in options.pipeline_classes()
 
 
 def test_controlnet_on_the_upscaler_names_the_field():
@@ -66,7 +67,7 @@ def test_controlnet_on_the_upscaler_names_the_field():
 def test_the_infotext_round_trips_hires_and_controlnet():
     params = {"hires": HIRES, "controlnet": {"model": "builtin:tiny-controlnet", "image": "uploads/ab.png",
                                              "scale": 0.75}}
-    fields = {"Steps": 20, "Size": "64x64", **pipelines.extras_infotext(params)}
+    fields = {"Steps": 20, "Size": "64x64", **options.infotext(params)}
     info = parse_infotext(format_infotext("a cat", "", fields))
     assert info["Hires upscaler"] == "Lanczos" and info["Denoising strength"] == "0.5"
     back = params_from_infotext(info)

@@ -191,3 +191,51 @@ def test_no_import_circles():
 
 def test_the_circle_finder_finds_a_circle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+OPTION_WORDS = re.compile(r"lora|controlnet|hires", re.IGNORECASE)
+"""How the request options of today are spelled in names and strings (`params.loras`, `params.controlnet`,
+`params.hires`, and their labels: LoRA, ControlNet, Hires ...)."""
+
+OPTION_HOMES = ("sdq/options/", "workers/options/", "sdq/loras.py", "workers/builtin", "producer/doors/")
+"""Where an option may be named: its row in the option table (`sdq/options/`), its worker hook
+(`workers/options/`), the LoRA file format shared with model push and the built-ins (`sdq/loras.py`), and
+the generators of the built-in weights (`workers/builtin*.py`: a tiny ControlNet or LoRA file is a model
+source, not the option), and the doors for other clients (`producer/doors/`: they translate another API's words
+for an option, such as A1111's `<lora:...>` tags and `enable_hr`, into the option's value)."""
+
+
+def _option_names(path: Path) -> list[str]:
+    """Identifiers (names, attributes, definitions, arguments, keywords, imports) and string literals
+    (docstrings aside) in `path` that spell a request option."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    found: list[str] = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs:
+            found.append(n.value)
+        elif isinstance(n, ast.Name):
+            found.append(n.id)
+        elif isinstance(n, ast.Attribute):
+            found.append(n.attr)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found.append(n.name)
+        elif isinstance(n, ast.arg):
+            found.append(n.arg)
+        elif isinstance(n, ast.keyword) and n.arg:
+            found.append(n.arg)
+        elif isinstance(n, ast.alias):
+            found += [n.name, n.asname or ""]
+        elif isinstance(n, ast.ImportFrom) and n.module:
+            found.append(n.module)
+    return sorted({text for text in found if OPTION_WORDS.search(text)})
+
+
+def test_no_module_outside_the_option_table_names_a_request_option():
+    """Options are rows (`sdq.options`) and hooks (`workers.options`): the schema, plan, cache, infotext,
+    router, generation and CLI iterate them, so adding an option touches its row, its hook and its tests."""
+    paths = [p for pkg in ("sdq", "producer", "workers") for p in (ROOT / pkg).rglob("*.py")
+             if not str(p.relative_to(ROOT)).startswith(OPTION_HOMES)]
+    offenders = {str(p.relative_to(ROOT)): names for p in paths if (names := _option_names(p))}
+    assert offenders == {}
+    web = {p.name: sorted(set(OPTION_WORDS.findall(p.read_text(encoding="utf-8"))))  # the page renders the rows
+           for p in (ROOT / "producer" / "static").glob("*.*") if p.suffix in (".js", ".html")}
+    assert {k: v for k, v in web.items() if v} == {}

@@ -37,8 +37,8 @@ def test_output_size_and_work_come_from_the_spec():
     params = {"steps": 20, "strength": 0.5, "width": 64, "height": 32}
     assert pipelines.spec("upscale").output_size(64, 32) == (256, 128)
     assert pipelines.spec("txt2img").output_size(64, 32) == (64, 32)
-    assert pipelines.spec("img2img").loop_steps(params) == 10
-    assert pipelines.spec("txt2img").loop_steps(params) == 20
+    assert pipelines.spec("img2img").first_loop(params) == 10
+    assert pipelines.spec("txt2img").first_loop(params) == 20
     assert pipelines.spec("upscale").input_size(params) == "64x32"
     assert pipelines.spec("img2img").input_size(params) is None
 

@@ -1,9 +1,11 @@
-"""LoRA adapters on a loaded model (diffusers' peft backend): load each once, switch them per chunk.
+"""The worker hook of `params.loras` (`sdq.options.loras`): LoRA adapters on a loaded model (diffusers'
+peft backend), each loaded once and switched per chunk.
 
-A chunk with `params.loras` activates exactly its adapters at its scales (`set_adapters`); a chunk
-without turns every adapter off (`disable_lora`: the base weights alone, bit for bit). Adapters
-stay loaded after their job, at most `defaults.WARM_LORAS` per model (least recently used deleted
-first), so a run of jobs with the same adapter loads it once. The capability record lists them.
+A chunk with `params.loras` activates exactly its adapters at its scales (`set_adapters`); after its
+calls (also after an exception) every adapter is turned off again (`disable_lora`: the base weights
+alone, bit for bit). Adapters stay loaded after their job, at most `defaults.WARM_ADAPTERS` per model (least
+recently used deleted first), so a run of jobs with the same adapter loads it once. The capability
+record lists them.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 from sdq import defaults, loras as sdq_loras
 from sdq.exceptions import ModelError
 from sdq.sources import Fetcher, source_for
+from workers.options.base import OptionHook
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ def _peft_name(adapter_id: str, sha256: str) -> str:
 class WarmAdapters:
     """The adapters loaded into one model's pipelines, most recently used last."""
 
-    def __init__(self, family: str, keep: int = defaults.WARM_LORAS) -> None:
+    def __init__(self, family: str, keep: int = defaults.WARM_ADAPTERS) -> None:
         self.family = family
         self.keep = max(1, keep)
         self.loaded: OrderedDict[str, Adapter] = OrderedDict()
@@ -142,3 +145,29 @@ class WarmAdapters:
                 pipe.delete_adapters(adapter_name)
         except Exception:  # noqa: BLE001 - best effort: nothing of it may have been loaded
             log.warning("could not delete adapter %s", adapter_name, exc_info=True)
+
+
+class LorasHook(OptionHook):
+    """Loads the chunk's adapters into the model (kept warm) and switches exactly them on, then off."""
+
+    name = sdq_loras.FIELD
+
+    def apply(self, cache: Any, pipe: Any, entry: Any, value: Any) -> dict[str, str]:
+        """Activate the adapters at their scales; returns their A1111 short hashes by id."""
+        with cache.lock:
+            warm = entry.parts.get(self.name)
+            if warm is None:
+                warm = entry.parts[self.name] = WarmAdapters(entry.family, cache.warm_adapters)
+            return warm.use(pipe, value, cache.fetcher)
+
+    def undo(self, cache: Any, pipe: Any, entry: Any, value: Any) -> None:
+        """Every adapter off (they stay loaded)."""
+        with cache.lock:
+            warm = entry.parts.get(self.name)
+            if warm is not None:
+                warm.use(pipe, None, cache.fetcher)
+
+    def warm(self, entry: Any) -> list[str]:
+        """The adapter ids loaded into the model."""
+        warm = entry.parts.get(self.name)
+        return warm.ids() if warm is not None else []
