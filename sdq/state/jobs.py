@@ -178,8 +178,9 @@ class Jobs(ScriptedStore):
     def retry(self, job_id: str, due: float | None = None) -> list[Item] | None:
         """Re-queue failed and cancelled items as new attempts, in slices of `SLICE` items; returns
         them (None if no such job). Messages of their earlier attempts are dropped when delivered.
-        Each slice's message is recorded in the outbox, due at `due` (default: one lease from now):
-        publish them, then `Outbox.done` the members `retry_intents` gives."""
+        Each slice re-queues, records its message in the outbox, due at `due` (default: one lease from
+        now), and reopens the job in one script: publish them, then `Outbox.done` the members
+        `retry_intents` gives. A retry cut short between slices strands nothing."""
         n = self._n_items(job_id)
         if not n and not self.redis.exists(keys.job_key(job_id)):
             return None
@@ -189,8 +190,6 @@ class Jobs(ScriptedStore):
             raw = self.scripts["retry_slice"](keys=keys.job_script_keys(job_id),
                                               args=[job_id, due, *range(start, min(n, start + SLICE))])
             out += [Item.from_record(loads(r)) for r in raw or ()]
-        if out:
-            self.scripts["reopen"](keys=[keys.job_key(job_id), keys.ACTIVE_KEY, keys.FINALIZE_KEY], args=[job_id])
         return out
 
     @staticmethod
