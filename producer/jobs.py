@@ -313,10 +313,16 @@ def enqueue(celery: Celery, routed: list[Chunk]) -> None:
 
 
 def requeue(jobs: JobStore, celery: Celery, job_id: str, workers: list[dict[str, Any]],
-            lease: float = defaults.OUTBOX_LEASE) -> list[Item]:
+            lease: float = defaults.OUTBOX_LEASE, max_queued: int | None = None) -> list[Item]:
     """Retry: re-queue the job's failed and cancelled items (same seeds) as new attempts and publish
     them again (messages of the earlier attempts are dropped when delivered). The re-queue records
-    their messages in the outbox: if this process dies before publishing, a worker does."""
+    their messages in the outbox: if this process dies before publishing, a worker does. With
+    `max_queued`, the owner's queued-items cap is checked first, as at submit (TooManyRequests)."""
+    if max_queued is not None:
+        job = jobs.get(job_id)
+        if job is not None:
+            again = job.counts.get("failed", 0) + job.counts.get("cancelled", 0)
+            check_queue_room(jobs, job.owner, again, max_queued)
     items = jobs.retry(job_id, due=time.time() + lease) or []
     if items:
         plan = Plan(jobs.get(job_id), sorted(items, key=lambda it: it.index))

@@ -127,10 +127,11 @@ def cancel_job(job_id: str):
 
 @bp.post("/v1/jobs/<job_id>/retry")
 def retry_job(job_id: str):
-    """Re-queue the job's failed and cancelled items with their seeds."""
+    """Re-queue the job's failed and cancelled items with their seeds (429 past the tenant's queued-items cap)."""
     _own_job(job_id)
+    settings = current_app.config["SDQ"]
     requeued = jobs.requeue(_ext("sdq_jobs"), _ext("celery"), job_id, fleet.live_workers(_ext("sdq_redis")),
-                            current_app.config["SDQ"].outbox_lease)
+                            settings.outbox_lease, settings.max_queued_items)
     job = _ext("sdq_jobs").get(job_id)
     return jsonify({"id": job_id, "state": job.state, "requeued": len(requeued),
                     "items": [it.index for it in requeued[:1000]]}), 202
