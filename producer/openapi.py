@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from werkzeug.routing import Rule
 
 from producer.schemas import SubmitRequest
-from sdq import __version__, contract
+from sdq import __version__, contract, defaults
 
 
 class ErrorDetail(BaseModel):
@@ -74,6 +74,14 @@ ANSWERS: dict[str, tuple[str, type[BaseModel] | None]] = {
 }
 """Endpoint -> its success status and body model, where not 200 without a published model."""
 
+HEADERS: dict[str, list[dict[str, Any]]] = {
+    "api.submit": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                    "description": "The same request sent again with this key within a day answers its first job "
+                                   "(header Idempotent-Replayed: true); another request under the key is a 422.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": defaults.IDEMPOTENCY_KEY_MAX}}],
+}
+"""Endpoint -> the request headers it reads (besides Authorization)."""
+
 UNDOCUMENTED = ("static",)
 """Endpoints left out of the document (the page's own files)."""
 
@@ -91,7 +99,7 @@ def _parameters(rule: Rule, endpoint: str) -> list[dict[str, Any]]:
         schema = query.model_json_schema()
         params += [{"name": name, "in": "query", "required": False, "schema": prop}
                    for name, prop in schema["properties"].items()]
-    return params
+    return params + HEADERS.get(endpoint, [])
 
 
 def _operation(app: Flask, rule: Rule, endpoint: str) -> dict[str, Any]:

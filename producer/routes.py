@@ -15,7 +15,7 @@ from producer.status import job_view
 from sdq.celery_app import request_finalize
 from sdq.exceptions import InvalidInput, NotFound
 from sdq.records import Job
-from sdq.state import fleet
+from sdq.state import fleet, idempotency
 from sdq.webhooks import tenant_secret
 
 bp = Blueprint("api", __name__)
@@ -79,20 +79,22 @@ def healthz():
 
 @bp.post("/v1/jobs")
 def submit():
-    """Validate, record and enqueue a job; 202 with its id. JSON, or a prompt file (producer.formats)."""
+    """Validate, record and enqueue a job; 202 with its id. JSON, or a prompt file (producer.formats).
+    With an `Idempotency-Key` header, the same request sent again within a day answers its first job."""
     settings = current_app.config["SDQ"]
     body = bodies.read_submit(request, settings.max_items)
     if bodies.is_prompt_file(request.mimetype):
         body = body_from_prompt_file(body, request.mimetype, request.args.to_dict())
     bodies.check_strings(body)
+    once = idempotency.once(g.owner, "v1", request.headers.get(idempotency.HEADER), body)
     req = parse_submit(body)
-    plan = jobs.submit(req, settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"), _ext("celery"))
+    plan = jobs.submit(req, settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"), _ext("celery"), once)
     job_id = plan.job.id
     return jsonify({
-        "id": job_id, "state": "queued", "items": len(plan.items), "seed": plan.job.seed,
-        "warnings": plan.warnings,
+        "id": job_id, "state": plan.job.state if plan.replayed else "queued", "items": plan.job.n_items,
+        "seed": plan.job.seed, "warnings": plan.warnings,
         "links": {"self": f"/v1/jobs/{job_id}", "events": f"/v1/jobs/{job_id}/events"},
-    }), 202
+    }), 202, ({"Idempotent-Replayed": "true"} if plan.replayed else {})
 
 
 @bp.get("/v1/jobs")

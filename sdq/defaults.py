@@ -109,6 +109,12 @@ UNFINISHED_JOB_MAX_AGE = JOB_TTL - 24 * 3600
 """Seconds after submit at which a job still unfinished is cancelled by the reaper (a day before its
 records expire, so its queued items leave its owner's count with it)."""
 
+IDEMPOTENCY_TTL = 24 * 3600
+"""How long an ``Idempotency-Key`` names the job it made (`sdq.state.idempotency`), seconds."""
+
+IDEMPOTENCY_KEY_MAX = 255
+"""Longest ``Idempotency-Key`` accepted, characters."""
+
 RESULT_CACHE_TTL = 30 * 24 * 3600
 """Seconds a result-cache entry lives after it was made or last served (`sdq.state.resultindex`)."""
 

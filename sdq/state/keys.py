@@ -19,6 +19,7 @@ The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` / ``sdq:fleet:ev
 ``sdq:outbox`` (messages still to publish, `sdq.state.outbox`), ``sdq:reaper:lock``,
 ``sdq:rcache:<key>`` (`sdq.state.resultindex`), ``sdq:upload:<key>`` (`producer.uploads`),
 ``sdq:held:<kind>:<owner>`` and ``sdq:upload-bytes:<owner>:<day>`` (per-tenant limits, `sdq.state.limits`),
+``sdq:once:<owner>:<door>:<digest>`` (idempotency keys, `sdq.state.idempotency`),
 ``sdq:debug:...`` (fault injection, `workers.faults`) and kombu's ``unacked_index``.
 
 The Lua scripts (`sdq.state.scripts`) get every key in KEYS, built here: `job_script_keys`.
@@ -125,6 +126,11 @@ def upload_key(key: str) -> str:
 def held_key(kind: str, owner: str) -> str:
     """Sorted set of `owner`'s uses of `kind` in progress (streams, upload decodes), scored by expiry."""
     return f"sdq:held:{kind}:{owner}"
+
+
+def once_key(owner: str, door: str, digest: str) -> str:
+    """String: the job a tenant's idempotency key (its SHA-256 `digest`) made at `door`, for a day."""
+    return f"sdq:once:{owner}:{door}:{digest}"
 
 
 def upload_bytes_key(owner: str, day: str) -> str:
