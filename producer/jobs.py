@@ -71,12 +71,26 @@ def _pixels(pipeline: str, params: dict[str, Any]) -> int:
 
 
 def _check_limits(pipeline: str, params: dict[str, Any], where: str, settings: Settings) -> None:
+    _check_denoising(pipeline, params, where)
     w, h = contract.item_size(pipeline, params)
     if w * h > settings.max_pixels:
         first = pipelines.spec(pipeline).output_size(params["width"], params["height"])
         field = "params.hires.scale" if first[0] * first[1] <= settings.max_pixels else f"{where}width"
         raise InvalidInput(field, f"{w}x{h} output ({w * h} pixels) exceeds this server's limit of "
                            f"{settings.max_pixels} pixels per image", code="too_large")
+
+
+def _check_denoising(pipeline: str, params: dict[str, Any], where: str) -> None:
+    """Refuse a pass that would run no denoising step: diffusers' img2img runs `int(steps * strength)`."""
+    scaled_by = pipelines.spec(pipeline).steps_scaled_by
+    passes = [(f"{where}{scaled_by}", params)] if scaled_by else []
+    if params.get("hires"):
+        passes.append(("params.hires.strength", params["hires"]))
+    for field, values in passes:
+        steps, strength = values["steps"], values["strength"]
+        if int(steps * strength) < 1:
+            raise InvalidInput(field, f"steps x strength = {steps} x {strength:g} gives 0 denoising steps; "
+                               f"raise the strength to at least {1 / steps:.3g} or the steps", code="no_steps")
 
 
 def _init_image_size(params: dict[str, Any], record: dict[str, Any] | None, explicit: set[str],

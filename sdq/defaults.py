@@ -109,6 +109,10 @@ UNFINISHED_JOB_MAX_AGE = JOB_TTL - 24 * 3600
 """Seconds after submit at which a job still unfinished is cancelled by the reaper (a day before its
 records expire, so its queued items leave its owner's count with it)."""
 
+MAX_DEVICE_MEMORY_GB = 1024
+"""Largest `requires.min_memory_gb` accepted at submit: above any single device's memory (the largest
+accelerators hold 288 GB; a CPU worker advertises its RAM), so a larger need could never be served."""
+
 IDEMPOTENCY_TTL = 24 * 3600
 """How long an ``Idempotency-Key`` names the job it made (`sdq.state.idempotency`), seconds."""
 

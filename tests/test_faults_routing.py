@@ -51,7 +51,7 @@ def test_a_worker_never_runs_items_above_what_it_advertises(picky):
     client = Client(picky.env["SDQ_SERVER"])
     big = client.submit({"model": "builtin:tiny-sd", "prompts": ["big"],
                          "params": {"width": 256, "height": 256, "steps": 2}})["id"]
-    heavy = client.submit({"model": "builtin:tiny-sd", "prompts": ["heavy"], "requires": {"min_memory_gb": 100000},
+    heavy = client.submit({"model": "builtin:tiny-sd", "prompts": ["heavy"], "requires": {"min_memory_gb": 1000},
                            "params": {"width": 64, "height": 64, "steps": 2}})["id"]
     wait_for(lambda: f"job {big}: passing the chunk on" in log_text(picky, "picky"), "256x256 passed on", 60)
     wait_for(lambda: f"job {heavy}: passing the chunk on" in log_text(picky, "picky"), "min memory passed on", 60)
