@@ -195,3 +195,18 @@ def test_every_field_the_store_scripts_keep_is_declared(jobs, r):
     assert jobs.claim_webhook(job_id)
     assert undeclared_fields(r, job_id) == set()
     assert Item.undeclared({"index": 0, "surprise": 1}) == {"surprise"}  # the check itself can fail
+
+
+def test_a_start_repeated_after_a_lost_reply_starts_nothing_twice(jobs):
+    """Issue 39 defect 10: `retry_redis` repeats a start whose reply was lost; the repeat counted one
+    more try and attempt, and recorded the worker as having stopped while running the item."""
+    job_id = make_job(jobs, n=2)
+    now = time.time()
+    first = jobs.start_run(job_id, [(0, 0), (1, 0)], "w-repeat", "cpu", "fp32", now=now)
+    again = jobs.start_run(job_id, [(0, 0), (1, 0)], "w-repeat", "cpu", "fp32", now=now)
+    assert first.run == again.run == [0, 1] and again.held == []
+    for it in jobs.item_records(job_id, [0, 1]):
+        assert (it.state, it.attempts, it.tries, it.last_error) == ("running", 1, 1, None), it
+    assert jobs.get(job_id).counts["running"] == 2
+    later = jobs.start_run(job_id, [(0, 0)], "w-repeat", "cpu", "fp32", now=now + 5)  # a real redelivery
+    assert later.run == [0] and jobs.item_records(job_id, [0])[0].attempts == 2
