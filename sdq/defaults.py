@@ -113,6 +113,10 @@ MAX_DEVICE_MEMORY_GB = 1024
 """Largest `requires.min_memory_gb` accepted at submit: above any single device's memory (the largest
 accelerators hold 288 GB; a CPU worker advertises its RAM), so a larger need could never be served."""
 
+PARKED_RECHECK = 300
+"""Seconds between checks of the parked chunks (no live worker could take them) against the fleet,
+besides the check each time the fleet changes (`sdq.state.outbox.Outbox.park`)."""
+
 IDEMPOTENCY_TTL = 24 * 3600
 """How long an ``Idempotency-Key`` names the job it made (`sdq.state.idempotency`), seconds."""
 

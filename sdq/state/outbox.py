@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from sdq import defaults
-from sdq.state.keys import OUTBOX_KEY
+from sdq.state.keys import OUTBOX_KEY, PARKED_FLEET_KEY, PARKED_KEY
 from sdq.state.redisconn import text
 from sdq.state.scripts import register
 
@@ -60,7 +60,8 @@ class Outbox:
 
     def __init__(self, client: redis.Redis, lease: float = defaults.OUTBOX_LEASE) -> None:
         self.redis, self.lease = client, lease
-        self._take = register(client)["outbox_take"]
+        scripts = register(client)
+        self._take, self._park, self._unpark = scripts["outbox_take"], scripts["park"], scripts["unpark"]
 
     def due(self, now: float | None = None) -> float:
         """The due time of an entry its writer publishes itself: one lease from now."""
@@ -81,3 +82,26 @@ class Outbox:
         """These entries were published."""
         if members:
             self.redis.zrem(OUTBOX_KEY, *members)
+
+    def park(self, member: str, fleet: str) -> bool:
+        """Park a chunk entry no worker of `fleet` (`sdq.state.fleet.signature`) can take: it waits out
+        of the outbox until `fleet_changed` (False, and it stays, if the fleet changed already)."""
+        return self._park(keys=[OUTBOX_KEY, PARKED_KEY, PARKED_FLEET_KEY], args=[member, time.time(), fleet]) == 1
+
+    def fleet_changed(self, fleet: str, recheck: float = defaults.PARKED_RECHECK) -> bool:
+        """Record `fleet` as the one parked chunks are checked against; True for the one caller that saw it
+        change (or `recheck` seconds pass): it then looks at them again (`parked`, `unpark`, `drop_parked`)."""
+        return text(self.redis.set(PARKED_FLEET_KEY, fleet, ex=max(1, int(recheck)), get=True)) != fleet
+
+    def parked(self, start: int = 0, count: int = 500) -> list[str]:
+        """A page of the parked chunk entries, oldest first."""
+        return [text(m) for m in self.redis.zrange(PARKED_KEY, start, start + count - 1)]
+
+    def unpark(self, *members: str) -> int:
+        """Parked entries back in the outbox, due now; returns how many this call moved."""
+        return int(self._unpark(keys=[OUTBOX_KEY, PARKED_KEY], args=[time.time(), *members])) if members else 0
+
+    def drop_parked(self, *members: str) -> None:
+        """Parked entries nobody needs any more (their job ended, was cancelled or is gone)."""
+        if members:
+            self.redis.zrem(PARKED_KEY, *members)
