@@ -9,6 +9,11 @@ A process killed between the two steps, or a broker error, leaves the entry: it 
 its lease is over. An entry may be published twice (a publisher killed between its publish and its
 `done`); a start with a stale or running attempt drops the extra message (`lua/start.lua`).
 
+A chunk entry that no live worker may take when it comes due is parked instead of published
+(`park`, `sdq.celery_app.publish_member`): it waits in ``sdq:parked``, costing nothing, until the fleet
+changes (a worker joins, leaves or restarts) or `PARKED_RECHECK` passes; the one flusher that sees that
+first puts back those a live worker can take (`unpark`) and drops those of ended jobs.
+
 Members are either an intent, ``<job>|<index>:<gen>,...`` (publish these items if they are still
 `queued` in that attempt; built from their records at publish time, `intent`), or a chunk message as
 JSON (published as it is) under an id of its own, so that the same chunk passed on again while an
