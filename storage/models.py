@@ -144,7 +144,8 @@ def _size(path: Path) -> int:
 
 
 def _append(store: ResultStore, key: str, part: Path, size: int, name: str) -> None:
-    """One ranged GET of `key` from the end of `part` on, appended to `part`."""
+    """One ranged GET of `key` from the end of `part` on, appended to `part`. Each piece received
+    calls the store's `on_retry` hook (a worker's lease progress): a long pull is progress, not a stall."""
     done = _size(part)
     if done >= size:
         return
@@ -154,6 +155,8 @@ def _append(store: ResultStore, key: str, part: Path, size: int, name: str) -> N
         for chunk in pieces:
             f.write(chunk)
             done += len(chunk)
+            if store.on_retry is not None:
+                store.on_retry()
             if time.monotonic() - last >= PROGRESS_EVERY_S:
                 last = time.monotonic()
                 log.info("store:%s: %s %d%% (%d of %d bytes)", name, part.name.removesuffix(".part"),
