@@ -210,3 +210,22 @@ def test_a_start_repeated_after_a_lost_reply_starts_nothing_twice(jobs):
     assert jobs.get(job_id).counts["running"] == 2
     later = jobs.start_run(job_id, [(0, 0)], "w-repeat", "cpu", "fp32", now=now + 5)  # a real redelivery
     assert later.run == [0] and jobs.item_records(job_id, [0])[0].attempts == 2
+
+
+def test_the_outbox_is_taken_fairly_across_tenants(jobs, r):
+    """Issue 39 defect 4: one tenant's many due entries took every heartbeat's flush capacity (100)
+    while another tenant's recovery waited behind them."""
+    from sdq.state.keys import OUTBOX_KEY, job_key
+    from sdq.state.outbox import Outbox, intent
+
+    flood, other = make_job(jobs, n=1), make_job(jobs, n=1)
+    r.hset(job_key(flood), "owner", "flooder")
+    r.hset(job_key(other), "owner", "patient")
+    r.delete(OUTBOX_KEY)
+    now = time.time()
+    r.zadd(OUTBOX_KEY, {intent(flood, [(i, 0)]): now - 100 + i * 0.01 for i in range(300)})  # due first
+    r.zadd(OUTBOX_KEY, {intent(other, [(i, 0)]): now - 10 for i in range(3)})
+    taken = Outbox(r).take_due(limit=100)
+    assert len(taken) == 100 and sum(m.startswith(other) for m in taken) == 3, taken[-5:]
+    assert taken[:2] == [intent(flood, [(0, 0)]), intent(other, [(0, 0)])]  # one per tenant in turn
+    r.delete(OUTBOX_KEY)

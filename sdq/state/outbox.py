@@ -29,9 +29,13 @@ from typing import Any
 import redis
 
 from sdq import defaults
-from sdq.state.keys import OUTBOX_KEY, PARKED_FLEET_KEY, PARKED_KEY
+from sdq.state.keys import OUTBOX_KEY, PARKED_FLEET_KEY, PARKED_KEY, job_key
 from sdq.state.redisconn import text
 from sdq.state.scripts import register
+
+
+TAKE_WINDOW = 10
+"""How many times `limit` due entries one take looks at to share them fairly across tenants."""
 
 
 def intent(job_id: str, pairs: list[tuple[int, int]]) -> str:
@@ -79,9 +83,11 @@ class Outbox:
         return member
 
     def take_due(self, limit: int = 100) -> list[str]:
-        """Entries due now, each taken for `lease` seconds (another taker skips it meanwhile)."""
+        """Entries due now, each taken for `lease` seconds (another taker skips it meanwhile); fair across
+        tenants: of the oldest `TAKE_WINDOW` x `limit` due entries, one per tenant in turn (`lua/outbox_take.lua`)."""
         now = time.time()
-        return [text(m) for m in self._take(keys=[OUTBOX_KEY], args=[now, now + self.lease, limit])]
+        return [text(m) for m in self._take(keys=[OUTBOX_KEY, job_key("")],
+                                            args=[now, now + self.lease, limit, limit * TAKE_WINDOW])]
 
     def done(self, *members: str) -> None:
         """These entries were published."""
