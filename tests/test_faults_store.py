@@ -229,3 +229,18 @@ def test_the_outbox_is_taken_fairly_across_tenants(jobs, r):
     assert len(taken) == 100 and sum(m.startswith(other) for m in taken) == 3, taken[-5:]
     assert taken[:2] == [intent(flood, [(0, 0)]), intent(other, [(0, 0)])]  # one per tenant in turn
     r.delete(OUTBOX_KEY)
+
+
+def test_parked_chunks_are_rechecked_when_the_fleet_changes_and_when_the_recheck_is_due(jobs, r):
+    """The parked chunks' fleet marker: one caller sees a change; an unchanged fleet keeps its expiry."""
+    from sdq.state.keys import PARKED_FLEET_KEY
+    from sdq.state.outbox import Outbox
+
+    outbox = Outbox(r)
+    r.delete(PARKED_FLEET_KEY)
+    assert outbox.fleet_changed("fleet-a", recheck=60) and not outbox.fleet_changed("fleet-a", recheck=60)
+    r.expire(PARKED_FLEET_KEY, 30)
+    assert not outbox.fleet_changed("fleet-a", recheck=60) and r.ttl(PARKED_FLEET_KEY) <= 30  # not pushed back
+    assert outbox.fleet_changed("fleet-b", recheck=60)
+    r.delete(PARKED_FLEET_KEY)
+    assert outbox.fleet_changed("fleet-b", recheck=60)  # expired: checked again

@@ -102,6 +102,8 @@ class Outbox:
     def fleet_changed(self, fleet: str, recheck: float = defaults.PARKED_RECHECK) -> bool:
         """Record `fleet` as the one parked chunks are checked against; True for the one caller that saw it
         change (or `recheck` seconds pass): it then looks at them again (`parked`, `unpark`, `drop_parked`)."""
+        if text(self.redis.get(PARKED_FLEET_KEY)) == fleet:
+            return False  # unchanged: its expiry is not pushed back, so the recheck still comes
         return text(self.redis.set(PARKED_FLEET_KEY, fleet, ex=max(1, int(recheck)), get=True)) != fleet
 
     def parked(self, start: int = 0, count: int = 500) -> list[str]:
