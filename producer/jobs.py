@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 import time
 import uuid
@@ -21,16 +22,20 @@ from producer.uploads import upload_record
 from sdq import contract, defaults, families, options, pipelines
 from sdq.celery_app import item_queue, send_chunk
 from sdq.config import Settings
-from sdq.exceptions import InvalidInput
+from sdq.exceptions import AlreadySubmitted, InvalidInput, NotFound
 from sdq.families import Family, ModelInfo
 from sdq.gridlayout import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
+from sdq.params import check_denoising
 from sdq.records import Chunk, Item, Job
 from sdq.scheduling import scheduling, speed
 from sdq.state import fleet
+from sdq.state.idempotency import Once, first_job
 from sdq.state.outbox import Outbox
 from sdq.state.store import JobStore
 from sdq.webhooks import check_webhook_url
+
+log = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper(), None) for key in ITEM_PARAM_KEYS
                             if key not in pipelines.FAMILY_PARAMS} | {
@@ -46,6 +51,8 @@ class Plan:
     job: Job
     items: list[Item]
     warnings: list[str] = field(default_factory=list)
+    replayed: bool = False
+    """True when an idempotency key named an earlier job: `job` is that job, nothing new was made."""
 
 
 def _item_params(base: dict[str, Any], override: Any | None) -> dict[str, Any]:
@@ -63,6 +70,7 @@ def _pixels(pipeline: str, params: dict[str, Any]) -> int:
 
 
 def _check_limits(pipeline: str, params: dict[str, Any], where: str, settings: Settings) -> None:
+    _check_denoising(pipeline, params, where)
     w, h = contract.item_size(pipeline, params)
     if w * h > settings.max_pixels:
         first = pipelines.spec(pipeline).output_size(params["width"], params["height"])
@@ -70,6 +78,13 @@ def _check_limits(pipeline: str, params: dict[str, Any], where: str, settings: S
         field = grown if grown and first[0] * first[1] <= settings.max_pixels else f"{where}width"
         raise InvalidInput(field, f"{w}x{h} output ({w * h} pixels) exceeds this server's limit of "
                            f"{settings.max_pixels} pixels per image", code="too_large")
+
+
+def _check_denoising(pipeline: str, params: dict[str, Any], where: str) -> None:
+    """Refuse a pass that would run no denoising step: diffusers' img2img runs `int(steps * strength)`."""
+    scaled_by = pipelines.spec(pipeline).steps_scaled_by
+    if scaled_by:
+        check_denoising(params["steps"], params["strength"], f"{where}{scaled_by}")
 
 
 def _init_image_size(params: dict[str, Any], record: dict[str, Any] | None, explicit: set[str],
@@ -278,9 +293,14 @@ def route(plan: Plan, workers: list[dict[str, Any]],
 
 
 def submit(req: SubmitRequest, settings: Settings, owner: str, client: redis.Redis, jobs: JobStore,
-           celery: Celery) -> Plan:
+           celery: Celery, once: Once | None = None) -> Plan:
     """Plan, check the tenant's room, route, record and enqueue a job; nothing stays half-submitted:
-    a failed enqueue removes the record again (so it neither shows nor counts against the tenant's cap)."""
+    a failed enqueue removes the record again (so it neither shows nor counts against the tenant's cap).
+    With `once` (an idempotency key, `sdq.state.idempotency.once`), a request that already made a job
+    gets that job back (`Plan.replayed`) instead of a second one; every door submits through here."""
+    # 0. Once: the job an earlier request under the same idempotency key made.
+    if once is not None and (first := first_job(client, once)) is not None:
+        return _replay(jobs, first)
     # 1. Plan: the request checked against the server's limits, expanded into items (nothing written).
     plan = plan_job(req, settings, owner,
                     uploads=lambda key, field: upload_record(client, key, owner, field))
@@ -292,14 +312,34 @@ def submit(req: SubmitRequest, settings: Settings, owner: str, client: redis.Red
     # 4. Record (with the items' message in the outbox: if this process dies before enqueueing, a
     #    worker publishes them after the outbox lease), then enqueue and clear the outbox entry; roll
     #    the record back if enqueueing fails.
-    member = jobs.create(plan.job, plan.items, due=time.time() + settings.outbox_lease)
+    try:
+        member = jobs.create(plan.job, plan.items, due=time.time() + settings.outbox_lease, once=once)
+    except AlreadySubmitted as first:  # a request racing under the same key recorded its job first
+        return _replay(jobs, first.job_id)
     try:
         enqueue(celery, routed)
     except Exception:
-        jobs.delete(plan.job.id, owner, member)
+        jobs.delete(plan.job.id, owner, member, once)
         raise
-    Outbox(client).done(member)
+    _published(client, member)
     return plan
+
+
+def _replay(jobs: JobStore, job_id: str) -> Plan:
+    """The answer to a request whose idempotency key already made job `job_id`."""
+    job = jobs.get(job_id)
+    if job is None:  # pragma: no cover - its record expired between two reads
+        raise NotFound(f"no job {job_id!r}")
+    return Plan(job, [], list(job.warnings or []), replayed=True)
+
+
+def _published(client: redis.Redis, *members: str) -> None:
+    """Remove published outbox entries; a Redis error here is logged, not raised: the job is recorded
+    and published, and the entry left behind only sends a duplicate that the start script drops."""
+    try:
+        Outbox(client).done(*members)
+    except redis.RedisError as exc:
+        log.warning("outbox entries %s stay after their publish (%s); their copies will be dropped", members, exc)
 
 
 def enqueue(celery: Celery, routed: list[Chunk]) -> None:
@@ -310,13 +350,19 @@ def enqueue(celery: Celery, routed: list[Chunk]) -> None:
 
 
 def requeue(jobs: JobStore, celery: Celery, job_id: str, workers: list[dict[str, Any]],
-            lease: float = defaults.OUTBOX_LEASE) -> list[Item]:
+            lease: float = defaults.OUTBOX_LEASE, max_queued: int | None = None) -> list[Item]:
     """Retry: re-queue the job's failed and cancelled items (same seeds) as new attempts and publish
     them again (messages of the earlier attempts are dropped when delivered). The re-queue records
-    their messages in the outbox: if this process dies before publishing, a worker does."""
+    their messages in the outbox: if this process dies before publishing, a worker does. With
+    `max_queued`, the owner's queued-items cap is checked first, as at submit (TooManyRequests)."""
+    if max_queued is not None:
+        job = jobs.get(job_id)
+        if job is not None:
+            again = job.counts.get("failed", 0) + job.counts.get("cancelled", 0)
+            check_queue_room(jobs, job.owner, again, max_queued)
     items = jobs.retry(job_id, due=time.time() + lease) or []
     if items:
         plan = Plan(jobs.get(job_id), sorted(items, key=lambda it: it.index))
         enqueue(celery, route(plan, workers))
-        Outbox(jobs.redis).done(*jobs.retry_intents(job_id, items))
+        _published(jobs.redis, *jobs.retry_intents(job_id, items))
     return items

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from producer import form
 from producer.openapi import build_openapi
-from sdq import __version__
+from sdq import __version__, contract
 from sdq.state import fleet
 from sdq.state.keys import KOMBU_PRIORITY_SEP
 
@@ -29,16 +29,19 @@ def index():
         "Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
 
 
-def queue_depths(client: redis.Redis) -> dict[str, int]:
-    """Task messages waiting per queue that live workers consume (every priority level summed)."""
-    names = {q for w in fleet.live_workers(client) for q in w.get("queues", [])}
+def queue_depths(client: redis.Redis, workers: list[dict] | None = None) -> dict[str, int]:
+    """Task messages waiting per queue (every priority level summed): every queue that live workers
+    consume, and every other shared or control queue that holds messages (with no worker at all, a
+    backlog still shows)."""
+    consumed = {q for w in (fleet.live_workers(client) if workers is None else workers) for q in w.get("queues", [])}
+    ordered = sorted(consumed | {*contract.item_queues(), contract.CONTROL_QUEUE})
     pipe = client.pipeline(transaction=False)
-    ordered = sorted(names)
     for q in ordered:
         for pri in range(10):
             pipe.llen(q if pri == 0 else f"{q}{KOMBU_PRIORITY_SEP}{pri}")
     sizes = pipe.execute()
-    return {q: sum(sizes[i * 10:(i + 1) * 10]) for i, q in enumerate(ordered)}
+    depths = {q: sum(sizes[i * 10:(i + 1) * 10]) for i, q in enumerate(ordered)}
+    return {q: n for q, n in depths.items() if n or q in consumed}
 
 
 @bp.get("/metrics")
@@ -55,7 +58,7 @@ def metrics():
     for w in workers:
         done.labels(w["name"], w["device"], w["dtype"]).set(w.get("items_done", 0))
     depth = Gauge("sdq_queue_messages", "Task messages waiting in a queue", ["queue"], registry=registry)
-    for queue, size in queue_depths(client).items():
+    for queue, size in queue_depths(client, workers).items():
         depth.labels(queue).set(size)
     Gauge("sdq_info", "sdq version", ["version"], registry=registry).labels(__version__).set(1)
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")

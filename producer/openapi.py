@@ -12,7 +12,7 @@ from werkzeug.routing import Rule
 from producer.doors import a1111_schema
 from producer.doors.openai_params import OpenAIError, OpenAIImageRequest
 from producer.schemas import SubmitRequest
-from sdq import __version__, contract
+from sdq import __version__, contract, defaults
 
 
 class ErrorDetail(BaseModel):
@@ -93,6 +93,14 @@ OTHER_ANSWERS: dict[str, dict[str, dict[str, Any]]] = {
 }
 """Endpoint -> further success answers it gives besides its main one."""
 
+HEADERS: dict[str, list[dict[str, Any]]] = {
+    "api.submit": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                    "description": "The same request sent again with this key within a day answers its first job "
+                                   "(header Idempotent-Replayed: true); another request under the key is a 422.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": defaults.IDEMPOTENCY_KEY_MAX}}],
+}
+"""Endpoint -> the request headers it reads (besides Authorization)."""
+
 UNDOCUMENTED = ("static",)
 """Endpoints left out of the document (the page's own files)."""
 
@@ -110,7 +118,7 @@ def _parameters(rule: Rule, endpoint: str) -> list[dict[str, Any]]:
         schema = query.model_json_schema()
         params += [{"name": name, "in": "query", "required": False, "schema": prop}
                    for name, prop in schema["properties"].items()]
-    return params
+    return params + HEADERS.get(endpoint, [])
 
 
 ERROR_SHAPES = {"openai.": "OpenAIError", "a1111.": "A1111Error"}

@@ -15,7 +15,7 @@ from producer.status import job_view
 from sdq.celery_app import request_finalize
 from sdq.exceptions import InvalidInput, NotFound
 from sdq.records import Job
-from sdq.state import fleet
+from sdq.state import fleet, idempotency
 from sdq.webhooks import tenant_secret
 
 bp = Blueprint("api", __name__)
@@ -78,22 +78,24 @@ def healthz():
 
 @bp.post("/v1/jobs")
 def submit():
-    """Validate, record and enqueue a job; 202 with its id. JSON, or a prompt file (producer.formats)."""
+    """Validate, record and enqueue a job; 202 with its id. JSON, or a prompt file (producer.formats).
+    With an `Idempotency-Key` header, the same request sent again within a day answers its first job."""
     settings = current_app.config["SDQ"]
     body = bodies.read_submit(request, settings.max_items)
     if bodies.is_prompt_file(request.mimetype):
         body = body_from_prompt_file(body, request.mimetype, request.args.to_dict())
     bodies.check_strings(body)
+    once = idempotency.once(g.owner, "v1", request.headers.get(idempotency.HEADER), body)
     req = parse_submit(body)
     if req.dry_run:
         return jsonify(quote(req, settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"))), 200
-    plan = jobs.submit(req, settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"), _ext("celery"))
+    plan = jobs.submit(req, settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"), _ext("celery"), once)
     job_id = plan.job.id
     return jsonify({
-        "id": job_id, "state": "queued", "items": len(plan.items), "seed": plan.job.seed,
-        "warnings": plan.warnings,
+        "id": job_id, "state": plan.job.state if plan.replayed else "queued", "items": plan.job.n_items,
+        "seed": plan.job.seed, "warnings": plan.warnings,
         "links": {"self": f"/v1/jobs/{job_id}", "events": f"/v1/jobs/{job_id}/events"},
-    }), 202
+    }), 202, ({"Idempotent-Replayed": "true"} if plan.replayed else {})
 
 
 @bp.get("/v1/jobs")
@@ -128,10 +130,11 @@ def cancel_job(job_id: str):
 
 @bp.post("/v1/jobs/<job_id>/retry")
 def retry_job(job_id: str):
-    """Re-queue the job's failed and cancelled items with their seeds."""
+    """Re-queue the job's failed and cancelled items with their seeds (429 past the tenant's queued-items cap)."""
     _own_job(job_id)
+    settings = current_app.config["SDQ"]
     requeued = jobs.requeue(_ext("sdq_jobs"), _ext("celery"), job_id, fleet.live_workers(_ext("sdq_redis")),
-                            current_app.config["SDQ"].outbox_lease)
+                            settings.outbox_lease, settings.max_queued_items)
     job = _ext("sdq_jobs").get(job_id)
     return jsonify({"id": job_id, "state": job.state, "requeued": len(requeued),
                     "items": [it.index for it in requeued[:1000]]}), 202

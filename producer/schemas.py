@@ -145,7 +145,7 @@ class Requires(_Strict):
 
     device: str = Field("any", max_length=32)
     dtype: str | None = Field(None, max_length=32)
-    min_memory_gb: float | None = Field(None, ge=0)
+    min_memory_gb: float | None = Field(None, ge=0, le=defaults.MAX_DEVICE_MEMORY_GB)
 
     @field_validator("device", "dtype")
     @classmethod

@@ -96,6 +96,6 @@ def download_zip(job_id: str):
 
 @bp.get("/v1/queues")
 def queues():
-    """Task messages waiting per queue (capability class) that live workers consume."""
+    """Task messages waiting per queue (capability class): those live workers consume, and any other holding some."""
     depths = queue_depths(current_app.extensions["sdq_redis"])
     return jsonify({"queues": [{"name": q, "messages": n} for q, n in sorted(depths.items())]})

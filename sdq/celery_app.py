@@ -12,6 +12,7 @@ from kombu.exceptions import KombuError
 
 from sdq import contract, defaults
 from sdq.records import Chunk, Item, Job
+from sdq.state import fleet
 from sdq.state.keys import UNACKED_INDEX_KEY
 from sdq.state.outbox import Outbox, chunk_message, is_chunk, parse_intent
 from sdq.state.store import JobStore
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 TASK_FINALIZE = "sdq.finalize"
 """Celery task name: write an ended job's manifest/grid and queue its webhook (control queue)."""
+
+PARKED_CHECK_MAX = 10_000
+"""Most parked chunks one recheck looks at (the rest wait for the next, `PARKED_RECHECK` later at most)."""
 
 
 def celery_config(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_TIMEOUT) -> dict:
@@ -114,11 +118,35 @@ def publish_items(celery: Celery, job: Job, items: list[Item]) -> int:
     return len(chunks)
 
 
-def publish_member(jobs: JobStore, outbox: Outbox, member: str, publish: Callable[[Chunk], None]) -> int:
+FleetView = tuple[list[dict[str, Any]], str]
+"""The live workers' records and their `fleet.signature`, read once per flush."""
+
+
+def _nobody_can_take(chunk: Chunk, workers: list[dict[str, Any]]) -> bool:
+    """Whether no live worker may take `chunk` (its queue, model, image size and memory need)."""
+    if chunk.to is not None or not chunk.queue:
+        return False
+    w, h = contract.item_size(chunk.pipeline, chunk.params)
+    return not fleet.able(workers, chunk.queue, chunk.model, w * h, chunk.requires)
+
+
+def publish_member(jobs: JobStore, outbox: Outbox, member: str, publish: Callable[[Chunk], None],
+                   view: FleetView | None = None) -> int:
     """Publish one outbox entry with `publish(chunk)`, then remove it; returns how many chunks were sent.
-    An intent sends only its items still `queued` in the attempt it names (from their records now)."""
+    An intent sends only its items still `queued` in the attempt it names (from their records now). A
+    chunk (passed on) that no worker of the fleet `view` can take is parked instead (`Outbox.park`):
+    it waits, without cycling between outbox, broker and workers, until the fleet changes."""
     if is_chunk(member):
         chunks = [Chunk.from_message(chunk_message(member))]
+        if view is not None and _nobody_can_take(chunks[0], view[0]):
+            state, cancelled = jobs.job_status(chunks[0].job)
+            if state is None or state in contract.TERMINAL_STATES or cancelled:
+                log.info("job %s: dropping a chunk nobody needs any more (its job ended or is gone)", chunks[0].job)
+                outbox.done(member)
+                return 0
+            if outbox.park(member, view[1]):
+                log.info("job %s: no live worker can take a chunk; parked until the fleet changes", chunks[0].job)
+                return 0
     else:
         job_id, pairs = parse_intent(member)
         job = jobs.get(job_id)
@@ -132,13 +160,49 @@ def publish_member(jobs: JobStore, outbox: Outbox, member: str, publish: Callabl
     return len(chunks)
 
 
+def recheck_parked(jobs: JobStore, outbox: Outbox, workers: list[dict[str, Any]],
+                   most: int = PARKED_CHECK_MAX) -> int:
+    """Parked chunks that a live worker can take now go back to the outbox (due now); those of jobs
+    that ended, were cancelled or are gone are dropped. Returns how many went back."""
+    back, kept, status = 0, 0, {}
+    while kept + back < most:
+        page = outbox.parked(kept)
+        if not page:
+            break
+        wake, drop = [], []
+        for member in page:
+            try:
+                chunk = Chunk.from_message(chunk_message(member))
+            except Exception:  # noqa: BLE001 - not a chunk any more: nothing can publish it
+                drop.append(member)
+                continue
+            if chunk.job not in status:
+                status[chunk.job] = jobs.job_status(chunk.job)
+            state, cancelled = status[chunk.job]
+            if state is None or state in contract.TERMINAL_STATES or cancelled:
+                drop.append(member)
+            elif not _nobody_can_take(chunk, workers):
+                wake.append(member)
+        outbox.drop_parked(*drop)
+        back += outbox.unpark(*wake)
+        kept += len(page) - len(drop) - len(wake)
+    if back:
+        log.info("%d parked chunk(s) back in the outbox: a live worker can take them now", back)
+    return back
+
+
 def flush_outbox(jobs: JobStore, outbox: Outbox, publish: Callable[[Chunk], None], limit: int = 100) -> int:
     """Publish the outbox entries that are due (each taken by one caller for a lease); returns how
-    many chunks were sent. An entry that fails is logged and left to come due again."""
+    many chunks were sent. An entry that fails is logged and left to come due again. When the fleet
+    changed (or `PARKED_RECHECK` passed), the one caller that sees it first rechecks the parked chunks."""
+    workers = fleet.live_workers(jobs.redis)
+    view = (workers, fleet.signature(workers))
+    if outbox.fleet_changed(view[1]):
+        recheck_parked(jobs, outbox, workers)
     sent = 0
     for member in outbox.take_due(limit):
         try:
-            sent += publish_member(jobs, outbox, member, publish)
+            sent += publish_member(jobs, outbox, member, publish, view)
         except (redis.RedisError, OSError, KombuError):  # the broker or Redis: the entry comes due again
             log.warning("could not publish an outbox entry; it is tried again after its lease", exc_info=True)
         except Exception:  # noqa: BLE001 - never publishable (not a chunk, a record it cannot route): drop it

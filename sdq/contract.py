@@ -87,6 +87,11 @@ def queues_for_worker(device: str, dtype: str, max_pixels: int) -> list[str]:
     return queues
 
 
+def item_queues() -> list[str]:
+    """Every shared queue an item can be sent to (`queue_for` of every device, dtype and pixel class)."""
+    return [f"sdq.{dev}.{dt}.{px}" for dev in DEVICES for dt in ("any", *DTYPES) for px, _ in PIXEL_CLASSES]
+
+
 def worker_queue(name: str) -> str:
     """The queue only the worker `name` consumes (its straggler backups)."""
     return f"sdq.worker.{name}"

@@ -96,6 +96,20 @@ UNFINISHED_JOB_MAX_AGE = JOB_TTL - 24 * 3600
 """Seconds after submit at which a job still unfinished is cancelled by the reaper (a day before its
 records expire, so its queued items leave its owner's count with it)."""
 
+MAX_DEVICE_MEMORY_GB = 1024
+"""Largest `requires.min_memory_gb` accepted at submit: above any single device's memory (the largest
+accelerators hold 288 GB; a CPU worker advertises its RAM), so a larger need could never be served."""
+
+PARKED_RECHECK = 300
+"""Seconds between checks of the parked chunks (no live worker could take them) against the fleet,
+besides the check each time the fleet changes (`sdq.state.outbox.Outbox.park`)."""
+
+IDEMPOTENCY_TTL = 24 * 3600
+"""How long an ``Idempotency-Key`` names the job it made (`sdq.state.idempotency`), seconds."""
+
+IDEMPOTENCY_KEY_MAX = 255
+"""Longest ``Idempotency-Key`` accepted, characters."""
+
 RESULT_CACHE_TTL = 30 * 24 * 3600
 """Seconds a result-cache entry lives after it was made or last served (`sdq.state.resultindex`)."""
 

@@ -44,6 +44,14 @@ class TooManyRequests(SdqError):
         self.retry_after = retry_after
 
 
+class AlreadySubmitted(SdqError):
+    """A request made under an idempotency key that already made job `job_id` (`sdq.state.idempotency`)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"already submitted as job {job_id}")
+        self.job_id = job_id
+
+
 class ApiError(SdqError):
     """An error answer from the producer, seen by the client: `HTTP <status> [<field>]: <message>`."""
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sdq.exceptions import InvalidInput
+
 
 @dataclass(frozen=True)
 class Param:
@@ -52,3 +54,11 @@ class Text:
     max_chars: int
     required: bool = False
     doc: str = ""
+
+
+def check_denoising(steps: int, strength: float, field: str) -> None:
+    """Refuse a pass that would run no denoising step (diffusers' img2img runs `int(steps * strength)`),
+    naming `field`."""
+    if int(steps * strength) < 1:
+        raise InvalidInput(field, f"steps x strength = {steps} x {strength:g} gives 0 denoising steps; "
+                           f"raise the strength to at least {1 / steps:.3g} or the steps", code="no_steps")

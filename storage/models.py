@@ -150,7 +150,8 @@ def _size(path: Path) -> int:
 
 
 def _append(store: ResultStore, key: str, part: Path, size: int, name: str) -> None:
-    """One ranged GET of `key` from the end of `part` on, appended to `part`."""
+    """One ranged GET of `key` from the end of `part` on, appended to `part`. Each piece received
+    calls the store's `on_retry` hook (a worker's lease progress): a long pull is progress, not a stall."""
     done = _size(part)
     if done >= size:
         return
@@ -160,18 +161,42 @@ def _append(store: ResultStore, key: str, part: Path, size: int, name: str) -> N
         for chunk in pieces:
             f.write(chunk)
             done += len(chunk)
+            if store.on_retry is not None:
+                store.on_retry()
             if time.monotonic() - last >= PROGRESS_EVERY_S:
                 last = time.monotonic()
                 log.info("store:%s: %s %d%% (%d of %d bytes)", name, part.name.removesuffix(".part"),
                          100 * done // max(1, size), done, size)
 
 
-def _download(store: ResultStore, key: str, target: Path, size: int, name: str) -> None:
-    """Fetch `key` into `target` through `<target>.part`, resuming what an interrupted download left.
-    Errors that may pass (S3 down, a body cut short) are retried, resuming, with the store's backoff
-    for its outage limit, counted afresh after each stretch that made progress; then ModelUnavailable
-    (the `.part` file stays for the next try)."""
-    part = target.with_name(target.name + ".part")
+def part_path(target: Path, sha256: str) -> Path:
+    """Where the download of `target` in the version with this SHA-256 collects (`<name>.<sha>.part`):
+    a re-push under the same name never resumes a part of the old bytes."""
+    return target.with_name(f"{target.name}.{sha256[:16]}.part")
+
+
+def _prune(folder: Path, manifest: dict[str, Any]) -> int:
+    """Delete what `folder` holds besides the manifest's files and their own parts (files of an earlier
+    push: an old weights variant would be loaded beside the new files); returns how many files went."""
+    files = manifest["files"]
+    keep = {f["path"] for f in files} | {part_path(Path(f["path"]), f["sha256"]).as_posix() for f in files}
+    gone = 0
+    for path in sorted(folder.rglob("*"), reverse=True):  # children before their folders
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif path.relative_to(folder).as_posix() not in keep:
+            path.unlink()
+            gone += 1
+    return gone
+
+
+def _download(store: ResultStore, key: str, target: Path, size: int, name: str, sha256: str) -> None:
+    """Fetch `key` into `target` through its part file (`part_path`), resuming what an interrupted
+    download of the same version left. Errors that may pass (S3 down, a body cut short) are retried,
+    resuming, with the store's backoff for its outage limit, counted afresh after each stretch that made
+    progress; then ModelUnavailable (the part file stays for the next try)."""
+    part = part_path(target, sha256)
     target.parent.mkdir(parents=True, exist_ok=True)
     if _size(part) > size:
         part.unlink()
@@ -250,11 +275,15 @@ def _fetch(store: ResultStore, name: str, folder: Path, manifest: dict[str, Any]
     """Fetch and verify every file of `manifest` into `folder` (intact ones kept), local manifest last."""
     log.info("store:%s: pulling %d files (%d bytes) from the bucket", name, len(manifest["files"]),
              sum(f["size"] for f in manifest["files"]))
+    if folder.is_dir():  # an earlier pull: exactly this manifest's files stay (intact ones are kept)
+        (folder / STORE_MANIFEST).unlink(missing_ok=True)
+        if gone := _prune(folder, manifest):
+            log.info("store:%s: removed %d file(s) the pushed manifest does not list", name, gone)
     for entry in manifest["files"]:
         target = _safe_target(folder, entry["path"])
         if target.is_file() and target.stat().st_size == entry["size"] and _sha256(target) == entry["sha256"]:
             continue
-        _download(store, f"{PREFIX}{name}/files/{entry['path']}", target, entry["size"], name)
+        _download(store, f"{PREFIX}{name}/files/{entry['path']}", target, entry["size"], name, entry["sha256"])
         if _sha256(target) != entry["sha256"]:
             target.unlink()
             raise ModelError(f"store:{name}: {entry['path']} does not match its SHA-256 in the manifest "

@@ -87,6 +87,26 @@ def test_retry_killed_between_requeue_and_publish(ostack, one, oclient, jobs, st
     check_exact(oclient, store, one.r, job_id, 2, timeout=120)
 
 
+def test_retry_killed_after_its_first_slice_alone(ostack, one, oclient, jobs, store):
+    """Issue 39 defect 2: a failed job's retry cut short after one slice's script (the producer killed,
+    or a Redis error, before anything else). That one step re-queued the items, recorded their message
+    and reopened the job (it used to leave the job `failed` and out of the active set, its re-queued
+    items dropped as unwanted and counted against the tenant's cap for ever)."""
+    owner = ""  # the client's tenant (no tokens on this stack); its other jobs here all end
+    before = jobs.queued_items_of(owner)
+    job_id = recorded(ostack, jobs, 2, "retry slice", publish=True)
+    held_by_ghost(jobs, job_id, [0, 1])
+    fleet.remove(jobs.redis, "ghost")
+    assert not jobs.finish_item(job_id, 0, "failed", {"error": "boom"}, worker="ghost")
+    assert jobs.finish_item(job_id, 1, "failed", {"error": "boom"}, worker="ghost")  # the job ended: failed
+    assert jobs.get(job_id).state == "failed"
+    raw = jobs.scripts["retry_slice"](keys=keys.job_script_keys(job_id), args=[job_id, time.time() + LEASE, 0, 1])
+    assert len(raw) == 2 and jobs.queued_items_of(owner) == before + 2
+    check_exact(oclient, store, one.r, job_id, 2, timeout=120)
+    assert jobs.queued_items_of(owner) == before  # the tenant's count is right again
+    assert jobs.redis.zscore(keys.ACTIVE_KEY, job_id) is None
+
+
 def test_reaper_killed_between_requeue_and_publish(ostack, one, oclient, jobs, store):
     job_id = recorded(ostack, jobs, 2, "reap", publish=True)
     held_by_ghost(jobs, job_id, [0, 1])

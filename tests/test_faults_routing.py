@@ -14,7 +14,8 @@ from PIL import Image
 
 from sdq.cli.client import Client
 from sdq.cli.services import Stack, wait_for
-from sdq.state.keys import OUTBOX_KEY
+from sdq.defaults import PASS_ON_DELAY
+from sdq.state.keys import OUTBOX_KEY, PARKED_KEY
 from tests.conftest import FAST, wait_job
 from tests.test_faults import FAST_RECOVERY, WARM
 
@@ -51,7 +52,7 @@ def test_a_worker_never_runs_items_above_what_it_advertises(picky):
     client = Client(picky.env["SDQ_SERVER"])
     big = client.submit({"model": "builtin:tiny-sd", "prompts": ["big"],
                          "params": {"width": 256, "height": 256, "steps": 2}})["id"]
-    heavy = client.submit({"model": "builtin:tiny-sd", "prompts": ["heavy"], "requires": {"min_memory_gb": 100000},
+    heavy = client.submit({"model": "builtin:tiny-sd", "prompts": ["heavy"], "requires": {"min_memory_gb": 1000},
                            "params": {"width": 64, "height": 64, "steps": 2}})["id"]
     wait_for(lambda: f"job {big}: passing the chunk on" in log_text(picky, "picky"), "256x256 passed on", 60)
     wait_for(lambda: f"job {heavy}: passing the chunk on" in log_text(picky, "picky"), "min memory passed on", 60)
@@ -77,8 +78,38 @@ def test_chunks_of_a_cancelled_job_no_worker_may_run_are_dropped(picky):
     wait_for(lambda: r.hlen("unacked") or r.zcard(OUTBOX_KEY), "the worker took the chunk", 60)
     assert client.cancel(job_id)["state"] == "cancelled"
     wait_for(lambda: broker_messages(r, job_id) == 0, "the cancelled job's message dropped", 30)
-    wait_for(lambda: f"job {job_id}: dropping a chunk nobody needs any more" in log_text(picky, "picky"),
-             "the drop logged", 10)
+    wait_for(lambda: f"job {job_id}: dropping a chunk nobody needs any more" in log_text(picky, "picky")
+             or parked(r, job_id), "the drop logged (or the chunk parked before the cancel: never bouncing)", 10)
+
+
+def parked(r: redis.Redis, job_id: str) -> bool:
+    """Whether a chunk of `job_id` waits in the parked set (no live worker can take it)."""
+    return any(job_id.encode() in m for m in r.zrange(PARKED_KEY, 0, -1))
+
+
+def test_a_chunk_no_live_worker_can_take_waits_parked_until_one_joins(picky):
+    """Issue 39 defect 4: a passed-on chunk that no live worker may take bounced through the outbox,
+    the broker and the workers for ever (sharing the outbox's capacity with every other tenant's
+    recoveries). It is parked, stays parked while the fleet stays the same, and runs once a worker
+    that can take it joins."""
+    client = Client(picky.env["SDQ_SERVER"])
+    r = redis.Redis.from_url(picky.env["SDQ_REDIS_URL"])
+    job_id = client.submit({"model": "builtin:tiny-sd", "prompts": ["wide"],
+                            "params": {"width": 256, "height": 256, "steps": 2}})["id"]
+    wait_for(lambda: parked(r, job_id), "the chunk parked", 60)
+    passes = log_text(picky, "picky").count(f"job {job_id}: passing the chunk on")
+    since = json.loads(r.get("sdq:worker:picky"))["last_seen"]
+    wait_for(lambda: json.loads(r.get("sdq:worker:picky"))["last_seen"] > since + 3 * PASS_ON_DELAY,
+             "the worker's heartbeats for three pass-on delays", 60)
+    assert log_text(picky, "picky").count(f"job {job_id}: passing the chunk on") == passes
+    assert parked(r, job_id) and broker_messages(r, job_id) == 0
+    roomy = picky.worker("roomy", *WARM)
+    try:
+        assert wait_job(client, job_id, 120)["state"] == "succeeded"
+        assert not parked(r, job_id)
+    finally:
+        roomy.stop()
+        picky.services.remove(roomy)
 
 
 @pytest.mark.slow

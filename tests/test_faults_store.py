@@ -195,3 +195,52 @@ def test_every_field_the_store_scripts_keep_is_declared(jobs, r):
     assert jobs.claim_webhook(job_id)
     assert undeclared_fields(r, job_id) == set()
     assert Item.undeclared({"index": 0, "surprise": 1}) == {"surprise"}  # the check itself can fail
+
+
+def test_a_start_repeated_after_a_lost_reply_starts_nothing_twice(jobs):
+    """Issue 39 defect 10: `retry_redis` repeats a start whose reply was lost; the repeat counted one
+    more try and attempt, and recorded the worker as having stopped while running the item."""
+    job_id = make_job(jobs, n=2)
+    now = time.time()
+    first = jobs.start_run(job_id, [(0, 0), (1, 0)], "w-repeat", "cpu", "fp32", now=now)
+    again = jobs.start_run(job_id, [(0, 0), (1, 0)], "w-repeat", "cpu", "fp32", now=now)
+    assert first.run == again.run == [0, 1] and again.held == []
+    for it in jobs.item_records(job_id, [0, 1]):
+        assert (it.state, it.attempts, it.tries, it.last_error) == ("running", 1, 1, None), it
+    assert jobs.get(job_id).counts["running"] == 2
+    later = jobs.start_run(job_id, [(0, 0)], "w-repeat", "cpu", "fp32", now=now + 5)  # a real redelivery
+    assert later.run == [0] and jobs.item_records(job_id, [0])[0].attempts == 2
+
+
+def test_the_outbox_is_taken_fairly_across_tenants(jobs, r):
+    """Issue 39 defect 4: one tenant's many due entries took every heartbeat's flush capacity (100)
+    while another tenant's recovery waited behind them."""
+    from sdq.state.keys import OUTBOX_KEY, job_key
+    from sdq.state.outbox import Outbox, intent
+
+    flood, other = make_job(jobs, n=1), make_job(jobs, n=1)
+    r.hset(job_key(flood), "owner", "flooder")
+    r.hset(job_key(other), "owner", "patient")
+    r.delete(OUTBOX_KEY)
+    now = time.time()
+    r.zadd(OUTBOX_KEY, {intent(flood, [(i, 0)]): now - 100 + i * 0.01 for i in range(300)})  # due first
+    r.zadd(OUTBOX_KEY, {intent(other, [(i, 0)]): now - 10 for i in range(3)})
+    taken = Outbox(r).take_due(limit=100)
+    assert len(taken) == 100 and sum(m.startswith(other) for m in taken) == 3, taken[-5:]
+    assert taken[:2] == [intent(flood, [(0, 0)]), intent(other, [(0, 0)])]  # one per tenant in turn
+    r.delete(OUTBOX_KEY)
+
+
+def test_parked_chunks_are_rechecked_when_the_fleet_changes_and_when_the_recheck_is_due(jobs, r):
+    """The parked chunks' fleet marker: one caller sees a change; an unchanged fleet keeps its expiry."""
+    from sdq.state.keys import PARKED_FLEET_KEY
+    from sdq.state.outbox import Outbox
+
+    outbox = Outbox(r)
+    r.delete(PARKED_FLEET_KEY)
+    assert outbox.fleet_changed("fleet-a", recheck=60) and not outbox.fleet_changed("fleet-a", recheck=60)
+    r.expire(PARKED_FLEET_KEY, 30)
+    assert not outbox.fleet_changed("fleet-a", recheck=60) and r.ttl(PARKED_FLEET_KEY) <= 30  # not pushed back
+    assert outbox.fleet_changed("fleet-b", recheck=60)
+    r.delete(PARKED_FLEET_KEY)
+    assert outbox.fleet_changed("fleet-b", recheck=60)  # expired: checked again

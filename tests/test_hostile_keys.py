@@ -40,7 +40,7 @@ def _orphans(r: redis.Redis) -> list[str]:
         key = raw.decode("utf-8", "surrogateescape")
         ttl = r.ttl(raw)
         if key.startswith(("sdq:job:", "sdq:upload:", "sdq:rcache:", "sdq:held:", "sdq:upload-bytes:",
-                           "sdq:worker:", "sdq:reaper:lock")):
+                           "sdq:worker:", "sdq:reaper:lock", "sdq:once:", keys.PARKED_FLEET_KEY)):
             if ttl < 0:
                 bad.append(f"{key}: never expires")
         elif key.startswith("sdq:jobs:"):
@@ -83,6 +83,11 @@ def _orphans(r: redis.Redis) -> list[str]:
                 bad.append(f"{key}: lists bindings of departed workers {departed}")
         elif key in ("unacked", "unacked_mutex", keys.UNACKED_INDEX_KEY):
             pass  # kombu's own bookkeeping, emptied as messages are acknowledged
+        elif key == keys.PARKED_KEY:  # dropped at the next recheck once their job is gone
+            old = r.zrangebyscore(raw, "-inf", time.time() - defaults.PARKED_RECHECK - 60)
+            gone = [m for m in old if not r.exists(keys.job_key(json.loads(m)["chunk"]["job"]))]
+            if gone:
+                bad.append(f"{key}: {len(gone)} chunks of jobs whose records are gone, past a recheck")
         elif key == keys.OUTBOX_KEY:
             stale = r.zrangebyscore(raw, "-inf", time.time() - 120)
             if stale:  # each entry is published and removed by its writer, or by any heartbeat once due

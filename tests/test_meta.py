@@ -41,3 +41,16 @@ def test_tokens_guard_every_call_but_healthz(stack_factory):
     assert requests.delete(f"{base}/v1/jobs/{job_id}", headers=bob, timeout=10).status_code == 404
     assert [j["id"] for j in requests.get(base + "/v1/jobs", headers=alice, timeout=10).json()["jobs"]] == [job_id]
     assert requests.get(base + "/v1/jobs", headers=bob, timeout=10).json()["jobs"] == []
+
+
+def test_metrics_gauge_a_backlog_that_no_worker_consumes(stack_factory):
+    """Issue 39: with no worker (scale from zero, a worker class all gone), queued items had no gauge."""
+    st = stack_factory("meta-alone")
+    base = st.env["SDQ_SERVER"]
+    resp = requests.post(base + "/v1/jobs", json={"prompts": ["a", "b", "c"], "params": {"width": 64, "height": 64},
+                                                  "requires": {"device": "gpu"}}, timeout=10)
+    assert resp.status_code == 202, resp.text
+    text = requests.get(base + "/metrics", timeout=10).text
+    assert "sdq_workers_live 0.0" in text
+    line = next((ln for ln in text.splitlines() if ln.startswith('sdq_queue_messages{queue="sdq.gpu.any.p256"}')), "")
+    assert line and float(line.split()[-1]) >= 1, text

@@ -81,6 +81,18 @@ def proxy(s3_url):
     p.down()
 
 
+def test_a_long_pull_reports_progress_as_it_goes(store, s3_url, tmp_path):
+    """Issue 39 defect 7: a pull called the store's hook (the worker's lease progress) only on a retry,
+    so a long, healthy download looked like a hung worker past its stall timeout."""
+    from storage.models import CHUNK, pull
+
+    manifest = push(store, _model(tmp_path / "src", 3 * CHUNK + 1), "long-pull")
+    calls: list[int] = []
+    watched = ResultStore(TEST_BUCKET, s3_url, outage_limit=30, on_retry=lambda: calls.append(1))
+    assert _verified(pull(watched, "long-pull", tmp_path / "cache"), manifest)
+    assert len(calls) >= 4  # every chunk received counts (no retry happened)
+
+
 def test_an_outage_in_the_middle_of_a_download_is_ridden_out_and_resumed(store, proxy, tmp_path):
     """The connection is cut 4 MB into a 24 MB file and S3 stays down until the pull has retried: it
     resumes from its `.part` file once S3 is back (the store's backoff, not a failure)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from sdq.cli.client import Client
 from sdq.exceptions import ModelError
 from sdq.models import model_kind
 from sdq.sources import builtin_path
-from storage.models import pull, push
+from storage.models import part_path, pull, push
 from tests.conftest import FAST, TEST_BUCKET, wait_job
 
 
@@ -36,7 +37,7 @@ def test_push_then_pull_verifies_and_resumes(store, models_dir, tmp_path, caplog
     data = target.read_bytes()
     target.unlink()
     (folder / ".sdq-manifest.json").unlink()
-    target.with_name(target.name + ".part").write_bytes(data[: len(data) // 2])
+    part_path(target, biggest["sha256"]).write_bytes(data[: len(data) // 2])
     with caplog.at_level(logging.INFO, logger="storage.models"):
         pull(store, "resumable-sd", tmp_path)
     assert "resuming" in caplog.text and target.read_bytes() == data
@@ -49,6 +50,34 @@ def test_push_then_pull_verifies_and_resumes(store, models_dir, tmp_path, caplog
         pull(store, "never-pushed", tmp_path)
     with pytest.raises(ModelError, match="model name"):
         push(store, source, "../escape")
+
+
+def test_a_re_push_under_the_same_name_installs_exactly_the_new_files(store, models_dir, tmp_path):
+    """Issue 39 defect 6: a re-push left the old files beside the new (an old fp16 variant would be
+    loaded while the digest named the new version) and resumed an old `.part` against the new bytes."""
+    source = tmp_path / "v1"
+    shutil.copytree(builtin_path(models_dir, "tiny-sd"), source)
+    variant = source / "unet" / "diffusion_pytorch_model.fp16.safetensors"
+    variant.write_bytes(b"an old fp16 variant")
+    push(store, source, "repushed-sd")
+    cache = tmp_path / "cache"
+    folder = pull(store, "repushed-sd", cache)
+    assert (folder / "unet" / variant.name).is_file()
+    changed = source / "scheduler" / "scheduler_config.json"
+    old = changed.read_bytes()
+    variant.unlink()
+    changed.write_bytes(b" " + old)  # the same JSON, other bytes from the first one on
+    manifest = push(store, source, "repushed-sd")
+    # an interrupted pull of the old version left half of the old bytes (old code named it `<file>.part`)
+    target = folder / "scheduler" / "scheduler_config.json"
+    target.unlink()
+    target.with_name(target.name + ".part").write_bytes(old[: len(old) // 2])
+    part_path(target, "0" * 64).write_bytes(old[: len(old) // 2])  # a part of some other version
+    folder = pull(store, "repushed-sd", cache)
+    listed = sorted(f["path"] for f in manifest["files"])
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+                  and p.name != ".sdq-manifest.json") == listed
+    assert target.read_bytes() == b" " + old
 
 
 @pytest.mark.slow

@@ -112,6 +112,23 @@ def test_queued_items_are_capped_per_tenant_with_429_and_retry_after(api):
     assert call(api, "carol", "POST", "/v1/jobs", json={**body, "prompts": ["e", "f"]}).status_code == 202
 
 
+def test_a_retry_is_capped_like_a_submit(api):
+    """Issue 39 defect 3: submit, cancel, submit again, then retry the first job: past the cap is a 429."""
+    body = {"prompts": ["a", "b", "c", "d"], "params": SMALL}
+    first = call(api, "bob", "POST", "/v1/jobs", json=body).json()["id"]
+    assert call(api, "bob", "DELETE", f"/v1/jobs/{first}").status_code == 202
+    second = call(api, "bob", "POST", "/v1/jobs", json=body).json()["id"]  # 4 queued, the cap is 6
+    resp = call(api, "bob", "POST", f"/v1/jobs/{first}/retry")
+    assert resp.status_code == 429, resp.text
+    assert int(resp.headers["Retry-After"]) > 0 and resp.json()["error"]["field"] == "items"
+    doc = call(api, "bob", "GET", f"/v1/jobs/{first}").json()
+    assert doc["state"] == "cancelled" and doc["counts"]["queued"] == 0  # nothing re-queued
+    assert call(api, "bob", "DELETE", f"/v1/jobs/{second}").status_code == 202
+    resp = call(api, "bob", "POST", f"/v1/jobs/{first}/retry")
+    assert resp.status_code == 202 and resp.json()["requeued"] == 4, resp.text
+    assert call(api, "bob", "DELETE", f"/v1/jobs/{first}").status_code == 202  # leaves bob's queue empty
+
+
 def test_workers_list_does_not_name_other_tenants_jobs(api):
     job = call(api, "alice", "POST", "/v1/jobs", json={"prompts": ["busy"], "params": SMALL}).json()["id"]
     client = redis.Redis.from_url(api.env["SDQ_REDIS_URL"])

@@ -10,7 +10,8 @@ live worker is therefore never restored, however long its chunk runs, while a de
 message is restored one timeout after its last refresh.
 
 Leases are renewed only while the work makes progress: a busy worker that has not reported
-progress (`Leases.progress`: a denoising step, a model loaded, an upload attempt) for
+progress (`Leases.progress`: a denoising step, a model loading (`workers.loadwatch`) or loaded, a
+piece of a model pull, an upload attempt) for
 `stall_timeout` seconds is hung, and its held messages are left to expire and go to another
 worker, although its heartbeat thread lives on.
 

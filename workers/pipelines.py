@@ -20,6 +20,7 @@ from workers.sources import WorkerFetcher
 from workers import options as worker_options
 from workers.cpu_paths import apply_cpu_path
 from workers.device import Device
+from workers.loadwatch import progress_while
 
 log = logging.getLogger(__name__)
 
@@ -233,14 +234,15 @@ class PipelineCache:
         log.info("loading model %s (%s) on %s/%s", model_id, source_for(model_id).kind, self.device.device,
                  self.device.dtype)
         try:
-            pipe = self._open(model_id)
-            digest = self.fetcher.hasher.digest(model_id)  # of the files just read
-            pipe.set_progress_bar_config(disable=True)
-            if not self.safety_checker and getattr(pipe, "safety_checker", None) is not None:
-                pipe.safety_checker = None  # the operator turned it off (--no-safety-checker)
-            entry = Loaded(model_id, pipe, dict(pipe.scheduler.config), family=checkpoints.family_of(model_id, pipe),
-                           digest=digest)
-            self._place(entry)
+            with progress_while(getattr(self.store, "on_retry", None)):  # the worker's lease progress: not hung
+                pipe = self._open(model_id)
+                digest = self.fetcher.hasher.digest(model_id)  # of the files just read
+                pipe.set_progress_bar_config(disable=True)
+                if not self.safety_checker and getattr(pipe, "safety_checker", None) is not None:
+                    pipe.safety_checker = None  # the operator turned it off (--no-safety-checker)
+                entry = Loaded(model_id, pipe, dict(pipe.scheduler.config),
+                               family=checkpoints.family_of(model_id, pipe), digest=digest)
+                self._place(entry)
             return entry
         except ModelUnavailable:  # weights not fetched now (nothing built): the runner gives the items back
             raise

@@ -110,8 +110,10 @@ class Runner:
         #    later in case that worker lost them without a trace.
         job_id = chunk.job
         wanted = [(it.index, it.gen) for it in chunk.items]
+        now = time.time()  # one start time for every try: a repeat after a lost reply starts nothing twice
         started = retry_redis(lambda: self.jobs.start_run(
-            job_id, wanted, self.name, self.device.device, self.device.dtype, max_attempts=self.max_attempts))
+            job_id, wanted, self.name, self.device.device, self.device.dtype, max_attempts=self.max_attempts,
+            now=now))
         if started.ended:
             self.finalize(job_id)
         if started.held:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from sdq import defaults
 from sdq.exceptions import InvalidInput
 from sdq.options.base import FormField, OptionSpec, Pass, Submit
-from sdq.params import Param
+from sdq.params import Param, check_denoising
 
 SCALE = 2.0
 """How much the hires fix enlarges the first pass's image (`params.hires.scale`)."""
@@ -70,6 +70,7 @@ class Hires(OptionSpec):
         """The steps default to the item's; 422 naming `params.hires.scale` when the larger size is not a
         multiple of the family's `size_multiple`."""
         out = {**params, self.name: {**value, "steps": value.get("steps") or params["steps"]}}
+        check_denoising(out[self.name]["steps"], value["strength"], "params.hires.strength")
         big = second_size(value, params["width"], params["height"])
         if big[0] % size_multiple or big[1] % size_multiple:
             raise InvalidInput("params.hires.scale", f"params.hires.scale={value['scale']} makes "

@@ -6,12 +6,13 @@ set of names ever seen (pruned on read).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 import redis
 
-from sdq import defaults
+from sdq import defaults, families
 from sdq.state.keys import FLEET_EVENTS_CHANNEL, FLEET_KEY, worker_key, worker_queue_keys
 from sdq.state.redisconn import text
 
@@ -58,6 +59,27 @@ def serving(workers: list[dict[str, Any]], queue: str, model: str) -> list[dict[
     """Live workers that consume `queue` and may load `model`."""
     return [w for w in workers if queue in w.get("queues", ())
             and (not w.get("models") or model in w["models"])]
+
+
+def able(workers: list[dict[str, Any]], queue: str, model: str, pixels: int, requires: dict[str, Any]) -> list[dict[str, Any]]:
+    """Live workers that may take work of `queue` and `model` with images of `pixels` pixels and
+    `requires` (`min_memory_gb`, the family's `memory`): what each worker's router checks before it runs one."""
+    out = []
+    for w in serving(workers, queue, model):
+        if pixels > (w.get("max_pixels") or pixels):
+            continue
+        dtype = w.get("dtype") or "fp32"
+        need = families.required_gb(requires, dtype, pixels, families.load_cast(w.get("device") or "", dtype))
+        if need and w.get("memory_total_gb") is not None and w["memory_total_gb"] < need:
+            continue
+        out.append(w)
+    return out
+
+
+def signature(workers: list[dict[str, Any]]) -> str:
+    """Names the fleet as it is: changes when a worker joins, leaves or restarts."""
+    seen = sorted((str(w.get("name")), str(w.get("started_at"))) for w in workers)
+    return hashlib.sha256(json.dumps(seen).encode()).hexdigest()[:32]
 
 
 def claimed_after(current: dict[str, Any]) -> list[int]:

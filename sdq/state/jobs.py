@@ -12,10 +12,14 @@ import json
 import time
 from typing import Any
 
+from redis.exceptions import WatchError
+
 from sdq import defaults
 from sdq.contract import ITEM_STATES
 from sdq.records import Item, Job
+from sdq.exceptions import AlreadySubmitted
 from sdq.state import keys
+from sdq.state.idempotency import Once, recorded_job
 from sdq.state.outbox import intent
 from sdq.state.redisconn import text
 from sdq.state.scripts import ScriptedStore
@@ -35,17 +39,39 @@ QUEUE_SCAN_MAX = 1000
 class Jobs(ScriptedStore):
     """Job and item records as the producer sees them: whole jobs, their pages of items, cancel, retry."""
 
-    def create(self, job: Job, items: list[Item], due: float | None = None) -> str:
+    def create(self, job: Job, items: list[Item], due: float | None = None, once: Once | None = None) -> str:
         """Record a new job and its items (all `queued`) in one transaction, with their message in the
         outbox (`sdq.state.outbox`) due at `due` (default: one lease from now): publish them, then
-        `Outbox.done` the returned member; if the caller dies first, a worker publishes them."""
+        `Outbox.done` the returned member; if the caller dies first, a worker publishes them. With
+        `once`, its idempotency key is recorded in the same transaction; AlreadySubmitted (nothing
+        recorded) if a request under that key recorded a job first (`sdq.state.idempotency`)."""
+        member = intent(job.id, [(it.index, it.gen) for it in items]) if items else ""
+        due = time.time() + defaults.OUTBOX_LEASE if due is None else due
+        while True:
+            with self.redis.pipeline(transaction=True) as pipe:  # reset (unwatched) on the way out
+                if once is not None:  # watched: of requests racing under one key, one records its job
+                    pipe.watch(once.key)
+                    first = recorded_job(pipe.get(once.key), once)
+                    if first is not None:
+                        raise AlreadySubmitted(first)
+                    pipe.multi()
+                    pipe.set(once.key, once.record(job.id), ex=defaults.IDEMPOTENCY_TTL)
+                self._record(pipe, job, items, member, due)
+                try:
+                    pipe.execute()
+                    return member
+                except WatchError:  # the key changed meanwhile: look again (it names a job, or was rolled back)
+                    continue
+
+    @staticmethod
+    def _record(pipe: Any, job: Job, items: list[Item], member: str, due: float) -> None:
+        """The commands of `create` that record the job, its items, its owner's counts and its outbox entry."""
         job_id = job.id
         fields = job.to_hash()
         fields.update({f"c:{s}": 0 for s in ITEM_STATES})
         fields["c:queued"] = len(items)
         fields["steps_done"] = 0
         fields["steps_total"] = sum(it.steps for it in items)
-        pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.job_key(job_id), mapping=fields)
         for start in range(0, len(items), 2000):
             chunk = items[start:start + 2000]
@@ -59,17 +85,16 @@ class Jobs(ScriptedStore):
             pipe.hincrby(keys.QUEUED_BY_OWNER_KEY, job.owner, len(items))
         pipe.expire(keys.job_key(job_id), defaults.JOB_TTL)
         pipe.expire(keys.items_key(job_id), defaults.JOB_TTL)
-        member = intent(job_id, [(it.index, it.gen) for it in items]) if items else ""
         if member:
-            pipe.zadd(keys.OUTBOX_KEY, {member: time.time() + defaults.OUTBOX_LEASE if due is None else due})
-        pipe.execute()
-        return member
+            pipe.zadd(keys.OUTBOX_KEY, {member: due})
 
-    def delete(self, job_id: str, owner: str = "", member: str = "") -> None:
-        """Remove a job entirely, and its outbox entry `member` (used when enqueueing fails, so nothing
-        is half-submitted)."""
+    def delete(self, job_id: str, owner: str = "", member: str = "", once: Once | None = None) -> None:
+        """Remove a job entirely, its outbox entry `member` and its idempotency key `once` (used when
+        enqueueing fails, so nothing is half-submitted)."""
         if member:
             self.redis.zrem(keys.OUTBOX_KEY, member)
+        if once is not None:
+            self.redis.delete(once.key)
         queued = int(self.redis.hget(keys.job_key(job_id), "c:queued") or 0)
         if queued:
             self.redis.hincrby(keys.QUEUED_BY_OWNER_KEY, owner, -queued)
@@ -178,8 +203,9 @@ class Jobs(ScriptedStore):
     def retry(self, job_id: str, due: float | None = None) -> list[Item] | None:
         """Re-queue failed and cancelled items as new attempts, in slices of `SLICE` items; returns
         them (None if no such job). Messages of their earlier attempts are dropped when delivered.
-        Each slice's message is recorded in the outbox, due at `due` (default: one lease from now):
-        publish them, then `Outbox.done` the members `retry_intents` gives."""
+        Each slice re-queues, records its message in the outbox, due at `due` (default: one lease from
+        now), and reopens the job in one script: publish them, then `Outbox.done` the members
+        `retry_intents` gives. A retry cut short between slices strands nothing."""
         n = self._n_items(job_id)
         if not n and not self.redis.exists(keys.job_key(job_id)):
             return None
@@ -189,8 +215,6 @@ class Jobs(ScriptedStore):
             raw = self.scripts["retry_slice"](keys=keys.job_script_keys(job_id),
                                               args=[job_id, due, *range(start, min(n, start + SLICE))])
             out += [Item.from_record(loads(r)) for r in raw or ()]
-        if out:
-            self.scripts["reopen"](keys=[keys.job_key(job_id), keys.ACTIVE_KEY, keys.FINALIZE_KEY], args=[job_id])
         return out
 
     @staticmethod

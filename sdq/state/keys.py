@@ -16,10 +16,12 @@ Jobs (all expire `JOB_TTL` after creation):
 - ``sdq:events:<id>`` pub/sub channel of job events.
 
 The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` / ``sdq:fleet:events`` (`sdq.state.fleet`),
-``sdq:outbox`` (messages still to publish, `sdq.state.outbox`), ``sdq:reaper:lock``,
+``sdq:outbox`` (messages still to publish, `sdq.state.outbox`), ``sdq:parked`` and ``sdq:parked:fleet``
+(chunks no live worker can take, ibid.), ``sdq:reaper:lock``,
 ``sdq:rcache:<key>`` (`sdq.state.resultindex`), ``sdq:upload:<key>`` (`producer.uploads`),
 ``sdq:a1111-options:<owner>`` (`producer.doors.a1111`),
 ``sdq:held:<kind>:<owner>`` and ``sdq:upload-bytes:<owner>:<day>`` (per-tenant limits, `sdq.state.limits`),
+``sdq:once:<owner>:<door>:<digest>`` (idempotency keys, `sdq.state.idempotency`),
 ``sdq:debug:...`` (fault injection, `workers.faults`) and kombu's ``unacked_index``.
 
 The Lua scripts (`sdq.state.scripts`) get every key in KEYS, built here: `job_script_keys`.
@@ -55,6 +57,14 @@ something, or its heartbeat); idle workers look for stragglers when it speaks (`
 OUTBOX_KEY = "sdq:outbox"
 """The outbox (`sdq.state.outbox`): sorted set of messages to publish, by the time they are due; each
 state change that needs a message records it here in the same step."""
+
+PARKED_KEY = "sdq:parked"
+"""Chunk messages no live worker can take (`sdq.state.outbox.Outbox.park`), by the time they were parked:
+they wait here, not in the outbox, until the fleet changes."""
+
+PARKED_FLEET_KEY = "sdq:parked:fleet"
+"""The fleet (`sdq.state.fleet.signature`) the parked chunks were last checked against; expires
+`PARKED_RECHECK` seconds after it was set, so they are checked again at least that often."""
 
 REAPER_LOCK_KEY = "sdq:reaper:lock"
 """Held by the one worker that reaps at a time."""
@@ -131,6 +141,11 @@ def upload_key(key: str) -> str:
 def held_key(kind: str, owner: str) -> str:
     """Sorted set of `owner`'s uses of `kind` in progress (streams, upload decodes), scored by expiry."""
     return f"sdq:held:{kind}:{owner}"
+
+
+def once_key(owner: str, door: str, digest: str) -> str:
+    """String: the job a tenant's idempotency key (its SHA-256 `digest`) made at `door`, for a day."""
+    return f"sdq:once:{owner}:{door}:{digest}"
 
 
 def upload_bytes_key(owner: str, day: str) -> str:

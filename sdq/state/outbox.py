@@ -9,6 +9,11 @@ A process killed between the two steps, or a broker error, leaves the entry: it 
 its lease is over. An entry may be published twice (a publisher killed between its publish and its
 `done`); a start with a stale or running attempt drops the extra message (`lua/start.lua`).
 
+A chunk entry that no live worker may take when it comes due is parked instead of published
+(`park`, `sdq.celery_app.publish_member`): it waits in ``sdq:parked``, costing nothing, until the fleet
+changes (a worker joins, leaves or restarts) or `PARKED_RECHECK` passes; the one flusher that sees that
+first puts back those a live worker can take (`unpark`) and drops those of ended jobs.
+
 Members are either an intent, ``<job>|<index>:<gen>,...`` (publish these items if they are still
 `queued` in that attempt; built from their records at publish time, `intent`), or a chunk message as
 JSON (published as it is) under an id of its own, so that the same chunk passed on again while an
@@ -24,9 +29,13 @@ from typing import Any
 import redis
 
 from sdq import defaults
-from sdq.state.keys import OUTBOX_KEY
+from sdq.state.keys import OUTBOX_KEY, PARKED_FLEET_KEY, PARKED_KEY, job_key
 from sdq.state.redisconn import text
 from sdq.state.scripts import register
+
+
+TAKE_WINDOW = 10
+"""How many times `limit` due entries one take looks at to share them fairly across tenants."""
 
 
 def intent(job_id: str, pairs: list[tuple[int, int]]) -> str:
@@ -60,7 +69,8 @@ class Outbox:
 
     def __init__(self, client: redis.Redis, lease: float = defaults.OUTBOX_LEASE) -> None:
         self.redis, self.lease = client, lease
-        self._take = register(client)["outbox_take"]
+        scripts = register(client)
+        self._take, self._park, self._unpark = scripts["outbox_take"], scripts["park"], scripts["unpark"]
 
     def due(self, now: float | None = None) -> float:
         """The due time of an entry its writer publishes itself: one lease from now."""
@@ -73,11 +83,38 @@ class Outbox:
         return member
 
     def take_due(self, limit: int = 100) -> list[str]:
-        """Entries due now, each taken for `lease` seconds (another taker skips it meanwhile)."""
+        """Entries due now, each taken for `lease` seconds (another taker skips it meanwhile); fair across
+        tenants: of the oldest `TAKE_WINDOW` x `limit` due entries, one per tenant in turn (`lua/outbox_take.lua`)."""
         now = time.time()
-        return [text(m) for m in self._take(keys=[OUTBOX_KEY], args=[now, now + self.lease, limit])]
+        return [text(m) for m in self._take(keys=[OUTBOX_KEY, job_key("")],
+                                            args=[now, now + self.lease, limit, limit * TAKE_WINDOW])]
 
     def done(self, *members: str) -> None:
         """These entries were published."""
         if members:
             self.redis.zrem(OUTBOX_KEY, *members)
+
+    def park(self, member: str, fleet: str) -> bool:
+        """Park a chunk entry no worker of `fleet` (`sdq.state.fleet.signature`) can take: it waits out
+        of the outbox until `fleet_changed` (False, and it stays, if the fleet changed already)."""
+        return self._park(keys=[OUTBOX_KEY, PARKED_KEY, PARKED_FLEET_KEY], args=[member, time.time(), fleet]) == 1
+
+    def fleet_changed(self, fleet: str, recheck: float = defaults.PARKED_RECHECK) -> bool:
+        """Record `fleet` as the one parked chunks are checked against; True for the one caller that saw it
+        change (or `recheck` seconds pass): it then looks at them again (`parked`, `unpark`, `drop_parked`)."""
+        if text(self.redis.get(PARKED_FLEET_KEY)) == fleet:
+            return False  # unchanged: its expiry is not pushed back, so the recheck still comes
+        return text(self.redis.set(PARKED_FLEET_KEY, fleet, ex=max(1, int(recheck)), get=True)) != fleet
+
+    def parked(self, start: int = 0, count: int = 500) -> list[str]:
+        """A page of the parked chunk entries, oldest first."""
+        return [text(m) for m in self.redis.zrange(PARKED_KEY, start, start + count - 1)]
+
+    def unpark(self, *members: str) -> int:
+        """Parked entries back in the outbox, due now; returns how many this call moved."""
+        return int(self._unpark(keys=[OUTBOX_KEY, PARKED_KEY], args=[time.time(), *members])) if members else 0
+
+    def drop_parked(self, *members: str) -> None:
+        """Parked entries nobody needs any more (their job ended, was cancelled or is gone)."""
+        if members:
+            self.redis.zrem(PARKED_KEY, *members)

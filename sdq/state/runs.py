@@ -41,15 +41,18 @@ class Runs(ScriptedStore):
     """Runs of items on workers, as the workers and the reaper record them."""
 
     def start_run(self, job_id: str, items: list[tuple[int, int] | int], worker: str, device: str, dtype: str,
-                  max_attempts: int = defaults.MAX_ATTEMPTS) -> Started:
+                  max_attempts: int = defaults.MAX_ATTEMPTS, now: float | None = None) -> Started:
         """Mark items running on `worker` (`lua/start.lua`). `items` are (index, gen) pairs from the
         message (a bare index means attempt 0): done, cancelled or superseded (stale `gen`) items are
         skipped; an item tried `max_attempts` times already is failed with its last error; one still
-        running on a live holder (a duplicate delivery) is left to it and returned as `held`."""
+        running on a live holder (a duplicate delivery) is left to it and returned as `held`. Safe to
+        repeat with the same `now` (the start time, kept to the millisecond; default: now): a repeat
+        after a lost reply returns the items that call started, without starting them again."""
         pairs = [(it, 0) if isinstance(it, int) else it for it in items]
         args = [a for index, gen in pairs for a in (index, gen)]
+        now = round(time.time() if now is None else now, 3)  # exact through the record's JSON
         run, held, ended = self.scripts["start"](keys=keys.run_script_keys(job_id),
-                                                 args=[job_id, worker, device, dtype, time.time(), max_attempts,
+                                                 args=[job_id, worker, device, dtype, repr(now), max_attempts,
                                                        *args])
         return Started([int(i) for i in run], [int(i) for i in held], int(ended) == 1)
 

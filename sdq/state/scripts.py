@@ -14,8 +14,9 @@ from redis.commands.core import Script
 
 from sdq.records import EVENT, Item, shown_in
 
-NAMES = ("start", "finish", "cancel_begin", "cancel_slice", "retry_slice", "reopen", "hand_off", "release",
-         "reap", "progress", "backup", "claim", "take_slot", "outbox_take")
+NAMES = ("start", "finish", "cancel_begin", "cancel_slice", "retry_slice", "hand_off", "release",
+         "reap", "progress", "backup", "claim", "take_slot", "outbox_take",
+         "park", "unpark")
 """Every script of the store (one ``lua/<name>.lua`` each)."""
 
 INCLUDE_COMMON = "-- include: common"

@@ -121,3 +121,12 @@ local function add_intent(job_id, flat, due)
   redis.call('ZADD', OUTBOX, tonumber(due), member)
   return member
 end
+-- A job that items were re-queued into (a retry) is open again: no cancel flag, no finish time, in the
+-- active set and no longer waiting to be finalised; `running` if any item runs, else `queued`.
+local function reopen(k)
+  redis.call('HDEL', k.job, 'cancel', 'finished_at', 'webhook_queued')
+  local running = tonumber(redis.call('HGET', k.job, 'c:running') or '0')
+  redis.call('HSET', k.job, 'state', running > 0 and 'running' or 'queued')
+  redis.call('ZADD', ACTIVE, redis.call('HGET', k.job, 'created_at'), k.id)
+  redis.call('ZREM', FINALIZE, k.id)
+end

@@ -3,7 +3,9 @@
 -- ARGV: job_id, due, index...
 -- One bounded slice of a retry: failed and cancelled items go back to `queued` as a new attempt
 -- (`gen` + 1, the poison limit's `tries` counted afresh; `attempts` keeps counting every run).
--- They are recorded in the outbox (`add_intent`, due at `due`). Returns them as JSON (nil for no such job).
+-- They are recorded in the outbox (`add_intent`, due at `due`), and the job is open again (`reopen`), in
+-- this same step: a retry cut short between slices leaves an open job whose re-queued items run and
+-- finish it again (a second retry re-queues the rest). Returns them as JSON (nil for no such job).
 local k = job_keys(7, ARGV[1])
 if redis.call('EXISTS', k.job) == 0 then return nil end
 local out, flat = {}, {}
@@ -23,5 +25,8 @@ for i = 3, #ARGV do
     end
   end
 end
-add_intent(k.id, flat, ARGV[2])
+if #flat > 0 then
+  add_intent(k.id, flat, ARGV[2])
+  reopen(k)
+end
 return out

@@ -7,6 +7,8 @@
 -- published again by `share`, a requeued message): taken over only if its holder is gone
 -- (`holder_alive`), else left to it and returned as held. An item already tried `max_attempts` times
 -- is failed with its last error instead (poison item).
+-- Safe to repeat (a reply lost under `retry_redis`): an item this worker started in this attempt at
+-- this very `now` was started by the same call, and is returned as started again, unchanged.
 -- Returns {started indices, held indices, 1 if the job ended else 0}.
 local k, now = job_keys(7, ARGV[1]), ARGV[5]
 local WORKERS = KEYS[12]
@@ -19,7 +21,11 @@ for i = 7, #ARGV, 2 do
   local raw = redis.call('HGET', items, ARGV[i])
   if raw then
     local it = cjson.decode(raw)
-    if (it.state == 'queued' or it.state == 'running') and (tonumber(it.gen) or 0) == tonumber(ARGV[i + 1]) then
+    local same_attempt = (tonumber(it.gen) or 0) == tonumber(ARGV[i + 1])
+    if same_attempt and it.state == 'running' and it.worker == ARGV[2]
+        and tonumber(it.started_at) == tonumber(now) then
+      table.insert(out, it.index)  -- this same call, repeated: already started
+    elseif (it.state == 'queued' or it.state == 'running') and same_attempt then
       local live = it.state == 'running' and it.worker ~= ARGV[2]
         and holder_alive(WORKERS, it.worker, it.started_at, k.id, it.index)
       if live then
