@@ -212,6 +212,12 @@ def _lora_builders() -> dict[str, Callable[[Path], None]]:
             "tiny-lora-sdxl": build_tiny_lora_sdxl}
 
 
+def _video_builders() -> dict[str, Callable[[Path], None]]:
+    from workers.builtin_video import BUILDERS as VIDEO_BUILDERS
+
+    return VIDEO_BUILDERS
+
+
 CONTROLNET_INIT_STD = 0.3
 """Std of the random weights given to the tiny ControlNet's zero-initialised output convolutions (a
 trained ControlNet's are not zero; at 0 the ControlNet would change nothing)."""
@@ -259,6 +265,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-controlnet": build_tiny_controlnet, "tiny-sdxl-controlnet": build_tiny_sdxl_controlnet,
     **builtin_families.BUILDERS,
     **_lora_builders(),
+    **_video_builders(),
 }
 """Built-in model name (after `builtin:`) to its generator."""
 
