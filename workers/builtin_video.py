@@ -1,11 +1,13 @@
-"""Built-in tiny video models: `builtin:tiny-wan` (Wan 2.1 text-to-video) and `builtin:tiny-ltx` (LTX-Video).
+"""Built-in tiny video models: `builtin:tiny-wan` (Wan 2.1 text-to-video), `builtin:tiny-wan-i2v` (Wan 2.1
+image-to-video) and `builtin:tiny-ltx` (LTX-Video: its components run text- and image-to-video).
 
 Like the other tiny built-ins (`workers.builtin`): real diffusers pipelines with small random weights,
 generated locally from fixed seeds and fixed configs (never downloaded), shaped like the published models
 so that their code paths are taken. Wan: a UMT5 encoder (per-layer relative attention bias) and a locally
 built T5 (Unigram) tokenizer, a causal 3D VAE with Wan's 16-channel latent mean/std and 4x temporal,
 8x spatial compression, a `WanTransformer3DModel` with 1x2x2 patches, 3-axis rotary embeddings and
-cross-attention over the text sequence, and the published UniPC flow-prediction scheduler. LTX: a T5
+cross-attention over the text sequence, and the published UniPC flow-prediction scheduler; the I2V model
+adds a CLIP vision encoder and 36 input channels (noise, image latents, first-frame mask). LTX: a T5
 encoder and tokenizer, `AutoencoderKLLTXVideo` (8x temporal, 32x spatial compression) and
 `LTXVideoTransformer3DModel` with the flow-matching scheduler LTX ships.
 """
@@ -110,6 +112,53 @@ def build_tiny_wan(path: Path) -> None:
     pipe.save_pretrained(path, safe_serialization=True)
 
 
+CLIP_VISION_WIDTH = 32
+"""Hidden size of tiny-wan-i2v's CLIP vision encoder (1280 in Wan 2.1 I2V's OpenCLIP ViT-H/14): the
+transformer's `image_dim`."""
+
+
+def tiny_clip_vision(seed: int = 44):
+    """A 2-layer `CLIPVisionModel` (width 32, 32x32 input in 8x8 patches) and its PIL image processor: the
+    shape of Wan 2.1 I2V's image encoder, whose second-to-last hidden states condition the transformer."""
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=CLIP_VISION_WIDTH, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=32, patch_size=8, projection_dim=32)
+    # The PIL processor, pinned: the default class changes with whether torchvision is installed.
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return CLIPVisionModel(config).eval(), processor
+
+
+def tiny_wan_i2v_transformer(seed: int = 45):
+    """tiny-wan's transformer shaped for Wan 2.1 image-to-video: 36 input channels (16 noise latents, 16
+    latents of the image followed by zeros, 4 of the first-frame mask) and cross-attention keys/values
+    added for the CLIP image embedding (`image_dim`, `added_kv_proj_dim`: the inner width, as Wan's)."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=36, out_channels=16,
+        text_dim=TEXT_WIDTH, freq_dim=256, ffn_dim=64, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024, image_dim=CLIP_VISION_WIDTH,
+        added_kv_proj_dim=32,
+    ).eval()
+
+
+def build_tiny_wan_i2v(path: Path) -> None:
+    """Write `builtin:tiny-wan-i2v`, a WanImageToVideoPipeline shaped like Wan 2.1 I2V 480p, to `path`."""
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
+
+    tokenizer = t5_style_tokenizer(WAN_MAX_LENGTH)
+    image_encoder, image_processor = tiny_clip_vision()
+    pipe = WanImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=umt5_encoder(len(tokenizer), seed=43), vae=tiny_wan_vae(seed=46),
+        scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER), image_processor=image_processor,
+        image_encoder=image_encoder, transformer=tiny_wan_i2v_transformer(),
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+
+
 LTX_SCHEDULER = dict(
     num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
     base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1,
@@ -162,5 +211,5 @@ def build_tiny_ltx(path: Path) -> None:
     pipe.save_pretrained(path, safe_serialization=True)
 
 
-BUILDERS = {"tiny-wan": build_tiny_wan, "tiny-ltx": build_tiny_ltx}
+BUILDERS = {"tiny-wan": build_tiny_wan, "tiny-wan-i2v": build_tiny_wan_i2v, "tiny-ltx": build_tiny_ltx}
 """Built-in model name (after `builtin:`) to its generator (joined into `workers.builtin.BUILDERS`)."""
