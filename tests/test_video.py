@@ -213,4 +213,3 @@ def test_check_frame_count_and_fps():
     assert video.check_fps(16) == 16 and video.check_fps(29.97) == video.Fraction(2997, 100)
     with pytest.raises(ValueError, match="got 2.0"):
         video.check_frame_count(2.0)
-    assert video.video_key("j1", 7) == "jobs/j1/00007.mp4"

@@ -17,14 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-MIN_FPS = 1
-"""Slowest frame rate accepted, frames per second."""
-
-MAX_FPS = 120
-"""Fastest frame rate accepted, frames per second."""
-
-MAX_FRAMES = 1441
-"""Most frames in one clip (a minute at 24 fps, plus the first frame: Wan's and LTX's 4k+1/8k+1 counts fit)."""
+from sdq.videos import MAX_FPS, MAX_FRAMES, MIN_FPS, video_key  # noqa: F401 - video_key: the clip's key
 
 CRF = 18
 """libx264's constant rate factor: 18 is close to visually lossless (0 lossless, 23 its default, 51 worst)."""
@@ -37,11 +30,6 @@ COMMENT_TAG = "comment"
 
 MP4_CONTENT_TYPE = "video/mp4"
 """Content type of the stored clip."""
-
-
-def video_key(job_id: str, index: int) -> str:
-    """S3 key of an item's MP4 (its poster PNG is stored at the item's image key, `sdq.contract.result_key`)."""
-    return f"jobs/{job_id}/{index:05d}.mp4"
 
 
 def check_fps(fps: Any) -> Fraction:
