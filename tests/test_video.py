@@ -144,6 +144,41 @@ def test_image_to_video_follows_the_image_and_the_seed(built, name):
     assert np.abs(run(flat, 1) - clip).mean() > 0.002
 
 
+class Stop(Exception):
+    """Raised from the step hook, as the worker's cancel does (`workers.generation`)."""
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_step_hook_runs_per_step_and_a_raise_skips_the_vae_decode(pipes, name):
+    """The worker's progress and cancel hook fits video pipelines: one call per denoising step, and raising
+    in it (the worker's cancel) ends the call before the VAE decodes every frame."""
+    import torch
+
+    pipe = pipes[name]
+    decodes: list[int] = []
+    handle = pipe.vae.decoder.register_forward_pre_hook(lambda module, args: decodes.append(1))
+    steps: list[int] = []
+
+    def hook(p, i, t, kwargs, stop_at=None):
+        steps.append(i)
+        if i == stop_at:
+            raise Stop
+        return kwargs
+
+    width, height = SIZE[name]
+    call = dict(prompt="a lighthouse", num_frames=FRAMES[name], width=width, height=height, num_inference_steps=4,
+                generator=torch.Generator("cpu").manual_seed(1), output_type="np")
+    try:
+        pipe(**call, callback_on_step_end=hook)
+        assert steps == [0, 1, 2, 3] and decodes
+        steps.clear(), decodes.clear()
+        with pytest.raises(Stop):
+            pipe(**call, callback_on_step_end=lambda p, i, t, kw: hook(p, i, t, kw, stop_at=1))
+        assert steps == [0, 1] and not decodes
+    finally:
+        handle.remove()
+
+
 def decode(data: bytes) -> tuple[list[np.ndarray], av.video.stream.VideoStream, dict]:
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
