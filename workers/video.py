@@ -2,9 +2,12 @@
 
 Encoded with PyAV, whose wheels carry FFmpeg and libx264: no system ffmpeg is needed. The MP4 is what
 browsers play: H.264 High profile in 4:2:0 (`yuv420p`), the index (`moov`) at the front (`faststart`) so
-playback starts before the download ends. 4:2:0 needs even sides: an odd width or height is padded by one
-column or row that repeats the edge (no pixel of the clip is lost, and no black line appears); the
-poster keeps the clip's own size. Torch-free: frames are numpy arrays or PIL images.
+playback starts before the download ends, converted and tagged as BT.709. 4:2:0 needs even sides: an odd
+width or height is padded by one column or row that repeats the edge (no pixel of the clip is lost, and no
+black line appears); the poster keeps the clip's own size. The same frames need not give the same bytes:
+libx264's output varied now and then between runs here (about 1 encode in 100 under load, even on one
+thread), so compare clips by their decoded frames, not their digests. Torch-free: frames are numpy arrays
+or PIL images.
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ CRF = 18
 
 PRESET = "medium"
 """libx264's speed/size trade-off (its default)."""
+
+COLOUR_TAGS = {"colorspace": "bt709", "color_primaries": "bt709", "color_trc": "bt709", "color_range": "tv"}
+"""How the stream is tagged, matching the RGB -> Y'CbCr conversion (BT.709, limited range): players then
+convert back with the same matrix instead of guessing it from the size."""
 
 COMMENT_TAG = "comment"
 """MP4 metadata tag holding the A1111-style parameters (the `©cmt` atom; `ffprobe` and players show it)."""
@@ -107,9 +114,10 @@ def encode_mp4(frames: Any, fps: Any, comment: str | None = None) -> bytes:
                 container.metadata[COMMENT_TAG] = comment
             stream = container.add_stream("libx264", rate=rate)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"crf": str(CRF), "preset": PRESET}
+            stream.options = {"crf": str(CRF), "preset": PRESET, **COLOUR_TAGS}
             for index, pixels in enumerate(clip):
-                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(
+                    format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
                 frame.pts = index
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))  # flush the encoder's delayed frames
