@@ -6,6 +6,7 @@ from typing import Any
 from flask import Flask
 
 from producer import errors
+from producer.catalog import PushedModels
 from producer.jsonprovider import FastJSONProvider
 from sdq.state.limits import TenantSlots
 from sdq import defaults
@@ -33,6 +34,7 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
     app.extensions["celery"] = make_celery(settings.redis_url)
     store = ResultStore.from_settings(settings)
     app.extensions["sdq_store"] = store
+    app.extensions["sdq_pushed"] = PushedModels(store)  # pushed models' families, for the model catalog
     app.extensions["sdq_streams"] = TenantSlots(client, "streams", settings.max_streams,
                                                 settings.stream_max_seconds + 60, defaults.STREAMS_FULL_RETRY_AFTER,
                                                 "events")
@@ -40,9 +42,13 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
                                                 defaults.UPLOAD_DECODE_HOLD, defaults.UPLOADS_BUSY_RETRY_AFTER, "file")
 
     from producer import meta, routes, web
+    from producer.doors import a1111
+    from producer.doors import openai
 
     app.register_blueprint(routes.bp)
     app.register_blueprint(meta.bp)
     app.register_blueprint(web.bp)
+    a1111.register(app)
+    openai.setup(app)
     errors.register(app)
     return app

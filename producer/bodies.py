@@ -18,7 +18,7 @@ import math
 import re
 from typing import Any
 
-from flask import Request
+from flask import Request, current_app
 
 from sdq import defaults
 from sdq.exceptions import InvalidInput
@@ -28,10 +28,21 @@ _SLICE = 1 << 16
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 
 
+def limited(size: int):
+    """Decorate a view with the largest body it takes (the doors' images), read by `body_limit`."""
+    def mark(view):
+        view.max_body_bytes = size
+        return view
+    return mark
+
+
 def body_limit(request: Request) -> int:
     """The largest body this request may have, by endpoint and content type."""
     if request.endpoint == "api.upload":
         return defaults.MAX_UPLOAD_BODY_BYTES
+    declared = getattr(current_app.view_functions.get(request.endpoint or ""), "max_body_bytes", None)
+    if declared:  # a view's own bound (`limited`: the doors' images)
+        return declared
     if request.endpoint == "api.submit":
         return defaults.MAX_PROMPT_FILE_BYTES if is_prompt_file(request.mimetype) else defaults.MAX_JSON_BODY_BYTES
     return defaults.MAX_OTHER_BODY_BYTES

@@ -6,9 +6,10 @@ Bad input is a 4xx naming the field; a service the request needs being down is a
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable
 
 import redis
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from sdq import defaults
@@ -18,10 +19,33 @@ from storage import StorageError
 log = logging.getLogger(__name__)
 
 
+Dialect = Callable[[int, str, str, "str | None"], "tuple[dict[str, Any], int]"]
+"""`(status, code, message, field) -> (body, status)`: another API's error shape (a door's)."""
+
+DIALECTS: dict[str, Dialect] = {}
+"""URL prefix -> the error shape of the door served under it (`register_dialect`); sdq's own elsewhere."""
+
+
+def register_dialect(prefix: str, shape: Dialect) -> None:
+    """Answer every error of a request under `prefix` (auth, bad input, unknown route) in `shape`."""
+    DIALECTS[prefix] = shape
+
+
+def _dialect() -> Dialect | None:
+    if not DIALECTS or not has_request_context():
+        return None
+    return next((shape for prefix, shape in DIALECTS.items() if request.path.startswith(prefix)), None)
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None,
                    retry_after: int | None = None) -> tuple[Response, int]:
-    """The JSON error body and its status (with `Retry-After` when given)."""
-    resp = jsonify({"error": {"code": code, "message": message, "field": field}})
+    """The JSON error body and its status (with `Retry-After` when given), in the door's shape under a door."""
+    shape = _dialect()
+    if shape is not None:
+        body, status = shape(status, code, message, field)
+        resp = jsonify(body)
+    else:
+        resp = jsonify({"error": {"code": code, "message": message, "field": field}})
     if retry_after is not None:
         resp.headers["Retry-After"] = str(retry_after)
     return resp, status

@@ -35,16 +35,19 @@ def family_defaults(info: ModelInfo, given: dict[str, Any]) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {"scheduler": fam.default_scheduler, "guidance_scale": fam.guidance[2],
                            **{p.name: p.default for p in pipelines.family_params(fam.name)}}
+    if fam.default_steps is not None:
+        out["steps"] = fam.default_steps
     if info.default_side is not None:
         out.update(width=info.default_side, height=info.default_side)
     return {k: v for k, v in out.items() if k not in given}
 
 
-def check_item(fam: Family | None, model: str, params: dict[str, Any], where: str) -> None:
-    """Raise InvalidInput naming `where` + the field when an item's parameters do not suit the
-    model's family (nothing is checked when the family is not known here)."""
+def check_item(fam: Family | None, model: str, params: dict[str, Any], where: str, negative: str | None = None) -> None:
+    """Raise InvalidInput naming `where` + the field when an item's parameters (and its `negative` prompt,
+    when given) do not suit the model's family (nothing is checked when the family is not known here)."""
     if fam is None:
         return
+    _check_guidance(fam, params, where, negative)
     takes = set(fam.params)
     for name in pipelines.FAMILY_PARAMS:
         if name not in takes and params.get(name) is not None:
@@ -53,6 +56,9 @@ def check_item(fam: Family | None, model: str, params: dict[str, Any], where: st
                                f"take it; {model!r} is a {fam.title} model", code="unsupported_parameter")
     low, high, _ = fam.guidance
     g = params.get("guidance_scale")
+    if g is not None and g != low and low == high:
+        raise InvalidInput(f"{where}guidance_scale", f"{where}guidance_scale={g!r}: {fam.title} models have no "
+                           f"guidance input, so it would change nothing; leave it out (or {low:g})")
     if g is not None and not low <= g <= high:
         raise InvalidInput(f"{where}guidance_scale", f"{where}guidance_scale must be between {low:g} and {high:g} "
                            f"for {fam.title} models, got {g!r}")
@@ -70,6 +76,26 @@ def check_item(fam: Family | None, model: str, params: dict[str, Any], where: st
         if value is not None and limit is not None and value >= limit:
             raise InvalidInput(f"{where}{crop}", f"{where}{crop}={value} lies outside the original image, "
                                f"{limit} pixels along that side")
+
+
+def _check_guidance(fam: Family, params: dict[str, Any], where: str, negative: str | None) -> None:
+    """The token limit of `max_sequence_length`, and `true_cfg_scale` against the negative prompt: a family
+    that guides with it (Flux: `guidance_scale` is a distilled input, not classifier-free guidance) uses a
+    negative prompt only with `true_cfg_scale` above 1, and that only with a negative prompt."""
+    tokens = params.get("max_sequence_length")
+    if fam.max_tokens is not None and tokens is not None and tokens > fam.max_tokens:
+        raise InvalidInput(f"{where}max_sequence_length", f"{where}max_sequence_length={tokens} exceeds the "
+                           f"{fam.max_tokens} tokens {fam.title} models take")
+    if "true_cfg_scale" not in fam.params or negative is None:
+        return
+    true_cfg = params.get("true_cfg_scale")
+    if true_cfg is not None and true_cfg > 1 and not negative:
+        raise InvalidInput(f"{where}true_cfg_scale", f"{where}true_cfg_scale={true_cfg!r} guides against the "
+                           f"negative prompt, and there is none; give a negative_prompt or leave it out")
+    if negative and (true_cfg is None or true_cfg <= 1):
+        raise InvalidInput(f"{where}negative_prompt", f"{where}negative_prompt is used by {fam.title} models only "
+                           f"with true_cfg_scale above 1 (got {true_cfg!r}); set params.true_cfg_scale (e.g. 4) "
+                           f"or leave the negative prompt out")
 
 
 def _owners() -> dict[str, tuple[str, ...]]:

@@ -165,8 +165,8 @@ def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given:
             params = _init_image_size(params, size, explicit, fam.size_multiple if fam else 8)
         params = extras.apply(params, fam.size_multiple if fam else 8)
         _check_limits(req.pipeline, params, where, settings)
-        check_item(fam, req.model, params, where)
         negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
+        check_item(fam, req.model, params, where, negative)
         cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
         source = _Source(src, prompt, it, params, images, negative, cache)
         items += _cells(source, combos, req, seed, len(items), settings, fam)

@@ -9,6 +9,8 @@ from flask import Flask
 from pydantic import BaseModel, Field
 from werkzeug.routing import Rule
 
+from producer.doors import a1111_schema
+from producer.doors.openai_params import OpenAIError, OpenAIImageRequest
 from producer.schemas import SubmitRequest
 from sdq import __version__, contract
 
@@ -65,6 +67,16 @@ BODIES: dict[str, dict[str, Any]] = {
                        "file": {"type": "string", "format": "binary"}}}},
                    **{t: {"schema": {"type": "string", "format": "binary"}}
                       for t in ("image/png", "image/jpeg", "image/webp")}},
+    **{endpoint: {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+       for endpoint, model in a1111_schema.BODIES.items()},
+    "a1111.set_options": {"application/json": {"schema": {"type": "object"}}},
+    "openai.generations": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIImageRequest"}}},
+    "openai.edits": {"multipart/form-data": {"schema": {"allOf": [
+        {"$ref": "#/components/schemas/OpenAIImageRequest"},
+        {"type": "object", "required": ["image"], "properties": {
+            "image": {"type": "string", "format": "binary"}, "mask": {"type": "string", "format": "binary",
+                                                                     "description": "transparent pixels are repainted"}}},
+    ]}}},
 }
 """Endpoint -> its request body's content types and schemas."""
 
@@ -101,8 +113,13 @@ def _parameters(rule: Rule, endpoint: str) -> list[dict[str, Any]]:
     return params
 
 
+ERROR_SHAPES = {"openai.": "OpenAIError", "a1111.": "A1111Error"}
+"""Endpoint prefix -> the response its errors have, for the doors that answer in another API's shape."""
+
+
 def _operation(app: Flask, rule: Rule, endpoint: str) -> dict[str, Any]:
     view = app.view_functions[endpoint]
+    error = next((name for prefix, name in ERROR_SHAPES.items() if endpoint.startswith(prefix)), "Error")
     status, model = ANSWERS.get(endpoint, ("200", None))
     ok: dict[str, Any] = {"description": "OK"}
     if model is not None:
@@ -110,7 +127,7 @@ def _operation(app: Flask, rule: Rule, endpoint: str) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": endpoint.replace(".", "_"),
                           "summary": (view.__doc__ or endpoint).strip().splitlines()[0],
                           "responses": {status: ok, **OTHER_ANSWERS.get(endpoint, {}),
-                                        "4XX": {"$ref": "#/components/responses/Error"}}}
+                                        "4XX": {"$ref": f"#/components/responses/{error}"}}}
     if endpoint in BODIES:
         op["requestBody"] = {"required": True, "content": BODIES[endpoint]}
     params = _parameters(rule, endpoint)
@@ -121,7 +138,7 @@ def _operation(app: Flask, rule: Rule, endpoint: str) -> dict[str, Any]:
 
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in (SubmitRequest, ErrorBody, Accepted):
+    for model in (SubmitRequest, ErrorBody, Accepted, OpenAIImageRequest, OpenAIError, *a1111_schema.SCHEMAS):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -145,7 +162,15 @@ def build_openapi(app: Flask) -> dict[str, Any]:
         "components": {
             "schemas": _schemas(),
             "responses": {"Error": {"description": "Bad input: the field and the bad value are named",
-                                    "content": {"application/json": {"schema": _ref("ErrorBody")}}}},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                                    "content": {"application/json": {"schema": _ref("ErrorBody")}}},
+                          "A1111Error": {"description": "The A1111 door's errors, in FastAPI's shape: `detail`, a "
+                                         "list of `{loc, msg, type}` for a 422, else a message",
+                                         "content": {"application/json": {"schema": {
+                                             "type": "object", "required": ["detail"]}}}},
+                          "OpenAIError": {"description": "OpenAI's error object, naming the parameter",
+                                          "content": {"application/json": {"schema": _ref("OpenAIError")}}}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "basic": {"type": "http", "scheme": "basic",
+                                          "description": "/sdapi/v1 only: any user name, the token as the password"}},
         },
     }

@@ -6,8 +6,7 @@ from typing import TypeVar
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
-from producer import bodies, events, jobs, tenants, uploads
-from producer.errors import error_response
+from producer import bodies, catalog, events, jobs, tenants, uploads
 from producer.formats import body_from_prompt_file
 from producer.openapi import ItemsPage, JobsPage
 from producer.quote import quote
@@ -57,11 +56,10 @@ def authenticate() -> Response | None:
     g.owner = ""
     if not tokens or request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    header = request.headers.get("Authorization", "")
-    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    token = tenants.presented_token(request.headers.get("Authorization", ""), basic=request.path.startswith("/sdapi/"))
     owner = tenants.owner_of(tokens, token) if token else None
-    if owner is None:
-        return error_response(401, "unauthorized", "missing or unknown bearer token", "Authorization")
+    if owner is None:  # raised: a door answers it in its own API's shape
+        raise InvalidInput("Authorization", "missing or unknown bearer token", code="unauthorized", status=401)
     g.owner = owner
     return None
 
@@ -173,6 +171,13 @@ def workers():
     """Live workers and their capability records (another tenant's current job is not named)."""
     records = fleet.live_workers(_ext("sdq_redis"))
     return jsonify({"workers": tenants.redact_workers(records, _ext("sdq_jobs"), g.owner)})
+
+
+@bp.get("/v1/models")
+def models():
+    """Every model the caller may name: family, pipelines, options, defaults, the workers holding it warm."""
+    return jsonify({"models": catalog.catalog(current_app.config["SDQ"].models, fleet.live_workers(_ext("sdq_redis")),
+                                              _ext("sdq_pushed"))})
 
 
 @bp.get("/v1/webhook-secret")

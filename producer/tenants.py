@@ -1,6 +1,8 @@
 """What one tenant (the owner of a token) may see of, and take from, a shared producer."""
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from typing import Any
 
@@ -17,6 +19,20 @@ def owner_of(tokens: dict[str, str], presented: str) -> str | None:
         if hmac.compare_digest(token.encode(), given):
             owner = who
     return owner
+
+
+def presented_token(header: str, basic: bool = False) -> str:
+    """The token in an `Authorization` header: `Bearer <token>`, or with `basic` also HTTP Basic with the token
+    as the password (any user name: A1111's `--api-auth` clients); "" when there is none."""
+    if header.startswith("Bearer "):
+        return header.removeprefix("Bearer ").strip()
+    if basic and header[:6].lower() == "basic ":
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return ""
+        return decoded.partition(":")[2]
+    return ""
 
 
 def own_job(jobs: JobStore, job_id: str, owner: str) -> Job:

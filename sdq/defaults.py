@@ -126,16 +126,28 @@ WEBHOOK_BACKOFF_MAX = 300
 each drawn at random below that with full jitter) stops growing here."""
 
 WEBHOOK_DEADLINE = 15.0
-"""Hard wall-clock limit, seconds, on one webhook attempt (connect, TLS, request, status and headers)."""
+"""Hard wall-clock limit, seconds, on one webhook attempt (DNS, connect, TLS, request, status and headers)."""
+
+WEBHOOK_DNS_TIMEOUT = 5.0
+"""Longest wait, seconds, for a webhook host's name to resolve (inside `WEBHOOK_DEADLINE`)."""
 
 WEBHOOK_RESPONSE_BYTES = 1024
 """Most bytes of a webhook receiver's answer body read (only of an error answer, for the log)."""
 
-WEBHOOK_THREADS = 4
+WEBHOOK_THREADS = 8
 """Courier threads per worker that deliver webhooks (off the slot that makes images)."""
 
-WEBHOOK_BACKLOG = 256
-"""Deliveries a worker's courier holds waiting for a thread; beyond it the task is retried later."""
+WEBHOOK_TENANT_THREADS = 2
+"""Most of a worker's courier threads one tenant's deliveries hold at once (its slow DNS included)."""
+
+WEBHOOK_TENANT_BACKLOG = 64
+"""Deliveries of one tenant a worker's courier holds waiting; beyond it the task is sent again later."""
+
+WEBHOOK_BACKLOG = 1024
+"""Deliveries a worker's courier holds waiting, all tenants together; beyond it the task is sent again later."""
+
+WEBHOOK_REFUSED_DELAY = 10.0
+"""Mean pause, seconds, before a delivery the courier had no room for is offered again (not an attempt)."""
 
 FINALIZE_BACKOFF_MAX = 60
 """Longest pause, seconds, between attempts of a job's finalisation (retried until it succeeds)."""
@@ -281,3 +293,19 @@ LORA_SCALE_MAX = 4.0
 
 WARM_LORAS = 8
 """LoRA adapters a worker keeps loaded per model after their jobs (least recently used unloaded first)."""
+
+PREVIEW_INTERVAL = 0.5
+"""Seconds at least between two previews of one item (`params.preview`)."""
+
+PREVIEW_MAX_PER_ITEM = 40
+"""Most previews one item sends, however long it runs."""
+
+PREVIEW_SIDE = 192
+"""Longest side of a preview image, in pixels."""
+
+PREVIEW_MAX_BYTES = 24 * 1024
+"""Largest preview JPEG (before base64); a larger one is made smaller."""
+
+STREAM_PREVIEW_INTERVAL = 0.2
+"""Seconds at least between two previews one event stream forwards (a job of many items running on many
+workers at once does not flood a client); the previews in between are dropped."""

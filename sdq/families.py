@@ -6,15 +6,18 @@ pipeline classes and refuses items whose memory need its device cannot meet.
 
 A family is picked from a diffusers folder's `model_index.json` (`_class_name`, the same key
 diffusers' AutoPipeline reads) or, for a single `.safetensors` checkpoint, from the tensor names
-in its header (`conditioner.embedders.1.` only SDXL has, `joint_blocks.` only SD3's MMDiT).
+in its header (`conditioner.embedders.1.` only SDXL has, `joint_blocks.` only SD3's MMDiT,
+`double_blocks.` only Flux's transformer).
 """
 from __future__ import annotations
 
 import json
-import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+
+from sdq.sources import source_for
+from sdq.tensorfiles import tensor_names
 
 SD = "sd"
 """Stable Diffusion 1.x/2.x: a 4-channel UNet, one CLIP text encoder."""
@@ -26,6 +29,9 @@ SDXL = "sdxl"
 """Stable Diffusion XL: a 4-channel UNet with size/crop conditioning, two CLIP text encoders."""
 SD3 = "sd3"
 """Stable Diffusion 3.x: an MMDiT transformer, two CLIP encoders and T5, a 16-channel VAE, flow matching."""
+FLUX = "flux"
+"""Flux.1 (dev, schnell, Kontext and their finetunes): a double/single-stream transformer with distilled
+guidance, a CLIP encoder (pooled) and T5 (tokens), a 16-channel VAE, flow matching."""
 
 FLOW_SCHEDULERS = ("flow_euler",)
 """Schedulers of flow-matching (rectified-flow) models; noise-prediction families cannot use them."""
@@ -79,6 +85,17 @@ def load_cast(device: str, dtype: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class Distilled:
+    """A timestep-distilled variant (FLUX.1 schnell): few steps, no guidance input, a shorter T5 sequence."""
+
+    title: str
+    steps: int
+    """`steps` when the request gives none."""
+    max_sequence_length: int
+    """Largest `max_sequence_length` (the text length it was distilled with)."""
+
+
+@dataclass(frozen=True)
 class Family:
     """One model family: how it is recognised, and its defaults, limits and memory need."""
 
@@ -103,6 +120,21 @@ class Family:
     (docs/MODELS.md)."""
     params: tuple[str, ...] = ()
     """Family-specific item parameters it takes (declared in `sdq.pipelines`)."""
+    default_steps: int | None = None
+    """`steps` when the request gives none (None: `defaults.STEPS`)."""
+    max_tokens: int | None = None
+    """Largest `max_sequence_length` its models take (None: the parameter's own limit)."""
+    distilled: Distilled | None = None
+    """Defaults and limits of the family's timestep-distilled models (`ModelInfo.distilled` says which are)."""
+
+    def as_distilled(self) -> Family:
+        """This family as its timestep-distilled models see it: their steps default and token limit, and
+        no guidance input (`guidance_scale` only 0)."""
+        if self.distilled is None:
+            return self
+        d = self.distilled
+        return replace(self, title=f"{self.title} ({d.title}-type, timestep-distilled)", guidance=(0.0, 0.0, 0.0),
+                       default_steps=d.steps, max_tokens=d.max_sequence_length, distilled=None)
 
     def runs(self, scheduler: str) -> bool:
         """Whether scheduler `scheduler` (a `params.scheduler` name) can drive this family's models."""
@@ -131,24 +163,51 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            ("model.diffusion_model.joint_blocks.", "joint_blocks."), default_side=1024, size_multiple=16,
            default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS, guidance=(0.0, 30.0, 7.0),
            memory=Memory(16.0, 2.0, largest_share=0.67), params=("max_sequence_length",)),
+    # Memory (half precision): the FLUX.1-dev transformer's 11.9B parameters (flux1-dev.safetensors is 23.8 GB
+    # in bf16) 22.2 GiB, the T5-XXL encoder's 4.76B 8.9 GiB, CLIP-L and the VAE 0.4 GiB: 31.5 GiB;
+    # working memory as SD3's. Estimated from parameter counts, not measured (docs/MODELS.md).
+    Family(FLUX, "Flux.1", ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxKontextPipeline",
+                            "FluxKontextInpaintPipeline"),
+           ("double_blocks.", "model.diffusion_model.double_blocks.", "single_transformer_blocks."),
+           default_side=1024, size_multiple=16, default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS,
+           guidance=(0.0, 30.0, 3.5), memory=Memory(31.5, 2.0, largest_share=0.75),
+           params=("max_sequence_length", "true_cfg_scale"), default_steps=28,
+           distilled=Distilled("FLUX.1 schnell", steps=4, max_sequence_length=256)),
 )}
 """Every family sdq runs, by name."""
 
-UNSUPPORTED_CLASSES = {"Flux": "Flux", "StableCascade": "Stable Cascade", "Kandinsky": "Kandinsky",
+UNSUPPORTED_CLASSES = {"FluxFill": "Flux.1 Fill", "FluxControl": "Flux.1 Control", "Flux2": "Flux.2",
+                       "Chroma": "Chroma", "StableCascade": "Stable Cascade", "Kandinsky": "Kandinsky",
                        "PixArt": "PixArt", "Sana": "Sana", "Lumina": "Lumina", "HunyuanDiT": "Hunyuan-DiT",
                        "AuraFlow": "AuraFlow", "QwenImage": "Qwen-Image", "Wan": "Wan", "Cog": "CogView"}
 """`_class_name` prefixes of families sdq recognises but does not run (named in the refusal)."""
 
-UNSUPPORTED_FILE_KEYS = {"double_blocks.": "Flux", "model.diffusion_model.double_blocks.": "Flux"}
+UNSUPPORTED_FILE_KEYS: dict[str, str] = {}
 """Tensor-name prefixes of single files of families sdq does not run."""
 
 TINY = Memory(0.2, 0.5)
 """The built-in tiny models' need (a few MB of weights; working memory at most ~0.5 GB per Mpx on a CPU)."""
 
+BUILTIN_FAMILIES: dict[str, str] = {
+    "builtin:tiny-sd": SD,
+    "builtin:tiny-upscaler": SD_UPSCALE,
+    "builtin:tiny-depth": SD_DEPTH,
+    "builtin:tiny-sdxl": SDXL,
+    "builtin:tiny-sd3": SD3,
+    "builtin:tiny-flux": FLUX,
+    "builtin:tiny-flux-schnell": FLUX,
+    "builtin:tiny-flux-gguf": FLUX,  # tiny-flux with a GGUF (Q8_0) transformer
+    # Full-size shapes with random weights (`workers.builtin_fullsize`): generated on first use, ~4-5 GB each.
+    "builtin:sd15-shaped": SD,
+    "builtin:sd2-768-shaped": SD,
+}
+"""Built-in model id -> its family."""
+
 TINY_PREFIX = "builtin:tiny-"
 """Ids of the tiny built-ins (random weights, a few MB); other built-ins need their family's memory."""
 
-BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256}
+BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256, "builtin:tiny-flux": 128,
+                 "builtin:tiny-flux-schnell": 128, "builtin:tiny-flux-gguf": 128}
 """Default width and height of the tiny built-ins whose family's default is larger (their sample size
 times 8: diffusers' own default for them); the others take their family's."""
 
@@ -200,26 +259,6 @@ def from_keys(keys: list[str]) -> str:
     raise UnknownFamily("the checkpoint's tensor names match no family sdq runs")
 
 
-SAFETENSORS_HEADER_MAX = 100 * 2**20
-"""Largest safetensors JSON header read (the format's own limit)."""
-
-
-def safetensors_keys(path: Path) -> list[str]:
-    """Tensor names of a `.safetensors` file, read from its JSON header (no weights are read)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise UnknownFamily(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-        (size,) = struct.unpack("<Q", head)
-        if not 0 < size <= SAFETENSORS_HEADER_MAX:
-            raise UnknownFamily(f"{path}: not a safetensors file (header length {size})")
-        try:
-            header = json.loads(f.read(size))
-        except ValueError as exc:
-            raise UnknownFamily(f"{path}: not a safetensors file ({exc})") from None
-    return [k for k in header if k != "__metadata__"]
-
-
 def from_folder(folder: Path) -> str:
     """The family of a diffusers folder, from its `model_index.json`."""
     index = Path(folder) / "model_index.json"
@@ -240,7 +279,7 @@ def from_file(file: Path) -> str:
     if file.suffix.lower() != ".safetensors":
         raise UnknownFamily(f"{file}: the family of a {file.suffix} file cannot be read without loading it; put "
                             f"its diffusers config folder beside it ({config}/model_index.json)")
-    return from_keys(safetensors_keys(file))
+    return from_keys(tensor_names(file, UnknownFamily))
 
 
 def detect(path: Path) -> str:
@@ -257,6 +296,32 @@ class ModelInfo:
     """None: not known here (a hub id or a pushed model; the worker finds out when it loads it)."""
     memory: Memory | None
     default_side: int | None
+    distilled: bool = False
+    """A timestep-distilled model of its family (`family` is then `Family.as_distilled()`)."""
+
+
+BUILTIN_DISTILLED = frozenset({"builtin:tiny-flux-schnell"})
+"""Built-ins that are timestep-distilled models."""
+
+GUIDANCE_KEYS = ("guidance_in.", "model.diffusion_model.guidance_in.", "time_text_embed.guidance_embedder.")
+"""Tensor-name prefixes of Flux's distilled-guidance input (dev has it, schnell does not)."""
+
+
+def is_distilled(path: Path) -> bool:
+    """Whether the Flux model at `path` is timestep-distilled (schnell-like), read from the model itself:
+    its transformer's config says `guidance_embeds: false` (a folder, or a file's config folder beside
+    it), or a single file's tensors have no guidance input."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.with_suffix("")
+    config = folder / "transformer" / "config.json"
+    if config.is_file():
+        try:
+            return json.loads(config.read_text(encoding="utf-8")).get("guidance_embeds") is False
+        except (OSError, ValueError):
+            return False
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        return not any(k.startswith(GUIDANCE_KEYS) or ".guidance_in." in k for k in tensor_names(path, UnknownFamily))
+    return False
 
 
 def model_info(model_id: str) -> ModelInfo:
@@ -264,33 +329,50 @@ def model_info(model_id: str) -> ModelInfo:
     built-in's id, an (allowlisted) local folder's `model_index.json`, a local file's header.
     UnsupportedFamily when the model is of a family sdq recognises and does not run; a model that
     cannot be read or matches no family is "not known here" (the worker decides when it loads it)."""
-    from sdq.models import BUILTIN_FAMILIES, model_kind
-
-    kind = model_kind(model_id)
+    kind = source_for(model_id).kind
     if kind == "builtin":
         name = BUILTIN_FAMILIES.get(model_id)
         if name is None:
             return ModelInfo(None, None, None)
         side = BUILTIN_SIDES.get(model_id, FAMILIES[name].default_side)
-        return ModelInfo(FAMILIES[name], TINY if model_id.startswith(TINY_PREFIX) else FAMILIES[name].memory, side)
+        fam = FAMILIES[name].as_distilled() if model_id in BUILTIN_DISTILLED else FAMILIES[name]
+        return ModelInfo(fam, TINY if model_id.startswith(TINY_PREFIX) else fam.memory, side,
+                         model_id in BUILTIN_DISTILLED)
     path = Path(model_id).expanduser()
     if kind in ("folder", "file") and path.exists():
         marker = path / "model_index.json" if path.is_dir() else path
         st = marker.stat() if marker.exists() else path.stat()
         try:
-            fam = FAMILIES[_detect_once(str(path), st.st_size, st.st_mtime_ns)]
+            name, distilled = _detect_once(str(path), st.st_size, st.st_mtime_ns)
         except UnsupportedFamily:
             raise
         except UnknownFamily:
             return ModelInfo(None, None, None)
-        return ModelInfo(fam, fam.memory, fam.default_side)
+        fam = FAMILIES[name].as_distilled() if distilled else FAMILIES[name]
+        memory = quantized(fam.memory, st.st_size / 2**30) if path.suffix.lower() == ".gguf" else fam.memory
+        return ModelInfo(fam, memory, fam.default_side, distilled)
     return ModelInfo(None, None, None)
 
 
+SHARE_MARGIN = 0.05
+"""What `Memory.largest_share` adds to the largest component's share of the parameters."""
+
+
+def quantized(memory: Memory, file_gb: float) -> Memory:
+    """The need of a model whose denoiser (its largest component) is a quantized file of `file_gb` GiB: the
+    other components as before, plus the file as stored (a GGUF transformer is dequantized a layer at a
+    time). Counted at the half-precision rate, so an fp32 worker's need is overstated."""
+    rest = memory.weights_gb * (1 - (memory.largest_share - SHARE_MARGIN))
+    weights = round(rest + file_gb, 2)
+    return replace(memory, weights_gb=weights, largest_share=round(min(1.0, file_gb / weights + SHARE_MARGIN), 2))
+
+
 @lru_cache(maxsize=256)
-def _detect_once(path: str, size: int, mtime_ns: int) -> str:
-    """`detect`, once per version of the file it reads (a checkpoint's header is read once, not per submit)."""
-    return detect(Path(path))
+def _detect_once(path: str, size: int, mtime_ns: int) -> tuple[str, bool]:
+    """`detect` (and, for a family with a distilled variant, `is_distilled`), once per version of the file
+    it reads (a checkpoint's header is read once, not per submit)."""
+    name = detect(Path(path))
+    return name, FAMILIES[name].distilled is not None and is_distilled(Path(path))
 
 
 def required_gb(requires: dict, dtype: str, pixels: int, cast_from: str | None = None) -> float | None:

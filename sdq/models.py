@@ -7,19 +7,8 @@ from __future__ import annotations
 
 from sdq import pipelines
 from sdq.exceptions import InvalidInput
+from sdq.families import BUILTIN_FAMILIES
 from sdq.sources import source_for
-
-BUILTIN_FAMILIES: dict[str, str] = {
-    "builtin:tiny-sd": pipelines.SD,
-    "builtin:tiny-upscaler": pipelines.SD_UPSCALE,
-    "builtin:tiny-depth": pipelines.SD_DEPTH,
-    "builtin:tiny-sdxl": pipelines.SDXL,
-    "builtin:tiny-sd3": pipelines.SD3,
-    # Full-size shapes with random weights (`workers.builtin_fullsize`): generated on first use, ~4-5 GB each.
-    "builtin:sd15-shaped": pipelines.SD,
-    "builtin:sd2-768-shaped": pipelines.SD,
-}
-"""Built-in model id -> its family (`sdq.pipelines`)."""
 
 BUILTIN_CONTROLNETS: dict[str, str] = {
     "builtin:tiny-controlnet": pipelines.SD,
@@ -41,6 +30,10 @@ def model_kind(model_id: str) -> str:
     """`builtin`, `store` (pushed to the bucket), `file` (single checkpoint), `folder` (local diffusers
     folder) or `hub`: the kind of its source (`sdq.sources`)."""
     return source_for(model_id).kind
+
+
+__all__ = ["BUILTIN_CONTROLNETS", "BUILTIN_FAMILIES", "BUILTIN_MODELS", "allowed_models", "check_model",
+           "model_kind"]
 
 
 def check_model(model_id: str, pipeline: str, allowlist: tuple[str, ...]) -> None:

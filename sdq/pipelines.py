@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdq import defaults, families
-from sdq.families import SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL
+from sdq.families import FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL
 from sdq.params import AdapterParam, ImageInput, Param
 
 
@@ -132,12 +132,13 @@ MASK_IMAGE = ImageInput("mask_image", "mask_image", mode="L", infotext="Mask ima
 
 SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("txt2img", {SD: "StableDiffusionPipeline", SDXL: "StableDiffusionXLPipeline",
-                             SD3: "StableDiffusion3Pipeline"}, passes_size=True,
+                             SD3: "StableDiffusion3Pipeline", FLUX: "FluxPipeline"}, passes_size=True,
                  controlnet=ControlNetUse({SD: "StableDiffusionControlNetPipeline",
                                            SDXL: "StableDiffusionXLControlNetPipeline"}, kwarg="image"),
                  hires_pass="img2img", adapters=(LORAS,), doc="an image from a prompt"),
     PipelineSpec("img2img", {SD: "StableDiffusionImg2ImgPipeline", SDXL: "StableDiffusionXLImg2ImgPipeline",
-                             SD3: "StableDiffusion3Img2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
+                             SD3: "StableDiffusion3Img2ImgPipeline", FLUX: "FluxImg2ImgPipeline"},
+                 images=(INIT_IMAGE,), params=(STRENGTH,),
                  steps_scaled_by="strength", controlnet=ControlNetUse({SD: "StableDiffusionControlNetImg2ImgPipeline",
                                                                        SDXL: "StableDiffusionXLControlNetImg2ImgPipeline"}),
                  adapters=(LORAS,), doc="a prompt applied to an init image"),
@@ -146,12 +147,15 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
                  doc="the init image at 4x its size (width and height give the input size)"),
     PipelineSpec("depth2img", {SD_DEPTH: "StableDiffusionDepth2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
                  steps_scaled_by="strength", doc="img2img that keeps the init image's depth map"),
-    PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline", SDXL: "StableDiffusionXLInpaintPipeline"},
+    PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline", SDXL: "StableDiffusionXLInpaintPipeline",
+                             FLUX: "FluxInpaintPipeline"},
                  images=(INIT_IMAGE, MASK_IMAGE), params=(STRENGTH,), steps_scaled_by="strength", passes_size=True,
                  controlnet=ControlNetUse({SD: "StableDiffusionControlNetInpaintPipeline",
                                            SDXL: "StableDiffusionXLControlNetInpaintPipeline"}),
                  adapters=(LORAS,),
                  doc="the white part of a mask repainted over the init image (the mask is made single-channel)"),
+    PipelineSpec("edit", {FLUX: "FluxKontextPipeline"}, images=(INIT_IMAGE,), passes_size=True,
+                 doc="the init image changed as the prompt says (an instruction: \"make the sky red\")"),
 )}
 """Every pipeline the API knows, by name."""
 
@@ -181,7 +185,12 @@ FAMILY_PARAMS: dict[str, Param] = {p.name: p for p in (
     Param("crop_top", int, 0, SIDE_LIMIT, None, infotext="Crop top",
           doc="SDXL crop conditioning: top edge; default 0"),
     Param("max_sequence_length", int, 1, 512, 256, infotext="Max sequence length",
-          doc="SD3: prompt tokens of the T5 encoder (diffusers allows at most 512; default 256)"),
+          doc="SD3 and Flux: prompt tokens of the T5 encoder (diffusers allows at most 512, FLUX.1 schnell-type "
+              "models 256; default 256)"),
+    Param("true_cfg_scale", float, 1, 30, None, infotext="True CFG scale",
+          doc="Flux: real classifier-free guidance against the negative prompt (a second transformer pass per "
+              "step; needs a negative prompt, and a negative prompt needs it above 1); `guidance_scale` is "
+              "the distilled guidance the model takes as an input"),
 )}
 """Parameters only some model families take (`families.Family.params` names them); a family's items
 get its defaults at submit, other families' items never carry them."""
@@ -201,8 +210,24 @@ def _sd3_kwargs(p: dict[str, Any]) -> dict[str, Any]:
     return {**sized, "max_sequence_length": p["max_sequence_length"]} if p.get("max_sequence_length") else sized
 
 
-FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs}
+def _flux_kwargs(p: dict[str, Any]) -> dict[str, Any]:
+    true_cfg = {"true_cfg_scale": p["true_cfg_scale"]} if p.get("true_cfg_scale") is not None else {}
+    return {**_sd3_kwargs(p), **true_cfg}
+
+
+FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs, FLUX: _flux_kwargs}
 """Family -> the keyword arguments of its diffusers calls made from the item's family parameters."""
+
+CLASS_KWARGS = {"FluxKontextPipeline": lambda p: {"max_area": p["width"] * p["height"], "_auto_resize": False}}
+"""Diffusers class -> keyword arguments its call needs beyond the table's. Kontext otherwise rescales the
+output to a 1024x1024 area and the init image to one of its preferred sizes: it gets the requested size,
+and the init image as the worker fitted it to that size."""
+
+
+def class_kwargs(class_name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The extra keyword arguments of a call of diffusers class `class_name` (none for most)."""
+    make = CLASS_KWARGS.get(class_name)
+    return make(params) if make is not None else {}
 
 
 def base_class(family: str) -> str:

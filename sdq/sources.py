@@ -2,8 +2,8 @@
 
 `source_for(model_id)` picks the first source whose `matches` accepts the id: a built-in
 (`builtin:NAME`), a model pushed to the bucket (`store:NAME`), a single checkpoint file
-(`.safetensors`/`.ckpt`), a local diffusers folder, else a Hugging Face hub id. Each source
-`open`s the model to a local path a worker loads from (a diffusers folder, or a checkpoint file),
+(`.safetensors`/`.ckpt`, or a `.gguf` transformer), a local diffusers folder, else a Hugging Face hub
+id. Each source `open`s the model to a local path a worker loads from (a diffusers folder, or a checkpoint file),
 building, pulling or downloading it first as needed, and gives its weights' `digest` for the result
 cache. Torch-free and light: the producer matches ids with it; what needs heavy libraries (building
 a built-in, a hub download, a bucket pull, hashing files) is lent by the worker as a `Fetcher`.
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 BUILTIN_PREFIX = "builtin:"
 STORE_PREFIX = "store:"
 """Prefix of models pushed to the bucket (`sdq models push PATH --as NAME` -> `store:NAME`)."""
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".gguf")
 BUILTIN_FORMAT = "3"
 """Version of the built-in generators; a new one makes a new cache folder (3: the full-size built-ins'
 VAE config has the model's image size, so VAE tiling uses full-size tiles)."""

@@ -22,8 +22,8 @@ ANY_TEXT = st.text(max_size=40)
 
 @pytest.fixture(scope="module")
 def api(stack_factory) -> str:
-    """A producer + Redis with no worker: accepted jobs stay queued."""
-    return stack_factory("fuzz").env["SDQ_SERVER"]
+    """A producer + Redis with no worker: accepted jobs stay queued (an OpenAI request waits 1 s for its job)."""
+    return stack_factory("fuzz", env={"SDQ_OPENAI_WAIT_SECONDS": "1"}).env["SDQ_SERVER"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,16 @@ def session() -> requests.Session:
 def check(resp: requests.Response, api: str, session: requests.Session) -> None:
     """No 5xx; errors in the JSON error shape naming a field for 4xx; accepted jobs read back whole."""
     assert resp.status_code < 500, (resp.status_code, resp.request.method, resp.request.url, resp.text[:500])
-    if resp.status_code >= 400 and resp.status_code != 405:
+    if resp.request.path_url.startswith("/openai/"):  # the OpenAI door answers in OpenAI's error shape
+        if resp.status_code >= 400:
+            err = resp.json()["error"]
+            assert {"message", "type", "param", "code"} <= set(err) and err["message"]
+            assert err["param"] or resp.status_code in (401, 404, 405, 408, 429), err
+        return
+    if resp.status_code not in (405,) and resp.status_code >= 400 and resp.request.path_url.startswith("/sdapi/"):
+        detail = resp.json()["detail"]
+        assert detail and (resp.status_code != 422 or all(d["loc"] and d["msg"] for d in detail)), detail
+    elif resp.status_code >= 400 and resp.status_code != 405:
         err = resp.json()["error"]
         assert set(err) == {"code", "message", "field"} and err["message"]
         if resp.status_code not in (401, 404, 405, 429):
@@ -207,5 +216,52 @@ def test_fuzz_every_path_and_query_parameter(api, spec, session):
             check(resp, api, session)
         finally:
             resp.close()
+
+    run()
+
+
+def test_fuzz_openai_door_with_schema_shaped_and_hostile_bodies(api, spec, session):
+    """The OpenAI door's generation bodies from its published schema and arbitrary JSON; its edits with
+    arbitrary bytes, fields and files: never a 5xx, every error in OpenAI's shape naming the parameter."""
+    shaped = from_schema({"$ref": "#/components/schemas/OpenAIImageRequest"}, spec["components"]["schemas"])
+    keys = st.sampled_from(["prompt", "model", "n", "size", "quality", "response_format", "output_format",
+                            "output_compression", "stream", "user", "image", "mask", "x"])
+    hostile = st.dictionaries(keys, _json_values(), max_size=6) | _json_values()
+
+    @FUZZ
+    @given(body=shaped | hostile, form=st.dictionaries(keys, TEXT, max_size=5),
+           files=st.dictionaries(st.sampled_from(["image", "image[]", "mask", "other"]), st.binary(max_size=200),
+                                 max_size=3))
+    def run(body, form, files):
+        data = json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass")
+        check(session.post(api + "/openai/v1/images/generations", data=data,
+                           headers={"Content-Type": "application/json"}, timeout=30), api, session)
+        check(session.post(api + "/openai/v1/images/edits", data=form,
+                           files={k: ("f.png", v, "image/png") for k, v in files.items()}, timeout=30), api, session)
+
+    run()
+
+
+def test_fuzz_openai_door_with_valid_bodies_submits_jobs(api, session):
+    """Valid generation requests become sdq jobs (no worker here: each answer is the 408 naming its job)."""
+    prompt = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=60).filter(
+        str.strip)
+    side = st.integers(1, 64).map(lambda n: n * 8)
+    body = st.fixed_dictionaries({"prompt": prompt}, optional={
+        "n": st.integers(1, 10), "size": st.just("auto") | st.builds(lambda w, h: f"{w}x{h}", side, side),
+        "quality": st.sampled_from(["low", "medium", "high", "auto", "standard", "hd"]),
+        "response_format": st.sampled_from(["url", "b64_json"]), "model": st.sampled_from(["builtin:tiny-sd"]),
+        "user": prompt, "style": st.sampled_from(["vivid", "natural"]), "moderation": st.sampled_from(["low", "auto"])})
+
+    @settings(FUZZ, max_examples=15)
+    @given(body=body)
+    def run(body):
+        resp = session.post(api + "/openai/v1/images/generations", json=body, timeout=30)
+        assert resp.status_code == 408, resp.text[:300]
+        job_id = resp.json()["error"]["job_id"]
+        doc = session.get(f"{api}/v1/jobs/{job_id}?limit=1", timeout=10).json()
+        assert doc["state"] == "queued" and doc["n_items"] == body.get("n", 1)
+        assert doc["items"][0]["prompt"] == body["prompt"]
+        assert session.delete(f"{api}/v1/jobs/{job_id}", timeout=10).status_code == 202
 
     run()

@@ -262,3 +262,28 @@ def test_token_is_asked_for_and_kept_for_the_session_only(browser, stack_factory
         assert pg.evaluate("localStorage.length") == 0 and pg.context.cookies() == []
     finally:
         ctx.close()
+
+
+def test_the_form_shows_a_quote_before_anything_is_submitted(page, client):
+    before = client.jobs()["total"]
+    page.goto("/")
+    page.get_by_label("Prompts").fill("a quoted cube\na quoted cone")
+    page.get_by_label("Width", exact=True).fill("64")
+    page.get_by_label("Height", exact=True).fill("64")
+    page.get_by_label("Steps", exact=True).fill("4")
+    page.get_by_role("button", name="Estimate first").click()
+    box = page.locator("#quote-box")
+    expect(box).to_contain_text("2 items", timeout=30_000)
+    expect(box).to_contain_text("Can run on w-main")
+    expect(box).to_contain_text("s per image")
+    assert client.jobs()["total"] == before  # the estimate created nothing
+
+
+def test_the_model_field_offers_the_model_catalog(page):
+    page.goto("/")
+    options = page.locator("#models option")
+    expect(options.first).to_be_attached(timeout=30_000)
+    values = options.evaluate_all("els => els.map(e => [e.value, e.textContent])")
+    ids = dict(values)
+    assert "builtin:tiny-flux" in ids and "Flux" in ids["builtin:tiny-flux"]  # from GET /v1/models, not the fleet
+    assert "warm on w-main" in ids["builtin:tiny-sd"]

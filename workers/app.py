@@ -199,7 +199,8 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     warm_imports()
     for model in opts.preload or []:
         cache.load(model)
-    courier = Courier(celery, lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt))
+    courier = Courier(celery, lambda job_id, attempt: deliver_webhook(jobs, settings, job_id, attempt),
+                      tenant_of=lambda job_id: getattr(jobs.get(job_id), "owner", ""))
     register(celery, runner, on_webhook=courier.submit,
              on_finalize=lambda job_id: finalize_job(jobs, store, job_id, celery))
     return Worker(name, device, queues, celery, leases, heartbeat, uploader, cache, runner, lookout, opts.loglevel,

@@ -42,7 +42,7 @@ def _clip_encoder(seed: int, projection: bool, hidden: int):
     """A 2-layer CLIP text encoder of width `hidden`, with a text projection (`hidden` wide) when `projection`."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from workers.builtin import tiny_tokenizer
+    from workers.builtin_parts import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     vocab = tokenizer.get_vocab()

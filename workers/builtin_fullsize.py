@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from workers.builtin import SD_SCHEDULER, tiny_tokenizer
+from workers.builtin_parts import SD_SCHEDULER, tiny_tokenizer
 
 WEIGHT_SEED = 1234
 """Base seed of every full-size built-in's weights (each tensor's seed adds a hash of its name)."""

@@ -35,7 +35,7 @@ def lora_weights(unet: torch.nn.Module | None = None) -> dict[str, tuple[torch.T
     """UNet module name -> (A: rank x in, B: out x rank) for every targeted Linear of `unet`
     (default: tiny-sd's UNet)."""
     if unet is None:
-        from workers.builtin import tiny_unet
+        from workers.builtin_parts import tiny_unet
 
         unet = tiny_unet()
     gen = torch.Generator().manual_seed(SEED)

@@ -9,7 +9,7 @@ import torch
 
 from sdq import pipelines
 from sdq.exceptions import Cancelled, OutOfMemory
-from workers import passes
+from workers import passes, transformer_files
 from workers.pipelines import Loaded, PipelineCache, denoiser, free_memory, is_out_of_memory
 from workers.routing import next_try
 
@@ -83,11 +83,12 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     spec = pipelines.spec(task)
     kwargs.update(spec.call_kwargs(params))
     kwargs.update(pipelines.family_kwargs(loaded.family, params))
+    kwargs.update(pipelines.class_kwargs(type(pipe).__name__, params))
     for image in spec.images:
         kwargs[image.kwarg] = _fit((images or {}).get(image.field, []), params["width"], params["height"])
     kwargs.update(passes.control_kwargs(spec, params, images, _fit))
     net = denoiser(pipe)
-    dtype = DTYPE_NAMES.get(net.dtype, str(net.dtype))  # read at the call, not assumed
+    dtype = transformer_files.dtype_label(DTYPE_NAMES.get(net.dtype, str(net.dtype)), net)  # read at the call
     try:
         with torch.inference_mode():
             out = pipe(**kwargs)

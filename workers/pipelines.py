@@ -15,7 +15,7 @@ import torch
 from sdq import defaults, families, pipelines
 from sdq.exceptions import ModelError, ModelUnavailable, OutOfMemory
 from sdq.sources import single_file_config, source_for
-from workers import checkpoints
+from workers import checkpoints, transformer_files
 from workers.adapters import WarmAdapters
 from workers.sources import WorkerFetcher
 from workers.cpu_paths import apply_cpu_path
@@ -263,7 +263,9 @@ class PipelineCache:
     def _open(self, model_id: str):
         """The model's pipeline from the local path its source opens (fetched or built first)."""
         path = source_for(model_id).open(self.fetcher)
-        dtype = self.device.torch_dtype
+        dtype, split = self.device.torch_dtype, transformer_files.transformer_file(path)  # a transformer file
+        if split is not None:
+            return transformer_files.load(*split, dtype)
         return self._load_single_file(str(path), dtype) if path.is_file() else self._from_folder(path, dtype)
 
     def _from_folder(self, folder: Path, dtype: torch.dtype):

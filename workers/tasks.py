@@ -47,7 +47,7 @@ def register(celery: Celery, runner: ChunkRunner | None, on_webhook: Callable[[s
                  autoretry_for=(WebhookFailed,), retry_backoff=1, retry_backoff_max=defaults.WEBHOOK_BACKOFF_MAX,
                  retry_jitter=True, max_retries=defaults.WEBHOOK_MAX_RETRIES)
     def webhook(self, job_id: str, attempt: int | None = None) -> None:
-        # hands the attempt to the courier's threads (`workers.courier`); raises only when it is full
+        # hands the attempt to the courier (`workers.courier`), which queues it per tenant or sends it back
         if on_webhook is not None:
             on_webhook(job_id, attempt or self.request.retries + 1)
 

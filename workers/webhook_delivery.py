@@ -2,16 +2,19 @@
 
 The body is ``{"event": "job.finished", "job": {...summary...}}``; headers carry the HMAC signature
 described in `sdq.webhooks`. Connection errors, 5xx, 408 and 429 answers raise `WebhookFailed`,
-which the Celery task retries with its own exponential backoff (`workers.tasks`: 1, 2, 4, ... s with
+which the courier sends again after an exponential backoff (`workers.courier`: 1, 2, 4, ... s with
 jitter, at most `WEBHOOK_BACKOFF_MAX`, `WEBHOOK_MAX_RETRIES` retries); other 4xx answers are final.
 Before every attempt the host is resolved once and checked, and the request connects to that checked
 address (Host header and TLS server name stay the URL's host), so a name that re-resolves to a
 private address between check and connect (DNS rebinding) reaches nothing. A host that does not
-resolve is retried like a connection error. Log lines name the job, never the URL (URLs often carry
-secrets).
+resolve is retried like a connection error. Resolution is inside the attempt's deadline: it runs on
+a helper thread waited on for at most `WEBHOOK_DNS_TIMEOUT` (and what is left of the deadline); one
+that does not answer in time fails the attempt with `ResolveTimeout`, which carries the helper so
+the courier can keep that tenant's thread until the system resolver gives up. Log lines name the
+job, never the URL (URLs often carry secrets).
 
 A receiver cannot hold a delivery: every attempt has a hard wall-clock deadline (`WEBHOOK_DEADLINE`,
-connect, TLS, request, status line and headers together; a watchdog shuts the socket down when it
+DNS, connect, TLS, request, status line and headers together; a watchdog shuts the socket down when it
 passes, so a receiver trickling bytes gets nowhere), the answer is read with `preload_content=False`
 and only its status is used (at most `WEBHOOK_RESPONSE_BYTES` of an error body are read, for the
 log). Attempts run on the worker's courier threads (`workers.courier`), never on the slot that
@@ -39,6 +42,37 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES = (408, 429)
 """4xx answers worth retrying; every 5xx is retried too."""
+
+
+class ResolveTimeout(WebhookFailed):
+    """The webhook host's name did not resolve in time; `pending` is the resolver thread still waiting."""
+
+    def __init__(self, message: str, pending: threading.Thread) -> None:
+        super().__init__(message)
+        self.pending = pending
+
+
+def resolve_within(url: str, allow_private: bool, timeout: float) -> Target:
+    """`resolve_target` that waits at most `timeout` seconds for the resolver (which cannot be interrupted).
+
+    Raises InvalidInput and UnresolvedHost like `resolve_target`, `ResolveTimeout` when it takes longer."""
+    outcome: list[Target | BaseException] = []
+
+    def resolve() -> None:
+        try:
+            outcome.append(resolve_target(url, allow_private))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            outcome.append(exc)
+
+    helper = threading.Thread(target=resolve, name="sdq-webhook-dns", daemon=True)
+    helper.start()
+    helper.join(max(timeout, 0.0))
+    if not outcome:
+        raise ResolveTimeout(f"host did not resolve within {timeout:.3g} s", helper)
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
 
 def payload(job: Job) -> bytes:
     """The webhook body for a finished job."""
@@ -141,12 +175,17 @@ def post_pinned(target: Target, body: bytes, headers: dict[str, str],
 def deliver_webhook(jobs: JobStore, settings: Settings, job_id: str, attempt: int = 1,
                     deadline: float = defaults.WEBHOOK_DEADLINE) -> None:
     """POST the job summary to its webhook_url; raises WebhookFailed when the attempt is worth retrying."""
+    ends = time.monotonic() + deadline
     job = jobs.get(job_id)
     if job is None or not job.webhook_url:
         return
-    # 1. Resolve once and check; the connection goes to this address.
+    # 1. Resolve once (within the deadline) and check; the connection goes to this address.
     try:
-        target = resolve_target(job.webhook_url, settings.webhook_allow_private)
+        target = resolve_within(job.webhook_url, settings.webhook_allow_private,
+                                min(defaults.WEBHOOK_DNS_TIMEOUT, ends - time.monotonic()))
+    except ResolveTimeout as exc:
+        log.warning("webhook for job %s failed (attempt %d): %s", job_id, attempt, exc)
+        raise
     except InvalidInput as exc:
         log.warning("webhook for job %s not sent: target refused (%s)", job_id, exc.code)
         return
@@ -161,7 +200,7 @@ def deliver_webhook(jobs: JobStore, settings: Settings, job_id: str, attempt: in
         headers[SIGNATURE_HEADER] = sign(tenant_secret(settings.webhook_secret, job.owner), ts, body)
     # 3. Deliver; retry connection errors, 5xx, 408 and 429.
     try:
-        status = post_pinned(target, body, headers, deadline)
+        status = post_pinned(target, body, headers, max(ends - time.monotonic(), 0.1))
     except WebhookFailed as exc:  # the deadline passed
         log.warning("webhook for job %s failed (attempt %d): %s", job_id, attempt, exc)
         raise

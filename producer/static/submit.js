@@ -32,6 +32,7 @@ const Submit = {
       inp.addEventListener("input", () => { if (inp.value.trim()) $("grid").checked = true; });
     }
     $("submit-form").addEventListener("submit", Submit.onSubmit);
+    $("quote").addEventListener("click", Submit.onQuote);
     Extras.init();
     Submit.syncPipeline();
   },
@@ -108,12 +109,13 @@ const Submit = {
     return p;
   },
 
-  async send() {
+  async send(dryRun = false) {
     const params = await Submit.params();
     const top = {model: $("model").value.trim(), pipeline: $("pipeline").value, priority: Submit.num("priority")};
     const sweep = Submit.sweep();
     if (Submit.file) { // the file goes as the body; job settings go in the query string
       if (Object.keys(sweep).length) throw new ApiError(422, {field: "sweep", message: "a sweep needs prompts typed in the box, not a file"});
+      if (dryRun) throw new ApiError(422, {field: "prompts", message: "an estimate needs prompts typed in the box, not a file"});
       Extras.checkFile(params);
       const q = new URLSearchParams();
       for (const [k, v] of Object.entries({...top, ...params})) if (v !== undefined) q.set(k, String(v));
@@ -122,6 +124,7 @@ const Submit = {
     const prompts = $("prompts").value.split("\n").map((s) => s.trim()).filter((s) => s && !s.startsWith("#"));
     const body = {...top, prompts, params};
     if (Object.keys(sweep).length) body.sweep = sweep;
+    if (dryRun) body.dry_run = true;
     return Api.call("/v1/jobs", {method: "POST", json: body});
   },
 
@@ -141,13 +144,42 @@ const Submit = {
     }
   },
 
-  // Offer the models live workers may load.
+  // The server's quote for the form as it stands: who can take the job, how long, and any refusal.
+  async onQuote() {
+    const form = $("submit-form");
+    const box = $("quote-box");
+    FieldErrors.clear(form);
+    $("quote").disabled = true;
+    try {
+      box.replaceChildren(...Submit.quoteLines(await Submit.send(true)).map((line) => h("p", {}, line)));
+      box.hidden = false;
+    } catch (err) {
+      box.hidden = true;
+      if (err instanceof ApiError) FieldErrors.show(form, err, $("submit-error"));
+      else $("submit-error").textContent = `Could not estimate: ${err.message}`;
+    } finally {
+      $("quote").disabled = false;
+    }
+  },
+
+  quoteLines(q) {
+    const lines = [`${q.items} items, ${q.items_ahead} queued ahead` +
+      (q.finish_in_s != null ? `; expected to finish in about ${Math.ceil(q.finish_in_s)} s` : "")];
+    for (const queue of q.queues) {
+      for (const w of queue.able_workers) lines.push(`Can run on ${w.name} (${w.device}, ${w.dtype}): ${w.seconds_per_item} s per image`);
+      for (const w of queue.unable_workers) lines.push(`Not on ${w.name}: ${w.reasons.join("; ")}`);
+    }
+    if (!q.runnable_now) lines.push("No live worker can take it now: it would wait for a capable worker.");
+    for (const r of q.refusals) lines.push(`Would be refused: ${r.message}`);
+    return lines;
+  },
+
+  // Offer the models the caller may name (the model catalog), each with its family and where it is warm.
   async loadModels() {
     try {
-      const {workers} = await Api.call("/v1/workers");
-      const models = new Set(["builtin:tiny-sd"]);
-      for (const w of workers) for (const m of [...(w.models || []), ...(w.loaded_models || [])]) models.add(m);
-      $("models").replaceChildren(...[...models].sort().map((m) => h("option", {value: m})));
+      const {models} = await Api.call("/v1/models");
+      $("models").replaceChildren(...models.map((m) => h("option", {value: m.id},
+        [m.family_title || m.family, m.warm_on.length ? `warm on ${m.warm_on.join(", ")}` : ""].filter(Boolean).join(" · "))));
     } catch (_) { /* the list is a convenience; the field still takes any id */ }
   },
 };

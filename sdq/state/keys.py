@@ -18,6 +18,7 @@ Jobs (all expire `JOB_TTL` after creation):
 The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` / ``sdq:fleet:events`` (`sdq.state.fleet`),
 ``sdq:outbox`` (messages still to publish, `sdq.state.outbox`), ``sdq:reaper:lock``,
 ``sdq:rcache:<key>`` (`sdq.state.resultindex`), ``sdq:upload:<key>`` (`producer.uploads`),
+``sdq:a1111-options:<owner>`` (`producer.doors.a1111`),
 ``sdq:held:<kind>:<owner>`` and ``sdq:upload-bytes:<owner>:<day>`` (per-tenant limits, `sdq.state.limits`),
 ``sdq:debug:...`` (fault injection, `workers.faults`) and kombu's ``unacked_index``.
 
@@ -100,6 +101,11 @@ def won_key(job_id: str) -> str:
 def events_channel(job_id: str) -> str:
     """Pub/sub channel of a job's events."""
     return f"sdq:events:{job_id}"
+
+
+def door_options_key(owner: str) -> str:
+    """Hash of an owner's A1111 options (`POST /sdapi/v1/options`: `sd_model_checkpoint` ...), JSON values."""
+    return f"sdq:a1111-options:{owner}"
 
 
 def owner_jobs_key(owner: str) -> str:

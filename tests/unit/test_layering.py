@@ -128,3 +128,66 @@ def test_nothing_outside_storage_imports_an_s3_library():
     offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imported(p) if n.split(".")[0] in S3_LIBRARIES)
                  for pkg in ("sdq", "producer", "workers") for p in (ROOT / pkg).rglob("*.py")}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+PACKAGES = ("sdq", "producer", "workers", "storage")
+"""The product's packages (the tests, bench and deploy stand outside the house)."""
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the product modules it imports, at the top or inside a function (`from a import b` is a.b when
+    a.b is a module, else a)."""
+    modules = {_module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = {n for n in _imported(path) if n in modules}
+        graph[name] = {t for t in targets if t != name and not name.startswith(t + ".")}  # a package's own __init__
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circles():
+    assert _cycles(_import_graph()) == []
+
+
+def test_the_circle_finder_finds_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -1,0 +1,179 @@
+"""The model catalog behind `GET /v1/models`: every model a caller may name, and what it takes.
+
+One entry per model id the server allows (the built-ins, then the `SDQ_MODELS` allowlist, pushed
+`store:` models included), with what the producer can tell without loading it: its kind of source,
+its family (None where only a worker can read it: hub ids and pushed models), the pipelines it
+runs, the request options it takes (LoRA adapters, ControlNet, the hires fix), its default size,
+steps, scheduler and guidance, and which live workers may load it and which hold it warm now.
+Allowlisted LoRA adapters and ControlNets are not models: they are listed under the options of the
+models of their family. The doors' model lists (`/openai/v1/models`, `/sdapi/v1/sd-models`) are views
+of this catalog.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from sdq import defaults, pipelines
+from sdq.exceptions import SdqError
+from sdq.families import FAMILIES, Family, UnknownFamily, from_class_name, model_info
+from sdq.loras import adapter_family, allowed_adapters
+from sdq.models import BUILTIN_CONTROLNETS, BUILTIN_MODELS, allowed_models
+from sdq.sources import STORE_PREFIX, source_for
+from storage import ResultStore
+from storage.models import PREFIX, remote_manifest
+
+log = logging.getLogger(__name__)
+
+PUSHED_TTL = 60.0
+"""Seconds a pushed model's description, read from the bucket, is kept by a producer process."""
+
+
+class PushedModels:
+    """What the bucket tells of pushed `store:` models: a LoRA adapter's family (its manifest), a diffusers
+    folder's family (its `model_index.json`); read once per `ttl` seconds, None where it cannot be read."""
+
+    def __init__(self, store: ResultStore, ttl: float = PUSHED_TTL) -> None:
+        self.store, self.ttl = store, ttl
+        self._seen: dict[str, tuple[float, str | None, bool]] = {}
+
+    def describe(self, model: str) -> tuple[str | None, bool]:
+        """(family name or None, whether it is a LoRA adapter) of pushed model `model` (`store:NAME`)."""
+        now = time.monotonic()
+        seen = self._seen.get(model)
+        if seen is None or now - seen[0] > self.ttl:
+            seen = (now, *self._read(model.removeprefix(STORE_PREFIX)))
+            self._seen[model] = seen
+        return seen[1], seen[2]
+
+    def _read(self, name: str) -> tuple[str | None, bool]:
+        try:
+            manifest = remote_manifest(self.store, name)
+            if manifest.get("lora"):
+                return manifest["lora"].get("family"), True
+            if manifest.get("kind") != "folder":
+                return None, False
+            index = json.loads(self.store.get(f"{PREFIX}{name}/files/model_index.json"))
+            return from_class_name(str(index.get("_class_name", ""))), False
+        except (SdqError, UnknownFamily, ValueError, KeyError) as exc:
+            log.info("pushed model %s: %s", name, exc)
+        except Exception as exc:  # noqa: BLE001 - botocore raises several kinds; the catalog says "not known"
+            log.warning("pushed model %s cannot be read from the bucket: %s", name, exc)
+        return None, False
+
+
+def _family(model: str, pushed: PushedModels | None = None) -> tuple[Family | None, int | None, str | None]:
+    """(family, default side, why unknown) of `model` as the producer can read it."""
+    if pushed is not None and model.startswith(STORE_PREFIX):
+        name = pushed.describe(model)[0]
+        fam = FAMILIES.get(name or "")
+        return fam, fam.default_side if fam else None, None
+    try:
+        info = model_info(model)
+    except UnknownFamily as exc:
+        return None, None, str(exc)
+    return info.family, info.default_side, None
+
+
+def _pipelines(model: str, fam: Family | None) -> list[str]:
+    """Pipelines `model` runs: its family's rows of the pipeline table (all of them when not known here)."""
+    if model in BUILTIN_MODELS:
+        return list(BUILTIN_MODELS[model])
+    return list(pipelines.pipelines_for(fam.name)) if fam else list(pipelines.PIPELINES)
+
+
+def pipelines_of(model: str, pushed: PushedModels | None = None) -> list[str]:
+    """The pipelines `model` runs, as far as the producer can tell (every pipeline when its family is not known here)."""
+    return _pipelines(model, _family(model, pushed)[0])
+
+
+def _options(fam: Family | None, runs: list[str], loras: list[str], controlnets: list[str]) -> dict[str, Any]:
+    """The request options the model takes, each with the pipelines that take it and the ids it may name."""
+    specs = [pipelines.spec(p) for p in runs]
+    name = fam.name if fam else None
+    out: dict[str, Any] = {}
+    lora_pipes = [s.name for s in specs if s.takes_adapters(pipelines.LORAS.name)]
+    if lora_pipes:
+        out["loras"] = {"pipelines": lora_pipes, "ids": loras}
+    cn_pipes = [s.name for s in specs if s.controlnet and (name is None or s.class_for(name, controlnet=True))]
+    if cn_pipes and controlnets:
+        out["controlnet"] = {"pipelines": cn_pipes, "ids": controlnets}
+    hires = [s.name for s in specs if s.hires_pass]
+    if hires:
+        out["hires"] = {"pipelines": hires}
+    return out
+
+
+def adapters_of(allowlist: tuple[str, ...], pushed: PushedModels | None) -> dict[str, str | None]:
+    """Allowed LoRA adapters the producer can recognise -> their family: the built-ins, local LoRA files and
+    pushed adapters (without the bucket, a pushed entry cannot be told from a model: it is listed as a model)."""
+    out: dict[str, str | None] = {}
+    for adapter in allowed_adapters(allowlist):
+        if adapter.startswith(STORE_PREFIX):
+            family, lora = pushed.describe(adapter) if pushed is not None else (None, False)
+            if lora:
+                out[adapter] = family
+            continue
+        try:
+            found = adapter_family(adapter)
+        except ValueError:  # a local .safetensors file that is a checkpoint, not an adapter
+            continue
+        if found is not None:
+            out[adapter] = found
+    return out
+
+
+def _same(family: str | None, other: str | None) -> bool:
+    return family is None or other is None or family == other
+
+
+def _workers(model: str, workers: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(live workers that may load `model`, those that hold it loaded now)."""
+    able = [w["name"] for w in workers if model in (w.get("models") or ())]
+    warm = [w["name"] for w in workers if model in (w.get("loaded_models") or ())]
+    return able, warm
+
+
+def entry(model: str, adapters: dict[str, str | None], controlnets: dict[str, str | None],
+          workers: list[dict[str, Any]], pushed: PushedModels | None = None) -> dict[str, Any]:
+    """The catalog entry of one model id."""
+    fam, side, why = _family(model, pushed)
+    runs = _pipelines(model, fam)
+    name = fam.name if fam else None
+    able, warm = _workers(model, workers)
+    out: dict[str, Any] = {
+        "id": model, "kind": source_for(model).kind, "family": name, "family_title": fam.title if fam else None,
+        "pipelines": runs,
+        "options": _options(fam, runs, [a for a, f in adapters.items() if _same(name, f)],
+                            [c for c, f in controlnets.items() if _same(name, f)]),
+        "defaults": {"width": side or defaults.WIDTH, "height": side or defaults.HEIGHT, "steps": defaults.STEPS,
+                     "scheduler": fam.default_scheduler if fam else defaults.SCHEDULER,
+                     "guidance_scale": fam.guidance[2] if fam else defaults.GUIDANCE_SCALE},
+        "size_multiple": fam.size_multiple if fam else 8,
+        "workers": able, "warm_on": warm,
+    }
+    if why:
+        out["note"] = why
+    return out
+
+
+def catalog(allowlist: tuple[str, ...], workers: list[dict[str, Any]],
+            pushed: PushedModels | None = None) -> list[dict[str, Any]]:
+    """Every model a caller may name (built-ins first, then the allowlist), adapters and ControlNets left out;
+    `pushed` reads pushed models' descriptions from the bucket."""
+    adapters = adapters_of(allowlist, pushed)
+    controlnets: dict[str, str | None] = dict(BUILTIN_CONTROLNETS)
+    controlnets.update({m: None for m in allowlist if _is_controlnet(m)})
+    models = [m for m in allowed_models(allowlist) if m not in adapters and m not in controlnets]
+    return [entry(m, adapters, controlnets, workers, pushed) for m in models]
+
+
+def _is_controlnet(model: str) -> bool:
+    """A local folder holding a single model's `config.json` of a ControlNet (not a pipeline)."""
+    path = getattr(source_for(model), "path", None)
+    return bool(path is not None and path.is_dir() and (path / "config.json").is_file()
+                and not (path / "model_index.json").is_file())
+
+
