@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from sdq.sources import builtin_path, is_model_folder
-from workers import builtin_families, builtin_flux, preview
+from workers import builtin_families, builtin_flux, builtin_video, preview
 
 from workers.builtin_parts import (SD_SCHEDULER, tiny_safety_checker, tiny_text_encoder, tiny_tokenizer, tiny_unet,
                                   tiny_vae)
@@ -163,6 +163,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     **builtin_flux.BUILDERS,
     **_lora_builders(),
     **preview.BUILDERS,
+    **builtin_video.BUILDERS,
 }
 """Built-in model name (after `builtin:`) to its generator."""
 
