@@ -327,3 +327,15 @@ def test_a_bad_wait_bound_stops_the_producer_at_start(monkeypatch):
     monkeypatch.setenv("SDQ_A1111_WAIT_SECONDS", "soon")
     with pytest.raises(ConfigError, match="SDQ_A1111_WAIT_SECONDS"):
         create_app()
+
+
+def test_a_request_sent_again_with_its_idempotency_key_answers_the_first_job(door):
+    headers = {"Authorization": f"Bearer {TOKENS['alice']}", "Idempotency-Key": "a1111-retry-1"}
+    body = {"prompt": "a paper boat", "seed": 5, **FAST}
+    first = requests.post(door + "/sdapi/v1/txt2img", json=body, headers=headers, timeout=120)
+    again = requests.post(door + "/sdapi/v1/txt2img", json=body, headers=headers, timeout=120)
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert json.loads(again.json()["info"])["job_id"] == json.loads(first.json()["info"])["job_id"]
+    reused = requests.post(door + "/sdapi/v1/txt2img", json={**body, "prompt": "a paper plane"}, headers=headers,
+                           timeout=120)
+    assert reused.status_code == 422 and "Idempotency-Key" in reused.text

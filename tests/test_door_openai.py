@@ -297,3 +297,20 @@ def test_an_edit_with_a_model_that_cannot_edit_is_refused_naming_model(oa_stack)
     with pytest.raises(openai.BadRequestError) as exc:
         _client(oa_stack).images.edit(model="builtin:tiny-upscaler", image=("a.png", image, "image/png"), prompt="x")
     assert _error(exc)[1]["param"] == "model"
+
+
+def test_a_request_retried_with_its_idempotency_key_answers_the_first_job(oa_stack):
+    client = _client(oa_stack)
+    key = {"Idempotency-Key": "oa-retry-1"}
+    first = client.images.generate(model="dall-e-3", prompt="a red kite", n=1, size="64x64", quality="low",
+                                   extra_headers=key)
+    again = client.images.generate(model="dall-e-3", prompt="a red kite", n=1, size="64x64", quality="low",
+                                   extra_headers=key)
+    assert again.job_id == first.job_id  # one job, answered twice
+    other = client.images.generate(model="dall-e-3", prompt="a red kite", n=1, size="64x64", quality="low")
+    assert other.job_id != first.job_id  # without the key: a new job
+    with pytest.raises(openai.APIStatusError) as err:
+        client.images.generate(model="dall-e-3", prompt="a blue kite", n=1, size="64x64", quality="low",
+                               extra_headers=key)
+    status, body = _error(err)
+    assert status == 400 and body["param"] == "Idempotency-Key"  # the key was used for another request

@@ -30,6 +30,7 @@ from sdq.celery_app import request_finalize
 from sdq.exceptions import ConfigError, InvalidInput, NotFound, TooManyRequests
 from sdq.loras import short_name
 from sdq.records import Job
+from sdq.state import idempotency
 from sdq.state.keys import door_options_key
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,8 @@ def _submit(body: Txt2ImgIn | Img2ImgIn) -> Response:
             if isinstance(body, Img2ImgIn):
                 _attach_images(body, sdq_body)
             # 2. Submit (the tenant's cap, routing, the job record) and wait.
-            plan = jobs.submit(parse_submit(sdq_body), settings, owner, client, _ext("sdq_jobs"), _ext("celery"))
+            once = idempotency.once(owner, "a1111", request.headers.get(idempotency.HEADER), body.model_dump())
+            plan = jobs.submit(parse_submit(sdq_body), settings, owner, client, _ext("sdq_jobs"), _ext("celery"), once)
         except InvalidInput as exc:
             exc.field = a1111_field(exc.field) or "body"
             raise

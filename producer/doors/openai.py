@@ -10,6 +10,7 @@ naming the OpenAI parameter, an unknown model a 404, a full tenant queue a 429.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -23,7 +24,7 @@ from producer.schemas import PROMPT_MAX_CHARS, parse_submit
 from sdq import defaults
 from sdq.exceptions import InvalidInput, NotFound
 from sdq.models import check_model
-from sdq.state import fleet
+from sdq.state import fleet, idempotency
 from sdq.state.limits import TenantSlots
 
 PREFIX = "/openai/v1"
@@ -57,9 +58,10 @@ def _door() -> DoorSettings:
     return current_app.config["SDQ_OPENAI"]
 
 
-def _submit(req: ImageRequest, pipeline: str, extra: dict[str, Any], pipeline_param: str) -> Any:
+def _submit(req: ImageRequest, pipeline: str, extra: dict[str, Any], pipeline_param: str,
+            once: idempotency.Once | None = None) -> Any:
     """Submit the sdq job of `req` (with `extra` params: upload keys ...) through the job layer of
-    `POST /v1/jobs`; errors name OpenAI's parameters."""
+    `POST /v1/jobs` (`once`: its Idempotency-Key); errors name OpenAI's parameters."""
     settings = current_app.config["SDQ"]
     params: dict[str, Any] = {"images_per_prompt": req.n, **extra}
     if req.size is not None:
@@ -69,7 +71,8 @@ def _submit(req: ImageRequest, pipeline: str, extra: dict[str, Any], pipeline_pa
     body = {"prompts": [req.prompt], "model": _door().resolve(req.model or None), "pipeline": pipeline,
             "params": params}
     try:
-        return jobs.submit(parse_submit(body), settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"), _ext("celery"))
+        return jobs.submit(parse_submit(body), settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"), _ext("celery"),
+                           once)
     except InvalidInput as exc:
         raise _renamed(exc, req, pipeline_param) from None
 
@@ -93,11 +96,14 @@ def wait_bound() -> float:
     return min(bound, max(1, int(match.group(1)))) if match else bound
 
 
-def _answer(req: ImageRequest, pipeline: str, extra: dict[str, Any], pipeline_param: str):
-    """Take a wait slot, submit, wait for the job, answer its images."""
+def _answer(req: ImageRequest, pipeline: str, extra: dict[str, Any], pipeline_param: str, request_id: Any):
+    """Take a wait slot, submit, wait for the job, answer its images. With an `Idempotency-Key` (the openai SDK
+    sends one and keeps it when it retries), the same request (`request_id`: what identifies it) answers the
+    first job's images instead of making another."""
+    once = idempotency.once(g.owner, "openai", request.headers.get(idempotency.HEADER), request_id)
     slots: TenantSlots = _ext("sdq_openai_waits")
     with slots.slot(g.owner):
-        plan = _submit(req, pipeline, extra, pipeline_param)
+        plan = _submit(req, pipeline, extra, pipeline_param, once)
         job = waiting.wait(_ext("sdq_redis"), _ext("sdq_jobs"), plan.job.id, wait_bound())
         if job is None:
             raise NotFound(f"job {plan.job.id} is gone")
@@ -135,7 +141,7 @@ def generations():
     bodies.check_strings(body)
     req = parse_request(body, PROMPT_MAX_CHARS)
     _model_id(req, "txt2img")
-    return _answer(req, "txt2img", {}, "model")
+    return _answer(req, "txt2img", {}, "model", body)
 
 
 def _edit_pipeline(model: str, images: dict[str, Any]) -> tuple[str, str]:
@@ -176,7 +182,8 @@ def edits():
     images = openai_images.store_images(image, mask, _ext("sdq_store"), _ext("sdq_redis"), g.owner,
                                         _ext("sdq_decodes"), settings.upload_quota_bytes)
     pipeline, param = _edit_pipeline(model, images)
-    return _answer(req, pipeline, images, param)
+    files = {"image": hashlib.sha256(image).hexdigest(), "mask": mask and hashlib.sha256(mask).hexdigest()}
+    return _answer(req, pipeline, images, param, {"form": form, "files": files})
 
 
 def _model_object(entry: dict[str, Any], name: str | None = None) -> dict[str, Any]:
