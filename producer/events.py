@@ -7,7 +7,9 @@ between is lost; then it sends
    whose scan of the unfinished jobs a status read pays, not a stream), so a late client starts in sync;
 2. ``item.started`` / ``item.progress`` / ``item.finished`` (with a presigned ``url`` once the image
    is stored) as they happen (events published between subscribe and snapshot may repeat what the
-   snapshot already shows);
+   snapshot already shows), and ``item.preview`` (a small JPEG of an item's image forming, inline as a
+   ``data:`` URL, for jobs that ask with `params.preview`; at most one every `STREAM_PREVIEW_INTERVAL`
+   seconds per stream, the others dropped: previews are a view, never a record);
 3. ``job.finished`` — then the stream ends (at once, when the job had already ended).
 
 A comment line (``: keep-alive``) goes out every `KEEPALIVE_S` seconds so proxies keep the
@@ -68,6 +70,7 @@ def stream(client: redis.Redis, jobs: JobStore, store: ResultStore, job_id: str,
             return
         # 2. Live events until job.finished.
         last_sent = last_check = opened = time.monotonic()
+        last_preview = float("-inf")
         while True:
             msg = pubsub.get_message(timeout=POLL_S)
             now = time.monotonic()
@@ -89,6 +92,10 @@ def stream(client: redis.Redis, jobs: JobStore, store: ResultStore, job_id: str,
                 continue
             event = json.loads(msg["data"])
             name, data = event.get("event"), event.get("data") or {}
+            if name == "item.preview":  # at most one per STREAM_PREVIEW_INTERVAL per stream, the others dropped
+                if now - last_preview < defaults.STREAM_PREVIEW_INTERVAL:
+                    continue
+                last_preview = now
             if name == "item.finished":
                 item = Item.from_record(data)
                 if item.state == "succeeded" and item.key:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
                       model_validator)
 
 from producer.bodies import field_path
@@ -103,6 +103,9 @@ def _option_schema(option: OptionSpec) -> tuple[Any, Any]:
                          **{f.name: _field(f, option.schema_defaults) for f in option.fields})
     if option.many:
         return list[model] | None, Field(None, max_length=option.many, description=option.doc)
+    if option.flag:  # `true`: the object with its defaults, `false`: not asked for
+        flag = BeforeValidator(lambda v: {} if v is True else None if v is False else v)
+        return Annotated[model | None, flag], Field(None, description=option.doc)
     return model | None, None
 
 

@@ -286,7 +286,10 @@ WARM_ADAPTERS = 8
 """Adapters (e.g. LoRA) a worker keeps loaded per model after their jobs (least recently used unloaded first)."""
 
 PREVIEW_INTERVAL = 0.5
-"""Seconds at least between two previews of one item (`params.preview`)."""
+"""Seconds between two previews of one item unless the job asks otherwise (`params.preview.interval`)."""
+
+PREVIEW_INTERVAL_MIN = 0.25
+"""Fewest seconds between two previews of one item, whatever the job asks."""
 
 PREVIEW_MAX_PER_ITEM = 40
 """Most previews one item sends, however long it runs."""

@@ -33,7 +33,9 @@ from workers.finalize import finalize_job
 from workers.idlewatch import IdleWatch
 from workers.leases import Leases
 from workers.parts import Outputs, Presence, RunOptions
+from workers import options as worker_options
 from workers.pipelines import PipelineCache, warm_imports
+from workers.preview import PreviewDecoders, decoder_loader
 from workers.reaper import Reaper
 from workers.resultcache import CachedResults
 from workers.routing import Router
@@ -67,6 +69,16 @@ class WorkerOptions:
     loglevel: str = "INFO"
     # A CPU worker's path (`workers.cpu_paths`): eager, channels_last, compile or fastest (measured at start).
     cpu_path: str = "eager"
+    # Preview decoders by latent channels (`--preview-decoder 4=madebyollin/taesd`), over the built-in tiny ones.
+    preview_decoders: dict[int, str] | None = None
+
+
+@dataclass
+class OptionParts:
+    """What the request options' worker hooks get of the worker at its start (`workers.options.setup`)."""
+
+    jobs: JobStore
+    previews: PreviewDecoders
 
 
 def cpuinfo_override() -> str | None:
@@ -173,6 +185,8 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
                           allow_ckpt=settings.allow_ckpt, low_memory=opts.low_memory,
                           safety_checker=opts.safety_checker,
                           upscale_batch=opts.upscale_batch or defaults.UPSCALE_MAX_BATCH, store=store)
+    worker_options.setup(OptionParts(jobs, PreviewDecoders(
+        decoder_loader(cache.fetcher, device.device, device.torch_dtype), opts.preview_decoders)))
     speedometer = Speedometer(device.kind)
     by_speed = settings.scheduling == "speed"
     router = Router(name, models, max_pixels, device.memory_gb()[0], speedometer if by_speed else None,

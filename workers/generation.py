@@ -1,6 +1,7 @@
 """Calling a loaded pipeline: one call, and a micro-batch with the out-of-memory fallbacks."""
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -18,20 +19,24 @@ log = logging.getLogger(__name__)
 StepCallback = Callable[[Any, int, Any, dict], dict]
 
 
-def _step_hooks(pipe, task: str, callback: StepCallback | None) -> dict[str, Any]:
-    """Pipeline kwargs that call `callback` after each step and stop the loop on cancel.
+def _step_hooks(pipe, task: str, callback: StepCallback | None,
+                steppers: list[worker_options.StepFunction] = ()) -> dict[str, Any]:
+    """Pipeline kwargs that call `callback` (then the options' per-step functions) after each step and stop
+    the loop on cancel.
 
     The upscale pipeline only has the legacy `callback(step, t, latents)` hook, and depth2img does
     not check `pipe._interrupt`; so a cancel raises `Cancelled` out of the loop for all of them.
     """
-    if callback is None:
+    if callback is None and not steppers:
         return {}
     pipe._interrupt = False
 
     def on_step_end(p, i: int, t, kwargs: dict) -> dict:
-        out = callback(p, i, t, kwargs)
+        out = callback(p, i, t, kwargs) if callback is not None else kwargs
         if getattr(p, "_interrupt", False):
             raise Cancelled
+        for step in steppers:
+            step(i, kwargs)
         return out
 
     if pipelines.spec(task).legacy_callback:
@@ -61,9 +66,17 @@ class Call:
     dtype: str
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Whose images a micro-batch makes: the job and each prompt's item index (for per-step option hooks)."""
+
+    job: str
+    rows: list[int]
+
+
 def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[str],
         negative_prompts: list[str], seeds: list[int], images: dict[str, list[Any]] | None,
-        callback: StepCallback | None) -> Call:
+        callback: StepCallback | None, batch: Batch | None = None) -> Call:
     """One pipeline call for a batch; one seeded CPU generator per image. Its images are empty
     when the job was cancelled mid-call (`callback` set `pipe._interrupt`).
 
@@ -74,11 +87,13 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     `height` first; the spec says which keyword each is passed as and which parameters go along.
     """
     pipe.scheduler = loaded.scheduler(params["scheduler"])
+    steppers = worker_options.steppers(worker_options.StepContext(
+        batch.job, batch.rows, pipe, params, pipelines.spec(task).first_loop(params))) if batch is not None else []
     kwargs: dict[str, Any] = dict(
         prompt=prompts, negative_prompt=negative_prompts if any(negative_prompts) else None, num_inference_steps=params["steps"],
         guidance_scale=params["guidance_scale"],
         generator=[torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds],
-        **_step_hooks(pipe, task, callback),
+        **_step_hooks(pipe, task, callback, steppers),
     )
     spec = pipelines.spec(task)
     kwargs.update(spec.call_kwargs(params))
@@ -125,7 +140,7 @@ CallCheck = Callable[[int, bool], None]
 
 def generate(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[str],
              negative_prompts: list[str], seeds: list[int], images: dict[str, list[Any]] | None,
-             callback: StepCallback | None, check: CallCheck | None = None) -> Generated:
+             callback: StepCallback | None, check: CallCheck | None = None, batch: Batch | None = None) -> Generated:
     """Make a micro-batch, falling back on out of memory: first one image per call (the same seeds,
     so the same images), then low-memory mode (other models evicted, VAE slicing/tiling, model
     offload on CUDA), one image per call. Each retry starts after the failed call's exception is
@@ -141,7 +156,7 @@ def generate(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict
         #    exception, its traceback and so the failed call's tensors alive.
         try:
             return _calls(cache, pipe, loaded, task, params, prompts, negative_prompts, seeds, images, callback,
-                          check, per_call, retries, error)
+                          check, per_call, retries, error, batch)
         except Exception as exc:  # noqa: BLE001 - only out of memory is retried
             if not is_out_of_memory(exc):
                 raise
@@ -169,7 +184,7 @@ def generate(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict
 def _calls(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[str], negative_prompts: list[str],
            seeds: list[int], images: dict[str, list[Any]] | None, callback: StepCallback | None,
            check: CallCheck | None,
-           per_call: int, retries: int, error: str | None) -> Generated:
+           per_call: int, retries: int, error: str | None, batch: Batch | None = None) -> Generated:
     """The micro-batch in calls of `per_call` images."""
     out = Generated([], [], "", per_call, loaded.low_memory, retries, error)
     for start in range(0, len(prompts), per_call):
@@ -177,10 +192,12 @@ def _calls(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict[s
         if check is not None:
             check(len(prompts[part]), loaded.low_memory)
         part_images = {k: v[part] for k, v in images.items()} if images else None
-        call = run(pipe, loaded, task, params, prompts[part], negative_prompts[part], seeds[part], part_images, callback)
+        rows = Batch(batch.job, batch.rows[part]) if batch is not None else None
+        call = run(pipe, loaded, task, params, prompts[part], negative_prompts[part], seeds[part], part_images, callback,
+                   rows)
         call = worker_options.after_call(worker_options.CallContext(  # further passes, e.g. the hires fix's
             cache, loaded, task, params, prompts[part], negative_prompts[part], seeds[part], part_images, callback,
-            run), call)
+            functools.partial(run, batch=rows)), call)
         out.dtype = call.dtype
         if not call.images:  # cancelled
             return Generated([], [], call.dtype, per_call, loaded.low_memory, retries, error)

@@ -3,7 +3,8 @@
 The decode is small and runs on the device thread inside the step hook (the latents live there); the JPEG
 encoding and the publishing go to one background thread, and a preview that finds that thread busy is dropped,
 so previews never wait on each other nor hold the denoising loop. Bounded per item: at most one every
-`defaults.PREVIEW_INTERVAL` seconds, at most `defaults.PREVIEW_MAX_PER_ITEM` in all, each at most
+`params.preview.interval` seconds (at least `defaults.PREVIEW_INTERVAL_MIN`), at most
+`defaults.PREVIEW_MAX_PER_ITEM` in all, each at most
 `defaults.PREVIEW_SIDE` pixels on its longer side and `defaults.PREVIEW_MAX_BYTES` bytes.
 
 Decoders are `AutoencoderTiny` models by latent shape: the built-ins `builtin:tiny-taesd` (4 channels: SD 1/2,
@@ -76,9 +77,10 @@ class Previews:
     """The step hook's preview part for one pipeline call: decode now and then, encode and publish aside."""
 
     def __init__(self, decoder: Any, pipe: Any, indices: list[int], steps: int, width: int, height: int,
-                 publish: Publish, pool: ThreadPoolExecutor) -> None:
+                 publish: Publish, pool: ThreadPoolExecutor, interval: float = 0.0) -> None:
         self.decoder, self.pipe, self.indices, self.steps = decoder, pipe, indices, steps
         self.width, self.height, self.publish, self.pool = width, height, publish, pool
+        self.interval = max(interval, defaults.PREVIEW_INTERVAL_MIN)
         self.sent = 0
         self._last = float("-inf")
         self._busy = threading.Event()
@@ -88,7 +90,7 @@ class Previews:
         now = time.monotonic()
         latents = kwargs.get("latents")
         if (latents is None or self.sent >= defaults.PREVIEW_MAX_PER_ITEM or self._busy.is_set()
-                or now - self._last < defaults.PREVIEW_INTERVAL or step + 1 >= self.steps):
+                or now - self._last < self.interval or step + 1 >= self.steps):
             return
         self._last = now
         self.sent += 1
@@ -128,6 +130,18 @@ class PreviewDecoders:
             model = self.chosen.get(channels)
             self._loaded[channels] = self.load(model) if model else None
         return self._loaded[channels]
+
+
+def decoder_loader(fetcher: Any, device: str, dtype: torch.dtype) -> Callable[[str], Any]:
+    """Loads a preview decoder by model id (a built-in, a local folder, a pushed or hub model) onto the
+    worker's device, in its dtype."""
+    def load(model: str) -> Any:
+        from diffusers import AutoencoderTiny
+
+        from sdq.sources import source_for
+
+        return AutoencoderTiny.from_pretrained(source_for(model).open(fetcher), dtype=dtype).to(device).eval()
+    return load
 
 
 def latent_channels(pipe: Any) -> int:

@@ -87,7 +87,7 @@ class CachedResults:
         out = {}
         for it in wanted:
             others = {**{name: sha(key) for name, key in sorted((it.images or {}).items())}, **extra}
-            out[it.index] = Recipe(maker, (owner, chunk.pipeline, chunk.params, it.prompt, it.negative_prompt,
+            out[it.index] = Recipe(maker, (owner, chunk.pipeline, options.image_params(chunk.params), it.prompt, it.negative_prompt,
                                            it.seed, sha(it.init_image) if it.init_image else None,
                                            chunk.watermark, others, adapters))
         return out

@@ -29,7 +29,7 @@ from sdq.state import fleet
 from sdq.state.outbox import Outbox, intent
 from storage import StorageUnavailable
 from workers.device import Device
-from workers.generation import Generated, generate
+from workers.generation import Batch, Generated, generate
 from workers.infotext import infotext_for
 from workers.parts import (NORMAL, Backup, Cancelled, Failed, Mode, Outcome, OutOfMemoryEnd, Outputs, Presence,
                            RunOptions)
@@ -362,7 +362,7 @@ class Runner:
         check = functools.partial(self.simulated.check, task, params) if self.simulated is not None else None
         return generate(self.cache, pipe, loaded, task, params, [it.prompt for it in batch],
                         [it.negative_prompt or "" for it in batch], [it.seed for it in batch],
-                        images, progress, check)
+                        images, progress, check, Batch(progress.job_id, [it.index for it in batch]))
 
     def _exit_on_fatal_device_error(self, error: str) -> None:
         """After a sticky device error every later call fails too: finish the uploads already made,

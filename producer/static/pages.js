@@ -4,6 +4,7 @@
 const POLL_MS = 2000;
 const GALLERY_PAGE = 100;
 const TERMINAL = ["succeeded", "failed", "cancelled"];
+const PREVIEW_URL = /^data:image\/jpeg;base64,[A-Za-z0-9+/=]+$/; // an item.preview image, inline
 
 function stateBadge(state) {
   return h("span", {className: `state state-${String(state).replace(/[^a-z]/g, "")}`}, state);
@@ -156,6 +157,14 @@ const JobPage = {
         JobPage.renderTile(it);
       }
       JobPage.scheduleStatus();
+    } else if (name === "item.preview") {
+      const it = JobPage.items.find((x) => x.index === data.index);
+      if (it && it.state !== "succeeded" && PREVIEW_URL.test(data.image || "")) {
+        it.preview = data.image;
+        it.state = "running";
+        if (data.steps) it.step = `${data.step}/${data.steps}`;
+        JobPage.renderTile(it);
+      }
     } else if (name === "item.finished") {
       JobPage.scheduleReload();
     } else if (name === "job.finished") {
@@ -212,7 +221,10 @@ const JobPage = {
     JobPage.load();
   },
 
-  renderGallery() {
+  renderGallery() {  // a reload keeps the previews already shown
+    const previews = Object.fromEntries((JobPage.shown || []).filter((x) => x.preview).map((x) => [x.index, x.preview]));
+    for (const it of JobPage.items) if (!it.preview && previews[it.index]) it.preview = previews[it.index];
+    JobPage.shown = JobPage.items;
     const gallery = $("gallery");
     gallery.replaceChildren(...JobPage.items.map((it) => h("li", {id: `tile-${it.index}`})));
     JobPage.items.forEach(JobPage.renderTile);
@@ -232,8 +244,10 @@ const JobPage = {
         h("img", {src, alt: it.prompt, loading: "lazy", width: 128, height: 128}), caption);
     } else {
       const label = it.state === "running" && it.step ? `running ${it.step}` : it.state;
+      const forming = it.state === "running" && it.preview ?  // the image forming (item.preview), until it is made
+        h("img", {src: it.preview, alt: `${it.prompt} (forming)`, className: "preview", width: 128, height: 128}) : null;
       body = h("div", {className: `tile placeholder state-${it.state}`, title: it.error || ""},
-        h("span", {}, label), it.error ? h("span", {className: "small"}, it.error) : null, caption);
+        forming, h("span", {}, label), it.error ? h("span", {className: "small"}, it.error) : null, caption);
     }
     li.replaceChildren(body);
   },

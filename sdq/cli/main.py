@@ -11,7 +11,7 @@ import requests
 
 from sdq import defaults, options
 from sdq.cli import extras as cli_extras
-from sdq.exceptions import SdqError
+from sdq.exceptions import InvalidInput, SdqError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     w.add_argument("--name", default=None, help="worker name (Celery node NAME@host)")
     w.add_argument("--low-memory", action="store_true", help="VAE slicing/tiling and CPU offload (CUDA)")
+    w.add_argument("--preview-decoder", action="append", default=[], metavar="CHANNELS=MODEL",
+                   help="a real tiny autoencoder for live previews of latents with CHANNELS channels (4: TAESD or "
+                        "TAESDXL, 16: TAESD3 or TAEF1), by path or id; default: the built-in random ones")
     w.add_argument("--debug-oom-pixels", type=int, default=None,
                    help="testing aid: raise MemoryError when a call's pixels*batch exceed N (4N in low-memory mode)")
     w.add_argument("--debug-fatal-after", type=int, default=None,
@@ -219,7 +222,20 @@ def cmd_worker(args) -> int:
                          debug_oom_pixels=args.debug_oom_pixels, debug_fatal_after=args.debug_fatal_after,
                          safety_checker=args.safety_checker, upscale_batch=args.upscale_batch)
     opts.cpu_path = args.cpu_path
+    opts.preview_decoders = _preview_decoders(args.preview_decoder)
     return run_worker(Settings.from_env(), opts)
+
+
+def _preview_decoders(given: list[str]) -> dict[int, str]:
+    """`--preview-decoder CHANNELS=MODEL` flags as {channels: model}; InvalidInput naming the flag when malformed."""
+    out: dict[int, str] = {}
+    for entry in given:
+        channels, _, model = entry.partition("=")
+        if not channels.strip().isdigit() or not model.strip():
+            raise InvalidInput("--preview-decoder", f"--preview-decoder {entry!r}: give CHANNELS=MODEL, e.g. "
+                               f"4=/models/taesd")
+        out[int(channels)] = model.strip()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,13 +24,18 @@ OPTIONS: dict[str, OptionSpec] = {o.name: o for o in (Loras(), Hires(), ControlN
 """Every request option, by its key in `params`, in the order stages apply them."""
 
 __all__ = ["OPTIONS", "CacheInputs", "OptionSpec", "Pass", "Submit", "active", "cache_inputs", "final_size",
-           "from_infotext", "infotext", "loop_steps", "passes", "pipeline_classes", "prompt", "variant", "warm_ids", "warm_label",
+           "from_infotext", "image_params", "infotext", "loop_steps", "passes", "pipeline_classes", "prompt", "variant", "warm_ids", "warm_label",
            "work"]
 
 
 def active(params: dict[str, Any]) -> list[tuple[OptionSpec, Any]]:
     """The options an item's `params` carry, with their values, in table order."""
     return [(o, params[name]) for name, o in OPTIONS.items() if params.get(name)]
+
+
+def image_params(params: dict[str, Any]) -> dict[str, Any]:
+    """An item's parameters without the options that change nothing in its image (the result-cache key's)."""
+    return {k: v for k, v in params.items() if k not in OPTIONS or OPTIONS[k].in_image}
 
 
 def passes(pipeline: str, params: dict[str, Any]) -> list[Pass]:

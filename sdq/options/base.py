@@ -86,6 +86,11 @@ class OptionSpec:
     """A list of at most this many objects (None: one object)."""
     schema_defaults: bool = False
     """The schema fills the numbers' defaults (else they are None until `check`)."""
+    flag: bool = False
+    """The schema also takes `true` (the object with its defaults) and `false` (not asked for)."""
+    in_image: bool = True
+    """The option changes the image: its value is in the result-cache key (False: it only shows the work, e.g.
+    previews, and an item with it is answered from the cache like one without)."""
     pipelines: tuple[str, ...] = ()
     """The pipelines that take it (`check` refuses it elsewhere)."""
     size_field: str | None = None

@@ -150,6 +150,11 @@ class Runs(ScriptedStore):
         pipe.hget(keys.job_key(job_id), "cancel")
         return STOP_CANCELLED if pipe.execute()[-1] in (b"1", "1") else 0
 
+    def publish_preview(self, job_id: str, data: dict[str, Any]) -> None:
+        """Announce `item.preview` (an item's image forming, `data`: index, step, steps, image) on the job's
+        channel; nothing is stored (a client not listening misses it)."""
+        self.redis.publish(keys.events_channel(job_id), json.dumps({"event": "item.preview", "data": data}))
+
     def steps_counted(self, runs: list[tuple[str, list[int]]]) -> list[dict[int, int]]:
         """For each (job, item indices): the steps each item's current (original) run has counted so far,
         by index (0 if none yet); one round trip for all."""

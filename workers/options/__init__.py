@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from sdq import options, pipelines
-from workers.options.base import CallContext, Fit, OptionHook
+from workers.options.base import CallContext, Fit, OptionHook, StepContext, StepFunction
 from workers.options.controlnet import ControlNetHook
 from workers.options.hires import HiresHook
 from workers.options.loras import LorasHook, adapter_digest
@@ -15,8 +15,19 @@ from workers.options.loras import LorasHook, adapter_digest
 HOOKS: dict[str, OptionHook] = {h.name: h for h in (LorasHook(), HiresHook(), ControlNetHook())}
 """Option name -> its worker hook."""
 
-__all__ = ["HOOKS", "CallContext", "OptionHook", "adapter_digest", "after_call", "apply", "call_kwargs", "derive",
-           "images", "undo", "warm"]
+__all__ = ["HOOKS", "CallContext", "OptionHook", "StepContext", "adapter_digest", "after_call", "apply",
+           "call_kwargs", "derive", "images", "setup", "steppers", "undo", "warm"]
+
+
+def setup(parts: Any) -> None:
+    """Give every hook what it needs of the worker, once at its start."""
+    for hook in HOOKS.values():
+        hook.setup(parts)
+
+
+def steppers(ctx: StepContext) -> list[StepFunction]:
+    """The per-step functions the options of the call's parameters run after each denoising step."""
+    return [f for hook, value in _active(ctx.params) if (f := hook.stepper(ctx, value)) is not None]
 
 
 def _active(params: dict[str, Any]) -> list[tuple[OptionHook, Any]]:

@@ -35,10 +35,33 @@ class CallContext:
     run: Callable[..., Any]
 
 
+@dataclass
+class StepContext:
+    """One pipeline call as a per-step hook sees it: the job, the item index of each of the call's images (in
+    batch order), the pipeline, the item's parameters and the denoising steps of the call."""
+
+    job: str
+    rows: list[int]
+    pipe: Any
+    params: dict[str, Any]
+    steps: int
+
+
+StepFunction = Callable[[int, dict], None]
+"""Called after each denoising step with the step (0-based) and the pipeline's step tensors (`latents` ...)."""
+
+
 class OptionHook:
     """The worker side of one request option (`name`: its key in `params`)."""
 
     name: str = ""
+
+    def setup(self, parts: Any) -> None:
+        """Take what the hook needs of the worker once, at its start (`workers.app.WorkerParts`)."""
+
+    def stepper(self, ctx: StepContext, value: Any) -> StepFunction | None:
+        """A function run after each denoising step of one call (None: the option needs none)."""
+        return None
 
     def derive(self, cache: Any, entry: Any, task: str, variant: str) -> Any:
         """The pipeline variant `variant` of `task` over the model's modules (when the row's `variant`
