@@ -11,8 +11,9 @@ from workers.options.base import CallContext, Fit, OptionHook, StepContext, Step
 from workers.options.controlnet import ControlNetHook
 from workers.options.hires import HiresHook
 from workers.options.loras import LorasHook, adapter_digest
+from workers.options.preview import PreviewHook
 
-HOOKS: dict[str, OptionHook] = {h.name: h for h in (LorasHook(), HiresHook(), ControlNetHook())}
+HOOKS: dict[str, OptionHook] = {h.name: h for h in (LorasHook(), HiresHook(), ControlNetHook(), PreviewHook())}
 """Option name -> its worker hook."""
 
 __all__ = ["HOOKS", "CallContext", "OptionHook", "StepContext", "adapter_digest", "after_call", "apply",
