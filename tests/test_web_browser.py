@@ -287,3 +287,19 @@ def test_the_model_field_offers_the_model_catalog(page):
     ids = dict(values)
     assert "builtin:tiny-flux" in ids and "Flux" in ids["builtin:tiny-flux"]  # from GET /v1/models, not the fleet
     assert "warm on w-main" in ids["builtin:tiny-sd"]
+
+
+def test_the_job_view_shows_an_image_forming_before_it_is_made(page):
+    page.goto("/")
+    page.get_by_label("Prompts").fill("a slowly forming tower")
+    page.get_by_label("Width", exact=True).fill("256")
+    page.get_by_label("Height", exact=True).fill("256")
+    page.get_by_label("Steps", exact=True).fill("60")
+    page.get_by_label("Show the images forming while they are made").check()
+    page.get_by_role("button", name="Generate").click()
+    _job_id(page)
+    forming = page.locator("#gallery img.preview")
+    expect(forming.first).to_be_visible(timeout=WAIT_MS)  # shown only in the tile of an item not made yet
+    assert forming.first.get_attribute("src").startswith("data:image/jpeg;base64,")
+    expect(page.locator("#job-state")).to_have_text("succeeded", timeout=WAIT_MS)
+    expect(page.locator("#gallery img.preview")).to_have_count(0)  # the made image replaced it
