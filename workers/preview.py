@@ -51,9 +51,16 @@ BUILDERS = {"tiny-taesd": lambda path: build_tiny_decoder(path, 4),
 
 
 def latent_grid(pipe: Any, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """The latents as (batch, channels, h, w): Flux-style pipelines keep them packed in 2x2 patches."""
+    """The latents as (batch, channels, h, w), no larger than a preview needs (a tiny autoencoder makes 8 pixels
+    of each latent: at most PREVIEW_SIDE / 8 latents on the longer side are decoded); Flux-style pipelines keep
+    them packed in 2x2 patches."""
     if latents.ndim == 3 and hasattr(pipe, "_unpack_latents"):
-        return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+    side = max(latents.shape[-2:])
+    most = max(1, defaults.PREVIEW_SIDE // 8)
+    if side > most:
+        size = [max(1, round(n * most / side)) for n in latents.shape[-2:]]
+        latents = torch.nn.functional.interpolate(latents.float(), size=size, mode="area").to(latents.dtype)
     return latents
 
 
