@@ -86,8 +86,8 @@ def _child(spec: dict[str, Any]) -> None:
     import torch
 
     import diffusers
-    from workers.builtin import ensure_builtin
-    from workers.device import select_device
+    from workers.builtins.registry import ensure_builtin
+    from workers.loading.device import select_device
 
     # 1. Device and model, picked as a worker picks them, loaded once with plain diffusers.
     torch.set_num_threads(spec["threads"])

@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterator
 
 import redis
 
-from sdq.cli.client import Client
-from sdq.cli.services import LOCAL_AWS, Stack, free_port, wait_for
+from cli.client import Client
+from cli.services import LOCAL_AWS, Stack, free_port, wait_for
 from sdq.state import keys
 from sdq.state.store import JobStore
 
@@ -66,7 +66,7 @@ def ensure_models(models_dir: Path) -> float:
     """Generate `builtin:tiny-sd` into `models_dir` if missing (in a child process: the bench
     process stays torch-free); returns the seconds it took."""
     t0 = time.perf_counter()
-    code = ("import sys; from pathlib import Path; from workers.builtin import ensure_builtin; "
+    code = ("import sys; from pathlib import Path; from workers.builtins.registry import ensure_builtin; "
             "ensure_builtin(Path(sys.argv[1]), 'tiny-sd')")
     subprocess.run([sys.executable, "-c", code, str(models_dir)], check=True)
     return time.perf_counter() - t0
@@ -273,7 +273,7 @@ def command_delta(before: dict, after: dict, per: int) -> dict[str, dict[str, fl
 
 # -- CPU accounting --------------------------------------------------------------------------
 
-ROLES = {"workers": ("sdq.cli worker",), "producer": ("sdq.cli producer",), "s3": ("weed mini", "moto.server"),
+ROLES = {"workers": ("cli worker",), "producer": ("cli producer",), "s3": ("weed mini", "moto.server"),
          "redis": ("redis-server",), "bare": ("bench.bare",)}
 """Role of a process of the benchmark, by pieces of its command line."""
 

@@ -18,7 +18,7 @@ import redis
 import requests
 
 from bench.common import Bench, bench_stack, dist, main_for
-from sdq.cli.client import sse_events
+from cli.client import sse_events
 from sdq.state.keys import events_channel
 
 SIZES = {"full": {"events": 300, "clients": (1, 8), "real_items": 6},

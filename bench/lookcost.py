@@ -1,4 +1,4 @@
-"""What an idle worker's look for stragglers costs Redis (`workers.backups.Backups.candidates`).
+"""What an idle worker's look for stragglers costs Redis (`workers.running.backups.Backups.candidates`).
 
 A real redis-server holds a fleet of W worker records, each busy with one item of its own job
 (nothing queued, so every item is watched; the idle worker is a CPU one, so none is late for it: the idle poll's usual case). One idle
@@ -15,12 +15,12 @@ from typing import Any
 import redis
 
 from bench.common import command_delta, redis_command_stats
-from sdq.cli.services import free_port
+from cli.services import free_port
 from sdq.state import fleet, keys
 from sdq.state.store import JobStore
-from workers.backups import Backups
-from workers.routing import Router
-from workers.speedometer import Speedometer
+from workers.running.backups import Backups
+from workers.running.routing import Router
+from workers.running.speedometer import Speedometer
 
 PARAMS = {"width": 512, "height": 512, "steps": 20, "scheduler": "euler", "guidance_scale": 7.5}
 LOOKS = 2000

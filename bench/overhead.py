@@ -115,8 +115,8 @@ def store_path_cost(bench: Bench, n: int = 200) -> dict[str, Any]:
     from PIL import Image
 
     from storage.s3 import ResultStore
-    from workers.thumbs import encode_thumb
-    from workers.uploader import encode_png
+    from workers.running.thumbs import encode_thumb
+    from workers.running.uploader import encode_png
 
     store = ResultStore(BUCKET, bench.stack.env["SDQ_S3_ENDPOINT_URL"])
     rng = np.random.default_rng(0)

@@ -1,6 +1,6 @@
 """10. Real size: seconds per step, images per hour and peak RSS of the full-size built-ins per CPU path.
 
-`builtin:sd15-shaped` (SD 1.5's shapes, random weights) on each CPU path of `workers.cpu_paths` (dtype and
+`builtin:sd15-shaped` (SD 1.5's shapes, random weights) on each CPU path of `workers.loading.cpu_paths` (dtype and
 backend, as a worker holds them). The eager paths run in one process, interleaved round by round (A B C D
 A B C D), each converted from one fp32 master copy, and each keeps its fastest round: on a shared machine
 other processes' load only adds time. `compile` runs in its own process (its warm-up is the compilation).
@@ -78,7 +78,7 @@ def _load(model: str, dtype: str):
     import torch
 
     from sdq.sources import builtin_path
-    from workers.builtin import ensure_builtin
+    from workers.builtins.registry import ensure_builtin
 
     models_dir = Path(os.environ["SDQ_MODELS_DIR"])
     ensure_builtin(models_dir, model)
@@ -125,7 +125,7 @@ def child_paths(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from workers.cpu_paths import apply_cpu_path, probe_ms, resolve_cpu_path
+    from workers.loading.cpu_paths import apply_cpu_path, probe_ms, resolve_cpu_path
 
     chosen = resolve_cpu_path("auto", "fastest")  # what `--cpu-path fastest` picks on this CPU (its probe)
     emulated = {} if chosen.bf16_native else {f"bf16/{be}": probe_ms("bf16", be, reps=1)
@@ -165,7 +165,7 @@ def child_one(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from bench.rss import RssSampler
-    from workers.cpu_paths import apply_cpu_path
+    from workers.loading.cpu_paths import apply_cpu_path
 
     rss = RssSampler()
     t0 = time.perf_counter()

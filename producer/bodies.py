@@ -6,7 +6,7 @@ pairs in 64 kB slices, then brackets and commas are counted. A body with more va
 `JSON_VALUES_PER_ITEM` per allowed item (plus `JSON_VALUES_BASE`), or nested deeper than
 `MAX_JSON_DEPTH`, is refused unparsed, so the Python objects a request creates stay within a few
 times its size and no parser recursion can overflow. A prompt file (`CONTENT_TYPES`; turned
-into a submit body by `producer.formats`) is bounded the same way by its lines, CSV fields and
+into a submit body by `producer.planning.formats`) is bounded the same way by its lines, CSV fields and
 JSON values before it is parsed. Every string that may reach Redis is then
 checked: valid Unicode (no lone surrogates), no NUL or other C0 control characters but tab and
 newline.

@@ -6,10 +6,12 @@ from typing import TypeVar
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
-from producer import bodies, catalog, events, jobs, tenants, uploads
-from producer.formats import body_from_prompt_file
+from producer import bodies, catalog, events, tenants, uploads
+
+from producer.planning import jobs
+from producer.planning.formats import body_from_prompt_file
 from producer.openapi import ItemsPage, JobsPage
-from producer.quote import quote
+from producer.planning.quote import quote
 from producer.schemas import parse_submit
 from producer.status import job_view
 from sdq.celery_app import request_finalize
@@ -78,7 +80,7 @@ def healthz():
 
 @bp.post("/v1/jobs")
 def submit():
-    """Validate, record and enqueue a job; 202 with its id. JSON, or a prompt file (producer.formats).
+    """Validate, record and enqueue a job; 202 with its id. JSON, or a prompt file (producer.planning.formats).
     With an `Idempotency-Key` header, the same request sent again within a day answers its first job."""
     settings = current_app.config["SDQ"]
     body = bodies.read_submit(request, settings.max_items)

@@ -13,7 +13,7 @@ def item_view(item: Item, store: ResultStore) -> dict[str, Any]:
     """An item as the API shows it, with a presigned URL once it succeeded."""
     out = item.show(STATUS)
     out["url"] = store.url(item.key) if item.state == "succeeded" and item.key else None
-    # The worker's small WebP thumbnail (workers.thumbs) for the web page's gallery; an image that
+    # The worker's small WebP thumbnail (workers.running.thumbs) for the web page's gallery; an image that
     # already fits in a thumbnail has none and is its own.
     out["thumb_url"] = store.url(item.thumb_key) if out["url"] and item.thumb_key else out["url"]
     return out

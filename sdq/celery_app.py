@@ -33,7 +33,7 @@ def celery_config(redis_url: str, visibility_timeout: int = defaults.VISIBILITY_
     Delivered messages wait in kombu's `UNACKED_INDEX_KEY` scored by delivery time; every
     consuming worker periodically puts back in their queues those older than
     `visibility_timeout`. Live workers keep the scores of the messages they hold fresh (see
-    `workers.leases`), so only a dead worker's messages are restored.
+    `workers.fleet.leases`), so only a dead worker's messages are restored.
     """
     broker_url, sentinel = broker(redis_url)
     sweep = max(1, min(10, visibility_timeout // defaults.LEASE_MIN_REFRESHES))

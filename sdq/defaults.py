@@ -61,7 +61,7 @@ URL_TTL = 3600
 
 VISIBILITY_TIMEOUT = 45
 """Redis broker visibility timeout, seconds (`SDQ_VISIBILITY_TIMEOUT`). Short on purpose: a live
-worker's heartbeat keeps the messages it holds fresh (see `workers.leases`), so only a dead
+worker's heartbeat keeps the messages it holds fresh (see `workers.fleet.leases`), so only a dead
 worker's messages outlive it and go back to the queue."""
 
 LEASE_MIN_REFRESHES = 4
@@ -267,12 +267,12 @@ OUTBOX_LEASE = 30
 sweeper that took it) before any worker's heartbeat publishes it."""
 
 HELD_RECHECK = 15
-"""Seconds before a duplicate delivery of items a live worker holds is looked at again (`workers.runner`):
+"""Seconds before a duplicate delivery of items a live worker holds is looked at again (`workers.running.runner`):
 if that worker lost them without a trace meanwhile, the copy takes them over."""
 
 CLAIM_POLL = 1.0
 """Seconds between an item's holder asking again for the claim on its result while a live straggler
-backup holds it (`workers.uploader`)."""
+backup holds it (`workers.running.uploader`)."""
 
 LOST_PASS_ONS = 3
 """Times a worker passes on (to the other live workers) a chunk it gave back after an

@@ -197,7 +197,7 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "builtin:tiny-flux": FLUX,
     "builtin:tiny-flux-schnell": FLUX,
     "builtin:tiny-flux-gguf": FLUX,  # tiny-flux with a GGUF (Q8_0) transformer
-    # Full-size shapes with random weights (`workers.builtin_fullsize`): generated on first use, ~4-5 GB each.
+    # Full-size shapes with random weights (`workers.builtins.fullsize`): generated on first use, ~4-5 GB each.
     "builtin:sd15-shaped": SD,
     "builtin:sd2-768-shaped": SD,
 }

@@ -13,7 +13,7 @@ labels sit in a left column, column labels in a top band. A grid whose cells wou
 below `GRID_MIN_CELL` pixels is refused at submit (`check_fits`).
 
 This module is the layout only (torch- and PIL-free), so the producer can refuse a grid at submit;
-the worker draws the sheet (`workers.grid`).
+the worker draws the sheet (`workers.finishing.grid`).
 """
 from __future__ import annotations
 

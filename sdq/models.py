@@ -1,6 +1,6 @@
 """Which models a caller may name: built-ins plus the operator's `SDQ_MODELS` allowlist.
 
-Torch-free: the producer validates model ids with it; the worker loads them in `workers.pipelines`
+Torch-free: the producer validates model ids with it; the worker loads them in `workers.loading.pipelines`
 (each kind of id is a source in `sdq.sources`).
 """
 from __future__ import annotations

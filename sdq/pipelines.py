@@ -3,7 +3,7 @@
 Torch-free: the producer validates a request with it, the worker builds its diffusers call from
 it. A pipeline is one `PipelineSpec` in `SPECS`; no other module compares pipeline names, it
 asks the spec (`spec(name).scale`, `.images`, `.param_names` ...). Adding a pipeline means adding
-its entry here, its worker call (`workers.generation`) when the generic one does not fit, and its
+its entry here, its worker call (`workers.running.generation`) when the generic one does not fit, and its
 tests. Request options that change how a pipeline runs (adapters, a second pass ...) are the other
 table, `sdq.options`: each says which pipelines take it.
 """

@@ -3,7 +3,7 @@
 Each field is declared once, with the documents that show it: the task message a worker receives
 (`MESSAGE`), the status view of the HTTP API (`STATUS`), the job's manifest in storage
 (`MANIFEST`), the webhook body (`WEBHOOK`) and the `item.finished` event (`EVENT`). The producer
-builds the records from a checked request (`producer.jobs`); `sdq.state` keeps them in Redis
+builds the records from a checked request (`producer.planning.jobs`); `sdq.state` keeps them in Redis
 and hands them back as these types; everything else reads them by attribute. Adding a field to
 a document means adding it here.
 """
@@ -142,7 +142,7 @@ class Item(Record):
     worker: str | None = _shown(STATUS, MANIFEST, EVENT)
     device: str | None = _shown(STATUS, MANIFEST)
     dtype: str | None = _shown(STATUS, MANIFEST)
-    backend: str | None = _shown(STATUS, MANIFEST)  # eager, channels_last or compile (`workers.cpu_paths`)
+    backend: str | None = _shown(STATUS, MANIFEST)  # eager, channels_last or compile (`workers.loading.cpu_paths`)
     key: str | None = _shown(STATUS, MANIFEST, EVENT)  # the PNG in the bucket
     thumb_key: str | None = _shown()  # its WebP thumbnail (none when the image fits one)
     url: str | None = _shown(STATUS)  # filled in by the status view

@@ -10,8 +10,8 @@ from typing import Callable, Iterator
 import pytest
 
 from sdq import contract
-from sdq.cli.client import Client
-from sdq.cli.services import LOCAL_AWS, Stack, free_port
+from cli.client import Client
+from cli.services import LOCAL_AWS, Stack, free_port
 from storage import ResultStore
 
 TEST_BUCKET = "sdq-test"
@@ -46,7 +46,7 @@ def test_env(workdir) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def models_dir(test_env) -> Path:
     """The session's model cache with the built-in tiny models generated once."""
-    from workers.builtin import BUILDERS, ensure_builtin
+    from workers.builtins.registry import BUILDERS, ensure_builtin
 
     path = Path(os.environ["SDQ_MODELS_DIR"])
     for name in BUILDERS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from sdq.cli.services import free_port
+from cli.services import free_port
 
 
 class TcpProxy:

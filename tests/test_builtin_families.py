@@ -23,7 +23,7 @@ def digests(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def built(models_dir) -> dict[str, Path]:
-    from workers.builtin import ensure_builtin
+    from workers.builtins.registry import ensure_builtin
 
     return {name: ensure_builtin(models_dir, name) for name in BUILTINS}
 
@@ -32,7 +32,7 @@ def load(path: Path):
     import diffusers
     import torch
 
-    from workers.checkpoints import absent_components
+    from workers.loading.checkpoints import absent_components
 
     pipe = diffusers.AutoPipelineForText2Image.from_pretrained(path, dtype=torch.float32, **absent_components(path))
     pipe.set_progress_bar_config(disable=True)
@@ -48,7 +48,7 @@ def make(pipe, seed: int = 1, **kw) -> np.ndarray:
 
 @pytest.mark.parametrize("name", BUILTINS)
 def test_generated_the_same_bytes_every_time(tmp_path, built, name):
-    from workers.builtin import BUILDERS
+    from workers.builtins.registry import BUILDERS
 
     BUILDERS[name](tmp_path / "again")
     assert digests(tmp_path / "again") == digests(built[name])

@@ -26,7 +26,7 @@ def _folder(root: Path) -> Path:
 
 
 def test_folder_digest_follows_the_files_and_is_hashed_once(tmp_path):
-    from workers.sources import WeightsHasher
+    from workers.loading.sources import WeightsHasher
 
     folder = _folder(tmp_path / "model")
     hasher = WeightsHasher(tmp_path / "cache")
@@ -48,7 +48,7 @@ def test_folder_digest_follows_the_files_and_is_hashed_once(tmp_path):
 
 
 def test_single_file_store_and_hub_digests(tmp_path):
-    from workers.sources import WeightsHasher
+    from workers.loading.sources import WeightsHasher
 
     hasher = WeightsHasher(tmp_path / "cache")
     ckpt = tmp_path / "sd.safetensors"
@@ -77,7 +77,7 @@ def test_single_file_store_and_hub_digests(tmp_path):
 
 
 def test_builtin_digest_is_the_generated_files(models_dir):
-    from workers.sources import WeightsHasher
+    from workers.loading.sources import WeightsHasher
 
     a = WeightsHasher(models_dir).digest("builtin:tiny-sd")
     assert a and a == WeightsHasher(models_dir).digest("builtin:tiny-sd")
@@ -152,7 +152,7 @@ def test_resubmitted_job_is_answered_from_storage_without_a_pipeline_run(client,
 
 
 def test_the_thumbnail_is_copied_with_the_image(client, store):
-    """Images larger than a thumbnail have one (`workers.thumbs`): the cached copy gets its own."""
+    """Images larger than a thumbnail have one (`workers.running.thumbs`): the cached copy gets its own."""
     body = _body(uuid.uuid4().hex, seeds=(31,), width=320, height=320, steps=2)
     first, again = _run(client, body), _run(client, body)
     new = again["items"][0]
@@ -207,7 +207,7 @@ def test_sdq_cache_clear_drops_every_entry(stack, rclient):
     env = {**os.environ, "SDQ_REDIS_URL": stack.env["SDQ_REDIS_URL"]}
 
     def cache(*args: str) -> dict:
-        out = subprocess.run([sys.executable, "-m", "sdq.cli", "cache", *args, "--json"], env=env, check=True,
+        out = subprocess.run([sys.executable, "-m", "cli", "cache", *args, "--json"], env=env, check=True,
                              capture_output=True, text=True, timeout=60).stdout
         return json.loads(out)
 
@@ -238,7 +238,7 @@ def test_init_images_are_keyed_by_their_content(client):
 @pytest.mark.slow
 def test_a_cold_worker_answers_a_cached_job_without_loading_the_model(stack_factory):
     """The lookup runs before the model is loaded: a worker that never loaded it serves the whole job."""
-    from sdq.cli.client import Client
+    from cli.client import Client
     from sdq.state.redisconn import connect
 
     st = stack_factory("cache-cold")
@@ -273,7 +273,7 @@ def test_a_model_changed_on_disk_under_a_loaded_pipeline_keys_by_the_loaded_weig
     import numpy as np
     from PIL import Image
 
-    from sdq.cli.client import Client
+    from cli.client import Client
     from sdq.sources import builtin_path
 
     folder = tmp_path / "inplace-sd"

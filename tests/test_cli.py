@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def sdq(*args: str, server: str, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sdq.cli", "--server", server, *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", "--server", server, *args], capture_output=True,
                           text=True, timeout=timeout, input=stdin, cwd=ROOT, env=os.environ.copy())
 
 
@@ -83,7 +83,7 @@ def test_unreadable_image_to_inspect_is_a_clear_error(tmp_path):
 
 
 def test_models_lists_builtin_with_folder(models_dir):
-    out = subprocess.run([sys.executable, "-m", "sdq.cli", "models", "--json"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "cli", "models", "--json"], capture_output=True, text=True,
                          timeout=60)
     rows = json.loads(out.stdout)
     tiny = next(r for r in rows if r["id"] == "builtin:tiny-sd")
@@ -95,7 +95,7 @@ def test_models_lists_builtin_with_folder(models_dir):
 @pytest.mark.unit
 def test_worker_with_a_bad_timing_stops_at_start_naming_it():
     env = {**os.environ, "SDQ_STALL_TIMEOUT": "10s", "SDQ_REDIS_URL": "redis://127.0.0.1:9/0"}
-    out = subprocess.run([sys.executable, "-m", "sdq.cli", "worker", "--device", "cpu"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "cli", "worker", "--device", "cpu"], capture_output=True,
                          text=True, timeout=120, cwd=ROOT, env=env)
     assert out.returncode == 2 and "sdq worker: SDQ_STALL_TIMEOUT='10s' is not a number" in out.stderr, out.stderr
 
@@ -105,7 +105,7 @@ def test_demo_runs_the_example_prompts_on_a_private_stack_and_stops_it(tmp_path)
     made and downloaded with a gallery, exit 0, and nothing of the stack left running."""
     prompts = [line for line in (ROOT / "examples/prompts.txt").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
-    out = subprocess.run([sys.executable, "-m", "sdq.cli", "demo", "--workers", "1", "--steps", "2", "--size", "64",
+    out = subprocess.run([sys.executable, "-m", "cli", "demo", "--workers", "1", "--steps", "2", "--size", "64",
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT,
                          env=os.environ.copy())
     assert out.returncode == 0, out.stderr
@@ -123,7 +123,7 @@ def test_wait_into_a_log_prints_one_plain_line_per_interval(stack):
 
     interval = 1.0
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sdq.cli", "--server", stack.env["SDQ_SERVER"], "submit", "-", "--wait",
+        [sys.executable, "-m", "cli", "--server", stack.env["SDQ_SERVER"], "submit", "-", "--wait",
          "--width", "256", "--height", "256", "--steps", "30"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
         env={**os.environ, "SDQ_PROGRESS_INTERVAL": str(interval)})

@@ -179,7 +179,7 @@ def _inspect(tmp_path: Path, img: Image.Image) -> dict:
     info = PngInfo()
     info.add_text("parameters", img.info["parameters"])
     img.save(tmp_path / "made.png", pnginfo=info)
-    out = subprocess.run([sys.executable, "-m", "sdq.cli", "inspect", "--json", str(tmp_path / "made.png")],
+    out = subprocess.run([sys.executable, "-m", "cli", "inspect", "--json", str(tmp_path / "made.png")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sdq.cli.client import Client
+from cli.client import Client
 from sdq.infotext import parse_infotext
-from workers.cpu_paths import IMAGE_TOLERANCE, CpuPath, bf16_native_cpu, cpu_flags, resolve_cpu_path
-from workers.device import Device
-from workers.generation import generate
-from workers.pipelines import PipelineCache
+from workers.loading.cpu_paths import IMAGE_TOLERANCE, CpuPath, bf16_native_cpu, cpu_flags, resolve_cpu_path
+from workers.loading.device import Device
+from workers.running.generation import generate
+from workers.loading.pipelines import PipelineCache
 from tests.conftest import wait_job, wait_until
 from tests.unit.test_cpu_paths import AVX2
 

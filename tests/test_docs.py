@@ -49,7 +49,7 @@ def test_readme_first_screen_gives_the_two_commands_then_the_product_then_machin
 
 def test_security_counts_the_sweepable_keys_the_code_has():
     """Issue 39: SECURITY.md said 9 sweepable keys while the code accepted more."""
-    from producer.sweep import SWEEP_KEYS
+    from producer.planning.sweep import SWEEP_KEYS
 
     said = re.search(r"\| sweep \| (\d+) sweepable keys", (ROOT / "docs" / "SECURITY.md").read_text())
     assert said and int(said.group(1)) == len(SWEEP_KEYS), (said and said.group(0), SWEEP_KEYS)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from sdq.cli.client import Client
+from cli.client import Client
 from tests.conftest import wait_job, wait_until
 
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob", "carol": "tok-carol", "dave": "tok-dave", "erin": "tok-erin"}

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from sdq.cli.client import Client
+from cli.client import Client
 from tests.conftest import wait_job, wait_until
 
 ITEM = {"width": 128, "height": 128, "steps": 60}

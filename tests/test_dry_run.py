@@ -95,7 +95,7 @@ def test_sdq_submit_dry_run_prints_the_quote_and_submits_nothing(api, tmp_path):
     prompts.write_text("a blue sphere\na green cone\n")
     before = listed(api)
     env = {**os.environ, "SDQ_TOKEN": "tok-ann"}
-    out = subprocess.run([sys.executable, "-m", "sdq.cli", "--server", api, "submit", str(prompts), "--dry-run",
+    out = subprocess.run([sys.executable, "-m", "cli", "--server", api, "submit", str(prompts), "--dry-run",
                           "--steps", "2", "--width", "64", "--height", "64", "--device", "gpu"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr

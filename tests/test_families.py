@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from sdq import families
-from sdq.cli.client import Client
+from cli.client import Client
 from sdq.infotext import parse_infotext, submit_body_from_infotext
 from sdq.models import BUILTIN_FAMILIES
 from sdq.sources import builtin_path
@@ -66,7 +66,7 @@ def _pipe(folder: Path, task: str):
     import diffusers
     import torch
 
-    from workers.checkpoints import absent_components
+    from workers.loading.checkpoints import absent_components
 
     base = diffusers.AutoPipelineForText2Image.from_pretrained(folder, dtype=torch.float32, **absent_components(folder))
     auto = {"img2img": diffusers.AutoPipelineForImage2Image, "inpaint": diffusers.AutoPipelineForInpainting}

@@ -4,7 +4,7 @@ worker, infrastructure errors, a poison item, a Redis restart and a producer res
 The stack runs with short recovery timings (visibility timeout 4 s, heartbeat TTL 2 s, reaper
 every 1 s, finalisation resent after 3 s, stall 8 s) so a dead worker's work is back within
 seconds; production keeps the defaults. Workers run with `SDQ_DEBUG_FAULTS=1`: a test aims a rule
-(`workers.faults`) at them, waits for the marker key of the worker that hit it, then acts.
+(`workers.testing.faults`) at them, waits for the marker key of the worker that hit it, then acts.
 """
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from typing import Iterator
 import pytest
 import redis
 
-from sdq.cli.client import Client
-from sdq.cli.services import Service, Stack, wait_for
+from cli.client import Client
+from cli.services import Service, Stack, wait_for
 from sdq.state.keys import FINALIZE_KEY, events_channel
 from sdq.state.store import JobStore
 from tests.conftest import wait_job
 from tests.support.records import undeclared_fields
-from workers.thumbs import thumb_key
+from workers.running.thumbs import thumb_key
 
 FAST_RECOVERY = {"SDQ_VISIBILITY_TIMEOUT": "4", "SDQ_HEARTBEAT_INTERVAL": "0.5", "SDQ_HEARTBEAT_TTL": "2",
                  "SDQ_REAPER_INTERVAL": "1", "SDQ_FINALIZE_RESEND": "3", "SDQ_STALL_TIMEOUT": "8",

@@ -7,8 +7,8 @@ from typing import Iterator
 
 import pytest
 
-from sdq.cli.client import Client
-from sdq.cli.services import Stack, wait_for
+from cli.client import Client
+from cli.services import Stack, wait_for
 from sdq.state import keys
 from sdq.state.store import JobStore
 from tests.test_faults import FAST_RECOVERY, RULES, Pool, check_exact

@@ -198,7 +198,7 @@ class BrokerDownOnce:
 
 
 def test_a_webhook_whose_send_failed_is_sent_by_the_next_finalisation(jobs, r, store):
-    from workers.finalize import finalize_job
+    from workers.finishing.finalize import finalize_job
 
     job_id = make_job(jobs)
     jobs.set_field(job_id, webhook_url="https://hooks.example/sdq")

@@ -15,11 +15,11 @@ from typing import Iterator
 
 import pytest
 
-from producer.jobs import plan_job
+from producer.planning.jobs import plan_job
 from producer.schemas import SubmitRequest
 from sdq.celery_app import chunks_of
-from sdq.cli.client import Client
-from sdq.cli.services import Stack
+from cli.client import Client
+from cli.services import Stack
 from sdq.config import Settings
 from sdq.state import fleet, keys
 from sdq.state.outbox import Outbox

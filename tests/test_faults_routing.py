@@ -12,8 +12,8 @@ import pytest
 import redis
 from PIL import Image
 
-from sdq.cli.client import Client
-from sdq.cli.services import Stack, wait_for
+from cli.client import Client
+from cli.services import Stack, wait_for
 from sdq.defaults import PASS_ON_DELAY
 from sdq.state.keys import OUTBOX_KEY, PARKED_KEY
 from tests.conftest import FAST, wait_job

@@ -7,8 +7,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from sdq.cli.client import Client
-from sdq.cli.services import wait_for
+from cli.client import Client
+from cli.services import wait_for
 from tests.conftest import wait_job
 from tests.tcpproxy import TcpProxy
 from tests.test_faults import FAST_RECOVERY, WARM

@@ -13,7 +13,7 @@ import redis
 
 from sdq import contract
 from sdq.celery_app import make_celery
-from sdq.cli.services import Stack, free_port
+from cli.services import Stack, free_port
 from sdq.records import Item, Job
 from sdq.state import fleet
 from sdq.state.jobs import SLICE
@@ -108,7 +108,7 @@ def test_a_job_that_ends_is_recorded_to_finalise_in_the_same_step(jobs, r):
 
 def test_the_reaper_requeues_the_running_items_of_a_worker_that_left_the_fleet(jobs, r):
     """Defect 2: items `running` on a dead worker whose message is gone are queued and published again."""
-    from workers.reaper import Reaper
+    from workers.fleet.reaper import Reaper
 
     url = r.connection_pool.connection_kwargs
     celery = make_celery(f"redis://{url['host']}:{url['port']}/0")

@@ -16,8 +16,8 @@ import requests
 from PIL import Image
 
 from sdq import contract
-from sdq.cli.client import Client
-from sdq.cli.services import wait_for
+from cli.client import Client
+from cli.services import wait_for
 from sdq.infotext import parse_infotext
 from tests.conftest import wait_job
 
@@ -65,7 +65,7 @@ def check_made_by(store, item: dict, worker: str) -> None:
 
 
 def test_fp16_on_a_cpu_is_refused_at_start(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "sdq.cli", "worker", "--device", "cpu", "--dtype", "fp16",
+    out = subprocess.run([sys.executable, "-m", "cli", "worker", "--device", "cpu", "--dtype", "fp16",
                           "--name", "refused"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                          env={**os.environ, "SDQ_REDIS_URL": "redis://127.0.0.1:1/0"})
     assert out.returncode != 0
@@ -105,7 +105,7 @@ def test_workers_view_shows_each_capability_record(fleet, fleet_client):
     assert not [q for q in workers["small"]["queues"] if q.endswith(".p512")]
     assert {"sdq.any.any.p512", "sdq.cpu.fp32.p512"} <= set(workers["large"]["queues"])
     # `sdq workers --json` shows the same fleet
-    out = subprocess.run([sys.executable, "-m", "sdq.cli", "--server", fleet.env["SDQ_SERVER"], "workers", "--json"],
+    out = subprocess.run([sys.executable, "-m", "cli", "--server", fleet.env["SDQ_SERVER"], "workers", "--json"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert {w["name"] for w in json.loads(out.stdout)} == {"small", "large"}

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from sdq.cli.services import Service, free_port, wait_for
+from cli.services import Service, free_port, wait_for
 from tests.conftest import FAST, wait_job
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("flower") is None, reason="flower not installed")

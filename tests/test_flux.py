@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from sdq import families
-from sdq.cli.client import Client
+from cli.client import Client
 from sdq.infotext import parse_infotext, submit_body_from_infotext
 from sdq.sources import builtin_path
 from tests.conftest import wait_job, wait_until
@@ -94,7 +94,7 @@ def digests(folder: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("name", ["tiny-flux", "tiny-flux-schnell", "tiny-flux-gguf"])
 def test_the_builtins_are_generated_the_same_every_time_and_read_as_flux(tmp_path, models_dir, name):
-    from workers.builtin import BUILDERS
+    from workers.builtins.registry import BUILDERS
 
     BUILDERS[name](tmp_path / name)
     built = builtin_path(models_dir, name)
@@ -224,7 +224,7 @@ def files(tmp_path_factory, models_dir) -> dict[str, Path]:
 def test_a_transformer_file_loads_with_its_config_folder_and_makes_the_builtins_image(files, models_dir):
     import torch
 
-    from workers import transformer_files
+    from workers.loading import transformer_files
 
     torch.set_num_threads(1)
     for name, file in files.items():

@@ -14,7 +14,7 @@ import pytest
 import redis
 import requests
 
-from sdq.cli.client import Client
+from cli.client import Client
 from sdq.exceptions import ApiError
 
 TOKENS = {"alice": "tok-alice-1", "bob": "tok-bob-2"}

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sdq.cli.client import Client
+from cli.client import Client
 from sdq.infotext import parse_infotext
 from sdq.models import BUILTIN_MODELS
 from sdq.sources import builtin_path
-from workers import builtin_fullsize as fs
-from workers.builtin import ensure_builtin
+from workers.builtins import fullsize as fs
+from workers.builtins.registry import ensure_builtin
 from tests.conftest import wait_job, wait_until
 
 SIZES = {  # component -> parameters of the public model (SD 1.5, SD 2.1-768)

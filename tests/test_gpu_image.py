@@ -13,7 +13,7 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parent.parent
 
 NEEDED = {
-    "kombu": ("5.7", "producer/jobs.py publishes with `Producer.batch`; sdq/celery_app.py sets the Redis "
+    "kombu": ("5.7", "producer/planning/jobs.py publishes with `Producer.batch`; sdq/celery_app.py sets the Redis "
                      "transport's `unacked_restore_interval` (both new in kombu 5.7)"),
     "celery": ("5.7", "celery 5.7 is the release that requires kombu 5.7"),
     "diffusers": ("0.42", "`dtype=` in from_pretrained/from_single_file/from_pipe, the tested release"),

@@ -15,11 +15,13 @@ from PIL import Image
 
 from sdq.exceptions import ModelError
 from sdq.sources import builtin_path
-from workers import builtin, checkpoints, simulate
-from workers.device import Device, bf16_native
-from workers.generation import generate
+from workers.builtins import registry as builtin
+from workers.loading import checkpoints
+from workers.testing import simulate
+from workers.loading.device import Device, bf16_native
+from workers.running.generation import generate
 from sdq.exceptions import OutOfMemory
-from workers.pipelines import PipelineCache, is_fatal_device_error
+from workers.loading.pipelines import PipelineCache, is_fatal_device_error
 
 FP16 = Device("cpu", "fp16", "cpu")
 """A CPU worker started with `--dtype fp16 --force-dtype`: the whole fp16 path."""

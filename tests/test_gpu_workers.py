@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from sdq.cli.client import Client
+from cli.client import Client
 from sdq.infotext import parse_infotext
 from tests.conftest import wait_job
 from tests.test_pipelines import MODELS, direct, pixels, result, sketch, upload
@@ -123,7 +123,7 @@ def test_a_sticky_device_error_fails_the_batch_and_the_worker_exits(stack_factor
 # -- the safety checker ---------------------------------------------------------------------------------------
 
 def test_safety_checker_verdict_per_item_and_the_operator_switch(stack_factory, store, tmp_path_factory):
-    from workers.builtin import build_tiny_sd
+    from workers.builtins.registry import build_tiny_sd
 
     folder = tmp_path_factory.mktemp("nsfw") / "tiny-sd-checked"
     build_tiny_sd(folder, safety_threshold=-2.0)  # a real checker that flags every image

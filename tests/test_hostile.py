@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from producer.app import create_app
-from sdq.cli.services import Stack, free_port
+from cli.services import Stack, free_port
 from sdq.config import Settings
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
@@ -299,7 +299,7 @@ def test_grid_of_1024_large_images_fits_the_pixel_cap():
 def test_grid_sheet_is_built_within_its_pixel_cap():
     from PIL import Image
 
-    from workers.grid import make_grid
+    from workers.finishing.grid import make_grid
     from sdq.records import Item, Job
 
     image = Image.new("RGB", (512, 512), (10, 200, 30))

@@ -11,7 +11,7 @@ import redis
 import requests
 
 from sdq import defaults
-from sdq.cli.client import Client
+from cli.client import Client
 from sdq.records import Item, Job
 from sdq.state import keys
 from sdq.state.store import JobStore

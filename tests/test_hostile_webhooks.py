@@ -119,7 +119,7 @@ def _loopback_only(monkeypatch):
 
 def test_delivery_connects_to_the_checked_address_not_a_rebound_one(jobs, hook, monkeypatch):
     """DNS says public at check time, loopback a moment later: nothing may reach the loopback server."""
-    from workers.webhook_delivery import deliver_webhook
+    from workers.finishing.webhook_delivery import deliver_webhook
 
     _dns(monkeypatch, ["93.184.215.14", "127.0.0.1"])
     attempts = _loopback_only(monkeypatch)
@@ -132,7 +132,7 @@ def test_delivery_connects_to_the_checked_address_not_a_rebound_one(jobs, hook, 
 
 def test_delivery_sends_host_and_tenant_signature_to_the_pinned_address(jobs, hook, monkeypatch):
     from sdq.webhooks import tenant_secret
-    from workers.webhook_delivery import deliver_webhook
+    from workers.finishing.webhook_delivery import deliver_webhook
 
     calls = _dns(monkeypatch, ["127.0.0.1", socket.gaierror(socket.EAI_NONAME, "gone")])
     job_id = _job(jobs, f"http://hooks.example:{hook}/hook?k=v")
@@ -147,7 +147,7 @@ def test_delivery_sends_host_and_tenant_signature_to_the_pinned_address(jobs, ho
 
 
 def test_dns_failure_at_delivery_is_retried_not_dropped(jobs, monkeypatch):
-    from workers.webhook_delivery import deliver_webhook
+    from workers.finishing.webhook_delivery import deliver_webhook
 
     _dns(monkeypatch, [socket.gaierror(socket.EAI_AGAIN, "temporary failure in name resolution")])
     job_id = _job(jobs, "http://hooks.example/hook")
@@ -156,7 +156,7 @@ def test_dns_failure_at_delivery_is_retried_not_dropped(jobs, monkeypatch):
 
 
 def test_webhook_urls_are_not_logged(jobs, caplog, monkeypatch):
-    from workers.webhook_delivery import deliver_webhook
+    from workers.finishing.webhook_delivery import deliver_webhook
 
     secret_url = "http://10.1.2.3/hook?token=s3cr3t-in-url"
     job_id = _job(jobs, secret_url)
@@ -178,7 +178,7 @@ def test_trickling_receiver_cannot_hold_a_delivery(jobs, prefix):
     ends an answer that does not come in time."""
     from sdq import defaults
     from tests.support.trickle import BODY, HEADERS, TrickleReceiver
-    from workers.webhook_delivery import deliver_webhook
+    from workers.finishing.webhook_delivery import deliver_webhook
 
     deadline = getattr(defaults, "WEBHOOK_DEADLINE", 15.0)  # (the old code had none: run there, this hangs)
     receiver = TrickleReceiver(BODY if prefix == "body" else HEADERS, interval=2.0)
@@ -219,7 +219,7 @@ def test_trickling_receivers_do_not_stall_the_worker(hooked):
     """Jobs whose webhooks go to receivers that trickle (a 100 MB body, or headers that never end)
     leave the worker's image slot free: the next job finishes, and the webhooks that answered a
     status are recorded delivered."""
-    from sdq.cli.client import Client
+    from cli.client import Client
     from tests.conftest import FAST, wait_job
     from tests.support.trickle import BODY, HEADERS, TrickleReceiver
 

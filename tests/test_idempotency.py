@@ -10,7 +10,7 @@ import pytest
 import redis
 import requests
 
-from producer.jobs import plan_job
+from producer.planning.jobs import plan_job
 from producer.schemas import parse_submit
 from sdq.config import Settings
 from sdq.state import idempotency

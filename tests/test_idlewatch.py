@@ -1,4 +1,4 @@
-"""The idle worker's lookout (workers/idlewatch.py) on a real Redis: it looks when a worker publishes its
+"""The idle worker's lookout (workers/fleet/idlewatch.py) on a real Redis: it looks when a worker publishes its
 record, polls every `IDLE_POLL_S` only while its last look watched items (else it blocks on the channel), and
 never while busy."""
 from __future__ import annotations
@@ -12,14 +12,14 @@ from sdq.scheduling import watch
 from sdq.state import fleet
 from sdq.state.keys import FLEET_EVENTS_CHANNEL
 from tests.conftest import wait_until
-from workers.idlewatch import STOP_CHECK_S, IdleWatch
+from workers.fleet.idlewatch import STOP_CHECK_S, IdleWatch
 
 
 pytestmark = pytest.mark.serial  # poll intervals measured
 
 
 class Looks:
-    """Stands in for `workers.backups.Backups`: counts looks; `watched` is what the next look reports."""
+    """Stands in for `workers.running.backups.Backups`: counts looks; `watched` is what the next look reports."""
 
     def __init__(self) -> None:
         self.times: list[float] = []

@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from sdq import defaults
-from sdq.cli.client import Client
+from cli.client import Client
 from tests.conftest import wait_until
 
 pytestmark = [

@@ -14,8 +14,8 @@ import pytest
 import requests
 from PIL import Image
 
-from sdq.cli.client import Client
-from sdq.cli.services import wait_for
+from cli.client import Client
+from cli.services import wait_for
 from sdq.exceptions import ApiError
 from sdq.gridlayout import LABEL_H, LABEL_W
 from sdq.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, tenant_secret, verify

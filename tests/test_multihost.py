@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from sdq.cli.client import Client
-from sdq.cli.services import Stack, seaweedfs_binary
+from cli.client import Client
+from cli.services import Stack, seaweedfs_binary
 from tests.conftest import wait_until
 from tests.support.netns import Network, unavailable_reason
 

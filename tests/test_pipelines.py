@@ -227,7 +227,7 @@ def test_cli_submit_with_init_image(stack, client, store, tmp_path):
     sketch((64, 64)).save(path, format="JPEG")
     prompts = tmp_path / "p.txt"
     prompts.write_text("a sketch of a cat\n")
-    out = subprocess.run([sys.executable, "-m", "sdq.cli", "submit", str(prompts), "--pipeline", "img2img",
+    out = subprocess.run([sys.executable, "-m", "cli", "submit", str(prompts), "--pipeline", "img2img",
                           "--init-image", str(path), "--strength", "0.5", "--steps", "2", "--seed", "9",
                           "--wait", "--json"], capture_output=True, text=True, timeout=240,
                          env={**os.environ, **stack.env})
@@ -250,7 +250,7 @@ def test_watermark_is_embedded_on_request_and_inspect_reports_it(stack, client, 
     assert 0 < diff.mean() < 12
     for img, name, want in ((marked, "marked.png", "present"), (plain, "plain.png", "absent")):
         img.save(tmp_path / name, pnginfo=_pnginfo(img))
-        out = subprocess.run([sys.executable, "-m", "sdq.cli", "inspect", str(tmp_path / name)],
+        out = subprocess.run([sys.executable, "-m", "cli", "inspect", str(tmp_path / name)],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert "Seed: 77" in out.stdout and f"Watermark: {want}" in out.stdout

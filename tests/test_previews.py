@@ -12,7 +12,7 @@ import redis
 from PIL import Image
 
 from sdq import defaults, pipelines
-from sdq.cli.client import Client
+from cli.client import Client
 from sdq.exceptions import InvalidInput
 from sdq.options import OPTIONS, Submit
 from sdq.state.keys import events_channel

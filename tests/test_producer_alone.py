@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import FAST, wait_job
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "sdq", "producer", "workers", "storage")
+SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "sdq", "producer", "workers", "storage", "cli")
 
 SCRIPT = """
 import importlib.util, json, sys

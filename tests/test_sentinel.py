@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
-from sdq.cli.client import Client
-from sdq.cli.services import Stack, free_port, wait_for
+from cli.client import Client
+from cli.services import Stack, free_port, wait_for
 from sdq.exceptions import ApiError, ConfigError
 from sdq.state.redisconn import broker, parse_sentinel
 

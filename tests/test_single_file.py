@@ -11,7 +11,7 @@ import pytest
 import requests
 from PIL import Image
 
-from sdq.cli.client import Client
+from cli.client import Client
 from sdq.sources import builtin_path
 from tests.conftest import FAST, wait_job
 from tests.test_skeleton import direct_image

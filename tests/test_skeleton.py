@@ -92,7 +92,7 @@ def test_producer_imports_without_torch(tmp_path):
     """The producer extra alone: torch, diffusers and transformers are unimportable."""
     code = ("import sys\n"
             "for m in ('torch', 'diffusers', 'transformers', 'accelerate'): sys.modules[m] = None\n"
-            "import producer.app, storage, sdq.cli.main\n"
+            "import producer.app, storage, cli.main\n"
             "app = producer.app.create_app()\n"
             "c = app.test_client()\n"
             "r = c.post('/v1/jobs', json={'prompts': []})\n"

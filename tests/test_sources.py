@@ -15,11 +15,11 @@ import torch
 from sdq.exceptions import ModelError
 from sdq.sources import (BuiltinSource, FileSource, FolderSource, HubSource, ModelSource, StoreSource,
                          builtin_path, source_for)
-from workers.device import Device
-from workers.generation import generate
-from workers.pipelines import PipelineCache
-from workers.sources import WorkerFetcher
-from workers.sources import WeightsHasher
+from workers.loading.device import Device
+from workers.running.generation import generate
+from workers.loading.pipelines import PipelineCache
+from workers.loading.sources import WorkerFetcher
+from workers.loading.sources import WeightsHasher
 
 CPU = Device("cpu", "fp32", "cpu")
 PARAMS = {"width": 64, "height": 64, "steps": 2, "guidance_scale": 7.5, "scheduler": "pndm"}

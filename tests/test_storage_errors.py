@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdq.cli.services import free_port
+from cli.services import free_port
 from storage import ObjectMissing, ResultStore, StorageError, StorageUnavailable
 
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 import requests
 
-from sdq.cli.services import free_port
+from cli.services import free_port
 from sdq.config import Settings
 from sdq.exceptions import ConfigError
 from sdq.state import fleet
@@ -62,7 +62,7 @@ def test_tokens_file(tmp_path):
 
 def test_producer_with_a_malformed_token_stops_at_start_with_a_clear_message():
     env = {**os.environ, "SDQ_API_TOKENS": "alice:tok-alice-1,bob:"}
-    proc = subprocess.run([sys.executable, "-m", "sdq.cli", "producer", "--port", str(free_port())], env=env,
+    proc = subprocess.run([sys.executable, "-m", "cli", "producer", "--port", str(free_port())], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "SDQ_API_TOKENS" in proc.stderr and "bob" in proc.stderr, proc.stderr[-2000:]

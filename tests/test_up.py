@@ -11,15 +11,15 @@ from pathlib import Path
 
 import requests
 
-from sdq.cli.client import Client
-from sdq.cli.services import free_port, wait_for
+from cli.client import Client
+from cli.services import free_port, wait_for
 
 
 def up(workdir: Path, *args: str) -> subprocess.Popen:
     """`sdq up --workers 0` on `workdir`; its stderr (its services log there too) goes to a file beside it,
     read back by `err`."""
     path = workdir.parent / f"{workdir.name}-up-{len(list(workdir.parent.glob(workdir.name + '-up-*')))}.err"
-    proc = subprocess.Popen([sys.executable, "-m", "sdq.cli", "up", "--workers", "0", "--workdir", str(workdir),
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--workers", "0", "--workdir", str(workdir),
                              *args], stdout=subprocess.DEVNULL, stderr=path.open("w"), text=True)
     proc.err_path = path
     return proc

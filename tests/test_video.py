@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers import video
+from workers.running import video
 
 PIPELINES = {"tiny-wan": "WanPipeline", "tiny-ltx": "LTXPipeline"}
 """Built-in text-to-video model -> the diffusers class its folder loads as."""
@@ -44,7 +44,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def built(models_dir) -> dict[str, Path]:
-    from workers.builtin import ensure_builtin
+    from workers.builtins.registry import ensure_builtin
 
     return {name: ensure_builtin(models_dir, name) for name in {**PIPELINES, **IMAGE_PIPELINES}}
 
@@ -78,7 +78,7 @@ def clips(pipes) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("name", {**PIPELINES, **IMAGE_PIPELINES})
 def test_generated_the_same_bytes_every_time(tmp_path, built, name):
-    from workers.builtin import BUILDERS
+    from workers.builtins.registry import BUILDERS
 
     BUILDERS[name](tmp_path / "again")
     again = digests(tmp_path / "again")
@@ -145,7 +145,7 @@ def test_image_to_video_follows_the_image_and_the_seed(built, name):
 
 
 class Stop(Exception):
-    """Raised from the step hook, as the worker's cancel does (`workers.generation`)."""
+    """Raised from the step hook, as the worker's cancel does (`workers.running.generation`)."""
 
 
 @pytest.mark.parametrize("name", PIPELINES)

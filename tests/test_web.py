@@ -10,9 +10,9 @@ import pytest
 import requests
 from PIL import Image
 
-from sdq.cli.client import Client
+from cli.client import Client
 from tests.conftest import FAST, wait_job
-from workers.thumbs import THUMB_SIDE, encode_thumb, store_thumb, thumb_key
+from workers.running.thumbs import THUMB_SIDE, encode_thumb, store_thumb, thumb_key
 
 TOKENS = {"alice": "web-alice-token", "bob": "web-bob-token"}
 

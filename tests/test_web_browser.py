@@ -245,7 +245,7 @@ def test_readable_at_375_px(browser, stack):
 def test_token_is_asked_for_and_kept_for_the_session_only(browser, stack_factory):
     tokens = {"carol": "web-carol-token", "dave": "web-dave-token"}
     st = stack_factory("web-browser-tokens", env={"SDQ_API_TOKENS": ",".join(f"{o}:{t}" for o, t in tokens.items())})
-    from sdq.cli.client import Client
+    from cli.client import Client
 
     mine = Client(st.env["SDQ_SERVER"], tokens["carol"]).submit({"prompts": ["carol's"]})["id"]
     theirs = Client(st.env["SDQ_SERVER"], tokens["dave"]).submit({"prompts": ["dave's"]})["id"]

@@ -160,7 +160,7 @@ def redis_jobs(dns_redis) -> JobStore:
 def test_dns_resolution_is_inside_the_delivery_deadline(redis_jobs, slow_dns):
     """A host whose name never resolves fails the attempt at the deadline (before: the deadline began
     only after resolution, so the attempt waited as long as the resolver did)."""
-    from workers.webhook_delivery import deliver_webhook
+    from workers.finishing.webhook_delivery import deliver_webhook
 
     job_id = _job(redis_jobs, "http://hooks.slow.example/hook", "tenant-a")
     outcome: list[object] = []
@@ -184,8 +184,8 @@ def test_dns_resolution_is_inside_the_delivery_deadline(redis_jobs, slow_dns):
 def test_slow_dns_of_one_tenant_leaves_the_courier_to_others(dns_redis, redis_jobs, slow_dns, good):
     """In a courier of 4 threads, tenant A's 20 webhooks to names that never resolve hold at most its own
     slots; tenant B's webhook, handed over after them, is delivered at once."""
-    from workers.courier import Courier
-    from workers.webhook_delivery import deliver_webhook
+    from workers.finishing.courier import Courier
+    from workers.finishing.webhook_delivery import deliver_webhook
 
     settings = Settings(webhook_allow_private=True)
     celery = make_celery(dns_redis)

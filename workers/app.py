@@ -24,26 +24,26 @@ from sdq.state.redisconn import connect
 from sdq.state.resultindex import ResultIndex
 from sdq.state.store import JobStore
 from storage import ResultStore
-from workers.backups import Backups
-from workers.capability import Activity, Capability, Heartbeat, worker_models
-from workers.courier import Courier
-from workers.device import Device, select_device, set_threads
-from workers.faults import Faults
-from workers.finalize import finalize_job
-from workers.idlewatch import IdleWatch
-from workers.leases import Leases
-from workers.parts import Outputs, Presence, RunOptions
+from workers.running.backups import Backups
+from workers.fleet.capability import Activity, Capability, Heartbeat, worker_models
+from workers.finishing.courier import Courier
+from workers.loading.device import Device, select_device, set_threads
+from workers.testing.faults import Faults
+from workers.finishing.finalize import finalize_job
+from workers.fleet.idlewatch import IdleWatch
+from workers.fleet.leases import Leases
+from workers.running.parts import Outputs, Presence, RunOptions
 from workers import options as worker_options
-from workers.pipelines import PipelineCache, warm_imports
-from workers.preview import PreviewDecoders, decoder_loader
-from workers.reaper import Reaper
-from workers.resultcache import CachedResults
-from workers.routing import Router
-from workers.runner import Runner
-from workers.speedometer import Speedometer
+from workers.loading.pipelines import PipelineCache, warm_imports
+from workers.running.preview import PreviewDecoders, decoder_loader
+from workers.fleet.reaper import Reaper
+from workers.running.resultcache import CachedResults
+from workers.running.routing import Router
+from workers.running.runner import Runner
+from workers.running.speedometer import Speedometer
 from workers.tasks import register
-from workers.uploader import Uploader
-from workers.webhook_delivery import deliver_webhook
+from workers.running.uploader import Uploader
+from workers.finishing.webhook_delivery import deliver_webhook
 
 log = logging.getLogger("sdq.worker")
 
@@ -67,7 +67,7 @@ class WorkerOptions:
     safety_checker: bool = True
     upscale_batch: int | None = None
     loglevel: str = "INFO"
-    # A CPU worker's path (`workers.cpu_paths`): eager, channels_last, compile or fastest (measured at start).
+    # A CPU worker's path (`workers.loading.cpu_paths`): eager, channels_last, compile or fastest (measured at start).
     cpu_path: str = "eager"
     # Preview decoders by latent channels (`--preview-decoder 4=madebyollin/taesd`), over the built-in tiny ones.
     preview_decoders: dict[int, str] | None = None

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class ChunkRunner(Protocol):
-    """What runs a chunk message (`workers.runner.Runner`)."""
+    """What runs a chunk message (`workers.running.runner.Runner`)."""
 
     def run_chunk(self, chunk: Chunk) -> None:
         """Make the chunk's items; raise when its message must be delivered again."""
@@ -47,7 +47,7 @@ def register(celery: Celery, runner: ChunkRunner | None, on_webhook: Callable[[s
                  autoretry_for=(WebhookFailed,), retry_backoff=1, retry_backoff_max=defaults.WEBHOOK_BACKOFF_MAX,
                  retry_jitter=True, max_retries=defaults.WEBHOOK_MAX_RETRIES)
     def webhook(self, job_id: str, attempt: int | None = None) -> None:
-        # hands the attempt to the courier (`workers.courier`), which queues it per tenant or sends it back
+        # hands the attempt to the courier (`workers.finishing.courier`), which queues it per tenant or sends it back
         if on_webhook is not None:
             on_webhook(job_id, attempt or self.request.retries + 1)
 
@@ -55,7 +55,7 @@ def register(celery: Celery, runner: ChunkRunner | None, on_webhook: Callable[[s
                  autoretry_for=(Exception,), retry_backoff=1, retry_backoff_max=defaults.FINALIZE_BACKOFF_MAX,
                  retry_jitter=True, max_retries=None)
     def finalize(self, job_id: str) -> None:
-        # idempotent (`workers.finalize.finalize_job`): retried until it succeeds
+        # idempotent (`workers.finishing.finalize.finalize_job`): retried until it succeeds
         if on_finalize is None:
             return
         try:

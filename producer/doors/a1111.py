@@ -1,6 +1,6 @@
 """The AUTOMATIC1111 web UI's API under `/sdapi/v1`: A1111 clients (`webuiapi`, chat front ends, plugins) on the queue.
 
-Each txt2img/img2img request becomes an ordinary sdq job of the caller's tenant (`producer.jobs.submit`: caps,
+Each txt2img/img2img request becomes an ordinary sdq job of the caller's tenant (`producer.planning.jobs.submit`: caps,
 priority, cache, webhooks and storage as usual; it shows in `GET /v1/jobs`), waited for (`a1111_run`) and
 answered in A1111's shapes. Errors are FastAPI's, as A1111 answers them: `{"detail": [{"loc", "msg", "type"}]}`
 with a 422 for a bad field, `{"detail": "..."}` otherwise. Options (`sd_model_checkpoint` ...) are the
@@ -18,7 +18,9 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from producer import bodies, catalog, errors, jobs, offload, uploads
+from producer import bodies, catalog, errors, offload, uploads
+
+from producer.planning import jobs
 from producer.doors import a1111_run as run, waiting
 from producer.doors.a1111_schema import IMAGE_MAX_CHARS, Img2ImgIn, PngInfoIn, Txt2ImgIn
 from producer.doors.a1111_translate import (HARMLESS_SETTINGS, SCHEDULERS, a1111_field, checkpoint, sampler_table,

@@ -2,7 +2,7 @@
 
 `OpenAI(base_url="http://HOST:8000/openai/v1", api_key=TOKEN)` works unchanged: the API key is the
 caller's sdq token (the Bearer auth of every route), and every request becomes an ordinary sdq job of
-the caller's tenant (`producer.jobs.submit`: caps, priorities, the result cache, storage as usual;
+the caller's tenant (`producer.planning.jobs.submit`: caps, priorities, the result cache, storage as usual;
 the job shows in `GET /v1/jobs`). The request then waits for its job (`openai_wait`), bounded by
 `SDQ_OPENAI_WAIT_SECONDS`, and answers OpenAI's `ImagesResponse`. Errors are OpenAI's error object
 (`{"error": {"message", "type", "param", "code"}}`, `errors.register_dialect`); bad input is a 400
@@ -16,7 +16,9 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from producer import bodies, catalog, jobs
+from producer import bodies, catalog
+
+from producer.planning import jobs
 from producer.doors import openai_images, openai_params, openai_wait, waiting
 from producer.doors.openai_params import DoorSettings, ImageRequest, parse_request
 from producer.errors import register_dialect

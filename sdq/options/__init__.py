@@ -3,10 +3,10 @@ job-wide option of `params` (`sdq.options.base`), each in its own module here, w
 `workers.options`.
 
 Every stage iterates `OPTIONS` and no other module names an option: the request schema
-(`producer.schemas`), the producer's plan (`producer.jobs`), the item's size, steps and work
-(`final_size`, `loop_steps`, `work` below), the result-cache key (`workers.resultcache`), infotext
-(`workers.infotext`, `sdq.infotext`), the router's warm-weights affinity (`workers.routing`), the
-worker's generation (`workers.generation`) and the CLI (`sdq.cli.jobs`). Adding an option means a
+(`producer.schemas`), the producer's plan (`producer.planning.jobs`), the item's size, steps and work
+(`final_size`, `loop_steps`, `work` below), the result-cache key (`workers.running.resultcache`), infotext
+(`workers.running.infotext`, `sdq.infotext`), the router's warm-weights affinity (`workers.running.routing`), the
+worker's generation (`workers.running.generation`) and the CLI (`cli.jobs`). Adding an option means a
 module here, a hook in `workers.options`, and their tests (docs/DESIGN.md, "Adding a request option").
 Torch-free.
 """

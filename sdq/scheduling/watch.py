@@ -1,5 +1,5 @@
 """When an idle worker looks for stragglers, and when a running item is expected to end: pure
-rules used by the workers (`workers.backups`, `workers.watch`) and the fleet simulator (`bench/sim.py`).
+rules used by the workers (`workers.running.backups`, `workers.watch`) and the fleet simulator (`bench/sim.py`).
 
 1. Expected end (`pace_end`): before an item has run `MIN_PACE_STEPS` denoising steps, the end its
    worker published (from its measured rate, or the typical rate of its device kind when it has not

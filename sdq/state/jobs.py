@@ -142,7 +142,7 @@ class Jobs(ScriptedStore):
 
         Works in slices of `SLICE` items, one short script each, so a big job never blocks the
         Redis that is also the broker. Returns the new state and whether this call ended the job
-        (it is then recorded "to finalise", see `workers.finalize`).
+        (it is then recorded "to finalise", see `workers.finishing.finalize`).
         """
         state = self.scripts["cancel_begin"](keys=[keys.job_key(job_id)])
         if state is None:

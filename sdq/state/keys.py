@@ -22,7 +22,7 @@ The fleet and the rest: ``sdq:worker:<name>`` / ``sdq:workers`` / ``sdq:fleet:ev
 ``sdq:a1111-options:<owner>`` (`producer.doors.a1111`),
 ``sdq:held:<kind>:<owner>`` and ``sdq:upload-bytes:<owner>:<day>`` (per-tenant limits, `sdq.state.limits`),
 ``sdq:once:<owner>:<door>:<digest>`` (idempotency keys, `sdq.state.idempotency`),
-``sdq:debug:...`` (fault injection, `workers.faults`) and kombu's ``unacked_index``.
+``sdq:debug:...`` (fault injection, `workers.testing.faults`) and kombu's ``unacked_index``.
 
 The Lua scripts (`sdq.state.scripts`) get every key in KEYS, built here: `job_script_keys`.
 sdq runs on one Redis (not Cluster), so a script may touch keys of several jobs.
@@ -52,7 +52,7 @@ FLEET_KEY = "sdq:workers"
 
 FLEET_EVENTS_CHANNEL = "sdq:fleet:events"
 """Pub/sub channel: the name of each worker that publishes its record (it started or finished
-something, or its heartbeat); idle workers look for stragglers when it speaks (`workers.idlewatch`)."""
+something, or its heartbeat); idle workers look for stragglers when it speaks (`workers.fleet.idlewatch`)."""
 
 OUTBOX_KEY = "sdq:outbox"
 """The outbox (`sdq.state.outbox`): sorted set of messages to publish, by the time they are due; each

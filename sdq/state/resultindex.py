@@ -3,7 +3,7 @@
 Torch-free. `cache_key` names what makes an image's bytes; `ResultIndex` maps such a key to the
 object that holds the image (``sdq:rcache:<key>`` -> JSON entry, expiring `RESULT_CACHE_TTL` after
 it was made or last served). The worker looks items up before it loads a model and registers each
-result it stores (`workers.resultcache`). See docs/USAGE.md "Result cache".
+result it stores (`workers.running.resultcache`). See docs/USAGE.md "Result cache".
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class Maker:
 
     model: str
     weights: str
-    """Digest of the model's files (`workers.sources.WeightsHasher`)."""
+    """Digest of the model's files (`workers.loading.sources.WeightsHasher`)."""
     device_kind: str
     """`cpu` or `gpu` (`sdq.contract.worker_kind`)."""
     dtype: str

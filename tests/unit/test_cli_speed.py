@@ -1,7 +1,7 @@
 """`sdq workers` shows measured speeds in units people read."""
 from __future__ import annotations
 
-from sdq.cli.jobs import _speed
+from cli.jobs import _speed
 
 
 def test_rates_read_as_steps_per_second_and_time_per_image():

@@ -17,19 +17,19 @@ def test_every_sampler_name_maps_back_to_one_scheduler():
 
 
 def test_every_item_parameter_has_a_named_default():
-    from producer.jobs import DEFAULTS
+    from producer.planning.jobs import DEFAULTS
     from producer.schemas import ITEM_PARAM_KEYS, Overrides
 
     from sdq.pipelines import FAMILY_PARAMS
 
-    # a model family's own parameters get its family's default at submit (producer.family)
+    # a model family's own parameters get its family's default at submit (producer.planning.family)
     assert set(DEFAULTS) | set(FAMILY_PARAMS) == set(ITEM_PARAM_KEYS) == set(Overrides.model_fields)
     assert DEFAULTS["steps"] == defaults.STEPS and defaults.SCHEDULER in contract.SCHEDULERS
     Overrides.model_validate(DEFAULTS)  # the defaults pass the schema's own checks
 
 
 def test_a_workers_kind_is_the_contracts():
-    from workers.device import Device
+    from workers.loading.device import Device
 
     assert Device("cpu", "fp32", "x").kind == contract.worker_kind("cpu") == "cpu"
     assert Device("cuda:1", "fp16", "x").kind == contract.worker_kind("cuda:1") == "gpu"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from workers.courier import Courier
+from workers.finishing.courier import Courier
 
 
 class Broker:

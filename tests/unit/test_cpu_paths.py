@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sdq.exceptions import CapabilityError
-from workers.cpu_paths import MIN_GAIN, PROBE_ROUNDS, bf16_native_cpu, cpu_flags, cpu_model, resolve_cpu_path
-from workers.device import select_device
+from workers.loading.cpu_paths import MIN_GAIN, PROBE_ROUNDS, bf16_native_cpu, cpu_flags, cpu_model, resolve_cpu_path
+from workers.loading.device import select_device
 
 AMX = """processor\t: 0
 vendor_id\t: GenuineIntel

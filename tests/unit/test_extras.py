@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from producer.jobs import plan_job
+from producer.planning.jobs import plan_job
 from producer.schemas import parse_submit
 from sdq import contract, options, pipelines
 from sdq.options import controlnet

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from producer.jobs import plan_job
+from producer.planning.jobs import plan_job
 from producer.schemas import parse_submit
 from sdq import families, pipelines
 from sdq.config import Settings

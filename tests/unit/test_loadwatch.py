@@ -5,8 +5,8 @@ import threading
 
 import redis
 
-from workers.leases import Leases
-from workers.loadwatch import progress_while
+from workers.fleet.leases import Leases
+from workers.loading.loadwatch import progress_while
 
 
 def test_a_long_load_is_progress_not_a_stall():

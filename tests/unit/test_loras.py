@@ -112,7 +112,7 @@ def test_the_a1111_hash_covers_the_tensors_not_the_header(tmp_path):
 def test_the_cli_lora_flag(flag, entry):
     from argparse import Namespace
 
-    from sdq.cli.jobs import build_body
+    from cli.jobs import build_body
 
     args = Namespace(model="builtin:tiny-sd", pipeline="txt2img", priority=5, device=None, loras=[flag])
     assert build_body(args, [{"prompt": "x"}])["params"]["loras"] == [entry]

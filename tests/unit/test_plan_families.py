@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from producer.jobs import plan_job, route
+from producer.planning.jobs import plan_job, route
 from producer.schemas import parse_submit
 from sdq import families
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.records import Chunk
-from workers.routing import Router
+from workers.running.routing import Router
 
 SETTINGS = Settings.from_env({})
 FAST = {"width": 64, "height": 64, "steps": 2}

@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from sdq.cli.progress import Progress, describe
+from cli.progress import Progress, describe
 
 
 def _doc(done: int, state: str = "running") -> dict:

@@ -61,7 +61,7 @@ def test_opt_out_is_per_item():
 
 
 def test_submit_records_the_opt_out_per_item_without_splitting_chunks():
-    from producer.jobs import plan_job, route
+    from producer.planning.jobs import plan_job, route
     from producer.schemas import parse_submit
     from sdq.config import Settings
 
@@ -86,8 +86,8 @@ def test_submit_records_the_opt_out_per_item_without_splitting_chunks():
 
 
 def test_cli_no_cache_flag():
-    from sdq.cli.jobs import build_body
-    from sdq.cli.main import _parser
+    from cli.jobs import build_body
+    from cli.main import _parser
 
     args = _parser().parse_args(["submit", "-", "--no-cache", "--steps", "4"])
     assert build_body(args, [{"prompt": "a"}])["params"] == {"steps": 4, "cache": False}
@@ -106,7 +106,7 @@ def test_prompt_files_may_opt_single_items_out():
 
 
 def test_summary_table_counts_cached_items_apart():
-    from sdq.cli.jobs import summary_table
+    from cli.jobs import summary_table
 
     items = [{"index": i, "state": "succeeded", "worker": "w1", "duration_s": d, "cached": c}
              for i, (d, c) in enumerate([(2.0, None), (0.01, True), (4.0, None)])]

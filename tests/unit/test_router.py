@@ -9,8 +9,8 @@ import pytest
 from sdq import defaults
 from sdq.scheduling import scheduling, speed
 from sdq.records import Chunk, Item
-from workers.routing import Defer, Fail, HandOff, PassOn, Retry, Router, Run, next_try
-from workers.speedometer import Speedometer
+from workers.running.routing import Defer, Fail, HandOff, PassOn, Retry, Router, Run, next_try
+from workers.running.speedometer import Speedometer
 
 QUEUE = "sdq.cpu.fp32.p256"
 PARAMS = {"width": 64, "height": 64, "steps": 10, "guidance_scale": 7.0, "scheduler": "ddim"}
@@ -20,7 +20,7 @@ NOW = 1_000_000.0
 def record(name: str, *, queues: tuple[str, ...] = (QUEUE,), models: tuple[str, ...] = (),
            loaded: tuple[str, ...] = (), current: dict[str, Any] | None = None, kind: str = "cpu",
            rate: float | None = None) -> dict[str, Any]:
-    """A capability record with the fields the router reads (as `workers.capability` publishes them)."""
+    """A capability record with the fields the router reads (as `workers.fleet.capability` publishes them)."""
     key = speed.speed_key("tiny", "txt2img", 64 * 64)
     return {"name": name, "kind": kind, "queues": list(queues), "models": list(models),
             "loaded_models": list(loaded), "current_item": current, "last_seen": NOW,

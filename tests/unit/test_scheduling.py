@@ -117,7 +117,7 @@ def test_backups_take_over_the_items_a_silently_slow_worker_claimed():
 
 
 def test_a_slow_first_call_is_outweighed_soon_then_rates_are_smoothed():
-    from workers.speedometer import SMOOTHING, Speedometer
+    from workers.running.speedometer import SMOOTHING, Speedometer
 
     meter = Speedometer("cpu")
     work = speed.item_work("txt2img", PARAMS)

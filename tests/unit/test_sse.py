@@ -1,7 +1,7 @@
-"""The client's Server-Sent Events parser (`sdq.cli.client.sse_events`), which the bench's readers share."""
+"""The client's Server-Sent Events parser (`cli.client.sse_events`), which the bench's readers share."""
 from __future__ import annotations
 
-from sdq.cli.client import sse_events
+from cli.client import sse_events
 
 
 def test_frames_with_names_multiline_data_comments_and_retry_only_frames():

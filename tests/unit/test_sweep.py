@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from producer.sweep import check_sweep, combinations, count
+from producer.planning.sweep import check_sweep, combinations, count
 from sdq.exceptions import InvalidInput
 
 

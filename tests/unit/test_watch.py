@@ -71,7 +71,7 @@ def test_the_gpu_timescale_simulation_is_within_ten_percent_of_the_best_schedule
 
 
 def test_a_backup_decision_reads_the_pace_of_the_items_steps():
-    from workers.backups import run_seconds
+    from workers.running.backups import run_seconds
 
     cur = {"pipeline": "txt2img", "params": {"width": 256, "height": 256, "steps": 20}, "since": 100.0,
            "expected_s": 1.0, "running": [3]}

@@ -21,7 +21,7 @@ class CallContext:
     """One call of a micro-batch, for hooks that add passes after it: the cache and model, the task
     and the item's parameters, the batch's prompts, seeds and input images, the step callback, and
     `run(pipe, loaded, task, params, prompts, negative_prompts, seeds, images, callback)`, the
-    worker's pipeline call (`workers.generation.run`)."""
+    worker's pipeline call (`workers.running.generation.run`)."""
 
     cache: Any
     loaded: Any

@@ -1,12 +1,12 @@
 """The worker hook of `params.preview` (`sdq.options.preview`): a per-step function that decodes the call's
-latents now and then with the worker's tiny preview decoder and publishes each item's JPEG (`workers.preview`)."""
+latents now and then with the worker's tiny preview decoder and publishes each item's JPEG (`workers.running.preview`)."""
 from __future__ import annotations
 
 import logging
 from typing import Any
 
 from workers.options.base import OptionHook, StepContext, StepFunction
-from workers.preview import PreviewDecoders, Previews, latent_channels
+from workers.running.preview import PreviewDecoders, Previews, latent_channels
 
 log = logging.getLogger(__name__)
 

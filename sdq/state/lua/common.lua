@@ -57,7 +57,7 @@ local function maybe_finish(k, now)
   redis.call('HSET', job, 'state', final, 'finished_at', now)
   redis.call('ZREM', ACTIVE, k.id)
   -- recorded "to finalise" in the same step: a finalize task writes manifest/grid/webhook and
-  -- removes it; a sweeper sends the task again for any job left here (`workers.finalize`)
+  -- removes it; a sweeper sends the task again for any job left here (`workers.finishing.finalize`)
   redis.call('ZADD', FINALIZE, now, k.id)
   emit(k, 'job.finished', {id = k.id, state = final,
     counts = {succeeded = tonumber(redis.call('HGET', job, 'c:succeeded') or '0'),

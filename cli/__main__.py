@@ -1,0 +1,4 @@
+"""`python -m cli`."""
+from cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,368 @@
+"""Turning a validated submit request into a job, its items and its task messages."""
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import redis
+from celery import Celery
+
+from producer.options import Checked, check_options
+from producer.planning.family import check_item, family_defaults, info_for
+from producer.planning.inputs import ItemImages, item_images
+from producer.schemas import ITEM_PARAM_KEYS, ItemIn, SubmitRequest
+from producer.planning.sweep import check_sweep, combinations, count as sweep_count
+from producer.tenants import check_queue_room
+from producer.uploads import upload_record
+from sdq import contract, defaults, families, options, pipelines
+from sdq.celery_app import item_queue, send_chunk
+from sdq.config import Settings
+from sdq.exceptions import AlreadySubmitted, InvalidInput, NotFound
+from sdq.families import Family, ModelInfo
+from sdq.gridlayout import GRID_MAX_ITEMS, check_fits
+from sdq.models import check_model
+from sdq.params import check_denoising
+from sdq.records import Chunk, Item, Job
+from sdq.scheduling import scheduling, speed
+from sdq.state import fleet
+from sdq.state.idempotency import Once, first_job
+from sdq.state.outbox import Outbox
+from sdq.state.store import JobStore
+from sdq.webhooks import check_webhook_url
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {key: getattr(defaults, key.upper(), None) for key in ITEM_PARAM_KEYS
+                            if key not in pipelines.FAMILY_PARAMS} | {
+    p.name: p.default for p in pipelines.all_params().values() if p.name not in pipelines.FAMILY_PARAMS}
+"""Item parameter defaults (the named ones in `sdq.defaults`), applied at submit and recorded in the job;
+a model family's own defaults are added over them (`producer.planning.family`)."""
+
+
+@dataclass
+class Plan:
+    """A job ready to record and enqueue."""
+
+    job: Job
+    items: list[Item]
+    warnings: list[str] = field(default_factory=list)
+    replayed: bool = False
+    """True when an idempotency key named an earlier job: `job` is that job, nothing new was made."""
+
+
+def _item_params(base: dict[str, Any], override: Any | None) -> dict[str, Any]:
+    params = {k: base.get(k) for k in ITEM_PARAM_KEYS}
+    if override is not None:
+        params.update({k: getattr(override, k) for k in ITEM_PARAM_KEYS if getattr(override, k) is not None})
+    # A family parameter is carried only when set (its family's default, or given): other families'
+    # items stay as they were (their result cache keys and infotext unchanged).
+    return {k: v for k, v in params.items() if v is not None or k not in pipelines.FAMILY_PARAMS}
+
+
+def _pixels(pipeline: str, params: dict[str, Any]) -> int:
+    w, h = contract.item_size(pipeline, params)
+    return w * h
+
+
+def _check_limits(pipeline: str, params: dict[str, Any], where: str, settings: Settings) -> None:
+    _check_denoising(pipeline, params, where)
+    w, h = contract.item_size(pipeline, params)
+    if w * h > settings.max_pixels:
+        first = pipelines.spec(pipeline).output_size(params["width"], params["height"])
+        grown = next((o.size_field for o, _ in options.active(params) if o.size_field), None)
+        field = grown if grown and first[0] * first[1] <= settings.max_pixels else f"{where}width"
+        raise InvalidInput(field, f"{w}x{h} output ({w * h} pixels) exceeds this server's limit of "
+                           f"{settings.max_pixels} pixels per image", code="too_large")
+
+
+def _check_denoising(pipeline: str, params: dict[str, Any], where: str) -> None:
+    """Refuse a pass that would run no denoising step: diffusers' img2img runs `int(steps * strength)`."""
+    scaled_by = pipelines.spec(pipeline).steps_scaled_by
+    if scaled_by:
+        check_denoising(params["steps"], params["strength"], f"{where}{scaled_by}")
+
+
+def _init_image_size(params: dict[str, Any], record: dict[str, Any] | None, explicit: set[str],
+                     multiple: int = 8) -> dict[str, Any]:
+    """Image pipelines work at the init image's size unless width/height are given: the worker resizes
+    the image to width x height (rounded down to a multiple of 8, or of the model family's own
+    `size_multiple`); upscale makes 4x that."""
+    if record is None:
+        return params
+    size = {"width": record["width"], "height": record["height"]}
+    return {**params, **{k: max(multiple, v // multiple * multiple) for k, v in size.items() if k not in explicit}}
+
+
+@dataclass
+class _Source:
+    """One prompt (or entry of `items`) with its resolved parameters, before sweep cells and copies."""
+
+    index: int
+    prompt: str
+    item: ItemIn | None
+    params: dict[str, Any]
+    images: ItemImages
+    negative_prompt: str
+    cache: bool
+
+
+def plan_job(req: SubmitRequest, settings: Settings, owner: str,
+             uploads: Callable[[str, str], dict[str, Any]] | None = None) -> Plan:
+    """Validate `req` against the server's limits and expand it into items (nothing written).
+    `uploads(key, field)` returns an init image's upload record or raises InvalidInput naming `field`."""
+    # 1. Model and job-wide parameters.
+    check_model(req.model, req.pipeline, settings.models)
+    if req.webhook_url:
+        check_webhook_url(req.webhook_url, settings.webhook_allow_private)
+    sweep = check_sweep(req.sweep)
+    given = req.params.model_dump(exclude_none=True)
+    info = info_for(req.model, req.pipeline)  # the model's family, when the producer can read the model
+    base = {**DEFAULTS, **family_defaults(info, given), **given}
+    check_item(info.family, req.model, base, "params.")
+    spec = pipelines.spec(req.pipeline)
+    # Request options (`sdq.options`): each checked for this pipeline and model; the job records the checked values.
+    checked = check_options(given, options.Submit(spec, req.model, info.family.name if info.family else None,
+                                                  settings.models, uploads))
+    base = {k: v for k, v in base.items() if k not in options.OPTIONS} | checked.values
+    if spec.default_side is not None:
+        base.update({side: spec.default_side for side in ("width", "height") if side not in given})
+    seed = req.params.seed if req.params.seed is not None else secrets.randbelow(2**31)
+
+    # 2. Items: prompts or explicit items, times sweep combinations, times images_per_prompt.
+    _check_count(req, sweep, settings.max_items)
+    items = _expand(req, settings, base, given, seed, combinations(sweep), uploads, checked, info.family)
+
+    # 3. Checks over all the items: the watermark's smallest image, the grid's largest sheet.
+    if req.params.watermark:
+        _check_watermark(req.pipeline, items)
+    if req.params.grid:
+        _check_grid(req.pipeline, items, sweep, req.params.images_per_prompt)
+
+    # 4. The job record.
+    return Plan(_job_record(req, settings, owner, base, seed, sweep, len(items), info), items)
+
+
+def _check_count(req: SubmitRequest, sweep: dict[str, list[Any]], max_items: int) -> None:
+    """Refuse a job of more than `max_items` items (or a grid of too many), counted before any is made."""
+    n_sources = len(req.prompts) if req.prompts else len(req.items or [])
+    total = n_sources * sweep_count(sweep) * req.params.images_per_prompt
+    if total > max_items:
+        raise InvalidInput("sweep" if sweep else "prompts" if req.prompts else "items",
+                           f"{total} items exceed this server's limit of {max_items} per job",
+                           code="too_many_items")
+    if req.params.grid and total > GRID_MAX_ITEMS:
+        raise InvalidInput("params.grid", f"a grid holds at most {GRID_MAX_ITEMS} images; this job has {total}",
+                           code="too_many_items")
+
+
+def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given: dict[str, Any], seed: int,
+            combos: list[dict[str, Any]], uploads: Callable[[str, str], dict[str, Any]] | None,
+            checked: Checked, fam: Family | None = None) -> list[Item]:
+    """The items of every prompt or entry of `items`, each checked against the server's limits and
+    the model's family (`fam`, None: not known here)."""
+    sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items or []]
+    items: list[Item] = []
+    for src, (prompt, it) in enumerate(sources):
+        where = f"items[{src}]." if it is not None else "params."
+        params = _item_params(base, it)
+        images = item_images(pipelines.spec(req.pipeline), given, it, where, uploads)
+        size = checked.check_size(images.size, where)
+        if size is not None:
+            explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
+            params = _init_image_size(params, size, explicit, fam.size_multiple if fam else 8)
+        params = checked.apply(params, fam.size_multiple if fam else 8)
+        _check_limits(req.pipeline, params, where, settings)
+        negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
+        check_item(fam, req.model, params, where, negative)
+        cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
+        source = _Source(src, prompt, it, params, images, negative, cache)
+        items += _cells(source, combos, req, seed, len(items), settings, fam)
+    return items
+
+
+def _cells(source: _Source, combos: list[dict[str, Any]], req: SubmitRequest, seed: int, start: int,
+           settings: Settings, fam: Family | None = None) -> list[Item]:
+    """The items of one source: a sweep cell each (or the one empty cell), times images_per_prompt."""
+    n_per = req.params.images_per_prompt
+    out: list[Item] = []
+    for combo in combos:
+        # A sweep overrides job and item values; its cells of one prompt share a seed.
+        cell = {**source.params, **{k: v for k, v in combo.items() if k in ITEM_PARAM_KEYS}}
+        if combo:
+            _check_limits(req.pipeline, cell, "sweep.", settings)
+            check_item(fam, req.model, cell, "sweep.")
+        for k in range(n_per):
+            index = start + len(out)
+            out.append(Item(
+                index=index, prompt=source.prompt, negative_prompt=combo.get("negative_prompt", source.negative_prompt),
+                seed=_item_seed(seed, combo, source, n_per, k, index) % (2**32), init_image=source.images.init_image,
+                images=source.images.others, params=cell, size=list(contract.item_size(req.pipeline, cell)),
+                steps=cell["steps"], sweep=combo or None, cache=None if source.cache else False))
+    return out
+
+
+def _item_seed(seed: int, combo: dict[str, Any], source: _Source, n_per: int, k: int, index: int) -> int:
+    """An item's seed: the sweep's, else its entry's (plus its copy number), else the job's counted on."""
+    if "seed" in combo:
+        return combo["seed"] + k
+    if source.item is not None and source.item.seed is not None:
+        return source.item.seed + k
+    return seed + (source.index * n_per + k if combo else index)
+
+
+def _check_watermark(pipeline: str, items: list[Item]) -> None:
+    """Refuse a watermarked job with an image too small for the invisible watermark."""
+    small = [it for it in items if _pixels(pipeline, it.params) < contract.WATERMARK_MIN_PIXELS]
+    if small:
+        w, h = contract.item_size(pipeline, small[0].params)
+        raise InvalidInput("params.watermark", f"the invisible watermark needs images of at least "
+                           f"{contract.WATERMARK_MIN_PIXELS} pixels (256x256); item {small[0].index} is {w}x{h}",
+                           code="too_small")
+
+
+def _check_grid(pipeline: str, items: list[Item], sweep: dict[str, list[Any]], n_per: int) -> None:
+    """Refuse a grid whose contact sheet of these items would be too large."""
+    sizes = [contract.item_size(pipeline, it.params) for it in items]
+    try:
+        check_fits(Job(sweep=sweep or None, params={"images_per_prompt": n_per}), len(items),
+                   (max(w for w, _ in sizes), max(h for _, h in sizes)))
+    except ValueError as exc:
+        raise InvalidInput("params.grid", str(exc), code="too_large") from None
+
+
+def _job_record(req: SubmitRequest, settings: Settings, owner: str, base: dict[str, Any], seed: int,
+                sweep: dict[str, list[Any]], n_items: int, info: ModelInfo) -> Job:
+    """The job record: its request with the defaults applied, the job seed, the watermark choice and
+    the model family's memory need (`requires.memory`, when the family is known here)."""
+    watermark = settings.watermark_default if req.params.watermark is None else req.params.watermark
+    job_params = {k: v for k, v in base.items() if k not in ("seed",)}
+    job_params["seed"] = seed
+    job_params["watermark"] = watermark
+    requires = req.requires.model_dump()
+    if info.memory is not None:  # what a worker's device must hold (`sdq.families.Memory`)
+        requires["memory"] = info.memory.record()
+    return Job(id=uuid.uuid4().hex, owner=owner, state="queued", created_at=time.time(), model=req.model,
+               pipeline=req.pipeline, params=job_params, requires=requires, priority=req.priority,
+               n_items=n_items, seed=seed, webhook_url=req.webhook_url, sweep=sweep or None)
+
+
+def _chunks(plan: Plan, workers: list[dict[str, Any]], by_speed: bool = True):
+    """Consecutive items sharing parameters, each run cut into `(queue, items)` chunks whose sizes
+    follow the measured rates of the live workers serving that queue (`sdq.scheduling.scheduling`; without
+    `by_speed`, each worker counts as one)."""
+    model, pipeline = plan.job.model, plan.job.pipeline
+    batch = max([int(w.get("max_batch") or 1) for w in workers] or [1])
+    for _, group in itertools.groupby(plan.items, key=lambda it: sorted(it.params.items())):
+        group = list(group)
+        params = group[0].params
+        queue = item_queue(plan.job, params)
+        serving = fleet.serving(workers, queue, model)
+        rates = list(speed.fleet_rates(serving, model, pipeline, params).values()) if by_speed else [1.0] * len(serving)
+        start = 0
+        for size in scheduling.chunk_sizes(len(group), rates, batch):
+            yield queue, group[start:start + size]
+            start += size
+
+
+def need_gb(requires: dict[str, Any], worker: dict[str, Any], pixels: int) -> float | None:
+    """The memory an item of `pixels` pixels needs on `worker` (its dtype, and its load-time cast on a CPU)."""
+    dtype = worker.get("dtype") or "fp32"
+    return families.required_gb(requires, dtype, pixels, families.load_cast(worker.get("device") or "", dtype))
+
+
+def route(plan: Plan, workers: list[dict[str, Any]],
+          by_speed: bool = True) -> list[Chunk]:
+    """Split items into task chunks, each for its queue; records warnings on `plan`."""
+    req = plan.job.requires
+    model = plan.job.model
+    routed = [Chunk.of(plan.job, queue, items) for queue, items in _chunks(plan, workers, by_speed)]
+    for queue in sorted({c.queue for c in routed}):
+        able = fleet.serving(workers, queue, model)
+        pixels = max(_pixels(plan.job.pipeline, c.params) for c in routed if c.queue == queue)
+        able = [wk for wk in able if (wk.get("memory_total_gb") or 0) >= (need_gb(req, wk, pixels) or 0)]
+        if not able:
+            plan.warnings.append(
+                f"no live worker can serve {queue} (device={req['device']}, dtype={req.get('dtype') or 'any'}, "
+                f"model={model}) right now; the items wait until a capable worker joins")
+    return routed
+
+
+def submit(req: SubmitRequest, settings: Settings, owner: str, client: redis.Redis, jobs: JobStore,
+           celery: Celery, once: Once | None = None) -> Plan:
+    """Plan, check the tenant's room, route, record and enqueue a job; nothing stays half-submitted:
+    a failed enqueue removes the record again (so it neither shows nor counts against the tenant's cap).
+    With `once` (an idempotency key, `sdq.state.idempotency.once`), a request that already made a job
+    gets that job back (`Plan.replayed`) instead of a second one; every door submits through here."""
+    # 0. Once: the job an earlier request under the same idempotency key made.
+    if once is not None and (first := first_job(client, once)) is not None:
+        return _replay(jobs, first)
+    # 1. Plan: the request checked against the server's limits, expanded into items (nothing written).
+    plan = plan_job(req, settings, owner,
+                    uploads=lambda key, field: upload_record(client, key, owner, field))
+    # 2. Room: the tenant's cap on queued items.
+    check_queue_room(jobs, owner, len(plan.items), settings.max_queued_items)
+    # 3. Route: task chunks per queue, and warnings for queues that no live worker serves.
+    routed = route(plan, fleet.live_workers(client), settings.scheduling == "speed")
+    plan.job.warnings = plan.warnings
+    # 4. Record (with the items' message in the outbox: if this process dies before enqueueing, a
+    #    worker publishes them after the outbox lease), then enqueue and clear the outbox entry; roll
+    #    the record back if enqueueing fails.
+    try:
+        member = jobs.create(plan.job, plan.items, due=time.time() + settings.outbox_lease, once=once)
+    except AlreadySubmitted as first:  # a request racing under the same key recorded its job first
+        return _replay(jobs, first.job_id)
+    try:
+        enqueue(celery, routed)
+    except Exception:
+        jobs.delete(plan.job.id, owner, member, once)
+        raise
+    _published(client, member)
+    return plan
+
+
+def _replay(jobs: JobStore, job_id: str) -> Plan:
+    """The answer to a request whose idempotency key already made job `job_id`."""
+    job = jobs.get(job_id)
+    if job is None:  # pragma: no cover - its record expired between two reads
+        raise NotFound(f"no job {job_id!r}")
+    return Plan(job, [], list(job.warnings or []), replayed=True)
+
+
+def _published(client: redis.Redis, *members: str) -> None:
+    """Remove published outbox entries; a Redis error here is logged, not raised: the job is recorded
+    and published, and the entry left behind only sends a duplicate that the start script drops."""
+    try:
+        Outbox(client).done(*members)
+    except redis.RedisError as exc:
+        log.warning("outbox entries %s stay after their publish (%s); their copies will be dropped", members, exc)
+
+
+def enqueue(celery: Celery, routed: list[Chunk]) -> None:
+    """Publish one task message per chunk, pipelined over one broker connection (kombu batch)."""
+    with celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
+        for chunk in routed:
+            send_chunk(celery, chunk, producer)
+
+
+def requeue(jobs: JobStore, celery: Celery, job_id: str, workers: list[dict[str, Any]],
+            lease: float = defaults.OUTBOX_LEASE, max_queued: int | None = None) -> list[Item]:
+    """Retry: re-queue the job's failed and cancelled items (same seeds) as new attempts and publish
+    them again (messages of the earlier attempts are dropped when delivered). The re-queue records
+    their messages in the outbox: if this process dies before publishing, a worker does. With
+    `max_queued`, the owner's queued-items cap is checked first, as at submit (TooManyRequests)."""
+    if max_queued is not None:
+        job = jobs.get(job_id)
+        if job is not None:
+            again = job.counts.get("failed", 0) + job.counts.get("cancelled", 0)
+            check_queue_room(jobs, job.owner, again, max_queued)
+    items = jobs.retry(job_id, due=time.time() + lease) or []
+    if items:
+        plan = Plan(jobs.get(job_id), sorted(items, key=lambda it: it.index))
+        enqueue(celery, route(plan, workers))
+        _published(jobs.redis, *jobs.retry_intents(job_id, items))
+    return items

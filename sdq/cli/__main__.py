@@ -1,4 +1,0 @@
-"""`python -m sdq.cli`."""
-from sdq.cli.main import main
-
-raise SystemExit(main())
