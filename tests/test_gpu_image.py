@@ -115,5 +115,5 @@ def test_the_features_behind_the_floors_are_used_and_present():
     import kombu
 
     assert hasattr(kombu.Producer, "batch")
-    assert "producer.batch(" in (ROOT / "producer" / "jobs.py").read_text()
+    assert "producer.batch(" in (ROOT / "producer" / "planning" / "jobs.py").read_text()
     assert "unacked_restore_interval" in (ROOT / "sdq" / "celery_app.py").read_text()

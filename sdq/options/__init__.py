@@ -49,9 +49,13 @@ def passes(pipeline: str, params: dict[str, Any]) -> list[Pass]:
 
 
 def final_size(pipeline: str, params: dict[str, Any]) -> tuple[int, int]:
-    """Size of the image an item makes: its last pass's."""
-    last = passes(pipeline, params)[-1]
-    return last.width, last.height
+    """Size of the image an item makes: its last pass's (its sizes alone: no step count is needed)."""
+    width, height = pipelines.spec(pipeline).output_size(params["width"], params["height"])
+    for option, _ in active(params):
+        more = option.passes(params, width, height)
+        if more:
+            width, height = more[-1].width, more[-1].height
+    return width, height
 
 
 def loop_steps(pipeline: str, params: dict[str, Any]) -> int:
