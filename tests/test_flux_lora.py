@@ -5,6 +5,7 @@ SD adapter on Flux and the Flux adapter on SD are refused at submit naming the f
 infotext's LoRA tag. The quantization of a loaded GGUF model is in the worker's capability record."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,9 +28,50 @@ PROMPT = "a red lighthouse"
 STEPS = 3
 
 
+def community_lora(layout: str) -> dict:
+    """A random rank-4 Flux LoRA for tiny-flux's shapes (32 wide) in a community layout diffusers converts:
+    Kohya's (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`, `alpha`) or XLabs'
+    (`double_blocks.0.processor.qkv_lora1.down.weight`). Kohya's single-block `linear1` is left out: diffusers
+    splits it at full-size Flux's widths (3072, 12288), which a tiny model does not have."""
+    import torch
+
+    gen = torch.Generator().manual_seed(5)
+    out = {}
+
+    def pair(down: str, up: str, inner: int, outer: int) -> None:
+        out[down] = torch.randn(4, inner, generator=gen) / inner ** 0.5
+        out[up] = torch.randn(outer, 4, generator=gen) * 0.5
+
+    if layout == "kohya":
+        for module, inner, outer in (("double_blocks_0_img_attn_qkv", 32, 96), ("double_blocks_0_img_attn_proj", 32, 32),
+                                     ("double_blocks_0_txt_attn_qkv", 32, 96), ("single_blocks_1_linear2", 160, 32)):
+            key = f"lora_unet_{module}"
+            pair(f"{key}.lora_down.weight", f"{key}.lora_up.weight", inner, outer)
+            out[f"{key}.alpha"] = torch.tensor(4.0)
+    else:
+        for module, outer in (("qkv_lora1", 96), ("proj_lora1", 32), ("qkv_lora2", 96), ("proj_lora2", 32)):
+            key = f"double_blocks.0.processor.{module}"
+            pair(f"{key}.down.weight", f"{key}.up.weight", 32, outer)
+    return out
+
+
+COMMUNITY = ("kohya", "xlabs")
+
+
 @pytest.fixture(scope="module")
-def flux_stack(stack_factory):
-    st = stack_factory("flux-lora")
+def community_files(tmp_path_factory) -> dict[str, Path]:
+    """The community-layout adapters as allowlisted local files."""
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("flux-loras")
+    for layout in COMMUNITY:
+        save_file(community_lora(layout), str(d / f"flux-{layout}.safetensors"))
+    return {layout: d / f"flux-{layout}.safetensors" for layout in COMMUNITY}
+
+
+@pytest.fixture(scope="module")
+def flux_stack(stack_factory, community_files):
+    st = stack_factory("flux-lora", env={"SDQ_MODELS": ",".join(str(p) for p in community_files.values())})
     st.worker("w-flux-lora", "--device", "cpu", "--threads", "1")
     return st
 
@@ -111,6 +153,26 @@ def test_the_scale_reaches_the_flux_adapter(flux, store, models_dir):
     assert np.abs(half - full).mean() > 1.0
 
 
+@pytest.mark.parametrize("layout", COMMUNITY)
+def test_community_flux_layouts_load_through_the_worker_like_diffusers_converts_them(flux, store, models_dir,
+                                                                                   community_files, layout):
+    import diffusers
+    import torch
+
+    file = community_files[layout]
+    assert loras.file_family(file) == "flux"  # read from the names: no metadata in these files
+    plain, _ = make(flux, store, 37)
+    got, _ = make(flux, store, 37, [{"name": str(file), "scale": 1}])
+    torch.set_num_threads(1)
+    pipe = diffusers.FluxPipeline.from_pretrained(builtin_path(models_dir, "tiny-flux"), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(file), adapter_name="direct")  # diffusers converts the layout
+    want = pixels(pipe(PROMPT, num_inference_steps=STEPS, generator=torch.Generator("cpu").manual_seed(37),
+                       **DEFAULTS, **SIZE).images[0])
+    assert close(got, want), np.abs(got - want).max()
+    assert np.abs(got - plain).mean() > 3.0
+
+
 @pytest.mark.parametrize("model, adapter", [
     ("builtin:tiny-flux", "builtin:tiny-lora"),  # an SD adapter on Flux
     ("builtin:tiny-flux", "builtin:tiny-lora-sdxl"),
@@ -145,8 +207,6 @@ def test_sd_parsers_reads_the_flux_lora_tag_and_inspect_names_the_adapter(flux, 
     out = subprocess.run([sys.executable, "-m", "cli", "inspect", "--json", str(path)], capture_output=True,
                          text=True, timeout=60, env={**os.environ})
     assert out.returncode == 0, out.stderr
-    import json
-
     again = json.loads(out.stdout)["resubmit"]
     assert again["params"]["loras"] == adapters and again["model"] == "builtin:tiny-flux"
 
