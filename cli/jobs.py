@@ -287,12 +287,19 @@ def _speed(rates: dict[str, dict], steps: int = 20) -> str:
     return "; ".join(out) or "not measured yet"
 
 
+def _loaded(worker: dict) -> str:
+    """A worker's loaded models, each quantized one with how (`builtin:tiny-flux-gguf (gguf Q8_0)`)."""
+    quantized = worker.get("quantized") or {}
+    return ",".join(f"{m} ({quantized[m]})" if m in quantized else m for m in worker.get("loaded_models") or ())
+
+
 def cmd_workers(args, client: Client) -> int:
     """Show the fleet."""
     workers = client.workers()
     if args.json:
         print(json.dumps(workers))
         return 0
+    workers = [{**w, "loaded_models": _loaded(w)} for w in workers]
     cols = ("name", "host", "device", "dtype", "device_name", "memory_free_gb", "max_pixels", "max_batch",
             "items_done", "loaded_models", "speed")
     rows = [[str(w.get(c) if not isinstance(w.get(c), list) else ",".join(w[c])) for c in cols[:-1]]

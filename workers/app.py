@@ -195,7 +195,7 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     backups = Backups(name, jobs, router, speedometer, lambda: activity.current is None, publish,
                       queues) if by_speed else None
     capability = Capability(name, device, models, max_pixels, max_batch, queues, opts.threads, activity,
-                            cache.loaded, cache.loaded_adapters)
+                            cache.loaded, cache.loaded_adapters, cache.quantized)
     reaper = Reaper(jobs, celery, finalize, settings.reaper_interval, settings.finalize_resend, settings.outbox_lease)
     interval = min(settings.heartbeat_interval, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
     heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish,

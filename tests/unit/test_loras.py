@@ -79,6 +79,30 @@ def test_family_from_tensor_names(keys, family):
     assert loras.family_from_keys(keys) == family
 
 
+FLUX_FORMATS = {
+    "diffusers": ["transformer.transformer_blocks.0.attn.to_q.lora_A.weight",
+                  "transformer.single_transformer_blocks.0.proj_mlp.lora_B.weight"],
+    "kohya": ["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight", "lora_unet_double_blocks_0_img_attn_qkv.alpha",
+              "lora_unet_single_blocks_0_linear1.lora_up.weight"],
+    "xlabs": ["double_blocks.0.processor.qkv_lora1.down.weight", "double_blocks.0.processor.proj_lora2.up.weight"],
+    "ai-toolkit/bfl": ["diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight",
+                       "diffusion_model.single_blocks.1.linear2.lora_B.weight"],
+    "kohya, diffusers names": ["lora_transformer_single_transformer_blocks_0_attn_to_k.lora_down.weight"],
+}
+"""Key names of the Flux LoRA formats diffusers' Flux loader converts (synthetic headers)."""
+
+
+@pytest.mark.parametrize("layout", list(FLUX_FORMATS))
+def test_flux_adapter_files_are_recognised_in_every_format(tmp_path, layout):
+    path = write_safetensors(tmp_path / "flux.safetensors", FLUX_FORMATS[layout])
+    assert loras.file_family(path) == "flux"  # a LoRA (not a checkpoint), for Flux
+    # refused on an SD model at submit, naming the field
+    with pytest.raises(InvalidInput) as err:
+        check([{"name": str(path)}], "builtin:tiny-sd", "txt2img", (str(path),))
+    assert err.value.field == "params.loras[0].name" and err.value.code == "wrong_family"
+    assert check([{"name": str(path)}], "builtin:tiny-flux", "txt2img", (str(path),))[0]["name"] == str(path)
+
+
 def test_tags_round_trip_through_infotext_to_a_submit_body():
     adapters = [{"name": "builtin:tiny-lora", "scale": 0.8}, {"name": "store:ink-style", "scale": -0.35}]
     fields = {"Steps": 4, "Seed": 7, **loras.infotext_fields(adapters, {"builtin:tiny-lora": "0123456789ab"})}

@@ -111,10 +111,11 @@ def build_tiny_depth(path: Path) -> None:
 
 
 def _lora_builders() -> dict[str, Callable[[Path], None]]:
-    from workers.builtins.loras import build_tiny_lora, build_tiny_lora_kohya, build_tiny_lora_sdxl
+    from workers.builtins.loras import (build_tiny_lora, build_tiny_lora_flux, build_tiny_lora_kohya,
+                                        build_tiny_lora_sdxl)
 
     return {"tiny-lora": build_tiny_lora, "tiny-lora-kohya": build_tiny_lora_kohya,
-            "tiny-lora-sdxl": build_tiny_lora_sdxl}
+            "tiny-lora-sdxl": build_tiny_lora_sdxl, "tiny-lora-flux": build_tiny_lora_flux}
 
 
 CONTROLNET_INIT_STD = 0.3

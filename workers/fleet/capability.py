@@ -42,13 +42,15 @@ class Capability:
     def __init__(self, name: str, device: Device, models: list[str], max_pixels: int, max_batch: int,
                  queues: list[str], threads: int | None, activity: Activity | None = None,
                  loaded: Callable[[], list[str]] | None = None,
-                 adapters: Callable[[], dict[str, list[str]]] | None = None) -> None:
+                 adapters: Callable[[], dict[str, list[str]]] | None = None,
+                 quantized: Callable[[], dict[str, str]] | None = None) -> None:
         self.name, self.device = name, device
         self.models, self.max_pixels, self.max_batch = models, max_pixels, max_batch
         self.queues, self.threads = queues, threads
         self.activity = activity or Activity()
         self.loaded = loaded or list
         self.adapters = adapters or dict  # model id -> LoRA adapter ids loaded into it
+        self.quantized = quantized or dict  # loaded model id -> how its weights are quantized ("gguf Q8_0")
         self.host = socket.gethostname()
         self.started_at = time.time()
 
@@ -71,6 +73,7 @@ class Capability:
             "memory_total_gb": total, "memory_free_gb": free, "peak_rss_gb": peak_rss_gb(),
             "pipelines": self.pipelines(),
             "models": self.models, "loaded_models": self.loaded(), "loaded_adapters": self.adapters(),
+            "quantized": self.quantized(),
             "max_pixels": self.max_pixels, "max_batch": self.max_batch, "queues": self.queues,
             "threads": self.threads, "items_done": self.activity.items_done,
             "speed": self.activity.speed.snapshot() if self.activity.speed else {},

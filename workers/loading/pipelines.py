@@ -76,6 +76,7 @@ class Loaded:
     offloaded: Any = None  # the pipeline whose model-offload hooks the shared modules carry (CUDA)
     parts: dict[str, Any] = field(default_factory=dict)  # request option -> what its worker hook holds loaded
     digest: str | None = None  # weights digest of the files it was built from (the result cache's key)
+    quantization: str | None = None  # how a quantizer stored the denoiser's weights (`gguf Q8_0`), else None
 
     def check_scheduler(self, name: str) -> None:
         """ModelError for a scheduler the model's family cannot run (a flow-matching one on a
@@ -179,6 +180,11 @@ class PipelineCache:
         """Model ids in memory now, most recently used last."""
         return list(self._models)
 
+    def quantized(self) -> dict[str, str]:
+        """Model id -> how its denoiser's weights are stored, for the loaded models a quantizer loaded
+        (`{"builtin:tiny-flux-gguf": "gguf Q8_0"}`)."""
+        return {m: e.quantization for m, e in list(self._models.items()) if e.quantization}
+
     def weights_digest(self, model_id: str) -> str | None:
         """The result cache's weights digest of `model_id`: recorded at its load while it is loaded
         (its files may have changed since), else what its files say now."""
@@ -242,7 +248,9 @@ class PipelineCache:
                 if not self.safety_checker and getattr(pipe, "safety_checker", None) is not None:
                     pipe.safety_checker = None  # the operator turned it off (--no-safety-checker)
                 entry = Loaded(model_id, pipe, dict(pipe.scheduler.config),
-                               family=checkpoints.family_of(model_id, pipe), digest=digest)
+                               family=checkpoints.family_of(model_id, pipe), digest=digest,
+                               quantization=transformer_files.quantization(
+                                   getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)))
                 self._place(entry)
             return entry
         except ModelUnavailable:  # weights not fetched now (nothing built): the runner gives the items back
