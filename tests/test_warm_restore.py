@@ -11,12 +11,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import redis
+import torch
 
 from cli.client import Client
 from cli.services import wait_for
 from sdq.state.keys import worker_key
 from tests.conftest import wait_job
 from tests.test_pipelines import pixels, result
+from workers.loading.device import Device
+from workers.loading.pipelines import PipelineCache
+from workers.running.generation import generate
+from workers.running.warmstate import PipelineBroken, undo_or_drop
 
 pytestmark = pytest.mark.slow  # real workers: 30-90 s per case on 2 busy cores
 
@@ -67,3 +72,31 @@ def test_after_a_call_that_raised_the_next_image_is_a_fresh_workers(stack_factor
     for point, got in after.items():
         assert np.array_equal(got, want), (point, np.abs(got - want).max())
     st.stop()
+
+
+def test_a_pipeline_that_cannot_be_restored_is_dropped_and_loaded_again(models_dir):
+    """The safety net, in-process on the worker's cache: a call whose error also took weights away (moved to
+    the `meta` device, as an offload hook stopped half-way leaves them) cannot be put back; it raises
+    `PipelineBroken` (not retried as out of memory), the model is dropped, the next load makes the same image."""
+    torch.set_num_threads(1)
+    cache = PipelineCache(models_dir, Device("cpu", "fp32", "cpu"))
+    params = {"width": 64, "height": 64, "steps": 2, "guidance_scale": 7.5, "scheduler": "pndm"}
+
+    def make(pipe, loaded):
+        return pixels(generate(cache, pipe, loaded, "txt2img", params, ["a mill"], [""], [5], None, None).images[0])
+
+    pipe, loaded = cache.get("builtin:tiny-sd", "txt2img")
+    want = make(pipe, loaded)
+
+    def lose_weights(module, _args):
+        module.to("meta")
+        raise RuntimeError("device lost in the decode")
+
+    handle = pipe.vae.decoder.conv_in.register_forward_pre_hook(lose_weights)
+    with pytest.raises(PipelineBroken, match="builtin:tiny-sd") as err:
+        make(pipe, loaded)
+    handle.remove()
+    assert "device lost in the decode" in str(err.value.__cause__)
+    undo_or_drop(cache, pipe, loaded, params, broken=True)
+    assert cache.loaded() == []
+    assert np.array_equal(make(*cache.get("builtin:tiny-sd", "txt2img")), want)
