@@ -2,9 +2,10 @@
 
 Outcomes of a chunk: an item error (a pipeline exception) fails just those items; an
 infrastructure error (Redis, S3 beyond its outage limit, a model that will not load or move to
-the device, a pipeline a failed call left changed for good) gives the items back and raises `WorkLost`, so the message is delivered again and
-never acknowledged (`workers.tasks`); each delivery counts an attempt, and an item tried
-`max_attempts` times is failed with its last error (a poison item never loops)."""
+the device, a pipeline a failed call left changed for good) gives the items back and raises
+`WorkLost`, so the message is delivered again and never acknowledged (`workers.tasks`); each
+delivery counts an attempt, and an item tried `max_attempts` times is failed with its last error (a
+poison item never loops)."""
 from __future__ import annotations
 
 import functools
