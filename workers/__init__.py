@@ -7,8 +7,9 @@ The folders say what they hold:
 - `workers.loading` — from a model id to a warm pipeline: the device and dtype (`device`, `cpu_paths`), model
   sources and weight digests (`sources`), single files (`checkpoints`, `transformer_files`), the pipeline cache
   (`pipelines`) and the progress a long load reports (`loadwatch`);
-- `workers.running` — making a chunk's images: the runner, the pipeline call (`generation`), the step hook
-  (`progress`), routing and backups, the result cache, infotext and watermark, previews, video encoding, uploads;
+- `workers.running` — making a chunk's images: the runner, the pipeline call (`generation`) and the warm state it
+  restores after an error (`warmstate`), the step hook (`progress`), routing and backups, the result cache,
+  infotext and watermark, previews, video encoding, uploads;
 - `workers.options` — the request options' worker hooks (one per row of `sdq.options`);
 - `workers.fleet` — presence in the fleet: the capability record and heartbeat, leases, the idle lookout and the
   reaper of dead workers' items;
@@ -21,7 +22,7 @@ torch, diffusers and transformers are imported only by the device and pipeline c
 `workers.builtins.parts`, `workers.builtins.families`, `workers.builtins.flux`, `workers.builtins.fullsize`,
 `workers.builtins.loras`, `workers.builtins.video`, `workers.loading.cpu_paths`, `workers.loading.checkpoints`,
 `workers.loading.transformer_files`, `workers.loading.sources` (a hub download), `workers.running.preview` (live
-previews' tiny decoders) and `workers.testing.simulate`. The other modules import none of them themselves (the
+previews' tiny decoders), `workers.running.warmstate` and `workers.testing.simulate`. The other modules import none of them themselves (the
 app, the runner and capability use them through those modules); the request options' worker hooks
 (`workers/options/`) import diffusers only inside the methods that build pipelines.
 """

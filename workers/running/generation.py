@@ -12,8 +12,10 @@ from sdq import pipelines
 from sdq.exceptions import Cancelled, OutOfMemory
 from workers import options as worker_options
 from workers.loading import transformer_files
-from workers.loading.pipelines import Loaded, PipelineCache, denoiser, free_memory, is_out_of_memory
+from workers.loading.pipelines import (Loaded, PipelineCache, denoiser, free_memory, is_fatal_device_error,
+                                       is_out_of_memory)
 from workers.running.routing import next_try
+from workers.running.warmstate import PipelineBroken, WarmState, restore_after_error
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,9 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
 
     `images` holds each image input's uploads (by request field, one per prompt), resized to `width` x
     `height` first; the spec says which keyword each is passed as and which parameters go along.
+
+    A call that raises leaves the warm pipeline as it found it (`workers.running.warmstate`), or raises
+    `PipelineBroken` when that fails.
     """
     pipe.scheduler = loaded.scheduler(params["scheduler"])
     steppers = worker_options.steppers(worker_options.StepContext(
@@ -105,11 +110,17 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     kwargs.update(worker_options.call_kwargs(spec, params, images, _fit))
     net = denoiser(pipe)
     dtype = transformer_files.dtype_label(DTYPE_NAMES.get(net.dtype, str(net.dtype)), net)  # read at the call
+    state = WarmState.of(pipe)  # what the call may change on the warm pipeline, put back if it raises
     try:
         with torch.inference_mode():
             out = pipe(**kwargs)
     except Cancelled:
+        restore_after_error(state, pipe, loaded.model_id, Cancelled())
         return Call([], [], dtype)
+    except Exception as exc:
+        if not is_fatal_device_error(exc):  # after a sticky device error the process exits anyway
+            restore_after_error(state, pipe, loaded.model_id, exc)
+        raise
     nsfw = getattr(out, "nsfw_content_detected", None)
     return Call(list(out.images), [bool(x) for x in nsfw] if nsfw is not None else [None] * len(out.images), dtype)
 
@@ -158,8 +169,8 @@ def generate(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict
         try:
             return _calls(cache, pipe, loaded, task, params, prompts, negative_prompts, seeds, images, callback,
                           check, per_call, retries, error, batch)
-        except Exception as exc:  # noqa: BLE001 - only out of memory is retried
-            if not is_out_of_memory(exc):
+        except Exception as exc:  # noqa: BLE001 - only out of memory is retried, on a pipeline put back
+            if not is_out_of_memory(exc) or isinstance(exc, PipelineBroken):
                 raise
             error = f"{type(exc).__name__}: {exc}"
         # 2. Outside the handler: the failed call is unreachable now; free it, then pick the next step.

@@ -2,9 +2,10 @@
 
 Outcomes of a chunk: an item error (a pipeline exception) fails just those items; an
 infrastructure error (Redis, S3 beyond its outage limit, a model that will not load or move to
-the device) gives the items back and raises `WorkLost`, so the message is delivered again and
-never acknowledged (`workers.tasks`); each delivery counts an attempt, and an item tried
-`max_attempts` times is failed with its last error (a poison item never loops)."""
+the device, a pipeline a failed call left changed for good) gives the items back and raises
+`WorkLost`, so the message is delivered again and never acknowledged (`workers.tasks`); each
+delivery counts an attempt, and an item tried `max_attempts` times is failed with its last error (a
+poison item never loops)."""
 from __future__ import annotations
 
 import functools
@@ -37,6 +38,7 @@ from workers.loading.pipelines import OUT_OF_MEMORY, Loaded, OutOfMemory, Pipeli
 from workers.running.progress import Pipe, StepProgress
 from workers.running.retry import retry_redis
 from workers.running.routing import Decision, Defer, Fail, HandOff, PassOn, Run, delay, pass_on
+from workers.running.warmstate import PipelineBroken, undo_or_drop
 from workers import options as worker_options
 from workers.testing import simulate
 from workers.running import watermark
@@ -192,6 +194,7 @@ class Runner:
         except ModelError as exc:  # the model (or an adapter) itself is wrong (or not for these parameters)
             self._end(mode, chunk, todo, Failed(str(exc)))
             return
+        broken = False
         try:
             self.leases.progress()
             load_s = time.perf_counter() - t0
@@ -203,8 +206,11 @@ class Runner:
                 self.faults.hit("batch", [it.prompt for it in batch])
                 futures += self._run_batch(chunk, pipe, loaded, batch, load_s, mode, applied)
                 load_s = 0.0
-        finally:  # the options off again, also after an exception
-            worker_options.undo(self.cache, pipe, loaded, chunk.params)
+        except PipelineBroken:  # a failed call left the pipeline changed: the items go back (`_run`)
+            broken = True
+            raise
+        finally:  # the options off again, also after an exception; a broken pipeline is dropped
+            undo_or_drop(self.cache, pipe, loaded, chunk.params, broken)
 
     def _chunk_id(self, chunk: Chunk) -> tuple[str, tuple[int, ...]]:
         return chunk.job, tuple(chunk.indices)
@@ -262,10 +268,11 @@ class Runner:
         t0 = time.perf_counter()
         try:
             images = self._images(task, batch, params)
-            made = self._generate(pipe, loaded, task, params, batch, images, progress)
+            with self.faults.inside(pipe, [it.prompt for it in batch]):  # testing aid: faults in the call
+                made = self._generate(pipe, loaded, task, params, batch, images, progress)
         except Exception as exc:  # noqa: BLE001 - a failed item never takes the worker down...
-            if isinstance(exc, StorageUnavailable):  # S3 down beyond its outage limit (an upload read): `_run` gives the items back
-                raise
+            if isinstance(exc, (StorageUnavailable, PipelineBroken)):  # S3 down beyond its outage limit (an upload
+                raise  # read), a pipeline that must be loaded again: `_run` gives the items back
             log.exception("job %s items %s failed", job_id, indices)
             error = f"{type(exc).__name__}: {exc}"
             if is_fatal_device_error(exc):  # ...but a broken device does: fail the batch, exit, be restarted

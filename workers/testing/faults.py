@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import redis
 
@@ -27,9 +29,12 @@ from sdq.state.redisconn import text
 
 log = logging.getLogger(__name__)
 
-POINTS = ("load", "batch", "step", "upload", "claimed", "uploaded", "finished", "ack", "handed_off")
+POINTS = ("load", "batch", "step", "denoise", "decode", "upload", "claimed", "uploaded", "finished", "ack",
+          "handed_off")
 """load: before the model is fetched; batch: before a micro-batch is generated; step: after a
-progress write inside a denoising step; upload: before an item's PNG is claimed and stored; claimed:
+progress write inside a denoising step; denoise: before each run of the denoising network inside the
+pipeline call's loop; decode: before the VAE's decoder runs inside the call (after SDXL upcast its
+VAE); upload: before an item's PNG is claimed and stored; claimed:
 after the run claimed the item (`JobStore.claim_result`), before the PNG is stored; uploaded: after it
 is stored, before its state is recorded; finished: after the job's last item was recorded, before
 its finalisation is queued; ack: after the chunk's results are recorded, before its message is
@@ -79,3 +84,21 @@ class Faults:
             except redis.ConnectionError:  # e.g. a test restarting Redis: keep waiting
                 pass
             time.sleep(0.05)
+
+    @contextmanager
+    def inside(self, pipe: Any, prompts: list[str]) -> Iterator[None]:
+        """While a pipeline call of `prompts` runs in this block: hit `denoise` before each forward of
+        the pipeline's denoising network and `decode` before its VAE decoder's (nothing when disabled)."""
+        if not self.enabled:
+            yield
+            return
+        vae = getattr(pipe, "vae", None)
+        modules = {"denoise": getattr(pipe, "unet", None) or getattr(pipe, "transformer", None),
+                   "decode": getattr(vae, "decoder", None)}
+        handles = [module.register_forward_pre_hook(lambda _m, _a, point=point: self.hit(point, prompts))
+                   for point, module in modules.items() if module is not None]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
