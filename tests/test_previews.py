@@ -80,8 +80,8 @@ def test_a_long_item_streams_previews_of_its_image_forming(preview_stack):
 
 def test_previews_are_bounded_per_item_and_per_stream(preview_stack):
     """Four items in one batch: the worker publishes each item's preview at most every `interval` seconds; one
-    stream forwards at most one preview every STREAM_PREVIEW_INTERVAL, so of the four made at one step only one
-    reaches it."""
+    stream forwards at most one preview every STREAM_PREVIEW_INTERVAL, so of the four made at one step (published
+    within milliseconds) it drops some."""
     client = Client(preview_stack.env["SDQ_SERVER"])
     body = {"prompts": [f"a lighthouse, take {i}" for i in range(4)],
             "params": {**LONG, "steps": 40, "preview": {"interval": 0.5}}}
@@ -97,9 +97,8 @@ def test_previews_are_bounded_per_item_and_per_stream(preview_stack):
     assert all(per_item.values()), {i: len(v) for i, v in per_item.items()}  # each item was previewed
     for made in per_item.values():
         assert len(made) <= min(defaults.PREVIEW_MAX_PER_ITEM, elapsed / 0.5 + 1)
-    assert streamed and len(streamed) < len(published.previews)
-    steps = [d["step"] for d in streamed]
-    assert len(steps) == len(set(steps))  # one of the batch's four previews per step, the rest dropped
+    assert streamed and len(streamed) < len(published.previews)  # the stream dropped some of the batch's previews
+    assert len(streamed) <= elapsed / defaults.STREAM_PREVIEW_INTERVAL + 1
 
 
 def test_a_job_with_previews_is_answered_from_the_cache_like_one_without(preview_stack):
