@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdq.families import FAMILIES, load_cast
+from sdq.families import FAMILIES
+from sdq.memory import load_cast
 
 IMAGE_STEPS = 20
 """Steps of the image 'images per hour' counts."""

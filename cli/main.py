@@ -180,7 +180,8 @@ def cmd_models_push(args) -> int:
 def cmd_models(args) -> int:
     """List allowed models with their family (where it can be read here) and, for local ones, their folder."""
     from sdq.config import Settings
-    from sdq.families import UnknownFamily, model_info
+    from sdq.families import UnknownFamily
+    from sdq.modelinfo import model_info
     from sdq.models import BUILTIN_MODELS, allowed_models
     from sdq.sources import source_for
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from sdq import defaults, options, pipelines
 from sdq.exceptions import SdqError
-from sdq.families import FAMILIES, Family, UnknownFamily, from_class_name, model_info
+from sdq.families import FAMILIES, Family, UnknownFamily, from_class_name
+from sdq.modelinfo import model_info
 from sdq.models import BUILTIN_MODELS, allowed_models
 from sdq.sources import STORE_PREFIX, source_for
 from storage import ResultStore

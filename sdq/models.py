@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sdq import pipelines
 from sdq.exceptions import InvalidInput
-from sdq.families import BUILTIN_FAMILIES
+from sdq.modelinfo import BUILTIN_FAMILIES
 from sdq.sources import source_for
 
 BUILTIN_MODELS: dict[str, tuple[str, ...]] = {m: pipelines.pipelines_for(f) for m, f in BUILTIN_FAMILIES.items()}

@@ -177,7 +177,7 @@ class Item(Record):
 
 WORKER_REQUIRES = ("min_memory_gb", "memory")
 """A job's requirements a worker checks itself (device and dtype are its queue's): the caller's
-`min_memory_gb`, and the model family's `memory` need (`sdq.families.Memory.record`)."""
+`min_memory_gb`, and the model family's `memory` need (`sdq.memory.Memory.record`)."""
 
 
 @dataclass

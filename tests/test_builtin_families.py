@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sdq import families
+from sdq.modelinfo import BUILTIN_SIDES
 from sdq.models import BUILTIN_FAMILIES
 
 BUILTINS = {"tiny-sdxl": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
@@ -66,7 +67,7 @@ def test_autopipeline_picks_the_family_classes_and_both_pipelines_run(built, nam
     assert type(pipe).__name__ == txt2img_cls
     start = time.monotonic()
     first = make(pipe)
-    side = families.BUILTIN_SIDES[f"builtin:{name}"]
+    side = BUILTIN_SIDES[f"builtin:{name}"]
     assert first.shape == (side, side, 3)  # the model's own default size, as the producer's
     assert time.monotonic() - start < 30  # ~1 s on one idle core; generous for a loaded machine
     assert first.std() > 10  # a picture, not a flat field

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from sdq import families
+from sdq.modelinfo import is_distilled, model_info
 from cli.client import Client
 from sdq.infotext import parse_infotext, submit_body_from_infotext
 from sdq.sources import builtin_path
@@ -100,7 +101,7 @@ def test_the_builtins_are_generated_the_same_every_time_and_read_as_flux(tmp_pat
     built = builtin_path(models_dir, name)
     assert digests(tmp_path / name) == digests(built)
     assert families.detect(built) == families.FLUX
-    assert families.is_distilled(built) == (name == "tiny-flux-schnell")  # read from the transformer's config
+    assert is_distilled(built) == (name == "tiny-flux-schnell")  # read from the transformer's config
 
 
 MASK = Image.new("L", (64, 64), 0)
@@ -228,7 +229,7 @@ def test_a_transformer_file_loads_with_its_config_folder_and_makes_the_builtins_
 
     torch.set_num_threads(1)
     for name, file in files.items():
-        info = families.model_info(str(file))
+        info = model_info(str(file))
         assert info.family.name == families.FLUX
         pipe = transformer_files.load(*transformer_files.transformer_file(file), torch.float32)
         pipe.set_progress_bar_config(disable=True)
@@ -236,7 +237,7 @@ def test_a_transformer_file_loads_with_its_config_folder_and_makes_the_builtins_
                           **DEFAULTS, **SIZE).images[0])
         assert np.array_equal(got, direct(models_dir, "txt2img", "a tower", 4, name=name, **DEFAULTS, **SIZE))
     # the producer counts a GGUF file's own size, not the full-precision transformer's
-    gguf_need = families.model_info(str(files["tiny-flux-gguf"])).memory
+    gguf_need = model_info(str(files["tiny-flux-gguf"])).memory
     assert gguf_need.weights_gb < families.FAMILIES["flux"].memory.weights_gb
 
 

@@ -15,7 +15,8 @@ import redis
 from celery import Celery
 from celery.signals import worker_ready
 
-from sdq import contract, defaults, families
+from sdq import contract, defaults
+from sdq.memory import load_cast
 from sdq.celery_app import make_celery, request_finalize, send_chunk
 from sdq.config import Settings
 from sdq.records import Chunk
@@ -190,7 +191,7 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     speedometer = Speedometer(device.kind)
     by_speed = settings.scheduling == "speed"
     router = Router(name, models, max_pixels, device.memory_gb()[0], speedometer if by_speed else None,
-                    dtype=device.dtype, cast_from=families.load_cast(device.device, device.dtype))
+                    dtype=device.dtype, cast_from=load_cast(device.device, device.dtype))
     activity = Activity(speed=speedometer)
     backups = Backups(name, jobs, router, speedometer, lambda: activity.current is None, publish,
                       queues) if by_speed else None

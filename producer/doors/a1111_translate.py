@@ -12,6 +12,7 @@ from typing import Any
 from producer.doors.a1111_prompt import refuse_tags, split_prompt
 from producer.doors.a1111_schema import MAX_BATCH, Img2ImgIn, Txt2ImgIn, _Generate
 from sdq import families, pipelines
+from sdq.modelinfo import model_info
 from sdq.exceptions import InvalidInput
 from sdq.options import hires as hires_option
 
@@ -185,7 +186,7 @@ def checkpoint(title: Any, models: list[str], field: str) -> str:
 
 def _family(model: str) -> str | None:
     try:
-        info = families.model_info(model)
+        info = model_info(model)
     except Exception:  # read again (and refused naming the model) by the submit
         return None
     return info.family.name if info.family else None

@@ -1,6 +1,6 @@
 """A job checked against its model's family at submit: defaults, limits and parameters it takes.
 
-The family is known when the producer can read the model (`sdq.families.model_info`: built-ins by
+The family is known when the producer can read the model (`sdq.modelinfo.model_info`: built-ins by
 id, allowlisted local folders and files); for hub ids and pushed models it is not, and the
 request's values go through as given (the worker loads the model with its own family's classes).
 """
@@ -10,7 +10,8 @@ from typing import Any
 
 from sdq import pipelines
 from sdq.exceptions import InvalidInput
-from sdq.families import FAMILIES, Family, ModelInfo, UnknownFamily, model_info
+from sdq.families import FAMILIES, Family, UnknownFamily
+from sdq.modelinfo import ModelInfo, model_info
 
 
 def info_for(model: str, pipeline: str) -> ModelInfo:

@@ -19,11 +19,13 @@ from producer.schemas import ITEM_PARAM_KEYS, ItemIn, SubmitRequest
 from producer.planning.sweep import check_sweep, combinations, count as sweep_count
 from producer.tenants import check_queue_room
 from producer.uploads import upload_record
-from sdq import contract, defaults, families, options, pipelines
+from sdq import contract, defaults, options, pipelines
+from sdq.memory import load_cast, required_gb
 from sdq.celery_app import item_queue, send_chunk
 from sdq.config import Settings
 from sdq.exceptions import AlreadySubmitted, InvalidInput, NotFound
-from sdq.families import Family, ModelInfo
+from sdq.families import Family
+from sdq.modelinfo import ModelInfo
 from sdq.gridlayout import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
 from sdq.params import check_denoising
@@ -244,7 +246,7 @@ def _job_record(req: SubmitRequest, settings: Settings, owner: str, base: dict[s
     job_params["seed"] = seed
     job_params["watermark"] = watermark
     requires = req.requires.model_dump()
-    if info.memory is not None:  # what a worker's device must hold (`sdq.families.Memory`)
+    if info.memory is not None:  # what a worker's device must hold (`sdq.memory.Memory`)
         requires["memory"] = info.memory.record()
     return Job(id=uuid.uuid4().hex, owner=owner, state="queued", created_at=time.time(), model=req.model,
                pipeline=req.pipeline, params=job_params, requires=requires, priority=req.priority,
@@ -272,7 +274,7 @@ def _chunks(plan: Plan, workers: list[dict[str, Any]], by_speed: bool = True):
 def need_gb(requires: dict[str, Any], worker: dict[str, Any], pixels: int) -> float | None:
     """The memory an item of `pixels` pixels needs on `worker` (its dtype, and its load-time cast on a CPU)."""
     dtype = worker.get("dtype") or "fp32"
-    return families.required_gb(requires, dtype, pixels, families.load_cast(worker.get("device") or "", dtype))
+    return required_gb(requires, dtype, pixels, load_cast(worker.get("device") or "", dtype))
 
 
 def route(plan: Plan, workers: list[dict[str, Any]],

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sdq.exceptions import InvalidInput
-from sdq.families import BUILTIN_FAMILIES, SD, SDXL
+from sdq.families import SD, SDXL
+from sdq.modelinfo import BUILTIN_FAMILIES
 from sdq.options.base import CacheInputs, Describe, FormField, OptionSpec, Submit
 from sdq.params import Param, Text
 from sdq.sources import source_for

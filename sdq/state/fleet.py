@@ -12,7 +12,8 @@ from typing import Any
 
 import redis
 
-from sdq import defaults, families
+from sdq import defaults
+from sdq.memory import load_cast, required_gb
 from sdq.state.keys import FLEET_EVENTS_CHANNEL, FLEET_KEY, worker_key, worker_queue_keys
 from sdq.state.redisconn import text
 
@@ -69,7 +70,7 @@ def able(workers: list[dict[str, Any]], queue: str, model: str, pixels: int, req
         if pixels > (w.get("max_pixels") or pixels):
             continue
         dtype = w.get("dtype") or "fp32"
-        need = families.required_gb(requires, dtype, pixels, families.load_cast(w.get("device") or "", dtype))
+        need = required_gb(requires, dtype, pixels, load_cast(w.get("device") or "", dtype))
         if need and w.get("memory_total_gb") is not None and w["memory_total_gb"] < need:
             continue
         out.append(w)

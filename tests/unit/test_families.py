@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from sdq import families
+from sdq.memory import Memory, load_cast
+from sdq.modelinfo import TINY, model_info
 from sdq.families import SD, SD3, SDXL, UnknownFamily
 
 
@@ -89,7 +91,7 @@ def test_memory_need_grows_with_pixels_and_doubles_in_fp32():
     assert mem.need_gb("fp16", 1024 * 1024) == pytest.approx(mem.weights_gb + mem.gb_per_mpx)
     assert mem.need_gb("bf16", 512 * 512) == mem.need_gb("fp16", 512 * 512) < mem.need_gb("fp16", 1024 * 1024)
     assert mem.need_gb("fp32", 1024 * 1024) == pytest.approx(2 * mem.need_gb("fp16", 1024 * 1024))
-    assert families.Memory.from_record(mem.record()) == mem
+    assert Memory.from_record(mem.record()) == mem
     with pytest.raises(ValueError, match="'int8'"):
         mem.need_gb("int8", 1)
     # the published models' order of size: SD < SDXL < SD3 (with its T5 encoder)
@@ -118,16 +120,16 @@ def test_the_sd_familys_advertised_need_covers_what_a_cpu_worker_measured(machin
     with room to spare: the need is at least the measured peak and at most 20% above it."""
     from sdq.models import BUILTIN_FAMILIES
 
-    info = families.model_info(f"builtin:{model}")
+    info = model_info(f"builtin:{model}")
     assert info.family.name == BUILTIN_FAMILIES[f"builtin:{model}"] == SD
-    need = info.memory.need_gb(dtype, side * side, families.load_cast("cpu", dtype))
+    need = info.memory.need_gb(dtype, side * side, load_cast("cpu", dtype))
     assert peak <= need <= 1.2 * peak, (machine, model, dtype, side, need)
 
 
 def test_a_cast_at_load_counts_only_on_a_cpu_and_only_when_it_peaks_above_the_steps():
     mem = families.FAMILIES[SD].memory
-    assert families.load_cast("cpu", "bf16") == "fp32" and families.load_cast("cpu", "fp32") is None
-    assert families.load_cast("cuda:0", "fp16") is None  # the cast is in host RAM, not the GPU's memory
+    assert load_cast("cpu", "bf16") == "fp32" and load_cast("cpu", "fp32") is None
+    assert load_cast("cuda:0", "fp16") is None  # the cast is in host RAM, not the GPU's memory
     assert mem.need_gb("bf16", 512 * 512, "fp32") == round((1 + 2 * mem.largest_share) * mem.weights_gb, 2)
     assert mem.need_gb("fp32", 512 * 512, "fp32") == mem.need_gb("fp32", 512 * 512)  # no cast
     huge = 16384 * 16384  # the steps' working memory outgrows the load
@@ -135,7 +137,7 @@ def test_a_cast_at_load_counts_only_on_a_cpu_and_only_when_it_peaks_above_the_st
     with pytest.raises(ValueError, match="'int4'"):
         mem.need_gb("bf16", 1, "int4")
     old = {"weights_gb": 2.2, "gb_per_mpx": 2.5}  # a job recorded before largest_share: all the weights count
-    assert families.Memory.from_record(old).largest_share == 1.0
+    assert Memory.from_record(old).largest_share == 1.0
 
 
 def test_every_family_names_its_defaults_consistently():
@@ -153,11 +155,11 @@ def test_builtins_know_their_family_and_need_little_memory(tmp_path):
     assert set(BUILTIN_FAMILIES) == set(BUILTIN_MODELS) and set(BUILTIN_FAMILIES.values()) <= set(families.FAMILIES)
     assert BUILTIN_MODELS["builtin:tiny-sdxl"] == ("txt2img", "img2img", "inpaint")
     assert BUILTIN_MODELS["builtin:tiny-sd3"] == ("txt2img", "img2img")
-    info = families.model_info("builtin:tiny-sdxl")
-    assert info.family.name == SDXL and info.memory == families.TINY and info.default_side == 256
-    assert families.model_info("builtin:tiny-sd").default_side == 512
-    assert families.model_info("stabilityai/stable-diffusion-xl-base-1.0").family is None
-    local = families.model_info(str(folder(tmp_path, "StableDiffusion3Pipeline")))
+    info = model_info("builtin:tiny-sdxl")
+    assert info.family.name == SDXL and info.memory == TINY and info.default_side == 256
+    assert model_info("builtin:tiny-sd").default_side == 512
+    assert model_info("stabilityai/stable-diffusion-xl-base-1.0").family is None
+    local = model_info(str(folder(tmp_path, "StableDiffusion3Pipeline")))
     assert local.family.name == SD3 and local.memory == families.FAMILIES[SD3].memory and local.default_side == 1024
 
 

@@ -11,6 +11,8 @@ import pytest
 from producer.planning.jobs import plan_job
 from producer.schemas import parse_submit
 from sdq import families, pipelines
+from sdq.memory import quantized
+from sdq.modelinfo import is_distilled, model_info
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.families import FLUX
@@ -34,15 +36,15 @@ def test_a_single_files_tensor_names_read_as_flux(tmp_path, keys):
 
 
 def test_schnell_is_told_apart_by_its_missing_guidance_input(tmp_path):
-    assert not families.is_distilled(safetensors(tmp_path / "dev.safetensors", DEV_KEYS))
-    assert families.is_distilled(safetensors(tmp_path / "schnell.safetensors", SCHNELL_KEYS))
-    assert not families.is_distilled(safetensors(tmp_path / "d.safetensors", DIFFUSERS_KEYS))
+    assert not is_distilled(safetensors(tmp_path / "dev.safetensors", DEV_KEYS))
+    assert is_distilled(safetensors(tmp_path / "schnell.safetensors", SCHNELL_KEYS))
+    assert not is_distilled(safetensors(tmp_path / "d.safetensors", DIFFUSERS_KEYS))
     model = folder(tmp_path, "FluxPipeline", name="schnell")
     (model / "transformer").mkdir()
     (model / "transformer" / "config.json").write_text(json.dumps({"guidance_embeds": False}))
-    assert families.is_distilled(model)
+    assert is_distilled(model)
     (model / "transformer" / "config.json").write_text(json.dumps({"guidance_embeds": True}))
-    assert not families.is_distilled(model)
+    assert not is_distilled(model)
 
 
 def test_the_pipeline_table_has_flux_rows_and_edit_only_where_a_family_has_a_class():
@@ -125,7 +127,7 @@ def test_a_gguf_transformer_counts_its_file_size_in_the_need():
     """A Q8_0 FLUX.1-dev transformer file is ~12.7 GB: with the other components in bf16 the need at 1024x1024
     then fits a 24 GB GPU, which the full-precision model does not."""
     full = families.FAMILIES[FLUX].memory
-    q8 = families.quantized(full, 12.7e9 / 2**30)
+    q8 = quantized(full, 12.7e9 / 2**30)
     assert q8.need_gb("bf16", 1024 * 1024) < 24 < full.need_gb("bf16", 1024 * 1024)
     assert q8.weights_gb == pytest.approx(31.5 * 0.3 + 12.7e9 / 2**30, abs=0.01)
 
@@ -139,5 +141,5 @@ def test_a_gguf_file_is_a_single_file_model_read_through_its_config_folder(tmp_p
     with pytest.raises(families.UnknownFamily, match="config folder"):
         families.detect(file)
     folder(tmp_path, "FluxPipeline", name="flux1-dev-Q8_0")
-    info = families.model_info(str(file))
+    info = model_info(str(file))
     assert info.family.name == FLUX and info.memory.weights_gb < 10

@@ -16,7 +16,7 @@ TINY = [{"name": "builtin:tiny-lora", "scale": 0.8}]
 
 def check(entries, model: str, pipeline: str, allow: tuple[str, ...]):
     """`check_loras` with the model's family as the producer reads it."""
-    from sdq.families import model_info
+    from sdq.modelinfo import model_info
 
     fam = model_info(model).family
     return loras.check_loras(entries, model, pipeline, allow, fam.name if fam else None)

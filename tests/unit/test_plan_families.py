@@ -10,6 +10,8 @@ import pytest
 from producer.planning.jobs import plan_job, route
 from producer.schemas import parse_submit
 from sdq import families
+from sdq.memory import load_cast
+from sdq.modelinfo import BUILTIN_SIDES
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
 from sdq.records import Chunk
@@ -46,7 +48,7 @@ def test_each_family_gets_its_own_defaults_recorded_in_the_job():
     assert (sd3.job.params["scheduler"], sd3.job.params["guidance_scale"]) == ("flow_euler", 7.0)
     assert sd3.items[0].params["max_sequence_length"] == 256
     # the tiny built-ins default to their own sample size, a real checkpoint of the family to 1024
-    assert sdxl.items[0].params["width"] == families.BUILTIN_SIDES["builtin:tiny-sdxl"] == 256
+    assert sdxl.items[0].params["width"] == BUILTIN_SIDES["builtin:tiny-sdxl"] == 256
 
 
 def test_a_local_sdxl_folder_defaults_to_1024_and_carries_the_familys_memory_need(tmp_path):
@@ -153,7 +155,7 @@ def test_a_bf16_cpu_worker_counts_the_weight_files_it_casts_at_load():
     steps, load = sd.need_gb("bf16", 512 * 512), sd.need_gb("bf16", 512 * 512, "fp32")
     assert steps < 4 < 6 < load < 7
     assert Router("gpu", memory_gb=4, dtype="bf16").refusal(chunk) is None  # a GPU: the cast is in host RAM
-    cpu = Router("cpu", memory_gb=4, dtype="bf16", cast_from=families.load_cast("cpu", "bf16"))
+    cpu = Router("cpu", memory_gb=4, dtype="bf16", cast_from=load_cast("cpu", "bf16"))
     assert f"needs {load:g} GB" in cpu.refusal(chunk) and "casts fp32 weight files" in cpu.refusal(chunk)
     assert Router("cpu", memory_gb=7, dtype="bf16", cast_from="fp32").refusal(chunk) is None
     # the producer's warning counts it the same way, from the worker's record

@@ -19,7 +19,8 @@ from typing import Any, Callable, Union
 
 import redis
 
-from sdq import contract, defaults, families, options
+from sdq import contract, defaults, options
+from sdq.memory import required_gb
 from sdq.records import Chunk, Item
 from sdq.scheduling import scheduling, speed
 from sdq.state import fleet
@@ -135,7 +136,7 @@ class Router:
     memory_gb: float | None = None  # the device's total memory (None: unknown)
     speedometer: Speedometer | None = None  # this worker's measured speed (None: take every chunk whole)
     dtype: str = "fp32"  # the dtype it computes in (a model's memory need depends on it)
-    cast_from: str | None = None  # the dtype of weight files it casts at load, if counted (`families.load_cast`)
+    cast_from: str | None = None  # the dtype of weight files it casts at load, if counted (`sdq.memory.load_cast`)
 
     @property
     def by_speed(self) -> bool:
@@ -153,7 +154,7 @@ class Router:
         w, h = contract.item_size(chunk.pipeline, p)
         if w * h > self.max_pixels:
             return f"{w}x{h} images exceed this worker's --max-pixels {self.max_pixels}"
-        need = families.required_gb(chunk.requires, self.dtype, w * h, self.cast_from)
+        need = required_gb(chunk.requires, self.dtype, w * h, self.cast_from)
         if need and self.memory_gb is not None and self.memory_gb < need:
             cast = f" (loading casts {self.cast_from} weight files)" if self.cast_from else ""
             return (f"the job needs {need:g} GB of device memory for {w}x{h} images of model {chunk.model} in "

@@ -1,0 +1,115 @@
+"""What the producer knows of a model before any worker loads it: the built-ins' families and sizes,
+and a local model's family, memory need and distilled variant read from its files. Torch-free."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from sdq.families import (FAMILIES, FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL, Family, UnknownFamily, UnsupportedFamily,
+                          detect)
+from sdq.memory import Memory, quantized
+from sdq.sources import source_for
+from sdq.tensorfiles import tensor_names
+
+
+TINY = Memory(0.2, 0.5)
+"""The built-in tiny models' need (a few MB of weights; working memory at most ~0.5 GB per Mpx on a CPU)."""
+
+BUILTIN_FAMILIES: dict[str, str] = {
+    "builtin:tiny-sd": SD,
+    "builtin:tiny-upscaler": SD_UPSCALE,
+    "builtin:tiny-depth": SD_DEPTH,
+    "builtin:tiny-sdxl": SDXL,
+    "builtin:tiny-sd3": SD3,
+    "builtin:tiny-flux": FLUX,
+    "builtin:tiny-flux-schnell": FLUX,
+    "builtin:tiny-flux-gguf": FLUX,  # tiny-flux with a GGUF (Q8_0) transformer
+    # Full-size shapes with random weights (`workers.builtins.fullsize`): generated on first use, ~4-5 GB each.
+    "builtin:sd15-shaped": SD,
+    "builtin:sd2-768-shaped": SD,
+}
+"""Built-in model id -> its family."""
+
+TINY_PREFIX = "builtin:tiny-"
+"""Ids of the tiny built-ins (random weights, a few MB); other built-ins need their family's memory."""
+
+BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256, "builtin:tiny-flux": 128,
+                 "builtin:tiny-flux-schnell": 128, "builtin:tiny-flux-gguf": 128}
+"""Default width and height of the tiny built-ins whose family's default is larger (their sample size
+times 8: diffusers' own default for them); the others take their family's."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the producer knows of a model before any worker loads it."""
+
+    family: Family | None
+    """None: not known here (a hub id or a pushed model; the worker finds out when it loads it)."""
+    memory: Memory | None
+    default_side: int | None
+    distilled: bool = False
+    """A timestep-distilled model of its family (`family` is then `Family.as_distilled()`)."""
+
+
+BUILTIN_DISTILLED = frozenset({"builtin:tiny-flux-schnell"})
+"""Built-ins that are timestep-distilled models."""
+
+GUIDANCE_KEYS = ("guidance_in.", "model.diffusion_model.guidance_in.", "time_text_embed.guidance_embedder.")
+"""Tensor-name prefixes of Flux's distilled-guidance input (dev has it, schnell does not)."""
+
+
+def is_distilled(path: Path) -> bool:
+    """Whether the Flux model at `path` is timestep-distilled (schnell-like), read from the model itself:
+    its transformer's config says `guidance_embeds: false` (a folder, or a file's config folder beside
+    it), or a single file's tensors have no guidance input."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.with_suffix("")
+    config = folder / "transformer" / "config.json"
+    if config.is_file():
+        try:
+            return json.loads(config.read_text(encoding="utf-8")).get("guidance_embeds") is False
+        except (OSError, ValueError):
+            return False
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        return not any(k.startswith(GUIDANCE_KEYS) or ".guidance_in." in k for k in tensor_names(path, UnknownFamily))
+    return False
+
+
+def model_info(model_id: str) -> ModelInfo:
+    """The family, memory need and default size of `model_id`, from what the producer can read: a
+    built-in's id, an (allowlisted) local folder's `model_index.json`, a local file's header.
+    UnsupportedFamily when the model is of a family sdq recognises and does not run; a model that
+    cannot be read or matches no family is "not known here" (the worker decides when it loads it)."""
+    kind = source_for(model_id).kind
+    if kind == "builtin":
+        name = BUILTIN_FAMILIES.get(model_id)
+        if name is None:
+            return ModelInfo(None, None, None)
+        side = BUILTIN_SIDES.get(model_id, FAMILIES[name].default_side)
+        fam = FAMILIES[name].as_distilled() if model_id in BUILTIN_DISTILLED else FAMILIES[name]
+        return ModelInfo(fam, TINY if model_id.startswith(TINY_PREFIX) else fam.memory, side,
+                         model_id in BUILTIN_DISTILLED)
+    path = Path(model_id).expanduser()
+    if kind in ("folder", "file") and path.exists():
+        marker = path / "model_index.json" if path.is_dir() else path
+        st = marker.stat() if marker.exists() else path.stat()
+        try:
+            name, distilled = _detect_once(str(path), st.st_size, st.st_mtime_ns)
+        except UnsupportedFamily:
+            raise
+        except UnknownFamily:
+            return ModelInfo(None, None, None)
+        fam = FAMILIES[name].as_distilled() if distilled else FAMILIES[name]
+        memory = quantized(fam.memory, st.st_size / 2**30) if path.suffix.lower() == ".gguf" else fam.memory
+        return ModelInfo(fam, memory, fam.default_side, distilled)
+    return ModelInfo(None, None, None)
+
+
+@lru_cache(maxsize=256)
+def _detect_once(path: str, size: int, mtime_ns: int) -> tuple[str, bool]:
+    """`detect` (and, for a family with a distilled variant, `is_distilled`), once per version of the file
+    it reads (a checkpoint's header is read once, not per submit)."""
+    name = detect(Path(path))
+    return name, FAMILIES[name].distilled is not None and is_distilled(Path(path))
