@@ -3,7 +3,7 @@
 The folders say what they hold:
 
 - `workers.builtins` — the built-in models, generated locally: the registry (`registry`), the parts the tiny
-  models share (`parts`), the SD-family, Flux, video, full-size and LoRA generators;
+  models share (`parts`, `textparts`), the SD-family, Flux, video, full-size and LoRA generators;
 - `workers.loading` — from a model id to a warm pipeline: the device and dtype (`device`, `cpu_paths`), model
   sources and weight digests (`sources`), single files (`checkpoints`, `transformer_files`), the pipeline cache
   (`pipelines`) and the progress a long load reports (`loadwatch`);
@@ -20,7 +20,7 @@ The folders say what they hold:
 torch, diffusers and transformers are imported only by the device and pipeline code:
 `workers.loading.device`, `workers.loading.pipelines`, `workers.running.generation`, `workers.builtins.registry`,
 `workers.builtins.parts`, `workers.builtins.families`, `workers.builtins.flux`, `workers.builtins.fullsize`,
-`workers.builtins.loras`, `workers.builtins.video`, `workers.loading.cpu_paths`, `workers.loading.checkpoints`,
+`workers.builtins.loras`, `workers.builtins.video`, `workers.builtins.textparts`, `workers.loading.cpu_paths`, `workers.loading.checkpoints`,
 `workers.loading.transformer_files`, `workers.loading.sources` (a hub download), `workers.running.preview` (live
 previews' tiny decoders), `workers.running.warmstate` and `workers.testing.simulate`. The other modules import none of them themselves (the
 app, the runner and capability use them through those modules); the request options' worker hooks
