@@ -2,7 +2,7 @@
 diffusers call of the same class with the same seed; guidance against a negative prompt reaches the pipeline
 and round-trips through infotext (read by sd-parsers too); a Turbo-type model gets its distilled defaults;
 bad Z-Image requests (another family's parameter, a side that is not a multiple of 16) are refused at submit
-naming the field."""
+naming the field; a LoRA adapter (`builtin:tiny-lora-z-image`) changes the image as diffusers' loader does."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -155,3 +155,67 @@ def test_bad_z_image_requests_are_refused_naming_the_field(zimage, model, pipeli
                                                                   "prompts": ["x"], "params": params})
     assert resp.status_code == 422, resp.text
     assert resp.json()["error"]["field"] == field, resp.text
+
+
+ADAPTER = "builtin:tiny-lora-z-image"
+
+
+@lru_cache(maxsize=None)
+def _lora_pipe(models_dir: Path):
+    import diffusers
+    import torch
+
+    from sdq.loras import ADAPTER_FILE
+
+    pipe = diffusers.ZImagePipeline.from_pretrained(builtin_path(models_dir, "tiny-z-image"), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(builtin_path(models_dir, "tiny-lora-z-image")), weight_name=ADAPTER_FILE,
+                           adapter_name="direct")
+    return pipe
+
+
+def test_the_z_image_adapter_is_the_same_bytes_every_time_and_reads_as_z_image(models_dir, tmp_path):
+    from sdq import loras
+    from workers.builtins.registry import BUILDERS, ensure_builtin
+
+    BUILDERS["tiny-lora-z-image"](tmp_path / "a")
+    built = ensure_builtin(models_dir, "tiny-lora-z-image") / loras.ADAPTER_FILE
+    assert (tmp_path / "a" / loras.ADAPTER_FILE).read_bytes() == built.read_bytes()
+    assert loras.file_family(built) == families.Z_IMAGE == loras.adapter_family(ADAPTER)
+    keys = loras.safetensors_keys(built)
+    assert all(k.startswith("transformer.") for k in keys) and any("noise_refiner" in k for k in keys)
+
+
+def test_a_z_image_lora_changes_the_image_like_diffusers_and_the_next_job_without_it_does_not(zimage, store,
+                                                                                               models_dir):
+    import torch
+
+    def make(adapters: list | None) -> tuple[np.ndarray, dict]:
+        params: dict = {"steps": 3, "seed": 21, "cache": False, **SIZE, **({"loras": adapters} if adapters else {})}
+        item = run(zimage, {"model": "builtin:tiny-z-image", "prompts": ["a red lighthouse"], "params": params})
+        return pixels(result(store, item["items"][0])), item["items"][0]
+
+    plain, first = make(None)
+    styled, second = make([{"name": ADAPTER, "scale": 0.8}])
+    again, third = make(None)
+    assert first["worker"] == second["worker"] == third["worker"]  # one warm worker, the adapter still loaded
+    torch.set_num_threads(1)
+    pipe = _lora_pipe(models_dir)
+    pipe.set_adapters(["direct"], adapter_weights=[0.8])
+    want = pixels(pipe("a red lighthouse", num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(21),
+                       **DEFAULTS, **SIZE).images[0])
+    assert close(styled, want), np.abs(styled - want).max()
+    assert np.abs(styled - plain).mean() > 3.0  # visibly changed
+    assert np.array_equal(again, plain)  # switched off: the base weights alone, bit for bit
+    assert close(plain, direct(models_dir, "txt2img", "a red lighthouse", 21, **DEFAULTS, **SIZE))
+    info = parse_infotext(result(store, second).info["parameters"])
+    assert info["prompt"].endswith("<lora:tiny-lora-z-image:0.8>") and info["Lora hashes"]
+
+
+@pytest.mark.parametrize("model, adapter", [("builtin:tiny-z-image", "builtin:tiny-lora-flux"),
+                                            ("builtin:tiny-flux", ADAPTER)])
+def test_an_adapter_for_another_family_is_refused_naming_the_field(zimage, model, adapter):
+    resp = zimage.session.post(f"{zimage.server}/v1/jobs", json={
+        "model": model, "prompts": ["x"], "params": {"loras": [{"name": adapter}]}})
+    assert resp.status_code == 422, resp.text
+    assert (resp.json()["error"]["field"], resp.json()["error"]["code"]) == ("params.loras[0].name", "wrong_family")

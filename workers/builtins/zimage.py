@@ -8,6 +8,7 @@ caption, 2x2 patches and 3-axis rotary embeddings, a Qwen3 text encoder (its nex
 the caption features) with the byte-level Qwen tokenizer and a chat template (the pipeline wraps each prompt
 in one), and Z-Image-Turbo's static-shift flow-matching scheduler. The Turbo-type built-in is the same
 architecture with other weights: Z-Image and Z-Image-Turbo differ in their training, not their shapes.
+`builtin:tiny-lora-z-image` is a LoRA adapter for `builtin:tiny-z-image` in diffusers' layout.
 
 Import direction: `workers.builtins.registry` imports this module; this one imports `workers.builtins.families`,
 `workers.builtins.flux` and `workers.builtins.textparts`.
@@ -102,5 +103,38 @@ def build_tiny_z_image_turbo(path: Path) -> None:
     ZImagePipeline(**z_image_components(turbo=True)).save_pretrained(path, safe_serialization=True)
 
 
-BUILDERS = {"tiny-z-image": build_tiny_z_image, "tiny-z-image-turbo": build_tiny_z_image_turbo}
+LORA_TARGETS = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0", "feed_forward.w1",
+                "feed_forward.w2", "feed_forward.w3")
+"""The Z-Image transformer's block modules (name endings) `builtin:tiny-lora-z-image` changes."""
+
+LORA_B_STD = 0.5
+"""Spread of the Z-Image adapter's up matrices (as the Flux adapter's: a narrow transformer needs a larger update
+for the image to change visibly)."""
+
+
+def z_image_lora_weights() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Module name -> (A: rank x in, B: out x rank) for every attention and feed-forward Linear of tiny-z-image's
+    transformer blocks (main and refiner blocks)."""
+    from workers.builtins.loras import RANK, SEED
+
+    gen = torch.Generator().manual_seed(SEED)
+    out = {}
+    for name, module in tiny_z_image_transformer().named_modules():
+        if name.endswith(LORA_TARGETS) and isinstance(module, torch.nn.Linear):
+            a = torch.randn(RANK, module.in_features, generator=gen) / module.in_features ** 0.5
+            b = torch.randn(module.out_features, RANK, generator=gen) * LORA_B_STD
+            out[name] = (a.contiguous(), b.contiguous())
+    return out
+
+
+def build_tiny_lora_z_image(path: Path) -> None:
+    """Write `builtin:tiny-lora-z-image`: an update of tiny-z-image's transformer blocks in diffusers' layout
+    (`transformer.layers.0.attention.to_q.lora_A.weight` ...), to `path/adapter.safetensors`."""
+    from workers.builtins.loras import build_tiny_lora
+
+    build_tiny_lora(path, prefix="transformer", weights=z_image_lora_weights())
+
+
+BUILDERS = {"tiny-z-image": build_tiny_z_image, "tiny-z-image-turbo": build_tiny_z_image_turbo,
+            "tiny-lora-z-image": build_tiny_lora_z_image}
 """Built-in model name (after `builtin:`) to its generator (joined into `workers.builtins.registry.BUILDERS`)."""
