@@ -42,7 +42,12 @@ def _pipe(models_dir: Path, name: str, task: str):
     import diffusers
     import torch
 
-    pipe = getattr(diffusers, CLASSES[task]).from_pretrained(builtin_path(models_dir, name), dtype=torch.float32)
+    folder, extra = builtin_path(models_dir, name), {}
+    if name.endswith("-gguf"):  # the transformer from its GGUF file (original layout), as diffusers' docs load one
+        extra["transformer"] = diffusers.ZImageTransformer2DModel.from_single_file(
+            str(folder / "transformer" / "diffusion_pytorch_model.gguf"), config=str(folder), subfolder="transformer",
+            quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=torch.float32), dtype=torch.float32)
+    pipe = getattr(diffusers, CLASSES[task]).from_pretrained(folder, dtype=torch.float32, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -64,7 +69,7 @@ def run(client: Client, body: dict) -> dict:
     return doc
 
 
-@pytest.mark.parametrize("name", ["tiny-z-image", "tiny-z-image-turbo"])
+@pytest.mark.parametrize("name", ["tiny-z-image", "tiny-z-image-turbo", "tiny-z-image-gguf"])
 def test_the_builtins_are_generated_the_same_every_time_and_read_as_z_image(tmp_path, models_dir, name):
     from workers.builtins.registry import BUILDERS
 
@@ -219,3 +224,52 @@ def test_an_adapter_for_another_family_is_refused_naming_the_field(zimage, model
         "model": model, "prompts": ["x"], "params": {"loras": [{"name": adapter}]}})
     assert resp.status_code == 422, resp.text
     assert (resp.json()["error"]["field"], resp.json()["error"]["code"]) == ("params.loras[0].name", "wrong_family")
+
+
+GGUF_TOLERANCE = {"max": 4, "mean": 0.5}
+"""How far (pixel values /255) the Q8_0 transformer's image may be from the unquantized one's (measured here at
+64x64, 4 steps: max 2, mean ~0.23)."""
+
+
+def test_the_gguf_builtin_makes_an_image_within_tolerance_of_the_unquantized_and_records_it(zimage, store, models_dir):
+    body = {"prompts": ["a tower"], "params": {"steps": 4, "seed": 12, **SIZE}}
+    plain = run(zimage, {**body, "model": "builtin:tiny-z-image"})["items"][0]
+    quant = run(zimage, {**body, "model": "builtin:tiny-z-image-gguf"})["items"][0]
+    a, b = pixels(result(store, plain)), pixels(result(store, quant))
+    diff = np.abs(a - b)
+    assert diff.max() <= GGUF_TOLERANCE["max"] and diff.mean() <= GGUF_TOLERANCE["mean"]
+    assert diff.mean() > 0  # the quantized weights were used, not the model's float ones
+    assert plain["dtype"] == "fp32" and quant["dtype"] == "fp32 (gguf Q8_0)"
+    assert close(b, direct(models_dir, "txt2img", "a tower", 12, steps=4, name="tiny-z-image-gguf", **DEFAULTS, **SIZE))
+    assert parse_infotext(result(store, quant).info["parameters"])["Dtype"] == "fp32 (gguf Q8_0)"
+
+
+def test_a_transformer_file_in_the_original_layout_loads_with_its_config_folder(tmp_path, models_dir):
+    """What model sites publish (`z_image_turbo_bf16.safetensors`, `...-Q8_0.gguf`: the transformer alone, original
+    key names) loads with a config folder beside it and makes the built-ins' exact images."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from workers.builtins.zimage import original_layout
+    from workers.loading import transformer_files
+
+    src = builtin_path(models_dir, "tiny-z-image")
+    weights = src / "transformer" / "diffusion_pytorch_model.safetensors"
+    save_file(original_layout(load_file(str(weights))), str(tmp_path / "z-image.safetensors"))
+    gguf = builtin_path(models_dir, "tiny-z-image-gguf") / "transformer" / "diffusion_pytorch_model.gguf"
+    files = {"tiny-z-image": tmp_path / "z-image.safetensors",
+             "tiny-z-image-gguf": Path(shutil.copy(gguf, tmp_path / "z-image-Q8_0.gguf"))}
+    torch.set_num_threads(1)
+    for name, file in files.items():
+        config = shutil.copytree(src, file.with_suffix(""))
+        (config / "transformer" / weights.name).unlink()
+        assert model_info(str(file)).family.name == families.Z_IMAGE
+        pipe = transformer_files.load(*transformer_files.transformer_file(file), torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        got = pipe(prompt="a tower", num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(4),
+                   **DEFAULTS, **SIZE).images[0]
+        want = direct(models_dir, "txt2img", "a tower", 4, name=name, **DEFAULTS, **SIZE)
+        assert np.array_equal(pixels(got), want)
+    assert model_info(str(files["tiny-z-image-gguf"])).memory.weights_gb < families.FAMILIES["z-image"].memory.weights_gb

@@ -8,10 +8,12 @@ caption, 2x2 patches and 3-axis rotary embeddings, a Qwen3 text encoder (its nex
 the caption features) with the byte-level Qwen tokenizer and a chat template (the pipeline wraps each prompt
 in one), and Z-Image-Turbo's static-shift flow-matching scheduler. The Turbo-type built-in is the same
 architecture with other weights: Z-Image and Z-Image-Turbo differ in their training, not their shapes.
+`builtin:tiny-z-image-gguf` stores the transformer as a GGUF (Q8_0) file in the original layout;
 `builtin:tiny-lora-z-image` is a LoRA adapter for `builtin:tiny-z-image` in diffusers' layout.
 
 Import direction: `workers.builtins.registry` imports this module; this one imports `workers.builtins.families`,
-`workers.builtins.flux` and `workers.builtins.textparts`.
+`workers.builtins.flux` and `workers.builtins.textparts` (and `workers.builtins.loras`, `workers.loading.transformer_files`
+inside functions).
 """
 from __future__ import annotations
 
@@ -103,6 +105,49 @@ def build_tiny_z_image_turbo(path: Path) -> None:
     ZImagePipeline(**z_image_components(turbo=True)).save_pretrained(path, safe_serialization=True)
 
 
+ORIGINAL_NAMES = (("all_x_embedder.2-1.", "x_embedder."), ("all_final_layer.2-1.", "final_layer."),
+                  (".attention.to_out.0.", ".attention.out."), (".attention.norm_q.", ".attention.q_norm."),
+                  (".attention.norm_k.", ".attention.k_norm."))
+"""diffusers' Z-Image transformer names -> the original (published single-file and GGUF) ones; the original
+layout also fuses `to_q`, `to_k` and `to_v` into one `qkv` weight."""
+
+
+def original_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers Z-Image transformer state dict in the original layout (what diffusers' single-file loader
+    converts back)."""
+    out = {}
+    for key, value in state_dict.items():
+        if ".attention.to_k." in key or ".attention.to_v." in key:
+            continue
+        if ".attention.to_q." in key:
+            parts = [state_dict[key.replace(".to_q.", f".{p}.")] for p in ("to_q", "to_k", "to_v")]
+            out[key.replace(".attention.to_q.", ".attention.qkv.")] = torch.cat(parts, 0)
+            continue
+        for new, old in ORIGINAL_NAMES:
+            key = key.replace(new, old)
+        out[key] = value
+    return out
+
+
+GGUF_KEEP = ("pad_token",)
+"""Tensors a GGUF Z-Image transformer keeps in F32 (the pad tokens are used as whole rows, never as a layer's
+weight, so they cannot be dequantized on the fly)."""
+
+
+def build_tiny_z_image_gguf(path: Path) -> None:
+    """Write `builtin:tiny-z-image-gguf` to `path`: `builtin:tiny-z-image` with its transformer stored as a GGUF
+    file in the original layout (`transformer/diffusion_pytorch_model.gguf`, Q8_0 where the block size fits),
+    as quantized Z-Image files are published."""
+    from safetensors.torch import load_file
+
+    from workers.loading.transformer_files import write_gguf
+
+    build_tiny_z_image(path)
+    weights = path / "transformer" / "diffusion_pytorch_model.safetensors"
+    write_gguf(original_layout(load_file(str(weights))), weights.with_suffix(".gguf"), arch="z_image", keep=GGUF_KEEP)
+    weights.unlink()
+
+
 LORA_TARGETS = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0", "feed_forward.w1",
                 "feed_forward.w2", "feed_forward.w3")
 """The Z-Image transformer's block modules (name endings) `builtin:tiny-lora-z-image` changes."""
@@ -136,5 +181,6 @@ def build_tiny_lora_z_image(path: Path) -> None:
 
 
 BUILDERS = {"tiny-z-image": build_tiny_z_image, "tiny-z-image-turbo": build_tiny_z_image_turbo,
+            "tiny-z-image-gguf": build_tiny_z_image_gguf,
             "tiny-lora-z-image": build_tiny_lora_z_image}
 """Built-in model name (after `builtin:`) to its generator (joined into `workers.builtins.registry.BUILDERS`)."""
