@@ -273,3 +273,14 @@ def test_a_transformer_file_in_the_original_layout_loads_with_its_config_folder(
         want = direct(models_dir, "txt2img", "a tower", 4, name=name, **DEFAULTS, **SIZE)
         assert np.array_equal(pixels(got), want)
     assert model_info(str(files["tiny-z-image-gguf"])).memory.weights_gb < families.FAMILIES["z-image"].memory.weights_gb
+
+
+def test_the_hires_fix_runs_z_image_img2img_for_its_second_pass(zimage, store, models_dir):
+    doc = run(zimage, {"model": "builtin:tiny-z-image", "prompts": ["a hill"],
+                       "params": {"steps": 3, "seed": 3, **SIZE, "hires": {"scale": 2, "strength": 0.5, "steps": 4}}})
+    img = result(store, doc["items"][0])
+    assert img.size == (128, 128)
+    low = Image.fromarray(direct(models_dir, "txt2img", "a hill", 3, **DEFAULTS, **SIZE).astype("uint8"))
+    want = direct(models_dir, "img2img", "a hill", 3, steps=4, image=low.resize((128, 128), Image.Resampling.LANCZOS),
+                  strength=0.5, width=128, height=128, **DEFAULTS)
+    assert np.abs(pixels(img) - want).max() <= 2
