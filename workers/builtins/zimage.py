@@ -12,8 +12,8 @@ architecture with other weights: Z-Image and Z-Image-Turbo differ in their train
 `builtin:tiny-lora-z-image` is a LoRA adapter for `builtin:tiny-z-image` in diffusers' layout.
 
 Import direction: `workers.builtins.registry` imports this module; this one imports `workers.builtins.families`,
-`workers.builtins.flux` and `workers.builtins.textparts` (and `workers.builtins.loras`, `workers.loading.transformer_files`
-inside functions).
+`workers.builtins.flux` and `workers.builtins.textparts` (and, inside functions, `workers.builtins.loras` and
+`workers.loading.transformer_files`).
 """
 from __future__ import annotations
 
