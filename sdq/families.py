@@ -7,7 +7,7 @@ pipeline classes and refuses items whose memory need its device cannot meet.
 A family is picked from a diffusers folder's `model_index.json` (`_class_name`, the same key
 diffusers' AutoPipeline reads) or, for a single `.safetensors` checkpoint, from the tensor names
 in its header (`conditioner.embedders.1.` only SDXL has, `joint_blocks.` only SD3's MMDiT,
-`double_blocks.` only Flux's transformer).
+`double_blocks.` only Flux's transformer, `layers.0.adaLN_modulation.0.` only Z-Image's).
 """
 from __future__ import annotations
 
@@ -32,12 +32,17 @@ FLUX = "flux"
 """Flux.1 (dev, schnell, Kontext and their finetunes): a double/single-stream transformer with distilled
 guidance, a CLIP encoder (pooled) and T5 (tokens), a 16-channel VAE, flow matching."""
 
+Z_IMAGE = "z-image"
+"""Z-Image and Z-Image-Turbo: a single-stream transformer over the caption and image tokens, a Qwen3 text
+encoder, Flux's 16-channel VAE, flow matching; classifier-free guidance above `guidance_scale` 0."""
+
 FLOW_SCHEDULERS = ("flow_euler",)
 """Schedulers of flow-matching (rectified-flow) models; noise-prediction families cannot use them."""
 
 @dataclass(frozen=True)
 class Distilled:
-    """A timestep-distilled variant (FLUX.1 schnell): few steps, no guidance input, a shorter T5 sequence."""
+    """A timestep-distilled variant (FLUX.1 schnell, Z-Image-Turbo): few steps, run without guidance, its own
+    text length limit."""
 
     title: str
     steps: int
@@ -124,6 +129,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            guidance=(0.0, 30.0, 3.5), memory=Memory(31.5, 2.0, largest_share=0.75),
            params=("max_sequence_length", "true_cfg_scale"), default_steps=28,
            distilled=Distilled("FLUX.1 schnell", steps=4, max_sequence_length=256)),
+    # Memory (half precision): the transformer's ~6.15B parameters 11.5 GiB, the Qwen3-4B encoder's 4.02B 7.5 GiB,
+    # the VAE 0.2 GiB: 19.2 GiB; working memory as SD3's. Estimated from parameter counts, not measured.
+    # Turbo (8 steps, no guidance) has Z-Image's shapes: told apart by its name (`sdq.modelinfo.is_turbo`).
+    Family(Z_IMAGE, "Z-Image", ("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"),
+           ("layers.0.adaLN_modulation.0.", "model.diffusion_model.layers.0.adaLN_modulation.0.", "all_x_embedder."),
+           default_side=1024, size_multiple=16, default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS,
+           guidance=(0.0, 30.0, 5.0), memory=Memory(19.2, 2.0, largest_share=0.65), params=("max_sequence_length",),
+           default_steps=50, max_tokens=512, distilled=Distilled("Z-Image-Turbo", steps=8, max_sequence_length=512)),
 )}
 """Every family sdq runs, by name."""
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from sdq import defaults, families
 from sdq.families import FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL
+from sdq.families import Z_IMAGE
 from sdq.params import ImageInput, Param
 
 
@@ -94,10 +95,12 @@ MASK_IMAGE = ImageInput("mask_image", "mask_image", mode="L", infotext="Mask ima
 
 SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("txt2img", {SD: "StableDiffusionPipeline", SDXL: "StableDiffusionXLPipeline",
-                             SD3: "StableDiffusion3Pipeline", FLUX: "FluxPipeline"}, passes_size=True,
+                             SD3: "StableDiffusion3Pipeline", FLUX: "FluxPipeline",
+                             Z_IMAGE: "ZImagePipeline"}, passes_size=True,
                  doc="an image from a prompt"),
     PipelineSpec("img2img", {SD: "StableDiffusionImg2ImgPipeline", SDXL: "StableDiffusionXLImg2ImgPipeline",
-                             SD3: "StableDiffusion3Img2ImgPipeline", FLUX: "FluxImg2ImgPipeline"},
+                             SD3: "StableDiffusion3Img2ImgPipeline", FLUX: "FluxImg2ImgPipeline",
+                             Z_IMAGE: "ZImageImg2ImgPipeline"},
                  images=(INIT_IMAGE,), params=(STRENGTH,), steps_scaled_by="strength",
                  doc="a prompt applied to an init image"),
     PipelineSpec("upscale", {SD_UPSCALE: "StableDiffusionUpscalePipeline"}, images=(INIT_IMAGE,), params=(NOISE_LEVEL,),
@@ -106,7 +109,8 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("depth2img", {SD_DEPTH: "StableDiffusionDepth2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
                  steps_scaled_by="strength", doc="img2img that keeps the init image's depth map"),
     PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline", SDXL: "StableDiffusionXLInpaintPipeline",
-                             FLUX: "FluxInpaintPipeline"},
+                             FLUX: "FluxInpaintPipeline",
+                             Z_IMAGE: "ZImageInpaintPipeline"},
                  images=(INIT_IMAGE, MASK_IMAGE), params=(STRENGTH,), steps_scaled_by="strength", passes_size=True,
                  doc="the white part of a mask repainted over the init image (the mask is made single-channel)"),
     PipelineSpec("edit", {FLUX: "FluxKontextPipeline"}, images=(INIT_IMAGE,), passes_size=True,
@@ -141,7 +145,7 @@ FAMILY_PARAMS: dict[str, Param] = {p.name: p for p in (
           doc="SDXL crop conditioning: top edge; default 0"),
     Param("max_sequence_length", int, 1, 512, 256, infotext="Max sequence length",
           doc="SD3 and Flux: prompt tokens of the T5 encoder (diffusers allows at most 512, FLUX.1 schnell-type "
-              "models 256; default 256)"),
+              "models 256; default 256); Z-Image: of the Qwen3 encoder, its chat template included (at most 512)"),
     Param("true_cfg_scale", float, 1, 30, None, infotext="True CFG scale",
           doc="Flux: real classifier-free guidance against the negative prompt (a second transformer pass per "
               "step; needs a negative prompt, and a negative prompt needs it above 1); `guidance_scale` is "
@@ -170,7 +174,8 @@ def _flux_kwargs(p: dict[str, Any]) -> dict[str, Any]:
     return {**_sd3_kwargs(p), **true_cfg}
 
 
-FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs, FLUX: _flux_kwargs}
+FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs, FLUX: _flux_kwargs,
+                 Z_IMAGE: _sd3_kwargs}
 """Family -> the keyword arguments of its diffusers calls made from the item's family parameters."""
 
 CLASS_KWARGS = {"FluxKontextPipeline": lambda p: {"max_area": p["width"] * p["height"], "_auto_resize": False}}

@@ -17,6 +17,7 @@ from sdq.sources import builtin_path, is_model_folder
 from workers.builtins import families as builtin_families
 from workers.builtins import flux as builtin_flux
 from workers.builtins import video as builtin_video
+from workers.builtins import zimage as builtin_zimage
 from workers.running import preview
 
 from workers.builtins.parts import (SD_SCHEDULER, tiny_safety_checker, tiny_text_encoder, tiny_tokenizer, tiny_unet,
@@ -168,6 +169,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     **_lora_builders(),
     **preview.BUILDERS,
     **builtin_video.BUILDERS,
+    **builtin_zimage.BUILDERS,
 }
 """Built-in model name (after `builtin:`) to its generator."""
 
