@@ -14,6 +14,7 @@ from typing import Any
 
 from sdq import defaults, families
 from sdq.families import FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL
+from sdq.families import QWEN_IMAGE, QWEN_IMAGE_EDIT
 from sdq.params import ImageInput, Param
 
 
@@ -94,9 +95,11 @@ MASK_IMAGE = ImageInput("mask_image", "mask_image", mode="L", infotext="Mask ima
 
 SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("txt2img", {SD: "StableDiffusionPipeline", SDXL: "StableDiffusionXLPipeline",
+                             QWEN_IMAGE: "QwenImagePipeline",
                              SD3: "StableDiffusion3Pipeline", FLUX: "FluxPipeline"}, passes_size=True,
                  doc="an image from a prompt"),
     PipelineSpec("img2img", {SD: "StableDiffusionImg2ImgPipeline", SDXL: "StableDiffusionXLImg2ImgPipeline",
+                             QWEN_IMAGE: "QwenImageImg2ImgPipeline",
                              SD3: "StableDiffusion3Img2ImgPipeline", FLUX: "FluxImg2ImgPipeline"},
                  images=(INIT_IMAGE,), params=(STRENGTH,), steps_scaled_by="strength",
                  doc="a prompt applied to an init image"),
@@ -106,10 +109,12 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("depth2img", {SD_DEPTH: "StableDiffusionDepth2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
                  steps_scaled_by="strength", doc="img2img that keeps the init image's depth map"),
     PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline", SDXL: "StableDiffusionXLInpaintPipeline",
+                             QWEN_IMAGE: "QwenImageInpaintPipeline",
                              FLUX: "FluxInpaintPipeline"},
                  images=(INIT_IMAGE, MASK_IMAGE), params=(STRENGTH,), steps_scaled_by="strength", passes_size=True,
                  doc="the white part of a mask repainted over the init image (the mask is made single-channel)"),
-    PipelineSpec("edit", {FLUX: "FluxKontextPipeline"}, images=(INIT_IMAGE,), passes_size=True,
+    PipelineSpec("edit", {FLUX: "FluxKontextPipeline",
+                          QWEN_IMAGE_EDIT: "QwenImageEditPipeline"}, images=(INIT_IMAGE,), passes_size=True,
                  doc="the init image changed as the prompt says (an instruction: \"make the sky red\")"),
 )}
 """Every pipeline the API knows, by name."""
@@ -170,7 +175,13 @@ def _flux_kwargs(p: dict[str, Any]) -> dict[str, Any]:
     return {**_sd3_kwargs(p), **true_cfg}
 
 
-FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs, FLUX: _flux_kwargs}
+def _qwen_kwargs(p: dict[str, Any]) -> dict[str, Any]:
+    # No guidance input (diffusers warns at any guidance_scale); true CFG off unless asked (its default is 4.0).
+    return {**_sd3_kwargs(p), "true_cfg_scale": p.get("true_cfg_scale") or 1.0, "guidance_scale": None}
+
+
+FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs, FLUX: _flux_kwargs,
+                 QWEN_IMAGE: _qwen_kwargs, QWEN_IMAGE_EDIT: _qwen_kwargs}
 """Family -> the keyword arguments of its diffusers calls made from the item's family parameters."""
 
 CLASS_KWARGS = {"FluxKontextPipeline": lambda p: {"max_area": p["width"] * p["height"], "_auto_resize": False}}
