@@ -210,3 +210,18 @@ def test_edit_on_an_edit_model_equals_direct_diffusers(stack_factory, store, edi
     assert close(pixels(img), direct(edit_model, "edit", "make the sky red", 31, **kw))
     assert np.abs(pixels(img) - direct(edit_model, "edit", "make the sky red", 32, **kw)).mean() > 0.5
     assert parse_infotext(img.info["parameters"])["Pipeline"] == "edit"
+
+
+def test_previews_of_a_qwen_image_item_stream_while_it_is_made(qwen, store, models_dir):
+    """Qwen-Image's latents are packed 2x2 and, unpacked, have a frame axis (its VAE is a video VAE): the preview
+    hook turns them into one 16-channel frame for the tiny decoder; the image is the one made without previews."""
+    from tests.test_previews import _decoded
+
+    body = {"model": MODEL, "prompts": ["a castle"], "params": {"steps": 30, "seed": 9, **SIZE, "cache": False}}
+    job = qwen.submit({**body, "params": {**body["params"], "preview": {"interval": 0.25}}})
+    previews = [data for name, data in qwen.events(job["id"]) if name == "item.preview"]
+    doc = wait_job(qwen, job["id"])
+    assert doc["state"] == "succeeded", [it.get("error") for it in doc["items"]]
+    assert previews and all(_decoded(d).size == (64, 64) for d in previews)
+    want = direct(builtin_path(models_dir, "tiny-qwen-image"), "txt2img", "a castle", 9, steps=30, **DEFAULTS, **SIZE)
+    assert close(pixels(result(store, doc["items"][0])), want)
