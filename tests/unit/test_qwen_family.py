@@ -85,6 +85,17 @@ def test_the_tiny_builtin_is_qwen_image_at_128_px_with_little_memory():
     assert info.family.name == QWEN_IMAGE and info.default_side == 128 and info.memory == TINY
 
 
+def test_the_model_catalog_shows_the_family_and_its_defaults():
+    from producer.catalog import catalog
+
+    entry = next(m for m in catalog((), []) if m["id"] == "builtin:tiny-qwen-image")
+    assert (entry["family"], entry["family_title"], entry["pipelines"]) == (QWEN_IMAGE, "Qwen-Image",
+                                                                           ["txt2img", "img2img", "inpaint"])
+    assert entry["defaults"] == {"width": 128, "height": 128, "steps": 50, "scheduler": "flow_euler",
+                                 "guidance_scale": 0.0}
+    assert entry["size_multiple"] == 16
+
+
 def _local(tmp_path, class_name: str) -> tuple[str, Settings]:
     model = str(folder(tmp_path, class_name, name=class_name))
     return model, Settings.from_env({"SDQ_MODELS": model})
