@@ -2,8 +2,9 @@
 call of the same class with the same seed; true CFG with a negative prompt reaches the pipeline and round-trips
 through infotext (read by sd-parsers too); another family's parameter, a side off the size multiple and `edit` on a
 plain Qwen-Image model are refused at submit naming the field; a worker without the memory of a full-size model
-never takes its item. `edit` on a Qwen-Image-Edit model runs where torchvision is installed (see
-`test_edit_on_an_edit_model_equals_direct_diffusers`)."""
+never takes its item; previews stream; `builtin:tiny-lora-qwen-image` (its family read from its tensor names)
+changes the image as diffusers' own LoRA loader does. `edit` on a Qwen-Image-Edit model runs where torchvision is
+installed (see `test_edit_on_an_edit_model_equals_direct_diffusers`)."""
 from __future__ import annotations
 
 import hashlib
@@ -225,3 +226,60 @@ def test_previews_of_a_qwen_image_item_stream_while_it_is_made(qwen, store, mode
     assert previews and all(_decoded(d).size == (64, 64) for d in previews)
     want = direct(builtin_path(models_dir, "tiny-qwen-image"), "txt2img", "a castle", 9, steps=30, **DEFAULTS, **SIZE)
     assert close(pixels(result(store, doc["items"][0])), want)
+
+
+ADAPTER = "builtin:tiny-lora-qwen-image"
+
+
+def test_the_qwen_adapter_is_the_same_bytes_every_time_and_its_family_is_read_from_its_names(models_dir, tmp_path):
+    from sdq import loras
+    from workers.builtins.registry import BUILDERS, ensure_builtin
+
+    BUILDERS["tiny-lora-qwen-image"](tmp_path / "a")
+    built = ensure_builtin(models_dir, "tiny-lora-qwen-image") / loras.ADAPTER_FILE
+    assert (tmp_path / "a" / loras.ADAPTER_FILE).read_bytes() == built.read_bytes()
+    header = loras.read_header(built)
+    assert "modelspec.architecture" not in header.get("__metadata__", {})  # no metadata to go by: the names say it
+    assert loras.file_family(built) == families.QWEN_IMAGE == loras.adapter_family(ADAPTER)
+
+
+@lru_cache(maxsize=None)
+def _lora_pipe(models_dir: Path):
+    import diffusers
+    import torch
+
+    from sdq import loras
+
+    pipe = diffusers.QwenImagePipeline.from_pretrained(builtin_path(models_dir, "tiny-qwen-image"), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(builtin_path(models_dir, "tiny-lora-qwen-image")), weight_name=loras.ADAPTER_FILE,
+                           adapter_name="direct")
+    return pipe
+
+
+def test_a_qwen_lora_changes_the_image_like_diffusers_and_the_next_job_without_it_does_not(qwen, store, models_dir):
+    import torch
+
+    base = {"model": MODEL, "prompts": ["a red lighthouse"], "params": {"steps": 3, "seed": 31, "cache": False, **SIZE}}
+    styled_body = {**base, "params": {**base["params"], "loras": [{"name": ADAPTER, "scale": 0.75}]}}
+    plain, styled, again = (run(qwen, b)["items"][0] for b in (base, styled_body, base))
+    assert plain["worker"] == styled["worker"] == again["worker"]  # one warm worker, the adapter still loaded
+    torch.set_num_threads(1)
+    pipe = _lora_pipe(models_dir)
+    pipe.set_adapters(["direct"], adapter_weights=[0.75])
+    want = pixels(pipe("a red lighthouse", num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(31),
+                       **DEFAULTS, **SIZE).images[0])
+    got = pixels(result(store, styled))
+    assert close(got, want), np.abs(got - want).max()
+    assert np.abs(got - pixels(result(store, plain))).mean() > 1.0  # visibly changed (measured ~2 /255 at 0.75)
+    assert np.array_equal(pixels(result(store, again)), pixels(result(store, plain)))  # switched off, bit for bit
+    text = result(store, styled).info["parameters"]
+    assert text.splitlines()[0] == "a red lighthouse <lora:tiny-lora-qwen-image:0.75>"
+
+
+def test_the_qwen_adapter_on_another_family_is_refused_naming_the_field(qwen):
+    job = {"model": "builtin:tiny-sd", "prompts": ["x"], "params": {"loras": [{"name": ADAPTER}]}}
+    resp = qwen.session.post(f"{qwen.server}/v1/jobs", json=job, timeout=10)
+    assert resp.status_code == 422, resp.text
+    err = resp.json()["error"]
+    assert (err["field"], err["code"]) == ("params.loras[0].name", "wrong_family") and "qwen-image" in err["message"]

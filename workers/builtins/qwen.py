@@ -137,7 +137,24 @@ def build_tiny_qwen_image_edit(path: Path) -> None:
     QwenImageEditPipeline(**qwen_components(edit=True)).save_pretrained(path, safe_serialization=True)
 
 
-BUILDERS = {"tiny-qwen-image": build_tiny_qwen_image}
+LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                "attn.add_v_proj", "attn.to_add_out", "img_mlp.net.2", "txt_mlp.net.2")
+"""The Qwen-Image transformer's block modules (name endings) `builtin:tiny-lora-qwen-image` changes."""
+
+LORA_B_STD = 0.5
+"""Spread of the Qwen-Image adapter's up matrices (as the Flux adapter's: a narrow, 32-wide transformer)."""
+
+
+def build_tiny_lora_qwen_image(path: Path) -> None:
+    """Write `builtin:tiny-lora-qwen-image`: a rank-4 update of tiny-qwen-image's transformer blocks (attention and
+    MLPs) in diffusers' layout (`transformer.<module>.lora_A.weight` / `lora_B.weight`), with no metadata: its
+    family is read from its tensor names."""
+    from workers.builtins.loras import build_tiny_lora, lora_weights
+
+    build_tiny_lora(path, prefix="transformer", weights=lora_weights(qwen_transformer(), LORA_TARGETS, LORA_B_STD))
+
+
+BUILDERS = {"tiny-qwen-image": build_tiny_qwen_image, "tiny-lora-qwen-image": build_tiny_lora_qwen_image}
 """Built-in model name (after `builtin:`) to its generator (joined into `workers.builtins.registry.BUILDERS`).
 `build_tiny_qwen_image_edit` is not a built-in yet: it needs torchvision (see `qwen_processor`), which sdq's
 environment does not install, and every built-in is generated where the tests run."""
