@@ -168,7 +168,7 @@ def test_bad_qwen_requests_are_refused_naming_the_field(qwen, pipeline, params, 
 
 
 def test_a_worker_without_the_memory_for_a_full_size_qwen_image_never_takes_its_item(qwen, qwen_stack, local_qwen):
-    """The local folder is, for all the producer knows, a full-size Qwen-Image (~115 GB in fp32 at 64x64): more
+    """The local folder is, for all the producer knows, a full-size Qwen-Image (~107 GB in fp32 at 64x64): more
     than this CPU worker has; it leaves the item queued, and the built-in runs meanwhile."""
     need = families.FAMILIES[families.QWEN_IMAGE].memory.need_gb("fp32", 64 * 64)
     memory = float(wait_until(qwen.workers, "the worker's capability record", 60)[0]["memory_total_gb"])
@@ -283,3 +283,54 @@ def test_the_qwen_adapter_on_another_family_is_refused_naming_the_field(qwen):
     assert resp.status_code == 422, resp.text
     err = resp.json()["error"]
     assert (err["field"], err["code"]) == ("params.loras[0].name", "wrong_family") and "qwen-image" in err["message"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, models_dir) -> dict[str, Path]:
+    """tiny-qwen-image's transformer alone as a `.safetensors` file (diffusers' names, as Qwen-Image transformer
+    files are published) and as a GGUF file (Q8_0 where the block size fits), each with a config folder beside it
+    holding the other components."""
+    from safetensors.torch import load_file
+
+    from workers.loading.transformer_files import write_gguf
+
+    d = tmp_path_factory.mktemp("qwen-files")
+    src = builtin_path(models_dir, "tiny-qwen-image")
+    weights = src / "transformer" / "diffusion_pytorch_model.safetensors"
+    out = {}
+    for target in ("qwen-image.safetensors", "qwen-image-Q8_0.gguf"):
+        config = shutil.copytree(src, d / Path(target).stem)
+        (config / "transformer" / weights.name).unlink()
+        out[target] = d / target
+    shutil.copy(weights, out["qwen-image.safetensors"])
+    write_gguf(load_file(str(weights)), out["qwen-image-Q8_0.gguf"])
+    return out
+
+
+GGUF_TOLERANCE = {"max": 8, "mean": 1.0}
+"""How far (pixel values /255) the Q8_0 transformer's image may be from the unquantized one's: measured here max 4,
+mean ~0.39 at 64x64, 3 steps (another seed: mean ~13)."""
+
+
+def test_a_transformer_file_or_gguf_loads_with_its_config_folder(files, models_dir):
+    import torch
+
+    from sdq.modelinfo import model_info
+    from workers.loading import transformer_files
+
+    torch.set_num_threads(1)
+    want = direct(builtin_path(models_dir, "tiny-qwen-image"), "txt2img", "a tower", 4, **DEFAULTS, **SIZE)
+    for name, file in files.items():
+        assert model_info(str(file)).family.name == families.QWEN_IMAGE  # read from the config folder
+        pipe = transformer_files.load(*transformer_files.transformer_file(file), torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        got = pixels(pipe(prompt="a tower", num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(4),
+                          **DEFAULTS, **SIZE).images[0])
+        if name.endswith(".gguf"):
+            assert transformer_files.quantization(pipe.transformer) == "gguf Q8_0"
+            diff = np.abs(got - want)
+            assert 0 < diff.mean() <= GGUF_TOLERANCE["mean"] and diff.max() <= GGUF_TOLERANCE["max"]
+        else:
+            assert np.array_equal(got, want)
+    gguf_need = model_info(str(files["qwen-image-Q8_0.gguf"])).memory
+    assert gguf_need.weights_gb < families.FAMILIES[families.QWEN_IMAGE].memory.weights_gb

@@ -18,10 +18,13 @@ from sdq.sources import single_file_config
 
 GGUF_SUFFIX = ".gguf"
 
+TRANSFORMER_FILE_FAMILIES = (families.FLUX, families.QWEN_IMAGE, families.QWEN_IMAGE_EDIT)
+"""Families whose `.safetensors` single file beside a config folder is the transformer alone (as published)."""
+
 
 def transformer_file(path: Path) -> tuple[Path, Path] | None:
     """(config folder, transformer file) when the model at `path` is opened that way: a `.gguf` file or a
-    Flux single file with its config folder beside it, or a folder with a `transformer/*.gguf`; else None."""
+    Flux or Qwen-Image single file with its config folder beside it, or a folder with a `transformer/*.gguf`; else None."""
     path = Path(path)
     if path.is_dir():
         found = sorted((path / "transformer").glob(f"*{GGUF_SUFFIX}"))
@@ -31,7 +34,7 @@ def transformer_file(path: Path) -> tuple[Path, Path] | None:
     if config is None or suffix not in (GGUF_SUFFIX, ".safetensors"):  # never a .ckpt pickle this way
         return None
     try:
-        return (config, path) if suffix == GGUF_SUFFIX or families.from_folder(config) == families.FLUX else None
+        return (config, path) if suffix == GGUF_SUFFIX or families.from_folder(config) in TRANSFORMER_FILE_FAMILIES else None
     except families.UnknownFamily:
         return None
 
