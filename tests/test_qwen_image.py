@@ -334,3 +334,15 @@ def test_a_transformer_file_or_gguf_loads_with_its_config_folder(files, models_d
             assert np.array_equal(got, want)
     gguf_need = model_info(str(files["qwen-image-Q8_0.gguf"])).memory
     assert gguf_need.weights_gb < families.FAMILIES[families.QWEN_IMAGE].memory.weights_gb
+
+
+def test_the_hires_fix_runs_qwen_image_img2img_for_its_second_pass(qwen, store, models_dir):
+    folder = builtin_path(models_dir, "tiny-qwen-image")
+    doc = run(qwen, {"model": MODEL, "prompts": ["a hill"],
+                     "params": {"steps": 3, "seed": 3, **SIZE, "hires": {"scale": 2, "strength": 0.5, "steps": 4}}})
+    img = result(store, doc["items"][0])
+    assert img.size == (128, 128)
+    low = Image.fromarray(direct(folder, "txt2img", "a hill", 3, **DEFAULTS, **SIZE).astype("uint8"))
+    want = direct(folder, "img2img", "a hill", 3, steps=4, image=low.resize((128, 128), Image.Resampling.LANCZOS),
+                  strength=0.5, width=128, height=128, **DEFAULTS)
+    assert np.abs(pixels(img) - want).max() <= 2
