@@ -146,11 +146,12 @@ FAMILY_PARAMS: dict[str, Param] = {p.name: p for p in (
           doc="SDXL crop conditioning: top edge; default 0"),
     Param("max_sequence_length", int, 1, 512, 256, infotext="Max sequence length",
           doc="SD3 and Flux: prompt tokens of the T5 encoder (diffusers allows at most 512, FLUX.1 schnell-type "
-              "models 256; default 256)"),
+              "models 256; default 256); Qwen-Image: of its Qwen2.5-VL encoder, after its prompt template"),
     Param("true_cfg_scale", float, 1, 30, None, infotext="True CFG scale",
           doc="Flux: real classifier-free guidance against the negative prompt (a second transformer pass per "
               "step; needs a negative prompt, and a negative prompt needs it above 1); `guidance_scale` is "
-              "the distilled guidance the model takes as an input"),
+              "the distilled guidance the model takes as an input. Qwen-Image: its only guidance, same rules "
+              "(the model card uses 4 with a negative prompt of one space)"),
 )}
 """Parameters only some model families take (`families.Family.params` names them); a family's items
 get its defaults at submit, other families' items never carry them."""
