@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sdq.families import (FAMILIES, FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL, Family, UnknownFamily, UnsupportedFamily,
                           detect)
-from sdq.families import Z_IMAGE
+from sdq.families import QWEN_IMAGE, Z_IMAGE
 from sdq.memory import Memory, quantized
 from sdq.sources import source_for
 from sdq.tensorfiles import tensor_names
@@ -30,6 +30,7 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "builtin:tiny-z-image": Z_IMAGE,
     "builtin:tiny-z-image-turbo": Z_IMAGE,
     "builtin:tiny-z-image-gguf": Z_IMAGE,  # tiny-z-image with a GGUF (Q8_0) transformer
+    "builtin:tiny-qwen-image": QWEN_IMAGE,
     # Full-size shapes with random weights (`workers.builtins.fullsize`): generated on first use, ~4-5 GB each.
     "builtin:sd15-shaped": SD,
     "builtin:sd2-768-shaped": SD,
@@ -42,7 +43,8 @@ TINY_PREFIX = "builtin:tiny-"
 BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256, "builtin:tiny-flux": 128,
                  "builtin:tiny-flux-schnell": 128, "builtin:tiny-flux-gguf": 128,
                  "builtin:tiny-z-image": 128, "builtin:tiny-z-image-turbo": 128,
-                 "builtin:tiny-z-image-gguf": 128}
+                 "builtin:tiny-z-image-gguf": 128,
+                 "builtin:tiny-qwen-image": 128}
 """Default width and height of the tiny built-ins whose family's default is larger (their sample size
 times 8: diffusers' own default for them); the others take their family's."""
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sdq import defaults, families
 from sdq.families import FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL
-from sdq.families import Z_IMAGE
+from sdq.families import QWEN_IMAGE, QWEN_IMAGE_EDIT, Z_IMAGE
 from sdq.params import ImageInput, Param
 
 
@@ -96,10 +96,12 @@ MASK_IMAGE = ImageInput("mask_image", "mask_image", mode="L", infotext="Mask ima
 SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("txt2img", {SD: "StableDiffusionPipeline", SDXL: "StableDiffusionXLPipeline",
                              SD3: "StableDiffusion3Pipeline", FLUX: "FluxPipeline",
+                             QWEN_IMAGE: "QwenImagePipeline",
                              Z_IMAGE: "ZImagePipeline"}, passes_size=True,
                  doc="an image from a prompt"),
     PipelineSpec("img2img", {SD: "StableDiffusionImg2ImgPipeline", SDXL: "StableDiffusionXLImg2ImgPipeline",
                              SD3: "StableDiffusion3Img2ImgPipeline", FLUX: "FluxImg2ImgPipeline",
+                             QWEN_IMAGE: "QwenImageImg2ImgPipeline",
                              Z_IMAGE: "ZImageImg2ImgPipeline"},
                  images=(INIT_IMAGE,), params=(STRENGTH,), steps_scaled_by="strength",
                  doc="a prompt applied to an init image"),
@@ -110,10 +112,12 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
                  steps_scaled_by="strength", doc="img2img that keeps the init image's depth map"),
     PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline", SDXL: "StableDiffusionXLInpaintPipeline",
                              FLUX: "FluxInpaintPipeline",
+                             QWEN_IMAGE: "QwenImageInpaintPipeline",
                              Z_IMAGE: "ZImageInpaintPipeline"},
                  images=(INIT_IMAGE, MASK_IMAGE), params=(STRENGTH,), steps_scaled_by="strength", passes_size=True,
                  doc="the white part of a mask repainted over the init image (the mask is made single-channel)"),
-    PipelineSpec("edit", {FLUX: "FluxKontextPipeline"}, images=(INIT_IMAGE,), passes_size=True,
+    PipelineSpec("edit", {FLUX: "FluxKontextPipeline",
+                          QWEN_IMAGE_EDIT: "QwenImageEditPipeline"}, images=(INIT_IMAGE,), passes_size=True,
                  doc="the init image changed as the prompt says (an instruction: \"make the sky red\")"),
 )}
 """Every pipeline the API knows, by name."""
@@ -145,11 +149,13 @@ FAMILY_PARAMS: dict[str, Param] = {p.name: p for p in (
           doc="SDXL crop conditioning: top edge; default 0"),
     Param("max_sequence_length", int, 1, 512, 256, infotext="Max sequence length",
           doc="SD3 and Flux: prompt tokens of the T5 encoder (diffusers allows at most 512, FLUX.1 schnell-type "
-              "models 256; default 256); Z-Image: of the Qwen3 encoder, its chat template included (at most 512)"),
+              "models 256; default 256); Qwen-Image: of its Qwen2.5-VL encoder, after its prompt template; Z-Image: "
+              "of the Qwen3 encoder, its chat template included (at most 512)"),
     Param("true_cfg_scale", float, 1, 30, None, infotext="True CFG scale",
           doc="Flux: real classifier-free guidance against the negative prompt (a second transformer pass per "
               "step; needs a negative prompt, and a negative prompt needs it above 1); `guidance_scale` is "
-              "the distilled guidance the model takes as an input"),
+              "the distilled guidance the model takes as an input. Qwen-Image: its only guidance, same rules "
+              "(the model card uses 4 with a negative prompt of one space)"),
 )}
 """Parameters only some model families take (`families.Family.params` names them); a family's items
 get its defaults at submit, other families' items never carry them."""
@@ -174,7 +180,13 @@ def _flux_kwargs(p: dict[str, Any]) -> dict[str, Any]:
     return {**_sd3_kwargs(p), **true_cfg}
 
 
+def _qwen_kwargs(p: dict[str, Any]) -> dict[str, Any]:
+    # No guidance input (diffusers warns at any guidance_scale); true CFG off unless asked (its default is 4.0).
+    return {**_sd3_kwargs(p), "true_cfg_scale": p.get("true_cfg_scale") or 1.0, "guidance_scale": None}
+
+
 FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs, FLUX: _flux_kwargs,
+                 QWEN_IMAGE: _qwen_kwargs, QWEN_IMAGE_EDIT: _qwen_kwargs,
                  Z_IMAGE: _sd3_kwargs}
 """Family -> the keyword arguments of its diffusers calls made from the item's family parameters."""
 

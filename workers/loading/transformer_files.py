@@ -18,14 +18,14 @@ from sdq.sources import single_file_config
 
 GGUF_SUFFIX = ".gguf"
 
-TRANSFORMER_FILE_FAMILIES = (families.FLUX,
+TRANSFORMER_FILE_FAMILIES = (families.FLUX, families.QWEN_IMAGE, families.QWEN_IMAGE_EDIT,
                              families.Z_IMAGE)
-"""Families whose `.safetensors` single files are the transformer alone (the rest from the config folder)."""
+"""Families whose `.safetensors` single file beside a config folder is the transformer alone (as published)."""
 
 
 def transformer_file(path: Path) -> tuple[Path, Path] | None:
     """(config folder, transformer file) when the model at `path` is opened that way: a `.gguf` file or a
-    Flux single file with its config folder beside it, or a folder with a `transformer/*.gguf`; else None."""
+    Flux or Qwen-Image single file with its config folder beside it, or a folder with a `transformer/*.gguf`; else None."""
     path = Path(path)
     if path.is_dir():
         found = sorted((path / "transformer").glob(f"*{GGUF_SUFFIX}"))
