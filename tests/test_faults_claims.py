@@ -71,3 +71,24 @@ def test_a_worker_reaped_while_alive_stores_nothing_for_its_cancelled_item(one, 
     assert store.keys(f"jobs/{job_id}/") in ([], [f"jobs/{job_id}/manifest.json"])
     cached = [one.r.get(k) for k in one.r.scan_iter(keys.RESULT_INDEX_PREFIX + "*")]
     assert not [c for c in cached if c and job_id.encode() in c]
+
+
+
+def test_a_run_superseded_after_its_claim_stores_nothing_for_its_cancelled_item(one, cclient, store):
+    """The run claimed its item, then was superseded (reaped while alive: a new attempt) and the job was
+    cancelled, all before its PUT: the claim is asked again right before the PUT, so the cancelled item
+    gets no object and no result-cache entry."""
+    jobs = JobStore(one.r)
+    one.r.hset(RULES, "claimed", "pause")  # claimed and encoded, not stored yet
+    job_id = cclient.submit(body(steps=2, cache=True, prompt=f"claimed {uuid.uuid4().hex}"))["id"]
+    worker = one.hit("claimed")
+    one.r.delete(RULES)
+    assert jobs.reap(worker) == [(job_id, 0)]
+    assert jobs.cancel(job_id) == ("cancelled", True)
+    one.release("claimed")
+
+    wait_for(lambda: one.r.zcard(keys.UNACKED_INDEX_KEY) == 0, "the superseded run's message acknowledged", 90)
+    assert jobs.all_items(job_id)[0].state == "cancelled"
+    assert store.keys(f"jobs/{job_id}/") in ([], [f"jobs/{job_id}/manifest.json"])
+    cached = [one.r.get(k) for k in one.r.scan_iter(keys.RESULT_INDEX_PREFIX + "*")]
+    assert not [c for c in cached if c and job_id.encode() in c]
