@@ -47,3 +47,39 @@ def test_uploads_ride_out_a_60s_s3_outage(stack_factory, s3_url, store):
     finally:
         st.stop()
         proxy.down()
+
+
+def test_a_run_superseded_while_its_put_rides_out_an_outage_stores_nothing(stack_factory, s3_url, store):
+    """The run claimed its item and is retrying its PUT through an outage when it is superseded (reaped while
+    alive) and the job cancelled: the claim is asked again before every attempt, so once S3 is back the
+    cancelled item gets no object (issue 39 defect 10)."""
+    from sdq.state import keys
+    from sdq.state.store import JobStore
+    from tests.test_faults_routing import log_text
+
+    proxy = TcpProxy(urlparse(s3_url).port)
+    proxy.up()
+    st = stack_factory("s3-superseded", env={**FAST_RECOVERY, "SDQ_S3_ENDPOINT_URL": proxy.url})
+    try:
+        import redis
+
+        st.worker("s3s", *WARM)
+        client = Client(st.env["SDQ_SERVER"])
+        r = redis.Redis.from_url(st.env["SDQ_REDIS_URL"])
+        jobs = JobStore(r)
+        proxy.down()
+        job_id = client.submit({"model": "builtin:tiny-sd", "prompts": ["a"],
+                                "params": {"width": 64, "height": 64, "steps": 2, "seed": 1, "cache": False}})["id"]
+        key = f"jobs/{job_id}/00000.png"
+        wait_for(lambda: f"S3 PUT {key} failed" in log_text(st, "s3s"), "the claimed run's PUT retrying", 120)
+        assert r.hget(keys.won_key(job_id), "0") == b"s3s"  # claimed before the outage was met
+        assert jobs.reap("s3s") == [(job_id, 0)]
+        assert jobs.cancel(job_id) == ("cancelled", True)
+        proxy.up()
+        wait_for(lambda: r.zcard(keys.UNACKED_INDEX_KEY) == 0, "the superseded run's message acknowledged", 90)
+        assert store.size(key) is None
+        assert jobs.all_items(job_id)[0].state == "cancelled"
+        assert "cancelled or superseded after its claim" in log_text(st, "s3s")
+    finally:
+        st.stop()
+        proxy.down()
