@@ -111,6 +111,13 @@ class ControlNet(OptionSpec):
                 out[model] = None
         return out
 
+    def push_note(self, manifest: dict[str, Any]) -> str | None:
+        """A pushed folder of a single model (`config.json`, no `model_index.json`) is a ControlNet's."""
+        paths = {f.get("path") for f in manifest.get("files") or []}
+        if manifest.get("kind") == "folder" and "config.json" in paths and "model_index.json" not in paths:
+            return f"a single model's folder, e.g. a ControlNet: name it in params.{self.name}.model"
+        return None
+
     def check(self, value: Any, ctx: Submit) -> Any:
         """The model (the family's built-in when none is named), the image and the weight."""
         if value is None:

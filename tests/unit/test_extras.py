@@ -92,3 +92,11 @@ def test_a_controlnet_from_a_source_the_worker_cannot_load_it_from_is_a_422(mode
                  settings, owner="alice", uploads=lambda key, field: {"key": key, "width": 64, "height": 64})
     assert (err.value.field, err.value.code) == ("params.controlnet.model", "unsupported_source")
     assert f"a {kind} id" in err.value.message and "store:NAME" in err.value.message
+
+
+def test_a_pushed_controlnet_folder_is_told_apart_from_a_model():
+    """`sdq models push` says where to name a single model's folder; a pipeline's folder is a model."""
+    folder = {"kind": "folder", "files": [{"path": "config.json"}, {"path": "diffusion_pytorch_model.safetensors"}]}
+    assert "params.controlnet.model" in controlnet.ControlNet().push_note(folder)
+    pipeline = {"kind": "folder", "files": [*folder["files"], {"path": "model_index.json"}]}
+    assert controlnet.ControlNet().push_note(pipeline) is None
