@@ -135,9 +135,9 @@ class ControlNet(OptionSpec):
                                f"{', '.join([*BUILTINS, *ctx.allowlist])}", code="unknown_model")
         kind = source_for(name).kind
         if kind not in SOURCES:
-            raise InvalidInput("params.controlnet.model", f"ControlNet {name!r} is a {kind} id; a ControlNet is a "
-                               f"built-in, a local folder (config.json and its weights) or a pushed one (store:NAME)",
-                               code="unsupported_source")
+            raise InvalidInput("params.controlnet.model", f"ControlNet {name!r} is a {kind} id; a ControlNet is "
+                               f"a built-in, a local folder (config.json and its weights) or a pushed one "
+                               f"(store:NAME)", code="unsupported_source")
         if family is not None and BUILTINS.get(name, family) != family:
             raise InvalidInput("params.controlnet.model", f"ControlNet {name!r} is for the {BUILTINS[name]} "
                                f"family, model {ctx.model!r} is {family}", code="family_mismatch")
