@@ -17,7 +17,7 @@ from producer.options import Checked, check_options
 from producer.planning.family import check_item, family_defaults, info_for
 from producer.planning.inputs import ItemImages, item_images
 from producer.schemas import ITEM_PARAM_KEYS, ItemIn, SubmitRequest
-from producer.planning.sweep import check_sweep, combinations, count as sweep_count
+from producer.planning.sweep import check_cell, check_sweep, combinations, count as sweep_count
 from producer.tenants import check_queue_room
 from producer.uploads import upload_record
 from sdq import contract, defaults, options, pipelines
@@ -223,6 +223,7 @@ def _cell(source: _Source, combo: dict[str, Any], req: SubmitRequest, settings: 
     if combo:
         _check_limits(req.pipeline, cell, "sweep.", settings)
         check_item(fam, req.model, cell, "sweep.")
+        check_cell(cell, combo, source.params, fam.size_multiple if fam else 8)
     return combo, cell, contract.item_size(req.pipeline, cell)
 
 
