@@ -188,7 +188,7 @@ class Runner:
         t0 = time.perf_counter()
         self.faults.hit("load")
         try:
-            pipe, loaded = self.cache.get(chunk.model, task, chunk.params)
+            pipe, loaded = self.cache.get(chunk.model, task, chunk.params, self.router.fit(chunk).mode)  # offloaded?
             loaded.check_scheduler(chunk.params["scheduler"])
             applied = worker_options.apply(self.cache, pipe, loaded, chunk.params)  # e.g. LoRA adapters on
         except ModelError as exc:  # the model (or an adapter) itself is wrong (or not for these parameters)
