@@ -206,7 +206,7 @@ class PipelineCache:
                 entry.tasks[key] = found[0].derive(self, entry, task, found[1]) if found else self._derive(entry, task)
             pipe = entry.tasks[key]
             offloading.use(pipe, entry, offload, self.device.device)
-            if params is not None:
+            if params and "width" in params and "height" in params:
                 entry.pixels = (lambda w, h: w * h)(*contract.item_size(task, params))
                 if entry.low_memory and entry.pixels < (entry.low_memory_pixels or 0):
                     self.leave_low_memory(pipe, entry, f"{entry.pixels}-pixel images fit without it")
