@@ -66,7 +66,7 @@ class Loaded:
     schedulers: dict[str, Any] = field(default_factory=dict)
     family: str = pipelines.SD  # which class of each pipeline spec runs it
     low_memory: bool = False  # VAE slicing and tiling (and model offload on CUDA): see `low_memory_pixels`
-    low_memory_pixels: int | None = None  # on for images of at least this many pixels (None: for good)
+    low_memory_pixels: int | None = None  # on for images of at least this many pixels (None: for good, or off)
     pixels: int = 0  # the image size of the chunk it runs now (0: unknown)
     offload: str | None = None  # the offload mode routing chose (`sdq.memory.fit`): `model`, `group`, None
     offloaded: Any = None  # the pipeline whose model-offload hooks the shared modules carry
@@ -208,8 +208,11 @@ class PipelineCache:
             offloading.use(pipe, entry, offload, self.device.device)
             if params and "width" in params and "height" in params:
                 entry.pixels = (lambda w, h: w * h)(*contract.item_size(task, params))
-                if entry.low_memory and entry.pixels < (entry.low_memory_pixels or 0):
-                    self.leave_low_memory(pipe, entry, f"{entry.pixels}-pixel images fit without it")
+                if entry.low_memory_pixels is not None and entry.low_memory != (entry.pixels >= entry.low_memory_pixels):
+                    if entry.low_memory:
+                        self.leave_low_memory(pipe, entry, f"{entry.pixels}-pixel images fit without it", forget=False)
+                    else:
+                        self.enter_low_memory(pipe, entry)
             return pipe, entry
 
     def low_memory_for(self, model_id: str, pixels: int) -> bool:
@@ -218,7 +221,9 @@ class PipelineCache:
         entry = self._models.get(model_id)
         if self.low_memory and self.device.kind == "gpu":
             return True
-        return entry is not None and entry.low_memory and pixels >= (entry.low_memory_pixels or 0)
+        if entry is None or entry.low_memory_pixels is None:
+            return entry is not None and entry.low_memory  # on for good, or off
+        return pixels >= entry.low_memory_pixels
 
     def images_per_call(self, task: str) -> int | None:
         """Most images one call of `task` may make (None: the whole micro-batch). The x4 upscaler's
@@ -347,11 +352,13 @@ class PipelineCache:
         self.apply_low_memory(pipe, entry)
         free_memory(self.device)
 
-    def leave_low_memory(self, pipe, entry: Loaded, why: str = "it did not help") -> None:
-        """Back to normal mode: low-memory mode did not make the call fit (so it only costs speed), or the
-        images now are smaller than every one that needed it."""
+    def leave_low_memory(self, pipe, entry: Loaded, why: str = "it did not help", forget: bool = True) -> None:
+        """Back to normal mode: low-memory mode did not make the call fit (so it only costs speed: `forget`
+        the size that needed it), or the images now are smaller than every one that needed it."""
         log.warning("model %s: leaving low-memory mode (%s)", entry.model_id, why)
-        entry.low_memory, entry.low_memory_pixels = False, None
+        entry.low_memory = False
+        if forget:
+            entry.low_memory_pixels = None
         offloading.low_memory_off(pipe, entry, self.device.device)
         free_memory(self.device)
 
