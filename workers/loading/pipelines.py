@@ -116,6 +116,7 @@ class PipelineCache:
         self.fetcher = WorkerFetcher(self.models_dir, store, half=device.torch_dtype != torch.float32)
         self._models: OrderedDict[str, Loaded] = OrderedDict()
         self._lock = threading.RLock()
+        self._placing: str | None = None  # the offload mode of the model being loaded (`get`)
         if low_memory and device.kind == "cpu":
             log.info("--low-memory has no effect on a CPU (it switches on VAE slicing/tiling and model CPU "
                      "offload, which only save GPU memory): running normally")
@@ -131,7 +132,8 @@ class PipelineCache:
             # The least recently used models go first, so that at the peak only `size` are resident.
             while len(self._models) >= self.size:
                 self.evict(next(iter(self._models)))
-            entry = self._models[model_id] = self._load_with_room(model_id, offload)
+            self._placing = offload  # how `_place` puts it on the device
+            entry = self._models[model_id] = self._load_with_room(model_id)
         self._models.move_to_end(model_id)
         return entry
 
@@ -230,11 +232,11 @@ class PipelineCache:
         VAE decodes in fp32 at 4x the size: one image per call unless the operator allows more."""
         return self.upscale_batch if pipelines.spec(task).limit_batch else None
 
-    def _load_with_room(self, model_id: str, offload: str | None = None) -> Loaded:
+    def _load_with_room(self, model_id: str) -> Loaded:
         """Load a model; out of memory while other models are loaded: evict them all, try once more.
         Raises ModelError (the runner fails the items with it) when it still does not fit."""
         try:
-            return self._load(model_id, offload)
+            return self._load(model_id)
         except OutOfMemory as exc:
             error = str(exc)
         if not self._models:
@@ -242,12 +244,12 @@ class PipelineCache:
         log.warning("%s; evicting %s and loading it again", error, list(self._models))
         self.evict_others(model_id)
         try:
-            return self._load(model_id, offload)
+            return self._load(model_id)
         except OutOfMemory as exc:
             error = str(exc)
         raise ModelError(f"{error} (with no other model loaded)")
 
-    def _load(self, model_id: str, offload: str | None = None) -> Loaded:
+    def _load(self, model_id: str) -> Loaded:
         """Load and place a model; any failure raises ModelError (or OutOfMemory; ModelUnavailable when
         its weights cannot be fetched now) with nothing left behind: the half-built pipeline is dropped
         and its memory freed before the error leaves."""
@@ -264,7 +266,7 @@ class PipelineCache:
                                family=checkpoints.family_of(model_id, pipe), digest=digest,
                                quantization=transformer_files.quantization(
                                    getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)))
-                self._place(entry, offload)
+                self._place(entry)
             return entry
         except ModelUnavailable:  # weights not fetched now (nothing built): the runner gives the items back
             raise
@@ -327,9 +329,9 @@ class PipelineCache:
         cls = getattr(diffusers, checkpoints.pipeline_class_name(config))
         return cls.from_single_file(str(file), config=str(config), dtype=dtype, local_files_only=True)
 
-    def _place(self, entry: Loaded, offload: str | None = None) -> None:
-        if offload is not None:  # never whole on the device: it does not fit there
-            offloading.enable(entry.base, entry, offload, self.device.device)
+    def _place(self, entry: Loaded) -> None:
+        if self._placing is not None:  # never whole on the device: it does not fit there
+            offloading.enable(entry.base, entry, self._placing, self.device.device)
         elif self.low_memory and self.device.kind == "gpu":
             entry.low_memory = True
             self.apply_low_memory(entry.base, entry)
