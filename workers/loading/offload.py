@@ -74,6 +74,9 @@ def enable(pipe: Any, entry: Any, mode: str, device: str) -> None:
             pipe.enable_model_cpu_offload(device=device)
             entry.offloaded = pipe
     elif mode == "group":
+        if entry.offloaded is not None:  # low-memory mode's model offload: group hooks cannot go beside it
+            entry.offloaded.remove_all_hooks()
+            entry.offloaded = None
         for module in _modules(pipe).values():
             if not _grouped(module):
                 module.to("cpu")
