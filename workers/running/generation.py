@@ -12,8 +12,8 @@ from sdq import pipelines
 from sdq.exceptions import Cancelled, OutOfMemory
 from workers import options as worker_options
 from workers.loading import transformer_files
-from workers.loading.pipelines import (Loaded, PipelineCache, denoiser, free_memory, is_fatal_device_error,
-                                       is_out_of_memory)
+from workers.loading.offload import free_memory, is_out_of_memory
+from workers.loading.pipelines import Loaded, PipelineCache, denoiser, is_fatal_device_error
 from workers.running.routing import next_try
 from workers.running.warmstate import PipelineBroken, WarmState, restore_after_error
 
