@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sdq.families import (FAMILIES, FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL, Family, UnknownFamily, UnsupportedFamily,
                           detect)
+from sdq.families import FLUX2_KLEIN
 from sdq.memory import Memory, quantized
 from sdq.sources import source_for
 from sdq.tensorfiles import tensor_names
@@ -26,6 +27,8 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "builtin:tiny-flux": FLUX,
     "builtin:tiny-flux-schnell": FLUX,
     "builtin:tiny-flux-gguf": FLUX,  # tiny-flux with a GGUF (Q8_0) transformer
+    "builtin:tiny-flux2": FLUX2_KLEIN,  # Klein-shaped (Qwen3 encoder); no tiny Flux.2 dev (docs/MODELS.md)
+    "builtin:tiny-flux2-distilled": FLUX2_KLEIN,
     # Full-size shapes with random weights (`workers.builtins.fullsize`): generated on first use, ~4-5 GB each.
     "builtin:sd15-shaped": SD,
     "builtin:sd2-768-shaped": SD,
@@ -36,7 +39,8 @@ TINY_PREFIX = "builtin:tiny-"
 """Ids of the tiny built-ins (random weights, a few MB); other built-ins need their family's memory."""
 
 BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256, "builtin:tiny-flux": 128,
-                 "builtin:tiny-flux-schnell": 128, "builtin:tiny-flux-gguf": 128}
+                 "builtin:tiny-flux-schnell": 128, "builtin:tiny-flux-gguf": 128,
+                 "builtin:tiny-flux2": 128, "builtin:tiny-flux2-distilled": 128}
 """Default width and height of the tiny built-ins whose family's default is larger (their sample size
 times 8: diffusers' own default for them); the others take their family's."""
 
@@ -53,19 +57,26 @@ class ModelInfo:
     """A timestep-distilled model of its family (`family` is then `Family.as_distilled()`)."""
 
 
-BUILTIN_DISTILLED = frozenset({"builtin:tiny-flux-schnell"})
+BUILTIN_DISTILLED = frozenset({"builtin:tiny-flux-schnell",
+                               "builtin:tiny-flux2-distilled"})
 """Built-ins that are timestep-distilled models."""
 
 GUIDANCE_KEYS = ("guidance_in.", "model.diffusion_model.guidance_in.", "time_text_embed.guidance_embedder.")
 """Tensor-name prefixes of Flux's distilled-guidance input (dev has it, schnell does not)."""
 
 
-def is_distilled(path: Path) -> bool:
-    """Whether the Flux model at `path` is timestep-distilled (schnell-like), read from the model itself:
-    its transformer's config says `guidance_embeds: false` (a folder, or a file's config folder beside
-    it), or a single file's tensors have no guidance input."""
+def is_distilled(path: Path, family: str = FLUX) -> bool:
+    """Whether the `family` model at `path` is timestep-distilled, read from the model itself. Flux.1 (schnell-like):
+    its transformer's config says `guidance_embeds: false` (a folder, or a file's config folder beside it), or a
+    single file's tensors have no guidance input. Flux.2 Klein: its `model_index.json` says `is_distilled` (a Klein
+    file without a config folder counts as a base model: its tensor names do not say)."""
     path = Path(path)
     folder = path if path.is_dir() else path.with_suffix("")
+    if family == FLUX2_KLEIN:
+        try:
+            return json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("is_distilled") is True
+        except (OSError, ValueError):
+            return False
     config = folder / "transformer" / "config.json"
     if config.is_file():
         try:
@@ -112,4 +123,4 @@ def _detect_once(path: str, size: int, mtime_ns: int) -> tuple[str, bool]:
     """`detect` (and, for a family with a distilled variant, `is_distilled`), once per version of the file
     it reads (a checkpoint's header is read once, not per submit)."""
     name = detect(Path(path))
-    return name, FAMILIES[name].distilled is not None and is_distilled(Path(path))
+    return name, FAMILIES[name].distilled is not None and is_distilled(Path(path), name)

@@ -16,6 +16,7 @@ import torch
 from sdq.sources import builtin_path, is_model_folder
 from workers.builtins import families as builtin_families
 from workers.builtins import flux as builtin_flux
+from workers.builtins import flux2 as builtin_flux2
 from workers.builtins import video as builtin_video
 from workers.running import preview
 
@@ -165,6 +166,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-controlnet": build_tiny_controlnet, "tiny-sdxl-controlnet": build_tiny_sdxl_controlnet,
     **builtin_families.BUILDERS,
     **builtin_flux.BUILDERS,
+    **builtin_flux2.BUILDERS,
     **_lora_builders(),
     **preview.BUILDERS,
     **builtin_video.BUILDERS,
