@@ -67,15 +67,34 @@ def qwen3_encoder(vocab_size: int, pad_id: int, seed: int = 41):
 
 
 def flux2_vae(seed: int = 44):
-    """A 4-block AutoencoderKLFlux2 (8x downsampling, 32 latent channels, 2x2 patches), like the published one."""
+    """A 4-block AutoencoderKLFlux2 (8x downsampling, 32 latent channels, 2x2 patches), like the published one,
+    its latent batch-norm statistics measured on pictures (`_calibrate`) as the published one's are."""
     from diffusers import AutoencoderKLFlux2
 
     torch.manual_seed(seed)
-    return AutoencoderKLFlux2(
+    vae = AutoencoderKLFlux2(
         in_channels=3, out_channels=3, latent_channels=FLUX2_LATENT_CHANNELS, block_out_channels=(32,) * 4,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1, norm_num_groups=32, sample_size=128,
     ).eval()
+    _calibrate(vae, seed)
+    return vae
+
+
+def _calibrate(vae, seed: int) -> None:
+    """Set the VAE's latent batch-norm statistics to those of its (patchified) latents of smooth random pictures:
+    the pipelines then normalise encoded images to about unit variance, like their noise, as the trained VAE's
+    statistics do. At the fresh defaults (mean 0, variance 1) an encoded image is ~0.2 wide and a reference or init
+    image hardly changes the tiny model's output."""
+    gen = torch.Generator().manual_seed(seed)
+    pictures = torch.nn.functional.interpolate(torch.rand(8, 3, 8, 8, generator=gen) * 2 - 1, size=(64, 64),
+                                               mode="bicubic", align_corners=False).clamp(-1, 1)
+    with torch.no_grad():
+        latents = vae.encode(pictures).latent_dist.mode()
+        b, c, h, w = latents.shape
+        patches = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+        vae.bn.running_mean.copy_(patches.mean(dim=(0, 2, 3)))
+        vae.bn.running_var.copy_(patches.var(dim=(0, 2, 3)))
 
 
 def flux2_transformer(seed: int = 43, guidance_embeds: bool = False):

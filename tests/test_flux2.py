@@ -1,0 +1,178 @@
+"""Flux.2 through the real queue on the tiny Klein-shaped built-ins: txt2img, inpaint and edit (the reference-image
+input) each equal a direct diffusers call of the same class with the same seed; an edit job of several prompts
+gives each its own reference image; a step-distilled Klein gets its few-step defaults; the infotext is read by
+sd-parsers and makes the same image again; requests Flux.2 cannot take (img2img, a negative prompt, another family's
+parameter, a side off its multiple) are refused at submit naming the field."""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from cli.client import Client
+from sdq import families
+from sdq.infotext import parse_infotext, submit_body_from_infotext
+from sdq.modelinfo import is_distilled
+from sdq.sources import builtin_path
+from tests.conftest import wait_job
+from tests.test_pipelines import close, pixels, png, result, sketch
+
+CLASSES = {"txt2img": "Flux2KleinPipeline", "inpaint": "Flux2KleinInpaintPipeline", "edit": "Flux2KleinPipeline"}
+"""The diffusers class a direct run uses for each pipeline (what the worker should use too)."""
+
+DEFAULTS = {"guidance_scale": 4.0, "max_sequence_length": 256}
+"""What the producer fills in for a Klein base model (the direct call passes the same)."""
+
+SIZE = {"width": 64, "height": 64}
+
+MASK = Image.new("L", (64, 64), 0)
+ImageDraw.Draw(MASK).rectangle((0, 0, 31, 63), fill=255)
+
+
+@pytest.fixture(scope="module")
+def flux2(stack_factory) -> Client:
+    st = stack_factory("flux2")
+    st.worker("w-flux2", "--device", "cpu", "--threads", "1")
+    return Client(st.env["SDQ_SERVER"])
+
+
+@lru_cache(maxsize=None)
+def _pipe(models_dir: Path, name: str, task: str):
+    import diffusers
+    import torch
+
+    base = diffusers.Flux2KleinPipeline.from_pretrained(builtin_path(models_dir, name), dtype=torch.float32)
+    pipe = base if task != "inpaint" else diffusers.Flux2KleinInpaintPipeline.from_pipe(base)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def direct(models_dir: Path, task: str, prompt: str, seed: int, steps: int = 3, name: str = "tiny-flux2",
+           **kw) -> np.ndarray:
+    """The image plain diffusers makes with the model's own scheduler (one thread, like the worker)."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = _pipe(models_dir, name, task)(prompt=prompt, num_inference_steps=steps,
+                                        generator=torch.Generator("cpu").manual_seed(seed), **kw)
+    return pixels(out.images[0])
+
+
+def run(client: Client, body: dict) -> dict:
+    doc = wait_job(client, client.submit(body)["id"], timeout=300)
+    assert doc["state"] == "succeeded", [it.get("error") for it in doc["items"]]
+    return doc
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["tiny-flux2", "tiny-flux2-distilled"])
+def test_the_builtins_are_generated_the_same_every_time_and_read_as_klein(tmp_path, models_dir, name):
+    from workers.builtins.registry import BUILDERS
+
+    BUILDERS[name](tmp_path / name)
+    built = builtin_path(models_dir, name)
+    assert digests(tmp_path / name) == digests(built)
+    assert families.detect(built) == families.FLUX2_KLEIN
+    assert is_distilled(built, families.FLUX2_KLEIN) == name.endswith("-distilled")  # read from model_index.json
+
+
+@pytest.mark.parametrize("task", list(CLASSES))
+def test_each_pipeline_through_the_queue_equals_direct_diffusers(flux2, store, models_dir, task):
+    params: dict = {"steps": 3, "seed": 31, **SIZE}
+    kw: dict = {**DEFAULTS, **SIZE}
+    init = sketch((64, 64), seed=3)
+    if task != "txt2img":
+        params["init_image"] = flux2.upload(png(init), "init.png")["key"]
+        kw["image"] = init
+    if task == "inpaint":
+        params["mask_image"] = flux2.upload(png(MASK), "mask.png")["key"]
+        params["strength"] = kw["strength"] = 0.7
+        kw["mask_image"] = MASK
+    prompt = "make the sky red" if task == "edit" else "a red lighthouse"
+    doc = run(flux2, {"model": "builtin:tiny-flux2", "pipeline": task, "prompts": [prompt], "params": params})
+    img = result(store, doc["items"][0])
+    assert img.size == (64, 64)
+    assert close(pixels(img), direct(models_dir, task, prompt, 31, **kw))
+    assert np.abs(pixels(img) - direct(models_dir, task, prompt, 32, **kw)).mean() > 0.5  # another seed differs
+    if task != "txt2img":  # the image input counts: without it the same call makes another image (a reference
+        # image changes the random-weight model's output by ~0.2/255 on average: enough to fail `close`)
+        without = direct(models_dir, "txt2img", prompt, 31, **{k: v for k, v in kw.items()
+                                                                 if k not in ("image", "mask_image", "strength")})
+        assert not close(pixels(img), without)
+    item = doc["items"][0]["params"]
+    assert (item["scheduler"], item["guidance_scale"], item["max_sequence_length"]) == ("flow_euler", 4.0, 256)
+    info = parse_infotext(img.info["parameters"])
+    assert info["Model"] == "builtin:tiny-flux2" and info["Pipeline"] == task
+
+
+def test_an_edit_job_of_several_prompts_gives_each_its_own_reference_image(flux2, store, models_dir):
+    """Flux.2 reads a list of `image`s as references for every prompt of the call: the worker calls it one prompt
+    at a time, so each item equals a direct call with its one init image."""
+    first, second = sketch((64, 64), seed=4), sketch((64, 64), seed=5)
+    items = [{"prompt": "a boat", "init_image": flux2.upload(png(im), f"i{n}.png")["key"]}
+             for n, im in enumerate((first, second))]
+    doc = run(flux2, {"model": "builtin:tiny-flux2", "pipeline": "edit", "items": items,
+                      "params": {"steps": 3, "seed": 9, **SIZE}})
+    for item, init in zip(sorted(doc["items"], key=lambda it: it["index"]), (first, second)):
+        got = pixels(result(store, item))
+        assert close(got, direct(models_dir, "edit", "a boat", item["seed"], image=init, **DEFAULTS, **SIZE))
+        both = direct(models_dir, "edit", "a boat", item["seed"], image=[first, second], **DEFAULTS, **SIZE)
+        assert not close(got, both)  # what one call with both init images would have made
+
+
+def test_a_distilled_klein_gets_its_few_step_defaults(flux2, store, models_dir):
+    doc = run(flux2, {"model": "builtin:tiny-flux2-distilled", "prompts": ["a fox"], "params": {"seed": 8, **SIZE}})
+    item = doc["items"][0]["params"]
+    assert (item["steps"], item["guidance_scale"], item["max_sequence_length"]) == (4, 0.0, 256)
+    want = direct(models_dir, "txt2img", "a fox", 8, steps=4, name="tiny-flux2-distilled", guidance_scale=0.0,
+                  max_sequence_length=256, **SIZE)
+    assert close(pixels(result(store, doc["items"][0])), want)
+
+
+def test_the_infotext_is_read_by_sd_parsers_and_makes_the_same_image_again(flux2, store, tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+    from sd_parsers import ParserManager
+
+    body = {"model": "builtin:tiny-flux2", "prompts": ["a castle"],
+            "params": {"steps": 3, "seed": 5, **SIZE, "guidance_scale": 2.5, "max_sequence_length": 128}}
+    img = result(store, run(flux2, body)["items"][0])
+    text = img.info["parameters"]
+    info = parse_infotext(text)
+    assert (info["CFG scale"], info["Max sequence length"], info["Steps"]) == ("2.5", "128", "3")
+    path = tmp_path / "flux2.png"
+    meta = PngInfo()
+    meta.add_text("parameters", text)
+    img.save(path, pnginfo=meta)
+    parsed = ParserManager().parse(str(path))  # a third-party reader of A1111 infotext
+    assert parsed is not None and "a castle" in parsed.full_prompt
+    assert parsed.samplers[0].parameters["seed"] == "5" and parsed.samplers[0].parameters["cfg_scale"] == "2.5"
+    again = submit_body_from_infotext(info)
+    assert again["model"] == "builtin:tiny-flux2" and again["params"]["max_sequence_length"] == 128
+    again["params"]["cache"] = False
+    assert np.array_equal(pixels(result(store, run(flux2, again)["items"][0])), pixels(img))
+
+
+@pytest.mark.parametrize("model, pipeline, params, field", [
+    ("builtin:tiny-flux2", "txt2img", {"width": 72}, "params.width"),
+    ("builtin:tiny-flux2", "txt2img", {"height": 8}, "params.height"),
+    ("builtin:tiny-flux2", "txt2img", {"original_width": 512}, "params.original_width"),
+    ("builtin:tiny-flux2", "txt2img", {"true_cfg_scale": 4.0}, "params.true_cfg_scale"),
+    ("builtin:tiny-flux2", "txt2img", {"negative_prompt": "fog"}, "params.negative_prompt"),
+    ("builtin:tiny-flux2", "txt2img", {"loras": [{"name": "builtin:tiny-lora"}]}, "params.loras[0].name"),
+    ("builtin:tiny-flux2", "txt2img", {"hires": {"scale": 2}}, "params.hires"),
+    ("builtin:tiny-flux2", "img2img", {"init_image": "uploads/x.png"}, "pipeline"),
+    ("builtin:tiny-flux2-distilled", "txt2img", {"guidance_scale": 4.0}, "params.guidance_scale"),
+])
+def test_bad_flux2_requests_are_refused_naming_the_field(flux2, model, pipeline, params, field):
+    resp = flux2.session.post(f"{flux2.server}/v1/jobs", json={"model": model, "pipeline": pipeline,
+                                                                "prompts": ["x"], "params": params})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["field"] == field, resp.text
