@@ -157,7 +157,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 )}
 """Every family sdq runs, by name."""
 
-UNSUPPORTED_CLASSES = {"FluxFill": "Flux.1 Fill", "FluxControl": "Flux.1 Control", "Flux2KleinKV": "Flux.2 Klein KV-cache",
+UNSUPPORTED_CLASSES = {"FluxFill": "Flux.1 Fill", "FluxControl": "Flux.1 Control", "Flux2KleinKV": "Flux.2 Klein KV",
                        "Chroma": "Chroma", "StableCascade": "Stable Cascade", "Kandinsky": "Kandinsky",
                        "PixArt": "PixArt", "Sana": "Sana", "Lumina": "Lumina", "HunyuanDiT": "Hunyuan-DiT",
                        "AuraFlow": "AuraFlow", "QwenImage": "Qwen-Image", "Wan": "Wan", "Cog": "CogView"}

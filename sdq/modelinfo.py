@@ -29,6 +29,7 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "builtin:tiny-flux-gguf": FLUX,  # tiny-flux with a GGUF (Q8_0) transformer
     "builtin:tiny-flux2": FLUX2_KLEIN,  # Klein-shaped (Qwen3 encoder); no tiny Flux.2 dev (docs/MODELS.md)
     "builtin:tiny-flux2-distilled": FLUX2_KLEIN,
+    "builtin:tiny-flux2-gguf": FLUX2_KLEIN,  # tiny-flux2 with a GGUF (Q8_0) transformer
     # Full-size shapes with random weights (`workers.builtins.fullsize`): generated on first use, ~4-5 GB each.
     "builtin:sd15-shaped": SD,
     "builtin:sd2-768-shaped": SD,
@@ -40,7 +41,7 @@ TINY_PREFIX = "builtin:tiny-"
 
 BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256, "builtin:tiny-flux": 128,
                  "builtin:tiny-flux-schnell": 128, "builtin:tiny-flux-gguf": 128,
-                 "builtin:tiny-flux2": 128, "builtin:tiny-flux2-distilled": 128}
+                 "builtin:tiny-flux2": 128, "builtin:tiny-flux2-distilled": 128, "builtin:tiny-flux2-gguf": 128}
 """Default width and height of the tiny built-ins whose family's default is larger (their sample size
 times 8: diffusers' own default for them); the others take their family's."""
 

@@ -6,7 +6,8 @@ latents are patchified 2x2 into 128 channels and normalised by its batch-norm st
 double- and single-stream blocks, 4-axis rotary embeddings and no guidance input, a Qwen3 text encoder read at
 layers 9, 18 and 27 (so it has 28 layers, each a few numbers wide) with the byte-level Qwen tokenizer and a
 Qwen3-style chat template, and Flux.2's flow-matching scheduler. `builtin:tiny-flux2-distilled` is the same
-model saved as a step-distilled Klein (`is_distilled`: no classifier-free guidance, few steps).
+model saved as a step-distilled Klein (`is_distilled`: no classifier-free guidance, few steps);
+`builtin:tiny-flux2-gguf` is `tiny-flux2` with its transformer stored as a Q8_0 GGUF file.
 
 Flux.2 dev (`Flux2Pipeline`, a Mistral3 vision-language encoder and its processor) has no tiny built-in: building
 a Pixtral processor and a Mistral3 model locally was not worth it when dev and Klein share the transformer and VAE
@@ -61,8 +62,8 @@ def qwen3_encoder(vocab_size: int, pad_id: int, seed: int = 41):
     torch.manual_seed(seed)
     config = Qwen3Config(vocab_size=vocab_size, hidden_size=QWEN3_WIDTH, intermediate_size=2 * QWEN3_WIDTH,
                          num_hidden_layers=QWEN3_LAYERS, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-                         max_position_embeddings=1024, pad_token_id=pad_id, tie_word_embeddings=True, initializer_range=QWEN3_INIT_STD,
-                         use_cache=False)
+                         max_position_embeddings=1024, pad_token_id=pad_id, tie_word_embeddings=True,
+                         initializer_range=QWEN3_INIT_STD, use_cache=False)
     return Qwen3ForCausalLM(config).eval()
 
 
@@ -136,5 +137,19 @@ def build_tiny_flux2_distilled(path: Path) -> None:
     build_tiny_flux2(path, distilled=True)
 
 
-BUILDERS = {"tiny-flux2": build_tiny_flux2, "tiny-flux2-distilled": build_tiny_flux2_distilled}
+def build_tiny_flux2_gguf(path: Path) -> None:
+    """Write `builtin:tiny-flux2-gguf` to `path`: `builtin:tiny-flux2` with its transformer stored as a GGUF file
+    (`transformer/diffusion_pytorch_model.gguf`, Q8_0 where the block size fits: `transformer_files.write_gguf`)."""
+    from safetensors.torch import load_file
+
+    from workers.loading.transformer_files import write_gguf
+
+    build_tiny_flux2(path)
+    weights = path / "transformer" / "diffusion_pytorch_model.safetensors"
+    write_gguf(load_file(str(weights)), weights.with_suffix(".gguf"))
+    weights.unlink()
+
+
+BUILDERS = {"tiny-flux2": build_tiny_flux2, "tiny-flux2-distilled": build_tiny_flux2_distilled,
+            "tiny-flux2-gguf": build_tiny_flux2_gguf}
 """Built-in model name (after `builtin:`) to its generator (joined into `workers.builtins.registry.BUILDERS`)."""

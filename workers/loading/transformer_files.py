@@ -18,6 +18,9 @@ from sdq.sources import single_file_config
 
 GGUF_SUFFIX = ".gguf"
 
+FILE_FAMILIES = (families.FLUX, families.FLUX2, families.FLUX2_KLEIN)
+"""Families whose `.safetensors` single files are the transformer alone (Flux.1, Flux.2), as published."""
+
 
 def transformer_file(path: Path) -> tuple[Path, Path] | None:
     """(config folder, transformer file) when the model at `path` is opened that way: a `.gguf` file or a
@@ -31,7 +34,7 @@ def transformer_file(path: Path) -> tuple[Path, Path] | None:
     if config is None or suffix not in (GGUF_SUFFIX, ".safetensors"):  # never a .ckpt pickle this way
         return None
     try:
-        return (config, path) if suffix == GGUF_SUFFIX or families.from_folder(config) == families.FLUX else None
+        return (config, path) if suffix == GGUF_SUFFIX or families.from_folder(config) in FILE_FAMILIES else None
     except families.UnknownFamily:
         return None
 

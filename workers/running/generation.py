@@ -95,8 +95,9 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     pipe.scheduler = loaded.scheduler(params["scheduler"])
     steppers = worker_options.steppers(worker_options.StepContext(
         batch.job, batch.rows, pipe, params, pipelines.spec(task).first_loop(params))) if batch is not None else []
-    kwargs: dict[str, Any] = dict(  # no negative prompt: left out (None for the classes that take one; Flux.2's do not)
-        prompt=prompts, **({"negative_prompt": negative_prompts} if any(negative_prompts) else {}), num_inference_steps=params["steps"],
+    negative = {"negative_prompt": negative_prompts} if any(negative_prompts) else {}  # none: left out (Flux.2 has none)
+    kwargs: dict[str, Any] = dict(
+        prompt=prompts, **negative, num_inference_steps=params["steps"],
         guidance_scale=params["guidance_scale"],
         generator=[torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds],
         **_step_hooks(pipe, task, callback, steppers),
