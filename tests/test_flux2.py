@@ -225,3 +225,50 @@ def test_a_transformer_file_loads_with_its_config_folder_and_makes_the_builtins_
         got = pixels(pipe(prompt="a tower", num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(4),
                           **DEFAULTS, **SIZE).images[0])
         assert np.array_equal(got, direct(models_dir, "txt2img", "a tower", 4, name=name, **DEFAULTS, **SIZE))
+
+
+def test_a_flux2_lora_changes_the_image_like_diffusers_and_the_next_job_without_it_does_not(
+        flux2, store, models_dir, tmp_path):
+    """`builtin:tiny-lora-flux2` (diffusers' layout, family read from its tensor names) through the worker's
+    adapter hook makes the image diffusers' own `load_lora_weights` + `set_adapters` makes; the next job on the same
+    warm worker without it makes the never-adapted image; sd-parsers reads its tag from the infotext."""
+    import diffusers
+    import torch
+    from PIL.PngImagePlugin import PngInfo
+    from sd_parsers import ParserManager
+
+    from sdq import loras
+
+    assert loras.adapter_family("builtin:tiny-lora-flux2") == families.FLUX2_KLEIN
+    params = {"steps": 3, "seed": 21, "cache": False, **SIZE}
+    lora = [{"name": "builtin:tiny-lora-flux2", "scale": 0.75}]
+    plain = run(flux2, {"model": "builtin:tiny-flux2", "prompts": ["a hill"], "params": params})["items"][0]
+    styled = run(flux2, {"model": "builtin:tiny-flux2", "prompts": ["a hill"],
+                         "params": {**params, "loras": lora}})["items"][0]
+    again = run(flux2, {"model": "builtin:tiny-flux2", "prompts": ["a hill"], "params": params})["items"][0]
+    torch.set_num_threads(1)
+    pipe = diffusers.Flux2KleinPipeline.from_pretrained(builtin_path(models_dir, "tiny-flux2"), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(builtin_path(models_dir, "tiny-lora-flux2")), weight_name=loras.ADAPTER_FILE,
+                           adapter_name="direct")
+    pipe.set_adapters(["direct"], adapter_weights=[0.75])
+    want = pixels(pipe(prompt="a hill", num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(21),
+                       **DEFAULTS, **SIZE).images[0])
+    got = pixels(result(store, styled))
+    assert close(got, want)
+    assert np.abs(got - pixels(result(store, plain))).mean() > 0.5  # the adapter changed the image
+    assert np.array_equal(pixels(result(store, again)), pixels(result(store, plain)))
+    text = result(store, styled).info["parameters"]
+    path = tmp_path / "lora.png"
+    meta = PngInfo()
+    meta.add_text("parameters", text)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=meta)
+    parsed = ParserManager().parse(str(path))
+    assert parsed is not None and "<lora:tiny-lora-flux2:0.75>" in parsed.full_prompt
+
+
+def test_the_flux2_adapter_is_refused_on_flux1(flux2):
+    resp = flux2.session.post(f"{flux2.server}/v1/jobs", json={
+        "model": "builtin:tiny-flux", "prompts": ["x"], "params": {"loras": [{"name": "builtin:tiny-lora-flux2"}]}})
+    assert resp.status_code == 422 and resp.json()["error"]["field"] == "params.loras[0].name", resp.text
+    assert "flux2-klein" in resp.json()["error"]["message"]

@@ -142,3 +142,22 @@ def test_inpaint_is_refused_for_a_dev_model(tmp_path):
     err = _refused({"model": str(dev), "pipeline": "inpaint", "prompts": ["a"],
                     "params": {"init_image": "uploads/x.png", "mask_image": "uploads/m.png"}}, settings)
     assert err.field == "pipeline" and "Flux.2 dev" in err.message
+
+
+def test_an_adapters_family_tells_flux2_klein_dev_and_flux1_apart():
+    """Flux.2 adapters in diffusers' layout have modules Flux.1 has not (`to_qkv_mlp_proj`); dev's are 6144 wide;
+    a trainer's `modelspec.architecture` decides first, and Flux.2's is not read as Flux.1's `flux` prefix."""
+    from sdq import loras
+
+    def header(width: int, **meta: str) -> dict:
+        shape = {"dtype": "F32", "shape": [4, width], "data_offsets": [0, 0]}
+        return {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": shape,
+                "transformer.single_transformer_blocks.0.attn.to_qkv_mlp_proj.lora_A.weight": shape,
+                "__metadata__": meta}
+
+    assert loras.family_from_header(header(3072)) == FLUX2_KLEIN
+    assert loras.family_from_header(header(6144)) == FLUX2
+    assert loras.family_from_header(header(32, **{"modelspec.architecture": "flux-2-dev/lora"})) == FLUX2
+    assert loras.family_from_header(header(32, **{"modelspec.architecture": "flux-1-dev/lora"})) == FLUX
+    flux1 = ["transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight", "transformer.x_embedder.lora_A.weight"]
+    assert loras.family_from_keys(flux1) == FLUX

@@ -7,7 +7,8 @@ double- and single-stream blocks, 4-axis rotary embeddings and no guidance input
 layers 9, 18 and 27 (so it has 28 layers, each a few numbers wide) with the byte-level Qwen tokenizer and a
 Qwen3-style chat template, and Flux.2's flow-matching scheduler. `builtin:tiny-flux2-distilled` is the same
 model saved as a step-distilled Klein (`is_distilled`: no classifier-free guidance, few steps);
-`builtin:tiny-flux2-gguf` is `tiny-flux2` with its transformer stored as a Q8_0 GGUF file.
+`builtin:tiny-flux2-gguf` is `tiny-flux2` with its transformer stored as a Q8_0 GGUF file, and
+`builtin:tiny-lora-flux2` a LoRA adapter for it.
 
 Flux.2 dev (`Flux2Pipeline`, a Mistral3 vision-language encoder and its processor) has no tiny built-in: building
 a Pixtral processor and a Mistral3 model locally was not worth it when dev and Klein share the transformer and VAE
@@ -150,6 +151,24 @@ def build_tiny_flux2_gguf(path: Path) -> None:
     weights.unlink()
 
 
+FLUX2_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                      "attn.add_v_proj", "attn.to_add_out", "attn.to_qkv_mlp_proj", "attn.to_out")
+"""The Flux.2 transformer's block modules (name endings) `builtin:tiny-lora-flux2` changes: the double blocks'
+image and text attention, the single blocks' fused QKV+MLP input and their output projection."""
+
+FLUX2_LORA_B_STD = 0.5
+"""Spread of the Flux.2 adapter's up matrices (as `workers.builtins.loras.FLUX_B_STD`: a 32-wide transformer)."""
+
+
+def build_tiny_lora_flux2(path: Path) -> None:
+    """Write `builtin:tiny-lora-flux2`: a random rank-4 update of tiny-flux2's transformer blocks in diffusers'
+    layout (`transformer.<module>.lora_A/lora_B`), with no metadata: its family is read from its tensor names."""
+    from workers.builtins.loras import build_tiny_lora, lora_weights
+
+    weights = lora_weights(flux2_transformer(), FLUX2_LORA_TARGETS, FLUX2_LORA_B_STD)
+    build_tiny_lora(path, prefix="transformer", weights=weights)
+
+
 BUILDERS = {"tiny-flux2": build_tiny_flux2, "tiny-flux2-distilled": build_tiny_flux2_distilled,
-            "tiny-flux2-gguf": build_tiny_flux2_gguf}
+            "tiny-flux2-gguf": build_tiny_flux2_gguf, "tiny-lora-flux2": build_tiny_lora_flux2}
 """Built-in model name (after `builtin:`) to its generator (joined into `workers.builtins.registry.BUILDERS`)."""
