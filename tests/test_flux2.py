@@ -176,6 +176,7 @@ def test_the_infotext_is_read_by_sd_parsers_and_makes_the_same_image_again(flux2
     ("builtin:tiny-flux2", "txt2img", {"negative_prompt": "fog"}, "params.negative_prompt"),
     ("builtin:tiny-flux2", "txt2img", {"loras": [{"name": "builtin:tiny-lora"}]}, "params.loras[0].name"),
     ("builtin:tiny-flux2", "txt2img", {"hires": {"scale": 2}}, "params.hires"),
+    ("builtin:tiny-flux2", "txt2img", {"preview": True}, "params.preview"),
     ("builtin:tiny-flux2", "img2img", {"init_image": "uploads/x.png"}, "pipeline"),
     ("builtin:tiny-flux2-distilled", "txt2img", {"guidance_scale": 4.0}, "params.guidance_scale"),
 ])

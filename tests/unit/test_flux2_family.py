@@ -129,6 +129,7 @@ def test_the_tiny_builtins_are_klein_shaped_and_one_is_distilled():
     ({"params": {"scheduler": "euler"}}, "params.scheduler", ["flow_euler"]),
     ({"pipeline": "img2img", "params": {"init_image": "uploads/x.png"}}, "pipeline", ["img2img", "inpaint", "edit"]),
     ({"params": {"hires": {"scale": 2}}}, "params.hires", ["img2img"]),
+    ({"params": {"preview": True}}, "params.preview", ["flux2-klein"]),
 ])
 def test_bad_flux2_requests_are_refused_naming_the_field(body, field, words):
     err = _refused({"model": "builtin:tiny-flux2", **({} if "items" in body else {"prompts": ["a"]}), **body})
