@@ -212,7 +212,7 @@ def cmd_models(args) -> int:
         print(json.dumps(rows))
     else:
         for r in rows:
-            print(f"{r['id']:40s} {r['kind']:8s} {r['family'] or '?':10s} {r.get('path', '')}"
+            print(f"{r['id']:40s} {r['kind']:8s} {r['family'] or '?':11s} {r.get('path', '')}"
                   + ("" if r.get("present", True) else "  (made on first use)") + "".join(o.row_note(r) for o in options.OPTIONS.values()))
     return 0
 

@@ -48,6 +48,9 @@ def check_item(fam: Family | None, model: str, params: dict[str, Any], where: st
     when given) do not suit the model's family (nothing is checked when the family is not known here)."""
     if fam is None:
         return
+    if negative and not fam.negative_prompt:
+        raise InvalidInput(f"{where}negative_prompt", f"{where}negative_prompt: {fam.title} models take no negative "
+                           f"prompt; leave it out", code="unsupported_parameter")
     _check_guidance(fam, params, where, negative)
     takes = set(fam.params)
     for name in pipelines.FAMILY_PARAMS:
