@@ -30,6 +30,10 @@ class ControlNetHook(OptionHook):
 
     name = controlnet.ControlNet.name
 
+    def __init__(self) -> None:
+        self.families: dict[str, str] = {}
+        """ControlNet id -> the family of the model it last ran with (its calls' control image keyword)."""
+
     def derive(self, cache: Any, entry: Any, task: str, variant: str) -> Any:
         """The task's ControlNet pipeline over the base's modules and the ControlNet `variant`."""
         import diffusers
@@ -40,8 +44,13 @@ class ControlNetHook(OptionHook):
         nets = entry.parts.setdefault(self.name, {})
         if variant not in nets:
             path = open_controlnet(variant, cache.fetcher)
+            model_class = getattr(diffusers, controlnet.MODEL_CLASSES.get(entry.family, "ControlNetModel"))
+            found = controlnet.folder_family(str(path))
+            if found is not None and controlnet.MODEL_CLASSES[found] != model_class.__name__:
+                raise ModelError(f"ControlNet {variant!r} is for the {found} family, model {entry.model_id!r} "
+                                 f"is {entry.family}")
             try:
-                net = diffusers.ControlNetModel.from_pretrained(path, dtype=cache.device.torch_dtype)
+                net = model_class.from_pretrained(path, dtype=cache.device.torch_dtype)
             except (OSError, ValueError, TypeError) as exc:
                 raise ModelError(f"cannot load ControlNet {variant!r}: {type(exc).__name__}: {exc}") from exc
             nets[variant] = net.to(cache.device.device)
@@ -51,6 +60,7 @@ class ControlNetHook(OptionHook):
             raise ModelError(f"model {entry.model_id!r} cannot run {task!r} with ControlNet {variant!r}: "
                              f"{exc}") from exc
         pipe.set_progress_bar_config(disable=True)
+        self.families[variant] = entry.family
         return pipe
 
     def images(self, value: Any, load: Callable[[str, str], Any], n: int) -> dict[str, list[Any]]:
@@ -59,9 +69,10 @@ class ControlNetHook(OptionHook):
 
     def call_kwargs(self, spec: pipelines.PipelineSpec, params: dict[str, Any], value: Any,
                     images: dict[str, list[Any]] | None, fit: Fit) -> dict[str, Any]:
-        """The control images resized to the call's size, and their weight."""
+        """The control images resized to the call's size, and their weight (the keyword of the family the
+        ControlNet's pipeline was derived for)."""
         use = controlnet.USES.get(spec.name)
         if use is None:
             return {}
         controls = fit((images or {}).get(controlnet.IMAGE, []), params["width"], params["height"])
-        return {use.kwarg: controls, "controlnet_conditioning_scale": float(value["scale"])}
+        return {use.kwarg_for(self.families.get(value["model"])): controls, "controlnet_conditioning_scale": float(value["scale"])}
