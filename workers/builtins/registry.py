@@ -16,7 +16,6 @@ import torch
 from sdq.sources import builtin_path, is_model_folder
 from workers.builtins import families as builtin_families
 from workers.builtins import flux as builtin_flux
-from workers.builtins import fluxcontrol as builtin_fluxcontrol
 from workers.builtins import qwen as builtin_qwen
 from workers.builtins import video as builtin_video
 from workers.builtins import zimage as builtin_zimage
@@ -168,7 +167,6 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-controlnet": build_tiny_controlnet, "tiny-sdxl-controlnet": build_tiny_sdxl_controlnet,
     **builtin_families.BUILDERS,
     **builtin_flux.BUILDERS,
-    **builtin_fluxcontrol.BUILDERS,
     **builtin_qwen.BUILDERS,
     **_lora_builders(),
     **preview.BUILDERS,

@@ -75,4 +75,5 @@ class ControlNetHook(OptionHook):
         if use is None:
             return {}
         controls = fit((images or {}).get(controlnet.IMAGE, []), params["width"], params["height"])
-        return {use.kwarg_for(self.families.get(value["model"])): controls, "controlnet_conditioning_scale": float(value["scale"])}
+        kwarg = use.kwarg_for(self.families.get(value["model"]))
+        return {kwarg: controls, "controlnet_conditioning_scale": float(value["scale"])}
