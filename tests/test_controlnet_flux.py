@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from cli.client import Client
+from storage.models import push
+from tests.conftest import wait_job
 from sdq.families import FLUX, SD
 from sdq.options import controlnet
 from sdq.sources import builtin_path
@@ -24,6 +26,8 @@ STEPS = 3
 KW = {"guidance_scale": 3.5, "max_sequence_length": 256, **SIZE}
 """What the producer fills in for a dev-type Flux model (the direct calls pass the same)."""
 WORKER = "w-fluxcn"
+PUSHED = "pushed-flux-controlnet"
+"""The name the built-in Flux ControlNet's folder is pushed under (its family not known at submit)."""
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,7 @@ def folder(models_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fluxcn(stack_factory, folder) -> Client:
     """A stack with one worker, so every job of the module runs on the same warm worker."""
-    st = stack_factory("fluxcn", env={"SDQ_MODELS": str(folder)})
+    st = stack_factory("fluxcn", env={"SDQ_MODELS": f"{folder},store:{PUSHED}"})
     st.worker(WORKER, "--device", "cpu", "--threads", "1")
     yield Client(st.env["SDQ_SERVER"])
     st.stop()
@@ -129,6 +133,14 @@ def test_the_infotext_names_the_flux_controlnet(fluxcn, store, controls):
     assert f"Model: {FLUX_CN}" in info["ControlNet 0"]
 
 
+def test_the_catalog_lists_flux_controlnets_under_flux_models_only(fluxcn, folder):
+    """The built-in and the local folder (its family read from `config.json`) under tiny-flux, for txt2img only."""
+    models = {m["id"]: m for m in fluxcn.session.get(f"{fluxcn.server}/v1/models", timeout=30).json()["models"]}
+    flux = models["builtin:tiny-flux"]["options"]["controlnet"]
+    assert flux == {"pipelines": ["txt2img"], "ids": [FLUX_CN, str(folder)]}
+    assert models["builtin:tiny-sd"]["options"]["controlnet"]["ids"] == ["builtin:tiny-controlnet"]
+
+
 @pytest.mark.parametrize("model, net, params, field, code", [
     ("builtin:tiny-flux", "builtin:tiny-controlnet", {}, "params.controlnet.model", "family_mismatch"),
     ("builtin:tiny-flux", "builtin:tiny-sdxl-controlnet", {}, "params.controlnet.model", "family_mismatch"),
@@ -152,3 +164,14 @@ def test_flux_img2img_with_a_controlnet_is_a_422(fluxcn, controls):
     answer = fluxcn.session.post(f"{fluxcn.server}/v1/jobs", json={**body, "pipeline": "img2img"}, timeout=30)
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["field"] == "params.controlnet"
+
+
+def test_a_pushed_flux_controlnet_on_an_sd_model_fails_its_item_at_the_worker_saying_why(fluxcn, store, folder,
+                                                                                         controls):
+    """The producer cannot read a pushed ControlNet's family; the worker reads its `config.json` before loading."""
+    push(store, folder, PUSHED)
+    doc = wait_job(fluxcn, fluxcn.submit(_job(controls["a"], 3, "builtin:tiny-sd", f"store:{PUSHED}"))["id"],
+                   timeout=240)
+    assert doc["state"] == "failed", doc
+    error = doc["items"][0]["error"]
+    assert "flux family" in str(error) and f"store:{PUSHED}" in str(error), error
