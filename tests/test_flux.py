@@ -169,7 +169,8 @@ def test_a_schnell_type_model_gets_its_distilled_defaults(flux, store, models_di
     ("builtin:tiny-flux", "txt2img", {"negative_prompt": "fog"}, "params.negative_prompt"),
     ("builtin:tiny-flux", "txt2img", {"true_cfg_scale": 4.0}, "params.true_cfg_scale"),
     ("builtin:tiny-flux", "txt2img", {"loras": [{"name": "builtin:tiny-lora"}]}, "params.loras[0].name"),
-    ("builtin:tiny-flux", "txt2img", {"controlnet": {"image": "uploads/x.png"}}, "params.controlnet"),
+    ("builtin:tiny-flux", "img2img", {"init_image": "uploads/x.png", "controlnet": {"image": "uploads/x.png"}},
+     "params.controlnet"),  # Flux's ControlNet is txt2img only (tests/test_controlnet_flux.py)
     ("builtin:tiny-flux-schnell", "txt2img", {"guidance_scale": 3.5}, "params.guidance_scale"),
     ("builtin:tiny-sd", "edit", {"init_image": "uploads/x.png"}, "pipeline"),
 ])

@@ -11,13 +11,15 @@ each pass's size (Lanczos).
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from sdq.exceptions import InvalidInput
-from sdq.families import SD, SDXL
+from sdq.families import FLUX, SD, SDXL
 from sdq.modelinfo import BUILTIN_FAMILIES
 from sdq.options.base import CacheInputs, Describe, FormField, OptionSpec, Submit
+from sdq.options.hires import SECOND_PASS, Hires
 from sdq.params import Param, Text
 from sdq.sources import source_for
 
@@ -34,6 +36,7 @@ DEFAULT_MODEL = "builtin:tiny-controlnet"
 BUILTINS: dict[str, str] = {
     "builtin:tiny-controlnet": SD,
     "builtin:tiny-sdxl-controlnet": SDXL,
+    "builtin:tiny-controlnet-flux": FLUX,
 }
 """Built-in ControlNet id -> the family of models it conditions (the first of a family is its default)."""
 
@@ -50,22 +53,53 @@ SOURCES = ("builtin", "folder", "store")
 hub download fetches pipelines, which a ControlNet repo is not) nor a single checkpoint file."""
 
 
+MODEL_CLASSES: dict[str, str] = {SD: "ControlNetModel", SDXL: "ControlNetModel", FLUX: "FluxControlNetModel"}
+"""Family -> the diffusers class its ControlNets load as."""
+
+
 @dataclass(frozen=True)
 class Use:
     """How a pipeline runs with a ControlNet: the diffusers class per family and the keyword the
-    control image is passed as (`image` where the pipeline has no init image, else `control_image`)."""
+    control image is passed as (`image` where an SD/SDXL pipeline has no init image, else `control_image`;
+    `kwargs`: per family where it differs)."""
 
     classes: dict[str, str]
     kwarg: str = "control_image"
+    kwargs: dict[str, str] = field(default_factory=dict)
+
+    def kwarg_for(self, family: str | None) -> str:
+        """The keyword of the control image in a call of `family`'s class."""
+        return self.kwargs.get(family or "", self.kwarg)
 
 
 USES: dict[str, Use] = {
-    "txt2img": Use({SD: "StableDiffusionControlNetPipeline", SDXL: "StableDiffusionXLControlNetPipeline"},
-                   kwarg="image"),
+    "txt2img": Use({SD: "StableDiffusionControlNetPipeline", SDXL: "StableDiffusionXLControlNetPipeline",
+                    FLUX: "FluxControlNetPipeline"}, kwarg="image", kwargs={FLUX: "control_image"}),
     "img2img": Use({SD: "StableDiffusionControlNetImg2ImgPipeline", SDXL: "StableDiffusionXLControlNetImg2ImgPipeline"}),
     "inpaint": Use({SD: "StableDiffusionControlNetInpaintPipeline", SDXL: "StableDiffusionXLControlNetInpaintPipeline"}),
 }
-"""Pipeline -> its ControlNet classes (the pipelines that take a ControlNet)."""
+"""Pipeline -> its ControlNet classes (the pipelines that take a ControlNet). Flux has txt2img only: diffusers'
+`FluxControlNetImg2ImgPipeline` and `FluxControlNetInpaintPipeline` take no negative prompt, which the worker's
+call always passes."""
+
+
+def folder_family(model: str) -> str | None:
+    """The family of a local ControlNet folder's model, read from its `config.json` (`_class_name`; SDXL's
+    ControlNets have its size/crop embedding): None when it is no such folder or says no known class."""
+    path = getattr(source_for(model), "path", None)
+    try:
+        config = json.loads((path / "config.json").read_text()) if path is not None and path.is_dir() else {}
+    except (OSError, ValueError):
+        return None
+    found = next((fam for fam, cls in MODEL_CLASSES.items() if cls == config.get("_class_name")), None)
+    if found in (SD, SDXL):
+        return SDXL if config.get("addition_embed_type") == "text_time" else SD
+    return found
+
+
+def family_of(model: str) -> str | None:
+    """The family of models a ControlNet conditions, where the producer can read it (built-ins, local folders)."""
+    return BUILTINS.get(model) or folder_family(model)
 
 
 def class_for(pipeline: str, family: str) -> str | None:
@@ -108,7 +142,7 @@ class ControlNet(OptionSpec):
             path = getattr(source_for(model), "path", None)
             if (path is not None and path.is_dir() and (path / "config.json").is_file()
                     and not (path / "model_index.json").is_file()):
-                out[model] = None
+                out[model] = folder_family(model)
         return out
 
     def push_note(self, manifest: dict[str, Any]) -> str | None:
@@ -138,8 +172,9 @@ class ControlNet(OptionSpec):
             raise InvalidInput("params.controlnet.model", f"ControlNet {name!r} is a {kind} id; a ControlNet is "
                                f"a built-in, a local folder (config.json and its weights) or a pushed one "
                                f"(store:NAME)", code="unsupported_source")
-        if family is not None and BUILTINS.get(name, family) != family:
-            raise InvalidInput("params.controlnet.model", f"ControlNet {name!r} is for the {BUILTINS[name]} "
+        fits = family_of(name)
+        if family is not None and fits is not None and fits != family:
+            raise InvalidInput("params.controlnet.model", f"ControlNet {name!r} is for the {fits} "
                                f"family, model {ctx.model!r} is {family}", code="family_mismatch")
         return {"model": name, "image": value["image"], "scale": value.get("scale", SCALE)}
 
@@ -148,7 +183,14 @@ class ControlNet(OptionSpec):
         return ctx.uploads(value["image"], IMAGE_FIELD) if ctx.uploads is not None else None
 
     def add(self, params: dict[str, Any], value: Any, size_multiple: int = 8) -> dict[str, Any]:
-        """The checked object, a copy per item."""
+        """The checked object, a copy per item; 422 naming `params.hires` when the item's second pass has no
+        ControlNet class for the ControlNet's family (Flux)."""
+        fits = family_of(value["model"])
+        missing = [p for p in SECOND_PASS.values() if fits is not None and class_for(p, fits) is None]
+        if params.get(Hires.name) and missing:
+            raise InvalidInput("params.hires", f"the hires fix's {missing[0]} pass has no ControlNet pipeline "
+                               f"for {fits} models (ControlNet {value['model']!r})",
+                               code="unsupported_controlnet")
         return {**params, self.name: dict(value)}
 
     def pipeline_classes(self) -> set[str]:

@@ -39,6 +39,10 @@ class ControlNetHook(OptionHook):
 
     name = controlnet.ControlNet.name
 
+    def __init__(self) -> None:
+        self.families: dict[str, str] = {}
+        """ControlNet id -> the family of the model it last ran with (its calls' control image keyword)."""
+
     def derive(self, cache: Any, entry: Any, task: str, variant: str) -> Any:
         """The task's ControlNet pipeline over the base's modules and the ControlNet `variant`."""
         import diffusers
@@ -57,6 +61,7 @@ class ControlNetHook(OptionHook):
             raise ModelError(f"model {entry.model_id!r} cannot run {task!r} with ControlNet {variant!r}: "
                              f"{exc}") from exc
         pipe.set_progress_bar_config(disable=True)
+        self.families[variant] = entry.family
         return pipe
 
     def apply(self, cache: Any, pipe: Any, entry: Any, value: Any) -> None:
@@ -76,7 +81,7 @@ class ControlNetHook(OptionHook):
 
     @staticmethod
     def _load(cache: Any, entry: Any, variant: str) -> Any:
-        """One ControlNet on the worker's device (on the CPU when the model runs offloaded: the offload hooks
+        """One ControlNet, of its model's family's class, on the worker's device (on the CPU when the model runs offloaded: the offload hooks
         move it). ModelError when it cannot be read or does not fit the device: out of memory while moving
         it there fails the items clearly instead of giving them back to run out of memory again elsewhere."""
         import diffusers
@@ -84,8 +89,13 @@ class ControlNetHook(OptionHook):
         from workers.loading.offload import free_memory, is_out_of_memory
 
         path = open_controlnet(variant, cache.fetcher)
+        model_class = getattr(diffusers, controlnet.MODEL_CLASSES.get(entry.family, "ControlNetModel"))
+        found = controlnet.folder_family(str(path))
+        if found is not None and controlnet.MODEL_CLASSES[found] != model_class.__name__:
+            raise ModelError(f"ControlNet {variant!r} is for the {found} family, model {entry.model_id!r} "
+                             f"is {entry.family}")
         try:
-            net = diffusers.ControlNetModel.from_pretrained(path, dtype=cache.device.torch_dtype)
+            net = model_class.from_pretrained(path, dtype=cache.device.torch_dtype)
         except (OSError, ValueError, TypeError) as exc:
             raise ModelError(f"cannot load ControlNet {variant!r}: {type(exc).__name__}: {exc}") from exc
         device = "cpu" if entry.offload else cache.device.device
@@ -125,10 +135,11 @@ class ControlNetHook(OptionHook):
 
     def call_kwargs(self, spec: pipelines.PipelineSpec, params: dict[str, Any], value: Any,
                     images: dict[str, list[Any]] | None, fit: Fit) -> dict[str, Any]:
-        """The control images resized to the call's size, and their weight."""
+        """The control images resized to the call's size, and their weight (the keyword of the family the
+        ControlNet's pipeline was derived for)."""
         use = controlnet.USES.get(spec.name)
         if use is None:
             return {}
         controls = fit((images or {}).get(controlnet.IMAGE, []), params["width"], params["height"])
-        return {use.kwarg: controls, "controlnet_conditioning_scale": float(value["scale"])}
-
+        kwarg = use.kwarg_for(self.families.get(value["model"]))
+        return {kwarg: controls, "controlnet_conditioning_scale": float(value["scale"])}
