@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from producer import form
 from producer.openapi import build_openapi
 from sdq import __version__, contract
+from sdq.records import WorkerRecord
 from sdq.state import fleet
 from sdq.state.keys import KOMBU_PRIORITY_SEP
 
@@ -29,11 +30,11 @@ def index():
         "Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
 
 
-def queue_depths(client: redis.Redis, workers: list[dict] | None = None) -> dict[str, int]:
+def queue_depths(client: redis.Redis, workers: list[WorkerRecord] | None = None) -> dict[str, int]:
     """Task messages waiting per queue (every priority level summed): every queue that live workers
     consume, and every other shared or control queue that holds messages (with no worker at all, a
     backlog still shows)."""
-    consumed = {q for w in (fleet.live_workers(client) if workers is None else workers) for q in w.get("queues", [])}
+    consumed = {q for w in (fleet.live_workers(client) if workers is None else workers) for q in w.queues}
     ordered = sorted(consumed | {*contract.item_queues(), contract.CONTROL_QUEUE})
     pipe = client.pipeline(transaction=False)
     for q in ordered:
@@ -56,7 +57,7 @@ def metrics():
     done = Gauge("sdq_worker_items_done", "Items made by a live worker since it started", ["worker", "device", "dtype"],
                  registry=registry)
     for w in workers:
-        done.labels(w["name"], w["device"], w["dtype"]).set(w.get("items_done", 0))
+        done.labels(w.name, w.device, w.dtype).set(w.items_done)
     depth = Gauge("sdq_queue_messages", "Task messages waiting in a queue", ["queue"], registry=registry)
     for queue, size in queue_depths(client, workers).items():
         depth.labels(queue).set(size)

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from cli.client import Client
+from sdq.records import WorkerRecord
 from sdq.scheduling import scheduling, speed
 from tests.conftest import wait_job, wait_until
 
@@ -75,8 +76,8 @@ def makespan(client: Client, n: int, seed: int) -> tuple[float, dict]:
     return (doc["finished_at"] - doc["created_at"]) / per_item, doc
 
 
-def record(client: Client, name: str) -> dict:
-    return next((w for w in client.workers() if w["name"] == name), {})
+def record(client: Client, name: str) -> WorkerRecord:
+    return WorkerRecord.from_record(next((w for w in client.workers() if w["name"] == name), {}))
 
 
 def rate(client: Client, name: str) -> float | None:

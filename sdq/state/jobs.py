@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 from redis.exceptions import WatchError
 
@@ -19,10 +19,10 @@ from sdq.contract import ITEM_STATES
 from sdq.records import Item, Job
 from sdq.exceptions import AlreadySubmitted
 from sdq.state import keys
+from sdq.state.base import StoreBase
 from sdq.state.idempotency import Once, recorded_job
 from sdq.state.outbox import intent
 from sdq.state.redisconn import text
-from sdq.state.scripts import ScriptedStore
 
 try:  # a C decoder where installed (the producer extra has it): item pages decode ~3x faster
     from orjson import loads
@@ -36,7 +36,7 @@ QUEUE_SCAN_MAX = 1000
 """Most unfinished jobs looked at when estimating a queue position."""
 
 
-class Jobs(ScriptedStore):
+class Jobs(StoreBase):
     """Job and item records as the producer sees them: whole jobs, their pages of items, cancel, retry."""
 
     def create(self, job: Job, items: list[Item], due: float | None = None, once: Once | None = None) -> str:
@@ -62,6 +62,19 @@ class Jobs(ScriptedStore):
                     return member
                 except WatchError:  # the key changed meanwhile: look again (it names a job, or was rolled back)
                     continue
+
+    def create_and_publish(self, job: Job, items: list[Item], publish: Callable[[], None],
+                           due: float | None = None, once: Once | None = None) -> None:
+        """Record a new job (`create`) and publish its task messages with `publish()`, the outbox inside:
+        once published, its entry is removed (`published`); if `publish` raises, the job is removed again
+        (`delete`: nothing half-submitted) and the error raised. AlreadySubmitted as `create`."""
+        member = self.create(job, items, due, once)
+        try:
+            publish()
+        except Exception:
+            self.delete(job.id, job.owner, member, once)
+            raise
+        self.published(member)
 
     @staticmethod
     def _record(pipe: Any, job: Job, items: list[Item], member: str, due: float) -> None:
@@ -216,6 +229,16 @@ class Jobs(ScriptedStore):
                                               args=[job_id, due, *range(start, min(n, start + SLICE))])
             out += [Item.from_record(loads(r)) for r in raw or ()]
         return out
+
+    def retry_and_publish(self, job_id: str, publish: Callable[[list[Item]], None],
+                          due: float | None = None) -> list[Item]:
+        """`retry`, then `publish(items)` the re-queued items and remove their outbox entries; returns
+        them (empty when none, or no such job). If `publish` raises, the entries stay and come due."""
+        items = self.retry(job_id, due) or []
+        if items:
+            publish(items)
+            self.published(*self.retry_intents(job_id, items))
+        return items
 
     @staticmethod
     def retry_intents(job_id: str, items: list[Item]) -> list[str]:
