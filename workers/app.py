@@ -20,6 +20,8 @@ from sdq.memory import load_cast
 from sdq.celery_app import make_celery, request_finalize, send_chunk
 from sdq.config import Settings
 from sdq.records import Chunk
+from sdq.state.faults import FaultRules
+from sdq.state.leases import UnackedIndex
 from sdq.state.redisconn import connect
 from sdq.state.resultindex import ResultIndex
 from sdq.state.store import JobStore
@@ -166,7 +168,7 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     client = redis_client(settings.redis_url)
     jobs = JobStore(client, settings.outbox_lease)
     celery = make_celery(settings.redis_url, settings.visibility_timeout)
-    leases = Leases(client, stall_timeout=settings.stall_timeout)
+    leases = Leases(UnackedIndex(client), stall_timeout=settings.stall_timeout)
     store = ResultStore.from_settings(settings, outage_limit=settings.s3_outage_limit,
                                       backoff_cap=settings.s3_backoff_cap, on_retry=leases.progress)
     store.ensure_bucket()
@@ -178,7 +180,7 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
         send_chunk(celery, chunk)
 
     # 3. Every part of the worker, each given what it uses.
-    faults = Faults.from_env(client, name)
+    faults = Faults.from_env(FaultRules(client), name)
     uploader = Uploader(store, jobs, finalize, threads=defaults.UPLOAD_THREADS, faults=faults,
                         progress=leases.progress)
     cache = PipelineCache(settings.models_dir, device, defaults.MODEL_CACHE_SIZE,

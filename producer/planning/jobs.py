@@ -9,7 +9,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import redis
 from celery import Celery
 
 from producer.options import Checked, check_options
@@ -32,7 +31,7 @@ from sdq.params import check_denoising
 from sdq.records import Chunk, Item, Job, WorkerRecord
 from sdq.scheduling import scheduling, speed
 from sdq.state import fleet
-from sdq.state.idempotency import Once, first_job
+from sdq.state.idempotency import Once
 from sdq.state.store import JobStore
 from sdq.webhooks import check_webhook_url
 
@@ -293,22 +292,22 @@ def route(plan: Plan, workers: list[WorkerRecord],
     return routed
 
 
-def submit(req: SubmitRequest, settings: Settings, owner: str, client: redis.Redis, jobs: JobStore,
-           celery: Celery, once: Once | None = None) -> Plan:
+def submit(req: SubmitRequest, settings: Settings, owner: str, jobs: JobStore, celery: Celery,
+           once: Once | None = None) -> Plan:
     """Plan, check the tenant's room, route, record and enqueue a job; nothing stays half-submitted:
     a failed enqueue removes the record again (so it neither shows nor counts against the tenant's cap).
     With `once` (an idempotency key, `sdq.state.idempotency.once`), a request that already made a job
     gets that job back (`Plan.replayed`) instead of a second one; every door submits through here."""
     # 0. Once: the job an earlier request under the same idempotency key made.
-    if once is not None and (first := first_job(client, once)) is not None:
+    if once is not None and (first := jobs.first_job(once)) is not None:
         return _replay(jobs, first)
     # 1. Plan: the request checked against the server's limits, expanded into items (nothing written).
     plan = plan_job(req, settings, owner,
-                    uploads=lambda key, field: upload_record(client, key, owner, field))
+                    uploads=lambda key, field: upload_record(jobs, key, owner, field))
     # 2. Room: the tenant's cap on queued items.
     check_queue_room(jobs, owner, len(plan.items), settings.max_queued_items)
     # 3. Route: task chunks per queue, and warnings for queues that no live worker serves.
-    routed = route(plan, fleet.live_workers(client), settings.scheduling == "speed")
+    routed = route(plan, jobs.live_workers(), settings.scheduling == "speed")
     plan.job.warnings = plan.warnings
     # 4. Record (with the items' message in the outbox: if this process dies before enqueueing, a
     #    worker publishes them after the outbox lease), then enqueue and clear the outbox entry; the

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import redis
 
 from producer.planning import jobs as planner
 from producer.schemas import SubmitRequest
@@ -22,7 +21,6 @@ from sdq.config import Settings
 from sdq.exceptions import TooManyRequests
 from sdq.records import Item, Job, WorkerRecord
 from sdq.scheduling import speed
-from sdq.state import fleet
 from sdq.state.store import JobStore
 
 
@@ -82,10 +80,10 @@ def _queue_quote(job: Job, queue: str, items: list[Item], workers: list[WorkerRe
     return out
 
 
-def quote(req: SubmitRequest, settings: Settings, owner: str, client: redis.Redis, jobs: JobStore) -> dict[str, Any]:
+def quote(req: SubmitRequest, settings: Settings, owner: str, jobs: JobStore) -> dict[str, Any]:
     """The dry run's answer for `req`: the job as it would be planned and where and when it would run."""
     # 1. Plan as a submit does (a bad request raises its usual 4xx here).
-    plan = planner.plan_job(req, settings, owner, uploads=lambda key, field: upload_record(client, key, owner, field))
+    plan = planner.plan_job(req, settings, owner, uploads=lambda key, field: upload_record(jobs, key, owner, field))
     job, now = plan.job, time.time()
     # 2. Refusals the real submit would meet after planning.
     refusals: list[dict[str, Any]] = []
@@ -95,7 +93,7 @@ def quote(req: SubmitRequest, settings: Settings, owner: str, client: redis.Redi
         refusals.append({"code": "too_many_requests", "field": exc.field, "message": str(exc),
                          "retry_after": exc.retry_after})
     # 3. Routing on paper: per queue, who could take the items, and when.
-    workers = fleet.live_workers(client)
+    workers = jobs.live_workers()
     routed = planner.route(plan, workers, settings.scheduling == "speed")
     job.created_at, job.counts = now, {"queued": len(plan.items)}
     ahead = jobs.queue_position(job) or 0

@@ -20,7 +20,7 @@ from sdq.records import Item, Job
 from sdq.exceptions import AlreadySubmitted
 from sdq.state import keys
 from sdq.state.base import StoreBase
-from sdq.state.idempotency import Once, recorded_job
+from sdq.state.idempotency import Once, first_job, recorded_job
 from sdq.state.outbox import intent
 from sdq.state.redisconn import text
 
@@ -42,7 +42,8 @@ class Jobs(StoreBase):
     def create(self, job: Job, items: list[Item], due: float | None = None, once: Once | None = None) -> str:
         """Record a new job and its items (all `queued`) in one transaction, with their message in the
         outbox (`sdq.state.outbox`) due at `due` (default: one lease from now): publish them, then
-        `Outbox.done` the returned member; if the caller dies first, a worker publishes them. With
+        `published` the returned member (`create_and_publish` does all three); if the caller dies first,
+        a worker publishes them. With
         `once`, its idempotency key is recorded in the same transaction; AlreadySubmitted (nothing
         recorded) if a request under that key recorded a job first (`sdq.state.idempotency`)."""
         member = intent(job.id, [(it.index, it.gen) for it in items]) if items else ""
@@ -75,6 +76,10 @@ class Jobs(StoreBase):
             self.delete(job.id, job.owner, member, once)
             raise
         self.published(member)
+
+    def first_job(self, request: Once) -> str | None:
+        """The job an earlier request under this idempotency key made (`sdq.state.idempotency.first_job`)."""
+        return first_job(self.redis, request)
 
     @staticmethod
     def _record(pipe: Any, job: Job, items: list[Item], member: str, due: float) -> None:
@@ -217,8 +222,8 @@ class Jobs(StoreBase):
         """Re-queue failed and cancelled items as new attempts, in slices of `SLICE` items; returns
         them (None if no such job). Messages of their earlier attempts are dropped when delivered.
         Each slice re-queues, records its message in the outbox, due at `due` (default: one lease from
-        now), and reopens the job in one script: publish them, then `Outbox.done` the members
-        `retry_intents` gives. A retry cut short between slices strands nothing."""
+        now), and reopens the job in one script: publish them, then `published` the members
+        `retry_intents` gives (`retry_and_publish`). A retry cut short between slices strands nothing."""
         n = self._n_items(job_id)
         if not n and not self.redis.exists(keys.job_key(job_id)):
             return None

@@ -87,7 +87,7 @@ class Runs(StoreBase):
         """Put `worker`'s running items back in `queued` as new attempts after it ran out of memory
         (not if the job was cancelled); returns the (index, gen) pairs handed back, each now naming
         `worker` in `oom_workers`. Their message is recorded in the outbox, due at `due` (default: one
-        lease from now): publish them, then `outbox.done(intent(job_id, pairs))`."""
+        lease from now): publish them, then `outbox.done(intent(job_id, pairs))` (`hand_off_and_publish`)."""
         due = time.time() + defaults.OUTBOX_LEASE if due is None else due
         out = [int(x) for x in self.scripts["hand_off"](keys=keys.job_script_keys(job_id),
                                                         args=[job_id, worker, error, due, *indices])]

@@ -9,9 +9,8 @@ from typing import Any, Callable
 
 from PIL.PngImagePlugin import PngInfo
 
-import redis
-
 from sdq import contract, defaults
+from sdq.state.errors import StateError
 from sdq.state.runs import CLAIMED, ENDED_JOB, HELD, NOT_RECORDED
 from sdq.state.store import JobStore
 from storage import ResultStore, StorageUnavailable
@@ -95,7 +94,7 @@ class Uploader:
             thumb = store_thumb(self.store, job_id, index, image)  # {} when it failed: the item still succeeds
             state, extra = "succeeded", {"key": key, "bytes": len(data), "timings": timings, **thumb}
         except Exception as exc:  # noqa: BLE001 - classified: outage -> chunk again, else the item fails
-            if isinstance(exc, StorageUnavailable | redis.RedisError):
+            if isinstance(exc, StorageUnavailable | StateError):
                 raise
             log.exception("upload of %s failed", key)
             state, extra = "failed", {"error": f"upload failed: {type(exc).__name__}: {exc}"}
