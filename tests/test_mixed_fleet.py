@@ -76,12 +76,12 @@ def makespan(client: Client, n: int, seed: int) -> tuple[float, dict]:
     return (doc["finished_at"] - doc["created_at"]) / per_item, doc
 
 
-def record(client: Client, name: str) -> WorkerRecord:
-    return WorkerRecord.from_record(next((w for w in client.workers() if w["name"] == name), {}))
+def record(client: Client, name: str) -> dict:
+    return next((w for w in client.workers() if w["name"] == name), {})
 
 
 def rate(client: Client, name: str) -> float | None:
-    return speed.measured_rate(record(client, name), "builtin:tiny-sd", "txt2img", PARAMS)
+    return speed.measured_rate(WorkerRecord.from_record(record(client, name)), "builtin:tiny-sd", "txt2img", PARAMS)
 
 
 @contextmanager

@@ -62,7 +62,8 @@ def serving(workers: list[WorkerRecord], queue: str, model: str) -> list[WorkerR
     return [w for w in workers if queue in w.queues and (not w.models or model in w.models)]
 
 
-def able(workers: list[WorkerRecord], queue: str, model: str, pixels: int, requires: dict[str, Any]) -> list[WorkerRecord]:
+def able(workers: list[WorkerRecord], queue: str, model: str, pixels: int,
+         requires: dict[str, Any]) -> list[WorkerRecord]:
     """Live workers that may take work of `queue` and `model` with images of `pixels` pixels and
     `requires` (`min_memory_gb`, the family's `memory`): what each worker's router checks before it runs one."""
     out = []
