@@ -16,6 +16,7 @@ import redis
 
 from bench.common import command_delta, redis_command_stats
 from cli.services import free_port
+from sdq.records import WorkerRecord
 from sdq.state import fleet, keys
 from sdq.state.store import JobStore
 from workers.running.backups import Backups
@@ -33,10 +34,9 @@ def fleet_of(r: redis.Redis, workers: int) -> None:
         job = f"job{i}"
         r.hset(keys.job_key(job), mapping={"c:queued": 0, "c:running": 1})
         r.hset(keys.progress_key(job), "0", 1)  # too few steps for a pace: as published, far from late
-        fleet.publish(r, {"name": f"w{i}", "kind": "gpu", "queues": ["q"], "models": ["m"], "speed": {},
-                          "current_item": {"job": job, "items": [0], "running": [0], "queue": "q", "model": "m",
-                                           "pipeline": "txt2img", "params": PARAMS, "since": now - 0.6,
-                                           "expected_s": 60.0}}, ttl=600)
+        fleet.publish(r, WorkerRecord(name=f"w{i}", kind="gpu", queues=["q"], models=["m"], current_item={
+            "job": job, "items": [0], "running": [0], "queue": "q", "model": "m", "pipeline": "txt2img",
+            "params": PARAMS, "since": now - 0.6, "expected_s": 60.0}), ttl=600)
 
 
 def measure(workers: int) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from flask import Flask
 from producer import errors
 from producer.catalog import PushedModels
 from producer.jsonprovider import FastJSONProvider
-from sdq.state.limits import TenantSlots
 from sdq import defaults
 from sdq.celery_app import make_celery
 from sdq.config import Settings
@@ -28,18 +27,16 @@ def create_app(test_config: dict[str, Any] | None = None, settings: Settings | N
         app.config.update(test_config)
 
     # each open event stream holds one connection (pub/sub) for as long as it lives
-    client = connect(settings.redis_url, max_connections=defaults.PRODUCER_CONNECTIONS + 100)
-    app.extensions["sdq_redis"] = client
-    app.extensions["sdq_jobs"] = JobStore(client)
+    jobs = JobStore(connect(settings.redis_url, max_connections=defaults.PRODUCER_CONNECTIONS + 100))
+    app.extensions["sdq_jobs"] = jobs  # the state layer's port: nothing else holds the connection
     app.extensions["celery"] = make_celery(settings.redis_url)
     store = ResultStore.from_settings(settings)
     app.extensions["sdq_store"] = store
     app.extensions["sdq_pushed"] = PushedModels(store)  # pushed models' families, for the model catalog
-    app.extensions["sdq_streams"] = TenantSlots(client, "streams", settings.max_streams,
-                                                settings.stream_max_seconds + 60, defaults.STREAMS_FULL_RETRY_AFTER,
-                                                "events")
-    app.extensions["sdq_decodes"] = TenantSlots(client, "uploads", settings.max_upload_decodes,
-                                                defaults.UPLOAD_DECODE_HOLD, defaults.UPLOADS_BUSY_RETRY_AFTER, "file")
+    app.extensions["sdq_streams"] = jobs.slots("streams", settings.max_streams, settings.stream_max_seconds + 60,
+                                               defaults.STREAMS_FULL_RETRY_AFTER, "events")
+    app.extensions["sdq_decodes"] = jobs.slots("uploads", settings.max_upload_decodes, defaults.UPLOAD_DECODE_HOLD,
+                                               defaults.UPLOADS_BUSY_RETRY_AFTER, "file")
 
     from producer import meta, routes, web
     from producer.doors import a1111

@@ -21,6 +21,7 @@ from sdq.exceptions import SdqError
 from sdq.families import FAMILIES, Family, UnknownFamily, from_class_name
 from sdq.modelinfo import model_info
 from sdq.models import BUILTIN_MODELS, allowed_models
+from sdq.records import WorkerRecord
 from sdq.sources import STORE_PREFIX, source_for
 from storage import ResultStore
 from storage.models import PREFIX, pushed_adapter_family, remote_manifest
@@ -116,14 +117,14 @@ def _same(family: str | None, other: str | None) -> bool:
     return family is None or other is None or family == other
 
 
-def _workers(model: str, workers: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+def _workers(model: str, workers: list[WorkerRecord]) -> tuple[list[str], list[str]]:
     """(live workers that may load `model`, those that hold it loaded now)."""
-    able = [w["name"] for w in workers if model in (w.get("models") or ())]
-    warm = [w["name"] for w in workers if model in (w.get("loaded_models") or ())]
+    able = [w.name for w in workers if model in w.models]
+    warm = [w.name for w in workers if model in w.loaded_models]
     return able, warm
 
 
-def entry(model: str, weights: dict[str, dict[str, str | None]], workers: list[dict[str, Any]],
+def entry(model: str, weights: dict[str, dict[str, str | None]], workers: list[WorkerRecord],
           pushed: PushedModels | None = None) -> dict[str, Any]:
     """The catalog entry of one model id."""
     fam, side, why = _family(model, pushed)
@@ -144,7 +145,7 @@ def entry(model: str, weights: dict[str, dict[str, str | None]], workers: list[d
     return out
 
 
-def catalog(allowlist: tuple[str, ...], workers: list[dict[str, Any]],
+def catalog(allowlist: tuple[str, ...], workers: list[WorkerRecord],
             pushed: PushedModels | None = None) -> list[dict[str, Any]]:
     """Every model a caller may name (built-ins first, then the allowlist), the options' own weights left out;
     `pushed` reads pushed models' descriptions from the bucket."""

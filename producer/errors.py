@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-import redis
 from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from sdq import defaults
 from sdq.exceptions import InvalidInput, NotFound, TooManyRequests
+from sdq.state.errors import UNREACHABLE
 from storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _service_errors() -> tuple[type[BaseException], ...]:
     """Exceptions meaning Redis, the broker or S3 cannot be reached now."""
     from kombu.exceptions import OperationalError
 
-    return (redis.ConnectionError, redis.TimeoutError, OperationalError, StorageError)
+    return (*UNREACHABLE, OperationalError, StorageError)
 
 
 def register(app: Flask) -> None:

@@ -27,12 +27,9 @@ from typing import Any, Iterator
 
 from sdq.state.limits import TenantSlots
 
-import redis
-
 from producer.status import job_view
 from sdq import contract, defaults
 from sdq.records import Item, Job
-from sdq.state.keys import events_channel
 from sdq.state.store import JobStore
 from storage import ResultStore
 
@@ -53,11 +50,10 @@ def _finished(job: Job) -> dict[str, Any]:
             "counts": {k: job.counts[k] for k in ("succeeded", "failed", "cancelled")}}
 
 
-def stream(client: redis.Redis, jobs: JobStore, store: ResultStore, job_id: str, keepalive: float = KEEPALIVE_S,
+def stream(jobs: JobStore, store: ResultStore, job_id: str, keepalive: float = KEEPALIVE_S,
            max_seconds: float = defaults.STREAM_MAX_SECONDS) -> Iterator[str]:
     """The SSE frames of one job until it finishes or `max_seconds` pass (see the module docstring)."""
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(events_channel(job_id))
+    events = jobs.job_events(job_id)
     try:
         # 1. Snapshot, read after subscribing.
         job = jobs.get(job_id)
@@ -72,12 +68,12 @@ def stream(client: redis.Redis, jobs: JobStore, store: ResultStore, job_id: str,
         last_sent = last_check = opened = time.monotonic()
         last_preview = float("-inf")
         while True:
-            msg = pubsub.get_message(timeout=POLL_S)
+            raw = events.next_raw(POLL_S)
             now = time.monotonic()
             if now - opened >= max_seconds:
                 yield sse("stream.timeout", {"id": job_id, "reconnect_ms": defaults.STREAM_RETRY_MS})
                 return
-            if msg is None or msg.get("type") != "message":
+            if raw is None:
                 if now - last_sent >= keepalive:
                     last_sent = now
                     yield ": keep-alive\n\n"
@@ -90,7 +86,7 @@ def stream(client: redis.Redis, jobs: JobStore, store: ResultStore, job_id: str,
                         yield sse("job.finished", _finished(current))
                         return
                 continue
-            event = json.loads(msg["data"])
+            event = json.loads(raw)
             name, data = event.get("event"), event.get("data") or {}
             if name == "item.preview":  # at most one per STREAM_PREVIEW_INTERVAL per stream, the others dropped
                 if now - last_preview < defaults.STREAM_PREVIEW_INTERVAL:
@@ -105,10 +101,10 @@ def stream(client: redis.Redis, jobs: JobStore, store: ResultStore, job_id: str,
             if name == "job.finished":
                 return
     finally:
-        pubsub.close()
+        events.close()
 
 
-def open_stream(slots: TenantSlots, owner: str, client: redis.Redis, jobs: JobStore, store: ResultStore,
+def open_stream(slots: TenantSlots, owner: str, jobs: JobStore, store: ResultStore,
                 job_id: str, max_seconds: float = defaults.STREAM_MAX_SECONDS) -> Iterator[str]:
     """`stream` holding one of `owner`'s stream slots until it ends or the client leaves.
 
@@ -116,7 +112,7 @@ def open_stream(slots: TenantSlots, owner: str, client: redis.Redis, jobs: JobSt
     so a refusal or a Redis error is still a JSON answer."""
     member = slots.take(owner)
     try:
-        frames = stream(client, jobs, store, job_id, max_seconds=max_seconds)
+        frames = stream(jobs, store, job_id, max_seconds=max_seconds)
         first = next(frames, "")
     except BaseException:
         slots.give_back(owner, member)

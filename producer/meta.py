@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import redis
 from flask import Blueprint, Response, current_app, jsonify
 
 from producer import form
 from producer.openapi import build_openapi
 from sdq import __version__, contract
-from sdq.state import fleet
-from sdq.state.keys import KOMBU_PRIORITY_SEP
+from sdq.records import WorkerRecord
+from sdq.state.store import JobStore
 
 bp = Blueprint("meta", __name__)
 
@@ -29,18 +28,12 @@ def index():
         "Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
 
 
-def queue_depths(client: redis.Redis, workers: list[dict] | None = None) -> dict[str, int]:
+def queue_depths(jobs: JobStore, workers: list[WorkerRecord] | None = None) -> dict[str, int]:
     """Task messages waiting per queue (every priority level summed): every queue that live workers
     consume, and every other shared or control queue that holds messages (with no worker at all, a
     backlog still shows)."""
-    consumed = {q for w in (fleet.live_workers(client) if workers is None else workers) for q in w.get("queues", [])}
-    ordered = sorted(consumed | {*contract.item_queues(), contract.CONTROL_QUEUE})
-    pipe = client.pipeline(transaction=False)
-    for q in ordered:
-        for pri in range(10):
-            pipe.llen(q if pri == 0 else f"{q}{KOMBU_PRIORITY_SEP}{pri}")
-    sizes = pipe.execute()
-    depths = {q: sum(sizes[i * 10:(i + 1) * 10]) for i, q in enumerate(ordered)}
+    consumed = {q for w in (jobs.live_workers() if workers is None else workers) for q in w.queues}
+    depths = jobs.queue_lengths(sorted(consumed | {*contract.item_queues(), contract.CONTROL_QUEUE}))
     return {q: n for q, n in depths.items() if n or q in consumed}
 
 
@@ -49,16 +42,16 @@ def metrics():
     """Prometheus text format, read from Redis at scrape time (the same from every producer process)."""
     from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-    client = current_app.extensions["sdq_redis"]
+    jobs = current_app.extensions["sdq_jobs"]
     registry = CollectorRegistry()
-    workers = fleet.live_workers(client)
+    workers = jobs.live_workers()
     Gauge("sdq_workers_live", "Live workers in the fleet", registry=registry).set(len(workers))
     done = Gauge("sdq_worker_items_done", "Items made by a live worker since it started", ["worker", "device", "dtype"],
                  registry=registry)
     for w in workers:
-        done.labels(w["name"], w["device"], w["dtype"]).set(w.get("items_done", 0))
+        done.labels(w.name, w.device, w.dtype).set(w.items_done)
     depth = Gauge("sdq_queue_messages", "Task messages waiting in a queue", ["queue"], registry=registry)
-    for queue, size in queue_depths(client, workers).items():
+    for queue, size in queue_depths(jobs, workers).items():
         depth.labels(queue).set(size)
     Gauge("sdq_info", "sdq version", ["version"], registry=registry).labels(__version__).set(1)
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")

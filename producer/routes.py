@@ -17,7 +17,7 @@ from producer.status import job_view
 from sdq.celery_app import request_finalize
 from sdq.exceptions import InvalidInput, NotFound
 from sdq.records import Job
-from sdq.state import fleet, idempotency
+from sdq.state import idempotency
 from sdq.webhooks import tenant_secret
 
 bp = Blueprint("api", __name__)
@@ -74,7 +74,7 @@ def _own_job(job_id: str) -> Job:
 @bp.get("/healthz")
 def healthz():
     """Liveness: the process answers and reaches Redis (a 503 without the address when it does not)."""
-    _ext("sdq_redis").ping()
+    _ext("sdq_jobs").ping()
     return jsonify({"ok": True})
 
 
@@ -90,8 +90,8 @@ def submit():
     once = idempotency.once(g.owner, "v1", request.headers.get(idempotency.HEADER), body)
     req = parse_submit(body)
     if req.dry_run:
-        return jsonify(quote(req, settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"))), 200
-    plan = jobs.submit(req, settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"), _ext("celery"), once)
+        return jsonify(quote(req, settings, g.owner, _ext("sdq_jobs"))), 200
+    plan = jobs.submit(req, settings, g.owner, _ext("sdq_jobs"), _ext("celery"), once)
     job_id = plan.job.id
     return jsonify({
         "id": job_id, "state": plan.job.state if plan.replayed else "queued", "items": plan.job.n_items,
@@ -135,7 +135,7 @@ def retry_job(job_id: str):
     """Re-queue the job's failed and cancelled items with their seeds (429 past the tenant's queued-items cap)."""
     _own_job(job_id)
     settings = current_app.config["SDQ"]
-    requeued = jobs.requeue(_ext("sdq_jobs"), _ext("celery"), job_id, fleet.live_workers(_ext("sdq_redis")),
+    requeued = jobs.requeue(_ext("sdq_jobs"), _ext("celery"), job_id, _ext("sdq_jobs").live_workers(),
                             settings.outbox_lease, settings.max_queued_items)
     job = _ext("sdq_jobs").get(job_id)
     return jsonify({"id": job_id, "state": job.state, "requeued": len(requeued),
@@ -146,7 +146,7 @@ def retry_job(job_id: str):
 def job_events(job_id: str):
     """Server-Sent Events of one job (see producer.events)."""
     _own_job(job_id)
-    frames = events.open_stream(_ext("sdq_streams"), g.owner, _ext("sdq_redis"), _ext("sdq_jobs"), _ext("sdq_store"),
+    frames = events.open_stream(_ext("sdq_streams"), g.owner, _ext("sdq_jobs"), _ext("sdq_store"),
                                 job_id, max_seconds=current_app.config["SDQ"].stream_max_seconds)
     return Response(frames, mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -156,7 +156,7 @@ def job_events(job_id: str):
 def upload():
     """Store an init image (PNG/JPEG/WebP; multipart `file` or raw body); 201 with {key, width, height}."""
     data = uploads.read_upload_body(request)
-    return jsonify(uploads.save_upload(_ext("sdq_store"), _ext("sdq_redis"), data, g.owner, _ext("sdq_decodes"),
+    return jsonify(uploads.save_upload(_ext("sdq_store"), _ext("sdq_jobs"), data, g.owner, _ext("sdq_decodes"),
                                        current_app.config["SDQ"].upload_quota_bytes)), 201
 
 
@@ -165,7 +165,7 @@ def upload_info(name: str):
     """An upload's record {key, width, height}; 404 unless the caller uploaded it."""
     key = f"{uploads.UPLOAD_PREFIX}{name}"
     try:
-        record = uploads.upload_record(_ext("sdq_redis"), key, g.owner, "key")
+        record = uploads.upload_record(_ext("sdq_jobs"), key, g.owner, "key")
     except InvalidInput:
         raise NotFound(f"no upload {key!r}") from None
     return jsonify({k: record[k] for k in ("key", "width", "height")})
@@ -174,14 +174,14 @@ def upload_info(name: str):
 @bp.get("/v1/workers")
 def workers():
     """Live workers and their capability records (another tenant's current job is not named)."""
-    records = fleet.live_workers(_ext("sdq_redis"))
+    records = _ext("sdq_jobs").live_workers()
     return jsonify({"workers": tenants.redact_workers(records, _ext("sdq_jobs"), g.owner)})
 
 
 @bp.get("/v1/models")
 def models():
     """Every model the caller may name: family, pipelines, options, defaults, the workers holding it warm."""
-    return jsonify({"models": catalog.catalog(current_app.config["SDQ"].models, fleet.live_workers(_ext("sdq_redis")),
+    return jsonify({"models": catalog.catalog(current_app.config["SDQ"].models, _ext("sdq_jobs").live_workers(),
                                               _ext("sdq_pushed"))})
 
 

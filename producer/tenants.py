@@ -8,7 +8,7 @@ from typing import Any
 
 from sdq import defaults
 from sdq.exceptions import NotFound, TooManyRequests
-from sdq.records import Job
+from sdq.records import Job, WorkerRecord
 from sdq.state.store import JobStore
 
 
@@ -54,14 +54,15 @@ def check_queue_room(jobs: JobStore, owner: str, new_items: int, limit: int) -> 
                               defaults.QUEUE_FULL_RETRY_AFTER)
 
 
-def redact_workers(records: list[dict[str, Any]], jobs: JobStore, owner: str) -> list[dict[str, Any]]:
-    """Worker records with `current_item` shown only to the owner of the job being made."""
+def redact_workers(records: list[WorkerRecord], jobs: JobStore, owner: str) -> list[dict[str, Any]]:
+    """Worker records as the API shows them, with `current_item` shown only to the owner of the job being made."""
     out = []
     for record in records:
-        current = record.get("current_item")
+        shown = record.to_record()
+        current = record.current_item
         if isinstance(current, dict) and current.get("job"):
             job = jobs.get(str(current["job"]))
             if job is None or job.owner != owner:
-                record = {**record, "current_item": {"busy": True}}
-        out.append(record)
+                shown["current_item"] = {"busy": True}
+        out.append(shown)
     return out

@@ -16,21 +16,19 @@ gevent loop that serves every other request of the process; a tenant has at most
 from __future__ import annotations
 
 import io
-import json
 import time
 import uuid
 import warnings
 from datetime import datetime, timezone
 from typing import Any
 
-import redis
 from flask import Request
 
 from producer import offload
 from sdq import defaults
 from sdq.exceptions import InvalidInput, TooManyRequests
-from sdq.state.keys import upload_key
-from sdq.state.limits import TenantSlots, charge_daily_bytes
+from sdq.state.limits import TenantSlots
+from sdq.state.store import JobStore
 from storage import ResultStore
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024
@@ -45,10 +43,6 @@ FORMATS = ("PNG", "JPEG", "WEBP")
 UPLOAD_PREFIX = "uploads/"
 RECORD_TTL = defaults.JOB_TTL
 """Seconds an upload's record lives: as long as the jobs that may use it."""
-
-
-def _record_key(key: str) -> str:
-    return upload_key(key)
 
 
 def read_upload_body(request: Request) -> bytes:
@@ -99,10 +93,10 @@ def decode_image(data: bytes):
                            code="invalid_image", status=422) from None
 
 
-def charge_quota(client: redis.Redis, owner: str, size: int, quota: int) -> None:
+def charge_quota(jobs: JobStore, owner: str, size: int, quota: int) -> None:
     """Count `size` upload bytes against `owner`'s UTC day; TooManyRequests (until midnight) beyond `quota`."""
     now = datetime.now(timezone.utc)
-    if charge_daily_bytes(client, owner, size, quota, now.strftime("%Y%m%d")) is None:
+    if jobs.charge_upload_bytes(owner, size, quota, now.strftime("%Y%m%d")) is None:
         midnight = 86400 - (now.hour * 3600 + now.minute * 60 + now.second)
         raise TooManyRequests("file", f"an upload of {size} bytes would pass today's quota of {quota} upload "
                               "bytes per tenant (UTC day)", midnight)
@@ -116,11 +110,11 @@ def to_png(data: bytes) -> tuple[bytes, int, int]:
     return buf.getvalue(), img.size[0], img.size[1]
 
 
-def save_upload(store: ResultStore, client: redis.Redis, data: bytes, owner: str, decodes: TenantSlots,
+def save_upload(store: ResultStore, jobs: JobStore, data: bytes, owner: str, decodes: TenantSlots,
                 quota: int = defaults.UPLOAD_QUOTA_BYTES) -> dict[str, Any]:
     """Check `data`, store it as `uploads/<uuid>.png` and record it; returns `{key, width, height}`."""
     # 1. The tenant's daily bytes, then one of its decode slots (429 when either is used up).
-    charge_quota(client, owner, len(data), quota)
+    charge_quota(jobs, owner, len(data), quota)
     with decodes.slot(owner):
         # 2. Decode and encode on a native thread: the process's other requests keep being served.
         png, width, height = offload.run(to_png, data)
@@ -129,17 +123,16 @@ def save_upload(store: ResultStore, client: redis.Redis, data: bytes, owner: str
     store.put(key, png, content_type="image/png", metadata={"width": str(width), "height": str(height)})
     record = {"key": key, "width": width, "height": height, "bytes": len(png), "owner": owner,
               "created_at": time.time()}
-    client.set(_record_key(key), json.dumps(record), ex=RECORD_TTL)
+    jobs.record_upload(key, record, RECORD_TTL)
     return {"key": key, "width": width, "height": height}
 
 
-def upload_record(client: redis.Redis, key: Any, owner: str, field: str) -> dict[str, Any]:
+def upload_record(jobs: JobStore, key: Any, owner: str, field: str) -> dict[str, Any]:
     """The upload record of `key` for `owner`; InvalidInput naming `field` when it is not one."""
     if not isinstance(key, str) or not key.startswith(UPLOAD_PREFIX) or "/" in key[len(UPLOAD_PREFIX):]:
         raise InvalidInput(field, f"{field} must be a key returned by POST /v1/uploads (uploads/...), got {key!r}",
                            code="invalid_init_image")
-    raw = client.get(_record_key(key))
-    record = json.loads(raw) if raw else None
+    record = jobs.upload(key)
     if record is None or record.get("owner", "") != owner:
         raise InvalidInput(field, f"{field}: no upload {key!r} (upload the image first with POST /v1/uploads)",
                            code="unknown_init_image")

@@ -97,5 +97,5 @@ def download_zip(job_id: str):
 @bp.get("/v1/queues")
 def queues():
     """Task messages waiting per queue (capability class): those live workers consume, and any other holding some."""
-    depths = queue_depths(current_app.extensions["sdq_redis"])
+    depths = queue_depths(current_app.extensions["sdq_jobs"])
     return jsonify({"queues": [{"name": q, "messages": n} for q, n in sorted(depths.items())]})

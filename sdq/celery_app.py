@@ -5,13 +5,13 @@ import itertools
 import logging
 from typing import Any, Callable
 
-import redis
 from celery import Celery
 from kombu.exceptions import KombuError
 
 from sdq import contract, defaults
-from sdq.records import Chunk, Item, Job
+from sdq.records import Chunk, Item, Job, WorkerRecord
 from sdq.state import fleet
+from sdq.state.errors import StateError
 from sdq.state.keys import UNACKED_INDEX_KEY
 from sdq.state.outbox import Outbox, chunk_message, is_chunk, parse_intent
 from sdq.state.store import JobStore
@@ -117,11 +117,11 @@ def publish_items(celery: Celery, job: Job, items: list[Item]) -> int:
     return len(chunks)
 
 
-FleetView = tuple[list[dict[str, Any]], str]
+FleetView = tuple[list[WorkerRecord], str]
 """The live workers' records and their `fleet.signature`, read once per flush."""
 
 
-def _nobody_can_take(chunk: Chunk, workers: list[dict[str, Any]]) -> bool:
+def _nobody_can_take(chunk: Chunk, workers: list[WorkerRecord]) -> bool:
     """Whether no live worker may take `chunk` (its queue, model, image size and memory need)."""
     if chunk.to is not None or not chunk.queue:
         return False
@@ -159,7 +159,7 @@ def publish_member(jobs: JobStore, outbox: Outbox, member: str, publish: Callabl
     return len(chunks)
 
 
-def recheck_parked(jobs: JobStore, outbox: Outbox, workers: list[dict[str, Any]],
+def recheck_parked(jobs: JobStore, outbox: Outbox, workers: list[WorkerRecord],
                    most: int = PARKED_CHECK_MAX) -> int:
     """Parked chunks that a live worker can take now go back to the outbox (due now); those of jobs
     that ended, were cancelled or are gone are dropped. Returns how many went back."""
@@ -194,7 +194,7 @@ def flush_outbox(jobs: JobStore, outbox: Outbox, publish: Callable[[Chunk], None
     """Publish the outbox entries that are due (each taken by one caller for a lease); returns how
     many chunks were sent. An entry that fails is logged and left to come due again. When the fleet
     changed (or `PARKED_RECHECK` passed), the one caller that sees it first rechecks the parked chunks."""
-    workers = fleet.live_workers(jobs.redis)
+    workers = jobs.live_workers()
     view = (workers, fleet.signature(workers))
     if outbox.fleet_changed(view[1]):
         recheck_parked(jobs, outbox, workers)
@@ -202,7 +202,7 @@ def flush_outbox(jobs: JobStore, outbox: Outbox, publish: Callable[[Chunk], None
     for member in outbox.take_due(limit):
         try:
             sent += publish_member(jobs, outbox, member, publish, view)
-        except (redis.RedisError, OSError, KombuError):  # the broker or Redis: the entry comes due again
+        except (StateError, OSError, KombuError):  # the broker or Redis: the entry comes due again
             log.warning("could not publish an outbox entry; it is tried again after its lease", exc_info=True)
         except Exception:  # noqa: BLE001 - never publishable (not a chunk, a record it cannot route): drop it
             log.error("dropping outbox entry %.200s: it cannot be published", member, exc_info=True)

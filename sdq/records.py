@@ -1,4 +1,5 @@
-"""The typed contract: a job (`Job`), its items (`Item`) and the task messages (`Chunk`).
+"""The typed contract: a job (`Job`), its items (`Item`), the task messages (`Chunk`) and a worker's
+capability record in the fleet (`WorkerRecord`).
 
 Each field is declared once, with the documents that show it: the task message a worker receives
 (`MESSAGE`), the status view of the HTTP API (`STATUS`), the job's manifest in storage
@@ -256,3 +257,66 @@ def _check_message(body: Any) -> None:
         if not isinstance(it, dict) or not _is_int(it.get("index")) or not _is_int(it.get("gen", 0)) \
                 or not isinstance(it.get("prompt", ""), str):
             raise BadMessage(f"an item needs an integer index (and gen) and a text prompt, not {it!r:.120}")
+
+
+_WORKER_LISTS = ("pipelines", "models", "loaded_models", "queues")
+_WORKER_DICTS = ("loaded_adapters", "quantized", "speed")
+
+
+@dataclass
+class WorkerRecord:
+    """A worker's capability record in the fleet (`sdq.state.fleet`): what it can do and is doing now,
+    published by its heartbeat (`workers.fleet.capability`). Stored as JSON; a record written by an
+    older worker may lack fields (they read as their defaults) and one written by a newer worker may
+    carry more (kept in `extra`, written back as they came)."""
+
+    name: str = ""
+    host: str | None = None
+    device: str | None = None  # "cpu", "cuda:0", "mps" ...
+    kind: str | None = None  # cpu, gpu, mps (`sdq.contract.worker_kind`)
+    device_name: str | None = None
+    dtype: str | None = None
+    backend: str | None = None
+    cpu_path: dict | None = None
+    memory_total_gb: float | None = None
+    memory_free_gb: float | None = None
+    peak_rss_gb: float | None = None
+    pipelines: list = field(default_factory=list)  # empty: any
+    models: list = field(default_factory=list)  # models it may load (empty: any)
+    loaded_models: list = field(default_factory=list)
+    loaded_adapters: dict = field(default_factory=dict)  # model id -> LoRA adapter ids loaded into it
+    quantized: dict = field(default_factory=dict)  # loaded model id -> how its weights are quantized
+    offload: str | None = None  # its `--offload` setting (`sdq.memory.fit`): auto, never, model, group
+    offloaded_models: dict = field(default_factory=dict)  # loaded model id -> the offload mode it runs in
+    held_gb: float | None = None  # GiB its request options hold loaded beside the models (ControlNets)
+    max_pixels: int | None = None
+    max_batch: int | None = None
+    queues: list = field(default_factory=list)
+    threads: int | None = None
+    items_done: int = 0
+    speed: dict = field(default_factory=dict)  # measured rates (`sdq.scheduling.speed`)
+    current_item: dict | None = None  # what it runs now (`workers.fleet.capability.Activity.current`)
+    started_at: float | None = None
+    last_seen: float | None = None
+    version: str | None = None
+    stalled: bool = False  # no progress for its stall timeout: what it holds counts as lost (written only when set)
+    extra: dict = field(default_factory=dict)  # fields this version does not declare
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> WorkerRecord:
+        """The record from its stored JSON form (missing or null fields at their defaults)."""
+        names = cls.__dataclass_fields__
+        values = {k: v for k, v in record.items() if k in names and k != "extra"}
+        for key in _WORKER_LISTS + _WORKER_DICTS:
+            if values.get(key) is None:
+                values.pop(key, None)
+        values["stalled"] = values.get("stalled") is True
+        values["items_done"] = values.get("items_done") or 0
+        return cls(**values, extra={k: v for k, v in record.items() if k not in names})
+
+    def to_record(self) -> dict[str, Any]:
+        """The stored JSON form (as the workers always wrote it: `stalled` only when set)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("stalled", "extra")}
+        if self.stalled:
+            out["stalled"] = True
+        return {**out, **self.extra}

@@ -8,6 +8,7 @@ import uuid
 import pytest
 import redis
 
+from sdq.records import WorkerRecord
 from sdq.records import Item, Job
 from sdq.state import fleet, keys
 from sdq.state.store import JobStore
@@ -28,8 +29,8 @@ def alive(r: redis.Redis, name: str, job_id: str | None = None, items: list[int]
           **extra) -> None:
     """Publish `name`'s fleet record as its heartbeat does (running `items` of `job_id`, if given)."""
     current = {"job": job_id, "items": list(items)} if job_id else None
-    fleet.publish(r, {"name": name, "started_at": started or time.time() - 60, "last_seen": time.time(),
-                      "current_item": current, **extra})
+    fleet.publish(r, WorkerRecord.from_record({"name": name, "started_at": started or time.time() - 60,
+                                               "last_seen": time.time(), "current_item": current, **extra}))
 
 
 def gone(r: redis.Redis, name: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from producer.planning.jobs import plan_job
 from producer.schemas import SubmitRequest
+from sdq.records import WorkerRecord
 from sdq.celery_app import chunks_of
 from cli.client import Client
 from cli.services import Stack
@@ -70,8 +71,8 @@ def recorded(ostack: Stack, jobs: JobStore, n: int, tag: str, publish: bool = Fa
 
 def held_by_ghost(jobs: JobStore, job_id: str, indices: list[int]) -> None:
     """`ghost` (a live worker record, so no reaper touches it) starts the items."""
-    fleet.publish(jobs.redis, {"name": "ghost", "started_at": time.time() - 60, "last_seen": time.time(),
-                               "current_item": {"job": job_id, "items": indices}})
+    fleet.publish(jobs.redis, WorkerRecord(name="ghost", started_at=time.time() - 60, last_seen=time.time(),
+                                           current_item={"job": job_id, "items": indices}))
     assert jobs.start_items(job_id, indices, "ghost", "cpu", "fp32") == indices
 
 

@@ -11,6 +11,7 @@ from typing import Iterator
 import pytest
 import redis
 
+from sdq.records import WorkerRecord
 from sdq import contract
 from sdq.celery_app import make_celery
 from cli.services import Stack, free_port
@@ -113,7 +114,7 @@ def test_the_reaper_requeues_the_running_items_of_a_worker_that_left_the_fleet(j
     url = r.connection_pool.connection_kwargs
     celery = make_celery(f"redis://{url['host']}:{url['port']}/0")
     job_id = make_job(jobs, n=2)
-    fleet.publish(r, {"name": "w-live"}, ttl=30)
+    fleet.publish(r, WorkerRecord(name="w-live"), ttl=30)
     assert jobs.start_items(job_id, [(0, 0)], "w-gone", "cpu", "fp32") == [0]
     assert jobs.start_items(job_id, [(1, 0)], "w-live", "cpu", "fp32") == [1]
     finalized: list[str] = []

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from cli.client import Client
+from sdq.records import WorkerRecord
 from sdq.scheduling import scheduling, speed
 from tests.conftest import wait_job, wait_until
 
@@ -80,7 +81,7 @@ def record(client: Client, name: str) -> dict:
 
 
 def rate(client: Client, name: str) -> float | None:
-    return speed.measured_rate(record(client, name), "builtin:tiny-sd", "txt2img", PARAMS)
+    return speed.measured_rate(WorkerRecord.from_record(record(client, name)), "builtin:tiny-sd", "txt2img", PARAMS)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import redis
 import requests
 
 from cli.services import free_port
+from sdq.records import WorkerRecord
 from sdq.config import Settings
 from sdq.exceptions import ConfigError
 from sdq.state import fleet
@@ -132,8 +133,8 @@ def test_a_retry_is_capped_like_a_submit(api):
 def test_workers_list_does_not_name_other_tenants_jobs(api):
     job = call(api, "alice", "POST", "/v1/jobs", json={"prompts": ["busy"], "params": SMALL}).json()["id"]
     client = redis.Redis.from_url(api.env["SDQ_REDIS_URL"])
-    fleet.publish(client, {"name": "w-fake", "device": "cpu", "dtype": "fp32", "queues": [],
-                           "current_item": {"job": job, "items": [0]}}, ttl=60)
+    fleet.publish(client, WorkerRecord(name="w-fake", device="cpu", dtype="fp32", queues=[],
+                                       current_item={"job": job, "items": [0]}), ttl=60)
     try:
         seen_by_alice = call(api, "alice", "GET", "/v1/workers").json()["workers"]
         seen_by_bob = call(api, "bob", "GET", "/v1/workers").json()["workers"]

@@ -21,7 +21,8 @@ from sdq.memory import load_cast
 from sdq.celery_app import make_celery, request_finalize, send_chunk
 from sdq.config import Settings
 from sdq.records import Chunk
-from sdq.state.outbox import Outbox
+from sdq.state.faults import FaultRules
+from sdq.state.leases import UnackedIndex
 from sdq.state.redisconn import connect
 from sdq.state.resultindex import ResultIndex
 from sdq.state.store import JobStore
@@ -171,9 +172,9 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
 
     # 2. Services: Redis, the broker, the result store.
     client = redis_client(settings.redis_url)
-    jobs = JobStore(client)
+    jobs = JobStore(client, settings.outbox_lease)
     celery = make_celery(settings.redis_url, settings.visibility_timeout)
-    leases = Leases(client, stall_timeout=settings.stall_timeout)
+    leases = Leases(UnackedIndex(client), stall_timeout=settings.stall_timeout)
     store = ResultStore.from_settings(settings, outage_limit=settings.s3_outage_limit,
                                       backoff_cap=settings.s3_backoff_cap, on_retry=leases.progress)
     store.ensure_bucket()
@@ -185,7 +186,7 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
         send_chunk(celery, chunk)
 
     # 3. Every part of the worker, each given what it uses.
-    faults = Faults.from_env(client, name)
+    faults = Faults.from_env(FaultRules(client), name)
     uploader = Uploader(store, jobs, finalize, threads=defaults.UPLOAD_THREADS, faults=faults,
                         progress=leases.progress)
     cache = PipelineCache(settings.models_dir, device, defaults.MODEL_CACHE_SIZE,
@@ -204,11 +205,10 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     capability = Capability(name, device, models, max_pixels, max_batch, queues, opts.threads, activity,
                             cache.loaded, cache.loaded_adapters, cache.quantized, offload, cache.offloaded_models,
                             lambda: worker_options.held_gb(cache.entries()))
-    reaper = Reaper(jobs, celery, finalize, settings.reaper_interval, settings.finalize_resend, settings.outbox_lease)
+    reaper = Reaper(jobs, celery, finalize, settings.reaper_interval, settings.finalize_resend)
     interval = min(settings.heartbeat_interval, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
-    heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish,
-                          Outbox(client, settings.outbox_lease))
-    lookout = IdleWatch(client, backups, lambda: activity.current is None, quiet_s=interval) if backups else None
+    heartbeat = Heartbeat(jobs, capability, interval, leases, reaper, settings.heartbeat_ttl, publish)
+    lookout = IdleWatch(jobs, backups, lambda: activity.current is None, quiet_s=interval) if backups else None
     results = CachedResults(ResultIndex(client), cache.fetcher.hasher, store, jobs, name, device.device, device.dtype,
                             opts.safety_checker, finalize, digest=cache.weights_digest,
                             low_memory=cache.low_memory_for)  # the loaded weights' digest

@@ -13,7 +13,6 @@ import logging
 import os
 from typing import Any, TypeVar
 
-import redis
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
@@ -33,7 +32,7 @@ from sdq.exceptions import ConfigError, InvalidInput, NotFound, TooManyRequests
 from sdq.loras import short_name
 from sdq.records import Job
 from sdq.state import idempotency
-from sdq.state.keys import door_options_key
+from sdq.state.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def register(app: Flask) -> None:
     if not 0 < bound < float("inf"):
         raise ConfigError(f"SDQ_A1111_WAIT_SECONDS={text!r}: give the seconds a request waits for its job, e.g. 600")
     app.config.setdefault("SDQ_A1111_WAIT_SECONDS", bound)
-    app.extensions["sdq_a1111_waits"] = waiting.door_slots(app.extensions["sdq_redis"], "a1111",
+    app.extensions["sdq_a1111_waits"] = waiting.door_slots(app.extensions["sdq_jobs"], "a1111",
                                                            app.config["SDQ"].max_streams, bound)
     app.register_blueprint(bp)
 
@@ -90,12 +89,11 @@ def door_loras(allowlist: tuple[str, ...]) -> list[str]:
 
 # 2. Per-tenant options.
 
-def _options(client: redis.Redis, owner: str) -> dict[str, Any]:
+def _options(jobs: JobStore, owner: str) -> dict[str, Any]:
     """The caller's options: A1111's defaults for what sdq does, then what the caller set."""
     out: dict[str, Any] = {k: v[0] for k, v in HARMLESS_SETTINGS.items()}
     out.update(sd_model_checkpoint=defaults.MODEL, sd_checkpoint_hash=None, eta_ddim=0.0, eta_ancestral=1.0)
-    out.update({k.decode() if isinstance(k, bytes) else k: json.loads(v)
-                for k, v in client.hgetall(door_options_key(owner)).items()})
+    out.update(jobs.door_options(owner))
     return out
 
 
@@ -118,9 +116,9 @@ def _body(model: type[Body]) -> Body:
 
 def _submit(body: Txt2ImgIn | Img2ImgIn) -> Response:
     """Submit the request as an sdq job, wait for it and answer A1111's txt2img/img2img shape."""
-    settings, owner, client = current_app.config["SDQ"], g.owner, _ext("sdq_redis")
+    settings, owner, state = current_app.config["SDQ"], g.owner, _ext("sdq_jobs")
     # 1. The sdq request, its images uploaded.
-    default_model = _options(client, owner)["sd_model_checkpoint"]
+    default_model = _options(state, owner)["sd_model_checkpoint"]
     sdq_body = submit_body(body, default_model, door_models(), settings.models)
     with _ext("sdq_a1111_waits").slot(owner):  # at most SDQ_MAX_STREAMS waiting requests per tenant
         try:
@@ -129,11 +127,11 @@ def _submit(body: Txt2ImgIn | Img2ImgIn) -> Response:
                 _attach_images(body, sdq_body)
             # 2. Submit (the tenant's cap, routing, the job record) and wait.
             once = idempotency.once(owner, "a1111", request.headers.get(idempotency.HEADER), body.model_dump())
-            plan = jobs.submit(parse_submit(sdq_body), settings, owner, client, _ext("sdq_jobs"), _ext("celery"), once)
+            plan = jobs.submit(parse_submit(sdq_body), settings, owner, state, _ext("celery"), once)
         except InvalidInput as exc:
             exc.field = a1111_field(exc.field) or "body"
             raise
-        job = waiting.wait(client, _ext("sdq_jobs"), plan.job.id, current_app.config["SDQ_A1111_WAIT_SECONDS"])
+        job = waiting.wait(state, plan.job.id, current_app.config["SDQ_A1111_WAIT_SECONDS"])
     # 3. The answer.
     items, pngs = run.results(_ext("sdq_jobs"), _ext("sdq_store"), job)
     if not items and job.state == "failed":
@@ -149,10 +147,10 @@ def _submit(body: Txt2ImgIn | Img2ImgIn) -> Response:
 def _attach_images(body: Img2ImgIn, sdq_body: dict[str, Any]) -> None:
     """Store the init image (and the mask, made sdq's: white repaints) as uploads named in `sdq_body`."""
     settings, owner = current_app.config["SDQ"], g.owner
-    store, client, slots = _ext("sdq_store"), _ext("sdq_redis"), _ext("sdq_decodes")
+    store, state, slots = _ext("sdq_store"), _ext("sdq_jobs"), _ext("sdq_decodes")
     init = run.decode_b64((body.init_images or [""])[0], "init_images")
     try:
-        record = uploads.save_upload(store, client, init, owner, slots, settings.upload_quota_bytes)
+        record = uploads.save_upload(store, state, init, owner, slots, settings.upload_quota_bytes)
     except InvalidInput as exc:
         raise InvalidInput("init_images", f"init_images: {exc.message}", exc.code, exc.status) from None
     sdq_body["params"]["init_image"] = record["key"]
@@ -161,7 +159,7 @@ def _attach_images(body: Img2ImgIn, sdq_body: dict[str, Any]) -> None:
     mask = run.decode_b64(body.mask, "mask")
     try:
         png = offload.run(run.mask_png, mask, (record["width"], record["height"]), body.inpainting_mask_invert == 1)
-        sdq_body["params"]["mask_image"] = uploads.save_upload(store, client, png, owner, slots,
+        sdq_body["params"]["mask_image"] = uploads.save_upload(store, state, png, owner, slots,
                                                                settings.upload_quota_bytes)["key"]
     except InvalidInput as exc:
         raise InvalidInput("mask", f"mask: {exc.message}", exc.code, exc.status) from None
@@ -224,7 +222,7 @@ def loras():
 @bp.get("/options")
 def get_options():
     """The caller's options (`sd_model_checkpoint` ...)."""
-    return jsonify(_options(_ext("sdq_redis"), g.owner))
+    return jsonify(_options(_ext("sdq_jobs"), g.owner))
 
 
 @bp.post("/options")
@@ -242,9 +240,8 @@ def set_options():
             value = checkpoint(value, door_models(), key)
         elif value not in HARMLESS_SETTINGS.get(key, ()):
             raise InvalidInput(key, f"{key}: this option is not supported at {value!r}", code="unsupported")
-        values[key] = json.dumps(value)
-    if values:
-        _ext("sdq_redis").hset(door_options_key(g.owner), mapping=values)
+        values[key] = value
+    _ext("sdq_jobs").set_door_options(g.owner, values)
     return jsonify(None)
 
 

@@ -26,7 +26,7 @@ from producer.schemas import PROMPT_MAX_CHARS, parse_submit
 from sdq import defaults
 from sdq.exceptions import InvalidInput, NotFound
 from sdq.models import check_model
-from sdq.state import fleet, idempotency
+from sdq.state import idempotency
 from sdq.state.limits import TenantSlots
 
 PREFIX = "/openai/v1"
@@ -73,7 +73,7 @@ def _submit(req: ImageRequest, pipeline: str, extra: dict[str, Any], pipeline_pa
     body = {"prompts": [req.prompt], "model": _door().resolve(req.model or None), "pipeline": pipeline,
             "params": params}
     try:
-        return jobs.submit(parse_submit(body), settings, g.owner, _ext("sdq_redis"), _ext("sdq_jobs"), _ext("celery"),
+        return jobs.submit(parse_submit(body), settings, g.owner, _ext("sdq_jobs"), _ext("celery"),
                            once)
     except InvalidInput as exc:
         raise _renamed(exc, req, pipeline_param) from None
@@ -106,7 +106,7 @@ def _answer(req: ImageRequest, pipeline: str, extra: dict[str, Any], pipeline_pa
     slots: TenantSlots = _ext("sdq_openai_waits")
     with slots.slot(g.owner):
         plan = _submit(req, pipeline, extra, pipeline_param, once)
-        job = waiting.wait(_ext("sdq_redis"), _ext("sdq_jobs"), plan.job.id, wait_bound())
+        job = waiting.wait(_ext("sdq_jobs"), plan.job.id, wait_bound())
         if job is None:
             raise NotFound(f"job {plan.job.id} is gone")
         data, size = openai_wait.images(job, _ext("sdq_jobs"), _ext("sdq_store"), req)
@@ -181,7 +181,7 @@ def edits():
     image = openai_images.read_file(parts[0], "image")
     mask = openai_images.read_file(mask_part, "mask") if mask_part is not None else None
     settings = current_app.config["SDQ"]
-    images = openai_images.store_images(image, mask, _ext("sdq_store"), _ext("sdq_redis"), g.owner,
+    images = openai_images.store_images(image, mask, _ext("sdq_store"), _ext("sdq_jobs"), g.owner,
                                         _ext("sdq_decodes"), settings.upload_quota_bytes)
     pipeline, param = _edit_pipeline(model, images)
     files = {"image": hashlib.sha256(image).hexdigest(), "mask": mask and hashlib.sha256(mask).hexdigest()}
@@ -196,7 +196,7 @@ def _model_object(entry: dict[str, Any], name: str | None = None) -> dict[str, A
 def _models() -> list[dict[str, Any]]:
     """The catalog as OpenAI model objects: each alias (pointing at an allowed model), then every model id."""
     entries = {e["id"]: e for e in catalog.catalog(current_app.config["SDQ"].models,
-                                                   fleet.live_workers(_ext("sdq_redis")), _ext("sdq_pushed"))}
+                                                   _ext("sdq_jobs").live_workers(), _ext("sdq_pushed"))}
     aliases = [_model_object(entries[target], alias) for alias, target in _door().aliases.items() if target in entries]
     return aliases + [_model_object(e) for e in entries.values()]
 
@@ -241,7 +241,7 @@ def setup(app: Any) -> None:
     door = DoorSettings.from_env()
     settings = app.config["SDQ"]
     app.config.setdefault("SDQ_OPENAI", door)
-    app.extensions["sdq_openai_waits"] = waiting.door_slots(app.extensions["sdq_redis"], "openai",
+    app.extensions["sdq_openai_waits"] = waiting.door_slots(app.extensions["sdq_jobs"], "openai",
                                                             settings.max_streams, door.wait_seconds)
     app.register_blueprint(bp)
     register_dialect(PREFIX, openai_error)

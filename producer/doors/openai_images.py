@@ -12,13 +12,13 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import redis
 from werkzeug.datastructures import FileStorage
 
 from producer import offload
 from producer.uploads import FORMATS, MAX_UPLOAD_BYTES, decode_image, save_upload
 from sdq.exceptions import InvalidInput
 from sdq.state.limits import TenantSlots
+from sdq.state.store import JobStore
 from storage import ResultStore
 
 
@@ -63,7 +63,7 @@ def transparent_mask(data: bytes, param: str, required: bool) -> bytes | None:
     return buf.getvalue()
 
 
-def store_images(image: bytes, mask: bytes | None, store: ResultStore, client: redis.Redis, owner: str,
+def store_images(image: bytes, mask: bytes | None, store: ResultStore, jobs: JobStore, owner: str,
                  decodes: TenantSlots, quota: int) -> dict[str, Any]:
     """Store the init image (and the sdq mask made from `mask`, or from the image's own transparency);
     returns the upload keys by sdq request field (`init_image`, `mask_image`)."""
@@ -74,7 +74,7 @@ def store_images(image: bytes, mask: bytes | None, store: ResultStore, client: r
         if data is None:
             continue
         try:
-            out[field] = save_upload(store, client, data, owner, decodes, quota)["key"]
+            out[field] = save_upload(store, jobs, data, owner, decodes, quota)["key"]
         except InvalidInput as exc:
             raise _renamed(exc, param) from None
     return out

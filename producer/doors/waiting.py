@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import time
 
-import redis
-
 from sdq import contract, defaults
 from sdq.exceptions import SdqError
 from sdq.records import Job
-from sdq.state.keys import events_channel
 from sdq.state.limits import TenantSlots
 from sdq.state.store import JobStore
 
@@ -32,11 +29,10 @@ class JobPending(SdqError):
         self.job_id = job_id
 
 
-def wait(client: redis.Redis, jobs: JobStore, job_id: str, bound: float, recheck: float = RECHECK_S) -> Job:
+def wait(jobs: JobStore, job_id: str, bound: float, recheck: float = RECHECK_S) -> Job:
     """The job once it has ended; JobPending after `bound` seconds."""
     deadline = time.monotonic() + bound
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(events_channel(job_id))
+    events = jobs.job_events(job_id)
     try:
         while True:
             job = jobs.get(job_id)
@@ -44,8 +40,8 @@ def wait(client: redis.Redis, jobs: JobStore, job_id: str, bound: float, recheck
                 return job
             until = min(deadline, time.monotonic() + recheck)
             while (left := until - time.monotonic()) > 0:
-                msg = pubsub.get_message(timeout=left)
-                if msg and msg.get("type") == "message" and b'"job.finished"' in _raw(msg["data"]):
+                raw = events.next_raw(left)
+                if raw is not None and b'"job.finished"' in raw:
                     break
             if time.monotonic() >= deadline:
                 job = jobs.get(job_id)
@@ -53,15 +49,10 @@ def wait(client: redis.Redis, jobs: JobStore, job_id: str, bound: float, recheck
                     return job
                 raise JobPending(job_id, bound)
     finally:
-        pubsub.close()
+        events.close()
 
 
-def _raw(data: bytes | str) -> bytes:
-    return data if isinstance(data, bytes) else data.encode()
-
-
-def door_slots(client: redis.Redis, name: str, per_tenant: int, bound: float) -> TenantSlots:
+def door_slots(jobs: JobStore, name: str, per_tenant: int, bound: float) -> TenantSlots:
     """The wait slots of door `name`: at most `per_tenant` waiting requests per tenant (429 past it), each
     slot released when its request ends, or expiring a minute after the longest wait if a producer dies."""
-    return TenantSlots(client, f"{name}-waits", per_tenant, int(bound) + 60, defaults.STREAMS_FULL_RETRY_AFTER,
-                       "request")
+    return jobs.slots(f"{name}-waits", per_tenant, int(bound) + 60, defaults.STREAMS_FULL_RETRY_AFTER, "request")

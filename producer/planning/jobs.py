@@ -10,7 +10,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import redis
 from celery import Celery
 
 from producer.options import Checked, check_options
@@ -30,11 +29,10 @@ from sdq.modelinfo import ModelInfo
 from sdq.gridlayout import GRID_MAX_ITEMS, check_fits
 from sdq.models import check_model
 from sdq.params import check_denoising
-from sdq.records import Chunk, Item, Job
+from sdq.records import Chunk, Item, Job, WorkerRecord
 from sdq.scheduling import scheduling, speed
 from sdq.state import fleet
-from sdq.state.idempotency import Once, first_job
-from sdq.state.outbox import Outbox
+from sdq.state.idempotency import Once
 from sdq.state.store import JobStore
 from sdq.webhooks import check_webhook_url
 
@@ -272,12 +270,12 @@ def _job_record(req: SubmitRequest, settings: Settings, owner: str, base: dict[s
                n_items=n_items, seed=seed, webhook_url=req.webhook_url, sweep=sweep or None)
 
 
-def _chunks(plan: Plan, workers: list[dict[str, Any]], by_speed: bool = True):
+def _chunks(plan: Plan, workers: list[WorkerRecord], by_speed: bool = True):
     """Consecutive items sharing parameters, each run cut into `(queue, items)` chunks whose sizes
     follow the measured rates of the live workers serving that queue (`sdq.scheduling.scheduling`; without
     `by_speed`, each worker counts as one)."""
     model, pipeline = plan.job.model, plan.job.pipeline
-    batch = max([int(w.get("max_batch") or 1) for w in workers] or [1])
+    batch = max([int(w.max_batch or 1) for w in workers] or [1])
     for _, group in itertools.groupby(plan.items, key=lambda it: sorted(it.params.items())):
         group = list(group)
         params = group[0].params
@@ -290,15 +288,15 @@ def _chunks(plan: Plan, workers: list[dict[str, Any]], by_speed: bool = True):
             start += size
 
 
-def need_gb(requires: dict[str, Any], worker: dict[str, Any], pixels: int) -> float | None:
+def need_gb(requires: dict[str, Any], worker: WorkerRecord, pixels: int) -> float | None:
     """The memory an item of `pixels` pixels needs on `worker` (its dtype, its load-time cast on a CPU, and
     offloaded when its `offload` setting lets it and the whole model does not fit: `sdq.memory.fit`)."""
-    dtype = worker.get("dtype") or "fp32"
-    return fit(requires, dtype, pixels, worker.get("memory_total_gb"), load_cast(worker.get("device") or "", dtype),
-               worker.get("offload") or "never").need_gb
+    dtype = worker.dtype or "fp32"
+    return fit(requires, dtype, pixels, worker.memory_total_gb, load_cast(worker.device or "", dtype),
+               worker.offload or "never").need_gb
 
 
-def route(plan: Plan, workers: list[dict[str, Any]],
+def route(plan: Plan, workers: list[WorkerRecord],
           by_speed: bool = True) -> list[Chunk]:
     """Split items into task chunks, each for its queue; records warnings on `plan`."""
     req = plan.job.requires
@@ -307,7 +305,7 @@ def route(plan: Plan, workers: list[dict[str, Any]],
     for queue in sorted({c.queue for c in routed}):
         able = fleet.serving(workers, queue, model)
         pixels = max(_pixels(plan.job.pipeline, c.params) for c in routed if c.queue == queue)
-        able = [wk for wk in able if (wk.get("memory_total_gb") or 0) >= (need_gb(req, wk, pixels) or 0)]
+        able = [wk for wk in able if (wk.memory_total_gb or 0) >= (need_gb(req, wk, pixels) or 0)]
         if not able:
             plan.warnings.append(
                 f"no live worker can serve {queue} (device={req['device']}, dtype={req.get('dtype') or 'any'}, "
@@ -315,36 +313,31 @@ def route(plan: Plan, workers: list[dict[str, Any]],
     return routed
 
 
-def submit(req: SubmitRequest, settings: Settings, owner: str, client: redis.Redis, jobs: JobStore,
-           celery: Celery, once: Once | None = None) -> Plan:
+def submit(req: SubmitRequest, settings: Settings, owner: str, jobs: JobStore, celery: Celery,
+           once: Once | None = None) -> Plan:
     """Plan, check the tenant's room, route, record and enqueue a job; nothing stays half-submitted:
     a failed enqueue removes the record again (so it neither shows nor counts against the tenant's cap).
     With `once` (an idempotency key, `sdq.state.idempotency.once`), a request that already made a job
     gets that job back (`Plan.replayed`) instead of a second one; every door submits through here."""
     # 0. Once: the job an earlier request under the same idempotency key made.
-    if once is not None and (first := first_job(client, once)) is not None:
+    if once is not None and (first := jobs.first_job(once)) is not None:
         return _replay(jobs, first)
     # 1. Plan: the request checked against the server's limits, expanded into items (nothing written).
     plan = plan_job(req, settings, owner,
-                    uploads=lambda key, field: upload_record(client, key, owner, field))
+                    uploads=lambda key, field: upload_record(jobs, key, owner, field))
     # 2. Room: the tenant's cap on queued items.
     check_queue_room(jobs, owner, len(plan.items), settings.max_queued_items)
     # 3. Route: task chunks per queue, and warnings for queues that no live worker serves.
-    routed = route(plan, fleet.live_workers(client), settings.scheduling == "speed")
+    routed = route(plan, jobs.live_workers(), settings.scheduling == "speed")
     plan.job.warnings = plan.warnings
     # 4. Record (with the items' message in the outbox: if this process dies before enqueueing, a
-    #    worker publishes them after the outbox lease), then enqueue and clear the outbox entry; roll
-    #    the record back if enqueueing fails.
+    #    worker publishes them after the outbox lease), then enqueue and clear the outbox entry; the
+    #    record is rolled back if enqueueing fails.
     try:
-        member = jobs.create(plan.job, plan.items, due=time.time() + settings.outbox_lease, once=once)
+        jobs.create_and_publish(plan.job, plan.items, lambda: enqueue(celery, routed),
+                                due=time.time() + settings.outbox_lease, once=once)
     except AlreadySubmitted as first:  # a request racing under the same key recorded its job first
         return _replay(jobs, first.job_id)
-    try:
-        enqueue(celery, routed)
-    except Exception:
-        jobs.delete(plan.job.id, owner, member, once)
-        raise
-    _published(client, member)
     return plan
 
 
@@ -356,15 +349,6 @@ def _replay(jobs: JobStore, job_id: str) -> Plan:
     return Plan(job, [], list(job.warnings or []), replayed=True)
 
 
-def _published(client: redis.Redis, *members: str) -> None:
-    """Remove published outbox entries; a Redis error here is logged, not raised: the job is recorded
-    and published, and the entry left behind only sends a duplicate that the start script drops."""
-    try:
-        Outbox(client).done(*members)
-    except redis.RedisError as exc:
-        log.warning("outbox entries %s stay after their publish (%s); their copies will be dropped", members, exc)
-
-
 def enqueue(celery: Celery, routed: list[Chunk]) -> None:
     """Publish one task message per chunk, pipelined over one broker connection (kombu batch)."""
     with celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
@@ -372,7 +356,7 @@ def enqueue(celery: Celery, routed: list[Chunk]) -> None:
             send_chunk(celery, chunk, producer)
 
 
-def requeue(jobs: JobStore, celery: Celery, job_id: str, workers: list[dict[str, Any]],
+def requeue(jobs: JobStore, celery: Celery, job_id: str, workers: list[WorkerRecord],
             lease: float = defaults.OUTBOX_LEASE, max_queued: int | None = None) -> list[Item]:
     """Retry: re-queue the job's failed and cancelled items (same seeds) as new attempts and publish
     them again (messages of the earlier attempts are dropped when delivered). The re-queue records
@@ -383,9 +367,9 @@ def requeue(jobs: JobStore, celery: Celery, job_id: str, workers: list[dict[str,
         if job is not None:
             again = job.counts.get("failed", 0) + job.counts.get("cancelled", 0)
             check_queue_room(jobs, job.owner, again, max_queued)
-    items = jobs.retry(job_id, due=time.time() + lease) or []
-    if items:
+
+    def publish(items: list[Item]) -> None:
         plan = Plan(jobs.get(job_id), sorted(items, key=lambda it: it.index))
         enqueue(celery, route(plan, workers))
-        _published(jobs.redis, *jobs.retry_intents(job_id, items))
-    return items
+
+    return jobs.retry_and_publish(job_id, publish, due=time.time() + lease)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import redis
 
 from producer.planning import jobs as planner
 from producer.schemas import SubmitRequest
@@ -20,36 +19,35 @@ from producer.uploads import upload_record
 from sdq import contract
 from sdq.config import Settings
 from sdq.exceptions import TooManyRequests
-from sdq.records import Item, Job
+from sdq.records import Item, Job, WorkerRecord
 from sdq.scheduling import speed
-from sdq.state import fleet
 from sdq.state.store import JobStore
 
 
-def why_not(worker: dict[str, Any], job: Job, queue: str, pixels: int) -> list[str]:
+def why_not(worker: WorkerRecord, job: Job, queue: str, pixels: int) -> list[str]:
     """Why `worker` (a capability record) cannot take items of `job` routed to `queue` (empty: it can)."""
     reasons: list[str] = []
     device, dtype = job.requires.get("device", "any"), job.requires.get("dtype")
-    kind = worker.get("kind") or contract.worker_kind(worker.get("device") or "cpu")
+    kind = worker.kind or contract.worker_kind(worker.device or "cpu")
     if device not in ("any", kind):
-        reasons.append(f"device: the job needs a {device} worker, this one is {kind} ({worker.get('device')})")
-    if dtype and dtype != worker.get("dtype"):
-        reasons.append(f"dtype: the job needs {dtype}, this worker runs {worker.get('dtype')}")
-    if pixels > int(worker.get("max_pixels") or 0):
-        reasons.append(f"pixels: {pixels} per image exceeds this worker's limit of {worker.get('max_pixels')}")
-    if worker.get("models") and job.model not in worker["models"]:
+        reasons.append(f"device: the job needs a {device} worker, this one is {kind} ({worker.device})")
+    if dtype and dtype != worker.dtype:
+        reasons.append(f"dtype: the job needs {dtype}, this worker runs {worker.dtype}")
+    if pixels > int(worker.max_pixels or 0):
+        reasons.append(f"pixels: {pixels} per image exceeds this worker's limit of {worker.max_pixels}")
+    if worker.models and job.model not in worker.models:
         reasons.append(f"model: {job.model} is not among the models this worker may load")
-    if worker.get("pipelines") and job.pipeline not in worker["pipelines"]:
+    if worker.pipelines and job.pipeline not in worker.pipelines:
         reasons.append(f"pipeline: this worker cannot run {job.pipeline}")
     need = planner.need_gb(job.requires, worker, pixels)
-    if need and (worker.get("memory_total_gb") or 0) < need:
-        reasons.append(f"memory: needs {need:.1f} GB, this worker has {worker.get('memory_total_gb')} GB")
-    if not reasons and queue not in worker.get("queues", ()):
+    if need and (worker.memory_total_gb or 0) < need:
+        reasons.append(f"memory: needs {need:.1f} GB, this worker has {worker.memory_total_gb} GB")
+    if not reasons and queue not in worker.queues:
         reasons.append(f"queue: this worker does not consume {queue}")
     return reasons
 
 
-def _queue_quote(job: Job, queue: str, items: list[Item], workers: list[dict[str, Any]],
+def _queue_quote(job: Job, queue: str, items: list[Item], workers: list[WorkerRecord],
                  ahead: int, now: float) -> dict[str, Any]:
     """One queue's share of the quote: able and unable workers, seconds per item, expected start and finish."""
     params = items[0].params
@@ -58,15 +56,15 @@ def _queue_quote(job: Job, queue: str, items: list[Item], workers: list[dict[str
     for w in workers:
         reasons = why_not(w, job, queue, pixels)
         if reasons:
-            unable.append({"name": w.get("name"), "device": w.get("device"), "reasons": reasons})
+            unable.append({"name": w.name, "device": w.device, "reasons": reasons})
         else:
             able.append(w)
     rates = speed.fleet_rates(able, job.model, job.pipeline, params)
     work = sum(speed.item_work(job.pipeline, it.params) for it in items)
     out: dict[str, Any] = {
         "queue": queue, "items": len(items), "work_mpx_steps": round(work, 3),
-        "able_workers": [{"name": w["name"], "device": w.get("device"), "dtype": w.get("dtype"),
-                          "seconds_per_item": round(speed.item_work(job.pipeline, params) / rates[w["name"]], 3),
+        "able_workers": [{"name": w.name, "device": w.device, "dtype": w.dtype,
+                          "seconds_per_item": round(speed.item_work(job.pipeline, params) / rates[w.name], 3),
                           "measured": speed.measured_rate(w, job.model, job.pipeline, params) is not None}
                          for w in able],
         "unable_workers": unable,
@@ -82,10 +80,10 @@ def _queue_quote(job: Job, queue: str, items: list[Item], workers: list[dict[str
     return out
 
 
-def quote(req: SubmitRequest, settings: Settings, owner: str, client: redis.Redis, jobs: JobStore) -> dict[str, Any]:
+def quote(req: SubmitRequest, settings: Settings, owner: str, jobs: JobStore) -> dict[str, Any]:
     """The dry run's answer for `req`: the job as it would be planned and where and when it would run."""
     # 1. Plan as a submit does (a bad request raises its usual 4xx here).
-    plan = planner.plan_job(req, settings, owner, uploads=lambda key, field: upload_record(client, key, owner, field))
+    plan = planner.plan_job(req, settings, owner, uploads=lambda key, field: upload_record(jobs, key, owner, field))
     job, now = plan.job, time.time()
     # 2. Refusals the real submit would meet after planning.
     refusals: list[dict[str, Any]] = []
@@ -95,7 +93,7 @@ def quote(req: SubmitRequest, settings: Settings, owner: str, client: redis.Redi
         refusals.append({"code": "too_many_requests", "field": exc.field, "message": str(exc),
                          "retry_after": exc.retry_after})
     # 3. Routing on paper: per queue, who could take the items, and when.
-    workers = fleet.live_workers(client)
+    workers = jobs.live_workers()
     routed = planner.route(plan, workers, settings.scheduling == "speed")
     job.created_at, job.counts = now, {"queued": len(plan.items)}
     ahead = jobs.queue_position(job) or 0

@@ -14,16 +14,17 @@ import redis
 
 from sdq import defaults
 from sdq.memory import fit, load_cast
+from sdq.records import WorkerRecord
 from sdq.state.keys import FLEET_EVENTS_CHANNEL, FLEET_KEY, worker_key, worker_queue_keys
 from sdq.state.redisconn import text
 
 
-def publish(client: redis.Redis, record: dict[str, Any], ttl: int = defaults.HEARTBEAT_TTL) -> None:
+def publish(client: redis.Redis, record: WorkerRecord, ttl: int = defaults.HEARTBEAT_TTL) -> None:
     """Write (or refresh) a worker's capability record, and say so on the fleet's event channel."""
     pipe = client.pipeline(transaction=False)
-    pipe.set(worker_key(record["name"]), json.dumps(record), ex=ttl)
-    pipe.sadd(FLEET_KEY, record["name"])
-    pipe.publish(FLEET_EVENTS_CHANNEL, record["name"])
+    pipe.set(worker_key(record.name), json.dumps(record.to_record()), ex=ttl)
+    pipe.sadd(FLEET_KEY, record.name)
+    pipe.publish(FLEET_EVENTS_CHANNEL, record.name)
     pipe.execute()
 
 
@@ -46,40 +47,40 @@ def remove(client: redis.Redis, name: str) -> None:
     forget(client, [name])
 
 
-def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
+def live_workers(client: redis.Redis) -> list[WorkerRecord]:
     """Capability records of live workers, sorted by name."""
     names = sorted(map(text, client.smembers(FLEET_KEY)))
     if not names:
         return []
     records = client.mget([worker_key(n) for n in names])
     forget(client, [n for n, r in zip(names, records) if r is None])
-    return [json.loads(r) for r in records if r is not None]
+    return [WorkerRecord.from_record(json.loads(r)) for r in records if r is not None]
 
 
-def serving(workers: list[dict[str, Any]], queue: str, model: str) -> list[dict[str, Any]]:
+def serving(workers: list[WorkerRecord], queue: str, model: str) -> list[WorkerRecord]:
     """Live workers that consume `queue` and may load `model`."""
-    return [w for w in workers if queue in w.get("queues", ())
-            and (not w.get("models") or model in w["models"])]
+    return [w for w in workers if queue in w.queues and (not w.models or model in w.models)]
 
 
-def able(workers: list[dict[str, Any]], queue: str, model: str, pixels: int, requires: dict[str, Any]) -> list[dict[str, Any]]:
+def able(workers: list[WorkerRecord], queue: str, model: str, pixels: int,
+         requires: dict[str, Any]) -> list[WorkerRecord]:
     """Live workers that may take work of `queue` and `model` with images of `pixels` pixels and
     `requires` (`min_memory_gb`, the family's `memory`): what each worker's router checks before it runs one."""
     out = []
     for w in serving(workers, queue, model):
-        if pixels > (w.get("max_pixels") or pixels):
+        if pixels > (w.max_pixels or pixels):
             continue
-        dtype = w.get("dtype") or "fp32"
-        if not fit(requires, dtype, pixels, w.get("memory_total_gb"), load_cast(w.get("device") or "", dtype),
-                   w.get("offload") or "never").fits:  # whole, or offloaded where its `--offload` lets it
+        dtype = w.dtype or "fp32"
+        if not fit(requires, dtype, pixels, w.memory_total_gb, load_cast(w.device or "", dtype),
+                   w.offload or "never").fits:  # whole, or offloaded where its `--offload` lets it
             continue
         out.append(w)
     return out
 
 
-def signature(workers: list[dict[str, Any]]) -> str:
+def signature(workers: list[WorkerRecord]) -> str:
     """Names the fleet as it is: changes when a worker joins, leaves or restarts."""
-    seen = sorted((str(w.get("name")), str(w.get("started_at"))) for w in workers)
+    seen = sorted((str(w.name), str(w.started_at)) for w in workers)
     return hashlib.sha256(json.dumps(seen).encode()).hexdigest()[:32]
 
 
@@ -105,7 +106,11 @@ def held(current: dict[str, Any] | None, now: float) -> float:
     return running + len(claimed_after(current))
 
 
-def events(client: redis.Redis) -> redis.client.PubSub:
+Events = redis.client.PubSub
+"""A subscription to the fleet's event channel (`events`): ``get_message(timeout=...)``, ``close()``."""
+
+
+def events(client: redis.Redis) -> Events:
     """A subscription to the fleet's event channel (a worker's name each time it publishes its record)."""
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(FLEET_EVENTS_CHANNEL)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 from redis.exceptions import WatchError
 
@@ -19,10 +19,10 @@ from sdq.contract import ITEM_STATES
 from sdq.records import Item, Job
 from sdq.exceptions import AlreadySubmitted
 from sdq.state import keys
-from sdq.state.idempotency import Once, recorded_job
+from sdq.state.base import StoreBase
+from sdq.state.idempotency import Once, first_job, recorded_job
 from sdq.state.outbox import intent
 from sdq.state.redisconn import text
-from sdq.state.scripts import ScriptedStore
 
 try:  # a C codec where installed (the producer extra has it): item pages decode ~3x faster, and a
     # 10,000-item job's records encode ~5x faster
@@ -37,13 +37,14 @@ QUEUE_SCAN_MAX = 1000
 """Most unfinished jobs looked at when estimating a queue position."""
 
 
-class Jobs(ScriptedStore):
+class Jobs(StoreBase):
     """Job and item records as the producer sees them: whole jobs, their pages of items, cancel, retry."""
 
     def create(self, job: Job, items: list[Item], due: float | None = None, once: Once | None = None) -> str:
         """Record a new job and its items (all `queued`) in one transaction, with their message in the
         outbox (`sdq.state.outbox`) due at `due` (default: one lease from now): publish them, then
-        `Outbox.done` the returned member; if the caller dies first, a worker publishes them. With
+        `published` the returned member (`create_and_publish` does all three); if the caller dies first,
+        a worker publishes them. With
         `once`, its idempotency key is recorded in the same transaction; AlreadySubmitted (nothing
         recorded) if a request under that key recorded a job first (`sdq.state.idempotency`)."""
         member = intent(job.id, [(it.index, it.gen) for it in items]) if items else ""
@@ -63,6 +64,23 @@ class Jobs(ScriptedStore):
                     return member
                 except WatchError:  # the key changed meanwhile: look again (it names a job, or was rolled back)
                     continue
+
+    def create_and_publish(self, job: Job, items: list[Item], publish: Callable[[], None],
+                           due: float | None = None, once: Once | None = None) -> None:
+        """Record a new job (`create`) and publish its task messages with `publish()`, the outbox inside:
+        once published, its entry is removed (`published`); if `publish` raises, the job is removed again
+        (`delete`: nothing half-submitted) and the error raised. AlreadySubmitted as `create`."""
+        member = self.create(job, items, due, once)
+        try:
+            publish()
+        except Exception:
+            self.delete(job.id, job.owner, member, once)
+            raise
+        self.published(member)
+
+    def first_job(self, request: Once) -> str | None:
+        """The job an earlier request under this idempotency key made (`sdq.state.idempotency.first_job`)."""
+        return first_job(self.redis, request)
 
     @staticmethod
     def _record(pipe: Any, job: Job, items: list[Item], member: str, due: float) -> None:
@@ -205,8 +223,8 @@ class Jobs(ScriptedStore):
         """Re-queue failed and cancelled items as new attempts, in slices of `SLICE` items; returns
         them (None if no such job). Messages of their earlier attempts are dropped when delivered.
         Each slice re-queues, records its message in the outbox, due at `due` (default: one lease from
-        now), and reopens the job in one script: publish them, then `Outbox.done` the members
-        `retry_intents` gives. A retry cut short between slices strands nothing."""
+        now), and reopens the job in one script: publish them, then `published` the members
+        `retry_intents` gives (`retry_and_publish`). A retry cut short between slices strands nothing."""
         n = self._n_items(job_id)
         if not n and not self.redis.exists(keys.job_key(job_id)):
             return None
@@ -217,6 +235,16 @@ class Jobs(ScriptedStore):
                                               args=[job_id, due, *range(start, min(n, start + SLICE))])
             out += [Item.from_record(loads(r)) for r in raw or ()]
         return out
+
+    def retry_and_publish(self, job_id: str, publish: Callable[[list[Item]], None],
+                          due: float | None = None) -> list[Item]:
+        """`retry`, then `publish(items)` the re-queued items and remove their outbox entries; returns
+        them (empty when none, or no such job). If `publish` raises, the entries stay and come due."""
+        items = self.retry(job_id, due) or []
+        if items:
+            publish(items)
+            self.published(*self.retry_intents(job_id, items))
+        return items
 
     @staticmethod
     def retry_intents(job_id: str, items: list[Item]) -> list[str]:

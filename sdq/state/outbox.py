@@ -31,7 +31,7 @@ import redis
 from sdq import defaults
 from sdq.state.keys import OUTBOX_KEY, PARKED_FLEET_KEY, PARKED_KEY, job_key
 from sdq.state.redisconn import text
-from sdq.state.scripts import register
+from sdq.state.scripts import Script, register
 
 
 TAKE_WINDOW = 10
@@ -67,9 +67,10 @@ def is_chunk(member: str) -> bool:
 class Outbox:
     """The outbox on one Redis connection. Pass the connection in."""
 
-    def __init__(self, client: redis.Redis, lease: float = defaults.OUTBOX_LEASE) -> None:
+    def __init__(self, client: redis.Redis, lease: float = defaults.OUTBOX_LEASE,
+                 scripts: dict[str, Script] | None = None) -> None:
         self.redis, self.lease = client, lease
-        scripts = register(client)
+        scripts = scripts or register(client)
         self._take, self._park, self._unpark = scripts["outbox_take"], scripts["park"], scripts["unpark"]
 
     def due(self, now: float | None = None) -> float:

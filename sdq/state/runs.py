@@ -13,9 +13,10 @@ from typing import Any, Callable
 from sdq import defaults
 from sdq.records import Item
 from sdq.state import keys
+from sdq.state.base import StoreBase
 from sdq.state.jobs import loads
+from sdq.state.outbox import intent
 from sdq.state.redisconn import text
-from sdq.state.scripts import ScriptedStore
 
 STOP_CANCELLED, STOP_UNWANTED = 1, 2
 """`add_progress` answers: the job was cancelled; no item of the run is wanted from this worker."""
@@ -37,7 +38,7 @@ class Started:
     ended: bool  # the call ended the job (cancelled or failed its last items): finalise it
 
 
-class Runs(ScriptedStore):
+class Runs(StoreBase):
     """Runs of items on workers, as the workers and the reaper record them."""
 
     def start_run(self, job_id: str, items: list[tuple[int, int] | int], worker: str, device: str, dtype: str,
@@ -86,11 +87,26 @@ class Runs(ScriptedStore):
         """Put `worker`'s running items back in `queued` as new attempts after it ran out of memory
         (not if the job was cancelled); returns the (index, gen) pairs handed back, each now naming
         `worker` in `oom_workers`. Their message is recorded in the outbox, due at `due` (default: one
-        lease from now): publish them, then `outbox.done(intent(job_id, pairs))`."""
+        lease from now): publish them, then `outbox.done(intent(job_id, pairs))` (`hand_off_and_publish`)."""
         due = time.time() + defaults.OUTBOX_LEASE if due is None else due
         out = [int(x) for x in self.scripts["hand_off"](keys=keys.job_script_keys(job_id),
                                                         args=[job_id, worker, error, due, *indices])]
         return list(zip(out[::2], out[1::2]))
+
+    def hand_off_and_publish(self, job_id: str, indices: list[int], worker: str, error: str,
+                             publish: Callable[[list[tuple[int, int]]], None]) -> list[tuple[int, int]]:
+        """`hand_off`, then `publish(pairs)` the handed items' message and remove its outbox entry (if
+        `publish` raises, the entry stays and comes due); returns the pairs (none: nothing published)."""
+        pairs = self.hand_off(job_id, indices, worker, error)
+        if pairs:
+            publish(pairs)
+            self.outbox.done(intent(job_id, pairs))
+        return pairs
+
+    def publish_later(self, message: dict[str, Any], seconds: float) -> str:
+        """Publish chunk `message` in `seconds` (from the outbox, by whichever worker's heartbeat comes
+        first); returns its outbox member."""
+        return self.outbox.add_chunk(message, time.time() + seconds)
 
     def release(self, job_id: str, indices: list[int], worker: str, error: str) -> int:
         """Give `worker`'s running items back (`queued`, same attempt) after an infrastructure
@@ -108,6 +124,24 @@ class Runs(ScriptedStore):
         outbox, one intent per job (`sdq.state.outbox.intent` of its (index, gen) pairs in `reap_run`'s
         order), due at `due` (default: one lease from now)."""
         return [(job_id, index) for job_id, index, _ in self.reap_run(worker, limit, due)]
+
+    def reaper_turn(self, hold_ms: int) -> bool:
+        """Take the reaper's lock for `hold_ms` ms: True for the one caller that sweeps now."""
+        return bool(self.redis.set(keys.REAPER_LOCK_KEY, 1, nx=True, px=hold_ms))
+
+    def reap_and_publish(self, worker: str, publish: Callable[[str, list[tuple[int, int]], str], Any],
+                         limit: int = 500) -> list[tuple[str, int, int]]:
+        """`reap_run` (due one outbox lease from now), then `publish(job_id, pairs, member)` each job's
+        re-queued (index, gen) pairs and outbox entry (an intent: `sdq.celery_app.publish_member` sends
+        what is still queued and removes it); a caller killed in between leaves the entries to the next
+        heartbeat after the lease."""
+        reaped = self.reap_run(worker, limit, due=self.outbox.due())
+        by_job: dict[str, list[tuple[int, int]]] = {}
+        for job_id, index, gen in reaped:
+            by_job.setdefault(job_id, []).append((index, gen))
+        for job_id, pairs in by_job.items():
+            publish(job_id, pairs, intent(job_id, pairs))
+        return reaped
 
     def reap_run(self, worker: str, limit: int = 500, due: float | None = None) -> list[tuple[str, int, int]]:
         """`reap`, returning (job id, index, gen) of each re-queued item."""

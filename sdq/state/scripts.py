@@ -44,10 +44,3 @@ def register(client: redis.Redis) -> dict[str, Script]:
     """Every store script registered on `client`, by name (loaded into Redis on first call)."""
     return {name: client.register_script(source(name)) for name in NAMES}
 
-
-class ScriptedStore:
-    """A Redis connection with the store's scripts registered; the base of the store's parts."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.redis = client
-        self.scripts = register(client)

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from sdq.state.jobs import Jobs
 from sdq.state.runs import Runs
+from sdq.state.streams import Streams
+from sdq.state.tenantstate import TenantState
+from sdq.state.uploads import Uploads
 
 EVENTS = ("item.started", "item.progress", "item.finished", "job.finished")
 """The events the store publishes on a job's channel (`sdq.state.keys.events_channel`)."""
 
 
-class JobStore(Jobs, Runs):
-    """Job and item records in Redis. Pass the connection in."""
+class JobStore(Jobs, Runs, Uploads, TenantState, Streams):
+    """Job and item records in Redis, and what the producer keeps beside them (uploads, tenants' door
+    options and slots, job event subscriptions, queue lengths). Pass the connection in."""

@@ -255,3 +255,28 @@ def test_no_folder_holds_more_than_20_modules():
            if d.is_dir() and d.name != "__pycache__"
            and (n := len([p for p in d.glob("*.py") if p.name != "__init__.py"])) > MAX_FOLDER_MODULES}
     assert big == {}
+
+
+STATE = "sdq/state"
+"""The state layer: the only package that talks to Redis (keys, scripts, the outbox, fleet records ...)."""
+
+REDIS_ROOTS = ("workers/app.py", "cli/")
+"""Composition roots that import redis (the worker's connection options, the local-stack supervisor's
+wait for a worker); they and `producer/app.py` connect from a URL and hand the connection to the state layer."""
+
+
+def _attribute_uses(path: Path, attr: str) -> list[int]:
+    """Lines of `path` that read attribute `attr` of anything (``jobs.redis``)."""
+    return [n.lineno for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(n, ast.Attribute) and n.attr == attr]
+
+
+def test_the_redis_client_is_imported_only_in_the_state_layer_and_the_composition_roots():
+    paths = [p for pkg in ("sdq", "producer", "workers", "storage", "cli") for p in (ROOT / pkg).rglob("*.py")]
+    rel = {p: str(p.relative_to(ROOT)) for p in paths}
+    outside = [p for p in paths if not rel[p].startswith(STATE + "/") and not rel[p].startswith(REDIS_ROOTS)]
+    offenders = {rel[p]: sorted(n for n in _imported(p) if n.split(".")[0] == "redis") for p in outside}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    # ...and nothing outside it reaches for the store's connection (`jobs.redis`): it asks the store's methods
+    reached = {rel[p]: _attribute_uses(p, "redis") for p in outside if not rel[p].startswith("cli/")}
+    assert {k: v for k, v in reached.items() if v} == {}

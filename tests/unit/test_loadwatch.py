@@ -5,12 +5,13 @@ import threading
 
 import redis
 
+from sdq.state.leases import UnackedIndex
 from workers.fleet.leases import Leases
 from workers.loading.loadwatch import progress_while
 
 
 def test_a_long_load_is_progress_not_a_stall():
-    leases = Leases(redis.Redis(), stall_timeout=0.2)  # never connects: only its progress clock is used
+    leases = Leases(UnackedIndex(redis.Redis()), stall_timeout=0.2)  # never connects: only its progress clock is used
     leases.busy()
     ticks, enough = [], threading.Event()
 
@@ -26,7 +27,7 @@ def test_a_long_load_is_progress_not_a_stall():
 
 
 def test_a_load_longer_than_its_bound_counts_as_hung():
-    leases = Leases(redis.Redis(), stall_timeout=0.1)
+    leases = Leases(UnackedIndex(redis.Redis()), stall_timeout=0.1)
     leases.busy()
     ticks: list[int] = []
     stalled = threading.Event()

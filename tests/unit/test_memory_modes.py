@@ -10,7 +10,7 @@ import pytest
 from sdq import families
 from sdq.exceptions import CapabilityError
 from sdq.memory import GROUP_SHARE, Memory, fit, modes
-from sdq.records import Chunk, Item
+from sdq.records import Chunk, Item, WorkerRecord
 from producer.planning.jobs import need_gb
 from workers.loading.device import Device, resolve_offload
 from workers.running.routing import Defer, PassOn, Router, Run
@@ -72,10 +72,9 @@ def test_cpu_workers_never_offload_except_under_the_testing_aid():
     assert resolve_offload("auto", simulated) == "auto" and simulated.memory_gb() == (0.1, 0.1)
 
 
-def record(name: str, memory: float, offload: str = "auto", current: dict | None = None) -> dict[str, Any]:
-    return {"name": name, "kind": "gpu", "device": "cuda:0", "dtype": "bf16", "queues": [QUEUE], "models": [],
-            "loaded_models": [], "current_item": current, "memory_total_gb": memory, "offload": offload,
-            "max_pixels": 2 * MPX, "last_seen": NOW}
+def record(name: str, memory: float, offload: str = "auto", current: dict | None = None) -> WorkerRecord:
+    return WorkerRecord(name=name, kind="gpu", device="cuda:0", dtype="bf16", queues=[QUEUE], current_item=current,
+                        memory_total_gb=memory, offload=offload, max_pixels=2 * MPX, last_seen=NOW)
 
 
 def chunk(**changes: Any) -> Chunk:

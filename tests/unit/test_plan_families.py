@@ -3,6 +3,7 @@ value, and the memory need the job carries to the workers."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from sdq.memory import load_cast
 from sdq.modelinfo import BUILTIN_SIDES
 from sdq.config import Settings
 from sdq.exceptions import InvalidInput
-from sdq.records import Chunk
+from sdq.records import Chunk, WorkerRecord
 from workers.running.routing import Router
 
 SETTINGS = Settings.from_env({})
@@ -137,8 +138,8 @@ def test_the_producer_warns_when_no_live_worker_has_the_memory(tmp_path):
     model, settings = local_model(tmp_path, "StableDiffusion3Pipeline")
     plan = _plan({"model": model, "prompts": ["a"], "params": {"width": 512, "height": 512}}, settings)
     queue = route(plan, [])[0].queue
-    small = {"name": "w", "queues": [queue], "models": [model], "memory_total_gb": 12, "dtype": "fp16"}
-    big = {**small, "memory_total_gb": 24}
+    small = WorkerRecord(name="w", queues=[queue], models=[model], memory_total_gb=12, dtype="fp16")
+    big = replace(small, memory_total_gb=24)
     route(plan, [small])
     assert any("no live worker" in w for w in plan.warnings)
     plan.warnings.clear()
@@ -161,10 +162,10 @@ def test_a_bf16_cpu_worker_counts_the_weight_files_it_casts_at_load():
     # the producer's warning counts it the same way, from the worker's record
     queue = route(plan, [])[0].queue
     plan.warnings.clear()
-    record = {"name": "w", "queues": [queue], "models": ["builtin:sd15-shaped"], "memory_total_gb": 4, "dtype": "bf16"}
-    route(plan, [{**record, "device": "cuda:0"}])
+    record = WorkerRecord(name="w", queues=[queue], models=["builtin:sd15-shaped"], memory_total_gb=4, dtype="bf16")
+    route(plan, [replace(record, device="cuda:0")])
     assert plan.warnings == []
-    route(plan, [{**record, "device": "cpu"}])
+    route(plan, [replace(record, device="cpu")])
     assert any("no live worker" in w for w in plan.warnings)
 
 

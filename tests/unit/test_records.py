@@ -139,3 +139,17 @@ def test_every_chunk_the_contract_builds_passes_the_message_check():
                       for i in range(3)])
     assert Chunk.from_message(json.loads(json.dumps(chunk.message()))).indices == [0, 1, 2]
     assert Chunk.from_message(GOOD).items[0].seed == 1
+
+
+def test_a_worker_record_reads_an_older_workers_json_and_keeps_a_newer_ones_fields():
+    older = {"name": "w1", "device": "cpu", "queues": ["q"], "models": None, "current_item": None}
+    rec = records.WorkerRecord.from_record(older)
+    assert (rec.name, rec.queues, rec.models, rec.loaded_models, rec.speed) == ("w1", ["q"], [], [], {})
+    assert rec.items_done == 0
+    assert rec.max_pixels is None and rec.memory_total_gb is None and not rec.stalled
+    newer = {**older, "scratch_gb": 3.5, "stalled": True}
+    back = records.WorkerRecord.from_record(json.loads(json.dumps(records.WorkerRecord.from_record(newer).to_record())))
+    assert back.extra == {"scratch_gb": 3.5} and back.stalled
+    assert "stalled" not in rec.to_record()  # written only while set: the scripts test `rec.stalled == true`
+    declared = {f for f in records.WorkerRecord.__dataclass_fields__ if f not in ("stalled", "extra")}
+    assert set(rec.to_record()) == declared  # the JSON form the workers always wrote, every field present

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sdq.records import Item
+from sdq.records import Item, WorkerRecord
 from sdq.state.resultindex import Maker, cache_key, wants_cache
 
 FAST = {"width": 64, "height": 64, "steps": 4}
@@ -69,7 +69,7 @@ def test_submit_records_the_opt_out_per_item_without_splitting_chunks():
             "params": {**FAST, "cache": True}}
     plan = plan_job(parse_submit(body), Settings.from_env({}), "")
     assert [it.cache for it in plan.items] == [None, False, None]
-    fleet = [{"name": "w", "queues": ["sdq.any.any.p256"], "max_batch": 4}] * 4
+    fleet = [WorkerRecord(name="w", queues=["sdq.any.any.p256"], max_batch=4)] * 4
     routed = route(plan, fleet)
     plain = route(plan_job(parse_submit({"prompts": ["a", "b", "c"], "params": FAST}), Settings.from_env({}), ""),
                   fleet)

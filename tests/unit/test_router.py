@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from sdq.records import WorkerRecord
 from sdq import defaults
 from sdq.scheduling import scheduling, speed
 from sdq.records import Chunk, Item
@@ -19,12 +20,11 @@ NOW = 1_000_000.0
 
 def record(name: str, *, queues: tuple[str, ...] = (QUEUE,), models: tuple[str, ...] = (),
            loaded: tuple[str, ...] = (), current: dict[str, Any] | None = None, kind: str = "cpu",
-           rate: float | None = None) -> dict[str, Any]:
+           rate: float | None = None) -> WorkerRecord:
     """A capability record with the fields the router reads (as `workers.fleet.capability` publishes them)."""
     key = speed.speed_key("tiny", "txt2img", 64 * 64)
-    return {"name": name, "kind": kind, "queues": list(queues), "models": list(models),
-            "loaded_models": list(loaded), "current_item": current, "last_seen": NOW,
-            "speed": {key: {"rate": rate, "n": 4}} if rate else {}}
+    return WorkerRecord(name=name, kind=kind, queues=list(queues), models=list(models), loaded_models=list(loaded),
+                        current_item=current, last_seen=NOW, speed={key: {"rate": rate, "n": 4}} if rate else {})
 
 
 def chunk(n: int = 4, **changes: Any) -> Chunk:
@@ -98,7 +98,7 @@ LORA = [{"name": "builtin:tiny-lora", "scale": 0.8}]
 def test_a_lora_chunk_is_left_to_an_idle_worker_holding_the_model_and_its_adapters():
     c = chunk(params={**PARAMS, "loras": LORA})
     both = record("both", loaded=("tiny",))
-    both["loaded_adapters"] = {"tiny": ["builtin:tiny-lora"]}
+    both.loaded_adapters = {"tiny": ["builtin:tiny-lora"]}
     fleet = [record("me"), record("model-only", loaded=("tiny",)), both]
     decision = router().decide(c, fleet, ["tiny"], NOW, adapters={})  # the model is warm here, the adapter not
     assert isinstance(decision, Defer) and "worker(s) both;" in decision.why and "LoRA builtin:tiny-lora" in decision.why

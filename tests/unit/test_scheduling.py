@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import sim
+from sdq.records import WorkerRecord
 from sdq.scheduling import scheduling, speed
 from sdq.scheduling.scheduling import Running, chunk_sizes, claim_count, straggler
 
@@ -93,9 +94,8 @@ def test_work_counts_the_steps_really_run_and_the_output_pixels():
 
 def test_an_unmeasured_worker_counts_as_a_typical_one_of_its_kind():
     key = speed.speed_key("m", "txt2img", 512 * 512)
-    records = [{"name": "a", "kind": "cpu", "speed": {key: {"rate": 0.4, "n": 3}}},
-               {"name": "b", "kind": "cpu", "speed": {}},
-               {"name": "g", "kind": "gpu", "speed": {}}]
+    records = [WorkerRecord(name="a", kind="cpu", speed={key: {"rate": 0.4, "n": 3}}),
+               WorkerRecord(name="b", kind="cpu"), WorkerRecord(name="g", kind="gpu")]
     rates = speed.fleet_rates(records, "m", "txt2img", PARAMS)
     assert rates == {"a": 0.4, "b": 0.4, "g": 0.4}  # no GPU measured: the fleet's mean
     assert speed.worker_rate(records[2], "m", "txt2img", PARAMS) == speed.COLD_RATE["gpu"]

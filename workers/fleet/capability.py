@@ -8,13 +8,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import redis
-
 from sdq import __version__, defaults
 from sdq.models import BUILTIN_MODELS, allowed_models
+from sdq.records import WorkerRecord
 from sdq.celery_app import flush_outbox
-from sdq.state import fleet
-from sdq.state.outbox import Outbox
+from sdq.state.errors import StateError
 from sdq.state.store import JobStore
 from sdq.pipelines import PIPELINES
 from workers.loading.device import Device, peak_rss_gb
@@ -68,24 +66,24 @@ class Capability:
                     out.append(p)
         return out
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> WorkerRecord:
         """The capability record, measured now."""
         total, free = self.device.memory_gb()
-        return {
-            "name": self.name, "host": self.host, "device": self.device.device, "kind": self.device.kind,
-            "device_name": self.device.name, "dtype": self.device.dtype, "backend": self.device.backend,
-            "cpu_path": self.device.cpu_path.record() if self.device.cpu_path is not None else None,
-            "memory_total_gb": total, "memory_free_gb": free, "peak_rss_gb": peak_rss_gb(),
-            "pipelines": self.pipelines(),
-            "models": self.models, "loaded_models": self.loaded(), "loaded_adapters": self.adapters(),
-            "quantized": self.quantized(), "offload": self.offload, "offloaded_models": self.offloaded(),
-            "held_gb": self.held(),
-            "max_pixels": self.max_pixels, "max_batch": self.max_batch, "queues": self.queues,
-            "threads": self.threads, "items_done": self.activity.items_done,
-            "speed": self.activity.speed.snapshot() if self.activity.speed else {},
-            "current_item": self.activity.current,
-            "started_at": self.started_at, "last_seen": time.time(), "version": __version__,
-        }
+        return WorkerRecord(
+            name=self.name, host=self.host, device=self.device.device, kind=self.device.kind,
+            device_name=self.device.name, dtype=self.device.dtype, backend=self.device.backend,
+            cpu_path=self.device.cpu_path.record() if self.device.cpu_path is not None else None,
+            memory_total_gb=total, memory_free_gb=free, peak_rss_gb=peak_rss_gb(),
+            pipelines=self.pipelines(),
+            models=self.models, loaded_models=self.loaded(), loaded_adapters=self.adapters(),
+            quantized=self.quantized(), offload=self.offload, offloaded_models=self.offloaded(),
+            held_gb=self.held(),
+            max_pixels=self.max_pixels, max_batch=self.max_batch, queues=self.queues,
+            threads=self.threads, items_done=self.activity.items_done,
+            speed=self.activity.speed.snapshot() if self.activity.speed else {},
+            current_item=self.activity.current,
+            started_at=self.started_at, last_seen=time.time(), version=__version__,
+        )
 
 
 def worker_models(requested: list[str] | None, allowlist: tuple[str, ...]) -> list[str]:
@@ -109,17 +107,14 @@ class Heartbeat(threading.Thread):
     did not publish them, or whose delay is over), and give the reaper its turn (`workers.fleet.reaper`).
     Straggler backups are `workers.fleet.idlewatch`'s."""
 
-    def __init__(self, client: redis.Redis, capability: Capability,
+    def __init__(self, jobs: JobStore, capability: Capability,
                  interval: float = defaults.HEARTBEAT_INTERVAL, leases: Leases | None = None,
                  reaper: Reaper | None = None,
-                 ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Publish | None = None,
-                 outbox: Outbox | None = None) -> None:
+                 ttl: int = defaults.HEARTBEAT_TTL, publish_chunk: Publish | None = None) -> None:
         super().__init__(name="sdq-heartbeat", daemon=True)
-        self.client, self.capability, self.interval = client, capability, interval
+        self.jobs, self.capability, self.interval = jobs, capability, interval
         self.leases, self.reaper, self.ttl = leases, reaper, ttl
         self.publish_chunk = publish_chunk
-        self.outbox = outbox or Outbox(client)
-        self.jobs = JobStore(client)
         self.stopped = threading.Event()
 
     def publish(self) -> None:
@@ -127,8 +122,8 @@ class Heartbeat(threading.Thread):
         says `stalled`: the items it holds count as lost (a duplicate delivery takes them over)."""
         record = self.capability.record()
         if self.leases is not None and self.leases.stalled():
-            record["stalled"] = True
-        fleet.publish(self.client, record, self.ttl)
+            record.stalled = True
+        self.jobs.publish_worker(record, self.ttl)
 
     def beat(self) -> None:
         """Publish once, refresh the held messages, publish the chunks whose delay is over, sweep
@@ -139,7 +134,7 @@ class Heartbeat(threading.Thread):
             if self.leases is not None:
                 self.leases.refresh()
         if self.publish_chunk is not None:
-            flush_outbox(self.jobs, self.outbox, self.publish_chunk)
+            flush_outbox(self.jobs, self.jobs.outbox, self.publish_chunk)
         safe_tick(self.reaper)
 
     def run(self) -> None:
@@ -153,6 +148,6 @@ class Heartbeat(threading.Thread):
         """Stop beating and leave the fleet."""
         self.stopped.set()
         try:
-            fleet.remove(self.client, self.capability.name)
-        except redis.RedisError:
+            self.jobs.remove_worker(self.capability.name)
+        except StateError:
             pass

@@ -13,11 +13,10 @@ import threading
 import time
 from typing import Callable
 
-import redis
-
 from sdq import defaults
 from sdq.scheduling import watch
 from sdq.state import fleet
+from sdq.state.store import JobStore
 from workers.running.backups import Backups
 
 log = logging.getLogger(__name__)
@@ -33,10 +32,10 @@ BACKUP_SETTLE_S = 2.0
 class IdleWatch(threading.Thread):
     """Looks for stragglers while this worker is idle (`is_idle`), promptly."""
 
-    def __init__(self, client: redis.Redis, backups: Backups, is_idle: Callable[[], bool],
+    def __init__(self, jobs: JobStore, backups: Backups, is_idle: Callable[[], bool],
                  poll_s: float = watch.IDLE_POLL_S, quiet_s: float = defaults.HEARTBEAT_INTERVAL) -> None:
         super().__init__(name="sdq-idlewatch", daemon=True)
-        self.client, self.backups, self.is_idle = client, backups, is_idle
+        self.jobs, self.backups, self.is_idle = jobs, backups, is_idle
         self.poll_s, self.quiet_s = poll_s, quiet_s  # quiet_s: longest wait without an event
         self.stopped = threading.Event()
         self.sent_at: float | None = None  # a backup sent to this worker's queue, not begun yet
@@ -66,7 +65,7 @@ class IdleWatch(threading.Thread):
                 self.stopped.wait(1.0)
 
     def _serve(self) -> None:
-        pubsub = fleet.events(self.client)
+        pubsub = self.jobs.fleet_events()
         try:
             last = 0.0
             while not self.stopped.is_set():
@@ -80,7 +79,7 @@ class IdleWatch(threading.Thread):
         finally:
             pubsub.close()
 
-    def _wait(self, pubsub: redis.client.PubSub, seconds: float) -> bool:
+    def _wait(self, pubsub: fleet.Events, seconds: float) -> bool:
         """Block on the event channel for up to `seconds` (waking at most every `STOP_CHECK_S` to see
         whether it was stopped); True when an event came (a burst counts once)."""
         deadline = time.monotonic() + seconds

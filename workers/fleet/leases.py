@@ -24,11 +24,10 @@ import logging
 import threading
 import time
 
-import redis
 from celery import signals
 
 from sdq import defaults
-from sdq.state.keys import UNACKED_INDEX_KEY
+from sdq.state.leases import UnackedIndex
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +35,8 @@ log = logging.getLogger(__name__)
 class Leases:
     """Delivery tags of the messages this process holds, and their refresh."""
 
-    def __init__(self, client: redis.Redis, key: str = UNACKED_INDEX_KEY,
-                 stall_timeout: float = defaults.STALL_TIMEOUT) -> None:
-        self.client, self.key, self.stall_timeout = client, key, stall_timeout
+    def __init__(self, index: UnackedIndex, stall_timeout: float = defaults.STALL_TIMEOUT) -> None:
+        self.index, self.stall_timeout = index, stall_timeout
         self._held: dict[str, str] = {}  # delivery tag -> task id
         self._lock = threading.Lock()
         self._busy = False
@@ -94,12 +92,7 @@ class Leases:
             log.warning("no progress for %.0fs: not renewing the leases of %d held message(s)",
                         time.monotonic() - self._last_progress, len(tags))
             return 0
-        now = time.time()
-        pipe = self.client.pipeline(transaction=False)
-        for tag in tags:
-            pipe.zadd(self.key, {tag: now}, xx=True, ch=True)
-        changed = pipe.execute()
-        gone = [tag for tag, n in zip(tags, changed) if not n]
+        gone = self.index.renew(tags)
         if gone:  # acknowledged or restored meanwhile: no longer ours
             with self._lock:
                 for tag in gone:

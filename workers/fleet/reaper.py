@@ -11,16 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from typing import Callable
-
-import redis
 
 from sdq import defaults
 from sdq.celery_app import publish_member, send_chunk
-from sdq.state import fleet
-from sdq.state.keys import REAPER_LOCK_KEY
-from sdq.state.outbox import Outbox, intent
 from sdq.state.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -30,10 +24,8 @@ class Reaper:
     """Periodic recovery sweeps, run by whichever worker gets the lock."""
 
     def __init__(self, jobs: JobStore, celery, finalize: Callable[[str], None],
-                 interval: float = defaults.REAPER_INTERVAL, finalize_resend: float = defaults.FINALIZE_RESEND,
-                 outbox_lease: float = defaults.OUTBOX_LEASE) -> None:
+                 interval: float = defaults.REAPER_INTERVAL, finalize_resend: float = defaults.FINALIZE_RESEND) -> None:
         self.jobs, self.celery, self.finalize = jobs, celery, finalize
-        self.outbox = Outbox(jobs.redis, outbox_lease)
         self.interval, self.finalize_resend = interval, finalize_resend
         self._next = 0.0
 
@@ -44,7 +36,7 @@ class Reaper:
             return
         self._next = now + self.interval
         lock_ms = max(100, int(self.interval * 1000 * 0.9))
-        if not self.jobs.redis.set(REAPER_LOCK_KEY, 1, nx=True, px=lock_ms):
+        if not self.jobs.reaper_turn(lock_ms):
             return
         self.reap()
         self.end_stale()
@@ -56,24 +48,19 @@ class Reaper:
         """Re-queue the running items of every worker that left the fleet; returns how many. Each
         step records their messages in the outbox, then publishes them: a sweep killed between the
         two leaves them to the next heartbeat after the outbox lease."""
-        live = {w["name"] for w in fleet.live_workers(self.jobs.redis)}
+        live = {w.name for w in self.jobs.live_workers()}
         total = 0
         for worker in self.jobs.running_workers():
             if worker in live:
                 continue
-            while True:
-                reaped = self.jobs.reap_run(worker, due=self.outbox.due())
-                if not reaped:
-                    break
+
+            def publish(job_id: str, pairs: list[tuple[int, int]], member: str, worker: str = worker) -> None:
+                log.warning("worker %s left the fleet running items %s of job %s: queued again",
+                            worker, [i for i, _ in pairs], job_id)
+                publish_member(self.jobs, self.jobs.outbox, member, lambda chunk: send_chunk(self.celery, chunk))
+
+            while reaped := self.jobs.reap_and_publish(worker, publish):
                 total += len(reaped)
-                by_job: dict[str, list[tuple[int, int]]] = defaultdict(list)
-                for job_id, index, gen in reaped:
-                    by_job[job_id].append((index, gen))
-                for job_id, pairs in by_job.items():
-                    log.warning("worker %s left the fleet running items %s of job %s: queued again",
-                                worker, [i for i, _ in pairs], job_id)
-                    publish_member(self.jobs, self.outbox, intent(job_id, pairs),
-                                   lambda chunk: send_chunk(self.celery, chunk))
         return total
 
 

@@ -50,14 +50,14 @@ class Backups:
         the first too young for a backup comes of age, for `watch.next_check`. Three round trips to
         Redis whatever the fleet's size: the records, the jobs' queued counts, the items' step counts."""
         busy: list[tuple[str, dict[str, Any]]] = []
-        for record in fleet.live_workers(self.jobs.redis):
-            cur = record.get("current_item") or {}
-            if record.get("name") == self.name or not cur.get("running") or cur.get("expected_s") is None:
+        for record in self.jobs.live_workers():
+            cur = record.current_item or {}
+            if record.name == self.name or not cur.get("running") or cur.get("expected_s") is None:
                 continue
             if cur.get("queue") in self.queues and self.router.refusal(Chunk(
                     job=cur["job"], model=cur["model"], pipeline=cur["pipeline"], params=cur["params"], items=[],
                     queue=cur["queue"])) is None:
-                busy.append((record["name"], cur))
+                busy.append((record.name, cur))
         queued = self.jobs.queued_counts(sorted({cur["job"] for _, cur in busy}))
         busy = [(name, cur) for name, cur in busy if queued[cur["job"]] == 0]  # else idle workers have work
         self.watched, self.young_until = 0, None

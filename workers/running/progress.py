@@ -5,9 +5,8 @@ import logging
 import time
 from typing import Any, Protocol
 
-import redis
-
 from sdq import defaults
+from sdq.state.errors import StateError
 from sdq.state.runs import STOP_CANCELLED, STOP_UNWANTED
 from sdq.state.store import JobStore
 from workers.testing.faults import Faults
@@ -49,7 +48,7 @@ class StepProgress:
                     self.cancelled, self.unwanted = stop == STOP_CANCELLED, stop == STOP_UNWANTED
                     pipe._interrupt = True
                 self.reported = done
-            except redis.RedisError:  # progress is best effort: the item itself goes on
+            except StateError:  # progress is best effort: the item itself goes on
                 log.warning("job %s: progress not recorded", self.job_id, exc_info=True)
                 return kwargs
             if self.faults is not None:

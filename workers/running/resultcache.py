@@ -21,10 +21,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-import redis
-
 from sdq import contract, options
 from sdq.records import Chunk, Item
+from sdq.state.errors import StateError
 from sdq.state.resultindex import Maker, ResultIndex, cache_key, wants_cache
 from sdq.state.store import JobStore
 from storage import ObjectMissing, ResultStore
@@ -179,14 +178,14 @@ class CachedResults:
             self.finalize(job_id)
         try:
             self.index.touch(key)
-        except redis.RedisError:
+        except StateError:
             pass
         return True
 
     def _forget(self, key: str) -> None:
         try:
             self.index.forget(key)
-        except redis.RedisError:
+        except StateError:
             log.warning("could not drop a stale result cache entry", exc_info=True)
 
     # -- registration ---------------------------------------------------------------------------

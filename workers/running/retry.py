@@ -5,7 +5,7 @@ import logging
 import time
 from typing import Callable, TypeVar
 
-import redis
+from sdq.state.errors import UNREACHABLE
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def retry_redis(fn: Callable[[], T], limit: float = REDIS_OUTAGE_LIMIT) -> T:
     while True:
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except UNREACHABLE as exc:
             if time.monotonic() + pause > deadline:
                 raise
             log.warning("Redis unreachable (%s); retrying in %.1fs", exc, pause)

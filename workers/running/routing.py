@@ -13,18 +13,15 @@ settled): `pass_on`.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Union
 
-import redis
 
 from sdq import contract, defaults, options
 from sdq.memory import Fit, fit, load_cast
-from sdq.records import Chunk, Item
+from sdq.records import Chunk, Item, WorkerRecord
 from sdq.scheduling import scheduling, speed
 from sdq.state import fleet
-from sdq.state.outbox import Outbox
 from sdq.state.store import JobStore
 from workers.running.speedometer import Speedometer
 
@@ -33,7 +30,7 @@ log = logging.getLogger(__name__)
 Publish = Callable[[Chunk], None]
 """publish(chunk): send a chunk message to its queue."""
 
-Record = dict[str, Any]
+Record = WorkerRecord
 """A worker's capability record, as `sdq.state.fleet.live_workers` returns it."""
 
 
@@ -122,7 +119,7 @@ def _holds(model: str, adapter_ids: list[str], models: Any, adapters: dict[str, 
 def _free_for(record: Record, job_id: str) -> bool:
     """Whether a worker can help with `job_id` soon: idle, or already working on it (a faster worker
     busy with another job does not count when a slower one decides to leave work to faster ones)."""
-    current = record.get("current_item")
+    current = record.current_item
     return not current or current.get("job") == job_id
 
 
@@ -172,7 +169,7 @@ class Router:
 
     def others(self, chunk: Chunk, records: list[Record], avoid: set[str]) -> list[Record]:
         """Live workers, other than `avoid`, that serve the chunk's queue and model."""
-        return [w for w in fleet.serving(records, chunk.queue or "", chunk.model) if w.get("name") not in avoid]
+        return [w for w in fleet.serving(records, chunk.queue or "", chunk.model) if w.name not in avoid]
 
     def decide(self, chunk: Chunk, records: list[Record], loaded: list[str], now: float,
                backlog: int = 0, given_back: bool = False, adapters: dict[str, list[str]] | None = None) -> Decision:
@@ -219,11 +216,11 @@ class Router:
         avoid = {self.name, *chunk.failed_on, *(n for it in chunk.items for n in it.oom_workers or ())}
         out = []
         for rec in self.others(chunk, records, avoid):
-            dtype = rec.get("dtype") or "fp32"
-            room = fit(chunk.requires, dtype, w * h, rec.get("memory_total_gb"), load_cast(rec.get("device") or "", dtype),
-                       rec.get("offload") or "never")
-            if not rec.get("current_item") and room.fits and room.mode is None and w * h <= (rec.get("max_pixels") or 0):
-                out.append(rec["name"])
+            dtype = rec.dtype or "fp32"
+            room = fit(chunk.requires, dtype, w * h, rec.memory_total_gb, load_cast(rec.device or "", dtype),
+                       rec.offload or "never")
+            if not rec.current_item and room.fits and room.mode is None and w * h <= (rec.max_pixels or 0):
+                out.append(rec.name)
         return out
 
     def _warm_elsewhere(self, chunk: Chunk, records: list[Record], loaded: list[str],
@@ -234,15 +231,14 @@ class Router:
         wanted = _adapter_ids(chunk)
         if chunk.deferred or not chunk.queue or _holds(chunk.model, wanted, loaded, adapters):
             return [], ""
-        idle = [w for w in self.others(chunk, records, {self.name}) if not w.get("current_item")]
+        idle = [w for w in self.others(chunk, records, {self.name}) if not w.current_item]
         if wanted:
-            both = [w["name"] for w in idle
-                    if _holds(chunk.model, wanted, w.get("loaded_models") or (), w.get("loaded_adapters") or {})]
+            both = [w.name for w in idle if _holds(chunk.model, wanted, w.loaded_models, w.loaded_adapters)]
             if both:
                 return both, f"model {chunk.model} with {options.warm_label(chunk.params)} is"
         if chunk.model in loaded:
             return [], ""
-        return [w["name"] for w in idle if chunk.model in (w.get("loaded_models") or ())], f"model {chunk.model} is"
+        return [w.name for w in idle if chunk.model in w.loaded_models], f"model {chunk.model} is"
 
     def _share(self, chunk: Chunk, records: list[Record], now: float, backlog: int) -> Run | Defer:
         """Speed-aware claiming (`sdq.scheduling.scheduling.claim_count`): how many of the chunk's items to start
@@ -255,11 +251,11 @@ class Router:
         model, pipeline, params = chunk.model, chunk.pipeline, chunk.params
         failed_on = set(chunk.failed_on) - {self.name}  # a faster worker that failed it is no help
         mates = [w for w in fleet.serving(records, chunk.queue, model)
-                 if w.get("name") == self.name or (_free_for(w, chunk.job) and w.get("name") not in failed_on)]
+                 if w.name == self.name or (_free_for(w, chunk.job) and w.name not in failed_on)]
         rates = speed.fleet_rates(mates, model, pipeline, params)
         mine = (self.speedometer.rate(model, pipeline, params) if self.speedometer.knows(model, pipeline, params)
                 else rates.get(self.name, self.speedometer.rate(model, pipeline, params)))
-        others = [(rates[w["name"]], fleet.held(w.get("current_item"), now)) for w in mates if w["name"] != self.name]
+        others = [(rates[w.name], fleet.held(w.current_item, now)) for w in mates if w.name != self.name]
         take = scheduling.claim_count(mine, [r for r, _ in others], backlog, len(items), [b for _, b in others])
         if take == len(items):
             return Run(take)
@@ -281,9 +277,9 @@ class Router:
 
 # --- Passing a chunk on (through the outbox) ---------------------------------------------------
 
-def delay(client: redis.Redis, chunk: Chunk, seconds: float) -> None:
+def delay(jobs: JobStore, chunk: Chunk, seconds: float) -> None:
     """Publish `chunk` again in `seconds` (from the outbox, by whichever worker's heartbeat comes first)."""
-    Outbox(client).add_chunk(chunk.message(), time.time() + seconds)
+    jobs.publish_later(chunk.message(), seconds)
 
 
 def wanted(jobs: JobStore, chunk: Chunk) -> bool:
@@ -305,4 +301,4 @@ def pass_on(jobs: JobStore, chunk: Chunk, reason: str) -> None:
         log.info("job %s: dropping a chunk nobody needs any more (%s)", chunk.job, reason)
         return
     log.info("job %s: passing the chunk on: %s", chunk.job, reason)
-    delay(jobs.redis, chunk, defaults.PASS_ON_DELAY)
+    delay(jobs, chunk, defaults.PASS_ON_DELAY)

@@ -19,15 +19,12 @@ from typing import Any
 
 from PIL import Image
 
-import redis
-
 from sdq import defaults, pipelines
 from sdq.exceptions import ModelError, WorkLost
 from sdq.records import Chunk, Item
 from sdq.scheduling import speed
 from sdq.scheduling.speed import loop_steps
-from sdq.state import fleet
-from sdq.state.outbox import Outbox, intent
+from sdq.state.errors import StateError
 from storage import StorageUnavailable
 from workers.loading.device import Device
 from workers.running.generation import Batch, Generated, generate
@@ -106,7 +103,7 @@ class Runner:
 
     def _fleet(self) -> list[dict[str, Any]]:
         """The live workers' capability records, read once per decision."""
-        return retry_redis(lambda: fleet.live_workers(self.jobs.redis))
+        return retry_redis(self.jobs.live_workers)
 
     def _run(self, chunk: Chunk) -> None:
         """Claim the chunk's items, make them, and return once their results are stored and recorded."""
@@ -123,7 +120,7 @@ class Runner:
             self.finalize(job_id)
         if started.held:
             held = chunk.with_items([it for it in chunk.items if it.index in set(started.held)])
-            retry_redis(lambda: delay(self.jobs.redis, held, defaults.HELD_RECHECK))
+            retry_redis(lambda: delay(self.jobs, held, defaults.HELD_RECHECK))
         todo = started.run
         if not todo:
             return
@@ -244,7 +241,7 @@ class Runner:
                 pass
         try:
             retry_redis(lambda: self.jobs.release(job_id, todo, self.name, f"{type(exc).__name__}: {exc}"))
-        except redis.RedisError:
+        except StateError:
             log.warning("job %s: could not give items %s back; their message will be delivered again", job_id, todo)
 
     def _announce(self) -> None:
@@ -353,14 +350,16 @@ class Runner:
         in the outbox in the same step, published here). If the job was cancelled meanwhile, the batch
         ends `cancelled`."""
         indices = [it.index for it in batch]
-        pairs = self.jobs.hand_off(chunk.job, indices, self.name, error)
-        handed = dict(pairs)
-        if handed:
+
+        def publish(pairs: list[tuple[int, int]]) -> None:
+            handed = dict(pairs)
             self.faults.hit("handed_off")
             items = [replace(it, gen=handed[it.index], oom_workers=[*(it.oom_workers or ()), self.name],
                              oom_error=error) for it in batch if it.index in handed]
             self.publish(chunk.with_items(items))
-            Outbox(self.jobs.redis).done(intent(chunk.job, pairs))
+
+        handed = dict(self.jobs.hand_off_and_publish(chunk.job, indices, self.name, error, publish))
+        if handed:
             log.warning("job %s items %s: out of memory in low-memory mode; handed to another worker",
                         chunk.job, list(handed))
         elif self.jobs.is_cancelled(chunk.job):

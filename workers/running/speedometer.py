@@ -5,6 +5,7 @@ import threading
 from typing import Any
 
 from sdq import contract
+from sdq.records import WorkerRecord
 from sdq.scheduling import speed
 
 SMOOTHING = 0.3
@@ -53,4 +54,4 @@ class Speedometer:
 
     def rate(self, model: str, pipeline: str, params: dict[str, Any]) -> float:
         """This worker's rate for items of this kind: measured, or the cold rate of its device kind."""
-        return speed.worker_rate({"kind": self.kind, "speed": self.snapshot()}, model, pipeline, params)
+        return speed.worker_rate(WorkerRecord(kind=self.kind, speed=self.snapshot()), model, pipeline, params)

@@ -9,9 +9,8 @@ from typing import Any, Callable
 
 from PIL.PngImagePlugin import PngInfo
 
-import redis
-
 from sdq import contract, defaults
+from sdq.state.errors import StateError
 from sdq.state.runs import CLAIMED, ENDED_JOB, HELD, NOT_RECORDED
 from sdq.state.store import JobStore
 from storage import ResultStore, StorageUnavailable
@@ -108,7 +107,7 @@ class Uploader:
             log.info("job %s item %d: cancelled or superseded after its claim; this result is dropped", job_id, index)
             return
         except Exception as exc:  # noqa: BLE001 - classified: outage -> chunk again, else the item fails
-            if isinstance(exc, StorageUnavailable | redis.RedisError):
+            if isinstance(exc, StorageUnavailable | StateError):
                 raise
             log.exception("upload of %s failed", key)
             state, extra = "failed", {"error": f"upload failed: {type(exc).__name__}: {exc}"}

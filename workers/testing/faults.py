@@ -22,10 +22,9 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-import redis
-
-from sdq.state.keys import FAULT_RULES_KEY, fault_marker_key
-from sdq.state.redisconn import text
+from sdq.state.errors import StateError
+from sdq.state.faults import FaultRules
+from sdq.state.keys import fault_marker_key
 
 log = logging.getLogger(__name__)
 
@@ -52,37 +51,31 @@ def marker_key(worker: str, point: str) -> str:
 class Faults:
     """The fault rules of one worker process (read from Redis at each hit when enabled)."""
 
-    def __init__(self, client: redis.Redis | None, worker: str, enabled: bool = False) -> None:
-        self.client, self.worker, self.enabled = client, worker, enabled and client is not None
+    def __init__(self, rules: FaultRules | None, worker: str, enabled: bool = False) -> None:
+        self.rules, self.worker, self.enabled = rules, worker, enabled and rules is not None
 
     @classmethod
-    def from_env(cls, client: redis.Redis, worker: str) -> "Faults":
+    def from_env(cls, rules: FaultRules, worker: str) -> "Faults":
         """Enabled when `SDQ_DEBUG_FAULTS` is 1."""
-        return cls(client, worker, os.environ.get(ENV, "") in ("1", "true", "yes"))
+        return cls(rules, worker, os.environ.get(ENV, "") in ("1", "true", "yes"))
 
     def hit(self, point: str, prompts: list[str] | None = None) -> None:
         """Apply the rule for `point`, if any."""
         if not self.enabled:
             return
-        rule = self.client.hget(f"{FAULT_RULES_KEY}:{self.worker}", point) or self.client.hget(FAULT_RULES_KEY, point)
+        rule = self.rules.rule(self.worker, point)
         if not rule:
             return
-        action, _, only_prompt = text(rule).partition("@")
+        action, _, only_prompt = rule.partition("@")
         if only_prompt and not any(only_prompt in p for p in prompts or ()):
             return
-        key = marker_key(self.worker, point)
-        self.client.set(key, os.getpid())
+        self.rules.mark(self.worker, point, os.getpid())
         log.warning("debug fault %s at %s", action, point)
         if action == "exit":
             os._exit(70)
         if action == "raise":
             raise RuntimeError(f"debug fault at {point} ({ENV})")
-        while True:
-            try:
-                if not self.client.exists(key):
-                    return
-            except redis.ConnectionError:  # e.g. a test restarting Redis: keep waiting
-                pass
+        while self.rules.marked(self.worker, point):  # a test restarting Redis: it keeps waiting
             time.sleep(0.05)
 
     def _hit_in_call(self, point: str, prompts: list[str]) -> None:
@@ -90,7 +83,7 @@ class Faults:
         item's (a test restarting Redis), so it passes silently; a rule's own `raise` still raises."""
         try:
             self.hit(point, prompts)
-        except redis.RedisError:
+        except StateError:
             log.debug("fault rules unreadable at %s", point, exc_info=True)
 
     @contextmanager
