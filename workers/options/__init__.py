@@ -12,8 +12,9 @@ from workers.options.controlnet import ControlNetHook
 from workers.options.hires import HiresHook
 from workers.options.loras import LorasHook, adapter_digest
 from workers.options.preview import PreviewHook
+from workers.options.step_cache import StepCacheHook
 
-HOOKS: dict[str, OptionHook] = {h.name: h for h in (LorasHook(), HiresHook(), ControlNetHook(), PreviewHook())}
+HOOKS: dict[str, OptionHook] = {h.name: h for h in (LorasHook(), HiresHook(), ControlNetHook(), PreviewHook(), StepCacheHook())}
 """Option name -> its worker hook."""
 
 __all__ = ["HOOKS", "CallContext", "OptionHook", "StepContext", "adapter_digest", "after_call", "apply",
