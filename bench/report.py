@@ -16,6 +16,7 @@ TITLES = {
     "gpu": "8. One worker vs plain diffusers on the same device",
     "sim": "9. Mixed fleets (simulation)",
     "realsize": "10. Real size: CPU paths and memory",
+    "step_cache": "12. Step caching (and compiled workers)",
 }
 
 NOTES = {
