@@ -1,7 +1,8 @@
 """`params.step_cache` on tiny Flux through the real queue: the cached image differs from the uncached one, is
 recorded in infotext and manifest and made again from `sdq inspect`'s resubmit body; the warm transformer
 carries no hook after it, so the next plain job equals the image the fresh worker made first, bit for bit
-(also after a call that raised with the cache on); refused on SD with a 422 naming `params.step_cache`."""
+(also after a call that raised with the cache on); refused on SD with a 422 naming `params.step_cache`; a
+worker operator's default applies to jobs that give none."""
 from __future__ import annotations
 
 import json
@@ -81,6 +82,22 @@ def test_sd_is_refused_naming_the_field(flux_stack):
     assert resp.status_code == 422, resp.text
     err = resp.json()["error"]
     assert (err["field"], err["code"]) == ("params.step_cache", "unsupported_step_cache")
+
+
+def test_an_operators_default_applies_to_jobs_that_give_none(stack_factory, store):
+    """A worker started with `--option-default step_cache=...`: a job without the option runs with it (and says
+    so); `{"method": "none"}` keeps it off."""
+    st = stack_factory("stepcache-default")
+    st.worker("w-default", "--device", "cpu", "--threads", "1", "--preload", FLUX,
+              "--option-default", "step_cache=" + json.dumps(CACHED))
+    client = Client(st.env["SDQ_SERVER"])
+    plain = result(store, _run(client, PARAMS)["items"][0])
+    asked = result(store, _run(client, {**PARAMS, "step_cache": CACHED})["items"][0])
+    off = result(store, _run(client, {**PARAMS, "step_cache": {"method": "none"}})["items"][0])
+    assert np.array_equal(pixels(plain), pixels(asked))
+    assert parse_infotext(plain.info["parameters"])["Step cache"].startswith("MagCache")
+    assert np.abs(pixels(off) - pixels(plain)).max() > 0
+    assert "Step cache" not in parse_infotext(off.info["parameters"])
 
 
 class _Boom(RuntimeError):

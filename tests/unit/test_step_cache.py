@@ -100,3 +100,17 @@ def test_the_cli_flag():
         "method": "TaylorSeerCache", "cache_interval": 2, "max_order": 2}
     assert step_cache.from_flag("default") == {}
     assert step_cache.from_flag("FirstBlockCache:threshold=0.1") == {"method": "FirstBlockCache", "threshold": 0.1}
+
+
+def test_an_operators_bad_default_stops_the_worker_naming_the_field():
+    from types import SimpleNamespace
+
+    from workers.options.step_cache import StepCacheHook
+
+    hook = StepCacheHook()
+    with pytest.raises(InvalidInput) as err:
+        hook.setup(SimpleNamespace(option_defaults={"step_cache": {"method": "TeaCache"}}))
+    assert err.value.field == "params.step_cache.method"
+    hook.setup(SimpleNamespace(option_defaults={"step_cache": True}))
+    assert hook.default("flux") == {"method": "FirstBlockCache", "threshold": 0.05}
+    assert hook.default("sd") is None and hook.default(None) is None

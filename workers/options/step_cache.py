@@ -1,7 +1,8 @@
 """The worker hook of `params.step_cache` (`sdq.options.step_cache`): diffusers' cache hooks on the warm
 transformer (`transformer.enable_cache(<Method>Config(...))`) for a chunk's calls, removed after them
 (`disable_cache`, also after an exception: the runner undoes every option), so the next job runs the
-transformer unhooked and makes the uncached image bit for bit.
+transformer unhooked and makes the uncached image bit for bit. An operator's default
+(`--option-default 'step_cache={"method": ...}'`) applies to jobs that give none, on families that take it.
 """
 from __future__ import annotations
 
@@ -96,6 +97,23 @@ class StepCacheHook(OptionHook):
 
     def __init__(self) -> None:
         self.on: weakref.WeakKeyDictionary[Any, _On] = weakref.WeakKeyDictionary()
+        self.operator: dict[str, Any] | None = None
+
+    def setup(self, parts: Any) -> None:
+        """The operator's default (`--option-default 'step_cache={...}'`), checked now: a bad one stops the
+        worker at its start with the field named."""
+        given = getattr(parts, "option_defaults", {}).get(self.name)
+        if given is None or given is False:
+            return
+        self.operator = {} if given is True else dict(given)
+        step_cache.checked(self.operator, None)
+
+    def default(self, family: str | None) -> Any:
+        """The operator's default for a family that takes step caching (none when the family is not known
+        before the model's load)."""
+        if self.operator is None or family not in step_cache.FAMILIES:
+            return None
+        return step_cache.checked(self.operator, family)
 
     def apply(self, cache: Any, pipe: Any, entry: Any, value: Any) -> Any:
         """The cache on for the chunk (nothing for `none`); returns the method."""
