@@ -244,7 +244,8 @@ class LorasHook(OptionHook):
         with cache.lock:
             warm = entry.parts.get(self.name)
             if warm is None:
-                kind = HotswapAdapters if getattr(cache.device, "backend", None) == "compile" else WarmAdapters
+                compiled = getattr(getattr(cache, "device", None), "backend", None) == "compile"
+                kind = HotswapAdapters if compiled else WarmAdapters
                 warm = entry.parts[self.name] = kind(entry.family, cache.warm_adapters)
             return warm.use(pipe, value, cache.fetcher)
 
