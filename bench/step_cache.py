@@ -13,7 +13,6 @@ model's image looks with it.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any
