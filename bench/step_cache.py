@@ -1,5 +1,6 @@
 """12. Step caching: s/image and the image's difference from the uncached one per `params.step_cache` method,
-and a compiled worker (`--cpu-path compile`: the repeated blocks) against eager, side by side in one process.
+and a compiled worker (`--cpu-path compile`: the repeated blocks) against eager, side by side in one process;
+then the graphs compiled per job over a run of mixed LoRA jobs on a compiled tiny-sd (hot-swapped adapters).
 
 The model is `flux-mid`, made here once into the models dir (not a built-in): `builtin:tiny-flux`'s text
 encoders, tokenizers, VAE and scheduler with a transformer of FLUX.1's shape per head — heads of 128, rotary
@@ -95,6 +96,45 @@ def _make(cache, model: str, params: dict[str, Any], count: bool = True) -> tupl
     return np.asarray(made.images[0].convert("RGB")), time.perf_counter() - t0, calls.n
 
 
+ADAPTER_RUN = (("builtin:tiny-lora", 1.0), ("reversed", 0.7), ("builtin:tiny-lora", 0.4), (None, 0.0),
+               ("reversed", 1.0), ("builtin:tiny-lora", 1.0))
+"""The mixed adapter jobs of the recompile count (None: a job without adapters)."""
+
+
+def _adapter_run(models: Path) -> dict[str, Any]:
+    """Graphs torch compiles per job over a run of mixed LoRA jobs on a compiled tiny-sd (hot-swapped adapters)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from torch._dynamo.utils import counters
+
+    from sdq.loras import ADAPTER_FILE
+    from sdq.sources import builtin_path
+    from workers.loading.cpu_paths import CpuPath
+    from workers.loading.device import Device
+    from workers.loading.pipelines import PipelineCache
+
+    reversed_file = models / "tiny-lora-reversed.safetensors"  # another adapter of the same rank
+    if not reversed_file.exists():
+        with safe_open(str(builtin_path(models, "tiny-lora") / ADAPTER_FILE), "pt") as f:
+            tensors = {k: f.get_tensor(k) * (-2.0 if "lora_B" in k else 1.0) for k in f.keys()}
+            save_file(tensors, str(reversed_file), metadata=f.metadata())
+    cache = PipelineCache(models, Device("cpu", "fp32", "cpu", CpuPath("fp32", "compile")))
+    params = {"width": 64, "height": 64, "steps": 3, "guidance_scale": 7.5, "scheduler": "pndm"}
+    rows = [["job", "adapter", "scale", "graphs compiled", "s"]]
+    for i, (name, scale) in enumerate(ADAPTER_RUN, 1):
+        adapter = str(reversed_file) if name == "reversed" else name
+        before = counters["stats"]["unique_graphs"]
+        _, s, _ = _make(cache, "builtin:tiny-sd", {**params, **({"loras": [{"name": adapter, "scale": scale}]}
+                                                               if adapter else {})}, count=False)
+        rows.append([i, name or "none", scale if name else "-", counters["stats"]["unique_graphs"] - before,
+                     round(s, 1)])
+    return {"title": "Recompiles over a run of mixed adapter jobs (compiled builtin:tiny-sd, hot-swapped LoRA)",
+            "note": "`reversed`: builtin:tiny-lora's update reversed and doubled (another adapter of the same rank). "
+                    "The first job compiles the blocks with the LoRA layers in them, the first job without "
+                    "adapters once more (adapters switched off: another graph, kept); after that no job compiles, "
+                    "whatever the adapter or scale.", "table": rows}
+
+
 def run(opts) -> dict[str, Any]:
     """Uncached, each method, uncached again; then a compiled worker's first and later calls."""
     import torch
@@ -161,6 +201,7 @@ def run(opts) -> dict[str, Any]:
                                ["eager", round(plain_s, 2), "-", round(eager_step, 3), 1.0],
                                ["compiled", round(first_s, 1), out["compile"]["compile_s"], round(comp_step, 3),
                                 round(eager_step / comp_step, 2)]]}]
+    out["extra"].append(_adapter_run(models))
     cached = [n for n in cases if n != "uncached"]
     best = max(cached, key=lambda n: plain_s / min(seconds[n]))
     least = min(cached, key=lambda n: figures[n]["block_work"])
