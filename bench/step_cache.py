@@ -109,10 +109,12 @@ def _adapter_run(models: Path) -> dict[str, Any]:
 
     from sdq.loras import ADAPTER_FILE
     from sdq.sources import builtin_path
+    from workers.builtins.registry import ensure_builtin
     from workers.loading.cpu_paths import CpuPath
     from workers.loading.device import Device
     from workers.loading.pipelines import PipelineCache
 
+    ensure_builtin(models, "tiny-lora")
     reversed_file = models / "tiny-lora-reversed.safetensors"  # another adapter of the same rank
     if not reversed_file.exists():
         with safe_open(str(builtin_path(models, "tiny-lora") / ADAPTER_FILE), "pt") as f:
