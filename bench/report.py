@@ -16,9 +16,16 @@ TITLES = {
     "gpu": "8. One worker vs plain diffusers on the same device",
     "sim": "9. Mixed fleets (simulation)",
     "realsize": "10. Real size: CPU paths and memory",
+    "step_cache": "12. Step caching (and compiled workers)",
 }
 
 NOTES = {
+    "step_cache": ("`params.step_cache` per method through the worker's own code on flux-mid (`bench/step_cache.py`: a "
+                   "Flux-shaped transformer, random weights), against the uncached image of the same prompt and seed. "
+                   "\"block work run\" counts the calls of the blocks' linear layers, so it is exact; the seconds "
+                   "carry the noise of other load on the cores, and a case that skips nothing (FirstBlockCache at its "
+                   "default threshold, which random weights never meet) shows how much. The image differences are "
+                   "exact too (0-255 pixels)."),
     "realsize": ("`builtin:sd15-shaped` (SD 1.5's shapes, 859.5 M-parameter UNet, random weights) per CPU path "
                  "(`sdq worker --dtype ... --cpu-path ...`), all torch threads. The eager paths run in one process, "
                  "interleaved round by round, each keeping its fastest round (rounds in brackets); `compile` and each "

@@ -16,8 +16,8 @@ from pathlib import Path
 from bench import report
 from bench.common import clean_environment, default_models_dir, ensure_models, machine, parser
 
-ORDER = ("overhead", "submit", "status", "scaleout", "batching", "coldstart", "events", "previews", "gpu", "sim",
-         "realsize")
+ORDER = ("overhead", "submit", "status", "scaleout", "batching", "coldstart", "events", "previews", "step_cache", "gpu",
+         "sim", "realsize")
 """Benchmarks, in the order they run (the module `bench.<name>` has `run(opts) -> dict`)."""
 
 HERE = Path(__file__).resolve().parent

@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--preview-decoder", action="append", default=[], metavar="CHANNELS=MODEL",
                    help="a real tiny autoencoder for live previews of latents with CHANNELS channels (4: TAESD or "
                         "TAESDXL, 16: TAESD3 or TAEF1), by path or id; default: the built-in random ones")
+    w.add_argument("--option-default", action="append", default=[], metavar="NAME=JSON",
+                   help="a request option's value for jobs that give none (e.g. a step cache), repeatable; "
+                        "also $SDQ_OPTION_DEFAULTS as a JSON object (docs/OPERATIONS.md)")
     w.add_argument("--debug-oom-pixels", type=int, default=None,
                    help="testing aid: raise MemoryError when a call's pixels*batch exceed N (4N in low-memory mode)")
     w.add_argument("--debug-fatal-after", type=int, default=None,
@@ -231,6 +234,7 @@ def cmd_worker(args) -> int:
     opts.cpu_path = args.cpu_path
     opts.offload, opts.debug_memory_gb = args.offload, args.debug_memory_gb
     opts.preview_decoders = _preview_decoders(args.preview_decoder)
+    opts.option_defaults = option_defaults(args.option_default, os.environ.get("SDQ_OPTION_DEFAULTS"))
     return run_worker(Settings.from_env(), opts)
 
 
@@ -243,6 +247,26 @@ def _preview_decoders(given: list[str]) -> dict[int, str]:
             raise InvalidInput("--preview-decoder", f"--preview-decoder {entry!r}: give CHANNELS=MODEL, e.g. "
                                f"4=/models/taesd")
         out[int(channels)] = model.strip()
+    return out
+
+
+def option_defaults(given: list[str], env: str | None) -> dict[str, object]:
+    """`--option-default NAME=JSON` flags over `$SDQ_OPTION_DEFAULTS` (a JSON object) as {option: value};
+    InvalidInput naming the flag for an unknown option or a value that is not JSON."""
+    out: dict[str, object] = {}
+    try:
+        pairs = [(k, json.dumps(v)) for k, v in json.loads(env).items()] if env else []
+    except (ValueError, AttributeError):
+        raise InvalidInput("SDQ_OPTION_DEFAULTS", "SDQ_OPTION_DEFAULTS: give a JSON object of option: value") from None
+    pairs += [tuple(entry.partition("=")[::2]) for entry in given]
+    for name, text in pairs:
+        if name.strip() not in options.OPTIONS:
+            raise InvalidInput("--option-default", f"--option-default {name!r}: not a request option "
+                               f"({', '.join(options.OPTIONS)})")
+        try:
+            out[name.strip()] = json.loads(text)
+        except ValueError:
+            raise InvalidInput("--option-default", f"--option-default {name}={text!r}: the value must be JSON") from None
     return out
 
 

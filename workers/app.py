@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from celery import Celery
@@ -76,6 +76,8 @@ class WorkerOptions:
     cpu_path: str = "eager"
     # Preview decoders by latent channels (`--preview-decoder 4=madebyollin/taesd`), over the built-in tiny ones.
     preview_decoders: dict[int, str] | None = None
+    # Request options' values for jobs that give none (`--option-default NAME=JSON`), by option name.
+    option_defaults: dict[str, object] | None = None
 
 
 @dataclass
@@ -84,6 +86,7 @@ class OptionParts:
 
     jobs: JobStore
     previews: PreviewDecoders
+    option_defaults: dict[str, object] = field(default_factory=dict)
 
 
 def cpuinfo_override() -> str | None:
@@ -194,7 +197,8 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
                           safety_checker=opts.safety_checker,
                           upscale_batch=opts.upscale_batch or defaults.UPSCALE_MAX_BATCH, store=store)
     worker_options.setup(OptionParts(jobs, PreviewDecoders(
-        decoder_loader(cache.fetcher, device.device, device.torch_dtype), opts.preview_decoders)))
+        decoder_loader(cache.fetcher, device.device, device.torch_dtype), opts.preview_decoders),
+        dict(opts.option_defaults or {})))
     speedometer = Speedometer(device.kind)
     by_speed = settings.scheduling == "speed"
     router = Router(name, models, max_pixels, device.memory_gb()[0], speedometer if by_speed else None,

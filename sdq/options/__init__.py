@@ -20,8 +20,9 @@ from sdq.options.controlnet import ControlNet
 from sdq.options.hires import Hires
 from sdq.options.loras import Loras
 from sdq.options.preview import Preview
+from sdq.options.step_cache import StepCache
 
-OPTIONS: dict[str, OptionSpec] = {o.name: o for o in (Loras(), Hires(), ControlNet(), Preview())}
+OPTIONS: dict[str, OptionSpec] = {o.name: o for o in (Loras(), Hires(), ControlNet(), Preview(), StepCache())}
 """Every request option, by its key in `params`, in the order stages apply them."""
 
 __all__ = ["OPTIONS", "CacheInputs", "OptionSpec", "Pass", "Submit", "active", "cache_inputs", "final_size",

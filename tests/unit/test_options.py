@@ -87,3 +87,36 @@ def test_a_row_without_its_own_check_is_refused_on_other_pipelines():
         row.check({"on": True}, ctx)
     assert err.value.field == "params.later" and "'upscale'" in err.value.message and "txt2img" in err.value.message
     assert row.check({"on": True}, options.Submit(pipelines.spec("txt2img"), "builtin:tiny-sd", None, ())) == {"on": True}
+
+
+class _Defaulting(OptionHook):
+    def __init__(self, name: str, families: dict) -> None:
+        self.name, self.families = name, families
+
+    def default(self, family):
+        return self.families.get(family)
+
+
+def test_operator_defaults_fill_only_what_a_job_leaves_out(monkeypatch):
+    from sdq.records import Chunk
+
+    monkeypatch.setattr(worker_options, "HOOKS", {"a": _Defaulting("a", {"flux": {"on": 1}}), "b": OptionHook()})
+    chunk = Chunk(job="j", model="builtin:tiny-flux", pipeline="txt2img", params={"steps": 2}, items=[])
+    assert worker_options.with_defaults(chunk).params == {"steps": 2, "a": {"on": 1}}
+    given = Chunk(job="j", model="builtin:tiny-flux", pipeline="txt2img", params={"a": {"on": 2}}, items=[])
+    assert worker_options.with_defaults(given) is given  # the job's own value stays
+    other = Chunk(job="j", model="builtin:tiny-sd", pipeline="txt2img", params={}, items=[])
+    assert worker_options.with_defaults(other) is other  # no default for that family
+
+
+def test_the_option_default_flag_and_env_name_known_options():
+    from cli.main import option_defaults
+    from sdq.exceptions import InvalidInput
+
+    name = next(iter(options.OPTIONS))
+    assert option_defaults([f'{name}=[1]'], json_env := '{"%s": [0]}' % name) == {name: [1]}
+    assert option_defaults([], json_env) == {name: [0]}
+    with pytest.raises(InvalidInput, match="not a request option"):
+        option_defaults(["nope={}"], None)
+    with pytest.raises(InvalidInput, match="must be JSON"):
+        option_defaults([f"{name}=x"], None)

@@ -5,7 +5,8 @@ bf16 pays only on CPUs that compute it natively (`amx_bf16` / `avx512_bf16` on x
 torch emulates it and it is slower than fp32, so a worker there keeps fp32 and says why. `fastest` times a
 small UNet-like block (GroupNorm, SiLU, 3x3 convolutions, attention) in each candidate path, in interleaved
 rounds, and keeps the fastest one that beats eager fp32 by `MIN_GAIN`; `compile` is never picked by it
-(compiling a full-size UNet takes minutes on a few cores) and must be asked for.
+(compiling takes minutes on a few cores) and must be asked for; it compiles the denoiser's repeated blocks
+(`apply_cpu_path`), and LoRA adapters on a compiled model are hot-swapped (`workers.options.loras`).
 """
 from __future__ import annotations
 
@@ -189,11 +190,24 @@ def _chosen(dtype: str, backend: str, reason: str, native: bool, flags: list[str
 
 def apply_cpu_path(pipe, backend: str) -> None:
     """Put a loaded pipeline on its CPU backend: channels_last memory format for the UNet and VAE, or
-    the UNet compiled in place (the first calls at each new size compile; later ones are fast)."""
+    the denoiser's repeated blocks compiled in place (`compile_repeated_blocks`: one block is compiled and
+    its graph serves every block of its class, several times faster to compile than the whole model; a model
+    that declares no repeated blocks is compiled whole). The first calls at each new size compile."""
     if backend == "channels_last":
         for name in ("unet", "vae"):
             module = getattr(pipe, name, None)
             if module is not None:
                 module.to(memory_format=torch.channels_last)
-    elif backend == "compile" and getattr(pipe, "unet", None) is not None:
-        pipe.unet.compile()
+    elif backend == "compile":
+        net = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+        if net is None:
+            return
+        if getattr(net, "_repeated_blocks", None) and hasattr(net, "compile_repeated_blocks"):
+            net.compile_repeated_blocks()
+        else:
+            net.compile()
+
+
+def compiled_blocks(net: nn.Module) -> int:
+    """How many of `net`'s modules (itself included) run compiled."""
+    return sum(getattr(m, "_compiled_call_impl", None) is not None for m in net.modules())

@@ -12,18 +12,37 @@ from workers.options.controlnet import ControlNetHook
 from workers.options.hires import HiresHook
 from workers.options.loras import LorasHook, adapter_digest
 from workers.options.preview import PreviewHook
+from workers.options.step_cache import StepCacheHook
 
-HOOKS: dict[str, OptionHook] = {h.name: h for h in (LorasHook(), HiresHook(), ControlNetHook(), PreviewHook())}
+HOOKS: dict[str, OptionHook] = {h.name: h for h in (LorasHook(), HiresHook(), ControlNetHook(), PreviewHook(), StepCacheHook())}
 """Option name -> its worker hook."""
 
 __all__ = ["HOOKS", "CallContext", "OptionHook", "StepContext", "adapter_digest", "after_call", "apply",
-           "call_kwargs", "derive", "images", "setup", "steppers", "undo", "warm"]
+           "call_kwargs", "derive", "images", "setup", "steppers", "undo", "warm", "with_defaults"]
 
 
 def setup(parts: Any) -> None:
     """Give every hook what it needs of the worker, once at its start."""
     for hook in HOOKS.values():
         hook.setup(parts)
+
+
+def with_defaults(chunk: Any) -> Any:
+    """The chunk with the operator's option defaults in its parameters where its job gives none (the same
+    chunk when none applies): the result-cache key, infotext and the hooks then see them as if asked for.
+    The model's family is what can be read before its load (`sdq.modelinfo`; None for a hub or pushed model)."""
+    from dataclasses import replace
+
+    from sdq.modelinfo import model_info
+
+    try:
+        info = model_info(chunk.model)
+        family = info.family.name if info.family else None
+    except ValueError:  # a family sdq does not run: the load refuses it
+        family = None
+    added = {name: value for name, hook in HOOKS.items()
+             if chunk.params.get(name) is None and (value := hook.default(family)) is not None}
+    return replace(chunk, params={**chunk.params, **added}) if added else chunk
 
 
 def steppers(ctx: StepContext) -> list[StepFunction]:

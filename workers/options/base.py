@@ -59,6 +59,11 @@ class OptionHook:
     def setup(self, parts: Any) -> None:
         """Take what the hook needs of the worker once, at its start (`workers.app.WorkerParts`)."""
 
+    def default(self, family: str | None) -> Any:
+        """The value a chunk of a model of `family` (None: not known before its load) takes when its job gives
+        none: the worker operator's default (`--option-default NAME=JSON`, read in `setup`); None: none."""
+        return None
+
     def stepper(self, ctx: StepContext, value: Any) -> StepFunction | None:
         """A function run after each denoising step of one call (None: the option needs none)."""
         return None

@@ -177,6 +177,7 @@ class Runner:
     def _run_items(self, chunk: Chunk, todo: list[int], futures: list[Future], mode: Mode) -> None:
         """Answer the items made before from the result cache; load the model, then generate the rest in
         micro-batches (uploads queued in `futures`)."""
+        chunk = worker_options.with_defaults(chunk)  # the operator's option defaults (`--option-default`)
         job_id, task = chunk.job, chunk.pipeline
         by_index = {it.index: it for it in chunk.items}
         if self.results is not None:  # items made before are copied from storage: no model load for them

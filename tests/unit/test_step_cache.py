@@ -1,0 +1,116 @@
+"""`params.step_cache` at submit: refused naming the field on a family whose denoiser has no cache hooks (SD's
+UNet, SD3), bad methods and settings named, the family's defaults filled in, written to infotext and read back
+(`sdq inspect`'s path), and the CLI flag."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from producer.planning.jobs import plan_job
+from producer.schemas import parse_submit
+from sdq import options
+from sdq.config import Settings
+from sdq.exceptions import InvalidInput
+from sdq.infotext import format_infotext, parse_infotext, submit_body_from_infotext
+from sdq.options import step_cache
+
+SETTINGS = Settings.from_env({})
+FLUX = "builtin:tiny-flux"
+
+
+def _plan(model: str, value, **params):
+    body = {"model": model, "prompts": ["a"], "params": {"width": 64, "height": 64, "steps": 4, **params,
+                                                         "step_cache": value}}
+    return plan_job(parse_submit(body), SETTINGS, "alice")
+
+
+@pytest.mark.parametrize("model", ["builtin:tiny-sd", "builtin:tiny-sdxl", "builtin:tiny-sd3"])
+def test_a_family_without_cache_hooks_is_refused_naming_the_field(model):
+    with pytest.raises(InvalidInput) as err:
+        _plan(model, {"method": "FirstBlockCache"})
+    assert (err.value.field, err.value.status, err.value.code) == ("params.step_cache", 422, "unsupported_step_cache")
+    assert "no step caching" in err.value.message
+    _plan(model, None)  # the same job without it runs
+
+
+@pytest.mark.parametrize("value, field, words", [
+    ({"method": "TeaCache"}, "params.step_cache.method", "FirstBlockCache"),
+    ({"method": "FirstBlockCache", "cache_interval": 3}, "params.step_cache.cache_interval", "threshold"),
+    ({"method": "MagCache", "threshold": 2.0}, "params.step_cache.threshold", ""),
+    ({"method": "TaylorSeerCache", "disable_cache_before_step": 5, "disable_cache_after_step": 2},
+     "params.step_cache.disable_cache_after_step", "after"),
+    ({"method": "FirstBlockCache", "speed": 3}, "params.step_cache.speed", ""),
+])
+def test_bad_settings_are_named(value, field, words):
+    with pytest.raises(InvalidInput) as err:
+        _plan(FLUX, value)
+    assert (err.value.field, err.value.status) == (field, 422), err.value.message
+    assert words in err.value.message
+
+
+def test_the_familys_defaults_are_filled_in_and_true_asks_for_its_method():
+    item = _plan(FLUX, True).items[0]
+    assert item.params["step_cache"] == {"method": "FirstBlockCache", "threshold": 0.05}
+    item = _plan(FLUX, {"method": "TaylorSeerCache", "cache_interval": 2}).items[0]
+    assert item.params["step_cache"] == {"method": "TaylorSeerCache", "cache_interval": 2,
+                                         "disable_cache_before_step": 3, "disable_cache_after_step": None,
+                                         "max_order": 1}
+    assert "step_cache" not in _plan(FLUX, False).items[0].params
+
+
+def test_it_is_in_the_result_cache_key():
+    """The option changes the image: its value stays among the key's parameters."""
+    params = _plan(FLUX, {"method": "MagCache"}).items[0].params
+    assert options.image_params(params)["step_cache"]["method"] == "MagCache"
+
+
+@pytest.mark.parametrize("value", [
+    {"method": "FirstBlockCache", "threshold": 0.12},
+    {"method": "PyramidAttentionBroadcast", "spatial_attention_block_skip_range": 3,
+     "cross_attention_block_skip_range": None},
+    {"method": "FasterCache", "spatial_attention_block_skip_range": 2, "unconditional_batch_skip_range": 5,
+     "alpha_low_frequency": 1.1, "alpha_high_frequency": 1.2},
+])
+def test_infotext_writes_it_and_reads_it_back(value):
+    fields = options.infotext({"step_cache": value})
+    assert fields["Step cache"].startswith(value["method"])
+    text = format_infotext("a cat", "", {"Steps": 4, **fields, "Model": FLUX})
+    info = parse_infotext(text)
+    body = submit_body_from_infotext(info)
+    want = {k: v for k, v in value.items() if v is not None}
+    assert body["params"]["step_cache"] == want
+    # Submitted again, it plans the same value (what `sdq inspect` reproduces).
+    again = {k: v for k, v in _plan(FLUX, body["params"]["step_cache"]).items[0].params["step_cache"].items()
+             if v is not None}
+    assert again == want
+
+
+def test_none_keeps_it_off_and_writes_nothing():
+    item = _plan(FLUX, {"method": "none"}).items[0]
+    assert item.params["step_cache"] == {"method": "none"}
+    assert options.infotext(item.params) == {}
+
+
+def test_the_cli_flag():
+    parser = argparse.ArgumentParser()
+    options.OPTIONS["step_cache"].add_arguments(parser)
+    args = parser.parse_args(["--step-cache", "TaylorSeerCache:cache_interval=2,max_order=2"])
+    assert options.OPTIONS["step_cache"].from_args(args, lambda f, p: "") == {
+        "method": "TaylorSeerCache", "cache_interval": 2, "max_order": 2}
+    assert step_cache.from_flag("default") == {}
+    assert step_cache.from_flag("FirstBlockCache:threshold=0.1") == {"method": "FirstBlockCache", "threshold": 0.1}
+
+
+def test_an_operators_bad_default_stops_the_worker_naming_the_field():
+    from types import SimpleNamespace
+
+    from workers.options.step_cache import StepCacheHook
+
+    hook = StepCacheHook()
+    with pytest.raises(InvalidInput) as err:
+        hook.setup(SimpleNamespace(option_defaults={"step_cache": {"method": "TeaCache"}}))
+    assert err.value.field == "params.step_cache.method"
+    hook.setup(SimpleNamespace(option_defaults={"step_cache": True}))
+    assert hook.default("flux") == {"method": "FirstBlockCache", "threshold": 0.05}
+    assert hook.default("sd") is None and hook.default(None) is None

@@ -1,0 +1,151 @@
+"""The worker hook of `params.step_cache` (`sdq.options.step_cache`): diffusers' cache hooks on the warm
+transformer (`transformer.enable_cache(<Method>Config(...))`) for a chunk's calls, removed after them
+(`disable_cache`, also after an exception: the runner undoes every option), so the next job runs the
+transformer unhooked and makes the uncached image bit for bit. An operator's default
+(`--option-default 'step_cache={"method": ...}'`) applies to jobs that give none, on families that take it.
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from sdq.exceptions import ModelError
+from sdq.families import FLUX
+from sdq.options import step_cache
+from workers.options.base import OptionHook, StepContext, StepFunction
+
+log = logging.getLogger(__name__)
+
+MAG_RATIOS = {FLUX: "FLUX_MAG_RATIOS"}
+"""Family -> the name of its calibrated MagCache ratios in `diffusers.hooks.mag_cache`."""
+
+MAG_DEFAULT_STEPS = 28
+"""MagCache's step count until a call says its own (diffusers' default)."""
+
+GUIDANCE_DISTILLED = frozenset({FLUX})
+"""Families whose models run without an unconditional branch (FasterCache skips none then)."""
+
+
+class _Running:
+    """The pipeline whose call is running: PAB and FasterCache read its current timestep (a hires pass runs
+    another pipeline over the same transformer)."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    def timestep(self) -> Any:
+        """The running call's current timestep."""
+        return self.pipe.current_timestep
+
+
+def config_for(value: dict[str, Any], family: str, transformer: Any, running: _Running, steps: int) -> Any:
+    """The diffusers cache config of `value` for a model of `family` running `steps` denoising steps."""
+    from diffusers import hooks
+
+    method = value["method"]
+    settings = {k: v for k, v in value.items() if k != "method" and v is not None}
+    if method == "TaylorSeerCache":  # the factors in the transformer's dtype (diffusers' bf16 is emulated on most CPUs)
+        return hooks.TaylorSeerCacheConfig(**settings, taylor_factors_dtype=transformer.dtype)
+    if method == "MagCache":
+        if family not in MAG_RATIOS:
+            raise ModelError(f"{step_cache.FIELD}: MagCache has no calibrated ratios for {family} models")
+        from diffusers.hooks import mag_cache
+
+        return hooks.MagCacheConfig(**settings, num_inference_steps=steps,
+                                    mag_ratios=getattr(mag_cache, MAG_RATIOS[family]))
+    if method == "FasterCache":
+        return hooks.FasterCacheConfig(**settings, current_timestep_callback=running.timestep,
+                                       is_guidance_distilled=family in GUIDANCE_DISTILLED)
+    if method == "PyramidAttentionBroadcast":
+        return hooks.PyramidAttentionBroadcastConfig(**settings, current_timestep_callback=running.timestep)
+    return getattr(hooks, f"{method}Config")(**settings)
+
+
+def denoiser(pipe: Any, entry: Any) -> Any:
+    """The pipeline's transformer, if it takes diffusers' cache hooks; ModelError naming the field otherwise."""
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is None or not hasattr(transformer, "enable_cache"):
+        what = type(transformer or getattr(pipe, "unet", None)).__name__
+        raise ModelError(f"{step_cache.FIELD}: model {entry.model_id!r} ({entry.family} family) has no step caching: "
+                         f"its denoiser {what} does not support diffusers' cache hooks")
+    return transformer
+
+
+def hooked(module: Any) -> list[str]:
+    """Names of the diffusers hooks on `module` and its submodules (empty: none)."""
+    return [name for m in module.modules() if (reg := getattr(m, "_diffusers_hook", None)) is not None
+            for name in reg.hooks]
+
+
+@dataclass
+class _On:
+    """A transformer's cache for the running chunk: the option's value, the model's family, the running call
+    and the step count the config was made for."""
+
+    value: dict[str, Any]
+    family: str
+    running: _Running
+    steps: int
+
+
+class StepCacheHook(OptionHook):
+    """Enables the job's cache on the transformer for the chunk's calls and disables it after them."""
+
+    name = step_cache.StepCache.name
+
+    def __init__(self) -> None:
+        self.on: weakref.WeakKeyDictionary[Any, _On] = weakref.WeakKeyDictionary()
+        self.operator: dict[str, Any] | None = None
+
+    def setup(self, parts: Any) -> None:
+        """The operator's default (`--option-default 'step_cache={...}'`), checked now: a bad one stops the
+        worker at its start with the field named."""
+        given = getattr(parts, "option_defaults", {}).get(self.name)
+        if given is None or given is False:
+            return
+        self.operator = {} if given is True else dict(given)
+        step_cache.checked(self.operator, None)
+
+    def default(self, family: str | None) -> Any:
+        """The operator's default for a family that takes step caching (none when the family is not known
+        before the model's load)."""
+        if self.operator is None or family not in step_cache.FAMILIES:
+            return None
+        return step_cache.checked(self.operator, family)
+
+    def apply(self, cache: Any, pipe: Any, entry: Any, value: Any) -> Any:
+        """The cache on for the chunk (nothing for `none`); returns the method."""
+        if value.get("method") == step_cache.NONE:
+            return None
+        transformer = denoiser(pipe, entry)
+        if transformer.is_cache_enabled:  # left by a chunk whose undo did not run: off first
+            transformer.disable_cache()
+        on = _On(value, entry.family, _Running(pipe), MAG_DEFAULT_STEPS)
+        transformer.enable_cache(config_for(value, on.family, transformer, on.running, on.steps))
+        self.on[transformer] = on
+        return value["method"]
+
+    def stepper(self, ctx: StepContext, value: Any) -> StepFunction | None:
+        """Before each call: the cache follows the call's pipeline (PAB and FasterCache read its timestep) and,
+        for MagCache, its step count (its ratios are laid over the steps). No per-step work."""
+        transformer = getattr(ctx.pipe, "transformer", None)
+        on = self.on.get(transformer) if transformer is not None else None
+        if on is None:
+            return None
+        on.running.pipe = ctx.pipe
+        if on.value["method"] == "MagCache" and on.steps != ctx.steps:
+            transformer.disable_cache()
+            on.steps = ctx.steps
+            transformer.enable_cache(config_for(on.value, on.family, transformer, on.running, on.steps))
+        return None
+
+    def undo(self, cache: Any, pipe: Any, entry: Any, value: Any) -> None:
+        """Every cache hook off the transformer."""
+        transformer = getattr(pipe, "transformer", None)
+        if transformer is None:
+            return
+        self.on.pop(transformer, None)
+        if getattr(transformer, "is_cache_enabled", False):
+            transformer.disable_cache()
