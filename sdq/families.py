@@ -31,6 +31,10 @@ SD3 = "sd3"
 FLUX = "flux"
 """Flux.1 (dev, schnell, Kontext and their finetunes): a double/single-stream transformer with distilled
 guidance, a CLIP encoder (pooled) and T5 (tokens), a 16-channel VAE, flow matching."""
+WAN = "wan"
+"""Wan 2.1/2.2 video (text- and image-to-video): a 3D transformer, UMT5 (tokens), a causal 3D VAE, flow matching."""
+LTX = "ltx"
+"""LTX-Video: a 3D transformer, T5 (tokens), a 32x/8x-compressing video VAE, flow matching."""
 
 FLOW_SCHEDULERS = ("flow_euler",)
 """Schedulers of flow-matching (rectified-flow) models; noise-prediction families cannot use them."""
@@ -124,13 +128,23 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            guidance=(0.0, 30.0, 3.5), memory=Memory(31.5, 2.0, largest_share=0.75),
            params=("max_sequence_length", "true_cfg_scale"), default_steps=28,
            distilled=Distilled("FLUX.1 schnell", steps=4, max_sequence_length=256)),
+    # Video (sizes and frame rules in `sdq.videos`). Memory (half precision, estimated from parameter counts,
+    # not measured): Wan 2.1 14B's transformer 26 GiB, UMT5-XXL 10.6 GiB, VAE and CLIP 1.3 GiB; working
+    # memory per megapixel of one frame, at the default 81 frames (the VAE decode of the clip dominates).
+    Family(WAN, "Wan 2.1/2.2", ("WanPipeline", "WanImageToVideoPipeline"), (), default_side=480, size_multiple=16,
+           default_scheduler="unipc", schedulers=("unipc",), guidance=(0.0, 30.0, 5.0),
+           memory=Memory(38.0, 24.0, largest_share=0.75), params=("frames", "fps"), default_steps=50),
+    # LTX-Video 0.9 (2B): transformer 3.6 GiB, T5-XXL 8.9 GiB, VAE 0.8 GiB; working memory as Wan's estimate.
+    Family(LTX, "LTX-Video", ("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"), (), default_side=512,
+           size_multiple=32, default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS, guidance=(0.0, 30.0, 3.0),
+           memory=Memory(13.3, 16.0, largest_share=0.7), params=("frames", "fps"), default_steps=50),
 )}
 """Every family sdq runs, by name."""
 
 UNSUPPORTED_CLASSES = {"FluxFill": "Flux.1 Fill", "FluxControl": "Flux.1 Control", "Flux2": "Flux.2",
                        "Chroma": "Chroma", "StableCascade": "Stable Cascade", "Kandinsky": "Kandinsky",
                        "PixArt": "PixArt", "Sana": "Sana", "Lumina": "Lumina", "HunyuanDiT": "Hunyuan-DiT",
-                       "AuraFlow": "AuraFlow", "QwenImage": "Qwen-Image", "Wan": "Wan", "Cog": "CogView"}
+                       "AuraFlow": "AuraFlow", "QwenImage": "Qwen-Image", "Cog": "CogView"}
 """`_class_name` prefixes of families sdq recognises but does not run (named in the refusal)."""
 
 UNSUPPORTED_FILE_KEYS: dict[str, str] = {}

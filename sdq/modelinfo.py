@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sdq.families import (FAMILIES, FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL, Family, UnknownFamily, UnsupportedFamily,
                           detect)
+from sdq.families import LTX, WAN
 from sdq.memory import Memory, quantized
 from sdq.sources import source_for
 from sdq.tensorfiles import tensor_names
@@ -26,6 +27,9 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "builtin:tiny-flux": FLUX,
     "builtin:tiny-flux-schnell": FLUX,
     "builtin:tiny-flux-gguf": FLUX,  # tiny-flux with a GGUF (Q8_0) transformer
+    "builtin:tiny-wan": WAN,  # text-to-video only (a Wan T2V transformer)
+    "builtin:tiny-wan-i2v": WAN,  # image-to-video only (a Wan I2V transformer)
+    "builtin:tiny-ltx": LTX,
     # Full-size shapes with random weights (`workers.builtins.fullsize`): generated on first use, ~4-5 GB each.
     "builtin:sd15-shaped": SD,
     "builtin:sd2-768-shaped": SD,
@@ -36,7 +40,9 @@ TINY_PREFIX = "builtin:tiny-"
 """Ids of the tiny built-ins (random weights, a few MB); other built-ins need their family's memory."""
 
 BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256, "builtin:tiny-flux": 128,
-                 "builtin:tiny-flux-schnell": 128, "builtin:tiny-flux-gguf": 128}
+                 "builtin:tiny-flux-schnell": 128, "builtin:tiny-flux-gguf": 128,
+                 "builtin:tiny-wan": 64, "builtin:tiny-wan-i2v": 64, "builtin:tiny-ltx": 64,
+                 }
 """Default width and height of the tiny built-ins whose family's default is larger (their sample size
 times 8: diffusers' own default for them); the others take their family's."""
 

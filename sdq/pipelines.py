@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sdq import defaults, families
+from sdq import defaults, families, videos
 from sdq.families import FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL
+from sdq.families import LTX, WAN
 from sdq.params import ImageInput, Param
 
 
@@ -38,6 +39,8 @@ class PipelineSpec:
     """The diffusers class only has the old `callback(step, t, latents)` hook, not `callback_on_step_end`."""
     limit_batch: bool = False
     """Images per call are capped by the worker's `--upscale-batch` (a VAE that decodes large outputs in fp32)."""
+    video: bool = False
+    """It makes a clip of `frames` frames per item (an MP4 and a poster PNG), not one image."""
     doc: str = ""
 
     @property
@@ -111,6 +114,10 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
                  doc="the white part of a mask repainted over the init image (the mask is made single-channel)"),
     PipelineSpec("edit", {FLUX: "FluxKontextPipeline"}, images=(INIT_IMAGE,), passes_size=True,
                  doc="the init image changed as the prompt says (an instruction: \"make the sky red\")"),
+    PipelineSpec("txt2video", {WAN: "WanPipeline", LTX: "LTXPipeline"}, passes_size=True, video=True,
+                 doc="a video clip from a prompt (an MP4 of `frames` frames at `fps`, and its first frame as PNG)"),
+    PipelineSpec("img2video", {WAN: "WanImageToVideoPipeline", LTX: "LTXImageToVideoPipeline"}, images=(INIT_IMAGE,),
+                 passes_size=True, video=True, doc="a video clip starting from the init image (its first frame)"),
 )}
 """Every pipeline the API knows, by name."""
 
@@ -146,6 +153,10 @@ FAMILY_PARAMS: dict[str, Param] = {p.name: p for p in (
           doc="Flux: real classifier-free guidance against the negative prompt (a second transformer pass per "
               "step; needs a negative prompt, and a negative prompt needs it above 1); `guidance_scale` is "
               "the distilled guidance the model takes as an input"),
+    Param("frames", int, 1, videos.MAX_FRAMES, None, infotext="Frames",
+          doc="video: frames of the clip (Wan 4k+1, LTX-Video 8k+1; default: the family's, e.g. 81 for Wan)"),
+    Param("fps", float, videos.MIN_FPS, videos.MAX_FPS, None, infotext="FPS",
+          doc="video: frames per second of the MP4 (LTX-Video also conditions on it; default: the family's)"),
 )}
 """Parameters only some model families take (`families.Family.params` names them); a family's items
 get its defaults at submit, other families' items never carry them."""
@@ -170,7 +181,16 @@ def _flux_kwargs(p: dict[str, Any]) -> dict[str, Any]:
     return {**_sd3_kwargs(p), **true_cfg}
 
 
-FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs, FLUX: _flux_kwargs}
+def _video_kwargs(family: str, p: dict[str, Any]) -> dict[str, Any]:
+    rule = videos.rules(family)
+    out = {"num_frames": p.get("frames") or rule.default_frames, "output_type": "np"}
+    return out | ({"frame_rate": p.get("fps") or rule.default_fps} if family == LTX else {})
+
+
+FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs, FLUX: _flux_kwargs,
+                 WAN: lambda p: _video_kwargs(WAN, p),
+                 LTX: lambda p: _video_kwargs(LTX, p),
+                 }
 """Family -> the keyword arguments of its diffusers calls made from the item's family parameters."""
 
 CLASS_KWARGS = {"FluxKontextPipeline": lambda p: {"max_area": p["width"] * p["height"], "_auto_resize": False}}

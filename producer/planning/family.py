@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdq import pipelines
+from sdq import pipelines, videos
 from sdq.exceptions import InvalidInput
 from sdq.families import FAMILIES, Family, UnknownFamily
 from sdq.modelinfo import ModelInfo, model_info
@@ -40,6 +40,8 @@ def family_defaults(info: ModelInfo, given: dict[str, Any]) -> dict[str, Any]:
         out["steps"] = fam.default_steps
     if info.default_side is not None:
         out.update(width=info.default_side, height=info.default_side)
+    if videos.is_video(fam.name):  # frames, fps and a non-square size (`sdq.videos`)
+        out.update(videos.item_defaults(fam.name, info.default_side))
     return {k: v for k, v in out.items() if k not in given}
 
 
@@ -49,6 +51,8 @@ def check_item(fam: Family | None, model: str, params: dict[str, Any], where: st
     if fam is None:
         return
     _check_guidance(fam, params, where, negative)
+    if videos.is_video(fam.name):
+        videos.check_item(fam.name, params, where)
     takes = set(fam.params)
     for name in pipelines.FAMILY_PARAMS:
         if name not in takes and params.get(name) is not None:

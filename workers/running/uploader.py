@@ -18,6 +18,7 @@ from storage import ResultStore, StorageUnavailable
 from workers.testing.faults import Faults
 from workers.running.retry import retry_redis
 from workers.running.thumbs import store_thumb
+from workers.running.video import Clip, store_clip
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,14 @@ class Uploader:
             return
         try:
             t0 = time.perf_counter()
-            if transform is not None:
-                image = transform(image)
-            data = encode_png(image, infotext)
+            clip: dict[str, Any] = {}
+            if isinstance(image, Clip):  # a video: the MP4 first, then its poster at the image's key
+                data, clip = store_clip(self.store, job_id, index, image, infotext, encode_png)
+                image = image.poster()
+            else:
+                if transform is not None:
+                    image = transform(image)
+                data = encode_png(image, infotext)
             t1 = time.perf_counter()
             self.faults.hit("claimed")
             self.store.put(key, data, content_type="image/png")
@@ -93,7 +99,7 @@ class Uploader:
             t2 = time.perf_counter()
             timings.update(encode=round(t1 - t0, 4), upload=round(t2 - t1, 4))
             thumb = store_thumb(self.store, job_id, index, image)  # {} when it failed: the item still succeeds
-            state, extra = "succeeded", {"key": key, "bytes": len(data), "timings": timings, **thumb}
+            state, extra = "succeeded", {"key": key, "bytes": len(data), "timings": timings, **thumb, **clip}
         except Exception as exc:  # noqa: BLE001 - classified: outage -> chunk again, else the item fails
             if isinstance(exc, StorageUnavailable | redis.RedisError):
                 raise

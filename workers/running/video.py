@@ -140,3 +140,34 @@ def mp4_comment(data: bytes) -> str | None:
 
     with av.open(io.BytesIO(data)) as container:
         return container.metadata.get(COMMENT_TAG)
+
+
+class Clip:
+    """One item's clip as the worker hands it to the uploader: its frames (uint8) and frame rate."""
+
+    def __init__(self, frames: Any, fps: Any) -> None:
+        self.frames = as_uint8(frames)
+        self.fps = fps
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of its frames."""
+        return int(self.frames.shape[2]), int(self.frames.shape[1])
+
+    def poster(self):
+        """The first frame as a PIL image."""
+        from PIL import Image
+
+        return Image.fromarray(self.frames[0])
+
+
+def store_clip(store: Any, job_id: str, index: int, clip: Clip, infotext: str,
+               encode_poster: Any) -> tuple[bytes, dict[str, Any]]:
+    """Encode and upload an item's MP4 (the infotext in its metadata) at `video_key`; returns the poster's
+    PNG bytes (`encode_poster(image, infotext)`, stored by the caller at the item's image key) and the
+    item fields that name the clip."""
+    data = encode_mp4(clip.frames, clip.fps, infotext)
+    key = video_key(job_id, index)
+    store.put(key, data, content_type=MP4_CONTENT_TYPE)
+    fields = {"video_key": key, "video_bytes": len(data)}
+    return encode_poster(clip.poster(), infotext), fields
