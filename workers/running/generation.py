@@ -110,7 +110,7 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
         kwargs[image.kwarg] = _fit((images or {}).get(image.field, []), params["width"], params["height"])
     kwargs.update(worker_options.call_kwargs(spec, params, images, _fit))
     if spec.video:
-        kwargs = videocall.text_kwargs(pipe, kwargs)
+        kwargs = videocall.call_kwargs(pipe, kwargs)
     net = denoiser(pipe)
     dtype = transformer_files.dtype_label(DTYPE_NAMES.get(net.dtype, str(net.dtype)), net)  # read at the call
     state = WarmState.of(pipe)  # what the call may change on the warm pipeline, put back if it raises

@@ -20,6 +20,15 @@ def has_ftfy() -> bool:
     return importlib.util.find_spec("ftfy") is not None
 
 
+def call_kwargs(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` of a video pipeline call as it takes them: one clip per call, so its init image alone (the
+    image-to-video pipelines take one image, not a list), and Wan I2V's prompts encoded (`text_kwargs`)."""
+    image = kwargs.get("image")
+    if isinstance(image, list) and len(image) == 1:
+        kwargs = {**kwargs, "image": image[0]}
+    return text_kwargs(pipe, kwargs)
+
+
 def text_kwargs(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """`kwargs` of a `WanImageToVideoPipeline` call with the prompts encoded ahead when `ftfy` is missing.
 
