@@ -184,3 +184,47 @@ def test_download_writes_the_mp4s_and_the_cache_serves_a_clip_again(vclient, sto
     assert clip.shape[0] == 5 and rate == 8
     assert '<video src="00000.mp4"' in (out / "index.html").read_text(encoding="utf-8")
     assert "Frames: 5" in mp4_comment(mp4)
+
+
+@pytest.fixture(scope="module")
+def vpool(stack_factory):
+    """Two fault-enabled workers on a stack with short recovery timings (`tests.test_faults`)."""
+    from tests.test_faults import FAST_RECOVERY, Pool
+
+    st = stack_factory("video-faults", env=FAST_RECOVERY)
+    pool = Pool(st)
+    pool.fill()
+    yield pool
+    st.stop()
+
+
+def test_a_worker_killed_mid_video_gives_it_back_and_it_finishes_once(vpool, store):
+    """SIGKILL after a denoising step's progress was counted: the other worker makes the clip, which is
+    stored once (one MP4, one poster), counted once, with the asked frames."""
+    from cli.services import wait_for
+    from sdq.state.keys import FINALIZE_KEY
+    from sdq.state.store import JobStore
+    from tests.support.records import undeclared_fields
+    from tests.test_faults import LONG, RULES
+
+    client = Client(vpool.stack.env["SDQ_SERVER"])
+    vpool.r.hset(RULES, "step", "pause")
+    job_id = client.submit({"model": "builtin:tiny-wan", "pipeline": "txt2video", "prompts": [PROMPT],
+                            "params": {"frames": 5, "fps": 8, "width": 64, "height": 48, "steps": LONG, "seed": 9,
+                                       "cache": False}})["id"]
+    victim = vpool.hit("step")
+    vpool.r.delete(RULES)
+    vpool.kill(victim)
+    vpool.release("step")
+    doc = wait_job(client, job_id, timeout=300)
+    assert doc["state"] == "succeeded", [(it["state"], it["error"]) for it in doc["items"]]
+    item = doc["items"][0]
+    assert item["worker"] != victim and item["attempts"] == 2, item
+    assert doc["counts"]["succeeded"] == 1 and doc["steps"] == {"done": LONG, "total": LONG}
+    assert undeclared_fields(vpool.r, job_id) == set()
+    assert JobStore(vpool.r).get(job_id).steps_done == LONG
+    wait_for(lambda: vpool.r.zscore(FINALIZE_KEY, job_id) is None, "finalisation done", 60)
+    keys = [k for k in store.keys(f"jobs/{job_id}/") if "/thumbs/" not in k]
+    assert keys == [f"jobs/{job_id}/00000.mp4", f"jobs/{job_id}/00000.png", f"jobs/{job_id}/manifest.json"]
+    clip, rate, _ = decode(store.get(item["video_key"]))
+    assert clip.shape == (5, 48, 64, 3) and rate == 8
