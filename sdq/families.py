@@ -130,14 +130,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            distilled=Distilled("FLUX.1 schnell", steps=4, max_sequence_length=256)),
     # Video (sizes and frame rules in `sdq.videos`). Memory (half precision, estimated from parameter counts,
     # not measured): Wan 2.1 14B's transformer 26 GiB, UMT5-XXL 10.6 GiB, VAE and CLIP 1.3 GiB; working
-    # memory per megapixel of one frame, at the default 81 frames (the VAE decode of the clip dominates).
+    # memory per megapixel of each frame (a job's need multiplies it by its frames: `sdq.videos.memory_for`).
     Family(WAN, "Wan 2.1/2.2", ("WanPipeline", "WanImageToVideoPipeline"), (), default_side=480, size_multiple=16,
            default_scheduler="unipc", schedulers=("unipc",), guidance=(0.0, 30.0, 5.0),
-           memory=Memory(38.0, 24.0, largest_share=0.75), params=("frames", "fps"), default_steps=50),
-    # LTX-Video 0.9 (2B): transformer 3.6 GiB, T5-XXL 8.9 GiB, VAE 0.8 GiB; working memory as Wan's estimate.
+           memory=Memory(38.0, 0.4, largest_share=0.75), params=("frames", "fps"), default_steps=50),
+    # LTX-Video 0.9 (2B): transformer 3.6 GiB, T5-XXL 8.9 GiB, VAE 0.8 GiB; half Wan's working memory per frame.
     Family(LTX, "LTX-Video", ("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"), (), default_side=512,
            size_multiple=32, default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS, guidance=(0.0, 30.0, 3.0),
-           memory=Memory(13.3, 16.0, largest_share=0.7), params=("frames", "fps"), default_steps=50),
+           memory=Memory(13.3, 0.2, largest_share=0.7), params=("frames", "fps"), default_steps=50),
 )}
 """Every family sdq runs, by name."""
 

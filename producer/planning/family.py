@@ -6,6 +6,7 @@ request's values go through as given (the worker loads the model with its own fa
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from sdq import pipelines, videos
@@ -81,6 +82,15 @@ def check_item(fam: Family | None, model: str, params: dict[str, Any], where: st
         if value is not None and limit is not None and value >= limit:
             raise InvalidInput(f"{where}{crop}", f"{where}{crop}={value} lies outside the original image, "
                                f"{limit} pixels along that side")
+
+
+def with_frames(info: ModelInfo, items: list[Any]) -> ModelInfo:
+    """`info` with a video model's working memory per frame times the most frames an item of the job makes
+    (the need a worker's device is checked against; image models' is unchanged)."""
+    most = max((videos.frames_of(it.params) for it in items), default=1)
+    if info.memory is None or most == 1:
+        return info
+    return replace(info, memory=replace(info.memory, gb_per_mpx=round(info.memory.gb_per_mpx * most, 3)))
 
 
 def _check_guidance(fam: Family, params: dict[str, Any], where: str, negative: str | None) -> None:
