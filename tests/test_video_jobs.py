@@ -12,13 +12,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from cli.client import Client
 from cli.jobs import download
 from sdq.infotext import parse_infotext
 from sdq.sources import builtin_path
-from tests.conftest import wait_job
+from tests.conftest import wait_job, wait_until
 from tests.test_pipelines import png, sketch
 from workers.running.video import encode_mp4, mp4_comment
 
@@ -130,16 +131,31 @@ def test_each_video_pipeline_makes_the_asked_clip_equal_to_direct_diffusers(vcli
     assert manifest["items"][0]["params"]["frames"] == frames
 
 
-def test_family_defaults_fill_frames_fps_and_size(vclient, store):
-    """A tiny built-in with nothing asked: its family's frame rule, default fps and its small size."""
+def test_family_defaults_fill_frames_fps_and_size_and_the_grid_shows_the_posters(vclient, store):
+    """A tiny built-in with nothing asked: its family's frame rule, default fps and its small size; the
+    job's contact sheet is made of the clips' posters."""
     doc = wait_job(vclient, vclient.submit({"model": "builtin:tiny-ltx", "pipeline": "txt2video", "prompts": ["sea"],
-                                            "params": {"steps": 2, "seed": 3}})["id"], timeout=300)
+                                            "params": {"steps": 2, "seed": 3, "images_per_prompt": 2,
+                                                       "grid": True}})["id"], timeout=300)
     assert doc["state"] == "succeeded", [it.get("error") for it in doc["items"]]
     params = doc["items"][0]["params"]
     assert (params["frames"], params["fps"], params["width"], params["height"]) == (9, 25, 64, 64)
     assert (params["scheduler"], params["guidance_scale"]) == ("flow_euler", 3.0)
     clip, rate, _ = decode(store.get(doc["items"][0]["video_key"]))
     assert clip.shape == (9, 64, 64, 3) and rate == 25
+    doc = wait_until(lambda: (d := vclient.job(doc["id"]))["grid"] and d, "the grid", 120)
+    grid = np.asarray(Image.open(io.BytesIO(requests.get(doc["grid"], timeout=30).content)).convert("RGB"))
+    posters = [np.asarray(Image.open(io.BytesIO(store.get(it["key"]))).convert("RGB")) for it in doc["items"]]
+    assert any((grid[y:y + 64, x:x + 64] == posters[1]).all()
+               for y in range(grid.shape[0] - 63) for x in range(grid.shape[1] - 63))
+
+
+def test_a_wan_text_to_video_model_fails_img2video_saying_why(vclient):
+    key = vclient.upload(png(sketch((64, 48), seed=1)), "first.png")["key"]
+    doc = wait_job(vclient, vclient.submit({"model": "builtin:tiny-wan", "pipeline": "img2video", "prompts": ["x"],
+                                            "params": {"steps": 2, "width": 64, "height": 48,
+                                                       "init_image": key}})["id"], timeout=300)
+    assert doc["state"] == "failed" and "WanPipeline model" in doc["items"][0]["error"], doc["items"][0]["error"]
 
 
 @pytest.mark.parametrize("model, pipeline, params, field, value", [
