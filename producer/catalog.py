@@ -132,7 +132,8 @@ def entry(model: str, weights: dict[str, dict[str, str | None]], workers: list[d
     out: dict[str, Any] = {
         "id": model, "kind": source_for(model).kind, "family": fam.name if fam else None,
         "family_title": fam.title if fam else None, "pipelines": runs, "options": _options(fam, runs, weights),
-        "defaults": {"width": side or defaults.WIDTH, "height": side or defaults.HEIGHT, "steps": defaults.STEPS,
+        "defaults": {"width": side or defaults.WIDTH, "height": side or defaults.HEIGHT,
+                     "steps": fam.default_steps if fam and fam.default_steps else defaults.STEPS,
                      "scheduler": fam.default_scheduler if fam else defaults.SCHEDULER,
                      "guidance_scale": fam.guidance[2] if fam else defaults.GUIDANCE_SCALE},
         "size_multiple": fam.size_multiple if fam else 8,

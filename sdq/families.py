@@ -7,7 +7,7 @@ pipeline classes and refuses items whose memory need its device cannot meet.
 A family is picked from a diffusers folder's `model_index.json` (`_class_name`, the same key
 diffusers' AutoPipeline reads) or, for a single `.safetensors` checkpoint, from the tensor names
 in its header (`conditioner.embedders.1.` only SDXL has, `joint_blocks.` only SD3's MMDiT,
-`double_blocks.` only Flux's transformer).
+`double_blocks.` only Flux's transformer, `txt_norm.` Qwen-Image's, `layers.0.adaLN_modulation.0.` only Z-Image's).
 """
 from __future__ import annotations
 
@@ -31,6 +31,17 @@ SD3 = "sd3"
 FLUX = "flux"
 """Flux.1 (dev, schnell, Kontext and their finetunes): a double/single-stream transformer with distilled
 guidance, a CLIP encoder (pooled) and T5 (tokens), a 16-channel VAE, flow matching."""
+QWEN_IMAGE = "qwen-image"
+"""Qwen-Image: a 20B MMDiT over 2x2-packed latents of a 16-channel causal VAE, a Qwen2.5-VL-7B text encoder, flow
+matching; no guidance input: real classifier-free guidance (`true_cfg_scale`) against a negative prompt."""
+QWEN_IMAGE_EDIT = "qwen-image-edit"
+"""Qwen-Image-Edit: Qwen-Image's architecture trained to change an init image as an instruction says; its text
+encoder also sees the image (through a Qwen2-VL processor, which a plain Qwen-Image model does not ship). Told
+apart from Qwen-Image only by a folder's `model_index.json` (the transformers' tensor names are the same)."""
+
+Z_IMAGE = "z-image"
+"""Z-Image and Z-Image-Turbo: a single-stream transformer over the caption and image tokens, a Qwen3 text
+encoder, Flux's 16-channel VAE, flow matching; classifier-free guidance above `guidance_scale` 0."""
 WAN = "wan"
 """Wan 2.1/2.2 video (text- and image-to-video): a 3D transformer, UMT5 (tokens), a causal 3D VAE, flow matching."""
 LTX = "ltx"
@@ -41,7 +52,8 @@ FLOW_SCHEDULERS = ("flow_euler",)
 
 @dataclass(frozen=True)
 class Distilled:
-    """A timestep-distilled variant (FLUX.1 schnell): few steps, no guidance input, a shorter T5 sequence."""
+    """A timestep-distilled variant (FLUX.1 schnell, Z-Image-Turbo): few steps, run without guidance, its own
+    text length limit."""
 
     title: str
     steps: int
@@ -128,9 +140,29 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            guidance=(0.0, 30.0, 3.5), memory=Memory(31.5, 2.0, largest_share=0.75),
            params=("max_sequence_length", "true_cfg_scale"), default_steps=28,
            distilled=Distilled("FLUX.1 schnell", steps=4, max_sequence_length=256)),
+    # Memory (half precision): the transformer's ~20.4B parameters 38.1 GiB, the Qwen2.5-VL-7B encoder's ~8.3B
+    # (vision tower included) 15.4 GiB, the VAE 0.2 GiB: 53.7 GiB; working memory as SD3's. Estimated from
+    # parameter counts, not measured (docs/MODELS.md). 50 steps and 1024 px as diffusers' own defaults.
+    Family(QWEN_IMAGE, "Qwen-Image", ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline"),
+           ("txt_norm.", "model.diffusion_model.txt_norm."), default_side=1024, size_multiple=16,
+           default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS, guidance=(0.0, 0.0, 0.0),
+           memory=Memory(53.7, 2.0, largest_share=0.71), params=("max_sequence_length", "true_cfg_scale"),
+           default_steps=50),
+    Family(QWEN_IMAGE_EDIT, "Qwen-Image-Edit", ("QwenImageEditPipeline",), (), default_side=1024, size_multiple=16,
+           default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS, guidance=(0.0, 0.0, 0.0),
+           memory=Memory(53.7, 2.0, largest_share=0.71), params=("max_sequence_length", "true_cfg_scale"),
+           default_steps=50),
+    # Memory (half precision): the transformer's ~6.15B parameters 11.5 GiB, the Qwen3-4B encoder's 4.02B 7.5 GiB,
+    # the VAE 0.2 GiB: 19.2 GiB; working memory as SD3's. Estimated from parameter counts, not measured.
+    # Turbo (8 steps, no guidance) has Z-Image's shapes: told apart by its name (`sdq.modelinfo.is_turbo`).
+    Family(Z_IMAGE, "Z-Image", ("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"),
+           ("layers.0.adaLN_modulation.0.", "model.diffusion_model.layers.0.adaLN_modulation.0.", "all_x_embedder."),
+           default_side=1024, size_multiple=16, default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS,
+           guidance=(0.0, 30.0, 5.0), memory=Memory(19.2, 2.0, largest_share=0.65), params=("max_sequence_length",),
+           default_steps=50, max_tokens=512, distilled=Distilled("Z-Image-Turbo", steps=8, max_sequence_length=512)),
     # Video (sizes and frame rules in `sdq.videos`). Memory (half precision, estimated from parameter counts,
     # not measured): Wan 2.1 14B's transformer 26 GiB, UMT5-XXL 10.6 GiB, VAE and CLIP 1.3 GiB; working
-    # memory per megapixel of each frame (a job's need multiplies it by its frames: `sdq.videos.memory_for`).
+    # memory per megapixel of each frame (a job's need multiplies it by its frames: `producer.planning.family.with_frames`).
     Family(WAN, "Wan 2.1/2.2", ("WanPipeline", "WanImageToVideoPipeline"), (), default_side=480, size_multiple=16,
            default_scheduler="unipc", schedulers=("unipc",), guidance=(0.0, 30.0, 5.0),
            memory=Memory(38.0, 0.4, largest_share=0.75), params=("frames", "fps"), default_steps=50),
@@ -144,7 +176,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 UNSUPPORTED_CLASSES = {"FluxFill": "Flux.1 Fill", "FluxControl": "Flux.1 Control", "Flux2": "Flux.2",
                        "Chroma": "Chroma", "StableCascade": "Stable Cascade", "Kandinsky": "Kandinsky",
                        "PixArt": "PixArt", "Sana": "Sana", "Lumina": "Lumina", "HunyuanDiT": "Hunyuan-DiT",
-                       "AuraFlow": "AuraFlow", "QwenImage": "Qwen-Image", "Cog": "CogView"}
+                       "AuraFlow": "AuraFlow", "QwenImage": "Qwen-Image variant", "Cog": "CogView"}
 """`_class_name` prefixes of families sdq recognises but does not run (named in the refusal)."""
 
 UNSUPPORTED_FILE_KEYS: dict[str, str] = {}

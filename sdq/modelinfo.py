@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sdq.families import (FAMILIES, FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL, Family, UnknownFamily, UnsupportedFamily,
                           detect)
+from sdq.families import QWEN_IMAGE, Z_IMAGE
 from sdq.families import LTX, WAN
 from sdq.memory import Memory, quantized
 from sdq.sources import source_for
@@ -27,6 +28,10 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "builtin:tiny-flux": FLUX,
     "builtin:tiny-flux-schnell": FLUX,
     "builtin:tiny-flux-gguf": FLUX,  # tiny-flux with a GGUF (Q8_0) transformer
+    "builtin:tiny-z-image": Z_IMAGE,
+    "builtin:tiny-z-image-turbo": Z_IMAGE,
+    "builtin:tiny-z-image-gguf": Z_IMAGE,  # tiny-z-image with a GGUF (Q8_0) transformer
+    "builtin:tiny-qwen-image": QWEN_IMAGE,
     "builtin:tiny-wan": WAN,  # text-to-video only (a Wan T2V transformer)
     "builtin:tiny-wan-i2v": WAN,  # image-to-video only (a Wan I2V transformer)
     "builtin:tiny-ltx": LTX,
@@ -41,6 +46,9 @@ TINY_PREFIX = "builtin:tiny-"
 
 BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256, "builtin:tiny-flux": 128,
                  "builtin:tiny-flux-schnell": 128, "builtin:tiny-flux-gguf": 128,
+                 "builtin:tiny-z-image": 128, "builtin:tiny-z-image-turbo": 128,
+                 "builtin:tiny-z-image-gguf": 128,
+                 "builtin:tiny-qwen-image": 128,
                  "builtin:tiny-wan": 64, "builtin:tiny-wan-i2v": 64, "builtin:tiny-ltx": 64,
                  }
 """Default width and height of the tiny built-ins whose family's default is larger (their sample size
@@ -59,7 +67,8 @@ class ModelInfo:
     """A timestep-distilled model of its family (`family` is then `Family.as_distilled()`)."""
 
 
-BUILTIN_DISTILLED = frozenset({"builtin:tiny-flux-schnell"})
+BUILTIN_DISTILLED = frozenset({"builtin:tiny-flux-schnell",
+                               "builtin:tiny-z-image-turbo"})
 """Built-ins that are timestep-distilled models."""
 
 GUIDANCE_KEYS = ("guidance_in.", "model.diffusion_model.guidance_in.", "time_text_embed.guidance_embedder.")
@@ -81,6 +90,30 @@ def is_distilled(path: Path) -> bool:
     if path.is_file() and path.suffix.lower() == ".safetensors":
         return not any(k.startswith(GUIDANCE_KEYS) or ".guidance_in." in k for k in tensor_names(path, UnknownFamily))
     return False
+
+
+TURBO_MARK = "turbo"
+"""What the name of a Z-Image-Turbo model holds (case aside): `Z-Image-Turbo`, `z_image_turbo_bf16.safetensors`."""
+
+
+def is_turbo(path: Path) -> bool:
+    """Whether the Z-Image model at `path` is Z-Image-Turbo (8 steps, no guidance). Its weights and configs
+    have Z-Image's shapes, so its name tells: the folder's or file's own, or the `_name_or_path` a copy saved
+    with diffusers records in its `model_index.json` (`Tongyi-MAI/Z-Image-Turbo`)."""
+    path = Path(path)
+    index = (path if path.is_dir() else path.with_suffix("")) / "model_index.json"
+    recorded = ""
+    if index.is_file():
+        try:
+            recorded = str(json.loads(index.read_text(encoding="utf-8")).get("_name_or_path", ""))
+        except (OSError, ValueError):
+            recorded = ""
+    return TURBO_MARK in path.name.lower() or TURBO_MARK in Path(recorded).name.lower()
+
+
+DISTILLED_CHECKS = {FLUX: is_distilled,
+                    Z_IMAGE: is_turbo}
+"""Family -> how a model of it is told to be its timestep-distilled variant, from the model itself."""
 
 
 def model_info(model_id: str) -> ModelInfo:
@@ -118,4 +151,5 @@ def _detect_once(path: str, size: int, mtime_ns: int) -> tuple[str, bool]:
     """`detect` (and, for a family with a distilled variant, `is_distilled`), once per version of the file
     it reads (a checkpoint's header is read once, not per submit)."""
     name = detect(Path(path))
-    return name, FAMILIES[name].distilled is not None and is_distilled(Path(path))
+    check = DISTILLED_CHECKS.get(name) if FAMILIES[name].distilled is not None else None
+    return name, check is not None and check(Path(path))

@@ -14,6 +14,7 @@ from typing import Any
 
 from sdq import defaults, families, videos
 from sdq.families import FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL
+from sdq.families import QWEN_IMAGE, QWEN_IMAGE_EDIT, Z_IMAGE
 from sdq.families import LTX, WAN
 from sdq.params import ImageInput, Param
 
@@ -97,10 +98,14 @@ MASK_IMAGE = ImageInput("mask_image", "mask_image", mode="L", infotext="Mask ima
 
 SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("txt2img", {SD: "StableDiffusionPipeline", SDXL: "StableDiffusionXLPipeline",
-                             SD3: "StableDiffusion3Pipeline", FLUX: "FluxPipeline"}, passes_size=True,
+                             SD3: "StableDiffusion3Pipeline", FLUX: "FluxPipeline",
+                             QWEN_IMAGE: "QwenImagePipeline",
+                             Z_IMAGE: "ZImagePipeline"}, passes_size=True,
                  doc="an image from a prompt"),
     PipelineSpec("img2img", {SD: "StableDiffusionImg2ImgPipeline", SDXL: "StableDiffusionXLImg2ImgPipeline",
-                             SD3: "StableDiffusion3Img2ImgPipeline", FLUX: "FluxImg2ImgPipeline"},
+                             SD3: "StableDiffusion3Img2ImgPipeline", FLUX: "FluxImg2ImgPipeline",
+                             QWEN_IMAGE: "QwenImageImg2ImgPipeline",
+                             Z_IMAGE: "ZImageImg2ImgPipeline"},
                  images=(INIT_IMAGE,), params=(STRENGTH,), steps_scaled_by="strength",
                  doc="a prompt applied to an init image"),
     PipelineSpec("upscale", {SD_UPSCALE: "StableDiffusionUpscalePipeline"}, images=(INIT_IMAGE,), params=(NOISE_LEVEL,),
@@ -109,10 +114,13 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("depth2img", {SD_DEPTH: "StableDiffusionDepth2ImgPipeline"}, images=(INIT_IMAGE,), params=(STRENGTH,),
                  steps_scaled_by="strength", doc="img2img that keeps the init image's depth map"),
     PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline", SDXL: "StableDiffusionXLInpaintPipeline",
-                             FLUX: "FluxInpaintPipeline"},
+                             FLUX: "FluxInpaintPipeline",
+                             QWEN_IMAGE: "QwenImageInpaintPipeline",
+                             Z_IMAGE: "ZImageInpaintPipeline"},
                  images=(INIT_IMAGE, MASK_IMAGE), params=(STRENGTH,), steps_scaled_by="strength", passes_size=True,
                  doc="the white part of a mask repainted over the init image (the mask is made single-channel)"),
-    PipelineSpec("edit", {FLUX: "FluxKontextPipeline"}, images=(INIT_IMAGE,), passes_size=True,
+    PipelineSpec("edit", {FLUX: "FluxKontextPipeline",
+                          QWEN_IMAGE_EDIT: "QwenImageEditPipeline"}, images=(INIT_IMAGE,), passes_size=True,
                  doc="the init image changed as the prompt says (an instruction: \"make the sky red\")"),
     PipelineSpec("txt2video", {WAN: "WanPipeline", LTX: "LTXPipeline"}, passes_size=True, video=True,
                  doc="a video clip from a prompt (an MP4 of `frames` frames at `fps`, and its first frame as PNG)"),
@@ -148,11 +156,13 @@ FAMILY_PARAMS: dict[str, Param] = {p.name: p for p in (
           doc="SDXL crop conditioning: top edge; default 0"),
     Param("max_sequence_length", int, 1, 512, 256, infotext="Max sequence length",
           doc="SD3 and Flux: prompt tokens of the T5 encoder (diffusers allows at most 512, FLUX.1 schnell-type "
-              "models 256; default 256)"),
+              "models 256; default 256); Qwen-Image: of its Qwen2.5-VL encoder, after its prompt template; Z-Image: "
+              "of the Qwen3 encoder, its chat template included (at most 512)"),
     Param("true_cfg_scale", float, 1, 30, None, infotext="True CFG scale",
           doc="Flux: real classifier-free guidance against the negative prompt (a second transformer pass per "
               "step; needs a negative prompt, and a negative prompt needs it above 1); `guidance_scale` is "
-              "the distilled guidance the model takes as an input"),
+              "the distilled guidance the model takes as an input. Qwen-Image: its only guidance, same rules "
+              "(the model card uses 4 with a negative prompt of one space)"),
     Param("frames", int, 1, videos.MAX_FRAMES, None, infotext="Frames",
           doc="video: frames of the clip (Wan 4k+1, LTX-Video 8k+1; default: the family's, e.g. 81 for Wan)"),
     Param("fps", float, videos.MIN_FPS, videos.MAX_FPS, None, infotext="FPS",
@@ -181,6 +191,11 @@ def _flux_kwargs(p: dict[str, Any]) -> dict[str, Any]:
     return {**_sd3_kwargs(p), **true_cfg}
 
 
+def _qwen_kwargs(p: dict[str, Any]) -> dict[str, Any]:
+    # No guidance input (diffusers warns at any guidance_scale); true CFG off unless asked (its default is 4.0).
+    return {**_sd3_kwargs(p), "true_cfg_scale": p.get("true_cfg_scale") or 1.0, "guidance_scale": None}
+
+
 def _video_kwargs(family: str, p: dict[str, Any]) -> dict[str, Any]:
     rule = videos.rules(family)
     out = {"num_frames": p.get("frames") or rule.default_frames, "output_type": "np"}
@@ -188,6 +203,8 @@ def _video_kwargs(family: str, p: dict[str, Any]) -> dict[str, Any]:
 
 
 FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs, FLUX: _flux_kwargs,
+                 QWEN_IMAGE: _qwen_kwargs, QWEN_IMAGE_EDIT: _qwen_kwargs,
+                 Z_IMAGE: _sd3_kwargs,
                  WAN: lambda p: _video_kwargs(WAN, p),
                  LTX: lambda p: _video_kwargs(LTX, p),
                  }

@@ -43,12 +43,13 @@ class Record:
 
     def to_record(self) -> dict[str, Any]:
         """The stored form: every field that is set (Lua scripts read a missing field as nil)."""
-        return {k: v for k in self.__dataclass_fields__  # type: ignore[attr-defined]
-                if (v := getattr(self, k)) is not None}
+        # a record's instance dict holds exactly its fields, in declaration order (read ~2x faster than getattr)
+        return {k: v for k, v in vars(self).items() if v is not None}
 
     def show(self, document: str) -> dict[str, Any]:
         """The part of the record `document` shows (unset fields as null)."""
-        return {name: getattr(self, name) for name in shown_in(type(self), document)}
+        values = vars(self)
+        return {name: values[name] for name in shown_in(type(self), document)}
 
 
 @functools.cache

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sdq.exceptions import ModelError, ModelUnavailable
-from sdq.sources import STORE_MANIFEST
+from sdq.sources import STORE_MANIFEST, is_model_folder
 from storage.s3 import ResultStore, missing, transient
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def _sha256(path: Path) -> str:
 
 
 def push(store: ResultStore, path: Path, name: str) -> dict[str, Any]:
-    """Upload a diffusers folder or a checkpoint file as `models/<name>/`; returns the manifest."""
+    """Upload a diffusers folder (a pipeline's, or a single model's such as a ControlNet) or a checkpoint file
+    as `models/<name>/`; returns the manifest."""
     check_name(name)
     path = Path(path).expanduser()
     if path.is_dir():
@@ -72,8 +73,8 @@ def push(store: ResultStore, path: Path, name: str) -> dict[str, Any]:
         files, kind, entry = [path], "file", path.name
     else:
         raise ModelError(f"{path}: no such file or folder")
-    if kind == "folder" and not (path / "model_index.json").is_file():
-        raise ModelError(f"{path}: not a diffusers folder (no model_index.json)")
+    if kind == "folder" and not is_model_folder(path):  # a pipeline's, or a single model's (a ControlNet)
+        raise ModelError(f"{path}: not a diffusers folder (no model_index.json, nor a single model's config.json)")
     base = path if kind == "folder" else path.parent
     listed = []
     for file in files:

@@ -170,14 +170,17 @@ class ResultStore:
                         raise
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream",
-            metadata: dict[str, str] | None = None) -> None:
+            metadata: dict[str, str] | None = None, before_attempt: Callable[[], None] | None = None) -> None:
         """Write `data` at `key` (overwrites, so a re-run item never duplicates results).
 
-        Creates the bucket on first use when it does not exist yet.
+        Creates the bucket on first use when it does not exist yet. `before_attempt()` runs before each
+        attempt (the first and every retry through an outage); what it raises ends the put unretried.
         """
         args = dict(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {})
 
         def put() -> None:
+            if before_attempt is not None:
+                before_attempt()
             try:
                 self.client.put_object(**args)
             except ClientError as exc:

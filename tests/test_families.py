@@ -16,8 +16,8 @@ from cli.client import Client
 from sdq.infotext import parse_infotext, submit_body_from_infotext
 from sdq.models import BUILTIN_FAMILIES
 from sdq.sources import builtin_path
-from tests.conftest import wait_job, wait_until
-from tests.test_faults_routing import log_text
+from tests.conftest import wait_job
+from tests.support.memory_gate import left_queued_for_memory, run, worker_memory
 from tests.test_pipelines import close, pixels, png, result, sketch
 
 FAMILY_DEFAULTS = {"tiny-sdxl": {"guidance_scale": 5.0}, "tiny-sd3": {"guidance_scale": 7.0, "max_sequence_length": 256}}
@@ -87,12 +87,6 @@ def direct(models_dir: Path, name: str, prompt: str, seed: int, steps: int, imag
     kw = {**FAMILY_DEFAULTS[name], **kw}
     out = pipe(prompt, num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(seed), **kw)
     return pixels(out.images[0])
-
-
-def run(client: Client, body: dict) -> dict:
-    doc = wait_job(client, client.submit(body)["id"], timeout=240)
-    assert doc["state"] == "succeeded", [it.get("error") for it in doc["items"]]
-    return doc
 
 
 @pytest.mark.parametrize("name", ["tiny-sdxl", "tiny-sd3"])
@@ -170,14 +164,9 @@ def test_a_bad_family_parameter_is_refused_at_submit_naming_the_field(fclient):
         assert resp.status_code == 422 and resp.json()["error"]["field"] == f"params.{field}", resp.text
 
 
-def _worker_memory(client: Client) -> float:
-    workers = wait_until(client.workers, "the worker's capability record", 60)
-    return float(workers[0]["memory_total_gb"])
-
-
 def test_a_local_sdxl_folder_and_single_file_load_by_path_and_make_the_builtins_image(fclient, folders, store):
     need = families.FAMILIES["sdxl"].memory.need_gb("fp32", 64 * 64)
-    if _worker_memory(fclient) < need:
+    if worker_memory(fclient) < need:
         pytest.skip(f"this machine has less than the {need} GB an SDXL checkpoint is estimated to need in fp32")
     body = {"prompts": ["a hill"], "params": {"steps": 2, "seed": 9, "width": 64, "height": 64,
                                               "scheduler": "euler", "guidance_scale": 5.0}}
@@ -191,17 +180,11 @@ def test_a_local_sdxl_folder_and_single_file_load_by_path_and_make_the_builtins_
 def test_a_worker_without_the_memory_never_takes_the_item(fclient, fstack, folders):
     """The SD3 folder is, for all the producer knows, a full-size SD3 (with T5): ~32 GB in fp32,
     more than this CPU worker has; it leaves the item queued, and the built-in runs meanwhile."""
-    need = families.FAMILIES["sd3"].memory.need_gb("fp32", 64 * 64)
-    if _worker_memory(fclient) >= need:
-        pytest.skip(f"this machine has the {need} GB a full-size SD3 is estimated to need in fp32")
-    job = fclient.submit({"model": folders["tiny-sd3"], "prompts": ["heavy"],
-                          "params": {"steps": 2, "width": 64, "height": 64}})["id"]
-    wait_until(lambda: f"job {job}: passing the chunk on" in log_text(fstack, "w-families"), "the chunk passed on", 60)
-    assert f"needs {need:g} GB" in log_text(fstack, "w-families")
-    run(fclient, {"model": "builtin:tiny-sd3", "prompts": ["light"], "params": {"steps": 2, "width": 64, "height": 64}})
-    doc = fclient.job(job)
-    assert doc["state"] == "queued" and doc["items"][0].get("attempts") is None, doc
-    fclient.cancel(job)
+    size = {"steps": 2, "width": 64, "height": 64}
+    doc = left_queued_for_memory(fclient, fstack, "w-families", "sd3",
+                                 {"model": folders["tiny-sd3"], "prompts": ["heavy"], "params": size},
+                                 {"model": "builtin:tiny-sd3", "prompts": ["light"], "params": size})
+    fclient.cancel(doc["id"])
 
 
 def test_an_sd3_hub_id_loads_with_its_family_and_a_wrong_scheduler_fails_naming_it(fclient, store, models_dir):

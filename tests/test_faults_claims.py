@@ -1,5 +1,6 @@
-"""Claims on real workers (issue 22 defects 1 and 4): a claim left by a run that is gone does not
-strand the item, and a run reaped while alive stores and caches nothing for its cancelled item."""
+"""Claims on real workers (issue 22 defects 1 and 4, issue 39 defect 10): a claim left by a run that is gone
+does not strand the item, and a run reaped while alive stores and caches nothing for its cancelled item, even
+when it had claimed the item before it was superseded."""
 from __future__ import annotations
 
 import uuid
@@ -56,14 +57,27 @@ def test_a_claim_left_by_a_run_that_is_gone_does_not_strand_the_item(one, cclien
 def test_a_worker_reaped_while_alive_stores_nothing_for_its_cancelled_item(one, cclient, store):
     """The worker left the fleet for a moment mid-item (reaped: a new attempt), then the job was
     cancelled: when it goes on, its image is neither stored nor registered in the result cache."""
+    _reap_and_cancel_at(one, cclient, store, "upload")  # made, not stored yet: its progress writes are over
+
+
+def test_a_run_superseded_after_its_claim_stores_nothing_for_its_cancelled_item(one, cclient, store):
+    """The run claimed its item, then was superseded (reaped while alive: a new attempt) and the job was
+    cancelled, all before its PUT: the claim is asked again right before the PUT, so the cancelled item
+    gets no object and no result-cache entry."""
+    _reap_and_cancel_at(one, cclient, store, "claimed")  # claimed and encoded, not stored yet
+
+
+def _reap_and_cancel_at(one, cclient, store, point: str) -> None:
+    """Pause the run at fault point `point`, reap its worker and cancel the job, let it go on: the cancelled
+    item ends with no object and no result-cache entry."""
     jobs = JobStore(one.r)
-    one.r.hset(RULES, "upload", "pause")  # made, not stored yet: its progress writes are over
-    job_id = cclient.submit(body(steps=2, cache=True, prompt=f"reaped {uuid.uuid4().hex}"))["id"]
-    worker = one.hit("upload")
+    one.r.hset(RULES, point, "pause")
+    job_id = cclient.submit(body(steps=2, cache=True, prompt=f"{point} {uuid.uuid4().hex}"))["id"]
+    worker = one.hit(point)
     one.r.delete(RULES)
     assert jobs.reap(worker) == [(job_id, 0)]
     assert jobs.cancel(job_id) == ("cancelled", True)
-    one.release("upload")
+    one.release(point)
 
     # the run is over once its message is acknowledged (its uploads are awaited before that)
     wait_for(lambda: one.r.zcard(keys.UNACKED_INDEX_KEY) == 0, "the reaped worker's message acknowledged", 90)

@@ -20,8 +20,7 @@ from sdq.modelinfo import is_distilled, model_info
 from cli.client import Client
 from sdq.infotext import parse_infotext, submit_body_from_infotext
 from sdq.sources import builtin_path
-from tests.conftest import wait_job, wait_until
-from tests.test_faults_routing import log_text
+from tests.support.memory_gate import left_queued_for_memory, run
 from tests.test_pipelines import close, pixels, png, result, sketch
 
 CLASSES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline",
@@ -80,12 +79,6 @@ def direct(models_dir: Path, task: str, prompt: str, seed: int, steps: int = 3, 
     out = _pipe(models_dir, name, task)(prompt=prompt, num_inference_steps=steps,
                                         generator=torch.Generator("cpu").manual_seed(seed), **kw)
     return pixels(out.images[0])
-
-
-def run(client: Client, body: dict) -> dict:
-    doc = wait_job(client, client.submit(body)["id"], timeout=240)
-    assert doc["state"] == "succeeded", [it.get("error") for it in doc["items"]]
-    return doc
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -256,15 +249,8 @@ def test_the_hires_fix_runs_flux_img2img_for_its_second_pass(flux, store, models
 def test_a_worker_without_the_memory_for_a_full_size_flux_never_takes_its_item(flux, flux_stack, local_flux):
     """The local folder is, for all the producer knows, a full-size Flux.1 (~67 GB in fp32 at 64x64): more
     than this CPU worker has; it leaves the item queued, and the built-in runs meanwhile."""
-    need = families.FAMILIES["flux"].memory.need_gb("fp32", 64 * 64)
-    memory = float(wait_until(flux.workers, "the worker's capability record", 60)[0]["memory_total_gb"])
-    if memory >= need:
-        pytest.skip(f"this machine has the {need} GB a full-size Flux.1 is estimated to need in fp32")
-    job = flux.submit({"model": local_flux, "prompts": ["heavy"], "params": {"steps": 2, **SIZE}})["id"]
-    wait_until(lambda: f"job {job}: passing the chunk on" in log_text(flux_stack, "w-flux"), "the chunk passed on", 60)
-    assert f"needs {need:g} GB" in log_text(flux_stack, "w-flux")
-    run(flux, {"model": "builtin:tiny-flux", "prompts": ["light"], "params": {"steps": 2, **SIZE}})
-    doc = flux.job(job)
-    assert doc["state"] == "queued" and doc["items"][0].get("attempts") is None, doc
+    doc = left_queued_for_memory(flux, flux_stack, "w-flux", "flux",
+                                 {"model": local_flux, "prompts": ["heavy"], "params": {"steps": 2, **SIZE}},
+                                 {"model": "builtin:tiny-flux", "prompts": ["light"], "params": {"steps": 2, **SIZE}})
     assert doc["params"]["guidance_scale"] == 3.5  # read as a Flux model at submit: its defaults recorded
-    flux.cancel(job)
+    flux.cancel(doc["id"])

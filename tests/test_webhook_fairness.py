@@ -22,49 +22,9 @@ from sdq.exceptions import WebhookFailed
 from sdq.records import Job
 from sdq.state.store import JobStore
 from tests.conftest import wait_until
+from tests.support.trickle import HANG, TrickleReceiver
 
 REAL_GETADDRINFO = socket.getaddrinfo
-
-
-class HangingReceiver:
-    """Loopback server that accepts, reads the request and never answers; counts connections open at once."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=128)
-        self.port = self.sock.getsockname()[1]
-        self.requests = self.open = self.most_open = 0
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
-
-    def _hold(self, conn: socket.socket) -> None:
-        with self._lock:
-            self.requests += 1
-            self.open += 1
-            self.most_open = max(self.most_open, self.open)
-        try:
-            while conn.recv(65536):  # until the sender gives up and closes
-                pass
-        except OSError:
-            pass
-        finally:
-            conn.close()
-            with self._lock:
-                self.open -= 1
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class _Good(BaseHTTPRequestHandler):
@@ -111,7 +71,7 @@ def test_hanging_receivers_of_one_tenant_do_not_delay_another_tenants_webhook(fa
     attempts on 4 shared threads, about 150 s), and A never holds more than its share of the courier."""
     jobs = JobStore(redis.Redis.from_url(fair.env["SDQ_REDIS_URL"]))
     celery = make_celery(fair.env["SDQ_REDIS_URL"])
-    hanging = HangingReceiver()
+    hanging = TrickleReceiver(HANG)
     try:
         for _ in range(40):
             celery.send_task(contract.TASK_WEBHOOK, kwargs={"job_id": _job(jobs, hanging.url, "tenant-a")},

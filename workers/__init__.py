@@ -19,8 +19,9 @@ The folders say what they hold:
 
 torch, diffusers and transformers are imported only by the device and pipeline code:
 `workers.loading.device`, `workers.loading.pipelines`, `workers.running.generation`, `workers.builtins.registry`,
-`workers.builtins.parts`, `workers.builtins.families`, `workers.builtins.flux`, `workers.builtins.fullsize`,
-`workers.builtins.loras`, `workers.builtins.video`, `workers.builtins.textparts`, `workers.loading.cpu_paths`, `workers.loading.checkpoints`,
+`workers.builtins.parts`, `workers.builtins.families`, `workers.builtins.flux`, `workers.builtins.qwen`,
+`workers.builtins.fullsize`, `workers.builtins.loras`, `workers.builtins.video`, `workers.builtins.textparts`,
+`workers.builtins.zimage`, `workers.loading.cpu_paths`, `workers.loading.checkpoints`,
 `workers.loading.transformer_files`, `workers.loading.sources` (a hub download), `workers.running.preview` (live
 previews' tiny decoders), `workers.running.videocall` (Wan I2V prompts), `workers.running.warmstate` and `workers.testing.simulate`. The other modules import none of them themselves (the
 app, the runner and capability use them through those modules); the request options' worker hooks

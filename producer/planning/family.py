@@ -63,8 +63,8 @@ def check_item(fam: Family | None, model: str, params: dict[str, Any], where: st
     low, high, _ = fam.guidance
     g = params.get("guidance_scale")
     if g is not None and g != low and low == high:
-        raise InvalidInput(f"{where}guidance_scale", f"{where}guidance_scale={g!r}: {fam.title} models have no "
-                           f"guidance input, so it would change nothing; leave it out (or {low:g})")
+        raise InvalidInput(f"{where}guidance_scale", f"{where}guidance_scale={g!r}: {fam.title} models are "
+                           f"distilled to run without guidance; leave it out (or {low:g})")
     if g is not None and not low <= g <= high:
         raise InvalidInput(f"{where}guidance_scale", f"{where}guidance_scale must be between {low:g} and {high:g} "
                            f"for {fam.title} models, got {g!r}")
@@ -96,11 +96,15 @@ def with_frames(info: ModelInfo, items: list[Any]) -> ModelInfo:
 def _check_guidance(fam: Family, params: dict[str, Any], where: str, negative: str | None) -> None:
     """The token limit of `max_sequence_length`, and `true_cfg_scale` against the negative prompt: a family
     that guides with it (Flux: `guidance_scale` is a distilled input, not classifier-free guidance) uses a
-    negative prompt only with `true_cfg_scale` above 1, and that only with a negative prompt."""
+    negative prompt only with `true_cfg_scale` above 1, and that only with a negative prompt; a family run
+    without guidance that has no `true_cfg_scale` (Z-Image-Turbo) takes no negative prompt."""
     tokens = params.get("max_sequence_length")
     if fam.max_tokens is not None and tokens is not None and tokens > fam.max_tokens:
         raise InvalidInput(f"{where}max_sequence_length", f"{where}max_sequence_length={tokens} exceeds the "
                            f"{fam.max_tokens} tokens {fam.title} models take")
+    if negative and "true_cfg_scale" not in fam.params and fam.guidance[1] == 0:
+        raise InvalidInput(f"{where}negative_prompt", f"{where}negative_prompt is used only with guidance, which "
+                           f"{fam.title} models run without; leave the negative prompt out")
     if "true_cfg_scale" not in fam.params or negative is None:
         return
     true_cfg = params.get("true_cfg_scale")

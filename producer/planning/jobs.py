@@ -1,6 +1,7 @@
 """Turning a validated submit request into a job, its items and its task messages."""
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import secrets
@@ -16,7 +17,7 @@ from producer.options import Checked, check_options
 from producer.planning.family import check_item, family_defaults, info_for, with_frames
 from producer.planning.inputs import ItemImages, item_images
 from producer.schemas import ITEM_PARAM_KEYS, ItemIn, SubmitRequest
-from producer.planning.sweep import check_sweep, combinations, count as sweep_count
+from producer.planning.sweep import check_cell, check_sweep, combinations, count as sweep_count
 from producer.tenants import check_queue_room
 from producer.uploads import upload_record
 from sdq import contract, defaults, options, pipelines
@@ -111,6 +112,8 @@ class _Source:
     images: ItemImages
     negative_prompt: str
     cache: bool
+    cells: list[tuple[dict[str, Any], dict[str, Any], tuple[int, int]]] | None = None
+    """(sweep combination, its checked parameters, its image size) each, once made (prompts share them)."""
 
 
 def plan_job(req: SubmitRequest, settings: Settings, owner: str,
@@ -169,7 +172,13 @@ def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given:
     the model's family (`fam`, None: not known here)."""
     sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items or []]
     items: list[Item] = []
+    shared: _Source | None = None  # prompts differ only in their text: resolved and checked once
     for src, (prompt, it) in enumerate(sources):
+        if it is None and shared is not None:
+            source = copy.copy(shared)  # `dataclasses.replace` would run the constructor: ~3x slower
+            source.index, source.prompt = src, prompt
+            items += _cells(source, combos, req, seed, len(items), settings, fam)
+            continue
         where = f"items[{src}]." if it is not None else "params."
         params = _item_params(base, it)
         images = item_images(pipelines.spec(req.pipeline), given, it, where, uploads)
@@ -183,6 +192,7 @@ def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given:
         check_item(fam, req.model, params, where, negative)
         cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
         source = _Source(src, prompt, it, params, images, negative, cache)
+        shared = source if it is None else None
         items += _cells(source, combos, req, seed, len(items), settings, fam)
     return items
 
@@ -192,20 +202,29 @@ def _cells(source: _Source, combos: list[dict[str, Any]], req: SubmitRequest, se
     """The items of one source: a sweep cell each (or the one empty cell), times images_per_prompt."""
     n_per = req.params.images_per_prompt
     out: list[Item] = []
-    for combo in combos:
-        # A sweep overrides job and item values; its cells of one prompt share a seed.
-        cell = {**source.params, **{k: v for k, v in combo.items() if k in ITEM_PARAM_KEYS}}
-        if combo:
-            _check_limits(req.pipeline, cell, "sweep.", settings)
-            check_item(fam, req.model, cell, "sweep.")
+    if source.cells is None:
+        source.cells = [_cell(source, combo, req, settings, fam) for combo in combos]
+    for combo, cell, size in source.cells:
         for k in range(n_per):
             index = start + len(out)
             out.append(Item(
                 index=index, prompt=source.prompt, negative_prompt=combo.get("negative_prompt", source.negative_prompt),
                 seed=_item_seed(seed, combo, source, n_per, k, index) % (2**32), init_image=source.images.init_image,
-                images=source.images.others, params=cell, size=list(contract.item_size(req.pipeline, cell)),
+                images=source.images.others, params=cell, size=list(size),
                 steps=cell["steps"], sweep=combo or None, cache=None if source.cache else False))
     return out
+
+
+def _cell(source: _Source, combo: dict[str, Any], req: SubmitRequest, settings: Settings,
+          fam: Family | None) -> tuple[dict[str, Any], dict[str, Any], tuple[int, int]]:
+    """One sweep combination of a source: its parameters (a sweep overrides job and item values) checked,
+    and the size of its image."""
+    cell = {**source.params, **{k: v for k, v in combo.items() if k in ITEM_PARAM_KEYS}}
+    if combo:
+        _check_limits(req.pipeline, cell, "sweep.", settings)
+        check_item(fam, req.model, cell, "sweep.")
+        check_cell(cell, combo, source.params, fam.size_multiple if fam else 8)
+    return combo, cell, contract.item_size(req.pipeline, cell)
 
 
 def _item_seed(seed: int, combo: dict[str, Any], source: _Source, n_per: int, k: int, index: int) -> int:

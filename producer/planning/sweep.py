@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from producer.schemas import ITEM_PARAM_KEYS, PROMPT_MAX_CHARS, SEED_MAX, SWEEP_MAX_VALUES, Overrides
+from sdq import options
 from sdq.exceptions import InvalidInput
 
 SWEEP_KEYS = (*ITEM_PARAM_KEYS, "seed", "negative_prompt")
@@ -71,3 +72,27 @@ def combinations(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
         return [{}]
     keys = list(sweep)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))]
+
+
+def check_cell(cell: dict[str, Any], combo: dict[str, Any], before: dict[str, Any], size_multiple: int = 8) -> None:
+    """A cell against its request options' own rules, which its swept values may break (the hires fix's larger
+    size must be a multiple of the family's `size_multiple` too): a 422 naming the swept key that breaks it.
+    `before` is the cell's item without the sweep."""
+    for option, value in options.active(cell):
+        try:
+            option.add(cell, value, size_multiple)
+        except InvalidInput as exc:
+            key = next((k for k in combo
+                        if k in cell and _breaks(option, value, {**before, k: cell[k]}, size_multiple)), None)
+            if key is None:  # no swept value breaks it alone: the option's own field
+                raise
+            raise InvalidInput(f"sweep.{key}", f"sweep.{key}={combo[key]!r}: {exc.message}", code=exc.code) from None
+
+
+def _breaks(option: options.OptionSpec, value: Any, params: dict[str, Any], size_multiple: int) -> bool:
+    """Whether `params` (one swept value over the item's own) breaks the option's rules."""
+    try:
+        option.add(params, value, size_multiple)
+    except InvalidInput:
+        return True
+    return False

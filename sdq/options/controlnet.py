@@ -44,6 +44,12 @@ IMAGE = "controlnet.image"
 """Key of the control images in a call's images (one per prompt), and of its bytes in the cache key."""
 
 
+SOURCES = ("builtin", "folder", "store")
+"""Kinds of model source (`sdq.sources`) a ControlNet may come from: a built-in, a local folder holding its
+`config.json` and weights, a folder pushed with `sdq models push` (`store:NAME`). Not a hub id (the worker's
+hub download fetches pipelines, which a ControlNet repo is not) nor a single checkpoint file."""
+
+
 @dataclass(frozen=True)
 class Use:
     """How a pipeline runs with a ControlNet: the diffusers class per family and the keyword the
@@ -105,6 +111,13 @@ class ControlNet(OptionSpec):
                 out[model] = None
         return out
 
+    def push_note(self, manifest: dict[str, Any]) -> str | None:
+        """A pushed folder of a single model (`config.json`, no `model_index.json`) is a ControlNet's."""
+        paths = {f.get("path") for f in manifest.get("files") or []}
+        if manifest.get("kind") == "folder" and "config.json" in paths and "model_index.json" not in paths:
+            return f"a single model's folder, e.g. a ControlNet: name it in params.{self.name}.model"
+        return None
+
     def check(self, value: Any, ctx: Submit) -> Any:
         """The model (the family's built-in when none is named), the image and the weight."""
         if value is None:
@@ -120,6 +133,11 @@ class ControlNet(OptionSpec):
         if name not in BUILTINS and name not in ctx.allowlist:
             raise InvalidInput("params.controlnet.model", f"unknown ControlNet {name!r}; allowed: "
                                f"{', '.join([*BUILTINS, *ctx.allowlist])}", code="unknown_model")
+        kind = source_for(name).kind
+        if kind not in SOURCES:
+            raise InvalidInput("params.controlnet.model", f"ControlNet {name!r} is a {kind} id; a ControlNet is "
+                               f"a built-in, a local folder (config.json and its weights) or a pushed one "
+                               f"(store:NAME)", code="unsupported_source")
         if family is not None and BUILTINS.get(name, family) != family:
             raise InvalidInput("params.controlnet.model", f"ControlNet {name!r} is for the {BUILTINS[name]} "
                                f"family, model {ctx.model!r} is {family}", code="family_mismatch")

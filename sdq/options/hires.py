@@ -38,6 +38,17 @@ def second_size(value: dict[str, Any], width: int, height: int) -> tuple[int, in
     return (max(8, int(width * value["scale"]) // 8 * 8), max(8, int(height * value["scale"]) // 8 * 8))
 
 
+def size_fault(value: dict[str, Any], width: int, height: int, size_multiple: int) -> tuple[str, str] | None:
+    """(the side, a message) when the second pass's size for `width` x `height` is not a multiple of the
+    family's `size_multiple`; None when it is."""
+    big = second_size(value, width, height)
+    side = next((name for name, n in zip(("width", "height"), big) if n % size_multiple), None)
+    if side is None:
+        return None
+    return side, (f"params.hires.scale={value['scale']} makes {width}x{height} {big[0]}x{big[1]}, not a multiple "
+                  f"of {size_multiple} as this model's family needs")
+
+
 class Hires(OptionSpec):
     """The hires fix: one more pass, counted in the item's size, steps and work."""
 
@@ -71,11 +82,9 @@ class Hires(OptionSpec):
         multiple of the family's `size_multiple`."""
         out = {**params, self.name: {**value, "steps": value.get("steps") or params["steps"]}}
         check_denoising(out[self.name]["steps"], value["strength"], "params.hires.strength")
-        big = second_size(value, params["width"], params["height"])
-        if big[0] % size_multiple or big[1] % size_multiple:
-            raise InvalidInput("params.hires.scale", f"params.hires.scale={value['scale']} makes "
-                               f"{big[0]}x{big[1]}, not a multiple of {size_multiple} as this model's family "
-                               f"needs", code="bad_size")
+        fault = size_fault(value, params["width"], params["height"], size_multiple)
+        if fault:
+            raise InvalidInput("params.hires.scale", fault[1], code="bad_size")
         return out
 
     def passes(self, params: dict[str, Any], width: int, height: int) -> list[Pass]:

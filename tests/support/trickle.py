@@ -1,4 +1,5 @@
-"""A hostile webhook receiver: reads the request, then answers one byte at a time, slowly, for ever."""
+"""Hostile webhook receivers: one that reads the request, then answers one byte at a time, slowly, for ever; or
+one that never answers at all (`HANG`)."""
 from __future__ import annotations
 
 import socket
@@ -8,17 +9,19 @@ BODY = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\nContent-Type: text/plai
 """Answers a huge body it never finishes sending (headers complete at once, then a byte per tick)."""
 HEADERS = b"HTTP/1.1 200 OK\r\n"
 """Answers a status line, then header bytes one per tick (the headers never end)."""
+HANG = None
+"""Answers nothing: reads until the sender gives up and closes."""
 
 
 class TrickleReceiver:
-    """Loopback server: after `prefix`, sends one byte every `interval` seconds until stopped."""
+    """Loopback server: after `prefix`, sends one byte every `interval` seconds until stopped (`HANG`: sends
+    nothing). Counts requests, and connections open now and at most at once."""
 
-    def __init__(self, prefix: bytes = BODY, interval: float = 2.0) -> None:
+    def __init__(self, prefix: bytes | None = BODY, interval: float = 2.0) -> None:
         self.prefix, self.interval = prefix, interval
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.port = self.sock.getsockname()[1]
-        self.requests = 0
-        self.open = 0
+        self.requests = self.open = self.most_open = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -39,7 +42,12 @@ class TrickleReceiver:
         with self._lock:
             self.requests += 1
             self.open += 1
+            self.most_open = max(self.most_open, self.open)
         try:
+            if self.prefix is HANG:
+                while conn.recv(65536):  # until the sender gives up and closes
+                    pass
+                return
             conn.settimeout(10)
             data = b""
             while b"\r\n\r\n" not in data:  # the request head; the body is not needed

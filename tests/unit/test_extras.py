@@ -81,3 +81,22 @@ def test_a_hires_size_off_the_familys_multiple_names_the_scale():
     with pytest.raises(InvalidInput) as err:
         _plan({**base, "params": {**base["params"], "hires": {"scale": 1.125}}})
     assert err.value.field == "params.hires.scale" and "72x72" in err.value.message
+
+
+@pytest.mark.parametrize("model, kind", [("some-org/some-controlnet", "hub"), ("/models/cn.safetensors", "file")])
+def test_a_controlnet_from_a_source_the_worker_cannot_load_it_from_is_a_422(model, kind):
+    """Issue 39 defect 10: an allowlisted hub id or checkpoint file was accepted and failed on the worker."""
+    settings = Settings.from_env({"SDQ_MODELS": model})
+    with pytest.raises(InvalidInput) as err:
+        plan_job(parse_submit({"prompts": ["a"], "params": {"controlnet": {"image": "uploads/y.png", "model": model}}}),
+                 settings, owner="alice", uploads=lambda key, field: {"key": key, "width": 64, "height": 64})
+    assert (err.value.field, err.value.code) == ("params.controlnet.model", "unsupported_source")
+    assert f"a {kind} id" in err.value.message and "store:NAME" in err.value.message
+
+
+def test_a_pushed_controlnet_folder_is_told_apart_from_a_model():
+    """`sdq models push` says where to name a single model's folder; a pipeline's folder is a model."""
+    folder = {"kind": "folder", "files": [{"path": "config.json"}, {"path": "diffusion_pytorch_model.safetensors"}]}
+    assert "params.controlnet.model" in controlnet.ControlNet().push_note(folder)
+    pipeline = {"kind": "folder", "files": [*folder["files"], {"path": "model_index.json"}]}
+    assert controlnet.ControlNet().push_note(pipeline) is None

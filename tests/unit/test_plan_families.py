@@ -96,7 +96,7 @@ def test_a_pipeline_the_family_has_no_class_for_is_refused_naming_the_pipeline(t
 
 
 def test_a_model_of_a_family_sdq_does_not_run_is_refused_naming_the_model(tmp_path):
-    model, settings = local_model(tmp_path, "QwenImagePipeline")
+    model, settings = local_model(tmp_path, "QwenImageLayeredPipeline")
     err = _refused({"model": model, "prompts": ["a"]}, settings)
     assert err.field == "model" and "Qwen-Image" in err.message
 

@@ -58,3 +58,18 @@ def test_a_memory_requirement_no_worker_could_have_is_a_422():
         parse_submit({"prompts": ["a"], "requires": {"min_memory_gb": defaults.MAX_DEVICE_MEMORY_GB + 1}})
     assert err.value.field == "requires.min_memory_gb" and str(defaults.MAX_DEVICE_MEMORY_GB) in err.value.message
     assert parse_submit({"prompts": ["a"], "requires": {"min_memory_gb": 80}}).requires.min_memory_gb == 80
+
+
+@pytest.mark.parametrize("sweep, field", [({"width": [64, 80]}, "sweep.width"), ({"height": [80, 64]}, "sweep.height")])
+def test_sweep_cells_are_checked_against_the_hires_size_rule(sweep, field):
+    """Issue 39 defect 10: a cell's width x the hires scale that breaks the family's size rule (SD3: multiples of
+    16; 80 x 1.5 = 120) was accepted and failed on the worker."""
+    body = {"model": "builtin:tiny-sd3", "prompts": ["a"], "sweep": sweep,
+            "params": {"width": 64, "height": 64, "steps": 2, "hires": {"scale": 1.5}}}
+    with pytest.raises(InvalidInput) as err:
+        _plan(body)
+    assert (err.value.field, err.value.status) == (field, 422), err.value.message
+    words = ("120", "80", "params.hires.scale=1.5", "multiple of 16")
+    assert all(w in err.value.message for w in words), err.value.message
+    ok = _plan({**body, "sweep": {"width": [64, 96]}})  # 96 x 1.5 = 144: a multiple of 16
+    assert [it.size for it in ok.items] == [[96, 96], [144, 96]]

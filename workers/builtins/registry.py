@@ -16,7 +16,9 @@ import torch
 from sdq.sources import builtin_path, is_model_folder
 from workers.builtins import families as builtin_families
 from workers.builtins import flux as builtin_flux
+from workers.builtins import qwen as builtin_qwen
 from workers.builtins import video as builtin_video
+from workers.builtins import zimage as builtin_zimage
 from workers.running import preview
 
 from workers.builtins.parts import (SD_SCHEDULER, tiny_safety_checker, tiny_text_encoder, tiny_tokenizer, tiny_unet,
@@ -165,9 +167,11 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-controlnet": build_tiny_controlnet, "tiny-sdxl-controlnet": build_tiny_sdxl_controlnet,
     **builtin_families.BUILDERS,
     **builtin_flux.BUILDERS,
+    **builtin_qwen.BUILDERS,
     **_lora_builders(),
     **preview.BUILDERS,
     **builtin_video.BUILDERS,
+    **builtin_zimage.BUILDERS,
 }
 """Built-in model name (after `builtin:`) to its generator."""
 

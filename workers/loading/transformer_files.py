@@ -1,5 +1,5 @@
-"""Models whose transformer comes as its own file: a Flux transformer checkpoint (what model sites publish:
-the transformer alone, `.safetensors` or quantized `.gguf`) with the base model's other components from a
+"""Models whose transformer comes as its own file: a Flux or Z-Image transformer checkpoint (what model sites
+publish: the transformer alone, `.safetensors` or quantized `.gguf`) with the base model's other components from a
 local diffusers config folder, or a diffusers folder whose `transformer/` holds a GGUF file.
 
 The transformer is opened with its class's `from_single_file` (diffusers converts the original BFL key
@@ -18,10 +18,14 @@ from sdq.sources import single_file_config
 
 GGUF_SUFFIX = ".gguf"
 
+TRANSFORMER_FILE_FAMILIES = (families.FLUX, families.QWEN_IMAGE, families.QWEN_IMAGE_EDIT,
+                             families.Z_IMAGE)
+"""Families whose `.safetensors` single file beside a config folder is the transformer alone (as published)."""
+
 
 def transformer_file(path: Path) -> tuple[Path, Path] | None:
     """(config folder, transformer file) when the model at `path` is opened that way: a `.gguf` file or a
-    Flux single file with its config folder beside it, or a folder with a `transformer/*.gguf`; else None."""
+    Flux or Qwen-Image single file with its config folder beside it, or a folder with a `transformer/*.gguf`; else None."""
     path = Path(path)
     if path.is_dir():
         found = sorted((path / "transformer").glob(f"*{GGUF_SUFFIX}"))
@@ -31,7 +35,8 @@ def transformer_file(path: Path) -> tuple[Path, Path] | None:
     if config is None or suffix not in (GGUF_SUFFIX, ".safetensors"):  # never a .ckpt pickle this way
         return None
     try:
-        return (config, path) if suffix == GGUF_SUFFIX or families.from_folder(config) == families.FLUX else None
+        return (config, path) if suffix == GGUF_SUFFIX or families.from_folder(config) in TRANSFORMER_FILE_FAMILIES \
+            else None
     except families.UnknownFamily:
         return None
 
@@ -67,15 +72,15 @@ def dtype_label(dtype: str, net) -> str:
     return f"{dtype} ({stored})" if stored else dtype
 
 
-def write_gguf(state_dict: dict, path: Path) -> None:
-    """Write a transformer's state dict as a GGUF file with diffusers' key names: Q8_0 for 2-D weights whose
-    rows are a multiple of 32 (its block size), F32 for the rest."""
+def write_gguf(state_dict: dict, path: Path, arch: str = "flux", keep: tuple[str, ...] = ()) -> None:
+    """Write a transformer's state dict as a GGUF file with its key names: Q8_0 for 2-D weights whose
+    rows are a multiple of 32 (its block size), F32 for the rest and for names holding one of `keep`."""
     import gguf
 
-    writer = gguf.GGUFWriter(str(path), arch="flux")
+    writer = gguf.GGUFWriter(str(path), arch=arch)
     for name in sorted(state_dict):
         array = state_dict[name].float().numpy()
-        if array.ndim == 2 and array.shape[1] % 32 == 0:
+        if array.ndim == 2 and array.shape[1] % 32 == 0 and not any(k in name for k in keep):
             q8 = gguf.GGMLQuantizationType.Q8_0
             writer.add_tensor(name, gguf.quants.quantize(array, q8), raw_dtype=q8)
         else:

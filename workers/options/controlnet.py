@@ -2,13 +2,26 @@
 the control image per call and its keywords."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from sdq import pipelines
 from sdq.exceptions import ModelError
 from sdq.options import controlnet
-from sdq.sources import source_for
+from sdq.sources import FolderSource, source_for
 from workers.options.base import Fit, OptionHook
+
+
+def open_controlnet(model_id: str, fetcher: Any) -> Path:
+    """The local folder of a ControlNet (`sdq.options.controlnet.SOURCES`) through the model sources: a built-in,
+    a pushed model pulled, or a local folder — a single model's (`config.json` and its weights), which the
+    pipelines' folder source refuses for want of `model_index.json`."""
+    source = source_for(model_id)
+    if not isinstance(source, FolderSource):
+        return source.open(fetcher)
+    if not (source.path / "config.json").is_file():
+        raise ModelError(f"ControlNet {model_id!r}: not a ControlNet folder (no config.json)")
+    return source.path
 
 
 class ControlNetHook(OptionHook):
@@ -26,7 +39,7 @@ class ControlNetHook(OptionHook):
             raise ModelError(f"model {entry.model_id!r} ({entry.family} family) has no ControlNet pipeline for {task!r}")
         nets = entry.parts.setdefault(self.name, {})
         if variant not in nets:
-            path = source_for(variant).open(cache.fetcher)
+            path = open_controlnet(variant, cache.fetcher)
             try:
                 net = diffusers.ControlNetModel.from_pretrained(path, dtype=cache.device.torch_dtype)
             except (OSError, ValueError, TypeError) as exc:

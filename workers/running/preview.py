@@ -56,6 +56,8 @@ def latent_grid(pipe: Any, latents: torch.Tensor, width: int, height: int) -> to
     them packed in 2x2 patches."""
     if latents.ndim == 3 and hasattr(pipe, "_unpack_latents"):
         latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+    if latents.ndim == 5:  # (batch, channels, frames, h, w) of a video VAE (Qwen-Image's): its one frame
+        latents = latents[:, :, 0]
     side = max(latents.shape[-2:])
     most = max(1, defaults.PREVIEW_SIDE // 8)
     if side > most:
@@ -152,5 +154,7 @@ def decoder_loader(fetcher: Any, device: str, dtype: torch.dtype) -> Callable[[s
 
 
 def latent_channels(pipe: Any) -> int:
-    """Channels of the latents the pipeline's VAE decodes (Flux packs them, but its VAE says the real count)."""
-    return int(getattr(getattr(pipe, "vae", None), "config", {}).get("latent_channels", 4))
+    """Channels of the latents the pipeline's VAE decodes (Flux packs them, but its VAE says the real count;
+    Qwen-Image's VAE calls it `z_dim`)."""
+    config = getattr(getattr(pipe, "vae", None), "config", {})
+    return int(config.get("latent_channels") or config.get("z_dim") or 4)

@@ -35,6 +35,10 @@ def encode_png(image, infotext: str) -> bytes:
     return buf.getvalue()
 
 
+class Superseded(Exception):
+    """This run's claim on the item ended before its PUT (cancelled, superseded, or a backup stored it)."""
+
+
 class Uploader:
     """Encodes, uploads and records finished items on a small thread pool.
 
@@ -59,8 +63,9 @@ class Uploader:
         """Queue one finished image of the run of attempt `gen` on `worker`; the item turns
         `succeeded` once it is in the bucket. The run first claims the item (`JobStore.claim_result`):
         a run that is not the item's current one (superseded, reaped, cancelled) or that lost to a
-        straggler backup stores nothing. Once recorded, `on_stored(fields)` registers it in the
-        result cache (its errors never fail the item)."""
+        straggler backup stores nothing; the claim is asked again right before each PUT attempt, so a
+        run cancelled or superseded after claiming stores nothing either. Once recorded,
+        `on_stored(fields)` registers it in the result cache (its errors never fail the item)."""
         return self.pool.submit(self._upload, job_id, index, image, infotext, fields, transform, on_stored,
                                 worker, gen)
 
@@ -82,11 +87,16 @@ class Uploader:
             log.info("job %s item %d: not this run's to store (another run stored it, or it was superseded); "
                      "this result is dropped", job_id, index)
             return
+
+        def still_ours() -> None:  # asked again right before each PUT attempt: a cancel may have come since
+            if not self._claim(job_id, index, worker, gen):
+                raise Superseded
+
         try:
             t0 = time.perf_counter()
             clip: dict[str, Any] = {}
             if isinstance(image, Clip):  # a video: the MP4 first, then its poster at the image's key
-                data, clip = store_clip(self.store, job_id, index, image, infotext, encode_png)
+                data, clip = store_clip(self.store, job_id, index, image, infotext, encode_png, still_ours)
                 image = image.poster()
             else:
                 if transform is not None:
@@ -94,12 +104,15 @@ class Uploader:
                 data = encode_png(image, infotext)
             t1 = time.perf_counter()
             self.faults.hit("claimed")
-            self.store.put(key, data, content_type="image/png")
+            self.store.put(key, data, content_type="image/png", before_attempt=still_ours)
             self.faults.hit("uploaded")
             t2 = time.perf_counter()
             timings.update(encode=round(t1 - t0, 4), upload=round(t2 - t1, 4))
             thumb = store_thumb(self.store, job_id, index, image)  # {} when it failed: the item still succeeds
             state, extra = "succeeded", {"key": key, "bytes": len(data), "timings": timings, **thumb, **clip}
+        except Superseded:
+            log.info("job %s item %d: cancelled or superseded after its claim; this result is dropped", job_id, index)
+            return
         except Exception as exc:  # noqa: BLE001 - classified: outage -> chunk again, else the item fails
             if isinstance(exc, StorageUnavailable | redis.RedisError):
                 raise
