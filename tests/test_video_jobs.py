@@ -214,9 +214,11 @@ def vpool(stack_factory):
     st.stop()
 
 
-def test_a_worker_killed_mid_video_gives_it_back_and_it_finishes_once(vpool, store):
-    """SIGKILL after a denoising step's progress was counted: the other worker makes the clip, which is
-    stored once (one MP4, one poster), counted once, with the asked frames."""
+@pytest.mark.parametrize("point", ["step", "uploaded"])
+def test_a_worker_killed_mid_video_gives_it_back_and_it_finishes_once(vpool, store, point):
+    """SIGKILL after a denoising step's progress was counted, or after the clip and its poster were stored
+    but before the item was recorded: the other worker makes the clip, which is stored once (one MP4, one
+    poster), counted once, with the asked frames."""
     from cli.services import wait_for
     from sdq.state.keys import FINALIZE_KEY
     from sdq.state.store import JobStore
@@ -224,21 +226,27 @@ def test_a_worker_killed_mid_video_gives_it_back_and_it_finishes_once(vpool, sto
     from tests.test_faults import LONG, RULES
 
     client = Client(vpool.stack.env["SDQ_SERVER"])
-    vpool.r.hset(RULES, "step", "pause")
+    vpool.r.delete(RULES)
+    for key in vpool.r.scan_iter("sdq:debug:*"):
+        vpool.r.delete(key)
+    vpool.fill()  # two live workers again after the last test's kill
+    vpool.r.hset(RULES, point, "pause")
     job_id = client.submit({"model": "builtin:tiny-wan", "pipeline": "txt2video", "prompts": [PROMPT],
-                            "params": {"frames": 5, "fps": 8, "width": 64, "height": 48, "steps": LONG, "seed": 9,
+                            "params": {"frames": 5, "fps": 8, "width": 64, "height": 48,
+                                       "steps": LONG if point == "step" else 4, "seed": 9,
                                        "cache": False}})["id"]
-    victim = vpool.hit("step")
+    victim = vpool.hit(point)
     vpool.r.delete(RULES)
     vpool.kill(victim)
-    vpool.release("step")
+    vpool.release(point)
     doc = wait_job(client, job_id, timeout=300)
     assert doc["state"] == "succeeded", [(it["state"], it["error"]) for it in doc["items"]]
     item = doc["items"][0]
     assert item["worker"] != victim and item["attempts"] == 2, item
-    assert doc["counts"]["succeeded"] == 1 and doc["steps"] == {"done": LONG, "total": LONG}
+    steps = LONG if point == "step" else 4
+    assert doc["counts"]["succeeded"] == 1 and doc["steps"] == {"done": steps, "total": steps}
     assert undeclared_fields(vpool.r, job_id) == set()
-    assert JobStore(vpool.r).get(job_id).steps_done == LONG
+    assert JobStore(vpool.r).get(job_id).steps_done == steps
     wait_for(lambda: vpool.r.zscore(FINALIZE_KEY, job_id) is None, "finalisation done", 60)
     keys = [k for k in store.keys(f"jobs/{job_id}/") if "/thumbs/" not in k]
     assert keys == [f"jobs/{job_id}/00000.mp4", f"jobs/{job_id}/00000.png", f"jobs/{job_id}/manifest.json"]
