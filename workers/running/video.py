@@ -159,16 +159,3 @@ class Clip:
         from PIL import Image
 
         return Image.fromarray(self.frames[0])
-
-
-def store_clip(store: Any, job_id: str, index: int, clip: Clip, infotext: str, encode_poster: Any,
-               before_attempt: Any = None) -> tuple[bytes, dict[str, Any]]:
-    """Encode and upload an item's MP4 (the infotext in its metadata) at `video_key`, `before_attempt()`
-    asked before each PUT attempt (it raises when the run may no longer store); returns the poster's PNG
-    bytes (`encode_poster(image, infotext)`, stored by the caller at the item's image key) and the item
-    fields that name the clip."""
-    data = encode_mp4(clip.frames, clip.fps, infotext)
-    key = video_key(job_id, index)
-    store.put(key, data, content_type=MP4_CONTENT_TYPE, before_attempt=before_attempt)
-    fields = {"video_key": key, "video_bytes": len(data)}
-    return encode_poster(clip.poster(), infotext), fields
