@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     w.add_argument("--name", default=None, help="worker name (Celery node NAME@host)")
     w.add_argument("--low-memory", action="store_true", help="VAE slicing/tiling and CPU offload (CUDA)")
+    w.add_argument("--offload", choices=("auto", "never", "model", "group"), default="auto",
+                   help="run a model whose need exceeds the GPU offloaded: auto (only when it must: model CPU offload, "
+                        "else group offload), never, or always model/group (docs/MODELS.md); CPU workers never offload")
     w.add_argument("--preview-decoder", action="append", default=[], metavar="CHANNELS=MODEL",
                    help="a real tiny autoencoder for live previews of latents with CHANNELS channels (4: TAESD or "
                         "TAESDXL, 16: TAESD3 or TAEF1), by path or id; default: the built-in random ones")
@@ -63,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="testing aid: raise MemoryError when a call's pixels*batch exceed N (4N in low-memory mode)")
     w.add_argument("--debug-fatal-after", type=int, default=None,
                    help="testing aid: raise a sticky CUDA-like device error after N pipeline calls")
+    w.add_argument("--debug-memory-gb", type=float, default=None,
+                   help="testing aid: report N GB of device memory (routing compares needs with it; a CPU worker "
+                        "then offloads with its hooks pointed at the CPU)")
     w.add_argument("--no-safety-checker", dest="safety_checker", action="store_false",
                    help="drop the safety checker a model ships (its verdict is otherwise recorded per item)")
     w.add_argument("--upscale-batch", type=int, default=None,
@@ -206,7 +212,7 @@ def cmd_models(args) -> int:
         print(json.dumps(rows))
     else:
         for r in rows:
-            print(f"{r['id']:40s} {r['kind']:8s} {r['family'] or '?':10s} {r.get('path', '')}"
+            print(f"{r['id']:40s} {r['kind']:8s} {r['family'] or '?':11s} {r.get('path', '')}"
                   + ("" if r.get("present", True) else "  (made on first use)") + "".join(o.row_note(r) for o in options.OPTIONS.values()))
     return 0
 
@@ -223,6 +229,7 @@ def cmd_worker(args) -> int:
                          debug_oom_pixels=args.debug_oom_pixels, debug_fatal_after=args.debug_fatal_after,
                          safety_checker=args.safety_checker, upscale_batch=args.upscale_batch)
     opts.cpu_path = args.cpu_path
+    opts.offload, opts.debug_memory_gb = args.offload, args.debug_memory_gb
     opts.preview_decoders = _preview_decoders(args.preview_decoder)
     return run_worker(Settings.from_env(), opts)
 

@@ -7,7 +7,8 @@ pipeline classes and refuses items whose memory need its device cannot meet.
 A family is picked from a diffusers folder's `model_index.json` (`_class_name`, the same key
 diffusers' AutoPipeline reads) or, for a single `.safetensors` checkpoint, from the tensor names
 in its header (`conditioner.embedders.1.` only SDXL has, `joint_blocks.` only SD3's MMDiT,
-`double_blocks.` only Flux's transformer, `txt_norm.` Qwen-Image's, `layers.0.adaLN_modulation.0.` only Z-Image's).
+`double_blocks.` only Flux's transformer (`single_stream_modulation.` only Flux.2's), `txt_norm.` Qwen-Image's,
+`layers.0.adaLN_modulation.0.` only Z-Image's).
 """
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ SD3 = "sd3"
 FLUX = "flux"
 """Flux.1 (dev, schnell, Kontext and their finetunes): a double/single-stream transformer with distilled
 guidance, a CLIP encoder (pooled) and T5 (tokens), a 16-channel VAE, flow matching."""
+FLUX2 = "flux2"
+"""Flux.2 dev: a 32B double/single-stream transformer with distilled guidance, a Mistral3 (Mistral Small 3.1, 24B)
+text encoder, a 32-channel VAE, flow matching; reference images as input (edit)."""
+FLUX2_KLEIN = "flux2-klein"
+"""Flux.2 Klein (4B, 9B; base and step-distilled): Flux.2's transformer without the guidance input (base models
+guide with real classifier-free guidance), a Qwen3 text encoder, the Flux.2 VAE."""
+
+FLUX2_FILE_KEYS = ("single_stream_modulation.", "model.diffusion_model.single_stream_modulation.")
+"""Tensor-name prefixes of Flux.2 transformers (its BFL files also have Flux.1's `double_blocks.`)."""
+FLUX2_GUIDANCE_KEYS = ("guidance_in.", "guidance_embedder.")
+"""Tensor-name fragments of Flux.2 dev's distilled-guidance input (BFL and diffusers names); Klein has none."""
 QWEN_IMAGE = "qwen-image"
 """Qwen-Image: a 20B MMDiT over 2x2-packed latents of a 16-channel causal VAE, a Qwen2.5-VL-7B text encoder, flow
 matching; no guidance input: real classifier-free guidance (`true_cfg_scale`) against a negative prompt."""
@@ -87,6 +99,12 @@ class Family:
     (docs/MODELS.md)."""
     params: tuple[str, ...] = ()
     """Family-specific item parameters it takes (declared in `sdq.pipelines`)."""
+    negative_prompt: bool = True
+    """Its pipelines take a negative prompt (Flux.2's do not)."""
+    file_needs: tuple[str, ...] = ()
+    """Fragments of tensor names of which a single file of the family has at least one (none: no such rule)."""
+    file_lacks: tuple[str, ...] = ()
+    """Fragments of tensor names no single file of the family has (a newer family's files carry its markers too)."""
     default_steps: int | None = None
     """`steps` when the request gives none (None: `defaults.STEPS`)."""
     max_tokens: int | None = None
@@ -139,7 +157,20 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            default_side=1024, size_multiple=16, default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS,
            guidance=(0.0, 30.0, 3.5), memory=Memory(31.5, 2.0, largest_share=0.75),
            params=("max_sequence_length", "true_cfg_scale"), default_steps=28,
-           distilled=Distilled("FLUX.1 schnell", steps=4, max_sequence_length=256)),
+           distilled=Distilled("FLUX.1 schnell", steps=4, max_sequence_length=256), file_lacks=FLUX2_FILE_KEYS),
+    # Memory (half precision), estimated from parameter counts, not measured (docs/MODELS.md): FLUX.2 dev's
+    # transformer ~32B parameters 59.6 GiB, its Mistral Small 3.1 encoder ~24B 44.7 GiB, the VAE 0.2 GiB: 104.5 GiB.
+    Family(FLUX2, "Flux.2 dev", ("Flux2Pipeline",), FLUX2_FILE_KEYS, default_side=1024, size_multiple=16,
+           default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS, guidance=(0.0, 30.0, 4.0),
+           memory=Memory(104.5, 2.0, largest_share=0.62), params=("max_sequence_length",), default_steps=50,
+           negative_prompt=False, file_needs=FLUX2_GUIDANCE_KEYS),
+    # Memory of the larger Klein, 9B (a model's folder does not say which it is): transformer ~9B 16.8 GiB, Qwen3-8B
+    # encoder ~8.2B 15.3 GiB, VAE 0.2 GiB: 32.3 GiB (Klein 4B: ~4B + Qwen3-4B, ~15.2 GiB). Estimated, not measured.
+    Family(FLUX2_KLEIN, "Flux.2 Klein", ("Flux2KleinPipeline", "Flux2KleinInpaintPipeline"), FLUX2_FILE_KEYS,
+           default_side=1024, size_multiple=16, default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS,
+           guidance=(0.0, 30.0, 4.0), memory=Memory(32.3, 2.0, largest_share=0.57), params=("max_sequence_length",),
+           default_steps=50, negative_prompt=False, file_lacks=FLUX2_GUIDANCE_KEYS,
+           distilled=Distilled("FLUX.2 Klein distilled", steps=4, max_sequence_length=512)),
     # Memory (half precision): the transformer's ~20.4B parameters 38.1 GiB, the Qwen2.5-VL-7B encoder's ~8.3B
     # (vision tower included) 15.4 GiB, the VAE 0.2 GiB: 53.7 GiB; working memory as SD3's. Estimated from
     # parameter counts, not measured (docs/MODELS.md). 50 steps and 1024 px as diffusers' own defaults.
@@ -173,7 +204,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 )}
 """Every family sdq runs, by name."""
 
-UNSUPPORTED_CLASSES = {"FluxFill": "Flux.1 Fill", "FluxControl": "Flux.1 Control", "Flux2": "Flux.2",
+UNSUPPORTED_CLASSES = {"FluxFill": "Flux.1 Fill", "FluxControl": "Flux.1 Control", "Flux2KleinKV": "Flux.2 Klein KV",
                        "Chroma": "Chroma", "StableCascade": "Stable Cascade", "Kandinsky": "Kandinsky",
                        "PixArt": "PixArt", "Sana": "Sana", "Lumina": "Lumina", "HunyuanDiT": "Hunyuan-DiT",
                        "AuraFlow": "AuraFlow", "QwenImage": "Qwen-Image variant", "Cog": "CogView"}
@@ -217,8 +248,7 @@ def from_class_name(class_name: str) -> str:
 def from_keys(keys: list[str]) -> str:
     """The family of a single-file checkpoint from its tensor names (original/LDM layout)."""
     # SD's marker (`input_blocks`) is in SDXL's files too: the newer families' own markers first.
-    found = [f.name for f in FAMILIES.values()
-             if f.name != SD and f.file_keys and any(k.startswith(f.file_keys) for k in keys)]
+    found = [f.name for f in FAMILIES.values() if f.name != SD and _file_of(f, keys)]
     if found:
         return found[0]
     for prefix, title in UNSUPPORTED_FILE_KEYS.items():
@@ -227,6 +257,13 @@ def from_keys(keys: list[str]) -> str:
     if any(k.startswith(FAMILIES[SD].file_keys) for k in keys):
         return SD
     raise UnknownFamily("the checkpoint's tensor names match no family sdq runs")
+
+
+def _file_of(fam: Family, keys: list[str]) -> bool:
+    """Whether tensor names `keys` are a single file of `fam`: its markers, what it needs, nothing it lacks."""
+    return (bool(fam.file_keys) and any(k.startswith(fam.file_keys) for k in keys)
+            and (not fam.file_needs or any(n in k for k in keys for n in fam.file_needs))
+            and not any(n in k for k in keys for n in fam.file_lacks))
 
 
 def from_folder(folder: Path) -> str:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 from sdq.families import (FAMILIES, FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL, Family, UnknownFamily, UnsupportedFamily,
                           detect)
+<<<<<<< HEAD
 from sdq.families import QWEN_IMAGE, Z_IMAGE
 from sdq.families import LTX, WAN
+=======
+from sdq.families import FLUX2_KLEIN, QWEN_IMAGE, Z_IMAGE
+>>>>>>> main
 from sdq.memory import Memory, quantized
 from sdq.sources import source_for
 from sdq.tensorfiles import tensor_names
@@ -32,9 +36,15 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "builtin:tiny-z-image-turbo": Z_IMAGE,
     "builtin:tiny-z-image-gguf": Z_IMAGE,  # tiny-z-image with a GGUF (Q8_0) transformer
     "builtin:tiny-qwen-image": QWEN_IMAGE,
+<<<<<<< HEAD
     "builtin:tiny-wan": WAN,  # text-to-video only (a Wan T2V transformer)
     "builtin:tiny-wan-i2v": WAN,  # image-to-video only (a Wan I2V transformer)
     "builtin:tiny-ltx": LTX,
+=======
+    "builtin:tiny-flux2": FLUX2_KLEIN,  # Klein-shaped (Qwen3 encoder); no tiny Flux.2 dev (docs/MODELS.md)
+    "builtin:tiny-flux2-distilled": FLUX2_KLEIN,
+    "builtin:tiny-flux2-gguf": FLUX2_KLEIN,  # tiny-flux2 with a GGUF (Q8_0) transformer
+>>>>>>> main
     # Full-size shapes with random weights (`workers.builtins.fullsize`): generated on first use, ~4-5 GB each.
     "builtin:sd15-shaped": SD,
     "builtin:sd2-768-shaped": SD,
@@ -49,8 +59,12 @@ BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256, "builtin:tin
                  "builtin:tiny-z-image": 128, "builtin:tiny-z-image-turbo": 128,
                  "builtin:tiny-z-image-gguf": 128,
                  "builtin:tiny-qwen-image": 128,
+<<<<<<< HEAD
                  "builtin:tiny-wan": 64, "builtin:tiny-wan-i2v": 64, "builtin:tiny-ltx": 64,
                  }
+=======
+                 "builtin:tiny-flux2": 128, "builtin:tiny-flux2-distilled": 128, "builtin:tiny-flux2-gguf": 128}
+>>>>>>> main
 """Default width and height of the tiny built-ins whose family's default is larger (their sample size
 times 8: diffusers' own default for them); the others take their family's."""
 
@@ -68,19 +82,26 @@ class ModelInfo:
 
 
 BUILTIN_DISTILLED = frozenset({"builtin:tiny-flux-schnell",
-                               "builtin:tiny-z-image-turbo"})
+                               "builtin:tiny-z-image-turbo",
+                               "builtin:tiny-flux2-distilled"})
 """Built-ins that are timestep-distilled models."""
 
 GUIDANCE_KEYS = ("guidance_in.", "model.diffusion_model.guidance_in.", "time_text_embed.guidance_embedder.")
 """Tensor-name prefixes of Flux's distilled-guidance input (dev has it, schnell does not)."""
 
 
-def is_distilled(path: Path) -> bool:
-    """Whether the Flux model at `path` is timestep-distilled (schnell-like), read from the model itself:
-    its transformer's config says `guidance_embeds: false` (a folder, or a file's config folder beside
-    it), or a single file's tensors have no guidance input."""
+def is_distilled(path: Path, family: str = FLUX) -> bool:
+    """Whether the `family` model at `path` is timestep-distilled, read from the model itself. Flux.1 (schnell-like):
+    its transformer's config says `guidance_embeds: false` (a folder, or a file's config folder beside it), or a
+    single file's tensors have no guidance input. Flux.2 Klein: its `model_index.json` says `is_distilled` (a Klein
+    file without a config folder counts as a base model: its tensor names do not say)."""
     path = Path(path)
     folder = path if path.is_dir() else path.with_suffix("")
+    if family == FLUX2_KLEIN:
+        try:
+            return json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("is_distilled") is True
+        except (OSError, ValueError):
+            return False
     config = folder / "transformer" / "config.json"
     if config.is_file():
         try:
@@ -112,6 +133,7 @@ def is_turbo(path: Path) -> bool:
 
 
 DISTILLED_CHECKS = {FLUX: is_distilled,
+                    FLUX2_KLEIN: partial(is_distilled, family=FLUX2_KLEIN),
                     Z_IMAGE: is_turbo}
 """Family -> how a model of it is told to be its timestep-distilled variant, from the model itself."""
 

@@ -15,7 +15,11 @@ from typing import Any
 from sdq import defaults, families, videos
 from sdq.families import FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL
 from sdq.families import QWEN_IMAGE, QWEN_IMAGE_EDIT, Z_IMAGE
+<<<<<<< HEAD
 from sdq.families import LTX, WAN
+=======
+from sdq.families import FLUX2, FLUX2_KLEIN
+>>>>>>> main
 from sdq.params import ImageInput, Param
 
 
@@ -99,7 +103,7 @@ MASK_IMAGE = ImageInput("mask_image", "mask_image", mode="L", infotext="Mask ima
 SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
     PipelineSpec("txt2img", {SD: "StableDiffusionPipeline", SDXL: "StableDiffusionXLPipeline",
                              SD3: "StableDiffusion3Pipeline", FLUX: "FluxPipeline",
-                             QWEN_IMAGE: "QwenImagePipeline",
+                             QWEN_IMAGE: "QwenImagePipeline", FLUX2: "Flux2Pipeline", FLUX2_KLEIN: "Flux2KleinPipeline",
                              Z_IMAGE: "ZImagePipeline"}, passes_size=True,
                  doc="an image from a prompt"),
     PipelineSpec("img2img", {SD: "StableDiffusionImg2ImgPipeline", SDXL: "StableDiffusionXLImg2ImgPipeline",
@@ -115,12 +119,13 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
                  steps_scaled_by="strength", doc="img2img that keeps the init image's depth map"),
     PipelineSpec("inpaint", {SD: "StableDiffusionInpaintPipeline", SDXL: "StableDiffusionXLInpaintPipeline",
                              FLUX: "FluxInpaintPipeline",
-                             QWEN_IMAGE: "QwenImageInpaintPipeline",
+                             QWEN_IMAGE: "QwenImageInpaintPipeline", FLUX2_KLEIN: "Flux2KleinInpaintPipeline",
                              Z_IMAGE: "ZImageInpaintPipeline"},
                  images=(INIT_IMAGE, MASK_IMAGE), params=(STRENGTH,), steps_scaled_by="strength", passes_size=True,
                  doc="the white part of a mask repainted over the init image (the mask is made single-channel)"),
     PipelineSpec("edit", {FLUX: "FluxKontextPipeline",
-                          QWEN_IMAGE_EDIT: "QwenImageEditPipeline"}, images=(INIT_IMAGE,), passes_size=True,
+                          QWEN_IMAGE_EDIT: "QwenImageEditPipeline",
+                          FLUX2: "Flux2Pipeline", FLUX2_KLEIN: "Flux2KleinPipeline"}, images=(INIT_IMAGE,), passes_size=True,
                  doc="the init image changed as the prompt says (an instruction: \"make the sky red\")"),
     PipelineSpec("txt2video", {WAN: "WanPipeline", LTX: "LTXPipeline"}, passes_size=True, video=True,
                  doc="a video clip from a prompt (an MP4 of `frames` frames at `fps`, and its first frame as PNG)"),
@@ -209,11 +214,17 @@ FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs, FLUX: _flux_kwargs,
                  LTX: lambda p: _video_kwargs(LTX, p),
                  }
 """Family -> the keyword arguments of its diffusers calls made from the item's family parameters."""
+FAMILY_KWARGS.update({FLUX2: _sd3_kwargs, FLUX2_KLEIN: _sd3_kwargs})  # Flux.2: size and max_sequence_length
 
 CLASS_KWARGS = {"FluxKontextPipeline": lambda p: {"max_area": p["width"] * p["height"], "_auto_resize": False}}
 """Diffusers class -> keyword arguments its call needs beyond the table's. Kontext otherwise rescales the
 output to a 1024x1024 area and the init image to one of its preferred sizes: it gets the requested size,
 and the init image as the worker fitted it to that size."""
+
+
+REFERENCE_CLASSES = frozenset({"Flux2Pipeline", "Flux2KleinPipeline"})
+"""Diffusers classes whose `image` is a list of reference images every prompt of the call sees (Flux.2's edit):
+the worker calls them with one prompt and its own init image at a time."""
 
 
 def class_kwargs(class_name: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -290,6 +290,51 @@ def test_webuiapi_defaults_are_accepted_and_mean_what_they_mean_in_a1111():
     assert a1111_field("params.guidance_scale") == "cfg_scale" and a1111_field("params.loras[0].name") == "prompt"
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("model,extra,expected", [
+    ("builtin:tiny-sd", {}, {"guidance_scale": 7.0}),
+    ("builtin:tiny-sd3", {}, {"guidance_scale": 7.0}),
+    ("builtin:tiny-z-image", {}, {"guidance_scale": 7.0}),
+    ("builtin:tiny-z-image-turbo", {}, {}),  # run without guidance: cfg_scale changes nothing
+    ("builtin:tiny-flux-schnell", {}, {}),
+    ("builtin:tiny-flux", {}, {}),  # no negative prompt: one pass, the family's distilled guidance
+    ("builtin:tiny-flux", {"negative_prompt": "blur", "distilled_cfg_scale": 2.5},
+     {"true_cfg_scale": 7.0, "guidance_scale": 2.5}),
+    ("builtin:tiny-qwen-image", {"negative_prompt": " "}, {"true_cfg_scale": 7.0}),
+    ("builtin:tiny-qwen-image", {"negative_prompt": " ", "cfg_scale": 1.0}, {}),
+])
+def test_cfg_scale_means_what_forge_makes_of_it_per_family(model, extra, expected):
+    from producer.doors.a1111_schema import Txt2ImgIn
+    from producer.doors.a1111_translate import submit_body
+
+    body = Txt2ImgIn.model_validate({"prompt": "p", "steps": 4, "width": 64, "height": 64, **extra})
+    params = submit_body(body, model, [model], ())["params"]
+    assert {k: params[k] for k in ("guidance_scale", "true_cfg_scale") if k in params} == expected
+
+
+@pytest.mark.unit
+def test_distilled_cfg_scale_on_a_family_without_that_input_is_a_422_naming_it():
+    from producer.doors.a1111_schema import Txt2ImgIn
+    from producer.doors.a1111_translate import submit_body
+    from sdq.exceptions import InvalidInput
+
+    with pytest.raises(InvalidInput) as err:
+        submit_body(Txt2ImgIn.model_validate({"prompt": "p", "distilled_cfg_scale": 3.5}), "builtin:tiny-sd",
+                    ["builtin:tiny-sd"], ())
+    assert err.value.field == "distilled_cfg_scale"
+
+
+def test_webuiapi_defaults_run_a_timestep_distilled_flux_model(door):
+    """webuiapi always sends `cfg_scale` (7 by default): a schnell-type model, which takes no guidance, runs."""
+    api = api_for(door, "alice")
+    result = api.txt2img(prompt="a red kite", seed=5, width=64, height=64, steps=2,
+                         override_settings={"sd_model_checkpoint": "builtin:tiny-flux-schnell"})
+    assert len(result.images) == 1 and result.images[0].size == (64, 64)
+    job = sdq_for(door, "alice").job(result.info["job_id"])
+    assert job["state"] == "succeeded" and job["model"] == "builtin:tiny-flux-schnell"
+    assert job["params"]["guidance_scale"] == 0 and job["params"].get("true_cfg_scale") is None
+
+
 @pytest.mark.serial
 def test_many_waiting_requests_leave_the_api_answering(stack_factory):
     """60 txt2img requests waiting on jobs no worker takes: the rest of the API answers meanwhile."""

@@ -6,6 +6,7 @@ uses. `Worker.serve` joins the fleet and consumes until stopped. `workers.main` 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -28,7 +29,7 @@ from storage import ResultStore
 from workers.running.backups import Backups
 from workers.fleet.capability import Activity, Capability, Heartbeat, worker_models
 from workers.finishing.courier import Courier
-from workers.loading.device import Device, select_device, set_threads
+from workers.loading.device import Device, resolve_offload, select_device, set_threads
 from workers.testing.faults import Faults
 from workers.finishing.finalize import finalize_job
 from workers.fleet.idlewatch import IdleWatch
@@ -64,6 +65,8 @@ class WorkerOptions:
     force_dtype: bool = False
     preload: list[str] | None = None
     debug_oom_pixels: int | None = None
+    debug_memory_gb: float | None = None  # testing aid: the device memory a CPU worker reports (it may offload)
+    offload: str = "auto"  # `--offload`: auto, never, model, group (`workers.loading.device.resolve_offload`)
     debug_fatal_after: int | None = None
     safety_checker: bool = True
     upscale_batch: int | None = None
@@ -157,6 +160,9 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     set_threads(opts.threads)  # before the device: `--cpu-path fastest` measures with the worker's threads
     device = select_device(opts.device, opts.dtype, force=opts.force_dtype, cpu_path=opts.cpu_path,
                            cpuinfo=cpuinfo_override())
+    if opts.debug_memory_gb is not None:
+        device = dataclasses.replace(device, simulated_gb=opts.debug_memory_gb)
+    offload = resolve_offload(opts.offload, device)
     models = worker_models(opts.models, settings.models)
     max_pixels = opts.max_pixels or settings.max_pixels
     max_batch = opts.max_batch or default_max_batch(device.kind)
@@ -191,19 +197,21 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
     speedometer = Speedometer(device.kind)
     by_speed = settings.scheduling == "speed"
     router = Router(name, models, max_pixels, device.memory_gb()[0], speedometer if by_speed else None,
-                    dtype=device.dtype, cast_from=load_cast(device.device, device.dtype))
+                    dtype=device.dtype, cast_from=load_cast(device.device, device.dtype), offload=offload)
     activity = Activity(speed=speedometer)
     backups = Backups(name, jobs, router, speedometer, lambda: activity.current is None, publish,
                       queues) if by_speed else None
     capability = Capability(name, device, models, max_pixels, max_batch, queues, opts.threads, activity,
-                            cache.loaded, cache.loaded_adapters, cache.quantized)
+                            cache.loaded, cache.loaded_adapters, cache.quantized, offload, cache.offloaded_models,
+                            lambda: worker_options.held_gb(cache.entries()))
     reaper = Reaper(jobs, celery, finalize, settings.reaper_interval, settings.finalize_resend, settings.outbox_lease)
     interval = min(settings.heartbeat_interval, settings.visibility_timeout / defaults.LEASE_MIN_REFRESHES)
     heartbeat = Heartbeat(client, capability, interval, leases, reaper, settings.heartbeat_ttl, publish,
                           Outbox(client, settings.outbox_lease))
     lookout = IdleWatch(client, backups, lambda: activity.current is None, quiet_s=interval) if backups else None
     results = CachedResults(ResultIndex(client), cache.fetcher.hasher, store, jobs, name, device.device, device.dtype,
-                            opts.safety_checker, finalize, digest=cache.weights_digest)  # the loaded weights' digest
+                            opts.safety_checker, finalize, digest=cache.weights_digest,
+                            low_memory=cache.low_memory_for)  # the loaded weights' digest
     runner = Runner(name, device, cache,
                     Outputs(jobs, store, uploader, finalize, results),
                     Presence(router, publish, leases, activity, heartbeat.publish),

@@ -44,6 +44,7 @@ class _Generate(_Body):
     n_iter: int = Field(1, ge=1, le=MAX_BATCH)
     steps: int = Field(50, ge=1)
     cfg_scale: float = 7.0
+    distilled_cfg_scale: float | None = None  # Forge's field: Flux's distilled guidance (its `guidance_scale`)
     width: int = Field(512, ge=1)
     height: int = Field(512, ge=1)
     restore_faces: bool | None = None

@@ -12,6 +12,7 @@ from typing import Any
 from producer.doors.a1111_prompt import refuse_tags, split_prompt
 from producer.doors.a1111_schema import MAX_BATCH, Img2ImgIn, Txt2ImgIn, _Generate
 from sdq import families, pipelines
+from sdq.families import Family
 from sdq.modelinfo import model_info
 from sdq.exceptions import InvalidInput
 from sdq.options import hires as hires_option
@@ -63,6 +64,11 @@ def sampler_table() -> list[tuple[str, str, tuple[str, ...]]]:
     return [(s.sampler, name, SAMPLER_ALIASES.get(name, ())) for name, s in pipelines.SCHEDULERS.items()]
 
 
+FLOW_AS_EULER = ("euler", "euler_a")
+"""Samplers that run a flow-matching model (SD3, Flux, Qwen-Image, Z-Image) as its one sampler, `flow_euler`:
+A1111's `Euler`, and `Euler a` (webuiapi's default; no ancestral noise is added on these models)."""
+
+
 def scheduler_for(sampler: str | None, schedule: str | None, family: str | None) -> str:
     """The sdq scheduler for an A1111 sampler and schedule; 422 naming `sampler_name` or `scheduler`."""
     name = (sampler or DEFAULT_SAMPLER).strip()
@@ -74,8 +80,8 @@ def scheduler_for(sampler: str | None, schedule: str | None, family: str | None)
     check_schedule(schedule)
     for title, sched, aliases in sampler_table():
         if name.lower() in (title.lower(), sched, *aliases):
-            if family is not None and not families.family(family).runs(sched) and sched == "euler":
-                return "flow_euler"  # A1111's "Euler" on a flow-matching model
+            if family is not None and not families.family(family).runs(sched) and sched in FLOW_AS_EULER:
+                return "flow_euler"  # the one sampler of a flow-matching model
             return sched
     raise InvalidInput("sampler_name", f"sampler_name: unknown sampler {name!r}; sdq runs: "
                        f"{', '.join(t for t, _, _ in sampler_table())}", code="unknown_sampler")
@@ -184,12 +190,33 @@ def checkpoint(title: Any, models: list[str], field: str) -> str:
                        code="unknown_model")
 
 
-def _family(model: str) -> str | None:
+def _family(model: str) -> Family | None:
+    """The model's family as the producer reads it (a distilled model's as that variant sees it), or None."""
     try:
-        info = model_info(model)
+        return model_info(model).family
     except Exception:  # read again (and refused naming the model) by the submit
         return None
-    return info.family.name if info.family else None
+
+
+def guidance(body: _Generate, fam: Family | None) -> dict[str, Any]:
+    """The sdq guidance parameters of A1111's `cfg_scale` (and Forge's `distilled_cfg_scale`), as Forge reads
+    them per family: where the family takes real CFG beside a distilled guidance input (Flux, Qwen-Image),
+    `cfg_scale` is that CFG, used against a negative prompt (without one, or at 1 or below, one pass and no CFG)
+    and `distilled_cfg_scale` is the guidance input; a family run without guidance (a timestep-distilled
+    model, Z-Image-Turbo) ignores `cfg_scale`; elsewhere it is the guidance scale, as in A1111."""
+    if fam is not None and "true_cfg_scale" in fam.params:
+        out: dict[str, Any] = {}
+        if body.negative_prompt and body.cfg_scale > 1:
+            out["true_cfg_scale"] = body.cfg_scale
+        if body.distilled_cfg_scale is not None:
+            out["guidance_scale"] = body.distilled_cfg_scale
+        return out
+    if body.distilled_cfg_scale is not None:
+        raise _refuse("distilled_cfg_scale", f"only models with a distilled guidance input take it (Flux); this "
+                      f"model is {fam.title if fam else 'of a family not known here'}: use cfg_scale")
+    if fam is not None and fam.guidance[1] == 0:
+        return {}
+    return {"guidance_scale": body.cfg_scale}
 
 
 def submit_body(body: Txt2ImgIn | Img2ImgIn, default_model: str, models: list[str], allowlist: tuple[str, ...],
@@ -198,7 +225,8 @@ def submit_body(body: Txt2ImgIn | Img2ImgIn, default_model: str, models: list[st
     `params.init_image`, `params.mask_image`); InvalidInput naming the A1111 field it cannot honour."""
     # 1. Model, sampler and the fields sdq has no use for.
     model = _model(body, default_model, models)
-    scheduler = scheduler_for(body.sampler_name or body.sampler_index, body.scheduler, _family(model))
+    fam = _family(model)
+    scheduler = scheduler_for(body.sampler_name or body.sampler_index, body.scheduler, fam.name if fam else None)
     _check_common(body, scheduler)
     if body.batch_size * body.n_iter > MAX_BATCH:
         raise InvalidInput("batch_size", f"batch_size x n_iter: {body.batch_size * body.n_iter} images exceed "
@@ -210,7 +238,7 @@ def submit_body(body: Txt2ImgIn | Img2ImgIn, default_model: str, models: list[st
         raise InvalidInput("prompt", "prompt: sdq needs a non-empty prompt", code="missing")
     # 3. The sdq parameters.
     params: dict[str, Any] = {
-        "steps": body.steps, "guidance_scale": body.cfg_scale, "width": body.width, "height": body.height,
+        "steps": body.steps, "width": body.width, "height": body.height, **guidance(body, fam),
         "scheduler": scheduler, "negative_prompt": body.negative_prompt,
         "images_per_prompt": body.batch_size * body.n_iter}
     if body.seed >= 0:
@@ -231,7 +259,7 @@ def submit_body(body: Txt2ImgIn | Img2ImgIn, default_model: str, models: list[st
 
 SDQ_FIELDS: tuple[tuple[str, str], ...] = (
     ("prompts", "prompt"), ("params.loras", "prompt"), ("params.steps", "steps"),
-    ("params.guidance_scale", "cfg_scale"), ("params.width", "width"), ("params.height", "height"),
+    ("params.guidance_scale", "cfg_scale"), ("params.true_cfg_scale", "cfg_scale"), ("params.width", "width"), ("params.height", "height"),
     ("params.scheduler", "sampler_name"), ("params.negative_prompt", "negative_prompt"), ("params.seed", "seed"),
     ("params.images_per_prompt", "batch_size"), ("params.strength", "denoising_strength"),
     ("params.hires.scale", "hr_scale"), ("params.hires.strength", "denoising_strength"),

@@ -51,6 +51,9 @@ def check_item(fam: Family | None, model: str, params: dict[str, Any], where: st
     when given) do not suit the model's family (nothing is checked when the family is not known here)."""
     if fam is None:
         return
+    if negative and not fam.negative_prompt:
+        raise InvalidInput(f"{where}negative_prompt", f"{where}negative_prompt: {fam.title} models take no negative "
+                           f"prompt; leave it out", code="unsupported_parameter")
     _check_guidance(fam, params, where, negative)
     if videos.is_video(fam.name):
         videos.check_item(fam.name, params, where)

@@ -21,7 +21,7 @@ from producer.planning.sweep import check_cell, check_sweep, combinations, count
 from producer.tenants import check_queue_room
 from producer.uploads import upload_record
 from sdq import contract, defaults, options, pipelines
-from sdq.memory import load_cast, required_gb
+from sdq.memory import fit, load_cast
 from sdq.celery_app import item_queue, send_chunk
 from sdq.config import Settings
 from sdq.exceptions import AlreadySubmitted, InvalidInput, NotFound
@@ -291,9 +291,11 @@ def _chunks(plan: Plan, workers: list[dict[str, Any]], by_speed: bool = True):
 
 
 def need_gb(requires: dict[str, Any], worker: dict[str, Any], pixels: int) -> float | None:
-    """The memory an item of `pixels` pixels needs on `worker` (its dtype, and its load-time cast on a CPU)."""
+    """The memory an item of `pixels` pixels needs on `worker` (its dtype, its load-time cast on a CPU, and
+    offloaded when its `offload` setting lets it and the whole model does not fit: `sdq.memory.fit`)."""
     dtype = worker.get("dtype") or "fp32"
-    return required_gb(requires, dtype, pixels, load_cast(worker.get("device") or "", dtype))
+    return fit(requires, dtype, pixels, worker.get("memory_total_gb"), load_cast(worker.get("device") or "", dtype),
+               worker.get("offload") or "never").need_gb
 
 
 def route(plan: Plan, workers: list[dict[str, Any]],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from sdq import defaults
+from sdq import defaults, pipelines
 from sdq.exceptions import InvalidInput
 from sdq.options.base import FormField, OptionSpec, Pass, Submit
 from sdq.params import Param, check_denoising
@@ -68,6 +68,11 @@ class Hires(OptionSpec):
             FormField("steps", "Hires steps", attrs=(("min", "1"), ("placeholder", "same as Steps"),
                                                      ("inputmode", "numeric"))))
 
+    def offered(self, pipeline: str, family: str | None) -> bool:
+        """Pipelines with a second pass, for a family that has a class for that pass (Flux.2 has no img2img)."""
+        return pipeline in SECOND_PASS and (family is None or
+                                            pipelines.spec(SECOND_PASS[pipeline]).class_for(family) is not None)
+
     def check(self, value: Any, ctx: Submit) -> Any:
         """The fields with their defaults (the steps stay None: each item's own)."""
         if value is None:
@@ -75,6 +80,10 @@ class Hires(OptionSpec):
         if ctx.spec.name not in SECOND_PASS:
             raise InvalidInput("params.hires", f"pipeline {ctx.spec.name!r} takes no hires fix "
                                f"({', '.join(SECOND_PASS) or 'none'} do)", code="unexpected_hires")
+        if ctx.family is not None and not self.offered(ctx.spec.name, ctx.family):
+            raise InvalidInput("params.hires", f"model {ctx.model!r} ({ctx.family} family) has no "
+                               f"{SECOND_PASS[ctx.spec.name]!r} pipeline for the hires fix's second pass",
+                               code="unexpected_hires")
         return {p.name: value.get(p.name, p.default) for p in PARAMS}
 
     def add(self, params: dict[str, Any], value: Any, size_multiple: int = 8) -> dict[str, Any]:

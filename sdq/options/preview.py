@@ -10,12 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from sdq import defaults
+from sdq.exceptions import InvalidInput
+from sdq.families import FLUX2, FLUX2_KLEIN
 from sdq.options.base import FormField, OptionSpec, Submit
 from sdq.params import Param
 
 INTERVAL = Param("interval", float, defaults.PREVIEW_INTERVAL_MIN, 60, defaults.PREVIEW_INTERVAL,
                  doc="seconds at least between two previews of an item")
 """`params.preview.interval`."""
+
+NO_PREVIEWS = (FLUX2, FLUX2_KLEIN)
+"""Families whose latents no preview decoder reads (Flux.2's: 32 channels, packed in position-id order)."""
 
 
 class Preview(OptionSpec):
@@ -35,9 +40,16 @@ class Preview(OptionSpec):
     form = (FormField("interval", "Seconds between previews", attrs=(("min", "0.25"), ("max", "60"), ("step", "0.25"),
                                                                      ("value", "0.5"), ("inputmode", "decimal"))),)
 
+    def offered(self, pipeline: str, family: str | None) -> bool:
+        """The pipelines with a step hook that sees latents, for families whose latents a decoder reads."""
+        return pipeline in self.pipelines and family not in NO_PREVIEWS
+
     def check(self, value: Any, ctx: Submit) -> Any:
         """`true` or an object, with the interval's default filled in (None or `false`: not asked for)."""
         if value is None or value is False:
             return None
+        if ctx.family in NO_PREVIEWS:
+            raise InvalidInput("params.preview", f"model {ctx.model!r} ({ctx.family} family) has no preview "
+                               f"decoder for its latents; leave params.preview out", code="unexpected_preview")
         value = super().check({} if value is True else value, ctx)
         return {"interval": value.get("interval") or INTERVAL.default}

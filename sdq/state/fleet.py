@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from sdq import defaults
-from sdq.memory import load_cast, required_gb
+from sdq.memory import fit, load_cast
 from sdq.state.keys import FLEET_EVENTS_CHANNEL, FLEET_KEY, worker_key, worker_queue_keys
 from sdq.state.redisconn import text
 
@@ -70,8 +70,8 @@ def able(workers: list[dict[str, Any]], queue: str, model: str, pixels: int, req
         if pixels > (w.get("max_pixels") or pixels):
             continue
         dtype = w.get("dtype") or "fp32"
-        need = required_gb(requires, dtype, pixels, load_cast(w.get("device") or "", dtype))
-        if need and w.get("memory_total_gb") is not None and w["memory_total_gb"] < need:
+        if not fit(requires, dtype, pixels, w.get("memory_total_gb"), load_cast(w.get("device") or "", dtype),
+                   w.get("offload") or "never").fits:  # whole, or offloaded where its `--offload` lets it
             continue
         out.append(w)
     return out

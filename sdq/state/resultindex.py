@@ -47,7 +47,8 @@ def cache_key(maker: Maker, owner: str, pipeline: str, params: dict[str, Any], p
 
     `params` are the item's generation parameters (all of them, so a new parameter is in the key
     at once); `owner` keeps tenants apart. Not in the key: job id, index, priority, webhook,
-    the worker's name, its micro-batch size and low-memory mode (numerical noise only). The
+    the worker's name and its micro-batch size (numerical noise only); low-memory mode's tiled decodes
+    differ, and the worker adds it to `params` (`workers.running.resultcache.LOW_MEMORY`). The
     contents of the item's further image inputs (`images_sha256`, e.g. a mask) and of its LoRA
     adapters' files (`adapters_sha256`, by id: a name pushed again with new weights is a new key) are
     in the key when it has any."""

@@ -43,7 +43,9 @@ class Capability:
                  queues: list[str], threads: int | None, activity: Activity | None = None,
                  loaded: Callable[[], list[str]] | None = None,
                  adapters: Callable[[], dict[str, list[str]]] | None = None,
-                 quantized: Callable[[], dict[str, str]] | None = None) -> None:
+                 quantized: Callable[[], dict[str, str]] | None = None, offload: str = "never",
+                 offloaded: Callable[[], dict[str, str]] | None = None,
+                 held: Callable[[], dict[str, float]] | None = None) -> None:
         self.name, self.device = name, device
         self.models, self.max_pixels, self.max_batch = models, max_pixels, max_batch
         self.queues, self.threads = queues, threads
@@ -51,6 +53,9 @@ class Capability:
         self.loaded = loaded or list
         self.adapters = adapters or dict  # model id -> LoRA adapter ids loaded into it
         self.quantized = quantized or dict  # loaded model id -> how its weights are quantized ("gguf Q8_0")
+        self.offload = offload  # `--offload` as it applies to this device: never, auto, model, group
+        self.offloaded = offloaded or dict  # loaded model id -> the offload mode it runs in now
+        self.held = held or dict  # loaded model id -> GiB of weights options hold beside it (ControlNets)
         self.host = socket.gethostname()
         self.started_at = time.time()
 
@@ -73,7 +78,8 @@ class Capability:
             "memory_total_gb": total, "memory_free_gb": free, "peak_rss_gb": peak_rss_gb(),
             "pipelines": self.pipelines(),
             "models": self.models, "loaded_models": self.loaded(), "loaded_adapters": self.adapters(),
-            "quantized": self.quantized(),
+            "quantized": self.quantized(), "offload": self.offload, "offloaded_models": self.offloaded(),
+            "held_gb": self.held(),
             "max_pixels": self.max_pixels, "max_batch": self.max_batch, "queues": self.queues,
             "threads": self.threads, "items_done": self.activity.items_done,
             "speed": self.activity.speed.snapshot() if self.activity.speed else {},

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from sdq.contract import worker_kind
+from sdq.memory import OFFLOAD_SETTINGS
 from sdq.exceptions import CapabilityError
 from workers.loading.cpu_paths import CPU_PATHS, CpuPath, cpu_model, resolve_cpu_path
 
@@ -28,6 +29,7 @@ class Device:
     dtype: str
     name: str
     cpu_path: CpuPath | None = None  # a CPU worker's path (`workers.loading.cpu_paths`); None on a GPU
+    simulated_gb: float | None = None  # testing aid `--debug-memory-gb`: the device memory it reports
 
     @property
     def backend(self) -> str:
@@ -45,7 +47,9 @@ class Device:
         return TORCH_DTYPES[self.dtype]
 
     def memory_gb(self) -> tuple[float | None, float | None]:
-        """(total, free) memory of the device in GiB."""
+        """(total, free) memory of the device in GiB (both the simulated size under `--debug-memory-gb`)."""
+        if self.simulated_gb is not None:
+            return self.simulated_gb, self.simulated_gb
         if self.device.startswith("cuda"):
             free, total = torch.cuda.mem_get_info(torch.device(self.device))
             return round(total / 2**30, 2), round(free / 2**30, 2)
@@ -115,6 +119,20 @@ def select_device(device: str = "auto", dtype: str = "auto", force: bool = False
         return Device(device=device, dtype=dtype, name=name, cpu_path=CpuPath("fp16", backend, "--dtype fp16 --force-dtype"))
     path = resolve_cpu_path(requested, cpu_path, force, cpuinfo)
     return Device(device=device, dtype=path.dtype, name=name, cpu_path=path)
+
+
+def resolve_offload(offload: str, device: Device) -> str:
+    """`--offload` for this device: offloading moves weights between host RAM and a GPU, so a CPU worker
+    never offloads (`auto` means `never` there, and `model`/`group` are refused), except under the testing
+    aid `--debug-memory-gb`, which makes it a small device whose offload hooks point at the CPU."""
+    if offload not in OFFLOAD_SETTINGS:
+        raise CapabilityError(f"--offload {offload!r}: expected one of {', '.join(OFFLOAD_SETTINGS)}")
+    if device.kind == "gpu" or device.simulated_gb is not None or offload == "never":
+        return offload
+    if offload == "auto":
+        return "never"
+    raise CapabilityError(f"--offload {offload}: offloading saves GPU memory; a CPU worker's weights are in its "
+                          "RAM already (use --offload never or auto)")
 
 
 def set_threads(threads: int | None) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import gc
 import logging
 import threading
 from collections import OrderedDict
@@ -12,10 +11,12 @@ from typing import Any
 
 import torch
 
-from sdq import defaults, families, options, pipelines
+from sdq import contract, defaults, families, options, pipelines
 from sdq.exceptions import ModelError, ModelUnavailable, OutOfMemory
 from sdq.sources import single_file_config, source_for
 from workers.loading import checkpoints
+from workers.loading import offload as offloading
+from workers.loading.offload import free_memory, is_out_of_memory
 from workers.loading import transformer_files
 from workers.loading.sources import WorkerFetcher
 from workers import options as worker_options
@@ -25,17 +26,9 @@ from workers.loading.loadwatch import progress_while
 
 log = logging.getLogger(__name__)
 
-OUT_OF_MEMORY: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, MemoryError)
-"""Errors that mean "the device ran out of memory" (CUDA allocator, or host RAM on a CPU)."""
-
 STICKY_DEVICE_ERRORS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS_",
                         "CUDNN_STATUS_", "unspecified launch failure")
 """Words of CUDA errors after which the process's CUDA context is unusable: every later call fails."""
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """The device (or host) ran out of memory: worth a retry with less memory."""
-    return isinstance(exc, OUT_OF_MEMORY) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
 
 
 def is_fatal_device_error(exc: BaseException) -> bool:
@@ -72,8 +65,11 @@ class Loaded:
     tasks: dict[str, Any] = field(default_factory=dict)
     schedulers: dict[str, Any] = field(default_factory=dict)
     family: str = pipelines.SD  # which class of each pipeline spec runs it
-    low_memory: bool = False  # on for good once it was what made a call fit (its modules are shared)
-    offloaded: Any = None  # the pipeline whose model-offload hooks the shared modules carry (CUDA)
+    low_memory: bool = False  # VAE slicing and tiling (and model offload on CUDA): see `low_memory_pixels`
+    low_memory_pixels: int | None = None  # on for images of at least this many pixels (None: for good, or off)
+    pixels: int = 0  # the image size of the chunk it runs now (0: unknown)
+    offload: str | None = None  # the offload mode routing chose (`sdq.memory.fit`): `model`, `group`, None
+    offloaded: Any = None  # the pipeline whose model-offload hooks the shared modules carry
     parts: dict[str, Any] = field(default_factory=dict)  # request option -> what its worker hook holds loaded
     digest: str | None = None  # weights digest of the files it was built from (the result cache's key)
     quantization: str | None = None  # how a quantizer stored the denoiser's weights (`gguf Q8_0`), else None
@@ -101,21 +97,6 @@ class Loaded:
         return list({id(p): p for p in (self.base, *self.tasks.values()) if p is not None}.values())
 
 
-def _remove_hooks(pipes: list[Any]) -> None:
-    """Remove accelerate's offload hooks (a hooked module references itself through its wrapped
-    `forward`) from every module of `pipes`."""
-    for pipe in pipes:
-        pipe.remove_all_hooks()
-
-
-def free_memory(device: Device) -> None:
-    """Collect garbage (offload hooks and tracebacks form reference cycles), then give the CUDA
-    caching allocator's free blocks back, so the next allocation finds them."""
-    gc.collect()
-    if device.kind == "gpu":
-        torch.cuda.empty_cache()
-
-
 class PipelineCache:
     """Keeps up to `size` models loaded on one device; loads each once, reuses it."""
 
@@ -135,6 +116,7 @@ class PipelineCache:
         self.fetcher = WorkerFetcher(self.models_dir, store, half=device.torch_dtype != torch.float32)
         self._models: OrderedDict[str, Loaded] = OrderedDict()
         self._lock = threading.RLock()
+        self._placing: str | None = None  # the offload mode of the model being loaded (`get`)
         if low_memory and device.kind == "cpu":
             log.info("--low-memory has no effect on a CPU (it switches on VAE slicing/tiling and model CPU "
                      "offload, which only save GPU memory): running normally")
@@ -144,12 +126,13 @@ class PipelineCache:
         with self._lock:
             return self._entry(model_id)
 
-    def _entry(self, model_id: str) -> Loaded:
+    def _entry(self, model_id: str, offload: str | None = None) -> Loaded:
         entry = self._models.get(model_id)
         if entry is None:
             # The least recently used models go first, so that at the peak only `size` are resident.
             while len(self._models) >= self.size:
                 self.evict(next(iter(self._models)))
+            self._placing = offload  # how `_place` puts it on the device
             entry = self._models[model_id] = self._load_with_room(model_id)
         self._models.move_to_end(model_id)
         return entry
@@ -161,7 +144,7 @@ class PipelineCache:
             entry = self._models.pop(model_id, None)
             if entry is None:
                 return
-            _remove_hooks(entry.pipelines())
+            [p.remove_all_hooks() for p in entry.pipelines()]  # offload hooks: a hooked module references itself
             entry.tasks.clear()
             entry.schedulers.clear()
             entry.parts.clear()
@@ -175,6 +158,10 @@ class PipelineCache:
         with self._lock:
             for other in [m for m in self._models if m != model_id]:
                 self.evict(other)
+
+    def entries(self) -> list[Loaded]:
+        """The loaded models, least recently used first."""
+        return list(self._models.values())
 
     def loaded(self) -> list[str]:
         """Model ids in memory now, most recently used last."""
@@ -201,16 +188,44 @@ class PipelineCache:
         none left out)."""
         return {m: ids for m, e in list(self._models.items()) if (ids := worker_options.warm(e))}
 
-    def get(self, model_id: str, task: str, params: dict[str, Any] | None = None) -> tuple[Any, Loaded]:
+    def offloaded_models(self) -> dict[str, str]:
+        """Model id -> the offload mode it runs in, for the loaded models that run offloaded."""
+        return {m: e.offload for m, e in list(self._models.items()) if e.offload}
+
+    def get(self, model_id: str, task: str, params: dict[str, Any] | None = None,
+            offload: str | None = None) -> tuple[Any, Loaded]:
         """The pipeline for (`model_id`, `task`), as the variant an item of `params` runs (an option's
-        `derive`, e.g. with a ControlNet), loading the model (and what the variant needs) on first use."""
+        `derive`, e.g. with a ControlNet), loading the model (and what the variant needs) on first use, in
+        the memory mode the item needs: `offload` (`sdq.memory.fit`; an offloaded model runs alone), and
+        low-memory mode only for images as large as one that ran out of memory without it."""
         with self._lock:
-            entry = self._entry(model_id)
+            if offload is not None:
+                self.evict_others(model_id)
+            entry = self._entry(model_id, offload)
             found = worker_options.derive(params)
             key = f"{task}+{found[1]}" if found else task
             if key not in entry.tasks:
                 entry.tasks[key] = found[0].derive(self, entry, task, found[1]) if found else self._derive(entry, task)
-            return entry.tasks[key], entry
+            pipe = entry.tasks[key]
+            offloading.use(pipe, entry, offload, self.device.device)
+            if params and "width" in params and "height" in params:
+                entry.pixels = (lambda w, h: w * h)(*contract.item_size(task, params))
+                if entry.low_memory_pixels is not None and entry.low_memory != (entry.pixels >= entry.low_memory_pixels):
+                    if entry.low_memory:
+                        self.leave_low_memory(pipe, entry, f"{entry.pixels}-pixel images fit without it", forget=False)
+                    else:
+                        self.enter_low_memory(pipe, entry)
+            return pipe, entry
+
+    def low_memory_for(self, model_id: str, pixels: int) -> bool:
+        """Whether an image of `pixels` pixels of `model_id` runs in low-memory mode now (the result
+        cache's key says so: its VAE decodes in tiles)."""
+        entry = self._models.get(model_id)
+        if self.low_memory and self.device.kind == "gpu":
+            return True
+        if entry is None or entry.low_memory_pixels is None:
+            return entry is not None and entry.low_memory  # on for good, or off
+        return pixels >= entry.low_memory_pixels
 
     def images_per_call(self, task: str) -> int | None:
         """Most images one call of `task` may make (None: the whole micro-batch). The x4 upscaler's
@@ -317,7 +332,9 @@ class PipelineCache:
         return cls.from_single_file(str(file), config=str(config), dtype=dtype, local_files_only=True)
 
     def _place(self, entry: Loaded) -> None:
-        if self.low_memory and self.device.kind == "gpu":
+        if self._placing is not None:  # never whole on the device: it does not fit there
+            offloading.enable(entry.base, entry, self._placing, self.device.device)
+        elif self.low_memory and self.device.kind == "gpu":
             entry.low_memory = True
             self.apply_low_memory(entry.base, entry)
         else:
@@ -326,17 +343,8 @@ class PipelineCache:
             apply_cpu_path(entry.base, self.device.backend)
 
     def apply_low_memory(self, pipe, entry: Loaded) -> None:
-        """Low-memory mode for the pipeline about to run: VAE slicing and tiling (shared VAE) and, on
-        CUDA, model CPU offload with hooks on the modules `pipe` shares with the model's other
-        pipelines (moved to `pipe` when another one carried them). Attention slicing is not used:
-        it replaces fused SDPA attention with a full attention matrix and raises the peak."""
-        pipe.vae.enable_slicing()
-        pipe.vae.enable_tiling()
-        if self.device.kind == "gpu" and entry.offloaded is not pipe:  # not run on a GPU yet (none here)
-            if entry.offloaded is not None:
-                entry.offloaded.remove_all_hooks()
-            pipe.enable_model_cpu_offload(device=self.device.device)
-            entry.offloaded = pipe
+        """Low-memory mode for the pipeline about to run (`workers.loading.offload.low_memory_on`)."""
+        offloading.low_memory_on(pipe, entry, self.device.device, self.device.kind == "gpu")
 
     def enter_low_memory(self, pipe, entry: Loaded) -> None:
         """The out-of-memory fallback for a model: evict every other cached model, then low-memory mode."""
@@ -344,19 +352,18 @@ class PipelineCache:
                     [m for m in self._models if m != entry.model_id] or "no other model")
         self.evict_others(entry.model_id)
         entry.low_memory = True
+        entry.low_memory_pixels = min(entry.low_memory_pixels or entry.pixels, entry.pixels) or None
         self.apply_low_memory(pipe, entry)
         free_memory(self.device)
 
-    def leave_low_memory(self, pipe, entry: Loaded) -> None:
-        """Back to normal mode (low-memory mode did not make the call fit, so it only costs speed)."""
-        log.warning("model %s: leaving low-memory mode (it did not help)", entry.model_id)
+    def leave_low_memory(self, pipe, entry: Loaded, why: str = "it did not help", forget: bool = True) -> None:
+        """Back to normal mode: low-memory mode did not make the call fit (so it only costs speed: `forget`
+        the size that needed it), or the images now are smaller than every one that needed it."""
+        log.warning("model %s: leaving low-memory mode (%s)", entry.model_id, why)
         entry.low_memory = False
-        pipe.vae.disable_slicing()
-        pipe.vae.disable_tiling()
-        if entry.offloaded is not None:
-            entry.offloaded.remove_all_hooks()
-            entry.offloaded = None
-            entry.base.to(self.device.device)
+        if forget:
+            entry.low_memory_pixels = None
+        offloading.low_memory_off(pipe, entry, self.device.device)
         free_memory(self.device)
 
     def _derive(self, entry: Loaded, task: str):

@@ -18,8 +18,8 @@ from sdq.sources import single_file_config
 
 GGUF_SUFFIX = ".gguf"
 
-TRANSFORMER_FILE_FAMILIES = (families.FLUX, families.QWEN_IMAGE, families.QWEN_IMAGE_EDIT,
-                             families.Z_IMAGE)
+TRANSFORMER_FILE_FAMILIES = (families.FLUX, families.FLUX2, families.FLUX2_KLEIN, families.QWEN_IMAGE,
+                             families.QWEN_IMAGE_EDIT, families.Z_IMAGE)
 """Families whose `.safetensors` single file beside a config folder is the transformer alone (as published)."""
 
 

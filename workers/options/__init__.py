@@ -93,3 +93,10 @@ def after_call(ctx: CallContext, call: Any) -> Any:
 def warm(entry: Any) -> list[str]:
     """The weights every option holds loaded in the model `entry` now."""
     return [i for hook in HOOKS.values() for i in hook.warm(entry)]
+
+
+def held_gb(entries: list[Any]) -> dict[str, float]:
+    """Model id -> GiB of the weights the options hold loaded beside it, of the loaded model `entries`
+    (models with none left out): published in the capability record (`held_gb`)."""
+    out = {e.model_id: round(sum(hook.held_gb(e) for hook in HOOKS.values()), 3) for e in entries}
+    return {m: gb for m, gb in out.items() if gb}

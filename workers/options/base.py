@@ -91,3 +91,7 @@ class OptionHook:
     def warm(self, entry: Any) -> list[str]:
         """Weights it holds loaded in the model `entry` now (published for routing affinity)."""
         return []
+
+    def held_gb(self, entry: Any) -> float:
+        """GiB of weights of its own it holds loaded beside the model `entry` (e.g. ControlNets)."""
+        return 0.0

@@ -12,8 +12,8 @@ from sdq import pipelines
 from sdq.exceptions import Cancelled, OutOfMemory
 from workers import options as worker_options
 from workers.loading import transformer_files
-from workers.loading.pipelines import (Loaded, PipelineCache, denoiser, free_memory, is_fatal_device_error,
-                                       is_out_of_memory)
+from workers.loading.offload import free_memory, is_out_of_memory
+from workers.loading.pipelines import Loaded, PipelineCache, denoiser, is_fatal_device_error
 from workers.running import videocall
 from workers.running.routing import next_try
 from workers.running.warmstate import PipelineBroken, WarmState, restore_after_error
@@ -96,8 +96,9 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     pipe.scheduler = loaded.scheduler(params["scheduler"])
     steppers = worker_options.steppers(worker_options.StepContext(
         batch.job, batch.rows, pipe, params, pipelines.spec(task).first_loop(params))) if batch is not None else []
+    negative = {"negative_prompt": negative_prompts} if any(negative_prompts) else {}  # none: left out (Flux.2 has none)
     kwargs: dict[str, Any] = dict(
-        prompt=prompts, negative_prompt=negative_prompts if any(negative_prompts) else None, num_inference_steps=params["steps"],
+        prompt=prompts, **negative, num_inference_steps=params["steps"],
         guidance_scale=params["guidance_scale"],
         generator=[torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds],
         **_step_hooks(pipe, task, callback, steppers),
@@ -166,6 +167,8 @@ def generate(cache: PipelineCache, pipe, loaded: Loaded, task: str, params: dict
     `OutOfMemory` when nothing fits."""
     n = len(prompts)
     per_call = min(n, cache.images_per_call(task) or n)
+    if images and type(pipe).__name__ in pipelines.REFERENCE_CLASSES:  # each prompt with its own reference image
+        per_call = 1
     retries, error, entered = 0, None, False
     while True:
         if loaded.low_memory:

@@ -8,7 +8,11 @@ item: the cache never fails an item.
 
 The weights in a key are the digest of the model as this worker holds it: the one recorded when its
 pipeline was loaded (`PipelineCache.weights_digest`), for both lookup and registration, so a model
-changed on disk under a loaded pipeline never files the old weights' images under the new digest."""
+changed on disk under a loaded pipeline never files the old weights' images under the new digest.
+
+Low-memory mode decodes in VAE tiles, which changes the image: its results have keys of their own (the
+item's parameters plus `LOW_MEMORY`), looked up when the worker would run the item in low-memory mode
+(`PipelineCache.low_memory_for`) and registered by the mode that made them (the item's `low_memory`)."""
 from __future__ import annotations
 
 import hashlib
@@ -31,18 +35,26 @@ from workers.loading.sources import WeightsHasher
 
 log = logging.getLogger(__name__)
 
+LOW_MEMORY = "_low_memory"
+"""Added to the parameters in the key of a result made in low-memory mode (VAE slicing and tiling)."""
+
 
 @dataclass(frozen=True)
 class Recipe:
     """What one item's cache key is made of: the maker (with the weights digest) and the item's inputs."""
 
     maker: Maker
-    inputs: tuple[Any, ...]  # `cache_key`'s arguments after the maker
+    inputs: tuple[Any, ...]  # `cache_key`'s arguments after the maker (owner, pipeline, params, ...)
+    pixels: int = 0  # the item's image size (whether it runs in low-memory mode depends on it)
 
-    def key(self, weights: str | None = None) -> str:
-        """The key, with `weights` in place of the maker's digest when given."""
+    def key(self, weights: str | None = None, low_memory: bool = False) -> str:
+        """The key, with `weights` in place of the maker's digest when given, of a result made in
+        low-memory mode or not."""
         maker = self.maker if weights is None else replace(self.maker, weights=weights)
-        return cache_key(maker, *self.inputs)
+        inputs = self.inputs
+        if low_memory:
+            inputs = (*inputs[:2], {**inputs[2], LOW_MEMORY: True}, *inputs[3:])
+        return cache_key(maker, *inputs)
 
 
 class CachedResults:
@@ -52,12 +64,14 @@ class CachedResults:
 
     def __init__(self, index: ResultIndex, hasher: WeightsHasher, store: ResultStore, jobs: JobStore, worker: str,
                  device: str, dtype: str, safety_checker: bool, finalize: Callable[[str], None],
-                 digest: Callable[[str], str | None] | None = None) -> None:
+                 digest: Callable[[str], str | None] | None = None,
+                 low_memory: Callable[[str, int], bool] | None = None) -> None:
         self.index, self.hasher, self.store, self.jobs = index, hasher, store, jobs
         self.worker, self.device, self.dtype = worker, device, dtype
         self.safety_checker = safety_checker
         self.finalize = finalize
         self.digest = digest or hasher.digest
+        self.low_memory = low_memory or (lambda model, pixels: False)  # would it run in low-memory mode now?
         self._recipes: dict[tuple[str, int], Recipe] = {}  # (job, index) -> its key's recipe, for the current chunk
 
     # -- lookup ---------------------------------------------------------------------------------
@@ -85,12 +99,13 @@ class CachedResults:
         if None in extra.values():  # an option's weights unknown here (e.g. a ControlNet's): run fresh
             return {}
         adapters = self._adapter_digests(part.adapters)
+        w, h = contract.item_size(chunk.pipeline, chunk.params)
         out = {}
         for it in wanted:
             others = {**{name: sha(key) for name, key in sorted((it.images or {}).items())}, **extra}
             out[it.index] = Recipe(maker, (owner, chunk.pipeline, options.image_params(chunk.params), it.prompt, it.negative_prompt,
                                            it.seed, sha(it.init_image) if it.init_image else None,
-                                           chunk.watermark, others, adapters))
+                                           chunk.watermark, others, adapters), w * h)
         return out
 
     def _adapter_digests(self, wanted: tuple[str, ...]) -> dict[str, str] | None:
@@ -110,7 +125,8 @@ class CachedResults:
         self._recipes.clear()
         try:
             recipes = self.recipes(chunk, [by_index[i] for i in todo])
-            keys = {i: recipe.key() for i, recipe in recipes.items()}
+            keys = {i: recipe.key(low_memory=self.low_memory(chunk.model, recipe.pixels))
+                    for i, recipe in recipes.items()}
             entries = dict(zip(keys, self.index.lookup(list(keys.values()))))
         except Exception as exc:  # noqa: BLE001 - a lookup that fails (Redis, S3, a bad file) only means "run it"
             log.warning("job %s: result cache lookup failed (%s: %s); running the items", job_id,
@@ -182,14 +198,15 @@ class CachedResults:
     def registrar(self, job_id: str, index: int) -> Callable[[dict[str, Any]], None] | None:
         """What the uploader calls with the stored result's fields once the item is recorded, or None
         when the item is not cached (opted out, weights unknown). Called once the item is made: its key
-        holds the digest of the weights that made it (recorded at their load), whatever the lookup saw."""
+        holds the digest of the weights that made it (recorded at their load) and the memory mode that made
+        it (the stored `low_memory`), whatever the lookup saw."""
         recipe = self._recipes.get((job_id, index))
         weights = self.digest(recipe.maker.model) if recipe is not None else None
         if weights is None:
             return None
-        key = recipe.key(weights)
 
         def register(stored: dict[str, Any]) -> None:
+            key = recipe.key(weights, low_memory=bool(stored.get("low_memory")))
             entry = {"job": job_id, "index": index, "key": stored["key"], "bytes": stored.get("bytes"),
                      "watermark": stored.get("watermark"), "nsfw": stored.get("nsfw"), "at": time.time()}
             if stored.get("thumb_key"):

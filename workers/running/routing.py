@@ -20,7 +20,7 @@ from typing import Any, Callable, Union
 import redis
 
 from sdq import contract, defaults, options
-from sdq.memory import required_gb
+from sdq.memory import Fit, fit, load_cast
 from sdq.records import Chunk, Item
 from sdq.scheduling import scheduling, speed
 from sdq.state import fleet
@@ -137,6 +137,7 @@ class Router:
     speedometer: Speedometer | None = None  # this worker's measured speed (None: take every chunk whole)
     dtype: str = "fp32"  # the dtype it computes in (a model's memory need depends on it)
     cast_from: str | None = None  # the dtype of weight files it casts at load, if counted (`sdq.memory.load_cast`)
+    offload: str = "never"  # `--offload` as it applies to this device (`workers.loading.device.resolve_offload`)
 
     @property
     def by_speed(self) -> bool:
@@ -154,14 +155,20 @@ class Router:
         w, h = contract.item_size(chunk.pipeline, p)
         if w * h > self.max_pixels:
             return f"{w}x{h} images exceed this worker's --max-pixels {self.max_pixels}"
-        need = required_gb(chunk.requires, self.dtype, w * h, self.cast_from)
-        if need and self.memory_gb is not None and self.memory_gb < need:
+        room = self.fit(chunk)
+        if not room.fits:
             cast = f" (loading casts {self.cast_from} weight files)" if self.cast_from else ""
-            return (f"the job needs {need:g} GB of device memory for {w}x{h} images of model {chunk.model} in "
-                    f"{self.dtype}{cast}; this worker has {self.memory_gb:.1f} GB")
+            how = f", even with {room.mode} offload," if room.mode else ""
+            return (f"the job needs {room.need_gb:g} GB of device memory{how} for {w}x{h} images of model "
+                    f"{chunk.model} in {self.dtype}{cast}; this worker has {self.memory_gb:.1f} GB")
         if any(self.name in (it.oom_workers or ()) for it in chunk.items):
             return "this worker already ran out of memory on these items"
         return None
+
+    def fit(self, chunk: Chunk) -> Fit:
+        """How this worker would run `chunk`: the whole model on its device, or offloaded (`sdq.memory.fit`)."""
+        w, h = contract.item_size(chunk.pipeline, chunk.params)
+        return fit(chunk.requires, self.dtype, w * h, self.memory_gb, self.cast_from, self.offload)
 
     def others(self, chunk: Chunk, records: list[Record], avoid: set[str]) -> list[Record]:
         """Live workers, other than `avoid`, that serve the chunk's queue and model."""
@@ -183,19 +190,41 @@ class Router:
                 return Fail(f"{error}; no other live worker can take it (tried {', '.join(sorted(avoid))}): "
                             f"retry the job when one has joined")
             return PassOn(chunk, reason)
-        # 2. Warm-model affinity: better run by an idle worker that holds the model (and the chunk's
+        # 2. This worker would run it offloaded: better run by an idle worker that holds the model whole.
+        whole = self._whole_elsewhere(chunk, records)
+        if whole:
+            return Defer(replace(chunk, deferred=True), f"it runs offloaded here; idle worker(s) {', '.join(whole)} "
+                                                        "hold the model whole: leaving the chunk to them",
+                         scheduling.DEFER_PAUSE_S)
+        # 3. Warm-model affinity: better run by an idle worker that holds the model (and the chunk's
         #    LoRA adapters) loaded.
         warm, what = self._warm_elsewhere(chunk, records, loaded, adapters or {})
         if warm:
             return Defer(replace(chunk, deferred=True), f"{what} warm on idle worker(s) "
                                                         f"{', '.join(warm)}; leaving the chunk to them")
-        # 3. It failed here a moment ago (a broken device or driver fails again): others get the first chances.
+        # 4. It failed here a moment ago (a broken device or driver fails again): others get the first chances.
         if given_back and self.others(chunk, records, {self.name}):
             failed_on = sorted({*chunk.failed_on, self.name})  # others do not leave it to this one
             return PassOn(replace(chunk, failed_on=failed_on),
                           "it failed on this worker a moment ago; another worker may take it", given_back=True)
-        # 4. Faster workers would finish (part of) it sooner: that part goes back to the queue.
+        # 5. Faster workers would finish (part of) it sooner: that part goes back to the queue.
         return self._share(chunk, records, now, backlog)
+
+    def _whole_elsewhere(self, chunk: Chunk, records: list[Record]) -> list[str]:
+        """Names of the idle live workers serving the chunk's queue that would hold its model whole, when
+        this worker would offload it (once per chunk: a chunk left to them is run by whoever takes it)."""
+        if chunk.deferred or not chunk.queue or self.fit(chunk).mode is None:
+            return []
+        w, h = contract.item_size(chunk.pipeline, chunk.params)
+        avoid = {self.name, *chunk.failed_on, *(n for it in chunk.items for n in it.oom_workers or ())}
+        out = []
+        for rec in self.others(chunk, records, avoid):
+            dtype = rec.get("dtype") or "fp32"
+            room = fit(chunk.requires, dtype, w * h, rec.get("memory_total_gb"), load_cast(rec.get("device") or "", dtype),
+                       rec.get("offload") or "never")
+            if not rec.get("current_item") and room.fits and room.mode is None and w * h <= (rec.get("max_pixels") or 0):
+                out.append(rec["name"])
+        return out
 
     def _warm_elsewhere(self, chunk: Chunk, records: list[Record], loaded: list[str],
                         adapters: dict[str, list[str]]) -> tuple[list[str], str]:

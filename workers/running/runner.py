@@ -34,7 +34,8 @@ from workers.running.generation import Batch, Generated, generate
 from workers.running.infotext import infotext_for
 from workers.running.parts import (NORMAL, Backup, Cancelled, Failed, Mode, Outcome, OutOfMemoryEnd, Outputs, Presence,
                            RunOptions)
-from workers.loading.pipelines import OUT_OF_MEMORY, Loaded, OutOfMemory, PipelineCache, is_fatal_device_error
+from workers.loading.offload import OUT_OF_MEMORY
+from workers.loading.pipelines import Loaded, OutOfMemory, PipelineCache, is_fatal_device_error
 from workers.running.progress import Pipe, StepProgress
 from workers.running.retry import retry_redis
 from workers.running.routing import Decision, Defer, Fail, HandOff, PassOn, Run, delay, pass_on
@@ -188,7 +189,7 @@ class Runner:
         t0 = time.perf_counter()
         self.faults.hit("load")
         try:
-            pipe, loaded = self.cache.get(chunk.model, task, chunk.params)
+            pipe, loaded = self.cache.get(chunk.model, task, chunk.params, self.router.fit(chunk).mode)  # offloaded?
             loaded.check_scheduler(chunk.params["scheduler"])
             applied = worker_options.apply(self.cache, pipe, loaded, chunk.params)  # e.g. LoRA adapters on
         except ModelError as exc:  # the model (or an adapter) itself is wrong (or not for these parameters)
