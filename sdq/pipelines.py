@@ -15,11 +15,8 @@ from typing import Any
 from sdq import defaults, families, videos
 from sdq.families import FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL
 from sdq.families import QWEN_IMAGE, QWEN_IMAGE_EDIT, Z_IMAGE
-<<<<<<< HEAD
-from sdq.families import LTX, WAN
-=======
 from sdq.families import FLUX2, FLUX2_KLEIN
->>>>>>> main
+from sdq.families import LTX, WAN
 from sdq.params import ImageInput, Param
 
 
