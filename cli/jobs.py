@@ -187,7 +187,8 @@ def _fetch(url: str, path: Path, size: int | None) -> bool:
 
 
 def download(client: Client, job_id: str, out: Path, quiet: bool = False, grid: bool = False) -> Path:
-    """Fetch every succeeded image (parallel; complete files are skipped) and write index.html.
+    """Fetch every succeeded image (and a video item's MP4; parallel; complete files are skipped) and
+    write index.html.
 
     Resumable: an image already present with the stored size is not fetched again, and a file is
     renamed into place only once complete. With `grid`, also writes `grid.png` (`workers.finishing.grid`).
@@ -200,6 +201,9 @@ def download(client: Client, job_id: str, out: Path, quiet: bool = False, grid: 
     todo = [it for it in items if it["state"] == "succeeded" and it.get("url")]
     with ThreadPoolExecutor(max_workers=8) as pool:
         fetched = sum(pool.map(lambda it: _fetch(it["url"], out / f"{it['index']:05d}.png", it.get("bytes")), todo))
+        videos = [it for it in todo if it.get("video_url")]  # a video item: its MP4 beside its poster PNG
+        fetched += sum(pool.map(lambda it: _fetch(it["video_url"], out / f"{it['index']:05d}.mp4",
+                                                  it.get("video_bytes")), videos))
     (out / "job.json").write_text(json.dumps({**doc, "items": items}, indent=1), encoding="utf-8")
     if doc.get("manifest"):
         _fetch(doc["manifest"], out / "manifest.json", None)

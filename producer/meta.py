@@ -17,8 +17,8 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 
 
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-            "img-src 'self' data: http: https:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
-"""The page's Content-Security-Policy: its own scripts only; images may come from the bucket's host."""
+            "img-src 'self' data: http: https:; media-src http: https:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+"""The page's Content-Security-Policy: its own scripts only; images and videos may come from the bucket's host."""
 
 
 @bp.get("/")

@@ -16,6 +16,7 @@ def item_view(item: Item, store: ResultStore) -> dict[str, Any]:
     # The worker's small WebP thumbnail (workers.running.thumbs) for the web page's gallery; an image that
     # already fits in a thumbnail has none and is its own.
     out["thumb_url"] = store.url(item.thumb_key) if out["url"] and item.thumb_key else out["url"]
+    out["video_url"] = store.url(item.video_key) if out["url"] and item.video_key else None  # a video's MP4
     return out
 
 

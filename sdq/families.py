@@ -54,6 +54,10 @@ apart from Qwen-Image only by a folder's `model_index.json` (the transformers' t
 Z_IMAGE = "z-image"
 """Z-Image and Z-Image-Turbo: a single-stream transformer over the caption and image tokens, a Qwen3 text
 encoder, Flux's 16-channel VAE, flow matching; classifier-free guidance above `guidance_scale` 0."""
+WAN = "wan"
+"""Wan 2.1/2.2 video (text- and image-to-video): a 3D transformer, UMT5 (tokens), a causal 3D VAE, flow matching."""
+LTX = "ltx"
+"""LTX-Video: a 3D transformer, T5 (tokens), a 32x/8x-compressing video VAE, flow matching."""
 
 FLOW_SCHEDULERS = ("flow_euler",)
 """Schedulers of flow-matching (rectified-flow) models; noise-prediction families cannot use them."""
@@ -187,13 +191,23 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            default_side=1024, size_multiple=16, default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS,
            guidance=(0.0, 30.0, 5.0), memory=Memory(19.2, 2.0, largest_share=0.65), params=("max_sequence_length",),
            default_steps=50, max_tokens=512, distilled=Distilled("Z-Image-Turbo", steps=8, max_sequence_length=512)),
+    # Video (sizes and frame rules in `sdq.videos`). Memory (half precision, estimated from parameter counts,
+    # not measured): Wan 2.1 14B's transformer 26 GiB, UMT5-XXL 10.6 GiB, VAE and CLIP 1.3 GiB; working
+    # memory per megapixel of each frame (a job's need multiplies it by its frames: `producer.planning.family.with_frames`).
+    Family(WAN, "Wan 2.1/2.2", ("WanPipeline", "WanImageToVideoPipeline"), (), default_side=480, size_multiple=16,
+           default_scheduler="unipc", schedulers=("unipc",), guidance=(0.0, 30.0, 5.0),
+           memory=Memory(38.0, 0.4, largest_share=0.75), params=("frames", "fps"), default_steps=50),
+    # LTX-Video 0.9 (2B): transformer 3.6 GiB, T5-XXL 8.9 GiB, VAE 0.8 GiB; half Wan's working memory per frame.
+    Family(LTX, "LTX-Video", ("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"), (), default_side=512,
+           size_multiple=32, default_scheduler="flow_euler", schedulers=FLOW_SCHEDULERS, guidance=(0.0, 30.0, 3.0),
+           memory=Memory(13.3, 0.2, largest_share=0.7), params=("frames", "fps"), default_steps=50),
 )}
 """Every family sdq runs, by name."""
 
 UNSUPPORTED_CLASSES = {"FluxFill": "Flux.1 Fill", "FluxControl": "Flux.1 Control", "Flux2KleinKV": "Flux.2 Klein KV",
                        "Chroma": "Chroma", "StableCascade": "Stable Cascade", "Kandinsky": "Kandinsky",
                        "PixArt": "PixArt", "Sana": "Sana", "Lumina": "Lumina", "HunyuanDiT": "Hunyuan-DiT",
-                       "AuraFlow": "AuraFlow", "QwenImage": "Qwen-Image variant", "Wan": "Wan", "Cog": "CogView"}
+                       "AuraFlow": "AuraFlow", "QwenImage": "Qwen-Image variant", "Cog": "CogView"}
 """`_class_name` prefixes of families sdq recognises but does not run (named in the refusal)."""
 
 UNSUPPORTED_FILE_KEYS: dict[str, str] = {}

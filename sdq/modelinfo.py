@@ -10,6 +10,7 @@ from pathlib import Path
 from sdq.families import (FAMILIES, FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL, Family, UnknownFamily, UnsupportedFamily,
                           detect)
 from sdq.families import FLUX2_KLEIN, QWEN_IMAGE, Z_IMAGE
+from sdq.families import LTX, WAN
 from sdq.memory import Memory, quantized
 from sdq.sources import source_for
 from sdq.tensorfiles import tensor_names
@@ -34,6 +35,9 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "builtin:tiny-flux2": FLUX2_KLEIN,  # Klein-shaped (Qwen3 encoder); no tiny Flux.2 dev (docs/MODELS.md)
     "builtin:tiny-flux2-distilled": FLUX2_KLEIN,
     "builtin:tiny-flux2-gguf": FLUX2_KLEIN,  # tiny-flux2 with a GGUF (Q8_0) transformer
+    "builtin:tiny-wan": WAN,  # text-to-video only (a Wan T2V transformer)
+    "builtin:tiny-wan-i2v": WAN,  # image-to-video only (a Wan I2V transformer)
+    "builtin:tiny-ltx": LTX,
     # Full-size shapes with random weights (`workers.builtins.fullsize`): generated on first use, ~4-5 GB each.
     "builtin:sd15-shaped": SD,
     "builtin:sd2-768-shaped": SD,
@@ -48,7 +52,9 @@ BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256, "builtin:tin
                  "builtin:tiny-z-image": 128, "builtin:tiny-z-image-turbo": 128,
                  "builtin:tiny-z-image-gguf": 128,
                  "builtin:tiny-qwen-image": 128,
-                 "builtin:tiny-flux2": 128, "builtin:tiny-flux2-distilled": 128, "builtin:tiny-flux2-gguf": 128}
+                 "builtin:tiny-flux2": 128, "builtin:tiny-flux2-distilled": 128, "builtin:tiny-flux2-gguf": 128,
+                 "builtin:tiny-wan": 64, "builtin:tiny-wan-i2v": 64, "builtin:tiny-ltx": 64,
+                 }
 """Default width and height of the tiny built-ins whose family's default is larger (their sample size
 times 8: diffusers' own default for them); the others take their family's."""
 

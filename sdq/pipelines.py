@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sdq import defaults, families
+from sdq import defaults, families, videos
 from sdq.families import FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL
 from sdq.families import QWEN_IMAGE, QWEN_IMAGE_EDIT, Z_IMAGE
 from sdq.families import FLUX2, FLUX2_KLEIN
+from sdq.families import LTX, WAN
 from sdq.params import ImageInput, Param
 
 
@@ -40,6 +41,8 @@ class PipelineSpec:
     """The diffusers class only has the old `callback(step, t, latents)` hook, not `callback_on_step_end`."""
     limit_batch: bool = False
     """Images per call are capped by the worker's `--upscale-batch` (a VAE that decodes large outputs in fp32)."""
+    video: bool = False
+    """It makes a clip of `frames` frames per item (an MP4 and a poster PNG), not one image."""
     doc: str = ""
 
     @property
@@ -121,6 +124,10 @@ SPECS: dict[str, PipelineSpec] = {s.name: s for s in (
                           QWEN_IMAGE_EDIT: "QwenImageEditPipeline",
                           FLUX2: "Flux2Pipeline", FLUX2_KLEIN: "Flux2KleinPipeline"}, images=(INIT_IMAGE,), passes_size=True,
                  doc="the init image changed as the prompt says (an instruction: \"make the sky red\")"),
+    PipelineSpec("txt2video", {WAN: "WanPipeline", LTX: "LTXPipeline"}, passes_size=True, video=True,
+                 doc="a video clip from a prompt (an MP4 of `frames` frames at `fps`, and its first frame as PNG)"),
+    PipelineSpec("img2video", {WAN: "WanImageToVideoPipeline", LTX: "LTXImageToVideoPipeline"}, images=(INIT_IMAGE,),
+                 passes_size=True, video=True, doc="a video clip starting from the init image (its first frame)"),
 )}
 """Every pipeline the API knows, by name."""
 
@@ -158,6 +165,10 @@ FAMILY_PARAMS: dict[str, Param] = {p.name: p for p in (
               "step; needs a negative prompt, and a negative prompt needs it above 1); `guidance_scale` is "
               "the distilled guidance the model takes as an input. Qwen-Image: its only guidance, same rules "
               "(the model card uses 4 with a negative prompt of one space)"),
+    Param("frames", int, 1, videos.MAX_FRAMES, None, infotext="Frames",
+          doc="video: frames of the clip (Wan 4k+1, LTX-Video 8k+1; default: the family's, e.g. 81 for Wan)"),
+    Param("fps", float, videos.MIN_FPS, videos.MAX_FPS, None, infotext="FPS",
+          doc="video: frames per second of the MP4 (LTX-Video also conditions on it; default: the family's)"),
 )}
 """Parameters only some model families take (`families.Family.params` names them); a family's items
 get its defaults at submit, other families' items never carry them."""
@@ -187,9 +198,18 @@ def _qwen_kwargs(p: dict[str, Any]) -> dict[str, Any]:
     return {**_sd3_kwargs(p), "true_cfg_scale": p.get("true_cfg_scale") or 1.0, "guidance_scale": None}
 
 
+def _video_kwargs(family: str, p: dict[str, Any]) -> dict[str, Any]:
+    rule = videos.rules(family)
+    out = {"num_frames": p.get("frames") or rule.default_frames, "output_type": "np"}
+    return out | ({"frame_rate": p.get("fps") or rule.default_fps} if family == LTX else {})
+
+
 FAMILY_KWARGS = {SDXL: _sdxl_kwargs, SD3: _sd3_kwargs, FLUX: _flux_kwargs,
                  QWEN_IMAGE: _qwen_kwargs, QWEN_IMAGE_EDIT: _qwen_kwargs,
-                 Z_IMAGE: _sd3_kwargs}
+                 Z_IMAGE: _sd3_kwargs,
+                 WAN: lambda p: _video_kwargs(WAN, p),
+                 LTX: lambda p: _video_kwargs(LTX, p),
+                 }
 """Family -> the keyword arguments of its diffusers calls made from the item's family parameters."""
 FAMILY_KWARGS.update({FLUX2: _sd3_kwargs, FLUX2_KLEIN: _sd3_kwargs})  # Flux.2: size and max_sequence_length
 

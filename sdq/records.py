@@ -147,6 +147,8 @@ class Item(Record):
     backend: str | None = _shown(STATUS, MANIFEST)  # eager, channels_last or compile (`workers.loading.cpu_paths`)
     key: str | None = _shown(STATUS, MANIFEST, EVENT)  # the PNG in the bucket
     thumb_key: str | None = _shown()  # its WebP thumbnail (none when the image fits one)
+    video_key: str | None = _shown(STATUS, MANIFEST)  # a video item's MP4 (`key` is then its poster PNG)
+    video_bytes: int | None = _shown(STATUS)
     url: str | None = _shown(STATUS)  # filled in by the status view
     bytes: int | None = _shown(STATUS)
     duration_s: float | None = _shown(STATUS, MANIFEST, EVENT)

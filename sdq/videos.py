@@ -97,3 +97,42 @@ def check_fps(fps: Any) -> float:
 def video_key(job_id: str, index: int) -> str:
     """S3 key of an item's MP4 (its poster PNG is stored at the item's image key, `sdq.contract.result_key`)."""
     return f"jobs/{job_id}/{index:05d}.mp4"
+
+
+TINY_FRAMES = {WAN: 5, LTX: 9}
+"""Default frames of a tiny built-in (a few MB of random weights: a short clip, not the published length)."""
+
+
+def is_video(family: str | None) -> bool:
+    """Whether `family` makes clips (its items take `frames` and `fps`)."""
+    return family in FAMILIES
+
+
+def item_defaults(family: str, side: int | None) -> dict[str, Any]:
+    """A video family's defaults for what a request leaves out: frames, fps and (non-square) size.
+    `side`: the model's own default side when it differs from the family's (the tiny built-ins), which
+    then gives a square clip of `TINY_FRAMES` frames."""
+    rule = rules(family)
+    if side is not None and side != rule.default_size[1]:
+        return {"frames": TINY_FRAMES[family], "fps": rule.default_fps, "width": side, "height": side}
+    width, height = rule.default_size
+    return {"frames": rule.default_frames, "fps": rule.default_fps, "width": width, "height": height}
+
+
+def check_item(family: str, params: dict[str, Any], where: str) -> None:
+    """InvalidInput naming `where` + the field for frames, fps or a size that breaks `family`'s rules."""
+    rule = rules(family)
+    try:
+        if params.get("frames") is not None:
+            rule.check_frames(params["frames"])
+        if params.get("fps") is not None:
+            check_fps(params["fps"])
+        if params.get("width") is not None and params.get("height") is not None:
+            rule.check_size(params["width"], params["height"])
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}{exc.field}", f"{where}{exc.message}", code=exc.code) from None
+
+
+def frames_of(params: dict[str, Any]) -> int:
+    """Frames an item makes (1 for an image): its work and memory grow with them."""
+    return int(params.get("frames") or 1)

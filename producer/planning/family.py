@@ -6,9 +6,10 @@ request's values go through as given (the worker loads the model with its own fa
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from sdq import pipelines
+from sdq import pipelines, videos
 from sdq.exceptions import InvalidInput
 from sdq.families import FAMILIES, Family, UnknownFamily
 from sdq.modelinfo import ModelInfo, model_info
@@ -40,6 +41,8 @@ def family_defaults(info: ModelInfo, given: dict[str, Any]) -> dict[str, Any]:
         out["steps"] = fam.default_steps
     if info.default_side is not None:
         out.update(width=info.default_side, height=info.default_side)
+    if videos.is_video(fam.name):  # frames, fps and a non-square size (`sdq.videos`)
+        out.update(videos.item_defaults(fam.name, info.default_side))
     return {k: v for k, v in out.items() if k not in given}
 
 
@@ -52,6 +55,8 @@ def check_item(fam: Family | None, model: str, params: dict[str, Any], where: st
         raise InvalidInput(f"{where}negative_prompt", f"{where}negative_prompt: {fam.title} models take no negative "
                            f"prompt; leave it out", code="unsupported_parameter")
     _check_guidance(fam, params, where, negative)
+    if videos.is_video(fam.name):
+        videos.check_item(fam.name, params, where)
     takes = set(fam.params)
     for name in pipelines.FAMILY_PARAMS:
         if name not in takes and params.get(name) is not None:
@@ -80,6 +85,15 @@ def check_item(fam: Family | None, model: str, params: dict[str, Any], where: st
         if value is not None and limit is not None and value >= limit:
             raise InvalidInput(f"{where}{crop}", f"{where}{crop}={value} lies outside the original image, "
                                f"{limit} pixels along that side")
+
+
+def with_frames(info: ModelInfo, items: list[Any]) -> ModelInfo:
+    """`info` with a video model's working memory per frame times the most frames an item of the job makes
+    (the need a worker's device is checked against; image models' is unchanged)."""
+    most = max((videos.frames_of(it.params) for it in items), default=1)
+    if info.memory is None or most == 1:
+        return info
+    return replace(info, memory=replace(info.memory, gb_per_mpx=round(info.memory.gb_per_mpx * most, 3)))
 
 
 def _check_guidance(fam: Family, params: dict[str, Any], where: str, negative: str | None) -> None:

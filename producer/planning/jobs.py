@@ -13,7 +13,7 @@ from typing import Any, Callable
 from celery import Celery
 
 from producer.options import Checked, check_options
-from producer.planning.family import check_item, family_defaults, info_for
+from producer.planning.family import check_item, family_defaults, info_for, with_frames
 from producer.planning.inputs import ItemImages, item_images
 from producer.schemas import ITEM_PARAM_KEYS, ItemIn, SubmitRequest
 from producer.planning.sweep import check_cell, check_sweep, combinations, count as sweep_count
@@ -147,7 +147,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
         _check_grid(req.pipeline, items, sweep, req.params.images_per_prompt)
 
     # 4. The job record.
-    return Plan(_job_record(req, settings, owner, base, seed, sweep, len(items), info), items)
+    return Plan(_job_record(req, settings, owner, base, seed, sweep, len(items), with_frames(info, items)), items)
 
 
 def _check_count(req: SubmitRequest, sweep: dict[str, list[Any]], max_items: int) -> None:

@@ -238,7 +238,12 @@ const JobPage = {
     const caption = h("span", {className: "caption", title: it.prompt},
       `#${it.index} · `, sweep ? `${sweep} · ` : "", h("span", {className: "prompt"}, it.prompt));
     let body;
-    if (src && it.state === "succeeded") {
+    const video = it.state === "succeeded" && safeUrl(it.video_url);
+    if (src && video) {  // a clip plays in place, its poster (first frame) shown until it does
+      body = h("div", {className: "tile"}, h("video", {src: video, poster: src, controls: true, muted: true, loop: true,
+        playsInline: true, preload: "metadata", width: 128, height: 128, "aria-label": `Video ${it.index}: ${it.prompt}`}),
+        caption);
+    } else if (src && it.state === "succeeded") {
       body = h("button", {type: "button", className: "tile", "aria-label": `Open image ${it.index}: ${it.prompt}`,
         onclick: () => Viewer.open(it, JobPage.job)},
         h("img", {src, alt: it.prompt, loading: "lazy", width: 128, height: 128}), caption);

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdq import pipelines
+from sdq import pipelines, videos
 from sdq.options.base import CacheInputs, OptionSpec, Pass, Submit
 from sdq.options.controlnet import ControlNet
 from sdq.options.hires import Hires
@@ -65,8 +65,9 @@ def loop_steps(pipeline: str, params: dict[str, Any]) -> int:
 
 
 def work(pipeline: str, params: dict[str, Any]) -> float:
-    """Work of one item in megapixel-steps: each pass's steps times its output megapixels."""
-    return sum(p.steps * p.width * p.height for p in passes(pipeline, params)) / 1e6
+    """Work of one item in megapixel-steps: each pass's steps times its output megapixels (times its
+    frames, for a video clip)."""
+    return videos.frames_of(params) * sum(p.steps * p.width * p.height for p in passes(pipeline, params)) / 1e6
 
 
 def pipeline_classes() -> set[str]:

@@ -230,6 +230,8 @@ class PipelineCache:
     def images_per_call(self, task: str) -> int | None:
         """Most images one call of `task` may make (None: the whole micro-batch). The x4 upscaler's
         VAE decodes in fp32 at 4x the size: one image per call unless the operator allows more."""
+        if pipelines.spec(task).video:  # a clip per call: its frames are the batch
+            return 1
         return self.upscale_batch if pipelines.spec(task).limit_batch else None
 
     def _load_with_room(self, model_id: str) -> Loaded:
@@ -375,6 +377,9 @@ class PipelineCache:
         cls = getattr(diffusers, name)
         if isinstance(entry.base, cls):
             return entry.base
+        if entry.family == families.WAN:  # Wan's text- and image-to-video models are different transformers
+            raise ModelError(f"model {entry.model_id!r} is a {type(entry.base).__name__} model: it cannot run "
+                             f"pipeline {task!r} (a Wan model runs one of txt2video and img2video)")
         try:
             pipe = cls.from_pipe(entry.base, dtype=self.device.torch_dtype)
         except (TypeError, ValueError, AttributeError) as exc:

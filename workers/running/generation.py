@@ -14,6 +14,7 @@ from workers import options as worker_options
 from workers.loading import transformer_files
 from workers.loading.offload import free_memory, is_out_of_memory
 from workers.loading.pipelines import Loaded, PipelineCache, denoiser, is_fatal_device_error
+from workers.running import videocall
 from workers.running.routing import next_try
 from workers.running.warmstate import PipelineBroken, WarmState, restore_after_error
 
@@ -109,6 +110,8 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     for image in spec.images:
         kwargs[image.kwarg] = _fit((images or {}).get(image.field, []), params["width"], params["height"])
     kwargs.update(worker_options.call_kwargs(spec, params, images, _fit))
+    if spec.video:
+        kwargs = videocall.call_kwargs(pipe, kwargs)
     net = denoiser(pipe)
     dtype = transformer_files.dtype_label(DTYPE_NAMES.get(net.dtype, str(net.dtype)), net)  # read at the call
     state = WarmState.of(pipe)  # what the call may change on the warm pipeline, put back if it raises
@@ -122,6 +125,9 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
         if not is_fatal_device_error(exc):  # after a sticky device error the process exits anyway
             restore_after_error(state, pipe, loaded.model_id, exc)
         raise
+    if spec.video:  # one clip per prompt (`workers.running.video.Clip`), no safety checker
+        made = videocall.clips(out, loaded.family, params)
+        return Call(list(made), [None] * len(made), dtype)
     nsfw = getattr(out, "nsfw_content_detected", None)
     return Call(list(out.images), [bool(x) for x in nsfw] if nsfw is not None else [None] * len(out.images), dtype)
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from sdq import contract, options
 from sdq.records import Chunk, Item
 from sdq.state.errors import StateError
+from sdq.videos import video_key
 from sdq.state.resultindex import Maker, ResultIndex, cache_key, wants_cache
 from sdq.state.store import JobStore
 from storage import ObjectMissing, ResultStore
@@ -146,7 +147,12 @@ class CachedResults:
         """Copy a cached result to the item's keys and record it; False when it must run instead."""
         t0 = time.perf_counter()
         target = contract.result_key(job_id, index)
+        extra: dict[str, Any] = {}
         try:
+            if entry.get("video_key"):  # the MP4 first: a copied poster without its clip is no result
+                extra.update(video_key=video_key(job_id, index), video_bytes=entry.get("video_bytes"))
+                if entry["video_key"] != extra["video_key"]:
+                    self.store.copy(entry["video_key"], extra["video_key"])
             if entry["key"] != target:
                 self.store.copy(entry["key"], target)
         except Exception as exc:  # noqa: BLE001 - gone or unreadable: run the item, never fail it
@@ -158,7 +164,6 @@ class CachedResults:
                 log.warning("job %s item %d: copying cached %s failed (%s); running it", job_id, index,
                             entry["key"], exc)
             return False
-        extra: dict[str, Any] = {}
         if entry.get("thumb_key"):
             thumb = thumb_key(job_id, index)
             try:
@@ -205,6 +210,8 @@ class CachedResults:
                      "watermark": stored.get("watermark"), "nsfw": stored.get("nsfw"), "at": time.time()}
             if stored.get("thumb_key"):
                 entry["thumb_key"] = stored["thumb_key"]
+            if stored.get("video_key"):  # a video item: its MP4 beside the poster PNG
+                entry.update(video_key=stored["video_key"], video_bytes=stored.get("video_bytes"))
             self.index.register(key, entry)
 
         return register

@@ -1,4 +1,4 @@
-"""Background PNG encoding and upload, so the device starts the next item at once."""
+"""Background PNG (and a video item's MP4) encoding and upload, so the device starts the next item at once."""
 from __future__ import annotations
 
 import io
@@ -17,6 +17,7 @@ from storage import ResultStore, StorageUnavailable
 from workers.testing.faults import Faults
 from workers.running.retry import retry_redis
 from workers.running.thumbs import store_thumb
+from workers.running.video import MP4_CONTENT_TYPE, Clip, encode_mp4, video_key
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +93,24 @@ class Uploader:
 
         try:
             t0 = time.perf_counter()
-            if transform is not None:
+            clip: Clip | None = image if isinstance(image, Clip) else None
+            if clip is not None:  # a video: its MP4, and its poster stored at the image's key
+                mp4, image = encode_mp4(clip.frames, clip.fps, infotext), clip.poster()
+            elif transform is not None:
                 image = transform(image)
             data = encode_png(image, infotext)
             t1 = time.perf_counter()
             self.faults.hit("claimed")
+            if clip is not None:  # the MP4 first: a stored poster means its clip is stored too
+                self.store.put(video_key(job_id, index), mp4, content_type=MP4_CONTENT_TYPE, before_attempt=still_ours)
             self.store.put(key, data, content_type="image/png", before_attempt=still_ours)
             self.faults.hit("uploaded")
             t2 = time.perf_counter()
             timings.update(encode=round(t1 - t0, 4), upload=round(t2 - t1, 4))
             thumb = store_thumb(self.store, job_id, index, image)  # {} when it failed: the item still succeeds
             state, extra = "succeeded", {"key": key, "bytes": len(data), "timings": timings, **thumb}
+            if clip is not None:
+                extra.update(video_key=video_key(job_id, index), video_bytes=len(mp4))
         except Superseded:
             log.info("job %s item %d: cancelled or superseded after its claim; this result is dropped", job_id, index)
             return

@@ -140,3 +140,22 @@ def mp4_comment(data: bytes) -> str | None:
 
     with av.open(io.BytesIO(data)) as container:
         return container.metadata.get(COMMENT_TAG)
+
+
+class Clip:
+    """One item's clip as the worker hands it to the uploader: its frames (uint8) and frame rate."""
+
+    def __init__(self, frames: Any, fps: Any) -> None:
+        self.frames = as_uint8(frames)
+        self.fps = fps
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of its frames."""
+        return int(self.frames.shape[2]), int(self.frames.shape[1])
+
+    def poster(self):
+        """The first frame as a PIL image."""
+        from PIL import Image
+
+        return Image.fromarray(self.frames[0])

@@ -36,8 +36,8 @@ def _library():
 
 
 def can_mark(image: Any) -> bool:
-    """Whether `image` (PIL) is large enough to carry the watermark."""
-    return image.size[0] * image.size[1] >= MIN_PIXELS
+    """Whether `image` (PIL) is large enough to carry the watermark (a video clip is not marked)."""
+    return not hasattr(image, "frames") and image.size[0] * image.size[1] >= MIN_PIXELS
 
 
 def embed(image: Any) -> Any:

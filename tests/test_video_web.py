@@ -1,0 +1,49 @@
+"""The web page plays a finished video in a real headless Chromium (Debian's, driven by Playwright)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import wait_job
+from tests.test_web_browser import CHROMIUM, WAIT_MS, expect, sync_api
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator:
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield b
+        b.close()
+
+
+def test_the_job_page_plays_a_finished_video(chromium, stack, client):
+    body = {"model": "builtin:tiny-ltx", "pipeline": "txt2video", "prompts": ["waves on a beach"],
+            "params": {"frames": 17, "fps": 8, "width": 96, "height": 64, "steps": 2, "seed": 4}}
+    doc = wait_job(client, client.submit(body)["id"], timeout=300)
+    assert doc["state"] == "succeeded", [it.get("error") for it in doc["items"]]
+    ctx = chromium.new_context(viewport={"width": 1100, "height": 900}, base_url=stack.env["SDQ_SERVER"])
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(f"/#/jobs/{doc['id']}")
+        video = page.get_by_label("Video 0: waves on a beach")
+        expect(video).to_be_visible(timeout=WAIT_MS)
+        item = doc["items"][0]
+        assert video.evaluate("v => v.src").split("?")[0].endswith(item["video_key"])
+        assert video.evaluate("v => v.poster").split("?")[0].endswith(item["key"])  # the first frame as PNG
+        # Chromium decodes it: playing moves its clock, the clip's size and length are known, no media error.
+        video.evaluate("v => v.play()")
+        state = "v => [v.readyState, v.currentTime, v.paused, v.error && v.error.message]"
+        try:
+            page.wait_for_function("v => v.readyState >= 2 && v.currentTime > 0.2 && !v.paused",
+                                   arg=video.element_handle(), timeout=WAIT_MS)
+        except sync_api.TimeoutError:
+            pytest.fail(f"the video did not play: {video.evaluate(state)}")
+        assert video.evaluate("v => [v.videoWidth, v.videoHeight, v.error]") == [96, 64, None]
+        assert abs(video.evaluate("v => v.duration") - 17 / 8) < 0.2
+    finally:
+        ctx.close()
+    assert errors == [], f"browser console errors: {errors}"
