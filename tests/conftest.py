@@ -76,29 +76,54 @@ def store(s3_url) -> ResultStore:
 StackFactory = Callable[..., Stack]
 
 
+MODULE_STACKS: list[Stack] = []
+"""Stacks started while the current test module runs: stopped when it ends (each holds a redis-server, a
+producer and its workers, ~0.5-1 GB; kept for the whole session, dozens of modules' stacks filled the
+memory of a 2-core CI machine)."""
+
+
+def _stop(stacks: list[Stack]) -> None:
+    if stacks:
+        with ThreadPoolExecutor(len(stacks)) as pool:  # each stack's workers finish warm, side by side
+            list(pool.map(Stack.stop, stacks))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_stacks() -> Iterator[None]:
+    """Stop the stacks a test module started, at its end (after its own module fixtures are gone)."""
+    yield
+    ours = list(MODULE_STACKS)
+    MODULE_STACKS.clear()
+    _stop(ours)
+
+
 @pytest.fixture(scope="session")
 def stack_factory(workdir, s3_url, models_dir, store) -> Iterator[StackFactory]:
-    """Start a private redis-server + producer (sharing the S3 server); workers are added by tests."""
-    stacks: list[Stack] = []
+    """Start a private redis-server + producer (sharing the S3 server); workers are added by tests. It is
+    stopped when the test module that started it ends (`keep`: when the session ends)."""
+    kept: list[Stack] = []
 
-    def make(name: str, env: dict[str, str] | None = None) -> Stack:
-        d = workdir / name
-        d.mkdir(exist_ok=True)
+    def make(name: str, env: dict[str, str] | None = None, keep: bool = False) -> Stack:
+        d, n = workdir / name, 1
+        while d.exists():  # a module started again (pytest-xdist may come back to it) gets fresh state
+            n += 1
+            d = workdir / f"{name}-{n}"
+        d.mkdir()
         st = Stack(d, env={"SDQ_S3_ENDPOINT_URL": s3_url, **(env or {})})
-        stacks.append(st)
+        (kept if keep else MODULE_STACKS).append(st)
         st.redis(free_port())
         st.producer(free_port())
         return st
 
     yield make
-    with ThreadPoolExecutor(max(1, len(stacks))) as pool:  # each stack's workers finish warm, side by side
-        list(pool.map(Stack.stop, stacks))
+    _stop(kept + MODULE_STACKS)
+    MODULE_STACKS.clear()
 
 
 @pytest.fixture(scope="session")
 def stack(stack_factory) -> Stack:
     """The shared stack: redis, producer and one warm CPU worker (1 torch thread)."""
-    st = stack_factory("main")
+    st = stack_factory("main", keep=True)
     st.worker("w-main", "--device", "cpu", "--threads", "1", "--preload", "builtin:tiny-sd")
     return st
 
