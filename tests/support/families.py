@@ -193,3 +193,24 @@ def hires_want(direct: Callable[..., np.ndarray], defaults: dict) -> np.ndarray:
     low = Image.fromarray(direct("txt2img", "a hill", 3, **defaults, **SIZE).astype("uint8"))
     return direct("img2img", "a hill", 3, steps=4, image=low.resize((128, 128), Image.Resampling.LANCZOS),
                   strength=0.5, width=128, height=128, **defaults)
+
+
+def negative_round_trip(client: Client, store: Any, body: dict, path: Path, with_negative: np.ndarray,
+                        without: np.ndarray) -> tuple[dict, dict]:
+    """`body` (one prompt with a negative prompt) makes `with_negative`, not `without`; sd-parsers reads both
+    prompts from its infotext, which submitted again makes the same image; returns the parsed infotext and the
+    body read back from it."""
+    from sdq.infotext import submit_body_from_infotext
+
+    img = result(store, run(client, body)["items"][0])
+    assert close(pixels(img), with_negative)
+    assert np.abs(pixels(img) - without).mean() > 0.5  # the negative prompt changed it
+    text = img.info["parameters"]
+    info = parse_infotext(text)
+    parsed = read_by_sd_parsers(text, path, img)
+    prompt, negative = body["prompts"][0], body["params"]["negative_prompt"]
+    assert parsed is not None and prompt in parsed.full_prompt and negative in parsed.full_negative_prompt
+    again = submit_body_from_infotext(info)
+    assert again["model"] == body["model"]
+    assert np.array_equal(remade(client, store, again), pixels(img))
+    return info, again
