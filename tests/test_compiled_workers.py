@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from sdq.loras import ADAPTER_FILE
 from sdq.sources import builtin_path
@@ -16,16 +15,9 @@ from workers.loading.cpu_paths import IMAGE_TOLERANCE, CpuPath, compiled_blocks
 from workers.loading.device import Device
 from workers.loading.pipelines import PipelineCache
 from workers.running.generation import generate
+from tests.support.threads import one_thread  # noqa: F401 - an autouse fixture
 
 PARAMS = {"width": 64, "height": 64, "steps": 3, "guidance_scale": 7.5, "scheduler": "pndm"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

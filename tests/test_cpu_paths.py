@@ -19,18 +19,11 @@ from workers.running.generation import generate
 from workers.loading.pipelines import PipelineCache
 from tests.conftest import wait_job, wait_until
 from tests.unit.test_cpu_paths import AVX2
+from tests.support.threads import one_thread  # noqa: F401 - an autouse fixture
 
 PARAMS = {"width": 64, "height": 64, "steps": 4, "guidance_scale": 7.5, "scheduler": "pndm", "strength": 0.75,
           "noise_level": 20}
 SEEDS = [1, 2, 3]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def images(models_dir, dtype: str, backend: str, prompt: str = "a harbour at dusk"):

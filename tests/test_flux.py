@@ -6,22 +6,23 @@ one and says so; a transformer-only file loads with its config folder; bad Flux 
 submit naming the field."""
 from __future__ import annotations
 
-import hashlib
 import shutil
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from sdq import families
 from sdq.modelinfo import is_distilled, model_info
 from cli.client import Client
-from sdq.infotext import parse_infotext, submit_body_from_infotext
+from sdq.infotext import parse_infotext
 from sdq.sources import builtin_path
-from tests.support.memory_gate import left_queued_for_memory, run
-from tests.test_pipelines import close, pixels, png, result, sketch
+from tests.support.families import (SIZE, assert_equals_direct, assert_recorded, assert_refused, config_beside, digests,
+                                    file_pipe, generate, gguf_pair, gguf_transformer, hires_want, job_inputs,
+                                    negative_round_trip, one_worker, run)
+from tests.support.memory_gate import left_queued_for_memory
+from tests.test_pipelines import close, pixels, result
 
 CLASSES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline",
            "edit": "FluxKontextPipeline"}
@@ -29,8 +30,6 @@ CLASSES = {"txt2img": "FluxPipeline", "img2img": "FluxImg2ImgPipeline", "inpaint
 
 DEFAULTS = {"guidance_scale": 3.5, "max_sequence_length": 256}
 """What the producer fills in for a dev-type Flux model (the direct call passes the same)."""
-
-SIZE = {"width": 64, "height": 64}
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +40,7 @@ def local_flux(tmp_path_factory, models_dir) -> str:
 
 @pytest.fixture(scope="module")
 def flux_stack(stack_factory, local_flux):
-    st = stack_factory("flux", env={"SDQ_MODELS": local_flux})
-    st.worker("w-flux", "--device", "cpu", "--threads", "1")
-    return st
+    return one_worker(stack_factory, "flux", "w-flux", env={"SDQ_MODELS": local_flux})
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +54,7 @@ def _pipe(models_dir: Path, name: str, task: str):
     import torch
 
     folder = builtin_path(models_dir, name)
-    extra = {}
-    if name.endswith("-gguf"):  # the transformer from its GGUF file, as diffusers' docs load one
-        extra["transformer"] = diffusers.FluxTransformer2DModel.from_single_file(
-            str(folder / "transformer" / "diffusion_pytorch_model.gguf"), config=str(folder), subfolder="transformer",
-            quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=torch.float32), dtype=torch.float32)
+    extra = {"transformer": gguf_transformer("FluxTransformer2DModel", folder)} if name.endswith("-gguf") else {}
     base = diffusers.FluxPipeline.from_pretrained(folder, dtype=torch.float32, **extra)
     pipe = base if task == "txt2img" else getattr(diffusers, CLASSES[task]).from_pipe(base)
     pipe.set_progress_bar_config(disable=True)
@@ -71,19 +64,9 @@ def _pipe(models_dir: Path, name: str, task: str):
 def direct(models_dir: Path, task: str, prompt: str, seed: int, steps: int = 3, name: str = "tiny-flux",
            **kw) -> np.ndarray:
     """The image plain diffusers makes with the model's own scheduler (one thread, like the worker)."""
-    import torch
-
-    torch.set_num_threads(1)
     if task == "edit":  # the requested size, and the init image as given (see sdq.pipelines.CLASS_KWARGS)
         kw.update(max_area=kw["width"] * kw["height"], _auto_resize=False)
-    out = _pipe(models_dir, name, task)(prompt=prompt, num_inference_steps=steps,
-                                        generator=torch.Generator("cpu").manual_seed(seed), **kw)
-    return pixels(out.images[0])
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return generate(_pipe(models_dir, name, task), prompt, seed, steps, **kw)
 
 
 @pytest.mark.parametrize("name", ["tiny-flux", "tiny-flux-schnell", "tiny-flux-gguf"])
@@ -97,61 +80,26 @@ def test_the_builtins_are_generated_the_same_every_time_and_read_as_flux(tmp_pat
     assert is_distilled(built) == (name == "tiny-flux-schnell")  # read from the transformer's config
 
 
-MASK = Image.new("L", (64, 64), 0)
-ImageDraw.Draw(MASK).rectangle((0, 0, 31, 63), fill=255)
-
-
 @pytest.mark.parametrize("task", list(CLASSES))
 def test_each_pipeline_through_the_queue_equals_direct_diffusers(flux, store, models_dir, task):
-    params: dict = {"steps": 3, "seed": 31, **SIZE}
-    kw: dict = {**DEFAULTS, **SIZE}
-    init = sketch((64, 64), seed=3)
-    if task != "txt2img":
-        params["init_image"] = flux.upload(png(init), "init.png")["key"]
-        kw["image"] = init
-    if task in ("img2img", "inpaint"):
-        params["strength"] = kw["strength"] = 0.7
-    if task == "inpaint":
-        params["mask_image"] = flux.upload(png(MASK), "mask.png")["key"]
-        kw["mask_image"] = MASK
+    params, kw = job_inputs(flux, task, DEFAULTS)
     prompt = "make the sky red" if task == "edit" else "a red lighthouse"
     doc = run(flux, {"model": "builtin:tiny-flux", "pipeline": task, "prompts": [prompt], "params": params})
-    img = result(store, doc["items"][0])
-    assert img.size == (64, 64)
-    assert close(pixels(img), direct(models_dir, task, prompt, 31, **kw))
-    other = direct(models_dir, task, prompt, 32, **kw)
-    assert np.abs(pixels(img) - other).mean() > 0.5  # the comparison can fail: another seed differs
-    item = doc["items"][0]["params"]
-    assert (item["scheduler"], item["guidance_scale"], item["max_sequence_length"]) == ("flow_euler", 3.5, 256)
-    info = parse_infotext(img.info["parameters"])
-    assert info["Model"] == "builtin:tiny-flux" and info["Pipeline"] == task
+    img = assert_equals_direct(store, doc, lambda seed: direct(models_dir, task, prompt, seed, **kw))
+    assert_recorded(doc, img, "builtin:tiny-flux", task, 3.5)
 
 
 def test_true_cfg_with_a_negative_prompt_reaches_the_pipeline_and_round_trips(flux, store, models_dir, tmp_path):
-    from PIL.PngImagePlugin import PngInfo
-    from sd_parsers import ParserManager
-
     body = {"model": "builtin:tiny-flux", "prompts": ["a boat"],
             "params": {"steps": 3, "seed": 5, **SIZE, "negative_prompt": "fog", "true_cfg_scale": 4.0,
                        "guidance_scale": 2.0}}
-    img = result(store, run(flux, body)["items"][0])
     kw = {**DEFAULTS, **SIZE, "guidance_scale": 2.0}
-    want = direct(models_dir, "txt2img", "a boat", 5, negative_prompt="fog", true_cfg_scale=4.0, **kw)
-    assert close(pixels(img), want)
-    assert np.abs(pixels(img) - direct(models_dir, "txt2img", "a boat", 5, **kw)).mean() > 0.5
-    text = img.info["parameters"]
-    info = parse_infotext(text)
+    info, again = negative_round_trip(
+        flux, store, body, tmp_path / "flux.png",
+        direct(models_dir, "txt2img", "a boat", 5, negative_prompt="fog", true_cfg_scale=4.0, **kw),
+        direct(models_dir, "txt2img", "a boat", 5, **kw))
     assert (info["True CFG scale"], info["CFG scale"], info["negative_prompt"]) == ("4.0", "2.0", "fog")
-    path = tmp_path / "flux.png"
-    meta = PngInfo()
-    meta.add_text("parameters", text)
-    img.save(path, pnginfo=meta)
-    parsed = ParserManager().parse(str(path))  # a third-party reader of A1111 infotext
-    assert parsed is not None and "a boat" in parsed.full_prompt and "fog" in parsed.full_negative_prompt
-    again = submit_body_from_infotext(info)
     assert again["params"]["true_cfg_scale"] == 4.0 and again["model"] == "builtin:tiny-flux"
-    again["params"]["cache"] = False
-    assert np.array_equal(pixels(result(store, run(flux, again)["items"][0])), pixels(img))
 
 
 def test_a_schnell_type_model_gets_its_distilled_defaults(flux, store, models_dir):
@@ -175,10 +123,7 @@ def test_a_schnell_type_model_gets_its_distilled_defaults(flux, store, models_di
     ("builtin:tiny-sd", "edit", {"init_image": "uploads/x.png"}, "pipeline"),
 ])
 def test_bad_flux_requests_are_refused_naming_the_field(flux, model, pipeline, params, field):
-    resp = flux.session.post(f"{flux.server}/v1/jobs", json={"model": model, "pipeline": pipeline,
-                                                              "prompts": ["x"], "params": params})
-    assert resp.status_code == 422, resp.text
-    assert resp.json()["error"]["field"] == field, resp.text
+    assert_refused(flux, {"model": model, "pipeline": pipeline, "prompts": ["x"], "params": params}, field)
 
 
 GGUF_TOLERANCE = {"max": 4, "mean": 0.5}
@@ -188,14 +133,8 @@ max 1, mean ~0.14 at 64x64 and 128x128, 4 steps (another seed: mean ~44)."""
 
 def test_the_gguf_builtin_makes_an_image_within_tolerance_of_the_unquantized_and_records_it(flux, store, models_dir):
     body = {"prompts": ["a tower"], "params": {"steps": 4, "seed": 12, **SIZE}}
-    plain = run(flux, {**body, "model": "builtin:tiny-flux"})["items"][0]
-    quant = run(flux, {**body, "model": "builtin:tiny-flux-gguf"})["items"][0]
-    a, b = pixels(result(store, plain)), pixels(result(store, quant))
-    diff = np.abs(a - b)
-    assert diff.max() <= GGUF_TOLERANCE["max"] and diff.mean() <= GGUF_TOLERANCE["mean"]
-    assert diff.mean() > 0  # the quantized weights were used, not the model's float ones
+    plain, quant, b = gguf_pair(flux, store, body, "builtin:tiny-flux", "builtin:tiny-flux-gguf", GGUF_TOLERANCE)
     assert close(b, direct(models_dir, "txt2img", "a tower", 12, steps=4, name="tiny-flux-gguf", **DEFAULTS, **SIZE))
-    assert plain["dtype"] == "fp32" and quant["dtype"] == "fp32 (gguf Q8_0)"
     info = parse_infotext(result(store, quant).info["parameters"])
     assert info["Dtype"] == "fp32 (gguf Q8_0)" and info["Model"] == "builtin:tiny-flux-gguf"
     assert quant["key"] != plain["key"]
@@ -210,25 +149,16 @@ def files(tmp_path_factory, models_dir) -> dict[str, Path]:
     for name, weights, target in (("tiny-flux", "diffusion_pytorch_model.safetensors", "flux-dev.safetensors"),
                                   ("tiny-flux-gguf", "diffusion_pytorch_model.gguf", "flux-dev-Q8_0.gguf")):
         src = builtin_path(models_dir, name)
-        config = shutil.copytree(src, d / Path(target).stem)
-        (config / "transformer" / weights).unlink()
+        config_beside(src, d / Path(target).stem, weights)
         out[name] = Path(shutil.copy(src / "transformer" / weights, d / target))
     return out
 
 
 def test_a_transformer_file_loads_with_its_config_folder_and_makes_the_builtins_image(files, models_dir):
-    import torch
-
-    from workers.loading import transformer_files
-
-    torch.set_num_threads(1)
     for name, file in files.items():
         info = model_info(str(file))
         assert info.family.name == families.FLUX
-        pipe = transformer_files.load(*transformer_files.transformer_file(file), torch.float32)
-        pipe.set_progress_bar_config(disable=True)
-        got = pixels(pipe(prompt="a tower", num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(4),
-                          **DEFAULTS, **SIZE).images[0])
+        got = generate(file_pipe(file), "a tower", 4, **DEFAULTS, **SIZE)
         assert np.array_equal(got, direct(models_dir, "txt2img", "a tower", 4, name=name, **DEFAULTS, **SIZE))
     # the producer counts a GGUF file's own size, not the full-precision transformer's
     gguf_need = model_info(str(files["tiny-flux-gguf"])).memory
@@ -241,9 +171,7 @@ def test_the_hires_fix_runs_flux_img2img_for_its_second_pass(flux, store, models
                      "params": {**first, "hires": {"scale": 2, "strength": 0.5, "steps": 4}}})
     img = result(store, doc["items"][0])
     assert img.size == (128, 128)
-    low = Image.fromarray(direct(models_dir, "txt2img", "a hill", 3, **DEFAULTS, **SIZE).astype("uint8"))
-    want = direct(models_dir, "img2img", "a hill", 3, steps=4, image=low.resize((128, 128), Image.Resampling.LANCZOS),
-                  strength=0.5, width=128, height=128, **DEFAULTS)
+    want = hires_want(lambda *a, **kw: direct(models_dir, *a, **kw), DEFAULTS)
     assert np.abs(pixels(img) - want).max() <= 2
 
 

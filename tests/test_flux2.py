@@ -5,21 +5,23 @@ sd-parsers and makes the same image again; requests Flux.2 cannot take (img2img,
 parameter, a side off its multiple) are refused at submit naming the field."""
 from __future__ import annotations
 
-import hashlib
 import shutil
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from cli.client import Client
 from sdq import families
 from sdq.infotext import parse_infotext, submit_body_from_infotext
 from sdq.modelinfo import is_distilled, model_info
 from sdq.sources import builtin_path
-from tests.conftest import wait_job
+from tests.support import families as shared
+from tests.support.families import (SIZE, assert_equals_direct, assert_recorded, assert_refused, config_beside,
+                                     digests, file_pipe, generate, gguf_pair, gguf_transformer, job_inputs, lora_pipe,
+                                     one_worker, plain_styled_again, read_by_sd_parsers, remade, with_lora)
 from tests.test_pipelines import close, pixels, png, result, sketch
 
 CLASSES = {"txt2img": "Flux2KleinPipeline", "inpaint": "Flux2KleinInpaintPipeline", "edit": "Flux2KleinPipeline"}
@@ -28,16 +30,12 @@ CLASSES = {"txt2img": "Flux2KleinPipeline", "inpaint": "Flux2KleinInpaintPipelin
 DEFAULTS = {"guidance_scale": 4.0, "max_sequence_length": 256}
 """What the producer fills in for a Klein base model (the direct call passes the same)."""
 
-SIZE = {"width": 64, "height": 64}
-
-MASK = Image.new("L", (64, 64), 0)
-ImageDraw.Draw(MASK).rectangle((0, 0, 31, 63), fill=255)
+run = partial(shared.run, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def flux2(stack_factory) -> Client:
-    st = stack_factory("flux2")
-    st.worker("w-flux2", "--device", "cpu", "--threads", "1", "--max-batch", "2")  # items may share a call
+    st = one_worker(stack_factory, "flux2", "w-flux2", "--max-batch", "2")  # items may share a call
     return Client(st.env["SDQ_SERVER"])
 
 
@@ -47,11 +45,7 @@ def _pipe(models_dir: Path, name: str, task: str):
     import torch
 
     folder = builtin_path(models_dir, name)
-    extra = {}
-    if name.endswith("-gguf"):  # the transformer from its GGUF file, as diffusers' docs load one
-        extra["transformer"] = diffusers.Flux2Transformer2DModel.from_single_file(
-            str(folder / "transformer" / "diffusion_pytorch_model.gguf"), config=str(folder), subfolder="transformer",
-            quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=torch.float32), dtype=torch.float32)
+    extra = {"transformer": gguf_transformer("Flux2Transformer2DModel", folder)} if name.endswith("-gguf") else {}
     base = diffusers.Flux2KleinPipeline.from_pretrained(folder, dtype=torch.float32, **extra)
     pipe = base if task != "inpaint" else diffusers.Flux2KleinInpaintPipeline.from_pipe(base)
     pipe.set_progress_bar_config(disable=True)
@@ -61,23 +55,7 @@ def _pipe(models_dir: Path, name: str, task: str):
 def direct(models_dir: Path, task: str, prompt: str, seed: int, steps: int = 3, name: str = "tiny-flux2",
            **kw) -> np.ndarray:
     """The image plain diffusers makes with the model's own scheduler (one thread, like the worker)."""
-    import torch
-
-    torch.set_num_threads(1)
-    out = _pipe(models_dir, name, task)(prompt=prompt, num_inference_steps=steps,
-                                        generator=torch.Generator("cpu").manual_seed(seed), **kw)
-    return pixels(out.images[0])
-
-
-def run(client: Client, body: dict) -> dict:
-    doc = wait_job(client, client.submit(body)["id"], timeout=300)
-    assert doc["state"] == "succeeded", [it.get("error") for it in doc["items"]]
-    return doc
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return generate(_pipe(models_dir, name, task), prompt, seed, steps, **kw)
 
 
 @pytest.mark.parametrize("name", ["tiny-flux2", "tiny-flux2-distilled", "tiny-flux2-gguf"])
@@ -93,31 +71,16 @@ def test_the_builtins_are_generated_the_same_every_time_and_read_as_klein(tmp_pa
 
 @pytest.mark.parametrize("task", list(CLASSES))
 def test_each_pipeline_through_the_queue_equals_direct_diffusers(flux2, store, models_dir, task):
-    params: dict = {"steps": 3, "seed": 31, **SIZE}
-    kw: dict = {**DEFAULTS, **SIZE}
-    init = sketch((64, 64), seed=3)
-    if task != "txt2img":
-        params["init_image"] = flux2.upload(png(init), "init.png")["key"]
-        kw["image"] = init
-    if task == "inpaint":
-        params["mask_image"] = flux2.upload(png(MASK), "mask.png")["key"]
-        params["strength"] = kw["strength"] = 0.7
-        kw["mask_image"] = MASK
+    params, kw = job_inputs(flux2, task, DEFAULTS)
     prompt = "make the sky red" if task == "edit" else "a red lighthouse"
     doc = run(flux2, {"model": "builtin:tiny-flux2", "pipeline": task, "prompts": [prompt], "params": params})
-    img = result(store, doc["items"][0])
-    assert img.size == (64, 64)
-    assert close(pixels(img), direct(models_dir, task, prompt, 31, **kw))
-    assert np.abs(pixels(img) - direct(models_dir, task, prompt, 32, **kw)).mean() > 0.5  # another seed differs
+    img = assert_equals_direct(store, doc, lambda seed: direct(models_dir, task, prompt, seed, **kw))
     if task != "txt2img":  # the image input counts: without it the same call makes another image (a reference
         # image changes the random-weight model's output by ~0.2/255 on average: enough to fail `close`)
         without = direct(models_dir, "txt2img", prompt, 31, **{k: v for k, v in kw.items()
                                                                  if k not in ("image", "mask_image", "strength")})
         assert not close(pixels(img), without)
-    item = doc["items"][0]["params"]
-    assert (item["scheduler"], item["guidance_scale"], item["max_sequence_length"]) == ("flow_euler", 4.0, 256)
-    info = parse_infotext(img.info["parameters"])
-    assert info["Model"] == "builtin:tiny-flux2" and info["Pipeline"] == task
+    assert_recorded(doc, img, "builtin:tiny-flux2", task, 4.0)
 
 
 def test_an_edit_job_of_several_prompts_gives_each_its_own_reference_image(flux2, store, models_dir):
@@ -146,26 +109,18 @@ def test_a_distilled_klein_gets_its_few_step_defaults(flux2, store, models_dir):
 
 
 def test_the_infotext_is_read_by_sd_parsers_and_makes_the_same_image_again(flux2, store, tmp_path):
-    from PIL.PngImagePlugin import PngInfo
-    from sd_parsers import ParserManager
-
     body = {"model": "builtin:tiny-flux2", "prompts": ["a castle"],
             "params": {"steps": 3, "seed": 5, **SIZE, "guidance_scale": 2.5, "max_sequence_length": 128}}
     img = result(store, run(flux2, body)["items"][0])
     text = img.info["parameters"]
     info = parse_infotext(text)
     assert (info["CFG scale"], info["Max sequence length"], info["Steps"]) == ("2.5", "128", "3")
-    path = tmp_path / "flux2.png"
-    meta = PngInfo()
-    meta.add_text("parameters", text)
-    img.save(path, pnginfo=meta)
-    parsed = ParserManager().parse(str(path))  # a third-party reader of A1111 infotext
+    parsed = read_by_sd_parsers(text, tmp_path / "flux2.png", img)
     assert parsed is not None and "a castle" in parsed.full_prompt
     assert parsed.samplers[0].parameters["seed"] == "5" and parsed.samplers[0].parameters["cfg_scale"] == "2.5"
     again = submit_body_from_infotext(info)
     assert again["model"] == "builtin:tiny-flux2" and again["params"]["max_sequence_length"] == 128
-    again["params"]["cache"] = False
-    assert np.array_equal(pixels(result(store, run(flux2, again)["items"][0])), pixels(img))
+    assert np.array_equal(remade(flux2, store, again), pixels(img))
 
 
 @pytest.mark.parametrize("model, pipeline, params, field", [
@@ -181,10 +136,7 @@ def test_the_infotext_is_read_by_sd_parsers_and_makes_the_same_image_again(flux2
     ("builtin:tiny-flux2-distilled", "txt2img", {"guidance_scale": 4.0}, "params.guidance_scale"),
 ])
 def test_bad_flux2_requests_are_refused_naming_the_field(flux2, model, pipeline, params, field):
-    resp = flux2.session.post(f"{flux2.server}/v1/jobs", json={"model": model, "pipeline": pipeline,
-                                                                "prompts": ["x"], "params": params})
-    assert resp.status_code == 422, resp.text
-    assert resp.json()["error"]["field"] == field, resp.text
+    assert_refused(flux2, {"model": model, "pipeline": pipeline, "prompts": ["x"], "params": params}, field)
 
 
 GGUF_TOLERANCE = {"max": 4, "mean": 0.5}
@@ -194,37 +146,21 @@ mean ~0.26 at 64x64, 4 steps (another seed: mean ~40)."""
 
 def test_the_gguf_builtin_makes_an_image_within_tolerance_of_the_unquantized_and_records_it(flux2, store, models_dir):
     body = {"prompts": ["a tower"], "params": {"steps": 4, "seed": 12, **SIZE}}
-    plain = run(flux2, {**body, "model": "builtin:tiny-flux2"})["items"][0]
-    quant = run(flux2, {**body, "model": "builtin:tiny-flux2-gguf"})["items"][0]
-    a, b = pixels(result(store, plain)), pixels(result(store, quant))
-    diff = np.abs(a - b)
-    assert diff.max() <= GGUF_TOLERANCE["max"] and diff.mean() <= GGUF_TOLERANCE["mean"]
-    assert diff.mean() > 0  # the quantized weights were used, not the model's float ones
+    _, _, b = gguf_pair(flux2, store, body, "builtin:tiny-flux2", "builtin:tiny-flux2-gguf", GGUF_TOLERANCE)
     assert close(b, direct(models_dir, "txt2img", "a tower", 12, steps=4, name="tiny-flux2-gguf", **DEFAULTS, **SIZE))
-    assert plain["dtype"] == "fp32" and quant["dtype"] == "fp32 (gguf Q8_0)"
-    assert parse_infotext(result(store, quant).info["parameters"])["Dtype"] == "fp32 (gguf Q8_0)"
 
 
 def test_a_transformer_file_loads_with_its_config_folder_and_makes_the_builtins_image(tmp_path, models_dir):
     """tiny-flux2's transformer alone as a `.safetensors` file (diffusers' key names) and tiny-flux2-gguf's as a
     `.gguf` file, each with a config folder beside it holding the other components: the producer reads them as
     Klein, the worker's loader makes the built-ins' images."""
-    import torch
-
-    from workers.loading import transformer_files
-
-    torch.set_num_threads(1)
     for name, weights, target in (("tiny-flux2", "diffusion_pytorch_model.safetensors", "klein.safetensors"),
                                   ("tiny-flux2-gguf", "diffusion_pytorch_model.gguf", "klein-Q8_0.gguf")):
         src = builtin_path(models_dir, name)
-        config = shutil.copytree(src, tmp_path / Path(target).stem)
-        (config / "transformer" / weights).unlink()
+        config_beside(src, tmp_path / Path(target).stem, weights)
         file = Path(shutil.copy(src / "transformer" / weights, tmp_path / target))
         assert model_info(str(file)).family.name == families.FLUX2_KLEIN
-        pipe = transformer_files.load(*transformer_files.transformer_file(file), torch.float32)
-        pipe.set_progress_bar_config(disable=True)
-        got = pixels(pipe(prompt="a tower", num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(4),
-                          **DEFAULTS, **SIZE).images[0])
+        got = generate(file_pipe(file), "a tower", 4, **DEFAULTS, **SIZE)
         assert np.array_equal(got, direct(models_dir, "txt2img", "a tower", 4, name=name, **DEFAULTS, **SIZE))
 
 
@@ -233,43 +169,25 @@ def test_a_flux2_lora_changes_the_image_like_diffusers_and_the_next_job_without_
     """`builtin:tiny-lora-flux2` (diffusers' layout, family read from its tensor names) through the worker's
     adapter hook makes the image diffusers' own `load_lora_weights` + `set_adapters` makes; the next job on the same
     warm worker without it makes the never-adapted image; sd-parsers reads its tag from the infotext."""
-    import diffusers
-    import torch
-    from PIL.PngImagePlugin import PngInfo
-    from sd_parsers import ParserManager
-
     from sdq import loras
 
     assert loras.adapter_family("builtin:tiny-lora-flux2") == families.FLUX2_KLEIN
-    params = {"steps": 3, "seed": 21, "cache": False, **SIZE}
+    body = {"model": "builtin:tiny-flux2", "prompts": ["a hill"], "params": {"steps": 3, "seed": 21, **SIZE}}
     lora = [{"name": "builtin:tiny-lora-flux2", "scale": 0.75}]
-    plain = run(flux2, {"model": "builtin:tiny-flux2", "prompts": ["a hill"], "params": params})["items"][0]
-    styled = run(flux2, {"model": "builtin:tiny-flux2", "prompts": ["a hill"],
-                         "params": {**params, "loras": lora}})["items"][0]
-    again = run(flux2, {"model": "builtin:tiny-flux2", "prompts": ["a hill"], "params": params})["items"][0]
-    torch.set_num_threads(1)
-    pipe = diffusers.Flux2KleinPipeline.from_pretrained(builtin_path(models_dir, "tiny-flux2"), dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(builtin_path(models_dir, "tiny-lora-flux2")), weight_name=loras.ADAPTER_FILE,
-                           adapter_name="direct")
-    pipe.set_adapters(["direct"], adapter_weights=[0.75])
-    want = pixels(pipe(prompt="a hill", num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(21),
-                       **DEFAULTS, **SIZE).images[0])
+    plain, styled, again = plain_styled_again(flux2, body, lora)
+    pipe = lora_pipe("Flux2KleinPipeline", builtin_path(models_dir, "tiny-flux2"),
+                     builtin_path(models_dir, "tiny-lora-flux2"))
+    want = with_lora(pipe, 0.75, "a hill", 21, **DEFAULTS, **SIZE)
     got = pixels(result(store, styled))
     assert close(got, want)
     assert np.abs(got - pixels(result(store, plain))).mean() > 0.5  # the adapter changed the image
     assert np.array_equal(pixels(result(store, again)), pixels(result(store, plain)))
     text = result(store, styled).info["parameters"]
-    path = tmp_path / "lora.png"
-    meta = PngInfo()
-    meta.add_text("parameters", text)
-    Image.new("RGB", (8, 8)).save(path, pnginfo=meta)
-    parsed = ParserManager().parse(str(path))
+    parsed = read_by_sd_parsers(text, tmp_path / "lora.png", Image.new("RGB", (8, 8)))
     assert parsed is not None and "<lora:tiny-lora-flux2:0.75>" in parsed.full_prompt
 
 
 def test_the_flux2_adapter_is_refused_on_flux1(flux2):
-    resp = flux2.session.post(f"{flux2.server}/v1/jobs", json={
-        "model": "builtin:tiny-flux", "prompts": ["x"], "params": {"loras": [{"name": "builtin:tiny-lora-flux2"}]}})
-    assert resp.status_code == 422 and resp.json()["error"]["field"] == "params.loras[0].name", resp.text
-    assert "flux2-klein" in resp.json()["error"]["message"]
+    error = assert_refused(flux2, {"model": "builtin:tiny-flux", "prompts": ["x"],
+                                   "params": {"loras": [{"name": "builtin:tiny-lora-flux2"}]}}, "params.loras[0].name")
+    assert "flux2-klein" in error["message"]

@@ -22,20 +22,13 @@ from workers.loading.device import Device, bf16_native
 from workers.running.generation import generate
 from sdq.exceptions import OutOfMemory
 from workers.loading.pipelines import PipelineCache, is_fatal_device_error
+from tests.support.threads import one_thread  # noqa: F401 - an autouse fixture
 
 FP16 = Device("cpu", "fp16", "cpu")
 """A CPU worker started with `--dtype fp16 --force-dtype`: the whole fp16 path."""
 FP32 = Device("cpu", "fp32", "cpu")
 PARAMS = {"width": 64, "height": 64, "steps": 2, "guidance_scale": 7.5, "scheduler": "pndm", "strength": 0.75,
           "noise_level": 20}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def sketch(size: tuple[int, int] = (64, 64), seed: int = 0) -> Image.Image:

@@ -8,8 +8,6 @@ the CPU — the call path diffusers runs on a GPU, not its memory savings."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import torch
 
 from cli.client import Client
 from tests.conftest import wait_job, wait_until
@@ -19,6 +17,7 @@ from tests.test_pipelines import pixels, result
 from workers.loading.device import Device
 from workers.loading.pipelines import PipelineCache
 from workers.running.generation import generate
+from tests.support.threads import one_thread  # noqa: F401 - an autouse fixture
 
 MODEL = "builtin:tiny-sd"
 PARAMS = {"width": 64, "height": 64, "steps": 2, "guidance_scale": 7.5, "scheduler": "pndm"}
@@ -27,14 +26,6 @@ SMALL = "0.1"
 """A device that holds the tiny built-ins' 64x64 need only with group offload (0.40 GB whole, 0.04 grouped)."""
 TOO_SMALL = "0.02"
 """Below even the group-offloaded need."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _make(cache: PipelineCache, offload: str | None):

@@ -7,21 +7,22 @@ changes the image as diffusers' own LoRA loader does. `edit` on a Qwen-Image-Edi
 installed (see `test_edit_on_an_edit_model_equals_direct_diffusers`)."""
 from __future__ import annotations
 
-import hashlib
 import shutil
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from cli.client import Client
 from sdq import families
-from sdq.infotext import parse_infotext, submit_body_from_infotext
+from sdq.infotext import parse_infotext
 from sdq.sources import builtin_path
-from tests.conftest import wait_job, wait_until
-from tests.test_faults_routing import log_text
+from tests.conftest import wait_job
+from tests.support.families import (SIZE, assert_equals_direct, assert_recorded, assert_refused, config_beside, digests,
+                                    file_pipe, generate, hires_want, job_inputs, lora_pipe, negative_round_trip,
+                                    one_worker, plain_styled_again, run, with_lora)
+from tests.support.memory_gate import left_queued_for_memory
 from tests.test_pipelines import close, pixels, png, result, sketch
 
 MODEL = "builtin:tiny-qwen-image"
@@ -32,8 +33,6 @@ CLASSES = {"txt2img": "QwenImagePipeline", "img2img": "QwenImageImg2ImgPipeline"
 DEFAULTS = {"max_sequence_length": 256}
 """What the producer fills in for a Qwen-Image model that changes the call (the direct call passes the same)."""
 
-SIZE = {"width": 64, "height": 64}
-
 
 @pytest.fixture(scope="module")
 def local_qwen(tmp_path_factory, models_dir) -> str:
@@ -43,9 +42,7 @@ def local_qwen(tmp_path_factory, models_dir) -> str:
 
 @pytest.fixture(scope="module")
 def qwen_stack(stack_factory, local_qwen):
-    st = stack_factory("qwen", env={"SDQ_MODELS": local_qwen})
-    st.worker("w-qwen", "--device", "cpu", "--threads", "1")
-    return st
+    return one_worker(stack_factory, "qwen", "w-qwen", env={"SDQ_MODELS": local_qwen})
 
 
 @pytest.fixture(scope="module")
@@ -66,23 +63,7 @@ def _pipe(folder: Path, task: str):
 
 def direct(folder: Path, task: str, prompt: str, seed: int, steps: int = 3, **kw) -> np.ndarray:
     """The image plain diffusers makes with the model's own scheduler (one thread, like the worker)."""
-    import torch
-
-    torch.set_num_threads(1)
-    out = _pipe(folder, task)(prompt=prompt, num_inference_steps=steps,
-                              generator=torch.Generator("cpu").manual_seed(seed), **kw)
-    return pixels(out.images[0])
-
-
-def run(client: Client, body: dict) -> dict:
-    doc = wait_job(client, client.submit(body)["id"], timeout=240)
-    assert doc["state"] == "succeeded", [it.get("error") for it in doc["items"]]
-    return doc
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return generate(_pipe(folder, task), prompt, seed, steps, **kw)
 
 
 def test_the_builtin_is_generated_the_same_every_time_and_reads_as_qwen_image(tmp_path, models_dir):
@@ -94,59 +75,26 @@ def test_the_builtin_is_generated_the_same_every_time_and_reads_as_qwen_image(tm
     assert families.detect(built) == families.QWEN_IMAGE
 
 
-MASK = Image.new("L", (64, 64), 0)
-ImageDraw.Draw(MASK).rectangle((0, 0, 31, 63), fill=255)
-
-
 @pytest.mark.parametrize("task", list(CLASSES))
 def test_each_pipeline_through_the_queue_equals_direct_diffusers(qwen, store, models_dir, task):
     folder = builtin_path(models_dir, "tiny-qwen-image")
-    params: dict = {"steps": 3, "seed": 31, **SIZE}
-    kw: dict = {**DEFAULTS, **SIZE}
-    init = sketch((64, 64), seed=3)
-    if task != "txt2img":
-        params["init_image"] = qwen.upload(png(init), "init.png")["key"]
-        params["strength"] = kw["strength"] = 0.7
-        kw["image"] = init
-    if task == "inpaint":
-        params["mask_image"] = qwen.upload(png(MASK), "mask.png")["key"]
-        kw["mask_image"] = MASK
+    params, kw = job_inputs(qwen, task, DEFAULTS)
     doc = run(qwen, {"model": MODEL, "pipeline": task, "prompts": ["a red lighthouse"], "params": params})
-    img = result(store, doc["items"][0])
-    assert img.size == (64, 64)
-    assert close(pixels(img), direct(folder, task, "a red lighthouse", 31, **kw))
-    other = direct(folder, task, "a red lighthouse", 32, **kw)
-    assert np.abs(pixels(img) - other).mean() > 0.5  # the comparison can fail: another seed differs
-    item = doc["items"][0]["params"]
-    assert (item["scheduler"], item["guidance_scale"], item["max_sequence_length"]) == ("flow_euler", 0.0, 256)
-    info = parse_infotext(img.info["parameters"])
-    assert info["Model"] == MODEL and info["Pipeline"] == task
+    img = assert_equals_direct(store, doc, lambda seed: direct(folder, task, "a red lighthouse", seed, **kw))
+    assert_recorded(doc, img, MODEL, task, 0.0)
 
 
 def test_true_cfg_with_a_negative_prompt_reaches_the_pipeline_and_round_trips(qwen, store, models_dir, tmp_path):
-    from PIL.PngImagePlugin import PngInfo
-    from sd_parsers import ParserManager
-
     folder = builtin_path(models_dir, "tiny-qwen-image")
     body = {"model": MODEL, "prompts": ["a boat"],
             "params": {"steps": 3, "seed": 5, **SIZE, "negative_prompt": "fog", "true_cfg_scale": 4.0}}
-    img = result(store, run(qwen, body)["items"][0])
     kw = {**DEFAULTS, **SIZE}
-    assert close(pixels(img), direct(folder, "txt2img", "a boat", 5, negative_prompt="fog", true_cfg_scale=4.0, **kw))
-    assert np.abs(pixels(img) - direct(folder, "txt2img", "a boat", 5, **kw)).mean() > 0.5  # CFG changed it
-    text = img.info["parameters"]
-    info = parse_infotext(text)
+    info, again = negative_round_trip(qwen, store, body, tmp_path / "qwen.png",
+                                      direct(folder, "txt2img", "a boat", 5, negative_prompt="fog", true_cfg_scale=4.0,
+                                             **kw),
+                                      direct(folder, "txt2img", "a boat", 5, **kw))  # CFG changed it
     assert (info["True CFG scale"], info["negative_prompt"]) == ("4.0", "fog")
-    path = tmp_path / "qwen.png"
-    meta = PngInfo()
-    meta.add_text("parameters", text)
-    img.save(path, pnginfo=meta)
-    parsed = ParserManager().parse(str(path))  # a third-party reader of A1111 infotext
-    assert parsed is not None and "a boat" in parsed.full_prompt and "fog" in parsed.full_negative_prompt
-    again = submit_body_from_infotext(info)
     assert again["params"]["true_cfg_scale"] == 4.0 and again["model"] == MODEL
-    again["params"]["cache"] = False
-    assert np.array_equal(pixels(result(store, run(qwen, again)["items"][0])), pixels(img))
 
 
 @pytest.mark.parametrize("pipeline, params, field", [
@@ -161,27 +109,17 @@ def test_true_cfg_with_a_negative_prompt_reaches_the_pipeline_and_round_trips(qw
     ("edit", {"init_image": "uploads/x.png"}, "pipeline"),
 ])
 def test_bad_qwen_requests_are_refused_naming_the_field(qwen, pipeline, params, field):
-    resp = qwen.session.post(f"{qwen.server}/v1/jobs", json={"model": MODEL, "pipeline": pipeline,
-                                                            "prompts": ["x"], "params": params})
-    assert resp.status_code == 422, resp.text
-    assert resp.json()["error"]["field"] == field, resp.text
+    assert_refused(qwen, {"model": MODEL, "pipeline": pipeline, "prompts": ["x"], "params": params}, field)
 
 
 def test_a_worker_without_the_memory_for_a_full_size_qwen_image_never_takes_its_item(qwen, qwen_stack, local_qwen):
     """The local folder is, for all the producer knows, a full-size Qwen-Image (~107 GB in fp32 at 64x64): more
     than this CPU worker has; it leaves the item queued, and the built-in runs meanwhile."""
-    need = families.FAMILIES[families.QWEN_IMAGE].memory.need_gb("fp32", 64 * 64)
-    memory = float(wait_until(qwen.workers, "the worker's capability record", 60)[0]["memory_total_gb"])
-    if memory >= need:
-        pytest.skip(f"this machine has the {need} GB a full-size Qwen-Image is estimated to need in fp32")
-    job = qwen.submit({"model": local_qwen, "prompts": ["heavy"], "params": {"steps": 2, **SIZE}})["id"]
-    wait_until(lambda: f"job {job}: passing the chunk on" in log_text(qwen_stack, "w-qwen"), "the chunk passed on", 60)
-    assert f"needs {need:g} GB" in log_text(qwen_stack, "w-qwen")
-    run(qwen, {"model": MODEL, "prompts": ["light"], "params": {"steps": 2, **SIZE}})
-    doc = qwen.job(job)
-    assert doc["state"] == "queued" and doc["items"][0].get("attempts") is None, doc
+    doc = left_queued_for_memory(qwen, qwen_stack, "w-qwen", families.QWEN_IMAGE,
+                                 {"model": local_qwen, "prompts": ["heavy"], "params": {"steps": 2, **SIZE}},
+                                 {"model": MODEL, "prompts": ["light"], "params": {"steps": 2, **SIZE}})
     assert doc["params"]["steps"] == 2 and doc["params"]["width"] == 64  # read as Qwen-Image: its checks applied
-    qwen.cancel(job)
+    qwen.cancel(doc["id"])
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +135,7 @@ def edit_model(tmp_path_factory) -> Path:
 
 
 def test_edit_on_an_edit_model_equals_direct_diffusers(stack_factory, store, edit_model):
-    st = stack_factory("qwen-edit", env={"SDQ_MODELS": str(edit_model)})
-    st.worker("w-qwen-edit", "--device", "cpu", "--threads", "1")
+    st = one_worker(stack_factory, "qwen-edit", "w-qwen-edit", env={"SDQ_MODELS": str(edit_model)})
     client = Client(st.env["SDQ_SERVER"])
     init = sketch((64, 64), seed=3)
     params = {"steps": 3, "seed": 31, **SIZE, "init_image": client.upload(png(init), "init.png")["key"]}
@@ -243,32 +180,13 @@ def test_the_qwen_adapter_is_the_same_bytes_every_time_and_its_family_is_read_fr
     assert loras.file_family(built) == families.QWEN_IMAGE == loras.adapter_family(ADAPTER)
 
 
-@lru_cache(maxsize=None)
-def _lora_pipe(models_dir: Path):
-    import diffusers
-    import torch
-
-    from sdq import loras
-
-    pipe = diffusers.QwenImagePipeline.from_pretrained(builtin_path(models_dir, "tiny-qwen-image"), dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(builtin_path(models_dir, "tiny-lora-qwen-image")), weight_name=loras.ADAPTER_FILE,
-                           adapter_name="direct")
-    return pipe
-
-
 def test_a_qwen_lora_changes_the_image_like_diffusers_and_the_next_job_without_it_does_not(qwen, store, models_dir):
-    import torch
-
-    base = {"model": MODEL, "prompts": ["a red lighthouse"], "params": {"steps": 3, "seed": 31, "cache": False, **SIZE}}
-    styled_body = {**base, "params": {**base["params"], "loras": [{"name": ADAPTER, "scale": 0.75}]}}
-    plain, styled, again = (run(qwen, b)["items"][0] for b in (base, styled_body, base))
+    base = {"model": MODEL, "prompts": ["a red lighthouse"], "params": {"steps": 3, "seed": 31, **SIZE}}
+    plain, styled, again = plain_styled_again(qwen, base, [{"name": ADAPTER, "scale": 0.75}])
     assert plain["worker"] == styled["worker"] == again["worker"]  # one warm worker, the adapter still loaded
-    torch.set_num_threads(1)
-    pipe = _lora_pipe(models_dir)
-    pipe.set_adapters(["direct"], adapter_weights=[0.75])
-    want = pixels(pipe("a red lighthouse", num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(31),
-                       **DEFAULTS, **SIZE).images[0])
+    pipe = lora_pipe("QwenImagePipeline", builtin_path(models_dir, "tiny-qwen-image"),
+                     builtin_path(models_dir, "tiny-lora-qwen-image"))
+    want = with_lora(pipe, 0.75, "a red lighthouse", 31, **DEFAULTS, **SIZE)
     got = pixels(result(store, styled))
     assert close(got, want), np.abs(got - want).max()
     assert np.abs(got - pixels(result(store, plain))).mean() > 1.0  # visibly changed (measured ~2 /255 at 0.75)
@@ -279,10 +197,8 @@ def test_a_qwen_lora_changes_the_image_like_diffusers_and_the_next_job_without_i
 
 def test_the_qwen_adapter_on_another_family_is_refused_naming_the_field(qwen):
     job = {"model": "builtin:tiny-sd", "prompts": ["x"], "params": {"loras": [{"name": ADAPTER}]}}
-    resp = qwen.session.post(f"{qwen.server}/v1/jobs", json=job, timeout=10)
-    assert resp.status_code == 422, resp.text
-    err = resp.json()["error"]
-    assert (err["field"], err["code"]) == ("params.loras[0].name", "wrong_family") and "qwen-image" in err["message"]
+    err = assert_refused(qwen, job, "params.loras[0].name", timeout=10)
+    assert err["code"] == "wrong_family" and "qwen-image" in err["message"]
 
 
 @pytest.fixture(scope="module")
@@ -299,8 +215,7 @@ def files(tmp_path_factory, models_dir) -> dict[str, Path]:
     weights = src / "transformer" / "diffusion_pytorch_model.safetensors"
     out = {}
     for target in ("qwen-image.safetensors", "qwen-image-Q8_0.gguf"):
-        config = shutil.copytree(src, d / Path(target).stem)
-        (config / "transformer" / weights.name).unlink()
+        config_beside(src, d / Path(target).stem, weights.name)
         out[target] = d / target
     shutil.copy(weights, out["qwen-image.safetensors"])
     write_gguf(load_file(str(weights)), out["qwen-image-Q8_0.gguf"])
@@ -313,19 +228,14 @@ mean ~0.39 at 64x64, 3 steps (another seed: mean ~13)."""
 
 
 def test_a_transformer_file_or_gguf_loads_with_its_config_folder(files, models_dir):
-    import torch
-
     from sdq.modelinfo import model_info
     from workers.loading import transformer_files
 
-    torch.set_num_threads(1)
     want = direct(builtin_path(models_dir, "tiny-qwen-image"), "txt2img", "a tower", 4, **DEFAULTS, **SIZE)
     for name, file in files.items():
         assert model_info(str(file)).family.name == families.QWEN_IMAGE  # read from the config folder
-        pipe = transformer_files.load(*transformer_files.transformer_file(file), torch.float32)
-        pipe.set_progress_bar_config(disable=True)
-        got = pixels(pipe(prompt="a tower", num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(4),
-                          **DEFAULTS, **SIZE).images[0])
+        pipe = file_pipe(file)
+        got = generate(pipe, "a tower", 4, **DEFAULTS, **SIZE)
         if name.endswith(".gguf"):
             assert transformer_files.quantization(pipe.transformer) == "gguf Q8_0"
             diff = np.abs(got - want)
@@ -342,7 +252,5 @@ def test_the_hires_fix_runs_qwen_image_img2img_for_its_second_pass(qwen, store, 
                      "params": {"steps": 3, "seed": 3, **SIZE, "hires": {"scale": 2, "strength": 0.5, "steps": 4}}})
     img = result(store, doc["items"][0])
     assert img.size == (128, 128)
-    low = Image.fromarray(direct(folder, "txt2img", "a hill", 3, **DEFAULTS, **SIZE).astype("uint8"))
-    want = direct(folder, "img2img", "a hill", 3, steps=4, image=low.resize((128, 128), Image.Resampling.LANCZOS),
-                  strength=0.5, width=128, height=128, **DEFAULTS)
+    want = hires_want(lambda *a, **kw: direct(folder, *a, **kw), DEFAULTS)
     assert np.abs(pixels(img) - want).max() <= 2

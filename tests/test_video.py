@@ -2,7 +2,6 @@
 asked frames and size, seeded), and their frames as an H.264 MP4 and a poster PNG read back with PyAV."""
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import pytest
 from PIL import Image
 
 from workers.running import video
+from tests.support.families import digests
+from tests.support.threads import one_thread  # noqa: F401 - an autouse fixture
 
 PIPELINES = {"tiny-wan": "WanPipeline", "tiny-ltx": "LTXPipeline"}
 """Built-in text-to-video model -> the diffusers class its folder loads as."""
@@ -24,22 +25,6 @@ FRAMES = {"tiny-wan": 5, "tiny-wan-i2v": 5, "tiny-ltx": 9}
 
 SIZE = {"tiny-wan": (64, 48), "tiny-wan-i2v": (64, 48), "tiny-ltx": (96, 64)}
 """A non-square (width, height) per family: multiples of 16 for Wan, of 32 for LTX."""
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on this shared 2-core machine two threads make a tiny clip ~10x slower under load."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

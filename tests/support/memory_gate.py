@@ -6,20 +6,14 @@ import pytest
 from cli.client import Client
 from cli.services import Stack
 from sdq import families
-from tests.conftest import wait_job, wait_until
+from tests.conftest import wait_until
+from tests.support.families import run
 from tests.test_faults_routing import log_text
 
 
 def worker_memory(client: Client) -> float:
     """The memory (GB) the stack's first worker reports."""
     return float(wait_until(client.workers, "the worker's capability record", 60)[0]["memory_total_gb"])
-
-
-def run(client: Client, body: dict) -> dict:
-    """Submit `body` and wait until the job succeeded."""
-    doc = wait_job(client, client.submit(body)["id"], timeout=240)
-    assert doc["state"] == "succeeded", [it.get("error") for it in doc["items"]]
-    return doc
 
 
 def left_queued_for_memory(client: Client, stack: Stack, worker: str, family: str, heavy: dict, light: dict) -> dict:

@@ -8,14 +8,12 @@ import json
 
 import pytest
 
-from producer.planning.jobs import plan_job
-from producer.schemas import parse_submit
 from sdq import families, pipelines
 from sdq.config import Settings
-from sdq.exceptions import InvalidInput
 from sdq.families import FLUX, FLUX2, FLUX2_KLEIN, UnsupportedFamily
 from sdq.modelinfo import is_distilled, model_info
 from tests.unit.test_families import folder, safetensors
+from tests.support.planning import plan as _plan, refused as _refused
 
 BFL_DEV_KEYS = ["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight",
                 "single_stream_modulation.lin.weight", "guidance_in.in_layer.weight", "txt_in.weight"]
@@ -80,16 +78,6 @@ def test_the_memory_need_of_dev_exceeds_one_80_gb_gpu_and_kleins_fits_48_gb_in_h
     assert 80 < dev.need_gb("bf16", 1024 * 1024) < 120
     assert 24 < klein.need_gb("bf16", 1024 * 1024) < 48
     assert klein.need_gb("fp32", 1024 * 1024) == pytest.approx(2 * klein.need_gb("bf16", 1024 * 1024))
-
-
-def _plan(body: dict, settings: Settings = Settings.from_env({})):
-    return plan_job(parse_submit(body), settings, owner="alice")
-
-
-def _refused(body: dict, settings: Settings = Settings.from_env({})) -> InvalidInput:
-    with pytest.raises(InvalidInput) as err:
-        _plan(body, settings)
-    return err.value
 
 
 @pytest.mark.parametrize("class_name", ["Flux2Pipeline", "Flux2KleinPipeline"])

@@ -8,15 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from producer.planning.jobs import plan_job
-from producer.schemas import parse_submit
 from sdq import families, pipelines
 from sdq.memory import quantized
 from sdq.modelinfo import is_distilled, model_info
 from sdq.config import Settings
-from sdq.exceptions import InvalidInput
 from sdq.families import FLUX
 from tests.unit.test_families import folder, safetensors
+from tests.support.planning import plan as _plan, refused as _refused
 
 DEV_KEYS = ["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight", "guidance_in.in_layer.weight"]
 SCHNELL_KEYS = ["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight", "img_in.weight"]
@@ -64,16 +62,6 @@ def test_the_memory_need_says_a_full_size_flux_does_not_fit_24_gb_in_half_precis
     need = families.FAMILIES[FLUX].memory.need_gb("bf16", 1024 * 1024)
     assert 24 < need < 40
     assert families.FAMILIES[FLUX].memory.need_gb("fp32", 1024 * 1024) == pytest.approx(2 * need)
-
-
-def _plan(body: dict, settings: Settings = Settings.from_env({})):
-    return plan_job(parse_submit(body), settings, owner="alice")
-
-
-def _refused(body: dict, settings: Settings = Settings.from_env({})) -> InvalidInput:
-    with pytest.raises(InvalidInput) as err:
-        _plan(body, settings)
-    return err.value
 
 
 def test_a_local_flux_folder_defaults_to_1024_px_28_steps_and_dev_guidance(tmp_path):

@@ -14,22 +14,12 @@ from sdq import families
 from sdq.memory import load_cast
 from sdq.modelinfo import BUILTIN_SIDES
 from sdq.config import Settings
-from sdq.exceptions import InvalidInput
 from sdq.records import Chunk, WorkerRecord
 from workers.running.routing import Router
+from tests.support.planning import plan as _plan, refused as _refused
 
 SETTINGS = Settings.from_env({})
 FAST = {"width": 64, "height": 64, "steps": 2}
-
-
-def _plan(body: dict, settings: Settings = SETTINGS):
-    return plan_job(parse_submit(body), settings, owner="alice")
-
-
-def _refused(body: dict, settings: Settings = SETTINGS) -> InvalidInput:
-    with pytest.raises(InvalidInput) as err:
-        _plan(body, settings)
-    return err.value
 
 
 def local_model(tmp_path: Path, class_name: str) -> tuple[str, Settings]:

@@ -10,9 +10,9 @@ from producer.planning.jobs import plan_job
 from producer.schemas import parse_submit
 from sdq import families, pipelines
 from sdq.config import Settings
-from sdq.exceptions import InvalidInput
 from sdq.families import FLUX, QWEN_IMAGE, QWEN_IMAGE_EDIT
 from sdq.modelinfo import TINY, model_info
+from tests.support.planning import refused as _refused
 from tests.unit.test_families import folder, safetensors
 
 QWEN_KEYS = ["img_in.weight", "txt_norm.weight", "txt_in.weight", "transformer_blocks.0.img_mod.1.weight",
@@ -99,12 +99,6 @@ def test_the_model_catalog_shows_the_family_and_its_defaults():
 def _local(tmp_path, class_name: str) -> tuple[str, Settings]:
     model = str(folder(tmp_path, class_name, name=class_name))
     return model, Settings.from_env({"SDQ_MODELS": model})
-
-
-def _refused(body: dict, settings: Settings) -> InvalidInput:
-    with pytest.raises(InvalidInput) as err:
-        plan_job(parse_submit(body), settings, owner="alice")
-    return err.value
 
 
 def test_a_local_qwen_image_folder_defaults_to_1024_px_50_steps_and_no_guidance_input(tmp_path):

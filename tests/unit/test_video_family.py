@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from producer.planning.jobs import plan_job
-from producer.schemas import parse_submit
 from sdq import families, options, pipelines, videos
 from sdq.config import Settings
-from sdq.exceptions import InvalidInput
 from sdq.families import LTX, WAN
 from sdq.modelinfo import model_info
 from sdq.scheduling import speed
 from tests.unit.test_families import folder
+from tests.support.planning import plan as _plan, refused as _refused
 
 
 @pytest.mark.parametrize("class_name, family", [("WanPipeline", WAN), ("WanImageToVideoPipeline", WAN),
@@ -37,16 +35,6 @@ def test_the_builtins_are_video_models_with_small_defaults():
     assert model_info("builtin:tiny-wan").family.name == WAN
     assert model_info("builtin:tiny-wan-i2v").family.name == WAN
     assert model_info("builtin:tiny-ltx").family.name == LTX
-
-
-def _plan(body: dict, settings: Settings = Settings.from_env({})):
-    return plan_job(parse_submit(body), settings, owner="alice")
-
-
-def _refused(body: dict, settings: Settings = Settings.from_env({})) -> InvalidInput:
-    with pytest.raises(InvalidInput) as err:
-        _plan(body, settings)
-    return err.value
 
 
 @pytest.mark.parametrize("class_name, want", [

@@ -7,14 +7,12 @@ import json
 
 import pytest
 
-from producer.planning.jobs import plan_job
-from producer.schemas import parse_submit
 from sdq import families, pipelines
 from sdq.config import Settings
-from sdq.exceptions import InvalidInput
 from sdq.families import Z_IMAGE
 from sdq.modelinfo import is_turbo, model_info
 from tests.unit.test_families import folder, safetensors
+from tests.support.planning import plan as _plan, refused as _refused
 
 ORIGINAL_KEYS = ["cap_embedder.1.weight", "layers.0.adaLN_modulation.0.weight", "layers.0.attention.qkv.weight",
                  "noise_refiner.0.attention.qkv.weight", "x_embedder.weight", "final_layer.linear.weight"]
@@ -65,16 +63,6 @@ def test_the_memory_need_fits_a_24_gb_device_and_not_a_16_gb_one_in_half_precisi
     mem = families.FAMILIES[Z_IMAGE].memory
     assert 16 < mem.need_gb("bf16", 1024 * 1024) < 24
     assert mem.need_gb("fp32", 1024 * 1024) == pytest.approx(2 * mem.need_gb("bf16", 1024 * 1024))
-
-
-def _plan(body: dict, settings: Settings = Settings.from_env({})):
-    return plan_job(parse_submit(body), settings, owner="alice")
-
-
-def _refused(body: dict, settings: Settings = Settings.from_env({})) -> InvalidInput:
-    with pytest.raises(InvalidInput) as err:
-        _plan(body, settings)
-    return err.value
 
 
 def test_a_local_z_image_folder_defaults_to_1024_px_50_steps_and_guidance_5(tmp_path):
