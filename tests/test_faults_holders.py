@@ -73,6 +73,15 @@ def test_a_duplicate_delivery_takes_over_from_a_holder_that_is_gone(jobs, r, how
     assert jobs.all_items(job_id)[0].worker == "h-new"
 
 
+def test_a_runs_start_time_is_never_later_than_the_clock_a_record_after_it_reads(jobs, r):
+    """The start time is kept to the millisecond rounded down: rounded to the nearest, a record written
+    within half a millisecond after the start read as written before it, and its holder as not yet able to
+    name the item (a takeover of a holder that had moved on was refused: a flaky run of the `idle` case)."""
+    job_id = make_job(jobs)
+    assert jobs.start_run(job_id, [(0, 0)], "h-clock", "cpu", "fp32", now=1000.0006).run == [0]
+    assert jobs.all_items(job_id)[0].started_at == 1000.0
+
+
 # -- defect 1: a claim lasts as long as its holder's run ------------------------------------------------
 def test_a_claim_whose_holder_is_gone_is_taken_over(jobs, r):
     """A foreign claim (no run of the item), or a straggler backup that claimed and died before

@@ -6,6 +6,7 @@ Every state change of an item is one Lua script (`sdq.state.scripts`); key layou
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -51,7 +52,9 @@ class Runs(StoreBase):
         after a lost reply returns the items that call started, without starting them again."""
         pairs = [(it, 0) if isinstance(it, int) else it for it in items]
         args = [a for index, gen in pairs for a in (index, gen)]
-        now = round(time.time() if now is None else now, 3)  # exact through the record's JSON
+        # to the millisecond (exact through the record's JSON), rounded down: a fleet record written after the
+        # start must never read as written before it (`holder_alive` would wait for it to name the item)
+        now = math.floor((time.time() if now is None else now) * 1000) / 1000
         run, held, ended = self.scripts["start"](keys=keys.run_script_keys(job_id),
                                                  args=[job_id, worker, device, dtype, repr(now), max_attempts,
                                                        *args])
