@@ -126,14 +126,14 @@ def cmd_producer(args) -> int:
         import gevent  # noqa: F401
         import gunicorn  # noqa: F401
     except ImportError:
-        from producer.app import create_app
+        from producer.app import serving_app
 
-        create_app().run(host=args.host, port=args.port, threaded=True)
+        serving_app().run(host=args.host, port=args.port, threaded=True)
         return 0
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}", "--workers", str(args.workers),
             "--worker-class", "gevent", "--worker-connections", str(defaults.PRODUCER_CONNECTIONS),
             "--timeout", "0", "--graceful-timeout", "5",
-            "--access-logfile", "-", *_no_control_socket(), "producer.app:create_app()"]
+            "--access-logfile", "-", *_no_control_socket(), "producer.app:serving_app()"]
     os.execv(sys.executable, argv)
     return 0
 

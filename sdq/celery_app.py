@@ -80,13 +80,15 @@ def item_queue(job: Job, params: dict[str, Any]) -> str:
     return contract.queue_for(job.requires.get("device", "any"), job.requires.get("dtype"), w * h)
 
 
-def send_chunk(celery: Celery, chunk: Chunk, producer=None) -> None:
-    """Publish one `sdq.generate` message (to the worker named in `chunk.to`, else to its queue).
+def send_chunk(celery: Celery, chunk: Chunk, producer=None, declare: bool = True) -> None:
+    """Publish one `sdq.generate` message (to the worker named in `chunk.to`, else to its queue);
+    `declare=False` skips declaring the queue (already declared by an earlier message of the same batch).
 
     The message's `kwargsrepr` (what Flower and `celery events` show) is a one-line summary naming the job
     and its items: Celery's own repr walks the whole body and cost a fifth of a 10,000-prompt submit."""
     celery.send_task(contract.TASK_GENERATE, kwargs={"chunk": chunk.message()}, queue=chunk.to or chunk.queue,
-                     priority=chunk.priority, producer=producer, argsrepr="()", kwargsrepr=task_summary(chunk))
+                     priority=chunk.priority, producer=producer, argsrepr="()", kwargsrepr=task_summary(chunk),
+                     declare=None if declare else [])
 
 
 def task_summary(chunk: Chunk) -> str:

@@ -47,6 +47,13 @@ class Record:
         # a record's instance dict holds exactly its fields, in declaration order (read ~2x faster than getattr)
         return {k: v for k, v in vars(self).items() if v is not None}
 
+    def replaced(self: R, **changes: Any) -> R:
+        """A copy with `changes` set, made by copying the instance dict (no constructor run: the
+        planner copies one checked item per prompt, 10,000 in a few milliseconds)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(vars(self), **changes)
+        return new
+
     def show(self, document: str) -> dict[str, Any]:
         """The part of the record `document` shows (unset fields as null)."""
         values = vars(self)
@@ -214,7 +221,8 @@ class Chunk:
     def message(self) -> dict[str, Any]:
         """The JSON body of the task (items as `MESSAGE` shows them, unset fields left out)."""
         body = {f.name: getattr(self, f.name) for f in fields(self)}
-        body["items"] = [{k: v for k, v in it.show(MESSAGE).items() if v is not None} for it in self.items]
+        names = shown_in(Item, MESSAGE)
+        body["items"] = [{k: values[k] for k in names if values[k] is not None} for values in map(vars, self.items)]
         return body
 
     @classmethod

@@ -1,7 +1,6 @@
 """Turning a validated submit request into a job, its items and its task messages."""
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import secrets
@@ -100,18 +99,13 @@ def _init_image_size(params: dict[str, Any], record: dict[str, Any] | None, expl
 
 
 @dataclass
-class _Source:
-    """One prompt (or entry of `items`) with its resolved parameters, before sweep cells and copies."""
+class _Resolved:
+    """The parameters, image inputs and sweep cells of a prompt (or an entry of `items`), resolved and
+    checked once: every prompt of a request shares one, as they differ only in their text."""
 
-    index: int
-    prompt: str
     item: ItemIn | None
-    params: dict[str, Any]
-    images: ItemImages
-    negative_prompt: str
-    cache: bool
-    cells: list[tuple[dict[str, Any], dict[str, Any], tuple[int, int]]] | None = None
-    """(sweep combination, its checked parameters, its image size) each, once made (prompts share them)."""
+    cells: list[tuple[dict[str, Any], Item]]
+    """(sweep combination, the item it makes: checked parameters, size, inputs; no index, prompt or seed yet)."""
 
 
 def plan_job(req: SubmitRequest, settings: Settings, owner: str,
@@ -169,69 +163,66 @@ def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given:
     """The items of every prompt or entry of `items`, each checked against the server's limits and
     the model's family (`fam`, None: not known here)."""
     sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items or []]
+    n_per = req.params.images_per_prompt
     items: list[Item] = []
-    shared: _Source | None = None  # prompts differ only in their text: resolved and checked once
+    resolved: _Resolved | None = None  # prompts differ only in their text: resolved and checked once
     for src, (prompt, it) in enumerate(sources):
-        if it is None and shared is not None:
-            source = copy.copy(shared)  # `dataclasses.replace` would run the constructor: ~3x slower
-            source.index, source.prompt = src, prompt
-            items += _cells(source, combos, req, seed, len(items), settings, fam)
-            continue
-        where = f"items[{src}]." if it is not None else "params."
-        params = _item_params(base, it)
-        images = item_images(pipelines.spec(req.pipeline), given, it, where, uploads)
-        size = checked.check_size(images.size, where)
-        if size is not None:
-            explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
-            params = _init_image_size(params, size, explicit, fam.size_multiple if fam else 8)
-        params = checked.apply(params, fam.size_multiple if fam else 8)
-        _check_limits(req.pipeline, params, where, settings)
-        negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
-        check_item(fam, req.model, params, where, negative)
-        cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
-        source = _Source(src, prompt, it, params, images, negative, cache)
-        shared = source if it is None else None
-        items += _cells(source, combos, req, seed, len(items), settings, fam)
+        if resolved is None or it is not None:
+            resolved = _resolve(req, settings, base, given, combos, uploads, checked, fam, src, it)
+        for combo, proto in resolved.cells:
+            for k in range(n_per):
+                index = len(items)
+                item_seed = _item_seed(seed, combo, it, src, n_per, k, index) % (2**32)
+                items.append(proto.replaced(index=index, prompt=prompt, seed=item_seed, size=list(proto.size)))
     return items
 
 
-def _cells(source: _Source, combos: list[dict[str, Any]], req: SubmitRequest, seed: int, start: int,
-           settings: Settings, fam: Family | None = None) -> list[Item]:
-    """The items of one source: a sweep cell each (or the one empty cell), times images_per_prompt."""
-    n_per = req.params.images_per_prompt
-    out: list[Item] = []
-    if source.cells is None:
-        source.cells = [_cell(source, combo, req, settings, fam) for combo in combos]
-    for combo, cell, size in source.cells:
-        for k in range(n_per):
-            index = start + len(out)
-            out.append(Item(
-                index=index, prompt=source.prompt, negative_prompt=combo.get("negative_prompt", source.negative_prompt),
-                seed=_item_seed(seed, combo, source, n_per, k, index) % (2**32), init_image=source.images.init_image,
-                images=source.images.others, params=cell, size=list(size),
-                steps=cell["steps"], sweep=combo or None, cache=None if source.cache else False))
-    return out
+def _resolve(req: SubmitRequest, settings: Settings, base: dict[str, Any], given: dict[str, Any],
+             combos: list[dict[str, Any]], uploads: Callable[[str, str], dict[str, Any]] | None,
+             checked: Checked, fam: Family | None, src: int, it: ItemIn | None) -> _Resolved:
+    """Source `src` (a prompt, or the entry `it` of `items`) resolved: its parameters, image inputs,
+    options and negative prompt checked, and its sweep cells made."""
+    where = f"items[{src}]." if it is not None else "params."
+    multiple = fam.size_multiple if fam else 8
+    params = _item_params(base, it)
+    images = item_images(pipelines.spec(req.pipeline), given, it, where, uploads)
+    size = checked.check_size(images.size, where)
+    if size is not None:
+        explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
+        params = _init_image_size(params, size, explicit, multiple)
+    params = checked.apply(params, multiple)
+    _check_limits(req.pipeline, params, where, settings)
+    negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
+    check_item(fam, req.model, params, where, negative)
+    cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
+    cells = []
+    for combo in combos:
+        cell = _cell(params, combo, req, settings, fam)
+        cells.append((combo, Item(
+            negative_prompt=combo.get("negative_prompt", negative), init_image=images.init_image,
+            images=images.others, params=cell, size=list(contract.item_size(req.pipeline, cell)),
+            steps=cell["steps"], sweep=combo or None, cache=None if cache else False)))
+    return _Resolved(it, cells)
 
 
-def _cell(source: _Source, combo: dict[str, Any], req: SubmitRequest, settings: Settings,
-          fam: Family | None) -> tuple[dict[str, Any], dict[str, Any], tuple[int, int]]:
-    """One sweep combination of a source: its parameters (a sweep overrides job and item values) checked,
-    and the size of its image."""
-    cell = {**source.params, **{k: v for k, v in combo.items() if k in ITEM_PARAM_KEYS}}
+def _cell(params: dict[str, Any], combo: dict[str, Any], req: SubmitRequest, settings: Settings,
+          fam: Family | None) -> dict[str, Any]:
+    """One sweep combination of a source's parameters (a sweep overrides job and item values), checked."""
+    cell = {**params, **{k: v for k, v in combo.items() if k in ITEM_PARAM_KEYS}}
     if combo:
         _check_limits(req.pipeline, cell, "sweep.", settings)
         check_item(fam, req.model, cell, "sweep.")
-        check_cell(cell, combo, source.params, fam.size_multiple if fam else 8)
-    return combo, cell, contract.item_size(req.pipeline, cell)
+        check_cell(cell, combo, params, fam.size_multiple if fam else 8)
+    return cell
 
 
-def _item_seed(seed: int, combo: dict[str, Any], source: _Source, n_per: int, k: int, index: int) -> int:
+def _item_seed(seed: int, combo: dict[str, Any], it: ItemIn | None, src: int, n_per: int, k: int, index: int) -> int:
     """An item's seed: the sweep's, else its entry's (plus its copy number), else the job's counted on."""
     if "seed" in combo:
         return combo["seed"] + k
-    if source.item is not None and source.item.seed is not None:
-        return source.item.seed + k
-    return seed + (source.index * n_per + k if combo else index)
+    if it is not None and it.seed is not None:
+        return it.seed + k
+    return seed + (src * n_per + k if combo else index)
 
 
 def _check_watermark(pipeline: str, items: list[Item]) -> None:
@@ -276,7 +267,7 @@ def _chunks(plan: Plan, workers: list[WorkerRecord], by_speed: bool = True):
     `by_speed`, each worker counts as one)."""
     model, pipeline = plan.job.model, plan.job.pipeline
     batch = max([int(w.max_batch or 1) for w in workers] or [1])
-    for _, group in itertools.groupby(plan.items, key=lambda it: sorted(it.params.items())):
+    for _, group in itertools.groupby(plan.items, key=lambda it: it.params):  # dicts compare by content
         group = list(group)
         params = group[0].params
         queue = item_queue(plan.job, params)
@@ -350,10 +341,14 @@ def _replay(jobs: JobStore, job_id: str) -> Plan:
 
 
 def enqueue(celery: Celery, routed: list[Chunk]) -> None:
-    """Publish one task message per chunk, pipelined over one broker connection (kombu batch)."""
+    """Publish one task message per chunk, pipelined over one broker connection (kombu batch); each
+    queue is declared with its first message only (declaring cost a quarter of the publishing)."""
+    declared: set[str | None] = set()
     with celery.producer_or_acquire() as producer, producer.batch(max_size=1000):
         for chunk in routed:
-            send_chunk(celery, chunk, producer)
+            queue = chunk.to or chunk.queue
+            send_chunk(celery, chunk, producer, declare=queue not in declared)
+            declared.add(queue)
 
 
 def requeue(jobs: JobStore, celery: Celery, job_id: str, workers: list[WorkerRecord],
