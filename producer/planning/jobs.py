@@ -13,7 +13,7 @@ from celery import Celery
 
 from producer.options import Checked, check_options
 from producer.planning.family import check_item, family_defaults, info_for, with_frames
-from producer.planning.inputs import ItemImages, item_images
+from producer.planning.inputs import item_images
 from producer.schemas import ITEM_PARAM_KEYS, ItemIn, SubmitRequest
 from producer.planning.sweep import check_cell, check_sweep, combinations, count as sweep_count
 from producer.tenants import check_queue_room
