@@ -21,7 +21,7 @@ from sdq.celery_app import make_celery
 SIZES = {"full": 10_000, "quick": 1_000}
 REPEATS = {"full": 5, "quick": 1}
 LIMIT_S = {"full": 0.2, "quick": 1.0}
-"""Seconds until every item is in the broker that the benchmark aims at ."""
+"""Seconds until every item is in the broker that the benchmark aims at, by run size."""
 NOOP_QUEUE = "bench.noop"
 PARAMS = {"width": 64, "height": 64, "steps": 4, "seed": 1}
 
