@@ -19,7 +19,7 @@ from typing import Any
 from sdq import defaults, options, pipelines
 from sdq.exceptions import SdqError
 from sdq.families import FAMILIES, Family, UnknownFamily, from_class_name
-from sdq.modelinfo import model_info
+from sdq.modelinfo import ONE_CLASS_FAMILIES, model_info
 from sdq.models import BUILTIN_MODELS, allowed_models
 from sdq.records import WorkerRecord
 from sdq.sources import STORE_PREFIX, source_for
@@ -80,9 +80,17 @@ def _family(model: str, pushed: PushedModels | None = None) -> tuple[Family | No
 
 
 def _pipelines(model: str, fam: Family | None) -> list[str]:
-    """Pipelines `model` runs: its family's rows of the pipeline table (all of them when not known here)."""
+    """Pipelines `model` runs: its family's rows of the pipeline table (all of them when not known here), or
+    the one its weights are made for (a Wan T2V or I2V folder: `sdq.modelinfo.ONE_CLASS_FAMILIES`)."""
     if model in BUILTIN_MODELS:
         return list(BUILTIN_MODELS[model])
+    if fam is not None and fam.name in ONE_CLASS_FAMILIES and not model.startswith(STORE_PREFIX):
+        try:
+            runs = model_info(model).pipelines
+        except UnknownFamily:
+            runs = None
+        if runs:
+            return list(runs)
     return list(pipelines.pipelines_for(fam.name)) if fam else list(pipelines.PIPELINES)
 
 

@@ -11,6 +11,7 @@ from sdq.families import (FAMILIES, FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL, F
                           detect)
 from sdq.families import FLUX2_KLEIN, QWEN_IMAGE, Z_IMAGE
 from sdq.families import LTX, WAN
+from sdq import pipelines
 from sdq.memory import Memory, quantized
 from sdq.sources import source_for
 from sdq.tensorfiles import tensor_names
@@ -44,6 +45,15 @@ BUILTIN_FAMILIES: dict[str, str] = {
 }
 """Built-in model id -> its family."""
 
+BUILTIN_PIPELINES: dict[str, tuple[str, ...]] = {"builtin:tiny-wan": ("txt2video",),
+                                                  "builtin:tiny-wan-i2v": ("img2video",)}
+"""Built-ins that run fewer pipelines than their family does."""
+
+ONE_CLASS_FAMILIES = frozenset({WAN})
+"""Families whose models each run only the pipeline of their own diffusers class: a Wan T2V model and a Wan
+I2V model differ in their weights (the I2V transformer takes image embeddings). The other families' models
+run every pipeline of their family whatever class they were saved with."""
+
 TINY_PREFIX = "builtin:tiny-"
 """Ids of the tiny built-ins (random weights, a few MB); other built-ins need their family's memory."""
 
@@ -69,6 +79,8 @@ class ModelInfo:
     default_side: int | None
     distilled: bool = False
     """A timestep-distilled model of its family (`family` is then `Family.as_distilled()`)."""
+    pipelines: tuple[str, ...] | None = None
+    """The pipelines this model runs when fewer than its family's (`ONE_CLASS_FAMILIES`); None: all of them."""
 
 
 BUILTIN_DISTILLED = frozenset({"builtin:tiny-flux-schnell",
@@ -141,27 +153,39 @@ def model_info(model_id: str) -> ModelInfo:
         side = BUILTIN_SIDES.get(model_id, FAMILIES[name].default_side)
         fam = FAMILIES[name].as_distilled() if model_id in BUILTIN_DISTILLED else FAMILIES[name]
         return ModelInfo(fam, TINY if model_id.startswith(TINY_PREFIX) else fam.memory, side,
-                         model_id in BUILTIN_DISTILLED)
+                         model_id in BUILTIN_DISTILLED, BUILTIN_PIPELINES.get(model_id))
     path = Path(model_id).expanduser()
     if kind in ("folder", "file") and path.exists():
         marker = path / "model_index.json" if path.is_dir() else path
         st = marker.stat() if marker.exists() else path.stat()
         try:
-            name, distilled = _detect_once(str(path), st.st_size, st.st_mtime_ns)
+            name, distilled, runs = _detect_once(str(path), st.st_size, st.st_mtime_ns)
         except UnsupportedFamily:
             raise
         except UnknownFamily:
             return ModelInfo(None, None, None)
         fam = FAMILIES[name].as_distilled() if distilled else FAMILIES[name]
         memory = quantized(fam.memory, st.st_size / 2**30) if path.suffix.lower() == ".gguf" else fam.memory
-        return ModelInfo(fam, memory, fam.default_side, distilled)
+        return ModelInfo(fam, memory, fam.default_side, distilled, runs)
     return ModelInfo(None, None, None)
 
 
 @lru_cache(maxsize=256)
-def _detect_once(path: str, size: int, mtime_ns: int) -> tuple[str, bool]:
-    """`detect` (and, for a family with a distilled variant, `is_distilled`), once per version of the file
-    it reads (a checkpoint's header is read once, not per submit)."""
+def _detect_once(path: str, size: int, mtime_ns: int) -> tuple[str, bool, tuple[str, ...] | None]:
+    """`detect` (and, for a family with a distilled variant, `is_distilled`; for a family of one-class models,
+    the pipelines it runs), once per version of the file it reads (a checkpoint's header is read once, not per submit)."""
     name = detect(Path(path))
     check = DISTILLED_CHECKS.get(name) if FAMILIES[name].distilled is not None else None
-    return name, check is not None and check(Path(path))
+    runs = pipelines_of(Path(path), name) if name in ONE_CLASS_FAMILIES else None
+    return name, check is not None and check(Path(path)), runs
+
+
+def pipelines_of(path: Path, family: str) -> tuple[str, ...] | None:
+    """The pipelines of `family` whose diffusers class is the one the folder's `model_index.json` names
+    (None: not a folder, or its class runs none of them: the worker decides)."""
+    try:
+        class_name = json.loads((path / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError):
+        return None
+    runs = tuple(name for name, spec in pipelines.SPECS.items() if spec.class_for(family) == class_name)
+    return runs or None

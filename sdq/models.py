@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from sdq import pipelines
 from sdq.exceptions import InvalidInput
-from sdq.modelinfo import BUILTIN_FAMILIES
+from sdq.modelinfo import BUILTIN_FAMILIES, BUILTIN_PIPELINES
 from sdq.sources import source_for
 
-BUILTIN_MODELS: dict[str, tuple[str, ...]] = {m: pipelines.pipelines_for(f) for m, f in BUILTIN_FAMILIES.items()}
-"""Built-in model id -> pipelines it serves: every pipeline with a class for its family."""
+BUILTIN_MODELS: dict[str, tuple[str, ...]] = {m: BUILTIN_PIPELINES.get(m) or pipelines.pipelines_for(f)
+                                              for m, f in BUILTIN_FAMILIES.items()}
+"""Built-in model id -> pipelines it serves: every pipeline with a class for its family (Wan's: its own one)."""
 
 
 def allowed_models(allowlist: tuple[str, ...]) -> list[str]:

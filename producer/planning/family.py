@@ -26,6 +26,9 @@ def info_for(model: str, pipeline: str) -> ModelInfo:
         able = [name for name, spec in pipelines.SPECS.items() if spec.class_for(info.family.name)]
         raise InvalidInput("pipeline", f"model {model!r} is a {info.family.title} model, which has no {pipeline!r} "
                            f"pipeline; it runs {', '.join(able)}", code="unsupported_pipeline")
+    if info.pipelines is not None and pipeline not in info.pipelines:
+        raise InvalidInput("pipeline", f"model {model!r} runs only {', '.join(info.pipelines)} (its weights are "
+                           f"made for that pipeline), not {pipeline!r}", code="unsupported_pipeline")
     return info
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdq import families, options, pipelines, videos
+from sdq import families, models, options, pipelines, videos
 from sdq.config import Settings
 from sdq.families import LTX, WAN
 from sdq.modelinfo import model_info
@@ -96,3 +96,25 @@ def test_a_full_size_wan_clip_needs_a_large_gpu():
     need = mem.weights_gb + mem.gb_per_mpx * 81 * 832 * 480 / 2**20
     assert 40 < need < 80
     assert videos.frames_of({"frames": 81}) == 81 and videos.frames_of({}) == 1
+
+
+@pytest.mark.parametrize("class_name, runs, other", [("WanPipeline", "txt2video", "img2video"),
+                                                     ("WanImageToVideoPipeline", "img2video", "txt2video")])
+def test_a_wan_folder_runs_only_the_pipeline_its_class_is_for(tmp_path, class_name, runs, other):
+    path = str(folder(tmp_path, class_name))
+    assert model_info(path).pipelines == (runs,)
+    body = {"model": path, "pipeline": other, "prompts": ["x"], "params": {"steps": 2}}
+    settings = Settings.from_env({"SDQ_MODELS": path})
+    error = _refused(body, settings)
+    assert error.field == "pipeline" and runs in error.message and other in error.message, error
+
+
+@pytest.mark.parametrize("model, runs", [("builtin:tiny-wan", ("txt2video",)), ("builtin:tiny-wan-i2v", ("img2video",)),
+                                         ("builtin:tiny-ltx", None)])
+def test_the_builtins_say_which_video_pipelines_they_run(model, runs):
+    assert model_info(model).pipelines == runs
+    assert models.BUILTIN_MODELS[model] == (runs or ("txt2video", "img2video"))
+
+
+def test_an_ltx_folder_runs_both_video_pipelines(tmp_path):
+    assert model_info(str(folder(tmp_path, "LTXPipeline"))).pipelines is None
