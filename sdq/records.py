@@ -270,7 +270,7 @@ def _check_message(body: Any) -> None:
 
 
 _WORKER_LISTS = ("pipelines", "models", "loaded_models", "queues")
-_WORKER_DICTS = ("loaded_adapters", "quantized", "speed")
+_WORKER_DICTS = ("loaded_adapters", "quantized", "speed", "offloaded_models", "held_gb")
 
 
 @dataclass
@@ -298,7 +298,7 @@ class WorkerRecord:
     quantized: dict = field(default_factory=dict)  # loaded model id -> how its weights are quantized
     offload: str | None = None  # its `--offload` setting (`sdq.memory.fit`): auto, never, model, group
     offloaded_models: dict = field(default_factory=dict)  # loaded model id -> the offload mode it runs in
-    held_gb: float | None = None  # GiB its request options hold loaded beside the models (ControlNets)
+    held_gb: dict = field(default_factory=dict)  # loaded model id -> GiB options hold beside it (ControlNets)
     max_pixels: int | None = None
     max_batch: int | None = None
     queues: list = field(default_factory=list)
