@@ -1,28 +1,38 @@
-"""The web page plays a finished video in a real headless Chromium (Debian's, driven by Playwright)."""
+"""Video on the web page, in a real headless Chromium (Debian's, driven by Playwright): the form submits a
+video job with its frames and frame rate, and the job page plays a finished clip."""
 from __future__ import annotations
-
-from typing import Iterator
 
 import pytest
 
 from tests.conftest import wait_job
-from tests.test_web_browser import CHROMIUM, WAIT_MS, expect, sync_api
+from tests.test_web_browser import WAIT_MS, _job_id, browser, expect, page, sync_api  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator:
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield b
-        b.close()
+def test_the_form_submits_a_video_job_with_its_frames_and_fps(page, client):
+    page.goto("/")
+    expect(page.locator("#video-set")).to_be_hidden()  # an image pipeline has no frames
+    page.get_by_label("Model", exact=True).fill("builtin:tiny-ltx")
+    page.get_by_label("Pipeline", exact=True).select_option("txt2video")
+    expect(page.locator("#video-set")).to_be_visible()
+    expect(page.locator("#init-set")).to_be_hidden()  # text to video takes no init image
+    page.get_by_label("Prompts").fill("a lantern swinging")
+    for name, value in (("Width", "96"), ("Height", "64"), ("Steps", "2"), ("Seed", "5"),
+                        ("Frames", "9"), ("Frames per second", "6")):
+        page.get_by_label(name, exact=True).fill(value)
+    page.get_by_role("button", name="Generate").click()
+    doc = wait_job(client, _job_id(page), timeout=300)
+    assert doc["state"] == "succeeded", [it.get("error") for it in doc["items"]]
+    assert (doc["params"]["frames"], doc["params"]["fps"]) == (9, 6), doc["params"]
+    assert doc["items"][0]["video_key"].endswith(".mp4")
+    expect(page.get_by_label("Video 0: a lantern swinging")).to_be_visible(timeout=WAIT_MS)
 
 
-def test_the_job_page_plays_a_finished_video(chromium, stack, client):
+def test_the_job_page_plays_a_finished_video(browser, stack, client):
     body = {"model": "builtin:tiny-ltx", "pipeline": "txt2video", "prompts": ["waves on a beach"],
             "params": {"frames": 17, "fps": 8, "width": 96, "height": 64, "steps": 2, "seed": 4}}
     doc = wait_job(client, client.submit(body)["id"], timeout=300)
     assert doc["state"] == "succeeded", [it.get("error") for it in doc["items"]]
-    ctx = chromium.new_context(viewport={"width": 1100, "height": 900}, base_url=stack.env["SDQ_SERVER"])
+    ctx = browser.new_context(viewport={"width": 1100, "height": 900}, base_url=stack.env["SDQ_SERVER"])
     page = ctx.new_page()
     errors: list[str] = []
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)

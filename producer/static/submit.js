@@ -7,6 +7,8 @@ const SWEEP_KEYS = {
   width: "width", height: "height", strength: "strength", negative_prompt: "negative prompt",
 };
 const TEXT_SWEEP_KEYS = ["scheduler", "negative_prompt"];
+const VIDEO_PIPELINES = ["txt2video", "img2video"];
+const NO_INIT_PIPELINES = ["txt2img", "txt2video"];
 const FILE_TYPES = {txt: "text/plain", csv: "text/csv", jsonl: "application/x-ndjson", ndjson: "application/x-ndjson"};
 
 const Submit = {
@@ -38,7 +40,8 @@ const Submit = {
   },
 
   syncPipeline() {
-    $("init-set").hidden = $("pipeline").value === "txt2img";
+    $("init-set").hidden = NO_INIT_PIPELINES.includes($("pipeline").value);
+    $("video-set").hidden = !VIDEO_PIPELINES.includes($("pipeline").value);
     Extras.sync();
   },
 
@@ -95,7 +98,11 @@ const Submit = {
       negative_prompt: $("negative").value, scheduler: $("scheduler").value || undefined,
       grid: $("grid").checked || undefined,
     };
-    if ($("pipeline").value !== "txt2img") {
+    if (VIDEO_PIPELINES.includes($("pipeline").value)) {
+      p.frames = Submit.num("frames");
+      p.fps = Submit.num("fps");
+    }
+    if (!NO_INIT_PIPELINES.includes($("pipeline").value)) {
       p.strength = Submit.num("strength");
       const img = $("init-image").files[0];
       if (img) {
