@@ -246,6 +246,11 @@ STALL_TIMEOUT = 600.0
 attempt) before it stops renewing its message's lease, so the chunk goes to another worker
 (`SDQ_STALL_TIMEOUT`)."""
 
+FINISH_MAX_S = 1800.0
+"""Longest a pipeline call may run after its last denoising step (the VAE decode; a video's frames are
+decoded, then encoded into its MP4) without counting as a stall: a large decode on a slow device may
+outlast `STALL_TIMEOUT`; one longer than this is treated as hung."""
+
 S3_BACKOFF_CAP = 15.0
 """Longest pause, seconds, between sdq's own attempts at an S3 call during an outage
 (`SDQ_S3_BACKOFF_CAP`)."""

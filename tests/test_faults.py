@@ -8,8 +8,10 @@ seconds; production keeps the defaults. Workers run with `SDQ_DEBUG_FAULTS=1`: a
 """
 from __future__ import annotations
 
+import json
 import signal
 import threading
+import time
 from typing import Iterator
 
 import pytest
@@ -203,6 +205,29 @@ def test_a_hung_worker_loses_its_chunk_to_another(fleet, fclient, store):
     finally:
         fleet.r.delete(f"sdq:debug:{hung}:step")  # let it go on: its late result changes nothing
     wait_for(lambda: not JobStore(fleet.r).get(job_id).counts.get("running"), "settled", 10)
+    check_exact(fclient, store, fleet.r, job_id, 1)
+
+
+def test_a_decode_that_outlasts_the_stall_timeout_is_not_a_hang(fleet, fclient, store):
+    """After a call's last denoising step its VAE decode may take long (a large image or a video on a slow
+    device): a worker paused there past the stall timeout (8 s here) does not say it is stalled (so it keeps
+    renewing its lease); the item is made once (the idle worker may back it up meanwhile: a straggler, not a hang)."""
+    fleet.r.hset(RULES, "decode", "pause")
+    job_id = fclient.submit(body(n=1, steps=4))["id"]
+    slow = fleet.hit("decode")
+    fleet.r.delete(RULES)
+    paused_at = time.time()
+    records: list[dict] = []
+
+    def past_the_stall_timeout() -> bool:  # the paused worker's heartbeats, until one comes 4 s after the timeout
+        records.append(json.loads(fleet.r.get(f"sdq:worker:{slow}")))
+        return records[-1]["last_seen"] > paused_at + float(FAST_RECOVERY["SDQ_STALL_TIMEOUT"]) + 4
+
+    try:
+        wait_for(past_the_stall_timeout, "heartbeats past the stall timeout", 60)
+        assert not any(rec.get("stalled") for rec in records), "the worker said it was stalled while decoding"
+    finally:
+        fleet.r.delete(f"sdq:debug:{slow}:decode")
     check_exact(fclient, store, fleet.r, job_id, 1)
 
 

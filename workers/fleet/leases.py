@@ -12,7 +12,8 @@ message is restored one timeout after its last refresh.
 Leases are renewed only while the work makes progress: a busy worker that has not reported
 progress (`Leases.progress`: a denoising step, a model loading (`workers.loading.loadwatch`) or loaded, a
 piece of a model pull, an upload attempt) for
-`stall_timeout` seconds is hung, and its held messages are left to expire and go to another
+`stall_timeout` seconds is hung (after a call's last denoising step, `Leases.finishing` gives its decode up to
+`sdq.defaults.FINISH_MAX_S` more), and its held messages are left to expire and go to another
 worker, although its heartbeat thread lives on.
 
 Only ``ZADD XX`` is used: a tag that was acknowledged (or already restored) is never re-added.
@@ -41,10 +42,11 @@ class Leases:
         self._lock = threading.Lock()
         self._busy = False
         self._last_progress = time.monotonic()
+        self._finishing_until = 0.0
 
     def busy(self) -> None:
         """The worker started running a chunk."""
-        self._busy, self._last_progress = True, time.monotonic()
+        self._busy, self._last_progress, self._finishing_until = True, time.monotonic(), 0.0
 
     def idle(self) -> None:
         """The worker is between chunks (waiting for work is not a stall)."""
@@ -53,10 +55,16 @@ class Leases:
     def progress(self) -> None:
         """The running chunk made progress."""
         self._last_progress = time.monotonic()
+        self._finishing_until = 0.0
+
+    def finishing(self, most: float = defaults.FINISH_MAX_S) -> None:
+        """The running call made its last denoising step: what is left (its decode) is not a stall for `most` s."""
+        self._finishing_until = time.monotonic() + most
 
     def stalled(self) -> bool:
-        """Busy without progress for longer than `stall_timeout`."""
-        return self._busy and time.monotonic() - self._last_progress > self.stall_timeout
+        """Busy without progress for longer than `stall_timeout` (and not finishing a call)."""
+        now = time.monotonic()
+        return self._busy and now - self._last_progress > self.stall_timeout and now > self._finishing_until
 
     def connect(self) -> None:
         """Follow Celery's signals: a task message received is held until its task has run."""

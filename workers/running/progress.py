@@ -37,6 +37,8 @@ class StepProgress:
     def __call__(self, pipe: Pipe, i: int, t: Any, kwargs: dict) -> dict:
         if self.leases is not None:
             self.leases.progress()
+            if i + 1 >= self.loop:  # the decode follows: a long one is not a hang
+                self.leases.finishing()
         now = time.monotonic()
         if now - self._last >= defaults.PROGRESS_INTERVAL:
             self._last = now

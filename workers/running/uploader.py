@@ -14,6 +14,7 @@ from sdq.state.errors import StateError
 from sdq.state.runs import CLAIMED, ENDED_JOB, HELD, NOT_RECORDED
 from sdq.state.store import JobStore
 from storage import ResultStore, StorageUnavailable
+from workers.loading.loadwatch import progress_while
 from workers.testing.faults import Faults
 from workers.running.retry import retry_redis
 from workers.running.thumbs import store_thumb
@@ -95,7 +96,8 @@ class Uploader:
             t0 = time.perf_counter()
             clip: Clip | None = image if isinstance(image, Clip) else None
             if clip is not None:  # a video: its MP4, and its poster stored at the image's key
-                mp4, image = encode_mp4(clip.frames, clip.fps, infotext), clip.poster()
+                with progress_while(self.progress):  # a long clip's encode is not a hang
+                    mp4, image = encode_mp4(clip.frames, clip.fps, infotext), clip.poster()
             elif transform is not None:
                 image = transform(image)
             data = encode_png(image, infotext)
