@@ -3,7 +3,8 @@ Qwen-Image, Wan and LTX-Video (video chunks take the same worker hook). Per fami
 image or clip and says how (item parameters, infotext or the MP4's metadata); the warm transformer carries no
 hook after it, so the next plain job makes the first plain job's image or first frame bit for bit. In the worker's
 own code: a method the model's family does not take (a job whose family was not known at submit) fails naming
-the field, and Wan's TaylorSeer hooks its blocks' attention modules."""
+the field, Wan's TaylorSeer hooks its blocks' attention modules, and Flux.2 dev's pipeline (which opens no cache
+context) gets one from the hook."""
 from __future__ import annotations
 
 import numpy as np
@@ -100,3 +101,44 @@ def test_wans_taylorseer_hooks_its_blocks_attention(cache):
     finally:
         worker_options.undo(cache, pipe, entry, params)
     assert hooked(pipe.transformer) == []
+
+
+@pytest.mark.parametrize("method", ["TaylorSeerCache", "FasterCache", "PyramidAttentionBroadcast"])
+def test_flux2_devs_pipeline_gets_a_cache_context_from_the_hook(cache, method):
+    """Flux2Pipeline (Flux.2 dev; no tiny built-in: tiny-flux2's VAE and scheduler with a guidance-embedding
+    transformer, text embeddings given) opens no cache context: through the hook each method runs with its hooks on,
+    changes the image, and leaves the transformer making the plain image again."""
+    import torch
+    from diffusers import Flux2Pipeline
+
+    from workers.builtins.flux2 import flux2_transformer
+    from workers.loading.pipelines import Loaded
+
+    torch.set_num_threads(1)
+    klein, _ = cache.get("builtin:tiny-flux2", "txt2img")
+    pipe = Flux2Pipeline(scheduler=klein.scheduler, vae=klein.vae, text_encoder=None, tokenizer=None,
+                         transformer=flux2_transformer(guidance_embeds=True))
+    pipe.set_progress_bar_config(disable=True)
+    entry = Loaded("flux2-dev-shaped", pipe, {}, family="flux2")
+    embeds = torch.randn(1, 8, pipe.transformer.config.joint_attention_dim, generator=torch.Generator().manual_seed(1))
+    seen: list[list[str]] = []
+
+    def image(params: dict) -> np.ndarray:
+        worker_options.steppers(worker_options.StepContext("job", [0], pipe, params, STEPS))  # before the call
+        out = pipe(prompt_embeds=embeds, width=64, height=64, num_inference_steps=STEPS, guidance_scale=3.5,
+                   generator=torch.Generator().manual_seed(7), output_type="np",
+                   callback_on_step_end=lambda p, i, t, kw: seen.append(hooked(p.transformer)) or kw)
+        return out.images[0]
+
+    plain = image({})
+    params = {"step_cache": checked({"method": method, "cache_interval": 2, "disable_cache_before_step": 1}
+                                    if method == "TaylorSeerCache" else {"method": method}, "flux2")}
+    worker_options.apply(cache, pipe, entry, params)
+    seen.clear()
+    try:
+        cached = image(params)
+    finally:
+        worker_options.undo(cache, pipe, entry, params)
+    assert seen and all(seen), "no cache hook was on during the call"
+    assert np.abs(cached - plain).max() > 0
+    assert hooked(pipe.transformer) == [] and np.array_equal(image({}), plain)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from sdq.exceptions import InvalidInput
-from sdq.families import FLUX, FLUX2_KLEIN, LTX, QWEN_IMAGE, WAN
+from sdq.families import FLUX, FLUX2, FLUX2_KLEIN, LTX, QWEN_IMAGE, WAN
 from sdq.modelinfo import BUILTIN_FAMILIES
 from sdq.options.base import FormField, OptionSpec, Submit
 from sdq.params import Param, Text
@@ -73,6 +73,9 @@ FAMILIES: dict[str, FamilyCache] = {
     # tail block the joined one); PAB and FasterCache count every call, and Klein's base models run the
     # unconditional branch as a call of its own, which would reuse the conditional one's attention.
     FLUX2_KLEIN: FamilyCache(("TaylorSeerCache",), "TaylorSeerCache"),
+    # Flux.2 dev: the same transformer, guidance-distilled (one call per step, so PAB's and FasterCache's counters
+    # hold); Flux2Pipeline opens no cache context: the worker hook opens one for the call.
+    FLUX2: FamilyCache(("TaylorSeerCache", "FasterCache", "PyramidAttentionBroadcast"), "TaylorSeerCache"),
     # QwenImageTransformer2DModel: the unconditional branch (true CFG) is a call of its own, as on Klein.
     QWEN_IMAGE: FamilyCache(("FirstBlockCache", "TaylorSeerCache"), "FirstBlockCache"),
     # WanTransformer3DModel: as Qwen-Image (TaylorSeer on the blocks' attn1/attn2, which its defaults miss).
@@ -83,8 +86,7 @@ FAMILIES: dict[str, FamilyCache] = {
 }
 """Family -> how its denoiser takes step caching: only the methods that run on its transformer in the pinned
 diffusers (MagCache needs calibrated ratios, which diffusers has for Flux.1 alone). A family not listed has no
-step cache: SD and SDXL's UNets, SD3's and Z-Image's transformers (no `CacheMixin` in diffusers), and Flux.2 dev
-(its pipeline opens no `cache_context`, which the hooks' state needs)."""
+step cache: SD and SDXL's UNets, SD3's and Z-Image's transformers (no `CacheMixin` in diffusers)."""
 
 DEFAULT_METHOD = "FirstBlockCache"
 """The method of `true` when the model's family is not known at submit (the worker checks it then)."""

@@ -1,5 +1,5 @@
 """`params.step_cache` at submit: refused naming the field on a family whose denoiser has no cache hooks (SD's
-UNet, SD3, Z-Image) or whose pipeline opens no cache context (Flux.2 dev), each family's methods and default
+UNet, SD3, Z-Image), each family's methods and default (Flux.2 dev's, known from a local folder)
 (a method the family does not take is named), video pipelines taking it, bad methods and settings named, the family's defaults filled in, written to infotext and read back
 (`sdq inspect`'s path), and the CLI flag."""
 from __future__ import annotations
@@ -154,20 +154,30 @@ def test_each_family_takes_its_methods_and_true_asks_for_its_default(model, pipe
 
 
 def test_the_table_lists_only_families_whose_transformer_takes_cache_hooks():
-    """Z-Image's transformer has no `CacheMixin`; Flux.2 dev's pipeline opens no cache context (the hooks' state
-    raises without one): neither is listed, so both are refused naming the field."""
+    """Z-Image's transformer has no `CacheMixin`: not listed, so refused naming the field."""
     from sdq import families
 
-    assert set(step_cache.FAMILIES) == {families.FLUX, families.FLUX2_KLEIN, families.QWEN_IMAGE, families.WAN,
-                                        families.LTX}
+    assert set(step_cache.FAMILIES) == {families.FLUX, families.FLUX2, families.FLUX2_KLEIN, families.QWEN_IMAGE,
+                                        families.WAN, families.LTX}
     for fam in step_cache.FAMILIES.values():
         assert fam.default in fam.methods and set(fam.methods) <= set(step_cache.METHODS)
     spec = options.OPTIONS["step_cache"]
-    ctx = options.Submit(pipelines.spec("txt2img"), "/models/flux2-dev", families.FLUX2, ())
-    with pytest.raises(InvalidInput) as err:
-        spec.check(True, ctx)
-    assert (err.value.field, err.value.code) == ("params.step_cache", "unsupported_step_cache")
     assert spec.offered("txt2video", families.WAN) and not spec.offered("txt2img", families.Z_IMAGE)
+
+
+def test_flux2_dev_takes_taylorseer_pab_and_fastercache():
+    """Flux.2 dev (no tiny built-in: a local folder's family, as the producer reads it)."""
+    from sdq import families
+
+    spec = options.OPTIONS["step_cache"]
+    ctx = options.Submit(pipelines.spec("txt2img"), "/models/flux2-dev", families.FLUX2, ())
+    assert spec.check(True, ctx)["method"] == "TaylorSeerCache"
+    assert spec.check({"method": "PyramidAttentionBroadcast"}, ctx)["spatial_attention_block_skip_range"] == 2
+    assert spec.check({"method": "FasterCache"}, ctx)["method"] == "FasterCache"
+    for method in ("FirstBlockCache", "MagCache"):
+        with pytest.raises(InvalidInput) as err:
+            spec.check({"method": method}, ctx)
+        assert (err.value.field, err.value.status) == ("params.step_cache.method", 422)
 
 
 def test_an_operators_default_follows_the_family():

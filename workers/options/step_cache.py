@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdq.exceptions import ModelError
-from sdq.families import FLUX, LTX, WAN
+from sdq.families import FLUX, FLUX2, LTX, WAN
 from sdq.options import step_cache
 from workers.options.base import OptionHook, StepContext, StepFunction
 
@@ -25,12 +25,17 @@ MAG_RATIOS = {FLUX: "FLUX_MAG_RATIOS"}
 MAG_DEFAULT_STEPS = 28
 """MagCache's step count until a call says its own (diffusers' default)."""
 
-GUIDANCE_DISTILLED = frozenset({FLUX})
+GUIDANCE_DISTILLED = frozenset({FLUX, FLUX2})
 """Families whose models run without an unconditional branch (FasterCache skips none then)."""
 
 TAYLORSEER_MODULES = {WAN: (r"^blocks\.\d+\.attn[12]$",), LTX: (r"^transformer_blocks\.\d+\.attn[12]$",)}
 """Family -> the modules TaylorSeer predicts, where diffusers' default patterns (`...blocks.*attn`, matched whole)
 miss its attention modules (`attn1`, `attn2`)."""
+
+OPENS_NO_CONTEXT = frozenset({"Flux2Pipeline"})
+"""Pipelines whose call opens no `cache_context` (the hooks' per-call state needs one): the hook opens `"cond"` for
+the whole call, one denoiser call per step (guidance-distilled); diffusers clears it with the hooks' state at the
+call's end (`maybe_free_model_hooks`)."""
 
 DENOISERS = ("transformer", "transformer_2")
 """The pipeline's attributes that hold a denoiser taking the cache (Wan 2.2's second expert: `transformer_2`)."""
@@ -145,14 +150,19 @@ class StepCacheHook(OptionHook):
         return value["method"]
 
     def stepper(self, ctx: StepContext, value: Any) -> StepFunction | None:
-        """Before each call: the cache follows the call's pipeline (PAB and FasterCache read its timestep) and,
-        for MagCache, its step count (its ratios are laid over the steps). No per-step work."""
+        """Before each call: the cache follows the call's pipeline (PAB and FasterCache read its timestep), has
+        a cache context where the pipeline opens none and, for MagCache, its step count (its ratios are laid over
+        the steps). No per-step work."""
         for name in DENOISERS:
             transformer = getattr(ctx.pipe, name, None)
             on = self.on.get(transformer) if transformer is not None else None
             if on is None:
                 continue
             on.running.pipe = ctx.pipe
+            if type(ctx.pipe).__name__ in OPENS_NO_CONTEXT:
+                from diffusers.hooks.hooks import CacheContext, _set_cache_context
+
+                _set_cache_context(transformer, CacheContext("cond"))
             if on.value["method"] == "MagCache" and on.steps != ctx.steps:
                 transformer.disable_cache()
                 on.steps = ctx.steps
