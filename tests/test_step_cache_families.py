@@ -4,7 +4,7 @@ image or clip and says how (item parameters, infotext or the MP4's metadata); th
 hook after it, so the next plain job makes the first plain job's image or first frame bit for bit. In the worker's
 own code: a method the model's family does not take (a job whose family was not known at submit) fails naming
 the field, Wan's TaylorSeer hooks its blocks' attention modules, and Flux.2 dev's pipeline (which opens no cache
-context) gets one from the hook."""
+context) gets one from the hook; Wan 2.2's second expert is hooked and unhooked with the first."""
 from __future__ import annotations
 
 import numpy as np
@@ -142,3 +142,39 @@ def test_flux2_devs_pipeline_gets_a_cache_context_from_the_hook(cache, method):
     assert seen and all(seen), "no cache hook was on during the call"
     assert np.abs(cached - plain).max() > 0
     assert hooked(pipe.transformer) == [] and np.array_equal(image({}), plain)
+
+
+def test_wan22s_second_expert_is_hooked_and_unhooked_too(cache):
+    """A Wan 2.2-shaped pipeline (tiny-wan with a copy of its transformer as `transformer_2`, the low-noise expert
+    from half-way): both experts run hooked, and neither keeps a hook after the chunk."""
+    import copy
+
+    import torch
+    from diffusers import WanPipeline
+
+    torch.set_num_threads(1)
+    wan, entry = cache.get("builtin:tiny-wan", "txt2video")
+    pipe = WanPipeline(tokenizer=wan.tokenizer, text_encoder=wan.text_encoder, vae=wan.vae, scheduler=wan.scheduler,
+                       transformer=wan.transformer, transformer_2=copy.deepcopy(wan.transformer), boundary_ratio=0.5)
+    pipe.set_progress_bar_config(disable=True)
+    seen: list[tuple[bool, bool]] = []
+
+    def clip(params: dict) -> np.ndarray:
+        worker_options.steppers(worker_options.StepContext("job", [0], pipe, params, 4))
+        out = pipe(prompt="a lighthouse", num_frames=5, width=64, height=48, num_inference_steps=4,
+                   generator=torch.Generator().manual_seed(7), output_type="np",
+                   callback_on_step_end=lambda p, i, t, kw: seen.append(
+                       (bool(hooked(p.transformer)), bool(hooked(p.transformer_2)))) or kw)
+        return out.frames[0]
+
+    plain = clip({})
+    params = {"step_cache": checked({"method": "FirstBlockCache", "threshold": 1.0}, "wan")}
+    worker_options.apply(cache, pipe, entry, params)
+    seen.clear()
+    try:
+        cached = clip(params)
+    finally:
+        worker_options.undo(cache, pipe, entry, params)
+    assert seen and all(a and b for a, b in seen)
+    assert np.abs(cached - plain).max() > 0
+    assert hooked(pipe.transformer) == hooked(pipe.transformer_2) == [] and np.array_equal(clip({}), plain)
