@@ -189,3 +189,6 @@ def test_an_operators_default_follows_the_family():
     hook.setup(SimpleNamespace(option_defaults={"step_cache": True}))
     assert hook.default("flux2-klein")["method"] == "TaylorSeerCache"
     assert hook.default("wan")["method"] == "FirstBlockCache" and hook.default("z-image") is None
+    hook.setup(SimpleNamespace(option_defaults={"step_cache": {"method": "MagCache"}}))
+    assert hook.default("flux")["method"] == "MagCache"
+    assert hook.default("wan") is None and hook.default("flux2-klein") is None  # they do not take it: none

@@ -12,7 +12,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from sdq.exceptions import ModelError
+from sdq.exceptions import InvalidInput, ModelError
 from sdq.families import FLUX, FLUX2, LTX, WAN
 from sdq.options import step_cache
 from workers.options.base import OptionHook, StepContext, StepFunction
@@ -130,11 +130,15 @@ class StepCacheHook(OptionHook):
         step_cache.checked(self.operator, None)
 
     def default(self, family: str | None) -> Any:
-        """The operator's default for a family that takes step caching (none when the family is not known
-        before the model's load)."""
+        """The operator's default for a family that takes step caching and its method (none when the family is
+        not known before the model's load, or takes another method: `true` always fits)."""
         if self.operator is None or family not in step_cache.FAMILIES:
             return None
-        return step_cache.checked(self.operator, family)
+        try:
+            return step_cache.checked(self.operator, family)
+        except InvalidInput as exc:
+            log.debug("no step cache default for %s models: %s", family, exc.message)
+            return None
 
     def apply(self, cache: Any, pipe: Any, entry: Any, value: Any) -> Any:
         """The cache on for the chunk (nothing for `none`); returns the method."""
