@@ -86,7 +86,8 @@ FAMILIES: dict[str, FamilyCache] = {
 }
 """Family -> how its denoiser takes step caching: only the methods that run on its transformer in the pinned
 diffusers (MagCache needs calibrated ratios, which diffusers has for Flux.1 alone). A family not listed has no
-step cache: SD and SDXL's UNets, SD3's and Z-Image's transformers (no `CacheMixin` in diffusers)."""
+step cache: SD and SDXL's UNets, SD3's and Z-Image's transformers (no `CacheMixin` in diffusers), Qwen-Image-Edit
+(not tried: its tiny model's processor needs torchvision)."""
 
 DEFAULT_METHOD = "FirstBlockCache"
 """The method of `true` when the model's family is not known at submit (the worker checks it then)."""
