@@ -4,8 +4,9 @@ differs a little from the uncached one; `make bench`, section "step caching", me
 
 `{"method": ..., <its settings>}` names one of diffusers' cache configs (`FirstBlockCacheConfig` is
 `"FirstBlockCache"` ...) and its settings by the config's own field names; `true` asks for the model
-family's default method. Only families whose denoiser mixes in diffusers' `CacheMixin` take it (`FAMILIES`):
-SD's and SDXL's UNets and SD3's transformer do not, and are refused at submit naming `params.step_cache`.
+family's default method. Only families whose denoiser mixes in diffusers' `CacheMixin` take it, each the methods
+that run on its transformer and pipeline (`FAMILIES`): SD's and SDXL's UNets and SD3's and Z-Image's transformers
+do not, and are refused at submit naming `params.step_cache`.
 The worker hook (`workers.options.step_cache`) switches the cache on the warm transformer for the chunk
 and off after it (`disable_cache`), so a later job without it makes the uncached image bit for bit.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from sdq.exceptions import InvalidInput
-from sdq.families import FLUX
+from sdq.families import FLUX, FLUX2, FLUX2_KLEIN, LTX, QWEN_IMAGE, WAN
 from sdq.modelinfo import BUILTIN_FAMILIES
 from sdq.options.base import FormField, OptionSpec, Submit
 from sdq.params import Param, Text
@@ -68,9 +69,25 @@ FAMILIES: dict[str, FamilyCache] = {
     # FluxTransformer2DModel mixes in CacheMixin; MagCache uses diffusers' FLUX_MAG_RATIOS (calibrated on
     # FLUX.1 dev), FasterCache runs guidance-distilled (no unconditional branch unless true CFG).
     FLUX: FamilyCache(tuple(METHODS), "FirstBlockCache"),
+    # Flux2Transformer2DModel: FirstBlockCache raises in diffusers (its head block returns the two streams, its
+    # tail block the joined one); PAB and FasterCache count every call, and Klein's base models run the
+    # unconditional branch as a call of its own, which would reuse the conditional one's attention.
+    FLUX2_KLEIN: FamilyCache(("TaylorSeerCache",), "TaylorSeerCache"),
+    # Flux.2 dev: the same transformer, guidance-distilled (one call per step, so PAB's and FasterCache's counters
+    # hold); Flux2Pipeline opens no cache context: the worker hook opens one for the call.
+    FLUX2: FamilyCache(("TaylorSeerCache", "FasterCache", "PyramidAttentionBroadcast"), "TaylorSeerCache"),
+    # QwenImageTransformer2DModel: the unconditional branch (true CFG) is a call of its own, as on Klein.
+    QWEN_IMAGE: FamilyCache(("FirstBlockCache", "TaylorSeerCache"), "FirstBlockCache"),
+    # WanTransformer3DModel: as Qwen-Image (TaylorSeer on the blocks' attn1/attn2, which its defaults miss).
+    WAN: FamilyCache(("FirstBlockCache", "TaylorSeerCache"), "FirstBlockCache"),
+    # LTXVideoTransformer3DModel: both branches in one batched call, so PAB's counters hold; FasterCache
+    # raises on its packed latents.
+    LTX: FamilyCache(("FirstBlockCache", "TaylorSeerCache", "PyramidAttentionBroadcast"), "FirstBlockCache"),
 }
-"""Family -> how its denoiser takes step caching. A family not listed has no step cache (SD and SDXL's
-UNets, SD3's transformer: no `CacheMixin` in diffusers)."""
+"""Family -> how its denoiser takes step caching: only the methods that run on its transformer in the pinned
+diffusers (MagCache needs calibrated ratios, which diffusers has for Flux.1 alone). A family not listed has no
+step cache: SD and SDXL's UNets, SD3's and Z-Image's transformers (no `CacheMixin` in diffusers), Qwen-Image-Edit
+(not tried: its tiny model's processor needs torchvision)."""
 
 DEFAULT_METHOD = "FirstBlockCache"
 """The method of `true` when the model's family is not known at submit (the worker checks it then)."""
@@ -158,10 +175,10 @@ class StepCache(OptionSpec):
     fields = _all_fields()
     schema_name = "StepCacheIn"
     flag = True
-    pipelines = ("txt2img", "img2img", "inpaint", "edit")
+    pipelines = ("txt2img", "img2img", "inpaint", "edit", "txt2video", "img2video")
     legend = "Step caching"
     toggle = "Reuse the transformer's work between steps (faster; the image changes a little)"
-    form = (FormField("method", "Method", "text", (("placeholder", "the family's: FirstBlockCache"),
+    form = (FormField("method", "Method", "text", (("placeholder", "the family's default"),
                                                    ("autocomplete", "off"))),
             FormField("threshold", "Threshold (FirstBlockCache, MagCache)",
                       attrs=(("min", "0"), ("max", "1"), ("step", "0.01"), ("inputmode", "decimal"))))

@@ -1,5 +1,6 @@
 """The worker hook of `params.step_cache` (`sdq.options.step_cache`): diffusers' cache hooks on the warm
-transformer (`transformer.enable_cache(<Method>Config(...))`) for a chunk's calls, removed after them
+transformer (`transformer.enable_cache(<Method>Config(...))`; Wan 2.2's second expert `transformer_2` too) for a
+chunk's calls, image or video, removed after them
 (`disable_cache`, also after an exception: the runner undoes every option), so the next job runs the
 transformer unhooked and makes the uncached image bit for bit. An operator's default
 (`--option-default 'step_cache={"method": ...}'`) applies to jobs that give none, on families that take it.
@@ -11,8 +12,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from sdq.exceptions import ModelError
-from sdq.families import FLUX
+from sdq.exceptions import InvalidInput, ModelError
+from sdq.families import FLUX, FLUX2, LTX, WAN
 from sdq.options import step_cache
 from workers.options.base import OptionHook, StepContext, StepFunction
 
@@ -24,8 +25,20 @@ MAG_RATIOS = {FLUX: "FLUX_MAG_RATIOS"}
 MAG_DEFAULT_STEPS = 28
 """MagCache's step count until a call says its own (diffusers' default)."""
 
-GUIDANCE_DISTILLED = frozenset({FLUX})
+GUIDANCE_DISTILLED = frozenset({FLUX, FLUX2})
 """Families whose models run without an unconditional branch (FasterCache skips none then)."""
+
+TAYLORSEER_MODULES = {WAN: (r"^blocks\.\d+\.attn[12]$",), LTX: (r"^transformer_blocks\.\d+\.attn[12]$",)}
+"""Family -> the modules TaylorSeer predicts, where diffusers' default patterns (`...blocks.*attn`, matched whole)
+miss its attention modules (`attn1`, `attn2`)."""
+
+OPENS_NO_CONTEXT = frozenset({"Flux2Pipeline"})
+"""Pipelines whose call opens no `cache_context` (the hooks' per-call state needs one): the hook opens `"cond"` for
+the whole call, one denoiser call per step (guidance-distilled); diffusers clears it with the hooks' state at the
+call's end (`maybe_free_model_hooks`)."""
+
+DENOISERS = ("transformer", "transformer_2")
+"""The pipeline's attributes that hold a denoiser taking the cache (Wan 2.2's second expert: `transformer_2`)."""
 
 
 class _Running:
@@ -47,7 +60,9 @@ def config_for(value: dict[str, Any], family: str, transformer: Any, running: _R
     method = value["method"]
     settings = {k: v for k, v in value.items() if k != "method" and v is not None}
     if method == "TaylorSeerCache":  # the factors in the transformer's dtype (diffusers' bf16 is emulated on most CPUs)
-        return hooks.TaylorSeerCacheConfig(**settings, taylor_factors_dtype=transformer.dtype)
+        modules = TAYLORSEER_MODULES.get(family)
+        return hooks.TaylorSeerCacheConfig(**settings, taylor_factors_dtype=transformer.dtype,
+                                           cache_identifiers=list(modules) if modules else None)
     if method == "MagCache":
         if family not in MAG_RATIOS:
             raise ModelError(f"{step_cache.FIELD}: MagCache has no calibrated ratios for {family} models")
@@ -63,14 +78,20 @@ def config_for(value: dict[str, Any], family: str, transformer: Any, running: _R
     return getattr(hooks, f"{method}Config")(**settings)
 
 
-def denoiser(pipe: Any, entry: Any) -> Any:
-    """The pipeline's transformer, if it takes diffusers' cache hooks; ModelError naming the field otherwise."""
+def denoisers(pipe: Any, entry: Any, method: str) -> list[Any]:
+    """The pipeline's transformers (`DENOISERS`), if its family takes `method` and they take diffusers' cache
+    hooks; ModelError naming the field otherwise (a job whose model's family was not known at submit)."""
     transformer = getattr(pipe, "transformer", None)
     if transformer is None or not hasattr(transformer, "enable_cache"):
         what = type(transformer or getattr(pipe, "unet", None)).__name__
         raise ModelError(f"{step_cache.FIELD}: model {entry.model_id!r} ({entry.family} family) has no step caching: "
                          f"its denoiser {what} does not support diffusers' cache hooks")
-    return transformer
+    fam = step_cache.FAMILIES.get(entry.family)
+    if fam is None or method not in fam.methods:
+        offered = ", ".join(fam.methods) if fam else "no method"
+        raise ModelError(f"{step_cache.FIELD}.method: model {entry.model_id!r} ({entry.family} family) takes "
+                         f"{offered}, not {method}")
+    return [t for name in DENOISERS if (t := getattr(pipe, name, None)) is not None]
 
 
 def hooked(module: Any) -> list[str]:
@@ -109,43 +130,55 @@ class StepCacheHook(OptionHook):
         step_cache.checked(self.operator, None)
 
     def default(self, family: str | None) -> Any:
-        """The operator's default for a family that takes step caching (none when the family is not known
-        before the model's load)."""
+        """The operator's default for a family that takes step caching and its method (none when the family is
+        not known before the model's load, or takes another method: `true` always fits)."""
         if self.operator is None or family not in step_cache.FAMILIES:
             return None
-        return step_cache.checked(self.operator, family)
+        try:
+            return step_cache.checked(self.operator, family)
+        except InvalidInput as exc:
+            log.debug("no step cache default for %s models: %s", family, exc.message)
+            return None
 
     def apply(self, cache: Any, pipe: Any, entry: Any, value: Any) -> Any:
         """The cache on for the chunk (nothing for `none`); returns the method."""
         if value.get("method") == step_cache.NONE:
             return None
-        transformer = denoiser(pipe, entry)
-        if transformer.is_cache_enabled:  # left by a chunk whose undo did not run: off first
-            transformer.disable_cache()
-        on = _On(value, entry.family, _Running(pipe), MAG_DEFAULT_STEPS)
-        transformer.enable_cache(config_for(value, on.family, transformer, on.running, on.steps))
-        self.on[transformer] = on
+        running = _Running(pipe)
+        for transformer in denoisers(pipe, entry, value["method"]):
+            if transformer.is_cache_enabled:  # left by a chunk whose undo did not run: off first
+                transformer.disable_cache()
+            on = _On(value, entry.family, running, MAG_DEFAULT_STEPS)
+            transformer.enable_cache(config_for(value, on.family, transformer, on.running, on.steps))
+            self.on[transformer] = on
         return value["method"]
 
     def stepper(self, ctx: StepContext, value: Any) -> StepFunction | None:
-        """Before each call: the cache follows the call's pipeline (PAB and FasterCache read its timestep) and,
-        for MagCache, its step count (its ratios are laid over the steps). No per-step work."""
-        transformer = getattr(ctx.pipe, "transformer", None)
-        on = self.on.get(transformer) if transformer is not None else None
-        if on is None:
-            return None
-        on.running.pipe = ctx.pipe
-        if on.value["method"] == "MagCache" and on.steps != ctx.steps:
-            transformer.disable_cache()
-            on.steps = ctx.steps
-            transformer.enable_cache(config_for(on.value, on.family, transformer, on.running, on.steps))
+        """Before each call: the cache follows the call's pipeline (PAB and FasterCache read its timestep), has
+        a cache context where the pipeline opens none and, for MagCache, its step count (its ratios are laid over
+        the steps). No per-step work."""
+        for name in DENOISERS:
+            transformer = getattr(ctx.pipe, name, None)
+            on = self.on.get(transformer) if transformer is not None else None
+            if on is None:
+                continue
+            on.running.pipe = ctx.pipe
+            if type(ctx.pipe).__name__ in OPENS_NO_CONTEXT:
+                from diffusers.hooks.hooks import CacheContext, _set_cache_context
+
+                _set_cache_context(transformer, CacheContext("cond"))
+            if on.value["method"] == "MagCache" and on.steps != ctx.steps:
+                transformer.disable_cache()
+                on.steps = ctx.steps
+                transformer.enable_cache(config_for(on.value, on.family, transformer, on.running, on.steps))
         return None
 
     def undo(self, cache: Any, pipe: Any, entry: Any, value: Any) -> None:
-        """Every cache hook off the transformer."""
-        transformer = getattr(pipe, "transformer", None)
-        if transformer is None:
-            return
-        self.on.pop(transformer, None)
-        if getattr(transformer, "is_cache_enabled", False):
-            transformer.disable_cache()
+        """Every cache hook off the transformers."""
+        for name in DENOISERS:
+            transformer = getattr(pipe, name, None)
+            if transformer is None:
+                continue
+            self.on.pop(transformer, None)
+            if getattr(transformer, "is_cache_enabled", False):
+                transformer.disable_cache()
