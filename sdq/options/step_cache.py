@@ -89,6 +89,11 @@ diffusers (MagCache needs calibrated ratios, which diffusers has for Flux.1 alon
 step cache: SD and SDXL's UNets, SD3's and Z-Image's transformers (no `CacheMixin` in diffusers), Qwen-Image-Edit
 (not tried: its tiny model's processor needs torchvision)."""
 
+PER_CALL = ("FasterCache", "PyramidAttentionBroadcast")
+"""Methods whose state counts every transformer call: with true CFG (`true_cfg_scale` above 1 on Flux.1) a step
+makes two calls, and the unconditional one would reuse the conditional one's attention. The other methods keep
+each branch's state apart (diffusers' cache contexts)."""
+
 DEFAULT_METHOD = "FirstBlockCache"
 """The method of `true` when the model's family is not known at submit (the worker checks it then)."""
 
@@ -194,6 +199,15 @@ class StepCache(OptionSpec):
                                f"does not support diffusers' cache hooks; {', '.join(FAMILIES)} models do",
                                code="unsupported_step_cache")
         return checked(value, family)
+
+    def add(self, params: dict[str, Any], value: Any, size_multiple: int = 8) -> dict[str, Any]:
+        """The item's parameters with the cache; a 422 for a per-call method on a job that runs true CFG."""
+        true_cfg = params.get("true_cfg_scale") or 1
+        if value.get("method") in PER_CALL and true_cfg > 1:
+            raise InvalidInput(f"{FIELD}.method", f"{value['method']} counts every transformer call, and true CFG "
+                               f"(true_cfg_scale={true_cfg:g}) makes two per step; use FirstBlockCache, "
+                               f"TaylorSeerCache or MagCache, which keep the two apart", code="bad_step_cache")
+        return super().add(params, value, size_multiple)
 
     def offered(self, pipeline: str, family: str | None) -> bool:
         """Pipelines that take it, on families whose denoiser does."""

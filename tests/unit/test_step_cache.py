@@ -192,3 +192,14 @@ def test_an_operators_default_follows_the_family():
     hook.setup(SimpleNamespace(option_defaults={"step_cache": {"method": "MagCache"}}))
     assert hook.default("flux")["method"] == "MagCache"
     assert hook.default("wan") is None and hook.default("flux2-klein") is None  # they do not take it: none
+
+
+@pytest.mark.parametrize("method", ["FasterCache", "PyramidAttentionBroadcast"])
+def test_a_per_call_method_is_refused_with_true_cfg_on_flux(method):
+    """FasterCache and PAB count every transformer call: with true CFG the unconditional call would reuse the
+    conditional one's attention, so a true-CFG Flux job refuses them (a method that keeps the branches apart runs)."""
+    with pytest.raises(InvalidInput) as err:
+        _plan(FLUX, {"method": method}, negative_prompt="blur", true_cfg_scale=4.0)
+    assert err.value.field == "params.step_cache.method" and "true_cfg_scale=4" in err.value.message, err.value
+    assert _plan(FLUX, {"method": "TaylorSeerCache"}, negative_prompt="blur", true_cfg_scale=4.0).items
+    assert _plan(FLUX, {"method": method}).items  # without true CFG: one call per step
