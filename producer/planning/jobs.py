@@ -98,6 +98,28 @@ def _init_image_size(params: dict[str, Any], record: dict[str, Any] | None, expl
     return {**params, **{k: max(multiple, v // multiple * multiple) for k, v in size.items() if k not in explicit}}
 
 
+@dataclass(frozen=True)
+class _Expansion:
+    """What expanding a request's sources into items reads: the request, the server's limits, the job-wide
+    parameters (`base`, and `given`: the request's own), the job seed, the sweep's combinations, the
+    caller's uploads, the checked request options and the model's family (None: not known here)."""
+
+    req: SubmitRequest
+    settings: Settings
+    base: dict[str, Any]
+    given: dict[str, Any]
+    seed: int
+    combos: list[dict[str, Any]]
+    uploads: Callable[[str, str], dict[str, Any]] | None
+    checked: Checked
+    fam: Family | None
+
+    @property
+    def multiple(self) -> int:
+        """What image sides must be a multiple of."""
+        return self.fam.size_multiple if self.fam else 8
+
+
 @dataclass
 class _Resolved:
     """The parameters, image inputs and sweep cells of a prompt (or an entry of `items`), resolved and
@@ -132,7 +154,7 @@ def plan_job(req: SubmitRequest, settings: Settings, owner: str,
 
     # 2. Items: prompts or explicit items, times sweep combinations, times images_per_prompt.
     _check_count(req, sweep, settings.max_items)
-    items = _expand(req, settings, base, given, seed, combinations(sweep), uploads, checked, info.family)
+    items = _expand(_Expansion(req, settings, base, given, seed, combinations(sweep), uploads, checked, info.family))
 
     # 3. Checks over all the items: the watermark's smallest image, the grid's largest sheet.
     if req.params.watermark:
@@ -157,47 +179,44 @@ def _check_count(req: SubmitRequest, sweep: dict[str, list[Any]], max_items: int
                            code="too_many_items")
 
 
-def _expand(req: SubmitRequest, settings: Settings, base: dict[str, Any], given: dict[str, Any], seed: int,
-            combos: list[dict[str, Any]], uploads: Callable[[str, str], dict[str, Any]] | None,
-            checked: Checked, fam: Family | None = None) -> list[Item]:
+def _expand(x: _Expansion) -> list[Item]:
     """The items of every prompt or entry of `items`, each checked against the server's limits and
-    the model's family (`fam`, None: not known here)."""
+    the model's family."""
+    req = x.req
     sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items or []]
     n_per = req.params.images_per_prompt
     items: list[Item] = []
     resolved: _Resolved | None = None  # prompts differ only in their text: resolved and checked once
     for src, (prompt, it) in enumerate(sources):
         if resolved is None or it is not None:
-            resolved = _resolve(req, settings, base, given, combos, uploads, checked, fam, src, it)
+            resolved = _resolve(x, src, it)
         for combo, proto in resolved.cells:
             for k in range(n_per):
                 index = len(items)
-                item_seed = _item_seed(seed, combo, it, src, n_per, k, index) % (2**32)
+                item_seed = _item_seed(x.seed, combo, it, src, n_per, k, index) % (2**32)
                 items.append(proto.replaced(index=index, prompt=prompt, seed=item_seed, size=list(proto.size)))
     return items
 
 
-def _resolve(req: SubmitRequest, settings: Settings, base: dict[str, Any], given: dict[str, Any],
-             combos: list[dict[str, Any]], uploads: Callable[[str, str], dict[str, Any]] | None,
-             checked: Checked, fam: Family | None, src: int, it: ItemIn | None) -> _Resolved:
+def _resolve(x: _Expansion, src: int, it: ItemIn | None) -> _Resolved:
     """Source `src` (a prompt, or the entry `it` of `items`) resolved: its parameters, image inputs,
     options and negative prompt checked, and its sweep cells made."""
+    req, given = x.req, x.given
     where = f"items[{src}]." if it is not None else "params."
-    multiple = fam.size_multiple if fam else 8
-    params = _item_params(base, it)
-    images = item_images(pipelines.spec(req.pipeline), given, it, where, uploads)
-    size = checked.check_size(images.size, where)
+    params = _item_params(x.base, it)
+    images = item_images(pipelines.spec(req.pipeline), given, it, where, x.uploads)
+    size = x.checked.check_size(images.size, where)
     if size is not None:
         explicit = {k for k in ("width", "height") if k in given or (it is not None and getattr(it, k) is not None)}
-        params = _init_image_size(params, size, explicit, multiple)
-    params = checked.apply(params, multiple)
-    _check_limits(req.pipeline, params, where, settings)
-    negative = it.negative_prompt if it is not None and it.negative_prompt is not None else base["negative_prompt"]
-    check_item(fam, req.model, params, where, negative)
+        params = _init_image_size(params, size, explicit, x.multiple)
+    params = x.checked.apply(params, x.multiple)
+    _check_limits(req.pipeline, params, where, x.settings)
+    negative = it.negative_prompt if it is not None and it.negative_prompt is not None else x.base["negative_prompt"]
+    check_item(x.fam, req.model, params, where, negative)
     cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
     cells = []
-    for combo in combos:
-        cell = _cell(params, combo, req, settings, fam)
+    for combo in x.combos:
+        cell = _cell(x, params, combo)
         cells.append((combo, Item(
             negative_prompt=combo.get("negative_prompt", negative), init_image=images.init_image,
             images=images.others, params=cell, size=list(contract.item_size(req.pipeline, cell)),
@@ -205,14 +224,13 @@ def _resolve(req: SubmitRequest, settings: Settings, base: dict[str, Any], given
     return _Resolved(it, cells)
 
 
-def _cell(params: dict[str, Any], combo: dict[str, Any], req: SubmitRequest, settings: Settings,
-          fam: Family | None) -> dict[str, Any]:
+def _cell(x: _Expansion, params: dict[str, Any], combo: dict[str, Any]) -> dict[str, Any]:
     """One sweep combination of a source's parameters (a sweep overrides job and item values), checked."""
     cell = {**params, **{k: v for k, v in combo.items() if k in ITEM_PARAM_KEYS}}
     if combo:
-        _check_limits(req.pipeline, cell, "sweep.", settings)
-        check_item(fam, req.model, cell, "sweep.")
-        check_cell(cell, combo, params, fam.size_multiple if fam else 8)
+        _check_limits(x.req.pipeline, cell, "sweep.", x.settings)
+        check_item(x.fam, x.req.model, cell, "sweep.")
+        check_cell(cell, combo, params, x.multiple)
     return cell
 
 
