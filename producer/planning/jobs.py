@@ -244,7 +244,11 @@ def _item_seed(seed: int, combo: dict[str, Any], it: ItemIn | None, src: int, n_
 
 
 def _check_watermark(pipeline: str, items: list[Item]) -> None:
-    """Refuse a watermarked job with an image too small for the invisible watermark."""
+    """Refuse a watermarked job of video clips (not marked), or with an image too small for the invisible watermark."""
+    if pipelines.spec(pipeline).video:
+        raise InvalidInput("params.watermark", f"{pipeline} makes video clips, which sdq does not watermark (the "
+                           f"invisible watermark is for still images); leave params.watermark out",
+                           code="unsupported_parameter")
     small = [it for it in items if _pixels(pipeline, it.params) < contract.WATERMARK_MIN_PIXELS]
     if small:
         w, h = contract.item_size(pipeline, small[0].params)
@@ -268,6 +272,7 @@ def _job_record(req: SubmitRequest, settings: Settings, owner: str, base: dict[s
     """The job record: its request with the defaults applied, the job seed, the watermark choice and
     the model family's memory need (`requires.memory`, when the family is known here)."""
     watermark = settings.watermark_default if req.params.watermark is None else req.params.watermark
+    watermark = watermark and not pipelines.spec(req.pipeline).video  # clips are not marked (the operator's default)
     job_params = {k: v for k, v in base.items() if k not in ("seed",)}
     job_params["seed"] = seed
     job_params["watermark"] = watermark

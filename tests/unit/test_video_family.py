@@ -118,3 +118,13 @@ def test_the_builtins_say_which_video_pipelines_they_run(model, runs):
 
 def test_an_ltx_folder_runs_both_video_pipelines(tmp_path):
     assert model_info(str(folder(tmp_path, "LTXPipeline"))).pipelines is None
+
+
+def test_a_video_job_is_not_watermarked():
+    """Clips are not watermarked: asking for it is a 422 naming the field; the operator's default leaves them out."""
+    body = {"model": "builtin:tiny-ltx", "pipeline": "txt2video", "prompts": ["x"], "params": {"steps": 2}}
+    error = _refused({**body, "params": {"steps": 2, "watermark": True}})
+    assert error.field == "params.watermark" and "video" in error.message, error
+    marked = Settings.from_env({"SDQ_WATERMARK": "1"})
+    assert _plan(body, marked).job.params["watermark"] is False
+    assert _plan({**body, "pipeline": "txt2img", "model": "builtin:tiny-sd"}, marked).job.params["watermark"] is True
