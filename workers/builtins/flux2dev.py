@@ -6,11 +6,11 @@ a projector and a Mistral language model, each a few numbers wide) read at hidde
 transformer with dev's distilled-guidance input, and the Flux.2 VAE and scheduler `builtin:tiny-flux2` (Klein) has.
 
 The published model's `tokenizer` is a `PixtralProcessor`, which transformers only builds with torchvision (not
-installable beside this CPU torch). Flux2Pipeline's prompt path calls nothing of it but `apply_chat_template` on
+installed beside this CPU torch). Flux2Pipeline's prompt path calls nothing of it but `apply_chat_template` on
 text-only messages (the image half serves only `upsample_prompt`, which sdq does not call), so the built-in ships a
 tokenizer alone: byte-level BPE over the 256 bytes with Mistral's control tokens and a chat template that writes
-Mistral Small 3.1's format (`<s>[SYSTEM_PROMPT]...[/SYSTEM_PROMPT][INST]...[/INST]`). One token per byte: Flux.2
-dev's system message takes ~170 of the `max_sequence_length` tokens, so below ~200 the prompt is cut off.
+Mistral Small 3.1's format (`<s>[SYSTEM_PROMPT]...[/SYSTEM_PROMPT][INST]...[/INST]`). One token per byte: the
+template and Flux.2 dev's system message take 173 of the `max_sequence_length` tokens, the prompt the rest.
 """
 from __future__ import annotations
 
