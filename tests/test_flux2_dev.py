@@ -1,10 +1,14 @@
 """Flux.2 dev (`Flux2Pipeline`) through the real queue on `builtin:tiny-flux2-dev`: txt2img and edit (the
 reference-image input) each equal a direct diffusers Flux2Pipeline call with the same seed and the family's
-defaults; the prompt and the distilled guidance reach the model; the infotext is read by sd-parsers and makes the
-same image again; requests dev cannot take (Klein's inpaint, img2img, guidance out of range, a negative prompt,
-Flux.1's true CFG) are refused at submit naming the field."""
+defaults; the prompt and the distilled guidance reach the model; the infotext is read by sd-parsers, `sdq inspect`
+gives the body that makes the same image again; requests dev cannot take (Klein's inpaint, img2img, guidance out of
+range, a negative prompt, Flux.1's true CFG) are refused at submit naming the field."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -96,10 +100,15 @@ def test_the_infotext_is_read_by_sd_parsers_and_makes_the_same_image_again(dev, 
     text = img.info["parameters"]
     info = parse_infotext(text)
     assert (info["CFG scale"], info["Max sequence length"], info["Steps"], info["Model"]) == ("2.5", "256", "3", MODEL)
-    parsed = read_by_sd_parsers(text, tmp_path / "flux2dev.png", img)
+    saved = tmp_path / "flux2dev.png"
+    parsed = read_by_sd_parsers(text, saved, img)
     assert parsed is not None and "a castle" in parsed.full_prompt
     assert parsed.samplers[0].parameters["seed"] == "5" and parsed.samplers[0].parameters["cfg_scale"] == "2.5"
-    again = submit_body_from_infotext(info)
+    out = subprocess.run([sys.executable, "-m", "cli", "inspect", "--json", str(saved)], capture_output=True,
+                         text=True, timeout=60, env={**os.environ})
+    assert out.returncode == 0, out.stderr
+    again = json.loads(out.stdout)["resubmit"]
+    assert again == submit_body_from_infotext(info)
     assert again["model"] == MODEL and again["params"]["guidance_scale"] == 2.5
     assert np.array_equal(remade(dev, store, again), pixels(img))
 
