@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sdq.families import (FAMILIES, FLUX, SD, SD3, SD_DEPTH, SD_UPSCALE, SDXL, Family, UnknownFamily, UnsupportedFamily,
                           detect)
-from sdq.families import FLUX2_KLEIN, QWEN_IMAGE, Z_IMAGE
+from sdq.families import FLUX2, FLUX2_KLEIN, QWEN_IMAGE, Z_IMAGE
 from sdq.families import LTX, WAN
 from sdq import pipelines
 from sdq.memory import Memory, quantized
@@ -33,7 +33,8 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "builtin:tiny-z-image-turbo": Z_IMAGE,
     "builtin:tiny-z-image-gguf": Z_IMAGE,  # tiny-z-image with a GGUF (Q8_0) transformer
     "builtin:tiny-qwen-image": QWEN_IMAGE,
-    "builtin:tiny-flux2": FLUX2_KLEIN,  # Klein-shaped (Qwen3 encoder); no tiny Flux.2 dev (docs/MODELS.md)
+    "builtin:tiny-flux2-dev": FLUX2,  # dev-shaped (Mistral3 encoder, guidance input)
+    "builtin:tiny-flux2": FLUX2_KLEIN,  # Klein-shaped (Qwen3 encoder)
     "builtin:tiny-flux2-distilled": FLUX2_KLEIN,
     "builtin:tiny-flux2-gguf": FLUX2_KLEIN,  # tiny-flux2 with a GGUF (Q8_0) transformer
     "builtin:tiny-wan": WAN,  # text-to-video only (a Wan T2V transformer)
@@ -62,6 +63,7 @@ BUILTIN_SIDES = {"builtin:tiny-sdxl": 256, "builtin:tiny-sd3": 256, "builtin:tin
                  "builtin:tiny-z-image": 128, "builtin:tiny-z-image-turbo": 128,
                  "builtin:tiny-z-image-gguf": 128,
                  "builtin:tiny-qwen-image": 128,
+                 "builtin:tiny-flux2-dev": 128,
                  "builtin:tiny-flux2": 128, "builtin:tiny-flux2-distilled": 128, "builtin:tiny-flux2-gguf": 128,
                  "builtin:tiny-wan": 64, "builtin:tiny-wan-i2v": 64, "builtin:tiny-ltx": 64,
                  }

@@ -21,7 +21,7 @@ torch, diffusers and transformers are imported only by the device and pipeline c
 `workers.loading.device`, `workers.loading.pipelines`, `workers.loading.offload`,
 `workers.running.generation`, `workers.builtins.registry`,
 `workers.builtins.parts`, `workers.builtins.families`, `workers.builtins.flux`, `workers.builtins.flux2`,
-`workers.builtins.qwen`,
+`workers.builtins.flux2dev`, `workers.builtins.qwen`,
 `workers.builtins.fullsize`, `workers.builtins.loras`, `workers.builtins.video`, `workers.builtins.textparts`,
 `workers.builtins.zimage`, `workers.loading.cpu_paths`, `workers.loading.checkpoints`,
 `workers.loading.transformer_files`, `workers.loading.sources` (a hub download), `workers.running.preview` (live

@@ -106,6 +106,15 @@ def test_the_tiny_builtins_are_klein_shaped_and_one_is_distilled():
     assert not base.distilled and distilled.distilled and distilled.family.default_steps == 4
 
 
+def test_the_tiny_dev_builtin_is_flux2_dev_and_runs_txt2img_and_edit():
+    from sdq.models import BUILTIN_MODELS
+
+    info = model_info("builtin:tiny-flux2-dev")
+    assert info.family.name == FLUX2 and info.default_side == 128 and not info.distilled
+    assert info.family.guidance[2] == 4.0 and info.memory.weights_gb < 1  # a tiny built-in's need, not dev's 104 GB
+    assert BUILTIN_MODELS["builtin:tiny-flux2-dev"] == ("txt2img", "edit")
+
+
 @pytest.mark.parametrize("body, field, words", [
     ({"params": {"width": 72}}, "params.width", ["72", "16"]),
     ({"params": {"negative_prompt": "fog"}}, "params.negative_prompt", ["Flux.2 Klein"]),

@@ -10,9 +10,8 @@ model saved as a step-distilled Klein (`is_distilled`: no classifier-free guidan
 `builtin:tiny-flux2-gguf` is `tiny-flux2` with its transformer stored as a Q8_0 GGUF file, and
 `builtin:tiny-lora-flux2` a LoRA adapter for it.
 
-Flux.2 dev (`Flux2Pipeline`, a Mistral3 vision-language encoder and its processor) has no tiny built-in: building
-a Pixtral processor and a Mistral3 model locally was not worth it when dev and Klein share the transformer and VAE
-classes; sdq recognises dev models by their class (`sdq.families`).
+Flux.2 dev (`Flux2Pipeline`, a Mistral3 encoder) is `builtin:tiny-flux2-dev` (`workers.builtins.flux2dev`), built
+from this module's VAE and transformer shape.
 """
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from workers.builtins import families as builtin_families
 from workers.builtins import flux as builtin_flux
 from workers.builtins import qwen as builtin_qwen
 from workers.builtins import flux2 as builtin_flux2
+from workers.builtins import flux2dev as builtin_flux2dev
 from workers.builtins import video as builtin_video
 from workers.builtins import zimage as builtin_zimage
 from workers.running import preview
@@ -170,6 +171,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     **builtin_flux.BUILDERS,
     **builtin_qwen.BUILDERS,
     **builtin_flux2.BUILDERS,
+    **builtin_flux2dev.BUILDERS,
     **_lora_builders(),
     **preview.BUILDERS,
     **builtin_video.BUILDERS,
