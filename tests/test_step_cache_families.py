@@ -27,6 +27,8 @@ from workers.running.video import mp4_comment
 CASES = [  # model, pipeline, params beyond the plain ones, the step cache (one that skips work on random weights)
     ("builtin:tiny-flux2", "txt2img", {"width": 64, "height": 64},
      {"method": "TaylorSeerCache", "cache_interval": 2, "disable_cache_before_step": 1}),
+    ("builtin:tiny-flux2-dev", "txt2img", {"width": 64, "height": 64},
+     {"method": "TaylorSeerCache", "cache_interval": 2, "disable_cache_before_step": 1}),
     ("builtin:tiny-qwen-image", "txt2img", {"width": 64, "height": 64}, {"method": "FirstBlockCache", "threshold": 1.0}),
     ("builtin:tiny-wan", "txt2video", {"width": 64, "height": 48, "frames": 5},
      {"method": "TaylorSeerCache", "cache_interval": 2, "disable_cache_before_step": 1}),
@@ -105,27 +107,17 @@ def test_wans_taylorseer_hooks_its_blocks_attention(cache):
 
 @pytest.mark.parametrize("method", ["TaylorSeerCache", "FasterCache", "PyramidAttentionBroadcast"])
 def test_flux2_devs_pipeline_gets_a_cache_context_from_the_hook(cache, method):
-    """Flux2Pipeline (Flux.2 dev; no tiny built-in: tiny-flux2's VAE and scheduler with a guidance-embedding
-    transformer, text embeddings given) opens no cache context: through the hook each method runs with its hooks on,
-    changes the image, and leaves the transformer making the plain image again."""
+    """Flux2Pipeline (Flux.2 dev, `builtin:tiny-flux2-dev`) opens no cache context: through the hook each method
+    runs with its hooks on, changes the image, and leaves the transformer making the plain image again."""
     import torch
-    from diffusers import Flux2Pipeline
-
-    from workers.builtins.flux2 import flux2_transformer
-    from workers.loading.pipelines import Loaded
 
     torch.set_num_threads(1)
-    klein, _ = cache.get("builtin:tiny-flux2", "txt2img")
-    pipe = Flux2Pipeline(scheduler=klein.scheduler, vae=klein.vae, text_encoder=None, tokenizer=None,
-                         transformer=flux2_transformer(guidance_embeds=True))
-    pipe.set_progress_bar_config(disable=True)
-    entry = Loaded("flux2-dev-shaped", pipe, {}, family="flux2")
-    embeds = torch.randn(1, 8, pipe.transformer.config.joint_attention_dim, generator=torch.Generator().manual_seed(1))
+    pipe, entry = cache.get("builtin:tiny-flux2-dev", "txt2img")
     seen: list[list[str]] = []
 
     def image(params: dict) -> np.ndarray:
         worker_options.steppers(worker_options.StepContext("job", [0], pipe, params, STEPS))  # before the call
-        out = pipe(prompt_embeds=embeds, width=64, height=64, num_inference_steps=STEPS, guidance_scale=3.5,
+        out = pipe(prompt="a red kite", width=64, height=64, num_inference_steps=STEPS, guidance_scale=3.5,
                    generator=torch.Generator().manual_seed(7), output_type="np",
                    callback_on_step_end=lambda p, i, t, kw: seen.append(hooked(p.transformer)) or kw)
         return out.images[0]
