@@ -38,3 +38,16 @@ def test_the_note_is_reused_until_the_outline_changes_and_still_restores_a_deep_
     assert again is not first and again.restore(pipe) == []
     pipe.text = torch.nn.Linear(2, 2)  # a component swapped: noted again
     assert WarmState.of(pipe) is not again
+
+
+def test_the_scheduler_set_afresh_for_each_call_neither_renotes_nor_is_put_back():
+    import torch
+
+    from workers.running.warmstate import WarmState
+
+    pipe = Pipe(unet=torch.nn.Linear(2, 2), scheduler=object())
+    first = WarmState.of(pipe)
+    pipe.scheduler = other = object()  # what each call does before it runs
+    assert WarmState.of(pipe) is first  # not a change of the warm pipeline: the note is reused
+    assert first.restore(pipe) == [] and pipe.scheduler is other
+    assert first.known("dtype", lambda: "fp32") == "fp32" and first.known("dtype", lambda: "fp16") == "fp32"

@@ -60,6 +60,13 @@ DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp
 """torch dtype -> the short name items and infotext use."""
 
 
+def _dtype_label(pipe) -> str:
+    """The dtype the denoiser of `pipe` computes in, as items and infotext name it."""
+    net = denoiser(pipe)
+    dtype = net.dtype
+    return transformer_files.dtype_label(DTYPE_NAMES.get(dtype, str(dtype)), net)
+
+
 @dataclass
 class Call:
     """What one pipeline call made: images (empty when cancelled), the safety checker's verdict per
@@ -93,7 +100,9 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     A call that raises leaves the warm pipeline as it found it (`workers.running.warmstate`), or raises
     `PipelineBroken` when that fails.
     """
-    pipe.scheduler = loaded.scheduler(params["scheduler"])
+    scheduler = loaded.scheduler(params["scheduler"])  # the same object each call, reset (`workers.loading.schedulers`)
+    if pipe.scheduler is not scheduler:  # setting it rewrites the pipeline's config
+        pipe.scheduler = scheduler
     steppers = worker_options.steppers(worker_options.StepContext(
         batch.job, batch.rows, pipe, params, pipelines.spec(task).first_loop(params))) if batch is not None else []
     negative = {"negative_prompt": negative_prompts} if any(negative_prompts) else {}  # none: left out (Flux.2 has none)
@@ -112,9 +121,8 @@ def run(pipe, loaded: Loaded, task: str, params: dict[str, Any], prompts: list[s
     kwargs.update(worker_options.call_kwargs(spec, params, images, _fit))
     if spec.video:
         kwargs = videocall.call_kwargs(pipe, kwargs)
-    net = denoiser(pipe)
-    dtype = transformer_files.dtype_label(DTYPE_NAMES.get(net.dtype, str(net.dtype)), net)  # read at the call
     state = WarmState.of(pipe)  # what the call may change on the warm pipeline, put back if it raises
+    dtype = state.known("dtype", functools.partial(_dtype_label, pipe))  # as the pipeline is at the call
     try:
         with torch.inference_mode():
             out = pipe(**kwargs)
