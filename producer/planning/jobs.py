@@ -120,14 +120,10 @@ class _Expansion:
         return self.fam.size_multiple if self.fam else 8
 
 
-@dataclass
-class _Resolved:
-    """The parameters, image inputs and sweep cells of a prompt (or an entry of `items`), resolved and
-    checked once: every prompt of a request shares one, as they differ only in their text."""
-
-    item: ItemIn | None
-    cells: list[tuple[dict[str, Any], Item]]
-    """(sweep combination, the item it makes: checked parameters, size, inputs; no index, prompt or seed yet)."""
+Cells = list[tuple[dict[str, Any], Item]]
+"""A source's sweep cells, resolved and checked once (every prompt of a request shares them, as prompts differ
+only in their text): (sweep combination, the item it makes, with its checked parameters, size and inputs but
+no index, prompt or seed yet)."""
 
 
 def plan_job(req: SubmitRequest, settings: Settings, owner: str,
@@ -186,11 +182,11 @@ def _expand(x: _Expansion) -> list[Item]:
     sources = [(p, None) for p in req.prompts] if req.prompts else [(it.prompt, it) for it in req.items or []]
     n_per = req.params.images_per_prompt
     items: list[Item] = []
-    resolved: _Resolved | None = None  # prompts differ only in their text: resolved and checked once
+    cells: Cells | None = None  # prompts differ only in their text: resolved and checked once
     for src, (prompt, it) in enumerate(sources):
-        if resolved is None or it is not None:
-            resolved = _resolve(x, src, it)
-        for combo, proto in resolved.cells:
+        if cells is None or it is not None:
+            cells = _resolve(x, src, it)
+        for combo, proto in cells:
             for k in range(n_per):
                 index = len(items)
                 item_seed = _item_seed(x.seed, combo, it, src, n_per, k, index) % (2**32)
@@ -198,7 +194,7 @@ def _expand(x: _Expansion) -> list[Item]:
     return items
 
 
-def _resolve(x: _Expansion, src: int, it: ItemIn | None) -> _Resolved:
+def _resolve(x: _Expansion, src: int, it: ItemIn | None) -> Cells:
     """Source `src` (a prompt, or the entry `it` of `items`) resolved: its parameters, image inputs,
     options and negative prompt checked, and its sweep cells made."""
     req, given = x.req, x.given
@@ -214,14 +210,14 @@ def _resolve(x: _Expansion, src: int, it: ItemIn | None) -> _Resolved:
     negative = it.negative_prompt if it is not None and it.negative_prompt is not None else x.base["negative_prompt"]
     check_item(x.fam, req.model, params, where, negative)
     cache = it.cache if it is not None and it.cache is not None else req.params.cache  # False: run fresh
-    cells = []
+    cells: Cells = []
     for combo in x.combos:
         cell = _cell(x, params, combo)
         cells.append((combo, Item(
             negative_prompt=combo.get("negative_prompt", negative), init_image=images.init_image,
             images=images.others, params=cell, size=list(contract.item_size(req.pipeline, cell)),
             steps=cell["steps"], sweep=combo or None, cache=None if cache else False)))
-    return _Resolved(it, cells)
+    return cells
 
 
 def _cell(x: _Expansion, params: dict[str, Any], combo: dict[str, Any]) -> dict[str, Any]:
