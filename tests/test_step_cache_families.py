@@ -105,6 +105,17 @@ def test_wans_taylorseer_hooks_its_blocks_attention(cache):
     assert hooked(pipe.transformer) == []
 
 
+def with_cache(cache: PipelineCache, pipe, entry, params: dict, make, seen: list) -> np.ndarray:
+    """`make(params)` with the step cache of `params` on for the call, as a chunk applies it, and off after it
+    (`seen`, what the call's steps saw, is emptied first)."""
+    worker_options.apply(cache, pipe, entry, params)
+    seen.clear()
+    try:
+        return make(params)
+    finally:
+        worker_options.undo(cache, pipe, entry, params)
+
+
 @pytest.mark.parametrize("method", ["TaylorSeerCache", "FasterCache", "PyramidAttentionBroadcast"])
 def test_flux2_devs_pipeline_gets_a_cache_context_from_the_hook(cache, method):
     """Flux2Pipeline (Flux.2 dev, `builtin:tiny-flux2-dev`) opens no cache context: through the hook each method
@@ -125,12 +136,7 @@ def test_flux2_devs_pipeline_gets_a_cache_context_from_the_hook(cache, method):
     plain = image({})
     params = {"step_cache": checked({"method": method, "cache_interval": 2, "disable_cache_before_step": 1}
                                     if method == "TaylorSeerCache" else {"method": method}, "flux2")}
-    worker_options.apply(cache, pipe, entry, params)
-    seen.clear()
-    try:
-        cached = image(params)
-    finally:
-        worker_options.undo(cache, pipe, entry, params)
+    cached = with_cache(cache, pipe, entry, params, image, seen)
     assert seen and all(seen), "no cache hook was on during the call"
     assert np.abs(cached - plain).max() > 0
     assert hooked(pipe.transformer) == [] and np.array_equal(image({}), plain)
@@ -161,12 +167,7 @@ def test_wan22s_second_expert_is_hooked_and_unhooked_too(cache):
 
     plain = clip({})
     params = {"step_cache": checked({"method": "FirstBlockCache", "threshold": 1.0}, "wan")}
-    worker_options.apply(cache, pipe, entry, params)
-    seen.clear()
-    try:
-        cached = clip(params)
-    finally:
-        worker_options.undo(cache, pipe, entry, params)
+    cached = with_cache(cache, pipe, entry, params, clip, seen)
     assert seen and all(a and b for a, b in seen)
     assert np.abs(cached - plain).max() > 0
     assert hooked(pipe.transformer) == hooked(pipe.transformer_2) == [] and np.array_equal(clip({}), plain)
