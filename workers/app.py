@@ -218,7 +218,7 @@ def build_worker(settings: Settings, opts: WorkerOptions) -> Worker:
                             low_memory=cache.low_memory_for)  # the loaded weights' digest
     runner = Runner(name, device, cache,
                     Outputs(jobs, store, uploader, finalize, results),
-                    Presence(router, publish, leases, activity, heartbeat.publish),
+                    Presence(router, publish, leases, activity, heartbeat.publish, heartbeat.publish_by),
                     RunOptions(faults, max_batch, settings.max_attempts, opts.debug_oom_pixels,
                                opts.debug_fatal_after))
 

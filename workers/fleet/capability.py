@@ -116,10 +116,13 @@ class Heartbeat(threading.Thread):
         self.leases, self.reaper, self.ttl = leases, reaper, ttl
         self.publish_chunk = publish_chunk
         self.stopped = threading.Event()
+        self._due: float | None = None  # `publish_by`: when the record is due (time.time()), if not published first
+        self._wake = threading.Event()  # a new due time, or the stop
 
     def publish(self) -> None:
         """Publish the capability record now. A worker whose work made no progress for its stall timeout
         says `stalled`: the items it holds count as lost (a duplicate delivery takes them over)."""
+        self._due = None  # the record published shows what the worker does now, whatever was due
         record = self.capability.record()
         if self.leases is not None and self.leases.stalled():
             record.stalled = True
@@ -137,16 +140,38 @@ class Heartbeat(threading.Thread):
             flush_outbox(self.jobs, self.jobs.outbox, self.publish_chunk)
         safe_tick(self.reaper)
 
+    def publish_by(self, due: float) -> None:
+        """Publish the record at `due` (a `time.time()`) unless a publication comes first; a later call
+        moves the time. The runner defers the record of a batch too short to be backed up: when the
+        batch ends before `due`, the record is never sent for it."""
+        first = self._due is None
+        self._due = due
+        if first:
+            self._wake.set()
+
     def run(self) -> None:
-        while not self.stopped.wait(self.interval):
+        next_beat = time.monotonic() + self.interval
+        while not self.stopped.is_set():
+            due = self._due
+            wait = next_beat - time.monotonic()
+            if due is not None:
+                wait = min(wait, due - time.time())
+            if self._wake.wait(max(0.0, wait)):
+                self._wake.clear()
+                continue  # a new due time (or the stop): work out the wait again
             try:
-                self.beat()
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.interval
+                    self.beat()
+                elif self._due is not None and time.time() >= self._due:
+                    self.publish()
             except Exception:  # noqa: BLE001 - a Redis hiccup must not kill the heartbeat
                 log.exception("heartbeat failed")
 
     def stop(self) -> None:
         """Stop beating and leave the fleet."""
         self.stopped.set()
+        self._wake.set()
         try:
             self.jobs.remove_worker(self.capability.name)
         except StateError:

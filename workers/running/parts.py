@@ -36,6 +36,7 @@ class Presence:
     leases: Leases
     activity: Activity  # current chunk and items made, published in the capability record
     announce: Callable[[], None]  # publishes the capability record (idle again)
+    announce_by: Callable[[float], None]  # publishes it at a time (a `time.time()`) unless published first
 
 
 @dataclass(frozen=True)

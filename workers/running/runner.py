@@ -22,7 +22,7 @@ from PIL import Image
 from sdq import defaults, pipelines
 from sdq.exceptions import ModelError, WorkLost
 from sdq.records import Chunk, Item
-from sdq.scheduling import speed
+from sdq.scheduling import scheduling, speed
 from sdq.scheduling.speed import loop_steps
 from sdq.state.errors import StateError
 from storage import StorageUnavailable
@@ -54,7 +54,7 @@ class Runner:
         self.jobs, self.store, self.uploader = outputs.jobs, outputs.store, outputs.uploader
         self.finalize, self.results = outputs.finalize, outputs.results
         self.router, self.publish, self.leases = presence.router, presence.publish, presence.leases
-        self.activity, self.announce = presence.activity, presence.announce
+        self.activity, self.announce, self.announce_by = presence.activity, presence.announce, presence.announce_by
         self.faults = options.faults
         self.max_batch = max(1, options.max_batch)
         self.max_attempts = options.max_attempts
@@ -260,10 +260,15 @@ class Runner:
         progress = StepProgress(self.jobs, job_id, indices, params["steps"], loop_steps(task, params),
                                 self.leases, self.faults, self.name)
         if self.activity.current is not None:
-            self.activity.current.update(running=indices, since=time.time(), expected_s=round(
-                len(batch) * speed.item_work(task, params) / self.activity.speed.rate(chunk.model, task, params), 3)
-                if self.activity.speed is not None else None)
-            self._announce()  # what it starts, now: idle workers decide backups from it at once
+            since = time.time()
+            expected = round(len(batch) * speed.item_work(task, params) / self.activity.speed.rate(
+                chunk.model, task, params), 3) if self.activity.speed is not None else None
+            self.activity.current.update(running=indices, since=since, expected_s=expected)
+            if expected is not None and expected < scheduling.BACKUP_MIN_RUN_S:
+                # no backup before it ran that long: published then if still running, else never
+                self.announce_by(since + scheduling.BACKUP_MIN_RUN_S)
+            else:
+                self._announce()  # what it starts, now: idle workers decide backups from it at once
         t0 = time.perf_counter()
         try:
             images = self._images(task, batch, params)
