@@ -1,4 +1,5 @@
-"""Results in an S3-compatible bucket: path-style, retried uploads, presigned GET URLs.
+"""Results in an S3-compatible bucket: path-style, retried uploads (direct where the endpoint allows:
+`storage.direct`), presigned GET URLs.
 
 botocore's exceptions stay in this module: every call raises `storage.errors` types instead.
 """
@@ -11,11 +12,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import boto3
+import urllib3
 from botocore.config import Config
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError,
                                  HTTPClientError, IncompleteReadError)
 
 from sdq.config import Settings
+from storage import direct
 from storage.errors import ObjectMissing, StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,10 @@ def transient(exc: BaseException) -> bool:
     cut short): botocore's error, or the store's `StorageUnavailable`."""
     if isinstance(exc, StorageUnavailable):
         return True
-    if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError)):
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError, urllib3.exceptions.HTTPError)):
         return True
+    if isinstance(exc, direct.Refused):
+        return exc.code in RETRY_CODES or exc.status >= 500
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
@@ -71,7 +76,7 @@ def translate(exc: BaseException) -> BaseException:
         return ObjectMissing(message)
     if transient(exc):
         return StorageUnavailable(message)
-    if isinstance(exc, BotoCoreError | ClientError):
+    if isinstance(exc, BotoCoreError | ClientError | direct.Refused | urllib3.exceptions.HTTPError):
         return StorageError(message)
     return exc
 
@@ -94,7 +99,14 @@ def _pieces(body: Any, chunk: int) -> Iterator[bytes]:
         yield from body.iter_chunks(chunk)
 
 
-def _client(endpoint_url: str | None, region: str):
+def _no_bucket(exc: BaseException) -> bool:
+    """Whether a PUT failed because its bucket does not exist."""
+    if isinstance(exc, direct.Refused):
+        return exc.code == "NoSuchBucket"
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "NoSuchBucket"
+
+
+def _client(endpoint_url: str | None, region: str, session: boto3.session.Session | None = None):
     config = Config(
         signature_version="s3v4",
         s3={"addressing_style": "path"},
@@ -104,7 +116,8 @@ def _client(endpoint_url: str | None, region: str):
         response_checksum_validation="when_required",
         max_pool_connections=16,
     )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+    return (session or boto3.session.Session()).client("s3", endpoint_url=endpoint_url, region_name=region,
+                                                        config=config)
 
 
 class ResultStore:
@@ -119,9 +132,14 @@ class ResultStore:
         # sdq's own retry loop around botocore's (whose attempts are over in about a second):
         # `outage_limit` seconds of transient errors are ridden out (0: none, e.g. in an HTTP request)
         self.outage_limit, self.backoff_cap, self.on_retry = outage_limit, backoff_cap, on_retry
-        self.client = _client(endpoint_url, region)
+        session = boto3.session.Session()
+        self.client = _client(endpoint_url, region, session)
         public = public_endpoint_url or endpoint_url
         self.signer = self.client if public == endpoint_url else _client(public, region)
+        # PUTs signed here and sent on a pooled connection (`storage.direct`), where the endpoint allows it and
+        # the store rides out outages itself (a store without an outage limit keeps botocore's quick retries)
+        credentials = session.get_credentials() if outage_limit > 0 and direct.usable(endpoint_url) else None
+        self.direct = direct.DirectPut(endpoint_url, region, credentials) if credentials is not None else None
         self._urls: dict[str, tuple[float, str]] = {}
 
     @classmethod
@@ -178,16 +196,22 @@ class ResultStore:
         """
         args = dict(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata or {})
 
+        def once() -> None:
+            if self.direct is not None:
+                self.direct.put(self.bucket, key, data, content_type, metadata or {})
+            else:
+                self.client.put_object(**args)
+
         def put() -> None:
             if before_attempt is not None:
                 before_attempt()
             try:
-                self.client.put_object(**args)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+                once()
+            except (ClientError, direct.Refused) as exc:
+                if not _no_bucket(exc):
                     raise
                 self.ensure_bucket()
-                self.client.put_object(**args)
+                once()
 
         self._call(f"PUT {key}", put)
 

@@ -55,9 +55,8 @@ class Runner:
         self.finalize, self.results = outputs.finalize, outputs.results
         self.router, self.publish, self.leases = presence.router, presence.publish, presence.leases
         self.activity, self.announce, self.announce_by = presence.activity, presence.announce, presence.announce_by
-        self.faults = options.faults
+        self.faults, self.max_attempts = options.faults, options.max_attempts
         self.max_batch = max(1, options.max_batch)
-        self.max_attempts = options.max_attempts
         self.simulated = simulate.SimulatedDevice.of(options.debug_oom_pixels, options.debug_fatal_after)
         self.lost: dict[tuple[str, tuple[int, ...]], int] = {}  # chunks given back here -> pass-ons left
         self._gens: dict[int, int] = {}  # the attempt (`gen`) of each item of the chunk here: what it may record
@@ -246,8 +245,7 @@ class Runner:
             log.warning("job %s: could not give items %s back; their message will be delivered again", job_id, todo)
 
     def _announce(self) -> None:
-        """Tell the fleet at once that this worker is free (and which models it holds), so warm-model
-        affinity does not wait for the next heartbeat."""
+        """Tell the fleet at once what this worker does (free, which models it holds, what it starts)."""
         try:
             self.announce()
         except Exception:  # noqa: BLE001 - the heartbeat publishes it again anyway
@@ -264,11 +262,10 @@ class Runner:
             expected = round(len(batch) * speed.item_work(task, params) / self.activity.speed.rate(
                 chunk.model, task, params), 3) if self.activity.speed is not None else None
             self.activity.current.update(running=indices, since=since, expected_s=expected)
-            if expected is not None and expected < scheduling.BACKUP_MIN_RUN_S:
-                # no backup before it ran that long: published then if still running, else never
-                self.announce_by(since + scheduling.BACKUP_MIN_RUN_S)
-            else:
+            if expected is None or expected >= scheduling.BACKUP_MIN_RUN_S:
                 self._announce()  # what it starts, now: idle workers decide backups from it at once
+            else:  # no backup could start before it ran that long: published then if still running, else never
+                self.announce_by(since + scheduling.BACKUP_MIN_RUN_S)
         t0 = time.perf_counter()
         try:
             images = self._images(task, batch, params)
