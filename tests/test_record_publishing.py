@@ -27,7 +27,7 @@ class Doing:
         self.current: dict | None = None
 
     def record(self) -> WorkerRecord:
-        return WorkerRecord(name="hb", current_item=dict(self.current) if self.current else None,
+        return WorkerRecord(name=self.name, current_item=dict(self.current) if self.current else None,
                             last_seen=time.time())
 
 
